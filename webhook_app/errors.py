@@ -1,0 +1,162 @@
+"""One exception tree for the whole service.
+
+Every exception carries data (`status`, `retryable`, `detail`) so that the web layer maps it to
+an HTTP answer in one place and the worker decides between retry and dead letter without
+parsing messages. Details never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class WebhookAppError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+    retryable: bool = False
+
+    def __init__(self, detail: str = "", **data: object) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+# --- configuration and policy -----------------------------------------------------------
+
+
+class ConfigError(WebhookAppError):
+    """A missing or malformed setting; raised at start, printed as one line."""
+
+    title = "Invalid configuration"
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}", name=name)
+        self.name = name
+
+
+class PolicyError(WebhookAppError):
+    """The policy file is invalid; names the rule and the field at fault."""
+
+    title = "Invalid policy"
+
+    def __init__(self, detail: str, *, rule: str | None = None, field: str | None = None) -> None:
+        where = []
+        if rule is not None:
+            where.append(f"rule {rule!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + detail, rule=rule, field=field)
+        self.rule = rule
+        self.field = field
+
+
+# --- intake (answered to Commerce Layer) ----------------------------------------------------
+
+
+class IntakeError(WebhookAppError):
+    """A delivery was refused; `status` is the HTTP answer."""
+
+
+class InvalidSignature(IntakeError):
+    status = 401
+    title = "Invalid signature"
+
+
+class PayloadTooLarge(IntakeError):
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(IntakeError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class InvalidPayload(IntakeError):
+    status = 400
+    title = "Invalid payload"
+
+
+class Unauthorized(IntakeError):
+    status = 401
+    title = "Unauthorized"
+
+
+class NotFound(IntakeError):
+    status = 404
+    title = "Not found"
+
+
+class Conflict(IntakeError):
+    status = 409
+    title = "Conflict"
+
+
+# --- storage ------------------------------------------------------------------------------
+
+
+class StoreError(WebhookAppError):
+    """The store failed; nothing was acknowledged."""
+
+    status = 503
+    title = "Storage unavailable"
+    retryable = True
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached, is locked past the timeout, or the disk is full."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database schema is older than this code; run `webhook-app db upgrade`."""
+
+    title = "Database schema out of date"
+
+
+# --- Commerce Layer -----------------------------------------------------------------------
+
+
+class CommerceLayerError(WebhookAppError):
+    """A call to Commerce Layer failed.
+
+    `retryable`: worth trying again later (429, 5xx, timeouts, connection errors).
+    `uncertain`: the request may have been applied even though we saw no answer (read timeout,
+    5xx after the body was sent); the next attempt must look before it writes again.
+    `retry_after`: seconds Commerce Layer asked us to wait, if it said so.
+    `errors`: Commerce Layer's `errors[]` as returned (title/detail/code), for the record.
+    """
+
+    title = "Commerce Layer call failed"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        uncertain: bool = False,
+        retry_after: float | None = None,
+        errors: list[dict[str, object]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.http_status = status
+        self.retryable = retryable
+        self.uncertain = uncertain
+        self.retry_after = retry_after
+        self.errors = errors or []
+
+
+class RetryableCommerceLayerError(CommerceLayerError):
+    def __init__(self, detail: str, **kw: object) -> None:
+        kw.setdefault("retryable", True)
+        super().__init__(detail, **kw)  # type: ignore[arg-type]
+
+
+class PermanentCommerceLayerError(CommerceLayerError):
+    def __init__(self, detail: str, **kw: object) -> None:
+        kw["retryable"] = False
+        super().__init__(detail, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,284 @@
+"""Deliveries and events: what Commerce Layer sent, verified first, then parsed.
+
+`Delivery.from_http(headers, body, secrets=...)` checks the signature on the raw bytes before
+anything decodes them, then checks the JSON:API shape. `Event` gives the policy a resolved view
+of an order: its attributes plus the included customer, payment source, market, line items and
+available wallet entries (JSON:API `included` resolved through `relationships`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook_app.errors import InvalidPayload
+from webhook_app.signing import WebhookSecret, verify
+
+SIGNATURE_HEADER = "X-CommerceLayer-Signature"
+TOPIC_HEADER = "X-CommerceLayer-Topic"
+TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
+ORDER_TOPIC_PREFIX = "orders."
+# Headers never stored: credentials a proxy might pass along.
+_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-admin-token"})
+
+
+def delivery_identity(topic: str, body: bytes) -> str:
+    """Commerce Layer sends no event id: a delivery is identified by its topic and raw body."""
+    h = hashlib.sha256(topic.encode("utf-8"))
+    h.update(b"\x00")
+    h.update(body)
+    return h.hexdigest()
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (scalars are 0), computed without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in node if isinstance(v, (dict, list)))
+    return deepest
+
+
+def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
+    """Decode a JSON:API document and check the parts the service relies on."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPayload("body is not valid UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise InvalidPayload(f"JSON nesting is deeper than {max_depth}") from None
+    except ValueError as exc:  # JSONDecodeError, and int conversion limits for huge numbers
+        raise InvalidPayload(f"body is not valid JSON: {str(exc)[:120]}") from None
+    if json_depth(doc) > max_depth:
+        raise InvalidPayload(f"JSON nesting is deeper than {max_depth}")
+    if not isinstance(doc, dict):
+        raise InvalidPayload("body is not a JSON:API document (expected an object)")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise InvalidPayload("JSON:API document has no `data` object")
+    for key in ("type", "id"):
+        v = data.get(key)
+        if not isinstance(v, str) or not v or len(v) > 128:
+            raise InvalidPayload(f"`data.{key}` must be a non-empty string")
+    for key in ("attributes", "relationships", "meta"):
+        if key in data and data[key] is not None and not isinstance(data[key], dict):
+            raise InvalidPayload(f"`data.{key}` must be an object")
+    included = doc.get("included", [])
+    if included is not None and not isinstance(included, list):
+        raise InvalidPayload("`included` must be an array")
+    for n, item in enumerate(included or []):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("type"), str)
+            or not isinstance(item.get("id"), str)
+        ):
+            raise InvalidPayload(f"`included[{n}]` must be an object with string `type` and `id`")
+        if "attributes" in item and item["attributes"] is not None and not isinstance(item["attributes"], dict):
+            raise InvalidPayload(f"`included[{n}].attributes` must be an object")
+    return doc
+
+
+def check_topic(topic: str | None) -> str:
+    if not topic:
+        raise InvalidPayload(f"missing {TOPIC_HEADER} header")
+    topic = topic.strip()
+    if not TOPIC_PATTERN.match(topic):
+        raise InvalidPayload(f"{TOPIC_HEADER} is not a topic like `orders.place`")
+    return topic
+
+
+def is_order_topic(topic: str) -> bool:
+    return topic.startswith(ORDER_TOPIC_PREFIX)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One verified webhook call, ready to be stored."""
+
+    topic: str
+    body: bytes = field(repr=False)
+    identity: str
+    secret_label: str
+    resource_type: str
+    resource_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_order(self) -> bool:
+        return is_order_topic(self.topic) and self.resource_type == "orders"
+
+    @property
+    def order_id(self) -> str | None:
+        return self.resource_id if self.is_order else None
+
+    @classmethod
+    def from_http(
+        cls,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        secrets: Sequence[WebhookSecret],
+        max_depth: int = 64,
+    ) -> Delivery:
+        """Verify, then parse. Raises InvalidSignature or InvalidPayload."""
+        label = verify(body, signature=_header(headers, SIGNATURE_HEADER), secrets=secrets)
+        topic = check_topic(_header(headers, TOPIC_HEADER))
+        doc = parse_document(body, max_depth=max_depth)
+        data = doc["data"]
+        if is_order_topic(topic) and data["type"] != "orders":
+            raise InvalidPayload(f"topic {topic} carries a `{data['type']}` resource, not `orders`")
+        return cls(
+            topic=topic,
+            body=body,
+            identity=delivery_identity(topic, body),
+            secret_label=label,
+            resource_type=data["type"],
+            resource_id=data["id"],
+            headers=storable_headers(headers),
+        )
+
+
+def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers worth keeping for audit and replay, without credentials."""
+    out: dict[str, str] = {}
+    for k, v in headers.items():
+        if k.lower() in _UNSTORED_HEADERS:
+            continue
+        out[k] = v[:1024]
+    return out
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    v = headers.get(name)
+    if v is None:
+        lower = name.lower()
+        for k, val in headers.items():
+            if k.lower() == lower:
+                return val
+    return v
+
+
+# --- the resolved view the policy reads -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A JSON:API resource: type, id, attributes, and relationship linkage."""
+
+    type: str
+    id: str
+    attributes: Mapping[str, Any]
+    relationships: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Resource:
+        return cls(
+            type=str(obj.get("type", "")),
+            id=str(obj.get("id", "")),
+            attributes=obj.get("attributes") or {},
+            relationships=obj.get("relationships") or {},
+        )
+
+    def linkage(self, name: str) -> Any:
+        rel = self.relationships.get(name)
+        return rel.get("data") if isinstance(rel, dict) else None
+
+    def fields(self) -> dict[str, Any]:
+        """Attributes plus `id` and `type`, as the policy sees them."""
+        out = dict(self.attributes)
+        out["id"] = self.id
+        out["type"] = self.type
+        return out
+
+
+@dataclass(frozen=True)
+class Event:
+    """An order event with its included resources resolved."""
+
+    topic: str
+    order: Resource
+    customer: Resource | None
+    payment_source: Resource | None
+    payment_source_type: str | None
+    market: Resource | None
+    line_items: tuple[Resource, ...]
+    wallet: tuple[Resource, ...] | None  # available_customer_payment_sources, None if not sent
+
+    @classmethod
+    def from_document(cls, topic: str, doc: Mapping[str, Any]) -> Event:
+        order = Resource.from_json(doc["data"])
+        index: dict[tuple[str, str], Resource] = {}
+        for item in doc.get("included") or []:
+            r = Resource.from_json(item)
+            index[(r.type, r.id)] = r
+
+        def one(name: str) -> tuple[Resource | None, str | None]:
+            link = order.linkage(name)
+            if isinstance(link, dict) and link.get("type") and link.get("id"):
+                t, i = str(link["type"]), str(link["id"])
+                return index.get((t, i), Resource(t, i, {}, {})), t
+            return None, None
+
+        def many(name: str) -> tuple[Resource, ...] | None:
+            links = order.linkage(name)
+            if not isinstance(links, list):
+                return None
+            out = []
+            for link in links:
+                if isinstance(link, dict) and link.get("type") and link.get("id"):
+                    t, i = str(link["type"]), str(link["id"])
+                    out.append(index.get((t, i), Resource(t, i, {}, {})))
+            return tuple(out)
+
+        customer, _ = one("customer")
+        payment_source, ps_type = one("payment_source")
+        if ps_type is None:
+            details = order.attributes.get("payment_source_details")
+            if isinstance(details, dict) and isinstance(details.get("type"), str):
+                ps_type = _pluralize_source_type(details["type"])
+        market, _ = one("market")
+        return cls(
+            topic=topic,
+            order=order,
+            customer=customer,
+            payment_source=payment_source,
+            payment_source_type=ps_type,
+            market=market,
+            line_items=many("line_items") or (),
+            wallet=many("available_customer_payment_sources"),
+        )
+
+    @classmethod
+    def from_body(cls, topic: str, body: bytes, *, max_depth: int = 64) -> Event:
+        return cls.from_document(topic, parse_document(body, max_depth=max_depth))
+
+    @property
+    def order_id(self) -> str:
+        return self.order.id
+
+    @property
+    def is_guest(self) -> bool:
+        return bool(self.order.attributes.get("guest"))
+
+    @property
+    def customer_id(self) -> str | None:
+        return self.customer.id if self.customer else None
+
+
+def _pluralize_source_type(singular: str) -> str:
+    """`payment_source_details.type` is singular (`wire_transfer`); resource types are plural."""
+    return singular if singular.endswith("s") else singular + "s"
