@@ -1,0 +1,214 @@
+"""A recording fake of Commerce Layer's API over real HTTP (loopback), for unit and e2e tests.
+
+It implements the token endpoint and `GET`/`PATCH /api/orders/{id}` with the wallet semantics the
+service relies on, records every request, and can be scripted per route with canned failures
+(`fail(route, status=..., times=...)`, `hang(route, seconds)`, `drop(route)`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+JSONAPI = "application/vnd.api+json"
+WALLET_TYPES = {"adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
+                "external_payments", "klarna_payments", "stripe_payments"}
+
+
+@dataclass
+class Scripted:
+    status: int = 500
+    times: int = 1
+    hang: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    apply_first: bool = False  # make the change, then answer the failure (ambiguous outcome)
+    body: dict[str, Any] | None = None
+
+
+@dataclass
+class FakeOrder:
+    id: str
+    customer_id: str | None
+    source_type: str | None
+    source_id: str | None
+    guest: bool = False
+    wallet: list[dict[str, Any]] = field(default_factory=list)
+    customer_payment_source_id: str | None = None
+
+
+class FakeCommerceLayer:
+    def __init__(self, *, client_id: str = "cid", client_secret: str = "csecret-0123456789",
+                 token_ttl: int = 7200) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.token_ttl = token_ttl
+        self.tokens: dict[str, float] = {}
+        self.orders: dict[str, FakeOrder] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.scripts: dict[str, list[Scripted]] = defaultdict(list)
+        self.lock = threading.Lock()
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeCommerceLayer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # --- scripting ---------------------------------------------------------------------------
+    def add_order(self, order_id: str, *, customer_id: str | None = "cus1", source_type: str | None = "stripe_payments",
+                  source_id: str | None = None, guest: bool = False) -> FakeOrder:
+        o = FakeOrder(order_id, customer_id, source_type, source_id or f"ps{order_id}", guest)
+        self.orders[order_id] = o
+        return o
+
+    def fail(self, route: str, *, status: int = 500, times: int = 1, headers: dict[str, str] | None = None,
+             apply_first: bool = False, body: dict[str, Any] | None = None) -> None:
+        self.scripts[route].append(Scripted(status, times, 0.0, headers or {}, apply_first, body))
+
+    def hang(self, route: str, seconds: float, *, times: int = 1, apply_first: bool = False) -> None:
+        self.scripts[route].append(Scripted(200, times, seconds, {}, apply_first))
+
+    def expire_tokens(self) -> None:
+        self.tokens.clear()
+
+    def calls(self, route: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["route"] == route]
+
+    def patches(self) -> list[dict[str, Any]]:
+        return [r for r in self.calls("orders.patch") if r["status"] == 200]
+
+    # --- the app -----------------------------------------------------------------------------
+    def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        req = Request(environ)
+        route, order_id = self._route(req)
+        record: dict[str, Any] = {"method": req.method, "path": req.path, "route": route,
+                                  "args": dict(req.args), "headers": dict(req.headers),
+                                  "json": None, "status": None, "at": time.time()}
+        with self.lock:
+            self.requests.append(record)
+        if req.data:
+            try:
+                record["json"] = json.loads(req.data)
+            except ValueError:
+                record["json"] = None
+        resp = self._handle(req, route, order_id, record)
+        record["status"] = resp.status_code
+        return resp(environ, start_response)
+
+    @staticmethod
+    def _route(req: Request) -> tuple[str, str | None]:
+        if req.path == "/oauth/token":
+            return "token", None
+        parts = req.path.strip("/").split("/")
+        if len(parts) == 3 and parts[:2] == ["api", "orders"]:
+            return ("orders.patch" if req.method == "PATCH" else "orders.get"), parts[2]
+        return "other", None
+
+    def _take_script(self, route: str) -> Scripted | None:
+        with self.lock:
+            queue = self.scripts.get(route)
+            if not queue:
+                return None
+            s = queue[0]
+            s.times -= 1
+            if s.times <= 0:
+                queue.pop(0)
+            return s
+
+    def _handle(self, req: Request, route: str, order_id: str | None, record: dict[str, Any]) -> Response:
+        script = self._take_script(route)
+        if script and script.hang:
+            time.sleep(script.hang)
+        if script and script.status >= 400 and not script.apply_first:
+            return _errors(script.status, "Scripted failure", "scripted", headers=script.headers, body=script.body)
+        if route == "token":
+            resp = self._token(req)
+        elif route in ("orders.get", "orders.patch") and order_id is not None:
+            resp = self._order(req, route, order_id, record)
+        else:
+            resp = _errors(404, "Not found", "RECORD_NOT_FOUND")
+        if script and script.apply_first and script.status >= 400:
+            return _errors(script.status, "Scripted failure after applying", "scripted", headers=script.headers)
+        return resp
+
+    def _token(self, req: Request) -> Response:
+        body = req.get_json(silent=True) or {}
+        if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
+            return _errors(401, "Unauthorized", "UNAUTHORIZED")
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.time() + self.token_ttl
+        return Response(json.dumps({"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
+                                    "scope": body.get("scope", "market:all"), "created_at": int(time.time())}),
+                        200, content_type="application/json")
+
+    def _order(self, req: Request, route: str, order_id: str, record: dict[str, Any]) -> Response:
+        auth = req.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ")
+        if not auth.startswith("Bearer ") or self.tokens.get(token, 0) < time.time():
+            return _errors(401, "Invalid token", "INVALID_TOKEN")
+        if req.headers.get("Accept") != JSONAPI:
+            return _errors(406, "Not acceptable", "NOT_ACCEPTABLE")
+        order = self.orders.get(order_id)
+        if order is None:
+            return _errors(404, "Record not found", "RECORD_NOT_FOUND")
+        if route == "orders.patch":
+            if req.mimetype != JSONAPI:
+                return _errors(415, "Unsupported media type", "UNSUPPORTED_MEDIA_TYPE")
+            attrs = ((record["json"] or {}).get("data") or {}).get("attributes") or {}
+            with self.lock:
+                if attrs.get("_save_payment_source_to_customer_wallet"):
+                    if order.guest or not order.customer_id or order.source_type not in WALLET_TYPES:
+                        return _errors(422, "Unprocessable", "VALIDATION_ERROR",
+                                       detail="payment source cannot be saved")
+                    order.wallet.append({"id": f"cps{len(order.wallet) + 1}{order.id}"[:20],
+                                         "source_id": order.source_id, "source_type": order.source_type,
+                                         "created_at": f"2026-11-26T00:00:{len(order.wallet):02d}.000Z"})
+                if "_customer_payment_source_id" in attrs:
+                    wanted = attrs["_customer_payment_source_id"]
+                    entry = next((w for w in order.wallet if w["id"] == wanted), None)
+                    if entry is None:
+                        return _errors(422, "Unprocessable", "VALIDATION_ERROR", detail="unknown wallet entry")
+                    order.customer_payment_source_id = wanted
+                    order.source_id, order.source_type = entry["source_id"], entry["source_type"]
+        include = set(filter(None, req.args.get("include", "").split(",")))
+        return Response(json.dumps(self._document(order, include)), 200, content_type=JSONAPI)
+
+    @staticmethod
+    def _document(order: FakeOrder, include: set[str]) -> dict[str, Any]:
+        rel: dict[str, Any] = {"customer": {"links": {}}, "payment_source": {"links": {}},
+                               "available_customer_payment_sources": {"links": {}}}
+        included: list[dict[str, Any]] = []
+        if "payment_source" in include and order.source_type:
+            rel["payment_source"]["data"] = {"type": order.source_type, "id": order.source_id}
+        if "available_customer_payment_sources" in include:
+            rel["available_customer_payment_sources"]["data"] = [
+                {"type": "customer_payment_sources", "id": w["id"]} for w in order.wallet]
+            for w in order.wallet:
+                included.append({"id": w["id"], "type": "customer_payment_sources",
+                                 "attributes": {"name": "XXXX-XXXX-XXXX-4242", "created_at": w["created_at"]},
+                                 "relationships": {"payment_source": {"data": {"type": w["source_type"],
+                                                                               "id": w["source_id"]}}}})
+        doc: dict[str, Any] = {"data": {"id": order.id, "type": "orders", "attributes": {"guest": order.guest},
+                                        "relationships": rel}}
+        if included:
+            doc["included"] = included
+        return doc
+
+
+def _errors(status: int, title: str, code: str, *, detail: str | None = None,
+            headers: dict[str, str] | None = None, body: dict[str, Any] | None = None) -> Response:
+    payload = body or {"errors": [{"title": title, "detail": detail or title, "code": code, "status": str(status)}]}
+    return Response(json.dumps(payload), status, headers=headers or {}, content_type=JSONAPI)

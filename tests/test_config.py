@@ -1,0 +1,60 @@
+import pytest
+
+from webhook_app.config import DEFAULT_AUTH_URL, RateLimit, Settings, bundled_policy_path, parse_rate_limits
+from webhook_app.errors import ConfigError
+
+
+def test_defaults_are_embedded_shadow_sqlite_bundled_policy():
+    s = Settings.from_env({})
+    assert s.mode == "shadow" and s.shadow
+    assert s.database_url.startswith("sqlite:///")
+    assert s.policy_path == bundled_policy_path() and s.policy_path.is_file()
+    assert s.cl_auth_url == DEFAULT_AUTH_URL
+    assert s.max_body_bytes == 1024 * 1024
+    assert s.cl_rate_limits == (RateLimit(100, 60), RateLimit(25, 10))
+
+
+def test_credentials_switch_default_to_enforce():
+    env = {"CL_CLIENT_ID": "id", "CL_CLIENT_SECRET": "sec", "CL_API_BASE": "https://x.commercelayer.io/"}
+    s = Settings.from_env(env)
+    assert s.mode == "enforce" and s.cl_api_base == "https://x.commercelayer.io"
+    assert Settings.from_env({**env, "WEBHOOK_APP_MODE": "shadow"}).mode == "shadow"
+
+
+def test_enforce_without_credentials_fails_naming_what_is_missing():
+    with pytest.raises(ConfigError, match="CL_CLIENT_SECRET"):
+        Settings.from_env({"WEBHOOK_APP_MODE": "enforce", "CL_CLIENT_ID": "id", "CL_API_BASE": "https://a.b"})
+
+
+@pytest.mark.parametrize("name,value", [
+    ("WEBHOOK_APP_MAX_BODY_BYTES", "-1"), ("WEBHOOK_APP_MAX_BODY_BYTES", "lots"),
+    ("WEBHOOK_APP_MODE", "yolo"), ("CL_API_BASE", "ftp://x"), ("CL_RATE_LIMITS", "100 per minute"),
+    ("WEBHOOK_APP_DATABASE_URL", "mysql://x"), ("WEBHOOK_APP_POLICY", "/nonexistent/policy.toml"),
+    ("CL_READ_TIMEOUT", "0"),
+])
+def test_malformed_values_name_the_variable(name, value):
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({name: value})
+    assert str(exc.value).startswith(name)
+
+
+def test_secret_values_are_never_echoed_in_errors():
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"CL_WEBHOOK_SECRETS": "a:supersecret1,,"})
+    assert "supersecret1" not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"WEBHOOK_APP_DATABASE_URL": "mysql://u:pa55word@h/db"})
+    assert "pa55word" not in str(exc.value)
+    assert "pa55" not in repr(Settings.from_env({"CL_CLIENT_SECRET": "pa55word-abc"}))
+
+
+def test_webhook_secrets_parsed_with_labels():
+    s = Settings.from_env({"CL_WEBHOOK_SECRETS": "prod:aaa,staging:bbb"})
+    assert [x.label for x in s.webhook_secrets] == ["prod", "staging"]
+
+
+def test_rate_limits_parse():
+    assert parse_rate_limits("200/60, 50/10s") == (RateLimit(200, 60), RateLimit(50, 10))
+    assert parse_rate_limits("") == ()
+    with pytest.raises(ValueError):
+        parse_rate_limits("0/60")

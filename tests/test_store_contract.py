@@ -1,0 +1,248 @@
+"""The storage contract: every backend must pass these (SQLite always; PostgreSQL when reachable)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from builders import order_body
+from conftest import SECRET, signed_headers
+
+from webhook_app.events import Delivery
+from webhook_app.signing import parse_secrets
+from webhook_app.store import ActionClaim, DecisionRecord, DeliveryFilter
+from webhook_app.store.base import SCHEMA_VERSION
+
+SECRETS = parse_secrets(f"main:{SECRET}")
+T0 = 1_800_000_000.0
+
+
+def delivery(order_id="o1", topic="orders.place", **kw):
+    body = order_body(order_id, **kw)
+    return Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS)
+
+
+def customer_delivery():
+    body = b'{"data":{"id":"c1","type":"customers"}}'
+    return Delivery.from_http(signed_headers(body, "customers.create"), body, secrets=SECRETS)
+
+
+DECISION = DecisionRecord(rule="r", action="save_payment_source", reason="because", outcome="applied",
+                          mode="enforce", wallet_entry_id="w1")
+
+
+def test_schema_is_current(store):
+    assert store.schema_version() == SCHEMA_VERSION
+    store.check_schema()
+    assert store.migrate() == SCHEMA_VERSION  # idempotent
+    store.ping()
+
+
+def test_record_once_then_duplicate(store):
+    d = delivery()
+    first = store.record_delivery(d, now=T0)
+    again = store.record_delivery(d, now=T0 + 5)
+    assert not first.duplicate and first.status == "queued" and first.job_id is not None
+    assert again.duplicate and again.delivery_id == first.delivery_id and again.job_id == first.job_id
+    assert store.queue_stats(now=T0).pending == 1
+
+
+def test_stored_delivery_keeps_raw_body_headers_and_label(store):
+    d = delivery()
+    rec = store.record_delivery(d, now=T0)
+    got = store.get_delivery(rec.delivery_id)
+    assert got.body == d.body and got.topic == "orders.place" and got.order_id == "o1"
+    assert got.secret_label == "main" and got.headers["X-CommerceLayer-Topic"] == "orders.place"
+    assert got.received_at == T0 and got.job["state"] == "pending" and got.identity == d.identity
+
+
+def test_non_order_topics_are_recorded_as_ignored_without_job(store):
+    rec = store.record_delivery(customer_delivery(), now=T0)
+    assert rec.status == "ignored" and rec.job_id is None
+    assert store.claim_job(worker="w", lease_seconds=30, now=T0) is None
+
+
+def test_claim_lease_finish(store):
+    rec = store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    assert job.id == rec.job_id and job.attempts == 1 and job.order_id == "o1" and job.body == delivery().body
+    assert store.claim_job(worker="w2", lease_seconds=30, now=T0 + 1) is None  # leased
+    assert store.finish_job(job.id, worker="w1", decision=DECISION, now=T0 + 2)
+    got = store.get_delivery(rec.delivery_id)
+    assert got.job["state"] == "done"
+    assert got.decisions[0]["outcome"] == "applied" and got.decisions[0]["wallet_entry_id"] == "w1"
+    assert got.attempts[0]["outcome"] == "applied"
+
+
+def test_expired_lease_is_claimed_again_and_old_holder_cannot_finish(store):
+    store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="dead", lease_seconds=30, now=T0)
+    again = store.claim_job(worker="alive", lease_seconds=30, now=T0 + 31)
+    assert again.id == job.id and again.attempts == 2
+    assert not store.finish_job(job.id, worker="dead", decision=DECISION, now=T0 + 32)
+    assert not store.retry_job(job.id, worker="dead", error="x", next_attempt_at=T0, now=T0 + 32)
+    assert store.finish_job(job.id, worker="alive", decision=DECISION, now=T0 + 33)
+    attempts = store.get_delivery(job.delivery_id).attempts
+    assert [a["outcome"] for a in attempts] == ["lease_expired", "applied"]
+
+
+def test_heartbeat_extends_lease(store):
+    store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    assert store.heartbeat(job.id, worker="w1", lease_seconds=30, now=T0 + 25)
+    assert store.claim_job(worker="w2", lease_seconds=30, now=T0 + 40) is None
+    assert not store.heartbeat(job.id, worker="w2", lease_seconds=30, now=T0 + 41)
+
+
+def test_retry_waits_until_next_attempt_then_dead_letter_and_requeue(store):
+    rec = store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert store.retry_job(job.id, worker="w", error="HTTP 503", next_attempt_at=T0 + 10, now=T0 + 1)
+    assert store.claim_job(worker="w", lease_seconds=30, now=T0 + 9) is None
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 10)
+    assert job.attempts == 2
+    assert store.dead_letter(job.id, worker="w", error="gave up", decision=None, now=T0 + 11)
+    stats = store.queue_stats(now=T0 + 11)
+    assert stats.dead == 1 and stats.pending == 0
+    got = store.get_delivery(rec.delivery_id)
+    assert got.job["state"] == "dead" and got.job["last_error"] == "gave up"
+    assert store.requeue(job.id, now=T0 + 20)
+    assert not store.requeue(job.id, now=T0 + 20)  # only dead jobs
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 20)
+    assert job.attempts == 1
+
+
+def test_uncounted_retry_does_not_use_attempts(store):
+    store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    store.retry_job(job.id, worker="w", error="busy", next_attempt_at=T0, now=T0, count_attempt=False)
+    assert store.claim_job(worker="w", lease_seconds=30, now=T0).attempts == 1
+
+
+def test_jobs_are_claimed_in_due_order(store):
+    store.record_delivery(delivery("o1"), now=T0 + 2)
+    store.record_delivery(delivery("o2"), now=T0 + 1)
+    assert store.claim_job(worker="w", lease_seconds=30, now=T0 + 3).order_id == "o2"
+
+
+def test_action_claims_give_exactly_once(store):
+    store.record_delivery(delivery("o1"), now=T0)
+    a = store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
+    assert a.status == "acquired" and not a.uncertain
+    assert store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "busy"
+    assert store.begin_action("o1", "other", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
+    assert store.finish_action("o1", "save", worker="w1", wallet_entry_id="w9", now=T0 + 2)
+    done = store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 3)
+    assert done.status == "done" and done.wallet_entry_id == "w9"
+    assert store.action_state("o1", "save") == "done" and store.action_state("o2", "save") is None
+
+
+def test_action_claim_of_dead_worker_is_taken_over_as_uncertain(store):
+    store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
+    took = store.begin_action("o1", "save", worker="w2", job_id=1, lease_seconds=30, now=T0 + 31)
+    assert took.status == "acquired" and took.uncertain
+    assert not store.finish_action("o1", "save", worker="w1", wallet_entry_id=None, now=T0 + 32)
+
+
+def test_released_action_remembers_uncertainty(store):
+    store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
+    store.release_action("o1", "save", worker="w1", uncertain=False, now=T0 + 1)
+    clean = store.begin_action("o1", "save", worker="w2", job_id=1, lease_seconds=30, now=T0 + 2)
+    assert clean == ActionClaim("acquired", uncertain=False)
+    store.release_action("o1", "save", worker="w2", uncertain=True, now=T0 + 3)
+    assert store.begin_action("o1", "save", worker="w3", job_id=1, lease_seconds=30, now=T0 + 4).uncertain
+
+
+def test_list_deliveries_filters(store):
+    r1 = store.record_delivery(delivery("o1"), now=T0)
+    store.record_delivery(delivery("o2", topic="orders.approve"), now=T0 + 10)
+    store.record_delivery(customer_delivery(), now=T0 + 20)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 30)
+    assert job.delivery_id == r1.delivery_id
+    store.finish_job(job.id, worker="w", decision=DECISION, now=T0 + 31)
+    ids = lambda **kw: [d.id for d in store.list_deliveries(DeliveryFilter(**kw))]  # noqa: E731
+    assert len(ids()) == 3 and ids() == sorted(ids(), reverse=True)
+    assert ids(topic="orders.approve") == [2]
+    assert ids(order_id="o1") == [1]
+    assert ids(status="ignored") == [3]
+    assert ids(status="done") == [1] and ids(status="pending") == [2]
+    assert ids(since=T0 + 5) == [3, 2] and ids(until=T0 + 5) == [1]
+    assert ids(decision="applied") == [1] and ids(decision="save_payment_source") == [1]
+    assert ids(limit=1) == [3] and ids(before_id=3, limit=1) == [2]
+    listed = store.list_deliveries(DeliveryFilter(order_id="o1"))[0]
+    assert listed.decisions[0]["rule"] == "r"
+
+
+def test_queue_stats_oldest_pending_age(store):
+    store.record_delivery(delivery("o1"), now=T0)
+    store.record_delivery(delivery("o2"), now=T0 + 5)
+    stats = store.queue_stats(now=T0 + 20)
+    assert stats.pending == 2 and stats.oldest_pending_age == 20
+    assert store.queue_stats(now=T0).oldest_pending_age == 0
+
+
+def test_decision_counts_and_known_orders(store):
+    store.record_delivery(delivery("o1"), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    store.finish_job(job.id, worker="w", decision=DECISION, now=T0)
+    assert store.decision_counts() == [("r", "save_payment_source", "applied", 1)]
+    assert store.orders_with_decisions(["o1", "o2"]) == {"o1"}
+
+
+def test_requeue_delivery_runs_a_done_job_again(store):
+    rec = store.record_delivery(delivery("o1"), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert store.requeue_delivery(rec.delivery_id, now=T0) is None  # still running
+    store.finish_job(job.id, worker="w", decision=DECISION, now=T0)
+    assert store.requeue_delivery(rec.delivery_id, now=T0 + 1) == job.id
+    assert store.claim_job(worker="w", lease_seconds=30, now=T0 + 1).id == job.id
+
+
+def test_concurrent_duplicates_make_one_job(store_factory):
+    d = delivery("race")
+    results = []
+    barrier = threading.Barrier(8)
+
+    def post():
+        s = store_factory()
+        barrier.wait()
+        results.append(s.record_delivery(d, now=T0))
+        s.close()
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(not r.duplicate for r in results) == 1
+    assert len({r.job_id for r in results}) == 1
+    s = store_factory()
+    assert s.queue_stats(now=T0).pending == 1
+    s.close()
+
+
+def test_concurrent_claims_never_hand_out_a_job_twice(store_factory):
+    s = store_factory()
+    for n in range(30):
+        s.record_delivery(delivery(f"o{n}"), now=T0)
+    s.close()
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(name):
+        st = store_factory()
+        while True:
+            job = st.claim_job(worker=name, lease_seconds=60, now=T0 + 1)
+            if job is None:
+                break
+            with lock:
+                claimed.append(job.id)
+            st.finish_job(job.id, worker=name, decision=DECISION, now=T0 + 2)
+        st.close()
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 30

@@ -1,0 +1,316 @@
+"""The only module that talks HTTP to Commerce Layer.
+
+One `requests.Session` per client; OAuth2 client credentials with the token cached until
+shortly before it expires and refreshed once on a 401; JSON:API media types; an explicit
+(connect, read) timeout on every call; a client-side rate limit. Failures become
+CommerceLayerError: 429, 5xx, timeouts and connection errors are retryable, other 4xx are
+permanent and keep Commerce Layer's `errors[].detail`. Retrying is the worker's job (it reschedules
+the job with backoff), so one call here is one request (plus at most one token refresh).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from webhook_app.config import Settings
+from webhook_app.errors import (
+    CommerceLayerError,
+    PermanentCommerceLayerError,
+    RetryableCommerceLayerError,
+)
+from webhook_app.ratelimit import LocalRateLimiter, RateLimiter, wait_for_slot
+
+log = logging.getLogger(__name__)
+
+JSONAPI = "application/vnd.api+json"
+USER_AGENT = "webhook-app/0.1 (+https://github.com/)"
+
+
+@dataclass
+class Token:
+    value: str
+    expires_at: float
+
+
+class TokenCache:
+    """Holds the current access token for this process. A shared cache may replace it."""
+
+    def __init__(self) -> None:
+        self._token: Token | None = None
+        self._lock = threading.Lock()
+
+    def get(self, now: float) -> str | None:
+        t = self._token
+        return t.value if t is not None and t.expires_at > now else None
+
+    def put(self, value: str, expires_at: float) -> None:
+        self._token = Token(value, expires_at)
+
+    def invalidate(self, value: str) -> None:
+        if self._token is not None and self._token.value == value:
+            self._token = None
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+
+@dataclass
+class CallRecord:
+    """What one call did, for metrics and logs (no secrets)."""
+
+    method: str
+    route: str
+    status: int | None
+    seconds: float
+    waited: float
+
+
+class CommerceLayerClient:
+    """Commerce Layer API client for the calls this service makes."""
+
+    def __init__(
+        self,
+        *,
+        api_base: str,
+        auth_url: str,
+        client_id: str,
+        client_secret: str,
+        scope: str = "",
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        token_margin: float = 300.0,
+        limiter: RateLimiter | None = None,
+        auth_limiter: RateLimiter | None = None,
+        token_cache: TokenCache | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        session: requests.Session | None = None,
+        on_call: Callable[[CallRecord], None] | None = None,
+    ) -> None:
+        base = api_base.rstrip("/")
+        self.api_base = base.removesuffix("/api")
+        self.auth_url = auth_url
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.scope = scope
+        self.timeout = (connect_timeout, read_timeout)
+        self.token_margin = token_margin
+        self.limiter = limiter or LocalRateLimiter(())
+        self.auth_limiter = auth_limiter or LocalRateLimiter(())
+        self.tokens = token_cache or TokenCache()
+        self.clock = clock
+        self.sleep = sleep
+        self.session = session or requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.on_call = on_call
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> CommerceLayerClient:
+        kw.setdefault("limiter", LocalRateLimiter(settings.cl_rate_limits))
+        kw.setdefault("auth_limiter", LocalRateLimiter(settings.cl_auth_rate_limits))
+        return cls(
+            api_base=settings.cl_api_base,
+            auth_url=settings.cl_auth_url,
+            client_id=settings.cl_client_id,
+            client_secret=settings.cl_client_secret,
+            scope=settings.cl_scope,
+            connect_timeout=settings.cl_connect_timeout,
+            read_timeout=settings.cl_read_timeout,
+            token_margin=settings.cl_token_margin,
+            **kw,
+        )
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"CommerceLayerClient(api_base={self.api_base!r}, client_id={self.client_id!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- token ----------------------------------------------------------------------------
+    def access_token(self) -> str:
+        now = self.clock()
+        token = self.tokens.get(now)
+        if token:
+            return token
+        with self.tokens.lock:
+            token = self.tokens.get(self.clock())
+            if token:
+                return token
+            return self._fetch_token()
+
+    def _fetch_token(self) -> str:
+        body = {"grant_type": "client_credentials", "client_id": self.client_id,
+                "client_secret": self._client_secret}
+        if self.scope:
+            body["scope"] = self.scope
+        waited = wait_for_slot(self.auth_limiter, "token", clock=self.clock, sleep=self.sleep)
+        started = time.monotonic()
+        status = None
+        try:
+            resp = self.session.post(self.auth_url, json=body, timeout=self.timeout,
+                                     headers={"Accept": "application/json"})
+            status = resp.status_code
+        except requests.Timeout as exc:
+            raise RetryableCommerceLayerError("token request timed out") from exc
+        except requests.RequestException as exc:
+            raise RetryableCommerceLayerError(f"token request failed: {type(exc).__name__}") from exc
+        finally:
+            self._record("POST", "token", status, time.monotonic() - started, waited)
+        if resp.status_code != 200:
+            raise _error_from(resp, "token request", uncertain=False)
+        try:
+            data = resp.json()
+            value = str(data["access_token"])
+            expires_in = float(data.get("expires_in", 7200))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RetryableCommerceLayerError("token answer is not the expected JSON") from exc
+        margin = min(self.token_margin, expires_in / 2)
+        self.tokens.put(value, self.clock() + expires_in - margin)
+        return value
+
+    # --- API calls --------------------------------------------------------------------------
+    def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]:
+        return self._request("GET", f"/api/orders/{_safe(order_id)}", route="orders.get",
+                             params=_include(include))
+
+    def update_order(self, order_id: str, attributes: Mapping[str, Any], *,
+                     include: Iterable[str] = ()) -> dict[str, Any]:
+        """PATCH /api/orders/{id} with `attributes` (the body `orderUpdate` describes)."""
+        body = {"data": {"type": "orders", "id": order_id, "attributes": dict(attributes)}}
+        return self._request("PATCH", f"/api/orders/{_safe(order_id)}", route="orders.patch",
+                             params=_include(include), json_body=body)
+
+    def customer_payment_sources(self, customer_id: str) -> list[dict[str, Any]]:
+        doc = self._request("GET", f"/api/customers/{_safe(customer_id)}/customer_payment_sources",
+                            route="customer_payment_sources")
+        data = doc.get("data")
+        return data if isinstance(data, list) else []
+
+    def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]:
+        """Every order matching `params` (JSON:API filters), following pagination."""
+        page = 1
+        while True:
+            q = dict(params)
+            q["page[size]"] = str(page_size)
+            q["page[number]"] = str(page)
+            doc = self._request("GET", "/api/orders", route="orders.list", params=q)
+            data = doc.get("data") or []
+            yield from data
+            meta = doc.get("meta") or {}
+            page_count = int(meta.get("page_count") or 0)
+            if page >= page_count or not data:
+                return
+            page += 1
+
+    def request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
+                json_body: Any = None) -> dict[str, Any]:
+        """A generic JSON:API call (used by the operations commands)."""
+        return self._request(method, path, route=route, params=params, json_body=json_body)
+
+    def _request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
+                 json_body: Any = None) -> dict[str, Any]:
+        refreshed = False
+        while True:
+            token = self.access_token()
+            waited = wait_for_slot(self.limiter, route, clock=self.clock, sleep=self.sleep)
+            headers = {"Accept": JSONAPI, "Authorization": f"Bearer {token}"}
+            if json_body is not None:
+                headers["Content-Type"] = JSONAPI
+            started = time.monotonic()
+            status = None
+            writes = method not in ("GET", "HEAD")
+            try:
+                resp = self.session.request(method, self.api_base + path, params=params, json=json_body,
+                                            headers=headers, timeout=self.timeout)
+                status = resp.status_code
+            except requests.ConnectTimeout as exc:
+                raise RetryableCommerceLayerError(f"{method} {route}: connect timed out") from exc
+            except requests.ReadTimeout as exc:
+                raise RetryableCommerceLayerError(f"{method} {route}: no answer within {self.timeout[1]} s",
+                                                  uncertain=writes) from exc
+            except requests.RequestException as exc:
+                raise RetryableCommerceLayerError(f"{method} {route}: {type(exc).__name__}",
+                                                  uncertain=writes) from exc
+            finally:
+                self._record(method, route, status, time.monotonic() - started, waited)
+            if resp.status_code == 401 and not refreshed:
+                self.tokens.invalidate(token)
+                refreshed = True
+                continue
+            if 200 <= resp.status_code < 300:
+                if resp.status_code == 204 or not resp.content:
+                    return {}
+                try:
+                    doc = resp.json()
+                except ValueError as exc:
+                    raise RetryableCommerceLayerError(f"{method} {route}: answer is not JSON",
+                                                      status=resp.status_code, uncertain=writes) from exc
+                return doc if isinstance(doc, dict) else {}
+            raise _error_from(resp, f"{method} {route}", uncertain=writes)
+
+    def _record(self, method: str, route: str, status: int | None, seconds: float, waited: float) -> None:
+        if self.on_call is not None:
+            self.on_call(CallRecord(method, route, status, seconds, waited))
+
+
+def _include(include: Iterable[str]) -> dict[str, str]:
+    inc = ",".join(include)
+    return {"include": inc} if inc else {}
+
+
+def _safe(resource_id: str) -> str:
+    """Ids go into URL paths: refuse anything that is not a plain Commerce Layer id."""
+    if not resource_id or not all(ch.isalnum() or ch in "-_" for ch in resource_id) or len(resource_id) > 64:
+        raise PermanentCommerceLayerError(f"refusing to call Commerce Layer with id {resource_id[:70]!r}")
+    return resource_id
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> CommerceLayerError:
+    errors: list[dict[str, object]] = []
+    try:
+        doc = resp.json()
+        if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
+            errors = [
+                {k: e.get(k) for k in ("title", "detail", "code", "status", "source") if k in e}
+                for e in doc["errors"] if isinstance(e, dict)
+            ]
+    except ValueError:
+        pass
+    details = "; ".join(str(e.get("detail") or e.get("title") or "") for e in errors if e) or resp.reason
+    detail = f"{what}: HTTP {resp.status_code}: {details}"[:1000]
+    status = resp.status_code
+    if status == 429:
+        return RetryableCommerceLayerError(detail, status=status, errors=errors,
+                                           retry_after=parse_retry_after(resp.headers.get("Retry-After"),
+                                                                         now=time.time()))
+    if status >= 500 or status == 423:
+        # 423 Locked: the order is being changed by someone else; try again later.
+        return RetryableCommerceLayerError(detail, status=status, errors=errors, uncertain=uncertain and status >= 500,
+                                           retry_after=parse_retry_after(resp.headers.get("Retry-After"),
+                                                                         now=time.time()))
+    return PermanentCommerceLayerError(detail, status=status, errors=errors)

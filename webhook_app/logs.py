@@ -1,0 +1,81 @@
+"""Structured logs: one JSON object per line on stderr, secrets scrubbed as a last line of defence.
+
+Code never passes secrets to the logger; `SecretScrubber` additionally replaces any configured
+secret (webhook secrets, client secret, admin and replay keys) or bearer token that would appear
+in a formatted line with `[redacted]`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STANDARD and not k.startswith("_"):
+                out[k] = v
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, separators=(",", ":"))
+
+
+class SecretScrubber(logging.Filter):
+    """Redact known secret strings and bearer tokens from a record before it is formatted."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        for s in self.secrets:
+            if s in text:
+                text = text.replace(s, "[redacted]")
+        return _BEARER.sub(r"\1 [redacted]", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        for k, v in list(record.__dict__.items()):
+            if k not in _STANDARD and isinstance(v, str):
+                setattr(record, k, self.scrub(v))
+        return True
+
+
+def configure_logging(level: str = "INFO", *, secrets: Iterable[str] = ()) -> None:
+    """Send every log line as JSON to stderr, scrubbed of `secrets`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(SecretScrubber(secrets))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("urllib3", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def settings_secrets(settings: Any) -> list[str]:
+    """Every secret string a Settings object holds."""
+    out = [s.secret.decode("utf-8", "replace") for s in settings.webhook_secrets]
+    out += [settings.cl_client_secret, *settings.replay_keys, *settings.admin_keys]
+    m = re.match(r"^postgres(?:ql)?://[^:/@]+:([^@]+)@", settings.database_url)
+    if m:
+        out.append(m.group(1))
+    return [s for s in out if s]

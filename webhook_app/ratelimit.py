@@ -1,0 +1,83 @@
+"""Client-side rate limiting towards Commerce Layer: sliding windows, reserved ahead of time.
+
+Commerce Layer limits per organization and IP with sliding windows (FACTS.md). `LocalRateLimiter`
+keeps the windows in this process; the PostgreSQL store provides a shared one for many workers
+(`store.postgres.PostgresRateLimiter`). Both reserve a slot (the earliest instant at which every
+window has room) and return it, so callers sleep outside any lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from webhook_app.config import RateLimit
+
+
+class RateLimiter(Protocol):
+    def reserve(self, key: str) -> float:
+        """Reserve a call slot for `key` and return the time (epoch seconds) it may start."""
+        ...
+
+
+def earliest_slot(now: float, history: Sequence[float], limits: Sequence[RateLimit]) -> float:
+    """The first instant >= now at which one more call fits every window, given past calls.
+
+    `history` is sorted ascending and may contain future reservations.
+    """
+    t = now
+    changed = True
+    while changed:
+        changed = False
+        for lim in limits:
+            # calls in (t - seconds, t]; reservations after t count too (they are in the window).
+            start = t - lim.seconds
+            inside = [x for x in history if x > start]
+            if len(inside) >= lim.count:
+                # must wait until the (len - count + 1)-th oldest call in the window leaves it
+                candidate = inside[len(inside) - lim.count] + lim.seconds
+                if candidate > t:
+                    t = candidate
+                    changed = True
+    return t
+
+
+class LocalRateLimiter:
+    """In-process sliding-window limiter (one per client)."""
+
+    def __init__(self, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time) -> None:
+        self.limits = tuple(limits)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._history: deque[float] = deque()
+        self._horizon = max((lim.seconds for lim in self.limits), default=0.0)
+
+    def reserve(self, key: str) -> float:
+        if not self.limits:
+            return self.clock()
+        with self._lock:
+            now = self.clock()
+            while self._history and self._history[0] <= now - self._horizon:
+                self._history.popleft()
+            slot = earliest_slot(now, self._history, self.limits)
+            # keep the history sorted (reservations may interleave)
+            if self._history and self._history[-1] > slot:
+                items = sorted([*self._history, slot])
+                self._history = deque(items)
+            else:
+                self._history.append(slot)
+            return slot
+
+
+def wait_for_slot(limiter: RateLimiter, key: str, *, clock: Callable[[], float] = time.time,
+                  sleep: Callable[[float], None] = time.sleep) -> float:
+    """Reserve a slot and sleep until it; return the seconds waited."""
+    slot = limiter.reserve(key)
+    delay = slot - clock()
+    if delay > 0:
+        sleep(delay)
+        return delay
+    return 0.0

@@ -1,0 +1,155 @@
+"""Process management: gunicorn for the web side, the worker loop, and `serve` running both.
+
+`run_web` embeds gunicorn (sync workers; each worker process builds its own app and database
+connection after the fork). `run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job
+in hand. `run_serve` is a small supervisor: it starts `web` and `worker` as child processes,
+restarts the worker if it dies, and stops both on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from webhook_app.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Limits that keep one slow or hostile client from tying up the server (see README, Operations).
+GUNICORN_DEFAULTS: dict[str, Any] = {
+    "worker_class": "sync",
+    "timeout": 30,
+    "graceful_timeout": 30,
+    "keepalive": 5,
+    "limit_request_line": 4094,
+    "limit_request_fields": 100,
+    "limit_request_field_size": 8190,
+    "accesslog": None,
+    "errorlog": "-",
+    "loglevel": "warning",
+    "preload_app": False,
+    "proc_name": "webhook-app-web",
+}
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
+
+    def __init__(self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any],
+                 config_file: str | None) -> None:
+        self.settings = settings
+        self.defaults = dict(defaults)
+        self.explicit = dict(explicit)
+        self.config_file = config_file
+        super().__init__()
+
+    def load_config(self) -> None:
+        for layer in (self.defaults, None, self.explicit):
+            if layer is None:
+                if self.config_file:
+                    self.load_config_from_file(self.config_file)
+                continue
+            for key, value in layer.items():
+                if key in self.cfg.settings and value is not None:
+                    self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from webhook_app.web import create_app
+
+        return create_app(self.settings)
+
+
+def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
+            config_file: str | None = None) -> int:
+    """Serve the web app with gunicorn (blocks until gunicorn exits)."""
+    defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
+    explicit: dict[str, Any] = {}
+    if bind:
+        explicit["bind"] = [bind]
+    if workers:
+        explicit["workers"] = workers
+    _Gunicorn(settings, defaults, explicit, config_file).run()
+    return 0
+
+
+def run_worker(settings: Settings, *, once: bool = False) -> int:
+    from webhook_app.commercelayer import CommerceLayerClient
+    from webhook_app.policy import load_policy
+    from webhook_app.store import open_store
+    from webhook_app.worker import Worker
+
+    store = open_store(settings.database_url)
+    client = None if settings.shadow else CommerceLayerClient.from_settings(settings)
+    worker = Worker(store=store, policy=load_policy(settings.policy_path), settings=settings, client=client)
+    try:
+        if once:
+            worker.drain()
+            return 0
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: object) -> None:
+            log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        worker.run(stop)
+        return 0
+    finally:
+        if client is not None:
+            client.close()
+        store.close()
+
+
+def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None) -> int:
+    """Run `web` and `worker` as supervised child processes until told to stop."""
+    base = [sys.executable, "-m", "webhook_app"]
+    web_cmd = [*base, "web"] + (["--bind", bind] if bind else []) + (["--workers", str(workers)] if workers else [])
+    worker_cmd = [*base, "worker"]
+    child_env = dict(os.environ if env is None else env)
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    web = subprocess.Popen(web_cmd, env=child_env)  # noqa: S603 - our own interpreter and module
+    worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+    restarts = 0
+    code = 0
+    try:
+        while not stopping.is_set():
+            if web.poll() is not None:
+                log.error("web server exited", extra={"code": web.returncode})
+                code = web.returncode or 1
+                break
+            if worker.poll() is not None:
+                restarts += 1
+                wait = min(30.0, 0.5 * 2 ** min(restarts, 6))
+                log.error("worker exited; restarting", extra={"code": worker.returncode, "wait": wait})
+                if stopping.wait(wait):
+                    break
+                worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+            stopping.wait(0.5)
+    finally:
+        for proc in (worker, web):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 35
+        for proc in (worker, web):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return code

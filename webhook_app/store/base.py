@@ -1,0 +1,218 @@
+"""The storage contract every backend implements.
+
+Times are seconds since the epoch as floats, always passed in by the caller (`now=`) so tests
+control the clock. Every method that changes state is one transaction: it either happens
+entirely or raises StoreError (StoreUnavailable when the database cannot be reached or written).
+
+Exactly-once rests on three constraints:
+- a delivery's `identity` (hash of topic and raw body) is unique, so a redelivery creates no job;
+- a job is worked on only by the worker holding its unexpired lease; a worker whose lease was
+  taken over cannot finish or fail the job any more;
+- an `(order_id, action)` claim allows one Commerce Layer call in flight per order and action and
+  remembers when it is done, whichever delivery or topic asked for it.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook_app.events import Delivery
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of storing a delivery."""
+
+    delivery_id: int
+    duplicate: bool
+    job_id: int | None
+    status: str  # queued | ignored
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    delivery_id: int
+    order_id: str
+    topic: str
+    attempts: int
+    body: bytes = field(repr=False)
+    received_at: float
+    lease_expires_at: float
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    rule: str
+    action: str
+    reason: str
+    outcome: str  # applied | shadow | skipped | guarded | already_done | failed
+    mode: str  # enforce | shadow
+    guard: str | None = None
+    wallet_entry_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionClaim:
+    """Result of asking to perform `action` on an order.
+
+    status: `acquired` (go ahead), `done` (already performed: do nothing) or `busy` (another
+    worker holds it right now: try later). `uncertain` is true when an earlier attempt may have
+    reached Commerce Layer without us learning the outcome; look before writing again.
+    """
+
+    status: str
+    uncertain: bool = False
+    wallet_entry_id: str | None = None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int
+    running: int
+    done: int
+    dead: int
+    oldest_pending_age: float  # seconds, 0 when nothing is pending
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    topic: str | None = None
+    order_id: str | None = None
+    status: str | None = None  # queued | ignored | pending | running | done | dead
+    since: float | None = None
+    until: float | None = None
+    decision: str | None = None  # an action or an outcome of the latest decision
+    limit: int = 100
+    before_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    id: int
+    identity: str
+    topic: str
+    resource_type: str
+    resource_id: str
+    order_id: str | None
+    received_at: float
+    secret_label: str
+    headers: dict[str, str]
+    body: bytes = field(repr=False)
+    status: str
+    replay_of: int | None
+    job: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store(abc.ABC):
+    """Storage for deliveries, jobs, decisions and action claims."""
+
+    # --- schema -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema; return the version now in place."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The version in the database (0 when empty)."""
+
+    def check_schema(self) -> None:
+        """Raise SchemaOutOfDate unless the database is at SCHEMA_VERSION."""
+        from webhook_app.errors import SchemaOutOfDate
+
+        found = self.schema_version()
+        if found != SCHEMA_VERSION:
+            raise SchemaOutOfDate(
+                f"database schema is at version {found}, this code needs {SCHEMA_VERSION}; "
+                "run `webhook-app db upgrade`"
+            )
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    # --- intake ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
+        """Store a verified delivery once; queue a job for an order event. Durable on return."""
+
+    # --- jobs -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def claim_job(self, *, worker: str, lease_seconds: float, now: float) -> Job | None:
+        """Lease the next due job (pending, or running with an expired lease)."""
+
+    @abc.abstractmethod
+    def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
+        """Extend a lease still held by `worker` (and the action claims the job holds)."""
+
+    @abc.abstractmethod
+    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float) -> bool:
+        """Mark done with its decision, if `worker` still holds the lease."""
+
+    @abc.abstractmethod
+    def retry_job(self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float,
+                  count_attempt: bool = True) -> bool:
+        """Give the job back for another attempt at `next_attempt_at`.
+
+        `count_attempt=False` when the attempt never started its work (another worker was busy
+        with the same order), so waiting does not use up the job's attempts."""
+
+    @abc.abstractmethod
+    def dead_letter(
+        self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float
+    ) -> bool:
+        """Stop trying; keep the reason."""
+
+    @abc.abstractmethod
+    def requeue(self, job_id: int, *, now: float) -> bool:
+        """Put a dead-lettered job back in the queue with its attempts reset."""
+
+    @abc.abstractmethod
+    def requeue_delivery(self, delivery_id: int, *, now: float) -> int | None:
+        """Queue a fresh attempt for an order delivery whose job is done or dead."""
+
+    # --- per-order action claims ------------------------------------------------------------
+    @abc.abstractmethod
+    def begin_action(
+        self, order_id: str, action: str, *, worker: str, job_id: int, lease_seconds: float, now: float
+    ) -> ActionClaim: ...
+
+    @abc.abstractmethod
+    def finish_action(
+        self, order_id: str, action: str, *, worker: str, wallet_entry_id: str | None, now: float
+    ) -> bool: ...
+
+    @abc.abstractmethod
+    def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None: ...
+
+    @abc.abstractmethod
+    def action_state(self, order_id: str, action: str) -> str | None:
+        """`open`, `in_flight`, `done`, or None if never claimed."""
+
+    # --- reading --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_delivery(self, delivery_id: int) -> StoredDelivery | None: ...
+
+    @abc.abstractmethod
+    def list_deliveries(self, flt: DeliveryFilter) -> list[StoredDelivery]: ...
+
+    @abc.abstractmethod
+    def queue_stats(self, *, now: float) -> QueueStats: ...
+
+    @abc.abstractmethod
+    def decision_counts(self) -> list[tuple[str, str, str, int]]:
+        """(rule, action, outcome, count) over all decisions."""
+
+    @abc.abstractmethod
+    def orders_with_decisions(self, order_ids: list[str]) -> set[str]:
+        """The subset of `order_ids` that have at least one decision or pending job."""

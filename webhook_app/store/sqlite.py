@@ -1,0 +1,206 @@
+"""The embedded default store: one SQLite file in WAL mode, fsynced on every commit.
+
+`synchronous=FULL` makes a commit durable before it returns, so a 2xx after `record_delivery`
+means the delivery is on disk. Writers take the lock at `BEGIN IMMEDIATE` and wait up to
+`busy_timeout_ms` for it; a lock held longer, a full disk or an I/O error becomes
+StoreUnavailable (the web layer answers 503, which Commerce Layer retries).
+Connections are per thread and re-opened after a fork (gunicorn workers).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from webhook_app.errors import StoreUnavailable
+from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.store.sql import Cursorish, Row, SQLStore
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY,
+        identity TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        resource_id TEXT NOT NULL,
+        order_id TEXT,
+        received_at REAL NOT NULL,
+        secret_label TEXT NOT NULL,
+        headers TEXT NOT NULL,
+        body BLOB NOT NULL,
+        status TEXT NOT NULL,
+        replay_of INTEGER REFERENCES deliveries(id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries(order_id)",
+    "CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries(received_at)",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL UNIQUE REFERENCES deliveries(id),
+        order_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_expires_at REAL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(next_attempt_at) WHERE state = 'pending'",
+    "CREATE INDEX IF NOT EXISTS jobs_running ON jobs(lease_expires_at) WHERE state = 'running'",
+    "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(order_id)",
+    """CREATE TABLE IF NOT EXISTS attempts (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        number INTEGER NOT NULL,
+        worker TEXT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT,
+        error TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id)",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        order_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        action TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        guard TEXT,
+        outcome TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        wallet_entry_id TEXT,
+        decided_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS decisions_delivery ON decisions(delivery_id)",
+    "CREATE INDEX IF NOT EXISTS decisions_order ON decisions(order_id)",
+    """CREATE TABLE IF NOT EXISTS order_actions (
+        order_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'in_flight', 'done')),
+        owner TEXT,
+        lease_expires_at REAL,
+        uncertain INTEGER NOT NULL DEFAULT 0,
+        job_id INTEGER,
+        wallet_entry_id TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (order_id, action)
+    )""",
+]
+
+
+class _Cursor(Cursorish):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
+        row = self.conn.execute(sql, params).fetchone()
+        return row  # type: ignore[no-any-return]
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+
+class SQLiteStore(SQLStore):
+    """Store on a local SQLite file."""
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = str(Path(path).expanduser()) if path != ":memory:" else path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        try:
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                                   check_same_thread=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreUnavailable(f"SQLite could not switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"cannot open SQLite database: {exc}") from exc
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[Cursorish]:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+        try:
+            yield _Cursor(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise StoreUnavailable(_describe(exc)) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def migrate(self) -> int:
+        with self._tx() as c:
+            for ddl in _SCHEMA:
+                c.run(ddl)
+            c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.one("SELECT MAX(version) AS v FROM schema_version")
+            if row is None or row["v"] is None or int(row["v"]) < SCHEMA_VERSION:
+                c.run("DELETE FROM schema_version")
+                c.run("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self._tx(write=False) as c:
+            exists = c.one("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
+            if exists is None:
+                return 0
+            row = c.one("SELECT MAX(version) AS v FROM schema_version")
+            return int(row["v"]) if row and row["v"] is not None else 0
+
+    def ping(self) -> None:
+        with self._tx(write=False) as c:
+            c.one("SELECT 1")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction left to roll back (SQLite rolled it back itself)
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return "SQLite database is locked by another writer past the busy timeout"
+    if "full" in text:
+        return "SQLite database or disk is full"
+    return f"SQLite error: {text}"
