@@ -130,7 +130,7 @@ class FakeCommerceLayer:
 
     def _handle(self, req: Request, route: str, order_id: str | None, record: dict[str, Any]) -> Response:
         script = self._take_script(route)
-        if script and script.hang:
+        if script and script.hang and not script.apply_first:
             time.sleep(script.hang)
         if script and script.status >= 400 and not script.apply_first:
             return _errors(script.status, "Scripted failure", "scripted", headers=script.headers, body=script.body)
@@ -140,6 +140,8 @@ class FakeCommerceLayer:
             resp = self._order(req, route, order_id, record)
         else:
             resp = _errors(404, "Not found", "RECORD_NOT_FOUND")
+        if script and script.apply_first and script.hang:
+            time.sleep(script.hang)  # applied, then the answer comes too late
         if script and script.apply_first and script.status >= 400:
             return _errors(script.status, "Scripted failure after applying", "scripted", headers=script.headers)
         return resp

@@ -104,8 +104,8 @@ class CommerceLayerClient:
         self.scope = scope
         self.timeout = (connect_timeout, read_timeout)
         self.token_margin = token_margin
-        self.limiter = limiter or LocalRateLimiter(())
-        self.auth_limiter = auth_limiter or LocalRateLimiter(())
+        self.limiter = limiter or LocalRateLimiter((), clock=clock)
+        self.auth_limiter = auth_limiter or LocalRateLimiter((), clock=clock)
         self.tokens = token_cache or TokenCache()
         self.clock = clock
         self.sleep = sleep

@@ -221,6 +221,10 @@ class Worker:
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(job.attempts, base=self.settings.retry_base_seconds,
                                 cap=self.settings.retry_max_seconds, retry_after=exc.retry_after, rng=self.rng)
+            if exc.uncertain:
+                # The change may still land after we gave up waiting: look no sooner than one read
+                # timeout later, so the check before writing again sees it.
+                delay = max(delay, self.settings.cl_read_timeout)
             self.store.retry_job(job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay,
                                  now=self.clock())
             self._observe("retry", job, decision=decision, error=error, delay=round(delay, 3))

@@ -1,0 +1,189 @@
+"""The intake through the real WSGI app (Flask test client) on a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import order_body
+from conftest import OTHER_SECRET, SECRET, signed_headers
+
+from webhook_app.errors import StoreUnavailable
+from webhook_app.store import DeliveryFilter
+from webhook_app.web import create_app
+
+URL = "/webhooks/commercelayer"
+
+
+@pytest.fixture
+def app_env(settings_factory, sqlite_store, clock):
+    settings = settings_factory(max_body_bytes=64 * 1024)
+    app = create_app(settings, store=sqlite_store, clock=clock)
+    return app.test_client(), sqlite_store
+
+
+def post(client, body, headers):
+    return client.post(URL, data=body, headers=headers)
+
+
+def test_accepts_signed_order_and_stores_it(app_env):
+    client, store = app_env
+    body = order_body("o1")
+    r = post(client, body, signed_headers(body))
+    assert r.status_code == 202 and r.json["status"] == "accepted" and r.json["job_id"]
+    [d] = store.list_deliveries(DeliveryFilter())
+    assert d.body == body and d.order_id == "o1" and d.secret_label == "main"
+    assert r.headers["X-Request-Id"]
+
+
+def test_rotated_secret_is_accepted_and_labelled(app_env):
+    client, store = app_env
+    body = order_body("o1")
+    assert post(client, body, signed_headers(body, secret=OTHER_SECRET)).status_code == 202
+    assert store.list_deliveries(DeliveryFilter())[0].secret_label == "old"
+
+
+def test_redelivery_answers_2xx_without_a_second_job(app_env):
+    client, store = app_env
+    body = order_body("o1")
+    first = post(client, body, signed_headers(body))
+    again = post(client, body, signed_headers(body))
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+    assert again.json["delivery_id"] == first.json["delivery_id"]
+    assert store.queue_stats(now=0).pending == 1
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda h: h.pop("X-CommerceLayer-Signature"),
+    lambda h: h.update({"X-CommerceLayer-Signature": "AAAA"}),
+    lambda h: h.update({"X-CommerceLayer-Signature": signed_headers(b"other")["X-CommerceLayer-Signature"]}),
+])
+def test_bad_signatures_get_401_and_store_nothing(app_env, mangle):
+    client, store = app_env
+    body = order_body("o1")
+    h = signed_headers(body)
+    mangle(h)
+    r = post(client, body, h)
+    assert r.status_code == 401 and r.json["errors"][0]["title"] == "Invalid signature"
+    assert store.list_deliveries(DeliveryFilter()) == []
+    assert SECRET not in r.get_data(as_text=True)
+
+
+def test_body_limit_413_from_content_length_without_reading(app_env):
+    client, store = app_env
+    body = b"x" * (64 * 1024 + 1)
+    r = post(client, body, signed_headers(body))
+    assert r.status_code == 413
+    # a declared length over the limit is refused before the body is read
+    r = client.post(URL, input_stream=_Unreadable(), headers=signed_headers(b"{}"))
+    assert r.status_code == 413
+    assert store.list_deliveries(DeliveryFilter()) == []
+
+
+class _Unreadable:
+    def read(self, *a):
+        raise AssertionError("the body must not be read")
+
+    readline = read
+
+    # werkzeug's test client measures the stream by seeking to its end: claim 10 MiB.
+    pos = 0
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, offset, whence=0):
+        self.pos = 10 * 1024 * 1024 if whence == 2 else offset
+        return self.pos
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "application/xml", ""])
+def test_non_json_media_type_is_415(app_env, ctype):
+    client, _ = app_env
+    body = order_body("o1")
+    h = signed_headers(body)
+    h["Content-Type"] = ctype
+    assert post(client, body, h).status_code == 415
+
+
+def test_jsonapi_media_type_accepted(app_env):
+    client, _ = app_env
+    body = order_body("o1")
+    h = signed_headers(body, content_type="application/vnd.api+json")
+    assert post(client, body, h).status_code == 202
+
+
+@pytest.mark.parametrize("body", [b"{}", b'{"data":{"type":"orders"}}', b"[1]", b"not json", b'{"data":{"id":"1"}}'])
+def test_bad_json_api_is_400_when_signed(app_env, body):
+    client, store = app_env
+    r = post(client, body, signed_headers(body))
+    assert r.status_code == 400 and r.json["errors"][0]["detail"]
+    assert store.list_deliveries(DeliveryFilter()) == []
+
+
+def test_missing_topic_is_400(app_env):
+    client, _ = app_env
+    body = order_body("o1")
+    h = signed_headers(body)
+    del h["X-CommerceLayer-Topic"]
+    r = post(client, body, h)
+    assert r.status_code == 400 and "X-CommerceLayer-Topic" in r.json["errors"][0]["detail"]
+
+
+def test_non_order_topic_is_acknowledged_and_recorded_as_ignored(app_env):
+    client, store = app_env
+    body = json.dumps({"data": {"id": "c1", "type": "customers"}}).encode()
+    r = post(client, body, signed_headers(body, "customers.create"))
+    assert r.status_code == 200 and r.json["status"] == "ignored"
+    [d] = store.list_deliveries(DeliveryFilter())
+    assert d.status == "ignored" and d.job is None
+
+
+def test_store_failure_is_503_never_2xx(settings_factory, sqlite_store):
+    class Broken(type(sqlite_store)):
+        def record_delivery(self, *a, **kw):
+            raise StoreUnavailable("SQLite database or disk is full")
+
+    broken = Broken(sqlite_store.path)
+    client = create_app(settings_factory(), store=broken).test_client()
+    body = order_body("o1")
+    r = post(client, body, signed_headers(body))
+    assert r.status_code == 503 and r.headers["Retry-After"] and "full" in r.json["errors"][0]["detail"]
+
+
+def test_health_and_readiness(app_env):
+    client, _ = app_env
+    assert client.get("/healthz").json == {"status": "ok"}
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.json["checks"]["database"] == "ok"
+
+
+def test_readiness_fails_on_old_schema(settings_factory, tmp_path):
+    from webhook_app.store.sqlite import SQLiteStore
+
+    empty = SQLiteStore(str(tmp_path / "empty.db"))
+    r = create_app(settings_factory(), store=empty).test_client().get("/readyz")
+    assert r.status_code == 503 and "db upgrade" in r.json["checks"]["database"]
+    empty.close()
+
+
+def test_unknown_route_and_method_are_json(app_env):
+    client, _ = app_env
+    assert client.get("/nope").status_code == 404
+    r = client.get(URL)
+    assert r.status_code == 405 and r.json["errors"][0]["status"] == "405"
+
+
+def test_forwarded_headers_trusted_only_for_configured_hops(settings_factory, sqlite_store):
+    from flask import request
+
+    for hops, expected in ((0, "127.0.0.1"), (1, "203.0.113.9")):
+        app = create_app(settings_factory(forwarded_hops=hops), store=sqlite_store)
+
+        @app.get("/whoami")
+        def whoami():
+            return {"ip": request.remote_addr}
+
+        r = app.test_client().get("/whoami", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
+                                  environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert r.json["ip"] == expected

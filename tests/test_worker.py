@@ -1,0 +1,270 @@
+"""The worker with a real SQLite store, the recording fake of Commerce Layer over HTTP and a hand clock."""
+
+from __future__ import annotations
+
+import random
+
+import textwrap
+import tomllib
+
+import pytest
+from builders import order_body
+from conftest import SECRET, signed_headers
+
+from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.config import bundled_policy_path
+from webhook_app.events import Delivery
+from webhook_app.policy import load_policy, parse_policy
+from webhook_app.signing import parse_secrets
+from webhook_app.store import DeliveryFilter
+from webhook_app.worker import Worker, retry_delay
+
+SECRETS = parse_secrets(f"main:{SECRET}")
+
+
+@pytest.fixture
+def env(fake_cl, sqlite_store, settings_factory, clock):
+    settings = settings_factory(mode="enforce", cl_api_base=fake_cl.url, cl_client_id=fake_cl.client_id,
+                                cl_client_secret=fake_cl.client_secret, cl_auth_url=fake_cl.url + "/oauth/token",
+                                cl_read_timeout=0.5, max_attempts=4, retry_base_seconds=2, retry_max_seconds=60)
+    client = CommerceLayerClient.from_settings(settings)
+
+    class Env:
+        fake = fake_cl
+        store = sqlite_store
+
+        def __init__(self):
+            self.settings = settings
+            self.clock = clock
+            self.client = client
+
+        def worker(self, policy=None, name="w1", **overrides):
+            s = self.settings.with_overrides(**overrides)
+            return Worker(store=sqlite_store, policy=policy or load_policy(bundled_policy_path()), settings=s,
+                          client=None if s.shadow else client, clock=clock, worker_id=name, rng=random.Random(1))
+
+        def deliver(self, order_id="o1", topic="orders.place", **kw):
+            body = order_body(order_id, **kw)
+            d = Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS)
+            return sqlite_store.record_delivery(d, now=clock())
+
+        def decisions(self, delivery_id):
+            return sqlite_store.get_delivery(delivery_id).decisions
+
+    yield Env()
+    client.close()
+
+
+def policy(text):
+    return parse_policy(tomllib.loads(textwrap.dedent(text)))
+
+
+SAVE_ALL = policy("""
+    version = 1
+    [default]
+    action = "save_payment_source"
+""")
+
+
+def test_save_is_applied_once_and_records_wallet_entry(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    rec = env.deliver("o1")
+    outcomes = env.worker().drain()
+    assert [o.outcome for o in outcomes] == ["applied"]
+    patches = env.fake.patches()
+    assert len(patches) == 1
+    assert patches[0]["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
+    assert patches[0]["args"]["include"] == "available_customer_payment_sources"
+    d = env.decisions(rec.delivery_id)[0]
+    assert d["outcome"] == "applied" and d["rule"] == "save-registered-customer-source"
+    assert d["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
+
+
+def test_redeliveries_and_other_topics_make_one_patch_per_order(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    for _ in range(3):
+        env.deliver("o1")
+    env.deliver("o1", topic="orders.approve")
+    env.deliver("o1", topic="orders.pay", status="approved")
+    outcomes = env.worker(policy=SAVE_ALL).drain()
+    assert len(env.fake.patches()) == 1
+    assert sorted(o.outcome for o in outcomes) == ["applied", "guarded", "guarded"]
+    assert {o.decision.guard for o in outcomes if o.outcome == "guarded"} == {"already_flagged"}
+
+
+@pytest.mark.parametrize("kw,guard", [({"guest": True}, "guest_order"),
+                                      ({"customer_id": None}, "no_customer"),
+                                      ({"source_type": "wire_transfers"}, "no_wallet_flow")])
+def test_guarded_orders_are_never_flagged(env, kw, guard):
+    rec = env.deliver("o1", **kw)
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.outcome == "guarded" and o.decision.guard == guard
+    assert env.fake.requests == []
+    assert env.decisions(rec.delivery_id)[0]["guard"] == guard
+
+
+def test_shadow_mode_decides_and_records_but_never_calls(env):
+    rec = env.deliver("o1")
+    [o] = env.worker(mode="shadow").drain()
+    assert o.outcome == "shadow" and env.fake.requests == []
+    d = env.decisions(rec.delivery_id)[0]
+    assert d["mode"] == "shadow" and d["action"] == "save_payment_source"
+
+
+def test_retryable_failure_backs_off_then_succeeds(env):
+    env.fake.add_order("o1")
+    env.fake.fail("orders.patch", status=503)
+    rec = env.deliver("o1")
+    w = env.worker()
+    [o] = w.drain()
+    assert o.state == "retry" and "503" in o.error
+    job = env.store.get_delivery(rec.delivery_id).job
+    assert job["state"] == "pending" and 1 <= job["next_attempt_at"] - env.clock() <= 2
+    assert w.drain() == []  # not due yet
+    env.clock.advance(2)
+    [o] = w.drain()
+    assert o.outcome == "applied"
+    assert len(env.fake.patches()) == 1 and len(env.fake.calls("orders.patch")) == 2
+
+
+def test_retry_after_is_honoured(env):
+    env.fake.add_order("o1")
+    env.fake.fail("orders.patch", status=429, headers={"Retry-After": "30"})
+    rec = env.deliver("o1")
+    env.worker().drain()
+    job = env.store.get_delivery(rec.delivery_id).job
+    assert job["next_attempt_at"] - env.clock() >= 30
+
+
+def test_permanent_error_dead_letters_with_detail_and_requeue_works(env):
+    env.fake.add_order("o1")
+    env.fake.fail("orders.patch", status=422, body={"errors": [{"title": "Invalid", "detail": "source is expired",
+                                                                 "code": "VALIDATION_ERROR", "status": "422"}]})
+    rec = env.deliver("o1")
+    [o] = env.worker().drain()
+    assert o.state == "dead"
+    got = env.store.get_delivery(rec.delivery_id)
+    assert got.job["state"] == "dead" and "source is expired" in got.job["last_error"]
+    assert got.decisions[-1]["outcome"] == "failed"
+    assert env.store.requeue(got.job["id"], now=env.clock())
+    [o] = env.worker().drain()
+    assert o.outcome == "applied" and len(env.fake.patches()) == 1
+
+
+def test_attempts_are_limited_then_dead_letter(env):
+    env.fake.add_order("o1")
+    env.fake.fail("orders.patch", status=500, times=10)
+    rec = env.deliver("o1")
+    w = env.worker()
+    for _ in range(4):
+        w.drain()
+        env.clock.advance(120)
+    got = env.store.get_delivery(rec.delivery_id)
+    assert got.job["state"] == "dead" and got.job["attempts"] == 4
+    assert "attempts exhausted" in got.job["last_error"]
+    assert len(env.fake.calls("orders.patch")) == 4
+
+
+def test_uncertain_failure_is_checked_before_writing_again(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    env.fake.fail("orders.patch", status=502, apply_first=True)  # applied, but we see a 502
+    rec = env.deliver("o1")
+    w = env.worker()
+    w.drain()
+    env.clock.advance(5)
+    [o] = w.drain()
+    assert o.outcome == "applied"
+    assert len(env.fake.orders["o1"].wallet) == 1  # saved once
+    assert len(env.fake.calls("orders.patch")) == 1  # never written twice
+    assert env.fake.calls("orders.get")[0]["args"]["include"] == "available_customer_payment_sources,payment_source"
+    assert env.decisions(rec.delivery_id)[-1]["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
+
+
+def test_timeout_after_apply_is_checked_before_writing_again(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    env.fake.hang("orders.patch", 1.0, apply_first=True)
+    env.deliver("o1")
+    w = env.worker()
+    [o] = w.drain()
+    assert o.state == "retry"
+    job = env.store.list_deliveries(DeliveryFilter())[0].job
+    assert job["next_attempt_at"] - env.clock() >= env.settings.cl_read_timeout  # waits out a late apply
+    env.clock.advance(5)
+    [o] = w.drain()
+    assert o.outcome == "applied"
+    # the PATCH was applied but answered after our read timeout; the retry must see that and not PATCH again
+    assert len(env.fake.orders["o1"].wallet) == 1
+    assert len(env.fake.calls("orders.patch")) == 1
+
+
+def test_worker_killed_mid_patch_next_worker_looks_first(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    rec = env.deliver("o1")
+    dead = env.worker(name="dead")
+    job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
+    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60,
+                           now=env.clock())
+    env.client.update_order("o1", {"_save_payment_source_to_customer_wallet": True})  # reached CL, then died
+    assert dead.drain() == []
+    env.clock.advance(61)
+    [o] = env.worker(name="w2").drain()
+    assert o.outcome == "applied"
+    assert len(env.fake.orders["o1"].wallet) == 1 and len(env.fake.calls("orders.patch")) == 1
+    assert [a["outcome"] for a in env.store.get_delivery(rec.delivery_id).attempts] == ["lease_expired", "applied"]
+
+
+def test_busy_order_is_retried_without_using_attempts(env):
+    env.fake.add_order("o1")
+    env.deliver("o1")
+    env.store.begin_action("o1", "save_payment_source", worker="other", job_id=99, lease_seconds=60,
+                           now=env.clock())
+    [o] = env.worker().drain()
+    assert o.state == "retry" and o.error == "busy" and env.fake.requests == []
+
+
+REUSE = policy("""
+    version = 1
+    [default]
+    action = "skip"
+    [[rules]]
+    name = "reuse"
+    action = "use_wallet_source"
+    strategy = "newest"
+""")
+
+
+def test_use_wallet_source_with_wallet_in_body(env):
+    order = env.fake.add_order("o1", source_id="psNEW")
+    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"},
+                    {"id": "w-b", "source_id": "ps-b", "source_type": "stripe_payments", "created_at": "2026"}]
+    rec = env.deliver("o1", source_id="psNEW", wallet=[{"id": "w-a", "source_id": "ps-a", "created_at": "2025"},
+                                                       {"id": "w-b", "source_id": "ps-b", "created_at": "2026"}])
+    [o] = env.worker(policy=REUSE).drain()
+    assert o.outcome == "applied"
+    [patch] = env.fake.patches()
+    assert patch["json"]["data"]["attributes"] == {"_customer_payment_source_id": "w-b"}
+    assert env.decisions(rec.delivery_id)[0]["wallet_entry_id"] == "w-b"
+
+
+def test_use_wallet_source_fetches_wallet_when_body_lacks_it(env):
+    order = env.fake.add_order("o1")
+    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"}]
+    env.deliver("o1")
+    [o] = env.worker(policy=REUSE).drain()
+    assert o.outcome == "applied"
+    assert env.fake.calls("orders.get")[0]["args"]["include"] == "available_customer_payment_sources"
+    assert env.fake.patches()[0]["json"]["data"]["attributes"] == {"_customer_payment_source_id": "w-a"}
+    env.fake.add_order("o2")
+    env.deliver("o2")
+    [o] = env.worker(policy=REUSE).drain()
+    assert o.outcome == "guarded" and o.decision.guard == "no_wallet_entry"
+
+
+def test_retry_delay_grows_with_jitter_and_honours_retry_after():
+    rng = random.Random(7)
+    delays = [retry_delay(n, base=2, cap=100, rng=rng) for n in range(1, 9)]
+    for n, d in enumerate(delays, start=1):
+        ceiling = min(100, 2 * 2 ** (n - 1))
+        assert ceiling / 2 <= d <= ceiling
+    assert retry_delay(1, base=2, cap=100, retry_after=40, rng=rng) >= 40
+    assert retry_delay(1, base=2, cap=100, retry_after=4000, rng=rng) <= 100
