@@ -1,0 +1,106 @@
+"""The command line as a user runs it (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from builders import order_body
+from conftest import DATA
+
+from webhook_app.config import bundled_policy_path
+from webhook_app.signing import sign
+
+
+def run(*args, env=None, stdin=None, tmp=None):
+    base = {"PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "webhook_app", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, input=stdin, timeout=60, cwd=tmp)
+
+
+def test_sign_prints_the_header_value(tmp_path):
+    f = tmp_path / "body.json"
+    f.write_bytes(order_body("o1"))
+    r = run("sign", "--secret", "abc", str(f))
+    assert r.returncode == 0 and r.stdout.strip() == sign(f.read_bytes(), secret="abc")
+    r = run("sign", "--secret-env", "MY_SECRET", str(f), env={"MY_SECRET": "abc"})
+    assert r.stdout.strip() == sign(f.read_bytes(), secret="abc")
+    assert run("sign", str(f)).returncode == 2
+
+
+def test_policy_check_prints_decision_and_rule_per_payload(tmp_path):
+    reg = tmp_path / "orders.place.registered.json"
+    reg.write_bytes(order_body("oREG", source_type="stripe_payments"))
+    approve = tmp_path / "orders.approve.registered.json"
+    approve.write_bytes(order_body("oAPP"))
+    guest = DATA / "orders.place.guest-wire-transfer.json"
+    policy = str(bundled_policy_path())
+    r = run("policy", "check", policy, str(reg), str(approve), str(guest))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert "save_payment_source by rule save-registered-customer-source" in lines[0] and "oREG" in lines[0]
+    assert "orders.approve" in lines[1] and "skip by rule default" in lines[1]
+    assert "wBXVhZOmXO: skip" in lines[2]
+    r = run("policy", "check", "--json", "--topic", "orders.place", policy, str(approve))
+    out = json.loads(r.stdout)
+    assert out["action"] == "save_payment_source" and out["rule"] == "save-registered-customer-source"
+
+
+def test_policy_check_shows_guards(tmp_path):
+    p = tmp_path / "all.toml"
+    p.write_text('version = 1\n[default]\naction = "save_payment_source"\n')
+    g = tmp_path / "orders.place.guest.json"
+    g.write_bytes(order_body("oG", guest=True))
+    r = run("policy", "check", str(p), str(g))
+    assert "skip by guard guest_order (rule default chose save_payment_source)" in r.stdout
+
+
+def test_policy_check_invalid_policy_exits_non_zero_naming_rule_and_field(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('version = 1\n[default]\naction = "skip"\n[[rules]]\nname = "vip"\naction = "save_payment_source"\n'
+                 'when = { field = "order.total_amount_cents", greater = 5 }\n')
+    r = run("policy", "check", str(p))
+    assert r.returncode == 2
+    assert "rule 'vip'" in r.stderr and "field 'when'" in r.stderr and "greater" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_policy_check_bad_payload_is_reported(tmp_path):
+    bad = tmp_path / "orders.place.bad.json"
+    bad.write_text("{not json")
+    r = run("policy", "check", str(bundled_policy_path()), str(bad))
+    assert r.returncode == 1 and "invalid payload" in r.stderr
+
+
+def test_db_upgrade_and_status(tmp_path):
+    env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    r = run("db", "status", env=env)
+    assert r.returncode == 1 and "version 0" in r.stdout
+    r = run("db", "upgrade", env=env)
+    assert r.returncode == 0 and "version 0 -> 1" in r.stdout
+    assert run("db", "status", env=env).returncode == 0
+
+
+def test_worker_once_processes_due_jobs(tmp_path):
+    from conftest import SECRET, signed_headers
+
+    from webhook_app.events import Delivery
+    from webhook_app.signing import parse_secrets
+    from webhook_app.store.sqlite import SQLiteStore
+
+    db = tmp_path / "w.db"
+    store = SQLiteStore(str(db))
+    store.migrate()
+    body = order_body("o1")
+    store.record_delivery(Delivery.from_http(signed_headers(body), body, secrets=parse_secrets(SECRET)), now=1.0)
+    r = run("worker", "--once", env={"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"})
+    assert r.returncode == 0, r.stderr
+    assert store.queue_stats(now=2.0).done == 1
+    store.close()
+
+
+def test_help_lists_commands():
+    r = run("--help")
+    for cmd in ("serve", "web", "worker", "sign", "policy", "db"):
+        assert cmd in r.stdout

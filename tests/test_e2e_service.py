@@ -1,0 +1,151 @@
+"""End to end: `webhook-app serve` as a real process, the fake Commerce Layer over HTTP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import requests
+from builders import order_body
+from conftest import SECRET, signed_headers
+from procs import Service, free_port, wait_http, wait_until
+
+from webhook_app.store import DeliveryFilter
+from webhook_app.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.e2e
+SCHEMA = json.loads((Path(__file__).parent / "data" / "orderUpdate.schema.json").read_text())
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+
+
+def service_env(tmp_path, fake=None, **extra):
+    env = {"CL_WEBHOOK_SECRETS": f"main:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}",
+           "WEBHOOK_APP_POLL_INTERVAL": "0.02", "WEBHOOK_APP_LOG_LEVEL": "INFO"}
+    if fake is not None:
+        env.update(CL_CLIENT_ID=fake.client_id, CL_CLIENT_SECRET=fake.client_secret, CL_API_BASE=fake.url,
+                   CL_AUTH_URL=fake.url + "/oauth/token", WEBHOOK_APP_MODE="enforce")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def serve(tmp_path):
+    started = []
+
+    def start(env, command="serve"):
+        port = free_port()
+        svc = Service([command, "--bind", f"127.0.0.1:{port}"], env, tmp_path / f"{command}-{port}.log")
+        started.append(svc)
+        svc.url = f"http://127.0.0.1:{port}"
+        wait_http(svc.url + "/healthz", proc=svc.proc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+def send(url, body, topic="orders.place", **kw):
+    return requests.post(url + "/webhooks/commercelayer", data=body, headers=signed_headers(body, topic, **kw),
+                         timeout=5)
+
+
+def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_path):
+    registered = [f"ordR{n:04d}" for n in range(6)]
+    for oid in registered:
+        fake_cl.add_order(oid, source_id=f"ps{oid}")
+    fake_cl.add_order("ordGUEST01", guest=True, customer_id=None, source_id="psG")
+    fake_cl.add_order("ordWIRE001", source_type="wire_transfers", source_id="psW")
+    svc = serve(service_env(tmp_path, fake_cl))
+    sent_at = {}
+    for round_ in range(3):  # every delivery three times
+        for oid in registered:
+            r = send(svc.url, order_body(oid, source_id=f"ps{oid}"))
+            assert r.status_code in (200, 202)
+            sent_at.setdefault(oid, time.time())
+            assert r.json()["status"] == ("accepted" if round_ == 0 else "duplicate")
+        assert send(svc.url, order_body("ordGUEST01", guest=True, customer_id=None)).status_code in (200, 202)
+        assert send(svc.url, order_body("ordWIRE001", source_type="wire_transfers")).status_code in (200, 202)
+    for oid in registered:  # other topics for the same orders do not flag again
+        assert send(svc.url, order_body(oid, source_id=f"ps{oid}", status="approved"), "orders.approve").ok
+
+    store = SQLiteStore(str(tmp_path / "e2e.db"))
+    wait_until(lambda: store.queue_stats(now=time.time()).pending == 0
+               and store.queue_stats(now=time.time()).running == 0, what="queue drained")
+    store.close()
+    patches = fake_cl.patches()
+    assert sorted(p["path"].rsplit("/", 1)[1] for p in patches) == sorted(registered)
+    for p in patches:
+        assert p["headers"]["Accept"] == "application/vnd.api+json"
+        assert p["headers"]["Content-Type"].startswith("application/vnd.api+json")
+        assert p["headers"]["Authorization"].startswith("Bearer ")
+        assert p["args"]["include"] == "available_customer_payment_sources"
+        jsonschema.validate(p["json"], SCHEMA)
+        assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
+    assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)
+    latencies = sorted(p["at"] - sent_at[p["path"].rsplit("/", 1)[1]] for p in patches)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "receipt-to-patch.json").write_text(json.dumps(
+        {"orders": len(latencies), "median_ms": round(statistics.median(latencies) * 1000, 1),
+         "max_ms": round(latencies[-1] * 1000, 1)}))
+    assert latencies[-1] < 5  # generous bound for a loaded CI machine; the figure is in the artifact
+
+
+def test_shadow_mode_never_calls_commerce_layer(serve, fake_cl, tmp_path):
+    fake_cl.add_order("ordS000001")
+    env = service_env(tmp_path, fake_cl, WEBHOOK_APP_MODE="shadow")
+    svc = serve(env)
+    assert send(svc.url, order_body("ordS000001")).status_code == 202
+    store = SQLiteStore(str(tmp_path / "e2e.db"))
+    wait_until(lambda: store.queue_stats(now=time.time()).done == 1, what="job done")
+    [d] = store.list_deliveries(DeliveryFilter())
+    assert d.decisions[0]["outcome"] == "shadow"
+    store.close()
+    assert fake_cl.requests == []
+
+
+def test_unsigned_and_oversized_requests_on_the_real_server(serve, tmp_path):
+    svc = serve(service_env(tmp_path))
+    body = order_body("o1")
+    r = requests.post(svc.url + "/webhooks/commercelayer", data=body,
+                      headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": "orders.place"}, timeout=5)
+    assert r.status_code == 401
+    # declare 10 MiB, send nothing: the answer must come at once, without waiting for the body
+    host, port = svc.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"X-CommerceLayer-Topic: orders.place\r\nX-CommerceLayer-Signature: x\r\n"
+                  b"Content-Length: 10485760\r\n\r\n")
+        started = time.monotonic()
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413") and time.monotonic() - started < 3
+
+
+def test_serve_stops_cleanly_on_sigterm(serve, tmp_path):
+    svc = serve(service_env(tmp_path))
+    assert svc.stop(signal.SIGTERM) == 0
+    out = svc.output()
+    assert "worker stopped" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
+    ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),
+    ({"CL_WEBHOOK_SECRETS": "a:s3cr3t-value,,"}, "CL_WEBHOOK_SECRETS"),
+])
+def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
+    full = {"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
+    r = subprocess.run([sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+    assert "s3cr3t-value" not in r.stderr
