@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +78,49 @@ def signed_headers(body: bytes, topic: str = "orders.place", *, secret: str = SE
             "X-CommerceLayer-Signature": sign(body, secret=secret)}
 
 
-@pytest.fixture(params=["sqlite"])
+PG_URL = os.environ.get("WEBHOOK_APP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_available() -> str | None:
+    """None if the test PostgreSQL answers, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {PG_URL} is not reachable: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+def require_postgres() -> None:
+    """Skip (visibly) without PostgreSQL, except in CI where it must run."""
+    why = postgres_available()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL: {why}")
+        pytest.skip(why)
+
+
+@contextmanager
+def pg_schema_url() -> Iterator[str]:
+    """A URL whose connections use a fresh, private schema, dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_factory(request, tmp_path):
     """A factory of connections to one fresh database, for each backend."""
     made = []
@@ -87,7 +132,26 @@ def store_factory(request, tmp_path):
             s = SQLiteStore(path)
             made.append(s)
             return s
-    yield factory
+
+        yield factory
+    else:
+        require_postgres()
+        from webhook_app.store.postgres import PostgresStore
+
+        with pg_schema_url() as url:
+            setup = PostgresStore(url)
+            setup.migrate()
+            setup.close()
+
+            def factory():
+                s = PostgresStore(url)
+                made.append(s)
+                return s
+
+            yield factory
+            for s in made:
+                s.close()
+            made.clear()
     for s in made:
         s.close()
 

@@ -88,7 +88,10 @@ def run_worker(settings: Settings, *, once: bool = False) -> int:
     from webhook_app.worker import Worker
 
     store = open_store(settings.database_url)
-    client = None if settings.shadow else CommerceLayerClient.from_settings(settings)
+    client = None
+    if not settings.shadow:
+        # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
+        client = CommerceLayerClient.from_settings(settings, limiter=store.rate_limiter(settings.cl_rate_limits))
     worker = Worker(store=store, policy=load_policy(settings.policy_path), settings=settings, client=client)
     try:
         if once:

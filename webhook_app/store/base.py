@@ -15,10 +15,14 @@ Exactly-once rests on three constraints:
 from __future__ import annotations
 
 import abc
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook_app.config import RateLimit
 from webhook_app.events import Delivery
+from webhook_app.ratelimit import LocalRateLimiter, RateLimiter
 
 SCHEMA_VERSION = 1
 
@@ -133,6 +137,10 @@ class Store(abc.ABC):
                 f"database schema is at version {found}, this code needs {SCHEMA_VERSION}; "
                 "run `webhook-app db upgrade`"
             )
+
+    def rate_limiter(self, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time) -> RateLimiter:
+        """The limiter for calls to Commerce Layer: per process here; shared where the backend can."""
+        return LocalRateLimiter(limits, clock=clock)
 
     @abc.abstractmethod
     def ping(self) -> None:

@@ -1,0 +1,251 @@
+"""The scale-out store: PostgreSQL through psycopg 3 and a connection pool.
+
+Several web instances and workers share one database. The SQL of the contract lives in
+`store/sql.py`; here are the connection handling, the schema migrations (`webhook-app db
+upgrade`, guarded by an advisory lock so two migrators cannot collide) and a rate limiter shared
+by every worker. Jobs are claimed with `FOR UPDATE SKIP LOCKED`. A connection that fails, a pool
+that cannot hand out a connection within `pool_timeout`, or a server that is down becomes
+StoreUnavailable, so intake answers 503 quickly and recovers by itself when the server returns.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from webhook_app.config import RateLimit
+from webhook_app.errors import StoreUnavailable
+from webhook_app.ratelimit import RateLimiter, earliest_slot
+from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.store.sql import Cursorish, Row, SQLStore
+
+# Each entry upgrades the schema from version N-1 to N (index 0 is version 1).
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE deliveries (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            identity TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            resource_type TEXT NOT NULL,
+            resource_id TEXT NOT NULL,
+            order_id TEXT,
+            received_at DOUBLE PRECISION NOT NULL,
+            secret_label TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            status TEXT NOT NULL,
+            replay_of BIGINT REFERENCES deliveries(id)
+        )""",
+        "CREATE INDEX deliveries_order ON deliveries(order_id)",
+        "CREATE INDEX deliveries_received ON deliveries(received_at)",
+        """CREATE TABLE jobs (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            delivery_id BIGINT NOT NULL UNIQUE REFERENCES deliveries(id),
+            order_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at DOUBLE PRECISION NOT NULL,
+            lease_owner TEXT,
+            lease_expires_at DOUBLE PRECISION,
+            last_error TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX jobs_pending ON jobs(next_attempt_at, id) WHERE state = 'pending'",
+        "CREATE INDEX jobs_running ON jobs(lease_expires_at) WHERE state = 'running'",
+        "CREATE INDEX jobs_order ON jobs(order_id)",
+        """CREATE TABLE attempts (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id BIGINT NOT NULL REFERENCES jobs(id),
+            number INTEGER NOT NULL,
+            worker TEXT,
+            started_at DOUBLE PRECISION NOT NULL,
+            finished_at DOUBLE PRECISION,
+            outcome TEXT,
+            error TEXT
+        )""",
+        "CREATE INDEX attempts_job ON attempts(job_id)",
+        """CREATE TABLE decisions (
+            id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id BIGINT NOT NULL REFERENCES jobs(id),
+            delivery_id BIGINT NOT NULL REFERENCES deliveries(id),
+            order_id TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            guard TEXT,
+            outcome TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            wallet_entry_id TEXT,
+            decided_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX decisions_delivery ON decisions(delivery_id)",
+        "CREATE INDEX decisions_order ON decisions(order_id)",
+        """CREATE TABLE order_actions (
+            order_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('open', 'in_flight', 'done')),
+            owner TEXT,
+            lease_expires_at DOUBLE PRECISION,
+            uncertain INTEGER NOT NULL DEFAULT 0,
+            job_id BIGINT,
+            wallet_entry_id TEXT,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (order_id, action)
+        )""",
+        """CREATE TABLE rate_limit_slots (
+            key TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX rate_limit_slots_key_at ON rate_limit_slots(key, at)",
+    ],
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+_MIGRATION_LOCK = 0x77686B61  # "whka": one migrator at a time
+
+
+class _Cursor(Cursorish):
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self.cur = cur
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
+        self.cur.execute(_pg(sql), params)
+        return self.cur.fetchone() if self.cur.description else None
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        self.cur.execute(_pg(sql), params)
+        return list(self.cur.fetchall())
+
+    def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        self.cur.execute(_pg(sql), params)
+        return self.cur.rowcount
+
+
+_converted: dict[str, str] = {}
+
+
+def _pg(sql: str) -> str:
+    """`?` placeholders (shared SQL) to psycopg's `%s`; cached."""
+    out = _converted.get(sql)
+    if out is None:
+        out = _converted[sql] = sql.replace("%", "%%").replace("?", "%s")
+    return out
+
+
+class PostgresStore(SQLStore):
+    """Store on PostgreSQL. Connections are opened lazily, per process (after gunicorn forks)."""
+
+    claim_lock_clause = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, url: str, *, pool_size: int = 4, pool_timeout: float = 2.0,
+                 connect_timeout: int = 2) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self.connect_timeout = connect_timeout
+        self._pool: ConnectionPool | None = None
+        self._pool_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ConnectionPool(
+                    self.url, min_size=1, max_size=self.pool_size, timeout=self.pool_timeout, open=False,
+                    kwargs={"row_factory": dict_row, "connect_timeout": self.connect_timeout,
+                            "autocommit": True},
+                    check=ConnectionPool.check_connection, name="webhook-app",
+                    reconnect_timeout=0,
+                )
+                self._pool.open(wait=False)
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    @contextmanager
+    def _tx(self, *, write: bool = True) -> Iterator[Cursorish]:
+        try:
+            with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+                yield _Cursor(cur)
+        except PoolTimeout as exc:
+            raise StoreUnavailable("PostgreSQL is unreachable (no connection within the pool timeout)") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL connection failed: {_first_line(exc)}") from exc
+        except psycopg.errors.DiskFull as exc:  # pragma: no cover - hard to provoke
+            raise StoreUnavailable("PostgreSQL disk is full") from exc
+
+    # --- schema ---------------------------------------------------------------------------
+    def migrate(self) -> int:
+        with self._tx() as c:
+            c.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = c.one("SELECT MAX(version) AS v FROM schema_version")
+            current = int(row["v"]) if row and row["v"] is not None else 0
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for ddl in MIGRATIONS[version - 1]:
+                    c.run(ddl)
+                c.run("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self._tx(write=False) as c:
+            exists = c.one("SELECT to_regclass('schema_version') IS NOT NULL AS present")
+            if not exists or not exists["present"]:
+                return 0
+            row = c.one("SELECT MAX(version) AS v FROM schema_version")
+            return int(row["v"]) if row and row["v"] is not None else 0
+
+    def ping(self) -> None:
+        with self._tx(write=False) as c:
+            c.one("SELECT 1 AS ok")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    # --- shared rate limit ----------------------------------------------------------------
+    def rate_limiter(self, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time) -> RateLimiter:
+        return PostgresRateLimiter(self, limits, clock=clock)
+
+
+class PostgresRateLimiter:
+    """Sliding windows kept in PostgreSQL, so every worker together stays under Commerce Layer's
+    limits (they count per organization and IP, not per process). Each reservation is one short
+    transaction serialised by an advisory lock on the key."""
+
+    def __init__(self, store: PostgresStore, limits: Sequence[RateLimit], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.limits = tuple(limits)
+        self.clock = clock
+        self.horizon = max((lim.seconds for lim in self.limits), default=0.0)
+
+    def reserve(self, key: str) -> float:
+        if not self.limits:
+            return 0.0
+        bucket = "commercelayer"  # one budget for the whole integration (see README)
+        with self.store._tx() as c:
+            c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(bucket.encode()),))
+            now = self.clock()
+            c.run("DELETE FROM rate_limit_slots WHERE key = ? AND at <= ?", (bucket, now - self.horizon))
+            history = [float(r["at"]) for r in c.all("SELECT at FROM rate_limit_slots WHERE key = ? ORDER BY at",
+                                                       (bucket,))]
+            slot = earliest_slot(now, history, self.limits)
+            c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (bucket, slot))
+        return slot
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
