@@ -200,6 +200,12 @@ class Faults:
             s.spell.spend()
             return s.rng.random() < s.lose_answer_share
 
+    def set_webhook_timeout(self, webhook_id: str, seconds: float) -> None:
+        if seconds <= 0:
+            raise SandboxError(f"webhook_timeouts.{webhook_id}", "must be positive")
+        with self._lock:
+            self.sender.webhook_timeouts[webhook_id] = seconds
+
     def webhook_timeout(self, webhook_id: str) -> float | None:
         with self._lock:
             return self.sender.webhook_timeouts.get(webhook_id)

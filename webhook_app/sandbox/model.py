@@ -52,6 +52,9 @@ class Customer:
     updated_at: int
     reference: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Created for guest checkouts (Commerce Layer creates such customers from the order's
+    #: email); orders of a guest customer default to `guest: true`. Not rendered.
+    guest: bool = False
 
 
 @dataclass
