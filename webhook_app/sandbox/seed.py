@@ -242,7 +242,9 @@ class _Loader:
                                       "authorized" if placed else "unpaid", path)
         fulfillment = self._choice(o, "fulfillment_status", FULFILLMENT_STATUSES, "unfulfilled", path)
         ident = self._id(o, path, ids)
-        created = self._time(o, "created_at", path, self.now)
+        # Without explicit times an order was created a minute ago and placed a second later,
+        # so that nothing seeded lies in the future of a change made right after loading.
+        created = self._time(o, "created_at", path, self.now - 60_000)
         placed_at = self._time(o, "placed_at", path, created + 1000) if placed else None
         updated = self._time(o, "updated_at", path, max(created, placed_at or 0))
         number = o.get("number") or state.next_order_number
