@@ -45,6 +45,8 @@ class Sandbox:
                  monotonic: Callable[[], float] = time.monotonic, id_seed: int | str | None = 0) -> None:
         self._clock = clock
         self._base_config = config or SandboxConfig()
+        #: Settings that win over a scenario's `[sandbox]` table (command line, test fixtures).
+        self._overrides: dict[str, Any] = {}
         self.config = self._base_config
         self.state = SandboxState(id_seed=id_seed)
         self.stats = Stats(log_size=self.config.request_log_size)
@@ -77,6 +79,12 @@ class Sandbox:
 
     # -- configuration and scenarios --
 
+    def set_overrides(self, changes: Mapping[str, Any]) -> SandboxConfig:
+        """Settings that stay in force across scenario loads and resets (checked, then applied)."""
+        self.config.updated(changes)
+        self._overrides = _merge(self._overrides, changes)
+        return self.update_config(changes)
+
     def update_config(self, changes: Mapping[str, Any]) -> SandboxConfig:
         """Apply configuration changes (SandboxError if any is bad; then nothing changes)."""
         with self._config_lock:
@@ -98,6 +106,7 @@ class Sandbox:
         config = self._base_config if replace else self.config
         if "sandbox" in scenario:
             config = config.updated(scenario["sandbox"], "sandbox")
+        config = config.updated(self._overrides)
         faults = Faults()
         if "faults" in scenario:
             faults.configure(scenario["faults"])  # check before touching anything
@@ -185,3 +194,14 @@ class Sandbox:
                 if transition and topic == "orders.destroy":
                     self.state.orders.pop(order.id, None)
             return events
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated with `changes`, nested mappings (`sender`) merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

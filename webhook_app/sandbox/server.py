@@ -35,7 +35,12 @@ class QuietRequestHandler(WSGIRequestHandler):
 
 
 class SandboxServer:
-    """Runs a `Sandbox` (a new one unless given) on `host:port` until `stop()`."""
+    """Runs a `Sandbox` (a new one unless given) on `host:port` until `stop()`.
+
+    `scenario` (a mapping, a file path or `"example"`) is loaded as the initial scenario, the one
+    `POST /_sandbox/reset` returns to; `config` settings win over the scenario's `[sandbox]`
+    table and survive resets.
+    """
 
     def __init__(self, sandbox: Sandbox | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  scenario: Mapping[str, Any] | str | Path | None = None,
@@ -44,7 +49,7 @@ class SandboxServer:
         self.host = host
         self._requested_port = port
         if config:
-            self.sandbox.update_config(config)
+            self.sandbox.set_overrides(config)
         if scenario is not None:
             data = read_scenario(scenario) if isinstance(scenario, str | Path) else scenario
             self.sandbox.load_scenario(data, initial=True)
