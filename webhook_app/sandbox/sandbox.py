@@ -48,6 +48,7 @@ class Sandbox:
         #: Settings that win over a scenario's `[sandbox]` table (command line, test fixtures).
         self._overrides: dict[str, Any] = {}
         self.config = self._base_config
+        self._id_seed = id_seed
         self.state = SandboxState(id_seed=id_seed)
         self.stats = Stats(log_size=self.config.request_log_size)
         self.limiter = SlidingWindowLimiter(monotonic)
@@ -103,19 +104,21 @@ class Sandbox:
         """
         if not isinstance(scenario, Mapping):
             raise SandboxError("", "a scenario is an object")
+        # Everything is checked before anything changes: a refused scenario leaves all as it was.
         config = self._base_config if replace else self.config
         if "sandbox" in scenario:
             config = config.updated(scenario["sandbox"], "sandbox")
         config = config.updated(self._overrides)
-        faults = Faults()
-        if "faults" in scenario:
-            faults.configure(scenario["faults"])  # check before touching anything
-        if replace:
-            self.sender.clear()
-            self.state.clear()
-            self.stats.reset()
-            self.limiter.reset()
-            self.faults.clear()
+        Faults().configure(scenario.get("faults", {}))
+        with self.state.lock:
+            candidate = SandboxState(id_seed=self._id_seed) if replace else self.state.copy()
+            counts, timeouts = load_records(candidate, scenario, now=self.now_ms())
+            if replace:
+                self.sender.clear()
+                self.stats.reset()
+                self.limiter.reset()
+                self.faults.clear()
+            self.state.adopt(candidate)
         with self._config_lock:
             self.config = config
         self.stats.resize_log(config.request_log_size)
@@ -123,7 +126,6 @@ class Sandbox:
             self.sender.resize(config.sender.concurrency)
         if "faults" in scenario:
             self.faults.configure(scenario["faults"])
-        counts, timeouts = load_records(self.state, scenario, now=self.now_ms())
         for hook_id, seconds in timeouts.items():
             self.faults.set_webhook_timeout(hook_id, seconds)
         if initial:

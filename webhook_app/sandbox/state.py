@@ -7,6 +7,7 @@ Business rules live elsewhere (`orders.py`, `webhooks.py`, `seed.py`).
 
 from __future__ import annotations
 
+import copy
 import hmac
 import secrets
 import threading
@@ -55,6 +56,25 @@ class SandboxState:
             self.events: dict[str, Event] = {}
             self.next_order_number = 10_000_001
             self.next_market_number = 1001
+
+    _DATA = ("markets", "customers", "payment_sources", "line_items", "orders", "wallet", "clients",
+             "tokens", "webhooks", "callbacks", "events", "next_order_number", "next_market_number")
+
+    def copy(self) -> SandboxState:
+        """A deep copy of the records (to try a change and adopt it only if it succeeds)."""
+        twin = SandboxState(id_seed=self._id_seed)
+        with self.lock:
+            twin.ids = self.ids.clone()
+            for name in self._DATA:
+                setattr(twin, name, copy.deepcopy(getattr(self, name)))
+        return twin
+
+    def adopt(self, other: SandboxState) -> None:
+        """Take over `other`'s records (this object, and its lock, stay the ones others hold)."""
+        with self.lock:
+            self.ids = other.ids
+            for name in self._DATA:
+                setattr(self, name, getattr(other, name))
 
     @contextmanager
     def locked(self) -> Iterator[SandboxState]:

@@ -40,6 +40,14 @@ class IdFactory:
                 raise ValueError(f"id {ident!r} is already used")
             self._used.add(ident)
 
+    def clone(self) -> IdFactory:
+        """An independent copy (same sequence to come, same ids taken)."""
+        twin = IdFactory()
+        with self._lock:
+            twin._rng.setstate(self._rng.getstate())
+            twin._used = set(self._used)
+        return twin
+
     def release(self, ident: str) -> None:
         with self._lock:
             self._used.discard(ident)
