@@ -26,8 +26,10 @@ from webhook_app.sandbox.seed import read_scenario
 API = "application/vnd.api+json"
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
-FAST = {"check_responses": True, "sender": {"backoff_base": 0.001, "backoff_factor": 1.0,
-                                             "timeout": 2.0}}
+FAST = {
+    "check_responses": True,
+    "sender": {"backoff_base": 0.001, "backoff_factor": 1.0, "timeout": 2.0},
+}
 
 
 def example() -> dict[str, Any]:
@@ -35,7 +37,9 @@ def example() -> dict[str, Any]:
 
 
 @contextmanager
-def running(scenario: dict[str, Any] | str | None = "example", **config: Any) -> Iterator[SandboxServer]:
+def running(
+    scenario: dict[str, Any] | str | None = "example", **config: Any
+) -> Iterator[SandboxServer]:
     """A started SandboxServer with fast test settings (overridable)."""
     data = example() if scenario == "example" else scenario
     merged = {**FAST, **config}
@@ -56,8 +60,14 @@ class Api:
         self.session.close()
 
     def get_token(self, client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET) -> str:
-        r = self.session.post(self.server.auth_url, json={
-            "grant_type": "client_credentials", "client_id": client_id, "client_secret": client_secret})
+        r = self.session.post(
+            self.server.auth_url,
+            json={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_secret": client_secret,
+            },
+        )
         assert r.status_code == 200, r.text
         self.token = r.json()["access_token"]
         return self.token
@@ -70,26 +80,42 @@ class Api:
         return h
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.get(self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw)
+        return self.session.get(
+            self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw
+        )
 
     def patch(self, path: str, body: Any, **kw: Any) -> requests.Response:
-        return self.session.patch(self.server.api_url + path, data=json.dumps(body),
-                                  headers=kw.pop("headers", self.headers()), **kw)
+        return self.session.patch(
+            self.server.api_url + path,
+            data=json.dumps(body),
+            headers=kw.pop("headers", self.headers()),
+            **kw,
+        )
 
     def post(self, path: str, body: Any, **kw: Any) -> requests.Response:
-        return self.session.post(self.server.api_url + path, data=json.dumps(body),
-                                 headers=kw.pop("headers", self.headers()), **kw)
+        return self.session.post(
+            self.server.api_url + path,
+            data=json.dumps(body),
+            headers=kw.pop("headers", self.headers()),
+            **kw,
+        )
 
     def delete(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.delete(self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw)
+        return self.session.delete(
+            self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw
+        )
 
     def control(self, method: str, path: str, body: Any = None, **kw: Any) -> requests.Response:
         return self.session.request(method, f"{self.server.url}/_sandbox{path}", json=body, **kw)
 
-    def patch_order(self, order_id: str, attributes: dict[str, Any], include: str | None = None) -> requests.Response:
+    def patch_order(
+        self, order_id: str, attributes: dict[str, Any], include: str | None = None
+    ) -> requests.Response:
         q = f"?include={include}" if include else ""
-        return self.patch(f"/orders/{order_id}{q}",
-                          {"data": {"type": "orders", "id": order_id, "attributes": attributes}})
+        return self.patch(
+            f"/orders/{order_id}{q}",
+            {"data": {"type": "orders", "id": order_id, "attributes": attributes}},
+        )
 
 
 @dataclass
@@ -115,8 +141,9 @@ class Receiver:
                 pass
 
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=Quiet)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     @property
@@ -136,8 +163,9 @@ class Receiver:
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Call]:
         with self._changed:
-            assert self._changed.wait_for(lambda: len(self.calls) >= count, timeout), \
+            assert self._changed.wait_for(lambda: len(self.calls) >= count, timeout), (
                 f"expected {count} calls, got {len(self.calls)}"
+            )
             return list(self.calls)
 
     def close(self) -> None:
@@ -150,11 +178,24 @@ def signature(body: bytes, secret: str) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def webhook_scenario(callback_url: str, *, include: list[str] | None = None, secret: str = "s3cret",
-                     topic: str = "orders.place", **hook: Any) -> dict[str, Any]:
+def webhook_scenario(
+    callback_url: str,
+    *,
+    include: list[str] | None = None,
+    secret: str = "s3cret",
+    topic: str = "orders.place",
+    **hook: Any,
+) -> dict[str, Any]:
     """The example scenario with its webhook pointed at a test receiver."""
     data = example()
-    data["webhooks"] = [{"id": "HookTestAa", "topic": topic, "callback_url": callback_url,
-                         "include_resources": include if include is not None else ["customer", "payment_source"],
-                         "shared_secret": secret, **hook}]
+    data["webhooks"] = [
+        {
+            "id": "HookTestAa",
+            "topic": topic,
+            "callback_url": callback_url,
+            "include_resources": include if include is not None else ["customer", "payment_source"],
+            "shared_secret": secret,
+            **hook,
+        }
+    ]
     return data

@@ -50,6 +50,7 @@ def faults(api, *rules, seed=7, sender=None) -> None:
 
 # -- rate limits ---------------------------------------------------------------------------
 
+
 def test_limiter_sliding_window_with_fake_clock():
     clock = FakeClock()
     limiter = SlidingWindowLimiter(clock)
@@ -67,7 +68,11 @@ def test_limiter_reports_the_tightest_window():
     limiter = SlidingWindowLimiter(FakeClock())
     v = limiter.hit([(("api",), Window(100, 60)), (("endpoint", "orders.get"), Window(2, 10))])
     assert (v.limit, v.interval, v.remaining) == (2, 10, 1)
-    assert v.headers() == {"x-ratelimit-limit": "2", "x-ratelimit-interval": "10", "x-ratelimit-remaining": "1"}
+    assert v.headers() == {
+        "x-ratelimit-limit": "2",
+        "x-ratelimit-interval": "10",
+        "x-ratelimit-remaining": "1",
+    }
 
 
 def test_rate_limit_headers_on_every_answer(api):
@@ -76,8 +81,10 @@ def test_rate_limit_headers_on_every_answer(api):
     assert int(r.headers["x-ratelimit-remaining"]) == 24
     r = api.get("/orders/NoSuchOrd")
     assert r.status_code == 404 and "x-ratelimit-remaining" in r.headers
-    token = api.session.post(api.server.auth_url, json={"grant_type": "client_credentials",
-                                                        "client_id": "x", "client_secret": "y"})
+    token = api.session.post(
+        api.server.auth_url,
+        json={"grant_type": "client_credentials", "client_id": "x", "client_secret": "y"},
+    )
     assert token.status_code == 401 and token.headers["x-ratelimit-limit"] == "30"
     assert token.headers["x-ratelimit-interval"] == "60"
 
@@ -101,24 +108,38 @@ def test_endpoint_limit_429_then_window_recovers(api):
 
 
 def test_overall_and_auth_limits_and_retry_after(api):
-    api.control("PUT", "/config", {"api_limits": ["2/30"], "endpoint_limits": [], "auth_limits": ["1/30"],
-                                   "retry_after": 7})
+    api.control(
+        "PUT",
+        "/config",
+        {"api_limits": ["2/30"], "endpoint_limits": [], "auth_limits": ["1/30"], "retry_after": 7},
+    )
     assert api.get("/orders").status_code == 200
     assert api.get("/orders/OrdStripeA").status_code == 200
     r = api.get("/webhooks")
     assert r.status_code == 429 and r.headers["Retry-After"] == "7"
-    ok = api.session.post(api.server.auth_url, json={"grant_type": "client_credentials",
-                                                     "client_id": "sandbox-client-id",
-                                                     "client_secret": "sandbox-client-secret"})
-    again = api.session.post(api.server.auth_url, json={"grant_type": "client_credentials",
-                                                        "client_id": "sandbox-client-id",
-                                                        "client_secret": "sandbox-client-secret"})
+    ok = api.session.post(
+        api.server.auth_url,
+        json={
+            "grant_type": "client_credentials",
+            "client_id": "sandbox-client-id",
+            "client_secret": "sandbox-client-secret",
+        },
+    )
+    again = api.session.post(
+        api.server.auth_url,
+        json={
+            "grant_type": "client_credentials",
+            "client_id": "sandbox-client-id",
+            "client_secret": "sandbox-client-secret",
+        },
+    )
     assert (ok.status_code, again.status_code) == (200, 429)
     stats = api.control("GET", "/stats").json()["rate_limited"]
     assert stats == {"total": 2, "api": 1, "auth": 1}
 
 
 # -- faults -----------------------------------------------------------------------------------
+
 
 def test_latency(api):
     faults(api, {"route": "orders.get", "latency_ms": 300})
@@ -157,8 +178,13 @@ def test_hang_outlasts_a_client_timeout_then_applies(api):
     faults(api, {"route": "orders.patch", "hang_share": 1.0, "hang_seconds": 0.6, "requests": 1})
     with pytest.raises(requests.ReadTimeout):
         api.session.patch(
-            api.server.api_url + "/orders/OrdStripeA", headers=api.headers(), timeout=0.2,
-            json={"data": {"type": "orders", "id": "OrdStripeA", "attributes": {"reference": "late"}}})
+            api.server.api_url + "/orders/OrdStripeA",
+            headers=api.headers(),
+            timeout=0.2,
+            json={
+                "data": {"type": "orders", "id": "OrdStripeA", "attributes": {"reference": "late"}}
+            },
+        )
     time.sleep(0.6)
     attrs = api.get("/orders/OrdStripeA").json()["data"]["attributes"]
     assert attrs["reference"] == "late"  # the slow server still made the change
@@ -175,7 +201,9 @@ def test_dropped_connection_is_a_connection_error(api):
 
 
 def test_apply_then_fail_makes_the_change_and_answers_503(api):
-    faults(api, {"route": "orders.patch", "error_share": 1.0, "apply_then_fail": True, "requests": 1})
+    faults(
+        api, {"route": "orders.patch", "error_share": 1.0, "apply_then_fail": True, "requests": 1}
+    )
     r = api.patch_order("OrdStripeA", {"_save_payment_source_to_customer_wallet": True})
     assert r.status_code == 503
     wallet = api.get("/customers/CustAliceA/customer_payment_sources").json()["data"]
@@ -186,10 +214,15 @@ def test_apply_then_fail_makes_the_change_and_answers_503(api):
 
 
 def test_apply_then_drop(api):
-    faults(api, {"route": "orders.patch", "drop_share": 1.0, "apply_then_fail": True, "requests": 1})
+    faults(
+        api, {"route": "orders.patch", "drop_share": 1.0, "apply_then_fail": True, "requests": 1}
+    )
     with pytest.raises(requests.ConnectionError):
         api.patch_order("OrdStripeA", {"reference": "dropped-but-done"})
-    assert api.get("/orders/OrdStripeA").json()["data"]["attributes"]["reference"] == "dropped-but-done"
+    assert (
+        api.get("/orders/OrdStripeA").json()["data"]["attributes"]["reference"]
+        == "dropped-but-done"
+    )
 
 
 def test_spell_for_n_requests_and_for_t_seconds(api):

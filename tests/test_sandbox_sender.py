@@ -57,15 +57,22 @@ def test_delivery_is_signed_compact_and_shaped_like_get(hooked, receiver):
     doc = json.loads(call.body)
     assert json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() == call.body
     assert doc["data"]["links"]["self"] == "/api/orders/OrdStripeA"
-    assert doc["data"]["relationships"]["customer"]["links"]["related"] == "/api/orders/OrdStripeA/customer"
-    assert {(i["type"], i["id"]) for i in doc["included"]} == {("customers", "CustAliceA"),
-                                                              ("stripe_payments", "PsStripeAa")}
+    assert (
+        doc["data"]["relationships"]["customer"]["links"]["related"]
+        == "/api/orders/OrdStripeA/customer"
+    )
+    assert {(i["type"], i["id"]) for i in doc["included"]} == {
+        ("customers", "CustAliceA"),
+        ("stripe_payments", "PsStripeAa"),
+    }
     assert "data" not in doc["data"]["relationships"]["market"]  # not in include_resources
     assert schema.errors("orderResponse", doc, relaxed=True) == []
     answer = hooked.get("/orders/OrdStripeA?include=customer,payment_source").json()
     assert answer["data"]["attributes"] == doc["data"]["attributes"]
     callbacks = hooked.control("GET", "/event_callbacks").json()["event_callbacks"]
-    assert [(c["response_code"], c["succeeded"], c["attempt"]) for c in callbacks] == [(204, True, 1)]
+    assert [(c["response_code"], c["succeeded"], c["attempt"]) for c in callbacks] == [
+        (204, True, 1)
+    ]
     assert callbacks[0]["body"].encode() == call.body
     listed = hooked.get("/webhooks/HookTestAa/last_event_callbacks").json()["data"]
     assert listed[0]["attributes"]["response_code"] == "204"
@@ -89,8 +96,11 @@ def test_failures_are_retried_ten_times_then_dropped(hooked, receiver):
 
 
 def test_backoff_is_exponential_by_default_config(hooked, receiver):
-    hooked.control("PUT", "/config", {"sender": {"backoff_base": 0.05, "backoff_factor": 2.0,
-                                                 "max_retries": 3}})
+    hooked.control(
+        "PUT",
+        "/config",
+        {"sender": {"backoff_base": 0.05, "backoff_factor": 2.0, "max_retries": 3}},
+    )
     receiver.answer = failing(503)
     trigger(hooked, "OrdStripeA")
     drain(hooked)
@@ -105,7 +115,10 @@ def test_a_success_resets_the_consecutive_failure_count(hooked, receiver):
     trigger(hooked, "OrdStripeA")
     drain(hooked)
     assert len(receiver.calls) == 3
-    assert hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_failure_count"] == 0
+    assert (
+        hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_failure_count"]
+        == 0
+    )
 
 
 def test_slow_answers_are_timeouts(receiver):
@@ -134,8 +147,10 @@ def test_circuit_opens_after_30_consecutive_failures_and_reset_closes_it(hooked,
     assert len(receiver.calls) == 30  # nothing is sent while open
     stats = hooked.control("GET", "/stats").json()["sender"]
     assert stats["circuits_opened"] == 1 and stats["skipped_circuit_open"] == 6
-    r = hooked.patch("/webhooks/HookTestAa", {"data": {"type": "webhooks", "id": "HookTestAa",
-                                                       "attributes": {"_reset_circuit": True}}})
+    r = hooked.patch(
+        "/webhooks/HookTestAa",
+        {"data": {"type": "webhooks", "id": "HookTestAa", "attributes": {"_reset_circuit": True}}},
+    )
     assert r.json()["data"]["attributes"]["circuit_state"] == "closed"
     assert r.json()["data"]["attributes"]["circuit_failure_count"] == 0
     receiver.answer = failing(200)
@@ -150,7 +165,9 @@ def test_an_open_circuit_drops_pending_retries(hooked, receiver):
     trigger(hooked, "OrdStripeA")
     drain(hooked)
     assert len(receiver.calls) == 3  # not 11: the retries after the circuit opened were not sent
-    assert hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_state"] == "open"
+    assert (
+        hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_state"] == "open"
+    )
 
 
 def test_triggering_again_resends_the_same_bytes(hooked, receiver):
@@ -173,7 +190,9 @@ def test_lost_answer_causes_a_redelivery(hooked, receiver):
     assert len(receiver.calls) == 2 and receiver.calls[0].body == receiver.calls[1].body
     callbacks = hooked.control("GET", "/event_callbacks").json()["event_callbacks"]
     assert [(c["lost_answer"], c["response_code"], c["succeeded"]) for c in callbacks] == [
-        (True, None, False), (False, 204, True)]
+        (True, None, False),
+        (False, 204, True),
+    ]
     assert "timeout" in callbacks[0]["response_message"]
     assert hooked.control("GET", "/stats").json()["sender"]["lost_answers"] == 1
 

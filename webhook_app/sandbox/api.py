@@ -41,6 +41,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook_app.sandbox import bodies, control, schema
 from webhook_app.sandbox import webhooks as webhook_rules
+from webhook_app.sandbox.config import Window
 from webhook_app.sandbox.errors import ApiError, not_found
 from webhook_app.sandbox.faults import NO_FAULT, FaultDecision
 from webhook_app.sandbox.orders import (
@@ -59,8 +60,12 @@ from webhook_app.sandbox.timeutil import iso
 
 API_JSON = "application/vnd.api+json"
 DROP_KEY = "webhook_app.sandbox.drop"
-_FAULT_CODES = {500: "INTERNAL_SERVER_ERROR", 502: "BAD_GATEWAY", 503: "SERVICE_UNAVAILABLE",
-                504: "GATEWAY_TIMEOUT"}
+_FAULT_CODES = {
+    500: "INTERNAL_SERVER_ERROR",
+    502: "BAD_GATEWAY",
+    503: "SERVICE_UNAVAILABLE",
+    504: "GATEWAY_TIMEOUT",
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,9 @@ class ConnectionDropper:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         result = self.app(environ, start_response)
         if not environ.get(DROP_KEY):
             return result
@@ -113,9 +120,13 @@ def error_response(exc: ApiError) -> Response:
 
 
 def fault_error(status: int) -> ApiError:
-    return ApiError(status, _FAULT_CODES.get(status, "SERVER_ERROR"), "Server error",
-                    f"The server could not complete the request (sandbox fault: {status}).",
-                    meta={"sandbox_fault": True})
+    return ApiError(
+        status,
+        _FAULT_CODES.get(status, "SERVER_ERROR"),
+        "Server error",
+        f"The server could not complete the request (sandbox fault: {status}).",
+        meta={"sandbox_fault": True},
+    )
 
 
 class _Api:
@@ -126,18 +137,32 @@ class _Api:
             Route("orders.list", "/api/orders", "GET", self.orders_list),
             Route("orders.get", "/api/orders/<order_id>", "GET", self.orders_get),
             Route("orders.patch", "/api/orders/<order_id>", "PATCH", self.orders_patch),
-            Route("customer_payment_sources", "/api/customers/<customer_id>/customer_payment_sources",
-                  "GET", self.wallet_list),
-            Route("customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list),
-            Route("customer_payment_sources.get", "/api/customer_payment_sources/<entry_id>", "GET",
-                  self.wallet_get),
+            Route(
+                "customer_payment_sources",
+                "/api/customers/<customer_id>/customer_payment_sources",
+                "GET",
+                self.wallet_list,
+            ),
+            Route(
+                "customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list
+            ),
+            Route(
+                "customer_payment_sources.get",
+                "/api/customer_payment_sources/<entry_id>",
+                "GET",
+                self.wallet_get,
+            ),
             Route("webhooks.list", "/api/webhooks", "GET", self.webhooks_list),
             Route("webhooks.create", "/api/webhooks", "POST", self.webhooks_create),
             Route("webhooks.get", "/api/webhooks/<webhook_id>", "GET", self.webhooks_get),
             Route("webhooks.patch", "/api/webhooks/<webhook_id>", "PATCH", self.webhooks_patch),
             Route("webhooks.delete", "/api/webhooks/<webhook_id>", "DELETE", self.webhooks_delete),
-            Route("webhooks.last_event_callbacks", "/api/webhooks/<webhook_id>/last_event_callbacks",
-                  "GET", self.webhooks_callbacks),
+            Route(
+                "webhooks.last_event_callbacks",
+                "/api/webhooks/<webhook_id>/last_event_callbacks",
+                "GET",
+                self.webhooks_callbacks,
+            ),
         ]
         self.by_endpoint = {r.endpoint: r for r in self.routes}
 
@@ -153,7 +178,7 @@ class _Api:
         sandbox, cfg = self.sandbox, self.sandbox.config
         g.sandbox_route = route.name
         g.sandbox_started = time.monotonic()
-        windows: list[tuple[Any, Any]]
+        windows: list[tuple[tuple[str, ...], Window]]
         if route.rate_class == "auth":
             windows = [(("auth",), w) for w in cfg.auth_limits]
         else:
@@ -167,10 +192,17 @@ class _Api:
             sandbox.stats.count(f"rate_limited.{kind}")
             headers = {}
             if cfg.retry_after is not None:
-                headers["Retry-After"] = str(max(1, round(cfg.retry_after or verdict.retry_in + 0.5)))
-            raise ApiError(429, "TOO_MANY_REQUESTS", "Too many requests",
-                           f"You have exceeded the rate limit of {verdict.limit} requests in "
-                           f"{verdict.interval:g} seconds.", headers=headers)
+                headers["Retry-After"] = str(
+                    max(1, round(cfg.retry_after or verdict.retry_in + 0.5))
+                )
+            raise ApiError(
+                429,
+                "TOO_MANY_REQUESTS",
+                "Too many requests",
+                f"You have exceeded the rate limit of {verdict.limit} requests in "
+                f"{verdict.interval:g} seconds.",
+                headers=headers,
+            )
         decision = sandbox.faults.decide(route.name)
         g.sandbox_fault = decision
         for kind in decision.kinds:
@@ -194,7 +226,11 @@ class _Api:
         if route is None:
             return response
         decision: FaultDecision = g.get("sandbox_fault", NO_FAULT)
-        if decision.apply_then_fail and response.status_code < 400 and not request.environ.get(DROP_KEY):
+        if (
+            decision.apply_then_fail
+            and response.status_code < 400
+            and not request.environ.get(DROP_KEY)
+        ):
             if decision.drop:
                 request.environ[DROP_KEY] = True
             elif decision.error_status:
@@ -203,18 +239,20 @@ class _Api:
         if verdict is not None:
             response.headers.update(verdict.headers())
         dropped = bool(request.environ.get(DROP_KEY))
-        self.sandbox.stats.record_request({
-            "time": iso(self.sandbox.now_ms()),
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string.decode("latin-1"),
-            "route": route,
-            "headers": redact_headers(request.headers.items()),
-            "body": redact_body(self._logged_body()),
-            "status": None if dropped else response.status_code,
-            "faults": decision.kinds,
-            "duration_ms": round((time.monotonic() - g.sandbox_started) * 1000, 3),
-        })
+        self.sandbox.stats.record_request(
+            {
+                "time": iso(self.sandbox.now_ms()),
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string.decode("latin-1"),
+                "route": route,
+                "headers": redact_headers(request.headers.items()),
+                "body": redact_body(self._logged_body()),
+                "status": None if dropped else response.status_code,
+                "faults": decision.kinds,
+                "duration_ms": round((time.monotonic() - g.sandbox_started) * 1000, 3),
+            }
+        )
         return response
 
     def _logged_body(self) -> Any:
@@ -233,30 +271,50 @@ class _Api:
         return Response(b"", 500)
 
     def _check_media_types(self) -> None:
-        accepted = [part.split(";")[0].strip().lower()
-                    for part in request.headers.get("Accept", "").split(",")]
+        accepted = [
+            part.split(";")[0].strip().lower()
+            for part in request.headers.get("Accept", "").split(",")
+        ]
         if API_JSON not in accepted:
-            raise ApiError(406, "NOT_ACCEPTABLE", "Not acceptable",
-                           f"All requests must use the '{API_JSON}' Accept header.")
+            raise ApiError(
+                406,
+                "NOT_ACCEPTABLE",
+                "Not acceptable",
+                f"All requests must use the '{API_JSON}' Accept header.",
+            )
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
-            "Transfer-Encoding", "").lower()
+            "Transfer-Encoding", ""
+        ).lower()
         if has_body and request.mimetype != API_JSON:
-            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "Unsupported media type",
-                           f"All requests that create or update must use the '{API_JSON}' "
-                           "Content-Type header.")
+            raise ApiError(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Unsupported media type",
+                f"All requests that create or update must use the '{API_JSON}' "
+                "Content-Type header.",
+            )
 
     def _check_token(self) -> None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
-            raise ApiError(401, "INVALID_TOKEN", "Invalid token",
-                           "The access token is missing: send Authorization: Bearer <token>.")
+            raise ApiError(
+                401,
+                "INVALID_TOKEN",
+                "Invalid token",
+                "The access token is missing: send Authorization: Bearer <token>.",
+            )
         state = self.sandbox.state
         if state.valid_token(value, now=self.sandbox.now()) is None:
             expired = value in state.tokens
-            raise ApiError(401, "INVALID_TOKEN", "Token expired" if expired else "Invalid token",
-                           "The access token you provided has expired." if expired
-                           else "The access token you provided is invalid.")
+            raise ApiError(
+                401,
+                "INVALID_TOKEN",
+                "Token expired" if expired else "Invalid token",
+                "The access token you provided has expired."
+                if expired
+                else "The access token you provided is invalid.",
+            )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -276,9 +334,13 @@ class _Api:
         allowed = tuple(allowed)
         for name in names:
             if name not in allowed:
-                raise bad_request("INVALID_INCLUDE", "Invalid include",
-                                  f"{name} is not a valid relationship of this resource "
-                                  f"(the sandbox includes {', '.join(allowed)}).", parameter="include")
+                raise bad_request(
+                    "INVALID_INCLUDE",
+                    "Invalid include",
+                    f"{name} is not a valid relationship of this resource "
+                    f"(the sandbox includes {', '.join(allowed)}).",
+                    parameter="include",
+                )
         return list(dict.fromkeys(names))
 
     @staticmethod
@@ -287,11 +349,15 @@ class _Api:
         try:
             return json.loads(raw)
         except ValueError:
-            raise ApiError(400, "BAD_REQUEST", "Bad request", "The request body is not valid JSON.") from None
+            raise ApiError(
+                400, "BAD_REQUEST", "Bad request", "The request body is not valid JSON."
+            ) from None
 
     def _page(self) -> Page:
         cfg = self.sandbox.config
-        return parse_page(request.args, default_size=cfg.page_size_default, max_size=cfg.page_size_max)
+        return parse_page(
+            request.args, default_size=cfg.page_size_default, max_size=cfg.page_size_max
+        )
 
     def _links(self, page: Page, pages: int) -> dict[str, str]:
         others = [(k, v) for k, v in request.args.items(multi=True) if not k.startswith("page[")]
@@ -308,24 +374,40 @@ class _Api:
         links["last"] = url(max(pages, 1))
         return links
 
-    def _listing(self, items: list[Any], render: Callable[[Any], dict[str, Any]],
-                 included: Callable[[list[Any]], list[dict[str, Any]]] | None = None) -> Response:
+    def _listing(
+        self,
+        items: list[Any],
+        render: Callable[[Any], dict[str, Any]],
+        included: Callable[[list[Any]], list[dict[str, Any]]] | None = None,
+    ) -> Response:
         page = self._page()
         pages = page_count(len(items), page.size)
-        chosen = items[(page.number - 1) * page.size: page.number * page.size]
+        chosen = items[(page.number - 1) * page.size : page.number * page.size]
         data = [render(item) for item in chosen]
-        doc = list_document(data, record_count=len(items), page_count=pages,
-                            links=self._links(page, pages),
-                            included=included(chosen) if included else None)
+        doc = list_document(
+            data,
+            record_count=len(items),
+            page_count=pages,
+            links=self._links(page, pages),
+            included=included(chosen) if included else None,
+        )
         return jsonapi(doc)
 
-    def _check_order_document(self, doc: dict[str, Any], *, relaxed: bool, listing: bool = False) -> None:
+    def _check_order_document(
+        self, doc: dict[str, Any], *, relaxed: bool, listing: bool = False
+    ) -> None:
         if not self.sandbox.config.check_responses:
             return
-        problems = schema.errors("orderResponseList" if listing else "orderResponse", doc, relaxed=relaxed)
+        problems = schema.errors(
+            "orderResponseList" if listing else "orderResponse", doc, relaxed=relaxed
+        )
         if problems:
-            raise ApiError(500, "SANDBOX_SCHEMA_MISMATCH", "Sandbox bug",
-                           "; ".join(f"{p}: {m}" for p, m in problems[:10]))
+            raise ApiError(
+                500,
+                "SANDBOX_SCHEMA_MISMATCH",
+                "Sandbox bug",
+                "; ".join(f"{p}: {m}" for p, m in problems[:10]),
+            )
 
     # -- OAuth -----------------------------------------------------------------------------
 
@@ -338,20 +420,35 @@ class _Api:
         else:
             body = request.form.to_dict()
         if body.get("grant_type") != "client_credentials":
-            raise ApiError(400, "UNSUPPORTED_GRANT_TYPE", "Unsupported grant type",
-                           "The sandbox issues client_credentials tokens only.",
-                           pointer="/grant_type")
-        client = sandbox.state.check_client(str(body.get("client_id", "")), str(body.get("client_secret", "")))
+            raise ApiError(
+                400,
+                "UNSUPPORTED_GRANT_TYPE",
+                "Unsupported grant type",
+                "The sandbox issues client_credentials tokens only.",
+                pointer="/grant_type",
+            )
+        client = sandbox.state.check_client(
+            str(body.get("client_id", "")), str(body.get("client_secret", ""))
+        )
         if client is None:
-            raise ApiError(401, "INVALID_CLIENT", "Invalid client",
-                           "Client authentication failed due to unknown client or wrong secret.")
+            raise ApiError(
+                401,
+                "INVALID_CLIENT",
+                "Invalid client",
+                "Client authentication failed due to unknown client or wrong secret.",
+            )
         now = sandbox.now()
         ttl = sandbox.config.token_ttl
         scope = str(body.get("scope") or client.scope)
         token = sandbox.state.issue_token(client, scope, now=now, ttl=ttl)
         sandbox.stats.count("tokens.issued")
-        answer = {"access_token": token.value, "token_type": "bearer", "expires_in": int(ttl),
-                  "scope": scope, "created_at": int(now)}
+        answer = {
+            "access_token": token.value,
+            "token_type": "bearer",
+            "expires_in": int(ttl),
+            "scope": scope,
+            "created_at": int(now),
+        }
         return Response(json.dumps(answer), 200, content_type="application/json")
 
     # -- orders ------------------------------------------------------------------------------
@@ -376,9 +473,14 @@ class _Api:
         include = self._include(ORDER_INCLUDES)
         attributes = bodies.check_document("orderUpdate", doc, url_id=order_id)
         for name in bodies.relationships_of(doc):
-            raise ApiError(422, "VALIDATION_ERROR", "not modelled by the sandbox",
-                           f"the sandbox does not model changing an order's {name} relationship",
-                           pointer=f"/data/relationships/{name}", meta={"error": "not_modelled"})
+            raise ApiError(
+                422,
+                "VALIDATION_ERROR",
+                "not modelled by the sandbox",
+                f"the sandbox does not model changing an order's {name} relationship",
+                pointer=f"/data/relationships/{name}",
+                meta={"error": "not_modelled"},
+            )
         try:
             outcome = apply_patch(state, order_id, attributes, now=sandbox.now_ms())
         except ApiError as exc:
@@ -406,7 +508,9 @@ class _Api:
         include = self._include(ORDER_INCLUDES)
         self._page()  # refuse bad page parameters before anything else
         with state.lock:
-            orders = sorted((o for o in state.orders.values() if all(f(o) for f in filters)), key=key)
+            orders = sorted(
+                (o for o in state.orders.values() if all(f(o) for f in filters)), key=key
+            )
             renderer = self._renderer()
             docs: dict[str, dict[str, Any]] = {}
 
@@ -423,7 +527,9 @@ class _Api:
 
             response = self._listing(orders, render, included)
         if self.sandbox.config.check_responses:
-            self._check_order_document(json.loads(response.get_data()), relaxed=bool(include), listing=True)
+            self._check_order_document(
+                json.loads(response.get_data()), relaxed=bool(include), listing=True
+            )
         return response
 
     # -- wallets -----------------------------------------------------------------------------
@@ -432,19 +538,27 @@ class _Api:
         state = self.sandbox.state
         for key in request.args:
             if key.startswith("filter") and key != "filter[q][customer_id_eq]":
-                raise bad_request("FILTER_NOT_ALLOWED", "Filter not allowed",
-                                  f"{key} is not a filter the sandbox supports here "
-                                  "(filter[q][customer_id_eq]).", parameter=key)
+                raise bad_request(
+                    "FILTER_NOT_ALLOWED",
+                    "Filter not allowed",
+                    f"{key} is not a filter the sandbox supports here (filter[q][customer_id_eq]).",
+                    parameter=key,
+                )
         include = self._include(WALLET_INCLUDES)
         with state.lock:
             if customer_id is not None:
                 state.customer(customer_id)
             wanted = customer_id or request.args.get("filter[q][customer_id_eq]")
-            entries = sorted((w for w in state.wallet.values() if wanted is None or w.customer_id == wanted),
-                             key=lambda w: (w.created_at, w.id))
+            entries = sorted(
+                (w for w in state.wallet.values() if wanted is None or w.customer_id == wanted),
+                key=lambda w: (w.created_at, w.id),
+            )
             renderer = self._renderer()
-            return self._listing(entries, renderer.wallet_entry,
-                                 lambda chosen: renderer.wallet_included(chosen, include))
+            return self._listing(
+                entries,
+                renderer.wallet_entry,
+                lambda chosen: renderer.wallet_included(chosen, include),
+            )
 
     def wallet_get(self, entry_id: str) -> Response:
         state = self.sandbox.state
@@ -476,14 +590,18 @@ class _Api:
 
     def webhooks_get(self, webhook_id: str) -> Response:
         with self.sandbox.state.lock:
-            return jsonapi({"data": self._renderer().webhook(self.sandbox.state.webhook(webhook_id))})
+            return jsonapi(
+                {"data": self._renderer().webhook(self.sandbox.state.webhook(webhook_id))}
+            )
 
     def webhooks_patch(self, webhook_id: str) -> Response:
         state = self.sandbox.state
         state.webhook(webhook_id)
         attrs = bodies.check_document("webhookUpdate", self._json_body(), url_id=webhook_id)
         with state.lock:
-            hook = webhook_rules.update(state, state.webhook(webhook_id), attrs, now=self.sandbox.now_ms())
+            hook = webhook_rules.update(
+                state, state.webhook(webhook_id), attrs, now=self.sandbox.now_ms()
+            )
             return jsonapi({"data": self._renderer().webhook(hook)})
 
     def webhooks_delete(self, webhook_id: str) -> Response:
@@ -503,8 +621,12 @@ class _Api:
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     if status == 404:
-        err = ApiError(404, "RECORD_NOT_FOUND", "Record not found",
-                       f"{request.path} is not a route of the sandbox.")
+        err = ApiError(
+            404,
+            "RECORD_NOT_FOUND",
+            "Record not found",
+            f"{request.path} is not a route of the sandbox.",
+        )
     else:
         title = exc.name or "Error"
         err = ApiError(status, title.upper().replace(" ", "_"), title, exc.description or title)
@@ -524,7 +646,9 @@ def create_sandbox_app(sandbox: Sandbox) -> Flask:
     app.extensions["sandbox"] = sandbox
     api = _Api(sandbox)
     for route in api.routes:
-        app.add_url_rule(route.rule, endpoint=route.endpoint, view_func=route.view, methods=[route.method])
+        app.add_url_rule(
+            route.rule, endpoint=route.endpoint, view_func=route.view, methods=[route.method]
+        )
     app.before_request(api.before)
     app.after_request(api.after)
     app.register_error_handler(ApiError, error_response)
@@ -532,6 +656,3 @@ def create_sandbox_app(sandbox: Sandbox) -> Flask:
     control.init_app(app, sandbox)
     app.wsgi_app = ConnectionDropper(app.wsgi_app)  # type: ignore[method-assign]
     return app
-
-
-

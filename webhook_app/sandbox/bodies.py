@@ -28,14 +28,28 @@ def check_document(fragment: str, doc: Any, *, url_id: str | None = None) -> dic
     if isinstance(attributes, dict):
         known = schema.attribute_names(fragment)
         problems.extend(
-            invalid(f"{name} is not an attribute of {fragment}", pointer=f"/data/attributes/{name}",
-                    error="unknown_attribute", title="unknown attribute")
+            invalid(
+                f"{name} is not an attribute of {fragment}",
+                pointer=f"/data/attributes/{name}",
+                error="unknown_attribute",
+                title="unknown attribute",
+            )
             for name in sorted(set(attributes) - known)
         )
-    if url_id is not None and isinstance(data, dict) and isinstance(data.get("id"), str) \
-            and data["id"] != url_id:
-        problems.append(invalid(f"data.id {data['id']!r} does not match the id in the URL {url_id!r}",
-                                pointer="/data/id", error="id_mismatch", title="id mismatch"))
+    if (
+        url_id is not None
+        and isinstance(data, dict)
+        and isinstance(data.get("id"), str)
+        and data["id"] != url_id
+    ):
+        problems.append(
+            invalid(
+                f"data.id {data['id']!r} does not match the id in the URL {url_id!r}",
+                pointer="/data/id",
+                error="id_mismatch",
+                title="id mismatch",
+            )
+        )
     if problems:
         raise ApiError.many(422, problems)
     assert isinstance(attributes, dict)  # the fragments require data.attributes to be an object

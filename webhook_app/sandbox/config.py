@@ -29,7 +29,7 @@ class Window:
 
 
 def parse_windows(value: Any, path: str) -> tuple[Window, ...]:
-    """`"100/60"`, `["100/60", "25/10"]`, `[{"count": 100, "seconds": 60}]`, `[]` or `null` (off)."""
+    """`"100/60"`, `["100/60", "25/10"]`, `[{"count": 100, "seconds": 60}]`; `[]`/`null`: off."""
     if value is None:
         return ()
     items = value.split(",") if isinstance(value, str) else value
@@ -39,7 +39,9 @@ def parse_windows(value: Any, path: str) -> tuple[Window, ...]:
     for n, item in enumerate(items):
         if isinstance(item, Mapping) and set(item) == {"count", "seconds"}:
             count, seconds = item["count"], item["seconds"]
-        elif isinstance(item, str) and (m := re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)s?\s*", item)):
+        elif isinstance(item, str) and (
+            m := re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)s?\s*", item)
+        ):
             count, seconds = int(m.group(1)), float(m.group(2))
         else:
             raise SandboxError(f"{path}[{n}]", f"{item!r} is not COUNT/SECONDS")
@@ -105,7 +107,9 @@ class SandboxConfig:
             elif key in _SIMPLE_KEYS:
                 top[key] = _convert(getattr(self, key), value, where)
             else:
-                raise SandboxError(where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})")
+                raise SandboxError(
+                    where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})"
+                )
         new = replace(self, **top)
         if new.page_size_default > new.page_size_max:
             raise SandboxError(path, "page_size_default cannot exceed page_size_max")
@@ -119,12 +123,22 @@ class SandboxConfig:
 
 
 _SIMPLE_KEYS = {
-    "organization_id", "token_ttl", "page_size_default", "page_size_max", "check_responses",
+    "organization_id",
+    "token_ttl",
+    "page_size_default",
+    "page_size_max",
+    "check_responses",
     "request_log_size",
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(SandboxConfig))
-_POSITIVE_INTS = {"page_size_default", "page_size_max", "request_log_size", "max_retries",
-                  "circuit_threshold", "concurrency"}
+_POSITIVE_INTS = {
+    "page_size_default",
+    "page_size_max",
+    "request_log_size",
+    "max_retries",
+    "circuit_threshold",
+    "concurrency",
+}
 
 
 def _update_plain(current: Any, changes: Any, path: str) -> Any:
@@ -134,7 +148,9 @@ def _update_plain(current: Any, changes: Any, path: str) -> Any:
     out = {}
     for key, value in changes.items():
         if key not in names:
-            raise SandboxError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})")
+            raise SandboxError(
+                f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})"
+            )
         out[key] = _convert(getattr(current, key), value, f"{path}.{key}")
     if "max_retries" in out and out["max_retries"] < 0:
         raise SandboxError(f"{path}.max_retries", "must not be negative")
@@ -156,7 +172,9 @@ def _convert(current: Any, value: Any, path: str) -> Any:
             raise SandboxError(path, "must be at least 1")
         return value
     if isinstance(current, float):
-        return _number(value, path, minimum=0.0, strict=name in ("token_ttl", "timeout", "backoff_factor"))
+        return _number(
+            value, path, minimum=0.0, strict=name in ("token_ttl", "timeout", "backoff_factor")
+        )
     if isinstance(current, str):
         if not isinstance(value, str) or not value:
             raise SandboxError(path, "must be a non-empty string")

@@ -55,7 +55,9 @@ from webhook_app.sandbox.timeutil import iso
 
 
 def _invalid(exc: SandboxError) -> ApiError:
-    pointer = "/" + exc.path.replace(".", "/").replace("[", "/").replace("]", "") if exc.path else None
+    pointer = (
+        "/" + exc.path.replace(".", "/").replace("[", "/").replace("]", "") if exc.path else None
+    )
     return ApiError(400, "SANDBOX_INVALID", "Invalid sandbox request", str(exc), pointer=pointer)
 
 
@@ -78,8 +80,11 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
 
     @bp.get("/health")
     def health() -> Response:
-        return jsonify(status="ok", orders=len(sandbox.state.orders),
-                       pending_deliveries=sandbox.sender.pending())
+        return jsonify(
+            status="ok",
+            orders=len(sandbox.state.orders),
+            pending_deliveries=sandbox.sender.pending(),
+        )
 
     @bp.post("/scenario")
     def scenario() -> Response:
@@ -98,10 +103,17 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         status = request.args.get("status")
         since = request.args.get("since", "0")
         if (status is not None and not status.isdigit()) or not since.isdigit():
-            raise SandboxError("status" if status and not status.isdigit() else "since", "must be an integer")
-        return jsonify(requests=sandbox.stats.requests(
-            route=request.args.get("route"), method=request.args.get("method"),
-            status=int(status) if status else None, since=int(since)))
+            raise SandboxError(
+                "status" if status and not status.isdigit() else "since", "must be an integer"
+            )
+        return jsonify(
+            requests=sandbox.stats.requests(
+                route=request.args.get("route"),
+                method=request.args.get("method"),
+                status=int(status) if status else None,
+                since=int(since),
+            )
+        )
 
     @bp.delete("/requests")
     def clear_requests() -> Response:
@@ -146,13 +158,15 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         return jsonify(expired=sandbox.state.expire_tokens(now=sandbox.now()))
 
     @bp.post("/events")
-    def trigger() -> Response:
+    def trigger() -> tuple[Response, int]:
         body = _body()
         if not isinstance(body, dict):
             raise SandboxError("", "the body must be an object")
         ids = body.get("order_ids", [body["order_id"]] if "order_id" in body else None)
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise SandboxError("order_ids", "give order_id (a string) or order_ids (a list of strings)")
+            raise SandboxError(
+                "order_ids", "give order_id (a string) or order_ids (a list of strings)"
+            )
         topic = body.get("topic")
         if not isinstance(topic, str):
             raise SandboxError("topic", "is required")
@@ -168,15 +182,35 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
     def callbacks() -> Response:
         args = request.args
         with sandbox.state.lock:
-            items = [c for c in sandbox.state.callbacks
-                     if all(args.get(k) in (None, getattr(c, k)) for k in ("webhook_id", "event_id", "topic"))]
-        return jsonify(event_callbacks=[{
-            "id": c.id, "webhook_id": c.webhook_id, "event_id": c.event_id, "topic": c.topic,
-            "attempt": c.attempt, "callback_url": c.callback_url, "response_code": c.response_code,
-            "response_message": c.response_message, "succeeded": c.succeeded,
-            "lost_answer": c.lost_answer, "duration_ms": c.duration_ms, "created_at": iso(c.created_at),
-            "signature": c.signature, "body": c.body.decode("utf-8"),
-        } for c in items])
+            items = [
+                c
+                for c in sandbox.state.callbacks
+                if all(
+                    args.get(k) in (None, getattr(c, k))
+                    for k in ("webhook_id", "event_id", "topic")
+                )
+            ]
+        return jsonify(
+            event_callbacks=[
+                {
+                    "id": c.id,
+                    "webhook_id": c.webhook_id,
+                    "event_id": c.event_id,
+                    "topic": c.topic,
+                    "attempt": c.attempt,
+                    "callback_url": c.callback_url,
+                    "response_code": c.response_code,
+                    "response_message": c.response_message,
+                    "succeeded": c.succeeded,
+                    "lost_answer": c.lost_answer,
+                    "duration_ms": c.duration_ms,
+                    "created_at": iso(c.created_at),
+                    "signature": c.signature,
+                    "body": c.body.decode("utf-8"),
+                }
+                for c in items
+            ]
+        )
 
     @bp.post("/sender/drain")
     def drain() -> tuple[Response, int]:
@@ -197,5 +231,10 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
 
 
 def _event(e: Any) -> dict[str, Any]:
-    return {"id": e.id, "topic": e.topic, "order_id": e.order_id, "webhook_ids": e.webhook_ids,
-            "created_at": iso(e.created_at)}
+    return {
+        "id": e.id,
+        "topic": e.topic,
+        "order_id": e.order_id,
+        "webhook_ids": e.webhook_ids,
+        "created_at": iso(e.created_at),
+    }

@@ -62,20 +62,31 @@ class ApiError(Exception):
 
 def not_found(kind: str, ident: str) -> ApiError:
     return ApiError(
-        404, "RECORD_NOT_FOUND", "Record not found",
+        404,
+        "RECORD_NOT_FOUND",
+        "Record not found",
         f"The requested resource was not found ({kind} {ident}).",
     )
 
 
-def invalid(detail: str, *, pointer: str, error: str = "invalid", title: str | None = None) -> dict[str, Any]:
+def invalid(
+    detail: str, *, pointer: str, error: str = "invalid", title: str | None = None
+) -> dict[str, Any]:
     """A 422 VALIDATION_ERROR object; `meta.error` names the rule, as Commerce Layer does."""
     name = pointer.rsplit("/", 1)[-1]
     return error_object(
-        422, "VALIDATION_ERROR", title or f"{name} is invalid", detail, pointer=pointer, meta={"error": error}
+        422,
+        "VALIDATION_ERROR",
+        title or f"{name} is invalid",
+        detail,
+        pointer=pointer,
+        meta={"error": error},
     )
 
 
-def validation_error(detail: str, *, pointer: str, error: str = "invalid", title: str | None = None) -> ApiError:
+def validation_error(
+    detail: str, *, pointer: str, error: str = "invalid", title: str | None = None
+) -> ApiError:
     return ApiError.many(422, [invalid(detail, pointer=pointer, error=error, title=title)])
 
 

@@ -37,8 +37,18 @@ from typing import Any
 
 from webhook_app.sandbox.errors import SandboxError
 
-_RULE_KEYS = ("route", "latency_ms", "error_share", "error_status", "hang_share", "hang_seconds",
-              "drop_share", "apply_then_fail", "requests", "seconds")
+_RULE_KEYS = (
+    "route",
+    "latency_ms",
+    "error_share",
+    "error_status",
+    "hang_share",
+    "hang_seconds",
+    "drop_share",
+    "apply_then_fail",
+    "requests",
+    "seconds",
+)
 _SENDER_KEYS = ("lose_answer_share", "webhook_id", "requests", "seconds", "webhook_timeouts")
 
 
@@ -78,7 +88,9 @@ class _Spell:
     seconds: float | None = None
 
     def active(self, now: float) -> bool:
-        return (self.requests is None or self.requests > 0) and (self.until is None or now < self.until)
+        return (self.requests is None or self.requests > 0) and (
+            self.until is None or now < self.until
+        )
 
     def spend(self) -> None:
         if self.requests is not None:
@@ -99,7 +111,11 @@ class FaultRule:
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def matches(self, route: str) -> bool:
-        return route == self.route or route.startswith(self.route + ".") or fnmatch.fnmatchcase(route, self.route)
+        return (
+            route == self.route
+            or route.startswith(self.route + ".")
+            or fnmatch.fnmatchcase(route, self.route)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("spell", "rng")}
@@ -117,9 +133,13 @@ class SenderFaults:
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lose_answer_share": self.lose_answer_share, "webhook_id": self.webhook_id,
-                "requests": self.spell.requests, "seconds": self.spell.seconds,
-                "webhook_timeouts": dict(self.webhook_timeouts)}
+        return {
+            "lose_answer_share": self.lose_answer_share,
+            "webhook_id": self.webhook_id,
+            "requests": self.spell.requests,
+            "seconds": self.spell.seconds,
+            "webhook_timeouts": dict(self.webhook_timeouts),
+        }
 
 
 class Faults:
@@ -158,9 +178,11 @@ class Faults:
     def to_dict(self) -> dict[str, Any]:
         with self._lock:
             now = self._clock()
-            return {"seed": self.seed,
-                    "rules": [r.to_dict() for r in self.rules if r.spell.active(now)],
-                    "sender": self.sender.to_dict()}
+            return {
+                "seed": self.seed,
+                "rules": [r.to_dict() for r in self.rules if r.spell.active(now)],
+                "sender": self.sender.to_dict(),
+            }
 
     def decide(self, route: str) -> FaultDecision:
         """The faults for one request to `route` (spends spells, draws shares)."""
@@ -225,7 +247,9 @@ def _non_negative(value: Any, path: str) -> float:
 
 def _spell(raw: Mapping[str, Any], path: str, now: float) -> _Spell:
     requests = raw.get("requests")
-    if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
+    if requests is not None and (
+        not isinstance(requests, int) or isinstance(requests, bool) or requests < 1
+    ):
         raise SandboxError(f"{path}.requests", "must be a positive integer")
     seconds = raw.get("seconds")
     if seconds is not None:
@@ -269,7 +293,9 @@ def _sender(raw: Any, path: str, seed: int | str, now: float) -> SenderFaults:
         raise SandboxError(path, "must be an object")
     unknown = set(raw) - set(_SENDER_KEYS)
     if unknown:
-        raise SandboxError(path, f"unknown keys {sorted(unknown)} (known: {', '.join(_SENDER_KEYS)})")
+        raise SandboxError(
+            path, f"unknown keys {sorted(unknown)} (known: {', '.join(_SENDER_KEYS)})"
+        )
     timeouts = raw.get("webhook_timeouts", {})
     if not isinstance(timeouts, Mapping):
         raise SandboxError(f"{path}.webhook_timeouts", "must map webhook ids to seconds")

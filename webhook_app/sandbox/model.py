@@ -10,22 +10,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Payment source types with a documented "reusing the payment source" (wallet) flow.
-WALLET_TYPES = frozenset({
-    "adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
-    "external_payments", "klarna_payments", "stripe_payments",
-})
+WALLET_TYPES = frozenset(
+    {
+        "adyen_payments",
+        "axerve_payments",
+        "braintree_payments",
+        "checkout_com_payments",
+        "external_payments",
+        "klarna_payments",
+        "stripe_payments",
+    }
+)
 #: Payment source types without one: saving them into a wallet is refused.
 NO_WALLET_TYPES = frozenset({"paypal_payments", "satispay_payments", "wire_transfers"})
 PAYMENT_SOURCE_TYPES = WALLET_TYPES | NO_WALLET_TYPES
 #: Types whose payment instrument is a card (they get a brand and last 4 digits).
-CARD_TYPES = frozenset({
-    "adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
-    "external_payments", "stripe_payments",
-})
+CARD_TYPES = frozenset(
+    {
+        "adyen_payments",
+        "axerve_payments",
+        "braintree_payments",
+        "checkout_com_payments",
+        "external_payments",
+        "stripe_payments",
+    }
+)
 
 ORDER_STATUSES = ("draft", "pending", "editing", "placing", "placed", "approved", "cancelled")
-PAYMENT_STATUSES = ("unpaid", "authorized", "partially_authorized", "paid", "partially_paid",
-                    "voided", "partially_voided", "refunded", "partially_refunded", "free")
+PAYMENT_STATUSES = (
+    "unpaid",
+    "authorized",
+    "partially_authorized",
+    "paid",
+    "partially_paid",
+    "voided",
+    "partially_voided",
+    "refunded",
+    "partially_refunded",
+    "free",
+)
 FULFILLMENT_STATUSES = ("unfulfilled", "in_progress", "fulfilled", "not_required")
 CUSTOMER_STATUSES = ("prospect", "acquired", "repeat")
 

@@ -36,20 +36,49 @@ from webhook_app.sandbox.timeutil import parse_iso_micros
 
 #: Commerce Layer's order topics (FACTS.md; the live list may be longer).
 ORDER_TOPICS = (
-    "orders.create", "orders.draft", "orders.pending", "orders.place", "orders.approve",
-    "orders.cancel", "orders.authorize", "orders.void", "orders.pay", "orders.refund",
-    "orders.start_fulfilling", "orders.cancel_fulfilling", "orders.fulfill",
-    "orders.rebuild_shipments", "orders.destroy",
+    "orders.create",
+    "orders.draft",
+    "orders.pending",
+    "orders.place",
+    "orders.approve",
+    "orders.cancel",
+    "orders.authorize",
+    "orders.void",
+    "orders.pay",
+    "orders.refund",
+    "orders.start_fulfilling",
+    "orders.cancel_fulfilling",
+    "orders.fulfill",
+    "orders.rebuild_shipments",
+    "orders.destroy",
 )
 #: Writable attributes that are stored and echoed, nothing more.
-STORED = ("autorefresh", "shipping_country_code_lock", "coupon_code", "gift_card_code",
-          "gift_card_or_coupon_code", "cart_url", "return_url", "terms_url", "privacy_url")
+STORED = (
+    "autorefresh",
+    "shipping_country_code_lock",
+    "coupon_code",
+    "gift_card_code",
+    "gift_card_or_coupon_code",
+    "cart_url",
+    "return_url",
+    "terms_url",
+    "privacy_url",
+)
 #: Triggers accepted without effect: the sandbox models no addresses, taxes or invoices.
-NO_OPS = ("_refresh", "_validate", "_update_taxes", "_billing_address_clone_id",
-          "_shipping_address_clone_id", "_shipping_address_same_as_billing",
-          "_billing_address_same_as_shipping", "_commit_invoice", "_refund_invoice",
-          "_save_shipping_address_to_customer_address_book",
-          "_save_billing_address_to_customer_address_book", "_authorization_amount_cents")
+NO_OPS = (
+    "_refresh",
+    "_validate",
+    "_update_taxes",
+    "_billing_address_clone_id",
+    "_shipping_address_clone_id",
+    "_shipping_address_same_as_billing",
+    "_billing_address_same_as_shipping",
+    "_commit_invoice",
+    "_refund_invoice",
+    "_save_shipping_address_to_customer_address_book",
+    "_save_billing_address_to_customer_address_book",
+    "_authorization_amount_cents",
+)
 STATUS_TRIGGERS: dict[str, tuple[str, ...]] = {
     "_place": ("orders.place",),
     "_approve": ("orders.approve",),
@@ -64,7 +93,9 @@ STATUS_TRIGGERS: dict[str, tuple[str, ...]] = {
 _ALLOWED: dict[str, Callable[[Order], bool]] = {
     "orders.place": lambda o: o.status in ("draft", "pending"),
     "orders.approve": lambda o: o.status == "placed",
-    "orders.cancel": lambda o: o.status in ("placed", "approved") and o.fulfillment_status != "fulfilled",
+    "orders.cancel": lambda o: (
+        o.status in ("placed", "approved") and o.fulfillment_status != "fulfilled"
+    ),
     "orders.authorize": lambda o: o.payment_status == "unpaid",
     "orders.pay": lambda o: o.payment_status == "authorized",
     "orders.refund": lambda o: o.payment_status in ("paid", "partially_paid"),
@@ -76,6 +107,7 @@ def _set_status(status: str, stamp: str | None = None) -> Callable[[Order, int],
         o.status = status
         if stamp:
             setattr(o, stamp, now)
+
     return apply
 
 
@@ -83,6 +115,7 @@ def _set_payment(status: str) -> Callable[[Order, int], None]:
     def apply(o: Order, now: int) -> None:
         o.payment_status = status
         o.payment_updated_at = now
+
     return apply
 
 
@@ -90,6 +123,7 @@ def _set_fulfillment(status: str) -> Callable[[Order, int], None]:
     def apply(o: Order, now: int) -> None:
         o.fulfillment_status = status
         o.fulfillment_updated_at = now
+
     return apply
 
 
@@ -141,7 +175,9 @@ class PatchOutcome:
     used_entry: WalletEntry | None = None
 
 
-def apply_patch(state: SandboxState, order_id: str, attributes: Mapping[str, Any], *, now: int) -> PatchOutcome:
+def apply_patch(
+    state: SandboxState, order_id: str, attributes: Mapping[str, Any], *, now: int
+) -> PatchOutcome:
     """Apply a checked `orderUpdate` body's attributes to an order; ApiError (422) if refused."""
     with state.lock:
         original = state.order(order_id)
@@ -159,18 +195,24 @@ def apply_patch(state: SandboxState, order_id: str, attributes: Mapping[str, Any
         if "customer_email" in attributes:
             _associate_customer(state, draft, attributes["customer_email"], now, new_customers)
         if attributes.get("customer_password"):
-            customer = next((c for c in new_customers if c.id == draft.customer_id), None) \
-                or copy.deepcopy(state.customers.get(draft.customer_id or ""))
+            customer = next(
+                (c for c in new_customers if c.id == draft.customer_id), None
+            ) or copy.deepcopy(state.customers.get(draft.customer_id or ""))
             if customer is None:
-                raise validation_error("the order has no customer to sign up",
-                                       pointer="/data/attributes/customer_password", error="no_customer")
+                raise validation_error(
+                    "the order has no customer to sign up",
+                    pointer="/data/attributes/customer_password",
+                    error="no_customer",
+                )
             customer.has_password = True
             customer.updated_at = now
             customer_changes[customer.id] = customer
         if attributes.get("_nullify_payment_source"):
             draft.payment_source_id = None
         if "_customer_payment_source_id" in attributes:
-            outcome.used_entry = _use_wallet_entry(state, draft, attributes["_customer_payment_source_id"])
+            outcome.used_entry = _use_wallet_entry(
+                state, draft, attributes["_customer_payment_source_id"]
+            )
         if attributes.get("_save_payment_source_to_customer_wallet"):
             entry = _save_to_wallet(state, draft, now)
             if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
@@ -184,7 +226,9 @@ def apply_patch(state: SandboxState, order_id: str, attributes: Mapping[str, Any
                     raise validation_error(
                         f"{trigger} is not allowed on an order with status {draft.status!r} and "
                         f"payment_status {draft.payment_status!r}",
-                        pointer=f"/data/attributes/{trigger}", error="invalid_transition")
+                        pointer=f"/data/attributes/{trigger}",
+                        error="invalid_transition",
+                    )
                 apply_transition(draft, topic, now)
                 outcome.topics.append(topic)
         if attributes.get("_archive"):
@@ -204,12 +248,16 @@ def apply_patch(state: SandboxState, order_id: str, attributes: Mapping[str, Any
         return outcome
 
 
-def _associate_customer(state: SandboxState, draft: Order, email: str, now: int,
-                        new_customers: list[Customer]) -> None:
+def _associate_customer(
+    state: SandboxState, draft: Order, email: str, now: int, new_customers: list[Customer]
+) -> None:
     """`customer_email` finds the customer with that email, or creates a prospect one."""
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        raise validation_error("customer_email is not a valid email address",
-                               pointer="/data/attributes/customer_email", error="invalid_email")
+        raise validation_error(
+            "customer_email is not a valid email address",
+            pointer="/data/attributes/customer_email",
+            error="invalid_email",
+        )
     draft.customer_email = email
     customer = state.customer_by_email(email)
     if customer is None:
@@ -222,12 +270,15 @@ def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> Walle
     pointer = "/data/attributes/_customer_payment_source_id"
     entry = state.wallet.get(entry_id)
     if entry is None:
-        raise validation_error(f"customer payment source {entry_id!r} not found",
-                               pointer=pointer, error="not_found")
+        raise validation_error(
+            f"customer payment source {entry_id!r} not found", pointer=pointer, error="not_found"
+        )
     if draft.guest or entry.customer_id != draft.customer_id:
         raise validation_error(
             f"customer payment source {entry_id!r} does not belong to the order's customer",
-            pointer=pointer, error="not_owned")
+            pointer=pointer,
+            error="not_owned",
+        )
     draft.payment_source_id = entry.payment_source_id
     return entry
 
@@ -235,23 +286,40 @@ def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> Walle
 def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
     pointer = "/data/attributes/_save_payment_source_to_customer_wallet"
     if draft.guest:
-        raise validation_error("Access denied: a guest order has no customer wallet",
-                               pointer=pointer, error="guest", title="Access denied")
+        raise validation_error(
+            "Access denied: a guest order has no customer wallet",
+            pointer=pointer,
+            error="guest",
+            title="Access denied",
+        )
     if draft.customer_id is None or draft.customer_id not in state.customers:
-        raise validation_error("the order has no customer whose wallet could hold the payment source",
-                               pointer=pointer, error="no_customer")
+        raise validation_error(
+            "the order has no customer whose wallet could hold the payment source",
+            pointer=pointer,
+            error="no_customer",
+        )
     source = state.payment_sources.get(draft.payment_source_id or "")
     if source is None:
-        raise validation_error("the order has no payment source to save",
-                               pointer=pointer, error="no_payment_source")
+        raise validation_error(
+            "the order has no payment source to save", pointer=pointer, error="no_payment_source"
+        )
     if source.type not in WALLET_TYPES:
-        raise validation_error(f"{source.type} cannot be saved into a customer wallet",
-                               pointer=pointer, error="no_wallet_flow")
+        raise validation_error(
+            f"{source.type} cannot be saved into a customer wallet",
+            pointer=pointer,
+            error="no_wallet_flow",
+        )
     return WalletEntry(
-        id=state.ids.new(), customer_id=draft.customer_id, payment_source_id=source.id,
-        payment_source_type=source.type, name=wallet_entry_name(source.card_last4, source.type),
-        customer_token=source.customer_token, payment_source_token=source.payment_source_token,
-        created_at=now, updated_at=now, origin_order_id=draft.id,
+        id=state.ids.new(),
+        customer_id=draft.customer_id,
+        payment_source_id=source.id,
+        payment_source_type=source.type,
+        name=wallet_entry_name(source.card_last4, source.type),
+        customer_token=source.customer_token,
+        payment_source_token=source.payment_source_token,
+        created_at=now,
+        updated_at=now,
+        origin_order_id=draft.id,
     )
 
 
@@ -286,8 +354,12 @@ def parse_page(args: Mapping[str, str], *, default_size: int, max_size: int) -> 
             values[key] = default
             continue
         if not raw.isdigit() or int(raw) < 1 or (top is not None and int(raw) > top):
-            raise bad_request("INVALID_PAGE_VALUE", "Invalid page value",
-                              f"{raw} is not a valid value for {key}.", parameter=f"page[{key}]")
+            raise bad_request(
+                "INVALID_PAGE_VALUE",
+                "Invalid page value",
+                f"{raw} is not a valid value for {key}.",
+                parameter=f"page[{key}]",
+            )
         values[key] = int(raw)
     return Page(values["number"], values["size"])
 
@@ -309,9 +381,13 @@ def order_filters(args: Mapping[str, str]) -> list[Callable[[Order], bool]]:
         if predicate is None:
             supported = [f"{f}_{p}" for f in _TIME_FIELDS for p in _PREDICATES]
             supported += ["status_eq", "status_in", "customer_id_eq", "customer_email_eq", "id_in"]
-            raise bad_request("FILTER_NOT_ALLOWED", "Filter not allowed",
-                              f"{key} is not a filter the sandbox supports "
-                              f"(filter[q][X] with X in {', '.join(supported)}).", parameter=key)
+            raise bad_request(
+                "FILTER_NOT_ALLOWED",
+                "Filter not allowed",
+                f"{key} is not a filter the sandbox supports "
+                f"(filter[q][X] with X in {', '.join(supported)}).",
+                parameter=key,
+            )
         out.append(predicate)
     return out
 
@@ -322,14 +398,23 @@ def _order_predicate(name: str, value: str) -> Callable[[Order], bool] | None:
         try:
             wanted = parse_iso_micros(value)
         except ValueError:
-            raise bad_request("INVALID_FILTER_VALUE", "Invalid filter value",
-                              f"{value!r} is not an ISO 8601 time.", parameter=f"filter[q][{name}]") from None
-        compare = {"gteq": lambda a: a >= wanted, "lteq": lambda a: a <= wanted,
-                   "gt": lambda a: a > wanted, "lt": lambda a: a < wanted}[predicate]
+            raise bad_request(
+                "INVALID_FILTER_VALUE",
+                "Invalid filter value",
+                f"{value!r} is not an ISO 8601 time.",
+                parameter=f"filter[q][{name}]",
+            ) from None
+        compare = {
+            "gteq": lambda a: a >= wanted,
+            "lteq": lambda a: a <= wanted,
+            "gt": lambda a: a > wanted,
+            "lt": lambda a: a < wanted,
+        }[predicate]
 
         def by_time(o: Order) -> bool:
             stamp = getattr(o, field_name)
             return stamp is not None and compare(stamp * 1000)
+
         return by_time
     if name == "status_eq":
         return lambda o: o.status == value
@@ -347,14 +432,18 @@ def _order_predicate(name: str, value: str) -> Callable[[Order], bool] | None:
 
 
 def order_sort_key(sort: str | None) -> Callable[[Order], Any]:
-    """Key for `sort=updated_at,-number` (default `created_at`); 400 INVALID_SORT_CRITERIA if bad."""
+    """Key for `sort=updated_at,-number` (default `created_at`); 400 INVALID_SORT_CRITERIA."""
     fields_ = [f.strip() for f in (sort or "created_at").split(",") if f.strip()]
     spec = []
     for f in fields_:
         name = f.lstrip("-")
         if name not in SORTABLE:
-            raise bad_request("INVALID_SORT_CRITERIA", "Invalid sort criteria",
-                              f"{name} is not a valid sort criteria for orders.", parameter="sort")
+            raise bad_request(
+                "INVALID_SORT_CRITERIA",
+                "Invalid sort criteria",
+                f"{name} is not a valid sort criteria for orders.",
+                parameter="sort",
+            )
         spec.append((name, f.startswith("-")))
 
     def key(o: Order) -> tuple[Any, ...]:
@@ -370,4 +459,5 @@ def order_sort_key(sort: str | None) -> Callable[[Order], Any]:
             parts.append((missing, -number if descending else number))
         parts.append(o.id)
         return tuple(parts)
+
     return key

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from webhook_app.sandbox.config import Window
@@ -27,7 +27,7 @@ class Verdict:
     #: Seconds until the refusing window has room again (0 when allowed).
     retry_in: float
     #: The key of the window reported (e.g. `("api",)` or `("endpoint", "orders.get")`).
-    key: Hashable
+    key: tuple[str, ...]
 
     def headers(self) -> dict[str, str]:
         interval = int(self.interval) if float(self.interval).is_integer() else self.interval
@@ -44,13 +44,13 @@ class SlidingWindowLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._hits: dict[tuple[Hashable, int, float], deque[float]] = {}
+        self._hits: dict[tuple[tuple[str, ...], int, float], deque[float]] = {}
 
     def reset(self) -> None:
         with self._lock:
             self._hits.clear()
 
-    def hit(self, windows: Sequence[tuple[Hashable, Window]]) -> Verdict | None:
+    def hit(self, windows: Sequence[tuple[tuple[str, ...], Window]]) -> Verdict | None:
         """Admit (and count) one request, or refuse it; None when no window applies."""
         if not windows:
             return None
@@ -65,7 +65,9 @@ class SlidingWindowLimiter:
             full = [(key, w, log) for key, w, log in logs if len(log) >= w.count]
             if full:
                 key, w, log = max(full, key=lambda item: item[2][0] + item[1].seconds)
-                return Verdict(False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key)
+                return Verdict(
+                    False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key
+                )
             for _, _, log in logs:
                 log.append(now)
             key, w, log = min(logs, key=lambda item: item[1].count - len(item[2]))

@@ -41,8 +41,14 @@ class Sandbox:
     windows and fault spells; `id_seed` makes generated ids reproducible.
     """
 
-    def __init__(self, *, config: SandboxConfig | None = None, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, id_seed: int | str | None = 0) -> None:
+    def __init__(
+        self,
+        *,
+        config: SandboxConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        id_seed: int | str | None = 0,
+    ) -> None:
         self._clock = clock
         self._base_config = config or SandboxConfig()
         #: Settings that win over a scenario's `[sandbox]` table (command line, test fixtures).
@@ -53,8 +59,13 @@ class Sandbox:
         self.stats = Stats(log_size=self.config.request_log_size)
         self.limiter = SlidingWindowLimiter(monotonic)
         self.faults = Faults(monotonic)
-        self.sender = Sender(self.state, config=lambda: self.config.sender, faults=self.faults,
-                             stats=self.stats, now_ms=self.now_ms)
+        self.sender = Sender(
+            self.state,
+            config=lambda: self.config.sender,
+            faults=self.faults,
+            stats=self.stats,
+            now_ms=self.now_ms,
+        )
         #: Set while stopping: hanging requests wake up and drop their connection.
         self.stopping = threading.Event()
         self.initial_scenario: dict[str, Any] | None = None
@@ -96,8 +107,9 @@ class Sandbox:
             self.sender.resize(new.sender.concurrency)
         return new
 
-    def load_scenario(self, scenario: Mapping[str, Any], *, replace: bool = True,
-                      initial: bool = False) -> dict[str, Any]:
+    def load_scenario(
+        self, scenario: Mapping[str, Any], *, replace: bool = True, initial: bool = False
+    ) -> dict[str, Any]:
         """Load a scenario (by default replacing everything); a summary of what it holds.
 
         With `initial`, it is also what `reset()` goes back to.
@@ -140,15 +152,22 @@ class Sandbox:
                 "orders": len(self.state.orders),
                 "customer_payment_sources": len(self.state.wallet),
                 "clients": sorted(self.state.clients),
-                "webhooks": [{"id": w.id, "topic": w.topic, "callback_url": w.callback_url,
-                              "shared_secret": w.shared_secret} for w in self.state.webhooks.values()],
+                "webhooks": [
+                    {
+                        "id": w.id,
+                        "topic": w.topic,
+                        "callback_url": w.callback_url,
+                        "shared_secret": w.shared_secret,
+                    }
+                    for w in self.state.webhooks.values()
+                ],
             }
         if loaded is not None:
             out["loaded"] = dict(loaded)
         return out
 
     def reset(self, *, reload: bool = True) -> dict[str, Any]:
-        """Back to the initial scenario (or to empty), with default config, no faults, zero stats."""
+        """Back to the initial scenario (or empty): its config, no faults, zero stats."""
         if reload and self.initial_scenario is not None:
             return self.load_scenario(self.initial_scenario)
         return self.load_scenario({})
@@ -162,8 +181,14 @@ class Sandbox:
         """The exact bytes Commerce Layer would POST for `topic` on `order` to `hook`."""
         renderer = self.renderer("")
         if topic.endswith(".destroy"):
-            doc = {"data": {"id": order.id, "type": "orders", "links": renderer._self("orders", order.id),
-                            "meta": dict(renderer.meta)}}
+            doc = {
+                "data": {
+                    "id": order.id,
+                    "type": "orders",
+                    "links": renderer._self("orders", order.id),
+                    "meta": dict(renderer.meta),
+                }
+            }
         else:
             doc = renderer.order_document(order, hook.include_resources)
         return compact(doc)
@@ -175,12 +200,16 @@ class Sandbox:
         event = Event(state.ids.new(), topic, order.id, self.now_ms(), [h.id for h in hooks])
         state.events[event.id] = event
         for hook in hooks:
-            self.sender.enqueue(Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic)))
+            self.sender.enqueue(
+                Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic))
+            )
         self.stats.count("events.triggered")
         self.stats.count("events.deliveries_queued", len(hooks))
         return event
 
-    def trigger(self, topic: str, order_ids: Iterable[str], *, transition: bool = False) -> list[Event]:
+    def trigger(
+        self, topic: str, order_ids: Iterable[str], *, transition: bool = False
+    ) -> list[Event]:
         """Fire `topic` for each order (every time: Commerce Layer resends regardless of
         uniqueness). With `transition`, first move the order as the topic implies
         (`orders.place` -> placed with placed_at; `orders.destroy` deletes it after sending)."""

@@ -66,7 +66,7 @@ def _resolve(node: Any, components: Mapping[str, Any], trail: tuple[str, ...] = 
         if not ref.startswith(prefix):
             raise ValueError(f"unsupported $ref {ref}")
         target: Any = components
-        for part in ref[len(prefix):].split("/"):
+        for part in ref[len(prefix) :].split("/"):
             target = target[part]
         return _resolve(target, components, (*trail, ref))
     return {key: _resolve(value, components, trail) for key, value in node.items()}
@@ -97,7 +97,9 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def relax_relationship_data(schema: Mapping[str, Any], *, list_document: bool = False) -> dict[str, Any]:
+def relax_relationship_data(
+    schema: Mapping[str, Any], *, list_document: bool = False
+) -> dict[str, Any]:
     """A copy of an `*Response` schema whose relationships' `data` accept real linkage."""
     relaxed = copy.deepcopy(dict(schema))
     data = relaxed["properties"]["data"]
@@ -147,7 +149,9 @@ def main(argv: list[str]) -> int:
     out_dir = Path(argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, fragment in extract(openapi).items():
-        (out_dir / f"{name}.json").write_text(json.dumps(fragment, indent=1) + "\n", encoding="utf-8")
+        (out_dir / f"{name}.json").write_text(
+            json.dumps(fragment, indent=1) + "\n", encoding="utf-8"
+        )
     return 0
 
 

@@ -59,8 +59,17 @@ from webhook_app.sandbox.orders import new_order_token, wallet_entry_name
 from webhook_app.sandbox.state import SandboxState
 from webhook_app.sandbox.timeutil import IdFactory, iso, parse_iso
 
-TOP_KEYS = ("sandbox", "clients", "markets", "customers", "orders", "customer_payment_sources",
-            "webhooks", "faults", "generate")
+TOP_KEYS = (
+    "sandbox",
+    "clients",
+    "markets",
+    "customers",
+    "orders",
+    "customer_payment_sources",
+    "webhooks",
+    "faults",
+    "generate",
+)
 EXAMPLE = "example"
 _TOKEN_PREFIXES = {
     "adyen_payments": ("shopper_", "recurring_"),
@@ -100,7 +109,9 @@ def read_scenario(source: str | Path) -> dict[str, Any]:
         else:
             data = tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SandboxError(str(path), f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+        raise SandboxError(
+            str(path), f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
+        ) from None
     if not isinstance(data, dict):
         raise SandboxError(str(path), "a scenario is an object")
     return data
@@ -112,8 +123,14 @@ class _Loader:
     def __init__(self, state: SandboxState, now: int) -> None:
         self.state = state
         self.now = now
-        self.counts = {"markets": 0, "customers": 0, "orders": 0, "customer_payment_sources": 0,
-                       "clients": 0, "webhooks": 0}
+        self.counts = {
+            "markets": 0,
+            "customers": 0,
+            "orders": 0,
+            "customer_payment_sources": 0,
+            "clients": 0,
+            "webhooks": 0,
+        }
 
     # -- helpers --
 
@@ -159,7 +176,9 @@ class _Loader:
         return value
 
     @staticmethod
-    def _choice(entry: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, path: str) -> str:
+    def _choice(
+        entry: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, path: str
+    ) -> str:
         value = entry.get(key, default)
         if value not in allowed:
             raise SandboxError(f"{path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
@@ -189,10 +208,16 @@ class _Loader:
     def _add_market(self, ident: str, code: str, m: Mapping[str, Any], path: str) -> Market:
         number = m.get("number") or self.state.next_market_number
         self.state.next_market_number = max(self.state.next_market_number, number) + 1
-        market = Market(ident, number, str(m.get("name", code.upper())), code,
-                        self._time(m, "created_at", path, self.now),
-                        self._time(m, "created_at", path, self.now), m.get("reference"),
-                        dict(m.get("metadata", {})))
+        market = Market(
+            ident,
+            number,
+            str(m.get("name", code.upper())),
+            code,
+            self._time(m, "created_at", path, self.now),
+            self._time(m, "created_at", path, self.now),
+            m.get("reference"),
+            dict(m.get("metadata", {})),
+        )
         self.state.markets[market.id] = market
         self.counts["markets"] += 1
         return market
@@ -200,7 +225,9 @@ class _Loader:
     def default_market(self) -> Market:
         market = next(iter(self.state.markets.values()), None)
         if market is None:
-            market = self._add_market(self.state.ids.new(), "sandbox", {"name": "Sandbox"}, "markets")
+            market = self._add_market(
+                self.state.ids.new(), "sandbox", {"name": "Sandbox"}, "markets"
+            )
         return market
 
     def customers(self, scenario: Mapping[str, Any]) -> None:
@@ -213,10 +240,21 @@ class _Loader:
                 raise SandboxError(f"{path}.email", f"{email!r} is already used")
             guest = bool(c.get("guest", False))
             has_password = bool(c.get("has_password", not guest))
-            status = self._choice(c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path)
+            status = self._choice(
+                c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path
+            )
             when = self._time(c, "created_at", path, self.now)
-            customer = Customer(self._id(c, path), email, has_password, status, when, when,
-                                c.get("reference"), dict(c.get("metadata", {})), guest=guest)
+            customer = Customer(
+                self._id(c, path),
+                email,
+                has_password,
+                status,
+                when,
+                when,
+                c.get("reference"),
+                dict(c.get("metadata", {})),
+                guest=guest,
+            )
             self.state.customers[customer.id] = customer
             self.counts["customers"] += 1
 
@@ -238,9 +276,12 @@ class _Loader:
         guest = bool(o.get("guest", guest_default))
         status = self._choice(o, "status", ORDER_STATUSES, "placed", path)
         placed = status in ("placed", "approved", "cancelled")
-        payment_status = self._choice(o, "payment_status", PAYMENT_STATUSES,
-                                      "authorized" if placed else "unpaid", path)
-        fulfillment = self._choice(o, "fulfillment_status", FULFILLMENT_STATUSES, "unfulfilled", path)
+        payment_status = self._choice(
+            o, "payment_status", PAYMENT_STATUSES, "authorized" if placed else "unpaid", path
+        )
+        fulfillment = self._choice(
+            o, "fulfillment_status", FULFILLMENT_STATUSES, "unfulfilled", path
+        )
         ident = self._id(o, path, ids)
         # Without explicit times an order was created a minute ago and placed a second later,
         # so that nothing seeded lies in the future of a change made right after loading.
@@ -251,29 +292,52 @@ class _Loader:
         state.next_order_number = max(state.next_order_number, number) + 1
         currency = str(o.get("currency_code", "EUR"))
         order = Order(
-            id=ident, number=number, market_id=market.id,
+            id=ident,
+            number=number,
+            market_id=market.id,
             customer_id=customer.id if customer else None,
             customer_email=o.get("customer_email") or (customer.email if customer else None),
-            guest=guest, status=status, payment_status=payment_status,
-            fulfillment_status=fulfillment, payment_source_id=None, line_item_ids=[],
-            currency_code=currency, language_code=str(o.get("language_code", "en")),
+            guest=guest,
+            status=status,
+            payment_status=payment_status,
+            fulfillment_status=fulfillment,
+            payment_source_id=None,
+            line_item_ids=[],
+            currency_code=currency,
+            language_code=str(o.get("language_code", "en")),
             country_code=str(o.get("country_code", "IT" if currency == "EUR" else "US")),
             shipping_amount_cents=int(o.get("shipping_amount_cents", 700)),
-            token=new_order_token(), created_at=created, updated_at=updated, placed_at=placed_at,
+            token=new_order_token(),
+            created_at=created,
+            updated_at=updated,
+            placed_at=placed_at,
             approved_at=placed_at if status == "approved" else None,
             cancelled_at=updated if status == "cancelled" else None,
-            payment_updated_at=placed_at, reference=o.get("reference"),
+            payment_updated_at=placed_at,
+            reference=o.get("reference"),
             metadata=dict(o.get("metadata", {})),
         )
-        items = o.get("line_items") or [{"sku_code": _CATALOG[0][0], "name": _CATALOG[0][1],
-                                         "unit_amount_cents": _CATALOG[0][2]}]
+        items = o.get("line_items") or [
+            {
+                "sku_code": _CATALOG[0][0],
+                "name": _CATALOG[0][1],
+                "unit_amount_cents": _CATALOG[0][2],
+            }
+        ]
         for k, li in enumerate(items):
             where = f"{path}.line_items[{k}]"
             if not isinstance(li, Mapping) or not li.get("sku_code"):
                 raise SandboxError(where, "needs a sku_code")
-            item = LineItem(self._id(li, where, ids), ident, str(li["sku_code"]),
-                            str(li.get("name", li["sku_code"])), int(li.get("quantity", 1)),
-                            int(li.get("unit_amount_cents", 1000)), created, created)
+            item = LineItem(
+                self._id(li, where, ids),
+                ident,
+                str(li["sku_code"]),
+                str(li.get("name", li["sku_code"])),
+                int(li.get("quantity", 1)),
+                int(li.get("unit_amount_cents", 1000)),
+                created,
+                created,
+            )
             state.line_items[item.id] = item
             order.line_item_ids.append(item.id)
         source = o.get("payment_source")
@@ -283,17 +347,32 @@ class _Loader:
                 if key in o:
                     spec.setdefault(key, o[key])
             order.payment_source_id = self.add_payment_source(
-                spec, f"{path}.payment_source", order_id=ident,
-                owner=customer.id if customer else ident, when=created, ids=ids).id
+                spec,
+                f"{path}.payment_source",
+                order_id=ident,
+                owner=customer.id if customer else ident,
+                when=created,
+                ids=ids,
+            ).id
         state.orders[order.id] = order
         self.counts["orders"] += 1
         return order
 
-    def add_payment_source(self, spec: Mapping[str, Any], path: str, *, order_id: str | None,
-                           owner: str, when: int, ids: IdFactory | None = None) -> PaymentSource:
+    def add_payment_source(
+        self,
+        spec: Mapping[str, Any],
+        path: str,
+        *,
+        order_id: str | None,
+        owner: str,
+        when: int,
+        ids: IdFactory | None = None,
+    ) -> PaymentSource:
         ptype = spec.get("type")
         if ptype not in PAYMENT_SOURCE_TYPES:
-            raise SandboxError(f"{path}.type", f"{ptype!r} is not one of {', '.join(sorted(PAYMENT_SOURCE_TYPES))}")
+            raise SandboxError(
+                f"{path}.type", f"{ptype!r} is not one of {', '.join(sorted(PAYMENT_SOURCE_TYPES))}"
+            )
         ident = self._id(spec, path, ids)
         is_card = ptype in CARD_TYPES
         last4 = str(spec.get("card_last4", "1111" if is_card else ""))
@@ -304,11 +383,16 @@ class _Loader:
         if options is None:
             options = {"setup_future_usage": "off_session"} if ptype == "stripe_payments" else {}
         source = PaymentSource(
-            id=ident, type=ptype, order_id=order_id,
+            id=ident,
+            type=ptype,
+            order_id=order_id,
             customer_token=str(spec.get("customer_token") or f"{customer_prefix}{owner}"),
             payment_source_token=str(spec.get("payment_source_token") or f"{token_prefix}{ident}"),
             card_brand=str(spec.get("card_brand", "visa" if is_card or last4 else "")),
-            card_last4=last4, created_at=when, updated_at=when, options=dict(options),
+            card_last4=last4,
+            created_at=when,
+            updated_at=when,
+            options=dict(options),
             metadata=dict(spec.get("metadata", {})),
         )
         self.state.payment_sources[source.id] = source
@@ -320,26 +404,49 @@ class _Loader:
             path = f"customer_payment_sources[{n}]"
             customer = state.customer_by_email(str(w.get("customer", "")))
             if customer is None:
-                raise SandboxError(f"{path}.customer", f"no customer with email {w.get('customer')!r}")
+                raise SandboxError(
+                    f"{path}.customer", f"no customer with email {w.get('customer')!r}"
+                )
             when = self._time(w, "created_at", path, self.now)
             if "order" in w:
                 order = state.orders.get(str(w["order"]))
                 if order is None or order.payment_source_id is None:
-                    raise SandboxError(f"{path}.order", f"no order {w['order']!r} with a payment source")
+                    raise SandboxError(
+                        f"{path}.order", f"no order {w['order']!r} with a payment source"
+                    )
                 source = state.payment_sources[order.payment_source_id]
             else:
-                spec = {"type": w.get("payment_source_type"),
-                        **{k: w[k] for k in ("card_last4", "card_brand", "customer_token",
-                                             "payment_source_token") if k in w}}
-                source = self.add_payment_source(spec, path, order_id=None, owner=customer.id, when=when)
+                spec = {
+                    "type": w.get("payment_source_type"),
+                    **{
+                        k: w[k]
+                        for k in (
+                            "card_last4",
+                            "card_brand",
+                            "customer_token",
+                            "payment_source_token",
+                        )
+                        if k in w
+                    },
+                }
+                source = self.add_payment_source(
+                    spec, path, order_id=None, owner=customer.id, when=when
+                )
             entry = WalletEntry(
-                id=self._id(w, path), customer_id=customer.id, payment_source_id=source.id,
+                id=self._id(w, path),
+                customer_id=customer.id,
+                payment_source_id=source.id,
                 payment_source_type=source.type,
                 name=str(w.get("name") or wallet_entry_name(source.card_last4, source.type)),
                 customer_token=str(w.get("customer_token") or source.customer_token),
-                payment_source_token=str(w.get("payment_source_token") or source.payment_source_token),
-                created_at=when, updated_at=when, reference=w.get("reference"),
-                metadata=dict(w.get("metadata", {})))
+                payment_source_token=str(
+                    w.get("payment_source_token") or source.payment_source_token
+                ),
+                created_at=when,
+                updated_at=when,
+                reference=w.get("reference"),
+                metadata=dict(w.get("metadata", {})),
+            )
             state.wallet[entry.id] = entry
             self.counts["customer_payment_sources"] += 1
 
@@ -348,8 +455,17 @@ class _Loader:
         timeouts = {}
         for n, h in enumerate(self._list(scenario, "webhooks")):
             path = f"webhooks[{n}]"
-            unknown = set(h) - {"id", "name", "topic", "callback_url", "include_resources",
-                                "shared_secret", "timeout", "reference", "metadata"}
+            unknown = set(h) - {
+                "id",
+                "name",
+                "topic",
+                "callback_url",
+                "include_resources",
+                "shared_secret",
+                "timeout",
+                "reference",
+                "metadata",
+            }
             if unknown:
                 raise SandboxError(path, f"unknown keys {sorted(unknown)}")
             if not isinstance(h.get("topic"), str) or not isinstance(h.get("callback_url"), str):
@@ -357,8 +473,9 @@ class _Loader:
             ident = self._id(h, path)
             self.state.ids.release(ident)  # webhook_rules.create reserves it again
             try:
-                hook = webhook_rules.create(self.state, h, now=self.now, ident=ident,
-                                            shared_secret=h.get("shared_secret"))
+                hook = webhook_rules.create(
+                    self.state, h, now=self.now, ident=ident, shared_secret=h.get("shared_secret")
+                )
             except ApiError as exc:
                 raise SandboxError(path, "; ".join(e["detail"] for e in exc.errors)) from None
             if h.get("timeout") is not None:
@@ -370,11 +487,22 @@ class _Loader:
         """Bulk orders with customers, deterministic given `seed`."""
         if not isinstance(spec, Mapping):
             raise SandboxError("generate", "must be a table")
-        known = {"orders", "customers", "guest_share", "payment_source_types", "statuses", "seed",
-                 "start", "interval_seconds", "market"}
+        known = {
+            "orders",
+            "customers",
+            "guest_share",
+            "payment_source_types",
+            "statuses",
+            "seed",
+            "start",
+            "interval_seconds",
+            "market",
+        }
         unknown = set(spec) - known
         if unknown:
-            raise SandboxError("generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+            raise SandboxError(
+                "generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})"
+            )
         count = spec.get("orders", 0)
         if not isinstance(count, int) or count < 0:
             raise SandboxError("generate.orders", "must be a non-negative integer")
@@ -385,7 +513,9 @@ class _Loader:
         types = list(spec.get("payment_source_types", sorted(PAYMENT_SOURCE_TYPES)))
         bad = [t for t in types if t not in PAYMENT_SOURCE_TYPES]
         if bad or not types:
-            raise SandboxError("generate.payment_source_types", f"unknown types {bad}" if bad else "is empty")
+            raise SandboxError(
+                "generate.payment_source_types", f"unknown types {bad}" if bad else "is empty"
+            )
         statuses = list(spec.get("statuses", ["placed"]))
         if not statuses or any(s not in ORDER_STATUSES for s in statuses):
             raise SandboxError("generate.statuses", f"must be some of {', '.join(ORDER_STATUSES)}")
@@ -402,7 +532,9 @@ class _Loader:
         for i in range(n_customers):
             email = f"customer-{seed}-{i:05d}@example.com"
             if state.customer_by_email(email):
-                raise SandboxError("generate", f"customer {email} already exists (generate twice with one seed?)")
+                raise SandboxError(
+                    "generate", f"customer {email} already exists (generate twice with one seed?)"
+                )
             c = Customer(self._id({}, "generate", ids), email, True, "acquired", start, start)
             state.customers[c.id] = c
             registered.append(c)
@@ -413,29 +545,48 @@ class _Loader:
             when = start + i * interval
             if guest:
                 email = f"guest-{seed}-{i:05d}@example.com"
-                c = Customer(self._id({}, "generate", ids), email, False, "prospect", when, when,
-                             guest=True)
+                c = Customer(
+                    self._id({}, "generate", ids), email, False, "prospect", when, when, guest=True
+                )
                 state.customers[c.id] = c
                 self.counts["customers"] += 1
             else:
                 c = registered[rng.randrange(len(registered))]
-            lines = [{"sku_code": sku, "name": name, "quantity": rng.randint(1, 3), "unit_amount_cents": cents}
-                     for sku, name, cents in rng.sample(_CATALOG, rng.randint(1, 3))]
-            order = {"customer": c.email, "guest": guest, "status": rng.choice(statuses),
-                     "payment_source": {"type": ptype,
-                                        "card_last4": f"{rng.randrange(10000):04d}" if ptype in CARD_TYPES else ""},
-                     "line_items": lines, "created_at": iso(when),
-                     "metadata": {"sandbox_generated": True}}
+            lines = [
+                {
+                    "sku_code": sku,
+                    "name": name,
+                    "quantity": rng.randint(1, 3),
+                    "unit_amount_cents": cents,
+                }
+                for sku, name, cents in rng.sample(_CATALOG, rng.randint(1, 3))
+            ]
+            order = {
+                "customer": c.email,
+                "guest": guest,
+                "status": rng.choice(statuses),
+                "payment_source": {
+                    "type": ptype,
+                    "card_last4": f"{rng.randrange(10000):04d}" if ptype in CARD_TYPES else "",
+                },
+                "line_items": lines,
+                "created_at": iso(when),
+                "metadata": {"sandbox_generated": True},
+            }
             if market:
                 order["market"] = market
             self.add_order(order, f"generate.orders[{i}]", ids)
 
 
-def load_records(state: SandboxState, scenario: Mapping[str, Any], *, now: int) -> tuple[dict[str, int], dict[str, float]]:
+def load_records(
+    state: SandboxState, scenario: Mapping[str, Any], *, now: int
+) -> tuple[dict[str, int], dict[str, float]]:
     """Add a scenario's records to `state` (under its lock); (counts, webhook timeouts)."""
     unknown = set(scenario) - set(TOP_KEYS)
     if unknown:
-        raise SandboxError("", f"unknown top-level keys {sorted(unknown)} (known: {', '.join(TOP_KEYS)})")
+        raise SandboxError(
+            "", f"unknown top-level keys {sorted(unknown)} (known: {', '.join(TOP_KEYS)})"
+        )
     loader = _Loader(state, now)
     with state.lock:
         loader.clients(scenario)

@@ -39,7 +39,9 @@ USER_AGENT = "webhook-app-sandbox (Commerce Layer webhook double)"
 
 def sign(body: bytes, *, secret: str) -> str:
     """The `X-CommerceLayer-Signature` value Commerce Layer computes for `body`."""
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode("ascii")
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode(
+        "ascii"
+    )
 
 
 @dataclass
@@ -61,8 +63,15 @@ class _Job:
 class Sender:
     """A pool of delivery threads; `start()` before `enqueue()`, `stop()` when done."""
 
-    def __init__(self, state: SandboxState, *, config: Callable[[], SenderConfig], faults: Faults,
-                 stats: Stats, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        *,
+        config: Callable[[], SenderConfig],
+        faults: Faults,
+        stats: Stats,
+        now_ms: Callable[[], int],
+    ) -> None:
         self._state = state
         self._config = config
         self._faults = faults
@@ -172,16 +181,21 @@ class Sender:
         cfg = self._config()
         timeout = self._faults.webhook_timeout(d.webhook_id) or cfg.timeout
         signature = sign(d.body, secret=secret)
-        headers = {"Content-Type": "application/json", "X-CommerceLayer-Topic": d.topic,
-                   "X-CommerceLayer-Signature": signature, "User-Agent": USER_AGENT}
+        headers = {
+            "Content-Type": "application/json",
+            "X-CommerceLayer-Topic": d.topic,
+            "X-CommerceLayer-Signature": signature,
+            "User-Agent": USER_AGENT,
+        }
         code: int | None = None
         lost = False
         started = time.monotonic()
         try:
             with requests.Session() as session:
                 session.trust_env = False
-                with session.post(url, data=d.body, headers=headers, timeout=timeout,
-                                  allow_redirects=False) as response:
+                with session.post(
+                    url, data=d.body, headers=headers, timeout=timeout, allow_redirects=False
+                ) as response:
                     code, message = response.status_code, response.reason or ""
         except requests.Timeout:
             message = f"timeout: no answer within {timeout:g} s"
@@ -189,22 +203,43 @@ class Sender:
             message = f"connection error: {type(exc).__name__}"
         if code is not None and self._faults.lose_answer(d.webhook_id):
             lost = True
-            message = f"timeout: no answer within {timeout:g} s (sandbox fault: the answer {code} was lost)"
+            message = f"timeout: no answer within {timeout:g} s (sandbox fault: {code} was lost)"
             code = None
         ok = code is not None and 200 <= code < 300
         duration = (time.monotonic() - started) * 1000
         self._after_attempt(d, url, signature, code, message, ok, lost, duration, cfg)
 
-    def _after_attempt(self, d: Delivery, url: str, signature: str, code: int | None, message: str,
-                       ok: bool, lost: bool, duration: float, cfg: SenderConfig) -> None:
+    def _after_attempt(
+        self,
+        d: Delivery,
+        url: str,
+        signature: str,
+        code: int | None,
+        message: str,
+        ok: bool,
+        lost: bool,
+        duration: float,
+        cfg: SenderConfig,
+    ) -> None:
         state, stats = self._state, self._stats
         retry = False
         with state.lock:
             callback = EventCallback(
-                id=state.ids.new(), webhook_id=d.webhook_id, event_id=d.event_id, topic=d.topic,
-                attempt=d.attempt, callback_url=url, body=d.body, signature=signature,
-                response_code=code, response_message=message, succeeded=ok,
-                duration_ms=round(duration, 3), created_at=self._now_ms(), lost_answer=lost)
+                id=state.ids.new(),
+                webhook_id=d.webhook_id,
+                event_id=d.event_id,
+                topic=d.topic,
+                attempt=d.attempt,
+                callback_url=url,
+                body=d.body,
+                signature=signature,
+                response_code=code,
+                response_message=message,
+                succeeded=ok,
+                duration_ms=round(duration, 3),
+                created_at=self._now_ms(),
+                lost_answer=lost,
+            )
             state.callbacks.append(callback)
             hook = state.webhooks.get(d.webhook_id)
             if hook is not None:
@@ -212,7 +247,10 @@ class Sender:
                     hook.circuit_failure_count = 0
                 else:
                     hook.circuit_failure_count += 1
-                    if hook.circuit_state == "closed" and hook.circuit_failure_count >= cfg.circuit_threshold:
+                    if (
+                        hook.circuit_state == "closed"
+                        and hook.circuit_failure_count >= cfg.circuit_threshold
+                    ):
                         hook.circuit_state = "open"
                         stats.count("sender.circuits_opened")
                         log.info("sandbox: circuit of webhook %s opened", hook.id)
@@ -223,7 +261,9 @@ class Sender:
             stats.count("sender.lost_answers")
         if retry:
             stats.count("sender.retries_scheduled")
-            self.enqueue(Delivery(d.event_id, d.webhook_id, d.topic, d.body, d.attempt + 1),
-                         delay=cfg.backoff(d.attempt))
+            self.enqueue(
+                Delivery(d.event_id, d.webhook_id, d.topic, d.body, d.attempt + 1),
+                delay=cfg.backoff(d.attempt),
+            )
         elif not ok:
             stats.count("sender.gave_up")

@@ -42,9 +42,15 @@ class SandboxServer:
     table and survive resets.
     """
 
-    def __init__(self, sandbox: Sandbox | None = None, *, host: str = "127.0.0.1", port: int = 0,
-                 scenario: Mapping[str, Any] | str | Path | None = None,
-                 config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        scenario: Mapping[str, Any] | str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
         self.sandbox = sandbox or Sandbox()
         self.host = host
         self._requested_port = port
@@ -82,12 +88,17 @@ class SandboxServer:
         if self._server is not None:
             raise RuntimeError("the sandbox server is already running")
         app = create_sandbox_app(self.sandbox)
-        server = make_server(self.host, self._requested_port, app, threaded=True,
-                             request_handler=QuietRequestHandler)
+        server = make_server(
+            self.host, self._requested_port, app, threaded=True, request_handler=QuietRequestHandler
+        )
         self._server = server
         self.sandbox.start()
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"sandbox-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-server-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         log.info("sandbox listening on %s", self.url)
         return self
@@ -107,6 +118,10 @@ class SandboxServer:
     def __enter__(self) -> SandboxServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()

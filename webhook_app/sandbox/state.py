@@ -57,8 +57,21 @@ class SandboxState:
             self.next_order_number = 10_000_001
             self.next_market_number = 1001
 
-    _DATA = ("markets", "customers", "payment_sources", "line_items", "orders", "wallet", "clients",
-             "tokens", "webhooks", "callbacks", "events", "next_order_number", "next_market_number")
+    _DATA = (
+        "markets",
+        "customers",
+        "payment_sources",
+        "line_items",
+        "orders",
+        "wallet",
+        "clients",
+        "tokens",
+        "webhooks",
+        "callbacks",
+        "events",
+        "next_order_number",
+        "next_market_number",
+    )
 
     def copy(self) -> SandboxState:
         """A deep copy of the records (to try a change and adopt it only if it succeeds)."""
@@ -167,23 +180,42 @@ class SandboxState:
                     for m in self.markets.values()
                 ],
                 "customers": [
-                    {"id": c.id, "email": c.email, "has_password": c.has_password,
-                     "status": c.status, "metadata": c.metadata}
+                    {
+                        "id": c.id,
+                        "email": c.email,
+                        "has_password": c.has_password,
+                        "status": c.status,
+                        "metadata": c.metadata,
+                    }
                     for c in self.customers.values()
                 ],
                 "orders": [self.order_summary(o) for o in self.orders.values()],
                 "customer_payment_sources": [
-                    {"id": w.id, "customer_id": w.customer_id, "name": w.name,
-                     "payment_source": {"type": w.payment_source_type, "id": w.payment_source_id},
-                     "customer_token": w.customer_token,
-                     "payment_source_token": w.payment_source_token,
-                     "origin_order_id": w.origin_order_id, "created_at": iso(w.created_at)}
+                    {
+                        "id": w.id,
+                        "customer_id": w.customer_id,
+                        "name": w.name,
+                        "payment_source": {
+                            "type": w.payment_source_type,
+                            "id": w.payment_source_id,
+                        },
+                        "customer_token": w.customer_token,
+                        "payment_source_token": w.payment_source_token,
+                        "origin_order_id": w.origin_order_id,
+                        "created_at": iso(w.created_at),
+                    }
                     for w in sorted(self.wallet.values(), key=lambda w: (w.created_at, w.id))
                 ],
                 "webhooks": [
-                    {"id": w.id, "name": w.name, "topic": w.topic, "callback_url": w.callback_url,
-                     "include_resources": w.include_resources, "circuit_state": w.circuit_state,
-                     "circuit_failure_count": w.circuit_failure_count}
+                    {
+                        "id": w.id,
+                        "name": w.name,
+                        "topic": w.topic,
+                        "callback_url": w.callback_url,
+                        "include_resources": w.include_resources,
+                        "circuit_state": w.circuit_state,
+                        "circuit_failure_count": w.circuit_failure_count,
+                    }
                     for w in self.webhooks.values()
                 ],
                 "clients": sorted(self.clients),
@@ -201,8 +233,13 @@ class SandboxState:
             "customer_id": o.customer_id,
             "customer_email": o.customer_email,
             "market_id": o.market_id,
-            "payment_source": {"type": source.type, "id": source.id, "card_last4": source.card_last4}
-            if source else None,
+            "payment_source": {
+                "type": source.type,
+                "id": source.id,
+                "card_last4": source.card_last4,
+            }
+            if source
+            else None,
             "total_amount_cents": self.order_total(o),
             "currency_code": o.currency_code,
             "created_at": iso(o.created_at),

@@ -23,7 +23,9 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 def redact_body(body: Any) -> Any:
     """A copy of a JSON body with secret-bearing keys (anywhere in it) redacted."""
     if isinstance(body, Mapping):
-        return {k: (REDACTED if k in _SECRET_BODY_KEYS else redact_body(v)) for k, v in body.items()}
+        return {
+            k: (REDACTED if k in _SECRET_BODY_KEYS else redact_body(v)) for k, v in body.items()
+        }
     if isinstance(body, list):
         return [redact_body(v) for v in body]
     return body
@@ -68,15 +70,28 @@ class Stats:
             self._by_route.setdefault(entry.get("route") or "unrouted", Counter())[status] += 1
             self._counters["requests.total"] += 1
 
-    def requests(self, *, route: str | None = None, method: str | None = None,
-                 status: int | None = None, since: int = 0) -> list[dict[str, Any]]:
+    def requests(
+        self,
+        *,
+        route: str | None = None,
+        method: str | None = None,
+        status: int | None = None,
+        since: int = 0,
+    ) -> list[dict[str, Any]]:
         with self._lock:
             items = list(self._requests)
-        return [r for r in items
-                if r["seq"] > since
-                and (route is None or r.get("route") == route or (r.get("route") or "").startswith(route + "."))
-                and (method is None or r["method"] == method.upper())
-                and (status is None or r.get("status") == status)]
+        return [
+            r
+            for r in items
+            if r["seq"] > since
+            and (
+                route is None
+                or r.get("route") == route
+                or (r.get("route") or "").startswith(route + ".")
+            )
+            and (method is None or r["method"] == method.upper())
+            and (status is None or r.get("status") == status)
+        ]
 
     def clear_requests(self) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
 """Identifiers and timestamps shaped like Commerce Layer's.
 
 Ids are 10 ASCII letters (`wBXVhZOmXO`), drawn from a seedable generator so that seeded scenarios
-always produce the same ids. Timestamps are kept as integer milliseconds since the epoch (so that comparisons with the
-ISO strings clients send back are exact) and rendered as ISO 8601 UTC with milliseconds
+always produce the same ids. Timestamps are kept as integer milliseconds since the epoch (so that
+comparisons with the ISO strings clients send back are exact) and rendered as ISO 8601 UTC with
+milliseconds
 (`2022-09-30T21:11:55.783Z`), as Commerce Layer does.
 """
 

@@ -28,25 +28,47 @@ def check_attributes(attrs: Mapping[str, Any]) -> None:
     """Sandbox-level rules on top of the official schema; 422 listing every problem."""
     problems = []
     if "topic" in attrs and attrs["topic"] not in ORDER_TOPICS:
-        problems.append(invalid(
-            f"{attrs['topic']!r} is not a topic the sandbox fires (it fires {', '.join(ORDER_TOPICS)})",
-            pointer="/data/attributes/topic", error="inclusion", title="topic is not included in the list"))
+        problems.append(
+            invalid(
+                f"{attrs['topic']!r} is not a topic the sandbox fires "
+                f"(it fires {', '.join(ORDER_TOPICS)})",
+                pointer="/data/attributes/topic",
+                error="inclusion",
+                title="topic is not included in the list",
+            )
+        )
     if "callback_url" in attrs:
         parts = urlsplit(str(attrs["callback_url"]))
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            problems.append(invalid("callback_url must be an http(s) URL",
-                                    pointer="/data/attributes/callback_url", error="invalid_url"))
+            problems.append(
+                invalid(
+                    "callback_url must be an http(s) URL",
+                    pointer="/data/attributes/callback_url",
+                    error="invalid_url",
+                )
+            )
     for n, name in enumerate(attrs.get("include_resources") or []):
         if name not in ORDER_INCLUDES:
-            problems.append(invalid(
-                f"{name!r} cannot be included (the sandbox includes {', '.join(ORDER_INCLUDES)})",
-                pointer=f"/data/attributes/include_resources/{n}", error="invalid_include"))
+            problems.append(
+                invalid(
+                    f"{name!r} cannot be included "
+                    f"(the sandbox includes {', '.join(ORDER_INCLUDES)})",
+                    pointer=f"/data/attributes/include_resources/{n}",
+                    error="invalid_include",
+                )
+            )
     if problems:
         raise ApiError.many(422, problems)
 
 
-def create(state: SandboxState, attrs: Mapping[str, Any], *, now: int, ident: str | None = None,
-           shared_secret: str | None = None) -> Webhook:
+def create(
+    state: SandboxState,
+    attrs: Mapping[str, Any],
+    *,
+    now: int,
+    ident: str | None = None,
+    shared_secret: str | None = None,
+) -> Webhook:
     check_attributes(attrs)
     with state.lock:
         if ident is None:
