@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -252,3 +253,27 @@ def test_fault_spells_with_a_fake_clock():
     assert f.decide("orders.get").error_status is None
     clock.now += 5
     assert f.decide("token").error_status is None
+
+
+def test_stopping_the_server_releases_hanging_requests():
+    with running() as server:
+        api = Api(server)
+        api.get_token()
+        faults(api, {"route": "orders.get", "hang_share": 1.0, "hang_seconds": 30})
+        outcome: list[object] = []
+
+        def call() -> None:
+            try:
+                outcome.append(api.get("/orders/OrdStripeA", timeout=10).status_code)
+            except requests.ConnectionError as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=call)
+        t.start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        server.stop()
+        t.join(10)
+        api.close()
+    assert time.monotonic() - started < 3
+    assert len(outcome) == 1 and isinstance(outcome[0], requests.ConnectionError)

@@ -256,3 +256,19 @@ def test_many_events_are_sent_concurrently(hooked, receiver):
     assert len(receiver.calls) == len(ids) == 140
     assert peak[0] > 1
     assert time.monotonic() - started < 140 * 0.02  # faster than one at a time
+
+
+def test_per_webhook_timeout_override_through_faults(hooked, receiver):
+    receiver.answer = lambda call: (204, 0.4)
+    r = hooked.control("PUT", "/faults", {"sender": {"webhook_timeouts": {"HookTestAa": 0.1}}})
+    assert r.json()["sender"]["webhook_timeouts"] == {"HookTestAa": 0.1}
+    hooked.control("PUT", "/config", {"sender": {"max_retries": 0}})
+    trigger(hooked, "OrdStripeA")
+    drain(hooked)
+    (callback,) = hooked.control("GET", "/event_callbacks").json()["event_callbacks"]
+    assert callback["response_code"] is None and "within 0.1 s" in callback["response_message"]
+    hooked.control("DELETE", "/faults")
+    trigger(hooked, "OrdStripeA")
+    drain(hooked)
+    last = hooked.control("GET", "/event_callbacks").json()["event_callbacks"][-1]
+    assert last["response_code"] == 204  # back to the 2 s test timeout
