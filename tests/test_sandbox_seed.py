@@ -195,6 +195,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_cli_runs_as_a_process():
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -237,6 +238,7 @@ def test_cli_runs_as_a_process():
         proc.stderr.close()
 
 
+@pytest.mark.e2e
 def test_cli_refuses_a_bad_scenario(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"orders": [{"status": "nope"}]}))
