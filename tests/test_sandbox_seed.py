@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -253,3 +254,15 @@ def test_cli_refuses_a_bad_scenario(tmp_path):
     )
     assert done.returncode == 2 and "orders[0].status" in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_an_unstarted_sandbox_runs_no_threads():
+    sandbox = load({"generate": {"orders": 3}, "sandbox": {"sender": {"concurrency": 3}}})
+    sandbox.update_config({"sender": {"concurrency": 5}})
+    assert not [t for t in threading.enumerate() if t.name == "sandbox-sender"]
+    sandbox.start()
+    try:
+        assert len([t for t in threading.enumerate() if t.name == "sandbox-sender"]) == 5
+    finally:
+        sandbox.stop()
+    assert not [t for t in threading.enumerate() if t.name == "sandbox-sender" and t.is_alive()]

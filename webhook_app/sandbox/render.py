@@ -145,7 +145,7 @@ class Renderer:
 
     # -- building blocks --
 
-    def _self(self, rtype: str, rid: str) -> dict[str, str]:
+    def self_link(self, rtype: str, rid: str) -> dict[str, str]:
         return {"self": f"{self.base}/api/{rtype}/{rid}"}
 
     def _relationships(
@@ -170,7 +170,7 @@ class Renderer:
         return {
             "id": rid,
             "type": rtype,
-            "links": self._self(rtype, rid),
+            "links": self.self_link(rtype, rid),
             "attributes": attributes,
             "relationships": relationships,
             "meta": dict(self.meta),

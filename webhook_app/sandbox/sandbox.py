@@ -103,7 +103,7 @@ class Sandbox:
             new = self.config.updated(changes)
             self.config = new
         self.stats.resize_log(new.request_log_size)
-        if not self.stopping.is_set() and "sender" in changes:
+        if "sender" in changes:
             self.sender.resize(new.sender.concurrency)
         return new
 
@@ -134,8 +134,7 @@ class Sandbox:
         with self._config_lock:
             self.config = config
         self.stats.resize_log(config.request_log_size)
-        if not self.stopping.is_set():
-            self.sender.resize(config.sender.concurrency)
+        self.sender.resize(config.sender.concurrency)
         if "faults" in scenario:
             self.faults.configure(scenario["faults"])
         for hook_id, seconds in timeouts.items():
@@ -185,7 +184,7 @@ class Sandbox:
                 "data": {
                     "id": order.id,
                     "type": "orders",
-                    "links": renderer._self("orders", order.id),
+                    "links": renderer.self_link("orders", order.id),
                     "meta": dict(renderer.meta),
                 }
             }

@@ -84,17 +84,21 @@ class Sender:
         self._threads: list[threading.Thread] = []
         self._retire = 0
         self._stopping = False
+        self._started = False
 
     # -- lifecycle --
 
     def start(self) -> None:
         with self._cond:
             self._stopping = False
+            self._started = True
         self.resize(self._config().concurrency)
 
     def resize(self, workers: int) -> None:
-        """Run `workers` delivery threads (idle extra threads exit)."""
+        """Run `workers` delivery threads (idle extra threads exit); no-op until started."""
         with self._cond:
+            if not self._started:
+                return
             self._threads = [t for t in self._threads if t.is_alive()]
             alive = len(self._threads) - self._retire
             if workers > alive:
@@ -110,6 +114,7 @@ class Sender:
         """Drop queued deliveries and wait for in-flight ones (bounded by their timeout)."""
         with self._cond:
             self._stopping = True
+            self._started = False
             self._heap.clear()
             self._cond.notify_all()
             threads = list(self._threads)

@@ -11,8 +11,6 @@ import copy
 import hmac
 import secrets
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from webhook_app.sandbox.errors import not_found
@@ -88,11 +86,6 @@ class SandboxState:
             self.ids = other.ids
             for name in self._DATA:
                 setattr(self, name, getattr(other, name))
-
-    @contextmanager
-    def locked(self) -> Iterator[SandboxState]:
-        with self.lock:
-            yield self
 
     # -- lookups (raise a 404 ApiError when asked for something that does not exist) --
 
