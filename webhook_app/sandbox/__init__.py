@@ -1,0 +1,22 @@
+"""The sandbox: a faithful local double of Commerce Layer, for tests, benchmarks and trials.
+
+It plays both sides the receiver talks to: the API (OAuth tokens, orders with the wallet
+triggers, wallets, webhooks; JSON:API bodies checked against the official schema; rate limits
+and injectable faults) and the webhook sender (signed compact bodies, retries, circuit breaker,
+event callbacks). A control API under `/_sandbox/` loads scenarios, triggers events and reports
+what happened. Modules:
+
+    state, model      the in-memory organization     render   JSON:API documents
+    orders, webhooks  what PATCH/POST bodies do      bodies   request bodies vs the schema
+    seed              scenario files and generation  schema   the official schema fragments
+    ratelimit, faults what can slow or break a call  sender   webhook delivery
+    sandbox           ties them together             api, control  the HTTP layer (Flask)
+    server            SandboxServer (a thread)       cli      `webhook-app sandbox`
+"""
+
+from webhook_app.sandbox.api import create_sandbox_app
+from webhook_app.sandbox.config import SandboxConfig, SenderConfig
+from webhook_app.sandbox.sandbox import Sandbox
+from webhook_app.sandbox.server import SandboxServer
+
+__all__ = ["Sandbox", "SandboxConfig", "SandboxServer", "SenderConfig", "create_sandbox_app"]

@@ -1,0 +1,237 @@
+"""`Sandbox`: one emulated Commerce Layer organization and everything around it.
+
+It ties together the records (`state`), configuration, rate limiter, fault rules, counters and
+request log, and the webhook sender, and offers the operations both the HTTP layer and tests
+use: loading scenarios, resetting, changing configuration, triggering events. It knows no HTTP
+itself; `api.create_sandbox_app(sandbox)` serves it and `server.SandboxServer` runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from webhook_app.sandbox.config import SandboxConfig
+from webhook_app.sandbox.errors import SandboxError
+from webhook_app.sandbox.faults import Faults
+from webhook_app.sandbox.model import Event, Order, Webhook
+from webhook_app.sandbox.orders import ORDER_TOPICS, apply_transition
+from webhook_app.sandbox.ratelimit import SlidingWindowLimiter
+from webhook_app.sandbox.render import Renderer
+from webhook_app.sandbox.seed import load_records
+from webhook_app.sandbox.sender import Delivery, Sender
+from webhook_app.sandbox.state import SandboxState
+from webhook_app.sandbox.stats import Stats
+from webhook_app.sandbox.timeutil import millis
+
+
+def compact(document: Any) -> bytes:
+    """Compact JSON, as Commerce Layer sends it (UTF-8, no spaces)."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Sandbox:
+    """An in-memory Commerce Layer organization with its webhook sender.
+
+    `clock` gives POSIX seconds (timestamps, token expiry); `monotonic` drives rate-limit
+    windows and fault spells; `id_seed` makes generated ids reproducible.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: SandboxConfig | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        id_seed: int | str | None = 0,
+    ) -> None:
+        self._clock = clock
+        self._base_config = config or SandboxConfig()
+        #: Settings that win over a scenario's `[sandbox]` table (command line, test fixtures).
+        self._overrides: dict[str, Any] = {}
+        self.config = self._base_config
+        self._id_seed = id_seed
+        self.state = SandboxState(id_seed=id_seed)
+        self.stats = Stats(log_size=self.config.request_log_size)
+        self.limiter = SlidingWindowLimiter(monotonic)
+        self.faults = Faults(monotonic)
+        self.sender = Sender(
+            self.state,
+            config=lambda: self.config.sender,
+            faults=self.faults,
+            stats=self.stats,
+            now_ms=self.now_ms,
+        )
+        #: Set while stopping: hanging requests wake up and drop their connection.
+        self.stopping = threading.Event()
+        self.initial_scenario: dict[str, Any] | None = None
+        self._config_lock = threading.Lock()
+
+    # -- time --
+
+    def now(self) -> float:
+        return self._clock()
+
+    def now_ms(self) -> int:
+        return millis(self._clock())
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        self.stopping.clear()
+        self.sender.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.sender.stop(timeout=self.config.sender.timeout + 2)
+
+    # -- configuration and scenarios --
+
+    def set_overrides(self, changes: Mapping[str, Any]) -> SandboxConfig:
+        """Settings that stay in force across scenario loads and resets (checked, then applied)."""
+        self.config.updated(changes)
+        self._overrides = _merge(self._overrides, changes)
+        return self.update_config(changes)
+
+    def update_config(self, changes: Mapping[str, Any]) -> SandboxConfig:
+        """Apply configuration changes (SandboxError if any is bad; then nothing changes)."""
+        with self._config_lock:
+            new = self.config.updated(changes)
+            self.config = new
+        self.stats.resize_log(new.request_log_size)
+        if "sender" in changes:
+            self.sender.resize(new.sender.concurrency)
+        return new
+
+    def load_scenario(
+        self, scenario: Mapping[str, Any], *, replace: bool = True, initial: bool = False
+    ) -> dict[str, Any]:
+        """Load a scenario (by default replacing everything); a summary of what it holds.
+
+        With `initial`, it is also what `reset()` goes back to.
+        """
+        if not isinstance(scenario, Mapping):
+            raise SandboxError("", "a scenario is an object")
+        # Everything is checked before anything changes: a refused scenario leaves all as it was.
+        config = self._base_config if replace else self.config
+        if "sandbox" in scenario:
+            config = config.updated(scenario["sandbox"], "sandbox")
+        config = config.updated(self._overrides)
+        Faults().configure(scenario.get("faults", {}))
+        with self.state.lock:
+            candidate = SandboxState(id_seed=self._id_seed) if replace else self.state.copy()
+            counts, timeouts = load_records(candidate, scenario, now=self.now_ms())
+            if replace:
+                self.sender.clear()
+                self.stats.reset()
+                self.limiter.reset()
+                self.faults.clear()
+            self.state.adopt(candidate)
+        with self._config_lock:
+            self.config = config
+        self.stats.resize_log(config.request_log_size)
+        self.sender.resize(config.sender.concurrency)
+        if "faults" in scenario:
+            self.faults.configure(scenario["faults"])
+        for hook_id, seconds in timeouts.items():
+            self.faults.set_webhook_timeout(hook_id, seconds)
+        if initial:
+            self.initial_scenario = copy.deepcopy(dict(scenario))
+        return self.summary(counts)
+
+    def summary(self, loaded: Mapping[str, int] | None = None) -> dict[str, Any]:
+        with self.state.lock:
+            out: dict[str, Any] = {
+                "markets": len(self.state.markets),
+                "customers": len(self.state.customers),
+                "orders": len(self.state.orders),
+                "customer_payment_sources": len(self.state.wallet),
+                "clients": sorted(self.state.clients),
+                "webhooks": [
+                    {
+                        "id": w.id,
+                        "topic": w.topic,
+                        "callback_url": w.callback_url,
+                        "shared_secret": w.shared_secret,
+                    }
+                    for w in self.state.webhooks.values()
+                ],
+            }
+        if loaded is not None:
+            out["loaded"] = dict(loaded)
+        return out
+
+    def reset(self, *, reload: bool = True) -> dict[str, Any]:
+        """Back to the initial scenario (or empty): its config, no faults, zero stats."""
+        if reload and self.initial_scenario is not None:
+            return self.load_scenario(self.initial_scenario)
+        return self.load_scenario({})
+
+    # -- events --
+
+    def renderer(self, base: str = "") -> Renderer:
+        return Renderer(self.state, base=base, organization_id=self.config.organization_id)
+
+    def webhook_body(self, order: Order, hook: Webhook, topic: str) -> bytes:
+        """The exact bytes Commerce Layer would POST for `topic` on `order` to `hook`."""
+        renderer = self.renderer("")
+        if topic.endswith(".destroy"):
+            doc = {
+                "data": {
+                    "id": order.id,
+                    "type": "orders",
+                    "links": renderer.self_link("orders", order.id),
+                    "meta": dict(renderer.meta),
+                }
+            }
+        else:
+            doc = renderer.order_document(order, hook.include_resources)
+        return compact(doc)
+
+    def fire(self, topic: str, order: Order) -> Event:
+        """Queue `topic` on `order` for every webhook of that topic (the caller holds the lock)."""
+        state = self.state
+        hooks = state.webhooks_for(topic)
+        event = Event(state.ids.new(), topic, order.id, self.now_ms(), [h.id for h in hooks])
+        state.events[event.id] = event
+        for hook in hooks:
+            self.sender.enqueue(
+                Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic))
+            )
+        self.stats.count("events.triggered")
+        self.stats.count("events.deliveries_queued", len(hooks))
+        return event
+
+    def trigger(
+        self, topic: str, order_ids: Iterable[str], *, transition: bool = False
+    ) -> list[Event]:
+        """Fire `topic` for each order (every time: Commerce Layer resends regardless of
+        uniqueness). With `transition`, first move the order as the topic implies
+        (`orders.place` -> placed with placed_at; `orders.destroy` deletes it after sending)."""
+        if topic not in ORDER_TOPICS:
+            raise SandboxError("topic", f"{topic!r} is not one of {', '.join(ORDER_TOPICS)}")
+        with self.state.lock:
+            orders = [self.state.order(i) for i in order_ids]
+            events = []
+            for order in orders:
+                if transition:
+                    apply_transition(order, topic, self.now_ms())
+                events.append(self.fire(topic, order))
+                if transition and topic == "orders.destroy":
+                    self.state.orders.pop(order.id, None)
+            return events
+
+
+def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated with `changes`, nested mappings (`sender`) merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,127 @@
+"""`SandboxServer`: the sandbox on 127.0.0.1, in a background thread, for tests and the CLI.
+
+    with SandboxServer(scenario="example") as server:
+        requests.post(server.auth_url, json={...})
+        requests.get(f"{server.api_url}/orders/ID", headers={...})
+        server.sandbox.trigger("orders.place", ["ID"])   # or POST {server.url}/_sandbox/events
+
+A threaded werkzeug server answers each request in its own thread (so hanging requests do not
+block others). `port=0` picks a free port; `.url` tells which.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from webhook_app.sandbox.api import create_sandbox_app
+from webhook_app.sandbox.sandbox import Sandbox
+from webhook_app.sandbox.seed import read_scenario
+
+log = logging.getLogger(__name__)
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler without a stderr line per request (the sandbox keeps its own log)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug("%s %s -> %s", self.command, self.path, code)
+
+
+class SandboxServer:
+    """Runs a `Sandbox` (a new one unless given) on `host:port` until `stop()`.
+
+    `scenario` (a mapping, a file path or `"example"`) is loaded as the initial scenario, the one
+    `POST /_sandbox/reset` returns to; `config` settings win over the scenario's `[sandbox]`
+    table and survive resets.
+    """
+
+    def __init__(
+        self,
+        sandbox: Sandbox | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        scenario: Mapping[str, Any] | str | Path | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.sandbox = sandbox or Sandbox()
+        self.host = host
+        self._requested_port = port
+        if config:
+            self.sandbox.set_overrides(config)
+        if scenario is not None:
+            data = read_scenario(scenario) if isinstance(scenario, str | Path) else scenario
+            self.sandbox.load_scenario(data, initial=True)
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the sandbox server is not running")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:PORT`: the root (control API under `/_sandbox/`)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """The API base (`.../api`), what Commerce Layer calls `https://<slug>.commercelayer.io/api`."""
+        return f"{self.url}/api"
+
+    @property
+    def auth_url(self) -> str:
+        """The token endpoint, Commerce Layer's `https://auth.commercelayer.io/oauth/token`."""
+        return f"{self.url}/oauth/token"
+
+    def start(self) -> SandboxServer:
+        if self._server is not None:
+            raise RuntimeError("the sandbox server is already running")
+        app = create_sandbox_app(self.sandbox)
+        server = make_server(
+            self.host, self._requested_port, app, threaded=True, request_handler=QuietRequestHandler
+        )
+        self._server = server
+        self.sandbox.start()
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-server-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("sandbox listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop sending, wake hanging requests, stop serving and close the listening socket."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self.sandbox.stop()
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
