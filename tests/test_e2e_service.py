@@ -131,6 +131,7 @@ def test_unsigned_and_oversized_requests_on_the_real_server(serve, tmp_path):
 
 def test_serve_stops_cleanly_on_sigterm(serve, tmp_path):
     svc = serve(service_env(tmp_path))
+    wait_until(lambda: "worker started" in svc.output(), what="worker started")
     assert svc.stop(signal.SIGTERM) == 0
     out = svc.output()
     assert "worker stopped" in out and "Traceback" not in out

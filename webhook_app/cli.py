@@ -1,4 +1,4 @@
-"""The `webhook-app` command: serve | web | worker | sign | policy check | db upgrade.
+"""The `webhook-app` command: serve | web | worker | sign | policy check | db | sandbox.
 
 Every command reads its settings once with `Settings.from_env()`; a bad setting or policy is one
 line on stderr and exit status 2, never a traceback.
@@ -208,8 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
-    """Commands that live beside their subsystem (sandbox, operations)."""
-    return []
+    """Commands that live beside their subsystem."""
+    from webhook_app.sandbox import cli as sandbox_cli
+
+    def sandbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+        sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
+
+    return [sandbox]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
