@@ -261,3 +261,25 @@ def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
         assert slots == [1000.0] * 4 + [1010.0] * 4  # one budget across both
     else:
         assert slots == [1000.0] * 8  # SQLite: each process keeps its own windows
+
+
+def test_replays_are_new_deliveries_linked_to_the_original(store):
+    d = delivery("o1")
+    original = store.record_delivery(d, now=T0)
+    assert store.delivery_id_for_identity(d.identity) == original.delivery_id
+    assert store.delivery_id_for_identity("nope") is None
+    r1 = store.record_replay(original.delivery_id, nonce="n1", now=T0 + 1)
+    r2 = store.record_replay(original.delivery_id, nonce="n2", now=T0 + 2)
+    again = store.record_replay(original.delivery_id, nonce="n1", now=T0 + 3)
+    assert not r1.duplicate and not r2.duplicate and again.duplicate and again.delivery_id == r1.delivery_id
+    assert r1.job_id and r1.job_id != original.job_id
+    got = store.get_delivery(r1.delivery_id)
+    assert got.replay_of == original.delivery_id and got.body == d.body and got.topic == d.topic
+    # a replay of a replay points at the original
+    r3 = store.record_replay(r1.delivery_id, nonce="n3", now=T0 + 4)
+    assert store.get_delivery(r3.delivery_id).replay_of == original.delivery_id
+    assert store.record_replay(99999, nonce="x", now=T0) is None
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 10)
+    assert job.id == original.job_id and not job.replay
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 10)
+    assert job.replay

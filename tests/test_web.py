@@ -187,3 +187,32 @@ def test_forwarded_headers_trusted_only_for_configured_hops(settings_factory, sq
         r = app.test_client().get("/whoami", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
                                   environ_base={"REMOTE_ADDR": "127.0.0.1"})
         assert r.json["ip"] == expected
+
+
+REPLAY_KEY = "replay-key-0123456789abcdef"
+
+
+def test_replay_token_makes_a_repeat_run_again(settings_factory, sqlite_store, clock):
+    from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token
+
+    client = create_app(settings_factory(replay_keys=(REPLAY_KEY,)), store=sqlite_store, clock=clock).test_client()
+    body = order_body("o1")
+    first = post(client, body, signed_headers(body))
+    assert post(client, body, signed_headers(body)).json["status"] == "duplicate"  # no token: duplicate
+    tok = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, ttl=60)
+    replay = post(client, body, {**signed_headers(body), REPLAY_HEADER: tok})
+    assert replay.status_code == 202 and replay.json["delivery_id"] != first.json["delivery_id"]
+    stored = sqlite_store.get_delivery(replay.json["delivery_id"])
+    assert stored.replay_of == first.json["delivery_id"]
+    assert post(client, body, {**signed_headers(body), REPLAY_HEADER: tok}).json["status"] == "duplicate"
+    # forged, expired, wrong-body and wrong-purpose tokens are refused and store nothing
+    count = len(sqlite_store.list_deliveries(DeliveryFilter()))
+    forged = make_replay_token(Tokens(REPLAY, ("attacker-key-0123456789abc",)), body, ttl=60)
+    other = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", ttl=60)
+    admin = Tokens("admin", (REPLAY_KEY,), clock).make(ttl=60)
+    expired = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, ttl=1)
+    clock.advance(5)
+    for bad in (forged, other, admin, expired, "garbage"):
+        r = post(client, body, {**signed_headers(body), REPLAY_HEADER: bad})
+        assert r.status_code == 401, bad
+    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == count

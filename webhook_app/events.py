@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from webhook_app.errors import InvalidPayload
@@ -32,6 +32,11 @@ def delivery_identity(topic: str, body: bytes) -> str:
     h.update(b"\x00")
     h.update(body)
     return h.hexdigest()
+
+
+def replay_identity(identity: str, nonce: str) -> str:
+    """A deliberate replay is a new delivery: its identity adds the replay token's nonce."""
+    return hashlib.sha256(f"{identity}:replay:{nonce}".encode()).hexdigest()
 
 
 def json_depth(value: Any) -> int:
@@ -120,6 +125,10 @@ class Delivery:
     @property
     def is_order(self) -> bool:
         return is_order_topic(self.topic) and self.resource_type == "orders"
+
+    def as_replay(self, nonce: str) -> Delivery:
+        """The same delivery, made distinct from the original (and other replays) by `nonce`."""
+        return replace(self, identity=replay_identity(self.identity, nonce))
 
     @property
     def order_id(self) -> str | None:

@@ -30,6 +30,7 @@ from webhook_app.errors import (
 from webhook_app.events import Delivery
 from webhook_app.policy import Policy, load_policy
 from webhook_app.store import Store, open_store
+from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,19 @@ def intake() -> tuple[Response, int]:
     body = _read_body(s.settings.max_body_bytes)
     delivery = Delivery.from_http(request.headers, body, secrets=s.settings.webhook_secrets,
                                   max_depth=s.settings.max_json_depth)
-    recorded = s.store.record_delivery(delivery, now=s.clock())
+    replay_of = None
+    replay_token = request.headers.get(REPLAY_HEADER)
+    if replay_token is not None:
+        # An operator's deliberate replay: a valid token makes it a new delivery, not a duplicate.
+        nonce = check_replay_token(Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body)
+        replay_of = s.store.delivery_id_for_identity(delivery.identity)
+        delivery = delivery.as_replay(nonce)
+    recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of)
     status = "duplicate" if recorded.duplicate else recorded.status
     log.info("delivery", extra={"request_id": g.request_id, "topic": delivery.topic,
                                 "order_id": delivery.order_id, "delivery_id": recorded.delivery_id,
-                                "outcome": status, "secret": delivery.secret_label})
+                                "outcome": status, "secret": delivery.secret_label,
+                                "replay": replay_token is not None})
     code = 202 if status == "queued" else 200
     return jsonify({"status": "accepted" if status == "queued" else status,
                     "delivery_id": recorded.delivery_id, "job_id": recorded.job_id}), code

@@ -154,6 +154,20 @@ class Store(abc.ABC):
     def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
         """Store a verified delivery once; queue a job for an order event. Durable on return."""
 
+    @abc.abstractmethod
+    def delivery_id_for_identity(self, identity: str) -> int | None:
+        """The id of the delivery with this identity, if stored."""
+
+    def record_replay(self, delivery_id: int, *, nonce: str, now: float) -> Recorded | None:
+        """Store a replay of a stored delivery (a new delivery marked `replay_of`), queued anew."""
+        original = self.get_delivery(delivery_id)
+        if original is None:
+            return None
+        d = Delivery(topic=original.topic, body=original.body, identity=original.identity,
+                     secret_label=original.secret_label, resource_type=original.resource_type,
+                     resource_id=original.resource_id, headers=dict(original.headers))
+        return self.record_delivery(d.as_replay(nonce), now=now, replay_of=original.replay_of or original.id)
+
     # --- jobs -----------------------------------------------------------------------------
     @abc.abstractmethod
     def claim_job(self, *, worker: str, lease_seconds: float, now: float) -> Job | None:

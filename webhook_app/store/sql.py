@@ -81,6 +81,11 @@ class SQLStore(Store):
                 job_id = int(job["id"]) if job else None
             return Recorded(delivery_id, False, job_id, status)
 
+    def delivery_id_for_identity(self, identity: str) -> int | None:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT id FROM deliveries WHERE identity = ?", (identity,))
+        return None if row is None else int(row["id"])
+
     # --- jobs -----------------------------------------------------------------------------
     def claim_job(self, *, worker: str, lease_seconds: float, now: float) -> Job | None:
         # Look without the write lock first: an idle poll must not block intake.
