@@ -142,8 +142,12 @@ def _run(tmp_path: Path, db_url: str, nginx: str) -> None:
             lb.terminate()
             lb.wait(timeout=10)
     finally:
+        failing = sys.exc_info()[0] is not None
         for p in reversed(procs):
             p.stop()
+        if failing:  # show what the processes said, to make a failure diagnosable
+            for p in procs:
+                print(f"--- {p.log_path.name} ---\n{p.output()[-3000:]}")
 
 
 def _bodies() -> tuple[dict[str, dict], list[tuple[str, str, bytes]]]:

@@ -91,6 +91,12 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         jsonschema.validate(p["json"], SCHEMA)
         assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
     assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)
+    # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode)
+    text = requests.get(svc.url + "/metrics", timeout=5).text
+    assert 'webhook_app_decisions_total{action="save_payment_source",outcome="applied",' \
+           'rule="save-registered-customer-source"} 6.0' in text
+    assert 'webhook_app_deliveries_total{outcome="duplicate",topic="orders.place"} 16.0' in text
+    assert 'webhook_app_commercelayer_responses_total{route="orders.patch",status="200"} 6.0' in text
     latencies = sorted(p["at"] - sent_at[p["path"].rsplit("/", 1)[1]] for p in patches)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "receipt-to-patch.json").write_text(json.dumps(

@@ -49,8 +49,9 @@ def _prepare_store(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.server import run_serve
+    from webhook_app.server import prepare_metrics_dir, run_serve
 
+    prepare_metrics_dir()  # shared by the web and worker children
     settings = _settings()
     load_policy(settings.policy_path)
     _prepare_store(settings)
@@ -60,8 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.server import run_web
+    from webhook_app.server import prepare_metrics_dir, run_web
 
+    prepare_metrics_dir()
     settings = _settings()
     load_policy(settings.policy_path)
     _prepare_store(settings)
@@ -69,11 +71,12 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from webhook_app.server import run_worker
+    from webhook_app.server import prepare_metrics_dir, run_worker
 
+    prepare_metrics_dir()
     settings = _settings()
     _prepare_store(settings)
-    return run_worker(settings, once=args.once)
+    return run_worker(settings, once=args.once, metrics_port=args.metrics_port)
 
 
 def _announce(settings: Settings, bind: str) -> None:
@@ -179,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("worker", help="run the worker only")
     sp.add_argument("--once", action="store_true", help="process the jobs that are due, then exit")
+    sp.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                    help="serve this worker's Prometheus metrics on PORT (when no web instance shares its host)")
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser("sign", help="print the X-CommerceLayer-Signature value for a body")

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -39,6 +40,20 @@ GUNICORN_DEFAULTS: dict[str, Any] = {
     "preload_app": False,
     "proc_name": "webhook-app-web",
 }
+
+
+def prepare_metrics_dir() -> str:
+    """Give prometheus_client's multiprocess mode a directory, before anything imports it.
+
+    A fresh directory per start (unless the operator set PROMETHEUS_MULTIPROC_DIR), so counters
+    of an earlier run are not added in. Children (gunicorn workers, `serve`'s worker) inherit it.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="webhook-app-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -81,7 +96,8 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
     return 0
 
 
-def run_worker(settings: Settings, *, once: bool = False) -> int:
+def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
+    from webhook_app import metrics
     from webhook_app.commercelayer import CommerceLayerClient
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
@@ -91,8 +107,12 @@ def run_worker(settings: Settings, *, once: bool = False) -> int:
     client = None
     if not settings.shadow:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
-        client = CommerceLayerClient.from_settings(settings, limiter=store.rate_limiter(settings.cl_rate_limits))
-    worker = Worker(store=store, policy=load_policy(settings.policy_path), settings=settings, client=client)
+        client = CommerceLayerClient.from_settings(settings, limiter=store.rate_limiter(settings.cl_rate_limits),
+                                                   on_call=metrics.record_call)
+    worker = Worker(store=store, policy=load_policy(settings.policy_path), settings=settings, client=client,
+                    observer=metrics.record_worker_event)
+    if metrics_port:
+        metrics.serve_worker_metrics(metrics_port, store)
     try:
         if once:
             worker.drain()

@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from webhook_app import metrics
 from webhook_app.config import Settings
 from webhook_app.errors import (
     IntakeError,
@@ -78,6 +79,7 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_request_id)
     app.after_request(_stamp)
+    metrics.init_app(app)
     return app
 
 
@@ -98,6 +100,8 @@ def _body(status: int, title: str, detail: str) -> dict[str, Any]:
 
 def _error(exc: WebhookAppError) -> tuple[Response, int]:
     status = exc.status
+    if request.endpoint == "intake.intake":
+        metrics.REJECTIONS.labels(metrics.REASONS.get(type(exc).__name__, "other")).inc()
     level = logging.WARNING if isinstance(exc, StoreError) else logging.INFO
     log.log(level, "request refused", extra={"status": status, "error": type(exc).__name__,
                                                "detail": exc.detail, "request_id": g.get("request_id"),
@@ -133,6 +137,11 @@ def _read_body(limit: int) -> bytes:
 
 @bp.post("/webhooks/commercelayer")
 def intake() -> tuple[Response, int]:
+    with metrics.INTAKE_SECONDS.time():
+        return _intake()
+
+
+def _intake() -> tuple[Response, int]:
     s = services()
     body = _read_body(s.settings.max_body_bytes)
     delivery = Delivery.from_http(request.headers, body, secrets=s.settings.webhook_secrets,
@@ -150,6 +159,8 @@ def intake() -> tuple[Response, int]:
                                 "order_id": delivery.order_id, "delivery_id": recorded.delivery_id,
                                 "outcome": status, "secret": delivery.secret_label,
                                 "replay": replay_token is not None})
+    metrics.DELIVERIES.labels(delivery.topic, "replay" if replay_token and status == "queued" else
+                              "accepted" if status == "queued" else status).inc()
     code = 202 if status == "queued" else 200
     return jsonify({"status": "accepted" if status == "queued" else status,
                     "delivery_id": recorded.delivery_id, "job_id": recorded.job_id}), code

@@ -1,0 +1,87 @@
+"""/metrics through the app, and the metrics of a worker run."""
+
+from __future__ import annotations
+
+import random
+
+from builders import order_body
+from conftest import signed_headers
+from prometheus_client.parser import text_string_to_metric_families
+
+from webhook_app import metrics
+from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.config import bundled_policy_path
+from webhook_app.policy import load_policy
+from webhook_app.web import create_app
+from webhook_app.worker import Worker
+
+
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    out = {}
+    for fam in text_string_to_metric_families(r.get_data(as_text=True)):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_intake_and_queue_metrics(settings_factory, sqlite_store, clock):
+    client = create_app(settings_factory(), store=sqlite_store, clock=clock).test_client()
+    before = scrape(client)
+    body = order_body("oM1")
+    client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
+    client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
+    client.post("/webhooks/commercelayer", data=body, headers={**signed_headers(body), "X-CommerceLayer-Signature": "x"})
+    client.post("/webhooks/commercelayer", data=b"{}", headers=signed_headers(b"{}"))
+    after = scrape(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("webhook_app_deliveries_total", topic="orders.place", outcome="accepted") == 1
+    assert delta("webhook_app_deliveries_total", topic="orders.place", outcome="duplicate") == 1
+    assert delta("webhook_app_intake_rejections_total", reason="invalid_signature") == 1
+    assert delta("webhook_app_intake_rejections_total", reason="invalid_payload") == 1
+    assert delta("webhook_app_intake_seconds_count") == 4
+    assert value(after, "webhook_app_queue_jobs", state="pending") == 1
+    assert value(after, "webhook_app_database_up") == 1
+    clock.advance(30)
+    assert value(scrape(client), "webhook_app_queue_oldest_pending_age_seconds") == 30
+
+
+def test_worker_metrics_decisions_calls_and_429(settings_factory, sqlite_store, clock, fake_cl):
+    settings = settings_factory(mode="enforce", cl_api_base=fake_cl.url, cl_client_id=fake_cl.client_id,
+                                cl_client_secret=fake_cl.client_secret, cl_auth_url=fake_cl.url + "/oauth/token",
+                                max_attempts=1)
+    app = create_app(settings, store=sqlite_store, clock=clock)
+    client = app.test_client()
+    before = scrape(client)
+    for oid in ("oW1", "oW2"):
+        fake_cl.add_order(oid)
+        body = order_body(oid)
+        client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
+    fake_cl.fail("orders.patch", status=429)
+    cl = CommerceLayerClient.from_settings(settings, on_call=metrics.record_call)
+    w = Worker(store=sqlite_store, policy=load_policy(bundled_policy_path()), settings=settings, client=cl,
+               clock=clock, rng=random.Random(0), observer=metrics.record_worker_event)
+    w.drain()
+    cl.close()
+    after = scrape(client)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("webhook_app_commercelayer_responses_total", route="orders.patch", status="429") == 1
+    assert delta("webhook_app_commercelayer_responses_total", route="orders.patch", status="200") == 1
+    assert delta("webhook_app_commercelayer_request_seconds_count", route="orders.patch") == 2
+    assert delta("webhook_app_dead_letters_total") == 1
+    assert delta("webhook_app_decisions_total", rule="save-registered-customer-source",
+                 action="save_payment_source", outcome="applied") == 1
+    assert value(after, "webhook_app_queue_jobs", state="dead") == 1
+    assert value(after, "webhook_app_recorded_decisions_total", rule="save-registered-customer-source",
+                 action="save_payment_source", outcome="applied") == 1

@@ -1,0 +1,153 @@
+"""Prometheus metrics: counters from the web and worker processes, queue gauges from the store.
+
+Counters and histograms live in prometheus_client's multiprocess mode when
+`PROMETHEUS_MULTIPROC_DIR` is set (the command line sets it to a fresh directory for `serve`, `web`
+and `worker`, so gunicorn's workers and, under `serve`, the worker process add up in one
+`/metrics`). prometheus_client reads that variable when it is first imported, which is why the
+command line sets it before anything imports this module. Queue depth, oldest pending age, dead
+letters and decisions are read from the database at scrape time, so they are right for the whole
+cluster whichever instance is scraped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Flask, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from webhook_app.commercelayer import CallRecord
+from webhook_app.errors import StoreError
+from webhook_app.store import Store
+
+DELIVERIES = Counter("webhook_app_deliveries", "Deliveries answered 2xx, by topic and outcome "
+                     "(accepted, duplicate, ignored, replay).", ["topic", "outcome"])
+REJECTIONS = Counter("webhook_app_intake_rejections", "Deliveries refused, by reason "
+                     "(invalid_signature, too_large, unsupported_media_type, invalid_payload, "
+                     "invalid_replay_token, store_unavailable).", ["reason"])
+INTAKE_SECONDS = Histogram("webhook_app_intake_seconds", "Time to verify, store and answer a delivery.",
+                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+JOB_OUTCOMES = Counter("webhook_app_job_attempts", "Job attempts by outcome (applied, skipped, guarded, "
+                       "shadow, retry, dead_letter, lost).", ["outcome"])
+DEAD_LETTERS = Counter("webhook_app_dead_letters", "Jobs dead-lettered.")
+DECISIONS = Counter("webhook_app_decisions", "Decisions made by this process, by rule, action and outcome.",
+                    ["rule", "action", "outcome"])
+CL_SECONDS = Histogram("webhook_app_commercelayer_request_seconds", "Commerce Layer call latency.", ["route"],
+                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+CL_RESPONSES = Counter("webhook_app_commercelayer_responses", "Commerce Layer answers by route and status "
+                       "(`error` when no answer came).", ["route", "status"])
+CL_WAIT = Histogram("webhook_app_commercelayer_rate_limit_wait_seconds", "Time waited for the client-side "
+                    "rate limit before a call.", buckets=(0, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+REASONS = {"InvalidSignature": "invalid_signature", "PayloadTooLarge": "too_large",
+           "UnsupportedMediaType": "unsupported_media_type", "InvalidPayload": "invalid_payload",
+           "TokenError": "invalid_replay_token", "StoreUnavailable": "store_unavailable",
+           "StoreError": "store_unavailable", "SchemaOutOfDate": "store_unavailable"}
+
+
+def record_call(call: CallRecord) -> None:
+    """`CommerceLayerClient(on_call=...)`: latency, status and rate-limit wait of each call."""
+    CL_SECONDS.labels(call.route).observe(call.seconds)
+    CL_RESPONSES.labels(call.route, str(call.status) if call.status else "error").inc()
+    CL_WAIT.observe(call.waited)
+
+
+def record_worker_event(what: str, fields: dict[str, Any]) -> None:
+    """`Worker(observer=...)`: outcomes, dead letters and decisions."""
+    if what == "decision":
+        outcome = str(fields.get("outcome"))
+        JOB_OUTCOMES.labels(outcome).inc()
+        if outcome != "lost":
+            DECISIONS.labels(str(fields.get("rule")), str(fields.get("action")), outcome).inc()
+    elif what == "retry":
+        JOB_OUTCOMES.labels("retry").inc()
+    elif what == "dead_letter":
+        JOB_OUTCOMES.labels("dead_letter").inc()
+        DEAD_LETTERS.inc()
+
+
+class StoreCollector(Collector):
+    """Gauges read from the database when scraped."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("webhook_app_database_up", "1 if the database answered this scrape.")
+        try:
+            stats = self.store.queue_stats(now=self.clock())
+            counts = self.store.decision_counts()
+        except StoreError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily("webhook_app_queue_jobs", "Jobs by state, whole cluster.", labels=["state"])
+        for state in ("pending", "running", "done", "dead"):
+            depth.add_metric([state], getattr(stats, state))
+        yield depth
+        age = GaugeMetricFamily("webhook_app_queue_oldest_pending_age_seconds",
+                                "Age of the oldest delivery whose job is not finished.")
+        age.add_metric([], stats.oldest_pending_age)
+        yield age
+        total = CounterMetricFamily("webhook_app_recorded_decisions", "Decisions in the database by rule, "
+                                    "action and outcome, whole cluster.", labels=["rule", "action", "outcome"])
+        for rule, action, outcome, n in counts:
+            total.add_metric([rule, action, outcome], n)
+        yield total
+
+
+class _Default(Collector):
+    def collect(self) -> Iterator[Any]:
+        yield from REGISTRY.collect()
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def init_app(app: Flask) -> None:
+    """Add `GET /metrics` (Prometheus text format)."""
+
+    def metrics() -> Response:
+        from webhook_app.web import services
+
+        s = services()
+        registry = CollectorRegistry()
+        if multiprocess_dir():
+            MultiProcessCollector(registry)
+        else:
+            registry.register(_Default())
+        registry.register(StoreCollector(s.store, s.clock))
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+
+
+def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None:  # noqa: S104
+    """Expose a worker's metrics on their own port (for workers on hosts without a web instance)."""
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry()
+    if multiprocess_dir():
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_Default())
+    registry.register(StoreCollector(store))
+    start_http_server(port, addr=host, registry=registry)
+
