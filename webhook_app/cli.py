@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _plugins():
         register(sub)
+    from webhook_app import ops_cli
+
+    ops_cli.register(sub, psub)
     return p
 
 

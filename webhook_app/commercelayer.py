@@ -211,6 +211,34 @@ class CommerceLayerClient:
                 return
             page += 1
 
+    # --- webhooks (registration and circuit status) ----------------------------------------
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            doc = self._request("GET", "/api/webhooks", route="webhooks.list",
+                                params={"page[size]": "25", "page[number]": str(page)})
+            out += doc.get("data") or []
+            if page >= int((doc.get("meta") or {}).get("page_count") or 0) or not doc.get("data"):
+                return out
+            page += 1
+
+    def create_webhook(self, *, topic: str, callback_url: str, include_resources: list[str],
+                       name: str | None = None) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"topic": topic, "callback_url": callback_url,
+                                 "include_resources": include_resources}
+        if name:
+            attrs["name"] = name
+        doc = self._request("POST", "/api/webhooks", route="webhooks.create",
+                            json_body={"data": {"type": "webhooks", "attributes": attrs}})
+        return doc.get("data") or {}
+
+    def reset_webhook_circuit(self, webhook_id: str) -> dict[str, Any]:
+        doc = self._request("PATCH", f"/api/webhooks/{_safe(webhook_id)}", route="webhooks.patch",
+                            json_body={"data": {"type": "webhooks", "id": webhook_id,
+                                                "attributes": {"_reset_circuit": True}}})
+        return doc.get("data") or {}
+
     def request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
                 json_body: Any = None) -> dict[str, Any]:
         """A generic JSON:API call (used by the operations commands)."""

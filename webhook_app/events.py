@@ -22,8 +22,9 @@ SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
 ORDER_TOPIC_PREFIX = "orders."
-# Headers never stored: credentials a proxy might pass along.
-_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-admin-token"})
+# Headers never stored: credentials a proxy might pass along, and replay tokens.
+_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-admin-token",
+                               "x-webhook-app-replay"})
 
 
 def delivery_identity(topic: str, body: bytes) -> str:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
+from gunicorn.app.base import Application
 
 from webhook_app.config import Settings
 
@@ -56,7 +56,7 @@ def prepare_metrics_dir() -> str:
     return path
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(Application):  # type: ignore[misc]
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
     def __init__(self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any],

@@ -1,0 +1,67 @@
+"""Webhook registration and circuit status at Commerce Layer.
+
+`register` creates one webhook per topic the policy acts on, with the `include_resources` the
+policy's fields and the guards need, skipping topics already registered for the same callback URL.
+`status` lists every webhook with its circuit state; `reset` closes an open circuit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.policy import Policy
+
+# The documented order topics (FACTS.md); used when the policy acts on every topic.
+ORDER_TOPICS = ("orders.create", "orders.draft", "orders.pending", "orders.place", "orders.approve",
+                "orders.cancel", "orders.authorize", "orders.void", "orders.pay", "orders.refund",
+                "orders.start_fulfilling", "orders.cancel_fulfilling", "orders.fulfill",
+                "orders.rebuild_shipments", "orders.destroy")
+
+
+@dataclass(frozen=True)
+class Planned:
+    topic: str
+    include_resources: list[str]
+    existing_id: str | None = None
+    created_id: str | None = None
+    shared_secret: str | None = None
+
+
+def plan(policy: Policy) -> list[tuple[str, list[str]]]:
+    topics = policy.topics()
+    chosen = sorted(topics) if topics is not None else list(ORDER_TOPICS)
+    return [(t, policy.required_includes()) for t in chosen]
+
+
+def register(client: CommerceLayerClient, policy: Policy, *, callback_url: str, dry_run: bool = False,
+             name_prefix: str = "webhook-app") -> list[Planned]:
+    existing = {(_attr(w, "topic"), _attr(w, "callback_url")): w for w in client.list_webhooks()}
+    out = []
+    for topic, includes in plan(policy):
+        found = existing.get((topic, callback_url))
+        if found is not None:
+            out.append(Planned(topic, includes, existing_id=str(found.get("id"))))
+            continue
+        if dry_run:
+            out.append(Planned(topic, includes))
+            continue
+        created = client.create_webhook(topic=topic, callback_url=callback_url, include_resources=includes,
+                                        name=f"{name_prefix} {topic}")
+        out.append(Planned(topic, includes, created_id=str(created.get("id")),
+                           shared_secret=_attr(created, "shared_secret")))
+    return out
+
+
+def status(client: CommerceLayerClient) -> list[dict[str, Any]]:
+    rows = []
+    for w in client.list_webhooks():
+        rows.append({"id": w.get("id"), "topic": _attr(w, "topic"), "callback_url": _attr(w, "callback_url"),
+                     "circuit_state": _attr(w, "circuit_state"),
+                     "circuit_failure_count": _attr(w, "circuit_failure_count")})
+    return rows
+
+
+def _attr(resource: dict[str, Any], name: str) -> Any:
+    return (resource.get("attributes") or {}).get(name)
