@@ -139,7 +139,7 @@ def _api_auth() -> None:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("the Authorization header must be `Bearer <admin token>`")
-    g.admin_claims = _tokens().check(token.strip())
+    _tokens().check(token.strip())
 
 
 @api.after_request
