@@ -217,12 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
     """Commands that live beside their subsystem."""
+    from webhook_app import admin_cli
     from webhook_app.sandbox import cli as sandbox_cli
 
     def sandbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
 
-    return [sandbox]
+    return [sandbox, admin_cli.register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from webhook_app import metrics
+from webhook_app import admin, metrics
 from webhook_app.config import Settings
 from webhook_app.errors import (
     IntakeError,
@@ -75,6 +75,7 @@ def create_app(
         h = settings.forwarded_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=h, x_proto=h, x_host=h, x_port=h, x_prefix=h)  # type: ignore[method-assign]
     app.register_blueprint(bp)
+    admin.init_app(app)
     app.register_error_handler(WebhookAppError, _error)
     app.register_error_handler(HTTPException, _http_error)
     app.before_request(_request_id)
