@@ -1,6 +1,6 @@
 # gunicorn settings for webhook-app in production.
 #
-#   webhook-app web --config deploy/gunicorn.conf.py            (the image: /app/deploy/gunicorn.conf.py)
+#   webhook-app web --config deploy/gunicorn.conf.py    (in the image: /app/deploy/gunicorn.conf.py)
 #
 # Flat on purpose, like warehouse's gunicorn-prod.conf.py: one value per line, each with its reason.
 # `webhook-app web` applies the app's own defaults first (webhook_app/server.py, GUNICORN_DEFAULTS),
@@ -67,7 +67,9 @@ def _workers():
     raw = os.environ.get("WEBHOOK_APP_WEB_WORKERS", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(f"WEBHOOK_APP_WEB_WORKERS must be a positive integer (got {raw[:20]!r})")
+            raise ValueError(
+                f"WEBHOOK_APP_WEB_WORKERS must be a positive integer (got {raw[:20]!r})"
+            )
         return int(raw)
     return min(8, max(2, 2 * _cpu_count() + 1))
 
@@ -156,7 +158,7 @@ proc_name = "webhook-app-web"
 # or overlay /tmp that call can stall a worker (and the master then kills it); /dev/shm is a
 # memory filesystem that is writable even when the root filesystem is read-only (Docker and
 # Kubernetes both mount one).
-worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 # gunicorn >= 25.1 opens a control socket for `gunicornc` under $XDG_RUNTIME_DIR or
 # $HOME/.gunicorn; in the image HOME does not exist and the root filesystem is read-only. Nothing
 # here needs runtime control (a rollout replaces the process), so it is off. Older gunicorn
