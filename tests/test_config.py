@@ -58,3 +58,9 @@ def test_rate_limits_parse():
     assert parse_rate_limits("") == ()
     with pytest.raises(ValueError):
         parse_rate_limits("0/60")
+
+
+def test_db_timeout_and_lease_must_outlive_a_call():
+    assert Settings.from_env({"WEBHOOK_APP_DB_TIMEOUT": "1.5"}).db_timeout == 1.5
+    with pytest.raises(ConfigError, match="WEBHOOK_APP_LEASE_SECONDS"):
+        Settings.from_env({"WEBHOOK_APP_LEASE_SECONDS": "5", "CL_READ_TIMEOUT": "10"})

@@ -111,7 +111,7 @@ def _run(tmp_path: Path, db_url: str, nginx: str) -> None:
         "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_API_BASE": sb_url + "/api",
         "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
         "WEBHOOK_APP_DATABASE_URL": db_url, "WEBHOOK_APP_POLL_INTERVAL": "0.05",
-        "WEBHOOK_APP_LEASE_SECONDS": "5", "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+        "WEBHOOK_APP_LEASE_SECONDS": "5", "CL_CONNECT_TIMEOUT": "1", "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
         "WEBHOOK_APP_RETRY_MAX_SECONDS": "2", "CL_READ_TIMEOUT": "2",
         # below the sandbox's limits: only a limit shared by both workers stays under them
         "CL_RATE_LIMITS": "1100/60,90/5", "WEBHOOK_APP_FORWARDED_HOPS": "1", "WEBHOOK_APP_LOG_LEVEL": "WARNING",

@@ -38,7 +38,7 @@ def _prepare_store(settings: Settings) -> None:
     """SQLite (embedded) is created and upgraded in place; PostgreSQL must be upgraded explicitly."""
     from webhook_app.store import open_store
 
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
     try:
         if settings.database_url.startswith("sqlite:///"):
             store.migrate()
@@ -145,7 +145,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from webhook_app.store.base import SCHEMA_VERSION
 
     settings = _settings()
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
     try:
         if args.db_command == "upgrade":
             before = store.schema_version()

@@ -80,6 +80,7 @@ class Settings:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 900.0
     poll_interval: float = 0.1
+    db_timeout: float = 3.0
     web_workers: int = 2
     forwarded_hops: int = 0
     log_level: str = "INFO"
@@ -136,6 +137,7 @@ class Settings:
             retry_base_seconds=r.get("WEBHOOK_APP_RETRY_BASE_SECONDS", _positive(float), 2.0),
             retry_max_seconds=r.get("WEBHOOK_APP_RETRY_MAX_SECONDS", _positive(float), 900.0),
             poll_interval=r.get("WEBHOOK_APP_POLL_INTERVAL", _positive(float), 0.1),
+            db_timeout=r.get("WEBHOOK_APP_DB_TIMEOUT", _positive(float), 3.0),
             web_workers=r.get("WEBHOOK_APP_WEB_WORKERS", _positive(int), 2),
             forwarded_hops=r.get("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0),
             log_level=r.get("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
@@ -143,6 +145,11 @@ class Settings:
             replay_token_ttl=r.get("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 3600.0),
             admin_keys=r.get("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True),
         )
+        if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:
+            # A lease must outlive one call, or a second worker could take a job whose PATCH is
+            # still in flight.
+            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS",
+                              "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

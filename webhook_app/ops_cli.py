@@ -29,7 +29,7 @@ def _client(settings: Settings) -> Any:
 def _store(settings: Settings) -> Any:
     from webhook_app.store import open_store
 
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
     store.check_schema()
     return store
 

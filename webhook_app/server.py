@@ -103,7 +103,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     from webhook_app.store import open_store
     from webhook_app.worker import Worker
 
-    store = open_store(settings.database_url)
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
     if not settings.shadow:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.

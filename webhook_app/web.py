@@ -67,7 +67,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["webhook_app"] = Services(
         settings=settings,
-        store=store or open_store(settings.database_url),
+        store=store or open_store(settings.database_url, timeout=settings.db_timeout),
         policy=policy or load_policy(settings.policy_path),
         clock=clock,
     )

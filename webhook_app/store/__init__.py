@@ -19,16 +19,20 @@ from webhook_app.store.base import (
 )
 
 
-def open_store(url: str, **options: object) -> Store:
-    """Open the store a database URL names (does not create or upgrade the schema)."""
+def open_store(url: str, *, timeout: float = 3.0) -> Store:
+    """Open the store a database URL names (does not create or upgrade the schema).
+
+    `timeout`: the longest a request waits for the database (SQLite's busy timeout, PostgreSQL's
+    pool and connect timeouts) before StoreUnavailable; keep it under Commerce Layer's 5 s.
+    """
     if url.startswith("sqlite:///"):
         from webhook_app.store.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"), **options)  # type: ignore[arg-type]
+        return SQLiteStore(url.removeprefix("sqlite:///"), busy_timeout_ms=int(timeout * 1000))
     if url.startswith(("postgresql://", "postgres://")):
-        from webhook_app.store.postgres import PostgresStore  # type: ignore[import-not-found]
+        from webhook_app.store.postgres import PostgresStore
 
-        return PostgresStore(url, **options)  # type: ignore[no-any-return]
+        return PostgresStore(url, pool_timeout=timeout, connect_timeout=max(1, round(timeout)))
     raise ValueError("database URL must start with sqlite:/// or postgresql://")
 
 

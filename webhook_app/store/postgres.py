@@ -179,7 +179,9 @@ class PostgresStore(SQLStore):
                 yield _Cursor(cur)
         except PoolTimeout as exc:
             raise StoreUnavailable("PostgreSQL is unreachable (no connection within the pool timeout)") from exc
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # server down or restarting, connection lost mid-transaction (the commit may or may
+            # not have happened: the caller answers 503 and Commerce Layer's retry is deduplicated)
             raise StoreUnavailable(f"PostgreSQL connection failed: {_first_line(exc)}") from exc
         except psycopg.errors.DiskFull as exc:  # pragma: no cover - hard to provoke
             raise StoreUnavailable("PostgreSQL disk is full") from exc
