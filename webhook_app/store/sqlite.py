@@ -137,8 +137,10 @@ class SQLiteStore(SQLStore):
                 raise StoreUnavailable(f"SQLite could not switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(f"cannot open SQLite database: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database: {_describe(exc)}") from exc
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open SQLite database: {exc.strerror}") from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
@@ -203,4 +205,6 @@ def _describe(exc: sqlite3.Error) -> str:
         return "SQLite database is locked by another writer past the busy timeout"
     if "full" in text:
         return "SQLite database or disk is full"
+    if "disk I/O error" in text:
+        return f"SQLite could not write ({text}): is the disk full or the file unwritable?"
     return f"SQLite error: {text}"
