@@ -85,7 +85,7 @@ class Settings:
     forwarded_hops: int = 0
     log_level: str = "INFO"
     replay_keys: tuple[str, ...] = field(default=(), repr=False)
-    replay_token_ttl: float = 3600.0
+    replay_token_ttl: float = 300.0
     admin_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -142,7 +142,7 @@ class Settings:
             forwarded_hops=r.get("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0),
             log_level=r.get("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
             replay_keys=r.get("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True),
-            replay_token_ttl=r.get("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 3600.0),
+            replay_token_ttl=r.get("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0),
             admin_keys=r.get("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True),
         )
         if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:

@@ -77,7 +77,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not keys:
         print("webhook-app: no replay key: deliveries the target has seen will be answered as duplicates",
               file=sys.stderr)
-    replayer = Replayer(target=args.target, secret=secret, replay_keys=keys, token_ttl=args.token_ttl,
+    replayer = Replayer(target=args.target, secret=secret, replay_keys=keys,
+                        token_ttl=args.token_ttl or settings.replay_token_ttl,
                         rate=args.rate)
     try:
         summary = replayer.run(items, progress=sys.stderr)
@@ -189,7 +190,8 @@ def register(sub: Any, policy_sub: Any) -> None:
     sp.add_argument("--replay-key-env", metavar="VAR", help="the target's replay keys (default "
                     "WEBHOOK_APP_REPLAY_KEYS); each request gets a replay token so it runs again")
     sp.add_argument("--no-token", action="store_true", help="send without replay tokens (repeats stay duplicates)")
-    sp.add_argument("--token-ttl", type=float, default=300, help="replay token lifetime in seconds (300)")
+    sp.add_argument("--token-ttl", type=float, default=None,
+                    help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)")
     sp.add_argument("--rate", type=float, default=10, help="requests per second (10)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     sp.add_argument("--dead-lettered", action="store_true", help="only deliveries whose job is dead-lettered")
