@@ -215,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands that live beside their subsystem."""
     from webhook_app import admin_cli
     from webhook_app.sandbox import cli as sandbox_cli
 
-    def sandbox(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    def sandbox(sub: argparse._SubParsersAction) -> None:
         sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
 
     return [sandbox, admin_cli.register]

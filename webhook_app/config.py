@@ -104,7 +104,7 @@ class Settings:
         """Read every setting from `environ` (default: os.environ)."""
         env = os.environ if environ is None else environ
         r = _Reader(env)
-        secrets = r.get("CL_WEBHOOK_SECRETS", parse_secrets, (), secret=True)
+        secrets: tuple[WebhookSecret, ...] = r.get("CL_WEBHOOK_SECRETS", parse_secrets, (), secret=True)
         client_id = r.get("CL_CLIENT_ID", str, "")
         client_secret = r.get("CL_CLIENT_SECRET", str, "", secret=True)
         api_base = r.get("CL_API_BASE", _url, "")

@@ -284,7 +284,9 @@ class Policy:
         return sorted(needed)
 
 
-def apply_guards(decision: Decision, event: Event, *, wallet_source_types: Iterable[str] = WALLET_SOURCE_TYPES) -> Decision:
+def apply_guards(
+    decision: Decision, event: Event, *, wallet_source_types: Iterable[str] = WALLET_SOURCE_TYPES
+) -> Decision:
     """Refuse actions that cannot or must not happen, whatever the rule said."""
     if not decision.calls_commerce_layer:
         return decision

@@ -56,7 +56,7 @@ def prepare_metrics_dir() -> str:
     return path
 
 
-class _Gunicorn(Application):  # type: ignore[misc]
+class _Gunicorn(Application):
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
     def __init__(self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any],

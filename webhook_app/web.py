@@ -50,7 +50,8 @@ class Services:
 
 
 def services() -> Services:
-    return current_app.extensions["webhook_app"]  # type: ignore[no-any-return]
+    services: Services = current_app.extensions["webhook_app"]
+    return services
 
 
 def create_app(
@@ -145,7 +146,7 @@ def intake() -> tuple[Response, int]:
 def _intake() -> tuple[Response, int]:
     s = services()
     body = _read_body(s.settings.max_body_bytes)
-    delivery = Delivery.from_http(request.headers, body, secrets=s.settings.webhook_secrets,
+    delivery = Delivery.from_http(dict(request.headers), body, secrets=s.settings.webhook_secrets,
                                   max_depth=s.settings.max_json_depth)
     replay_of = None
     replay_token = request.headers.get(REPLAY_HEADER)

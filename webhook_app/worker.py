@@ -26,7 +26,7 @@ from webhook_app.commercelayer import CommerceLayerClient
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event, Resource
-from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry
+from webhook_app.policy import SAVE, Decision, Policy, choose_wallet_entry
 from webhook_app.store import DecisionRecord, Job, Store
 
 log = logging.getLogger(__name__)

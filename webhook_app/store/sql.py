@@ -273,7 +273,8 @@ class SQLStore(Store):
             return _delivery(row, [dict(r) for r in decisions], [dict(r) for r in attempts])
 
     def list_deliveries(self, flt: DeliveryFilter) -> list[StoredDelivery]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("d.topic", flt.topic), ("d.order_id", flt.order_id)):
             if value is not None:
                 where.append(f"{column} = ?")

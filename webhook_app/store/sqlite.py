@@ -104,7 +104,7 @@ class _Cursor(Cursorish):
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
         row = self.conn.execute(sql, params).fetchone()
-        return row  # type: ignore[no-any-return]
+        return row
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         return self.conn.execute(sql, params).fetchall()
