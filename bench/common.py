@@ -50,9 +50,15 @@ def wait_http(url: str, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] 
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+#: where the service under test is imported from (`--app-dir` compares another checkout)
+APP_DIR = REPO
+
+
 def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    """The current environment without the service's variables, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
+    """The current environment without the service's variables, plus `extra`; the service and
+    the bench package are imported from APP_DIR and REPO, never from another installed copy."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_", "PYTHON"))}
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(APP_DIR), str(REPO)]))
     env.update(extra)
     return env
 
@@ -60,12 +66,13 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 class Proc:
     """A child process in its own session, output to a log file; stopped by its own pid only."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *, cwd: Path = REPO) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *,
+                 cwd: Path | None = None) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.argv, env=dict(env), cwd=cwd, stdout=self._log,
+        self.proc = subprocess.Popen(self.argv, env=dict(env), cwd=cwd or APP_DIR, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.proc.pid
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import bodies as bodies_mod
+from bench import common
+from bench.cpu import CpuMonitor, wait_for_quiet
 from bench.common import PY, REPO, Proc, clean_env, db_query, free_port, log, pg_drop, pg_recreate, wait_http
 from bench.rss import RssSampler, summarize
 
@@ -87,7 +89,7 @@ class Server:
         env = clean_env({"CL_WEBHOOK_SECRETS": f"bench:{SECRET}", "WEBHOOK_APP_DATABASE_URL": self.db_url,
                          "WEBHOOK_APP_MODE": "shadow"})
         if self.kind == "postgres":
-            up = subprocess.run([PY, "-m", "webhook_app", "db", "upgrade"], env=env, cwd=REPO,
+            up = subprocess.run([PY, "-m", "webhook_app", "db", "upgrade"], env=env, cwd=common.APP_DIR,
                                 capture_output=True, text=True, timeout=60, check=False)
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
@@ -112,7 +114,7 @@ class Server:
 def run_wrk(url: str, bodies_file: str, topics: list[str], *, seconds: float, connections: int,
             out: Path, threads: int = 1, timeout_s: int = 10) -> dict[str, Any]:
     env = {"WRK_RESULT_FILE": str(out), "PATH": "/usr/bin:/bin"}
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", f"{timeout_s}s",
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", f"{timeout_s}s",
             "-s", str(LUA), url, "--", bodies_file, ",".join(topics), str(threads)]
     out.unlink(missing_ok=True)
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
@@ -155,13 +157,14 @@ def profile_pids(pids: list[int], seconds: float, out_dir: Path) -> list[subproc
 
 
 def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, seconds: float, workdir: Path,
-            run_id: str, profile: bool = False) -> dict[str, Any]:
+            run_id: str, profile: bool = False, quiet_wait: float = 60.0) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     server = Server(kind, cfg.workers, workdir, run_id)
     log(f"ingest {cfg.name} {kind}: {cfg.size} bodies, {cfg.workers} workers, {cfg.connections} connections")
     result: dict[str, Any] = {"config": cfg.name, "server": kind, "size": cfg.size, "workers": cfg.workers,
                               "connections": cfg.connections, "body_bytes": bodies["mean_bytes"],
                               "distinct_bodies": bodies["count"], "warmup_s": warmup, "duration_s": seconds}
+    result["quiet_gate"] = wait_for_quiet(max_wait_s=quiet_wait)
     try:
         server.start()
         assert server.proc is not None
@@ -170,8 +173,11 @@ def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, se
         warm = run_wrk(server.url, bodies["file"], [WARMUP_TOPIC], seconds=warmup,
                        connections=cfg.connections, out=workdir / "wrk-warmup.json")
         spies = profile_pids(sampler.worker_pids(), seconds, workdir) if profile else []
+        tree = [server.proc.pid, *sampler.worker_pids()]
+        cpu = CpuMonitor().start(tree)
         measured = run_wrk(server.url, bodies["file"], MEASURE_TOPICS, seconds=seconds,
                            connections=cfg.connections, out=workdir / "wrk.json")
+        result["cpu"] = cpu.stop(tree)
         for p in spies:
             p.wait(timeout=60)
         rss = sampler.stop()
@@ -184,11 +190,15 @@ def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, se
             accepted = warm["statuses"].get("202", 0) + measured["statuses"].get("202", 0)
             result["stored"] = stored
             result["accepted_202"] = accepted
-            result["all_acknowledged_stored"] = stored["deliveries"] == accepted == stored["jobs"]
+            # a request in flight when wrk stops is stored but its answer is not counted
+            in_flight = 2 * cfg.connections
+            result["all_acknowledged_stored"] = (stored["deliveries"] == stored["jobs"]
+                                                 and accepted <= stored["deliveries"] <= accepted + in_flight)
         if profile:
             result["profile_files"] = sorted(str(p) for p in workdir.glob("py-spy-*.txt"))
     finally:
         server.stop()
     log(f"  -> {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, "
-        f"errors {result.get('errors')}, max RSS {result.get('rss', {}).get('max_mb')} MB")
+        f"errors {result.get('errors')}, max RSS {result.get('rss', {}).get('max_mb')} MB, "
+        f"other load {result.get('cpu', {}).get('foreign_cpu_pct')}% of the machine")
     return result
