@@ -55,8 +55,6 @@ from bench.common import (
     pg_recreate,
     wait_http,
 )
-from webhook_app.config import parse_rate_limits
-from webhook_app.ratelimit import earliest_slot
 from webhook_app.sandbox import Sandbox
 from webhook_app.signing import sign
 
@@ -124,14 +122,30 @@ def _ts(iso_time: str) -> float:
     return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
 
 
+def _earliest(now: float, history: list[float], windows: list[tuple[int, float]]) -> float:
+    """First instant >= now at which one more call fits every (count, seconds) window exactly as
+    Commerce Layer (and the sandbox) count them: calls in (t - seconds, t]."""
+    t = now
+    changed = True
+    while changed:
+        changed = False
+        for count, seconds in windows:
+            inside = [x for x in history if x > t - seconds]
+            if len(inside) >= count and inside[len(inside) - count] + seconds > t:
+                t = inside[len(inside) - count] + seconds
+                changed = True
+    return t
+
+
 def minimum_seconds(history: list[float], start: float, calls: int, limits: str = SERVICE_LIMITS) -> float:
     """The least time from `start` until `calls` more calls are answered, given calls made at
-    `history` (epoch seconds) and the sliding windows `limits`, each call taking the API latency."""
-    lims = parse_rate_limits(limits)
+    `history` (epoch seconds) and Commerce Layer's sliding windows `limits` (without the
+    service's safety guard), the last call taking the API latency."""
+    windows = [(int(c), float(s)) for c, s in (w.split("/") for w in limits.split(","))]
     hist = sorted(history)
     slot = start
     for _ in range(calls):
-        slot = earliest_slot(start, hist, lims)
+        slot = _earliest(start, hist, windows)
         hist.append(slot)
         hist.sort()
     return round(slot - start + API_LATENCY_MS / 1000, 1) if calls else 0.0

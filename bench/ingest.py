@@ -55,7 +55,8 @@ def gunicorn_flags(workers: int) -> list[str]:
 
 
 class Server:
-    """One receiver under test: `baseline`, `sqlite` or `postgres`."""
+    """One receiver under test: `baseline`, `baseline-sqlite` (the durable hand-written reference),
+    `sqlite` or `postgres` (ours)."""
 
     def __init__(self, kind: str, workers: int, workdir: Path, run_id: str) -> None:
         self.kind = kind
@@ -71,8 +72,14 @@ class Server:
     def start(self) -> None:
         bind = f"127.0.0.1:{self.port}"
         log_path = self.workdir / f"{self.kind}.log"
-        if self.kind == "baseline":
+        if self.kind.startswith("baseline"):
             env = clean_env({"BENCH_SECRET": SECRET})
+            if self.kind == "baseline-sqlite":
+                db = self.workdir / "baseline.db"
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(db) + suffix).unlink(missing_ok=True)
+                env["BENCH_DURABLE_DB"] = str(db)
+                self.db_url = f"sqlite:///{db}"
             argv = [PY, "-m", "gunicorn", "--bind", bind, *gunicorn_flags(self.workers),
                     "bench.baseline_app:create_app()"]
             self.proc = Proc(argv, env, log_path)
@@ -100,6 +107,9 @@ class Server:
     def stored(self) -> dict[str, int] | None:
         if self.db_url is None:
             return None
+        if self.kind == "baseline-sqlite":
+            n = db_query(self.db_url, "SELECT COUNT(*) AS n FROM deliveries")[0]["n"]
+            return {"deliveries": int(n), "jobs": int(n)}
         row = db_query(self.db_url, "SELECT (SELECT COUNT(*) FROM deliveries) AS deliveries,"
                                     " (SELECT COUNT(*) FROM jobs) AS jobs")[0]
         return {k: int(v) for k, v in row.items()}
@@ -187,7 +197,8 @@ def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, se
         result["rss_processes"] = rss
         stored = server.stored()
         if stored is not None:
-            accepted = warm["statuses"].get("202", 0) + measured["statuses"].get("202", 0)
+            code = "200" if kind == "baseline-sqlite" else "202"
+            accepted = warm["statuses"].get(code, 0) + measured["statuses"].get(code, 0)
             result["stored"] = stored
             result["accepted_202"] = accepted
             # a request in flight when wrk stops is stored but its answer is not counted

@@ -55,7 +55,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "foreign_cpu_pct": max(r["cpu"]["foreign_cpu_pct"] for r in rows),
         "all_acknowledged_stored": all(r.get("all_acknowledged_stored", True) for r in rows),
         "wrapped": max(r["wrapped"] for r in rows),
-        "duplicates_answered": sum(r["statuses"].get("200", 0) for r in rows if r["server"] != "baseline"),
+        "duplicates_answered": sum(r["statuses"].get("200", 0) for r in rows if not r["server"].startswith("baseline")),
     }
 
 
@@ -82,6 +82,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
     sets = [("30k", 10_000)] + ([] if quick else [("1k", 10_000), ("300k", 1_000)])
     bodies = {size: bodies_mod.ensure_bodies(bodies_dir, size, count) for size, count in sets}
     servers = ["baseline", *backends]
+    reference = [] if quick or "sqlite" not in backends else ["baseline-sqlite"]
     out: dict[str, Any] = {"bodies": bodies, "warmup_s": warmup, "seconds": seconds, "rounds": rounds,
                            "servers": servers, "runs": [], "configs": {},
                            "topics": len(MEASURE_TOPICS), "warmup_topic": WARMUP_TOPIC}
@@ -92,7 +93,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         n += 1
         r = run_one(cfg, kind, bodies[cfg.size], warmup=warmup, seconds=seconds,
                     workdir=run_dir / "ingest" / f"{n:02d}-{cfg.name}-{kind}", run_id=f"{n}", profile=profile,
-                    quiet_wait=5.0 if quick else 15.0)
+                    quiet_wait=5.0 if quick else 10.0)
         r["round"] = len([x for x in out["runs"] if x["config"] == cfg.name and x["server"] == kind]) + 1
         out["runs"].append(r)
         return r
@@ -102,15 +103,16 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         configs += [Config("size-1k", "1k", 2, 10_000), Config("size-300k", "300k", 2, 1_000),
                     Config("workers-1", "30k", 1, 10_000), Config("workers-4", "30k", 4, 10_000)]
     for cfg in configs:
-        per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in servers}
+        kinds = servers + (reference if cfg.name == "main" else [])
+        per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(rounds if cfg.name == "main" else 1):
-            order = servers[r % len(servers):] + servers[:r % len(servers)]  # rotate who goes first
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotate who goes first
             for kind in order:
                 per_server[kind].append(one(cfg, kind))
         agg = {k: aggregate(v) for k, v in per_server.items()}
         entry: dict[str, Any] = {"size": cfg.size, "workers": cfg.workers, "connections": cfg.connections,
                                  "body_bytes": bodies[cfg.size]["mean_bytes"], "servers": agg, "vs_baseline": {}}
-        for kind in backends:
+        for kind in backends + [k for k in kinds if k.startswith("baseline-")]:
             entry["vs_baseline"][kind] = compare(agg[kind], agg["baseline"])
         out["configs"][cfg.name] = entry
     if args.profile:
