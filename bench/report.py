@@ -61,7 +61,7 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
             f"Median of {ing['rounds']} interleaved rounds of {ing['seconds']:g} s each (after a {ing['warmup_s']:g} s warm-up); "
             f"{bodies['30k']['count']:,} distinct signed bodies cycled through {ing.get('topics', 8)} topics, so every request is a new delivery.",
             "",
-            "| server | req/s | p50 ms | p99 ms | errors | RSS master / worker MB | req/s per round | other load % |",
+            "| server | req/s | p50 ms | p99 ms | errors | RSS master / worker MB | req/s per round | other load %, max of rounds |",
             "|---|---:|---:|---:|---:|---:|---|---:|",
         ]
         for kind, a in main["servers"].items():
@@ -79,14 +79,15 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
     sweeps = [(n, c) for n, c in cfgs.items() if n != "main"]
     if sweeps:
         lines += ["", "### Ingest by body size and by gunicorn workers (one round each)", "",
-                  "| configuration | server | req/s | p50 ms | p99 ms | errors | max RSS MB | ours/baseline req/s | ours/baseline p99 |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| configuration | server | req/s | p50 ms | p99 ms | errors | max RSS MB | ours/baseline req/s | ours/baseline p99 | other load % |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, c in [("main", main)] + sweeps if main else sweeps:
             label = f"{c['body_bytes']:,} B, {c['workers']} worker{'s' if c['workers'] > 1 else ''}, {c['connections']} conn."
             for kind, a in c["servers"].items():
                 v = c["vs_baseline"].get(kind)
                 lines.append(f"| {label} | {NAMES[kind]} | {a['rps']:,.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
-                             f"{a['max_mb']} | {v['rps_ratio'] if v else ''} | {v['p99_ratio'] if v else ''} |")
+                             f"{a['max_mb']} | {v['rps_ratio'] if v else ''} | {v['p99_ratio'] if v else ''} | "
+                             f"{a['foreign_cpu_pct']} |")
     if ing.get("profiles"):
         lines += ["", "### Where a worker's time goes (py-spy, main configuration)", ""]
         for kind, prof in ing["profiles"].items():
@@ -96,7 +97,7 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
 
 
 def _e2e(e2e: dict[str, Any]) -> list[str]:
-    lines = ["", "### End to end (sandbox: 50 ms API latency, test-mode rate limits)", ""]
+    lines = ["", "### End to end (sandbox: 50 ms API latency, test-mode rate limits 100/60 and 25/10)", ""]
     lines += ["| backend | events | PATCHes expected / made | drain s | rate-limit minimum s | drain / minimum | "
               "429s | receipt -> PATCH acknowledged p50 / p99 ms (unhurried phase, n) | dead jobs |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
