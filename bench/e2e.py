@@ -231,7 +231,7 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
         for n, group in enumerate(p["phase1"]):
             target = t1 + n * spacing
             time.sleep(max(0.0, target - time.time()))
-            for i, item in enumerate(group):
+            for item in group:
                 poster.post(item, 1)
         _wait_drained(db_url, timeout=60)
         phase1_end = time.time()

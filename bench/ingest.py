@@ -19,8 +19,19 @@ from typing import Any
 
 from bench import bodies as bodies_mod
 from bench import common
+from bench.common import (
+    PY,
+    REPO,
+    Proc,
+    clean_env,
+    db_query,
+    free_port,
+    log,
+    pg_drop,
+    pg_recreate,
+    wait_http,
+)
 from bench.cpu import CpuMonitor, wait_for_quiet
-from bench.common import PY, REPO, Proc, clean_env, db_query, free_port, log, pg_drop, pg_recreate, wait_http
 from bench.rss import RssSampler, summarize
 
 LUA = REPO / "bench" / "ingest.lua"

@@ -81,7 +81,7 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
         lines += ["", "### Ingest by body size and by gunicorn workers (one round each)", "",
                   "| configuration | server | req/s | p50 ms | p99 ms | errors | max RSS MB | ours/baseline req/s | ours/baseline p99 | other load % |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for name, c in [("main", main)] + sweeps if main else sweeps:
+        for _name, c in [("main", main)] + sweeps if main else sweeps:
             label = f"{c['body_bytes']:,} B, {c['workers']} worker{'s' if c['workers'] > 1 else ''}, {c['connections']} conn."
             for kind, a in c["servers"].items():
                 v = c["vs_baseline"].get(kind)

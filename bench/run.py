@@ -16,7 +16,6 @@ generated block of BENCHMARKS.md (full runs only; --no-doc leaves it alone).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys

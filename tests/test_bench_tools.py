@@ -15,7 +15,6 @@ if str(REPO) not in sys.path:
 
 from bench.baseline_app import create_app  # noqa: E402
 from bench.bodies import BENCH_SECRET, SIZES, generate, write_bodies  # noqa: E402
-
 from webhook_app.events import Delivery  # noqa: E402
 from webhook_app.signing import parse_secrets, sign  # noqa: E402
 
