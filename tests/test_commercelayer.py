@@ -13,7 +13,7 @@ import requests
 from webhook_app.commercelayer import JSONAPI, CommerceLayerClient, parse_retry_after
 from webhook_app.config import RateLimit
 from webhook_app.errors import PermanentCommerceLayerError, RetryableCommerceLayerError
-from webhook_app.ratelimit import LocalRateLimiter
+from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, LocalRateLimiter
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "orderUpdate.schema.json").read_text())
 
@@ -175,7 +175,8 @@ def test_rate_limit_spaces_calls(fake_cl):
                clock=lambda: now[0], sleep=sleep)
     for _ in range(5):
         c.get_order("o1")
-    assert slept == [10, 10]  # calls 3 and 5 each wait for a slot; 2 per 10 s
+    # calls 3 and 5 each wait for a slot; 2 per 10 s, each window kept a guard longer
+    assert slept == [10 + WINDOW_GUARD_SECONDS, 10 + WINDOW_GUARD_SECONDS]
     c.close()
 
 

@@ -107,3 +107,30 @@ def test_event_without_wallet_relationship_has_none_and_source_type_from_details
     doc = order_document(source_type=None)
     doc["data"]["attributes"]["payment_source_details"] = {"type": "stripe_payment"}
     assert Event.from_document("orders.place", doc).payment_source_type == "stripe_payments"
+
+
+def test_raw_json_depth_matches_the_decoded_depth():
+    import random
+
+    from webhook_app.events import raw_json_depth
+
+    cases = [b"{}", b"[]", b"1", b'"a[{"', b'{"a":"\\\\"}', b'{"a\\"[":[[["]"]]]}',
+             b'[{"a":[1,{"b":[]}]}]', '{"é":["{"]}'.encode(), b'["\\\\\\"[", ["\\\\", "\\\\\\\\"]]']
+    rng = random.Random(5)
+    alphabet = 'ab"\\[]{}é\n'
+
+    def value(depth):
+        r = rng.random()
+        if depth > 6 or r < 0.3:
+            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(6)))
+        if r < 0.4:
+            return rng.random()
+        if r < 0.7:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {"".join(rng.choice(alphabet) for _ in range(3)): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    for _ in range(2000):
+        v = value(0)
+        cases += [json.dumps(v).encode(), json.dumps(v, ensure_ascii=False, indent=1).encode()]
+    for raw in cases:
+        assert raw_json_depth(raw) == json_depth(json.loads(raw)), raw

@@ -251,6 +251,7 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store_factory):
 def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
     """Two workers' limiters together stay under the windows (PostgreSQL shares them)."""
     from webhook_app.config import RateLimit
+    from webhook_app.ratelimit import WINDOW_GUARD_SECONDS
 
     now = [1000.0]
     a, b = store_factory(), store_factory()
@@ -258,7 +259,7 @@ def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
     la, lb = a.rate_limiter(limits, clock=lambda: now[0]), b.rate_limiter(limits, clock=lambda: now[0])
     slots = sorted([la.reserve("x") for _ in range(4)] + [lb.reserve("x") for _ in range(4)])
     if type(a).__name__ == "PostgresStore":
-        assert slots == [1000.0] * 4 + [1010.0] * 4  # one budget across both
+        assert slots == [1000.0] * 4 + [1010.0 + WINDOW_GUARD_SECONDS] * 4  # one budget across both
     else:
         assert slots == [1000.0] * 8  # SQLite: each process keeps its own windows
 

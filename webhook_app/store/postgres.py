@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from webhook_app.config import RateLimit
 from webhook_app.errors import StoreUnavailable
-from webhook_app.ratelimit import RateLimiter, earliest_slot
+from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
@@ -232,7 +232,7 @@ class PostgresRateLimiter:
         self.store = store
         self.limits = tuple(limits)
         self.clock = clock
-        self.horizon = max((lim.seconds for lim in self.limits), default=0.0)
+        self.horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
 
     def reserve(self, key: str) -> float:
         if not self.limits:

@@ -1,0 +1,323 @@
+"""End to end: webhook-app (web + worker) against the Commerce Layer sandbox.
+
+The sandbox adds 50 ms to every API request and enforces Commerce Layer's documented test-mode
+limits (100 requests a minute overall, 25 per 10 s per endpoint); the service runs with its own
+defaults (`CL_RATE_LIMITS=100/60,25/10`, poll interval 0.1 s), one `webhook-app web` (2 gunicorn
+workers) and one `webhook-app worker`, on a fresh database.
+
+The event mix (full run: 5,000 events; --quick: 1,000) is built from 1,000 generated orders:
+- `P` orders.place events for registered customers' orders with a wallet-capable payment
+  source: the bundled policy saves their payment source, one PATCH each (full run: 200);
+- every other event is skipped by the policy without any API call: orders.place of guest
+  orders and of orders paid with a source that has no wallet flow, and orders.approve / .pay /
+  .start_fulfilling / .fulfill / .cancel / .refund... of any order.
+At 100 PATCHes a minute, P is what bounds the run; 5,000 PATCH-needing events would take 50
+minutes, so P is kept small enough for the run to take a few minutes (documented limits), and
+the minimum the limits allow for P is computed exactly and reported next to the drain time.
+
+Two phases:
+1. unhurried (the latency measurement): `P1` PATCH-needing events, one every 1.5 s (40/min,
+   below every limit), each followed by a few skip events; the queue never backs up, so
+   receipt -> PATCH acknowledged (deliveries.received_at -> decisions.decided_at of the
+   `applied` decision, which is written right after the sandbox's 200) is the service's own
+   latency: poll interval + claim + 50 ms API latency + recording.
+2. burst (the drain measurement): all remaining events (P2 = P - P1 PATCH-needing) as fast as
+   8 senders can post; drain time is from the first burst request to the moment no job is
+   pending or running. The minimum is what the sliding windows allow given the calls already
+   made in phase 1 (simulated with the service's own `earliest_slot`), plus the 50 ms of the
+   last call.
+429s are counted by the sandbox over the whole run (phase 1 is the warm-up; both are
+reported). No 429 is the target.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.common import (
+    PY,
+    Proc,
+    clean_env,
+    db_query,
+    free_port,
+    log,
+    pg_drop,
+    pg_recreate,
+    wait_http,
+)
+from webhook_app.sandbox import Sandbox
+from webhook_app.signing import sign
+
+SECRET = "bench-e2e-shared-secret-0123456789"
+CLIENT = {"client_id": "bench-client", "client_secret": "bench-client-secret-xyz", "scope": "market:all"}
+INCLUDES = ["customer", "payment_source", "market", "line_items", "available_customer_payment_sources"]
+WALLET_TYPES = {"adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
+                "external_payments", "klarna_payments", "stripe_payments"}
+SKIP_TOPICS = ["orders.approve", "orders.pay", "orders.start_fulfilling", "orders.fulfill", "orders.authorize",
+               "orders.cancel", "orders.refund", "orders.create"]
+API_LATENCY_MS = 50
+SANDBOX_LIMITS = {"api_limits": ["100/60"], "endpoint_limits": ["25/10"], "auth_limits": ["30/60"]}
+SERVICE_LIMITS = "100/60,25/10"  # the service's default CL_RATE_LIMITS, stated explicitly
+
+
+def scenario(orders: int) -> dict[str, Any]:
+    return {
+        "sandbox": {"token_ttl": 7200, **SANDBOX_LIMITS, "request_log_size": 100_000},
+        "clients": [CLIENT],
+        "generate": {"orders": orders, "guest_share": 0.2, "seed": 2026},
+        "webhooks": [{"id": "HookBench1", "topic": "orders.place", "callback_url": "http://127.0.0.1:9/x",
+                      "include_resources": INCLUDES, "shared_secret": SECRET}],
+    }
+
+
+def plan(events: int, patches: int, unhurried: int, orders: int = 1000) -> dict[str, Any]:
+    """The events to send: (topic, order_id, body) for phase 1 (interleaved) and phase 2."""
+    sb = Sandbox()
+    sb.load_scenario(scenario(orders))
+    hook = next(iter(sb.state.webhooks.values()))
+    snap = sb.state.snapshot()
+    by_id = {o.id: o for o in sb.state.orders.values()}
+    selected = sorted(o["id"] for o in snap["orders"]
+                      if not o["guest"] and o["customer_id"] and o["payment_source"]["type"] in WALLET_TYPES)
+    others = sorted(o["id"] for o in snap["orders"] if o["id"] not in set(selected))
+    if len(selected) < patches:
+        raise RuntimeError(f"only {len(selected)} orders need a PATCH, {patches} wanted")
+    rng = random.Random(7)
+    patch_orders = selected[:patches]
+    skip_pool = [("orders.place", o) for o in others]
+    skip_pool += [(t, o) for o in sorted(by_id) for t in SKIP_TOPICS]
+    rng.shuffle(skip_pool)
+    need_skips = events - patches
+    if len(skip_pool) < need_skips:
+        raise RuntimeError("not enough distinct skip events")
+    skips = skip_pool[:need_skips]
+
+    def render(topic: str, order_id: str) -> tuple[str, str, bytes]:
+        return topic, order_id, sb.webhook_body(by_id[order_id], hook, topic)
+
+    per_patch = 4  # skip events sent after each unhurried PATCH-needing event
+    phase1 = []
+    for n, oid in enumerate(patch_orders[:unhurried]):
+        group = [render("orders.place", oid)]
+        group += [render(t, o) for t, o in skips[n * per_patch:(n + 1) * per_patch]]
+        phase1.append(group)
+    rest_skips = skips[unhurried * per_patch:]
+    phase2 = [render("orders.place", o) for o in patch_orders[unhurried:]] + [render(t, o) for t, o in rest_skips]
+    rng.shuffle(phase2)
+    return {"orders": orders, "selected_orders": len(selected), "patch_orders": patch_orders,
+            "phase1": phase1, "phase2": phase2, "events": events, "patches": patches, "unhurried": unhurried}
+
+
+def _ts(iso_time: str) -> float:
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()
+
+
+def _earliest(now: float, history: list[float], windows: list[tuple[int, float]]) -> float:
+    """First instant >= now at which one more call fits every (count, seconds) window exactly as
+    Commerce Layer (and the sandbox) count them: calls in (t - seconds, t]."""
+    t = now
+    changed = True
+    while changed:
+        changed = False
+        for count, seconds in windows:
+            inside = [x for x in history if x > t - seconds]
+            if len(inside) >= count and inside[len(inside) - count] + seconds > t:
+                t = inside[len(inside) - count] + seconds
+                changed = True
+    return t
+
+
+def minimum_seconds(history: list[float], start: float, calls: int, limits: str = SERVICE_LIMITS) -> float:
+    """The least time from `start` until `calls` more calls are answered, given calls made at
+    `history` (epoch seconds) and Commerce Layer's sliding windows `limits` (without the
+    service's safety guard), the last call taking the API latency."""
+    windows = [(int(c), float(s)) for c, s in (w.split("/") for w in limits.split(","))]
+    hist = sorted(history)
+    slot = start
+    for _ in range(calls):
+        slot = _earliest(start, hist, windows)
+        hist.append(slot)
+        hist.sort()
+    return round(slot - start + API_LATENCY_MS / 1000, 1) if calls else 0.0
+
+
+class Poster:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.answers: list[dict[str, Any]] = []
+
+    def post(self, item: tuple[str, str, bytes], phase: int) -> dict[str, Any]:
+        s = getattr(self.local, "s", None)
+        if s is None:
+            s = self.local.s = requests.Session()
+        topic, order_id, body = item
+        t = time.time()
+        r = s.post(self.url, data=body, timeout=30,
+                   headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": topic,
+                            "X-CommerceLayer-Signature": sign(body, secret=SECRET)})
+        a = {"phase": phase, "topic": topic, "order_id": order_id, "status": r.status_code, "sent_at": t,
+             "delivery_id": r.json().get("delivery_id") if r.headers.get("Content-Type", "").startswith(
+                 "application/json") else None}
+        with self.lock:
+            self.answers.append(a)
+        return a
+
+
+def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, Any]:
+    events, patches, unhurried, spacing = (1_000, 40, 10, 1.5) if quick else (5_000, 200, 30, 1.5)
+    workdir.mkdir(parents=True, exist_ok=True)
+    log(f"e2e {backend}: {events} events, {patches} PATCHes ({unhurried} unhurried)")
+    p = plan(events, patches, unhurried)
+    procs: list[Proc] = []
+    pg_db = None
+    sb_port, web_port = free_port(), free_port()
+    sb_url, web_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{web_port}"
+    (workdir / "scenario.json").write_text(json.dumps(scenario(p["orders"])))
+    if backend == "sqlite":
+        db = workdir / "webhook-app.db"
+        for suffix in ("", "-wal", "-shm", "-lock"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        db_url = f"sqlite:///{db}"
+    else:
+        pg_db = "bench_e2e"
+        db_url = pg_recreate(pg_db)
+    env = {"CL_WEBHOOK_SECRETS": f"cl:{SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
+           "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_SCOPE": CLIENT["scope"],
+           "CL_API_BASE": sb_url + "/api", "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
+           "WEBHOOK_APP_DATABASE_URL": db_url, "CL_RATE_LIMITS": SERVICE_LIMITS}
+    result: dict[str, Any] = {"backend": backend, "events_planned": events, "patches_expected": patches,
+                              "unhurried_patches": unhurried, "unhurried_spacing_s": spacing,
+                              "api_latency_ms": API_LATENCY_MS, "sandbox_limits": SANDBOX_LIMITS,
+                              "service_limits": SERVICE_LIMITS, "orders_generated": p["orders"],
+                              "orders_selected_by_policy": p["selected_orders"]}
+    try:
+        sandbox = Proc([PY, "-m", "webhook_app", "sandbox", "--port", str(sb_port), "--seed",
+                        str(workdir / "scenario.json")], clean_env({}), workdir / "sandbox.log")
+        procs.append(sandbox)
+        wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
+        requests.put(sb_url + "/_sandbox/faults", json={"rules": [{"route": "*", "latency_ms": API_LATENCY_MS}]},
+                     timeout=10).raise_for_status()
+        full_env = clean_env(env)
+        if backend == "postgres":
+            import subprocess
+
+            up = subprocess.run([PY, "-m", "webhook_app", "db", "upgrade"], env=full_env, capture_output=True,
+                                text=True, timeout=60, check=False)
+            if up.returncode != 0:
+                raise RuntimeError(f"db upgrade: {up.stderr.strip()}")
+        web = Proc([PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{web_port}", "--workers", "2"],
+                   full_env, workdir / "web.log")
+        procs.append(web)
+        wait_http(web_url + "/readyz", proc=web.proc)
+        worker = Proc([PY, "-m", "webhook_app", "worker"], full_env, workdir / "worker.log")
+        procs.append(worker)
+        time.sleep(1.0)
+        poster = Poster(web_url + "/webhooks/commercelayer")
+
+        # phase 1: unhurried
+        t1 = time.time()
+        for n, group in enumerate(p["phase1"]):
+            target = t1 + n * spacing
+            time.sleep(max(0.0, target - time.time()))
+            for item in group:
+                poster.post(item, 1)
+        _wait_drained(db_url, timeout=60)
+        phase1_end = time.time()
+
+        # phase 2: burst
+        api_log = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
+        history = [_ts(r["time"]) - r["duration_ms"] / 1000 for r in api_log if r["route"] != "token"]
+        t2 = time.time()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda item: poster.post(item, 2), p["phase2"]))
+        sent_s = time.time() - t2
+        drained_at = _wait_drained(db_url, timeout=1800)
+        drain_s = round(drained_at - t2, 1)
+
+        answers = poster.answers
+        statuses: dict[str, int] = {}
+        for a in answers:
+            statuses[str(a["status"])] = statuses.get(str(a["status"]), 0) + 1
+        p1_ids = [a["delivery_id"] for a in answers if a["phase"] == 1 and a["topic"] == "orders.place"
+                  and a["order_id"] in set(p["patch_orders"][:unhurried])]
+        lat_rows = db_query(db_url, "SELECT d.id, d.received_at, c.decided_at FROM decisions c JOIN deliveries d"
+                                    " ON d.id = c.delivery_id WHERE c.outcome = 'applied' AND d.id IN ("
+                                    + ",".join(str(int(i)) for i in p1_ids) + ")") if p1_ids else []
+        lat = sorted((float(r["decided_at"]) - float(r["received_at"])) * 1000 for r in lat_rows)
+        patch_log = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"},
+                                 timeout=60).json()["requests"]
+        patched: dict[str, int] = {}
+        for r in patch_log:
+            if r["status"] == 200:
+                oid = r["path"].rsplit("/", 1)[1]
+                patched[oid] = patched.get(oid, 0) + 1
+        stats = requests.get(sb_url + "/_sandbox/stats", timeout=30).json()
+        all_api = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
+        rl_times = [_ts(r["time"]) for r in all_api if r["status"] == 429]
+        jobs = db_query(db_url, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        outcomes = db_query(db_url, "SELECT outcome, COUNT(*) AS n FROM decisions GROUP BY outcome")
+        burst_patch_times = sorted(_ts(r["time"]) for r in patch_log if r["status"] == 200 and _ts(r["time"]) >= t2)
+        minimum = minimum_seconds(history, t2, patches - unhurried)
+        result.update({
+            "events_sent": len(answers), "answers": statuses,
+            "patches_made": sum(patched.values()), "orders_patched": len(patched),
+            "patches_per_order": sorted(set(patched.values())),
+            "every_selected_order_patched_once": set(patched) == set(p["patch_orders"])
+            and all(v == 1 for v in patched.values()),
+            "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
+            "sandbox_429_in_burst": sum(1 for t in rl_times if t >= t2),
+            "sandbox_429_in_unhurried_phase": sum(1 for t in rl_times if t < t2),
+            "api_calls_by_route": stats.get("by_route", {}),
+            "jobs_by_state": {r["state"]: int(r["n"]) for r in jobs},
+            "decisions_by_outcome": {r["outcome"]: int(r["n"]) for r in outcomes},
+            "dead_jobs": sum(int(r["n"]) for r in jobs if r["state"] == "dead"),
+            "latency_phase": {
+                "n": len(lat), "seconds": round(phase1_end - t1, 1),
+                "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+                "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
+                "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+                "max_ms": round(lat[-1], 1) if lat else None,
+            },
+            "burst": {
+                "events": len(p["phase2"]), "patches": patches - unhurried, "send_s": round(sent_s, 1),
+                "drain_s": drain_s, "minimum_s": minimum,
+                "drain_over_minimum": round(drain_s / minimum, 2) if minimum else None,
+                "last_patch_after_s": round(burst_patch_times[-1] - t2, 1) if burst_patch_times else None,
+                "api_calls_before_burst_in_last_60s": sum(1 for h in history if h > t2 - 60),
+            },
+        })
+    except Exception as exc:  # noqa: BLE001 - reported, the other parts still run
+        log(f"e2e {backend} failed: {exc!r}")
+        result["error"] = repr(exc)[:300]
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        if pg_db:
+            pg_drop(pg_db)
+    if "burst" in result:
+        b, lat = result["burst"], result["latency_phase"]
+        log(f"  -> drained {b['drain_s']} s (minimum {b['minimum_s']} s), 429s {result['sandbox_429']}, "
+            f"receipt->PATCH p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms, dead {result['dead_jobs']}")
+    return result
+
+
+def _wait_drained(db_url: str, *, timeout: float) -> float:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = db_query(db_url, "SELECT COUNT(*) AS n FROM jobs WHERE state IN ('pending', 'running')")[0]
+        if int(row["n"]) == 0:
+            return time.time()
+        time.sleep(0.25)
+    raise TimeoutError(f"queue not drained within {timeout} s")
