@@ -125,8 +125,8 @@ def _read_body(limit: int) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes is larger than the limit of {limit} bytes")
     if request.mimetype not in JSON_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {request.mimetype or '(none)'!r} is not application/json or application/vnd.api+json")
+        # The header's value is not echoed: an error answer never reflects what the client sent.
+        raise UnsupportedMediaType("Content-Type must be application/json or application/vnd.api+json")
     try:
         body = request.stream.read(limit + 1)
     except RequestEntityTooLarge:
