@@ -57,6 +57,11 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+def _not_json(name: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity` are Python's extension, not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     """Decode a JSON:API document and check the parts the service relies on."""
     try:
@@ -64,7 +69,7 @@ def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidPayload("body is not valid UTF-8") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise InvalidPayload(f"JSON nesting is deeper than {max_depth}") from None
     except ValueError as exc:  # JSONDecodeError, and int conversion limits for huge numbers
