@@ -63,7 +63,9 @@ def create_app(
     """Build the WSGI application. Settings are read from the environment if not given."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: a streamed (chunked) body is cut at MAX_CONTENT_LENGTH without an
+    # error, so _read_body must be able to read limit + 1 bytes to see that it is too long.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["webhook_app"] = Services(
         settings=settings,
