@@ -20,6 +20,8 @@ from webhook_app.config import Settings, parse_rate_limits  # noqa: E402
 from webhook_app.signing import WebhookSecret, sign  # noqa: E402
 from webhook_app.store.sqlite import SQLiteStore  # noqa: E402
 
+pytest_plugins = ["secret_scan"]  # fails the session if a secret shows up in any output
+
 SECRET = "whsec-test-0123456789abcdef"
 OTHER_SECRET = "whsec-other-fedcba9876543210"
 DATA = Path(__file__).parent / "data"

@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import secret_scan
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -49,6 +50,7 @@ class FakeCommerceLayer:
                  token_ttl: int = 7200) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
+        secret_scan.register(client_secret, source="fakecl client secret")
         self.token_ttl = token_ttl
         self.tokens: dict[str, float] = {}
         self.orders: dict[str, FakeOrder] = {}
@@ -151,6 +153,7 @@ class FakeCommerceLayer:
         if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
             return _errors(401, "Unauthorized", "UNAUTHORIZED")
         token = secrets.token_urlsafe(24)
+        secret_scan.register(token, source="fakecl token")  # must never show up in any output
         self.tokens[token] = time.time() + self.token_ttl
         return Response(json.dumps({"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
                                     "scope": body.get("scope", "market:all"), "created_at": int(time.time())}),

@@ -43,11 +43,19 @@ def wait_until(predicate, *, timeout: float = 20.0, interval: float = 0.05, what
     raise TimeoutError(f"{what} not reached within {timeout} s")
 
 
+# Every log file a Service wrote in this session, and the environment each was given:
+# tests/secret_scan.py checks the logs (and all output) for the secrets in those environments.
+LOG_PATHS: list[Path] = []
+SERVICE_ENVS: list[dict[str, str]] = []
+
+
 class Service:
     """`webhook-app <command>` as a child process with its output captured to a log file."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        LOG_PATHS.append(log_path)
+        SERVICE_ENVS.append(dict(env))
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
         full_env.update(env)

@@ -23,6 +23,7 @@ SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
 ORDER_TOPIC_PREFIX = "orders."
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # Headers never stored: credentials a proxy might pass along, and replay tokens.
 _UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-admin-token",
                                "x-webhook-app-replay"})
@@ -75,6 +76,26 @@ def raw_json_depth(body: bytes) -> int:
     return max(accumulate(map(_BRACKET_STEP.__getitem__, structure)), default=0)
 
 
+def _has_lone_surrogate(text: str, doc: Any) -> bool:
+    """True if a `\\uD800`-style escape left half a surrogate pair in a decoded string.
+
+    Raw UTF-8 cannot carry one (decoding refused it), so only a document with such an escape is
+    walked. A string with a lone surrogate cannot be encoded back to UTF-8: the database driver
+    raised on it (a 500), and the admin page could not be rendered."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return False
+    try:
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _not_json(name: str) -> Any:
+    """`NaN`, `Infinity` and `-Infinity` are Python's extension, not JSON (RFC 8259)."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     """Decode a JSON:API document and check the parts the service relies on."""
     try:
@@ -82,13 +103,15 @@ def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidPayload("body is not valid UTF-8") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_not_json)
     except RecursionError:
         raise InvalidPayload(f"JSON nesting is deeper than {max_depth}") from None
     except ValueError as exc:  # JSONDecodeError, and int conversion limits for huge numbers
         raise InvalidPayload(f"body is not valid JSON: {str(exc)[:120]}") from None
     if raw_json_depth(body) > max_depth:
         raise InvalidPayload(f"JSON nesting is deeper than {max_depth}")
+    if _has_lone_surrogate(text, doc):
+        raise InvalidPayload("body has a \\u escape for half a surrogate pair (not Unicode text)")
     if not isinstance(doc, dict):
         raise InvalidPayload("body is not a JSON:API document (expected an object)")
     data = doc.get("data")
@@ -96,8 +119,10 @@ def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
         raise InvalidPayload("JSON:API document has no `data` object")
     for key in ("type", "id"):
         v = data.get(key)
-        if not isinstance(v, str) or not v or len(v) > 128:
-            raise InvalidPayload(f"`data.{key}` must be a non-empty string")
+        # Stored in text columns and shown on the admin page: no NUL (PostgreSQL refuses it, a
+        # 500), no control or bidi-override characters.
+        if not isinstance(v, str) or not v or len(v) > 128 or not v.isprintable():
+            raise InvalidPayload(f"`data.{key}` must be a string of 1 to 128 printable characters")
     for key in ("attributes", "relationships", "meta"):
         if key in data and data[key] is not None and not isinstance(data[key], dict):
             raise InvalidPayload(f"`data.{key}` must be an object")

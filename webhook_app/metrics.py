@@ -139,8 +139,12 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
 
-def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """Expose a worker's metrics on their own port (for workers on hosts without a web instance)."""
+def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None:  # noqa: S104  # nosec B104  # see docstring
+    """Expose a worker's metrics on their own port (for workers on hosts without a web instance).
+
+    All interfaces by default: Prometheus scrapes the pod over the pod network, and who may reach
+    the port is the NetworkPolicy's business (and the firewall's, elsewhere); pass `host` to narrow.
+    """
     from prometheus_client import start_http_server
 
     registry = CollectorRegistry()

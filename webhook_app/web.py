@@ -64,7 +64,9 @@ def create_app(
     """Build the WSGI application. Settings are read from the environment if not given."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit: a streamed (chunked) body is cut at MAX_CONTENT_LENGTH without an
+    # error, so _read_body must be able to read limit + 1 bytes to see that it is too long.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["webhook_app"] = Services(
         settings=settings,
@@ -126,8 +128,8 @@ def _read_body(limit: int) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge(f"body of {length} bytes is larger than the limit of {limit} bytes")
     if request.mimetype not in JSON_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {request.mimetype or '(none)'!r} is not application/json or application/vnd.api+json")
+        # The header's value is not echoed: an error answer never reflects what the client sent.
+        raise UnsupportedMediaType("Content-Type must be application/json or application/vnd.api+json")
     try:
         body = request.stream.read(limit + 1)
     except RequestEntityTooLarge:

@@ -99,7 +99,7 @@ class SQLStore(Store):
             return None
         with self._tx() as c:
             row = c.one(
-                "SELECT id, state, attempts FROM jobs WHERE (state = 'pending' AND next_attempt_at <= ?)"
+                "SELECT id, state, attempts FROM jobs WHERE (state = 'pending' AND next_attempt_at <= ?)"  # nosec B608  # constants and ? placeholders only
                 " OR (state = 'running' AND lease_expires_at <= ?)"
                 " ORDER BY next_attempt_at, id LIMIT 1" + self.claim_lock_clause,
                 (now, now),
@@ -213,7 +213,7 @@ class SQLStore(Store):
             )
             if inserted == 1:
                 return ActionClaim("acquired")
-            row = c.one("SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"
+            row = c.one("SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"  # nosec B608  # constants and ? placeholders only
                         " WHERE order_id = ? AND action = ?" + self.claim_lock_clause.replace(" SKIP LOCKED", ""),
                         (order_id, action))
             assert row is not None
@@ -261,7 +261,7 @@ class SQLStore(Store):
 
     def get_delivery(self, delivery_id: int) -> StoredDelivery | None:
         with self._tx(write=False) as c:
-            row = c.one(f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j"
+            row = c.one(f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j"  # nosec B608  # constants and ? placeholders only
                         " ON j.delivery_id = d.id WHERE d.id = ?", (delivery_id,))
             if row is None:
                 return None
@@ -299,7 +299,7 @@ class SQLStore(Store):
                          " AND x.id = (SELECT MAX(y.id) FROM decisions y WHERE y.delivery_id = d.id)"
                          " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))")
             params += [flt.decision] * 3
-        sql = (f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"
+        sql = (f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id DESC LIMIT ?")
         params.append(max(1, min(flt.limit, 10_000)))
         with self._tx(write=False) as c:
@@ -308,7 +308,7 @@ class SQLStore(Store):
             latest: dict[int, dict[str, Any]] = {}
             if ids:
                 marks = ",".join("?" * len(ids))
-                for r in c.all(f"SELECT delivery_id, id, rule, action, reason, guard, outcome, mode,"
+                for r in c.all(f"SELECT delivery_id, id, rule, action, reason, guard, outcome, mode,"  # nosec B608  # constants and ? placeholders only
                                f" wallet_entry_id, decided_at FROM decisions WHERE delivery_id IN ({marks})"
                                " ORDER BY id", tuple(ids)):
                     latest[int(r["delivery_id"])] = {k: r[k] for k in r.keys() if k != "delivery_id"}
@@ -335,7 +335,7 @@ class SQLStore(Store):
         for chunk in _chunks(order_ids, 500):
             marks = ",".join("?" * len(chunk))
             with self._tx(write=False) as c:
-                rows = c.all(f"SELECT DISTINCT order_id FROM jobs WHERE order_id IN ({marks})", tuple(chunk))
+                rows = c.all(f"SELECT DISTINCT order_id FROM jobs WHERE order_id IN ({marks})", tuple(chunk))  # nosec B608  # constants and ? placeholders only
             found |= {r["order_id"] for r in rows}
         return found
 
