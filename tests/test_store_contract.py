@@ -284,3 +284,15 @@ def test_replays_are_new_deliveries_linked_to_the_original(store):
     assert job.id == original.job_id and not job.replay
     job = store.claim_job(worker="w", lease_seconds=30, now=T0 + 10)
     assert job.replay
+
+
+def test_finishing_a_job_can_complete_its_action_claim_atomically(store):
+    rec = store.record_delivery(delivery("o1"), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert store.begin_action("o1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=30,
+                              now=T0).status == "acquired"
+    assert store.finish_job(job.id, worker="w", decision=DECISION, now=T0 + 1, action="save_payment_source")
+    assert store.action_state("o1", "save_payment_source") == "done"
+    claim = store.begin_action("o1", "save_payment_source", worker="x", job_id=99, lease_seconds=30, now=T0 + 2)
+    assert claim.status == "done" and claim.wallet_entry_id == "w1"
+    assert store.get_delivery(rec.delivery_id).job["state"] == "done"

@@ -268,3 +268,21 @@ def test_retry_delay_grows_with_jitter_and_honours_retry_after():
         assert ceiling / 2 <= d <= ceiling
     assert retry_delay(1, base=2, cap=100, retry_after=40, rng=rng) >= 40
     assert retry_delay(1, base=2, cap=100, retry_after=4000, rng=rng) <= 100
+
+
+def test_a_worker_that_dies_after_the_patch_leaves_an_applied_decision(env):
+    """The PATCH succeeded and the worker died before recording it: the next attempt reads the
+    order, sees the wallet entry and records `applied` (not `already_flagged`)."""
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    rec = env.deliver("o1")
+    job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
+    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60,
+                           now=env.clock())
+    env.client.update_order("o1", {"_save_payment_source_to_customer_wallet": True},
+                            include=["available_customer_payment_sources"])
+    env.clock.advance(61)
+    [o] = env.worker(name="w2").drain()
+    assert o.outcome == "applied"
+    decisions = env.decisions(rec.delivery_id)
+    assert [d["outcome"] for d in decisions] == ["applied"]
+    assert env.store.action_state("o1", "save_payment_source") == "done"

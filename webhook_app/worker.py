@@ -155,12 +155,10 @@ class Worker:
             if claim.uncertain:
                 entry_id = self._already_applied(event, decision)
                 if entry_id is not None:
-                    self.store.finish_action(order_id, action, worker=self.id, wallet_entry_id=entry_id,
-                                             now=self.clock())
                     d = Decision(decision.action, decision.rule,
                                  f"{decision.reason}; an earlier attempt had already applied it",
                                  decision.strategy, None, entry_id)
-                    return self._finish(job, d, "applied", wallet_entry_id=entry_id)
+                    return self._finish(job, d, "applied", wallet_entry_id=entry_id, action=action)
             self.store.heartbeat(job.id, worker=self.id, lease_seconds=self.settings.lease_seconds,
                                  now=self.clock())
             if action == SAVE:
@@ -177,10 +175,8 @@ class Worker:
         except CommerceLayerError as exc:
             self.store.release_action(order_id, action, worker=self.id, uncertain=exc.uncertain, now=self.clock())
             return self._failed(job, decision, exc)
-        if not self.store.finish_action(order_id, action, worker=self.id, wallet_entry_id=entry_id, now=self.clock()):
-            log.warning("action claim was taken over while flagging", extra={"order_id": order_id, "action": action})
         return self._finish(job, Decision(decision.action, decision.rule, decision.reason, decision.strategy,
-                                          None, entry_id), "applied", wallet_entry_id=entry_id)
+                                          None, entry_id), "applied", wallet_entry_id=entry_id, action=action)
 
     def _already_applied(self, event: Event, decision: Decision) -> str | None:
         """After an uncertain attempt: read the order and tell whether the change is there."""
@@ -210,9 +206,14 @@ class Worker:
                               mode=self.mode, guard=decision.guard,
                               wallet_entry_id=wallet_entry_id or decision.wallet_entry_id)
 
-    def _finish(self, job: Job, decision: Decision, outcome: str, *, wallet_entry_id: str | None = None) -> Outcome:
+    def _finish(self, job: Job, decision: Decision, outcome: str, *, wallet_entry_id: str | None = None,
+                action: str | None = None) -> Outcome:
+        """Record the decision and end the job; with `action`, mark the order's action done with it."""
         ok = self.store.finish_job(job.id, worker=self.id, decision=self._record(decision, outcome, wallet_entry_id),
-                                   now=self.clock())
+                                   now=self.clock(), action=action)
+        if not ok:
+            log.warning("job lease was lost before it could be finished", extra={"job_id": job.id,
+                                                                                 "order_id": job.order_id})
         self._observe("decision", job, decision=decision, outcome=outcome if ok else "lost")
         return Outcome("done" if ok else "lost", decision, outcome)
 

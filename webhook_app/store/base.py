@@ -178,8 +178,13 @@ class Store(abc.ABC):
         """Extend a lease still held by `worker` (and the action claims the job holds)."""
 
     @abc.abstractmethod
-    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float) -> bool:
-        """Mark done with its decision, if `worker` still holds the lease."""
+    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float,
+                   action: str | None = None) -> bool:
+        """Mark done with its decision, if `worker` still holds the lease.
+
+        With `action`, the order's claim on that action (held by `worker`) is marked done in the
+        same transaction: a worker dying between the two would otherwise leave an order flagged
+        at Commerce Layer whose job runs again and finds only "already flagged"."""
 
     @abc.abstractmethod
     def retry_job(self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float,

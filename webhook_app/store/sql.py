@@ -134,11 +134,17 @@ class SQLStore(Store):
                       " AND state = 'in_flight'", (now + lease_seconds, job_id, worker))
             return held
 
-    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float) -> bool:
+    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float,
+                   action: str | None = None) -> bool:
         with self._tx() as c:
             if not self._release_job(c, job_id, worker, "done", None, now, now, decision.outcome):
                 return False
             self._insert_decision(c, job_id, decision, now)
+            if action is not None:
+                c.run("UPDATE order_actions SET state = 'done', owner = NULL, lease_expires_at = NULL, uncertain = 0,"
+                      " wallet_entry_id = ?, updated_at = ? WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?)"
+                      " AND action = ? AND owner = ? AND state = 'in_flight'",
+                      (decision.wallet_entry_id, now, job_id, action, worker))
             return True
 
     def retry_job(self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float,
