@@ -78,7 +78,7 @@ def test_db_upgrade_and_status(tmp_path):
     r = run("db", "status", env=env)
     assert r.returncode == 1 and "version 0" in r.stdout
     r = run("db", "upgrade", env=env)
-    assert r.returncode == 0 and "version 0 -> 1" in r.stdout
+    assert r.returncode == 0 and "version 0 -> 2" in r.stdout
     assert run("db", "status", env=env).returncode == 0
 
 

@@ -24,7 +24,7 @@ from webhook_app.config import RateLimit
 from webhook_app.events import Delivery
 from webhook_app.ratelimit import LocalRateLimiter, RateLimiter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: PostgreSQL keeps bodies uncompressed (SQLite unchanged)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ StoreUnavailable, so intake answers 503 quickly and recovers by itself when the 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -25,7 +26,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from webhook_app.config import RateLimit
 from webhook_app.errors import StoreUnavailable
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
-from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.events import Delivery
+from webhook_app.store.base import SCHEMA_VERSION, Recorded
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
 # Each entry upgrades the schema from version N-1 to N (index 0 is version 1).
@@ -110,6 +112,11 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX rate_limit_slots_key_at ON rate_limit_slots(key, at)",
     ],
+    [
+        # Bodies are ~30 KB of JSON: pglz-compressing each one on insert cost more CPU than the
+        # rest of the insert (BENCHMARKS.md); keep them out of line, uncompressed.
+        "ALTER TABLE deliveries ALTER COLUMN body SET STORAGE EXTERNAL",
+    ],
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 _MIGRATION_LOCK = 0x77686B61  # "whka": one migrator at a time
@@ -165,7 +172,7 @@ class PostgresStore(SQLStore):
                     self.url, min_size=1, max_size=self.pool_size, timeout=self.pool_timeout, open=False,
                     kwargs={"row_factory": dict_row, "connect_timeout": self.connect_timeout,
                             "autocommit": True},
-                    check=ConnectionPool.check_connection, name="webhook-app",
+                    name="webhook-app",
                     reconnect_timeout=0,
                 )
                 self._pool.open(wait=False)
@@ -174,9 +181,23 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _tx(self, *, write: bool = True) -> Iterator[Cursorish]:
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _Cursor(cur)
+
+    @contextmanager
+    def _statement(self) -> Iterator[Cursorish]:
+        """One statement in autocommit mode: atomic by itself, without BEGIN/COMMIT round trips."""
+        with self._connect() as conn, conn.cursor() as cur:
+            yield _Cursor(cur)
+
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; a broken one is dropped by the pool when it comes back. Failures
+        become StoreUnavailable (a connection that died under us costs one 503, then the pool
+        opens a fresh one)."""
         try:
-            with self._get_pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
-                yield _Cursor(cur)
+            with self._get_pool().connection() as conn:
+                yield conn
         except PoolTimeout as exc:
             raise StoreUnavailable("PostgreSQL is unreachable (no connection within the pool timeout)") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -185,6 +206,32 @@ class PostgresStore(SQLStore):
             raise StoreUnavailable(f"PostgreSQL connection failed: {_first_line(exc)}") from exc
         except psycopg.errors.DiskFull as exc:  # pragma: no cover - hard to provoke
             raise StoreUnavailable("PostgreSQL disk is full") from exc
+
+    # --- intake: one round trip -----------------------------------------------------------
+    def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
+        """The delivery and its job in one statement (autocommit: atomic and durable on return)."""
+        status = "queued" if delivery.is_order else "ignored"
+        with self._statement() as c:
+            row = c.one(
+                "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
+                " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
+                " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
+                " updated_at) SELECT id, order_id, topic, 'pending', 0, ?, ?, ? FROM d WHERE ? RETURNING id)"
+                " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
+                (delivery.identity, delivery.topic, delivery.resource_type, delivery.resource_id, delivery.order_id,
+                 now, delivery.secret_label, json.dumps(delivery.headers), delivery.body, status, replay_of,
+                 now, now, now, delivery.is_order),
+            )
+            if row is not None:
+                job_id = row["job_id"]
+                return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
+            existing = c.one("SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+                             " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?", (delivery.identity,))
+        if existing is None:  # pragma: no cover - a conflicting row always exists once committed
+            raise StoreUnavailable("delivery conflicted but could not be read back")
+        job_id = existing["job_id"]
+        return Recorded(int(existing["id"]), True, None if job_id is None else int(job_id), existing["status"])
 
     # --- schema ---------------------------------------------------------------------------
     def migrate(self) -> int:
