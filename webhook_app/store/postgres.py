@@ -25,8 +25,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from webhook_app.config import RateLimit
 from webhook_app.errors import StoreUnavailable
-from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.events import Delivery
+from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
