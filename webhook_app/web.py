@@ -89,7 +89,8 @@ def create_app(
 
 def _request_id() -> None:
     rid = request.headers.get("X-Request-Id", "")
-    g.request_id = rid if 0 < len(rid) <= 64 and rid.replace("-", "").isalnum() else uuid.uuid4().hex
+    # a proxy's id is kept if it is plain ASCII letters, digits and dashes (as nginx's $request_id)
+    g.request_id = rid if 0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum() else uuid.uuid4().hex
 
 
 def _stamp(resp: Response) -> Response:
