@@ -281,25 +281,13 @@ class SQLStore(Store):
     def list_deliveries(self, flt: DeliveryFilter) -> list[StoredDelivery]:
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("d.topic", flt.topic), ("d.order_id", flt.order_id)):
+        status_column = "d.status" if flt.status in ("queued", "ignored") else "j.state"
+        for condition, value in (("d.topic = ?", flt.topic), ("d.order_id = ?", flt.order_id),
+                                 (f"{status_column} = ?", flt.status), ("d.received_at >= ?", flt.since),
+                                 ("d.received_at < ?", flt.until), ("d.id < ?", flt.before_id)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(condition)
                 params.append(value)
-        if flt.status in ("queued", "ignored"):
-            where.append("d.status = ?")
-            params.append(flt.status)
-        elif flt.status is not None:
-            where.append("j.state = ?")
-            params.append(flt.status)
-        if flt.since is not None:
-            where.append("d.received_at >= ?")
-            params.append(flt.since)
-        if flt.until is not None:
-            where.append("d.received_at < ?")
-            params.append(flt.until)
-        if flt.before_id is not None:
-            where.append("d.id < ?")
-            params.append(flt.before_id)
         if flt.decision is not None:
             where.append("EXISTS (SELECT 1 FROM decisions x WHERE x.delivery_id = d.id"
                          " AND x.id = (SELECT MAX(y.id) FROM decisions y WHERE y.delivery_id = d.id)"
