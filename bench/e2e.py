@@ -55,7 +55,7 @@ from bench.common import (
     pg_recreate,
     wait_http,
 )
-from webhook_app.sandbox import Sandbox
+from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 
 SECRET = "bench-e2e-shared-secret-0123456789"
@@ -203,7 +203,7 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
                               "service_limits": SERVICE_LIMITS, "orders_generated": p["orders"],
                               "orders_selected_by_policy": p["selected_orders"]}
     try:
-        sandbox = Proc([PY, "-m", "webhook_app", "sandbox", "--port", str(sb_port), "--seed",
+        sandbox = Proc([PY, "-m", "commercelayer_sandbox", "--port", str(sb_port), "--seed",
                         str(workdir / "scenario.json")], clean_env({}), workdir / "sandbox.log")
         procs.append(sandbox)
         wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)

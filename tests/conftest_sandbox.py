@@ -20,8 +20,8 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from webhook_app.sandbox import SandboxServer
-from webhook_app.sandbox.seed import read_scenario
+from commercelayer_sandbox import SandboxServer
+from commercelayer_sandbox.seed import read_scenario
 
 API = "application/vnd.api+json"
 CLIENT_ID = "sandbox-client-id"

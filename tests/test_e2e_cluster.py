@@ -27,7 +27,7 @@ import requests
 from conftest import pg_schema_url, require_postgres
 from procs import Service, free_port, wait_http, wait_until
 
-from webhook_app.sandbox import Sandbox
+from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 from webhook_app.store.postgres import PostgresStore
 

@@ -27,7 +27,7 @@ from builders import order_body
 from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
 
-from webhook_app.sandbox import Sandbox
+from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, open_store
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from conftest_sandbox import API, Api, running
 
-from webhook_app.sandbox import schema
-from webhook_app.sandbox.model import PAYMENT_SOURCE_TYPES
+from commercelayer_sandbox import schema
+from commercelayer_sandbox.model import PAYMENT_SOURCE_TYPES
 
 ALL_INCLUDES = "customer,payment_source,market,line_items,available_customer_payment_sources"
 

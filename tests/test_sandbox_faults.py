@@ -10,10 +10,10 @@ import pytest
 import requests
 from conftest_sandbox import Api, running
 
-from webhook_app.sandbox.config import Window
-from webhook_app.sandbox.errors import SandboxError
-from webhook_app.sandbox.faults import Faults
-from webhook_app.sandbox.ratelimit import SlidingWindowLimiter
+from commercelayer_sandbox.config import Window
+from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.faults import Faults
+from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
 
 
 class FakeClock:

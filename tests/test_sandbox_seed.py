@@ -16,10 +16,10 @@ import pytest
 import requests
 from conftest_sandbox import Api, example, running
 
-from webhook_app.sandbox import Sandbox, SandboxConfig
-from webhook_app.sandbox.errors import SandboxError
-from webhook_app.sandbox.model import PAYMENT_SOURCE_TYPES
-from webhook_app.sandbox.seed import read_scenario
+from commercelayer_sandbox import Sandbox, SandboxConfig
+from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.model import PAYMENT_SOURCE_TYPES
+from commercelayer_sandbox.seed import read_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,7 +204,7 @@ def test_cli_runs_as_a_process():
         [
             sys.executable,
             "-m",
-            "webhook_app.sandbox",
+            "commercelayer_sandbox",
             "--port",
             str(port),
             "--seed",
@@ -245,7 +245,7 @@ def test_cli_refuses_a_bad_scenario(tmp_path):
     bad.write_text(json.dumps({"orders": [{"status": "nope"}]}))
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "webhook_app.sandbox", "--port", "0", "--seed", str(bad)],
+        [sys.executable, "-m", "commercelayer_sandbox", "--port", "0", "--seed", str(bad)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

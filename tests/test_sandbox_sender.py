@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
 
-from webhook_app.sandbox import schema
+from commercelayer_sandbox import schema
 
 
 @pytest.fixture

@@ -218,17 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
 def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands that live beside their subsystem."""
     from webhook_app import admin_cli
-    from webhook_app.sandbox import cli as sandbox_cli
 
-    def sandbox(sub: argparse._SubParsersAction) -> None:
-        sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
+    return [_register_sandbox, admin_cli.register]
 
-    return [sandbox, admin_cli.register]
+
+def _register_sandbox(sub: argparse._SubParsersAction) -> None:
+    """`webhook-app sandbox`: hands over to the separate `commercelayer-sandbox` distribution.
+
+    The sandbox is a test tool and not part of the service (nor of its image); this entry only
+    runs it where it is installed, and otherwise says how to install it."""
+    try:
+        from commercelayer_sandbox import cli as sandbox_cli
+    except ImportError:
+        sp = sub.add_parser("sandbox", help="run the Commerce Layer double (needs `pip install ./sandbox`)",
+                            add_help=False)
+        sp.set_defaults(func=_sandbox_missing, accepts_any_arguments=True)
+        return
+    sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
+
+
+def _sandbox_missing(_args: argparse.Namespace) -> int:
+    return _fail("the sandbox is a separate distribution: install it with `pip install ./sandbox` "
+                 "(from a checkout of webhook-app), then run `commercelayer-sandbox`")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

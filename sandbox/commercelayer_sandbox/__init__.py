@@ -11,12 +11,12 @@ what happened. Modules:
     seed              scenario files and generation  schema   the official schema fragments
     ratelimit, faults what can slow or break a call  sender   webhook delivery
     sandbox           ties them together             api, control  the HTTP layer (Flask)
-    server            SandboxServer (a thread)       cli      `webhook-app sandbox`
+    server            SandboxServer (a thread)       cli      `commercelayer-sandbox`
 """
 
-from webhook_app.sandbox.api import create_sandbox_app
-from webhook_app.sandbox.config import SandboxConfig, SenderConfig
-from webhook_app.sandbox.sandbox import Sandbox
-from webhook_app.sandbox.server import SandboxServer
+from commercelayer_sandbox.api import create_sandbox_app
+from commercelayer_sandbox.config import SandboxConfig, SenderConfig
+from commercelayer_sandbox.sandbox import Sandbox
+from commercelayer_sandbox.server import SandboxServer
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxServer", "SenderConfig", "create_sandbox_app"]

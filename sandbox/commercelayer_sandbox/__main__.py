@@ -1,5 +1,5 @@
-"""`python -m webhook_app.sandbox`: the same as `webhook-app sandbox`."""
+"""`python -m commercelayer_sandbox`: the same as `commercelayer-sandbox`."""
 
-from webhook_app.sandbox.cli import main
+from commercelayer_sandbox.cli import main
 
 raise SystemExit(main())

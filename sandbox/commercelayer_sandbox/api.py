@@ -39,12 +39,12 @@ from urllib.parse import urlencode
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from webhook_app.sandbox import bodies, control, schema
-from webhook_app.sandbox import webhooks as webhook_rules
-from webhook_app.sandbox.config import Window
-from webhook_app.sandbox.errors import ApiError, not_found
-from webhook_app.sandbox.faults import NO_FAULT, FaultDecision
-from webhook_app.sandbox.orders import (
+from commercelayer_sandbox import bodies, control, schema
+from commercelayer_sandbox import webhooks as webhook_rules
+from commercelayer_sandbox.config import Window
+from commercelayer_sandbox.errors import ApiError, not_found
+from commercelayer_sandbox.faults import NO_FAULT, FaultDecision
+from commercelayer_sandbox.orders import (
     Page,
     apply_patch,
     bad_request,
@@ -53,13 +53,13 @@ from webhook_app.sandbox.orders import (
     page_count,
     parse_page,
 )
-from webhook_app.sandbox.render import ORDER_INCLUDES, WALLET_INCLUDES, list_document
-from webhook_app.sandbox.sandbox import Sandbox, compact
-from webhook_app.sandbox.stats import redact_body, redact_headers
-from webhook_app.sandbox.timeutil import iso
+from commercelayer_sandbox.render import ORDER_INCLUDES, WALLET_INCLUDES, list_document
+from commercelayer_sandbox.sandbox import Sandbox, compact
+from commercelayer_sandbox.stats import redact_body, redact_headers
+from commercelayer_sandbox.timeutil import iso
 
 API_JSON = "application/vnd.api+json"
-DROP_KEY = "webhook_app.sandbox.drop"
+DROP_KEY = "commercelayer_sandbox.drop"
 _FAULT_CODES = {
     500: "INTERNAL_SERVER_ERROR",
     502: "BAD_GATEWAY",
@@ -640,7 +640,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 def create_sandbox_app(sandbox: Sandbox) -> Flask:
     """The Flask application serving `sandbox`'s API and control routes."""
-    app = Flask("webhook_app.sandbox")
+    app = Flask("commercelayer_sandbox")
     app.config["MAX_CONTENT_LENGTH"] = 16 * 1024 * 1024
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sandbox"] = sandbox

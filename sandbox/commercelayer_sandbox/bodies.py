@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from webhook_app.sandbox import schema
-from webhook_app.sandbox.errors import ApiError, invalid
+from commercelayer_sandbox import schema
+from commercelayer_sandbox.errors import ApiError, invalid
 
 
 def check_document(fragment: str, doc: Any, *, url_id: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`webhook-app sandbox` (and `python -m webhook_app.sandbox`): run the sandbox until stopped.
+"""`commercelayer-sandbox` (and `python -m commercelayer_sandbox`): run the sandbox until stopped.
 
 `register(subparsers)` adds the `sandbox` subcommand to the project's argparse CLI and
 `run(args)` runs it; `main(argv)` is the stand-alone entry point with the same options.
@@ -13,8 +13,8 @@ import sys
 import threading
 from typing import Any
 
-from webhook_app.sandbox.errors import SandboxError
-from webhook_app.sandbox.server import SandboxServer
+from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.server import SandboxServer
 
 DESCRIPTION = (
     "Run a local double of Commerce Layer: the API (OAuth token, orders, wallets, webhooks) "
@@ -129,6 +129,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_arguments(
-        argparse.ArgumentParser(prog="python -m webhook_app.sandbox", description=DESCRIPTION)
+        argparse.ArgumentParser(prog="python -m commercelayer_sandbox", description=DESCRIPTION)
     )
     return run(parser.parse_args(argv))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from webhook_app.sandbox.errors import SandboxError
+from commercelayer_sandbox.errors import SandboxError
 
 
 @dataclass(frozen=True)

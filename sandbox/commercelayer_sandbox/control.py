@@ -49,9 +49,9 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, request
 
-from webhook_app.sandbox.errors import ApiError, SandboxError
-from webhook_app.sandbox.sandbox import Sandbox
-from webhook_app.sandbox.timeutil import iso
+from commercelayer_sandbox.errors import ApiError, SandboxError
+from commercelayer_sandbox.sandbox import Sandbox
+from commercelayer_sandbox.timeutil import iso
 
 
 def _invalid(exc: SandboxError) -> ApiError:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from webhook_app.sandbox.errors import SandboxError
+from commercelayer_sandbox.errors import SandboxError
 
 _RULE_KEYS = (
     "route",

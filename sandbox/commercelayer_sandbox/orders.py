@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from webhook_app.sandbox.errors import ApiError, validation_error
-from webhook_app.sandbox.model import WALLET_TYPES, Customer, Order, WalletEntry
-from webhook_app.sandbox.render import singular
-from webhook_app.sandbox.state import SandboxState
-from webhook_app.sandbox.timeutil import parse_iso_micros
+from commercelayer_sandbox.errors import ApiError, validation_error
+from commercelayer_sandbox.model import WALLET_TYPES, Customer, Order, WalletEntry
+from commercelayer_sandbox.render import singular
+from commercelayer_sandbox.state import SandboxState
+from commercelayer_sandbox.timeutil import parse_iso_micros
 
 #: Commerce Layer's order topics (FACTS.md; the live list may be longer).
 ORDER_TOPICS = (

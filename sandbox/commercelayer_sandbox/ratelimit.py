@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from webhook_app.sandbox.config import Window
+from commercelayer_sandbox.config import Window
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from webhook_app.sandbox.model import (
+from commercelayer_sandbox.model import (
     CARD_TYPES,
     Customer,
     EventCallback,
@@ -27,8 +27,8 @@ from webhook_app.sandbox.model import (
     WalletEntry,
     Webhook,
 )
-from webhook_app.sandbox.state import SandboxState
-from webhook_app.sandbox.timeutil import iso
+from commercelayer_sandbox.state import SandboxState
+from commercelayer_sandbox.timeutil import iso
 
 ORDER_RELATIONSHIPS = (
     "market",

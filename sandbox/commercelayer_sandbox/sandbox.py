@@ -15,18 +15,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from webhook_app.sandbox.config import SandboxConfig
-from webhook_app.sandbox.errors import SandboxError
-from webhook_app.sandbox.faults import Faults
-from webhook_app.sandbox.model import Event, Order, Webhook
-from webhook_app.sandbox.orders import ORDER_TOPICS, apply_transition
-from webhook_app.sandbox.ratelimit import SlidingWindowLimiter
-from webhook_app.sandbox.render import Renderer
-from webhook_app.sandbox.seed import load_records
-from webhook_app.sandbox.sender import Delivery, Sender
-from webhook_app.sandbox.state import SandboxState
-from webhook_app.sandbox.stats import Stats
-from webhook_app.sandbox.timeutil import millis
+from commercelayer_sandbox.config import SandboxConfig
+from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.faults import Faults
+from commercelayer_sandbox.model import Event, Order, Webhook
+from commercelayer_sandbox.orders import ORDER_TOPICS, apply_transition
+from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
+from commercelayer_sandbox.render import Renderer
+from commercelayer_sandbox.seed import load_records
+from commercelayer_sandbox.sender import Delivery, Sender
+from commercelayer_sandbox.state import SandboxState
+from commercelayer_sandbox.stats import Stats
+from commercelayer_sandbox.timeutil import millis
 
 
 def compact(document: Any) -> bytes:

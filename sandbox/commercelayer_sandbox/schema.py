@@ -2,7 +2,7 @@
 
 The JSON files in `schemas/` are fragments of Commerce Layer's OpenAPI description (version
 3.6.0, `components.schemas.X`) with every `$ref` inlined, so that users without the full 4 MB
-description can run the sandbox. `python -m webhook_app.sandbox.schema OPENAPI.json OUT_DIR`
+description can run the sandbox. `python -m commercelayer_sandbox.schema OPENAPI.json OUT_DIR`
 regenerates them.
 
 Two known conflicts between the official `orderResponse` and real Commerce Layer bodies:
@@ -83,7 +83,7 @@ def extract(openapi: Mapping[str, Any], names: Iterable[str] = FRAGMENTS) -> dic
             "$comment": (
                 f"Extracted from Commerce Layer OpenAPI {version}, components.schemas.{name}, "
                 "with every $ref inlined. Do not edit: regenerate with "
-                "`python -m webhook_app.sandbox.schema OPENAPI.json OUT_DIR`."
+                "`python -m commercelayer_sandbox.schema OPENAPI.json OUT_DIR`."
             ),
             **fragment,
         }
@@ -93,7 +93,7 @@ def extract(openapi: Mapping[str, Any], names: Iterable[str] = FRAGMENTS) -> dic
 @cache
 def load(name: str) -> dict[str, Any]:
     """One bundled fragment, parsed (cached; callers must not mutate it)."""
-    path = resources.files("webhook_app.sandbox") / "schemas" / f"{name}.json"
+    path = resources.files("commercelayer_sandbox") / "schemas" / f"{name}.json"
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -143,7 +143,7 @@ def attribute_names(name: str) -> frozenset[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m webhook_app.sandbox.schema OPENAPI.json OUT_DIR", file=sys.stderr)
+        print("usage: python -m commercelayer_sandbox.schema OPENAPI.json OUT_DIR", file=sys.stderr)
         return 2
     openapi = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out_dir = Path(argv[1])

@@ -38,9 +38,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from webhook_app.sandbox import webhooks as webhook_rules
-from webhook_app.sandbox.errors import ApiError, SandboxError
-from webhook_app.sandbox.model import (
+from commercelayer_sandbox import webhooks as webhook_rules
+from commercelayer_sandbox.errors import ApiError, SandboxError
+from commercelayer_sandbox.model import (
     CARD_TYPES,
     CUSTOMER_STATUSES,
     FULFILLMENT_STATUSES,
@@ -55,9 +55,9 @@ from webhook_app.sandbox.model import (
     PaymentSource,
     WalletEntry,
 )
-from webhook_app.sandbox.orders import new_order_token, wallet_entry_name
-from webhook_app.sandbox.state import SandboxState
-from webhook_app.sandbox.timeutil import IdFactory, iso, parse_iso
+from commercelayer_sandbox.orders import new_order_token, wallet_entry_name
+from commercelayer_sandbox.state import SandboxState
+from commercelayer_sandbox.timeutil import IdFactory, iso, parse_iso
 
 TOP_KEYS = (
     "sandbox",
@@ -93,7 +93,7 @@ _CATALOG = (
 
 def example_path() -> Path:
     """The example scenario shipped with the package."""
-    return Path(str(resources.files("webhook_app.sandbox") / "example-scenario.toml"))
+    return Path(str(resources.files("commercelayer_sandbox") / "example-scenario.toml"))
 
 
 def read_scenario(source: str | Path) -> dict[str, Any]:

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import requests
 
-from webhook_app.sandbox.config import SenderConfig
-from webhook_app.sandbox.faults import Faults
-from webhook_app.sandbox.model import EventCallback
-from webhook_app.sandbox.state import SandboxState
-from webhook_app.sandbox.stats import Stats
+from commercelayer_sandbox.config import SenderConfig
+from commercelayer_sandbox.faults import Faults
+from commercelayer_sandbox.model import EventCallback
+from commercelayer_sandbox.state import SandboxState
+from commercelayer_sandbox.stats import Stats
 
 log = logging.getLogger(__name__)
 USER_AGENT = "webhook-app-sandbox (Commerce Layer webhook double)"

@@ -20,9 +20,9 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from webhook_app.sandbox.api import create_sandbox_app
-from webhook_app.sandbox.sandbox import Sandbox
-from webhook_app.sandbox.seed import read_scenario
+from commercelayer_sandbox.api import create_sandbox_app
+from commercelayer_sandbox.sandbox import Sandbox
+from commercelayer_sandbox.seed import read_scenario
 
 log = logging.getLogger(__name__)
 

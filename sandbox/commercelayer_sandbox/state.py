@@ -13,8 +13,8 @@ import secrets
 import threading
 from typing import Any
 
-from webhook_app.sandbox.errors import not_found
-from webhook_app.sandbox.model import (
+from commercelayer_sandbox.errors import not_found
+from commercelayer_sandbox.model import (
     Customer,
     Event,
     EventCallback,
@@ -27,7 +27,7 @@ from webhook_app.sandbox.model import (
     WalletEntry,
     Webhook,
 )
-from webhook_app.sandbox.timeutil import IdFactory, iso
+from commercelayer_sandbox.timeutil import IdFactory, iso
 
 
 class SandboxState:

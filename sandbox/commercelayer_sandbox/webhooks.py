@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from webhook_app.sandbox.errors import ApiError, invalid
-from webhook_app.sandbox.model import Webhook
-from webhook_app.sandbox.orders import ORDER_TOPICS
-from webhook_app.sandbox.render import ORDER_INCLUDES
-from webhook_app.sandbox.state import SandboxState
+from commercelayer_sandbox.errors import ApiError, invalid
+from commercelayer_sandbox.model import Webhook
+from commercelayer_sandbox.orders import ORDER_TOPICS
+from commercelayer_sandbox.render import ORDER_INCLUDES
+from commercelayer_sandbox.state import SandboxState
 
 
 def new_shared_secret() -> str:
