@@ -37,7 +37,8 @@ def order_document(
     if source_type:
         rel["payment_source"] = {"links": {}, "data": {"type": source_type, "id": source_id}}
         included.append({"id": source_id, "type": source_type,
-                         "attributes": {"payment_method": {"card": {"last4": "4242", "brand": "visa"}}}})
+                         "attributes": {"payment_method": {"id": f"pm_{source_id}",
+                                                           "card": {"last4": "4242", "brand": "visa"}}}})
     for n, li in enumerate(line_items or [{"sku_code": "SKU-1", "quantity": 1, "total_amount_cents": total_cents}]):
         li_id = f"li{order_id[:6]}{n:02d}"
         rel["line_items"]["data"].append({"type": "line_items", "id": li_id})
@@ -46,13 +47,18 @@ def order_document(
         rel["available_customer_payment_sources"] = {
             "links": {}, "data": [{"type": "customer_payment_sources", "id": w["id"]} for w in wallet]}
         for w in wallet:
+            # `token`: the gateway token (default: the one of the source it was made from);
+            # `linked = False`: the webhook's include_resources did not name
+            # available_customer_payment_sources.payment_source, so the entry has links only.
+            token = w.get("token", f"pm_{w['source_id']}" if w.get("source_id") else None)
             entry = {"id": w["id"], "type": "customer_payment_sources",
                      "attributes": {"name": w.get("name", "XXXX-XXXX-XXXX-4242"),
-                                    "created_at": w.get("created_at", "2026-01-01T00:00:00.000Z")},
-                     "relationships": {}}
-            if w.get("source_id"):
-                entry["relationships"]["payment_source"] = {
-                    "data": {"type": w.get("source_type", "stripe_payments"), "id": w["source_id"]}}
+                                    "created_at": w.get("created_at", "2026-01-01T00:00:00.000Z"),
+                                    "payment_source_token": token, "customer_token": f"cus_{customer_id}"},
+                     "relationships": {"payment_source": {"links": {}}}}
+            if w.get("source_id") and w.get("linked", True):
+                entry["relationships"]["payment_source"]["data"] = {
+                    "type": w.get("source_type", "stripe_payments"), "id": w["source_id"]}
             included.append(entry)
     attrs: dict[str, Any] = {
         "number": 1001, "status": status, "payment_status": "authorized", "guest": guest,

@@ -1,7 +1,11 @@
 """A recording fake of Commerce Layer's API over real HTTP (loopback), for unit and e2e tests.
 
 It implements the token endpoint and `GET`/`PATCH /api/orders/{id}` with the wallet semantics the
-service relies on, records every request, and can be scripted per route with canned failures
+service relies on, shaped as Commerce Layer documents them: relationship linkage only on the
+paths `include` names (a wallet entry's `payment_source` only with
+`available_customer_payment_sources.payment_source`), gateway tokens on payment sources and wallet
+entries, and a payment source record of its own for an order that uses a wallet entry. It records
+every request, and can be scripted per route with canned failures
 (`fail(route, status=..., times=...)`, `hang(route, seconds)`, `drop(route)`).
 """
 
@@ -43,6 +47,7 @@ class FakeOrder:
     guest: bool = False
     wallet: list[dict[str, Any]] = field(default_factory=list)
     customer_payment_source_id: str | None = None
+    source_token: str | None = None  # the gateway's token (Stripe: the PaymentMethod id)
 
 
 class FakeCommerceLayer:
@@ -73,6 +78,7 @@ class FakeCommerceLayer:
     def add_order(self, order_id: str, *, customer_id: str | None = "cus1", source_type: str | None = "stripe_payments",
                   source_id: str | None = None, guest: bool = False) -> FakeOrder:
         o = FakeOrder(order_id, customer_id, source_type, source_id or f"ps{order_id}", guest)
+        o.source_token = f"pm_{o.source_id}"
         self.orders[order_id] = o
         return o
 
@@ -178,16 +184,21 @@ class FakeCommerceLayer:
                     if order.guest or not order.customer_id or order.source_type not in WALLET_TYPES:
                         return _errors(422, "Unprocessable", "VALIDATION_ERROR",
                                        detail="payment source cannot be saved")
+                    # Not idempotent: saving again makes another entry (as Commerce Layer's own
+                    # checkout once found, commercelayer/mfe-checkout issues 409 and 412).
                     order.wallet.append({"id": f"cps{len(order.wallet) + 1}{order.id}"[:20],
                                          "source_id": order.source_id, "source_type": order.source_type,
+                                         "token": order.source_token,
                                          "created_at": f"2026-11-26T00:00:{len(order.wallet):02d}.000Z"})
                 if "_customer_payment_source_id" in attrs:
                     wanted = attrs["_customer_payment_source_id"]
                     entry = next((w for w in order.wallet if w["id"] == wanted), None)
                     if entry is None:
                         return _errors(422, "Unprocessable", "VALIDATION_ERROR", detail="unknown wallet entry")
+                    # The order gets a payment source record of its own, made from the entry's token.
                     order.customer_payment_source_id = wanted
-                    order.source_id, order.source_type = entry["source_id"], entry["source_type"]
+                    order.source_id, order.source_type = f"ps{order.id}u", entry["source_type"]
+                    order.source_token = _token(entry)
         include = set(filter(None, req.args.get("include", "").split(",")))
         return Response(json.dumps(self._document(order, include)), 200, content_type=JSONAPI)
 
@@ -198,19 +209,48 @@ class FakeCommerceLayer:
         included: list[dict[str, Any]] = []
         if "payment_source" in include and order.source_type:
             rel["payment_source"]["data"] = {"type": order.source_type, "id": order.source_id}
+            included.append(_source(order.source_type, order.source_id, order.source_token))
         if "available_customer_payment_sources" in include:
             rel["available_customer_payment_sources"]["data"] = [
                 {"type": "customer_payment_sources", "id": w["id"]} for w in order.wallet]
+            linked = "available_customer_payment_sources.payment_source" in include
             for w in order.wallet:
+                entry_rel: dict[str, Any] = {"customer": {"links": {}}, "payment_source": {"links": {}}}
+                if linked:
+                    entry_rel["payment_source"]["data"] = {"type": w["source_type"], "id": w["source_id"]}
+                    included.append(_source(w["source_type"], w["source_id"], _token(w)))
                 included.append({"id": w["id"], "type": "customer_payment_sources",
-                                 "attributes": {"name": "XXXX-XXXX-XXXX-4242", "created_at": w["created_at"]},
-                                 "relationships": {"payment_source": {"data": {"type": w["source_type"],
-                                                                               "id": w["source_id"]}}}})
+                                 "attributes": {"name": "XXXX-XXXX-XXXX-4242", "created_at": w["created_at"],
+                                                "payment_source_token": _token(w),
+                                                "customer_token": f"cus_{order.customer_id}"},
+                                 "relationships": entry_rel})
         doc: dict[str, Any] = {"data": {"id": order.id, "type": "orders", "attributes": {"guest": order.guest},
                                         "relationships": rel}}
         if included:
-            doc["included"] = included
+            unique = {(r["type"], r["id"]): r for r in included}
+            doc["included"] = list(unique.values())
         return doc
+
+
+def _token(entry: dict[str, Any]) -> str:
+    """A wallet entry's gateway token (scripted entries may leave it to the source they came from)."""
+    return entry.get("token") or f"pm_{entry['source_id']}"
+
+
+def _source(source_type: str, source_id: str | None, token: str | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"payment_instrument": {"issuer_type": "card", "card_type": "visa", "last4": "4242"}}
+    # Each gateway's own name for the reusable instrument the wallet entry's token comes from.
+    if source_type == "stripe_payments":
+        attrs["payment_method"] = {"id": token, "card": {"last4": "4242", "brand": "visa"}}
+    elif source_type == "braintree_payments":
+        attrs["options"] = {"payment_method_token": token}
+    elif source_type == "checkout_com_payments":
+        attrs["source_id"] = token
+    elif source_type == "adyen_payments":
+        attrs["payment_response"] = {"additionalData": {"recurring.recurringDetailReference": token}}
+    else:
+        attrs["payment_source_token"] = token
+    return {"id": source_id, "type": source_type, "attributes": attrs}
 
 
 def _errors(status: int, title: str, code: str, *, detail: str | None = None,

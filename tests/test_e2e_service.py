@@ -87,7 +87,8 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         assert p["headers"]["Accept"] == "application/vnd.api+json"
         assert p["headers"]["Content-Type"].startswith("application/vnd.api+json")
         assert p["headers"]["Authorization"].startswith("Bearer ")
-        assert p["args"]["include"] == "available_customer_payment_sources"
+        assert p["args"]["include"] == ("available_customer_payment_sources,"
+                                        "available_customer_payment_sources.payment_source")
         jsonschema.validate(p["json"], SCHEMA)
         assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
     assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)

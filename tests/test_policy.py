@@ -185,4 +185,6 @@ def test_required_includes_follow_fields():
     action = "save_payment_source"
     when = { all = [{ field = "market.code", equals = "eu" }, { field = "line_items.count", gt = 0 }] }
     """)
-    assert p.required_includes() == ["customer", "line_items", "market", "payment_source"]
+    assert p.required_includes() == ["available_customer_payment_sources",
+                                     "available_customer_payment_sources.payment_source",
+                                     "customer", "line_items", "market", "payment_source"]

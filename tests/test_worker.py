@@ -74,7 +74,8 @@ def test_save_is_applied_once_and_records_wallet_entry(env):
     patches = env.fake.patches()
     assert len(patches) == 1
     assert patches[0]["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
-    assert patches[0]["args"]["include"] == "available_customer_payment_sources"
+    assert patches[0]["args"]["include"] == ("available_customer_payment_sources,"
+                                             "available_customer_payment_sources.payment_source")
     d = env.decisions(rec.delivery_id)[0]
     assert d["outcome"] == "applied" and d["rule"] == "save-registered-customer-source"
     assert d["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
@@ -176,7 +177,8 @@ def test_uncertain_failure_is_checked_before_writing_again(env):
     assert o.outcome == "applied"
     assert len(env.fake.orders["o1"].wallet) == 1  # saved once
     assert len(env.fake.calls("orders.patch")) == 1  # never written twice
-    assert env.fake.calls("orders.get")[0]["args"]["include"] == "available_customer_payment_sources,payment_source"
+    assert env.fake.calls("orders.get")[0]["args"]["include"] == (
+        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source")
     assert env.decisions(rec.delivery_id)[-1]["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
 
 
@@ -252,7 +254,8 @@ def test_use_wallet_source_fetches_wallet_when_body_lacks_it(env):
     env.deliver("o1")
     [o] = env.worker(policy=REUSE).drain()
     assert o.outcome == "applied"
-    assert env.fake.calls("orders.get")[0]["args"]["include"] == "available_customer_payment_sources"
+    assert env.fake.calls("orders.get")[0]["args"]["include"] == (
+        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source")
     assert env.fake.patches()[0]["json"]["data"]["attributes"] == {"_customer_payment_source_id": "w-a"}
     env.fake.add_order("o2")
     env.deliver("o2")
@@ -286,3 +289,70 @@ def test_a_worker_that_dies_after_the_patch_leaves_an_applied_decision(env):
     decisions = env.decisions(rec.delivery_id)
     assert [d["outcome"] for d in decisions] == ["applied"]
     assert env.store.action_state("o1", "save_payment_source") == "done"
+
+
+# --- documented answers: linkage only where included ------------------------------------------
+
+
+def _saved_entry(env, order_id, source_id):
+    """Put the order's payment source in its wallet at the fake, as an earlier save would have."""
+    order = env.fake.orders[order_id]
+    order.wallet.append({"id": f"w-{order_id}", "source_id": source_id, "source_type": "stripe_payments",
+                         "token": f"pm_{source_id}", "created_at": "2026-01-01T00:00:00.000Z"})
+    return order.wallet[-1]["id"]
+
+
+def test_entry_without_linkage_is_recognised_by_gateway_token(env):
+    """The webhook named available_customer_payment_sources but not its .payment_source path."""
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    entry = _saved_entry(env, "o1", "psAAAA1111")
+    rec = env.deliver("o1", source_id="psAAAA1111",
+                      wallet=[{"id": entry, "source_id": "psAAAA1111", "linked": False}])
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.outcome == "guarded" and o.decision.guard == "already_in_wallet"
+    assert "matched by token" in o.decision.reason
+    assert env.fake.requests == []  # the body sufficed
+    assert env.decisions(rec.delivery_id)[0]["wallet_entry_id"] == entry
+
+
+def test_unlinked_entries_of_other_cards_do_not_stop_a_save(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    env.fake.orders["o1"].wallet.append({"id": "w-old", "source_id": "ps-old", "source_type": "stripe_payments",
+                                         "created_at": "2025-01-01T00:00:00.000Z"})
+    env.deliver("o1", source_id="psAAAA1111", wallet=[{"id": "w-old", "source_id": "ps-old", "linked": False}])
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.outcome == "applied"
+    assert env.fake.calls("orders.get") == []  # tokens differ: known not to be in the wallet, no read
+    assert len(env.fake.orders["o1"].wallet) == 2
+    assert o.decision.wallet_entry_id == env.fake.orders["o1"].wallet[-1]["id"]
+
+
+@pytest.mark.parametrize("wallet_in_body", [None, "unlinked-no-token"])
+def test_wallet_the_body_cannot_tell_is_read_before_saving(env, wallet_in_body):
+    """Not included, or included without linkage and tokens: never taken as "not in the wallet"."""
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    entry = _saved_entry(env, "o1", "psAAAA1111")
+    wallet = None if wallet_in_body is None else [{"id": entry, "linked": False, "token": None}]
+    env.deliver("o1", source_id="psAAAA1111", wallet=wallet)
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.outcome == "guarded" and o.decision.guard == "already_in_wallet"
+    assert env.fake.patches() == []
+    [read] = env.fake.calls("orders.get")
+    assert "available_customer_payment_sources.payment_source" in read["args"]["include"].split(",")
+    assert len(env.fake.orders["o1"].wallet) == 1
+
+
+def test_use_wallet_source_retry_recognises_the_orders_own_copy_by_token(env):
+    """Using an entry gives the order a payment source record of its own: the token tells."""
+    order = env.fake.add_order("o1", source_id="psNEW")
+    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"}]
+    env.fake.fail("orders.patch", status=502, apply_first=True)
+    env.deliver("o1", source_id="psNEW", wallet=[{"id": "w-a", "source_id": "ps-a", "created_at": "2025"}])
+    w = env.worker(policy=REUSE)
+    [o] = w.drain()
+    assert o.state == "retry"
+    assert env.fake.orders["o1"].source_id != "ps-a"  # a record of its own, not the entry's
+    env.clock.advance(30)
+    [o] = w.drain()
+    assert o.outcome == "applied" and "already applied" in o.decision.reason
+    assert len(env.fake.calls("orders.patch")) == 1

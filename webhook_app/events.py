@@ -270,6 +270,8 @@ class Event:
     market: Resource | None
     line_items: tuple[Resource, ...]
     wallet: tuple[Resource, ...] | None  # available_customer_payment_sources, None if not sent
+    # Every included resource by (type, id): what the entries' own linkage points to.
+    included: Mapping[tuple[str, str], Resource] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_document(cls, topic: str, doc: Mapping[str, Any]) -> Event:
@@ -313,6 +315,7 @@ class Event:
             market=market,
             line_items=many("line_items") or (),
             wallet=many("available_customer_payment_sources"),
+            included=index,
         )
 
     @classmethod

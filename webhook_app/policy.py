@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from webhook_app import wallet
 from webhook_app.errors import PolicyError
 from webhook_app.events import TOPIC_PATTERN, Event, Resource
 
@@ -279,8 +280,11 @@ class Policy:
         """`include_resources` a webhook needs so the policy and guards see what they test."""
         needed = {"customer", "payment_source"}  # the guards always look at these
         needed |= {ROOT_INCLUDES[r] for r in self.roots if r in ROOT_INCLUDES}
-        if any(r.action == USE_WALLET for r in self.rules) or self.default.action == USE_WALLET:
-            needed.add("available_customer_payment_sources")
+        actions = {r.action for r in self.rules} | {self.default.action}
+        if actions & {SAVE, USE_WALLET}:
+            # The wallet guards compare the order's payment source with each entry's: linkage
+            # appears only on included paths, so ask for the dotted path too.
+            needed |= {wallet.WALLET, wallet.WALLET_SOURCES}
         return sorted(needed)
 
 
@@ -300,36 +304,22 @@ def apply_guards(
         if event.payment_source_type not in set(wallet_source_types):
             return decision.guarded("no_wallet_flow",
                                     f"{event.payment_source_type} has no documented wallet flow")
-        entry = wallet_entry_for_source(event)
-        if entry is not None:
-            return replace(decision.guarded("already_in_wallet", f"payment source is wallet entry {entry}"),
-                           wallet_entry_id=entry)
+        look = wallet.look_up(event)
+        if look.in_wallet:
+            return replace(decision.guarded("already_in_wallet",
+                                            f"payment source is wallet entry {look.entry_id} (matched by {look.how})"),
+                           wallet_entry_id=look.entry_id)
     if decision.action == USE_WALLET and event.wallet is not None:
         chosen = choose_wallet_entry(event.wallet, decision.strategy or "newest")
         if chosen is None:
             return decision.guarded("no_wallet_entry",
                                     f"no wallet entry fits strategy {decision.strategy or 'newest'}")
-        if event.payment_source is not None and _entry_source_id(chosen) == event.payment_source.id:
+        if wallet.entry_is_order_source(chosen, event):
             return replace(decision.guarded("already_using_wallet_entry",
                                             f"payment source already is wallet entry {chosen.id}"),
                            wallet_entry_id=chosen.id)
         return replace(decision, wallet_entry_id=chosen.id)
     return decision
-
-
-def _entry_source_id(entry: Resource) -> str | None:
-    link = entry.linkage("payment_source")
-    return str(link["id"]) if isinstance(link, dict) and link.get("id") else None
-
-
-def wallet_entry_for_source(event: Event) -> str | None:
-    """The id of the wallet entry made from this order's payment source, if one is listed."""
-    if event.payment_source is None or not event.wallet:
-        return None
-    for entry in event.wallet:
-        if _entry_source_id(entry) == event.payment_source.id:
-            return entry.id
-    return None
 
 
 def choose_wallet_entry(entries: Sequence[Resource], strategy: str) -> Resource | None:

@@ -19,19 +19,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from webhook_app import wallet
 from webhook_app.commercelayer import CommerceLayerClient
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
-from webhook_app.events import Event, Resource
-from webhook_app.policy import SAVE, Decision, Policy, choose_wallet_entry
+from webhook_app.events import Event
+from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry
 from webhook_app.store import DecisionRecord, Job, Store
 
 log = logging.getLogger(__name__)
 
-WALLET_INCLUDE = "available_customer_payment_sources"
 BUSY_RETRY_SECONDS = 1.0
 
 
@@ -151,54 +151,85 @@ class Worker:
                                  count_attempt=False)
             return Outcome("retry", decision, error="busy")
         try:
-            entry_id: str | None
-            if claim.uncertain:
-                entry_id = self._already_applied(event, decision)
-                if entry_id is not None:
-                    d = Decision(decision.action, decision.rule,
-                                 f"{decision.reason}; an earlier attempt had already applied it",
-                                 decision.strategy, None, entry_id)
-                    return self._finish(job, d, "applied", wallet_entry_id=entry_id, action=action)
-            self.store.heartbeat(job.id, worker=self.id, lease_seconds=self.settings.lease_seconds,
-                                 now=self.clock())
             if action == SAVE:
-                doc = self.client.update_order(order_id, {"_save_payment_source_to_customer_wallet": True},
-                                               include=[WALLET_INCLUDE])
-                entry_id = saved_entry_id(doc, event)
-            else:
-                entry_id = decision.wallet_entry_id or self._pick_wallet_entry(event, decision)
-                if entry_id is None:
-                    self.store.release_action(order_id, action, worker=self.id, uncertain=False, now=self.clock())
-                    d = decision.guarded("no_wallet_entry", "the customer's wallet has no entry that fits")
-                    return self._finish(job, d, "guarded")
-                self.client.update_order(order_id, {"_customer_payment_source_id": entry_id})
+                return self._save(job, event, decision, uncertain=claim.uncertain)
+            return self._use(job, event, decision, uncertain=claim.uncertain)
         except CommerceLayerError as exc:
             self.store.release_action(order_id, action, worker=self.id, uncertain=exc.uncertain, now=self.clock())
             return self._failed(job, decision, exc)
-        return self._finish(job, Decision(decision.action, decision.rule, decision.reason, decision.strategy,
-                                          None, entry_id), "applied", wallet_entry_id=entry_id, action=action)
 
-    def _already_applied(self, event: Event, decision: Decision) -> str | None:
-        """After an uncertain attempt: read the order and tell whether the change is there."""
-        assert self.client is not None
-        doc = self.client.get_order(event.order_id, include=[WALLET_INCLUDE, "payment_source"])
-        current = Event.from_document(event.topic, doc)
-        if decision.action == SAVE:
-            return saved_entry_id(doc, event, only_matching=True)
-        wanted = decision.wallet_entry_id
-        if wanted and current.payment_source is not None and current.wallet:
-            for entry in current.wallet:
-                link = entry.linkage("payment_source")
-                if entry.id == wanted and isinstance(link, dict) and link.get("id") == current.payment_source.id:
-                    return wanted
-        return None
+    def _save(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
+        """Save the payment source to the wallet, unless it is there already.
 
-    def _pick_wallet_entry(self, event: Event, decision: Decision) -> str | None:
+        The webhook body tells only if it carried the wallet with each entry's linkage (or the
+        gateway tokens to compare); otherwise, and always after an attempt whose outcome is
+        unknown, one read with the paths that carry the linkage decides before writing."""
         assert self.client is not None
-        doc = self.client.get_order(event.order_id, include=[WALLET_INCLUDE])
-        wallet = Event.from_document(event.topic, doc).wallet or ()
-        chosen = choose_wallet_entry(wallet, decision.strategy or "newest")
-        return chosen.id if chosen else None
+        before = event
+        look = wallet.look_up(event)
+        if uncertain or not look.known:
+            before = self._read_order(event)
+            look = wallet.look_up(before)
+            if not look.known:
+                log.warning("wallet entries came without payment_source linkage though it was included",
+                            extra={"order_id": event.order_id})
+            if look.in_wallet:
+                if uncertain:
+                    d = replace(decision, reason=f"{decision.reason}; an earlier attempt had already applied it",
+                                guard=None, wallet_entry_id=look.entry_id)
+                    return self._finish(job, d, "applied", wallet_entry_id=look.entry_id, action=SAVE)
+                d = replace(decision.guarded("already_in_wallet",
+                                             f"payment source is wallet entry {look.entry_id} (matched by {look.how}, "
+                                             "read before writing)"), wallet_entry_id=look.entry_id)
+                return self._guarded(job, d, SAVE)
+        self._heartbeat(job)
+        doc = self.client.update_order(event.order_id, {"_save_payment_source_to_customer_wallet": True},
+                                       include=list(wallet.SAVE_INCLUDES))
+        entry_id = saved_entry_id(doc, before)
+        return self._finish(job, replace(decision, wallet_entry_id=entry_id), "applied",
+                            wallet_entry_id=entry_id, action=SAVE)
+
+    def _use(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
+        """Make a wallet entry the order's payment source (once)."""
+        assert self.client is not None
+        current = event
+        if uncertain or event.wallet is None:
+            current = self._read_order(event)
+        entry_id = decision.wallet_entry_id
+        if current is not event:
+            chosen = next((e for e in current.wallet or () if e.id == entry_id), None) if entry_id else None
+            chosen = chosen or choose_wallet_entry(current.wallet or (), decision.strategy or "newest")
+            if chosen is not None and wallet.entry_is_order_source(chosen, current):
+                if uncertain:
+                    d = replace(decision, reason=f"{decision.reason}; an earlier attempt had already applied it",
+                                wallet_entry_id=chosen.id)
+                    return self._finish(job, d, "applied", wallet_entry_id=chosen.id, action=USE_WALLET)
+                d = replace(decision.guarded("already_using_wallet_entry",
+                                             f"payment source already is wallet entry {chosen.id}"),
+                            wallet_entry_id=chosen.id)
+                return self._guarded(job, d, USE_WALLET)
+            entry_id = chosen.id if chosen else None
+        if entry_id is None:
+            none_fits = decision.guarded("no_wallet_entry", "the customer's wallet has no entry that fits")
+            return self._guarded(job, none_fits, USE_WALLET)
+        self._heartbeat(job)
+        self.client.update_order(event.order_id, {"_customer_payment_source_id": entry_id})
+        return self._finish(job, replace(decision, wallet_entry_id=entry_id), "applied",
+                            wallet_entry_id=entry_id, action=USE_WALLET)
+
+    def _read_order(self, event: Event) -> Event:
+        """One read of the order with the wallet and each entry's payment_source linkage."""
+        assert self.client is not None
+        doc = self.client.get_order(event.order_id, include=list(wallet.READ_INCLUDES))
+        return Event.from_document(event.topic, doc)
+
+    def _guarded(self, job: Job, decision: Decision, action: str) -> Outcome:
+        """A guard found after claiming the action: give the claim back unchanged, record why."""
+        self.store.release_action(job.order_id, action, worker=self.id, uncertain=False, now=self.clock())
+        return self._finish(job, decision, "guarded")
+
+    def _heartbeat(self, job: Job) -> None:
+        self.store.heartbeat(job.id, worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
 
     # --- recording --------------------------------------------------------------------------
     def _record(self, decision: Decision, outcome: str, wallet_entry_id: str | None = None) -> DecisionRecord:
@@ -250,22 +281,17 @@ class Worker:
             self.observer(what, fields)
 
 
-def saved_entry_id(doc: dict[str, Any], event: Event, *, only_matching: bool = False) -> str | None:
-    """The wallet entry the PATCH answer shows for this order's payment source.
+def saved_entry_id(doc: dict[str, Any], before: Event) -> str | None:
+    """The wallet entry the save's answer shows for this order's payment source.
 
-    Prefer the entry whose `payment_source` linkage is the order's payment source; otherwise (the
-    linkage is not in the answer) the newest entry that was not in the wallet before.
-    """
-    answer = Event.from_document(event.topic, doc)
-    entries: tuple[Resource, ...] = answer.wallet or ()
-    source_id = event.payment_source.id if event.payment_source else None
-    for entry in entries:
-        link = entry.linkage("payment_source")
-        if source_id and isinstance(link, dict) and link.get("id") == source_id:
-            return entry.id
-    if only_matching:
+    The answer was asked for each entry's `payment_source` linkage, so the entry made from this
+    source is found by linkage (or gateway token); failing that, the newest entry that was not in
+    the wallet before (when the wallet before is known)."""
+    answer = Event.from_document(before.topic, doc)
+    look = wallet.look_up(replace(answer, payment_source=answer.payment_source or before.payment_source))
+    if look.in_wallet:
+        return look.entry_id
+    if before.wallet is None:
         return None
-    before = {e.id for e in event.wallet or ()}
-    fresh = [e for e in entries if e.id not in before]
-    chosen = choose_wallet_entry(fresh, "newest")
+    chosen = wallet.newest_fresh_entry(answer.wallet or (), (e.id for e in before.wallet))
     return chosen.id if chosen else None
