@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from commercelayer_sandbox import Sandbox
 
 from bench.common import (
     PY,
@@ -55,7 +56,6 @@ from bench.common import (
     pg_recreate,
     wait_http,
 )
-from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 
 SECRET = "bench-e2e-shared-secret-0123456789"

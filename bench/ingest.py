@@ -55,7 +55,7 @@ class Config:
 
 def gunicorn_flags(workers: int) -> list[str]:
     """The baseline's gunicorn command line, built from webhook_app's own gunicorn defaults."""
-    from webhook_app.server import GUNICORN_DEFAULTS as d
+    from webhook_app.runtime import GUNICORN_DEFAULTS as d
 
     return ["--workers", str(workers), "--worker-class", d["worker_class"], "--timeout", str(d["timeout"]),
             "--graceful-timeout", str(d["graceful_timeout"]), "--keep-alive", str(d["keepalive"]),

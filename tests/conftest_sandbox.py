@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from werkzeug.serving import WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
-
 from commercelayer_sandbox import SandboxServer
 from commercelayer_sandbox.seed import read_scenario
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
 
 API = "application/vnd.api+json"
 CLIENT_ID = "sandbox-client-id"

@@ -19,7 +19,7 @@ import pytest
 from builders import order_body
 from conftest import OTHER_SECRET, SECRET, signed_headers
 
-from webhook_app.admin_cli import parse_ttl
+from webhook_app.cli.admin import parse_ttl
 from webhook_app.events import Delivery
 from webhook_app.signing import WebhookSecret
 from webhook_app.store import DecisionRecord, DeliveryFilter
@@ -567,7 +567,7 @@ def test_forms_without_the_right_csrf_token_are_refused(site, clock):
     done, dead, *_ = fill(store, clock)
     login(client, clock)
     other_session = Tokens(ADMIN, (ADMIN_KEY,), clock).make(ttl=3600, n="other")
-    from webhook_app.admin import csrf_token
+    from webhook_app.web.admin_page import csrf_token
 
     for data in ({}, {"csrf_token": ""}, {"csrf_token": "0" * 64},
                  {"csrf_token": csrf_token(other_session, ADMIN_KEY)},  # another session's

@@ -40,7 +40,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.http import parse_options_header
 
-from webhook_app.admin import COOKIE
 from webhook_app.events import TOPIC_PATTERN, json_depth
 from webhook_app.logs import JsonFormatter
 from webhook_app.signing import sign
@@ -54,7 +53,9 @@ from webhook_app.tokens import (
     check_replay_token,
     make_replay_token,
 )
-from webhook_app.web import JSON_TYPES, create_app
+from webhook_app.web import create_app
+from webhook_app.web.admin_page import COOKIE
+from webhook_app.web.intake import JSON_TYPES
 
 URL = "/webhooks/commercelayer"
 LIMIT = 16 * 1024  # small, so that oversized bodies are cheap to generate

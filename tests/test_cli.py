@@ -11,6 +11,7 @@ from conftest import DATA
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.signing import sign
+from webhook_app.store import SCHEMA_VERSION
 
 
 def run(*args, env=None, stdin=None, tmp=None):
@@ -78,7 +79,7 @@ def test_db_upgrade_and_status(tmp_path):
     r = run("db", "status", env=env)
     assert r.returncode == 1 and "version 0" in r.stdout
     r = run("db", "upgrade", env=env)
-    assert r.returncode == 0 and "version 0 -> 2" in r.stdout
+    assert r.returncode == 0 and f"version 0 -> {SCHEMA_VERSION}" in r.stdout
     assert run("db", "status", env=env).returncode == 0
 
 

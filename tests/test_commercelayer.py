@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import requests
 
-from webhook_app.commercelayer import JSONAPI, CommerceLayerClient, parse_retry_after
+from webhook_app.commercelayer.client import JSONAPI, CommerceLayerClient, parse_retry_after
 from webhook_app.config import RateLimit
 from webhook_app.errors import PermanentCommerceLayerError, RetryableCommerceLayerError
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, LocalRateLimiter
@@ -83,7 +83,7 @@ def test_401_refreshes_token_once(fake_cl):
     fake_cl.fail("orders.get", status=401, times=2)
     with pytest.raises(PermanentCommerceLayerError) as exc:
         c.get_order("o1")
-    assert exc.value.http_status == 401
+    assert exc.value.answer_status == 401
     c.close()
 
 
@@ -92,7 +92,7 @@ def test_wrong_credentials_are_permanent(fake_cl):
                             client_secret="wrong")
     with pytest.raises(PermanentCommerceLayerError) as exc:
         c.get_order("o1")
-    assert exc.value.http_status == 401 and "wrong" not in str(exc.value)
+    assert exc.value.answer_status == 401 and "wrong" not in str(exc.value)
     c.close()
 
 
@@ -106,7 +106,7 @@ def test_status_mapping(fake_cl, status, retryable, uncertain):
     with pytest.raises((RetryableCommerceLayerError, PermanentCommerceLayerError)) as exc:
         c.update_order("o1", {"_save_payment_source_to_customer_wallet": True})
     assert exc.value.retryable is retryable and exc.value.uncertain is uncertain
-    assert exc.value.http_status == status
+    assert exc.value.answer_status == status
     c.close()
 
 

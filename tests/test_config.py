@@ -1,6 +1,6 @@
 import pytest
 
-from webhook_app.config import DEFAULT_AUTH_URL, RateLimit, Settings, bundled_policy_path, parse_rate_limits
+from webhook_app.config import RateLimit, Settings, bundled_policy_path, parse_rate_limits
 from webhook_app.errors import ConfigError
 
 
@@ -9,7 +9,7 @@ def test_defaults_are_embedded_shadow_sqlite_bundled_policy():
     assert s.mode == "shadow" and s.shadow
     assert s.database_url.startswith("sqlite:///")
     assert s.policy_path == bundled_policy_path() and s.policy_path.is_file()
-    assert s.cl_auth_url == DEFAULT_AUTH_URL
+    assert s.cl_auth_url == "https://auth.commercelayer.io/oauth/token"
     assert s.max_body_bytes == 1024 * 1024
     assert s.cl_rate_limits == (RateLimit(100, 60), RateLimit(25, 10))
 

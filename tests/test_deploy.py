@@ -57,7 +57,7 @@ from procs import free_port, wait_http
 
 from webhook_app.cli import build_parser
 from webhook_app.config import Settings
-from webhook_app.server import GUNICORN_DEFAULTS
+from webhook_app.runtime import GUNICORN_DEFAULTS
 
 CONFIG_PY = (ROOT / "webhook_app" / "config.py").read_text()
 GUNICORN_CONF_IN_IMAGE = "/app/deploy/gunicorn.conf.py"
@@ -176,7 +176,7 @@ def test_gunicorn_config_refuses_a_bad_worker_count():
 
 
 def _server_supports_config_files() -> bool:
-    from webhook_app import server
+    from webhook_app import runtime as server
 
     return hasattr(server._Gunicorn, "load_config_from_file")
 

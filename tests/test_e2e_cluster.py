@@ -18,16 +18,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
+from commercelayer_sandbox import Sandbox
 from conftest import pg_schema_url, require_postgres
 from procs import Service, free_port, wait_http, wait_until
 
-from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 from webhook_app.store.postgres import PostgresStore
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import requests
 from builders import order_body
+from commercelayer_sandbox import Sandbox
 from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
 
-from commercelayer_sandbox import Sandbox
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, open_store
 

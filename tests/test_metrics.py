@@ -8,11 +8,10 @@ from builders import order_body
 from conftest import signed_headers
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook_app import metrics
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.policy import load_policy
-from webhook_app.web import create_app
+from webhook_app.web import create_app, metrics
 from webhook_app.worker import Worker
 
 

@@ -17,18 +17,20 @@ from conftest import SECRET, signed_headers
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
 from werkzeug.serving import make_server
 
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
+from webhook_app.errors import UsageError
 from webhook_app.events import Delivery
+from webhook_app.ops.reconcile import reconcile
+from webhook_app.ops.registration import register, status
+from webhook_app.ops.replay import Replayer, describe, from_files, from_store
+from webhook_app.ops.whatif import diff
 from webhook_app.policy import load_policy, parse_policy
-from webhook_app.reconcile import parse_since, reconcile
-from webhook_app.registration import register, status
-from webhook_app.replay import Replayer, describe, from_files, from_store
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore
+from webhook_app.timefmt import parse_since
 from webhook_app.web import create_app
-from webhook_app.whatif import diff
 from webhook_app.worker import Worker
 
 REPLAY_KEY = "replay-key-abcdef0123456789"
@@ -132,7 +134,7 @@ def test_replay_from_files(tmp_path):
     assert [(i.topic, i.body) for i in items] == [("orders.approve", f.read_bytes()), ("orders.place", order_body("oG"))]
     nameless = tmp_path / "body.json"
     nameless.write_bytes(order_body("oN"))
-    with pytest.raises(ValueError, match="no topic"):
+    with pytest.raises(UsageError, match="no topic"):
         from_files([str(nameless)])
     assert from_files([str(nameless)], topic="orders.pay")[0].topic == "orders.pay"
 

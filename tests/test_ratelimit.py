@@ -14,7 +14,7 @@ def test_local_limiter_never_exceeds_limits_over_many_calls():
     now = [0.0]
     lim = LocalRateLimiter([RateLimit(100, 60), RateLimit(25, 10)], clock=lambda: now[0])
     slots = [lim.reserve("x") for _ in range(400)]
-    for i, s in enumerate(slots):
+    for s in slots:
         assert sum(1 for t in slots if s - 10 - G < t <= s) <= 25
         assert sum(1 for t in slots if s - 60 - G < t <= s) <= 100
     # and it is not needlessly slow: bursts of 25 every 10 s until 100 in the minute, so calls

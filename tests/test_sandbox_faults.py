@@ -8,12 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest_sandbox import Api, running
-
 from commercelayer_sandbox.config import Window
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.faults import Faults
 from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
+from conftest_sandbox import Api, running
 
 
 class FakeClock:

@@ -8,9 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
-
 from commercelayer_sandbox import schema
+from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
 
 
 @pytest.fixture

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-import pytest
 from builders import order_body
 from conftest import SECRET, signed_headers
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
-from webhook_app.store import ActionClaim, DecisionRecord, DeliveryFilter
-from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.store import SCHEMA_VERSION, ActionClaim, DecisionRecord, DeliveryFilter
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 T0 = 1_800_000_000.0
@@ -127,11 +126,13 @@ def test_jobs_are_claimed_in_due_order(store):
 
 def test_action_claims_give_exactly_once(store):
     store.record_delivery(delivery("o1"), now=T0)
-    a = store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
+    job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    a = store.begin_action("o1", "save", worker="w1", job_id=job.id, lease_seconds=30, now=T0)
     assert a.status == "acquired" and not a.uncertain
     assert store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "busy"
     assert store.begin_action("o1", "other", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
-    assert store.finish_action("o1", "save", worker="w1", wallet_entry_id="w9", now=T0 + 2)
+    assert store.finish_job(job.id, worker="w1", decision=replace(DECISION, wallet_entry_id="w9"), now=T0 + 2,
+                            action="save")
     done = store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 3)
     assert done.status == "done" and done.wallet_entry_id == "w9"
     assert store.action_state("o1", "save") == "done" and store.action_state("o2", "save") is None
@@ -141,7 +142,8 @@ def test_action_claim_of_dead_worker_is_taken_over_as_uncertain(store):
     store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
     took = store.begin_action("o1", "save", worker="w2", job_id=1, lease_seconds=30, now=T0 + 31)
     assert took.status == "acquired" and took.uncertain
-    assert not store.finish_action("o1", "save", worker="w1", wallet_entry_id=None, now=T0 + 32)
+    store.release_action("o1", "save", worker="w1", uncertain=False, now=T0 + 32)  # the dead worker's late word
+    assert store.begin_action("o1", "save", worker="w3", job_id=1, lease_seconds=30, now=T0 + 33).status == "busy"
 
 
 def test_released_action_remembers_uncertainty(store):
@@ -186,16 +188,24 @@ def test_decision_counts_and_known_orders(store):
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)
     store.finish_job(job.id, worker="w", decision=DECISION, now=T0)
     assert store.decision_counts() == [("r", "save_payment_source", "applied", 1)]
-    assert store.orders_with_decisions(["o1", "o2"]) == {"o1"}
+    store.record_delivery(delivery("o3"), now=T0)  # a job not yet decided still counts as known
+    assert store.orders_with_jobs(["o1", "o2", "o3"]) == {"o1", "o3"}
 
 
-def test_requeue_delivery_runs_a_done_job_again(store):
-    rec = store.record_delivery(delivery("o1"), now=T0)
+def test_job_state_by_id(store):
+    store.record_delivery(delivery("o1"), now=T0)
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)
-    assert store.requeue_delivery(rec.delivery_id, now=T0) is None  # still running
-    store.finish_job(job.id, worker="w", decision=DECISION, now=T0)
-    assert store.requeue_delivery(rec.delivery_id, now=T0 + 1) == job.id
-    assert store.claim_job(worker="w", lease_seconds=30, now=T0 + 1).id == job.id
+    assert store.job_state(job.id) == "running"
+    store.dead_letter(job.id, worker="w", error="x", decision=None, now=T0)
+    assert store.job_state(job.id) == "dead" and store.job_state(job.id + 1000) is None
+
+
+def test_iter_deliveries_pages_through_all_newest_first(store):
+    for n in range(7):
+        store.record_delivery(delivery(f"o{n}"), now=T0 + n)
+    got = [d.order_id for d in store.iter_deliveries(DeliveryFilter(limit=100), page_size=3)]
+    assert got == [f"o{n}" for n in reversed(range(7))]
+    assert [d.order_id for d in store.iter_deliveries(DeliveryFilter(limit=4), page_size=3)] == ["o6", "o5", "o4", "o3"]
 
 
 def test_concurrent_duplicates_make_one_job(store_factory):

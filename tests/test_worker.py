@@ -10,7 +10,7 @@ import pytest
 from builders import order_body
 from conftest import SECRET, signed_headers
 
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery
 from webhook_app.policy import load_policy, parse_policy

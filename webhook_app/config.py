@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,12 +20,6 @@ from webhook_app.signing import WebhookSecret, parse_secrets
 
 T = TypeVar("T")
 
-DEFAULT_DATABASE_URL = "sqlite:///webhook-app.db"
-DEFAULT_AUTH_URL = "https://auth.commercelayer.io/oauth/token"
-# Commerce Layer's documented limits for uncacheable calls in test mode (the stricter ones):
-# 100 a minute overall and bursts of 25 per 10 s per endpoint. Live organizations get 200 / 50.
-DEFAULT_RATE_LIMITS = "100/60,25/10"
-DEFAULT_AUTH_RATE_LIMITS = "30/60"
 
 
 def bundled_policy_path() -> Path:
@@ -55,106 +49,6 @@ def parse_rate_limits(value: str) -> tuple[RateLimit, ...]:
     return tuple(out)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the service can be told. Defaults are the embedded, safe configuration."""
-
-    webhook_secrets: tuple[WebhookSecret, ...] = ()
-    cl_client_id: str = ""
-    cl_client_secret: str = field(default="", repr=False)
-    cl_scope: str = ""
-    cl_api_base: str = ""
-    cl_auth_url: str = DEFAULT_AUTH_URL
-    cl_connect_timeout: float = 3.05
-    cl_read_timeout: float = 10.0
-    cl_rate_limits: tuple[RateLimit, ...] = parse_rate_limits(DEFAULT_RATE_LIMITS)
-    cl_auth_rate_limits: tuple[RateLimit, ...] = parse_rate_limits(DEFAULT_AUTH_RATE_LIMITS)
-    cl_token_margin: float = 300.0
-    database_url: str = DEFAULT_DATABASE_URL
-    policy_path: Path = field(default_factory=bundled_policy_path)
-    mode: str = "shadow"
-    max_body_bytes: int = 1024 * 1024
-    max_json_depth: int = 64
-    max_attempts: int = 10
-    lease_seconds: float = 60.0
-    retry_base_seconds: float = 2.0
-    retry_max_seconds: float = 900.0
-    poll_interval: float = 0.1
-    db_timeout: float = 3.0
-    web_workers: int = 2
-    forwarded_hops: int = 0
-    log_level: str = "INFO"
-    replay_keys: tuple[str, ...] = field(default=(), repr=False)
-    replay_token_ttl: float = 300.0
-    admin_keys: tuple[str, ...] = field(default=(), repr=False)
-
-    @property
-    def has_credentials(self) -> bool:
-        return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
-
-    @property
-    def shadow(self) -> bool:
-        return self.mode == "shadow"
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        return replace(self, **changes)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read every setting from `environ` (default: os.environ)."""
-        env = os.environ if environ is None else environ
-        r = _Reader(env)
-        secrets: tuple[WebhookSecret, ...] = r.get("CL_WEBHOOK_SECRETS", parse_secrets, (), secret=True)
-        client_id = r.get("CL_CLIENT_ID", str, "")
-        client_secret = r.get("CL_CLIENT_SECRET", str, "", secret=True)
-        api_base = r.get("CL_API_BASE", _url, "")
-        has_creds = bool(client_id and client_secret and api_base)
-        mode = r.get("WEBHOOK_APP_MODE", _choice("enforce", "shadow"), "enforce" if has_creds else "shadow")
-        if mode == "enforce" and not has_creds:
-            missing = [n for n, v in (("CL_CLIENT_ID", client_id), ("CL_CLIENT_SECRET", client_secret),
-                                      ("CL_API_BASE", api_base)) if not v]
-            raise ConfigError("WEBHOOK_APP_MODE", f"enforce needs {', '.join(missing)} to be set")
-        settings = cls(
-            webhook_secrets=secrets,
-            cl_client_id=client_id,
-            cl_client_secret=client_secret,
-            cl_scope=r.get("CL_SCOPE", str, ""),
-            cl_api_base=api_base,
-            cl_auth_url=r.get("CL_AUTH_URL", _url, DEFAULT_AUTH_URL),
-            cl_connect_timeout=r.get("CL_CONNECT_TIMEOUT", _positive(float), 3.05),
-            cl_read_timeout=r.get("CL_READ_TIMEOUT", _positive(float), 10.0),
-            cl_rate_limits=r.get("CL_RATE_LIMITS", parse_rate_limits, parse_rate_limits(DEFAULT_RATE_LIMITS)),
-            cl_auth_rate_limits=r.get("CL_AUTH_RATE_LIMITS", parse_rate_limits,
-                                      parse_rate_limits(DEFAULT_AUTH_RATE_LIMITS)),
-            cl_token_margin=r.get("CL_TOKEN_REFRESH_MARGIN", _non_negative(float), 300.0),
-            database_url=r.get("WEBHOOK_APP_DATABASE_URL", _database_url, DEFAULT_DATABASE_URL, secret=True),
-            policy_path=r.get("WEBHOOK_APP_POLICY", _existing_file, bundled_policy_path()),
-            mode=mode,
-            max_body_bytes=r.get("WEBHOOK_APP_MAX_BODY_BYTES", _positive(int), 1024 * 1024),
-            max_json_depth=r.get("WEBHOOK_APP_MAX_JSON_DEPTH", _positive(int), 64),
-            max_attempts=r.get("WEBHOOK_APP_MAX_ATTEMPTS", _positive(int), 10),
-            lease_seconds=r.get("WEBHOOK_APP_LEASE_SECONDS", _positive(float), 60.0),
-            retry_base_seconds=r.get("WEBHOOK_APP_RETRY_BASE_SECONDS", _positive(float), 2.0),
-            retry_max_seconds=r.get("WEBHOOK_APP_RETRY_MAX_SECONDS", _positive(float), 900.0),
-            poll_interval=r.get("WEBHOOK_APP_POLL_INTERVAL", _positive(float), 0.1),
-            db_timeout=r.get("WEBHOOK_APP_DB_TIMEOUT", _positive(float), 3.0),
-            web_workers=r.get("WEBHOOK_APP_WEB_WORKERS", _positive(int), 2),
-            forwarded_hops=r.get("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0),
-            log_level=r.get("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
-            replay_keys=r.get("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True),
-            replay_token_ttl=r.get("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0),
-            admin_keys=r.get("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True),
-        )
-        if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:
-            # A lease must outlive one call, or a second worker could take a job whose PATCH is
-            # still in flight.
-            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS",
-                              "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
-        if settings.retry_max_seconds < settings.retry_base_seconds:
-            raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
-        return settings
-
-
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -166,26 +60,40 @@ class _Reader:
         try:
             return convert(raw.strip())
         except (ValueError, TypeError) as exc:
-            # For secret-bearing variables the converter's message never includes the value.
-            detail = str(exc) if secret else f"{exc} (got {raw.strip()[:80]!r})"
-            raise ConfigError(name, detail) from None
+            # The converter says what is expected; the value is never repeated (it may be a
+            # secret, and the operator has it in front of them anyway).
+            raise ConfigError(name, str(exc)) from None
+
+
+def _number(kind: Callable[[str], Any], value: str, expected: str) -> Any:
+    try:
+        v = kind(value)
+    except ValueError:
+        raise ValueError(expected) from None
+    if v != v or v in (float("inf"), float("-inf")):  # NaN, infinities
+        raise ValueError(expected)
+    return v
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    expected = f"must be a {'whole number' if kind is int else 'number'} greater than zero"
+
     def convert(value: str) -> Any:
-        v = kind(value)
+        v = _number(kind, value, expected)
         if v <= 0:
-            raise ValueError("must be greater than zero")
+            raise ValueError(expected)
         return v
 
     return convert
 
 
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    expected = f"must be a {'whole number' if kind is int else 'number'}, zero or more"
+
     def convert(value: str) -> Any:
-        v = kind(value)
+        v = _number(kind, value, expected)
         if v < 0:
-            raise ValueError("must not be negative")
+            raise ValueError(expected)
         return v
 
     return convert
@@ -225,3 +133,97 @@ def _key_list(value: str) -> tuple[str, ...]:
     if any(len(k) < 16 for k in keys):
         raise ValueError("each key must be at least 16 characters")
     return keys
+
+
+def _setting(env: str, convert: Callable[[str], Any], default: Any = None, *, secret: bool = False,
+             factory: Callable[[], Any] | None = None) -> Any:
+    """A Settings field read from `env` with `convert`; its default is written here and only here."""
+    meta = {"env": env, "convert": convert, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told. Defaults are the embedded, safe configuration."""
+
+    webhook_secrets: tuple[WebhookSecret, ...] = _setting("CL_WEBHOOK_SECRETS", parse_secrets, (), secret=True)
+    cl_client_id: str = _setting("CL_CLIENT_ID", str, "")
+    cl_client_secret: str = _setting("CL_CLIENT_SECRET", str, "", secret=True)
+    cl_scope: str = _setting("CL_SCOPE", str, "")
+    cl_api_base: str = _setting("CL_API_BASE", _url, "")
+    cl_auth_url: str = _setting("CL_AUTH_URL", _url, "https://auth.commercelayer.io/oauth/token")
+    cl_connect_timeout: float = _setting("CL_CONNECT_TIMEOUT", _positive(float), 3.05)
+    cl_read_timeout: float = _setting("CL_READ_TIMEOUT", _positive(float), 10.0)
+    # Commerce Layer's documented limits for uncacheable calls in test mode (the stricter ones):
+    # 100 a minute overall and bursts of 25 per 10 s per endpoint. Live organizations get 200 / 50.
+    cl_rate_limits: tuple[RateLimit, ...] = _setting("CL_RATE_LIMITS", parse_rate_limits,
+                                                     parse_rate_limits("100/60,25/10"))
+    cl_auth_rate_limits: tuple[RateLimit, ...] = _setting("CL_AUTH_RATE_LIMITS", parse_rate_limits,
+                                                          parse_rate_limits("30/60"))
+    cl_token_margin: float = _setting("CL_TOKEN_REFRESH_MARGIN", _non_negative(float), 300.0)
+    database_url: str = _setting("WEBHOOK_APP_DATABASE_URL", _database_url, "sqlite:///webhook-app.db", secret=True)
+    policy_path: Path = _setting("WEBHOOK_APP_POLICY", _existing_file, factory=bundled_policy_path)
+    # The default depends on the credentials (enforce with them, shadow without): see from_env.
+    mode: str = _setting("WEBHOOK_APP_MODE", _choice("enforce", "shadow"), "shadow")
+    max_body_bytes: int = _setting("WEBHOOK_APP_MAX_BODY_BYTES", _positive(int), 1024 * 1024)
+    max_json_depth: int = _setting("WEBHOOK_APP_MAX_JSON_DEPTH", _positive(int), 64)
+    max_attempts: int = _setting("WEBHOOK_APP_MAX_ATTEMPTS", _positive(int), 10)
+    lease_seconds: float = _setting("WEBHOOK_APP_LEASE_SECONDS", _positive(float), 60.0)
+    retry_base_seconds: float = _setting("WEBHOOK_APP_RETRY_BASE_SECONDS", _positive(float), 2.0)
+    retry_max_seconds: float = _setting("WEBHOOK_APP_RETRY_MAX_SECONDS", _positive(float), 900.0)
+    poll_interval: float = _setting("WEBHOOK_APP_POLL_INTERVAL", _positive(float), 0.1)
+    db_timeout: float = _setting("WEBHOOK_APP_DB_TIMEOUT", _positive(float), 3.0)
+    web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 2)
+    forwarded_hops: int = _setting("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0)
+    log_level: str = _setting("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
+    replay_keys: tuple[str, ...] = _setting("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True)
+    replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
+    admin_keys: tuple[str, ...] = _setting("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == "shadow"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Environment variable -> field name, for every setting."""
+        return {f.metadata["env"]: f.name for f in fields(cls)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from `environ` (default: os.environ)."""
+        env = os.environ if environ is None else environ
+        r = _Reader(env)
+        defaults = cls()
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "mode":
+                continue
+            values[f.name] = r.get(f.metadata["env"], f.metadata["convert"], getattr(defaults, f.name),
+                                   secret=f.metadata["secret"])
+        has_creds = bool(values["cl_client_id"] and values["cl_client_secret"] and values["cl_api_base"])
+        mode_field = next(f for f in fields(cls) if f.name == "mode")
+        values["mode"] = r.get("WEBHOOK_APP_MODE", mode_field.metadata["convert"],
+                               "enforce" if has_creds else "shadow")
+        if values["mode"] == "enforce" and not has_creds:
+            missing = [n for n, k in (("CL_CLIENT_ID", "cl_client_id"), ("CL_CLIENT_SECRET", "cl_client_secret"),
+                                      ("CL_API_BASE", "cl_api_base")) if not values[k]]
+            raise ConfigError("WEBHOOK_APP_MODE", f"enforce needs {', '.join(missing)} to be set")
+        settings = cls(**values)
+        if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:
+            # A lease must outlive one call, or a second worker could take a job whose PATCH is
+            # still in flight.
+            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS",
+                              "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
+        if settings.retry_max_seconds < settings.retry_base_seconds:
+            raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
+        return settings

@@ -54,44 +54,50 @@ class PolicyError(WebhookAppError):
         self.field = field
 
 
-# --- intake (answered to Commerce Layer) ----------------------------------------------------
+class UsageError(WebhookAppError):
+    """A command was given something it cannot use (a missing file, an unnamed topic)."""
+
+    title = "Usage error"
 
 
-class IntakeError(WebhookAppError):
-    """A delivery was refused; `status` is the HTTP answer."""
+# --- HTTP requests refused (the intake, the admin API and page) -------------------------------
 
 
-class InvalidSignature(IntakeError):
+class RequestRefused(WebhookAppError):
+    """An HTTP request was refused; `status` is the answer."""
+
+
+class InvalidSignature(RequestRefused):
     status = 401
     title = "Invalid signature"
 
 
-class PayloadTooLarge(IntakeError):
+class PayloadTooLarge(RequestRefused):
     status = 413
     title = "Payload too large"
 
 
-class UnsupportedMediaType(IntakeError):
+class UnsupportedMediaType(RequestRefused):
     status = 415
     title = "Unsupported media type"
 
 
-class InvalidPayload(IntakeError):
+class InvalidPayload(RequestRefused):
     status = 400
     title = "Invalid payload"
 
 
-class Unauthorized(IntakeError):
+class Unauthorized(RequestRefused):
     status = 401
     title = "Unauthorized"
 
 
-class NotFound(IntakeError):
+class NotFound(RequestRefused):
     status = 404
     title = "Not found"
 
 
-class Conflict(IntakeError):
+class Conflict(RequestRefused):
     status = 409
     title = "Conflict"
 
@@ -123,6 +129,8 @@ class SchemaOutOfDate(StoreError):
 class CommerceLayerError(WebhookAppError):
     """A call to Commerce Layer failed.
 
+    `answer_status`: the HTTP status Commerce Layer answered (None if no answer came); `status`,
+    as on every error here, is what the service itself would answer.
     `retryable`: worth trying again later (429, 5xx, timeouts, connection errors).
     `uncertain`: the request may have been applied even though we saw no answer (read timeout,
     5xx after the body was sent); the next attempt must look before it writes again.
@@ -143,7 +151,7 @@ class CommerceLayerError(WebhookAppError):
         errors: list[dict[str, object]] | None = None,
     ) -> None:
         super().__init__(detail)
-        self.http_status = status
+        self.answer_status = status
         self.retryable = retryable
         self.uncertain = uncertain
         self.retry_after = retry_after

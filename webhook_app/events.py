@@ -154,6 +154,16 @@ def is_order_topic(topic: str) -> bool:
     return topic.startswith(ORDER_TOPIC_PREFIX)
 
 
+_TOPIC_IN_NAME = re.compile(r"^([a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63})\.")
+
+
+def topic_from_file_name(path: str) -> str | None:
+    """The topic a body file's name starts with, followed by more of the name: `orders.place.json`,
+    `orders.place.42.json` -> `orders.place`; `body.json` -> None (the caller asks for a topic)."""
+    m = _TOPIC_IN_NAME.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return m.group(1) if m else None
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One verified webhook call, ready to be stored."""

@@ -17,6 +17,18 @@ from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+# A database URL's password: `scheme://user:PASSWORD@host/...` or `...?password=PASSWORD&...`.
+_URL_PASSWORD = re.compile(r"(?P<pre>://[^:/@?#]+:)(?P<pw>[^@]+)(?=@)|(?P<qpre>[?&]password=)(?P<qpw>[^&#]*)")
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a database URL carries (in its user part or as a `password` parameter)."""
+    return [m.group("pw") or m.group("qpw") for m in _URL_PASSWORD.finditer(url) if m.group("pw") or m.group("qpw")]
+
+
+def mask_url(url: str) -> str:
+    """The URL with its passwords replaced by `***`, fit to print."""
+    return _URL_PASSWORD.sub(lambda m: (m.group("pre") or m.group("qpre")) + "***", url)
 
 
 class JsonFormatter(logging.Formatter):
@@ -75,7 +87,5 @@ def settings_secrets(settings: Any) -> list[str]:
     """Every secret string a Settings object holds."""
     out = [s.secret.decode("utf-8", "replace") for s in settings.webhook_secrets]
     out += [settings.cl_client_secret, *settings.replay_keys, *settings.admin_keys]
-    m = re.match(r"^postgres(?:ql)?://[^:/@]+:([^@]+)@", settings.database_url)
-    if m:
-        out.append(m.group(1))
+    out += url_passwords(settings.database_url)
     return [s for s in out if s]

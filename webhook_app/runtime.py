@@ -97,10 +97,10 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
-    from webhook_app import metrics
-    from webhook_app.commercelayer import CommerceLayerClient
+    from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
+    from webhook_app.web import metrics
     from webhook_app.worker import Worker
 
     store = open_store(settings.database_url, timeout=settings.db_timeout)

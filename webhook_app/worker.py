@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from webhook_app import wallet
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
-from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry
+from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
 from webhook_app.store import DecisionRecord, Job, Store
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,7 @@ class Worker:
         store: Store,
         policy: Policy,
         settings: Settings,
-        client: CommerceLayerClient | None = None,
+        client: CommerceLayerAPI | None = None,
         clock: Callable[[], float] = time.time,
         worker_id: str | None = None,
         rng: random.Random | None = None,

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
+from webhook_app.cli.common import fail, utc_stamp
 from webhook_app.config import Settings
 from webhook_app.tokens import ADMIN, Tokens
 
@@ -49,12 +49,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.admin_keys:
-        print("webhook-app: no admin keys configured: set WEBHOOK_APP_ADMIN_KEYS "
-              "(comma-separated, newest last, at least 16 characters each)", file=sys.stderr)
-        return 2
+        return fail("no admin keys configured: set WEBHOOK_APP_ADMIN_KEYS "
+                    "(comma-separated, newest last, at least 16 characters each)")
     tokens = Tokens(ADMIN, settings.admin_keys)
     token = tokens.make(ttl=args.ttl)
-    until = datetime.fromtimestamp(tokens.clock() + args.ttl, UTC).isoformat(timespec="seconds")
     print(token)
-    print(f"webhook-app: admin token valid until {until.replace('+00:00', 'Z')}", file=sys.stderr)
+    print(f"webhook-app: admin token valid until {utc_stamp(tokens.clock() + args.ttl)}", file=sys.stderr)
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import requests
 
+from webhook_app.commercelayer.api import CallRecord
 from webhook_app.config import Settings
 from webhook_app.errors import (
     CommerceLayerError,
@@ -61,17 +62,6 @@ class TokenCache:
     @property
     def lock(self) -> threading.Lock:
         return self._lock
-
-
-@dataclass
-class CallRecord:
-    """What one call did, for metrics and logs (no secrets)."""
-
-    method: str
-    route: str
-    status: int | None
-    seconds: float
-    waited: float
 
 
 class CommerceLayerClient:
@@ -189,39 +179,28 @@ class CommerceLayerClient:
         return self._request("PATCH", f"/api/orders/{_safe(order_id)}", route="orders.patch",
                              params=_include(include), json_body=body)
 
-    def customer_payment_sources(self, customer_id: str) -> list[dict[str, Any]]:
-        doc = self._request("GET", f"/api/customers/{_safe(customer_id)}/customer_payment_sources",
-                            route="customer_payment_sources")
-        data = doc.get("data")
-        return data if isinstance(data, list) else []
-
     def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]:
         """Every order matching `params` (JSON:API filters), following pagination."""
+        return self._pages("/api/orders", route="orders.list", params=params, page_size=page_size)
+
+    def _pages(self, path: str, *, route: str, params: Mapping[str, str] | None = None,
+               page_size: int = 25) -> Iterator[dict[str, Any]]:
+        """The resources of a list endpoint, page after page until `meta.page_count`."""
         page = 1
         while True:
-            q = dict(params)
+            q = dict(params or {})
             q["page[size]"] = str(page_size)
             q["page[number]"] = str(page)
-            doc = self._request("GET", "/api/orders", route="orders.list", params=q)
+            doc = self._request("GET", path, route=route, params=q)
             data = doc.get("data") or []
             yield from data
-            meta = doc.get("meta") or {}
-            page_count = int(meta.get("page_count") or 0)
-            if page >= page_count or not data:
+            if page >= int((doc.get("meta") or {}).get("page_count") or 0) or not data:
                 return
             page += 1
 
     # --- webhooks (registration and circuit status) ----------------------------------------
     def list_webhooks(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            doc = self._request("GET", "/api/webhooks", route="webhooks.list",
-                                params={"page[size]": "25", "page[number]": str(page)})
-            out += doc.get("data") or []
-            if page >= int((doc.get("meta") or {}).get("page_count") or 0) or not doc.get("data"):
-                return out
-            page += 1
+        return list(self._pages("/api/webhooks", route="webhooks.list"))
 
     def create_webhook(self, *, topic: str, callback_url: str, include_resources: list[str],
                        name: str | None = None) -> dict[str, Any]:
@@ -238,11 +217,6 @@ class CommerceLayerClient:
                             json_body={"data": {"type": "webhooks", "id": webhook_id,
                                                 "attributes": {"_reset_circuit": True}}})
         return doc.get("data") or {}
-
-    def request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
-                json_body: Any = None) -> dict[str, Any]:
-        """A generic JSON:API call (used by the operations commands)."""
-        return self._request(method, path, route=route, params=params, json_body=json_body)
 
     def _request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
                  json_body: Any = None) -> dict[str, Any]:

@@ -9,16 +9,15 @@ stores it as a delivery (marked as coming from reconcile) so the normal pipeline
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.events import Delivery, delivery_identity
 from webhook_app.policy import Policy
 from webhook_app.store import Store
+from webhook_app.timefmt import iso
 
 SOURCE_HEADER = "X-Webhook-App-Source"
 # The topic an order's status implies (the event that would have announced it).
@@ -28,24 +27,6 @@ STATUS_TOPICS = {
 }
 
 
-def parse_since(value: str, *, now: float) -> float:
-    """`24h`, `30m`, `7d`, `90s` before now, or an ISO 8601 time."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", value.strip())
-    if m:
-        return now - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{value!r} is not a duration like 24h or an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @dataclass
 class Result:
     listed: int = 0
@@ -53,18 +34,18 @@ class Result:
     queued: list[int] = field(default_factory=list)
 
 
-def reconcile(client: CommerceLayerClient, store: Store, policy: Policy, *, since: float, until: float | None = None,
+def reconcile(client: CommerceLayerAPI, store: Store, policy: Policy, *, since: float, until: float | None = None,
               dry_run: bool = False, clock: Callable[[], float] = time.time) -> Result:
-    params = {"filter[q][updated_at_gteq]": iso(since), "sort": "updated_at"}
+    params = {"filter[q][updated_at_gteq]": iso(since, timespec="seconds"), "sort": "updated_at"}
     if until is not None:
-        params["filter[q][updated_at_lteq]"] = iso(until)
+        params["filter[q][updated_at_lteq]"] = iso(until, timespec="seconds")
     result = Result()
     ids: list[tuple[str, str]] = []
     for order in client.list_orders(params=params):
         result.listed += 1
         status = str((order.get("attributes") or {}).get("status") or "")
         ids.append((str(order.get("id")), status))
-    known = store.orders_with_decisions([i for i, _ in ids])
+    known = store.orders_with_jobs([i for i, _ in ids])
     includes = policy.required_includes()
     for order_id, status in ids:
         if order_id in known:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from webhook_app.commercelayer import CommerceLayerClient
+from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.policy import Policy
 
 # The documented order topics (FACTS.md); used when the policy acts on every topic.
@@ -35,7 +35,7 @@ def plan(policy: Policy) -> list[tuple[str, list[str]]]:
     return [(t, policy.required_includes()) for t in chosen]
 
 
-def register(client: CommerceLayerClient, policy: Policy, *, callback_url: str, dry_run: bool = False,
+def register(client: CommerceLayerAPI, policy: Policy, *, callback_url: str, dry_run: bool = False,
              name_prefix: str = "webhook-app") -> list[Planned]:
     existing = {(_attr(w, "topic"), _attr(w, "callback_url")): w for w in client.list_webhooks()}
     out = []
@@ -54,7 +54,7 @@ def register(client: CommerceLayerClient, policy: Policy, *, callback_url: str, 
     return out
 
 
-def status(client: CommerceLayerClient) -> list[dict[str, Any]]:
+def status(client: CommerceLayerAPI) -> list[dict[str, Any]]:
     rows = []
     for w in client.list_webhooks():
         rows.append({"id": w.get("id"), "topic": _attr(w, "topic"), "callback_url": _attr(w, "callback_url"),

@@ -10,7 +10,6 @@ answers by status.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections import Counter
@@ -21,13 +20,11 @@ from typing import TextIO
 
 import requests
 
-from webhook_app.events import SIGNATURE_HEADER, TOPIC_HEADER, check_topic
+from webhook_app.errors import InvalidPayload, UsageError
+from webhook_app.events import SIGNATURE_HEADER, TOPIC_HEADER, check_topic, topic_from_file_name
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, Store
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token
-
-# `orders.place.anything.json` -> orders.place (the topic must be followed by more of the name)
-_TOPIC_IN_NAME = re.compile(r"^([a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)\.")
 
 
 @dataclass(frozen=True)
@@ -44,15 +41,8 @@ def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) ->
     """Recorded deliveries matching `flt`, oldest first (`dead_only`: dead-lettered jobs only)."""
     if dead_only:
         flt = replace(flt, status="dead")
-    out: list[Recorded] = []
-    before: int | None = None
-    while True:
-        page = store.list_deliveries(replace(flt, limit=500, before_id=before))
-        out += [Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id) for d in page]
-        if len(page) < 500 or len(out) >= flt.limit:
-            break
-        before = page[-1].id
-    return list(reversed(out[: flt.limit]))
+    out = [Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id) for d in store.iter_deliveries(flt)]
+    return list(reversed(out))
 
 
 def from_files(paths: Iterable[str], *, topic: str | None = None) -> list[Recorded]:
@@ -60,7 +50,10 @@ def from_files(paths: Iterable[str], *, topic: str | None = None) -> list[Record
     exported record `{"topic": ..., "body": "<the raw body as a string>"}`."""
     out = []
     for name in paths:
-        raw = Path(name).read_bytes()
+        try:
+            raw = Path(name).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
         t = topic
         body = raw
         try:
@@ -70,11 +63,13 @@ def from_files(paths: Iterable[str], *, topic: str | None = None) -> list[Record
         if isinstance(doc, dict) and isinstance(doc.get("body"), str) and isinstance(doc.get("topic"), str):
             t, body = doc["topic"], doc["body"].encode("utf-8")
         if t is None:
-            m = _TOPIC_IN_NAME.match(Path(name).name)
-            if not m:
-                raise ValueError(f"{name}: no topic (use --topic or name the file like orders.place.NAME.json)")
-            t = m.group(1)
-        out.append(Recorded(name, check_topic(t), body))
+            t = topic_from_file_name(name)
+            if t is None:
+                raise UsageError(f"{name}: no topic: give --file-topic or name the file like orders.place.NAME.json")
+        try:
+            out.append(Recorded(name, check_topic(t), body))
+        except InvalidPayload as exc:
+            raise UsageError(f"{name}: {exc}") from None
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.events import Event
@@ -34,15 +34,9 @@ class Change:
 
 def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict]]]:
     """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`."""
-    before: int | None = None
-    while True:
-        page = store.list_deliveries(replace(flt, limit=500, before_id=before))
-        for d in page:
-            if d.order_id and d.status == "queued":
-                yield d.order_id, d.topic, d.body, d.decisions
-        if len(page) < 500:
-            return
-        before = page[-1].id
+    for d in store.iter_deliveries(flt):
+        if d.order_id and d.status == "queued":
+            yield d.order_id, d.topic, d.body, d.decisions
 
 
 def diff(store: Store, new: Policy, current: Policy, flt: DeliveryFilter | None = None) -> list[Change]:

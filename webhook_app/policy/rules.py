@@ -1,43 +1,33 @@
-"""The operator's policy: declarative rules that decide what to do with an order event.
+"""The policy language: conditions, rules, and the TOML file validated into a `Policy`.
 
 A policy is a TOML file, validated when loaded (errors name the rule and the field), with ordered,
 named rules (first match wins) and an explicit default. Nothing in it is executed as code.
-After a rule decides, the guards below run; no rule can override them, and each records why it
-refused. See README.md ("Policy format") for the file format with examples.
+After a rule decides, the guards (`guards.py`) run; no rule can override them. See README.md
+("Policy format") for the file format with examples.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from webhook_app import wallet
 from webhook_app.errors import PolicyError
 from webhook_app.events import TOPIC_PATTERN, Event, Resource
-
-SAVE = "save_payment_source"
-USE_WALLET = "use_wallet_source"
-SKIP = "skip"
-ACTIONS = (SAVE, USE_WALLET, SKIP)
-STRATEGIES = ("newest", "oldest", "only")
-
-# Payment source types with a documented "reusing the payment source" (wallet) flow.
-# Not: paypal_payments, satispay_payments, wire_transfers. See ../shared/commercelayer/FACTS.md.
-WALLET_SOURCE_TYPES = frozenset(
-    {
-        "adyen_payments",
-        "axerve_payments",
-        "braintree_payments",
-        "checkout_com_payments",
-        "external_payments",
-        "klarna_payments",
-        "stripe_payments",
-    }
+from webhook_app.policy import wallet
+from webhook_app.policy.decision import (
+    ACTIONS,
+    SAVE,
+    SKIP,
+    STRATEGIES,
+    USE_WALLET,
+    WALLET_SOURCE_TYPES,
+    Decision,
 )
+from webhook_app.policy.guards import apply_guards
 
 ROOTS = ("topic", "order", "customer", "payment_source", "market", "line_items", "wallet")
 # JSON:API `include_resources` each root needs in the webhook body.
@@ -51,25 +41,6 @@ ROOT_INCLUDES = {
 COMPARATORS = ("equals", "not_equals", "in", "not_in", "gt", "gte", "lt", "lte", "exists", "matches")
 COMBINATORS = ("all", "any", "not")
 _MISSING = object()
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with one event, and why."""
-
-    action: str
-    rule: str
-    reason: str
-    strategy: str | None = None
-    guard: str | None = None
-    wallet_entry_id: str | None = None
-
-    @property
-    def calls_commerce_layer(self) -> bool:
-        return self.action in (SAVE, USE_WALLET)
-
-    def guarded(self, guard: str, reason: str) -> Decision:
-        return replace(self, action=SKIP, guard=guard, reason=f"guard {guard}: {reason}")
 
 
 # --- conditions -----------------------------------------------------------------------------
@@ -286,50 +257,6 @@ class Policy:
             # appears only on included paths, so ask for the dotted path too.
             needed |= {wallet.WALLET, wallet.WALLET_SOURCES}
         return sorted(needed)
-
-
-def apply_guards(
-    decision: Decision, event: Event, *, wallet_source_types: Iterable[str] = WALLET_SOURCE_TYPES
-) -> Decision:
-    """Refuse actions that cannot or must not happen, whatever the rule said."""
-    if not decision.calls_commerce_layer:
-        return decision
-    if event.is_guest:
-        return decision.guarded("guest_order", "guest orders have no wallet")
-    if event.customer is None:
-        return decision.guarded("no_customer", "the order has no customer")
-    if decision.action == SAVE:
-        if not event.payment_source_type:
-            return decision.guarded("no_payment_source", "the order has no payment source")
-        if event.payment_source_type not in set(wallet_source_types):
-            return decision.guarded("no_wallet_flow",
-                                    f"{event.payment_source_type} has no documented wallet flow")
-        look = wallet.look_up(event)
-        if look.in_wallet:
-            return replace(decision.guarded("already_in_wallet",
-                                            f"payment source is wallet entry {look.entry_id} (matched by {look.how})"),
-                           wallet_entry_id=look.entry_id)
-    if decision.action == USE_WALLET and event.wallet is not None:
-        chosen = choose_wallet_entry(event.wallet, decision.strategy or "newest")
-        if chosen is None:
-            return decision.guarded("no_wallet_entry",
-                                    f"no wallet entry fits strategy {decision.strategy or 'newest'}")
-        if wallet.entry_is_order_source(chosen, event):
-            return replace(decision.guarded("already_using_wallet_entry",
-                                            f"payment source already is wallet entry {chosen.id}"),
-                           wallet_entry_id=chosen.id)
-        return replace(decision, wallet_entry_id=chosen.id)
-    return decision
-
-
-def choose_wallet_entry(entries: Sequence[Resource], strategy: str) -> Resource | None:
-    """Pick a wallet entry: `newest` / `oldest` by created_at, `only` if there is exactly one."""
-    if not entries:
-        return None
-    if strategy == "only":
-        return entries[0] if len(entries) == 1 else None
-    dated = sorted(entries, key=lambda r: (str(r.attributes.get("created_at") or ""), r.id))
-    return dated[-1] if strategy == "newest" else dated[0]
 
 
 def load_policy(path: str | Path) -> Policy:

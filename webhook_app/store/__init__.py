@@ -8,6 +8,7 @@ One interface (`Store`, in base.py) with two implementations chosen by
 from __future__ import annotations
 
 from webhook_app.store.base import (
+    SCHEMA_VERSION,
     ActionClaim,
     DecisionRecord,
     DeliveryFilter,
@@ -37,6 +38,7 @@ def open_store(url: str, *, timeout: float = 3.0) -> Store:
 
 
 __all__ = [
+    "SCHEMA_VERSION",
     "ActionClaim",
     "DecisionRecord",
     "DeliveryFilter",

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from webhook_app.config import RateLimit
 from webhook_app.events import Delivery
 from webhook_app.ratelimit import LocalRateLimiter, RateLimiter
+from webhook_app.store import schema
 
-SCHEMA_VERSION = 2  # 2: PostgreSQL keeps bodies uncompressed (SQLite unchanged)
+SCHEMA_VERSION = schema.version()  # the number of files in store/schema/<dialect>/
 
 
 @dataclass(frozen=True)
@@ -204,20 +205,11 @@ class Store(abc.ABC):
     def requeue(self, job_id: int, *, now: float) -> bool:
         """Put a dead-lettered job back in the queue with its attempts reset."""
 
-    @abc.abstractmethod
-    def requeue_delivery(self, delivery_id: int, *, now: float) -> int | None:
-        """Queue a fresh attempt for an order delivery whose job is done or dead."""
-
     # --- per-order action claims ------------------------------------------------------------
     @abc.abstractmethod
     def begin_action(
         self, order_id: str, action: str, *, worker: str, job_id: int, lease_seconds: float, now: float
     ) -> ActionClaim: ...
-
-    @abc.abstractmethod
-    def finish_action(
-        self, order_id: str, action: str, *, worker: str, wallet_entry_id: str | None, now: float
-    ) -> bool: ...
 
     @abc.abstractmethod
     def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None: ...
@@ -233,6 +225,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def list_deliveries(self, flt: DeliveryFilter) -> list[StoredDelivery]: ...
 
+    def iter_deliveries(self, flt: DeliveryFilter, *, page_size: int = 500) -> Iterator[StoredDelivery]:
+        """Every delivery matching `flt` (at most `flt.limit`), newest first, a page at a time."""
+        before, left = flt.before_id, flt.limit
+        while left > 0:
+            page = self.list_deliveries(replace(flt, limit=min(page_size, left), before_id=before))
+            yield from page
+            left -= len(page)
+            if len(page) < min(page_size, left + len(page)):
+                return
+            before = page[-1].id
+
     @abc.abstractmethod
     def queue_stats(self, *, now: float) -> QueueStats: ...
 
@@ -241,5 +244,9 @@ class Store(abc.ABC):
         """(rule, action, outcome, count) over all decisions."""
 
     @abc.abstractmethod
-    def orders_with_decisions(self, order_ids: list[str]) -> set[str]:
-        """The subset of `order_ids` that have at least one decision or pending job."""
+    def job_state(self, job_id: int) -> str | None:
+        """`pending`, `running`, `done` or `dead`; None if there is no such job."""
+
+    @abc.abstractmethod
+    def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
+        """The subset of `order_ids` that have a job here (from any delivery, in any state)."""

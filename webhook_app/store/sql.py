@@ -196,16 +196,6 @@ class SQLStore(Store):
                          " updated_at = ?, finished_at = NULL WHERE id = ? AND state = 'dead'",
                          (now, now, job_id)) == 1
 
-    def requeue_delivery(self, delivery_id: int, *, now: float) -> int | None:
-        with self._tx() as c:
-            changed = c.run("UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                            " updated_at = ?, finished_at = NULL WHERE delivery_id = ?"
-                            " AND state IN ('done', 'dead')", (now, now, delivery_id))
-            if changed != 1:
-                return None
-            row = c.one("SELECT id FROM jobs WHERE delivery_id = ?", (delivery_id,))
-            return int(row["id"]) if row else None
-
     # --- action claims ----------------------------------------------------------------------
     def begin_action(
         self, order_id: str, action: str, *, worker: str, job_id: int, lease_seconds: float, now: float
@@ -235,15 +225,6 @@ class SQLStore(Store):
                   " job_id = ?, updated_at = ? WHERE order_id = ? AND action = ?",
                   (worker, lease, int(uncertain), job_id, now, order_id, action))
             return ActionClaim("acquired", uncertain=uncertain)
-
-    def finish_action(
-        self, order_id: str, action: str, *, worker: str, wallet_entry_id: str | None, now: float
-    ) -> bool:
-        with self._tx() as c:
-            return c.run("UPDATE order_actions SET state = 'done', owner = NULL, lease_expires_at = NULL,"
-                         " uncertain = 0, wallet_entry_id = ?, updated_at = ? WHERE order_id = ? AND action = ?"
-                         " AND state = 'in_flight' AND owner = ?",
-                         (wallet_entry_id, now, order_id, action, worker)) == 1
 
     def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None:
         with self._tx() as c:
@@ -324,7 +305,12 @@ class SQLStore(Store):
                          " GROUP BY rule, action, outcome ORDER BY rule, action, outcome")
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
 
-    def orders_with_decisions(self, order_ids: list[str]) -> set[str]:
+    def job_state(self, job_id: int) -> str | None:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
+        return str(row["state"]) if row else None
+
+    def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
         found: set[str] = set()
         for chunk in _chunks(order_ids, 500):
             marks = ",".join("?" * len(chunk))

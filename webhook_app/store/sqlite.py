@@ -26,84 +26,10 @@ from typing import Any
 
 from webhook_app.errors import StoreUnavailable
 from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS deliveries (
-        id INTEGER PRIMARY KEY,
-        identity TEXT NOT NULL UNIQUE,
-        topic TEXT NOT NULL,
-        resource_type TEXT NOT NULL,
-        resource_id TEXT NOT NULL,
-        order_id TEXT,
-        received_at REAL NOT NULL,
-        secret_label TEXT NOT NULL,
-        headers TEXT NOT NULL,
-        body BLOB NOT NULL,
-        status TEXT NOT NULL,
-        replay_of INTEGER REFERENCES deliveries(id)
-    )""",
-    "CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries(order_id)",
-    "CREATE INDEX IF NOT EXISTS deliveries_received ON deliveries(received_at)",
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id INTEGER PRIMARY KEY,
-        delivery_id INTEGER NOT NULL UNIQUE REFERENCES deliveries(id),
-        order_id TEXT NOT NULL,
-        topic TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'dead')),
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        lease_owner TEXT,
-        lease_expires_at REAL,
-        last_error TEXT,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        finished_at REAL
-    )""",
-    "CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(next_attempt_at) WHERE state = 'pending'",
-    "CREATE INDEX IF NOT EXISTS jobs_running ON jobs(lease_expires_at) WHERE state = 'running'",
-    "CREATE INDEX IF NOT EXISTS jobs_order ON jobs(order_id)",
-    """CREATE TABLE IF NOT EXISTS attempts (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        number INTEGER NOT NULL,
-        worker TEXT,
-        started_at REAL NOT NULL,
-        finished_at REAL,
-        outcome TEXT,
-        error TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS attempts_job ON attempts(job_id)",
-    """CREATE TABLE IF NOT EXISTS decisions (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
-        order_id TEXT NOT NULL,
-        rule TEXT NOT NULL,
-        action TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        guard TEXT,
-        outcome TEXT NOT NULL,
-        mode TEXT NOT NULL,
-        wallet_entry_id TEXT,
-        decided_at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS decisions_delivery ON decisions(delivery_id)",
-    "CREATE INDEX IF NOT EXISTS decisions_order ON decisions(order_id)",
-    """CREATE TABLE IF NOT EXISTS order_actions (
-        order_id TEXT NOT NULL,
-        action TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('open', 'in_flight', 'done')),
-        owner TEXT,
-        lease_expires_at REAL,
-        uncertain INTEGER NOT NULL DEFAULT 0,
-        job_id INTEGER,
-        wallet_entry_id TEXT,
-        updated_at REAL NOT NULL,
-        PRIMARY KEY (order_id, action)
-    )""",
-]
-
+MIGRATIONS = migrations("sqlite")
 
 class _Cursor(Cursorish):
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -187,11 +113,13 @@ class SQLiteStore(SQLStore):
 
     def migrate(self) -> int:
         with self._tx() as c:
-            for ddl in _SCHEMA:
-                c.run(ddl)
             c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            if row is None or row["v"] is None or int(row["v"]) < SCHEMA_VERSION:
+            current = int(row["v"]) if row and row["v"] is not None else 0
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for ddl in MIGRATIONS[version - 1]:
+                    c.run(ddl)
+            if current < SCHEMA_VERSION:
                 c.run("DELETE FROM schema_version")
                 c.run("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         return SCHEMA_VERSION

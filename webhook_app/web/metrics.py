@@ -29,9 +29,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from webhook_app.commercelayer import CallRecord
+from webhook_app.commercelayer.api import CallRecord
 from webhook_app.errors import StoreError
 from webhook_app.store import Store
+from webhook_app.web.context import services
 
 DELIVERIES = Counter("webhook_app_deliveries", "Deliveries answered 2xx, by topic and outcome "
                      "(accepted, duplicate, ignored, replay).", ["topic", "outcome"])
@@ -40,7 +41,7 @@ REJECTIONS = Counter("webhook_app_intake_rejections", "Deliveries refused, by re
                      "invalid_replay_token, store_unavailable).", ["reason"])
 INTAKE_SECONDS = Histogram("webhook_app_intake_seconds", "Time to verify, store and answer a delivery.",
                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-JOB_OUTCOMES = Counter("webhook_app_job_attempts", "Job attempts by outcome (applied, skipped, guarded, "
+JOB_ATTEMPTS = Counter("webhook_app_job_attempts", "Job attempts by outcome (applied, skipped, guarded, "
                        "shadow, retry, dead_letter, lost).", ["outcome"])
 DEAD_LETTERS = Counter("webhook_app_dead_letters", "Jobs dead-lettered.")
 DECISIONS = Counter("webhook_app_decisions", "Decisions made by this process, by rule, action and outcome.",
@@ -69,13 +70,13 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
     """`Worker(observer=...)`: outcomes, dead letters and decisions."""
     if what == "decision":
         outcome = str(fields.get("outcome"))
-        JOB_OUTCOMES.labels(outcome).inc()
+        JOB_ATTEMPTS.labels(outcome).inc()
         if outcome != "lost":
             DECISIONS.labels(str(fields.get("rule")), str(fields.get("action")), outcome).inc()
     elif what == "retry":
-        JOB_OUTCOMES.labels("retry").inc()
+        JOB_ATTEMPTS.labels("retry").inc()
     elif what == "dead_letter":
-        JOB_OUTCOMES.labels("dead_letter").inc()
+        JOB_ATTEMPTS.labels("dead_letter").inc()
         DEAD_LETTERS.inc()
 
 
@@ -125,8 +126,6 @@ def init_app(app: Flask) -> None:
     """Add `GET /metrics` (Prometheus text format)."""
 
     def metrics() -> Response:
-        from webhook_app.web import services
-
         s = services()
         registry = CollectorRegistry()
         if multiprocess_dir():
@@ -134,7 +133,9 @@ def init_app(app: Flask) -> None:
         else:
             registry.register(_Default())
         registry.register(StoreCollector(s.store, s.clock))
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # CONTENT_TYPE_LATEST already names its charset: as the whole header, not as a mimetype
+        # (to which Flask would add a second one).
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 

@@ -1,0 +1,110 @@
+"""What every command shares: settings, the store, the Commerce Layer client, filters, failures.
+
+A command reports a problem as one line on stderr with exit status 2 (`fail`, or by raising
+`UsageError` / any `WebhookAppError`, which `cli.main` turns into that line); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from webhook_app.config import Settings
+from webhook_app.errors import ConfigError, UsageError
+from webhook_app.logs import configure_logging, settings_secrets
+from webhook_app.timefmt import parse_since
+
+if TYPE_CHECKING:
+    from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.store import DeliveryFilter, Store
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"webhook-app: {message}", file=sys.stderr)
+    return code
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, and JSON logs scrubbed of every secret they hold."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, secrets=settings_secrets(settings))
+    return settings
+
+
+def open_checked_store(settings: Settings) -> Store:
+    """The configured store, refusing to run on a schema this code does not know."""
+    from webhook_app.store import open_store
+
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    try:
+        store.check_schema()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def prepare_store(settings: Settings) -> None:
+    """SQLite (embedded) is created and upgraded in place; PostgreSQL must be upgraded explicitly."""
+    from webhook_app.store import open_store
+
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    try:
+        if settings.database_url.startswith("sqlite:///"):
+            store.migrate()
+        store.check_schema()
+    finally:
+        store.close()
+
+
+def commerce_layer_client(settings: Settings) -> CommerceLayerClient:
+    from webhook_app.commercelayer.client import CommerceLayerClient
+
+    if not settings.has_credentials:
+        raise ConfigError("CL_CLIENT_ID", "this command calls Commerce Layer: set CL_CLIENT_ID, CL_CLIENT_SECRET "
+                                          "and CL_API_BASE")
+    return CommerceLayerClient.from_settings(settings)
+
+
+def since_arg(value: str) -> float:
+    """argparse type for `--since`/`--until`: `24h`, `30m`, `7d` or an ISO 8601 time."""
+    try:
+        return parse_since(value, now=time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_filters(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--since", type=since_arg, help="received since: 24h, 30m, 7d or an ISO 8601 time")
+    sp.add_argument("--until", type=since_arg, help="received before: a duration ago or an ISO 8601 time")
+    sp.add_argument("--topic", help="only this topic")
+    sp.add_argument("--order-id", help="only this order")
+    sp.add_argument("--decision", help="only deliveries whose latest decision has this action, outcome or rule")
+    sp.add_argument("--limit", type=int, default=100_000, help="at most this many deliveries (newest)")
+
+
+def delivery_filter(args: argparse.Namespace) -> DeliveryFilter:
+    from webhook_app.store import DeliveryFilter
+
+    return DeliveryFilter(topic=args.topic, order_id=args.order_id, decision=args.decision,
+                          since=args.since, until=args.until, limit=args.limit)
+
+
+def read_input(name: str) -> bytes:
+    """A file's bytes, or standard input for `-`; a missing file is a UsageError, not a traceback."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
+
+
+def utc_stamp(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,40 @@
+"""`reconcile --since`: queue orders Commerce Layer has that never reached us (`webhook_app.ops.reconcile`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from webhook_app.cli.common import commerce_layer_client, load_settings, open_checked_store, since_arg
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from webhook_app.ops.reconcile import reconcile
+    from webhook_app.policy import load_policy
+
+    settings = load_settings()
+    policy = load_policy(settings.policy_path)
+    client = commerce_layer_client(settings)
+    try:
+        store = open_checked_store(settings)
+        try:
+            result = reconcile(client, store, policy, since=args.since, until=args.until, dry_run=args.dry_run)
+        finally:
+            store.close()
+    finally:
+        client.close()
+    for order_id in result.missing:
+        print(order_id)
+    verb = "would be queued" if args.dry_run else "queued"
+    print(f"listed {result.listed} orders; {len(result.missing)} had no delivery here; "
+          f"{len(result.queued) if not args.dry_run else len(result.missing)} {verb}", file=sys.stderr)
+    return 0
+
+
+def register(sub: Any) -> None:
+    sp = sub.add_parser("reconcile", help="queue orders Commerce Layer has that never reached us")
+    sp.add_argument("--since", required=True, type=since_arg, help="orders updated since: 24h, 2d or an ISO 8601 time")
+    sp.add_argument("--until", type=since_arg, help="and before this")
+    sp.add_argument("--dry-run", action="store_true", help="list them, queue nothing")
+    sp.set_defaults(func=cmd_reconcile)

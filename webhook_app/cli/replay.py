@@ -1,0 +1,74 @@
+"""`replay`: re-send recorded deliveries (or files) to a target URL, re-signed (`webhook_app.ops.replay`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from webhook_app.cli.common import add_filters, delivery_filter, load_settings, open_checked_store
+from webhook_app.errors import ConfigError
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from webhook_app.ops.replay import Replayer, describe, from_files, from_store
+
+    settings = load_settings()
+    secret = args.secret or (os.environ.get(args.secret_env, "") if args.secret_env else "")
+    if not secret and settings.webhook_secrets:
+        secret = settings.webhook_secrets[-1].secret.decode()
+    if not secret:
+        raise ConfigError("--secret", "the target's webhook secret is needed (--secret, --secret-env VAR, "
+                                      "or CL_WEBHOOK_SECRETS)")
+    keys: tuple[str, ...] = settings.replay_keys
+    if args.replay_key_env:
+        keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
+    if args.no_token:
+        keys = ()
+    if args.files:
+        items = from_files(args.files, topic=args.file_topic)
+    else:
+        store = open_checked_store(settings)
+        try:
+            items = from_store(store, delivery_filter(args), dead_only=args.dead_lettered)
+        finally:
+            store.close()
+    if args.dry_run:
+        for line in describe(items, target=args.target, with_token=bool(keys)):
+            print(line)
+        print(f"dry run: {len(items)} deliveries would be sent", file=sys.stderr)
+        return 0
+    if not keys:
+        print("webhook-app: no replay key: deliveries the target has seen will be answered as duplicates",
+              file=sys.stderr)
+    replayer = Replayer(target=args.target, secret=secret, replay_keys=keys,
+                        token_ttl=args.token_ttl or settings.replay_token_ttl, rate=args.rate)
+    try:
+        summary = replayer.run(items, progress=sys.stderr)
+    finally:
+        replayer.close()
+    print(summary.line())
+    for failure in summary.failures[:20]:
+        print(f"  {failure}", file=sys.stderr)
+    return 0 if not summary.failures else 1
+
+
+def register(sub: Any) -> None:
+    sp = sub.add_parser("replay", help="re-send recorded deliveries to a target URL, re-signed")
+    sp.add_argument("--target", required=True, help="URL to POST to, e.g. https://staging/webhooks/commercelayer")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--secret", help="the target's webhook secret (default: the newest of CL_WEBHOOK_SECRETS)")
+    g.add_argument("--secret-env", metavar="VAR", help="read the target's webhook secret from VAR")
+    sp.add_argument("--replay-key-env", metavar="VAR", help="the target's replay keys (default "
+                    "WEBHOOK_APP_REPLAY_KEYS); each request gets a replay token so it runs again")
+    sp.add_argument("--no-token", action="store_true", help="send without replay tokens (repeats stay duplicates)")
+    sp.add_argument("--token-ttl", type=float, default=None,
+                    help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)")
+    sp.add_argument("--rate", type=float, default=10, help="requests per second (10)")
+    sp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
+    sp.add_argument("--dead-lettered", action="store_true", help="only deliveries whose job is dead-lettered")
+    sp.add_argument("--files", nargs="+", metavar="FILE", help="replay these files instead of the store")
+    sp.add_argument("--file-topic", help="topic for --files (default from the file name)")
+    add_filters(sp)
+    sp.set_defaults(func=cmd_replay)

@@ -1,0 +1,43 @@
+"""What the service needs from Commerce Layer, without any transport: a Protocol and call records.
+
+`CommerceLayerAPI` is the seam the worker and the operations depend on; `client.CommerceLayerClient`
+is the one implementation (requests, OAuth2, timeouts, rate limits). Nothing here imports requests,
+so metrics and the web processes can name a call without pulling in the HTTP client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass
+class CallRecord:
+    """What one call did, for metrics and logs (no secrets)."""
+
+    method: str
+    route: str
+    status: int | None
+    seconds: float
+    waited: float
+
+
+class CommerceLayerAPI(Protocol):
+    """The calls this service makes; every one has a timeout and raises CommerceLayerError."""
+
+    def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]: ...
+
+    def update_order(self, order_id: str, attributes: Mapping[str, Any], *,
+                     include: Iterable[str] = ()) -> dict[str, Any]: ...
+
+    def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]: ...
+
+    def list_webhooks(self) -> list[dict[str, Any]]: ...
+
+    def create_webhook(self, *, topic: str, callback_url: str, include_resources: list[str],
+                       name: str | None = None) -> dict[str, Any]: ...
+
+    def reset_webhook_circuit(self, webhook_id: str) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+-- Version 3: nothing changes here; SQLite's jobs_pending index gains `id`, as this one has.

@@ -1,0 +1,1 @@
+-- Version 2: nothing changes here (PostgreSQL's bodies became uncompressed).
