@@ -7,18 +7,28 @@ and the stats use):
     GET    /api/orders                                       [orders.list]
     GET    /api/orders/{id}                                  [orders.get]
     PATCH  /api/orders/{id}                                  [orders.patch]
-    GET    /api/customers/{id}/customer_payment_sources      [customer_payment_sources]
     GET    /api/customer_payment_sources                     [customer_payment_sources]
-    GET    /api/customer_payment_sources/{id}                [customer_payment_sources.get]
+    DELETE /api/customer_payment_sources/{id}                [customer_payment_sources.delete]
     GET    /api/webhooks                                     [webhooks.list]
     POST   /api/webhooks                                     [webhooks.create]
     GET    /api/webhooks/{id}                                [webhooks.get]
     PATCH  /api/webhooks/{id}                                [webhooks.patch]
     DELETE /api/webhooks/{id}                                [webhooks.delete]
-    GET    /api/webhooks/{id}/last_event_callbacks           [webhooks.last_event_callbacks]
+    GET    /api/{type}/{id}                                  [{type}.get]
+    GET    /api/{type}/{id}/{relationship}                   [{type}.{relationship}]
+    GET    /api/{type}/{id}/relationships/{relationship}     [{type}.relationships.{relationship}]
+
+`{type}` is any type the sandbox models (`render.TYPES`: customers, markets, line_items, skus,
+customer_payment_sources, payment_methods, event_callbacks, the payment source types), so every
+link it renders resolves: e.g. `/api/orders/{id}/available_customer_payment_sources` (a list,
+paginated like `/api/orders`), `/api/orders/{id}/customer`, `/api/customers/{id}` and
+`/api/customers/{id}/customer_payment_sources` (route name `customer_payment_sources`).
+A relationship the sandbox does not model (addresses, shipments...) answers null or an empty
+list. `include`, `fields[TYPE]` and the links follow `render.py`; links follow
+`X-Forwarded-Proto`/`X-Forwarded-Host` (a TLS proxy in front). Tokens are JWTs (`tokens.py`).
 
 Every request to one of them goes through, in order: the rate limiter (429), injected faults
-(latency, hang, drop, 5xx), then for `/api/*` the media types (406 without
+(latency, hang, drop, 5xx; late answers are held after the handler), then for `/api/*` the media types (406 without
 `Accept: application/vnd.api+json`, 415 for a body that is not `application/vnd.api+json`) and the
 bearer token (401), then the handler. Every answer carries the `x-ratelimit-*` headers, every
 request is logged (`/_sandbox/requests`). The control API (`control.py`) is mounted under

@@ -296,6 +296,10 @@ TYPES: dict[str, TypeSpec] = {
         CALLBACK_RELS, lambda s, i: next((c for c in s.callbacks if c.id == i), None)
     ),
     **{t: TypeSpec(PAYMENT_SOURCE_RELS, _source_finder(t)) for t in sorted(PAYMENT_SOURCE_TYPES)},
+    # wire transfers have no gateway (resources.json)
+    "wire_transfers": TypeSpec(
+        {"order": PAYMENT_SOURCE_RELS["order"]}, _source_finder("wire_transfers")
+    ),
 }
 #: Relationship targets by (type, relationship), for validating include paths. Polymorphic
 #: `payment_source` targets every payment source type (they share their relationships).
