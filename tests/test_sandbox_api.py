@@ -304,11 +304,26 @@ def test_wallet_save_refusals(api, order_id, error):
 
 
 def test_every_wallet_type_can_be_saved(api):
+    # Braintree nonces are one-time: a placed order's nonce is spent, so its save is refused;
+    # an order saved before it is placed can be saved (see test_sandbox_wallet.py).
+    refused = api.patch_order("OrdBrainAa", {"_save_payment_source_to_customer_wallet": True})
+    assert refused.status_code == 422 and errors_of(refused)[0]["meta"]["error"] == "nonce_used"
+    pending = {
+        "orders": [
+            {
+                "id": "OrdBrainPe",
+                "customer": "bob@example.com",
+                "status": "pending",
+                "payment_source": {"type": "braintree_payments", "card_last4": "1881"},
+            }
+        ]
+    }
+    assert api.control("POST", "/scenario?mode=merge", pending).status_code == 200
     wallet_orders = [
         "OrdStripeA",
         "OrdAdyenAa",
         "OrdAxerveA",
-        "OrdBrainAa",
+        "OrdBrainPe",
         "OrdCkoAaaa",
         "OrdExtAaaa",
         "OrdKlarnaA",

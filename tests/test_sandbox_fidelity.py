@@ -108,8 +108,8 @@ def test_invalid_include_paths_are_400(api, include):
 
 
 def test_order_related_routes(api):
-    save(api, "OrdBrainAa")  # Bob now has two entries: the seeded one and this one
-    wallet = api.get("/orders/OrdBrainAa/available_customer_payment_sources?page[size]=1")
+    save(api, "OrdExtAaaa")  # Bob now has two entries: the seeded one and this one
+    wallet = api.get("/orders/OrdExtAaaa/available_customer_payment_sources?page[size]=1")
     assert wallet.status_code == 200
     page = wallet.json()
     assert page["meta"]["record_count"] == 2 and page["meta"]["page_count"] == 2
@@ -117,7 +117,7 @@ def test_order_related_routes(api):
     assert {"first", "next", "last"} <= set(page["links"])
     second = api.session.get(page["links"]["next"], headers=api.headers()).json()
     assert second["data"][0]["id"] != page["data"][0]["id"]
-    assert api.get("/orders/OrdBrainAa/customer").json()["data"]["id"] == "CustBobAaa"
+    assert api.get("/orders/OrdExtAaaa/customer").json()["data"]["id"] == "CustBobAaa"
     assert api.get("/orders/OrdStripeA/market").json()["data"]["attributes"]["code"] == "eu"
     items = api.get("/orders/OrdStripeA/line_items").json()
     assert items["meta"]["record_count"] == 2 and items["data"][0]["type"] == "line_items"

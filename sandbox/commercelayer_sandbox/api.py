@@ -510,7 +510,13 @@ class _Api:
                 meta={"error": "not_modelled"},
             )
         try:
-            outcome = apply_patch(state, order_id, attributes, now=sandbox.now_ms())
+            outcome = apply_patch(
+                state,
+                order_id,
+                attributes,
+                now=sandbox.now_ms(),
+                gateway_refusal=sandbox.config.wallet_save_refusal,
+            )
         except ApiError as exc:
             pointer = exc.errors[0]["source"].get("pointer", "")
             if pointer.endswith("/_save_payment_source_to_customer_wallet"):
@@ -519,6 +525,8 @@ class _Api:
                 stats.count("wallet.use_refused")
             raise
         stats.count("wallet.entries_created", len(outcome.created))
+        if outcome.refused_without_entry:
+            stats.count("wallet.save_refused_without_entry")
         stats.count("wallet.duplicates", outcome.duplicates)
         if outcome.used_entry is not None:
             stats.count("wallet.use_applied")

@@ -87,6 +87,9 @@ class SandboxConfig:
     domain: str = "localhost"
     #: `test` or `live`: the tokens' `test` claim and every answer's `meta.mode`.
     mode: str = "test"
+    #: How a save the gateway cannot honour is answered (undocumented): `error` (422
+    #: VALIDATION_ERROR with the reason) or `no_entry` (200, no new wallet entry).
+    wallet_save_refusal: str = "error"
     token_ttl: float = 7200.0
     auth_limits: tuple[Window, ...] = (Window(30, 60.0),)
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
@@ -118,6 +121,8 @@ class SandboxConfig:
                     where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})"
                 )
         new = replace(self, **top)
+        if new.wallet_save_refusal not in ("error", "no_entry"):
+            raise SandboxError(f"{path}.wallet_save_refusal", "must be error or no_entry")
         if new.mode not in ("test", "live"):
             raise SandboxError(f"{path}.mode", "must be test or live")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", new.organization_slug):
@@ -138,6 +143,7 @@ _SIMPLE_KEYS = {
     "organization_slug",
     "domain",
     "mode",
+    "wallet_save_refusal",
     "token_ttl",
     "page_size_default",
     "page_size_max",

@@ -11,6 +11,11 @@ Wallet rules (Commerce Layer documents the triggers, not every edge; the sandbox
 - saving needs a non-guest order with a customer and a payment source of a type with a wallet
   flow (`model.WALLET_TYPES`); otherwise 422 with `meta.error` `guest`, `no_customer`,
   `no_payment_source` or `no_wallet_flow`;
+- a save the gateway cannot honour (`gateway_refusal`: Braintree nonce already used by placing
+  the order, Adyen without `payment_request_data` or `recurringDetailReference`, Checkout.com
+  without `payment_response.source`, Klarna without `auth_token`, Stripe without
+  `setup_future_usage: off_session`) is a 422 VALIDATION_ERROR (`meta.error` names the reason)
+  or, with `wallet_save_refusal = "no_entry"`, a 200 without a new entry;
 - every accepted save creates a new `customer_payment_sources` record, even when the same
   payment source was saved before (Commerce Layer does not document deduplication; the sandbox
   makes a double save visible as a duplicate, counted in the stats);
@@ -179,10 +184,17 @@ class PatchOutcome:
     duplicates: int = 0
     used_entry: WalletEntry | None = None
     new_sources: list[PaymentSource] = field(default_factory=list)
+    #: Why the gateway refused a save that was answered 200 without an entry (`no_entry`).
+    refused_without_entry: str | None = None
 
 
 def apply_patch(
-    state: SandboxState, order_id: str, attributes: Mapping[str, Any], *, now: int
+    state: SandboxState,
+    order_id: str,
+    attributes: Mapping[str, Any],
+    *,
+    now: int,
+    gateway_refusal: str = "error",
 ) -> PatchOutcome:
     """Apply a checked `orderUpdate` body's attributes to an order; ApiError (422) if refused."""
     with state.lock:
@@ -220,10 +232,13 @@ def apply_patch(
                 state, draft, attributes["_customer_payment_source_id"], now, outcome
             )
         if attributes.get("_save_payment_source_to_customer_wallet"):
-            entry = _save_to_wallet(state, draft, now, outcome)
-            if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
-                outcome.duplicates += 1
-            outcome.created.append(entry)
+            entry = _save_to_wallet(state, draft, now, outcome, gateway_refusal)
+            if entry is not None:
+                if any(
+                    w.payment_source_id == entry.payment_source_id for w in state.wallet.values()
+                ):
+                    outcome.duplicates += 1
+                outcome.created.append(entry)
         for trigger, topics in STATUS_TRIGGERS.items():
             if not attributes.get(trigger):
                 continue
@@ -319,9 +334,50 @@ def _use_wallet_entry(
     return entry
 
 
+BRAINTREE_NONCE_USED = "cannot use a payment_method_nonce more than once"
+
+
+def gateway_refusal(source: PaymentSource, order: Order) -> tuple[str, str] | None:
+    """(meta.error, detail) when the gateway cannot save `source` into a wallet, else None.
+
+    From each gateway's "reusing the payment source" how-to
+    (https://docs.commercelayer.io/how-tos/placing-orders/payments/<gateway>/reusing-the-payment-source):
+    Braintree nonces are one-time (placing the order uses it); Adyen needs
+    `payment_request_data` and an account that returns `recurringDetailReference`;
+    Checkout.com needs `payment_response.source`; Klarna `auth_token`; Stripe a source created
+    with `options.setup_future_usage = "off_session"`. A record made from a wallet entry holds a
+    gateway token already, so it can be saved again."""
+    if source.wallet_entry_id is not None:
+        return None
+    gw, ptype = source.gateway, source.type
+    if ptype == "braintree_payments" and (gw.get("nonce_used") or order.placed_at is not None):
+        return "nonce_used", f"Braintree: {BRAINTREE_NONCE_USED}"
+    if ptype == "adyen_payments":
+        if gw.get("payment_request_data") is None:
+            return (
+                "no_payment_request_data",
+                "Adyen: the payment source has no payment_request_data",
+            )
+        if not gw.get("recurring", True):
+            return (
+                "no_recurring_detail_reference",
+                "Adyen: the account returned no recurringDetailReference",
+            )
+    if ptype == "checkout_com_payments" and not gw.get("payment_response_source", True):
+        return "no_payment_response_source", "Checkout.com: payment_response has no source"
+    if ptype == "klarna_payments" and gw.get("auth_token", "present") in (None, ""):
+        return "no_auth_token", "Klarna: the payment source has no auth_token"
+    if ptype == "stripe_payments" and source.options.get("setup_future_usage") != "off_session":
+        return (
+            "no_setup_future_usage",
+            'Stripe: the payment source was not created with setup_future_usage "off_session"',
+        )
+    return None
+
+
 def _save_to_wallet(
-    state: SandboxState, draft: Order, now: int, outcome: PatchOutcome
-) -> WalletEntry:
+    state: SandboxState, draft: Order, now: int, outcome: PatchOutcome, refusal: str = "error"
+) -> WalletEntry | None:
     pointer = "/data/attributes/_save_payment_source_to_customer_wallet"
     if draft.guest:
         raise validation_error(
@@ -349,6 +405,12 @@ def _save_to_wallet(
             pointer=pointer,
             error="no_wallet_flow",
         )
+    refused = gateway_refusal(source, draft)
+    if refused is not None:
+        if refusal == "no_entry":
+            outcome.refused_without_entry = refused[0]
+            return None
+        raise validation_error(refused[1], pointer=pointer, error=refused[0])
     return WalletEntry(
         id=state.ids.new(),
         customer_id=draft.customer_id,

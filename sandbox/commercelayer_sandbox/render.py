@@ -697,7 +697,7 @@ def payment_source_attributes(state: SandboxState, ps: PaymentSource) -> dict[st
             **intent,
         }
     elif ps.type == "adyen_payments":
-        request_data = dict(ps.gateway.get("payment_request_data", {}))
+        request_data = ps.gateway.get("payment_request_data")
         response: dict[str, Any] = {"resultCode": "Authorised", "pspReference": f"psp{ps.id}"}
         if ps.gateway.get("recurring", True):
             response["additionalData"] = {
@@ -707,7 +707,7 @@ def payment_source_attributes(state: SandboxState, ps: PaymentSource) -> dict[st
         specific = {
             "public_key": "sandbox_adyen_public_key",
             "payment_methods": {},
-            "payment_request_data": request_data or None,
+            "payment_request_data": request_data,
             "payment_request_details": {},
             "payment_response": response,
             "mismatched_amounts": False,
@@ -748,7 +748,7 @@ def payment_source_attributes(state: SandboxState, ps: PaymentSource) -> dict[st
             "session_id": f"klarna-session-{ps.id}",
             "client_token": "sandbox_klarna_client_token",
             "payment_methods": [],
-            "auth_token": ps.gateway.get("auth_token", token),
+            "auth_token": ps.gateway.get("auth_token", token) or None,
             "mismatched_amounts": False,
             **intent,
         }

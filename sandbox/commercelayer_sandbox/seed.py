@@ -11,14 +11,21 @@ Top-level keys (all optional):
   customers by `email`.
 - `orders`: `{id?, number?, market?, customer? (email), customer_email?, guest?, status?,
   payment_status?, fulfillment_status?, payment_source? (a type, or a table {type, id?,
-  card_last4?, card_brand?, customer_token?, payment_source_token?, options?}), card_last4?,
+  card_last4?, card_brand?, card_exp_month?, card_exp_year?, card_fingerprint? (default: derived
+  from brand, last 4 and expiry, so the same card gives the same fingerprint on every order),
+  customer_token?, payment_source_token?, options? (Stripe: `setup_future_usage`, default
+  "off_session"), gateway? {payment_request_data (Adyen; false: not set), recurring (Adyen: the
+  account returns a recurringDetailReference; default true), payment_response_source
+  (Checkout.com; default true), auth_token (Klarna; "" : not set), payment_method_nonce,
+  nonce_used (Braintree)}}), card_last4?,
   card_brand?, currency_code?, language_code?, country_code?, shipping_amount_cents?,
   line_items? [{sku_code, name?, quantity?, unit_amount_cents?}], reference?, metadata?,
   created_at?, updated_at?, placed_at?}`. `guest` defaults to true for an order without a
   customer or with a guest customer.
 - `customer_payment_sources`: pre-existing wallet entries `{id?, customer (email), order? (id:
-  saves that order's payment source) or payment_source_type + card_last4?, customer_token?,
-  payment_source_token?, name?, created_at?}`.
+  saves that order's payment source; several entries may name one order: duplicates) or
+  payment_source_type + card_last4?, card_brand?, customer_token?, payment_source_token?, name?,
+  created_at?}`.
 - `webhooks`: `{id?, name?, topic, callback_url, include_resources?, shared_secret?, timeout?}`
   (`timeout` overrides the delivery timeout for that webhook).
 - `faults`: a fault spec (see `faults.py`).
@@ -403,11 +410,32 @@ class _Loader:
             spec.get("card_fingerprint")
             or (short_id("card", brand, last4, str(exp_month), str(exp_year)) if is_card else "")
         )  # fmt: skip
+        gateway = spec.get("gateway", {})
+        known = {
+            "payment_request_data",
+            "recurring",
+            "payment_response_source",
+            "auth_token",
+            "payment_method_nonce",
+            "nonce_used",
+        }
+        if not isinstance(gateway, Mapping) or set(gateway) - known:
+            raise SandboxError(
+                f"{path}.gateway", f"must be a table with keys among {sorted(known)}"
+            )
+        gateway = dict(gateway)
+        customer_token = str(spec.get("customer_token") or f"{customer_prefix}{owner}")
+        if ptype == "adyen_payments":
+            data = gateway.get(
+                "payment_request_data",
+                {"payment_method": {"type": "scheme"}, "shopperReference": customer_token},
+            )
+            gateway["payment_request_data"] = data or None  # false: not set
         source = PaymentSource(
             id=ident,
             type=ptype,
             order_id=order_id,
-            customer_token=str(spec.get("customer_token") or f"{customer_prefix}{owner}"),
+            customer_token=customer_token,
             payment_source_token=str(spec.get("payment_source_token") or f"{token_prefix}{ident}"),
             card_brand=brand,
             card_last4=last4,
@@ -418,6 +446,7 @@ class _Loader:
             options=dict(options),
             metadata=dict(spec.get("metadata", {})),
             card_fingerprint=fingerprint,
+            gateway=gateway,
         )
         self.state.payment_sources[source.id] = source
         return source
