@@ -11,7 +11,8 @@ what happened. Modules:
     seed              scenario files and generation  schema   the official schema fragments
     ratelimit, faults what can slow or break a call  sender   webhook delivery
     sandbox           ties them together             api, control  the HTTP layer (Flask)
-    server            SandboxServer (a thread)       cli      `commercelayer-sandbox`
+    tokens            JWT access tokens              cli      `commercelayer-sandbox`
+    server            SandboxServer (a thread)
 """
 
 from commercelayer_sandbox.api import create_sandbox_app

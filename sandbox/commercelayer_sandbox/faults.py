@@ -11,12 +11,16 @@ as a dotted prefix (`orders` matches `orders.get`), or as a glob (`*`). Each rul
 - `drop_share` of requests whose TCP connection is closed without any answer;
 - `apply_then_fail`: errors and drops happen *after* the request was applied, so the client
   sees a failure for a change that was made (an ambiguous outcome);
+- `late_answer_share` of requests that are applied at once and whose answer is held back
+  `late_answer_seconds` before it is written: set it past the client's read timeout and the
+  client times out on a change that was made (then finds the answer's socket gone);
 - a spell: `requests` (the next N matching requests) and/or `seconds` (for T seconds), after
   which the rule removes itself. Without either, the rule stays until `DELETE /_sandbox/faults`.
 
 Shares are drawn from one `random.Random` per rule, seeded from the spec's `seed`, one draw per
 matching request: drop in [0, drop_share), hang in the next `hang_share`, error in the next
-`error_share` (so the shares of one rule must add up to at most 1). A given sequence of requests
+`error_share`, late answer in the next `late_answer_share` (so the shares of one rule must add
+up to at most 1). A given sequence of requests
 thus meets the same faults every run.
 
 Sender-side (`sender` in the spec): `lose_answer_share` of deliveries whose answer the sender
@@ -46,6 +50,8 @@ _RULE_KEYS = (
     "hang_seconds",
     "drop_share",
     "apply_then_fail",
+    "late_answer_share",
+    "late_answer_seconds",
     "requests",
     "seconds",
 )
@@ -61,6 +67,7 @@ class FaultDecision:
     drop: bool = False
     error_status: int | None = None
     apply_then_fail: bool = False
+    late_answer: float = 0.0
 
     @property
     def kinds(self) -> list[str]:
@@ -75,6 +82,8 @@ class FaultDecision:
             out.append("error")
         if self.apply_then_fail and (self.drop or self.error_status):
             out.append("apply_then_fail")
+        if self.late_answer:
+            out.append("late_answer")
         return out
 
 
@@ -107,6 +116,8 @@ class FaultRule:
     hang_seconds: float = 0.0
     drop_share: float = 0.0
     apply_then_fail: bool = False
+    late_answer_share: float = 0.0
+    late_answer_seconds: float = 0.0
     spell: _Spell = field(default_factory=_Spell)
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -193,6 +204,7 @@ class Faults:
             drop = False
             error: int | None = None
             apply_then_fail = False
+            late = 0.0
             for rule in self.rules:
                 if not rule.matches(route):
                     continue
@@ -204,12 +216,17 @@ class Faults:
                     apply_then_fail = apply_then_fail or rule.apply_then_fail
                 elif draw < rule.drop_share + rule.hang_share:
                     hang = max(hang, rule.hang_seconds)
-                elif draw < rule.drop_share + rule.hang_share + rule.error_share and error is None:
-                    error = rule.error_status
-                    apply_then_fail = apply_then_fail or rule.apply_then_fail
+                elif draw < rule.drop_share + rule.hang_share + rule.error_share:
+                    if error is None:
+                        error = rule.error_status
+                        apply_then_fail = apply_then_fail or rule.apply_then_fail
+                elif draw < (
+                    rule.drop_share + rule.hang_share + rule.error_share + rule.late_answer_share
+                ):
+                    late = max(late, rule.late_answer_seconds)
             if drop:
                 error = None
-            return FaultDecision(latency, hang, drop, error, apply_then_fail)
+            return FaultDecision(latency, hang, drop, error, apply_then_fail, late)
 
     def lose_answer(self, webhook_id: str) -> bool:
         """Whether the sender should throw away the answer of this delivery."""
@@ -278,13 +295,22 @@ def _rule(raw: Any, path: str, seed: int | str, index: int, now: float) -> Fault
         hang_seconds=_non_negative(raw.get("hang_seconds", 0), f"{path}.hang_seconds"),
         drop_share=_share(raw.get("drop_share", 0), f"{path}.drop_share"),
         apply_then_fail=bool(raw.get("apply_then_fail", False)),
+        late_answer_share=_share(raw.get("late_answer_share", 0), f"{path}.late_answer_share"),
+        late_answer_seconds=_non_negative(
+            raw.get("late_answer_seconds", 0), f"{path}.late_answer_seconds"
+        ),
         spell=_spell(raw, path, now),
         rng=random.Random(f"{seed}:{index}"),  # noqa: S311 - deterministic fault draws
     )
-    if rule.drop_share + rule.hang_share + rule.error_share > 1 + 1e-9:
-        raise SandboxError(path, "drop_share + hang_share + error_share must not exceed 1")
+    total = rule.drop_share + rule.hang_share + rule.error_share + rule.late_answer_share
+    if total > 1 + 1e-9:
+        raise SandboxError(
+            path, "drop_share + hang_share + error_share + late_answer_share must not exceed 1"
+        )
     if rule.hang_share and not rule.hang_seconds:
         raise SandboxError(f"{path}.hang_seconds", "must be set when hang_share is")
+    if rule.late_answer_share and not rule.late_answer_seconds:
+        raise SandboxError(f"{path}.late_answer_seconds", "must be set when late_answer_share is")
     return rule
 
 

@@ -11,11 +11,21 @@ Wallet rules (Commerce Layer documents the triggers, not every edge; the sandbox
 - saving needs a non-guest order with a customer and a payment source of a type with a wallet
   flow (`model.WALLET_TYPES`); otherwise 422 with `meta.error` `guest`, `no_customer`,
   `no_payment_source` or `no_wallet_flow`;
+- a save the gateway cannot honour (`gateway_refusal`: Braintree nonce already used by placing
+  the order, Adyen without `payment_request_data` or `recurringDetailReference`, Checkout.com
+  without `payment_response.source`, Klarna without `auth_token`, Stripe without
+  `setup_future_usage: off_session`) is a 422 VALIDATION_ERROR (`meta.error` names the reason)
+  or, with `wallet_save_refusal = "no_entry"`, a 200 without a new entry;
 - every accepted save creates a new `customer_payment_sources` record, even when the same
   payment source was saved before (Commerce Layer does not document deduplication; the sandbox
   makes a double save visible as a duplicate, counted in the stats);
-- `_customer_payment_source_id` makes the entry's payment source record the order's payment
-  source; an unknown id, or an entry of another customer, is a 422 on that attribute.
+- `_customer_payment_source_id` gives the order a payment source record of its own, made from
+  the entry: same type, the entry's `customer_token` and `payment_source_token`, the card
+  details (brand, last 4, expiry, fingerprint) of the record the entry was saved from, a new id
+  and `wallet_entry_id` pointing back at the entry. A payment source record belongs to one
+  order (its amounts are that order's); only when the entry was saved from this very order is
+  its own record reused. An unknown id, or an entry of another customer, is a 422 on that
+  attribute.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commercelayer_sandbox.errors import ApiError, validation_error
-from commercelayer_sandbox.model import WALLET_TYPES, Customer, Order, WalletEntry
+from commercelayer_sandbox.model import WALLET_TYPES, Customer, Order, PaymentSource, WalletEntry
 from commercelayer_sandbox.render import singular
 from commercelayer_sandbox.state import SandboxState
 from commercelayer_sandbox.timeutil import parse_iso_micros
@@ -173,10 +183,18 @@ class PatchOutcome:
     created: list[WalletEntry] = field(default_factory=list)
     duplicates: int = 0
     used_entry: WalletEntry | None = None
+    new_sources: list[PaymentSource] = field(default_factory=list)
+    #: Why the gateway refused a save that was answered 200 without an entry (`no_entry`).
+    refused_without_entry: str | None = None
 
 
 def apply_patch(
-    state: SandboxState, order_id: str, attributes: Mapping[str, Any], *, now: int
+    state: SandboxState,
+    order_id: str,
+    attributes: Mapping[str, Any],
+    *,
+    now: int,
+    gateway_refusal: str = "error",
 ) -> PatchOutcome:
     """Apply a checked `orderUpdate` body's attributes to an order; ApiError (422) if refused."""
     with state.lock:
@@ -211,13 +229,16 @@ def apply_patch(
             draft.payment_source_id = None
         if "_customer_payment_source_id" in attributes:
             outcome.used_entry = _use_wallet_entry(
-                state, draft, attributes["_customer_payment_source_id"]
+                state, draft, attributes["_customer_payment_source_id"], now, outcome
             )
         if attributes.get("_save_payment_source_to_customer_wallet"):
-            entry = _save_to_wallet(state, draft, now)
-            if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
-                outcome.duplicates += 1
-            outcome.created.append(entry)
+            entry = _save_to_wallet(state, draft, now, outcome, gateway_refusal)
+            if entry is not None:
+                if any(
+                    w.payment_source_id == entry.payment_source_id for w in state.wallet.values()
+                ):
+                    outcome.duplicates += 1
+                outcome.created.append(entry)
         for trigger, topics in STATUS_TRIGGERS.items():
             if not attributes.get(trigger):
                 continue
@@ -243,6 +264,8 @@ def apply_patch(
         for c in new_customers:
             state.customers[c.id] = c
         state.customers.update(customer_changes)
+        for source in outcome.new_sources:
+            state.payment_sources[source.id] = source
         for entry in outcome.created:
             state.wallet[entry.id] = entry
         return outcome
@@ -266,7 +289,9 @@ def _associate_customer(
     draft.customer_id = customer.id
 
 
-def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> WalletEntry:
+def _use_wallet_entry(
+    state: SandboxState, draft: Order, entry_id: Any, now: int, outcome: PatchOutcome
+) -> WalletEntry:
     pointer = "/data/attributes/_customer_payment_source_id"
     entry = state.wallet.get(entry_id)
     if entry is None:
@@ -279,11 +304,80 @@ def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> Walle
             pointer=pointer,
             error="not_owned",
         )
-    draft.payment_source_id = entry.payment_source_id
+    origin = state.payment_sources.get(entry.payment_source_id)
+    if origin is not None and origin.order_id == draft.id:
+        draft.payment_source_id = origin.id
+    else:
+        source = PaymentSource(
+            id=state.ids.new(),
+            type=entry.payment_source_type,
+            order_id=draft.id,
+            customer_token=entry.customer_token,
+            payment_source_token=entry.payment_source_token,
+            created_at=now,
+            updated_at=now,
+            wallet_entry_id=entry.id,
+        )
+        if origin is not None:
+            source.card_brand = origin.card_brand
+            source.card_last4 = origin.card_last4
+            source.card_exp_month = origin.card_exp_month
+            source.card_exp_year = origin.card_exp_year
+            source.card_fingerprint = origin.card_fingerprint
+            source.options = copy.deepcopy(origin.options)
+            source.gateway = copy.deepcopy(origin.gateway)
+        outcome.new_sources.append(source)
+        draft.payment_source_id = source.id
+    draft.payment_method_id = state.payment_method_for(
+        draft.market_id, entry.payment_source_type, draft.currency_code, now
+    )
     return entry
 
 
-def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
+BRAINTREE_NONCE_USED = "cannot use a payment_method_nonce more than once"
+
+
+def gateway_refusal(source: PaymentSource, order: Order) -> tuple[str, str] | None:
+    """(meta.error, detail) when the gateway cannot save `source` into a wallet, else None.
+
+    From each gateway's "reusing the payment source" how-to
+    (https://docs.commercelayer.io/how-tos/placing-orders/payments/<gateway>/reusing-the-payment-source):
+    Braintree nonces are one-time (placing the order uses it); Adyen needs
+    `payment_request_data` and an account that returns `recurringDetailReference`;
+    Checkout.com needs `payment_response.source`; Klarna `auth_token`; Stripe a source created
+    with `options.setup_future_usage = "off_session"`. A record made from a wallet entry holds a
+    gateway token already, so it can be saved again."""
+    if source.wallet_entry_id is not None:
+        return None
+    gw, ptype = source.gateway, source.type
+    if ptype == "braintree_payments" and (gw.get("nonce_used") or order.placed_at is not None):
+        return "nonce_used", f"Braintree: {BRAINTREE_NONCE_USED}"
+    if ptype == "adyen_payments":
+        if gw.get("payment_request_data") is None:
+            return (
+                "no_payment_request_data",
+                "Adyen: the payment source has no payment_request_data",
+            )
+        if not gw.get("recurring", True):
+            return (
+                "no_recurring_detail_reference",
+                "Adyen: the account returned no recurringDetailReference",
+            )
+    if ptype == "checkout_com_payments" and not gw.get("payment_response_source", True):
+        return "no_payment_response_source", "Checkout.com: payment_response has no source"
+    if ptype == "klarna_payments" and gw.get("auth_token", "present") in (None, ""):
+        return "no_auth_token", "Klarna: the payment source has no auth_token"
+    if ptype == "stripe_payments" and source.options.get("setup_future_usage") != "off_session":
+        return (
+            "no_setup_future_usage",
+            'Stripe: the payment source was not created with setup_future_usage "off_session"',
+        )
+    return None
+
+
+def _save_to_wallet(
+    state: SandboxState, draft: Order, now: int, outcome: PatchOutcome, refusal: str = "error"
+) -> WalletEntry | None:
     pointer = "/data/attributes/_save_payment_source_to_customer_wallet"
     if draft.guest:
         raise validation_error(
@@ -298,7 +392,9 @@ def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
             pointer=pointer,
             error="no_customer",
         )
-    source = state.payment_sources.get(draft.payment_source_id or "")
+    source = state.payment_sources.get(draft.payment_source_id or "") or next(
+        (s for s in outcome.new_sources if s.id == draft.payment_source_id), None
+    )
     if source is None:
         raise validation_error(
             "the order has no payment source to save", pointer=pointer, error="no_payment_source"
@@ -309,6 +405,12 @@ def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
             pointer=pointer,
             error="no_wallet_flow",
         )
+    refused = gateway_refusal(source, draft)
+    if refused is not None:
+        if refusal == "no_entry":
+            outcome.refused_without_entry = refused[0]
+            return None
+        raise validation_error(refused[1], pointer=pointer, error=refused[0])
     return WalletEntry(
         id=state.ids.new(),
         customer_id=draft.customer_id,
@@ -320,6 +422,7 @@ def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
         created_at=now,
         updated_at=now,
         origin_order_id=draft.id,
+        payment_method_id=draft.payment_method_id,
     )
 
 
@@ -384,8 +487,7 @@ def order_filters(args: Mapping[str, str]) -> list[Callable[[Order], bool]]:
             raise bad_request(
                 "FILTER_NOT_ALLOWED",
                 "Filter not allowed",
-                f"{key} is not a filter the sandbox supports "
-                f"(filter[q][X] with X in {', '.join(supported)}).",
+                f"{key} is not a filter the sandbox supports (filter[q][X] with X in {', '.join(supported)}).",
                 parameter=key,
             )
         out.append(predicate)
