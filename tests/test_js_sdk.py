@@ -475,6 +475,7 @@ def test_token_expiry_401_then_the_sdk_refreshes(sdk: Run) -> None:
     r = sdk.ok("token_expiry")
     assert r["expiresIn"] == SHORT_TTL and r["lifetime"] == SHORT_TTL
     assert r["fresh"] == SAVE_ORDER
+    assert r["isTokenExpired"] == {"before": False, "after": True}  # the SDK reads the JWT's exp
     e = r["expired"]
     assert e["thrown"], r
     assert e["error"]["name"] == "ApiError" and e["error"]["status"] == 401, e

@@ -393,8 +393,10 @@ await check("token_expiry", async () => {
   const { payload } = jwtDecode(auth.accessToken);
   const short = CommerceLayer({ accessToken: auth.accessToken, domain: DOMAIN });
   const fresh = (await short.orders.retrieve(S.save_order)).id;
+  const expiredBefore = CommerceLayerStatic.isTokenExpired(auth.accessToken);
   // Both clocks have passed exp: the JWT's (what the SDK reads) and the sandbox's.
   await sleep(Math.max(0, payload.exp * 1000 - Date.now()) + 1200);
+  const expiredAfter = CommerceLayerStatic.isTokenExpired(auth.accessToken);
   const expired = await expectError(() => short.orders.retrieve(S.save_order));
   let refreshCalls = 0;
   let refreshedWithOld = false;
@@ -410,6 +412,7 @@ await check("token_expiry", async () => {
     expiresIn: auth.expiresIn,
     lifetime: payload.exp - payload.iat,
     fresh,
+    isTokenExpired: { before: expiredBefore, after: expiredAfter },
     expired,
     refreshed,
     refreshCalls,
