@@ -410,8 +410,14 @@ def test_wallet_save(sdk: Run) -> None:
 def test_wallet_reuse_on_another_order_of_the_customer(sdk: Run) -> None:
     r = sdk.ok("wallet_reuse")
     assert r["entry"] == sdk.ok("wallet_save")["added"][0]["id"]
-    assert r["before"]["id"] == REUSE_SOURCE
-    assert r["answer"]["id"] == SAVE_SOURCE and r["reread"]["id"] == SAVE_SOURCE
+    assert r["saved"]["id"] == SAVE_SOURCE and r["saved"]["last4"] == "4242" and r["saved"]["paymentMethodId"], r
+    assert r["before"]["id"] == REUSE_SOURCE and r["before"]["last4"] == "5555", r
+    # The order now pays with the saved card: its payment source is the wallet entry's (the same
+    # record, or a copy made for this order: Commerce Layer's docs do not say which).
+    for seen in (r["answer"], r["reread"]):
+        assert seen["id"] != REUSE_SOURCE and seen["type"] == "stripe_payments", r
+        assert (seen["last4"], seen["paymentMethodId"]) == ("4242", r["saved"]["paymentMethodId"]), r
+    assert r["answer"]["id"] == r["reread"]["id"]
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -82,6 +82,16 @@ async function expectError(fn) {
 
 const ids = (list) => Array.from(list, (r) => r.id);
 const related = (r) => (r == null ? r : { id: r.id, type: r.type, attributes: Object.keys(r).length > 2 });
+// A payment source's card: what makes two payment source records pay with the same card.
+const card = (ps) =>
+  ps == null
+    ? ps
+    : {
+        id: ps.id,
+        type: ps.type,
+        last4: ps.payment_instrument?.card_last_digits ?? null,
+        paymentMethodId: ps.payment_method?.id ?? null,
+      };
 
 // -- the webhook receiver -------------------------------------------------------------------
 
@@ -271,6 +281,7 @@ await check("wallet_save", async () => {
 
 await check("wallet_reuse", async () => {
   if (!state.savedEntry) throw new Error("no entry saved by wallet_save");
+  const saved = await cl.orders.retrieve(S.save_order, { include: ["payment_source"] });
   const before = await cl.orders.retrieve(S.reuse_order, { include: ["payment_source"] });
   const o = await cl.orders.update(
     { id: S.reuse_order, _customer_payment_source_id: state.savedEntry },
@@ -279,9 +290,10 @@ await check("wallet_reuse", async () => {
   const again = await cl.orders.retrieve(S.reuse_order, { include: ["payment_source"] });
   return {
     entry: state.savedEntry,
-    before: related(before.payment_source),
-    answer: related(o.payment_source),
-    reread: related(again.payment_source),
+    saved: card(saved.payment_source),
+    before: card(before.payment_source),
+    answer: card(o.payment_source),
+    reread: card(again.payment_source),
   };
 });
 
