@@ -28,6 +28,7 @@ request is logged (`/_sandbox/requests`). The control API (`control.py`) is moun
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import struct
 import time
@@ -38,8 +39,9 @@ from urllib.parse import urlencode
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from commercelayer_sandbox import bodies, control, schema
+from commercelayer_sandbox import bodies, control, schema, tokens
 from commercelayer_sandbox import webhooks as webhook_rules
 from commercelayer_sandbox.config import Window
 from commercelayer_sandbox.errors import ApiError, not_found
@@ -53,7 +55,14 @@ from commercelayer_sandbox.orders import (
     page_count,
     parse_page,
 )
-from commercelayer_sandbox.render import ORDER_INCLUDES, WALLET_INCLUDES, list_document
+from commercelayer_sandbox.render import (
+    TYPES,
+    IncludeTree,
+    Ref,
+    Renderer,
+    parse_fields,
+    parse_include,
+)
 from commercelayer_sandbox.sandbox import Sandbox, compact
 from commercelayer_sandbox.stats import redact_body, redact_headers
 from commercelayer_sandbox.timeutil import iso
@@ -82,6 +91,16 @@ class Route:
     @property
     def rate_class(self) -> str:
         return "auth" if self.name == "token" else "api"
+
+    def name_for(self, view_args: dict[str, Any] | None) -> str:
+        """The route name; generic routes name themselves after their type and relationship
+        (`orders.customer`, `markets.get`); a customer's wallet keeps its historic name."""
+        if "{" not in self.name:
+            return self.name
+        args = view_args or {}
+        if args.get("rtype") == "customers" and args.get("rel") == "customer_payment_sources":
+            return "customer_payment_sources"
+        return self.name.format(**args)
 
 
 class ConnectionDropper:
@@ -138,30 +157,26 @@ class _Api:
             Route("orders.get", "/api/orders/<order_id>", "GET", self.orders_get),
             Route("orders.patch", "/api/orders/<order_id>", "PATCH", self.orders_patch),
             Route(
-                "customer_payment_sources",
-                "/api/customers/<customer_id>/customer_payment_sources",
-                "GET",
-                self.wallet_list,
-            ),
-            Route(
                 "customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list
             ),
             Route(
-                "customer_payment_sources.get",
+                "customer_payment_sources.delete",
                 "/api/customer_payment_sources/<entry_id>",
-                "GET",
-                self.wallet_get,
+                "DELETE",
+                self.wallet_delete,
             ),
             Route("webhooks.list", "/api/webhooks", "GET", self.webhooks_list),
             Route("webhooks.create", "/api/webhooks", "POST", self.webhooks_create),
             Route("webhooks.get", "/api/webhooks/<webhook_id>", "GET", self.webhooks_get),
             Route("webhooks.patch", "/api/webhooks/<webhook_id>", "PATCH", self.webhooks_patch),
             Route("webhooks.delete", "/api/webhooks/<webhook_id>", "DELETE", self.webhooks_delete),
+            Route("{rtype}.get", "/api/<rtype>/<rid>", "GET", self.resource_get),
+            Route("{rtype}.{rel}", "/api/<rtype>/<rid>/<rel>", "GET", self.related_get),
             Route(
-                "webhooks.last_event_callbacks",
-                "/api/webhooks/<webhook_id>/last_event_callbacks",
+                "{rtype}.relationships.{rel}",
+                "/api/<rtype>/<rid>/relationships/<rel>",
                 "GET",
-                self.webhooks_callbacks,
+                self.relationship_get,
             ),
         ]
         self.by_endpoint = {r.endpoint: r for r in self.routes}
@@ -176,14 +191,15 @@ class _Api:
                 g.sandbox_started = time.monotonic()
             return None
         sandbox, cfg = self.sandbox, self.sandbox.config
-        g.sandbox_route = route.name
+        g.sandbox_route = route.name_for(request.view_args)
         g.sandbox_started = time.monotonic()
+        g.trace_id = secrets.token_hex(32)
         windows: list[tuple[tuple[str, ...], Window]]
         if route.rate_class == "auth":
             windows = [(("auth",), w) for w in cfg.auth_limits]
         else:
             windows = [(("api",), w) for w in cfg.api_limits]
-            windows += [(("endpoint", route.name), w) for w in cfg.endpoint_limits]
+            windows += [(("endpoint", g.sandbox_route), w) for w in cfg.endpoint_limits]
         verdict = sandbox.limiter.hit(windows)
         g.sandbox_ratelimit = verdict
         if verdict is not None and not verdict.allowed:
@@ -199,11 +215,10 @@ class _Api:
                 429,
                 "TOO_MANY_REQUESTS",
                 "Too many requests",
-                f"You have exceeded the rate limit of {verdict.limit} requests in "
-                f"{verdict.interval:g} seconds.",
+                f"You have exceeded the rate limit of {verdict.limit} requests in {verdict.interval:g} seconds.",
                 headers=headers,
             )
-        decision = sandbox.faults.decide(route.name)
+        decision = sandbox.faults.decide(g.sandbox_route)
         g.sandbox_fault = decision
         for kind in decision.kinds:
             sandbox.stats.count(f"faults.{kind}")
@@ -290,8 +305,7 @@ class _Api:
                 415,
                 "UNSUPPORTED_MEDIA_TYPE",
                 "Unsupported media type",
-                f"All requests that create or update must use the '{API_JSON}' "
-                "Content-Type header.",
+                f"All requests that create or update must use the '{API_JSON}' Content-Type header.",
             )
 
     def _check_token(self) -> None:
@@ -304,16 +318,31 @@ class _Api:
                 "Invalid token",
                 "The access token is missing: send Authorization: Bearer <token>.",
             )
-        state = self.sandbox.state
-        if state.valid_token(value, now=self.sandbox.now()) is None:
-            expired = value in state.tokens
+        sandbox = self.sandbox
+        try:
+            claims = tokens.decode(value, secret=sandbox.token_secret)
+        except tokens.InvalidToken:
+            claims = None
+        known = claims is not None and value in sandbox.state.tokens
+        if not known:
             raise ApiError(
                 401,
                 "INVALID_TOKEN",
-                "Token expired" if expired else "Invalid token",
-                "The access token you provided has expired."
-                if expired
-                else "The access token you provided is invalid.",
+                "Invalid token",
+                "The access token you provided is invalid.",
+            )
+        now = sandbox.now()
+        exp = claims.get("exp") if claims else None
+        if (
+            sandbox.state.valid_token(value, now=now) is None
+            or not isinstance(exp, int | float)
+            or now >= exp
+        ):
+            raise ApiError(
+                401,
+                "INVALID_TOKEN",
+                "Token expired",
+                "The access token you provided has expired.",
             )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -322,26 +351,15 @@ class _Api:
     def _base(self) -> str:
         return request.host_url.rstrip("/")
 
-    def _renderer(self) -> Any:
-        return self.sandbox.renderer(self._base)
+    def _renderer(self) -> Renderer:
+        """This answer's renderer: public links, a trace id, the request's sparse fieldsets."""
+        return self.sandbox.renderer(
+            self._base, trace_id=g.get("trace_id"), fields=parse_fields(request.args)
+        )
 
     @staticmethod
-    def _include(allowed: Iterable[str]) -> list[str]:
-        raw = request.args.get("include")
-        if raw is None:
-            return []
-        names = [n.strip() for n in raw.split(",") if n.strip()]
-        allowed = tuple(allowed)
-        for name in names:
-            if name not in allowed:
-                raise bad_request(
-                    "INVALID_INCLUDE",
-                    "Invalid include",
-                    f"{name} is not a valid relationship of this resource "
-                    f"(the sandbox includes {', '.join(allowed)}).",
-                    parameter="include",
-                )
-        return list(dict.fromkeys(names))
+    def _include(rtype: str) -> IncludeTree:
+        return parse_include(request.args.get("include"), rtype)
 
     @staticmethod
     def _json_body() -> Any:
@@ -374,29 +392,25 @@ class _Api:
         links["last"] = url(max(pages, 1))
         return links
 
-    def _listing(
-        self,
-        items: list[Any],
-        render: Callable[[Any], dict[str, Any]],
-        included: Callable[[list[Any]], list[dict[str, Any]]] | None = None,
-    ) -> Response:
+    def _listing(self, refs: list[Ref], tree: IncludeTree) -> Response:
         page = self._page()
-        pages = page_count(len(items), page.size)
-        chosen = items[(page.number - 1) * page.size : page.number * page.size]
-        data = [render(item) for item in chosen]
-        doc = list_document(
-            data,
-            record_count=len(items),
+        pages = page_count(len(refs), page.size)
+        chosen = refs[(page.number - 1) * page.size : page.number * page.size]
+        doc = self._renderer().list_document(
+            chosen,
+            tree,
+            record_count=len(refs),
             page_count=pages,
             links=self._links(page, pages),
-            included=included(chosen) if included else None,
         )
         return jsonapi(doc)
 
     def _check_order_document(
         self, doc: dict[str, Any], *, relaxed: bool, listing: bool = False
     ) -> None:
-        if not self.sandbox.config.check_responses:
+        if not self.sandbox.config.check_responses or any(
+            k.startswith("fields") for k in request.args
+        ):
             return
         problems = schema.errors(
             "orderResponseList" if listing else "orderResponse", doc, relaxed=relaxed
@@ -437,26 +451,25 @@ class _Api:
                 "Invalid client",
                 "Client authentication failed due to unknown client or wrong secret.",
             )
-        now = sandbox.now()
-        ttl = sandbox.config.token_ttl
         scope = str(body.get("scope") or client.scope)
-        token = sandbox.state.issue_token(client, scope, now=now, ttl=ttl)
+        token = sandbox.issue_token(client, scope)
         sandbox.stats.count("tokens.issued")
         answer = {
             "access_token": token.value,
             "token_type": "bearer",
-            "expires_in": int(ttl),
+            "expires_in": int(sandbox.config.token_ttl),
             "scope": scope,
-            "created_at": int(now),
+            "created_at": int(token.created_at),
         }
         return Response(json.dumps(answer), 200, content_type="application/json")
 
     # -- orders ------------------------------------------------------------------------------
 
     def orders_get(self, order_id: str) -> Response:
-        include = self._include(ORDER_INCLUDES)
+        include = self._include("orders")
+        renderer = self._renderer()
         with self.sandbox.state.lock:
-            doc = self._renderer().order_document(self.sandbox.state.order(order_id), include)
+            doc = renderer.document("orders", self.sandbox.state.order(order_id), include)
         self._check_order_document(doc, relaxed=bool(include))
         return jsonapi(doc)
 
@@ -470,7 +483,8 @@ class _Api:
             if "_customer_payment_source_id" in attrs:
                 stats.count("wallet.use_flags")
         state.order(order_id)
-        include = self._include(ORDER_INCLUDES)
+        include = self._include("orders")
+        renderer = self._renderer()
         attributes = bodies.check_document("orderUpdate", doc, url_id=order_id)
         for name in bodies.relationships_of(doc):
             raise ApiError(
@@ -497,7 +511,7 @@ class _Api:
         with state.lock:
             for topic in outcome.topics:
                 sandbox.fire(topic, state.order(order_id))
-            doc = self._renderer().order_document(state.order(order_id), include)
+            doc = renderer.document("orders", state.order(order_id), include)
         self._check_order_document(doc, relaxed=bool(include))
         return jsonapi(doc)
 
@@ -505,27 +519,13 @@ class _Api:
         state = self.sandbox.state
         filters = order_filters(request.args)
         key = order_sort_key(request.args.get("sort"))
-        include = self._include(ORDER_INCLUDES)
+        include = self._include("orders")
         self._page()  # refuse bad page parameters before anything else
         with state.lock:
             orders = sorted(
                 (o for o in state.orders.values() if all(f(o) for f in filters)), key=key
             )
-            renderer = self._renderer()
-            docs: dict[str, dict[str, Any]] = {}
-
-            def render(o: Any) -> dict[str, Any]:
-                docs[o.id] = renderer.order_document(o, include)
-                return docs[o.id]["data"]
-
-            def included(chosen: list[Any]) -> list[dict[str, Any]]:
-                seen: dict[tuple[str, str], dict[str, Any]] = {}
-                for o in chosen:
-                    for r in docs[o.id].get("included", []):
-                        seen.setdefault((r["type"], r["id"]), r)
-                return list(seen.values())
-
-            response = self._listing(orders, render, included)
+            response = self._listing([("orders", o) for o in orders], include)
         if self.sandbox.config.check_responses:
             self._check_order_document(
                 json.loads(response.get_data()), relaxed=bool(include), listing=True
@@ -534,7 +534,7 @@ class _Api:
 
     # -- wallets -----------------------------------------------------------------------------
 
-    def wallet_list(self, customer_id: str | None = None) -> Response:
+    def wallet_list(self) -> Response:
         state = self.sandbox.state
         for key in request.args:
             if key.startswith("filter") and key != "filter[q][customer_id_eq]":
@@ -544,35 +544,92 @@ class _Api:
                     f"{key} is not a filter the sandbox supports here (filter[q][customer_id_eq]).",
                     parameter=key,
                 )
-        include = self._include(WALLET_INCLUDES)
+        include = self._include("customer_payment_sources")
         with state.lock:
-            if customer_id is not None:
-                state.customer(customer_id)
-            wanted = customer_id or request.args.get("filter[q][customer_id_eq]")
+            wanted = request.args.get("filter[q][customer_id_eq]")
             entries = sorted(
                 (w for w in state.wallet.values() if wanted is None or w.customer_id == wanted),
                 key=lambda w: (w.created_at, w.id),
             )
-            renderer = self._renderer()
-            return self._listing(
-                entries,
-                renderer.wallet_entry,
-                lambda chosen: renderer.wallet_included(chosen, include),
-            )
+            return self._listing([("customer_payment_sources", w) for w in entries], include)
 
-    def wallet_get(self, entry_id: str) -> Response:
+    def wallet_delete(self, entry_id: str) -> Response:
         state = self.sandbox.state
-        include = self._include(WALLET_INCLUDES)
         with state.lock:
-            entry = state.wallet.get(entry_id)
-            if entry is None:
+            if entry_id not in state.wallet:
                 raise not_found("customer_payment_sources", entry_id)
+            del state.wallet[entry_id]
+        self.sandbox.stats.count("wallet.entries_deleted")
+        return Response(status=204)
+
+    # -- any modelled resource, its related resources and its relationships -------------------
+
+    def _record(self, rtype: str, rid: str) -> Any:
+        spec = TYPES.get(rtype)
+        if spec is None:
+            raise ApiError(
+                404,
+                "RECORD_NOT_FOUND",
+                "Record not found",
+                f"/api/{rtype} is not a resource the sandbox models.",
+            )
+        record = spec.find(self.sandbox.state, rid)
+        if record is None:
+            raise not_found(rtype, rid)
+        return record
+
+    def _relationship(self, rtype: str, rid: str, rel: str) -> tuple[Any, Any]:
+        record = self._record(rtype, rid)
+        if rel not in TYPES[rtype].rels:
+            raise ApiError(
+                404,
+                "RECORD_NOT_FOUND",
+                "Record not found",
+                f"{rel} is not a relationship of {rtype}.",
+            )
+        return record, TYPES[rtype].rels[rel]
+
+    def resource_get(self, rtype: str, rid: str) -> Response:
+        include = self._include(rtype) if rtype in TYPES else {}
+        renderer = self._renderer()
+        with self.sandbox.state.lock:
+            record = self._record(rtype, rid)
+            return jsonapi(renderer.document(rtype, record, include))
+
+    def related_get(self, rtype: str, rid: str, rel: str) -> Response:
+        """`GET /api/TYPE/ID/REL`: the related resource (or a paginated list of them).
+
+        A relationship the sandbox does not model answers null or an empty list."""
+        state = self.sandbox.state
+        with state.lock:
+            record, spec = self._relationship(rtype, rid, rel)
             renderer = self._renderer()
-            doc: dict[str, Any] = {"data": renderer.wallet_entry(entry)}
-            extra = renderer.wallet_included([entry], include)
-            if extra:
-                doc["included"] = extra
-        return jsonapi(doc)
+            target = renderer.resolve(rtype, record, rel)
+            if spec.many:
+                refs: list[Ref] = list(target)
+                target_type = refs[0][0] if refs else None
+                include = self._include(target_type) if target_type else {}
+                if not refs and request.args.get("include"):
+                    include = {}
+                return self._listing(refs, include)
+            if target is None:
+                return jsonapi({"data": None, "meta": dict(renderer.meta)})
+            include = self._include(target[0])
+            return jsonapi(renderer.document(target[0], target[1], include))
+
+    def relationship_get(self, rtype: str, rid: str, rel: str) -> Response:
+        """`GET /api/TYPE/ID/relationships/REL`: the linkage alone."""
+        state = self.sandbox.state
+        with state.lock:
+            record, _ = self._relationship(rtype, rid, rel)
+            renderer = self._renderer()
+            target = renderer.resolve(rtype, record, rel)
+            if isinstance(target, list):
+                data: Any = [{"type": t, "id": r.id} for t, r in target]
+            else:
+                data = None if target is None else {"type": target[0], "id": target[1].id}
+            links = renderer.rel_links(rtype, rid, rel)
+            return jsonapi({"data": data, "links": links, "meta": dict(renderer.meta)})
 
     # -- webhooks ----------------------------------------------------------------------------
 
@@ -580,19 +637,18 @@ class _Api:
         state = self.sandbox.state
         with state.lock:
             hooks = sorted(state.webhooks.values(), key=lambda w: (w.created_at, w.id))
-            return self._listing(hooks, self._renderer().webhook)
+            return self._listing([("webhooks", h) for h in hooks], self._include("webhooks"))
 
     def webhooks_create(self) -> Response:
         attrs = bodies.check_document("webhookCreate", self._json_body())
         hook = webhook_rules.create(self.sandbox.state, attrs, now=self.sandbox.now_ms())
         with self.sandbox.state.lock:
-            return jsonapi({"data": self._renderer().webhook(hook)}, 201)
+            return jsonapi(self._renderer().document("webhooks", hook), 201)
 
     def webhooks_get(self, webhook_id: str) -> Response:
         with self.sandbox.state.lock:
-            return jsonapi(
-                {"data": self._renderer().webhook(self.sandbox.state.webhook(webhook_id))}
-            )
+            hook = self.sandbox.state.webhook(webhook_id)
+            return jsonapi(self._renderer().document("webhooks", hook, self._include("webhooks")))
 
     def webhooks_patch(self, webhook_id: str) -> Response:
         state = self.sandbox.state
@@ -602,7 +658,7 @@ class _Api:
             hook = webhook_rules.update(
                 state, state.webhook(webhook_id), attrs, now=self.sandbox.now_ms()
             )
-            return jsonapi({"data": self._renderer().webhook(hook)})
+            return jsonapi(self._renderer().document("webhooks", hook))
 
     def webhooks_delete(self, webhook_id: str) -> Response:
         state = self.sandbox.state
@@ -610,12 +666,6 @@ class _Api:
             state.webhook(webhook_id)
             del state.webhooks[webhook_id]
         return Response(status=204)
-
-    def webhooks_callbacks(self, webhook_id: str) -> Response:
-        state = self.sandbox.state
-        with state.lock:
-            state.webhook(webhook_id)
-            return self._listing(state.callbacks_for(webhook_id), self._renderer().event_callback)
 
 
 def _http_error(exc: HTTPException) -> Response:
@@ -654,5 +704,7 @@ def create_sandbox_app(sandbox: Sandbox) -> Flask:
     app.register_error_handler(ApiError, error_response)
     app.register_error_handler(HTTPException, _http_error)
     control.init_app(app, sandbox)
-    app.wsgi_app = ConnectionDropper(app.wsgi_app)  # type: ignore[method-assign]
+    # Links follow X-Forwarded-Proto/-Host (a TLS proxy in front of the sandbox).
+    proxied = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1)
+    app.wsgi_app = ConnectionDropper(proxied)  # type: ignore[method-assign]
     return app

@@ -80,6 +80,13 @@ class SandboxConfig:
     """Everything `PUT /_sandbox/config` can change."""
 
     organization_id: str = "SandboxOrg"
+    #: The organization's slug and the domain: tokens name the issuer `https://auth.<domain>`,
+    #: from which clients derive the API base `https://<slug>.<domain>` (Commerce Layer's
+    #: domain is commercelayer.io; the sandbox's default keeps clients on loopback).
+    organization_slug: str = "sandbox"
+    domain: str = "localhost"
+    #: `test` or `live`: the tokens' `test` claim and every answer's `meta.mode`.
+    mode: str = "test"
     token_ttl: float = 7200.0
     auth_limits: tuple[Window, ...] = (Window(30, 60.0),)
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
@@ -111,6 +118,10 @@ class SandboxConfig:
                     where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})"
                 )
         new = replace(self, **top)
+        if new.mode not in ("test", "live"):
+            raise SandboxError(f"{path}.mode", "must be test or live")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", new.organization_slug):
+            raise SandboxError(f"{path}.organization_slug", "must be lowercase letters, digits, -")
         if new.page_size_default > new.page_size_max:
             raise SandboxError(path, "page_size_default cannot exceed page_size_max")
         return new
@@ -124,6 +135,9 @@ class SandboxConfig:
 
 _SIMPLE_KEYS = {
     "organization_id",
+    "organization_slug",
+    "domain",
+    "mode",
     "token_ttl",
     "page_size_default",
     "page_size_max",

@@ -95,6 +95,28 @@ class PaymentSource:
     updated_at: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Stripe's card fingerprint: the same card gives the same fingerprint on every record.
+    card_fingerprint: str = ""
+    #: Gateway-specific facts that decide whether a save into the wallet works (see
+    #: `wallet.py`): `payment_request_data` (Adyen), `recurring` (the Adyen account returns a
+    #: `recurringDetailReference`), `payment_response_source` (Checkout.com), `auth_token`
+    #: (Klarna), `payment_method_nonce` (Braintree), `nonce_used` (Braintree, after placing).
+    gateway: dict[str, Any] = field(default_factory=dict)
+    #: The wallet entry this record was made from (`_customer_payment_source_id`), if any.
+    wallet_entry_id: str | None = None
+
+
+@dataclass
+class PaymentMethod:
+    """A market's way to pay with one payment source type (derived from the orders' sources)."""
+
+    id: str
+    market_id: str
+    payment_source_type: str
+    name: str
+    currency_code: str
+    created_at: int
+    updated_at: int
 
 
 @dataclass
@@ -147,6 +169,7 @@ class Order:
     #: Writable string/boolean attributes of `orderUpdate` the sandbox only stores and echoes
     #: (cart_url, coupon_code, autorefresh, ...).
     extra: dict[str, Any] = field(default_factory=dict)
+    payment_method_id: str | None = None
 
 
 @dataclass
@@ -166,6 +189,11 @@ class WalletEntry:
     origin_order_id: str | None = None
     reference: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    payment_method_id: str | None = None
+
+
+#: Application kinds whose tokens carry an organization (js-auth's JWT payload types).
+APPLICATION_KINDS = ("integration", "sales_channel", "webapp")
 
 
 @dataclass
@@ -173,6 +201,9 @@ class OAuthClient:
     client_id: str
     client_secret: str = field(repr=False)
     scope: str = "market:all"
+    #: The API credentials' kind: `integration` (confidential), `sales_channel` (public).
+    kind: str = "integration"
+    application_id: str = ""
 
 
 @dataclass
@@ -182,6 +213,7 @@ class Token:
     scope: str
     created_at: float
     expires_at: float
+    claims: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,8 +14,13 @@ Wallet rules (Commerce Layer documents the triggers, not every edge; the sandbox
 - every accepted save creates a new `customer_payment_sources` record, even when the same
   payment source was saved before (Commerce Layer does not document deduplication; the sandbox
   makes a double save visible as a duplicate, counted in the stats);
-- `_customer_payment_source_id` makes the entry's payment source record the order's payment
-  source; an unknown id, or an entry of another customer, is a 422 on that attribute.
+- `_customer_payment_source_id` gives the order a payment source record of its own, made from
+  the entry: same type, the entry's `customer_token` and `payment_source_token`, the card
+  details (brand, last 4, expiry, fingerprint) of the record the entry was saved from, a new id
+  and `wallet_entry_id` pointing back at the entry. A payment source record belongs to one
+  order (its amounts are that order's); only when the entry was saved from this very order is
+  its own record reused. An unknown id, or an entry of another customer, is a 422 on that
+  attribute.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commercelayer_sandbox.errors import ApiError, validation_error
-from commercelayer_sandbox.model import WALLET_TYPES, Customer, Order, WalletEntry
+from commercelayer_sandbox.model import WALLET_TYPES, Customer, Order, PaymentSource, WalletEntry
 from commercelayer_sandbox.render import singular
 from commercelayer_sandbox.state import SandboxState
 from commercelayer_sandbox.timeutil import parse_iso_micros
@@ -173,6 +178,7 @@ class PatchOutcome:
     created: list[WalletEntry] = field(default_factory=list)
     duplicates: int = 0
     used_entry: WalletEntry | None = None
+    new_sources: list[PaymentSource] = field(default_factory=list)
 
 
 def apply_patch(
@@ -211,10 +217,10 @@ def apply_patch(
             draft.payment_source_id = None
         if "_customer_payment_source_id" in attributes:
             outcome.used_entry = _use_wallet_entry(
-                state, draft, attributes["_customer_payment_source_id"]
+                state, draft, attributes["_customer_payment_source_id"], now, outcome
             )
         if attributes.get("_save_payment_source_to_customer_wallet"):
-            entry = _save_to_wallet(state, draft, now)
+            entry = _save_to_wallet(state, draft, now, outcome)
             if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
                 outcome.duplicates += 1
             outcome.created.append(entry)
@@ -243,6 +249,8 @@ def apply_patch(
         for c in new_customers:
             state.customers[c.id] = c
         state.customers.update(customer_changes)
+        for source in outcome.new_sources:
+            state.payment_sources[source.id] = source
         for entry in outcome.created:
             state.wallet[entry.id] = entry
         return outcome
@@ -266,7 +274,9 @@ def _associate_customer(
     draft.customer_id = customer.id
 
 
-def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> WalletEntry:
+def _use_wallet_entry(
+    state: SandboxState, draft: Order, entry_id: Any, now: int, outcome: PatchOutcome
+) -> WalletEntry:
     pointer = "/data/attributes/_customer_payment_source_id"
     entry = state.wallet.get(entry_id)
     if entry is None:
@@ -279,11 +289,39 @@ def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any) -> Walle
             pointer=pointer,
             error="not_owned",
         )
-    draft.payment_source_id = entry.payment_source_id
+    origin = state.payment_sources.get(entry.payment_source_id)
+    if origin is not None and origin.order_id == draft.id:
+        draft.payment_source_id = origin.id
+    else:
+        source = PaymentSource(
+            id=state.ids.new(),
+            type=entry.payment_source_type,
+            order_id=draft.id,
+            customer_token=entry.customer_token,
+            payment_source_token=entry.payment_source_token,
+            created_at=now,
+            updated_at=now,
+            wallet_entry_id=entry.id,
+        )
+        if origin is not None:
+            source.card_brand = origin.card_brand
+            source.card_last4 = origin.card_last4
+            source.card_exp_month = origin.card_exp_month
+            source.card_exp_year = origin.card_exp_year
+            source.card_fingerprint = origin.card_fingerprint
+            source.options = copy.deepcopy(origin.options)
+            source.gateway = copy.deepcopy(origin.gateway)
+        outcome.new_sources.append(source)
+        draft.payment_source_id = source.id
+    draft.payment_method_id = state.payment_method_for(
+        draft.market_id, entry.payment_source_type, draft.currency_code, now
+    )
     return entry
 
 
-def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
+def _save_to_wallet(
+    state: SandboxState, draft: Order, now: int, outcome: PatchOutcome
+) -> WalletEntry:
     pointer = "/data/attributes/_save_payment_source_to_customer_wallet"
     if draft.guest:
         raise validation_error(
@@ -298,7 +336,9 @@ def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
             pointer=pointer,
             error="no_customer",
         )
-    source = state.payment_sources.get(draft.payment_source_id or "")
+    source = state.payment_sources.get(draft.payment_source_id or "") or next(
+        (s for s in outcome.new_sources if s.id == draft.payment_source_id), None
+    )
     if source is None:
         raise validation_error(
             "the order has no payment source to save", pointer=pointer, error="no_payment_source"
@@ -320,6 +360,7 @@ def _save_to_wallet(state: SandboxState, draft: Order, now: int) -> WalletEntry:
         created_at=now,
         updated_at=now,
         origin_order_id=draft.id,
+        payment_method_id=draft.payment_method_id,
     )
 
 
@@ -384,8 +425,7 @@ def order_filters(args: Mapping[str, str]) -> list[Callable[[Order], bool]]:
             raise bad_request(
                 "FILTER_NOT_ALLOWED",
                 "Filter not allowed",
-                f"{key} is not a filter the sandbox supports "
-                f"(filter[q][X] with X in {', '.join(supported)}).",
+                f"{key} is not a filter the sandbox supports (filter[q][X] with X in {', '.join(supported)}).",
                 parameter=key,
             )
         out.append(predicate)

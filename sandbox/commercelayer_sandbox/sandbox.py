@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import random
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from commercelayer_sandbox import tokens
 from commercelayer_sandbox.config import SandboxConfig
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.faults import Faults
-from commercelayer_sandbox.model import Event, Order, Webhook
+from commercelayer_sandbox.model import Event, OAuthClient, Order, Token, Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS, apply_transition
 from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
-from commercelayer_sandbox.render import Renderer
+from commercelayer_sandbox.render import IncludeTree, Renderer, parse_include
 from commercelayer_sandbox.seed import load_records
 from commercelayer_sandbox.sender import Delivery, Sender
 from commercelayer_sandbox.state import SandboxState
@@ -70,6 +74,9 @@ class Sandbox:
         self.stopping = threading.Event()
         self.initial_scenario: dict[str, Any] | None = None
         self._config_lock = threading.Lock()
+        #: The key access tokens are signed with (HS512; new for every sandbox).
+        self.token_secret = secrets.token_bytes(32)
+        self._rand = random.Random()  # noqa: S311 - the tokens' `rand` claim, not a secret
 
     # -- time --
 
@@ -173,23 +180,92 @@ class Sandbox:
 
     # -- events --
 
-    def renderer(self, base: str = "") -> Renderer:
-        return Renderer(self.state, base=base, organization_id=self.config.organization_id)
+    # -- tokens --
+
+    def issue_token(self, client: OAuthClient, scope: str) -> Token:
+        """A signed JWT carrying what Commerce Layer's tokens carry (see `tokens.py`)."""
+        cfg, now = self.config, self.now()
+        ttl = cfg.token_ttl
+        # `exp` is whole seconds; a sub-second lifetime (tests) expires at its exact time.
+        exp = math.ceil(now + ttl) if ttl < 1 else int(now + ttl)
+        expires_at = now + ttl if ttl < 1 else float(exp)
+        claims: dict[str, Any] = {
+            "organization": {
+                "id": cfg.organization_id,
+                "slug": cfg.organization_slug,
+                "enterprise": False,
+                "region": "eu-west-1",
+            },
+            "application": {
+                "id": client.application_id or client.client_id[:10],
+                "client_id": client.client_id,
+                "kind": client.kind,
+                "public": client.kind == "sales_channel",
+            },
+            "scope": scope,
+            "exp": exp,
+            "test": cfg.mode == "test",
+            "rand": self._rand.random(),
+            "iat": int(now),
+            "iss": f"https://auth.{cfg.domain}",
+        }
+        market = self._market_claim(scope)
+        if market is not None:
+            claims["market"] = market
+        value = tokens.encode(claims, secret=self.token_secret)
+        return self.state.issue_token(
+            client, scope, value=value, now=now, expires_at=expires_at, claims=claims
+        )
+
+    def _market_claim(self, scope: str) -> dict[str, Any] | None:
+        ids = []
+        with self.state.lock:
+            for part in scope.split():
+                kind, _, rest = part.partition(":")
+                if kind != "market":
+                    continue
+                how, _, value = rest.partition(":")
+                if how == "code" and (m := self.state.market_by_code(value)) is not None:
+                    ids.append(m.id)
+                elif how == "id" and value in self.state.markets:
+                    ids.append(value)
+        if not ids:
+            return None
+        return {
+            "id": ids,
+            "stock_location_ids": [],
+            "geocoder_id": None,
+            "allows_external_prices": False,
+        }
+
+    # -- events --
+
+    def renderer(
+        self,
+        base: str = "",
+        *,
+        trace_id: str | None = None,
+        fields: Mapping[str, frozenset[str]] | None = None,
+    ) -> Renderer:
+        """A renderer for one answer (`trace_id` set) or one webhook body (`trace_id` None)."""
+        cfg = self.config
+        return Renderer(
+            self.state,
+            base=base,
+            organization_id=cfg.organization_id,
+            mode=cfg.mode,
+            trace_id=trace_id,
+            fields=fields,
+        )
 
     def webhook_body(self, order: Order, hook: Webhook, topic: str) -> bytes:
         """The exact bytes Commerce Layer would POST for `topic` on `order` to `hook`."""
         renderer = self.renderer("")
         if topic.endswith(".destroy"):
-            doc = {
-                "data": {
-                    "id": order.id,
-                    "type": "orders",
-                    "links": renderer.self_link("orders", order.id),
-                    "meta": dict(renderer.meta),
-                }
-            }
+            doc = renderer.destroy_document("orders", order.id)
         else:
-            doc = renderer.order_document(order, hook.include_resources)
+            tree: IncludeTree = parse_include(hook.include_resources, "orders")
+            doc = renderer.document("orders", order, tree)
         return compact(doc)
 
     def fire(self, topic: str, order: Order) -> Event:

@@ -14,7 +14,9 @@ Two known conflicts between the official `orderResponse` and real Commerce Layer
     answers with `include` validate against a copy where only those `data` subschemas are relaxed
     to "null, a {type, id} object, or an array of them" (`relaxed=True`).
 (b) attributes are declared `number`/`string`/... without `nullable`, while real bodies carry
-    nulls. The sandbox never emits null order attributes (it omits them instead).
+    nulls (the real order sample has `"tax_rate": null`, `"reference": null`...). The sandbox
+    sends nulls as Commerce Layer does; response validators accept null for every attribute
+    (`relax_nulls`), and check the type of every non-null value.
 """
 
 from __future__ import annotations
@@ -111,12 +113,28 @@ def relax_relationship_data(
     return relaxed
 
 
+def relax_nulls(schema: Mapping[str, Any], *, list_document: bool = False) -> dict[str, Any]:
+    """A copy of an `*Response` schema whose attributes also accept null (conflict (b))."""
+    relaxed = copy.deepcopy(dict(schema))
+    data = relaxed["properties"]["data"]
+    if list_document:
+        data = data["items"]
+    attrs = data["properties"]["attributes"].get("properties", {})
+    for name, prop in list(attrs.items()):
+        attrs[name] = {"anyOf": [{"type": "null"}, prop]}
+    return relaxed
+
+
 @cache
 def validator(name: str, *, relaxed: bool = False) -> Draft7Validator:
-    """A validator for a bundled fragment; `relaxed` applies `relax_relationship_data`."""
+    """A validator for a bundled fragment. Response fragments accept null attributes
+    (`relax_nulls`); `relaxed` also applies `relax_relationship_data`."""
     schema: dict[str, Any] = load(name)
+    listing = name.endswith("ResponseList")
+    if name.endswith(("Response", "ResponseList")):
+        schema = relax_nulls(schema, list_document=listing)
     if relaxed:
-        schema = relax_relationship_data(schema, list_document=name.endswith("ResponseList"))
+        schema = relax_relationship_data(schema, list_document=listing)
     return Draft7Validator(schema)
 
 

@@ -3,7 +3,8 @@
 Top-level keys (all optional):
 
 - `sandbox`: configuration overrides (see `config.SandboxConfig`; nested `sender`).
-- `clients`: OAuth clients `{client_id, client_secret, scope}`.
+- `clients`: OAuth clients `{client_id, client_secret, scope, kind? (integration, sales_channel,
+  webapp: the token's application kind), application_id?}`.
 - `markets`: `{id?, code, name?, number?, metadata?}`; orders refer to markets by `code`.
 - `customers`: `{id?, email, has_password? (default true), guest? (true: has_password false,
   status prospect), status?, reference?, metadata?}`; orders and wallet entries refer to
@@ -41,6 +42,7 @@ from typing import Any
 from commercelayer_sandbox import webhooks as webhook_rules
 from commercelayer_sandbox.errors import ApiError, SandboxError
 from commercelayer_sandbox.model import (
+    APPLICATION_KINDS,
     CARD_TYPES,
     CUSTOMER_STATUSES,
     FULFILLMENT_STATUSES,
@@ -57,7 +59,7 @@ from commercelayer_sandbox.model import (
 )
 from commercelayer_sandbox.orders import new_order_token, wallet_entry_name
 from commercelayer_sandbox.state import SandboxState
-from commercelayer_sandbox.timeutil import IdFactory, iso, parse_iso
+from commercelayer_sandbox.timeutil import IdFactory, iso, parse_iso, short_id
 
 TOP_KEYS = (
     "sandbox",
@@ -192,7 +194,11 @@ class _Loader:
             cid, secret = c.get("client_id"), c.get("client_secret")
             if not isinstance(cid, str) or not cid or not isinstance(secret, str) or not secret:
                 raise SandboxError(path, "needs client_id and client_secret strings")
-            self.state.clients[cid] = OAuthClient(cid, secret, str(c.get("scope", "market:all")))
+            kind = self._choice(c, "kind", APPLICATION_KINDS, "integration", path)
+            app_id = c.get("application_id") or short_id("application", cid)
+            self.state.clients[cid] = OAuthClient(
+                cid, secret, str(c.get("scope", "market:all")), kind, str(app_id)
+            )
             self.counts["clients"] += 1
 
     def markets(self, scenario: Mapping[str, Any]) -> None:
@@ -346,14 +352,18 @@ class _Loader:
             for key in ("card_last4", "card_brand"):
                 if key in o:
                     spec.setdefault(key, o[key])
-            order.payment_source_id = self.add_payment_source(
+            added = self.add_payment_source(
                 spec,
                 f"{path}.payment_source",
                 order_id=ident,
                 owner=customer.id if customer else ident,
                 when=created,
                 ids=ids,
-            ).id
+            )
+            order.payment_source_id = added.id
+            order.payment_method_id = state.payment_method_for(
+                market.id, added.type, currency, created
+            )
         state.orders[order.id] = order
         self.counts["orders"] += 1
         return order
@@ -382,18 +392,32 @@ class _Loader:
         options = spec.get("options")
         if options is None:
             options = {"setup_future_usage": "off_session"} if ptype == "stripe_payments" else {}
+        brand = str(spec.get("card_brand", "visa" if is_card or last4 else ""))
+        exp_month = int(spec.get("card_exp_month", 12))
+        exp_year = int(spec.get("card_exp_year", 2030))
+        if not 1 <= exp_month <= 12:
+            raise SandboxError(f"{path}.card_exp_month", "must be from 1 to 12")
+        # Stripe fingerprints identify a card: the same card (brand, number, expiry) gives the
+        # same fingerprint on every payment source record, whatever order it paid.
+        fingerprint = str(
+            spec.get("card_fingerprint")
+            or (short_id("card", brand, last4, str(exp_month), str(exp_year)) if is_card else "")
+        )  # fmt: skip
         source = PaymentSource(
             id=ident,
             type=ptype,
             order_id=order_id,
             customer_token=str(spec.get("customer_token") or f"{customer_prefix}{owner}"),
             payment_source_token=str(spec.get("payment_source_token") or f"{token_prefix}{ident}"),
-            card_brand=str(spec.get("card_brand", "visa" if is_card or last4 else "")),
+            card_brand=brand,
             card_last4=last4,
+            card_exp_month=exp_month,
+            card_exp_year=exp_year,
             created_at=when,
             updated_at=when,
             options=dict(options),
             metadata=dict(spec.get("metadata", {})),
+            card_fingerprint=fingerprint,
         )
         self.state.payment_sources[source.id] = source
         return source
@@ -432,8 +456,14 @@ class _Loader:
                 source = self.add_payment_source(
                     spec, path, order_id=None, owner=customer.id, when=when
                 )
+            market = self.default_market()
+            currency = "EUR"
+            if source.order_id in state.orders:
+                origin = state.orders[source.order_id]
+                market, currency = state.markets[origin.market_id], origin.currency_code
             entry = WalletEntry(
                 id=self._id(w, path),
+                payment_method_id=state.payment_method_for(market.id, source.type, currency, when),
                 customer_id=customer.id,
                 payment_source_id=source.id,
                 payment_source_type=source.type,

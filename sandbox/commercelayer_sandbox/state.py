@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import hmac
-import secrets
 import threading
 from typing import Any
 
@@ -22,12 +21,13 @@ from commercelayer_sandbox.model import (
     Market,
     OAuthClient,
     Order,
+    PaymentMethod,
     PaymentSource,
     Token,
     WalletEntry,
     Webhook,
 )
-from commercelayer_sandbox.timeutil import IdFactory, iso
+from commercelayer_sandbox.timeutil import IdFactory, iso, short_id
 
 
 class SandboxState:
@@ -44,6 +44,7 @@ class SandboxState:
             self.markets: dict[str, Market] = {}
             self.customers: dict[str, Customer] = {}
             self.payment_sources: dict[str, PaymentSource] = {}
+            self.payment_methods: dict[str, PaymentMethod] = {}
             self.line_items: dict[str, LineItem] = {}
             self.orders: dict[str, Order] = {}
             self.wallet: dict[str, WalletEntry] = {}
@@ -59,6 +60,7 @@ class SandboxState:
         "markets",
         "customers",
         "payment_sources",
+        "payment_methods",
         "line_items",
         "orders",
         "wallet",
@@ -141,11 +143,32 @@ class SandboxState:
             return client
         return None
 
-    def issue_token(self, client: OAuthClient, scope: str, *, now: float, ttl: float) -> Token:
-        token = Token(secrets.token_urlsafe(32), client.client_id, scope, now, now + ttl)
+    def issue_token(
+        self,
+        client: OAuthClient,
+        scope: str,
+        *,
+        value: str,
+        now: float,
+        expires_at: float,
+        claims: dict[str, Any],
+    ) -> Token:
+        token = Token(value, client.client_id, scope, now, expires_at, claims)
         with self.lock:
             self.tokens[token.value] = token
         return token
+
+    def payment_method_for(self, market_id: str, ptype: str, currency: str, now: int) -> str:
+        """The id of the market's payment method for `ptype` (made on first use; its id is
+        derived from market, type and currency, so it never shifts generated ids)."""
+        ident = short_id("payment_method", market_id, ptype, currency)
+        with self.lock:
+            if ident not in self.payment_methods:
+                name = ptype.replace("_", " ").removesuffix("s").title()
+                self.payment_methods[ident] = PaymentMethod(
+                    ident, market_id, ptype, name, currency, now, now
+                )
+        return ident
 
     def valid_token(self, value: str, *, now: float) -> Token | None:
         with self.lock:

@@ -9,6 +9,7 @@ milliseconds
 
 from __future__ import annotations
 
+import hashlib
 import random
 import string
 import threading
@@ -85,3 +86,10 @@ def parse_iso_micros(value: str) -> int:
 def parse_iso(value: str) -> int:
     """An ISO 8601 timestamp -> integer milliseconds (truncated); ValueError if it is not one."""
     return parse_iso_micros(value) // 1000
+
+
+def short_id(*parts: str) -> str:
+    """A stable 10-letter id derived from `parts` (for records the sandbox derives)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    return "".join(alphabet[b % len(alphabet)] for b in digest[:10])

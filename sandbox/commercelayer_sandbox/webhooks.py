@@ -1,8 +1,8 @@
 """The `webhooks` resource: creating, updating (circuit reset) and checking registrations.
 
 Shared by the API (`POST/PATCH /api/webhooks`) and scenario loading. The sandbox fires order
-events only, so a topic outside `orders.ORDER_TOPICS`, or an include outside
-`render.ORDER_INCLUDES`, is refused with 422 rather than accepted and never delivered.
+events only, so a topic outside `orders.ORDER_TOPICS`, or an include path the
+sandbox does not model (`render.parse_include`), is refused with 422 rather than accepted and never delivered.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from commercelayer_sandbox.errors import ApiError, invalid
 from commercelayer_sandbox.model import Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS
-from commercelayer_sandbox.render import ORDER_INCLUDES
+from commercelayer_sandbox.render import parse_include
 from commercelayer_sandbox.state import SandboxState
 
 
@@ -30,8 +30,7 @@ def check_attributes(attrs: Mapping[str, Any]) -> None:
     if "topic" in attrs and attrs["topic"] not in ORDER_TOPICS:
         problems.append(
             invalid(
-                f"{attrs['topic']!r} is not a topic the sandbox fires "
-                f"(it fires {', '.join(ORDER_TOPICS)})",
+                f"{attrs['topic']!r} is not a topic the sandbox fires (it fires {', '.join(ORDER_TOPICS)})",
                 pointer="/data/attributes/topic",
                 error="inclusion",
                 title="topic is not included in the list",
@@ -48,11 +47,12 @@ def check_attributes(attrs: Mapping[str, Any]) -> None:
                 )
             )
     for n, name in enumerate(attrs.get("include_resources") or []):
-        if name not in ORDER_INCLUDES:
+        try:
+            parse_include([str(name)], "orders")
+        except ApiError:
             problems.append(
                 invalid(
-                    f"{name!r} cannot be included "
-                    f"(the sandbox includes {', '.join(ORDER_INCLUDES)})",
+                    f"{name!r} cannot be included (not a relationship path of orders that the sandbox models)",
                     pointer=f"/data/attributes/include_resources/{n}",
                     error="invalid_include",
                 )
