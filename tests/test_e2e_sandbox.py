@@ -120,8 +120,10 @@ def test_wallet_entries_are_exactly_what_the_policy_calls_for(stack):
     q = store.queue_stats(now=time.time())
     store.close()
 
+    # registered customer + wallet-capable source; Braintree's are saved on orders.pending only
+    # (its nonce is one-time-use: after placing, Commerce Layer refuses the save)
     expected = {o["id"] for o in final["orders"]
-                if o["id"].startswith("OrdReg")}  # registered customer + wallet-capable source
+                if o["id"].startswith("OrdReg") and o["payment_source"]["type"] != "braintree_payments"}
     created = [w for w in final["customer_payment_sources"] if w["id"] not in wallet_before]
     assert sorted(w["origin_order_id"] for w in created) == sorted(expected)
     for w in created:

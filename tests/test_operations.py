@@ -228,7 +228,13 @@ def test_webhooks_register_then_status_and_reset():
         planned = register(client, policy, callback_url="https://example.test/webhooks/commercelayer")
         [p] = planned
         assert p.topic == "orders.place" and p.created_id and p.shared_secret
-        assert p.include_resources == ["customer", "payment_source"]
+        # the guards compare the order's payment source with each wallet entry's: the dotted path
+        # is what carries that linkage in a webhook body
+        assert p.include_resources == ["available_customer_payment_sources",
+                                       "available_customer_payment_sources.payment_source",
+                                       "customer", "payment_source"]
+        with server.sandbox.state.lock:
+            assert server.sandbox.state.webhooks[p.created_id].include_resources == p.include_resources
         again = register(client, policy, callback_url="https://example.test/webhooks/commercelayer")
         assert again[0].existing_id == p.created_id and again[0].created_id is None
         rows = {r["id"]: r for r in status(client)}
