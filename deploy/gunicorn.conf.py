@@ -3,7 +3,7 @@
 #   webhook-app web --config deploy/gunicorn.conf.py    (in the image: /app/deploy/gunicorn.conf.py)
 #
 # Flat on purpose, like warehouse's gunicorn-prod.conf.py: one value per line, each with its reason.
-# `webhook-app web` applies the app's own defaults first (webhook_app/server.py, GUNICORN_DEFAULTS),
+# `webhook-app web` applies the app's own defaults first (webhook_app/runtime.py, GUNICORN_DEFAULTS),
 # then this file, then `--bind` / `--workers` from the command line. gunicorn executes this file in
 # the master process at start, so reading the environment here is the intended interface.
 #
