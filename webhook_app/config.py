@@ -171,9 +171,20 @@ class _Reader:
             raise ConfigError(name, detail) from None
 
 
+def _number(kind: Callable[[str], Any], value: str, bound: str) -> Any:
+    """`kind(value)`, or a ValueError saying what is expected (not Python's "invalid literal")."""
+    try:
+        v = kind(value)
+    except ValueError:
+        v = None
+    if v is None or v != v or v in (float("inf"), float("-inf")):  # NaN and infinities included
+        raise ValueError(f"must be {'a whole number' if kind is int else 'a number'} {bound}")
+    return v
+
+
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def convert(value: str) -> Any:
-        v = kind(value)
+        v = _number(kind, value, "greater than zero")
         if v <= 0:
             raise ValueError("must be greater than zero")
         return v
@@ -183,7 +194,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def convert(value: str) -> Any:
-        v = kind(value)
+        v = _number(kind, value, "of zero or more")
         if v < 0:
             raise ValueError("must not be negative")
         return v

@@ -134,7 +134,7 @@ def init_app(app: Flask) -> None:
         else:
             registry.register(_Default())
         registry.register(StoreCollector(s.store, s.clock))
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)  # as is: no second charset
 
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
