@@ -25,7 +25,8 @@ ACTIONS = (SAVE, USE_WALLET, SKIP)
 STRATEGIES = ("newest", "oldest", "only")
 
 # Payment source types with a documented "reusing the payment source" (wallet) flow.
-# Not: paypal_payments, satispay_payments, wire_transfers. See ../shared/commercelayer/FACTS.md.
+# Not: paypal_payments, satispay_payments, wire_transfers. See Commerce Layer's how-to,
+# https://docs.commercelayer.io/how-tos/placing-orders/payments/stripe/reusing-the-payment-source
 WALLET_SOURCE_TYPES = frozenset(
     {
         "adyen_payments",
