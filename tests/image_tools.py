@@ -133,8 +133,26 @@ def build_image(podman: str, base: str, tag: str) -> float:
     if shutil.which("runc"):
         args += ["--runtime", "runc"]  # crun refuses this machine's hybrid cgroups
     started = time.monotonic()
-    run([*args, str(ROOT)], timeout=600)
+    try:
+        run([*args, str(ROOT)], timeout=600)
+    finally:
+        remove_stage_images(podman, base)
     return time.monotonic() - started
+
+
+def remove_stage_images(podman: str, base: str) -> None:
+    """Remove the untagged images our builds left (the `build` stage: some 200 MB each), and only
+    those: dangling images descending from our own base."""
+    base_id = run([podman, "image", "inspect", "--format", "{{.ID}}", base]).stdout.strip()
+    dangling = run([podman, "images", "-q", "--no-trunc", "--filter", "dangling=true"]).stdout.split()
+    for image_id in dangling:
+        seen, current = 0, image_id.removeprefix("sha256:")
+        while current and current != base_id and seen < 50:
+            current = run([podman, "image", "inspect", "--format", "{{.Parent}}", current],
+                          check=False).stdout.strip().removeprefix("sha256:")
+            seen += 1
+        if current == base_id:
+            run([podman, "rmi", image_id], check=False)
 
 
 # --- the engine ---------------------------------------------------------------------------------
@@ -200,6 +218,11 @@ class Docker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         for d in self.dirs:
+            # dockerd leaves its default network namespace mounted under the exec root
+            with open("/proc/mounts") as mounts:
+                inside = [line.split()[1] for line in mounts if line.split()[1].startswith(f"{d}/")]
+            for mountpoint in sorted(inside, reverse=True):
+                run(["umount", "-l", mountpoint], check=False)
             shutil.rmtree(d, ignore_errors=True)
 
 
