@@ -504,6 +504,8 @@ def test_sqlite_disk_full_is_503_never_2xx_for_an_unsaved_delivery(stack, tmp_pa
     need_root("mounting a small tmpfs")
     mnt = tmp_path / "small"
     mnt.mkdir()
+    if not shutil.which("mount"):
+        unavailable("mount is not available (util-linux)")
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:  # root without CAP_SYS_ADMIN (a container), or no mount(8)
