@@ -56,11 +56,12 @@ RUN groupadd --system --gid 10001 webhook \
 
 # Install from the wheels only (--no-index: nothing is downloaded in this stage). The wheels are
 # bind-mounted from the build stage, so they are not left in a layer. The virtualenv and the app
-# directory belong to root: the app user can read them and write nothing there.
+# directory belong to root: the app user can read them and write nothing there. pip (and the
+# setuptools that venv adds on Python < 3.12) are removed: nothing installs at run time.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv "$VIRTUAL_ENV" \
  && "$VIRTUAL_ENV/bin/pip" install --no-index --find-links=/wheels "webhook-app[postgres]" \
- && "$VIRTUAL_ENV/bin/pip" uninstall --yes pip \
+ && "$VIRTUAL_ENV/bin/pip" uninstall --yes pip setuptools \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/webhook-app
 
 # The gunicorn config, where the default command expects it.

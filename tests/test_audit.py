@@ -8,12 +8,14 @@
   PyPI service reads PyPI's per-release JSON (`/pypi/NAME/VERSION/json`); where that answers it
   runs, and must find nothing. Skipped, saying why, when pypi.org cannot be reached, except under
   CI.
-* Some registry fronts (this workplace's among them) serve each project's JSON but not the
-  per-release one, so pip-audit finds nothing it can audit (every package "not found"; with
-  `--strict` an error). The same vulnerability data comes with the project's JSON for its latest
-  release, so `test_locked_packages_have_no_known_vulnerability` checks each locked package that
-  is its project's latest release there, and lists the others as not audited (regenerating the
-  lock brings them up to date). It runs wherever pypi.org answers, and must under CI.
+* Some registry fronts and mirrors serve each project's JSON but not the per-release one, so
+  pip-audit finds nothing it can audit (every package "not found"; with `--strict` an error). The
+  same vulnerability data comes with the project's JSON for its latest release, so
+  `test_locked_packages_have_no_known_vulnerability` checks each locked package that is its
+  project's latest release there, and reports the others as not audited (regenerating the lock
+  brings them up to date). How many are behind is a report, never a failure: a test must not
+  turn red because someone published a release. It runs wherever pypi.org answers, and must
+  under CI.
 * The lock pins, with hashes, every runtime and test requirement pyproject.toml names.
 
 Results go to test-artifacts/bandit.json and test-artifacts/pip-audit.json.
@@ -37,7 +39,7 @@ import requests
 ROOT = Path(__file__).parent.parent
 LOCK = ROOT / "requirements.lock"
 ARTIFACTS = ROOT / "test-artifacts"
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.MULTILINE)
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s\\;]+)", re.MULTILINE)
 
 
 def canonical(name: str) -> str:
@@ -153,8 +155,8 @@ def test_locked_packages_have_no_known_vulnerability():
         json.dumps({"source": "PyPI project JSON, latest release's vulnerabilities",
                     "packages": len(results), "audited": sum(r["audited"] for r in results),
                     "vulnerable": vulnerable, "not_audited": not_audited}, indent=2) + "\n")
-    if not_audited:
-        print("not audited (not their project's latest release; regenerate the lock):", *not_audited, sep="\n  ")
+    if not_audited:  # a report (test-artifacts/ and -rP output), not a failure
+        print(f"{len(not_audited)} of {len(results)} not audited (not their project's latest release; "
+              "regenerate the lock):", *not_audited, sep="\n  ")
     assert vulnerable == [], vulnerable
-    assert sum(r["audited"] for r in results) >= len(results) - max(3, len(results) // 10), \
-        f"most of the lock is behind PyPI: regenerate it ({len(not_audited)} not audited)"
+    assert results and all(r["latest"] for r in results)  # every locked package was looked up

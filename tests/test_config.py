@@ -64,3 +64,16 @@ def test_db_timeout_and_lease_must_outlive_a_call():
     assert Settings.from_env({"WEBHOOK_APP_DB_TIMEOUT": "1.5"}).db_timeout == 1.5
     with pytest.raises(ConfigError, match="WEBHOOK_APP_LEASE_SECONDS"):
         Settings.from_env({"WEBHOOK_APP_LEASE_SECONDS": "5", "CL_READ_TIMEOUT": "10"})
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("WEBHOOK_APP_MAX_BODY_BYTES", "abc", "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got 'abc')"),
+    ("WEBHOOK_APP_MAX_BODY_BYTES", "1.5", "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got '1.5')"),
+    ("CL_READ_TIMEOUT", "soon", "CL_READ_TIMEOUT: must be a number greater than zero (got 'soon')"),
+    ("CL_READ_TIMEOUT", "nan", "CL_READ_TIMEOUT: must be a number greater than zero (got 'nan')"),
+    ("WEBHOOK_APP_FORWARDED_HOPS", "one", "WEBHOOK_APP_FORWARDED_HOPS: must be a whole number of zero or more (got 'one')"),
+])
+def test_a_malformed_number_says_what_is_expected_and_shows_the_value_once(name, value, expected):
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({name: value})
+    assert str(exc.value) == expected

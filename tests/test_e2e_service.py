@@ -144,6 +144,18 @@ def test_serve_stops_cleanly_on_sigterm(serve, tmp_path):
     assert "worker stopped" in out and "Traceback" not in out
 
 
+def test_serve_opens_no_control_socket_in_home_or_runtime_dir(serve, tmp_path):
+    """gunicorn >= 25.1 would create $XDG_RUNTIME_DIR/gunicorn.ctl or $HOME/.gunicorn/ and replace
+    another instance's socket there; `serve` (and `web` without the deploy config) keeps it off."""
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    runtime.mkdir()
+    svc = serve(service_env(tmp_path, HOME=str(home), XDG_RUNTIME_DIR=str(runtime)))
+    wait_until(lambda: "worker started" in svc.output(), what="worker started")
+    assert requests.get(svc.url + "/healthz", timeout=5).status_code == 200
+    assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []
+
+
 @pytest.mark.parametrize("env,needle", [
     ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
     ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),

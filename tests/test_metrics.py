@@ -6,6 +6,7 @@ import random
 
 from builders import order_body
 from conftest import signed_headers
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -17,7 +18,8 @@ from webhook_app.worker import Worker
 
 def scrape(client) -> dict[tuple[str, tuple], float]:
     r = client.get("/metrics")
-    assert r.status_code == 200 and r.mimetype == "text/plain"
+    ctype = r.headers["Content-Type"]
+    assert r.status_code == 200 and ctype == CONTENT_TYPE_LATEST and ctype.count("charset=") == 1, ctype
     out = {}
     for fam in text_string_to_metric_families(r.get_data(as_text=True)):
         for s in fam.samples:

@@ -41,7 +41,8 @@ def test_no_configured_secret_rejects_everything():
 
 
 def test_real_sample_signature_shape_from_facts():
-    # FACTS.md: a real signature is 44 base64 characters (32 bytes).
+    # A real X-CommerceLayer-Signature (base64 HMAC-SHA256, as documented at
+    # https://docs.commercelayer.io/developers/callbacks-security) is 44 characters, 32 bytes.
     assert len(base64.b64decode("DO/Gqc6yf2jXAl41IV01cbT3jhbpq7AGoyrz3zDmSM4=")) == 32
 
 

@@ -60,18 +60,20 @@ class _Reader:
         try:
             return convert(raw.strip())
         except (ValueError, TypeError) as exc:
-            # The converter says what is expected; the value is never repeated (it may be a
-            # secret, and the operator has it in front of them anyway).
-            raise ConfigError(name, str(exc)) from None
+            # The converter says what is expected; the value is shown once, and never for a
+            # variable that holds a secret.
+            detail = str(exc) if secret else f"{exc} (got {raw.strip()[:80]!r})"
+            raise ConfigError(name, detail) from None
 
 
-def _number(kind: Callable[[str], Any], value: str, expected: str) -> Any:
+def _number(kind: Callable[[str], Any], value: str, bound: str) -> Any:
+    """`kind(value)`, or a ValueError saying what is expected (not Python's "invalid literal")."""
     try:
         v = kind(value)
     except ValueError:
-        raise ValueError(expected) from None
-    if v != v or v in (float("inf"), float("-inf")):  # NaN, infinities
-        raise ValueError(expected)
+        v = None
+    if v is None or v != v or v in (float("inf"), float("-inf")):  # NaN and infinities included
+        raise ValueError(f"must be {'a whole number' if kind is int else 'a number'} {bound}")
     return v
 
 
@@ -79,7 +81,7 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     expected = f"must be a {'whole number' if kind is int else 'number'} greater than zero"
 
     def convert(value: str) -> Any:
-        v = _number(kind, value, expected)
+        v = _number(kind, value, "greater than zero")
         if v <= 0:
             raise ValueError(expected)
         return v
@@ -88,10 +90,10 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    expected = f"must be a {'whole number' if kind is int else 'number'}, zero or more"
+    expected = f"must be a {'whole number' if kind is int else 'number'} of zero or more"
 
     def convert(value: str) -> Any:
-        v = _number(kind, value, expected)
+        v = _number(kind, value, "of zero or more")
         if v < 0:
             raise ValueError(expected)
         return v

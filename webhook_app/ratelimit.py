@@ -1,6 +1,7 @@
 """Client-side rate limiting towards Commerce Layer: sliding windows, reserved ahead of time.
 
-Commerce Layer limits per organization and IP with sliding windows (FACTS.md). `LocalRateLimiter`
+Commerce Layer limits per organization and IP with sliding windows
+(https://docs.commercelayer.io/developers/rate-limits). `LocalRateLimiter`
 keeps the windows in this process; the PostgreSQL store provides a shared one for many workers
 (`store.postgres.PostgresRateLimiter`). Both reserve a slot (the earliest instant at which every
 window has room) and return it, so callers sleep outside any lock.

@@ -39,6 +39,9 @@ GUNICORN_DEFAULTS: dict[str, Any] = {
     "loglevel": "warning",
     "preload_app": False,
     "proc_name": "webhook-app-web",
+    # gunicorn >= 25.1 would open a control socket in $XDG_RUNTIME_DIR or $HOME/.gunicorn/ (shared
+    # by every instance of the user, and replaced by the next one); nothing here uses it.
+    "control_socket_disable": True,
 }
 
 
