@@ -38,8 +38,10 @@ def _durable_store(path: str):  # type: ignore[no-untyped-def]
             c = sqlite3.connect(path, timeout=5.0, isolation_level=None)
             c.execute("PRAGMA journal_mode = WAL")
             c.execute("PRAGMA synchronous = FULL")
-            c.execute("CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, received_at REAL,"
-                      " topic TEXT, body BLOB)")
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, received_at REAL,"
+                " topic TEXT, body BLOB)"
+            )
             conn.append(c)
         c = conn[0]
         c.execute("BEGIN IMMEDIATE")

@@ -57,8 +57,7 @@ def _template(sample: dict[str, Any], size: str) -> dict[str, Any]:
         return copy.deepcopy(sample)
     if size == "1k":
         data = sample["data"]
-        varying = ("number", "customer_email", "token", "placed_at", "created_at", "updated_at",
-                   "total_amount_cents")
+        varying = ("number", "customer_email", "token", "placed_at", "created_at", "updated_at", "total_amount_cents")
         attrs: dict[str, Any] = {k: data["attributes"][k] for k in varying}  # must be present
         doc = {"data": {"id": data["id"], "type": "orders", "attributes": attrs}}
         for key, value in data["attributes"].items():
@@ -92,8 +91,9 @@ def _order_id(rng: random.Random, used: set[str]) -> str:
             return ident
 
 
-def generate(size: str = "30k", count: int = 10_000, *, seed: int = 1,
-             sample: dict[str, Any] | None = None) -> Iterator[bytes]:
+def generate(
+    size: str = "30k", count: int = 10_000, *, seed: int = 1, sample: dict[str, Any] | None = None
+) -> Iterator[bytes]:
     """`count` distinct compact bodies of about `size`, deterministic for a seed."""
     template = _template(sample or load_sample(), size)
     original_id = template["data"]["id"]
@@ -103,9 +103,11 @@ def generate(size: str = "30k", count: int = 10_000, *, seed: int = 1,
     used = {original_id}
     # Field values that change per body: replaced as exact JSON fragments in the compact text
     # (cheaper than re-encoding 10,000 documents and exactly as compact).
-    fragments = {key: json.dumps(attrs[key], ensure_ascii=False) for key in
-                 ("number", "customer_email", "token", "placed_at", "created_at", "updated_at",
-                  "total_amount_cents") if key in attrs}
+    fragments = {
+        key: json.dumps(attrs[key], ensure_ascii=False)
+        for key in ("number", "customer_email", "token", "placed_at", "created_at", "updated_at", "total_amount_cents")
+        if key in attrs
+    }
     for n in range(count):
         order_id = _order_id(rng, used)
         minute = 10 + n % 50
@@ -136,8 +138,14 @@ def write_bodies(path: Path, size: str, count: int, *, secret: str = BENCH_SECRE
             smallest = len(body) if not smallest else min(smallest, len(body))
             largest = max(largest, len(body))
     tmp.replace(path)
-    return {"size": size, "count": count, "mean_bytes": round(total / max(1, count)),
-            "min_bytes": smallest, "max_bytes": largest, "file": str(path)}
+    return {
+        "size": size,
+        "count": count,
+        "mean_bytes": round(total / max(1, count)),
+        "min_bytes": smallest,
+        "max_bytes": largest,
+        "file": str(path),
+    }
 
 
 def ensure_bodies(directory: Path, size: str, count: int, *, secret: str = BENCH_SECRET) -> dict[str, Any]:

@@ -66,14 +66,19 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
 class Proc:
     """A child process in its own session, output to a log file; stopped by its own pid only."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *,
-                 cwd: Path | None = None) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None) -> None:
         self.argv = list(argv)
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.argv, env=dict(env), cwd=cwd or APP_DIR, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=dict(env),
+            cwd=cwd or APP_DIR,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     def stop(self, timeout: float = 40.0) -> int:
@@ -89,6 +94,7 @@ class Proc:
 
 
 # --- databases -------------------------------------------------------------------------------
+
 
 def pg_url(dbname: str) -> str:
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
@@ -135,6 +141,7 @@ def db_query(url: str, sql: str) -> list[dict[str, Any]]:
 
 # --- machine ---------------------------------------------------------------------------------
 
+
 def _first(pattern: str, text: str) -> str | None:
     m = re.search(pattern, text, re.M)
     return m.group(1).strip() if m else None
@@ -162,8 +169,10 @@ def machine_info() -> dict[str, Any]:
         info["psycopg"] = psycopg.__version__
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=2) as conn:
             info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-            info["postgresql_settings"] = {k: conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
-                                           for k in ("fsync", "synchronous_commit", "wal_sync_method")}
+            info["postgresql_settings"] = {
+                k: conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
+                for k in ("fsync", "synchronous_commit", "wal_sync_method")
+            }
     except Exception as exc:  # noqa: BLE001
         info["postgresql"] = f"unavailable ({type(exc).__name__})"
     wrk = shutil.which("wrk")
@@ -173,8 +182,9 @@ def machine_info() -> dict[str, Any]:
     try:
         pyspy = Path(PY).parent / "py-spy"
         if pyspy.exists():
-            info["py_spy"] = subprocess.run([str(pyspy), "--version"], capture_output=True, text=True,
-                                            check=False).stdout.strip()
+            info["py_spy"] = subprocess.run(
+                [str(pyspy), "--version"], capture_output=True, text=True, check=False
+            ).stdout.strip()
     except OSError:
         pass
     return info
@@ -216,9 +226,13 @@ def fsync_probe(directory: Path, *, seconds: float = 2.0, body_bytes: int = 30_8
 
     def stats(xs: list[float]) -> dict[str, float]:
         xs = sorted(xs)
-        return {"n": len(xs), "mean_ms": round(statistics.fmean(xs) * 1e3, 3),
-                "p50_ms": round(xs[len(xs) // 2] * 1e3, 3), "p99_ms": round(xs[int(len(xs) * 0.99)] * 1e3, 3),
-                "max_per_second": round(1 / statistics.fmean(xs))}
+        return {
+            "n": len(xs),
+            "mean_ms": round(statistics.fmean(xs) * 1e3, 3),
+            "p50_ms": round(xs[len(xs) // 2] * 1e3, 3),
+            "p99_ms": round(xs[int(len(xs) * 0.99)] * 1e3, 3),
+            "max_per_second": round(1 / statistics.fmean(xs)),
+        }
 
     return {"directory": str(directory), "fdatasync_4k": stats(raw), "sqlite_wal_full_commit_30k": stats(commits)}
 

@@ -70,9 +70,14 @@ class CpuMonitor:
         pg = sum(max(0.0, proc_cpu_seconds(p) - self.p0.get(p, 0.0)) for p in postgres_pids())
         load = _children_cpu() - self.children0  # wrk (and py-spy when profiling), reaped meanwhile
         foreign = max(0.0, busy - server - pg - load)
-        return {"wall_s": round(wall, 2), "machine_busy_pct": round(100 * busy / capacity, 1),
-                "server_cpu_s": round(server, 2), "postgres_cpu_s": round(pg, 2), "load_generator_cpu_s": round(load, 2),
-                "foreign_cpu_pct": round(100 * foreign / capacity, 1)}
+        return {
+            "wall_s": round(wall, 2),
+            "machine_busy_pct": round(100 * busy / capacity, 1),
+            "server_cpu_s": round(server, 2),
+            "postgres_cpu_s": round(pg, 2),
+            "load_generator_cpu_s": round(load, 2),
+            "foreign_cpu_pct": round(100 * foreign / capacity, 1),
+        }
 
 
 def wait_for_quiet(*, busy_pct: float = 25.0, settle_s: float = 1.0, max_wait_s: float = 15.0) -> dict[str, Any]:

@@ -61,10 +61,25 @@ from webhook_app.signing import sign
 SECRET = "bench-e2e-shared-secret-0123456789"
 CLIENT = {"client_id": "bench-client", "client_secret": "bench-client-secret-xyz", "scope": "market:all"}
 INCLUDES = ["customer", "payment_source", "market", "line_items", "available_customer_payment_sources"]
-WALLET_TYPES = {"adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
-                "external_payments", "klarna_payments", "stripe_payments"}
-SKIP_TOPICS = ["orders.approve", "orders.pay", "orders.start_fulfilling", "orders.fulfill", "orders.authorize",
-               "orders.cancel", "orders.refund", "orders.create"]
+WALLET_TYPES = {
+    "adyen_payments",
+    "axerve_payments",
+    "braintree_payments",
+    "checkout_com_payments",
+    "external_payments",
+    "klarna_payments",
+    "stripe_payments",
+}
+SKIP_TOPICS = [
+    "orders.approve",
+    "orders.pay",
+    "orders.start_fulfilling",
+    "orders.fulfill",
+    "orders.authorize",
+    "orders.cancel",
+    "orders.refund",
+    "orders.create",
+]
 API_LATENCY_MS = 50
 SANDBOX_LIMITS = {"api_limits": ["100/60"], "endpoint_limits": ["25/10"], "auth_limits": ["30/60"]}
 SERVICE_LIMITS = "100/60,25/10"  # the service's default CL_RATE_LIMITS, stated explicitly
@@ -75,8 +90,15 @@ def scenario(orders: int) -> dict[str, Any]:
         "sandbox": {"token_ttl": 7200, **SANDBOX_LIMITS, "request_log_size": 100_000},
         "clients": [CLIENT],
         "generate": {"orders": orders, "guest_share": 0.2, "seed": 2026},
-        "webhooks": [{"id": "HookBench1", "topic": "orders.place", "callback_url": "http://127.0.0.1:9/x",
-                      "include_resources": INCLUDES, "shared_secret": SECRET}],
+        "webhooks": [
+            {
+                "id": "HookBench1",
+                "topic": "orders.place",
+                "callback_url": "http://127.0.0.1:9/x",
+                "include_resources": INCLUDES,
+                "shared_secret": SECRET,
+            }
+        ],
     }
 
 
@@ -87,8 +109,11 @@ def plan(events: int, patches: int, unhurried: int, orders: int = 1000) -> dict[
     hook = next(iter(sb.state.webhooks.values()))
     snap = sb.state.snapshot()
     by_id = {o.id: o for o in sb.state.orders.values()}
-    selected = sorted(o["id"] for o in snap["orders"]
-                      if not o["guest"] and o["customer_id"] and o["payment_source"]["type"] in WALLET_TYPES)
+    selected = sorted(
+        o["id"]
+        for o in snap["orders"]
+        if not o["guest"] and o["customer_id"] and o["payment_source"]["type"] in WALLET_TYPES
+    )
     others = sorted(o["id"] for o in snap["orders"] if o["id"] not in set(selected))
     if len(selected) < patches:
         raise RuntimeError(f"only {len(selected)} orders need a PATCH, {patches} wanted")
@@ -109,13 +134,21 @@ def plan(events: int, patches: int, unhurried: int, orders: int = 1000) -> dict[
     phase1 = []
     for n, oid in enumerate(patch_orders[:unhurried]):
         group = [render("orders.place", oid)]
-        group += [render(t, o) for t, o in skips[n * per_patch:(n + 1) * per_patch]]
+        group += [render(t, o) for t, o in skips[n * per_patch : (n + 1) * per_patch]]
         phase1.append(group)
-    rest_skips = skips[unhurried * per_patch:]
+    rest_skips = skips[unhurried * per_patch :]
     phase2 = [render("orders.place", o) for o in patch_orders[unhurried:]] + [render(t, o) for t, o in rest_skips]
     rng.shuffle(phase2)
-    return {"orders": orders, "selected_orders": len(selected), "patch_orders": patch_orders,
-            "phase1": phase1, "phase2": phase2, "events": events, "patches": patches, "unhurried": unhurried}
+    return {
+        "orders": orders,
+        "selected_orders": len(selected),
+        "patch_orders": patch_orders,
+        "phase1": phase1,
+        "phase2": phase2,
+        "events": events,
+        "patches": patches,
+        "unhurried": unhurried,
+    }
 
 
 def _ts(iso_time: str) -> float:
@@ -164,12 +197,26 @@ class Poster:
             s = self.local.s = requests.Session()
         topic, order_id, body = item
         t = time.time()
-        r = s.post(self.url, data=body, timeout=30,
-                   headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": topic,
-                            "X-CommerceLayer-Signature": sign(body, secret=SECRET)})
-        a = {"phase": phase, "topic": topic, "order_id": order_id, "status": r.status_code, "sent_at": t,
-             "delivery_id": r.json().get("delivery_id") if r.headers.get("Content-Type", "").startswith(
-                 "application/json") else None}
+        r = s.post(
+            self.url,
+            data=body,
+            timeout=30,
+            headers={
+                "Content-Type": "application/json",
+                "X-CommerceLayer-Topic": topic,
+                "X-CommerceLayer-Signature": sign(body, secret=SECRET),
+            },
+        )
+        a = {
+            "phase": phase,
+            "topic": topic,
+            "order_id": order_id,
+            "status": r.status_code,
+            "sent_at": t,
+            "delivery_id": r.json().get("delivery_id")
+            if r.headers.get("Content-Type", "").startswith("application/json")
+            else None,
+        }
         with self.lock:
             self.answers.append(a)
         return a
@@ -193,32 +240,59 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
     else:
         pg_db = "bench_e2e"
         db_url = pg_recreate(pg_db)
-    env = {"CL_WEBHOOK_SECRETS": f"cl:{SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
-           "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_SCOPE": CLIENT["scope"],
-           "CL_API_BASE": sb_url + "/api", "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
-           "WEBHOOK_APP_DATABASE_URL": db_url, "CL_RATE_LIMITS": SERVICE_LIMITS}
-    result: dict[str, Any] = {"backend": backend, "events_planned": events, "patches_expected": patches,
-                              "unhurried_patches": unhurried, "unhurried_spacing_s": spacing,
-                              "api_latency_ms": API_LATENCY_MS, "sandbox_limits": SANDBOX_LIMITS,
-                              "service_limits": SERVICE_LIMITS, "orders_generated": p["orders"],
-                              "orders_selected_by_policy": p["selected_orders"]}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"cl:{SECRET}",
+        "CL_CLIENT_ID": CLIENT["client_id"],
+        "CL_CLIENT_SECRET": CLIENT["client_secret"],
+        "CL_SCOPE": CLIENT["scope"],
+        "CL_API_BASE": sb_url + "/api",
+        "CL_AUTH_URL": sb_url + "/oauth/token",
+        "WEBHOOK_APP_MODE": "enforce",
+        "WEBHOOK_APP_DATABASE_URL": db_url,
+        "CL_RATE_LIMITS": SERVICE_LIMITS,
+    }
+    result: dict[str, Any] = {
+        "backend": backend,
+        "events_planned": events,
+        "patches_expected": patches,
+        "unhurried_patches": unhurried,
+        "unhurried_spacing_s": spacing,
+        "api_latency_ms": API_LATENCY_MS,
+        "sandbox_limits": SANDBOX_LIMITS,
+        "service_limits": SERVICE_LIMITS,
+        "orders_generated": p["orders"],
+        "orders_selected_by_policy": p["selected_orders"],
+    }
     try:
-        sandbox = Proc([PY, "-m", "commercelayer_sandbox", "--port", str(sb_port), "--seed",
-                        str(workdir / "scenario.json")], clean_env({}), workdir / "sandbox.log")
+        sandbox = Proc(
+            [PY, "-m", "commercelayer_sandbox", "--port", str(sb_port), "--seed", str(workdir / "scenario.json")],
+            clean_env({}),
+            workdir / "sandbox.log",
+        )
         procs.append(sandbox)
         wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        requests.put(sb_url + "/_sandbox/faults", json={"rules": [{"route": "*", "latency_ms": API_LATENCY_MS}]},
-                     timeout=10).raise_for_status()
+        requests.put(
+            sb_url + "/_sandbox/faults", json={"rules": [{"route": "*", "latency_ms": API_LATENCY_MS}]}, timeout=10
+        ).raise_for_status()
         full_env = clean_env(env)
         if backend == "postgres":
             import subprocess
 
-            up = subprocess.run([PY, "-m", "webhook_app", "db", "upgrade"], env=full_env, capture_output=True,
-                                text=True, timeout=60, check=False)
+            up = subprocess.run(
+                [PY, "-m", "webhook_app", "db", "upgrade"],
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade: {up.stderr.strip()}")
-        web = Proc([PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{web_port}", "--workers", "2"],
-                   full_env, workdir / "web.log")
+        web = Proc(
+            [PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{web_port}", "--workers", "2"],
+            full_env,
+            workdir / "web.log",
+        )
         procs.append(web)
         wait_http(web_url + "/readyz", proc=web.proc)
         worker = Proc([PY, "-m", "webhook_app", "worker"], full_env, workdir / "worker.log")
@@ -250,14 +324,26 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
         statuses: dict[str, int] = {}
         for a in answers:
             statuses[str(a["status"])] = statuses.get(str(a["status"]), 0) + 1
-        p1_ids = [a["delivery_id"] for a in answers if a["phase"] == 1 and a["topic"] == "orders.place"
-                  and a["order_id"] in set(p["patch_orders"][:unhurried])]
-        lat_rows = db_query(db_url, "SELECT d.id, d.received_at, c.decided_at FROM decisions c JOIN deliveries d"
-                                    " ON d.id = c.delivery_id WHERE c.outcome = 'applied' AND d.id IN ("
-                                    + ",".join(str(int(i)) for i in p1_ids) + ")") if p1_ids else []
+        p1_ids = [
+            a["delivery_id"]
+            for a in answers
+            if a["phase"] == 1 and a["topic"] == "orders.place" and a["order_id"] in set(p["patch_orders"][:unhurried])
+        ]
+        lat_rows = (
+            db_query(
+                db_url,
+                "SELECT d.id, d.received_at, c.decided_at FROM decisions c JOIN deliveries d"
+                " ON d.id = c.delivery_id WHERE c.outcome = 'applied' AND d.id IN ("
+                + ",".join(str(int(i)) for i in p1_ids)
+                + ")",
+            )
+            if p1_ids
+            else []
+        )
         lat = sorted((float(r["decided_at"]) - float(r["received_at"])) * 1000 for r in lat_rows)
-        patch_log = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"},
-                                 timeout=60).json()["requests"]
+        patch_log = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"}, timeout=60).json()[
+            "requests"
+        ]
         patched: dict[str, int] = {}
         for r in patch_log:
             if r["status"] == 200:
@@ -270,34 +356,42 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
         outcomes = db_query(db_url, "SELECT outcome, COUNT(*) AS n FROM decisions GROUP BY outcome")
         burst_patch_times = sorted(_ts(r["time"]) for r in patch_log if r["status"] == 200 and _ts(r["time"]) >= t2)
         minimum = minimum_seconds(history, t2, patches - unhurried)
-        result.update({
-            "events_sent": len(answers), "answers": statuses,
-            "patches_made": sum(patched.values()), "orders_patched": len(patched),
-            "patches_per_order": sorted(set(patched.values())),
-            "every_selected_order_patched_once": set(patched) == set(p["patch_orders"])
-            and all(v == 1 for v in patched.values()),
-            "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
-            "sandbox_429_in_burst": sum(1 for t in rl_times if t >= t2),
-            "sandbox_429_in_unhurried_phase": sum(1 for t in rl_times if t < t2),
-            "api_calls_by_route": stats.get("by_route", {}),
-            "jobs_by_state": {r["state"]: int(r["n"]) for r in jobs},
-            "decisions_by_outcome": {r["outcome"]: int(r["n"]) for r in outcomes},
-            "dead_jobs": sum(int(r["n"]) for r in jobs if r["state"] == "dead"),
-            "latency_phase": {
-                "n": len(lat), "seconds": round(phase1_end - t1, 1),
-                "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-                "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
-                "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
-                "max_ms": round(lat[-1], 1) if lat else None,
-            },
-            "burst": {
-                "events": len(p["phase2"]), "patches": patches - unhurried, "send_s": round(sent_s, 1),
-                "drain_s": drain_s, "minimum_s": minimum,
-                "drain_over_minimum": round(drain_s / minimum, 2) if minimum else None,
-                "last_patch_after_s": round(burst_patch_times[-1] - t2, 1) if burst_patch_times else None,
-                "api_calls_before_burst_in_last_60s": sum(1 for h in history if h > t2 - 60),
-            },
-        })
+        result.update(
+            {
+                "events_sent": len(answers),
+                "answers": statuses,
+                "patches_made": sum(patched.values()),
+                "orders_patched": len(patched),
+                "patches_per_order": sorted(set(patched.values())),
+                "every_selected_order_patched_once": set(patched) == set(p["patch_orders"])
+                and all(v == 1 for v in patched.values()),
+                "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
+                "sandbox_429_in_burst": sum(1 for t in rl_times if t >= t2),
+                "sandbox_429_in_unhurried_phase": sum(1 for t in rl_times if t < t2),
+                "api_calls_by_route": stats.get("by_route", {}),
+                "jobs_by_state": {r["state"]: int(r["n"]) for r in jobs},
+                "decisions_by_outcome": {r["outcome"]: int(r["n"]) for r in outcomes},
+                "dead_jobs": sum(int(r["n"]) for r in jobs if r["state"] == "dead"),
+                "latency_phase": {
+                    "n": len(lat),
+                    "seconds": round(phase1_end - t1, 1),
+                    "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
+                    "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
+                    "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+                    "max_ms": round(lat[-1], 1) if lat else None,
+                },
+                "burst": {
+                    "events": len(p["phase2"]),
+                    "patches": patches - unhurried,
+                    "send_s": round(sent_s, 1),
+                    "drain_s": drain_s,
+                    "minimum_s": minimum,
+                    "drain_over_minimum": round(drain_s / minimum, 2) if minimum else None,
+                    "last_patch_after_s": round(burst_patch_times[-1] - t2, 1) if burst_patch_times else None,
+                    "api_calls_before_burst_in_last_60s": sum(1 for h in history if h > t2 - 60),
+                },
+            }
+        )
     except Exception as exc:  # noqa: BLE001 - reported, the other parts still run
         log(f"e2e {backend} failed: {exc!r}")
         result["error"] = repr(exc)[:300]
@@ -308,8 +402,10 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
             pg_drop(pg_db)
     if "burst" in result:
         b, lat = result["burst"], result["latency_phase"]
-        log(f"  -> drained {b['drain_s']} s (minimum {b['minimum_s']} s), 429s {result['sandbox_429']}, "
-            f"receipt->PATCH p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms, dead {result['dead_jobs']}")
+        log(
+            f"  -> drained {b['drain_s']} s (minimum {b['minimum_s']} s), 429s {result['sandbox_429']}, "
+            f"receipt->PATCH p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms, dead {result['dead_jobs']}"
+        )
     return result
 
 

@@ -36,8 +36,16 @@ from bench.rss import RssSampler, summarize
 
 LUA = REPO / "bench" / "ingest.lua"
 WARMUP_TOPIC = "orders.create"
-MEASURE_TOPICS = ["orders.place", "orders.approve", "orders.pay", "orders.start_fulfilling", "orders.fulfill",
-                  "orders.cancel", "orders.refund", "orders.authorize"]
+MEASURE_TOPICS = [
+    "orders.place",
+    "orders.approve",
+    "orders.pay",
+    "orders.start_fulfilling",
+    "orders.fulfill",
+    "orders.cancel",
+    "orders.refund",
+    "orders.authorize",
+]
 SECRET = bodies_mod.BENCH_SECRET
 
 
@@ -57,12 +65,30 @@ def gunicorn_flags(workers: int) -> list[str]:
     """The baseline's gunicorn command line, built from webhook_app's own gunicorn defaults."""
     from webhook_app.runtime import GUNICORN_DEFAULTS as d
 
-    return ["--workers", str(workers), "--worker-class", d["worker_class"], "--timeout", str(d["timeout"]),
-            "--graceful-timeout", str(d["graceful_timeout"]), "--keep-alive", str(d["keepalive"]),
-            "--limit-request-line", str(d["limit_request_line"]),
-            "--limit-request-fields", str(d["limit_request_fields"]),
-            "--limit-request-field_size", str(d["limit_request_field_size"]),
-            "--log-level", d["loglevel"], "--error-logfile", "-", "--name", "bench-baseline"]
+    return [
+        "--workers",
+        str(workers),
+        "--worker-class",
+        d["worker_class"],
+        "--timeout",
+        str(d["timeout"]),
+        "--graceful-timeout",
+        str(d["graceful_timeout"]),
+        "--keep-alive",
+        str(d["keepalive"]),
+        "--limit-request-line",
+        str(d["limit_request_line"]),
+        "--limit-request-fields",
+        str(d["limit_request_fields"]),
+        "--limit-request-field_size",
+        str(d["limit_request_field_size"]),
+        "--log-level",
+        d["loglevel"],
+        "--error-logfile",
+        "-",
+        "--name",
+        "bench-baseline",
+    ]
 
 
 class Server:
@@ -91,8 +117,15 @@ class Server:
                     Path(str(db) + suffix).unlink(missing_ok=True)
                 env["BENCH_DURABLE_DB"] = str(db)
                 self.db_url = f"sqlite:///{db}"
-            argv = [PY, "-m", "gunicorn", "--bind", bind, *gunicorn_flags(self.workers),
-                    "bench.baseline_app:create_app()"]
+            argv = [
+                PY,
+                "-m",
+                "gunicorn",
+                "--bind",
+                bind,
+                *gunicorn_flags(self.workers),
+                "bench.baseline_app:create_app()",
+            ]
             self.proc = Proc(argv, env, log_path)
             wait_http(f"http://{bind}/healthz", proc=self.proc.proc)
             return
@@ -104,11 +137,23 @@ class Server:
         else:
             self.pg_db = f"bench_{self.run_id}"
             self.db_url = pg_recreate(self.pg_db)
-        env = clean_env({"CL_WEBHOOK_SECRETS": f"bench:{SECRET}", "WEBHOOK_APP_DATABASE_URL": self.db_url,
-                         "WEBHOOK_APP_MODE": "shadow"})
+        env = clean_env(
+            {
+                "CL_WEBHOOK_SECRETS": f"bench:{SECRET}",
+                "WEBHOOK_APP_DATABASE_URL": self.db_url,
+                "WEBHOOK_APP_MODE": "shadow",
+            }
+        )
         if self.kind == "postgres":
-            up = subprocess.run([PY, "-m", "webhook_app", "db", "upgrade"], env=env, cwd=common.APP_DIR,
-                                capture_output=True, text=True, timeout=60, check=False)
+            up = subprocess.run(
+                [PY, "-m", "webhook_app", "db", "upgrade"],
+                env=env,
+                cwd=common.APP_DIR,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
         argv = [PY, "-m", "webhook_app", "web", "--bind", bind, "--workers", str(self.workers)]
@@ -121,8 +166,9 @@ class Server:
         if self.kind == "baseline-sqlite":
             n = db_query(self.db_url, "SELECT COUNT(*) AS n FROM deliveries")[0]["n"]
             return {"deliveries": int(n), "jobs": int(n)}
-        row = db_query(self.db_url, "SELECT (SELECT COUNT(*) FROM deliveries) AS deliveries,"
-                                    " (SELECT COUNT(*) FROM jobs) AS jobs")[0]
+        row = db_query(
+            self.db_url, "SELECT (SELECT COUNT(*) FROM deliveries) AS deliveries, (SELECT COUNT(*) FROM jobs) AS jobs"
+        )[0]
         return {k: int(v) for k, v in row.items()}
 
     def stop(self) -> None:
@@ -132,11 +178,36 @@ class Server:
             pg_drop(self.pg_db)
 
 
-def run_wrk(url: str, bodies_file: str, topics: list[str], *, seconds: float, connections: int,
-            out: Path, threads: int = 1, timeout_s: int = 10) -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    bodies_file: str,
+    topics: list[str],
+    *,
+    seconds: float,
+    connections: int,
+    out: Path,
+    threads: int = 1,
+    timeout_s: int = 10,
+) -> dict[str, Any]:
     env = {"WRK_RESULT_FILE": str(out), "PATH": "/usr/bin:/bin"}
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", f"{timeout_s}s",
-            "-s", str(LUA), url, "--", bodies_file, ",".join(topics), str(threads)]
+    argv = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        f"{timeout_s}s",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        bodies_file,
+        ",".join(topics),
+        str(threads),
+    ]
     out.unlink(missing_ok=True)
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 120, check=False)
     if res.returncode != 0 or not out.exists():
@@ -154,12 +225,22 @@ def summarize_wrk(w: dict[str, Any]) -> dict[str, Any]:
     socket_errors = sum(w["errors"][k] for k in ("connect", "read", "write", "timeout"))
     pct = w["latency_us"]["percentiles"]
     return {
-        "seconds": round(seconds, 2), "requests": w["requests"], "rps": round(w["requests"] / seconds, 1),
-        "p50_ms": round(pct["50"] / 1000, 2), "p90_ms": round(pct["90"] / 1000, 2),
-        "p99_ms": round(pct["99"] / 1000, 2), "p999_ms": round(pct["99.9"] / 1000, 2),
-        "max_ms": round(w["latency_us"]["max"] / 1000, 2), "mean_ms": round(w["latency_us"]["mean"] / 1000, 2),
-        "statuses": statuses, "ok_2xx": ok, "non_2xx": non2xx, "socket_errors": socket_errors,
-        "socket_error_detail": w["errors"], "errors": non2xx + socket_errors, "wrapped": w["wrapped"],
+        "seconds": round(seconds, 2),
+        "requests": w["requests"],
+        "rps": round(w["requests"] / seconds, 1),
+        "p50_ms": round(pct["50"] / 1000, 2),
+        "p90_ms": round(pct["90"] / 1000, 2),
+        "p99_ms": round(pct["99"] / 1000, 2),
+        "p999_ms": round(pct["99.9"] / 1000, 2),
+        "max_ms": round(w["latency_us"]["max"] / 1000, 2),
+        "mean_ms": round(w["latency_us"]["mean"] / 1000, 2),
+        "statuses": statuses,
+        "ok_2xx": ok,
+        "non_2xx": non2xx,
+        "socket_errors": socket_errors,
+        "socket_error_detail": w["errors"],
+        "errors": non2xx + socket_errors,
+        "wrapped": w["wrapped"],
     }
 
 
@@ -171,33 +252,81 @@ def profile_pids(pids: list[int], seconds: float, out_dir: Path) -> list[subproc
     procs = []
     for pid in pids:
         out = out_dir / f"py-spy-{pid}.txt"
-        procs.append(subprocess.Popen([str(pyspy), "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                                       "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(pyspy),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     return procs
 
 
-def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, seconds: float, workdir: Path,
-            run_id: str, profile: bool = False, quiet_wait: float = 60.0) -> dict[str, Any]:
+def run_one(
+    cfg: Config,
+    kind: str,
+    bodies: dict[str, Any],
+    *,
+    warmup: float,
+    seconds: float,
+    workdir: Path,
+    run_id: str,
+    profile: bool = False,
+    quiet_wait: float = 60.0,
+) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     server = Server(kind, cfg.workers, workdir, run_id)
     log(f"ingest {cfg.name} {kind}: {cfg.size} bodies, {cfg.workers} workers, {cfg.connections} connections")
-    result: dict[str, Any] = {"config": cfg.name, "server": kind, "size": cfg.size, "workers": cfg.workers,
-                              "connections": cfg.connections, "body_bytes": bodies["mean_bytes"],
-                              "distinct_bodies": bodies["count"], "warmup_s": warmup, "duration_s": seconds}
+    result: dict[str, Any] = {
+        "config": cfg.name,
+        "server": kind,
+        "size": cfg.size,
+        "workers": cfg.workers,
+        "connections": cfg.connections,
+        "body_bytes": bodies["mean_bytes"],
+        "distinct_bodies": bodies["count"],
+        "warmup_s": warmup,
+        "duration_s": seconds,
+    }
     result["quiet_gate"] = wait_for_quiet(max_wait_s=quiet_wait)
     try:
         server.start()
         assert server.proc is not None
         sampler = RssSampler(server.proc.pid).start()
         time.sleep(0.3)
-        warm = run_wrk(server.url, bodies["file"], [WARMUP_TOPIC], seconds=warmup,
-                       connections=cfg.connections, out=workdir / "wrk-warmup.json")
+        warm = run_wrk(
+            server.url,
+            bodies["file"],
+            [WARMUP_TOPIC],
+            seconds=warmup,
+            connections=cfg.connections,
+            out=workdir / "wrk-warmup.json",
+        )
         spies = profile_pids(sampler.worker_pids(), seconds, workdir) if profile else []
         tree = [server.proc.pid, *sampler.worker_pids()]
         cpu = CpuMonitor().start(tree)
-        measured = run_wrk(server.url, bodies["file"], MEASURE_TOPICS, seconds=seconds,
-                           connections=cfg.connections, out=workdir / "wrk.json")
+        measured = run_wrk(
+            server.url,
+            bodies["file"],
+            MEASURE_TOPICS,
+            seconds=seconds,
+            connections=cfg.connections,
+            out=workdir / "wrk.json",
+        )
         result["cpu"] = cpu.stop(tree)
         for p in spies:
             p.wait(timeout=60)
@@ -214,13 +343,16 @@ def run_one(cfg: Config, kind: str, bodies: dict[str, Any], *, warmup: float, se
             result["accepted_202"] = accepted
             # a request in flight when wrk stops is stored but its answer is not counted
             in_flight = 2 * cfg.connections
-            result["all_acknowledged_stored"] = (stored["deliveries"] == stored["jobs"]
-                                                 and accepted <= stored["deliveries"] <= accepted + in_flight)
+            result["all_acknowledged_stored"] = (
+                stored["deliveries"] == stored["jobs"] and accepted <= stored["deliveries"] <= accepted + in_flight
+            )
         if profile:
             result["profile_files"] = sorted(str(p) for p in workdir.glob("py-spy-*.txt"))
     finally:
         server.stop()
-    log(f"  -> {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, "
+    log(
+        f"  -> {result.get('rps')} req/s, p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms, "
         f"errors {result.get('errors')}, max RSS {result.get('rss', {}).get('max_mb')} MB, "
-        f"other load {result.get('cpu', {}).get('foreign_cpu_pct')}% of the machine")
+        f"other load {result.get('cpu', {}).get('foreign_cpu_pct')}% of the machine"
+    )
     return result

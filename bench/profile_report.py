@@ -56,7 +56,8 @@ def report(files: list[Path], top: int = 25) -> dict[str, Any]:
     inclusive, own, busy, idle = load(files)
     pct = (lambda n: round(100 * n / busy, 1)) if busy else (lambda n: 0.0)
     return {
-        "samples_busy": busy, "samples_idle": idle,
+        "samples_busy": busy,
+        "samples_idle": idle,
         "inclusive": [{"frame": f, "pct": pct(n)} for f, n in inclusive.most_common(top)],
         "self": [{"frame": f, "pct": pct(n)} for f, n in own.most_common(top)],
     }

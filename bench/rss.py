@@ -76,8 +76,16 @@ class RssSampler:
             st = _status(pid)
             if not st:
                 continue
-            entry = self._seen.setdefault(pid, {"pid": pid, "role": "master" if pid == self.pid else "worker",
-                                               "name": st.get("Name", ""), "peak_rss_kb": 0, "hwm_kb": 0})
+            entry = self._seen.setdefault(
+                pid,
+                {
+                    "pid": pid,
+                    "role": "master" if pid == self.pid else "worker",
+                    "name": st.get("Name", ""),
+                    "peak_rss_kb": 0,
+                    "hwm_kb": 0,
+                },
+            )
             entry["peak_rss_kb"] = max(entry["peak_rss_kb"], _kb(st.get("VmRSS")))
             entry["hwm_kb"] = max(entry["hwm_kb"], _kb(st.get("VmHWM")))
 
@@ -97,10 +105,15 @@ class RssSampler:
 
 def summarize(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """Peak per role in MB (the larger of VmHWM and the sampled VmRSS)."""
+
     def mb(e: dict[str, Any]) -> float:
         return round(max(e["hwm_kb"], e["peak_rss_kb"]) / 1024, 1)
 
     masters = [mb(e) for e in entries if e["role"] == "master"]
     workers = [mb(e) for e in entries if e["role"] == "worker"]
-    return {"master_mb": max(masters, default=0.0), "worker_max_mb": max(workers, default=0.0),
-            "workers_mb": workers, "max_mb": max(masters + workers, default=0.0)}
+    return {
+        "master_mb": max(masters, default=0.0),
+        "worker_max_mb": max(workers, default=0.0),
+        "workers_mb": workers,
+        "max_mb": max(masters + workers, default=0.0),
+    }

@@ -43,10 +43,15 @@ def _median(rows: list[dict[str, Any]], key: str) -> float:
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of the rounds for speed; sums and maxima for errors and memory."""
     return {
-        "rounds": len(rows), "rps": _median(rows, "rps"), "p50_ms": _median(rows, "p50_ms"),
-        "p99_ms": _median(rows, "p99_ms"), "rps_rounds": [r["rps"] for r in rows],
-        "p99_rounds": [r["p99_ms"] for r in rows], "errors": sum(r["errors"] for r in rows),
-        "non_2xx": sum(r["non_2xx"] for r in rows), "socket_errors": sum(r["socket_errors"] for r in rows),
+        "rounds": len(rows),
+        "rps": _median(rows, "rps"),
+        "p50_ms": _median(rows, "p50_ms"),
+        "p99_ms": _median(rows, "p99_ms"),
+        "rps_rounds": [r["rps"] for r in rows],
+        "p99_rounds": [r["p99_ms"] for r in rows],
+        "errors": sum(r["errors"] for r in rows),
+        "non_2xx": sum(r["non_2xx"] for r in rows),
+        "socket_errors": sum(r["socket_errors"] for r in rows),
         "requests": sum(r["requests"] for r in rows),
         "master_mb": max(r["rss"]["master_mb"] for r in rows),
         "worker_max_mb": max(r["rss"]["worker_max_mb"] for r in rows),
@@ -82,35 +87,61 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
     bodies = {size: bodies_mod.ensure_bodies(bodies_dir, size, count) for size, count in sets}
     servers = ["baseline", *backends]
     reference = [] if quick or "sqlite" not in backends else ["baseline-sqlite"]
-    out: dict[str, Any] = {"bodies": bodies, "warmup_s": warmup, "seconds": seconds, "rounds": rounds,
-                           "servers": servers, "runs": [], "configs": {},
-                           "topics": len(MEASURE_TOPICS), "warmup_topic": WARMUP_TOPIC}
+    out: dict[str, Any] = {
+        "bodies": bodies,
+        "warmup_s": warmup,
+        "seconds": seconds,
+        "rounds": rounds,
+        "servers": servers,
+        "runs": [],
+        "configs": {},
+        "topics": len(MEASURE_TOPICS),
+        "warmup_topic": WARMUP_TOPIC,
+    }
     n = 0
 
     def one(cfg: Config, kind: str, profile: bool = False) -> dict[str, Any]:
         nonlocal n
         n += 1
-        r = run_one(cfg, kind, bodies[cfg.size], warmup=warmup, seconds=seconds,
-                    workdir=run_dir / "ingest" / f"{n:02d}-{cfg.name}-{kind}", run_id=f"{n}", profile=profile,
-                    quiet_wait=5.0 if quick else 10.0)
+        r = run_one(
+            cfg,
+            kind,
+            bodies[cfg.size],
+            warmup=warmup,
+            seconds=seconds,
+            workdir=run_dir / "ingest" / f"{n:02d}-{cfg.name}-{kind}",
+            run_id=f"{n}",
+            profile=profile,
+            quiet_wait=5.0 if quick else 10.0,
+        )
         r["round"] = len([x for x in out["runs"] if x["config"] == cfg.name and x["server"] == kind]) + 1
         out["runs"].append(r)
         return r
 
     configs = [Config("main", "30k", 2, 10_000)]
     if not quick:
-        configs += [Config("size-1k", "1k", 2, 10_000), Config("size-300k", "300k", 2, 1_000),
-                    Config("workers-1", "30k", 1, 10_000), Config("workers-4", "30k", 4, 10_000)]
+        configs += [
+            Config("size-1k", "1k", 2, 10_000),
+            Config("size-300k", "300k", 2, 1_000),
+            Config("workers-1", "30k", 1, 10_000),
+            Config("workers-4", "30k", 4, 10_000),
+        ]
     for cfg in configs:
         kinds = servers + (reference if cfg.name == "main" else [])
         per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(rounds if cfg.name == "main" else 1):
-            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]  # rotate who goes first
+            order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # rotate who goes first
             for kind in order:
                 per_server[kind].append(one(cfg, kind))
         agg = {k: aggregate(v) for k, v in per_server.items()}
-        entry: dict[str, Any] = {"size": cfg.size, "workers": cfg.workers, "connections": cfg.connections,
-                                 "body_bytes": bodies[cfg.size]["mean_bytes"], "servers": agg, "vs_baseline": {}}
+        entry: dict[str, Any] = {
+            "size": cfg.size,
+            "workers": cfg.workers,
+            "connections": cfg.connections,
+            "body_bytes": bodies[cfg.size]["mean_bytes"],
+            "servers": agg,
+            "vs_baseline": {},
+        }
         for kind in backends + [k for k in kinds if k.startswith("baseline-")]:
             entry["vs_baseline"][kind] = compare(agg[kind], agg["baseline"])
         out["configs"][cfg.name] = entry
@@ -121,8 +152,10 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         for kind in backends:
             r = one(Config("main", "30k", 2, 10_000), kind, profile=True)
             r["profiled"] = True
-            out["profiles"][kind] = {"rps_while_profiled": r["rps"],
-                                     **report([Path(p) for p in r.get("profile_files", [])], top=20)}
+            out["profiles"][kind] = {
+                "rps_while_profiled": r["rps"],
+                **report([Path(p) for p in r.get("profile_files", [])], top=20),
+            }
         out["runs"] = [r for r in out["runs"] if not r.get("profiled")] + [r for r in out["runs"] if r.get("profiled")]
     return out
 
@@ -152,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = RESULTS / f"run-{stamp}"
     started = time.time()
     results: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
-        "quick": args.quick, "backends": backends, "app_dir": str(common.APP_DIR), "targets": TARGETS,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+        "quick": args.quick,
+        "backends": backends,
+        "app_dir": str(common.APP_DIR),
+        "targets": TARGETS,
         "machine": machine_info(),
     }
     results["git"] = _git()
@@ -184,11 +221,15 @@ def _git() -> dict[str, str]:
     import subprocess
 
     def run(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=common.APP_DIR, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *a], cwd=common.APP_DIR, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
-    return {"commit": run("rev-parse", "--short", "HEAD"), "branch": run("rev-parse", "--abbrev-ref", "HEAD"),
-            "dirty": "yes" if run("status", "--porcelain", "--untracked-files=no") else "no"}
+    return {
+        "commit": run("rev-parse", "--short", "HEAD"),
+        "branch": run("rev-parse", "--abbrev-ref", "HEAD"),
+        "dirty": "yes" if run("status", "--porcelain", "--untracked-files=no") else "no",
+    }
 
 
 if __name__ == "__main__":

@@ -31,45 +31,76 @@ def order_document(
     ]
     if customer_id:
         rel["customer"] = {"links": {}, "data": {"type": "customers", "id": customer_id}}
-        included.append({"id": customer_id, "type": "customers",
-                         "attributes": {"email": f"{customer_id}@example.com", "status": "repeat",
-                                        "has_password": not guest}})
+        included.append(
+            {
+                "id": customer_id,
+                "type": "customers",
+                "attributes": {"email": f"{customer_id}@example.com", "status": "repeat", "has_password": not guest},
+            }
+        )
     if source_type:
         rel["payment_source"] = {"links": {}, "data": {"type": source_type, "id": source_id}}
-        included.append({"id": source_id, "type": source_type,
-                         "attributes": {"payment_method": {"id": f"pm_{source_id}",
-                                                           "card": {"last4": "4242", "brand": "visa"}}}})
+        included.append(
+            {
+                "id": source_id,
+                "type": source_type,
+                "attributes": {"payment_method": {"id": f"pm_{source_id}", "card": {"last4": "4242", "brand": "visa"}}},
+            }
+        )
     for n, li in enumerate(line_items or [{"sku_code": "SKU-1", "quantity": 1, "total_amount_cents": total_cents}]):
         li_id = f"li{order_id[:6]}{n:02d}"
         rel["line_items"]["data"].append({"type": "line_items", "id": li_id})
         included.append({"id": li_id, "type": "line_items", "attributes": li})
     if wallet is not None:
         rel["available_customer_payment_sources"] = {
-            "links": {}, "data": [{"type": "customer_payment_sources", "id": w["id"]} for w in wallet]}
+            "links": {},
+            "data": [{"type": "customer_payment_sources", "id": w["id"]} for w in wallet],
+        }
         for w in wallet:
             # `token`: the gateway token (default: the one of the source it was made from);
             # `linked = False`: the webhook's include_resources did not name
             # available_customer_payment_sources.payment_source, so the entry has links only.
             token = w.get("token", f"pm_{w['source_id']}" if w.get("source_id") else None)
-            entry = {"id": w["id"], "type": "customer_payment_sources",
-                     "attributes": {"name": w.get("name", "XXXX-XXXX-XXXX-4242"),
-                                    "created_at": w.get("created_at", "2026-01-01T00:00:00.000Z"),
-                                    "payment_source_token": token, "customer_token": f"cus_{customer_id}"},
-                     "relationships": {"payment_source": {"links": {}}}}
+            entry = {
+                "id": w["id"],
+                "type": "customer_payment_sources",
+                "attributes": {
+                    "name": w.get("name", "XXXX-XXXX-XXXX-4242"),
+                    "created_at": w.get("created_at", "2026-01-01T00:00:00.000Z"),
+                    "payment_source_token": token,
+                    "customer_token": f"cus_{customer_id}",
+                },
+                "relationships": {"payment_source": {"links": {}}},
+            }
             if w.get("source_id") and w.get("linked", True):
                 entry["relationships"]["payment_source"]["data"] = {
-                    "type": w.get("source_type", "stripe_payments"), "id": w["source_id"]}
+                    "type": w.get("source_type", "stripe_payments"),
+                    "id": w["source_id"],
+                }
             included.append(entry)
     attrs: dict[str, Any] = {
-        "number": 1001, "status": status, "payment_status": "authorized", "guest": guest,
-        "customer_email": f"{customer_id or 'guest'}@example.com", "currency_code": "EUR",
-        "total_amount_cents": total_cents, "metadata": metadata or {},
+        "number": 1001,
+        "status": status,
+        "payment_status": "authorized",
+        "guest": guest,
+        "customer_email": f"{customer_id or 'guest'}@example.com",
+        "currency_code": "EUR",
+        "total_amount_cents": total_cents,
+        "metadata": metadata or {},
     }
     if pad_to:
         attrs["notes"] = ""
-    doc = {"data": {"id": order_id, "type": "orders", "links": {"self": f"/api/orders/{order_id}"},
-                    "attributes": attrs, "relationships": rel, "meta": {"mode": "test"}},
-           "included": included}
+    doc = {
+        "data": {
+            "id": order_id,
+            "type": "orders",
+            "links": {"self": f"/api/orders/{order_id}"},
+            "attributes": attrs,
+            "relationships": rel,
+            "meta": {"mode": "test"},
+        },
+        "included": included,
+    }
     if pad_to:
         size = len(json.dumps(doc, separators=(",", ":")))
         attrs["notes"] = "x" * max(0, pad_to - size)

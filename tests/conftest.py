@@ -74,10 +74,14 @@ def fake_cl() -> Iterator[FakeCommerceLayer]:
         yield fake
 
 
-def signed_headers(body: bytes, topic: str = "orders.place", *, secret: str = SECRET,
-                   content_type: str = "application/json") -> dict[str, str]:
-    return {"Content-Type": content_type, "X-CommerceLayer-Topic": topic,
-            "X-CommerceLayer-Signature": sign(body, secret=secret)}
+def signed_headers(
+    body: bytes, topic: str = "orders.place", *, secret: str = SECRET, content_type: str = "application/json"
+) -> dict[str, str]:
+    return {
+        "Content-Type": content_type,
+        "X-CommerceLayer-Topic": topic,
+        "X-CommerceLayer-Signature": sign(body, secret=secret),
+    }
 
 
 PG_URL = os.environ.get("WEBHOOK_APP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

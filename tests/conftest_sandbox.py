@@ -36,9 +36,7 @@ def example() -> dict[str, Any]:
 
 
 @contextmanager
-def running(
-    scenario: dict[str, Any] | str | None = "example", **config: Any
-) -> Iterator[SandboxServer]:
+def running(scenario: dict[str, Any] | str | None = "example", **config: Any) -> Iterator[SandboxServer]:
     """A started SandboxServer with fast test settings (overridable)."""
     data = example() if scenario == "example" else scenario
     merged = {**FAST, **config}
@@ -79,9 +77,7 @@ class Api:
         return h
 
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.get(
-            self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw
-        )
+        return self.session.get(self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw)
 
     def patch(self, path: str, body: Any, **kw: Any) -> requests.Response:
         return self.session.patch(
@@ -100,16 +96,12 @@ class Api:
         )
 
     def delete(self, path: str, **kw: Any) -> requests.Response:
-        return self.session.delete(
-            self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw
-        )
+        return self.session.delete(self.server.api_url + path, headers=kw.pop("headers", self.headers()), **kw)
 
     def control(self, method: str, path: str, body: Any = None, **kw: Any) -> requests.Response:
         return self.session.request(method, f"{self.server.url}/_sandbox{path}", json=body, **kw)
 
-    def patch_order(
-        self, order_id: str, attributes: dict[str, Any], include: str | None = None
-    ) -> requests.Response:
+    def patch_order(self, order_id: str, attributes: dict[str, Any], include: str | None = None) -> requests.Response:
         q = f"?include={include}" if include else ""
         return self.patch(
             f"/orders/{order_id}{q}",
@@ -140,9 +132,7 @@ class Receiver:
                 pass
 
         self._server = make_server("127.0.0.1", 0, self._app, threaded=True, request_handler=Quiet)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property

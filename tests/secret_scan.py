@@ -98,8 +98,9 @@ def register_env(env: dict[str, str], *, source: str) -> None:
             continue
         for entry in (e.strip() for e in value.split(",")):
             label, sep, secret = entry.partition(":")
-            register(secret if sep and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label) else entry,
-                     source=f"{source} {name}")
+            register(
+                secret if sep and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", label) else entry, source=f"{source} {name}"
+            )
 
 
 def _collect_service_envs() -> None:
@@ -130,25 +131,32 @@ def _locate(text: str, value: str) -> tuple[int, str]:
     line = text.count("\n", 0, at) + 1
     start = text.rfind("\n", 0, at) + 1
     end = text.find("\n", at)
-    context = text[start:end if end != -1 else len(text)][:300]
+    context = text[start : end if end != -1 else len(text)][:300]
     return line, context.replace(value, "[SECRET]")
 
 
-def _scan_text(where: str, text: str, secrets: dict[str, str], *, bearer: bool,
-               findings: list[dict[str, Any]]) -> None:
+def _scan_text(where: str, text: str, secrets: dict[str, str], *, bearer: bool, findings: list[dict[str, Any]]) -> None:
     for value, source in secrets.items():
         if value in text:
             line, context = _locate(text, value)
-            findings.append({"where": where, "line": line, "secret": source,
-                             "sha256": _fingerprint(value), "context": context})
+            findings.append(
+                {"where": where, "line": line, "secret": source, "sha256": _fingerprint(value), "context": context}
+            )
     if bearer:
         for m in _BEARER.finditer(text):
             token = m.group(1)
             if token.startswith("[") or token.lower() in ("realm", "token"):
                 continue
             line, context = _locate(text, token)
-            findings.append({"where": where, "line": line, "secret": "a bearer token in a log",
-                             "sha256": _fingerprint(token), "context": context})
+            findings.append(
+                {
+                    "where": where,
+                    "line": line,
+                    "secret": "a bearer token in a log",
+                    "sha256": _fingerprint(token),
+                    "context": context,
+                }
+            )
 
 
 def _log_files(session: pytest.Session) -> tuple[list[Path], list[Path]]:
@@ -177,8 +185,12 @@ def run_scan(session: pytest.Session, scan: _Scan) -> dict[str, Any]:
     _collect_service_envs()
     secrets = registered()
     findings: list[dict[str, Any]] = []
-    scanned: dict[str, Any] = {"service_logs": [], "other_logs": [], "artifacts": [],
-                               "report_sections": {"count": 0, "bytes": 0}}
+    scanned: dict[str, Any] = {
+        "service_logs": [],
+        "other_logs": [],
+        "artifacts": [],
+        "report_sections": {"count": 0, "bytes": 0},
+    }
     service_logs, other_logs = _log_files(session)
     for kind, paths in (("service_logs", service_logs), ("other_logs", other_logs)):
         for path in paths:
@@ -197,8 +209,13 @@ def run_scan(session: pytest.Session, scan: _Scan) -> dict[str, Any]:
             _scan_text(str(path), data.decode("utf-8", "replace"), secrets, bearer=False, findings=findings)
     sources: dict[str, int] = {}
     for source in secrets.values():
-        key = ("fake Commerce Layer access tokens" if source.startswith("fakecl token")
-               else "service env " + source.split()[-1] if source.startswith("service env") else source)
+        key = (
+            "fake Commerce Layer access tokens"
+            if source.startswith("fakecl token")
+            else "service env " + source.split()[-1]
+            if source.startswith("service env")
+            else source
+        )
         sources[key] = sources.get(key, 0) + 1
     files = scanned["service_logs"] + scanned["other_logs"] + scanned["artifacts"]
     return {
@@ -254,8 +271,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sys.stderr.write(text + "\n")
         return
     # A failed item in the terminal's own tally: listed under FAILURES and in the closing line.
-    report = pytest.TestReport(nodeid="secret-scan", location=(str(Path(__file__).name), 0, "secret scan"),
-                               keywords={}, outcome="failed", longrepr=text, when="call")
+    report = pytest.TestReport(
+        nodeid="secret-scan",
+        location=(str(Path(__file__).name), 0, "secret scan"),
+        keywords={},
+        outcome="failed",
+        longrepr=text,
+        when="call",
+    )
     reporter.stats.setdefault("failed", []).append(report)
 
 
@@ -264,4 +287,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(
             f"secret scan: {_last['secrets_checked']} secrets checked in {_last['files_scanned']} files and "
             f"{_last['scanned']['report_sections']['count']} captured sections ({_last['bytes_scanned']} bytes): "
-            + ("clean" if _last["ok"] else f"{len(_last['findings'])} FOUND"))
+            + ("clean" if _last["ok"] else f"{len(_last['findings'])} FOUND")
+        )

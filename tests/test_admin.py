@@ -78,8 +78,9 @@ def make_dead(store, job_id, now, error="Commerce Layer said 422: invalid paymen
 
 def make_done(store, job_id, now, rule="registered-card", action="flag", outcome="shadow"):
     claim(store, job_id, now)
-    decision = DecisionRecord(rule=rule, action=action, reason="customer has a password", outcome=outcome,
-                              mode="shadow")
+    decision = DecisionRecord(
+        rule=rule, action=action, reason="customer has a password", outcome=outcome, mode="shadow"
+    )
     assert store.finish_job(job_id, worker="w1", decision=decision, now=now)
 
 
@@ -119,11 +120,19 @@ def login(client, clock):
 # --- disabled without keys -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/admin/deliveries"), ("GET", "/admin/deliveries/1"), ("POST", "/admin/deliveries/1/replay"),
-    ("POST", "/admin/dead-letters/1/requeue"), ("GET", "/admin/stats"), ("GET", "/admin/"),
-    ("POST", "/admin/login"), ("GET", "/admin/view/deliveries/1"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/admin/deliveries"),
+        ("GET", "/admin/deliveries/1"),
+        ("POST", "/admin/deliveries/1/replay"),
+        ("POST", "/admin/dead-letters/1/requeue"),
+        ("GET", "/admin/stats"),
+        ("GET", "/admin/"),
+        ("POST", "/admin/login"),
+        ("GET", "/admin/view/deliveries/1"),
+    ],
+)
 def test_everything_is_404_without_admin_keys(settings_factory, sqlite_store, clock, method, path):
     client = make_client(settings_factory, sqlite_store, clock, keys=())
     r = client.open(path, method=method, headers=auth(token(clock)), data={"token": token(clock)})
@@ -133,8 +142,13 @@ def test_everything_is_404_without_admin_keys(settings_factory, sqlite_store, cl
 
 # --- authentication ------------------------------------------------------------------------------
 
-ENDPOINTS = [("GET", "/admin/deliveries"), ("GET", "/admin/deliveries/1"), ("POST", "/admin/deliveries/1/replay"),
-             ("POST", "/admin/dead-letters/1/requeue"), ("GET", "/admin/stats")]
+ENDPOINTS = [
+    ("GET", "/admin/deliveries"),
+    ("GET", "/admin/deliveries/1"),
+    ("POST", "/admin/deliveries/1/replay"),
+    ("POST", "/admin/dead-letters/1/requeue"),
+    ("GET", "/admin/stats"),
+]
 
 
 def bad_tokens(clock):
@@ -186,7 +200,12 @@ def test_401_details_say_what_is_wrong(settings_factory, sqlite_store, clock):
 def test_the_cookie_does_not_authenticate_the_api(site, clock):
     client, _ = site
     login(client, clock)
-    assert client.get("/admin/", ).status_code == 200
+    assert (
+        client.get(
+            "/admin/",
+        ).status_code
+        == 200
+    )
     assert client.get("/admin/stats").status_code == 401
 
 
@@ -285,20 +304,23 @@ def test_list_limit_defaults_to_50(api, clock):
     assert len(r.json["deliveries"]) == 52 and r.json["next_before_id"] is None
 
 
-@pytest.mark.parametrize("params,words", [
-    ({"status": "lost"}, "status must be one of queued, ignored, pending, running, done, dead"),
-    ({"limit": "0"}, "limit must be a whole number from 1 to 500"),
-    ({"limit": "501"}, "limit must be a whole number from 1 to 500"),
-    ({"limit": "ten"}, "limit must be"),
-    ({"before_id": "-3"}, "before_id must be a whole number"),
-    ({"before_id": "99999999999999999999"}, "before_id must be a whole number"),
-    ({"since": "yesterday"}, "since must be ISO 8601"),
-    ({"until": "2026-13-45"}, "until must be ISO 8601"),
-    ({"topic": "<script>"}, "topic must look like orders.place"),
-    ({"order_id": "x" * 129}, "order_id is longer than 128"),
-    ({"orderid": "ordA"}, "unknown query parameter 'orderid'"),
-    ([("status", "dead"), ("status", "done")], "status may be given once"),
-])
+@pytest.mark.parametrize(
+    "params,words",
+    [
+        ({"status": "lost"}, "status must be one of queued, ignored, pending, running, done, dead"),
+        ({"limit": "0"}, "limit must be a whole number from 1 to 500"),
+        ({"limit": "501"}, "limit must be a whole number from 1 to 500"),
+        ({"limit": "ten"}, "limit must be"),
+        ({"before_id": "-3"}, "before_id must be a whole number"),
+        ({"before_id": "99999999999999999999"}, "before_id must be a whole number"),
+        ({"since": "yesterday"}, "since must be ISO 8601"),
+        ({"until": "2026-13-45"}, "until must be ISO 8601"),
+        ({"topic": "<script>"}, "topic must look like orders.place"),
+        ({"order_id": "x" * 129}, "order_id is longer than 128"),
+        ({"orderid": "ordA"}, "unknown query parameter 'orderid'"),
+        ([("status", "dead"), ("status", "done")], "status may be given once"),
+    ],
+)
 def test_bad_query_values_are_400(settings_factory, sqlite_store, clock, params, words):
     client = make_client(settings_factory, sqlite_store, clock)
     r = client.get("/admin/deliveries", query_string=params, headers=auth(token(clock)))
@@ -331,8 +353,11 @@ def test_detail_has_headers_body_decisions_and_attempts(api, clock):
 
 def test_detail_never_shows_credential_headers(api, clock):
     client, store, tok = api
-    leaked = {"Authorization": "Bearer leaked-bearer-0123", "Cookie": "webhook_app_admin=leaked-cookie-0123",
-              REPLAY_HEADER: "leaked-replay-token-0123"}
+    leaked = {
+        "Authorization": "Bearer leaked-bearer-0123",
+        "Cookie": "webhook_app_admin=leaked-cookie-0123",
+        REPLAY_HEADER: "leaked-replay-token-0123",
+    }
     rec = record(store, "ordA", now=clock(), extra_headers=leaked)
     r = client.get(f"/admin/deliveries/{rec.delivery_id}", headers=auth(tok))
     text = r.get_data(as_text=True)
@@ -422,7 +447,8 @@ def test_stats(api, clock):
     assert q["oldest_pending_age_seconds"] == pytest.approx(100 - 3)  # the running job counts as waiting
     assert r.json["decisions"] == [
         {"rule": "guest", "action": "skip", "outcome": "skipped", "count": 1},
-        {"rule": "registered-card", "action": "flag", "outcome": "shadow", "count": 1}]
+        {"rule": "registered-card", "action": "flag", "outcome": "shadow", "count": 1},
+    ]
     assert r.json["decisions_by_rule"] == {"guest": 1, "registered-card": 1}
     assert r.json["decisions_by_action"] == {"skip": 1, "flag": 1}
     assert r.json["decisions_by_outcome"] == {"skipped": 1, "shadow": 1}
@@ -461,8 +487,18 @@ def test_login_form_then_cookie_then_overview(site, clock):
     page = client.get("/admin/")
     html = page.get_data(as_text=True)
     assert page.status_code == 200
-    for text in ("ordDONE01", "ordDEAD01", "ordPEND01", "customers.create", "registered-card", "flag", "shadow",
-                 "Requeue", "Log out", "invalid payment source"):
+    for text in (
+        "ordDONE01",
+        "ordDEAD01",
+        "ordPEND01",
+        "customers.create",
+        "registered-card",
+        "flag",
+        "shadow",
+        "Requeue",
+        "Log out",
+        "invalid payment source",
+    ):
         assert text in html, text
     assert f'href="/admin/view/deliveries/{done.delivery_id}"' in html
     assert f'action="/admin/view/dead-letters/{dead.job_id}/requeue"' in html
@@ -533,10 +569,17 @@ def test_detail_page_then_replay(site, clock):
     r = client.get(f"/admin/view/deliveries/{done.delivery_id}")
     html = r.get_data(as_text=True)
     assert r.status_code == 200
-    for text in ("ordDONE01", "X-CommerceLayer-Topic", "registered-card", "customer has a password", "w1",
-                 "Replay", "&#34;total_amount_cents&#34;: 12000"):
+    for text in (
+        "ordDONE01",
+        "X-CommerceLayer-Topic",
+        "registered-card",
+        "customer has a password",
+        "w1",
+        "Replay",
+        "&#34;total_amount_cents&#34;: 12000",
+    ):
         assert text in html, text
-    assert '\n  &#34;data&#34;: {\n' in html  # the body is pretty-printed
+    assert "\n  &#34;data&#34;: {\n" in html  # the body is pretty-printed
     r = client.post(f"/admin/view/deliveries/{done.delivery_id}/replay", data={"csrf_token": csrf_of(html)})
     assert r.status_code == 303
     new_id = int(re.search(r"/admin/view/deliveries/(\d+)\?notice=replayed", r.headers["Location"]).group(1))
@@ -569,11 +612,18 @@ def test_forms_without_the_right_csrf_token_are_refused(site, clock):
     other_session = Tokens(ADMIN, (ADMIN_KEY,), clock).make(ttl=3600, n="other")
     from webhook_app.web.admin_page import csrf_token
 
-    for data in ({}, {"csrf_token": ""}, {"csrf_token": "0" * 64},
-                 {"csrf_token": csrf_token(other_session, ADMIN_KEY)},  # another session's
-                 {"csrf_token": csrf_token(token(clock), REPLAY_KEY)}):  # under another key
-        for path in (f"/admin/view/dead-letters/{dead.job_id}/requeue",
-                     f"/admin/view/deliveries/{done.delivery_id}/replay", "/admin/logout"):
+    for data in (
+        {},
+        {"csrf_token": ""},
+        {"csrf_token": "0" * 64},
+        {"csrf_token": csrf_token(other_session, ADMIN_KEY)},  # another session's
+        {"csrf_token": csrf_token(token(clock), REPLAY_KEY)},
+    ):  # under another key
+        for path in (
+            f"/admin/view/dead-letters/{dead.job_id}/requeue",
+            f"/admin/view/deliveries/{done.delivery_id}/replay",
+            "/admin/logout",
+        ):
             r = client.post(path, data=data)
             assert r.status_code == 403, (path, data)
             assert "CSRF" in r.get_data(as_text=True)
@@ -634,15 +684,24 @@ def test_no_secret_in_any_page_or_answer(site, clock):
     make_dead(store, rec.job_id, clock(), error=f"upstream echoed {CLIENT_SECRET} and {ADMIN_KEY}")
     tok = token(clock)
     seen = []
-    for path in ("/admin/deliveries", f"/admin/deliveries/{rec.delivery_id}", "/admin/stats",
-                 "/admin/deliveries?status=bogus", "/admin/deliveries/999"):
+    for path in (
+        "/admin/deliveries",
+        f"/admin/deliveries/{rec.delivery_id}",
+        "/admin/stats",
+        "/admin/deliveries?status=bogus",
+        "/admin/deliveries/999",
+    ):
         seen.append(client.get(path, headers=auth(tok)))
     seen.append(client.post(f"/admin/deliveries/{rec.delivery_id}/replay", headers=auth(tok)))
     seen.append(client.get("/admin/"))
     seen.append(client.post("/admin/login", data={"token": "nope"}))
     seen.append(client.post("/admin/login", data={"token": tok}))
-    seen += [client.get("/admin/"), client.get(f"/admin/view/deliveries/{rec.delivery_id}"),
-             client.get("/admin/view/deliveries/999"), client.post("/admin/logout", data={})]
+    seen += [
+        client.get("/admin/"),
+        client.get(f"/admin/view/deliveries/{rec.delivery_id}"),
+        client.get("/admin/view/deliveries/999"),
+        client.post("/admin/logout", data={}),
+    ]
     for r in seen:
         text = r.get_data(as_text=True)
         assert_no_secrets(text, tok, *leaked.values())
@@ -658,8 +717,9 @@ def test_no_secret_in_any_page_or_answer(site, clock):
 def run_cli(*args, **env):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "webhook_app", *args], env=full, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook_app", *args], env=full, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_admin_token_command_makes_a_token_the_app_accepts(settings_factory, sqlite_store):
@@ -686,8 +746,10 @@ def test_admin_token_command_rejects_a_bad_ttl():
     assert p.returncode == 2 and "out of range" in p.stderr and p.stdout == ""
 
 
-@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("1h", 3600), ("2d", 172800), ("900", 900),
-                                          ("45s", 45), ("1H", 3600), ("30d", 30 * 86400)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [("30m", 1800), ("1h", 3600), ("2d", 172800), ("900", 900), ("45s", 45), ("1H", 3600), ("30d", 30 * 86400)],
+)
 def test_parse_ttl(text, seconds):
     assert parse_ttl(text) == seconds
 

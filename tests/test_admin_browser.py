@@ -30,9 +30,17 @@ pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "browser-admin-key-0123456789abcdef"
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1400")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1400",
+)
 WAIT = 15
 
 
@@ -81,12 +89,18 @@ def fill(path: Path) -> dict[str, Recorded]:
             job = store.claim_job(worker="w-browser", lease_seconds=60, now=now + 10)
             assert job is not None and job.order_id == order_id
             if order_id == "ordDONE001":
-                decision = DecisionRecord(rule="registered-card", action="flag", reason="customer has a password",
-                                          outcome="shadow", mode="shadow")
+                decision = DecisionRecord(
+                    rule="registered-card",
+                    action="flag",
+                    reason="customer has a password",
+                    outcome="shadow",
+                    mode="shadow",
+                )
                 assert store.finish_job(job.id, worker="w-browser", decision=decision, now=now + 11)
             else:
-                assert store.dead_letter(job.id, worker="w-browser", error="Commerce Layer answered 422",
-                                         decision=None, now=now + 11)
+                assert store.dead_letter(
+                    job.id, worker="w-browser", error="Commerce Layer answered 422", decision=None, now=now + 11
+                )
     finally:
         store.close()
     return ids
@@ -95,8 +109,13 @@ def fill(path: Path) -> dict[str, Recorded]:
 def admin_token(env: dict[str, str]) -> str:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
     full.update(env)
-    p = subprocess.run([sys.executable, "-m", "webhook_app", "admin-token", "--ttl", "1h"], env=full,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "admin-token", "--ttl", "1h"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     return p.stdout.strip()
 
@@ -127,8 +146,12 @@ def chrome(tmp_path):
 def service(tmp_path):
     db = tmp_path / "admin.db"
     ids = fill(db)
-    env = {"CL_WEBHOOK_SECRETS": f"main:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
-           "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY, "WEBHOOK_APP_LOG_LEVEL": "INFO"}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
+        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
+        "WEBHOOK_APP_LOG_LEVEL": "INFO",
+    }
     port = free_port()
     # `web` only, no worker: a requeued job stays pending for the test to see.
     svc = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env, tmp_path / "web.log")
@@ -175,8 +198,9 @@ def test_operator_logs_in_opens_a_delivery_and_requeues_a_dead_letter(chrome, se
     chrome.save_screenshot(str(ARTIFACTS / "admin-delivery.png"))
     chrome.back()
     dead_job = ids["ordDEAD001"].job_id
-    button = wait.until(ec.element_to_be_clickable(
-        (By.CSS_SELECTOR, f"#dead-letters button.requeue[data-job='{dead_job}']")))
+    button = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, f"#dead-letters button.requeue[data-job='{dead_job}']"))
+    )
     assert "Commerce Layer answered 422" in chrome.find_element(By.ID, f"dead-{dead_job}").text
 
     # requeue the dead letter: it leaves the dead letters and is pending in the store

@@ -84,8 +84,11 @@ def test_the_lock_pins_every_requirement_with_hashes():
     """Every runtime, postgres and test requirement of pyproject.toml is in the lock, every entry
     is pinned (==) and carries at least one sha256 hash; the audit tools are locked too."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [*project["dependencies"], *project["optional-dependencies"]["postgres"],
-              *project["optional-dependencies"]["test"]]
+    wanted = [
+        *project["dependencies"],
+        *project["optional-dependencies"]["postgres"],
+        *project["optional-dependencies"]["test"],
+    ]
     names = {canonical(re.split(r"[\s<>=!~\[;]", w, maxsplit=1)[0]) for w in wanted}
     locked = pins()
     assert names - set(locked) == set(), "regenerate requirements.lock (see its header)"
@@ -101,17 +104,40 @@ def test_the_lock_pins_every_requirement_with_hashes():
 
 def test_bandit_finds_nothing_of_medium_severity_or_more():
     need_module("bandit")
-    proc = subprocess.run([sys.executable, "-m", "bandit", "-r", "webhook_app", "-q", "-ll", "-f", "json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bandit", "-r", "webhook_app", "-q", "-ll", "-f", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads(proc.stdout)
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "bandit.json").write_text(json.dumps({
-        "command": "bandit -r webhook_app -q -ll",
-        "findings": [{k: r[k] for k in ("filename", "line_number", "test_id", "issue_severity",
-                                        "issue_confidence", "issue_text")} for r in report["results"]],
-        "skipped_by_nosec": report["metrics"]["_totals"].get("skipped_tests", 0),
-        "loc": report["metrics"]["_totals"]["loc"],
-    }, indent=2) + "\n")
+    (ARTIFACTS / "bandit.json").write_text(
+        json.dumps(
+            {
+                "command": "bandit -r webhook_app -q -ll",
+                "findings": [
+                    {
+                        k: r[k]
+                        for k in (
+                            "filename",
+                            "line_number",
+                            "test_id",
+                            "issue_severity",
+                            "issue_confidence",
+                            "issue_text",
+                        )
+                    }
+                    for r in report["results"]
+                ],
+                "skipped_by_nosec": report["metrics"]["_totals"].get("skipped_tests", 0),
+                "loc": report["metrics"]["_totals"]["loc"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     found = [f"{r['filename']}:{r['line_number']} {r['test_id']} {r['issue_text']}" for r in report["results"]]
     assert proc.returncode == 0 and found == [], "\n".join(found) or proc.stderr[-2000:]
 
@@ -122,12 +148,33 @@ def test_bandit_finds_nothing_of_medium_severity_or_more():
 def test_pip_audit_finds_no_known_vulnerability_in_the_lock():
     need_module("pip_audit")
     if pypi_api() != "release":
-        pytest.skip("pypi.org here serves no per-release JSON, which pip-audit's PyPI service reads "
-                    "(it would audit nothing); test_locked_packages_have_no_known_vulnerability "
-                    "checks the same data from the project JSON")
-    proc = subprocess.run([sys.executable, "-m", "pip_audit", "-r", str(LOCK), "--strict", "-s", "pypi",
-                           "--disable-pip", "--require-hashes", "--progress-spinner", "off", "-f", "json"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+        pytest.skip(
+            "pypi.org here serves no per-release JSON, which pip-audit's PyPI service reads "
+            "(it would audit nothing); test_locked_packages_have_no_known_vulnerability "
+            "checks the same data from the project JSON"
+        )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip_audit",
+            "-r",
+            str(LOCK),
+            "--strict",
+            "-s",
+            "pypi",
+            "--disable-pip",
+            "--require-hashes",
+            "--progress-spinner",
+            "off",
+            "-f",
+            "json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "pip-audit.json").write_text(proc.stdout or json.dumps({"stderr": proc.stderr[-4000:]}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -140,8 +187,13 @@ def _project_vulnerabilities(item: tuple[str, str]) -> dict:
     doc = r.json()
     latest = doc["info"]["version"]
     vulns = [v["id"] for v in doc.get("vulnerabilities") or [] if not v.get("withdrawn")]
-    return {"name": name, "version": version, "latest": latest, "audited": latest == version,
-            "vulnerabilities": vulns if latest == version else []}
+    return {
+        "name": name,
+        "version": version,
+        "latest": latest,
+        "audited": latest == version,
+        "vulnerabilities": vulns if latest == version else [],
+    }
 
 
 def test_locked_packages_have_no_known_vulnerability():
@@ -152,11 +204,24 @@ def test_locked_packages_have_no_known_vulnerability():
     not_audited = [f"{r['name']}=={r['version']} (latest {r['latest']})" for r in results if not r["audited"]]
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "pip-audit.json" if api == "project" else ARTIFACTS / "pypi-project-audit.json").write_text(
-        json.dumps({"source": "PyPI project JSON, latest release's vulnerabilities",
-                    "packages": len(results), "audited": sum(r["audited"] for r in results),
-                    "vulnerable": vulnerable, "not_audited": not_audited}, indent=2) + "\n")
+        json.dumps(
+            {
+                "source": "PyPI project JSON, latest release's vulnerabilities",
+                "packages": len(results),
+                "audited": sum(r["audited"] for r in results),
+                "vulnerable": vulnerable,
+                "not_audited": not_audited,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if not_audited:  # a report (test-artifacts/ and -rP output), not a failure
-        print(f"{len(not_audited)} of {len(results)} not audited (not their project's latest release; "
-              "regenerate the lock):", *not_audited, sep="\n  ")
+        print(
+            f"{len(not_audited)} of {len(results)} not audited (not their project's latest release; "
+            "regenerate the lock):",
+            *not_audited,
+            sep="\n  ",
+        )
     assert vulnerable == [], vulnerable
     assert results and all(r["latest"] for r in results)  # every locked package was looked up

@@ -74,9 +74,11 @@ ANSWERS: dict[str, Counter[int]] = defaultdict(Counter)
 
 
 def fuzz(examples: int) -> Any:
-    return settings(max_examples=examples * SCALE, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
+    return settings(
+        max_examples=examples * SCALE,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
 
 
 def tried(prop: str, status: int) -> None:
@@ -94,8 +96,13 @@ class Env:
         self.clock = Clock()
         self.store = SQLiteStore(str(tmp / "fuzz.db"))
         self.store.migrate()
-        settings_ = make_settings(tmp, max_body_bytes=LIMIT, admin_keys=(ADMIN_KEY,),
-                                  replay_keys=(REPLAY_KEY,), cl_client_secret=CLIENT_SECRET)
+        settings_ = make_settings(
+            tmp,
+            max_body_bytes=LIMIT,
+            admin_keys=(ADMIN_KEY,),
+            replay_keys=(REPLAY_KEY,),
+            cl_client_secret=CLIENT_SECRET,
+        )
         self.app = create_app(settings_, store=self.store, clock=self.clock)
         self.client = self.app.test_client()
         self.page = self.app.test_client()
@@ -145,15 +152,22 @@ def env(tmp_path_factory):
     e.db.close()
     e.store.close()
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "bad-input-counts.json").write_text(json.dumps({
-        "total": sum(COUNTS.values()),
-        "per_property": dict(sorted(COUNTS.items())),
-        "answers_per_property": {k: {str(s): n for s, n in sorted(v.items())}
-                                 for k, v in sorted(ANSWERS.items())},
-        "log_lines_checked": handler.lines,
-        "scale": SCALE,
-        "seconds": round(time.monotonic() - started, 1),
-    }, indent=2) + "\n")
+    (ARTIFACTS / "bad-input-counts.json").write_text(
+        json.dumps(
+            {
+                "total": sum(COUNTS.values()),
+                "per_property": dict(sorted(COUNTS.items())),
+                "answers_per_property": {
+                    k: {str(s): n for s, n in sorted(v.items())} for k, v in sorted(ANSWERS.items())
+                },
+                "log_lines_checked": handler.lines,
+                "scale": SCALE,
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 # --- strategies: headers ------------------------------------------------------------------------
@@ -163,11 +177,23 @@ header_text = st.binary(max_size=40).map(lambda b: b.decode("latin-1").replace("
 huge = st.integers(1_000, 12_000).map(lambda n: (CANARY + "x" * n)[:n])
 canaried = st.builds(lambda a, b: a + CANARY + b, header_text, header_text)
 random_value = st.one_of(header_text, canaried, huge)
-_RESERVED = {"content-type", "content-length", "transfer-encoding", "host", SIG.lower(),
-             TOPIC.lower(), REPLAY_HEADER.lower(), "authorization", "cookie"}
+_RESERVED = {
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    SIG.lower(),
+    TOPIC.lower(),
+    REPLAY_HEADER.lower(),
+    "authorization",
+    "cookie",
+}
 TCHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+.^`|~-"
-header_name = st.binary(min_size=1, max_size=30).map(lambda b: "".join(TCHARS[c % len(TCHARS)] for c in b)).filter(
-    lambda n: n.lower() not in _RESERVED)
+header_name = (
+    st.binary(min_size=1, max_size=30)
+    .map(lambda b: "".join(TCHARS[c % len(TCHARS)] for c in b))
+    .filter(lambda n: n.lower() not in _RESERVED)
+)
 extra_headers = st.lists(st.tuples(header_name, random_value), max_size=6)
 
 
@@ -178,24 +204,60 @@ def casings(name: str) -> st.SearchStrategy[str]:
 SIG_NAMES, TOPIC_NAMES, CTYPE_NAMES, REPLAY_NAMES = map(casings, (SIG, TOPIC, "Content-Type", REPLAY_HEADER))
 
 
-good_topics = st.sampled_from(["orders.place", "orders.approve", "orders.cancel", "orders.create",
-                               "customers.create", "shipments.ship", "a.b"])
+good_topics = st.sampled_from(
+    ["orders.place", "orders.approve", "orders.cancel", "orders.create", "customers.create", "shipments.ship", "a.b"]
+)
 topic_values = st.one_of(
     good_topics,
     good_topics.map(lambda t: f"  {t}\t"),
     good_topics.map(str.upper),
     st.from_regex(TOPIC_PATTERN, fullmatch=True),
     random_value,
-    st.sampled_from(["", "orders", "orders.", ".place", "orders.place.extra", "orders place",
-                     "orders.place\x00", "ORDERS.PLACE", "orders.pl\xe4ce", "orders.place, orders.place"]),
+    st.sampled_from(
+        [
+            "",
+            "orders",
+            "orders.",
+            ".place",
+            "orders.place.extra",
+            "orders place",
+            "orders.place\x00",
+            "ORDERS.PLACE",
+            "orders.pl\xe4ce",
+            "orders.place, orders.place",
+        ]
+    ),
 )
-json_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "Application/JSON",
-                              "application/vnd.api+json", "application/vnd.api+json; ext=x",
-                              "application/json;charset=latin-1", " application/json "])
+json_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/vnd.api+json",
+        "application/vnd.api+json; ext=x",
+        "application/json;charset=latin-1",
+        " application/json ",
+    ]
+)
 other_types = st.one_of(
-    st.sampled_from(["text/plain", "application/xml", "application/x-www-form-urlencoded",
-                     "multipart/form-data; boundary=x", "application/jsonx", "application/json+x",
-                     "json", "application/", "/json", "*/*", "application/*", "", ";", "text/json"]),
+    st.sampled_from(
+        [
+            "text/plain",
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/json+x",
+            "json",
+            "application/",
+            "/json",
+            "*/*",
+            "application/*",
+            "",
+            ";",
+            "text/json",
+        ]
+    ),
     random_value,
 )
 
@@ -236,8 +298,9 @@ _WRONG_SIGNATURES = {
 
 
 def _random_digest(raw: bytes) -> Any:
-    return lambda body: _b64(raw if raw not in (hmac_sig(body, SECRET), hmac_sig(body, OTHER_SECRET))
-                             else bytes([raw[0] ^ 1]) + raw[1:])
+    return lambda body: _b64(
+        raw if raw not in (hmac_sig(body, SECRET), hmac_sig(body, OTHER_SECRET)) else bytes([raw[0] ^ 1]) + raw[1:]
+    )
 
 
 wrong_signature = st.one_of(
@@ -252,21 +315,30 @@ wrong_signature = st.one_of(
 
 odd_chars = st.sampled_from(["\ud800", "\udfff", "\x00", "\x1f", "\u2028", "\ufeff", "\U0001f600", "\u202e"])
 odd_text = st.lists(st.one_of(st.characters(), odd_chars), max_size=12).map("".join)
-finite = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                   st.text(max_size=16))
+finite = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=16)
+)
 json_values = st.recursive(
     st.one_of(finite, st.floats(), odd_text),
     lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)),
-    max_leaves=16)
+    max_leaves=16,
+)
 clean_values = st.recursive(
-    finite, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=8), c, max_size=3)),
-    max_leaves=10)
+    finite,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=8), c, max_size=3)),
+    max_leaves=10,
+)
 ids = st.from_regex(r"\A[A-Za-z0-9]{1,24}\Z")
 attributes = st.dictionaries(st.text(max_size=10), clean_values, max_size=5)
-included_items = st.lists(st.builds(
-    lambda t, i, a: {"type": t, "id": i, "attributes": a},
-    st.sampled_from(["customers", "markets", "line_items"]), ids,
-    st.dictionaries(st.text(max_size=6), clean_values, max_size=3)), max_size=3)
+included_items = st.lists(
+    st.builds(
+        lambda t, i, a: {"type": t, "id": i, "attributes": a},
+        st.sampled_from(["customers", "markets", "line_items"]),
+        ids,
+        st.dictionaries(st.text(max_size=6), clean_values, max_size=3),
+    ),
+    max_size=3,
+)
 
 
 @st.composite
@@ -287,17 +359,26 @@ def documents(draw: Any, resource_type: str | None = None) -> dict[str, Any]:
 non_objects = json_values.filter(lambda v: not isinstance(v, dict))
 roots_without_data = st.dictionaries(st.text(max_size=5).filter(lambda k: k != "data"), json_values, max_size=3)
 non_members = st.one_of(st.lists(st.integers(), max_size=2), st.text(max_size=3), st.integers(), st.booleans())
-WRONG = st.one_of(st.none(), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2),
-                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.just(""))
+WRONG = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(""),
+)
 
 
-non_lists = st.one_of(st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-                      st.text(max_size=3), st.integers(), st.booleans())
+non_lists = st.one_of(
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.text(max_size=3), st.integers(), st.booleans()
+)
 bad_items = st.one_of(
     non_objects,
     st.fixed_dictionaries({"type": WRONG, "id": ids}),
     st.fixed_dictionaries({"type": ids, "id": WRONG}),
-    st.fixed_dictionaries({"type": ids, "id": ids, "attributes": non_members}))
+    st.fixed_dictionaries({"type": ids, "id": ids, "attributes": non_members}),
+)
 
 
 @st.composite
@@ -305,8 +386,11 @@ def broken_documents(draw: Any) -> Any:
     """A document with at least one thing wrong in its JSON:API shape (or no object at all)."""
     doc = draw(documents())
     data = doc["data"]
-    kind = draw(st.sampled_from(["root", "data", "drop", "wrong_type", "too_long", "odd_id",
-                                 "member", "included", "included_item"]))
+    kind = draw(
+        st.sampled_from(
+            ["root", "data", "drop", "wrong_type", "too_long", "odd_id", "member", "included", "included_item"]
+        )
+    )
     if kind == "root":
         return draw(st.one_of(non_objects, roots_without_data))
     if kind == "data":
@@ -338,30 +422,53 @@ def nested(depth: int, inner: bytes = b"1") -> bytes:
 
 
 BIG_INT = b"9" * 5000
-textual = st.sampled_from([
-    b"", b" ", b"null", b"[]", b"{}", b'"data"', b"0", b"-0", b"true", b"{", b"}", b"[", b'{"data":',
-    b"\xef\xbb\xbf" + dumps({"data": {"type": "orders", "id": "bom"}}),
-    dumps({"data": {"type": "orders", "id": "x"}}).decode().encode("utf-16"),
-    dumps({"data": {"type": "orders", "id": "x"}}).decode().encode("utf-32"),
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":NaN}}}',
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":Infinity}}}',
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":-Infinity}}}',
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":1e999}}}',
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":-1e999,"m":1e-999}}}',
-    b'{"data":{"type":"orders","id":"x","attributes":{"n":' + BIG_INT + b"}}}",
-    b'{"data":{"type":"orders","id":' + BIG_INT + b"}}",
-    b'{"data":{"type":"orders","id":"x"},"data":"dup"}',
-    b'{"data":{"type":"orders","id":"x","id":5}}',
-    b'{"data":{"type":"orders","id":"x\xff"}}', b'{"data":{"type":"orders","id":"\xc3\x28"}}',
-    b'{"data":{"type":"orders","id":"\xed\xa0\x80"}}',  # a surrogate encoded as UTF-8: not UTF-8
-    b'{"data":{"type":"orders","id":"x"}} trailing', b'{"data":{"type":"orders","id":"x"}}\x00',
-    b"\x00" * 64, b'{"data":{"type":"orders","id":"x\\ud800"}}',
-    b'{"data":{"type":"orders","id":"x"},"included":[{"type":"a","id":"\\udfff"}]}',
-    # depth around the limit of 64 (the document itself adds 3), and far past the recursion limit
-    # while still under the body limit (the 100 000-deep ones are in test_limits)
-    nested(60), nested(61), nested(62), nested(63), nested(1_000), nested(7_000),
-    b"[" * 8_000 + b"]" * 8_000, b'{"a":' * 3_000 + b"1" + b"}" * 3_000,
-])
+textual = st.sampled_from(
+    [
+        b"",
+        b" ",
+        b"null",
+        b"[]",
+        b"{}",
+        b'"data"',
+        b"0",
+        b"-0",
+        b"true",
+        b"{",
+        b"}",
+        b"[",
+        b'{"data":',
+        b"\xef\xbb\xbf" + dumps({"data": {"type": "orders", "id": "bom"}}),
+        dumps({"data": {"type": "orders", "id": "x"}}).decode().encode("utf-16"),
+        dumps({"data": {"type": "orders", "id": "x"}}).decode().encode("utf-32"),
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":NaN}}}',
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":Infinity}}}',
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":-Infinity}}}',
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":1e999}}}',
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":-1e999,"m":1e-999}}}',
+        b'{"data":{"type":"orders","id":"x","attributes":{"n":' + BIG_INT + b"}}}",
+        b'{"data":{"type":"orders","id":' + BIG_INT + b"}}",
+        b'{"data":{"type":"orders","id":"x"},"data":"dup"}',
+        b'{"data":{"type":"orders","id":"x","id":5}}',
+        b'{"data":{"type":"orders","id":"x\xff"}}',
+        b'{"data":{"type":"orders","id":"\xc3\x28"}}',
+        b'{"data":{"type":"orders","id":"\xed\xa0\x80"}}',  # a surrogate encoded as UTF-8: not UTF-8
+        b'{"data":{"type":"orders","id":"x"}} trailing',
+        b'{"data":{"type":"orders","id":"x"}}\x00',
+        b"\x00" * 64,
+        b'{"data":{"type":"orders","id":"x\\ud800"}}',
+        b'{"data":{"type":"orders","id":"x"},"included":[{"type":"a","id":"\\udfff"}]}',
+        # depth around the limit of 64 (the document itself adds 3), and far past the recursion limit
+        # while still under the body limit (the 100 000-deep ones are in test_limits)
+        nested(60),
+        nested(61),
+        nested(62),
+        nested(63),
+        nested(1_000),
+        nested(7_000),
+        b"[" * 8_000 + b"]" * 8_000,
+        b'{"a":' * 3_000 + b"1" + b"}" * 3_000,
+    ]
+)
 
 
 @st.composite
@@ -401,6 +508,7 @@ def strict_document(body: bytes) -> dict[str, Any] | None:
     Strict: UTF-8 without a BOM, RFC 8259 JSON (no NaN or Infinity), no lone surrogate anywhere,
     at most 64 levels deep, an object root with a `data` object whose `type` and `id` are
     non-empty strings of at most 128 printable characters."""
+
     def reject(name: str) -> Any:
         raise ValueError(name)
 
@@ -411,8 +519,10 @@ def strict_document(body: bytes) -> dict[str, Any] | None:
         return None
     if json_depth(doc) > 64 or not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
         return None
-    ok = all(isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable()
-             for v in (doc["data"].get("type"), doc["data"].get("id")))
+    ok = all(
+        isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable()
+        for v in (doc["data"].get("type"), doc["data"].get("id"))
+    )
     return doc if ok else None
 
 
@@ -447,8 +557,7 @@ def assert_stored(env: Env, r: Any, body: bytes, topic: str) -> None:
     d = env.store.get_delivery(r.json["delivery_id"])
     assert d is not None and d.body == body and d.topic == topic
     assert strict_document(body) is not None
-    for view in (env.admin("GET", f"/admin/deliveries/{d.id}"),
-                 env.page.get(f"/admin/view/deliveries/{d.id}")):
+    for view in (env.admin("GET", f"/admin/deliveries/{d.id}"), env.page.get(f"/admin/view/deliveries/{d.id}")):
         assert view.status_code == 200
         check_answer(env, view, body, stored=True)
 
@@ -514,8 +623,14 @@ def deliveries(draw: Any) -> tuple[str, bytes]:
 
 
 @fuzz(300)
-@given(delivery=deliveries(), secret=st.sampled_from([SECRET, OTHER_SECRET]), ctype=json_types,
-       topic_name=TOPIC_NAMES, sig_name=SIG_NAMES, extra=extra_headers)
+@given(
+    delivery=deliveries(),
+    secret=st.sampled_from([SECRET, OTHER_SECRET]),
+    ctype=json_types,
+    topic_name=TOPIC_NAMES,
+    sig_name=SIG_NAMES,
+    extra=extra_headers,
+)
 def test_well_formed_signed_deliveries_are_stored(env, delivery, secret, ctype, topic_name, sig_name, extra):
     topic, body = delivery
     headers = [(topic_name, topic), (sig_name, sign(body, secret=secret)), ("Content-Type", ctype), *extra]
@@ -534,33 +649,37 @@ def _good_replay(env: Env, body: bytes) -> str:
 
 
 def _cut(token: str, fraction: float) -> str:
-    return token[:max(1, min(len(token) - 1, int(len(token) * fraction)))]
+    return token[: max(1, min(len(token) - 1, int(len(token) * fraction)))]
 
 
 def _flip(token: str, fraction: float, char: str) -> str:
     at = min(len(token) - 1, int(len(token) * fraction))
-    return token[:at] + (char if token[at] != char else "~") + token[at + 1:]
+    return token[:at] + (char if token[at] != char else "~") + token[at + 1 :]
 
 
 # Replay header values, as recipes applied to (env, body) after the draw: a good token carries a
 # random nonce, so no strategy may depend on its length.
 _BAD_REPLAYS = {
     "other key": lambda env, body: make_replay_token(
-        Tokens(REPLAY, ("attacker-key-0123456789",), env.clock), body, ttl=600),
+        Tokens(REPLAY, ("attacker-key-0123456789",), env.clock), body, ttl=600
+    ),
     "other body": lambda env, body: _good_replay(env, body + b" "),
     "expired": lambda env, body: make_replay_token(
-        Tokens(REPLAY, (REPLAY_KEY,), Clock(env.clock() - 3600)), body, ttl=60),
+        Tokens(REPLAY, (REPLAY_KEY,), Clock(env.clock() - 3600)), body, ttl=60
+    ),
     "admin purpose": lambda env, body: Tokens(ADMIN, (REPLAY_KEY,), env.clock).make(ttl=600),
     "no nonce": lambda env, body: Tokens(REPLAY, (REPLAY_KEY,), env.clock).make(
-        ttl=600, b=hashlib.sha256(body).hexdigest()),
+        ttl=600, b=hashlib.sha256(body).hexdigest()
+    ),
     "doubled": lambda env, body: _good_replay(env, body) + "." + _good_replay(env, body),
     "dots removed": lambda env, body: _good_replay(env, body).replace(".", ""),
 }
 fraction = st.floats(0, 1, exclude_max=True)
 printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
 bad_replay = st.one_of(
-    st.one_of(random_value, st.text(printable, max_size=200),
-              st.sampled_from(["x" * 5000, "", " ", "a.b.c", "..", "null"])).map(lambda v: lambda env, body: v),
+    st.one_of(
+        random_value, st.text(printable, max_size=200), st.sampled_from(["x" * 5000, "", " ", "a.b.c", "..", "null"])
+    ).map(lambda v: lambda env, body: v),
     fraction.map(lambda f: lambda env, body: _cut(_good_replay(env, body), f)),
     st.tuples(fraction, printable).map(lambda t: lambda env, body: _flip(_good_replay(env, body), *t)),
     st.sampled_from(sorted(_BAD_REPLAYS)).map(_BAD_REPLAYS.get),
@@ -602,23 +721,52 @@ def test_replay_header_fuzz_never_5xx_and_only_a_valid_token_replays(env, data):
 
 PARAMS = ("topic", "order_id", "status", "since", "until", "decision", "limit", "before_id", "notice", "job")
 param_values = st.one_of(
-    st.text(max_size=30), odd_text.map(lambda t: t.encode("utf-8", "replace").decode()), huge,
+    st.text(max_size=30),
+    odd_text.map(lambda t: t.encode("utf-8", "replace").decode()),
+    huge,
     st.integers(-(10**30), 10**30).map(str),
     st.floats().map(str),
     st.datetimes(timezones=st.timezones() | st.none()).map(lambda d: d.isoformat()),
-    st.sampled_from(["", " ", "0", "1", "500", "501", "-1", "1e9", "nan", "inf", "9" * 40, "queued", "dead",
-                     "orders.place", "2026-01-31T12:00:00Z", "2026-02-30", "9999-12-31T23:59:59+23:59",
-                     "0001-01-01T00:00:00-23:59", "99999999999999999999", "requeued", "%", "\x00", "\ufffd"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "0",
+            "1",
+            "500",
+            "501",
+            "-1",
+            "1e9",
+            "nan",
+            "inf",
+            "9" * 40,
+            "queued",
+            "dead",
+            "orders.place",
+            "2026-01-31T12:00:00Z",
+            "2026-02-30",
+            "9999-12-31T23:59:59+23:59",
+            "0001-01-01T00:00:00-23:59",
+            "99999999999999999999",
+            "requeued",
+            "%",
+            "\x00",
+            "\ufffd",
+        ]
+    ),
 )
 query = st.lists(st.tuples(st.one_of(st.sampled_from(PARAMS), st.text(max_size=12)), param_values), max_size=5)
 raw_query = st.binary(max_size=80).map(lambda b: b"topic=" + b + b"&limit=" + b)
 
 
 def path_ids() -> st.SearchStrategy[str]:
-    return st.one_of(st.integers(0, 10**30).map(str), st.sampled_from(["-1", "1.5", "0x10", "%00", "%ff", "abc",
-                                                                       "9" * 100, "1/2", "\u0661"]),
-                     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/?#%"),
-                             min_size=1, max_size=20))
+    return st.one_of(
+        st.integers(0, 10**30).map(str),
+        st.sampled_from(["-1", "1.5", "0x10", "%00", "%ff", "abc", "9" * 100, "1/2", "\u0661"]),
+        st.text(
+            st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="/?#%"), min_size=1, max_size=20
+        ),
+    )
 
 
 @fuzz(500)
@@ -636,10 +784,18 @@ def test_admin_query_parameters_never_5xx(env, q, which):
 
 
 @fuzz(300)
-@given(ident=path_ids(), route=st.sampled_from(["GET /admin/deliveries/{}", "POST /admin/deliveries/{}/replay",
-                                                "POST /admin/dead-letters/{}/requeue",
-                                                "GET /admin/view/deliveries/{}",
-                                                "POST /admin/view/dead-letters/{}/requeue"]))
+@given(
+    ident=path_ids(),
+    route=st.sampled_from(
+        [
+            "GET /admin/deliveries/{}",
+            "POST /admin/deliveries/{}/replay",
+            "POST /admin/dead-letters/{}/requeue",
+            "GET /admin/view/deliveries/{}",
+            "POST /admin/view/dead-letters/{}/requeue",
+        ]
+    ),
+)
 def test_admin_ids_never_5xx(env, ident, route):
     method, _, template = route.partition(" ")
     path = template.format(ident)
@@ -674,8 +830,12 @@ bad_credential = st.one_of(
 @given(data=st.data())
 def test_admin_credentials_fuzz_never_5xx_and_never_admits(env, data):
     cred = data.draw(bad_credential, label="credential")(env)
-    form = data.draw(st.sampled_from(["Bearer {}", "bearer {}", "{}", "Basic {}", "Bearer  {} ", "Token {}",
-                                      "Bearer {}, Bearer {}", "Bearer"]), label="form")
+    form = data.draw(
+        st.sampled_from(
+            ["Bearer {}", "bearer {}", "{}", "Basic {}", "Bearer  {} ", "Token {}", "Bearer {}, Bearer {}", "Bearer"]
+        ),
+        label="form",
+    )
     where = data.draw(st.sampled_from(["header", "cookie"]), label="where")
     if where == "header":
         r = env.admin("GET", "/admin/deliveries", headers={"Authorization": form.replace("{}", cred)})

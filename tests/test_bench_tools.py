@@ -29,8 +29,11 @@ def test_bodies_are_distinct_signed_compact_orders_of_about_30_kb(tmp_path):
         signature, body = line.split(b" ", 1)
         assert 29_000 <= len(body) <= 32_000  # the real sample is 30.8 KB compact
         assert json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False).encode() == body
-        d = Delivery.from_http({"X-CommerceLayer-Topic": "orders.place",
-                                "X-CommerceLayer-Signature": signature.decode()}, body, secrets=secrets)
+        d = Delivery.from_http(
+            {"X-CommerceLayer-Topic": "orders.place", "X-CommerceLayer-Signature": signature.decode()},
+            body,
+            secrets=secrets,
+        )
         assert d.is_order and d.secret_label == "bench"
         bodies.add(body)
         ids.add(d.order_id)
@@ -49,8 +52,11 @@ def test_baseline_accepts_only_correct_signatures():
     client = create_app(BENCH_SECRET).test_client()
     body = next(generate("30k", 1))
     headers = {"Content-Type": "application/json", "X-CommerceLayer-Topic": "orders.place"}
-    good = client.post("/webhooks/commercelayer", data=body,
-                       headers={**headers, "X-CommerceLayer-Signature": sign(body, secret=BENCH_SECRET)})
+    good = client.post(
+        "/webhooks/commercelayer",
+        data=body,
+        headers={**headers, "X-CommerceLayer-Signature": sign(body, secret=BENCH_SECRET)},
+    )
     assert good.status_code == 200
     for bad in (sign(body, secret="another-secret"), sign(body + b" ", secret=BENCH_SECRET), "", "é"):
         r = client.post("/webhooks/commercelayer", data=body, headers={**headers, "X-CommerceLayer-Signature": bad})

@@ -16,8 +16,15 @@ from webhook_app.store import SCHEMA_VERSION
 
 def run(*args, env=None, stdin=None, tmp=None):
     base = {"PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "webhook_app", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, input=stdin, timeout=60, cwd=tmp)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook_app", *args],
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        input=stdin,
+        timeout=60,
+        cwd=tmp,
+    )
 
 
 def test_sign_prints_the_header_value(tmp_path):
@@ -59,8 +66,10 @@ def test_policy_check_shows_guards(tmp_path):
 
 def test_policy_check_invalid_policy_exits_non_zero_naming_rule_and_field(tmp_path):
     p = tmp_path / "bad.toml"
-    p.write_text('version = 1\n[default]\naction = "skip"\n[[rules]]\nname = "vip"\naction = "save_payment_source"\n'
-                 'when = { field = "order.total_amount_cents", greater = 5 }\n')
+    p.write_text(
+        'version = 1\n[default]\naction = "skip"\n[[rules]]\nname = "vip"\naction = "save_payment_source"\n'
+        'when = { field = "order.total_amount_cents", greater = 5 }\n'
+    )
     r = run("policy", "check", str(p))
     assert r.returncode == 2
     assert "rule 'vip'" in r.stderr and "field 'when'" in r.stderr and "greater" in r.stderr

@@ -20,26 +20,38 @@ SCHEMA = json.loads((Path(__file__).parent / "data" / "orderUpdate.schema.json")
 
 def client(fake, **kw):
     kw.setdefault("read_timeout", 2.0)
-    return CommerceLayerClient(api_base=fake.url, auth_url=fake.url + "/oauth/token", client_id=fake.client_id,
-                               client_secret=fake.client_secret, scope="market:code:eu", **kw)
+    return CommerceLayerClient(
+        api_base=fake.url,
+        auth_url=fake.url + "/oauth/token",
+        client_id=fake.client_id,
+        client_secret=fake.client_secret,
+        scope="market:code:eu",
+        **kw,
+    )
 
 
 def test_patch_sends_jsonapi_with_token_and_include(fake_cl):
     fake_cl.add_order("o1")
     c = client(fake_cl)
-    doc = c.update_order("o1", {"_save_payment_source_to_customer_wallet": True},
-                         include=["available_customer_payment_sources"])
+    doc = c.update_order(
+        "o1", {"_save_payment_source_to_customer_wallet": True}, include=["available_customer_payment_sources"]
+    )
     patch = fake_cl.calls("orders.patch")[0]
     assert patch["headers"]["Accept"] == JSONAPI and patch["headers"]["Content-Type"].startswith(JSONAPI)
     assert patch["headers"]["Authorization"].startswith("Bearer ")
     assert patch["args"] == {"include": "available_customer_payment_sources"}
-    assert patch["json"] == {"data": {"type": "orders", "id": "o1",
-                                      "attributes": {"_save_payment_source_to_customer_wallet": True}}}
+    assert patch["json"] == {
+        "data": {"type": "orders", "id": "o1", "attributes": {"_save_payment_source_to_customer_wallet": True}}
+    }
     jsonschema.validate(patch["json"], SCHEMA)
     assert doc["included"][0]["type"] == "customer_payment_sources"
     token = fake_cl.calls("token")[0]["json"]
-    assert token == {"grant_type": "client_credentials", "client_id": "cid",
-                     "client_secret": fake_cl.client_secret, "scope": "market:code:eu"}
+    assert token == {
+        "grant_type": "client_credentials",
+        "client_id": "cid",
+        "client_secret": fake_cl.client_secret,
+        "scope": "market:code:eu",
+    }
     c.close()
 
 
@@ -51,8 +63,10 @@ def test_every_patch_body_the_client_builds_validates_against_order_update(fake_
     for call in fake_cl.calls("orders.patch"):
         jsonschema.validate(call["json"], SCHEMA)
     with pytest.raises(jsonschema.ValidationError):  # the schema really checks types
-        jsonschema.validate({"data": {"type": "orders", "id": "o1",
-                                      "attributes": {"_save_payment_source_to_customer_wallet": "yes"}}}, SCHEMA)
+        jsonschema.validate(
+            {"data": {"type": "orders", "id": "o1", "attributes": {"_save_payment_source_to_customer_wallet": "yes"}}},
+            SCHEMA,
+        )
     c.close()
 
 
@@ -88,17 +102,19 @@ def test_401_refreshes_token_once(fake_cl):
 
 
 def test_wrong_credentials_are_permanent(fake_cl):
-    c = CommerceLayerClient(api_base=fake_cl.url, auth_url=fake_cl.url + "/oauth/token", client_id="cid",
-                            client_secret="wrong")
+    c = CommerceLayerClient(
+        api_base=fake_cl.url, auth_url=fake_cl.url + "/oauth/token", client_id="cid", client_secret="wrong"
+    )
     with pytest.raises(PermanentCommerceLayerError) as exc:
         c.get_order("o1")
     assert exc.value.answer_status == 401 and "wrong" not in str(exc.value)
     c.close()
 
 
-@pytest.mark.parametrize("status,retryable,uncertain", [(429, True, False), (500, True, True),
-                                                        (503, True, True), (422, False, False),
-                                                        (404, False, False)])
+@pytest.mark.parametrize(
+    "status,retryable,uncertain",
+    [(429, True, False), (500, True, True), (503, True, True), (422, False, False), (404, False, False)],
+)
 def test_status_mapping(fake_cl, status, retryable, uncertain):
     fake_cl.add_order("o1")
     fake_cl.fail("orders.patch", status=status)
@@ -148,8 +164,14 @@ def test_read_timeout_is_retryable_and_uncertain_for_writes(fake_cl):
 
 def test_connection_refused_is_retryable():
     with requests.Session() as s:
-        c = CommerceLayerClient(api_base="http://127.0.0.1:9", auth_url="http://127.0.0.1:9/oauth/token",
-                                client_id="a", client_secret="b", connect_timeout=0.5, session=s)
+        c = CommerceLayerClient(
+            api_base="http://127.0.0.1:9",
+            auth_url="http://127.0.0.1:9/oauth/token",
+            client_id="a",
+            client_secret="b",
+            connect_timeout=0.5,
+            session=s,
+        )
         with pytest.raises(RetryableCommerceLayerError):
             c.get_order("o1")
 
@@ -171,8 +193,9 @@ def test_rate_limit_spaces_calls(fake_cl):
         slept.append(s)
         now[0] += s
 
-    c = client(fake_cl, limiter=LocalRateLimiter([RateLimit(2, 10)], clock=lambda: now[0]),
-               clock=lambda: now[0], sleep=sleep)
+    c = client(
+        fake_cl, limiter=LocalRateLimiter([RateLimit(2, 10)], clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep
+    )
     for _ in range(5):
         c.get_order("o1")
     # calls 3 and 5 each wait for a slot; 2 per 10 s, each window kept a guard longer

@@ -26,12 +26,19 @@ def test_enforce_without_credentials_fails_naming_what_is_missing():
         Settings.from_env({"WEBHOOK_APP_MODE": "enforce", "CL_CLIENT_ID": "id", "CL_API_BASE": "https://a.b"})
 
 
-@pytest.mark.parametrize("name,value", [
-    ("WEBHOOK_APP_MAX_BODY_BYTES", "-1"), ("WEBHOOK_APP_MAX_BODY_BYTES", "lots"),
-    ("WEBHOOK_APP_MODE", "yolo"), ("CL_API_BASE", "ftp://x"), ("CL_RATE_LIMITS", "100 per minute"),
-    ("WEBHOOK_APP_DATABASE_URL", "mysql://x"), ("WEBHOOK_APP_POLICY", "/nonexistent/policy.toml"),
-    ("CL_READ_TIMEOUT", "0"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("WEBHOOK_APP_MAX_BODY_BYTES", "-1"),
+        ("WEBHOOK_APP_MAX_BODY_BYTES", "lots"),
+        ("WEBHOOK_APP_MODE", "yolo"),
+        ("CL_API_BASE", "ftp://x"),
+        ("CL_RATE_LIMITS", "100 per minute"),
+        ("WEBHOOK_APP_DATABASE_URL", "mysql://x"),
+        ("WEBHOOK_APP_POLICY", "/nonexistent/policy.toml"),
+        ("CL_READ_TIMEOUT", "0"),
+    ],
+)
 def test_malformed_values_name_the_variable(name, value):
     with pytest.raises(ConfigError) as exc:
         Settings.from_env({name: value})
@@ -66,13 +73,28 @@ def test_db_timeout_and_lease_must_outlive_a_call():
         Settings.from_env({"WEBHOOK_APP_LEASE_SECONDS": "5", "CL_READ_TIMEOUT": "10"})
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("WEBHOOK_APP_MAX_BODY_BYTES", "abc", "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got 'abc')"),
-    ("WEBHOOK_APP_MAX_BODY_BYTES", "1.5", "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got '1.5')"),
-    ("CL_READ_TIMEOUT", "soon", "CL_READ_TIMEOUT: must be a number greater than zero (got 'soon')"),
-    ("CL_READ_TIMEOUT", "nan", "CL_READ_TIMEOUT: must be a number greater than zero (got 'nan')"),
-    ("WEBHOOK_APP_FORWARDED_HOPS", "one", "WEBHOOK_APP_FORWARDED_HOPS: must be a whole number of zero or more (got 'one')"),
-])
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        (
+            "WEBHOOK_APP_MAX_BODY_BYTES",
+            "abc",
+            "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got 'abc')",
+        ),
+        (
+            "WEBHOOK_APP_MAX_BODY_BYTES",
+            "1.5",
+            "WEBHOOK_APP_MAX_BODY_BYTES: must be a whole number greater than zero (got '1.5')",
+        ),
+        ("CL_READ_TIMEOUT", "soon", "CL_READ_TIMEOUT: must be a number greater than zero (got 'soon')"),
+        ("CL_READ_TIMEOUT", "nan", "CL_READ_TIMEOUT: must be a number greater than zero (got 'nan')"),
+        (
+            "WEBHOOK_APP_FORWARDED_HOPS",
+            "one",
+            "WEBHOOK_APP_FORWARDED_HOPS: must be a whole number of zero or more (got 'one')",
+        ),
+    ],
+)
 def test_a_malformed_number_says_what_is_expected_and_shows_the_value_once(name, value, expected):
     with pytest.raises(ConfigError) as exc:
         Settings.from_env({name: value})

@@ -287,9 +287,7 @@ def test_nginx_sets_the_forwarding_headers_and_clears_the_ones_the_app_must_not_
 
 
 def test_nginx_publishes_only_post_to_the_intake():
-    assert nginx_values(SITE, "limit_except", context="location = /webhooks/commercelayer") == [
-        ["POST"]
-    ]
+    assert nginx_values(SITE, "limit_except", context="location = /webhooks/commercelayer") == [["POST"]]
     assert nginx_values(SITE, "proxy_pass", context="location /") == []
     assert nginx_values(SITE, "deny", context="location ~ ^/(healthz|readyz)$") == [["all"]]
 
@@ -351,9 +349,7 @@ def stack(tmp_path_factory):
 
 
 def delivery(n: int = 0) -> bytes:
-    body = json.loads(
-        (ROOT / "tests" / "data" / "orders.place.guest-wire-transfer.json").read_bytes()
-    )
+    body = json.loads((ROOT / "tests" / "data" / "orders.place.guest-wire-transfer.json").read_bytes())
     body["data"]["id"] = f"deployTest{n}"
     return json.dumps(body).encode()
 
@@ -393,9 +389,7 @@ def test_stack_accepts_then_dedupes_a_delivery_across_instances(stack):
 def test_stack_balances_over_both_instances(stack):
     for n in range(10, 16):
         assert post(stack["url"], delivery(n)).status_code == 202
-    upstreams = {
-        e["upstream"] for e in stack["nginx"].access_log() if e["uri"] == "/webhooks/commercelayer"
-    }
+    upstreams = {e["upstream"] for e in stack["nginx"].access_log() if e["uri"] == "/webhooks/commercelayer"}
     assert {f"127.0.0.1:{p}" for p in stack["ports"]} <= upstreams
 
 
@@ -466,11 +460,7 @@ def test_stack_sends_a_post_to_the_other_instance_when_one_is_down(stack):
 
 @pytest.mark.e2e
 def test_the_images_healthcheck_command_works(stack):
-    ((_, args),) = [
-        i
-        for i in final_stage(dockerfile_instructions(DOCKERFILE.read_text()))
-        if i[0] == "HEALTHCHECK"
-    ]
+    ((_, args),) = [i for i in final_stage(dockerfile_instructions(DOCKERFILE.read_text())) if i[0] == "HEALTHCHECK"]
     command = exec_form(args.split(" CMD ", 1)[1])
     assert command[0] == "python"
     base = {k: v for k, v in os.environ.items() if k != "PORT"}
@@ -509,9 +499,7 @@ def test_compose_has_the_services():
     assert services["worker"]["deploy"]["replicas"] == 2
     assert re.fullmatch(r"postgres:1[56](\.\d+)?(-[a-z0-9]+)?", services["postgres"]["image"])
     for name in APP_SERVICES:
-        assert (
-            services[name]["build"]["context"] == ".." and (DEPLOY / ".." / "Dockerfile").exists()
-        )
+        assert services[name]["build"]["context"] == ".." and (DEPLOY / ".." / "Dockerfile").exists()
 
 
 def test_compose_starts_things_in_order():
@@ -521,10 +509,7 @@ def test_compose_starts_things_in_order():
         assert deps["migrate"] == {"condition": "service_completed_successfully"}, name
         assert deps["postgres"] == {"condition": "service_healthy"}, name
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
-    assert (
-        services["migrate"]["command"] == ["db", "upgrade"]
-        and services["migrate"]["restart"] == "no"
-    )
+    assert services["migrate"]["command"] == ["db", "upgrade"] and services["migrate"]["restart"] == "no"
     assert services["nginx"]["depends_on"] == {
         "web1": {"condition": "service_healthy"},
         "web2": {"condition": "service_healthy"},
@@ -656,9 +641,7 @@ def test_kustomize_builds_every_kind(built):
         "Namespace",
         "ServiceAccount",
     } <= kinds
-    assert all(
-        d["metadata"].get("namespace") == "webhook-app" for d in built if d["kind"] != "Namespace"
-    )
+    assert all(d["metadata"].get("namespace") == "webhook-app" for d in built if d["kind"] != "Namespace")
 
 
 @pytest.mark.parametrize("version", ["1.29.0", None], ids=["k8s-1.29", "k8s-latest"])
@@ -703,9 +686,7 @@ def test_worker_deployment():
     (container,) = pod["containers"]
     assert container["args"] == ["worker"]
     cli_args(container["args"])
-    assert (
-        "livenessProbe" not in container and "readinessProbe" not in container
-    )  # see the manifest's comment
+    assert "livenessProbe" not in container and "readinessProbe" not in container  # see the manifest's comment
     assert pod["restartPolicy"] == "Always"
     assert pod["terminationGracePeriodSeconds"] >= 30
 
@@ -761,9 +742,7 @@ def test_pods_mount_tmp_and_the_policy_configmap(name):
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["tmp"]
     assert volumes["policy"]["configMap"]["name"] == "webhook-app-policy"
-    assert volumes["policy"]["configMap"]["items"] == [
-        {"key": "policy.toml", "path": "policy.toml"}
-    ]
+    assert volumes["policy"]["configMap"]["items"] == [{"key": "policy.toml", "path": "policy.toml"}]
     for container in pod_containers(pod):
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         assert mounts["/tmp"]["name"] == "tmp"
@@ -779,28 +758,18 @@ def test_secrets_come_from_secret_key_refs(name):
     pod = k8s_file(name)["spec"]["template"]["spec"]
     example = load_yaml(K8S / "secret.example.yaml")
     for container in pod_containers(pod):
-        refs = {
-            e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
-        }
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
         assert set(refs) == SECRET_VARIABLES, container["name"]
         for variable, ref in refs.items():
             assert ref["name"] == "webhook-app-secrets"
             assert ref["key"] in example["stringData"]
-            assert ref.get("optional", False) is (
-                variable not in {"CL_WEBHOOK_SECRETS", "WEBHOOK_APP_DATABASE_URL"}
-            )
-        assert not [e for e in container["env"] if "value" in e], (
-            "plain values belong in the ConfigMap"
-        )
+            assert ref.get("optional", False) is (variable not in {"CL_WEBHOOK_SECRETS", "WEBHOOK_APP_DATABASE_URL"})
+        assert not [e for e in container["env"] if "value" in e], "plain values belong in the ConfigMap"
         assert container["envFrom"] == [{"configMapRef": {"name": "webhook-app-config"}}]
 
 
 def test_the_settings_configmap_points_at_the_policy_and_holds_no_secret():
-    (config,) = [
-        g
-        for g in k8s_file("kustomization.yaml")["configMapGenerator"]
-        if g["name"] == "webhook-app-config"
-    ]
+    (config,) = [g for g in k8s_file("kustomization.yaml")["configMapGenerator"] if g["name"] == "webhook-app-config"]
     settings = dict(literal.split("=", 1) for literal in config["literals"])
     assert settings["WEBHOOK_APP_POLICY"] == POLICY_PATH
     assert settings["WEBHOOK_APP_FORWARDED_HOPS"] == "1"
@@ -810,9 +779,7 @@ def test_the_settings_configmap_points_at_the_policy_and_holds_no_secret():
         assert app_reads(variable), variable
     # 2 * the web container's CPU limit + 1, as deploy/gunicorn.conf.py would pick.
     (web,) = k8s_file("web-deployment.yaml")["spec"]["template"]["spec"]["containers"]
-    assert (
-        int(settings["WEBHOOK_APP_WEB_WORKERS"]) == 2 * int(web["resources"]["limits"]["cpu"]) + 1
-    )
+    assert int(settings["WEBHOOK_APP_WEB_WORKERS"]) == 2 * int(web["resources"]["limits"]["cpu"]) + 1
 
 
 def test_the_secret_example_is_only_an_example():
@@ -827,9 +794,7 @@ def test_the_secret_example_is_only_an_example():
 def test_built_manifests_refer_to_what_they_define(built):
     objects = by_kind(built)
     configmaps = {name for kind, name in objects if kind == "ConfigMap"}
-    policy = next(
-        d for (kind, name), d in objects.items() if kind == "ConfigMap" and "policy" in name
-    )
+    policy = next(d for (kind, name), d in objects.items() if kind == "ConfigMap" and "policy" in name)
     assert policy["data"]["policy.toml"] == (K8S / "policy.toml").read_text()
     for doc in built:
         if doc["kind"] not in ("Deployment", "Job"):
@@ -872,14 +837,9 @@ def test_service_pdbs_and_hpa_target_the_web_pods():
         "kind": "Deployment",
         "name": "webhook-app-web",
     }
-    assert (
-        hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
-    )
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
     (metric,) = hpa["spec"]["metrics"]
-    assert (
-        metric["resource"]["name"] == "cpu"
-        and metric["resource"]["target"]["type"] == "Utilization"
-    )
+    assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
 
 
 def test_only_the_ingress_controller_reaches_the_web_pods():
@@ -986,9 +946,7 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_procfile_has_web_worker_and_release():
-    lines = dict(
-        line.split(": ", 1) for line in (DEPLOY / "Procfile").read_text().splitlines() if line
-    )
+    lines = dict(line.split(": ", 1) for line in (DEPLOY / "Procfile").read_text().splitlines() if line)
     assert set(lines) == {"web", "worker", "release"}
     assert lines["release"] == "webhook-app db upgrade"
     for command in lines.values():

@@ -42,13 +42,19 @@ INCLUDES = ["customer", "payment_source", "market", "line_items", "available_cus
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 
 SCENARIO = {
-    "sandbox": {"token_ttl": 7200, "api_limits": ["1200/60"], "endpoint_limits": ["100/5"],
-                "request_log_size": 50000},
+    "sandbox": {"token_ttl": 7200, "api_limits": ["1200/60"], "endpoint_limits": ["100/5"], "request_log_size": 50000},
     "clients": [CLIENT],
     "generate": {"orders": 500, "guest_share": 0.2, "seed": 42},
     # the webhook only gives the in-process renderer the include list; the test sends the bodies
-    "webhooks": [{"id": "HookPlaceC", "topic": "orders.place", "callback_url": "http://127.0.0.1:9/x",
-                  "include_resources": INCLUDES, "shared_secret": SECRET}],
+    "webhooks": [
+        {
+            "id": "HookPlaceC",
+            "topic": "orders.place",
+            "callback_url": "http://127.0.0.1:9/x",
+            "include_resources": INCLUDES,
+            "shared_secret": SECRET,
+        }
+    ],
 }
 
 
@@ -116,23 +122,40 @@ def _run(tmp_path: Path, db_url: str, nginx: str) -> None:
     sb_url, lb_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{lb_port}"
     scenario_file = tmp_path / "scenario.json"
     scenario_file.write_text(json.dumps(SCENARIO))
-    env = _Env({
-        "CL_WEBHOOK_SECRETS": f"cl:{SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
-        "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_API_BASE": sb_url + "/api",
-        "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
-        "WEBHOOK_APP_DATABASE_URL": db_url, "WEBHOOK_APP_POLL_INTERVAL": "0.05",
-        "WEBHOOK_APP_LEASE_SECONDS": "5", "CL_CONNECT_TIMEOUT": "1", "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
-        "WEBHOOK_APP_RETRY_MAX_SECONDS": "2", "CL_READ_TIMEOUT": "2",
-        # below the sandbox's limits: only a limit shared by both workers stays under them
-        "CL_RATE_LIMITS": "1100/60,90/5", "WEBHOOK_APP_FORWARDED_HOPS": "1", "WEBHOOK_APP_LOG_LEVEL": "WARNING",
-    })
+    env = _Env(
+        {
+            "CL_WEBHOOK_SECRETS": f"cl:{SECRET}",
+            "CL_CLIENT_ID": CLIENT["client_id"],
+            "CL_CLIENT_SECRET": CLIENT["client_secret"],
+            "CL_API_BASE": sb_url + "/api",
+            "CL_AUTH_URL": sb_url + "/oauth/token",
+            "WEBHOOK_APP_MODE": "enforce",
+            "WEBHOOK_APP_DATABASE_URL": db_url,
+            "WEBHOOK_APP_POLL_INTERVAL": "0.05",
+            "WEBHOOK_APP_LEASE_SECONDS": "5",
+            "CL_CONNECT_TIMEOUT": "1",
+            "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+            "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
+            "CL_READ_TIMEOUT": "2",
+            # below the sandbox's limits: only a limit shared by both workers stays under them
+            "CL_RATE_LIMITS": "1100/60,90/5",
+            "WEBHOOK_APP_FORWARDED_HOPS": "1",
+            "WEBHOOK_APP_LOG_LEVEL": "WARNING",
+        }
+    )
     try:
-        sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(scenario_file)], {},
-                          tmp_path / "sandbox.log")
+        sandbox = Service(
+            ["sandbox", "--port", str(sb_port), "--seed", str(scenario_file)], {}, tmp_path / "sandbox.log"
+        )
         procs.append(sandbox)
         wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        up = subprocess.run([sys.executable, "-m", "webhook_app", "db", "upgrade"], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=60)
+        up = subprocess.run(
+            [sys.executable, "-m", "webhook_app", "db", "upgrade"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
         assert up.returncode == 0, up.stderr
         for n, port in enumerate(web_ports):
             web = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, tmp_path / f"web{n}.log")
@@ -143,8 +166,9 @@ def _run(tmp_path: Path, db_url: str, nginx: str) -> None:
         lb_prefix = tmp_path / "nginx"
         lb_prefix.mkdir()
         conf = nginx_conf(lb_prefix, lb_port, web_ports)
-        lb = subprocess.Popen([nginx, "-p", str(lb_prefix), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.STDOUT)
+        lb = subprocess.Popen(
+            [nginx, "-p", str(lb_prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         try:
             wait_http(lb_url + "/healthz", proc=lb)
             _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports)
@@ -195,13 +219,25 @@ def _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports):
         s = getattr(local, "s", None) or requests.Session()
         local.s = s
         _, topic, body = distinct[i]
-        r = s.post(lb_url + "/webhooks/commercelayer", data=body, timeout=10,
-                   headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": topic,
-                            "X-CommerceLayer-Signature": sign(body, secret=SECRET)})
+        r = s.post(
+            lb_url + "/webhooks/commercelayer",
+            data=body,
+            timeout=10,
+            headers={
+                "Content-Type": "application/json",
+                "X-CommerceLayer-Topic": topic,
+                "X-CommerceLayer-Signature": sign(body, secret=SECRET),
+            },
+        )
         with lock:
-            results.append({"i": i, "status": r.status_code, "upstream": r.headers.get("X-Upstream"),
-                            "json": r.json() if r.headers.get("Content-Type", "").startswith("application/json")
-                            else None})
+            results.append(
+                {
+                    "i": i,
+                    "status": r.status_code,
+                    "upstream": r.headers.get("X-Upstream"),
+                    "json": r.json() if r.headers.get("Content-Type", "").startswith("application/json") else None,
+                }
+            )
 
     def run_task(task: list[int]) -> None:
         if len(task) == 1:
@@ -224,8 +260,12 @@ def _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports):
     def killer():
         # SIGKILL a worker while PATCHes are under way, then start it again
         def patches():
-            return requests.get(sb_url + "/_sandbox/stats", timeout=10).json()["by_route"].get(
-                "orders.patch", {}).get("200", 0)
+            return (
+                requests.get(sb_url + "/_sandbox/stats", timeout=10)
+                .json()["by_route"]
+                .get("orders.patch", {})
+                .get("200", 0)
+            )
 
         wait_until(lambda: patches() >= 40, timeout=120, interval=0.1, what="40 PATCHes")
         workers[0].kill()
@@ -244,9 +284,11 @@ def _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports):
 
     store = PostgresStore(db_url)
     try:
+
         def settled():
             q = store.queue_stats(now=time.time())
             return q.pending == 0 and q.running == 0
+
         wait_until(settled, timeout=240, interval=0.5, what="queue drained")
         drained_seconds = time.monotonic() - started
         q = store.queue_stats(now=time.time())
@@ -273,16 +315,17 @@ def _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports):
         split_pairs += len(ups) == 2
     assert split_pairs > 0  # some simultaneous repeats really reached different instances
 
-    sb_requests = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"},
-                               timeout=60).json()["requests"]
+    sb_requests = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"}, timeout=60).json()[
+        "requests"
+    ]
     patched = Counter(r["path"].rsplit("/", 1)[1] for r in sb_requests if r["status"] == 200)
     # what the bundled policy (the service's) calls for, decided on the very bodies that were sent
     policy = load_policy(bundled_policy_path())
-    selected = {order_id for order_id, topic, body in distinct
-                if policy.decide(Event.from_body(topic, body)).action == SAVE}
+    selected = {
+        order_id for order_id, topic, body in distinct if policy.decide(Event.from_body(topic, body)).action == SAVE
+    }
     assert 0 < len(selected) < len(orders)
-    assert set(patched) == selected and all(n == 1 for n in patched.values()), \
-        [o for o, n in patched.items() if n != 1]
+    assert set(patched) == selected and all(n == 1 for n in patched.values()), [o for o, n in patched.items() if n != 1]
     assert {r["order_id"] for r in applied} == selected and all(r["n"] == 1 for r in applied)
     assert q.dead == 0 and q.pending == 0 and q.running == 0 and jobs["n"] == len(distinct)
     stats = requests.get(sb_url + "/_sandbox/stats", timeout=30).json()
@@ -290,18 +333,37 @@ def _load(tmp_path, procs, workers, env, sb_url, lb_url, db_url, web_ports):
     assert stats.get("wallet", {}).get("duplicates", 0) == 0
     # how close the two workers together came to the sandbox's 100 per 5 s (the limit was binding)
     api = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
-    times = sorted(datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
-                   for r in api if r["route"] != "token")
+    times = sorted(
+        datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() for r in api if r["route"] != "token"
+    )
     busiest = max(sum(1 for t in times[i:] if t < start + 5) for i, start in enumerate(times))
 
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "cluster-proof.json").write_text(json.dumps({
-        "deliveries_sent": len(results), "acknowledged_2xx": len(acked), "answers": dict(statuses),
-        "distinct_deliveries": len(distinct), "stored_deliveries": stored["n"], "duplicates_answered": accepted["duplicate"],
-        "simultaneous_repeat_pairs": len(together), "pairs_split_across_instances": split_pairs,
-        "orders": len(orders), "orders_selected_by_policy": len(selected), "orders_patched": len(patched),
-        "patches_per_selected_order": sorted(set(patched.values())), "dead_jobs": q.dead, "stuck_jobs": q.pending + q.running,
-        "sandbox_429": stats.get("rate_limited", {}).get("total", 0), "workers_killed": 1,
-        "busiest_5s_api_calls": busiest, "sandbox_limit_per_5s": 100, "client_limit_per_5s": 90,
-        "send_seconds": round(send_seconds, 1), "drain_seconds": round(drained_seconds, 1),
-    }, indent=1))
+    (ARTIFACTS / "cluster-proof.json").write_text(
+        json.dumps(
+            {
+                "deliveries_sent": len(results),
+                "acknowledged_2xx": len(acked),
+                "answers": dict(statuses),
+                "distinct_deliveries": len(distinct),
+                "stored_deliveries": stored["n"],
+                "duplicates_answered": accepted["duplicate"],
+                "simultaneous_repeat_pairs": len(together),
+                "pairs_split_across_instances": split_pairs,
+                "orders": len(orders),
+                "orders_selected_by_policy": len(selected),
+                "orders_patched": len(patched),
+                "patches_per_selected_order": sorted(set(patched.values())),
+                "dead_jobs": q.dead,
+                "stuck_jobs": q.pending + q.running,
+                "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
+                "workers_killed": 1,
+                "busiest_5s_api_calls": busiest,
+                "sandbox_limit_per_5s": 100,
+                "client_limit_per_5s": 90,
+                "send_seconds": round(send_seconds, 1),
+                "drain_seconds": round(drained_seconds, 1),
+            },
+            indent=1,
+        )
+    )

@@ -27,11 +27,20 @@ ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 
 
 def service_env(tmp_path, fake=None, **extra):
-    env = {"CL_WEBHOOK_SECRETS": f"main:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}",
-           "WEBHOOK_APP_POLL_INTERVAL": "0.02", "WEBHOOK_APP_LOG_LEVEL": "INFO"}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}",
+        "WEBHOOK_APP_POLL_INTERVAL": "0.02",
+        "WEBHOOK_APP_LOG_LEVEL": "INFO",
+    }
     if fake is not None:
-        env.update(CL_CLIENT_ID=fake.client_id, CL_CLIENT_SECRET=fake.client_secret, CL_API_BASE=fake.url,
-                   CL_AUTH_URL=fake.url + "/oauth/token", WEBHOOK_APP_MODE="enforce")
+        env.update(
+            CL_CLIENT_ID=fake.client_id,
+            CL_CLIENT_SECRET=fake.client_secret,
+            CL_API_BASE=fake.url,
+            CL_AUTH_URL=fake.url + "/oauth/token",
+            WEBHOOK_APP_MODE="enforce",
+        )
     env.update(extra)
     return env
 
@@ -54,8 +63,9 @@ def serve(tmp_path):
 
 
 def send(url, body, topic="orders.place", **kw):
-    return requests.post(url + "/webhooks/commercelayer", data=body, headers=signed_headers(body, topic, **kw),
-                         timeout=5)
+    return requests.post(
+        url + "/webhooks/commercelayer", data=body, headers=signed_headers(body, topic, **kw), timeout=5
+    )
 
 
 def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_path):
@@ -78,8 +88,10 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         assert send(svc.url, order_body(oid, source_id=f"ps{oid}", status="approved"), "orders.approve").ok
 
     store = SQLiteStore(str(tmp_path / "e2e.db"))
-    wait_until(lambda: store.queue_stats(now=time.time()).pending == 0
-               and store.queue_stats(now=time.time()).running == 0, what="queue drained")
+    wait_until(
+        lambda: store.queue_stats(now=time.time()).pending == 0 and store.queue_stats(now=time.time()).running == 0,
+        what="queue drained",
+    )
     store.close()
     patches = fake_cl.patches()
     assert sorted(p["path"].rsplit("/", 1)[1] for p in patches) == sorted(registered)
@@ -87,22 +99,31 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         assert p["headers"]["Accept"] == "application/vnd.api+json"
         assert p["headers"]["Content-Type"].startswith("application/vnd.api+json")
         assert p["headers"]["Authorization"].startswith("Bearer ")
-        assert p["args"]["include"] == ("available_customer_payment_sources,"
-                                        "available_customer_payment_sources.payment_source")
+        assert p["args"]["include"] == (
+            "available_customer_payment_sources,available_customer_payment_sources.payment_source"
+        )
         jsonschema.validate(p["json"], SCHEMA)
         assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
     assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)
     # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode)
     text = requests.get(svc.url + "/metrics", timeout=5).text
-    assert 'webhook_app_decisions_total{action="save_payment_source",outcome="applied",' \
-           'rule="save-registered-customer-source"} 6.0' in text
+    assert (
+        'webhook_app_decisions_total{action="save_payment_source",outcome="applied",'
+        'rule="save-registered-customer-source"} 6.0' in text
+    )
     assert 'webhook_app_deliveries_total{outcome="duplicate",topic="orders.place"} 16.0' in text
     assert 'webhook_app_commercelayer_responses_total{route="orders.patch",status="200"} 6.0' in text
     latencies = sorted(p["at"] - sent_at[p["path"].rsplit("/", 1)[1]] for p in patches)
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "receipt-to-patch.json").write_text(json.dumps(
-        {"orders": len(latencies), "median_ms": round(statistics.median(latencies) * 1000, 1),
-         "max_ms": round(latencies[-1] * 1000, 1)}))
+    (ARTIFACTS / "receipt-to-patch.json").write_text(
+        json.dumps(
+            {
+                "orders": len(latencies),
+                "median_ms": round(statistics.median(latencies) * 1000, 1),
+                "max_ms": round(latencies[-1] * 1000, 1),
+            }
+        )
+    )
     assert latencies[-1] < 5  # generous bound for a loaded CI machine; the figure is in the artifact
 
 
@@ -122,15 +143,21 @@ def test_shadow_mode_never_calls_commerce_layer(serve, fake_cl, tmp_path):
 def test_unsigned_and_oversized_requests_on_the_real_server(serve, tmp_path):
     svc = serve(service_env(tmp_path))
     body = order_body("o1")
-    r = requests.post(svc.url + "/webhooks/commercelayer", data=body,
-                      headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": "orders.place"}, timeout=5)
+    r = requests.post(
+        svc.url + "/webhooks/commercelayer",
+        data=body,
+        headers={"Content-Type": "application/json", "X-CommerceLayer-Topic": "orders.place"},
+        timeout=5,
+    )
     assert r.status_code == 401
     # declare 10 MiB, send nothing: the answer must come at once, without waiting for the body
     host, port = svc.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"X-CommerceLayer-Topic: orders.place\r\nX-CommerceLayer-Signature: x\r\n"
-                  b"Content-Length: 10485760\r\n\r\n")
+        s.sendall(
+            b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-CommerceLayer-Topic: orders.place\r\nX-CommerceLayer-Signature: x\r\n"
+            b"Content-Length: 10485760\r\n\r\n"
+        )
         started = time.monotonic()
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413") and time.monotonic() - started < 3
@@ -156,15 +183,19 @@ def test_serve_opens_no_control_socket_in_home_or_runtime_dir(serve, tmp_path):
     assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []
 
 
-@pytest.mark.parametrize("env,needle", [
-    ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
-    ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),
-    ({"CL_WEBHOOK_SECRETS": "a:s3cr3t-value,,"}, "CL_WEBHOOK_SECRETS"),
-])
+@pytest.mark.parametrize(
+    "env,needle",
+    [
+        ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
+        ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),
+        ({"CL_WEBHOOK_SECRETS": "a:s3cr3t-value,,"}, "CL_WEBHOOK_SECRETS"),
+    ],
+)
 def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
     full = {"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
-    r = subprocess.run([sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr

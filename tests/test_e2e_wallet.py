@@ -37,17 +37,38 @@ READ_TIMEOUT = 1.0
 
 def scenario(callback_url: str, include_resources: list[str]) -> dict:
     customers = [{"email": f"c{n}@example.com", "has_password": True} for n in range(4)]
-    orders = [{"id": oid, "customer": f"c{n % 4}@example.com",
-               "payment_source": {"type": "stripe_payments", "card_last4": f"{4100 + n}"}}
-              for n, oid in enumerate(LATE + SAVED)]
+    orders = [
+        {
+            "id": oid,
+            "customer": f"c{n % 4}@example.com",
+            "payment_source": {"type": "stripe_payments", "card_last4": f"{4100 + n}"},
+        }
+        for n, oid in enumerate(LATE + SAVED)
+    ]
     wallet = [{"customer": f"c{(len(LATE) + n) % 4}@example.com", "order": oid} for n, oid in enumerate(SAVED)]
-    webhooks = [{"id": "HookPlace1", "topic": "orders.place", "callback_url": callback_url,
-                 "include_resources": include_resources, "shared_secret": SHARED_SECRET}]
-    return {"sandbox": {"token_ttl": 3600, "api_limits": ["1000/60"], "endpoint_limits": ["500/10"],
-                        "sender": {"timeout": 5, "max_retries": 3, "backoff_base": 0.2, "concurrency": 4}},
-            "clients": [CLIENT], "customers": customers, "orders": orders,
-            "customer_payment_sources": wallet, "webhooks": webhooks,
-            "markets": [{"code": "eu", "name": "Europe"}]}
+    webhooks = [
+        {
+            "id": "HookPlace1",
+            "topic": "orders.place",
+            "callback_url": callback_url,
+            "include_resources": include_resources,
+            "shared_secret": SHARED_SECRET,
+        }
+    ]
+    return {
+        "sandbox": {
+            "token_ttl": 3600,
+            "api_limits": ["1000/60"],
+            "endpoint_limits": ["500/10"],
+            "sender": {"timeout": 5, "max_retries": 3, "backoff_base": 0.2, "concurrency": 4},
+        },
+        "clients": [CLIENT],
+        "customers": customers,
+        "orders": orders,
+        "customer_payment_sources": wallet,
+        "webhooks": webhooks,
+        "markets": [{"code": "eu", "name": "Europe"}],
+    }
 
 
 REGISTERED = load_policy(bundled_policy_path()).required_includes()
@@ -63,16 +84,25 @@ def test_each_order_ends_with_one_wallet_entry_and_saved_ones_get_no_patch(tmp_p
     (tmp_path / "scenario.json").write_text(json.dumps(scenario(svc_url + "/webhooks/commercelayer", includes)))
     procs = []
     try:
-        sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(tmp_path / "scenario.json")], {},
-                          tmp_path / "sandbox.log")
+        sandbox = Service(
+            ["sandbox", "--port", str(sb_port), "--seed", str(tmp_path / "scenario.json")], {}, tmp_path / "sandbox.log"
+        )
         procs.append(sandbox)
         wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        env = {"CL_WEBHOOK_SECRETS": f"sandbox:{SHARED_SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
-               "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_API_BASE": sb_url + "/api",
-               "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
-               "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}", "WEBHOOK_APP_POLL_INTERVAL": "0.02",
-               "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2", "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
-               "CL_READ_TIMEOUT": str(READ_TIMEOUT), "WEBHOOK_APP_LEASE_SECONDS": "30"}
+        env = {
+            "CL_WEBHOOK_SECRETS": f"sandbox:{SHARED_SECRET}",
+            "CL_CLIENT_ID": CLIENT["client_id"],
+            "CL_CLIENT_SECRET": CLIENT["client_secret"],
+            "CL_API_BASE": sb_url + "/api",
+            "CL_AUTH_URL": sb_url + "/oauth/token",
+            "WEBHOOK_APP_MODE": "enforce",
+            "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
+            "WEBHOOK_APP_POLL_INTERVAL": "0.02",
+            "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+            "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
+            "CL_READ_TIMEOUT": str(READ_TIMEOUT),
+            "WEBHOOK_APP_LEASE_SECONDS": "30",
+        }
         svc = Service(["serve", "--bind", f"127.0.0.1:{svc_port}"], env, tmp_path / "service.log")
         procs.append(svc)
         wait_http(svc_url + "/healthz", proc=svc.proc)
@@ -85,16 +115,30 @@ def test_each_order_ends_with_one_wallet_entry_and_saved_ones_get_no_patch(tmp_p
         before = control("GET", "/state")
         source_of = {o["id"]: o["payment_source"]["id"] for o in before["orders"]}
         assert sorted(w["payment_source"]["id"] for w in before["customer_payment_sources"]) == sorted(
-            source_of[o] for o in SAVED)
+            source_of[o] for o in SAVED
+        )
         # The first PATCH of each late order is applied at once and answered after the read timeout.
-        control("PUT", "/faults", {"seed": 3, "rules": [
-            {"route": "orders.patch", "hang_share": 1.0, "hang_seconds": READ_TIMEOUT + 0.3,
-             "requests": len(LATE)}]})
+        control(
+            "PUT",
+            "/faults",
+            {
+                "seed": 3,
+                "rules": [
+                    {
+                        "route": "orders.patch",
+                        "hang_share": 1.0,
+                        "hang_seconds": READ_TIMEOUT + 0.3,
+                        "requests": len(LATE),
+                    }
+                ],
+            },
+        )
         control("POST", "/events", {"topic": "orders.place", "order_ids": LATE + SAVED})
         assert control("POST", "/sender/drain", {"timeout": 60})["drained"]
 
         store = SQLiteStore(str(tmp_path / "svc.db"))
         try:
+
             def settled():
                 q = store.queue_stats(now=time.time())
                 return q.pending == 0 and q.running == 0 and q.done + q.dead >= len(LATE + SAVED)

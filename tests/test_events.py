@@ -31,14 +31,22 @@ def test_identity_depends_on_topic_and_every_byte():
     assert delivery_identity("orders.place", body) != delivery_identity("orders.place", body + b" ")
 
 
-@pytest.mark.parametrize("body,match", [
-    (b"\xff\xfe", "UTF-8"), (b"{", "not valid JSON"), (b"[]", "object"), (b'{"data":[]}', "data"),
-    (b'{"data":{"type":"orders"}}', "data.id"), (b'{"data":{"type":"orders","id":5}}', "data.id"),
-    (b'{"data":{"type":"orders","id":""}}', "data.id"), (b'{"data":{"id":"x","type":"orders"},"included":{}}', "included"),
-    (b'{"data":{"id":"x","type":"orders"},"included":[{"type":"a"}]}', "included"),
-    (b'{"data":{"id":"x","type":"orders","attributes":[]}}', "attributes"),
-    (b'{"data":{"id":"x","type":"orders","n":' + b"9" * 5000 + b"}}", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (b"\xff\xfe", "UTF-8"),
+        (b"{", "not valid JSON"),
+        (b"[]", "object"),
+        (b'{"data":[]}', "data"),
+        (b'{"data":{"type":"orders"}}', "data.id"),
+        (b'{"data":{"type":"orders","id":5}}', "data.id"),
+        (b'{"data":{"type":"orders","id":""}}', "data.id"),
+        (b'{"data":{"id":"x","type":"orders"},"included":{}}', "included"),
+        (b'{"data":{"id":"x","type":"orders"},"included":[{"type":"a"}]}', "included"),
+        (b'{"data":{"id":"x","type":"orders","attributes":[]}}', "attributes"),
+        (b'{"data":{"id":"x","type":"orders","n":' + b"9" * 5000 + b"}}", "not valid JSON"),
+    ],
+)
 def test_bad_documents_are_refused_with_a_reason(body, match):
     with pytest.raises(InvalidPayload, match=match):
         parse_document(body)
@@ -54,10 +62,13 @@ def test_nesting_depth_limit():
     assert json_depth({"a": [1, {"b": []}]}) == 4
 
 
-@pytest.mark.parametrize("headers,exc", [
-    ({}, InvalidSignature),
-    ({"X-CommerceLayer-Topic": "orders place"}, InvalidPayload),
-])
+@pytest.mark.parametrize(
+    "headers,exc",
+    [
+        ({}, InvalidSignature),
+        ({"X-CommerceLayer-Topic": "orders place"}, InvalidPayload),
+    ],
+)
 def test_topic_header_required_and_checked(headers, exc):
     body = order_body()
     h = signed_headers(body)
@@ -90,9 +101,14 @@ def test_credentials_headers_are_not_stored():
 
 
 def test_event_resolves_included_resources():
-    doc = order_document("o1", customer_id="c1", source_type="adyen_payments", source_id="ps1",
-                         line_items=[{"sku_code": "A"}, {"sku_code": "B"}],
-                         wallet=[{"id": "w1", "source_id": "ps0"}])
+    doc = order_document(
+        "o1",
+        customer_id="c1",
+        source_type="adyen_payments",
+        source_id="ps1",
+        line_items=[{"sku_code": "A"}, {"sku_code": "B"}],
+        wallet=[{"id": "w1", "source_id": "ps0"}],
+    )
     e = Event.from_document("orders.place", doc)
     assert e.order_id == "o1" and e.customer_id == "c1" and e.customer.attributes["email"] == "c1@example.com"
     assert e.payment_source_type == "adyen_payments" and e.payment_source.id == "ps1"
@@ -114,8 +130,17 @@ def test_raw_json_depth_matches_the_decoded_depth():
 
     from webhook_app.events import raw_json_depth
 
-    cases = [b"{}", b"[]", b"1", b'"a[{"', b'{"a":"\\\\"}', b'{"a\\"[":[[["]"]]]}',
-             b'[{"a":[1,{"b":[]}]}]', '{"é":["{"]}'.encode(), b'["\\\\\\"[", ["\\\\", "\\\\\\\\"]]']
+    cases = [
+        b"{}",
+        b"[]",
+        b"1",
+        b'"a[{"',
+        b'{"a":"\\\\"}',
+        b'{"a\\"[":[[["]"]]]}',
+        b'[{"a":[1,{"b":[]}]}]',
+        '{"é":["{"]}'.encode(),
+        b'["\\\\\\"[", ["\\\\", "\\\\\\\\"]]',
+    ]
     rng = random.Random(5)
     alphabet = 'ab"\\[]{}é\n'
 

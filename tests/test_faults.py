@@ -89,24 +89,50 @@ def stack(tmp_path):
 
 
 def service_env(sb_url: str, db_url: str, **extra: str) -> dict[str, str]:
-    env = {"CL_WEBHOOK_SECRETS": f"cl:{SB_SECRET},test:{SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
-           "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_API_BASE": sb_url + "/api",
-           "CL_AUTH_URL": sb_url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce", "WEBHOOK_APP_DATABASE_URL": db_url,
-           "WEBHOOK_APP_POLL_INTERVAL": "0.05", "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY, "CL_CONNECT_TIMEOUT": "1"}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"cl:{SB_SECRET},test:{SECRET}",
+        "CL_CLIENT_ID": CLIENT["client_id"],
+        "CL_CLIENT_SECRET": CLIENT["client_secret"],
+        "CL_API_BASE": sb_url + "/api",
+        "CL_AUTH_URL": sb_url + "/oauth/token",
+        "WEBHOOK_APP_MODE": "enforce",
+        "WEBHOOK_APP_DATABASE_URL": db_url,
+        "WEBHOOK_APP_POLL_INTERVAL": "0.05",
+        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
+        "CL_CONNECT_TIMEOUT": "1",
+    }
     env.update(extra)
     return env
 
 
 def scenario(callback: str, orders: int = 1, **sandbox) -> dict:
-    return {"sandbox": {"api_limits": ["1000/60"], "endpoint_limits": ["500/10"], **sandbox,
-                        "sender": {"backoff_base": 0.2, "backoff_max": 1, "timeout": 5}},
-            "clients": [CLIENT],
-            "customers": [{"email": "reg@example.com", "has_password": True}],
-            "orders": [{"id": f"OrdFault{n:02d}", "customer": "reg@example.com",
-                        "payment_source": {"type": "stripe_payments", "card_last4": "4242"}} for n in range(orders)],
-            "webhooks": [{"id": "HookFaultP", "topic": "orders.place", "callback_url": callback,
-                          "include_resources": ["customer", "payment_source", "available_customer_payment_sources"],
-                          "shared_secret": SB_SECRET}]}
+    return {
+        "sandbox": {
+            "api_limits": ["1000/60"],
+            "endpoint_limits": ["500/10"],
+            **sandbox,
+            "sender": {"backoff_base": 0.2, "backoff_max": 1, "timeout": 5},
+        },
+        "clients": [CLIENT],
+        "customers": [{"email": "reg@example.com", "has_password": True}],
+        "orders": [
+            {
+                "id": f"OrdFault{n:02d}",
+                "customer": "reg@example.com",
+                "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+            }
+            for n in range(orders)
+        ],
+        "webhooks": [
+            {
+                "id": "HookFaultP",
+                "topic": "orders.place",
+                "callback_url": callback,
+                "include_resources": ["customer", "payment_source", "available_customer_payment_sources"],
+                "shared_secret": SB_SECRET,
+            }
+        ],
+    }
 
 
 def control(sb_url: str, method: str, path: str, body=None):
@@ -137,8 +163,12 @@ def test_worker_killed_mid_patch_job_is_reclaimed_and_order_flagged_once(stack, 
     web_port = free_port()
     sb = stack.sandbox(scenario(f"http://127.0.0.1:{web_port}/webhooks/commercelayer"))
     # the first PATCH hangs 2 s at Commerce Layer, then is applied (a slow server)
-    control(sb, "PUT", "/faults", {"rules": [{"route": "orders.patch", "hang_share": 1.0, "hang_seconds": 2,
-                                              "requests": 1}]})
+    control(
+        sb,
+        "PUT",
+        "/faults",
+        {"rules": [{"route": "orders.patch", "hang_share": 1.0, "hang_seconds": 2, "requests": 1}]},
+    )
     db = f"sqlite:///{tmp_path / 'kill.db'}"
     env = service_env(sb, db, WEBHOOK_APP_LEASE_SECONDS="6", CL_READ_TIMEOUT="4")
     stack.start(["web", "--bind", f"127.0.0.1:{web_port}"], env, "web", f"http://127.0.0.1:{web_port}/healthz")
@@ -149,8 +179,10 @@ def test_worker_killed_mid_patch_job_is_reclaimed_and_order_flagged_once(stack, 
     time.sleep(0.5)  # the PATCH is now hanging at the sandbox
     worker.kill()
     killed_at = time.monotonic()
-    wait_until(lambda: control(sb, "GET", "/stats").get("wallet", {}).get("entries_created") == 1,
-               what="the hung PATCH applied")
+    wait_until(
+        lambda: control(sb, "GET", "/stats").get("wallet", {}).get("entries_created") == 1,
+        what="the hung PATCH applied",
+    )
     stack.start(["worker"], env, "worker2")
     wait_until(lambda: settled(db), timeout=30, what="job finished")
     reclaimed_after = time.monotonic() - killed_at
@@ -158,14 +190,20 @@ def test_worker_killed_mid_patch_job_is_reclaimed_and_order_flagged_once(stack, 
     d = store.get_delivery(listed.id)
     store.close()
     stats = control(sb, "GET", "/stats")
-    wallet = [w for w in control(sb, "GET", "/state")["customer_payment_sources"] if w["origin_order_id"] == "OrdFault00"]
+    wallet = [
+        w for w in control(sb, "GET", "/state")["customer_payment_sources"] if w["origin_order_id"] == "OrdFault00"
+    ]
     assert len(wallet) == 1 and stats["wallet"]["save_flags"] == 1
     assert [a["outcome"] for a in d.attempts] == ["lease_expired", "applied"]
     assert d.decisions[-1]["outcome"] == "applied" and "already applied" in d.decisions[-1]["reason"]
     assert d.decisions[-1]["wallet_entry_id"] == wallet[0]["id"]
     assert reclaimed_after >= 5  # not before the lease ran out
-    record_counts("worker_killed_mid_patch", wallet_entries=len(wallet), patches_applied=stats["wallet"]["save_flags"],
-                  attempts=len(d.attempts))
+    record_counts(
+        "worker_killed_mid_patch",
+        wallet_entries=len(wallet),
+        patches_applied=stats["wallet"]["save_flags"],
+        attempts=len(d.attempts),
+    )
 
 
 # --- 2. a gunicorn worker killed during intake ----------------------------------------------------
@@ -176,9 +214,12 @@ def test_gunicorn_worker_killed_during_intake_every_2xx_is_stored(stack, tmp_pat
     kill cut off got no 2xx, and sending them again stores them."""
     port = free_port()
     db = f"sqlite:///{tmp_path / 'intake.db'}"
-    web = stack.start(["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-                      {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db}, "web",
-                      f"http://127.0.0.1:{port}/healthz")
+    web = stack.start(
+        ["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+        {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db},
+        "web",
+        f"http://127.0.0.1:{port}/healthz",
+    )
     url = f"http://127.0.0.1:{port}/webhooks/commercelayer"
     bodies = [order_body(f"ordK{n:05d}") for n in range(600)]
     results: dict[int, object] = {}
@@ -222,8 +263,14 @@ def test_gunicorn_worker_killed_during_intake_every_2xx_is_stored(stack, tmp_pat
     store.close()
     assert len(stored) == 600
     assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok  # the arbiter replaced the worker
-    record_counts("gunicorn_worker_killed", sent=len(results), acknowledged=len(acked), cut_off=len(cut),
-                  lost_acknowledged=len({f"ordK{i:05d}" for i in acked} - stored), stored=len(stored))
+    record_counts(
+        "gunicorn_worker_killed",
+        sent=len(results),
+        acknowledged=len(acked),
+        cut_off=len(cut),
+        lost_acknowledged=len({f"ordK{i:05d}" for i in acked} - stored),
+        stored=len(stored),
+    )
 
 
 # --- 3. PostgreSQL stopped and started under load ---------------------------------------------
@@ -238,8 +285,10 @@ def unavailable(why: str) -> None:
 
 def postgres_server_bin() -> Path:
     """Debian's PostgreSQL server programs and the postgres user they run as, or skip."""
-    versions = sorted((p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()),
-                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
     if not versions:
         unavailable("no PostgreSQL server programs in /usr/lib/postgresql (apt-get install postgresql)")
     try:
@@ -276,8 +325,17 @@ class PrivatePostgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def start(self) -> None:
-        self._run(self.pg_ctl, "-D", str(self.dir), "-w", "-l", str(self.dir / "log"), "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
+        self._run(
+            self.pg_ctl,
+            "-D",
+            str(self.dir),
+            "-w",
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run(self.pg_ctl, "-D", str(self.dir), "-w", "-m", mode, "stop")
@@ -291,14 +349,23 @@ def test_postgres_stopped_and_started_under_load(stack, tmp_path):
     pg = PrivatePostgres()
     pg.start()
     try:
-        env = {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": pg.url,
-               "WEBHOOK_APP_DB_TIMEOUT": "1"}
-        up = subprocess.run([sys.executable, "-m", "webhook_app", "db", "upgrade"], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+        env = {
+            "CL_WEBHOOK_SECRETS": f"test:{SECRET}",
+            "WEBHOOK_APP_DATABASE_URL": pg.url,
+            "WEBHOOK_APP_DB_TIMEOUT": "1",
+        }
+        up = subprocess.run(
+            [sys.executable, "-m", "webhook_app", "db", "upgrade"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert up.returncode == 0, up.stderr
         port = free_port()
-        stack.start(["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, "web",
-                    f"http://127.0.0.1:{port}/readyz")
+        stack.start(
+            ["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, "web", f"http://127.0.0.1:{port}/readyz"
+        )
         url = f"http://127.0.0.1:{port}/webhooks/commercelayer"
         results: list[tuple[float, str, int]] = []
         stop = threading.Event()
@@ -351,9 +418,15 @@ def test_postgres_stopped_and_started_under_load(stack, tmp_path):
         stored_after = store.list_deliveries(DeliveryFilter(limit=100_000))
         store.close()
         assert len(stored_after) == len({d.identity for d in stored_after}) == len(results)
-        record_counts("postgres_restart", sent=len(results), answers={str(k): v for k, v in statuses.items()},
-                      acknowledged=len(acked), lost_acknowledged=len(acked - stored),
-                      retried_after_503=len(refused), stored_after_retries=len(stored_after))
+        record_counts(
+            "postgres_restart",
+            sent=len(results),
+            answers={str(k): v for k, v in statuses.items()},
+            acknowledged=len(acked),
+            lost_acknowledged=len(acked - stored),
+            retried_after_503=len(refused),
+            stored_after_retries=len(stored_after),
+        )
     finally:
         stack.stop()
         try:
@@ -372,14 +445,31 @@ def test_commerce_layer_spell_backoff_no_storm_dead_letter_and_requeue(stack, tm
     one wallet entry; an order that fails for longer than the attempts allow is dead-lettered,
     and requeueing it (admin API) flags it once the spell is over."""
     web_port = free_port()
-    sb = stack.sandbox(scenario(f"http://127.0.0.1:{web_port}/webhooks/commercelayer", orders=9,
-                                api_limits=["8/1"]))
+    sb = stack.sandbox(scenario(f"http://127.0.0.1:{web_port}/webhooks/commercelayer", orders=9, api_limits=["8/1"]))
     db = f"sqlite:///{tmp_path / 'spell.db'}"
-    env = service_env(sb, db, WEBHOOK_APP_RETRY_BASE_SECONDS="0.5", WEBHOOK_APP_RETRY_MAX_SECONDS="4",
-                      WEBHOOK_APP_MAX_ATTEMPTS="8", CL_READ_TIMEOUT="1", CL_RATE_LIMITS="1000/60")
+    env = service_env(
+        sb,
+        db,
+        WEBHOOK_APP_RETRY_BASE_SECONDS="0.5",
+        WEBHOOK_APP_RETRY_MAX_SECONDS="4",
+        WEBHOOK_APP_MAX_ATTEMPTS="8",
+        CL_READ_TIMEOUT="1",
+        CL_RATE_LIMITS="1000/60",
+    )
     stack.start(["serve", "--bind", f"127.0.0.1:{web_port}"], env, "serve", f"http://127.0.0.1:{web_port}/healthz")
-    spell = {"seed": 3, "rules": [{"route": "orders.patch", "error_share": 0.5, "error_status": 503,
-                                   "hang_share": 0.25, "hang_seconds": 1.5, "seconds": 6}]}
+    spell = {
+        "seed": 3,
+        "rules": [
+            {
+                "route": "orders.patch",
+                "error_share": 0.5,
+                "error_status": 503,
+                "hang_share": 0.25,
+                "hang_seconds": 1.5,
+                "seconds": 6,
+            }
+        ],
+    }
     control(sb, "PUT", "/faults", spell)
     started = time.monotonic()
     ids = [f"OrdFault{n:02d}" for n in range(8)]
@@ -406,18 +496,30 @@ def test_commerce_layer_spell_backoff_no_storm_dead_letter_and_requeue(stack, tm
     store.close()
     assert dead.job["attempts"] == 8 and "attempts exhausted" in dead.job["last_error"]
     control(sb, "DELETE", "/faults")
-    token = subprocess.run([sys.executable, "-m", "webhook_app", "admin-token", "--ttl", "10m"],
-                           env={**os.environ, "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY}, capture_output=True,
-                           text=True, timeout=60).stdout.strip()
-    r = requests.post(f"http://127.0.0.1:{web_port}/admin/dead-letters/{dead.job['id']}/requeue",
-                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    token = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "admin-token", "--ttl", "10m"],
+        env={**os.environ, "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    r = requests.post(
+        f"http://127.0.0.1:{web_port}/admin/dead-letters/{dead.job['id']}/requeue",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     assert r.status_code == 202, r.text
     wait_until(lambda: settled(db), timeout=30, what="requeued job done")
     wallet = Counter(w["origin_order_id"] for w in control(sb, "GET", "/state")["customer_payment_sources"])
     assert wallet["OrdFault08"] == 1 and queue(db).dead == 0
-    record_counts("commerce_layer_spell", orders=len(ids), patch_calls_during_spell=patch_calls,
-                  failures_answered=failures, seconds_to_ride_out=round(elapsed, 1),
-                  dead_lettered_then_requeued=1)
+    record_counts(
+        "commerce_layer_spell",
+        orders=len(ids),
+        patch_calls_during_spell=patch_calls,
+        failures_answered=failures,
+        seconds_to_ride_out=round(elapsed, 1),
+        dead_lettered_then_requeued=1,
+    )
 
 
 # --- 5. the same event ten times, concurrently, to different instances --------------------------
@@ -432,18 +534,29 @@ def test_same_event_ten_times_concurrently_to_two_instances_one_job_one_patch(st
     with pg_schema_url() as db:
         sb = stack.sandbox(scenario("http://127.0.0.1:9/unused"))
         env = service_env(sb, db)
-        assert subprocess.run([sys.executable, "-m", "webhook_app", "db", "upgrade"], env={**os.environ, **env},
-                              capture_output=True, timeout=60).returncode == 0
+        assert (
+            subprocess.run(
+                [sys.executable, "-m", "webhook_app", "db", "upgrade"],
+                env={**os.environ, **env},
+                capture_output=True,
+                timeout=60,
+            ).returncode
+            == 0
+        )
         ports = [free_port(), free_port()]
         for n, p in enumerate(ports):
-            stack.start(["web", "--bind", f"127.0.0.1:{p}", "--workers", "2"], env, f"web{n}",
-                        f"http://127.0.0.1:{p}/readyz")
+            stack.start(
+                ["web", "--bind", f"127.0.0.1:{p}", "--workers", "2"], env, f"web{n}", f"http://127.0.0.1:{p}/readyz"
+            )
         stack.start(["worker"], env, "worker")
         sbx = Sandbox()
         sbx.load_scenario(scenario("http://127.0.0.1:9/unused"))
         body = sbx.webhook_body(sbx.state.order("OrdFault00"), next(iter(sbx.state.webhooks.values())), "orders.place")
-        headers = {"Content-Type": "application/json", "X-CommerceLayer-Topic": "orders.place",
-                   "X-CommerceLayer-Signature": sign(body, secret=SB_SECRET)}
+        headers = {
+            "Content-Type": "application/json",
+            "X-CommerceLayer-Topic": "orders.place",
+            "X-CommerceLayer-Signature": sign(body, secret=SB_SECRET),
+        }
         barrier = threading.Barrier(10)
         answers = []
 
@@ -476,9 +589,16 @@ def test_sqlite_locked_is_503_with_a_log_line_never_2xx(stack, tmp_path):
     once the lock is released the same delivery is accepted."""
     path = tmp_path / "locked.db"
     port = free_port()
-    web = stack.start(["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-                      {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{path}",
-                       "WEBHOOK_APP_DB_TIMEOUT": "0.5"}, "web", f"http://127.0.0.1:{port}/healthz")
+    web = stack.start(
+        ["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        {
+            "CL_WEBHOOK_SECRETS": f"test:{SECRET}",
+            "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{path}",
+            "WEBHOOK_APP_DB_TIMEOUT": "0.5",
+        },
+        "web",
+        f"http://127.0.0.1:{port}/healthz",
+    )
     url = f"http://127.0.0.1:{port}/webhooks/commercelayer"
     holder = sqlite3.connect(str(path), isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
@@ -506,16 +626,20 @@ def test_sqlite_disk_full_is_503_never_2xx_for_an_unsaved_delivery(stack, tmp_pa
     mnt.mkdir()
     if not shutil.which("mount"):
         unavailable("mount is not available (util-linux)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:  # root without CAP_SYS_ADMIN (a container), or no mount(8)
         unavailable(f"cannot mount a tmpfs: {mounted.stderr.strip()[:200]}")
     try:
         db = f"sqlite:///{mnt / 'full.db'}"
         port = free_port()
-        web = stack.start(["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-                          {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db}, "web",
-                          f"http://127.0.0.1:{port}/healthz")
+        web = stack.start(
+            ["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+            {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db},
+            "web",
+            f"http://127.0.0.1:{port}/healthz",
+        )
         url = f"http://127.0.0.1:{port}/webhooks/commercelayer"
         first = order_body("ordFullFirst")  # the connection is open before the disk fills
         assert requests.post(url, data=first, headers=signed_headers(first), timeout=10).status_code == 202
@@ -530,7 +654,9 @@ def test_sqlite_disk_full_is_503_never_2xx_for_an_unsaved_delivery(stack, tmp_pa
         answers: dict[str, int] = {}
         for n in range(40):
             body = order_body(f"ordFull{n:03d}", pad_to=30_000)
-            answers[f"ordFull{n:03d}"] = requests.post(url, data=body, headers=signed_headers(body), timeout=10).status_code
+            answers[f"ordFull{n:03d}"] = requests.post(
+                url, data=body, headers=signed_headers(body), timeout=10
+            ).status_code
         codes = Counter(answers.values())
         assert set(codes) <= {202, 503} and codes[503] > 0, codes
         assert "full" in web.output()
@@ -543,8 +669,12 @@ def test_sqlite_disk_full_is_503_never_2xx_for_an_unsaved_delivery(stack, tmp_pa
         acked = {o for o, c in answers.items() if c == 202}
         assert acked <= stored and {"ordFull999", "ordFullFirst"} <= stored
         assert not ({o for o, c in answers.items() if c == 503} & stored)
-        record_counts("sqlite_disk_full", sent=len(answers) + 1, answers={str(k): v for k, v in codes.items()},
-                      lost_acknowledged=len(acked - stored))
+        record_counts(
+            "sqlite_disk_full",
+            sent=len(answers) + 1,
+            answers={str(k): v for k, v in codes.items()},
+            lost_acknowledged=len(acked - stored),
+        )
     finally:
         stack.stop()
         subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -44,11 +44,17 @@ def image():
         docker.load_from_podman(podman, tag)
         info = docker.inspect(tag)
         ARTIFACTS.mkdir(exist_ok=True)
-        report = {"base": base, "base_seconds": round(base_seconds, 1), "build_seconds": round(build_seconds, 1),
-                  "size_bytes": info["Size"], "size_mb": round(info["Size"] / 1e6, 1)}
+        report = {
+            "base": base,
+            "base_seconds": round(base_seconds, 1),
+            "build_seconds": round(build_seconds, 1),
+            "size_bytes": info["Size"],
+            "size_mb": round(info["Size"] / 1e6, 1),
+        }
         (ARTIFACTS / "image.json").write_text(json.dumps(report, indent=1) + "\n")
-        print(f"\nimage built in {build_seconds:.1f} s (base ready in {base_seconds:.1f} s), "
-              f"{info['Size'] / 1e6:.1f} MB")
+        print(
+            f"\nimage built in {build_seconds:.1f} s (base ready in {base_seconds:.1f} s), {info['Size'] / 1e6:.1f} MB"
+        )
         yield docker, tag
     finally:
         docker("rmi", "-f", tag, check=False)
@@ -123,15 +129,31 @@ def test_image_runs_as_10001_with_only_the_runtime_installed(image):
 
 
 def sandbox_scenario(callback: str) -> dict:
-    return {"sandbox": {"api_limits": ["1000/60"], "endpoint_limits": ["500/10"],
-                        "sender": {"backoff_base": 0.2, "backoff_max": 1, "timeout": 5}},
-            "clients": [CLIENT],
-            "customers": [{"email": "reg@example.com", "has_password": True}],
-            "orders": [{"id": ORDER, "customer": "reg@example.com",
-                        "payment_source": {"type": "stripe_payments", "card_last4": "4242"}}],
-            "webhooks": [{"id": "HookImageP", "topic": "orders.place", "callback_url": callback,
-                          "include_resources": ["customer", "payment_source", "available_customer_payment_sources"],
-                          "shared_secret": SB_SECRET}]}
+    return {
+        "sandbox": {
+            "api_limits": ["1000/60"],
+            "endpoint_limits": ["500/10"],
+            "sender": {"backoff_base": 0.2, "backoff_max": 1, "timeout": 5},
+        },
+        "clients": [CLIENT],
+        "customers": [{"email": "reg@example.com", "has_password": True}],
+        "orders": [
+            {
+                "id": ORDER,
+                "customer": "reg@example.com",
+                "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+            }
+        ],
+        "webhooks": [
+            {
+                "id": "HookImageP",
+                "topic": "orders.place",
+                "callback_url": callback,
+                "include_resources": ["customer", "payment_source", "available_customer_payment_sources"],
+                "shared_secret": SB_SECRET,
+            }
+        ],
+    }
 
 
 class Sandbox:
@@ -150,11 +172,18 @@ class Sandbox:
 
 
 def app_env(sb: Sandbox, db_url: str, port: int) -> dict[str, str]:
-    env = {"CL_WEBHOOK_SECRETS": f"cl:{SB_SECRET}", "CL_CLIENT_ID": CLIENT["client_id"],
-           "CL_CLIENT_SECRET": CLIENT["client_secret"], "CL_API_BASE": sb.url + "/api",
-           "CL_AUTH_URL": sb.url + "/oauth/token", "WEBHOOK_APP_MODE": "enforce",
-           "WEBHOOK_APP_POLL_INTERVAL": "0.05", "WEBHOOK_APP_DATABASE_URL": db_url, "PORT": str(port),
-           "WEBHOOK_APP_WEB_WORKERS": "2"}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"cl:{SB_SECRET}",
+        "CL_CLIENT_ID": CLIENT["client_id"],
+        "CL_CLIENT_SECRET": CLIENT["client_secret"],
+        "CL_API_BASE": sb.url + "/api",
+        "CL_AUTH_URL": sb.url + "/oauth/token",
+        "WEBHOOK_APP_MODE": "enforce",
+        "WEBHOOK_APP_POLL_INTERVAL": "0.05",
+        "WEBHOOK_APP_DATABASE_URL": db_url,
+        "PORT": str(port),
+        "WEBHOOK_APP_WEB_WORKERS": "2",
+    }
     SERVICE_ENVS.append(env)  # the secret scan checks every output for these values
     return env
 
@@ -163,30 +192,51 @@ def through_to_the_patch(c, sb: Sandbox, env: dict[str, str], db_url: str, tmp_p
     """web + worker containers; one delivery from the sandbox, answered 202, one PATCH; the
     worker stopped by SIGTERM while that PATCH hangs at Commerce Layer finishes it first."""
     port = int(env["PORT"])
-    web = c.start("web", "--config", "/app/deploy/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", env=env,
-                  volume=volume, options=["--health-interval", "1s", "--health-start-period", "20s"])
+    web = c.start(
+        "web",
+        "--config",
+        "/app/deploy/gunicorn.conf.py",
+        "--bind",
+        f"127.0.0.1:{port}",
+        env=env,
+        volume=volume,
+        options=["--health-interval", "1s", "--health-start-period", "20s"],
+    )
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
     worker = c.start("worker", env=env, volume=volume, options=["--no-healthcheck"])
     # the running server: the image's user, and a root filesystem it cannot write
-    done = c.docker("exec", web, "python", "-c",
-                    "import os\nprint(os.getuid(), os.getgid())\ntry:\n open('/app/probe', 'w')\n"
-                    "except OSError as e:\n print(e.strerror)")
+    done = c.docker(
+        "exec",
+        web,
+        "python",
+        "-c",
+        "import os\nprint(os.getuid(), os.getgid())\ntry:\n open('/app/probe', 'w')\n"
+        "except OSError as e:\n print(e.strerror)",
+    )
     assert done.stdout.split("\n")[:2] == ["10001 10001", "Read-only file system"], done.stdout
     # the image's HEALTHCHECK command, run by the daemon, passes for web
-    wait_until(lambda: c.docker.inspect(web)["State"].get("Health", {}).get("Status") == "healthy",
-               timeout=30, what="web healthy")
+    wait_until(
+        lambda: c.docker.inspect(web)["State"].get("Health", {}).get("Status") == "healthy",
+        timeout=30,
+        what="web healthy",
+    )
     # a slow Commerce Layer: the PATCH hangs 3 s, then is applied
-    sb.control("PUT", "/faults", {"rules": [{"route": "orders.patch", "hang_share": 1.0, "hang_seconds": 3,
-                                             "requests": 1}]})
+    sb.control(
+        "PUT", "/faults", {"rules": [{"route": "orders.patch", "hang_share": 1.0, "hang_seconds": 3, "requests": 1}]}
+    )
     sb.control("POST", "/events", {"topic": "orders.place", "order_id": ORDER})
-    wait_until(lambda: any(cb.get("response_code") for cb in sb.control("GET", "/event_callbacks")["event_callbacks"]),
-               timeout=30, what="the delivery answered")
+    wait_until(
+        lambda: any(cb.get("response_code") for cb in sb.control("GET", "/event_callbacks")["event_callbacks"]),
+        timeout=30,
+        what="the delivery answered",
+    )
     [callback] = sb.control("GET", "/event_callbacks")["event_callbacks"]
     assert callback["response_code"] == 202, callback
     store = open_store(db_url)
     try:
-        wait_until(lambda: store.action_state(ORDER, "save_payment_source") == "in_flight", timeout=30,
-                   what="PATCH in flight")
+        wait_until(
+            lambda: store.action_state(ORDER, "save_payment_source") == "in_flight", timeout=30, what="PATCH in flight"
+        )
         time.sleep(0.3)  # the PATCH is now hanging at the sandbox
         stop_started = time.monotonic()
         c.docker("stop", "-t", "30", worker, timeout=60)  # SIGTERM (the image's STOPSIGNAL)

@@ -56,42 +56,81 @@ FALLBACK_ORGANIZATION = "fallback-org"
 
 def scenario(hook_port: int) -> dict[str, Any]:
     def order(ident: str, minute: int, source: dict[str, Any] | None, **more: Any) -> dict[str, Any]:
-        out = {"id": ident, "customer": "alice@example.com", "market": "eu",
-               "created_at": f"2026-06-01T10:{minute:02d}:00Z", **more}
+        out = {
+            "id": ident,
+            "customer": "alice@example.com",
+            "market": "eu",
+            "created_at": f"2026-06-01T10:{minute:02d}:00Z",
+            **more,
+        }
         if source:
             out["payment_source"] = {"type": "stripe_payments", **source}
         return out
 
     return {
         # generous limits: rate limiting is not what this test is about
-        "sandbox": {"token_ttl": 7200, "api_limits": ["1000/60"], "endpoint_limits": ["200/10"],
-                    # one failed delivery opens a webhook's circuit (webhook_reset_circuit)
-                    "sender": {"max_retries": 0, "circuit_threshold": 1}},
+        "sandbox": {
+            "token_ttl": 7200,
+            "api_limits": ["1000/60"],
+            "endpoint_limits": ["200/10"],
+            # one failed delivery opens a webhook's circuit (webhook_reset_circuit)
+            "sender": {"max_retries": 0, "circuit_threshold": 1},
+        },
         "clients": [{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scope": "market:all"}],
         "markets": [{"id": MARKET, "code": "eu", "name": "Europe"}],
-        "customers": [{"id": CUSTOMER, "email": "alice@example.com", "status": "repeat"},
-                      {"id": OTHER_CUSTOMER, "email": "bob@example.com"}],
+        "customers": [
+            {"id": CUSTOMER, "email": "alice@example.com", "status": "repeat"},
+            {"id": OTHER_CUSTOMER, "email": "bob@example.com"},
+        ],
         "orders": [
-            order(SAVE_ORDER, 0, {"id": SAVE_SOURCE, "card_last4": "4242"}, line_items=[
-                {"id": "LiMugJsAaa", "sku_code": "EMUG12OZFFFFFF000000XXXX", "quantity": 2,
-                 "unit_amount_cents": 1500},
-                {"id": "LiApronJsA", "sku_code": "APRONXXXFFFFFF000000XXXX", "quantity": 1,
-                 "unit_amount_cents": 2000},
-            ]),
+            order(
+                SAVE_ORDER,
+                0,
+                {"id": SAVE_SOURCE, "card_last4": "4242"},
+                line_items=[
+                    {
+                        "id": "LiMugJsAaa",
+                        "sku_code": "EMUG12OZFFFFFF000000XXXX",
+                        "quantity": 2,
+                        "unit_amount_cents": 1500,
+                    },
+                    {
+                        "id": "LiApronJsA",
+                        "sku_code": "APRONXXXFFFFFF000000XXXX",
+                        "quantity": 1,
+                        "unit_amount_cents": 2000,
+                    },
+                ],
+            ),
             order(REUSE_ORDER, 5, {"id": REUSE_SOURCE, "card_last4": "5555"}),
             order(DRAFT_ORDER, 10, {"card_last4": "0341"}, status="draft"),
             {**order(OTHER_ORDER, 15, {"card_last4": "1881"}), "customer": "bob@example.com"},
         ],
         "customer_payment_sources": [
-            {"id": OLD_ENTRY, "customer": "alice@example.com", "payment_source_type": "stripe_payments",
-             "card_last4": "0077", "created_at": "2026-05-01T09:00:00Z"},
-            {"id": OTHER_ENTRY, "customer": "bob@example.com", "payment_source_type": "stripe_payments",
-             "card_last4": "1111", "created_at": "2026-05-01T09:00:00Z"},
+            {
+                "id": OLD_ENTRY,
+                "customer": "alice@example.com",
+                "payment_source_type": "stripe_payments",
+                "card_last4": "0077",
+                "created_at": "2026-05-01T09:00:00Z",
+            },
+            {
+                "id": OTHER_ENTRY,
+                "customer": "bob@example.com",
+                "payment_source_type": "stripe_payments",
+                "card_last4": "1111",
+                "created_at": "2026-05-01T09:00:00Z",
+            },
         ],
-        "webhooks": [{"id": "HookSeedJs", "topic": "orders.place",
-                      "callback_url": f"http://127.0.0.1:{hook_port}/hooks/seeded",
-                      "include_resources": ["customer", "payment_source"],
-                      "shared_secret": SEEDED_HOOK_SECRET}],
+        "webhooks": [
+            {
+                "id": "HookSeedJs",
+                "topic": "orders.place",
+                "callback_url": f"http://127.0.0.1:{hook_port}/hooks/seeded",
+                "include_resources": ["customer", "payment_source"],
+                "shared_secret": SEEDED_HOOK_SECRET,
+            }
+        ],
     }
 
 
@@ -128,10 +167,29 @@ def make_certificate(openssl: str, directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for sandbox.test and *.sandbox.test, valid for a day."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={DOMAIN_NAME}",
-         "-addext", f"subjectAltName=DNS:{DOMAIN_NAME},DNS:*.{DOMAIN_NAME}"],
-        check=True, capture_output=True, timeout=30,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={DOMAIN_NAME}",
+            "-addext",
+            f"subjectAltName=DNS:{DOMAIN_NAME},DNS:*.{DOMAIN_NAME}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -239,8 +297,9 @@ def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         prefix.mkdir()
         prefix.chmod(0o755)
         conf = nginx_conf(prefix, tls_port, server.port, cert, key)
-        nginx = subprocess.Popen([tools["nginx"], "-p", str(prefix), "-c", str(conf)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        nginx = subprocess.Popen(
+            [tools["nginx"], "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         try:
             _wait_port(tls_port, nginx)
             env = {
@@ -254,15 +313,26 @@ def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 "HOOK_PORT": str(hook_port),
                 "SEEDED_HOOK_SECRET": SEEDED_HOOK_SECRET,
                 "CL_FALLBACK_ORGANIZATION": FALLBACK_ORGANIZATION,
-                "SCENARIO": json.dumps({
-                    "customer": CUSTOMER, "save_order": SAVE_ORDER, "reuse_order": REUSE_ORDER,
-                    "draft_order": DRAFT_ORDER, "missing_order": "NoSuchOrdr", "other_wallet_entry": OTHER_ENTRY,
-                    "short_ttl": SHORT_TTL,
-                }),
+                "SCENARIO": json.dumps(
+                    {
+                        "customer": CUSTOMER,
+                        "save_order": SAVE_ORDER,
+                        "reuse_order": REUSE_ORDER,
+                        "draft_order": DRAFT_ORDER,
+                        "missing_order": "NoSuchOrdr",
+                        "other_wallet_entry": OTHER_ENTRY,
+                        "short_ttl": SHORT_TTL,
+                    }
+                ),
             }
             done = subprocess.run(
                 [tools["node"], "--require", "./resolve-sandbox.cjs", "sdk-checks.mjs"],
-                cwd=JS, env=env, capture_output=True, text=True, timeout=60, check=False,
+                cwd=JS,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             results: dict[str, dict[str, Any]] = {}
             for line in done.stdout.splitlines():
@@ -312,8 +382,16 @@ def test_client_from_the_token_alone(sdk: Run) -> None:
 def test_every_call_went_through_the_tls_front(sdk: Run) -> None:
     seen = sdk.requests
     routes = {r["route"] for r in seen}
-    assert {"token", "orders.list", "orders.get", "orders.patch", "customer_payment_sources",
-            "webhooks.create", "webhooks.get", "webhooks.patch"} <= routes, routes
+    assert {
+        "token",
+        "orders.list",
+        "orders.get",
+        "orders.patch",
+        "customer_payment_sources",
+        "webhooks.create",
+        "webhooks.get",
+        "webhooks.patch",
+    } <= routes, routes
     for r in seen:
         headers = {k.lower(): v for k, v in r["headers"].items()}
         host = f"auth.{sdk.domain}" if r["route"] == "token" else f"{sdk.slug}.{sdk.domain}"
@@ -357,7 +435,9 @@ def test_document_links_follow_the_forwarded_host_and_meta_has_a_trace_id(sdk: R
     base = f"https://{sdk.slug}.{sdk.domain}/api"
     assert r["selfLink"] == f"{base}/orders/{SAVE_ORDER}"
     assert r["customerRelatedLink"] == f"{base}/orders/{SAVE_ORDER}/customer"
-    assert isinstance(r["topMeta"], dict) and isinstance(r["topMeta"].get("trace_id"), str) and r["topMeta"]["trace_id"], r
+    assert (
+        isinstance(r["topMeta"], dict) and isinstance(r["topMeta"].get("trace_id"), str) and r["topMeta"]["trace_id"]
+    ), r
     # linkage only for what was included
     assert r["customerLinkage"] == {"id": CUSTOMER, "type": "customers"}
     assert r["marketHasData"] is False and r["lineItemsHasData"] is False
@@ -373,12 +453,22 @@ def test_related_available_customer_payment_sources(sdk: Run) -> None:
 
 def test_related_customer(sdk: Run) -> None:
     assert sdk.ok("related_customer") == {
-        "check": "related_customer", "ok": True, "id": CUSTOMER, "type": "customers", "email": "alice@example.com"}
+        "check": "related_customer",
+        "ok": True,
+        "id": CUSTOMER,
+        "type": "customers",
+        "email": "alice@example.com",
+    }
 
 
 def test_related_market(sdk: Run) -> None:
     assert sdk.ok("related_market") == {
-        "check": "related_market", "ok": True, "id": MARKET, "type": "markets", "code": "eu"}
+        "check": "related_market",
+        "ok": True,
+        "id": MARKET,
+        "type": "markets",
+        "code": "eu",
+    }
 
 
 def test_related_line_items(sdk: Run) -> None:

@@ -74,8 +74,11 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limits")
-    env = {"CL_WEBHOOK_SECRETS": f"main:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'limits.db'}",
-           "WEBHOOK_APP_LOG_LEVEL": "INFO"}
+    env = {
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'limits.db'}",
+        "WEBHOOK_APP_LOG_LEVEL": "INFO",
+    }
     port = free_port()
     svc = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, tmp / "web.log")
     try:
@@ -120,11 +123,17 @@ def exchange(port: int, head: bytes, body: Iterable[bytes] = (), *, timeout: flo
     return Answer(int(lines[0].split()[1]), headers, payload, seconds, sent[0], errors)
 
 
-def request_head(body_length: int | None = None, *, body: bytes = b"{}", chunked: bool = False,
-                 extra: str = "", target: str = URL, method: str = "POST") -> bytes:
+def request_head(
+    body_length: int | None = None,
+    *,
+    body: bytes = b"{}",
+    chunked: bool = False,
+    extra: str = "",
+    target: str = URL,
+    method: str = "POST",
+) -> bytes:
     headers = signed_headers(body)
-    lines = [f"{method} {target} HTTP/1.1", "Host: limits.test",
-             *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [f"{method} {target} HTTP/1.1", "Host: limits.test", *(f"{k}: {v}" for k, v in headers.items())]
     if body_length is not None:
         lines.append(f"Content-Length: {body_length}")
     if chunked:
@@ -191,8 +200,9 @@ def test_a_chunked_body_over_the_limit_is_413(server):
 
 
 def in_chunks(body: bytes, size: int) -> list[bytes]:
-    return [f"{len(body[i:i + size]):x}\r\n".encode() + body[i:i + size] + b"\r\n"
-            for i in range(0, len(body), size)] + [b"0\r\n\r\n"]
+    return [
+        f"{len(body[i : i + size]):x}\r\n".encode() + body[i : i + size] + b"\r\n" for i in range(0, len(body), size)
+    ] + [b"0\r\n\r\n"]
 
 
 def test_a_chunked_body_within_the_limit_is_accepted(server):
@@ -212,8 +222,13 @@ def test_a_chunked_body_within_the_limit_is_accepted(server):
 def nested(depth: int) -> bytes:
     """A JSON:API document whose nesting is `depth` levels in all (the document adds 3)."""
     inner = depth - 3
-    return (b'{"data":{"type":"orders","id":"deep%d","attributes":{"a":' % depth + b"[" * inner + b"1"
-            + b"]" * inner + b"}}}")
+    return (
+        b'{"data":{"type":"orders","id":"deep%d","attributes":{"a":' % depth
+        + b"[" * inner
+        + b"1"
+        + b"]" * inner
+        + b"}}}"
+    )
 
 
 def post(server: Server, body: bytes) -> Answer:
@@ -293,8 +308,15 @@ def test_content_length_and_chunked_together_are_refused(server):
     assert server.stored() == before and server.healthy()
 
 
-@pytest.mark.parametrize("extra", ["Content-Length: -1\r\n", "Content-Length: 1e3\r\n",
-                                   "Content-Length: 2\r\nContent-Length: 3\r\n", "X-Nul: a\x00b\r\n"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "Content-Length: -1\r\n",
+        "Content-Length: 1e3\r\n",
+        "Content-Length: 2\r\nContent-Length: 3\r\n",
+        "X-Nul: a\x00b\r\n",
+    ],
+)
 def test_malformed_framing_and_header_values_are_400(server, extra):
     """A negative, non-decimal or repeated Content-Length, and a NUL in a header value, are
     refused by gunicorn with 400 before the app sees them."""
@@ -348,8 +370,17 @@ def test_the_edge_proxies_only_the_intake_and_private_health():
     assert proxied == {"location = /webhooks/commercelayer", "location ~ ^/(healthz|readyz)$"}
     assert nginx_values(text, "limit_except", context="location = /webhooks/commercelayer") == [["POST"]]
     assert ["all"] in nginx_values(text, "deny", context="location ~ ^/(healthz|readyz)$")
-    for path in ("/metrics", "/admin", "/admin/", "/admin/deliveries", "/admin/view/deliveries/1",
-                 "/webhooks/commercelayer/", "/webhooks/commercelayer/../../metrics", "/healthz/x", "/"):
+    for path in (
+        "/metrics",
+        "/admin",
+        "/admin/",
+        "/admin/deliveries",
+        "/admin/view/deliveries/1",
+        "/webhooks/commercelayer/",
+        "/webhooks/commercelayer/../../metrics",
+        "/healthz/x",
+        "/",
+    ):
         assert nginx_route(text, path) == "location /", path
     assert nginx_values(text, "return", context="location /")[0][0] == "404"
     ingress = load_yaml(K8S / "ingress.example.yaml")

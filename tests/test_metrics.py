@@ -37,7 +37,9 @@ def test_intake_and_queue_metrics(settings_factory, sqlite_store, clock):
     body = order_body("oM1")
     client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
     client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
-    client.post("/webhooks/commercelayer", data=body, headers={**signed_headers(body), "X-CommerceLayer-Signature": "x"})
+    client.post(
+        "/webhooks/commercelayer", data=body, headers={**signed_headers(body), "X-CommerceLayer-Signature": "x"}
+    )
     client.post("/webhooks/commercelayer", data=b"{}", headers=signed_headers(b"{}"))
     after = scrape(client)
 
@@ -56,9 +58,14 @@ def test_intake_and_queue_metrics(settings_factory, sqlite_store, clock):
 
 
 def test_worker_metrics_decisions_calls_and_429(settings_factory, sqlite_store, clock, fake_cl):
-    settings = settings_factory(mode="enforce", cl_api_base=fake_cl.url, cl_client_id=fake_cl.client_id,
-                                cl_client_secret=fake_cl.client_secret, cl_auth_url=fake_cl.url + "/oauth/token",
-                                max_attempts=1)
+    settings = settings_factory(
+        mode="enforce",
+        cl_api_base=fake_cl.url,
+        cl_client_id=fake_cl.client_id,
+        cl_client_secret=fake_cl.client_secret,
+        cl_auth_url=fake_cl.url + "/oauth/token",
+        max_attempts=1,
+    )
     app = create_app(settings, store=sqlite_store, clock=clock)
     client = app.test_client()
     before = scrape(client)
@@ -68,8 +75,15 @@ def test_worker_metrics_decisions_calls_and_429(settings_factory, sqlite_store, 
         client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))
     fake_cl.fail("orders.patch", status=429)
     cl = CommerceLayerClient.from_settings(settings, on_call=metrics.record_call)
-    w = Worker(store=sqlite_store, policy=load_policy(bundled_policy_path()), settings=settings, client=cl,
-               clock=clock, rng=random.Random(0), observer=metrics.record_worker_event)
+    w = Worker(
+        store=sqlite_store,
+        policy=load_policy(bundled_policy_path()),
+        settings=settings,
+        client=cl,
+        clock=clock,
+        rng=random.Random(0),
+        observer=metrics.record_worker_event,
+    )
     w.drain()
     cl.close()
     after = scrape(client)
@@ -81,8 +95,23 @@ def test_worker_metrics_decisions_calls_and_429(settings_factory, sqlite_store, 
     assert delta("webhook_app_commercelayer_responses_total", route="orders.patch", status="200") == 1
     assert delta("webhook_app_commercelayer_request_seconds_count", route="orders.patch") == 2
     assert delta("webhook_app_dead_letters_total") == 1
-    assert delta("webhook_app_decisions_total", rule="save-registered-customer-source",
-                 action="save_payment_source", outcome="applied") == 1
+    assert (
+        delta(
+            "webhook_app_decisions_total",
+            rule="save-registered-customer-source",
+            action="save_payment_source",
+            outcome="applied",
+        )
+        == 1
+    )
     assert value(after, "webhook_app_queue_jobs", state="dead") == 1
-    assert value(after, "webhook_app_recorded_decisions_total", rule="save-registered-customer-source",
-                 action="save_payment_source", outcome="applied") == 1
+    assert (
+        value(
+            after,
+            "webhook_app_recorded_decisions_total",
+            rule="save-registered-customer-source",
+            action="save_payment_source",
+            outcome="applied",
+        )
+        == 1
+    )

@@ -64,7 +64,9 @@ def target(settings_factory, tmp_path):
 
 def record(store, order_id, topic="orders.place", **kw):
     body = order_body(order_id, **kw)
-    return store.record_delivery(Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS), now=time.time())
+    return store.record_delivery(
+        Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS), now=time.time()
+    )
 
 
 def test_replay_from_store_byte_for_byte_and_with_tokens_runs_again(sqlite_store, target):
@@ -131,7 +133,10 @@ def test_replay_from_files(tmp_path):
     g = tmp_path / "exported.json"
     g.write_text(json.dumps({"topic": "orders.place", "body": order_body("oG").decode()}))
     items = from_files([str(f), str(g)])
-    assert [(i.topic, i.body) for i in items] == [("orders.approve", f.read_bytes()), ("orders.place", order_body("oG"))]
+    assert [(i.topic, i.body) for i in items] == [
+        ("orders.approve", f.read_bytes()),
+        ("orders.place", order_body("oG")),
+    ]
     nameless = tmp_path / "body.json"
     nameless.write_bytes(order_body("oN"))
     with pytest.raises(UsageError, match="no topic"):
@@ -145,10 +150,18 @@ def test_replay_command_dry_run_prints_and_sends_nothing(tmp_path):
     store.migrate()
     record(store, "oD1")
     store.close()
-    r = subprocess.run([sys.executable, "-m", "webhook_app", "replay", "--target", "http://127.0.0.1:9/x",
-                        "--dry-run"], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
-                            "CL_WEBHOOK_SECRETS": f"main:{SECRET}", "WEBHOOK_APP_REPLAY_KEYS": REPLAY_KEY})
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "replay", "--target", "http://127.0.0.1:9/x", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
+            "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+            "WEBHOOK_APP_REPLAY_KEYS": REPLAY_KEY,
+        },
+    )
     assert r.returncode == 0, r.stderr
     assert "POST http://127.0.0.1:9/x topic=orders.place order=oD1" in r.stdout
     assert SECRET not in r.stdout + r.stderr and REPLAY_KEY not in r.stdout + r.stderr
@@ -162,7 +175,9 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
     current = load_policy(bundled_policy_path())
     w = Worker(store=sqlite_store, policy=current, settings=settings_factory(), rng=random.Random(0))
     w.drain()
-    new = parse_policy(tomllib.loads(textwrap.dedent("""
+    new = parse_policy(
+        tomllib.loads(
+            textwrap.dedent("""
         version = 1
         [default]
         action = "skip"
@@ -171,7 +186,9 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
         topics = ["orders.place", "orders.approve"]
         action = "save_payment_source"
         when = { field = "order.total_amount_cents", lt = 50000 }
-    """)))
+    """)
+        )
+    )
     changes = {c.order_id: c for c in diff(sqlite_store, new, current)}
     assert set(changes) == {"oApprove", "oBig"}
     assert changes["oApprove"].before == () and changes["oApprove"].after == ("save_payment_source",)
@@ -181,8 +198,9 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
 
 
 def sandbox_client(server):
-    return CommerceLayerClient(api_base=server.api_url, auth_url=server.auth_url, client_id=CLIENT_ID,
-                               client_secret=CLIENT_SECRET)
+    return CommerceLayerClient(
+        api_base=server.api_url, auth_url=server.auth_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
 
 
 def test_reconcile_queues_orders_we_never_heard_of(sqlite_store, settings_factory):
@@ -190,12 +208,15 @@ def test_reconcile_queues_orders_we_never_heard_of(sqlite_store, settings_factor
         client = sandbox_client(server)
         orders = [o["id"] for o in server.sandbox.state.snapshot()["orders"]]
         record(sqlite_store, orders[0])  # we heard of this one
-        result = reconcile(client, sqlite_store, load_policy(bundled_policy_path()), since=time.time() - 10 * 365 * 86400,
-                           dry_run=True)
+        result = reconcile(
+            client, sqlite_store, load_policy(bundled_policy_path()), since=time.time() - 10 * 365 * 86400, dry_run=True
+        )
         assert result.listed == len(orders) and orders[0] not in result.missing
         assert len(result.missing) == len(orders) - 1 and result.queued == []
         assert sqlite_store.queue_stats(now=time.time()).pending == 1
-        result = reconcile(client, sqlite_store, load_policy(bundled_policy_path()), since=time.time() - 10 * 365 * 86400)
+        result = reconcile(
+            client, sqlite_store, load_policy(bundled_policy_path()), since=time.time() - 10 * 365 * 86400
+        )
         assert len(result.queued) == len(orders) - 1
         listed = server.sandbox.stats.snapshot()["by_route"]["orders.list"]["200"]
         assert listed >= 2  # paginated (page size 25 at most, default 10)
@@ -204,11 +225,19 @@ def test_reconcile_queues_orders_we_never_heard_of(sqlite_store, settings_factor
         d = next(d for d in queued if d.order_id == orders[1])
         assert d.secret_label == "reconcile" and d.headers["X-Webhook-App-Source"] == "reconcile"
         # the normal pipeline decides them
-        outcomes = Worker(store=sqlite_store, policy=load_policy(bundled_policy_path()), settings=settings_factory(),
-                          rng=random.Random(0)).drain()
+        outcomes = Worker(
+            store=sqlite_store,
+            policy=load_policy(bundled_policy_path()),
+            settings=settings_factory(),
+            rng=random.Random(0),
+        ).drain()
         assert len(outcomes) == len(orders) and any(o.outcome == "shadow" for o in outcomes)
-        assert reconcile(client, sqlite_store, load_policy(bundled_policy_path()),
-                         since=time.time() - 10 * 365 * 86400).missing == []
+        assert (
+            reconcile(
+                client, sqlite_store, load_policy(bundled_policy_path()), since=time.time() - 10 * 365 * 86400
+            ).missing
+            == []
+        )
         client.close()
 
 
@@ -230,9 +259,12 @@ def test_webhooks_register_then_status_and_reset():
         assert p.topic == "orders.place" and p.created_id and p.shared_secret
         # the guards compare the order's payment source with each wallet entry's: the dotted path
         # is what carries that linkage in a webhook body
-        assert p.include_resources == ["available_customer_payment_sources",
-                                       "available_customer_payment_sources.payment_source",
-                                       "customer", "payment_source"]
+        assert p.include_resources == [
+            "available_customer_payment_sources",
+            "available_customer_payment_sources.payment_source",
+            "customer",
+            "payment_source",
+        ]
         with server.sandbox.state.lock:
             assert server.sandbox.state.webhooks[p.created_id].include_resources == p.include_resources
         again = register(client, policy, callback_url="https://example.test/webhooks/commercelayer")
@@ -252,14 +284,40 @@ def test_webhooks_register_then_status_and_reset():
 
 def test_webhooks_register_command_prints_secrets_to_set():
     with running() as server:
-        r = subprocess.run([sys.executable, "-m", "webhook_app", "webhooks", "register", "--callback-url",
-                            "https://example.test/hook"], capture_output=True, text=True, timeout=60,
-                           env={"PATH": "/usr/bin:/bin", "CL_CLIENT_ID": CLIENT_ID, "CL_CLIENT_SECRET": CLIENT_SECRET,
-                                "CL_API_BASE": server.api_url, "CL_AUTH_URL": server.auth_url})
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "webhook_app",
+                "webhooks",
+                "register",
+                "--callback-url",
+                "https://example.test/hook",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "CL_CLIENT_ID": CLIENT_ID,
+                "CL_CLIENT_SECRET": CLIENT_SECRET,
+                "CL_API_BASE": server.api_url,
+                "CL_AUTH_URL": server.auth_url,
+            },
+        )
         assert r.returncode == 0, r.stderr
         assert "orders.place: created" in r.stdout and "CL_WEBHOOK_SECRETS=orders-place:" in r.stdout
-        r = subprocess.run([sys.executable, "-m", "webhook_app", "webhooks", "status"], capture_output=True,
-                           text=True, timeout=60,
-                           env={"PATH": "/usr/bin:/bin", "CL_CLIENT_ID": CLIENT_ID, "CL_CLIENT_SECRET": CLIENT_SECRET,
-                                "CL_API_BASE": server.api_url, "CL_AUTH_URL": server.auth_url})
+        r = subprocess.run(
+            [sys.executable, "-m", "webhook_app", "webhooks", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "CL_CLIENT_ID": CLIENT_ID,
+                "CL_CLIENT_SECRET": CLIENT_SECRET,
+                "CL_API_BASE": server.api_url,
+                "CL_AUTH_URL": server.auth_url,
+            },
+        )
         assert "circuit=closed" in r.stdout and "https://example.test/hook" in r.stdout

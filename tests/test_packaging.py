@@ -23,8 +23,12 @@ def wheel(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "webhook_app", src / "webhook_app", ignore=shutil.ignore_patterns("__pycache__"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = out.glob("webhook_app-*.whl")
     return whl
@@ -40,28 +44,39 @@ def test_wheel_has_no_sandbox_and_no_tests(wheel):
 
 
 def test_runtime_dependencies_are_what_the_service_uses(wheel):
-    meta = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist()
-                                            if n.endswith(".dist-info/METADATA"))).decode()
-    runtime = sorted(line.split(":", 1)[1].strip().split(">")[0].split("[")[0]
-                     for line in meta.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line)
+    meta = (
+        zipfile.ZipFile(wheel)
+        .read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".dist-info/METADATA")))
+        .decode()
+    )
+    runtime = sorted(
+        line.split(":", 1)[1].strip().split(">")[0].split("[")[0]
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    )
     assert runtime == ["flask", "gunicorn", "itsdangerous", "prometheus-client", "requests"]
 
 
 def test_service_package_never_imports_the_sandbox():
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "webhook_app").rglob("*.py")
-                 if "commercelayer_sandbox" in p.read_text() and p.relative_to(ROOT).as_posix() != "webhook_app/cli/sandbox.py"]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "webhook_app").rglob("*.py")
+        if "commercelayer_sandbox" in p.read_text() and p.relative_to(ROOT).as_posix() != "webhook_app/cli/sandbox.py"
+    ]
     assert offenders == []
 
 
 def test_sandbox_command_without_the_sandbox_says_how_to_install(tmp_path):
     # A Python that sees webhook_app but not commercelayer_sandbox: the service as installed alone.
-    code = ("import sys, importlib.abc\n"
-            "class Block(importlib.abc.MetaPathFinder):\n"
-            "    def find_spec(self, name, path, target=None):\n"
-            "        if name.split('.')[0] == 'commercelayer_sandbox': raise ImportError(name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "from webhook_app.cli import main\n"
-            "sys.exit(main(['sandbox', '--port', '0']))\n")
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'commercelayer_sandbox': raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from webhook_app.cli import main\n"
+        "sys.exit(main(['sandbox', '--port', '0']))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2
     assert "pip install ./sandbox" in r.stderr and "Traceback" not in r.stderr

@@ -37,7 +37,9 @@ def test_bundled_policy_saves_registered_wallet_capable_place_events_only():
 
 
 def test_first_match_wins_and_default_applies():
-    p = policy(BASE + """
+    p = policy(
+        BASE
+        + """
     [[rules]]
     name = "big"
     action = "save_payment_source"
@@ -45,95 +47,119 @@ def test_first_match_wins_and_default_applies():
     [[rules]]
     name = "all"
     action = "skip"
-    """)
+    """
+    )
     assert p.decide(event(total_cents=10000)).rule == "big"
     assert p.decide(event(total_cents=9999)).rule == "all"
     assert policy(BASE).decide(event()).rule == "default"
 
 
-@pytest.mark.parametrize("cond,expected", [
-    ('{ field = "order.status", equals = "placed" }', True),
-    ('{ field = "order.status", not_equals = "placed" }', False),
-    ('{ field = "order.currency_code", in = ["EUR", "USD"] }', True),
-    ('{ field = "order.currency_code", not_in = ["EUR"] }', False),
-    ('{ field = "order.total_amount_cents", gt = 11999 }', True),
-    ('{ field = "order.total_amount_cents", lt = 12000 }', False),
-    ('{ field = "order.total_amount_cents", lte = 12000 }', True),
-    ('{ field = "order.metadata.vip", exists = true }', True),
-    ('{ field = "order.metadata.nope", exists = false }', True),
-    ('{ field = "customer.email", matches = "@example\\\\.com$" }', True),
-    ('{ field = "market.code", equals = "eu" }', True),
-    ('{ field = "payment_source.type", equals = "stripe_payments" }', True),
-    ('{ field = "line_items.sku_code", equals = "GIFT" }', True),
-    ('{ field = "line_items.sku_code", equals = "GIFT", quantifier = "all" }', False),
-    ('{ field = "line_items.count", gte = 2 }', True),
-    ('{ field = "topic", equals = "orders.place" }', True),
-    ('{ all = [{ field = "order.guest", equals = false }, { field = "order.status", equals = "placed" }] }', True),
-    ('{ any = [{ field = "order.guest", equals = true }, { field = "order.status", equals = "draft" }] }', False),
-    ('{ not = { field = "order.guest", equals = true } }', True),
-    ('{ field = "order.guest", equals = 0 }', False),
-    ('{ field = "order.total_amount_cents", gt = "100" }', False),
-])
+@pytest.mark.parametrize(
+    "cond,expected",
+    [
+        ('{ field = "order.status", equals = "placed" }', True),
+        ('{ field = "order.status", not_equals = "placed" }', False),
+        ('{ field = "order.currency_code", in = ["EUR", "USD"] }', True),
+        ('{ field = "order.currency_code", not_in = ["EUR"] }', False),
+        ('{ field = "order.total_amount_cents", gt = 11999 }', True),
+        ('{ field = "order.total_amount_cents", lt = 12000 }', False),
+        ('{ field = "order.total_amount_cents", lte = 12000 }', True),
+        ('{ field = "order.metadata.vip", exists = true }', True),
+        ('{ field = "order.metadata.nope", exists = false }', True),
+        ('{ field = "customer.email", matches = "@example\\\\.com$" }', True),
+        ('{ field = "market.code", equals = "eu" }', True),
+        ('{ field = "payment_source.type", equals = "stripe_payments" }', True),
+        ('{ field = "line_items.sku_code", equals = "GIFT" }', True),
+        ('{ field = "line_items.sku_code", equals = "GIFT", quantifier = "all" }', False),
+        ('{ field = "line_items.count", gte = 2 }', True),
+        ('{ field = "topic", equals = "orders.place" }', True),
+        ('{ all = [{ field = "order.guest", equals = false }, { field = "order.status", equals = "placed" }] }', True),
+        ('{ any = [{ field = "order.guest", equals = true }, { field = "order.status", equals = "draft" }] }', False),
+        ('{ not = { field = "order.guest", equals = true } }', True),
+        ('{ field = "order.guest", equals = 0 }', False),
+        ('{ field = "order.total_amount_cents", gt = "100" }', False),
+    ],
+)
 def test_operators(cond, expected):
-    p = policy(BASE + f"""
+    p = policy(
+        BASE
+        + f"""
     [[rules]]
     name = "r"
     action = "save_payment_source"
     when = {cond}
-    """)
+    """
+    )
     ev = event(metadata={"vip": True}, line_items=[{"sku_code": "GIFT"}, {"sku_code": "A"}])
     assert (p.choose(ev).rule == "r") is expected
 
 
 def test_topics_limit_rules():
-    p = policy(BASE + """
+    p = policy(
+        BASE
+        + """
     [[rules]]
     name = "approve-only"
     topics = ["orders.approve"]
     action = "save_payment_source"
-    """)
+    """
+    )
     assert p.choose(event("orders.place")).rule == "default"
     assert p.choose(event("orders.approve")).rule == "approve-only"
     assert p.topics() == frozenset({"orders.approve"})
 
 
-@pytest.mark.parametrize("kw,guard", [
-    ({"guest": True}, "guest_order"),
-    ({"customer_id": None}, "no_customer"),
-    ({"source_type": "wire_transfers"}, "no_wallet_flow"),
-    ({"source_type": "paypal_payments"}, "no_wallet_flow"),
-    ({"source_type": "satispay_payments"}, "no_wallet_flow"),
-    ({"source_type": None}, "no_payment_source"),
-    ({"wallet": [{"id": "w1", "source_id": "psAAAA1111"}]}, "already_in_wallet"),
-])
+@pytest.mark.parametrize(
+    "kw,guard",
+    [
+        ({"guest": True}, "guest_order"),
+        ({"customer_id": None}, "no_customer"),
+        ({"source_type": "wire_transfers"}, "no_wallet_flow"),
+        ({"source_type": "paypal_payments"}, "no_wallet_flow"),
+        ({"source_type": "satispay_payments"}, "no_wallet_flow"),
+        ({"source_type": None}, "no_payment_source"),
+        ({"wallet": [{"id": "w1", "source_id": "psAAAA1111"}]}, "already_in_wallet"),
+    ],
+)
 def test_guards_override_any_rule(kw, guard):
-    p = policy(BASE + """
+    p = policy(
+        BASE
+        + """
     [[rules]]
     name = "always"
     action = "save_payment_source"
-    """)
+    """
+    )
     d = p.decide(event(**kw))
     assert d.action == SKIP and d.guard == guard and d.rule == "always" and guard in d.reason
 
 
 def test_use_wallet_strategies_and_guards():
-    wallet = [{"id": "w-old", "created_at": "2025-01-01T00:00:00Z", "source_id": "ps-x"},
-              {"id": "w-new", "created_at": "2026-01-01T00:00:00Z", "source_id": "ps-y"}]
+    wallet = [
+        {"id": "w-old", "created_at": "2025-01-01T00:00:00Z", "source_id": "ps-x"},
+        {"id": "w-new", "created_at": "2026-01-01T00:00:00Z", "source_id": "ps-y"},
+    ]
     for strategy, chosen in (("newest", "w-new"), ("oldest", "w-old")):
-        p = policy(BASE + f"""
+        p = policy(
+            BASE
+            + f"""
         [[rules]]
         name = "reuse"
         action = "use_wallet_source"
         strategy = "{strategy}"
-        """)
+        """
+        )
         d = p.decide(event(wallet=wallet))
         assert d.action == USE_WALLET and d.wallet_entry_id == chosen
-    only = policy(BASE + """
+    only = policy(
+        BASE
+        + """
     [[rules]]
     name = "reuse"
     action = "use_wallet_source"
     strategy = "only"
-    """)
+    """
+    )
     assert only.decide(event(wallet=wallet)).guard == "no_wallet_entry"
     assert only.decide(event(wallet=wallet[:1])).wallet_entry_id == "w-old"
     assert only.decide(event(wallet=[])).guard == "no_wallet_entry"
@@ -143,22 +169,37 @@ def test_use_wallet_strategies_and_guards():
     assert "available_customer_payment_sources" in only.required_includes()
 
 
-@pytest.mark.parametrize("text,rule,field", [
-    ('[default]\naction = "nope"', "default", "action"),
-    ('[[rules]]\nname="a"\naction="skip"', None, "default"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "explode"', "r1", "action"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", equal = 1 }', "r1", "when"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "shoe.size", equals = 1 }', "r1", "when.field"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", in = 1 }', "r1", "when.in"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", matches = "(" }', "r1", "when.matches"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { all = [{ field = "order.x" }] }', "r1", "when.all[0]"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\ntopics = ["customers.create"]', "r1", "topics"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nstrategy = "newest"', "r1", "strategy"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "use_wallet_source"\nstrategy = "random"', "r1", "strategy"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\ncolour = "red"', "r1", "colour"),
-    (BASE + '[[rules]]\nname = "r1"\naction = "skip"\n[[rules]]\nname = "r1"\naction = "skip"', "r1", "name"),
-    (BASE + '[[rules]]\naction = "skip"', "#1", "name"),
-])
+@pytest.mark.parametrize(
+    "text,rule,field",
+    [
+        ('[default]\naction = "nope"', "default", "action"),
+        ('[[rules]]\nname="a"\naction="skip"', None, "default"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "explode"', "r1", "action"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", equal = 1 }', "r1", "when"),
+        (
+            BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "shoe.size", equals = 1 }',
+            "r1",
+            "when.field",
+        ),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", in = 1 }', "r1", "when.in"),
+        (
+            BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { field = "order.x", matches = "(" }',
+            "r1",
+            "when.matches",
+        ),
+        (
+            BASE + '[[rules]]\nname = "r1"\naction = "skip"\nwhen = { all = [{ field = "order.x" }] }',
+            "r1",
+            "when.all[0]",
+        ),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\ntopics = ["customers.create"]', "r1", "topics"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\nstrategy = "newest"', "r1", "strategy"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "use_wallet_source"\nstrategy = "random"', "r1", "strategy"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\ncolour = "red"', "r1", "colour"),
+        (BASE + '[[rules]]\nname = "r1"\naction = "skip"\n[[rules]]\nname = "r1"\naction = "skip"', "r1", "name"),
+        (BASE + '[[rules]]\naction = "skip"', "#1", "name"),
+    ],
+)
 def test_invalid_policies_name_rule_and_field(text, rule, field):
     import tomllib
 
@@ -179,12 +220,20 @@ def test_load_policy_reports_bad_toml_and_missing_file(tmp_path):
 
 
 def test_required_includes_follow_fields():
-    p = policy(BASE + """
+    p = policy(
+        BASE
+        + """
     [[rules]]
     name = "r"
     action = "save_payment_source"
     when = { all = [{ field = "market.code", equals = "eu" }, { field = "line_items.count", gt = 0 }] }
-    """)
-    assert p.required_includes() == ["available_customer_payment_sources",
-                                     "available_customer_payment_sources.payment_source",
-                                     "customer", "line_items", "market", "payment_source"]
+    """
+    )
+    assert p.required_includes() == [
+        "available_customer_payment_sources",
+        "available_customer_payment_sources.payment_source",
+        "customer",
+        "line_items",
+        "market",
+        "payment_source",
+    ]

@@ -56,11 +56,7 @@ def test_token_answer_has_commerce_layer_fields(api):
     assert r.status_code == 200
     body = r.json()
     assert set(body) == {"access_token", "token_type", "expires_in", "scope", "created_at"}
-    assert (
-        body["token_type"] == "bearer"
-        and body["expires_in"] == 7200
-        and body["scope"] == "market:code:us"
-    )
+    assert body["token_type"] == "bearer" and body["expires_in"] == 7200 and body["scope"] == "market:code:us"
     assert abs(body["created_at"] - time.time()) < 5
 
 
@@ -76,9 +72,7 @@ def test_token_accepts_form_encoding(api):
     assert r.status_code == 200 and r.json()["scope"] == "market:code:eu"
 
 
-@pytest.mark.parametrize(
-    "client_id, secret", [("sandbox-client-id", "wrong"), ("nobody", "sandbox-client-secret")]
-)
+@pytest.mark.parametrize("client_id, secret", [("sandbox-client-id", "wrong"), ("nobody", "sandbox-client-secret")])
 def test_wrong_credentials_are_401_in_errors_shape(api, client_id, secret):
     r = api.session.post(
         api.server.auth_url,
@@ -134,9 +128,7 @@ def test_wrong_accept_is_406(api):
 
 def test_body_with_wrong_content_type_is_415_and_changes_nothing(api):
     body = {"data": {"type": "orders", "id": "OrdStripeA", "attributes": {"reference": "x"}}}
-    r = api.patch(
-        "/orders/OrdStripeA", body, headers=api.headers(**{"Content-Type": "application/json"})
-    )
+    r = api.patch("/orders/OrdStripeA", body, headers=api.headers(**{"Content-Type": "application/json"}))
     assert r.status_code == 415 and errors_of(r)[0]["code"] == "UNSUPPORTED_MEDIA_TYPE"
     assert api.get("/orders/OrdStripeA").json()["data"]["attributes"]["reference"] is None
 
@@ -182,22 +174,16 @@ def test_bad_patch_bodies_are_422_with_pointer(api, attributes, pointer):
 
 
 def test_id_mismatch_and_wrong_type_are_422(api):
-    r = api.patch(
-        "/orders/OrdStripeA", {"data": {"type": "orders", "id": "OrdAdyenAa", "attributes": {}}}
-    )
+    r = api.patch("/orders/OrdStripeA", {"data": {"type": "orders", "id": "OrdAdyenAa", "attributes": {}}})
     assert r.status_code == 422 and errors_of(r)[0]["source"]["pointer"] == "/data/id"
-    r = api.patch(
-        "/orders/OrdStripeA", {"data": {"type": "customers", "id": "OrdStripeA", "attributes": {}}}
-    )
+    r = api.patch("/orders/OrdStripeA", {"data": {"type": "customers", "id": "OrdStripeA", "attributes": {}}})
     assert r.status_code == 422 and errors_of(r)[0]["source"]["pointer"] == "/data/type"
     r = api.patch("/orders/OrdStripeA", {"nodata": True})
     assert r.status_code == 422
 
 
 def test_invalid_json_is_400(api):
-    r = api.session.patch(
-        api.server.api_url + "/orders/OrdStripeA", data=b"{nope", headers=api.headers()
-    )
+    r = api.session.patch(api.server.api_url + "/orders/OrdStripeA", data=b"{nope", headers=api.headers())
     assert r.status_code == 400 and errors_of(r)[0]["code"] == "BAD_REQUEST"
 
 
@@ -223,8 +209,7 @@ def test_wallet_save_creates_one_entry_with_linkage(api):
     r = api.patch_order(
         "OrdStripeA",
         {"_save_payment_source_to_customer_wallet": True},
-        include="available_customer_payment_sources.payment_source,"
-        "available_customer_payment_sources.customer",
+        include="available_customer_payment_sources.payment_source,available_customer_payment_sources.customer",
     )
     assert r.status_code == 200
     doc = r.json()
@@ -261,15 +246,8 @@ def test_wallet_save_creates_one_entry_with_linkage(api):
 
 def test_second_save_of_same_source_creates_a_visible_duplicate(api):
     for _ in range(2):
-        assert (
-            api.patch_order(
-                "OrdAdyenAa", {"_save_payment_source_to_customer_wallet": True}
-            ).status_code
-            == 200
-        )
-    entries = api.get(
-        "/customers/CustAliceA/customer_payment_sources?include=payment_source"
-    ).json()["data"]
+        assert api.patch_order("OrdAdyenAa", {"_save_payment_source_to_customer_wallet": True}).status_code == 200
+    entries = api.get("/customers/CustAliceA/customer_payment_sources?include=payment_source").json()["data"]
     sources = [e["relationships"]["payment_source"]["data"]["id"] for e in entries]
     assert len(sources) == 2 and sources[0] == sources[1]
     stats = api.control("GET", "/stats").json()["wallet"]
@@ -295,9 +273,7 @@ def test_wallet_save_refusals(api, order_id, error):
     assert err["source"]["pointer"] == "/data/attributes/_save_payment_source_to_customer_wallet"
     if error == "guest":
         assert "Access denied" in err["detail"]
-    assert (
-        len(api.control("GET", "/state").json()["customer_payment_sources"]) == 1
-    )  # Bob's seeded one
+    assert len(api.control("GET", "/state").json()["customer_payment_sources"]) == 1  # Bob's seeded one
     stats = api.control("GET", "/stats").json()["wallet"]
     assert stats["save_flags"] == 1 and stats["save_refused"] == 1
 
@@ -328,14 +304,8 @@ def test_every_wallet_type_can_be_saved(api):
         "OrdKlarnaA",
     ]
     for oid in wallet_orders:
-        assert (
-            api.patch_order(oid, {"_save_payment_source_to_customer_wallet": True}).status_code
-            == 200
-        ), oid
-    types = {
-        w["payment_source"]["type"]
-        for w in api.control("GET", "/state").json()["customer_payment_sources"]
-    }
+        assert api.patch_order(oid, {"_save_payment_source_to_customer_wallet": True}).status_code == 200, oid
+    types = {w["payment_source"]["type"] for w in api.control("GET", "/state").json()["customer_payment_sources"]}
     assert types == {
         "stripe_payments",
         "adyen_payments",
@@ -348,17 +318,11 @@ def test_every_wallet_type_can_be_saved(api):
 
 
 def test_customer_payment_source_id_switches_the_payment_source(api):
-    r = api.patch_order(
-        "OrdWireAaa", {"_customer_payment_source_id": "WalletBobA"}, include="payment_source"
-    )
+    r = api.patch_order("OrdWireAaa", {"_customer_payment_source_id": "WalletBobA"}, include="payment_source")
     assert r.status_code == 200
     doc = r.json()
     linkage = doc["data"]["relationships"]["payment_source"]["data"]
-    entry = next(
-        w
-        for w in api.control("GET", "/state").json()["customer_payment_sources"]
-        if w["id"] == "WalletBobA"
-    )
+    entry = next(w for w in api.control("GET", "/state").json()["customer_payment_sources"] if w["id"] == "WalletBobA")
     # The order gets a payment source record of its own, made from the entry's tokens.
     assert linkage["type"] == entry["payment_source"]["type"] == "stripe_payments"
     assert linkage["id"] != entry["payment_source"]["id"]
@@ -436,18 +400,14 @@ def test_answers_validate_against_the_official_order_response(api):
         assert isinstance(full["data"]["relationships"]["line_items"]["data"], list)
         patched = api.patch_order(oid, {"metadata": {"checked": ptype}}).json()
         assert schema.errors("orderResponse", patched) == [], ptype
-        patched_full = api.patch_order(
-            oid, {"reference": f"ref-{ptype}"}, include=ALL_INCLUDES
-        ).json()
+        patched_full = api.patch_order(oid, {"reference": f"ref-{ptype}"}, include=ALL_INCLUDES).json()
         assert schema.errors("orderResponse", patched_full, relaxed=True) == [], ptype
         types = {i["type"] for i in patched_full["included"]}
         assert {"markets", "line_items", ptype} <= types
 
 
 def test_wallet_answers_validate_after_a_save(api):
-    r = api.patch_order(
-        "OrdKlarnaA", {"_save_payment_source_to_customer_wallet": True}, include=ALL_INCLUDES
-    )
+    r = api.patch_order("OrdKlarnaA", {"_save_payment_source_to_customer_wallet": True}, include=ALL_INCLUDES)
     assert schema.errors("orderResponse", r.json(), relaxed=True) == []
     listing = api.get(f"/orders?include={ALL_INCLUDES}&page[size]=25").json()
     assert schema.errors("orderResponseList", listing, relaxed=True) == []
@@ -470,10 +430,7 @@ def test_order_shape_matches_the_real_sample(api):
     assert attrs["formatted_total_amount"] == "€57,00"
     assert attrs["payment_source_details"]["type"] == "stripe_payment"
     customer = next(i for i in doc["included"] if i["type"] == "customers")
-    assert (
-        customer["attributes"]["email"] == "alice@example.com"
-        and customer["attributes"]["has_password"]
-    )
+    assert customer["attributes"]["email"] == "alice@example.com" and customer["attributes"]["has_password"]
     source = next(i for i in doc["included"] if i["type"] == "stripe_payments")
     card = source["attributes"]["payment_method"]["card"]
     assert {k: card[k] for k in ("brand", "last4", "exp_month", "exp_year")} == {
@@ -510,10 +467,7 @@ def test_orders_paginate_like_commerce_layer(api):
         seen += [o["id"] for o in page["data"]]
         url = page["links"].get("next")
     assert len(seen) == total == len(set(seen))
-    numbers = [
-        o["attributes"]["number"]
-        for o in api.get("/orders?page[size]=25&sort=-number").json()["data"]
-    ]
+    numbers = [o["attributes"]["number"] for o in api.get("/orders?page[size]=25&sort=-number").json()["data"]]
     assert numbers == sorted(numbers, reverse=True)
     assert len(api.get("/orders").json()["data"]) == 10  # default page size
 
@@ -529,18 +483,11 @@ def test_updated_at_filters(api):
     touched = api.get("/orders/OrdKlarnaA").json()["data"]["attributes"]["updated_at"]
     r = api.get(f"/orders?filter[q][updated_at_gteq]={touched}").json()
     assert [o["id"] for o in r["data"]] == ["OrdKlarnaA"]
-    r = api.get(
-        f"/orders?filter[q][updated_at_lteq]={touched}&filter[q][updated_at_gteq]={touched}"
-    ).json()
+    r = api.get(f"/orders?filter[q][updated_at_lteq]={touched}&filter[q][updated_at_gteq]={touched}").json()
     assert r["meta"]["record_count"] == 1
     r = api.get(f"/orders?filter[q][updated_at_lteq]={touched}&page[size]=25").json()
     assert r["meta"]["record_count"] == 14
-    assert (
-        api.get("/orders?filter[q][created_at_gteq]=2999-01-01T00:00:00Z").json()["meta"][
-            "record_count"
-        ]
-        == 0
-    )
+    assert api.get("/orders?filter[q][created_at_gteq]=2999-01-01T00:00:00Z").json()["meta"]["record_count"] == 0
     bad = api.get("/orders?filter[q][total_amount_cents_gt]=1")
     assert bad.status_code == 400 and errors_of(bad)[0]["code"] == "FILTER_NOT_ALLOWED"
 
@@ -563,10 +510,7 @@ def test_webhook_crud_and_circuit_reset(api):
     assert r.status_code == 201
     hook = r.json()["data"]
     assert len(hook["attributes"]["shared_secret"]) >= 16
-    assert (
-        hook["attributes"]["circuit_state"] == "closed"
-        and hook["attributes"]["circuit_failure_count"] == 0
-    )
+    assert hook["attributes"]["circuit_state"] == "closed" and hook["attributes"]["circuit_failure_count"] == 0
     hid = hook["id"]
     listed = [h["id"] for h in api.get("/webhooks").json()["data"]]
     assert hid in listed

@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 from conftest_sandbox import Api, Receiver, running, webhook_scenario
 
-SAMPLE = json.loads(
-    (Path(__file__).parent / "data" / "orders.place.guest-wire-transfer.json").read_text()
-)
+SAMPLE = json.loads((Path(__file__).parent / "data" / "orders.place.guest-wire-transfer.json").read_text())
 #: What the real body's webhook included (every relationship of the order with linkage).
 SAMPLE_INCLUDES = sorted(k for k, v in SAMPLE["data"]["relationships"].items() if "data" in v)
 #: Attributes Commerce Layer added after the sample was taken (in the SDK's resources.json).

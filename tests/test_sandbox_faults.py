@@ -181,9 +181,7 @@ def test_hang_outlasts_a_client_timeout_then_applies(api):
             api.server.api_url + "/orders/OrdStripeA",
             headers=api.headers(),
             timeout=0.2,
-            json={
-                "data": {"type": "orders", "id": "OrdStripeA", "attributes": {"reference": "late"}}
-            },
+            json={"data": {"type": "orders", "id": "OrdStripeA", "attributes": {"reference": "late"}}},
         )
     time.sleep(0.6)
     attrs = api.get("/orders/OrdStripeA").json()["data"]["attributes"]
@@ -201,9 +199,7 @@ def test_dropped_connection_is_a_connection_error(api):
 
 
 def test_apply_then_fail_makes_the_change_and_answers_503(api):
-    faults(
-        api, {"route": "orders.patch", "error_share": 1.0, "apply_then_fail": True, "requests": 1}
-    )
+    faults(api, {"route": "orders.patch", "error_share": 1.0, "apply_then_fail": True, "requests": 1})
     r = api.patch_order("OrdStripeA", {"_save_payment_source_to_customer_wallet": True})
     assert r.status_code == 503
     wallet = api.get("/customers/CustAliceA/customer_payment_sources").json()["data"]
@@ -214,15 +210,10 @@ def test_apply_then_fail_makes_the_change_and_answers_503(api):
 
 
 def test_apply_then_drop(api):
-    faults(
-        api, {"route": "orders.patch", "drop_share": 1.0, "apply_then_fail": True, "requests": 1}
-    )
+    faults(api, {"route": "orders.patch", "drop_share": 1.0, "apply_then_fail": True, "requests": 1})
     with pytest.raises(requests.ConnectionError):
         api.patch_order("OrdStripeA", {"reference": "dropped-but-done"})
-    assert (
-        api.get("/orders/OrdStripeA").json()["data"]["attributes"]["reference"]
-        == "dropped-but-done"
-    )
+    assert api.get("/orders/OrdStripeA").json()["data"]["attributes"]["reference"] == "dropped-but-done"
 
 
 def test_spell_for_n_requests_and_for_t_seconds(api):

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from conftest_sandbox import API, Api, Receiver, example, running, webhook_scenario
-
 from commercelayer_sandbox.tokens import unverified_claims
+from conftest_sandbox import API, Api, Receiver, example, running, webhook_scenario
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +90,7 @@ def test_dotted_include_paths_on_get_list_and_patch(api, how):
     }
 
 
-@pytest.mark.parametrize(
-    "include", ["available_customer_payment_sources.nope", "customer.nope", "nope", "line_items."]
-)
+@pytest.mark.parametrize("include", ["available_customer_payment_sources.nope", "customer.nope", "nope", "line_items."])
 def test_invalid_include_paths_are_400(api, include):
     r = api.get(f"/orders/OrdStripeA?include={include}")
     assert r.status_code == 400
@@ -271,9 +268,7 @@ def test_sparse_fieldsets(api):
     doc = api.get("/orders/OrdStripeA?fields[orders]=number,status").json()
     assert set(doc["data"]["attributes"]) == {"number", "status"}
     assert "relationships" not in doc["data"]
-    doc = api.get(
-        "/orders/OrdStripeA?include=customer&fields[orders]=number,customer&fields[customers]=email"
-    ).json()
+    doc = api.get("/orders/OrdStripeA?include=customer&fields[orders]=number,customer&fields[customers]=email").json()
     assert set(doc["data"]["attributes"]) == {"number"}
     assert set(doc["data"]["relationships"]) == {"customer"}
     assert doc["data"]["relationships"]["customer"]["data"]["id"] == "CustAliceA"
@@ -367,7 +362,9 @@ def late(api):
 
 def test_late_answer_fault(late):
     api = late
-    body = {"data": {"type": "orders", "id": "OrdStripeA", "attributes": {"_save_payment_source_to_customer_wallet": True}}}
+    body = {
+        "data": {"type": "orders", "id": "OrdStripeA", "attributes": {"_save_payment_source_to_customer_wallet": True}}
+    }
     started = time.monotonic()
     with pytest.raises(requests.exceptions.ReadTimeout):
         api.session.patch(

@@ -99,18 +99,12 @@ def test_generation_is_deterministic_given_the_seed():
     assert len(a["orders"]) == 500
     assert [o["id"] for o in a["orders"]] == [o["id"] for o in b["orders"]]
     assert [
-        (o["payment_source"]["id"], o["payment_source"]["card_last4"], o["total_amount_cents"])
-        for o in a["orders"]
-    ] == [
-        (o["payment_source"]["id"], o["payment_source"]["card_last4"], o["total_amount_cents"])
-        for o in b["orders"]
-    ]
+        (o["payment_source"]["id"], o["payment_source"]["card_last4"], o["total_amount_cents"]) for o in a["orders"]
+    ] == [(o["payment_source"]["id"], o["payment_source"]["card_last4"], o["total_amount_cents"]) for o in b["orders"]]
     assert {o["id"] for o in a["orders"]}.isdisjoint({o["id"] for o in c["orders"]})
     guests = sum(o["guest"] for o in a["orders"])
     assert 60 <= guests <= 140  # about 20 %
-    assert {o["payment_source"]["type"] for o in a["orders"]} == set(
-        spec["generate"]["payment_source_types"]
-    )
+    assert {o["payment_source"]["type"] for o in a["orders"]} == set(spec["generate"]["payment_source_types"])
     created = [o["created_at"] for o in a["orders"]]
     assert created == sorted(created) and created[0] == "2024-01-01T00:00:00.000Z"
 
@@ -139,13 +133,8 @@ def test_scenario_over_the_control_api_and_reset():
         r = api.control("POST", "/scenario?mode=merge", {"orders": [{"id": "ExtraOrder"}]})
         assert r.json()["orders"] == 31
         bad = api.control("POST", "/scenario", {"orders": [{"status": "nope"}]})
-        assert (
-            bad.status_code == 400
-            and bad.json()["errors"][0]["source"]["pointer"] == "/orders/0/status"
-        )
-        assert (
-            api.control("GET", "/health").json()["orders"] == 31
-        )  # a refused scenario changes nothing
+        assert bad.status_code == 400 and bad.json()["errors"][0]["source"]["pointer"] == "/orders/0/status"
+        assert api.control("GET", "/health").json()["orders"] == 31  # a refused scenario changes nothing
         assert api.control("POST", "/reset").json()["orders"] == 14  # back to the initial scenario
         assert api.control("POST", "/reset", {"empty": True}).json()["orders"] == 0
         api.close()
@@ -176,9 +165,7 @@ def test_config_over_the_control_api():
 def test_config_defaults_are_commerce_layers():
     cfg = SandboxConfig()
     assert cfg.token_ttl == 7200
-    assert [str(w) for w in cfg.api_limits] == ["100/60"] and [
-        str(w) for w in cfg.endpoint_limits
-    ] == ["25/10"]
+    assert [str(w) for w in cfg.api_limits] == ["100/60"] and [str(w) for w in cfg.endpoint_limits] == ["25/10"]
     assert [str(w) for w in cfg.auth_limits] == ["30/60"] and cfg.retry_after is None
     assert (cfg.sender.timeout, cfg.sender.max_retries, cfg.sender.circuit_threshold) == (
         5.0,

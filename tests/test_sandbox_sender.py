@@ -56,10 +56,7 @@ def test_delivery_is_signed_compact_and_shaped_like_get(hooked, receiver):
     doc = json.loads(call.body)
     assert json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode() == call.body
     assert doc["data"]["links"]["self"] == "/api/orders/OrdStripeA"
-    assert (
-        doc["data"]["relationships"]["customer"]["links"]["related"]
-        == "/api/orders/OrdStripeA/customer"
-    )
+    assert doc["data"]["relationships"]["customer"]["links"]["related"] == "/api/orders/OrdStripeA/customer"
     assert {(i["type"], i["id"]) for i in doc["included"]} == {
         ("customers", "CustAliceA"),
         ("stripe_payments", "PsStripeAa"),
@@ -69,9 +66,7 @@ def test_delivery_is_signed_compact_and_shaped_like_get(hooked, receiver):
     answer = hooked.get("/orders/OrdStripeA?include=customer,payment_source").json()
     assert answer["data"]["attributes"] == doc["data"]["attributes"]
     callbacks = hooked.control("GET", "/event_callbacks").json()["event_callbacks"]
-    assert [(c["response_code"], c["succeeded"], c["attempt"]) for c in callbacks] == [
-        (204, True, 1)
-    ]
+    assert [(c["response_code"], c["succeeded"], c["attempt"]) for c in callbacks] == [(204, True, 1)]
     assert callbacks[0]["body"].encode() == call.body
     listed = hooked.get("/webhooks/HookTestAa/last_event_callbacks").json()["data"]
     assert listed[0]["attributes"]["response_code"] == "204"
@@ -114,10 +109,7 @@ def test_a_success_resets_the_consecutive_failure_count(hooked, receiver):
     trigger(hooked, "OrdStripeA")
     drain(hooked)
     assert len(receiver.calls) == 3
-    assert (
-        hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_failure_count"]
-        == 0
-    )
+    assert hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_failure_count"] == 0
 
 
 def test_slow_answers_are_timeouts(receiver):
@@ -164,9 +156,7 @@ def test_an_open_circuit_drops_pending_retries(hooked, receiver):
     trigger(hooked, "OrdStripeA")
     drain(hooked)
     assert len(receiver.calls) == 3  # not 11: the retries after the circuit opened were not sent
-    assert (
-        hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_state"] == "open"
-    )
+    assert hooked.get("/webhooks/HookTestAa").json()["data"]["attributes"]["circuit_state"] == "open"
 
 
 def test_triggering_again_resends_the_same_bytes(hooked, receiver):

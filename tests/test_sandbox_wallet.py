@@ -134,7 +134,8 @@ def test_same_card_on_several_orders_is_several_records_with_one_fingerprint(api
     assert {(c["last4"], c["exp_month"], c["exp_year"]) for c in cards} == {("4242", 4, 2031)}
     instruments = [s["attributes"]["payment_instrument"] for s in sources]
     assert all(
-        i == {
+        i
+        == {
             "issuer_type": "card",
             "card_type": "visa",
             "card_last_digits": "4242",

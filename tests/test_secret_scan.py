@@ -43,7 +43,7 @@ CANARY = "hdr-canary-7f3e"
 
 # --- the scanner ------------------------------------------------------------------------------------
 
-LEAKY = '''
+LEAKY = """
 import logging
 import pathlib
 
@@ -81,9 +81,9 @@ def test_fails_showing_a_secret():
 
 def test_clean():
     print("nothing to see")
-'''
+"""
 
-CLEAN = '''
+CLEAN = """
 import procs
 import secret_scan
 
@@ -96,7 +96,7 @@ def test_uses_a_secret_without_printing_it(tmp_path):
     log.write_text('{{"event":"delivery","auth":"Bearer [redacted]"}}\\n')
     procs.LOG_PATHS.append(log)
     print("a clean line")
-'''
+"""
 
 
 def inner_session(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProcess[str], dict]:
@@ -105,9 +105,26 @@ def inner_session(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProc
     # summary, and the inner session's deliberately failing test would show its secret there.
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "BUILD_NUMBER")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT)])
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "secret_scan", "-p", "no:cacheprovider",
-                           "-q", "--rootdir", str(tmp_path), str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "secret_scan",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = json.loads((tmp_path / "test-artifacts" / "secret-scan.json").read_text())
     return proc, report
 
@@ -118,7 +135,7 @@ def test_the_scan_fails_a_session_that_leaks_and_says_where_without_the_secret(t
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "FAILED secret-scan" in out and "2 failed, 5 passed" in out.splitlines()[-1], out[-2000:]
-    said = out[out.index("_ secret scan _"):]  # the scanner's own report: where, never what
+    said = out[out.index("_ secret scan _") :]  # the scanner's own report: where, never what
     if "short test summary info" in said:  # pytest's own summary quotes the failing assertion
         said = said[: said.index("short test summary info")]
     assert "5 secret(s) found" in said
@@ -158,8 +175,13 @@ def app_env(tmp_path):
     clock = Clock()
     store = SQLiteStore(str(tmp_path / "secrets.db"))
     store.migrate()
-    settings = make_settings(tmp_path, admin_keys=(OLD_ADMIN_KEY, ADMIN_KEY), replay_keys=(REPLAY_KEY,),
-                             cl_client_secret=CLIENT_SECRET, max_body_bytes=4096)
+    settings = make_settings(
+        tmp_path,
+        admin_keys=(OLD_ADMIN_KEY, ADMIN_KEY),
+        replay_keys=(REPLAY_KEY,),
+        cl_client_secret=CLIENT_SECRET,
+        max_body_bytes=4096,
+    )
     yield create_app(settings, store=store, clock=clock), store, clock, settings
     store.close()
 
@@ -192,8 +214,10 @@ def test_no_intake_error_answer_carries_a_secret_or_what_was_expected(app_env):
         "another secret": (good, h(good, **{"X-CommerceLayer-Signature": sign(good, secret="nope-0123456789")})),
         "another body": (good, h(good, **{"X-CommerceLayer-Signature": sign(b"x", secret=SECRET)})),
         "forged replay": (good, h(good, **{REPLAY_HEADER: CANARY})),
-        "replay for another body": (good, h(good, **{REPLAY_HEADER: make_replay_token(
-            Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", ttl=60)})),
+        "replay for another body": (
+            good,
+            h(good, **{REPLAY_HEADER: make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", ttl=60)}),
+        ),
         # 400: every way a signed body can be malformed
         "not JSON": (b"{", h(b"{")),
         "not UTF-8": (b"\xff", h(b"\xff")),
@@ -203,8 +227,10 @@ def test_no_intake_error_answer_carries_a_secret_or_what_was_expected(app_env):
         "too deep": (b"[" * 80 + b"]" * 80, h(b"[" * 80 + b"]" * 80)),
         "no topic": (good, h(good, **{"X-CommerceLayer-Topic": None})),
         "bad topic": (good, h(good, **{"X-CommerceLayer-Topic": CANARY})),
-        "topic and type disagree": (order_body("c").replace(b'"orders"', b'"customers"', 1),
-                                    h(order_body("c").replace(b'"orders"', b'"customers"', 1))),
+        "topic and type disagree": (
+            order_body("c").replace(b'"orders"', b'"customers"', 1),
+            h(order_body("c").replace(b'"orders"', b'"customers"', 1)),
+        ),
         # 413 and 415, decided from the headers
         "too large": (b"{" + b" " * 5000 + b"}", h(b"{" + b" " * 5000 + b"}")),
         "not JSON media type": (good, h(good, **{"Content-Type": "text/" + CANARY})),
@@ -265,30 +291,49 @@ def test_admin_answers_and_pages_never_show_keys_tokens_or_credentials(app_env):
     app, store, clock, _ = app_env
     fake_cl_token = "fakecl-access-token-" + uuid.uuid4().hex
     replay_token = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"{}", ttl=60)
-    credentials = {"Authorization": f"Bearer {fake_cl_token}", "Proxy-Authorization": f"Basic {fake_cl_token}",
-                   "Cookie": f"webhook_app_admin={fake_cl_token}", "X-Admin-Token": fake_cl_token,
-                   REPLAY_HEADER: replay_token}
+    credentials = {
+        "Authorization": f"Bearer {fake_cl_token}",
+        "Proxy-Authorization": f"Basic {fake_cl_token}",
+        "Cookie": f"webhook_app_admin={fake_cl_token}",
+        "X-Admin-Token": fake_cl_token,
+        REPLAY_HEADER: replay_token,
+    }
     body = order_body("ordADM01")
     d = Delivery.from_http(signed_headers(body), body, secrets=parse_secrets(f"main:{SECRET}"))
     rec = store.record_delivery(dataclasses.replace(d, headers={**d.headers, **credentials}), now=clock())
     job = store.claim_job(worker="w", lease_seconds=60, now=clock())
-    store.dead_letter(job.id, worker="w", error=f"CL said: bad {CLIENT_SECRET} / {ADMIN_KEY} / {SECRET}",
-                      decision=None, now=clock())
+    store.dead_letter(
+        job.id, worker="w", error=f"CL said: bad {CLIENT_SECRET} / {ADMIN_KEY} / {SECRET}", decision=None, now=clock()
+    )
     tok = Tokens(ADMIN, (OLD_ADMIN_KEY, ADMIN_KEY), clock).make(ttl=600)
     api = {"Authorization": f"Bearer {tok}"}
     client = app.test_client()
-    answers = [client.get(p, headers=api) for p in (
-        "/admin/deliveries", f"/admin/deliveries/{rec.delivery_id}", "/admin/stats", "/admin/deliveries?x=1",
-        "/admin/deliveries/999")]
-    answers += [client.post(f"/admin/dead-letters/{rec.job_id}/requeue", headers=api),
-                client.post(f"/admin/dead-letters/{rec.job_id}/requeue", headers=api),  # 409 now
-                client.get("/admin/deliveries", headers={"Authorization": f"Bearer {tok}x"}),
-                client.get("/admin/deliveries", headers={"Authorization": CANARY}),
-                client.get("/admin/"), client.post("/admin/login", data={"token": tok + "x"}),
-                client.post("/admin/login", data={"token": tok})]
-    answers += [client.get("/admin/"), client.get(f"/admin/view/deliveries/{rec.delivery_id}"),
-                client.get("/admin/?status=nope"), client.get("/admin/view/deliveries/999"),
-                client.post(f"/admin/view/deliveries/{rec.delivery_id}/replay", data={"csrf_token": "x"})]
+    answers = [
+        client.get(p, headers=api)
+        for p in (
+            "/admin/deliveries",
+            f"/admin/deliveries/{rec.delivery_id}",
+            "/admin/stats",
+            "/admin/deliveries?x=1",
+            "/admin/deliveries/999",
+        )
+    ]
+    answers += [
+        client.post(f"/admin/dead-letters/{rec.job_id}/requeue", headers=api),
+        client.post(f"/admin/dead-letters/{rec.job_id}/requeue", headers=api),  # 409 now
+        client.get("/admin/deliveries", headers={"Authorization": f"Bearer {tok}x"}),
+        client.get("/admin/deliveries", headers={"Authorization": CANARY}),
+        client.get("/admin/"),
+        client.post("/admin/login", data={"token": tok + "x"}),
+        client.post("/admin/login", data={"token": tok}),
+    ]
+    answers += [
+        client.get("/admin/"),
+        client.get(f"/admin/view/deliveries/{rec.delivery_id}"),
+        client.get("/admin/?status=nope"),
+        client.get("/admin/view/deliveries/999"),
+        client.post(f"/admin/view/deliveries/{rec.delivery_id}/replay", data={"csrf_token": "x"}),
+    ]
     assert {a.status_code for a in answers} >= {200, 202, 303, 400, 401, 403, 404, 409}
     for a in answers:
         headers = {k: v for k, v in a.headers.items() if k != "Set-Cookie"}  # the login sets the token

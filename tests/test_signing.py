@@ -22,8 +22,9 @@ def test_verify_returns_label_of_matching_secret_among_several():
     assert verify(BODY, signature=sign(BODY, secret="first-secret"), secrets=secrets) == "old"
 
 
-@pytest.mark.parametrize("signature", [None, "", "not base64!!", base64.b64encode(b"short").decode(),
-                                       sign(BODY, secret="wrong")])
+@pytest.mark.parametrize(
+    "signature", [None, "", "not base64!!", base64.b64encode(b"short").decode(), sign(BODY, secret="wrong")]
+)
 def test_verify_rejects_missing_malformed_and_wrong(signature):
     with pytest.raises(InvalidSignature):
         verify(BODY, signature=signature, secrets=parse_secrets("a:right"))

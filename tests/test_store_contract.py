@@ -26,8 +26,9 @@ def customer_delivery():
     return Delivery.from_http(signed_headers(body, "customers.create"), body, secrets=SECRETS)
 
 
-DECISION = DecisionRecord(rule="r", action="save_payment_source", reason="because", outcome="applied",
-                          mode="enforce", wallet_entry_id="w1")
+DECISION = DecisionRecord(
+    rule="r", action="save_payment_source", reason="because", outcome="applied", mode="enforce", wallet_entry_id="w1"
+)
 
 
 def test_schema_is_current(store):
@@ -131,8 +132,9 @@ def test_action_claims_give_exactly_once(store):
     assert a.status == "acquired" and not a.uncertain
     assert store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "busy"
     assert store.begin_action("o1", "other", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
-    assert store.finish_job(job.id, worker="w1", decision=replace(DECISION, wallet_entry_id="w9"), now=T0 + 2,
-                            action="save")
+    assert store.finish_job(
+        job.id, worker="w1", decision=replace(DECISION, wallet_entry_id="w9"), now=T0 + 2, action="save"
+    )
     done = store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 3)
     assert done.status == "done" and done.wallet_entry_id == "w9"
     assert store.action_state("o1", "save") == "done" and store.action_state("o2", "save") is None
@@ -299,8 +301,10 @@ def test_replays_are_new_deliveries_linked_to_the_original(store):
 def test_finishing_a_job_can_complete_its_action_claim_atomically(store):
     rec = store.record_delivery(delivery("o1"), now=T0)
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)
-    assert store.begin_action("o1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=30,
-                              now=T0).status == "acquired"
+    assert (
+        store.begin_action("o1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=30, now=T0).status
+        == "acquired"
+    )
     assert store.finish_job(job.id, worker="w", decision=DECISION, now=T0 + 1, action="save_payment_source")
     assert store.action_state("o1", "save_payment_source") == "done"
     claim = store.begin_action("o1", "save_payment_source", worker="x", job_id=99, lease_seconds=30, now=T0 + 2)

@@ -67,7 +67,8 @@ def test_replay_token_is_bound_to_its_body():
     with pytest.raises(TokenError, match="another body"):
         check_replay_token(r, tok, b"body-2")
     assert check_replay_token(r, make_replay_token(r, b"b", ttl=60), b"b") != check_replay_token(
-        r, make_replay_token(r, b"b", ttl=60), b"b")
+        r, make_replay_token(r, b"b", ttl=60), b"b"
+    )
 
 
 def test_no_keys_configured_refuses():

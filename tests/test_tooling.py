@@ -12,12 +12,16 @@ import pytest
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.mark.parametrize("tool,args", [
-    ("ruff", ["check", "webhook_app", "sandbox"]),
-    ("mypy", ["webhook_app", "sandbox/commercelayer_sandbox"]),
-    # the layers and forbidden imports of [tool.importlinter] in pyproject.toml
-    ("lint-imports", ["--no-cache"]),
-])
+@pytest.mark.parametrize(
+    "tool,args",
+    [
+        ("ruff", ["check", "webhook_app", "sandbox"]),
+        ("ruff", ["format", "--check", "webhook_app", "sandbox", "tests", "bench"]),
+        ("mypy", ["webhook_app", "sandbox/commercelayer_sandbox"]),
+        # the layers and forbidden imports of [tool.importlinter] in pyproject.toml
+        ("lint-imports", ["--no-cache"]),
+    ],
+)
 def test_tool_is_clean(tool, args):
     exe = shutil.which(tool, path=str(Path(sys.executable).parent)) or shutil.which(tool)
     if exe is None:

@@ -53,11 +53,14 @@ def test_redelivery_answers_2xx_without_a_second_job(app_env):
     assert store.queue_stats(now=0).pending == 1
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda h: h.pop("X-CommerceLayer-Signature"),
-    lambda h: h.update({"X-CommerceLayer-Signature": "AAAA"}),
-    lambda h: h.update({"X-CommerceLayer-Signature": signed_headers(b"other")["X-CommerceLayer-Signature"]}),
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda h: h.pop("X-CommerceLayer-Signature"),
+        lambda h: h.update({"X-CommerceLayer-Signature": "AAAA"}),
+        lambda h: h.update({"X-CommerceLayer-Signature": signed_headers(b"other")["X-CommerceLayer-Signature"]}),
+    ],
+)
 def test_bad_signatures_get_401_and_store_nothing(app_env, mangle):
     client, store = app_env
     body = order_body("o1")
@@ -184,8 +187,11 @@ def test_forwarded_headers_trusted_only_for_configured_hops(settings_factory, sq
         def whoami():
             return {"ip": request.remote_addr}
 
-        r = app.test_client().get("/whoami", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
-                                  environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        r = app.test_client().get(
+            "/whoami",
+            headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
+        )
         assert r.json["ip"] == expected
 
 

@@ -23,9 +23,17 @@ SECRETS = parse_secrets(f"main:{SECRET}")
 
 @pytest.fixture
 def env(fake_cl, sqlite_store, settings_factory, clock):
-    settings = settings_factory(mode="enforce", cl_api_base=fake_cl.url, cl_client_id=fake_cl.client_id,
-                                cl_client_secret=fake_cl.client_secret, cl_auth_url=fake_cl.url + "/oauth/token",
-                                cl_read_timeout=0.5, max_attempts=4, retry_base_seconds=2, retry_max_seconds=60)
+    settings = settings_factory(
+        mode="enforce",
+        cl_api_base=fake_cl.url,
+        cl_client_id=fake_cl.client_id,
+        cl_client_secret=fake_cl.client_secret,
+        cl_auth_url=fake_cl.url + "/oauth/token",
+        cl_read_timeout=0.5,
+        max_attempts=4,
+        retry_base_seconds=2,
+        retry_max_seconds=60,
+    )
     client = CommerceLayerClient.from_settings(settings)
 
     class Env:
@@ -39,8 +47,15 @@ def env(fake_cl, sqlite_store, settings_factory, clock):
 
         def worker(self, policy=None, name="w1", **overrides):
             s = self.settings.with_overrides(**overrides)
-            return Worker(store=sqlite_store, policy=policy or load_policy(bundled_policy_path()), settings=s,
-                          client=None if s.shadow else client, clock=clock, worker_id=name, rng=random.Random(1))
+            return Worker(
+                store=sqlite_store,
+                policy=policy or load_policy(bundled_policy_path()),
+                settings=s,
+                client=None if s.shadow else client,
+                clock=clock,
+                worker_id=name,
+                rng=random.Random(1),
+            )
 
         def deliver(self, order_id="o1", topic="orders.place", **kw):
             body = order_body(order_id, **kw)
@@ -73,8 +88,9 @@ def test_save_is_applied_once_and_records_wallet_entry(env):
     patches = env.fake.patches()
     assert len(patches) == 1
     assert patches[0]["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
-    assert patches[0]["args"]["include"] == ("available_customer_payment_sources,"
-                                             "available_customer_payment_sources.payment_source")
+    assert patches[0]["args"]["include"] == (
+        "available_customer_payment_sources,available_customer_payment_sources.payment_source"
+    )
     d = env.decisions(rec.delivery_id)[0]
     assert d["outcome"] == "applied" and d["rule"] == "save-registered-customer-source"
     assert d["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
@@ -92,9 +108,14 @@ def test_redeliveries_and_other_topics_make_one_patch_per_order(env):
     assert {o.decision.guard for o in outcomes if o.outcome == "guarded"} == {"already_flagged"}
 
 
-@pytest.mark.parametrize("kw,guard", [({"guest": True}, "guest_order"),
-                                      ({"customer_id": None}, "no_customer"),
-                                      ({"source_type": "wire_transfers"}, "no_wallet_flow")])
+@pytest.mark.parametrize(
+    "kw,guard",
+    [
+        ({"guest": True}, "guest_order"),
+        ({"customer_id": None}, "no_customer"),
+        ({"source_type": "wire_transfers"}, "no_wallet_flow"),
+    ],
+)
 def test_guarded_orders_are_never_flagged(env, kw, guard):
     rec = env.deliver("o1", **kw)
     [o] = env.worker(policy=SAVE_ALL).drain()
@@ -138,8 +159,13 @@ def test_retry_after_is_honoured(env):
 
 def test_permanent_error_dead_letters_with_detail_and_requeue_works(env):
     env.fake.add_order("o1")
-    env.fake.fail("orders.patch", status=422, body={"errors": [{"title": "Invalid", "detail": "source is expired",
-                                                                 "code": "VALIDATION_ERROR", "status": "422"}]})
+    env.fake.fail(
+        "orders.patch",
+        status=422,
+        body={
+            "errors": [{"title": "Invalid", "detail": "source is expired", "code": "VALIDATION_ERROR", "status": "422"}]
+        },
+    )
     rec = env.deliver("o1")
     [o] = env.worker().drain()
     assert o.state == "dead"
@@ -177,7 +203,8 @@ def test_uncertain_failure_is_checked_before_writing_again(env):
     assert len(env.fake.orders["o1"].wallet) == 1  # saved once
     assert len(env.fake.calls("orders.patch")) == 1  # never written twice
     assert env.fake.calls("orders.get")[0]["args"]["include"] == (
-        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source")
+        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source"
+    )
     assert env.decisions(rec.delivery_id)[-1]["wallet_entry_id"] == env.fake.orders["o1"].wallet[0]["id"]
 
 
@@ -203,8 +230,7 @@ def test_worker_killed_mid_patch_next_worker_looks_first(env):
     rec = env.deliver("o1")
     dead = env.worker(name="dead")
     job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
-    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60,
-                           now=env.clock())
+    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60, now=env.clock())
     env.client.update_order("o1", {"_save_payment_source_to_customer_wallet": True})  # reached CL, then died
     assert dead.drain() == []
     env.clock.advance(61)
@@ -217,8 +243,7 @@ def test_worker_killed_mid_patch_next_worker_looks_first(env):
 def test_busy_order_is_retried_without_using_attempts(env):
     env.fake.add_order("o1")
     env.deliver("o1")
-    env.store.begin_action("o1", "save_payment_source", worker="other", job_id=99, lease_seconds=60,
-                           now=env.clock())
+    env.store.begin_action("o1", "save_payment_source", worker="other", job_id=99, lease_seconds=60, now=env.clock())
     [o] = env.worker().drain()
     assert o.state == "retry" and o.error == "busy" and env.fake.requests == []
 
@@ -236,10 +261,18 @@ REUSE = policy("""
 
 def test_use_wallet_source_with_wallet_in_body(env):
     order = env.fake.add_order("o1", source_id="psNEW")
-    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"},
-                    {"id": "w-b", "source_id": "ps-b", "source_type": "stripe_payments", "created_at": "2026"}]
-    rec = env.deliver("o1", source_id="psNEW", wallet=[{"id": "w-a", "source_id": "ps-a", "created_at": "2025"},
-                                                       {"id": "w-b", "source_id": "ps-b", "created_at": "2026"}])
+    order.wallet = [
+        {"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"},
+        {"id": "w-b", "source_id": "ps-b", "source_type": "stripe_payments", "created_at": "2026"},
+    ]
+    rec = env.deliver(
+        "o1",
+        source_id="psNEW",
+        wallet=[
+            {"id": "w-a", "source_id": "ps-a", "created_at": "2025"},
+            {"id": "w-b", "source_id": "ps-b", "created_at": "2026"},
+        ],
+    )
     [o] = env.worker(policy=REUSE).drain()
     assert o.outcome == "applied"
     [patch] = env.fake.patches()
@@ -254,7 +287,8 @@ def test_use_wallet_source_fetches_wallet_when_body_lacks_it(env):
     [o] = env.worker(policy=REUSE).drain()
     assert o.outcome == "applied"
     assert env.fake.calls("orders.get")[0]["args"]["include"] == (
-        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source")
+        "payment_source,available_customer_payment_sources,available_customer_payment_sources.payment_source"
+    )
     assert env.fake.patches()[0]["json"]["data"]["attributes"] == {"_customer_payment_source_id": "w-a"}
     env.fake.add_order("o2")
     env.deliver("o2")
@@ -278,10 +312,10 @@ def test_a_worker_that_dies_after_the_patch_leaves_an_applied_decision(env):
     env.fake.add_order("o1", source_id="psAAAA1111")
     rec = env.deliver("o1")
     job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
-    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60,
-                           now=env.clock())
-    env.client.update_order("o1", {"_save_payment_source_to_customer_wallet": True},
-                            include=["available_customer_payment_sources"])
+    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60, now=env.clock())
+    env.client.update_order(
+        "o1", {"_save_payment_source_to_customer_wallet": True}, include=["available_customer_payment_sources"]
+    )
     env.clock.advance(61)
     [o] = env.worker(name="w2").drain()
     assert o.outcome == "applied"
@@ -296,8 +330,15 @@ def test_a_worker_that_dies_after_the_patch_leaves_an_applied_decision(env):
 def _saved_entry(env, order_id, source_id):
     """Put the order's payment source in its wallet at the fake, as an earlier save would have."""
     order = env.fake.orders[order_id]
-    order.wallet.append({"id": f"w-{order_id}", "source_id": source_id, "source_type": "stripe_payments",
-                         "token": f"pm_{source_id}", "created_at": "2026-01-01T00:00:00.000Z"})
+    order.wallet.append(
+        {
+            "id": f"w-{order_id}",
+            "source_id": source_id,
+            "source_type": "stripe_payments",
+            "token": f"pm_{source_id}",
+            "created_at": "2026-01-01T00:00:00.000Z",
+        }
+    )
     return order.wallet[-1]["id"]
 
 
@@ -305,8 +346,7 @@ def test_entry_without_linkage_is_recognised_by_gateway_token(env):
     """The webhook named available_customer_payment_sources but not its .payment_source path."""
     env.fake.add_order("o1", source_id="psAAAA1111")
     entry = _saved_entry(env, "o1", "psAAAA1111")
-    rec = env.deliver("o1", source_id="psAAAA1111",
-                      wallet=[{"id": entry, "source_id": "psAAAA1111", "linked": False}])
+    rec = env.deliver("o1", source_id="psAAAA1111", wallet=[{"id": entry, "source_id": "psAAAA1111", "linked": False}])
     [o] = env.worker(policy=SAVE_ALL).drain()
     assert o.outcome == "guarded" and o.decision.guard == "already_in_wallet"
     assert "matched by token" in o.decision.reason
@@ -316,8 +356,14 @@ def test_entry_without_linkage_is_recognised_by_gateway_token(env):
 
 def test_unlinked_entries_of_other_cards_do_not_stop_a_save(env):
     env.fake.add_order("o1", source_id="psAAAA1111")
-    env.fake.orders["o1"].wallet.append({"id": "w-old", "source_id": "ps-old", "source_type": "stripe_payments",
-                                         "created_at": "2025-01-01T00:00:00.000Z"})
+    env.fake.orders["o1"].wallet.append(
+        {
+            "id": "w-old",
+            "source_id": "ps-old",
+            "source_type": "stripe_payments",
+            "created_at": "2025-01-01T00:00:00.000Z",
+        }
+    )
     env.deliver("o1", source_id="psAAAA1111", wallet=[{"id": "w-old", "source_id": "ps-old", "linked": False}])
     [o] = env.worker(policy=SAVE_ALL).drain()
     assert o.outcome == "applied"

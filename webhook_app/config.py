@@ -21,7 +21,6 @@ from webhook_app.signing import WebhookSecret, parse_secrets
 T = TypeVar("T")
 
 
-
 def bundled_policy_path() -> Path:
     """The example policy shipped inside the package."""
     return Path(str(resources.files("webhook_app") / "policies" / "example.toml"))
@@ -137,8 +136,14 @@ def _key_list(value: str) -> tuple[str, ...]:
     return keys
 
 
-def _setting(env: str, convert: Callable[[str], Any], default: Any = None, *, secret: bool = False,
-             factory: Callable[[], Any] | None = None) -> Any:
+def _setting(
+    env: str,
+    convert: Callable[[str], Any],
+    default: Any = None,
+    *,
+    secret: bool = False,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A Settings field read from `env` with `convert`; its default is written here and only here."""
     meta = {"env": env, "convert": convert, "secret": secret}
     if factory is not None:
@@ -160,10 +165,12 @@ class Settings:
     cl_read_timeout: float = _setting("CL_READ_TIMEOUT", _positive(float), 10.0)
     # Commerce Layer's documented limits for uncacheable calls in test mode (the stricter ones):
     # 100 a minute overall and bursts of 25 per 10 s per endpoint. Live organizations get 200 / 50.
-    cl_rate_limits: tuple[RateLimit, ...] = _setting("CL_RATE_LIMITS", parse_rate_limits,
-                                                     parse_rate_limits("100/60,25/10"))
-    cl_auth_rate_limits: tuple[RateLimit, ...] = _setting("CL_AUTH_RATE_LIMITS", parse_rate_limits,
-                                                          parse_rate_limits("30/60"))
+    cl_rate_limits: tuple[RateLimit, ...] = _setting(
+        "CL_RATE_LIMITS", parse_rate_limits, parse_rate_limits("100/60,25/10")
+    )
+    cl_auth_rate_limits: tuple[RateLimit, ...] = _setting(
+        "CL_AUTH_RATE_LIMITS", parse_rate_limits, parse_rate_limits("30/60")
+    )
     cl_token_margin: float = _setting("CL_TOKEN_REFRESH_MARGIN", _non_negative(float), 300.0)
     database_url: str = _setting("WEBHOOK_APP_DATABASE_URL", _database_url, "sqlite:///webhook-app.db", secret=True)
     policy_path: Path = _setting("WEBHOOK_APP_POLICY", _existing_file, factory=bundled_policy_path)
@@ -210,22 +217,28 @@ class Settings:
         for f in fields(cls):
             if f.name == "mode":
                 continue
-            values[f.name] = r.get(f.metadata["env"], f.metadata["convert"], getattr(defaults, f.name),
-                                   secret=f.metadata["secret"])
+            values[f.name] = r.get(
+                f.metadata["env"], f.metadata["convert"], getattr(defaults, f.name), secret=f.metadata["secret"]
+            )
         has_creds = bool(values["cl_client_id"] and values["cl_client_secret"] and values["cl_api_base"])
         mode_field = next(f for f in fields(cls) if f.name == "mode")
-        values["mode"] = r.get("WEBHOOK_APP_MODE", mode_field.metadata["convert"],
-                               "enforce" if has_creds else "shadow")
+        values["mode"] = r.get("WEBHOOK_APP_MODE", mode_field.metadata["convert"], "enforce" if has_creds else "shadow")
         if values["mode"] == "enforce" and not has_creds:
-            missing = [n for n, k in (("CL_CLIENT_ID", "cl_client_id"), ("CL_CLIENT_SECRET", "cl_client_secret"),
-                                      ("CL_API_BASE", "cl_api_base")) if not values[k]]
+            missing = [
+                n
+                for n, k in (
+                    ("CL_CLIENT_ID", "cl_client_id"),
+                    ("CL_CLIENT_SECRET", "cl_client_secret"),
+                    ("CL_API_BASE", "cl_api_base"),
+                )
+                if not values[k]
+            ]
             raise ConfigError("WEBHOOK_APP_MODE", f"enforce needs {', '.join(missing)} to be set")
         settings = cls(**values)
         if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:
             # A lease must outlive one call, or a second worker could take a job whose PATCH is
             # still in flight.
-            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS",
-                              "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
+            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS", "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

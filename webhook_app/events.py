@@ -25,8 +25,9 @@ TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
 ORDER_TOPIC_PREFIX = "orders."
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # Headers never stored: credentials a proxy might pass along, and replay tokens.
-_UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-admin-token",
-                               "x-webhook-app-replay"})
+_UNSTORED_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-admin-token", "x-webhook-app-replay"}
+)
 
 
 def delivery_identity(topic: str, body: bytes) -> str:
@@ -130,11 +131,7 @@ def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
     if included is not None and not isinstance(included, list):
         raise InvalidPayload("`included` must be an array")
     for n, item in enumerate(included or []):
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("type"), str)
-            or not isinstance(item.get("id"), str)
-        ):
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str) or not isinstance(item.get("id"), str):
             raise InvalidPayload(f"`included[{n}]` must be an object with string `type` and `id`")
         if "attributes" in item and item["attributes"] is not None and not isinstance(item["attributes"], dict):
             raise InvalidPayload(f"`included[{n}].attributes` must be an object")

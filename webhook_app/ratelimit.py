@@ -83,8 +83,13 @@ class LocalRateLimiter:
             return slot
 
 
-def wait_for_slot(limiter: RateLimiter, key: str, *, clock: Callable[[], float] = time.time,
-                  sleep: Callable[[float], None] = time.sleep) -> float:
+def wait_for_slot(
+    limiter: RateLimiter,
+    key: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> float:
     """Reserve a slot and sleep until it; return the seconds waited."""
     slot = limiter.reserve(key)
     delay = slot - clock()

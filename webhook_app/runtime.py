@@ -62,8 +62,9 @@ def prepare_metrics_dir() -> str:
 class _Gunicorn(Application):
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
-    def __init__(self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any],
-                 config_file: str | None) -> None:
+    def __init__(
+        self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any], config_file: str | None
+    ) -> None:
         self.settings = settings
         self.defaults = dict(defaults)
         self.explicit = dict(explicit)
@@ -86,8 +87,7 @@ class _Gunicorn(Application):
         return create_app(self.settings)
 
 
-def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
-            config_file: str | None = None) -> int:
+def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
     """Serve the web app with gunicorn (blocks until gunicorn exits)."""
     defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
     explicit: dict[str, Any] = {}
@@ -110,10 +110,16 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     client = None
     if not settings.shadow:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
-        client = CommerceLayerClient.from_settings(settings, limiter=store.rate_limiter(settings.cl_rate_limits),
-                                                   on_call=metrics.record_call)
-    worker = Worker(store=store, policy=load_policy(settings.policy_path), settings=settings, client=client,
-                    observer=metrics.record_worker_event)
+        client = CommerceLayerClient.from_settings(
+            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=metrics.record_call
+        )
+    worker = Worker(
+        store=store,
+        policy=load_policy(settings.policy_path),
+        settings=settings,
+        client=client,
+        observer=metrics.record_worker_event,
+    )
     if metrics_port:
         metrics.serve_worker_metrics(metrics_port, store)
     try:

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 BUSY_RETRY_SECONDS = 1.0
 
 
-def retry_delay(attempt: int, *, base: float, cap: float, retry_after: float | None = None,
-                rng: random.Random | None = None) -> float:
+def retry_delay(
+    attempt: int, *, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with equal jitter: half fixed, half random, capped; >= Retry-After."""
     r = rng or random
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
@@ -131,23 +132,30 @@ class Worker:
             return self._finish(job, decision, "guarded" if decision.guard else "skipped")
         if self.settings.shadow:
             if self.store.action_state(job.order_id, decision.action) == "done":
-                return self._finish(job, decision.guarded("already_flagged", "the order was already flagged"),
-                                    "guarded")
+                return self._finish(
+                    job, decision.guarded("already_flagged", "the order was already flagged"), "guarded"
+                )
             return self._finish(job, decision, "shadow")
         return self._enforce(job, event, decision)
 
     def _enforce(self, job: Job, event: Event, decision: Decision) -> Outcome:
         assert self.client is not None
         order_id, action = job.order_id, decision.action
-        claim = self.store.begin_action(order_id, action, worker=self.id, job_id=job.id,
-                                        lease_seconds=self.settings.lease_seconds, now=self.clock())
+        claim = self.store.begin_action(
+            order_id, action, worker=self.id, job_id=job.id, lease_seconds=self.settings.lease_seconds, now=self.clock()
+        )
         if claim.status == "done":
             d = decision.guarded("already_flagged", "the order was already flagged for this action")
             return self._finish(job, d, "guarded", wallet_entry_id=claim.wallet_entry_id)
         if claim.status == "busy":
-            self.store.retry_job(job.id, worker=self.id, error="another worker is flagging this order",
-                                 next_attempt_at=self.clock() + BUSY_RETRY_SECONDS, now=self.clock(),
-                                 count_attempt=False)
+            self.store.retry_job(
+                job.id,
+                worker=self.id,
+                error="another worker is flagging this order",
+                next_attempt_at=self.clock() + BUSY_RETRY_SECONDS,
+                now=self.clock(),
+                count_attempt=False,
+            )
             return Outcome("retry", decision, error="busy")
         try:
             if action == SAVE:
@@ -170,23 +178,35 @@ class Worker:
             before = self._read_order(event)
             look = wallet.look_up(before)
             if not look.known:
-                log.warning("wallet entries came without payment_source linkage though it was included",
-                            extra={"order_id": event.order_id})
+                log.warning(
+                    "wallet entries came without payment_source linkage though it was included",
+                    extra={"order_id": event.order_id},
+                )
             if look.in_wallet:
                 if uncertain:
-                    d = replace(decision, reason=f"{decision.reason}; an earlier attempt had already applied it",
-                                guard=None, wallet_entry_id=look.entry_id)
+                    d = replace(
+                        decision,
+                        reason=f"{decision.reason}; an earlier attempt had already applied it",
+                        guard=None,
+                        wallet_entry_id=look.entry_id,
+                    )
                     return self._finish(job, d, "applied", wallet_entry_id=look.entry_id, action=SAVE)
-                d = replace(decision.guarded("already_in_wallet",
-                                             f"payment source is wallet entry {look.entry_id} (matched by {look.how}, "
-                                             "read before writing)"), wallet_entry_id=look.entry_id)
+                d = replace(
+                    decision.guarded(
+                        "already_in_wallet",
+                        f"payment source is wallet entry {look.entry_id} (matched by {look.how}, read before writing)",
+                    ),
+                    wallet_entry_id=look.entry_id,
+                )
                 return self._guarded(job, d, SAVE)
         self._heartbeat(job)
-        doc = self.client.update_order(event.order_id, {"_save_payment_source_to_customer_wallet": True},
-                                       include=list(wallet.SAVE_INCLUDES))
+        doc = self.client.update_order(
+            event.order_id, {"_save_payment_source_to_customer_wallet": True}, include=list(wallet.SAVE_INCLUDES)
+        )
         entry_id = saved_entry_id(doc, before)
-        return self._finish(job, replace(decision, wallet_entry_id=entry_id), "applied",
-                            wallet_entry_id=entry_id, action=SAVE)
+        return self._finish(
+            job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
+        )
 
     def _use(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
         """Make a wallet entry the order's payment source (once)."""
@@ -200,12 +220,18 @@ class Worker:
             chosen = chosen or choose_wallet_entry(current.wallet or (), decision.strategy or "newest")
             if chosen is not None and wallet.entry_is_order_source(chosen, current):
                 if uncertain:
-                    d = replace(decision, reason=f"{decision.reason}; an earlier attempt had already applied it",
-                                wallet_entry_id=chosen.id)
+                    d = replace(
+                        decision,
+                        reason=f"{decision.reason}; an earlier attempt had already applied it",
+                        wallet_entry_id=chosen.id,
+                    )
                     return self._finish(job, d, "applied", wallet_entry_id=chosen.id, action=USE_WALLET)
-                d = replace(decision.guarded("already_using_wallet_entry",
-                                             f"payment source already is wallet entry {chosen.id}"),
-                            wallet_entry_id=chosen.id)
+                d = replace(
+                    decision.guarded(
+                        "already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"
+                    ),
+                    wallet_entry_id=chosen.id,
+                )
                 return self._guarded(job, d, USE_WALLET)
             entry_id = chosen.id if chosen else None
         if entry_id is None:
@@ -213,8 +239,9 @@ class Worker:
             return self._guarded(job, none_fits, USE_WALLET)
         self._heartbeat(job)
         self.client.update_order(event.order_id, {"_customer_payment_source_id": entry_id})
-        return self._finish(job, replace(decision, wallet_entry_id=entry_id), "applied",
-                            wallet_entry_id=entry_id, action=USE_WALLET)
+        return self._finish(
+            job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=USE_WALLET
+        )
 
     def _read_order(self, event: Event) -> Event:
         """One read of the order with the wallet and each entry's payment_source linkage."""
@@ -232,32 +259,57 @@ class Worker:
 
     # --- recording --------------------------------------------------------------------------
     def _record(self, decision: Decision, outcome: str, wallet_entry_id: str | None = None) -> DecisionRecord:
-        return DecisionRecord(rule=decision.rule, action=decision.action, reason=decision.reason, outcome=outcome,
-                              mode=self.mode, guard=decision.guard,
-                              wallet_entry_id=wallet_entry_id or decision.wallet_entry_id)
+        return DecisionRecord(
+            rule=decision.rule,
+            action=decision.action,
+            reason=decision.reason,
+            outcome=outcome,
+            mode=self.mode,
+            guard=decision.guard,
+            wallet_entry_id=wallet_entry_id or decision.wallet_entry_id,
+        )
 
-    def _finish(self, job: Job, decision: Decision, outcome: str, *, wallet_entry_id: str | None = None,
-                action: str | None = None) -> Outcome:
+    def _finish(
+        self,
+        job: Job,
+        decision: Decision,
+        outcome: str,
+        *,
+        wallet_entry_id: str | None = None,
+        action: str | None = None,
+    ) -> Outcome:
         """Record the decision and end the job; with `action`, mark the order's action done with it."""
-        ok = self.store.finish_job(job.id, worker=self.id, decision=self._record(decision, outcome, wallet_entry_id),
-                                   now=self.clock(), action=action)
+        ok = self.store.finish_job(
+            job.id,
+            worker=self.id,
+            decision=self._record(decision, outcome, wallet_entry_id),
+            now=self.clock(),
+            action=action,
+        )
         if not ok:
-            log.warning("job lease was lost before it could be finished", extra={"job_id": job.id,
-                                                                                 "order_id": job.order_id})
+            log.warning(
+                "job lease was lost before it could be finished", extra={"job_id": job.id, "order_id": job.order_id}
+            )
         self._observe("decision", job, decision=decision, outcome=outcome if ok else "lost")
         return Outcome("done" if ok else "lost", decision, outcome)
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
         error = str(exc)
         if exc.retryable and job.attempts < self.settings.max_attempts:
-            delay = retry_delay(job.attempts, base=self.settings.retry_base_seconds,
-                                cap=self.settings.retry_max_seconds, retry_after=exc.retry_after, rng=self.rng)
+            delay = retry_delay(
+                job.attempts,
+                base=self.settings.retry_base_seconds,
+                cap=self.settings.retry_max_seconds,
+                retry_after=exc.retry_after,
+                rng=self.rng,
+            )
             if exc.uncertain:
                 # The change may still land after we gave up waiting: look no sooner than one read
                 # timeout later, so the check before writing again sees it.
                 delay = max(delay, self.settings.cl_read_timeout)
-            self.store.retry_job(job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay,
-                                 now=self.clock())
+            self.store.retry_job(
+                job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay, now=self.clock()
+            )
             self._observe("retry", job, decision=decision, error=error, delay=round(delay, 3))
             return Outcome("retry", decision, error=error)
         why = "attempts exhausted" if exc.retryable else "permanent error"
@@ -270,8 +322,14 @@ class Worker:
         return Outcome("dead" if ok else "lost", decision, "failed", error)
 
     def _observe(self, what: str, job: Job, *, decision: Decision | None = None, **extra: Any) -> None:
-        fields: dict[str, Any] = {"job_id": job.id, "order_id": job.order_id, "topic": job.topic,
-                                  "attempt": job.attempts, "worker": self.id, **extra}
+        fields: dict[str, Any] = {
+            "job_id": job.id,
+            "order_id": job.order_id,
+            "topic": job.topic,
+            "attempt": job.attempts,
+            "worker": self.id,
+            **extra,
+        }
         if decision is not None:
             fields.update(rule=decision.rule, action=decision.action, guard=decision.guard)
         level = logging.WARNING if what == "dead_letter" else logging.INFO

@@ -121,9 +121,7 @@ class ConnectionDropper:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
 
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         result = self.app(environ, start_response)
         if not environ.get(DROP_KEY):
             return result
@@ -166,9 +164,7 @@ class _Api:
             Route("orders.list", "/api/orders", "GET", self.orders_list),
             Route("orders.get", "/api/orders/<order_id>", "GET", self.orders_get),
             Route("orders.patch", "/api/orders/<order_id>", "PATCH", self.orders_patch),
-            Route(
-                "customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list
-            ),
+            Route("customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list),
             Route(
                 "customer_payment_sources.delete",
                 "/api/customer_payment_sources/<entry_id>",
@@ -218,9 +214,7 @@ class _Api:
             sandbox.stats.count(f"rate_limited.{kind}")
             headers = {}
             if cfg.retry_after is not None:
-                headers["Retry-After"] = str(
-                    max(1, round(cfg.retry_after or verdict.retry_in + 0.5))
-                )
+                headers["Retry-After"] = str(max(1, round(cfg.retry_after or verdict.retry_in + 0.5)))
             raise ApiError(
                 429,
                 "TOO_MANY_REQUESTS",
@@ -251,11 +245,7 @@ class _Api:
         if route is None:
             return response
         decision: FaultDecision = g.get("sandbox_fault", NO_FAULT)
-        if (
-            decision.apply_then_fail
-            and response.status_code < 400
-            and not request.environ.get(DROP_KEY)
-        ):
+        if decision.apply_then_fail and response.status_code < 400 and not request.environ.get(DROP_KEY):
             if decision.drop:
                 request.environ[DROP_KEY] = True
             elif decision.error_status:
@@ -300,10 +290,7 @@ class _Api:
         return Response(b"", 500)
 
     def _check_media_types(self) -> None:
-        accepted = [
-            part.split(";")[0].strip().lower()
-            for part in request.headers.get("Accept", "").split(",")
-        ]
+        accepted = [part.split(";")[0].strip().lower() for part in request.headers.get("Accept", "").split(",")]
         if API_JSON not in accepted:
             raise ApiError(
                 406,
@@ -347,11 +334,7 @@ class _Api:
             )
         now = sandbox.now()
         exp = claims.get("exp") if claims else None
-        if (
-            sandbox.state.valid_token(value, now=now) is None
-            or not isinstance(exp, int | float)
-            or now >= exp
-        ):
+        if sandbox.state.valid_token(value, now=now) is None or not isinstance(exp, int | float) or now >= exp:
             raise ApiError(
                 401,
                 "INVALID_TOKEN",
@@ -367,9 +350,7 @@ class _Api:
 
     def _renderer(self) -> Renderer:
         """This answer's renderer: public links, a trace id, the request's sparse fieldsets."""
-        return self.sandbox.renderer(
-            self._base, trace_id=g.get("trace_id"), fields=parse_fields(request.args)
-        )
+        return self.sandbox.renderer(self._base, trace_id=g.get("trace_id"), fields=parse_fields(request.args))
 
     @staticmethod
     def _include(rtype: str) -> IncludeTree:
@@ -381,15 +362,11 @@ class _Api:
         try:
             return json.loads(raw)
         except ValueError:
-            raise ApiError(
-                400, "BAD_REQUEST", "Bad request", "The request body is not valid JSON."
-            ) from None
+            raise ApiError(400, "BAD_REQUEST", "Bad request", "The request body is not valid JSON.") from None
 
     def _page(self) -> Page:
         cfg = self.sandbox.config
-        return parse_page(
-            request.args, default_size=cfg.page_size_default, max_size=cfg.page_size_max
-        )
+        return parse_page(request.args, default_size=cfg.page_size_default, max_size=cfg.page_size_max)
 
     def _links(self, page: Page, pages: int) -> dict[str, str]:
         others = [(k, v) for k, v in request.args.items(multi=True) if not k.startswith("page[")]
@@ -419,16 +396,10 @@ class _Api:
         )
         return jsonapi(doc)
 
-    def _check_order_document(
-        self, doc: dict[str, Any], *, relaxed: bool, listing: bool = False
-    ) -> None:
-        if not self.sandbox.config.check_responses or any(
-            k.startswith("fields") for k in request.args
-        ):
+    def _check_order_document(self, doc: dict[str, Any], *, relaxed: bool, listing: bool = False) -> None:
+        if not self.sandbox.config.check_responses or any(k.startswith("fields") for k in request.args):
             return
-        problems = schema.errors(
-            "orderResponseList" if listing else "orderResponse", doc, relaxed=relaxed
-        )
+        problems = schema.errors("orderResponseList" if listing else "orderResponse", doc, relaxed=relaxed)
         if problems:
             raise ApiError(
                 500,
@@ -455,9 +426,7 @@ class _Api:
                 "The sandbox issues client_credentials tokens only.",
                 pointer="/grant_type",
             )
-        client = sandbox.state.check_client(
-            str(body.get("client_id", "")), str(body.get("client_secret", ""))
-        )
+        client = sandbox.state.check_client(str(body.get("client_id", "")), str(body.get("client_secret", "")))
         if client is None:
             raise ApiError(
                 401,
@@ -544,14 +513,10 @@ class _Api:
         include = self._include("orders")
         self._page()  # refuse bad page parameters before anything else
         with state.lock:
-            orders = sorted(
-                (o for o in state.orders.values() if all(f(o) for f in filters)), key=key
-            )
+            orders = sorted((o for o in state.orders.values() if all(f(o) for f in filters)), key=key)
             response = self._listing([("orders", o) for o in orders], include)
         if self.sandbox.config.check_responses:
-            self._check_order_document(
-                json.loads(response.get_data()), relaxed=bool(include), listing=True
-            )
+            self._check_order_document(json.loads(response.get_data()), relaxed=bool(include), listing=True)
         return response
 
     # -- wallets -----------------------------------------------------------------------------
@@ -677,9 +642,7 @@ class _Api:
         state.webhook(webhook_id)
         attrs = bodies.check_document("webhookUpdate", self._json_body(), url_id=webhook_id)
         with state.lock:
-            hook = webhook_rules.update(
-                state, state.webhook(webhook_id), attrs, now=self.sandbox.now_ms()
-            )
+            hook = webhook_rules.update(state, state.webhook(webhook_id), attrs, now=self.sandbox.now_ms())
             return jsonapi(self._renderer().document("webhooks", hook))
 
     def webhooks_delete(self, webhook_id: str) -> Response:
@@ -718,9 +681,7 @@ def create_sandbox_app(sandbox: Sandbox) -> Flask:
     app.extensions["sandbox"] = sandbox
     api = _Api(sandbox)
     for route in api.routes:
-        app.add_url_rule(
-            route.rule, endpoint=route.endpoint, view_func=route.view, methods=[route.method]
-        )
+        app.add_url_rule(route.rule, endpoint=route.endpoint, view_func=route.view, methods=[route.method])
     app.before_request(api.before)
     app.after_request(api.after)
     app.register_error_handler(ApiError, error_response)

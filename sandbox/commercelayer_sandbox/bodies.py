@@ -36,12 +36,7 @@ def check_document(fragment: str, doc: Any, *, url_id: str | None = None) -> dic
             )
             for name in sorted(set(attributes) - known)
         )
-    if (
-        url_id is not None
-        and isinstance(data, dict)
-        and isinstance(data.get("id"), str)
-        and data["id"] != url_id
-    ):
+    if url_id is not None and isinstance(data, dict) and isinstance(data.get("id"), str) and data["id"] != url_id:
         problems.append(
             invalid(
                 f"data.id {data['id']!r} does not match the id in the URL {url_id!r}",

@@ -28,36 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; the control API has no auth)",
     )
-    parser.add_argument(
-        "--port", type=int, default=8800, help="port (default 8800; 0 picks a free one)"
-    )
+    parser.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 picks a free one)")
     parser.add_argument(
         "--seed",
         metavar="FILE",
         help="scenario file (.toml or .json), or 'example' for the bundled one",
     )
-    parser.add_argument(
-        "--token-ttl", type=float, metavar="SECONDS", help="access token lifetime (default 7200)"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, metavar="N", help="webhook sender threads (default 4)"
-    )
+    parser.add_argument("--token-ttl", type=float, metavar="SECONDS", help="access token lifetime (default 7200)")
+    parser.add_argument("--concurrency", type=int, metavar="N", help="webhook sender threads (default 4)")
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="a configuration value, e.g. --set 'sender.max_retries=3' or "
-        "--set 'api_limits=[\"100/60\"]' (repeatable)",
+        help="a configuration value, e.g. --set 'sender.max_retries=3' or --set 'api_limits=[\"100/60\"]' (repeatable)",
     )
     return parser
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `sandbox` subcommand to an argparse subparsers object."""
-    parser = subparsers.add_parser(
-        "sandbox", help="run a local double of Commerce Layer", description=DESCRIPTION
-    )
+    parser = subparsers.add_parser("sandbox", help="run a local double of Commerce Layer", description=DESCRIPTION)
     return add_arguments(parser)
 
 
@@ -87,16 +78,12 @@ def config_changes(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 for bad options or scenario."""
     try:
-        server = SandboxServer(
-            host=args.host, port=args.port, scenario=args.seed, config=config_changes(args)
-        )
+        server = SandboxServer(host=args.host, port=args.port, scenario=args.seed, config=config_changes(args))
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             server.start()
@@ -128,7 +115,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_arguments(
-        argparse.ArgumentParser(prog="python -m commercelayer_sandbox", description=DESCRIPTION)
-    )
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m commercelayer_sandbox", description=DESCRIPTION))
     return run(parser.parse_args(argv))

@@ -39,9 +39,7 @@ def parse_windows(value: Any, path: str) -> tuple[Window, ...]:
     for n, item in enumerate(items):
         if isinstance(item, Mapping) and set(item) == {"count", "seconds"}:
             count, seconds = item["count"], item["seconds"]
-        elif isinstance(item, str) and (
-            m := re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)s?\s*", item)
-        ):
+        elif isinstance(item, str) and (m := re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)s?\s*", item)):
             count, seconds = int(m.group(1)), float(m.group(2))
         else:
             raise SandboxError(f"{path}[{n}]", f"{item!r} is not COUNT/SECONDS")
@@ -117,9 +115,7 @@ class SandboxConfig:
             elif key in _SIMPLE_KEYS:
                 top[key] = _convert(getattr(self, key), value, where)
             else:
-                raise SandboxError(
-                    where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})"
-                )
+                raise SandboxError(where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})")
         new = replace(self, **top)
         if new.wallet_save_refusal not in ("error", "no_entry"):
             raise SandboxError(f"{path}.wallet_save_refusal", "must be error or no_entry")
@@ -168,9 +164,7 @@ def _update_plain(current: Any, changes: Any, path: str) -> Any:
     out = {}
     for key, value in changes.items():
         if key not in names:
-            raise SandboxError(
-                f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})"
-            )
+            raise SandboxError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})")
         out[key] = _convert(getattr(current, key), value, f"{path}.{key}")
     if "max_retries" in out and out["max_retries"] < 0:
         raise SandboxError(f"{path}.max_retries", "must not be negative")
@@ -192,9 +186,7 @@ def _convert(current: Any, value: Any, path: str) -> Any:
             raise SandboxError(path, "must be at least 1")
         return value
     if isinstance(current, float):
-        return _number(
-            value, path, minimum=0.0, strict=name in ("token_ttl", "timeout", "backoff_factor")
-        )
+        return _number(value, path, minimum=0.0, strict=name in ("token_ttl", "timeout", "backoff_factor"))
     if isinstance(current, str):
         if not isinstance(value, str) or not value:
             raise SandboxError(path, "must be a non-empty string")

@@ -55,9 +55,7 @@ from commercelayer_sandbox.timeutil import iso
 
 
 def _invalid(exc: SandboxError) -> ApiError:
-    pointer = (
-        "/" + exc.path.replace(".", "/").replace("[", "/").replace("]", "") if exc.path else None
-    )
+    pointer = "/" + exc.path.replace(".", "/").replace("[", "/").replace("]", "") if exc.path else None
     return ApiError(400, "SANDBOX_INVALID", "Invalid sandbox request", str(exc), pointer=pointer)
 
 
@@ -103,9 +101,7 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         status = request.args.get("status")
         since = request.args.get("since", "0")
         if (status is not None and not status.isdigit()) or not since.isdigit():
-            raise SandboxError(
-                "status" if status and not status.isdigit() else "since", "must be an integer"
-            )
+            raise SandboxError("status" if status and not status.isdigit() else "since", "must be an integer")
         return jsonify(
             requests=sandbox.stats.requests(
                 route=request.args.get("route"),
@@ -164,9 +160,7 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
             raise SandboxError("", "the body must be an object")
         ids = body.get("order_ids", [body["order_id"]] if "order_id" in body else None)
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise SandboxError(
-                "order_ids", "give order_id (a string) or order_ids (a list of strings)"
-            )
+            raise SandboxError("order_ids", "give order_id (a string) or order_ids (a list of strings)")
         topic = body.get("topic")
         if not isinstance(topic, str):
             raise SandboxError("topic", "is required")
@@ -185,10 +179,7 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
             items = [
                 c
                 for c in sandbox.state.callbacks
-                if all(
-                    args.get(k) in (None, getattr(c, k))
-                    for k in ("webhook_id", "event_id", "topic")
-                )
+                if all(args.get(k) in (None, getattr(c, k)) for k in ("webhook_id", "event_id", "topic"))
             ]
         return jsonify(
             event_callbacks=[

@@ -69,9 +69,7 @@ def not_found(kind: str, ident: str) -> ApiError:
     )
 
 
-def invalid(
-    detail: str, *, pointer: str, error: str = "invalid", title: str | None = None
-) -> dict[str, Any]:
+def invalid(detail: str, *, pointer: str, error: str = "invalid", title: str | None = None) -> dict[str, Any]:
     """A 422 VALIDATION_ERROR object; `meta.error` names the rule, as Commerce Layer does."""
     name = pointer.rsplit("/", 1)[-1]
     return error_object(
@@ -84,9 +82,7 @@ def invalid(
     )
 
 
-def validation_error(
-    detail: str, *, pointer: str, error: str = "invalid", title: str | None = None
-) -> ApiError:
+def validation_error(detail: str, *, pointer: str, error: str = "invalid", title: str | None = None) -> ApiError:
     return ApiError.many(422, [invalid(detail, pointer=pointer, error=error, title=title)])
 
 

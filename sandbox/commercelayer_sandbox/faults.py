@@ -97,9 +97,7 @@ class _Spell:
     seconds: float | None = None
 
     def active(self, now: float) -> bool:
-        return (self.requests is None or self.requests > 0) and (
-            self.until is None or now < self.until
-        )
+        return (self.requests is None or self.requests > 0) and (self.until is None or now < self.until)
 
     def spend(self) -> None:
         if self.requests is not None:
@@ -122,11 +120,7 @@ class FaultRule:
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def matches(self, route: str) -> bool:
-        return (
-            route == self.route
-            or route.startswith(self.route + ".")
-            or fnmatch.fnmatchcase(route, self.route)
-        )
+        return route == self.route or route.startswith(self.route + ".") or fnmatch.fnmatchcase(route, self.route)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k not in ("spell", "rng")}
@@ -220,9 +214,7 @@ class Faults:
                     if error is None:
                         error = rule.error_status
                         apply_then_fail = apply_then_fail or rule.apply_then_fail
-                elif draw < (
-                    rule.drop_share + rule.hang_share + rule.error_share + rule.late_answer_share
-                ):
+                elif draw < (rule.drop_share + rule.hang_share + rule.error_share + rule.late_answer_share):
                     late = max(late, rule.late_answer_seconds)
             if drop:
                 error = None
@@ -264,9 +256,7 @@ def _non_negative(value: Any, path: str) -> float:
 
 def _spell(raw: Mapping[str, Any], path: str, now: float) -> _Spell:
     requests = raw.get("requests")
-    if requests is not None and (
-        not isinstance(requests, int) or isinstance(requests, bool) or requests < 1
-    ):
+    if requests is not None and (not isinstance(requests, int) or isinstance(requests, bool) or requests < 1):
         raise SandboxError(f"{path}.requests", "must be a positive integer")
     seconds = raw.get("seconds")
     if seconds is not None:
@@ -296,17 +286,13 @@ def _rule(raw: Any, path: str, seed: int | str, index: int, now: float) -> Fault
         drop_share=_share(raw.get("drop_share", 0), f"{path}.drop_share"),
         apply_then_fail=bool(raw.get("apply_then_fail", False)),
         late_answer_share=_share(raw.get("late_answer_share", 0), f"{path}.late_answer_share"),
-        late_answer_seconds=_non_negative(
-            raw.get("late_answer_seconds", 0), f"{path}.late_answer_seconds"
-        ),
+        late_answer_seconds=_non_negative(raw.get("late_answer_seconds", 0), f"{path}.late_answer_seconds"),
         spell=_spell(raw, path, now),
         rng=random.Random(f"{seed}:{index}"),  # noqa: S311 - deterministic fault draws
     )
     total = rule.drop_share + rule.hang_share + rule.error_share + rule.late_answer_share
     if total > 1 + 1e-9:
-        raise SandboxError(
-            path, "drop_share + hang_share + error_share + late_answer_share must not exceed 1"
-        )
+        raise SandboxError(path, "drop_share + hang_share + error_share + late_answer_share must not exceed 1")
     if rule.hang_share and not rule.hang_seconds:
         raise SandboxError(f"{path}.hang_seconds", "must be set when hang_share is")
     if rule.late_answer_share and not rule.late_answer_seconds:
@@ -319,9 +305,7 @@ def _sender(raw: Any, path: str, seed: int | str, now: float) -> SenderFaults:
         raise SandboxError(path, "must be an object")
     unknown = set(raw) - set(_SENDER_KEYS)
     if unknown:
-        raise SandboxError(
-            path, f"unknown keys {sorted(unknown)} (known: {', '.join(_SENDER_KEYS)})"
-        )
+        raise SandboxError(path, f"unknown keys {sorted(unknown)} (known: {', '.join(_SENDER_KEYS)})")
     timeouts = raw.get("webhook_timeouts", {})
     if not isinstance(timeouts, Mapping):
         raise SandboxError(f"{path}.webhook_timeouts", "must map webhook ids to seconds")

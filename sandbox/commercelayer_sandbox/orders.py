@@ -103,9 +103,7 @@ STATUS_TRIGGERS: dict[str, tuple[str, ...]] = {
 _ALLOWED: dict[str, Callable[[Order], bool]] = {
     "orders.place": lambda o: o.status in ("draft", "pending"),
     "orders.approve": lambda o: o.status == "placed",
-    "orders.cancel": lambda o: (
-        o.status in ("placed", "approved") and o.fulfillment_status != "fulfilled"
-    ),
+    "orders.cancel": lambda o: o.status in ("placed", "approved") and o.fulfillment_status != "fulfilled",
     "orders.authorize": lambda o: o.payment_status == "unpaid",
     "orders.pay": lambda o: o.payment_status == "authorized",
     "orders.refund": lambda o: o.payment_status in ("paid", "partially_paid"),
@@ -213,9 +211,9 @@ def apply_patch(
         if "customer_email" in attributes:
             _associate_customer(state, draft, attributes["customer_email"], now, new_customers)
         if attributes.get("customer_password"):
-            customer = next(
-                (c for c in new_customers if c.id == draft.customer_id), None
-            ) or copy.deepcopy(state.customers.get(draft.customer_id or ""))
+            customer = next((c for c in new_customers if c.id == draft.customer_id), None) or copy.deepcopy(
+                state.customers.get(draft.customer_id or "")
+            )
             if customer is None:
                 raise validation_error(
                     "the order has no customer to sign up",
@@ -234,9 +232,7 @@ def apply_patch(
         if attributes.get("_save_payment_source_to_customer_wallet"):
             entry = _save_to_wallet(state, draft, now, outcome, gateway_refusal)
             if entry is not None:
-                if any(
-                    w.payment_source_id == entry.payment_source_id for w in state.wallet.values()
-                ):
+                if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
                     outcome.duplicates += 1
                 outcome.created.append(entry)
         for trigger, topics in STATUS_TRIGGERS.items():
@@ -271,9 +267,7 @@ def apply_patch(
         return outcome
 
 
-def _associate_customer(
-    state: SandboxState, draft: Order, email: str, now: int, new_customers: list[Customer]
-) -> None:
+def _associate_customer(state: SandboxState, draft: Order, email: str, now: int, new_customers: list[Customer]) -> None:
     """`customer_email` finds the customer with that email, or creates a prospect one."""
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
         raise validation_error(
@@ -289,15 +283,11 @@ def _associate_customer(
     draft.customer_id = customer.id
 
 
-def _use_wallet_entry(
-    state: SandboxState, draft: Order, entry_id: Any, now: int, outcome: PatchOutcome
-) -> WalletEntry:
+def _use_wallet_entry(state: SandboxState, draft: Order, entry_id: Any, now: int, outcome: PatchOutcome) -> WalletEntry:
     pointer = "/data/attributes/_customer_payment_source_id"
     entry = state.wallet.get(entry_id)
     if entry is None:
-        raise validation_error(
-            f"customer payment source {entry_id!r} not found", pointer=pointer, error="not_found"
-        )
+        raise validation_error(f"customer payment source {entry_id!r} not found", pointer=pointer, error="not_found")
     if draft.guest or entry.customer_id != draft.customer_id:
         raise validation_error(
             f"customer payment source {entry_id!r} does not belong to the order's customer",
@@ -396,9 +386,7 @@ def _save_to_wallet(
         (s for s in outcome.new_sources if s.id == draft.payment_source_id), None
     )
     if source is None:
-        raise validation_error(
-            "the order has no payment source to save", pointer=pointer, error="no_payment_source"
-        )
+        raise validation_error("the order has no payment source to save", pointer=pointer, error="no_payment_source")
     if source.type not in WALLET_TYPES:
         raise validation_error(
             f"{source.type} cannot be saved into a customer wallet",

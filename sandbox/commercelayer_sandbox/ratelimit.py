@@ -65,9 +65,7 @@ class SlidingWindowLimiter:
             full = [(key, w, log) for key, w, log in logs if len(log) >= w.count]
             if full:
                 key, w, log = max(full, key=lambda item: item[2][0] + item[1].seconds)
-                return Verdict(
-                    False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key
-                )
+                return Verdict(False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key)
             for _, _, log in logs:
                 log.append(now)
             key, w, log = min(logs, key=lambda item: item[1].count - len(item[2]))

@@ -165,9 +165,7 @@ ORDER_RELS: dict[str, Rel] = {
     "available_free_bundles": Rel(many=True),
     "payment_method": Rel(resolve=_order_method),
     "payment_source": Rel(resolve=_order_source),
-    "line_items": Rel(
-        many=True, resolve=lambda s, o: [("line_items", s.line_items[i]) for i in o.line_item_ids]
-    ),
+    "line_items": Rel(many=True, resolve=lambda s, o: [("line_items", s.line_items[i]) for i in o.line_item_ids]),
     **{
         name: Rel(many=True)
         for name in (
@@ -240,9 +238,7 @@ SKU_RELS = _unmodelled(
     many=("prices", "stock_items", "delivery_lead_times", "attachments"),
 )
 PAYMENT_SOURCE_RELS: dict[str, Rel] = {
-    "order": Rel(
-        resolve=lambda s, ps: ("orders", s.orders[ps.order_id]) if ps.order_id in s.orders else None
-    ),
+    "order": Rel(resolve=lambda s, ps: ("orders", s.orders[ps.order_id]) if ps.order_id in s.orders else None),
     "payment_gateway": Rel(),
 }
 WALLET_RELS: dict[str, Rel] = {
@@ -261,11 +257,7 @@ WEBHOOK_RELS: dict[str, Rel] = {
     ),
 }
 CALLBACK_RELS: dict[str, Rel] = {
-    "webhook": Rel(
-        resolve=lambda s, c: (
-            ("webhooks", s.webhooks[c.webhook_id]) if c.webhook_id in s.webhooks else None
-        )
-    ),
+    "webhook": Rel(resolve=lambda s, c: ("webhooks", s.webhooks[c.webhook_id]) if c.webhook_id in s.webhooks else None),
 }
 
 
@@ -292,14 +284,10 @@ TYPES: dict[str, TypeSpec] = {
     "customer_payment_sources": TypeSpec(WALLET_RELS, lambda s, i: s.wallet.get(i)),
     "payment_methods": TypeSpec(PAYMENT_METHOD_RELS, lambda s, i: s.payment_methods.get(i)),
     "webhooks": TypeSpec(WEBHOOK_RELS, lambda s, i: s.webhooks.get(i)),
-    "event_callbacks": TypeSpec(
-        CALLBACK_RELS, lambda s, i: next((c for c in s.callbacks if c.id == i), None)
-    ),
+    "event_callbacks": TypeSpec(CALLBACK_RELS, lambda s, i: next((c for c in s.callbacks if c.id == i), None)),
     **{t: TypeSpec(PAYMENT_SOURCE_RELS, _source_finder(t)) for t in sorted(PAYMENT_SOURCE_TYPES)},
     # wire transfers have no gateway (resources.json)
-    "wire_transfers": TypeSpec(
-        {"order": PAYMENT_SOURCE_RELS["order"]}, _source_finder("wire_transfers")
-    ),
+    "wire_transfers": TypeSpec({"order": PAYMENT_SOURCE_RELS["order"]}, _source_finder("wire_transfers")),
 }
 #: Relationship targets by (type, relationship), for validating include paths. Polymorphic
 #: `payment_source` targets every payment source type (they share their relationships).
@@ -943,9 +931,7 @@ class Renderer:
             doc["meta"] = dict(self.meta)
         return doc
 
-    def order_document(
-        self, order: Order, include: Sequence[str] | IncludeTree = ()
-    ) -> dict[str, Any]:
+    def order_document(self, order: Order, include: Sequence[str] | IncludeTree = ()) -> dict[str, Any]:
         tree = include if isinstance(include, dict) else parse_include(list(include), "orders")
         return self.document("orders", order, tree)
 

@@ -213,9 +213,7 @@ class Sandbox:
         if market is not None:
             claims["market"] = market
         value = tokens.encode(claims, secret=self.token_secret)
-        return self.state.issue_token(
-            client, scope, value=value, now=now, expires_at=expires_at, claims=claims
-        )
+        return self.state.issue_token(client, scope, value=value, now=now, expires_at=expires_at, claims=claims)
 
     def _market_claim(self, scope: str) -> dict[str, Any] | None:
         ids = []
@@ -275,16 +273,12 @@ class Sandbox:
         event = Event(state.ids.new(), topic, order.id, self.now_ms(), [h.id for h in hooks])
         state.events[event.id] = event
         for hook in hooks:
-            self.sender.enqueue(
-                Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic))
-            )
+            self.sender.enqueue(Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic)))
         self.stats.count("events.triggered")
         self.stats.count("events.deliveries_queued", len(hooks))
         return event
 
-    def trigger(
-        self, topic: str, order_ids: Iterable[str], *, transition: bool = False
-    ) -> list[Event]:
+    def trigger(self, topic: str, order_ids: Iterable[str], *, transition: bool = False) -> list[Event]:
         """Fire `topic` for each order (every time: Commerce Layer resends regardless of
         uniqueness). With `transition`, first move the order as the topic implies
         (`orders.place` -> placed with placed_at; `orders.destroy` deletes it after sending)."""

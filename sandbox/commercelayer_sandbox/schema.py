@@ -99,9 +99,7 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def relax_relationship_data(
-    schema: Mapping[str, Any], *, list_document: bool = False
-) -> dict[str, Any]:
+def relax_relationship_data(schema: Mapping[str, Any], *, list_document: bool = False) -> dict[str, Any]:
     """A copy of an `*Response` schema whose relationships' `data` accept real linkage."""
     relaxed = copy.deepcopy(dict(schema))
     data = relaxed["properties"]["data"]
@@ -167,9 +165,7 @@ def main(argv: list[str]) -> int:
     out_dir = Path(argv[1])
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, fragment in extract(openapi).items():
-        (out_dir / f"{name}.json").write_text(
-            json.dumps(fragment, indent=1) + "\n", encoding="utf-8"
-        )
+        (out_dir / f"{name}.json").write_text(json.dumps(fragment, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

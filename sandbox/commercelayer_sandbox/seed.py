@@ -118,9 +118,7 @@ def read_scenario(source: str | Path) -> dict[str, Any]:
         else:
             data = tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise SandboxError(
-            str(path), f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}"
-        ) from None
+        raise SandboxError(str(path), f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise SandboxError(str(path), "a scenario is an object")
     return data
@@ -185,9 +183,7 @@ class _Loader:
         return value
 
     @staticmethod
-    def _choice(
-        entry: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, path: str
-    ) -> str:
+    def _choice(entry: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str, path: str) -> str:
         value = entry.get(key, default)
         if value not in allowed:
             raise SandboxError(f"{path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
@@ -203,9 +199,7 @@ class _Loader:
                 raise SandboxError(path, "needs client_id and client_secret strings")
             kind = self._choice(c, "kind", APPLICATION_KINDS, "integration", path)
             app_id = c.get("application_id") or short_id("application", cid)
-            self.state.clients[cid] = OAuthClient(
-                cid, secret, str(c.get("scope", "market:all")), kind, str(app_id)
-            )
+            self.state.clients[cid] = OAuthClient(cid, secret, str(c.get("scope", "market:all")), kind, str(app_id))
             self.counts["clients"] += 1
 
     def markets(self, scenario: Mapping[str, Any]) -> None:
@@ -238,9 +232,7 @@ class _Loader:
     def default_market(self) -> Market:
         market = next(iter(self.state.markets.values()), None)
         if market is None:
-            market = self._add_market(
-                self.state.ids.new(), "sandbox", {"name": "Sandbox"}, "markets"
-            )
+            market = self._add_market(self.state.ids.new(), "sandbox", {"name": "Sandbox"}, "markets")
         return market
 
     def customers(self, scenario: Mapping[str, Any]) -> None:
@@ -253,9 +245,7 @@ class _Loader:
                 raise SandboxError(f"{path}.email", f"{email!r} is already used")
             guest = bool(c.get("guest", False))
             has_password = bool(c.get("has_password", not guest))
-            status = self._choice(
-                c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path
-            )
+            status = self._choice(c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path)
             when = self._time(c, "created_at", path, self.now)
             customer = Customer(
                 self._id(c, path),
@@ -289,12 +279,8 @@ class _Loader:
         guest = bool(o.get("guest", guest_default))
         status = self._choice(o, "status", ORDER_STATUSES, "placed", path)
         placed = status in ("placed", "approved", "cancelled")
-        payment_status = self._choice(
-            o, "payment_status", PAYMENT_STATUSES, "authorized" if placed else "unpaid", path
-        )
-        fulfillment = self._choice(
-            o, "fulfillment_status", FULFILLMENT_STATUSES, "unfulfilled", path
-        )
+        payment_status = self._choice(o, "payment_status", PAYMENT_STATUSES, "authorized" if placed else "unpaid", path)
+        fulfillment = self._choice(o, "fulfillment_status", FULFILLMENT_STATUSES, "unfulfilled", path)
         ident = self._id(o, path, ids)
         # Without explicit times an order was created a minute ago and placed a second later,
         # so that nothing seeded lies in the future of a change made right after loading.
@@ -368,9 +354,7 @@ class _Loader:
                 ids=ids,
             )
             order.payment_source_id = added.id
-            order.payment_method_id = state.payment_method_for(
-                market.id, added.type, currency, created
-            )
+            order.payment_method_id = state.payment_method_for(market.id, added.type, currency, created)
         state.orders[order.id] = order
         self.counts["orders"] += 1
         return order
@@ -387,9 +371,7 @@ class _Loader:
     ) -> PaymentSource:
         ptype = spec.get("type")
         if ptype not in PAYMENT_SOURCE_TYPES:
-            raise SandboxError(
-                f"{path}.type", f"{ptype!r} is not one of {', '.join(sorted(PAYMENT_SOURCE_TYPES))}"
-            )
+            raise SandboxError(f"{path}.type", f"{ptype!r} is not one of {', '.join(sorted(PAYMENT_SOURCE_TYPES))}")
         ident = self._id(spec, path, ids)
         is_card = ptype in CARD_TYPES
         last4 = str(spec.get("card_last4", "1111" if is_card else ""))
@@ -420,9 +402,7 @@ class _Loader:
             "nonce_used",
         }
         if not isinstance(gateway, Mapping) or set(gateway) - known:
-            raise SandboxError(
-                f"{path}.gateway", f"must be a table with keys among {sorted(known)}"
-            )
+            raise SandboxError(f"{path}.gateway", f"must be a table with keys among {sorted(known)}")
         gateway = dict(gateway)
         customer_token = str(spec.get("customer_token") or f"{customer_prefix}{owner}")
         if ptype == "adyen_payments":
@@ -457,16 +437,12 @@ class _Loader:
             path = f"customer_payment_sources[{n}]"
             customer = state.customer_by_email(str(w.get("customer", "")))
             if customer is None:
-                raise SandboxError(
-                    f"{path}.customer", f"no customer with email {w.get('customer')!r}"
-                )
+                raise SandboxError(f"{path}.customer", f"no customer with email {w.get('customer')!r}")
             when = self._time(w, "created_at", path, self.now)
             if "order" in w:
                 order = state.orders.get(str(w["order"]))
                 if order is None or order.payment_source_id is None:
-                    raise SandboxError(
-                        f"{path}.order", f"no order {w['order']!r} with a payment source"
-                    )
+                    raise SandboxError(f"{path}.order", f"no order {w['order']!r} with a payment source")
                 source = state.payment_sources[order.payment_source_id]
             else:
                 spec = {
@@ -482,9 +458,7 @@ class _Loader:
                         if k in w
                     },
                 }
-                source = self.add_payment_source(
-                    spec, path, order_id=None, owner=customer.id, when=when
-                )
+                source = self.add_payment_source(spec, path, order_id=None, owner=customer.id, when=when)
             market = self.default_market()
             currency = "EUR"
             if source.order_id in state.orders:
@@ -498,9 +472,7 @@ class _Loader:
                 payment_source_type=source.type,
                 name=str(w.get("name") or wallet_entry_name(source.card_last4, source.type)),
                 customer_token=str(w.get("customer_token") or source.customer_token),
-                payment_source_token=str(
-                    w.get("payment_source_token") or source.payment_source_token
-                ),
+                payment_source_token=str(w.get("payment_source_token") or source.payment_source_token),
                 created_at=when,
                 updated_at=when,
                 reference=w.get("reference"),
@@ -559,9 +531,7 @@ class _Loader:
         }
         unknown = set(spec) - known
         if unknown:
-            raise SandboxError(
-                "generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})"
-            )
+            raise SandboxError("generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
         count = spec.get("orders", 0)
         if not isinstance(count, int) or count < 0:
             raise SandboxError("generate.orders", "must be a non-negative integer")
@@ -572,9 +542,7 @@ class _Loader:
         types = list(spec.get("payment_source_types", sorted(PAYMENT_SOURCE_TYPES)))
         bad = [t for t in types if t not in PAYMENT_SOURCE_TYPES]
         if bad or not types:
-            raise SandboxError(
-                "generate.payment_source_types", f"unknown types {bad}" if bad else "is empty"
-            )
+            raise SandboxError("generate.payment_source_types", f"unknown types {bad}" if bad else "is empty")
         statuses = list(spec.get("statuses", ["placed"]))
         if not statuses or any(s not in ORDER_STATUSES for s in statuses):
             raise SandboxError("generate.statuses", f"must be some of {', '.join(ORDER_STATUSES)}")
@@ -591,9 +559,7 @@ class _Loader:
         for i in range(n_customers):
             email = f"customer-{seed}-{i:05d}@example.com"
             if state.customer_by_email(email):
-                raise SandboxError(
-                    "generate", f"customer {email} already exists (generate twice with one seed?)"
-                )
+                raise SandboxError("generate", f"customer {email} already exists (generate twice with one seed?)")
             c = Customer(self._id({}, "generate", ids), email, True, "acquired", start, start)
             state.customers[c.id] = c
             registered.append(c)
@@ -604,9 +570,7 @@ class _Loader:
             when = start + i * interval
             if guest:
                 email = f"guest-{seed}-{i:05d}@example.com"
-                c = Customer(
-                    self._id({}, "generate", ids), email, False, "prospect", when, when, guest=True
-                )
+                c = Customer(self._id({}, "generate", ids), email, False, "prospect", when, when, guest=True)
                 state.customers[c.id] = c
                 self.counts["customers"] += 1
             else:
@@ -643,9 +607,7 @@ def load_records(
     """Add a scenario's records to `state` (under its lock); (counts, webhook timeouts)."""
     unknown = set(scenario) - set(TOP_KEYS)
     if unknown:
-        raise SandboxError(
-            "", f"unknown top-level keys {sorted(unknown)} (known: {', '.join(TOP_KEYS)})"
-        )
+        raise SandboxError("", f"unknown top-level keys {sorted(unknown)} (known: {', '.join(TOP_KEYS)})")
     loader = _Loader(state, now)
     with state.lock:
         loader.clients(scenario)

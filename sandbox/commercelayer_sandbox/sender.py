@@ -39,9 +39,7 @@ USER_AGENT = "webhook-app-sandbox (Commerce Layer webhook double)"
 
 def sign(body: bytes, *, secret: str) -> str:
     """The `X-CommerceLayer-Signature` value Commerce Layer computes for `body`."""
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode(
-        "ascii"
-    )
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode("ascii")
 
 
 @dataclass
@@ -252,10 +250,7 @@ class Sender:
                     hook.circuit_failure_count = 0
                 else:
                     hook.circuit_failure_count += 1
-                    if (
-                        hook.circuit_state == "closed"
-                        and hook.circuit_failure_count >= cfg.circuit_threshold
-                    ):
+                    if hook.circuit_state == "closed" and hook.circuit_failure_count >= cfg.circuit_threshold:
                         hook.circuit_state = "open"
                         stats.count("sender.circuits_opened")
                         log.info("sandbox: circuit of webhook %s opened", hook.id)

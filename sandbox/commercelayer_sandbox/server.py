@@ -88,9 +88,7 @@ class SandboxServer:
         if self._server is not None:
             raise RuntimeError("the sandbox server is already running")
         app = create_sandbox_app(self.sandbox)
-        server = make_server(
-            self.host, self._requested_port, app, threaded=True, request_handler=QuietRequestHandler
-        )
+        server = make_server(self.host, self._requested_port, app, threaded=True, request_handler=QuietRequestHandler)
         self._server = server
         self.sandbox.start()
         self._thread = threading.Thread(

@@ -165,9 +165,7 @@ class SandboxState:
         with self.lock:
             if ident not in self.payment_methods:
                 name = ptype.replace("_", " ").removesuffix("s").title()
-                self.payment_methods[ident] = PaymentMethod(
-                    ident, market_id, ptype, name, currency, now, now
-                )
+                self.payment_methods[ident] = PaymentMethod(ident, market_id, ptype, name, currency, now, now)
         return ident
 
     def valid_token(self, value: str, *, now: float) -> Token | None:
@@ -192,8 +190,7 @@ class SandboxState:
         with self.lock:
             return {
                 "markets": [
-                    {"id": m.id, "code": m.code, "name": m.name, "number": m.number}
-                    for m in self.markets.values()
+                    {"id": m.id, "code": m.code, "name": m.name, "number": m.number} for m in self.markets.values()
                 ],
                 "customers": [
                     {

@@ -23,9 +23,7 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
 def redact_body(body: Any) -> Any:
     """A copy of a JSON body with secret-bearing keys (anywhere in it) redacted."""
     if isinstance(body, Mapping):
-        return {
-            k: (REDACTED if k in _SECRET_BODY_KEYS else redact_body(v)) for k, v in body.items()
-        }
+        return {k: (REDACTED if k in _SECRET_BODY_KEYS else redact_body(v)) for k, v in body.items()}
     if isinstance(body, list):
         return [redact_body(v) for v in body]
     return body
@@ -84,11 +82,7 @@ class Stats:
             r
             for r in items
             if r["seq"] > since
-            and (
-                route is None
-                or r.get("route") == route
-                or (r.get("route") or "").startswith(route + ".")
-            )
+            and (route is None or r.get("route") == route or (r.get("route") or "").startswith(route + "."))
             and (method is None or r["method"] == method.upper())
             and (status is None or r.get("status") == status)
         ]

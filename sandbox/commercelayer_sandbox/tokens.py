@@ -30,9 +30,7 @@ def _unb64(text: str) -> bytes:
 
 def encode(claims: dict[str, Any], *, secret: bytes, kid: str = "sandbox") -> str:
     header = {"alg": ALGORITHM, "typ": "JWT", "kid": kid}
-    signing_input = ".".join(
-        _b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
-    )
+    signing_input = ".".join(_b64(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims))
     signature = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha512).digest()
     return f"{signing_input}.{_b64(signature)}"
 

@@ -29,28 +29,35 @@ def parse_ttl(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 30m, 1h, 2d or 900")
     seconds = int(m.group(1)) * _UNITS[m.group(2)]
     if not 1 <= seconds <= MAX_TTL:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is out of range: from 1 second to {MAX_TTL // 86400} days")
+        raise argparse.ArgumentTypeError(f"{value!r} is out of range: from 1 second to {MAX_TTL // 86400} days")
     return seconds
 
 
 def register(subparsers: Any) -> None:
     """Add the `admin-token` subcommand to the CLI's subparsers."""
     sp = subparsers.add_parser(
-        "admin-token", help="print a new admin token for the admin API and page",
+        "admin-token",
+        help="print a new admin token for the admin API and page",
         description="Print a token for `Authorization: Bearer ...` and the /admin/ login form, "
-                    "signed with the newest key in WEBHOOK_APP_ADMIN_KEYS.")
-    sp.add_argument("--ttl", type=parse_ttl, default=DEFAULT_TTL, metavar="DURATION",
-                    help="how long the token is valid: 30m, 1h, 2d or seconds "
-                         "(default 1h, at most 30d)")
+        "signed with the newest key in WEBHOOK_APP_ADMIN_KEYS.",
+    )
+    sp.add_argument(
+        "--ttl",
+        type=parse_ttl,
+        default=DEFAULT_TTL,
+        metavar="DURATION",
+        help="how long the token is valid: 30m, 1h, 2d or seconds (default 1h, at most 30d)",
+    )
     sp.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if not settings.admin_keys:
-        return fail("no admin keys configured: set WEBHOOK_APP_ADMIN_KEYS "
-                    "(comma-separated, newest last, at least 16 characters each)")
+        return fail(
+            "no admin keys configured: set WEBHOOK_APP_ADMIN_KEYS "
+            "(comma-separated, newest last, at least 16 characters each)"
+        )
     tokens = Tokens(ADMIN, settings.admin_keys)
     token = tokens.make(ttl=args.ttl)
     print(token)

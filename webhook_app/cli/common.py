@@ -66,8 +66,9 @@ def commerce_layer_client(settings: Settings) -> CommerceLayerClient:
     from webhook_app.commercelayer.client import CommerceLayerClient
 
     if not settings.has_credentials:
-        raise ConfigError("CL_CLIENT_ID", "this command calls Commerce Layer: set CL_CLIENT_ID, CL_CLIENT_SECRET "
-                                          "and CL_API_BASE")
+        raise ConfigError(
+            "CL_CLIENT_ID", "this command calls Commerce Layer: set CL_CLIENT_ID, CL_CLIENT_SECRET and CL_API_BASE"
+        )
     return CommerceLayerClient.from_settings(settings)
 
 
@@ -91,8 +92,14 @@ def add_filters(sp: argparse.ArgumentParser) -> None:
 def delivery_filter(args: argparse.Namespace) -> DeliveryFilter:
     from webhook_app.store import DeliveryFilter
 
-    return DeliveryFilter(topic=args.topic, order_id=args.order_id, decision=args.decision,
-                          since=args.since, until=args.until, limit=args.limit)
+    return DeliveryFilter(
+        topic=args.topic,
+        order_id=args.order_id,
+        decision=args.decision,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
 
 
 def read_input(name: str) -> bytes:

@@ -20,8 +20,10 @@ def cmd_db(args: argparse.Namespace) -> int:
             print(f"database schema: version {before} -> {after}")
             return 0
         found = store.schema_version()
-        print(f"database schema: version {found}, code needs {SCHEMA_VERSION}"
-              + ("" if found == SCHEMA_VERSION else " (run `webhook-app db upgrade`)"))
+        print(
+            f"database schema: version {found}, code needs {SCHEMA_VERSION}"
+            + ("" if found == SCHEMA_VERSION else " (run `webhook-app db upgrade`)")
+        )
         return 0 if found == SCHEMA_VERSION else 1
     finally:
         store.close()

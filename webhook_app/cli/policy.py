@@ -49,9 +49,21 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         chosen = policy.choose(event)
         d = policy.decide(event)
         if args.json:
-            print(json.dumps({"payload": name, "topic": topic, "order_id": event.order_id, "action": d.action,
-                              "rule": d.rule, "rule_action": chosen.action, "guard": d.guard, "reason": d.reason,
-                              "wallet_entry_id": d.wallet_entry_id}))
+            print(
+                json.dumps(
+                    {
+                        "payload": name,
+                        "topic": topic,
+                        "order_id": event.order_id,
+                        "action": d.action,
+                        "rule": d.rule,
+                        "rule_action": chosen.action,
+                        "guard": d.guard,
+                        "reason": d.reason,
+                        "wallet_entry_id": d.wallet_entry_id,
+                    }
+                )
+            )
         else:
             by = f"guard {d.guard} (rule {d.rule} chose {chosen.action})" if d.guard else f"rule {d.rule}"
             print(f"{name}: {topic} order {event.order_id}: {d.action} by {by}: {d.reason}")

@@ -27,8 +27,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for order_id in result.missing:
         print(order_id)
     verb = "would be queued" if args.dry_run else "queued"
-    print(f"listed {result.listed} orders; {len(result.missing)} had no delivery here; "
-          f"{len(result.queued) if not args.dry_run else len(result.missing)} {verb}", file=sys.stderr)
+    print(
+        f"listed {result.listed} orders; {len(result.missing)} had no delivery here; "
+        f"{len(result.queued) if not args.dry_run else len(result.missing)} {verb}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -19,8 +19,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not secret and settings.webhook_secrets:
         secret = settings.webhook_secrets[-1].secret.decode()
     if not secret:
-        raise ConfigError("--secret", "the target's webhook secret is needed (--secret, --secret-env VAR, "
-                                      "or CL_WEBHOOK_SECRETS)")
+        raise ConfigError(
+            "--secret", "the target's webhook secret is needed (--secret, --secret-env VAR, or CL_WEBHOOK_SECRETS)"
+        )
     keys: tuple[str, ...] = settings.replay_keys
     if args.replay_key_env:
         keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
@@ -40,10 +41,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"dry run: {len(items)} deliveries would be sent", file=sys.stderr)
         return 0
     if not keys:
-        print("webhook-app: no replay key: deliveries the target has seen will be answered as duplicates",
-              file=sys.stderr)
-    replayer = Replayer(target=args.target, secret=secret, replay_keys=keys,
-                        token_ttl=args.token_ttl or settings.replay_token_ttl, rate=args.rate)
+        print(
+            "webhook-app: no replay key: deliveries the target has seen will be answered as duplicates", file=sys.stderr
+        )
+    replayer = Replayer(
+        target=args.target,
+        secret=secret,
+        replay_keys=keys,
+        token_ttl=args.token_ttl or settings.replay_token_ttl,
+        rate=args.rate,
+    )
     try:
         summary = replayer.run(items, progress=sys.stderr)
     finally:
@@ -60,11 +67,19 @@ def register(sub: Any) -> None:
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--secret", help="the target's webhook secret (default: the newest of CL_WEBHOOK_SECRETS)")
     g.add_argument("--secret-env", metavar="VAR", help="read the target's webhook secret from VAR")
-    sp.add_argument("--replay-key-env", metavar="VAR", help="the target's replay keys (default "
-                    "WEBHOOK_APP_REPLAY_KEYS); each request gets a replay token so it runs again")
+    sp.add_argument(
+        "--replay-key-env",
+        metavar="VAR",
+        help="the target's replay keys (default "
+        "WEBHOOK_APP_REPLAY_KEYS); each request gets a replay token so it runs again",
+    )
     sp.add_argument("--no-token", action="store_true", help="send without replay tokens (repeats stay duplicates)")
-    sp.add_argument("--token-ttl", type=float, default=None,
-                    help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)")
+    sp.add_argument(
+        "--token-ttl",
+        type=float,
+        default=None,
+        help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)",
+    )
     sp.add_argument("--rate", type=float, default=10, help="requests per second (10)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
     sp.add_argument("--dead-lettered", action="store_true", help="only deliveries whose job is dead-lettered")

@@ -15,13 +15,16 @@ def register(sub: Any) -> None:
     try:
         from commercelayer_sandbox import cli as sandbox_cli
     except ImportError:
-        sp = sub.add_parser("sandbox", help="run the Commerce Layer double (needs `pip install ./sandbox`)",
-                            add_help=False)
+        sp = sub.add_parser(
+            "sandbox", help="run the Commerce Layer double (needs `pip install ./sandbox`)", add_help=False
+        )
         sp.set_defaults(func=_missing, accepts_any_arguments=True)
         return
     sandbox_cli.register(sub).set_defaults(func=sandbox_cli.run)
 
 
 def _missing(_args: argparse.Namespace) -> int:
-    return fail("the sandbox is a separate distribution: install it with `pip install ./sandbox` "
-                "(from a checkout of webhook-app), then run `commercelayer-sandbox`")
+    return fail(
+        "the sandbox is a separate distribution: install it with `pip install ./sandbox` "
+        "(from a checkout of webhook-app), then run `commercelayer-sandbox`"
+    )

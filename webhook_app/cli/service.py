@@ -47,16 +47,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def announce(settings: Settings, bind: str) -> None:
     mode = settings.mode + ("" if settings.has_credentials else " (no Commerce Layer credentials set)")
     secrets = ", ".join(s.label for s in settings.webhook_secrets) or "NONE: every delivery will be refused"
-    print(f"webhook-app {__version__}: listening on http://{bind}/webhooks/commercelayer\n"
-          f"  mode: {mode}\n  database: {mask_url(settings.database_url)}\n"
-          f"  policy: {settings.policy_path}\n  webhook secrets: {secrets}", file=sys.stderr)
+    print(
+        f"webhook-app {__version__}: listening on http://{bind}/webhooks/commercelayer\n"
+        f"  mode: {mode}\n  database: {mask_url(settings.database_url)}\n"
+        f"  policy: {settings.policy_path}\n  webhook secrets: {secrets}",
+        file=sys.stderr,
+    )
 
 
 def register(sub: Any) -> None:
     def bind_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--bind", default=None, metavar="HOST:PORT", help="address to listen on (127.0.0.1:8000)")
-        sp.add_argument("--workers", type=int, default=None, help="gunicorn worker processes "
-                        "(default WEBHOOK_APP_WEB_WORKERS, 2)")
+        sp.add_argument(
+            "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 2)"
+        )
 
     sp = sub.add_parser("serve", help="run the web server and the worker together")
     bind_args(sp)
@@ -69,6 +73,11 @@ def register(sub: Any) -> None:
 
     sp = sub.add_parser("worker", help="run the worker only")
     sp.add_argument("--once", action="store_true", help="process the jobs that are due, then exit")
-    sp.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                    help="serve this worker's Prometheus metrics on PORT (when no web instance shares its host)")
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve this worker's Prometheus metrics on PORT (when no web instance shares its host)",
+    )
     sp.set_defaults(func=cmd_worker)

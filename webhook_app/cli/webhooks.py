@@ -21,14 +21,16 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
             planned = register(client, policy, callback_url=args.callback_url, dry_run=args.dry_run)
             secrets = []
             for p in planned:
-                state = ("exists " + str(p.existing_id)) if p.existing_id else (
-                    "would create" if args.dry_run else "created " + str(p.created_id))
+                state = (
+                    ("exists " + str(p.existing_id))
+                    if p.existing_id
+                    else ("would create" if args.dry_run else "created " + str(p.created_id))
+                )
                 print(f"{p.topic}: {state}; include_resources={','.join(p.include_resources)}")
                 if p.shared_secret:
                     secrets.append(f"{p.topic.replace('.', '-')}:{p.shared_secret}")
             if secrets:
-                print("\nSet this on the service (keep it secret):\n"
-                      f"CL_WEBHOOK_SECRETS={','.join(secrets)}")
+                print(f"\nSet this on the service (keep it secret):\nCL_WEBHOOK_SECRETS={','.join(secrets)}")
             return 0
         if args.reset:
             client.reset_webhook_circuit(args.reset)
@@ -39,9 +41,12 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                     client.reset_webhook_circuit(str(r["id"]))
             rows = status(client)
         for r in rows:
-            print(json.dumps(r) if args.json else
-                  f"{r['id']}  {r['topic']:<28} circuit={r['circuit_state']} failures={r['circuit_failure_count']} "
-                  f" {r['callback_url']}")
+            print(
+                json.dumps(r)
+                if args.json
+                else f"{r['id']}  {r['topic']:<28} circuit={r['circuit_state']} failures={r['circuit_failure_count']} "
+                f" {r['callback_url']}"
+            )
         return 0
     finally:
         client.close()

@@ -138,16 +138,16 @@ class CommerceLayerClient:
             return self._fetch_token()
 
     def _fetch_token(self) -> str:
-        body = {"grant_type": "client_credentials", "client_id": self.client_id,
-                "client_secret": self._client_secret}
+        body = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._client_secret}
         if self.scope:
             body["scope"] = self.scope
         waited = wait_for_slot(self.auth_limiter, "token", clock=self.clock, sleep=self.sleep)
         started = time.monotonic()
         status = None
         try:
-            resp = self.session.post(self.auth_url, json=body, timeout=self.timeout,
-                                     headers={"Accept": "application/json"})
+            resp = self.session.post(
+                self.auth_url, json=body, timeout=self.timeout, headers={"Accept": "application/json"}
+            )
             status = resp.status_code
         except requests.Timeout as exc:
             raise RetryableCommerceLayerError("token request timed out") from exc
@@ -169,22 +169,24 @@ class CommerceLayerClient:
 
     # --- API calls --------------------------------------------------------------------------
     def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]:
-        return self._request("GET", f"/api/orders/{_safe(order_id)}", route="orders.get",
-                             params=_include(include))
+        return self._request("GET", f"/api/orders/{_safe(order_id)}", route="orders.get", params=_include(include))
 
-    def update_order(self, order_id: str, attributes: Mapping[str, Any], *,
-                     include: Iterable[str] = ()) -> dict[str, Any]:
+    def update_order(
+        self, order_id: str, attributes: Mapping[str, Any], *, include: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """PATCH /api/orders/{id} with `attributes` (the body `orderUpdate` describes)."""
         body = {"data": {"type": "orders", "id": order_id, "attributes": dict(attributes)}}
-        return self._request("PATCH", f"/api/orders/{_safe(order_id)}", route="orders.patch",
-                             params=_include(include), json_body=body)
+        return self._request(
+            "PATCH", f"/api/orders/{_safe(order_id)}", route="orders.patch", params=_include(include), json_body=body
+        )
 
     def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]:
         """Every order matching `params` (JSON:API filters), following pagination."""
         return self._pages("/api/orders", route="orders.list", params=params, page_size=page_size)
 
-    def _pages(self, path: str, *, route: str, params: Mapping[str, str] | None = None,
-               page_size: int = 25) -> Iterator[dict[str, Any]]:
+    def _pages(
+        self, path: str, *, route: str, params: Mapping[str, str] | None = None, page_size: int = 25
+    ) -> Iterator[dict[str, Any]]:
         """The resources of a list endpoint, page after page until `meta.page_count`."""
         page = 1
         while True:
@@ -202,24 +204,32 @@ class CommerceLayerClient:
     def list_webhooks(self) -> list[dict[str, Any]]:
         return list(self._pages("/api/webhooks", route="webhooks.list"))
 
-    def create_webhook(self, *, topic: str, callback_url: str, include_resources: list[str],
-                       name: str | None = None) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"topic": topic, "callback_url": callback_url,
-                                 "include_resources": include_resources}
+    def create_webhook(
+        self, *, topic: str, callback_url: str, include_resources: list[str], name: str | None = None
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"topic": topic, "callback_url": callback_url, "include_resources": include_resources}
         if name:
             attrs["name"] = name
-        doc = self._request("POST", "/api/webhooks", route="webhooks.create",
-                            json_body={"data": {"type": "webhooks", "attributes": attrs}})
+        doc = self._request(
+            "POST",
+            "/api/webhooks",
+            route="webhooks.create",
+            json_body={"data": {"type": "webhooks", "attributes": attrs}},
+        )
         return doc.get("data") or {}
 
     def reset_webhook_circuit(self, webhook_id: str) -> dict[str, Any]:
-        doc = self._request("PATCH", f"/api/webhooks/{_safe(webhook_id)}", route="webhooks.patch",
-                            json_body={"data": {"type": "webhooks", "id": webhook_id,
-                                                "attributes": {"_reset_circuit": True}}})
+        doc = self._request(
+            "PATCH",
+            f"/api/webhooks/{_safe(webhook_id)}",
+            route="webhooks.patch",
+            json_body={"data": {"type": "webhooks", "id": webhook_id, "attributes": {"_reset_circuit": True}}},
+        )
         return doc.get("data") or {}
 
-    def _request(self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None,
-                 json_body: Any = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None, json_body: Any = None
+    ) -> dict[str, Any]:
         refreshed = False
         while True:
             token = self.access_token()
@@ -231,17 +241,18 @@ class CommerceLayerClient:
             status = None
             writes = method not in ("GET", "HEAD")
             try:
-                resp = self.session.request(method, self.api_base + path, params=params, json=json_body,
-                                            headers=headers, timeout=self.timeout)
+                resp = self.session.request(
+                    method, self.api_base + path, params=params, json=json_body, headers=headers, timeout=self.timeout
+                )
                 status = resp.status_code
             except requests.ConnectTimeout as exc:
                 raise RetryableCommerceLayerError(f"{method} {route}: connect timed out") from exc
             except requests.ReadTimeout as exc:
-                raise RetryableCommerceLayerError(f"{method} {route}: no answer within {self.timeout[1]} s",
-                                                  uncertain=writes) from exc
+                raise RetryableCommerceLayerError(
+                    f"{method} {route}: no answer within {self.timeout[1]} s", uncertain=writes
+                ) from exc
             except requests.RequestException as exc:
-                raise RetryableCommerceLayerError(f"{method} {route}: {type(exc).__name__}",
-                                                  uncertain=writes) from exc
+                raise RetryableCommerceLayerError(f"{method} {route}: {type(exc).__name__}", uncertain=writes) from exc
             finally:
                 self._record(method, route, status, time.monotonic() - started, waited)
             if resp.status_code == 401 and not refreshed:
@@ -254,8 +265,9 @@ class CommerceLayerClient:
                 try:
                     doc = resp.json()
                 except ValueError as exc:
-                    raise RetryableCommerceLayerError(f"{method} {route}: answer is not JSON",
-                                                      status=resp.status_code, uncertain=writes) from exc
+                    raise RetryableCommerceLayerError(
+                        f"{method} {route}: answer is not JSON", status=resp.status_code, uncertain=writes
+                    ) from exc
                 return doc if isinstance(doc, dict) else {}
             raise _error_from(resp, f"{method} {route}", uncertain=writes)
 
@@ -299,7 +311,8 @@ def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> Comme
         if isinstance(doc, dict) and isinstance(doc.get("errors"), list):
             errors = [
                 {k: e.get(k) for k in ("title", "detail", "code", "status", "source") if k in e}
-                for e in doc["errors"] if isinstance(e, dict)
+                for e in doc["errors"]
+                if isinstance(e, dict)
             ]
     except ValueError:
         pass
@@ -307,12 +320,19 @@ def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> Comme
     detail = f"{what}: HTTP {resp.status_code}: {details}"[:1000]
     status = resp.status_code
     if status == 429:
-        return RetryableCommerceLayerError(detail, status=status, errors=errors,
-                                           retry_after=parse_retry_after(resp.headers.get("Retry-After"),
-                                                                         now=time.time()))
+        return RetryableCommerceLayerError(
+            detail,
+            status=status,
+            errors=errors,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After"), now=time.time()),
+        )
     if status >= 500 or status == 423:
         # 423 Locked: the order is being changed by someone else; try again later.
-        return RetryableCommerceLayerError(detail, status=status, errors=errors, uncertain=uncertain and status >= 500,
-                                           retry_after=parse_retry_after(resp.headers.get("Retry-After"),
-                                                                         now=time.time()))
+        return RetryableCommerceLayerError(
+            detail,
+            status=status,
+            errors=errors,
+            uncertain=uncertain and status >= 500,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After"), now=time.time()),
+        )
     return PermanentCommerceLayerError(detail, status=status, errors=errors)

@@ -22,8 +22,13 @@ from webhook_app.timefmt import iso
 SOURCE_HEADER = "X-Webhook-App-Source"
 # The topic an order's status implies (the event that would have announced it).
 STATUS_TOPICS = {
-    "draft": "orders.draft", "pending": "orders.pending", "placing": "orders.place", "placed": "orders.place",
-    "editing": "orders.place", "approved": "orders.approve", "cancelled": "orders.cancel",
+    "draft": "orders.draft",
+    "pending": "orders.pending",
+    "placing": "orders.place",
+    "placed": "orders.place",
+    "editing": "orders.place",
+    "approved": "orders.approve",
+    "cancelled": "orders.cancel",
 }
 
 
@@ -34,8 +39,16 @@ class Result:
     queued: list[int] = field(default_factory=list)
 
 
-def reconcile(client: CommerceLayerAPI, store: Store, policy: Policy, *, since: float, until: float | None = None,
-              dry_run: bool = False, clock: Callable[[], float] = time.time) -> Result:
+def reconcile(
+    client: CommerceLayerAPI,
+    store: Store,
+    policy: Policy,
+    *,
+    since: float,
+    until: float | None = None,
+    dry_run: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> Result:
     params = {"filter[q][updated_at_gteq]": iso(since, timespec="seconds"), "sort": "updated_at"}
     if until is not None:
         params["filter[q][updated_at_lteq]"] = iso(until, timespec="seconds")
@@ -56,9 +69,15 @@ def reconcile(client: CommerceLayerAPI, store: Store, policy: Policy, *, since: 
         doc = client.get_order(order_id, include=includes)
         body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         topic = STATUS_TOPICS.get(status, "orders.place")
-        delivery = Delivery(topic=topic, body=body, identity=delivery_identity(topic, body),
-                            secret_label="reconcile", resource_type="orders", resource_id=order_id,
-                            headers={SOURCE_HEADER: "reconcile", "X-CommerceLayer-Topic": topic})
+        delivery = Delivery(
+            topic=topic,
+            body=body,
+            identity=delivery_identity(topic, body),
+            secret_label="reconcile",
+            resource_type="orders",
+            resource_id=order_id,
+            headers={SOURCE_HEADER: "reconcile", "X-CommerceLayer-Topic": topic},
+        )
         recorded = store.record_delivery(delivery, now=clock())
         if recorded.job_id is not None and not recorded.duplicate:
             result.queued.append(recorded.delivery_id)

@@ -15,10 +15,23 @@ from webhook_app.policy import Policy
 
 # The documented order topics, used when the policy acts on every topic:
 # https://docs.commercelayer.io/developers/real-time-webhooks
-ORDER_TOPICS = ("orders.create", "orders.draft", "orders.pending", "orders.place", "orders.approve",
-                "orders.cancel", "orders.authorize", "orders.void", "orders.pay", "orders.refund",
-                "orders.start_fulfilling", "orders.cancel_fulfilling", "orders.fulfill",
-                "orders.rebuild_shipments", "orders.destroy")
+ORDER_TOPICS = (
+    "orders.create",
+    "orders.draft",
+    "orders.pending",
+    "orders.place",
+    "orders.approve",
+    "orders.cancel",
+    "orders.authorize",
+    "orders.void",
+    "orders.pay",
+    "orders.refund",
+    "orders.start_fulfilling",
+    "orders.cancel_fulfilling",
+    "orders.fulfill",
+    "orders.rebuild_shipments",
+    "orders.destroy",
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +49,14 @@ def plan(policy: Policy) -> list[tuple[str, list[str]]]:
     return [(t, policy.required_includes()) for t in chosen]
 
 
-def register(client: CommerceLayerAPI, policy: Policy, *, callback_url: str, dry_run: bool = False,
-             name_prefix: str = "webhook-app") -> list[Planned]:
+def register(
+    client: CommerceLayerAPI,
+    policy: Policy,
+    *,
+    callback_url: str,
+    dry_run: bool = False,
+    name_prefix: str = "webhook-app",
+) -> list[Planned]:
     existing = {(_attr(w, "topic"), _attr(w, "callback_url")): w for w in client.list_webhooks()}
     out = []
     for topic, includes in plan(policy):
@@ -48,19 +67,27 @@ def register(client: CommerceLayerAPI, policy: Policy, *, callback_url: str, dry
         if dry_run:
             out.append(Planned(topic, includes))
             continue
-        created = client.create_webhook(topic=topic, callback_url=callback_url, include_resources=includes,
-                                        name=f"{name_prefix} {topic}")
-        out.append(Planned(topic, includes, created_id=str(created.get("id")),
-                           shared_secret=_attr(created, "shared_secret")))
+        created = client.create_webhook(
+            topic=topic, callback_url=callback_url, include_resources=includes, name=f"{name_prefix} {topic}"
+        )
+        out.append(
+            Planned(topic, includes, created_id=str(created.get("id")), shared_secret=_attr(created, "shared_secret"))
+        )
     return out
 
 
 def status(client: CommerceLayerAPI) -> list[dict[str, Any]]:
     rows = []
     for w in client.list_webhooks():
-        rows.append({"id": w.get("id"), "topic": _attr(w, "topic"), "callback_url": _attr(w, "callback_url"),
-                     "circuit_state": _attr(w, "circuit_state"),
-                     "circuit_failure_count": _attr(w, "circuit_failure_count")})
+        rows.append(
+            {
+                "id": w.get("id"),
+                "topic": _attr(w, "topic"),
+                "callback_url": _attr(w, "callback_url"),
+                "circuit_state": _attr(w, "circuit_state"),
+                "circuit_failure_count": _attr(w, "circuit_failure_count"),
+            }
+        )
     return rows
 
 

@@ -85,9 +85,19 @@ class Summary:
 
 
 class Replayer:
-    def __init__(self, *, target: str, secret: str, replay_keys: tuple[str, ...] = (), token_ttl: float = 300,
-                 rate: float = 10.0, timeout: float = 10.0, session: requests.Session | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        *,
+        target: str,
+        secret: str,
+        replay_keys: tuple[str, ...] = (),
+        token_ttl: float = 300,
+        rate: float = 10.0,
+        timeout: float = 10.0,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.target = target
         self._secret = secret
         self.tokens = Tokens(REPLAY, replay_keys, clock) if replay_keys else None
@@ -99,8 +109,11 @@ class Replayer:
         self.sleep = sleep
 
     def headers(self, item: Recorded) -> dict[str, str]:
-        h = {"Content-Type": "application/json", TOPIC_HEADER: item.topic,
-             SIGNATURE_HEADER: sign(item.body, secret=self._secret)}
+        h = {
+            "Content-Type": "application/json",
+            TOPIC_HEADER: item.topic,
+            SIGNATURE_HEADER: sign(item.body, secret=self._secret),
+        }
         if self.tokens is not None:
             h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, ttl=self.token_ttl)
         return h
@@ -134,8 +147,10 @@ class Replayer:
 def describe(items: list[Recorded], *, target: str, with_token: bool) -> Iterator[str]:
     """What a dry run prints: one line per request that would be sent."""
     for item in items:
-        yield (f"POST {target} topic={item.topic} order={item.order_id or '-'} bytes={len(item.body)} "
-               f"from={item.source}" + (" +replay-token" if with_token else ""))
+        yield (
+            f"POST {target} topic={item.topic} order={item.order_id or '-'} bytes={len(item.body)} "
+            f"from={item.source}" + (" +replay-token" if with_token else "")
+        )
 
 
 def _bar(out: TextIO, done: int, total: int) -> None:

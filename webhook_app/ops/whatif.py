@@ -71,6 +71,13 @@ def diff(store: Store, new: Policy, current: Policy, flt: DeliveryFilter | None 
     out = []
     for order_id in orders:
         if before_actions[order_id] != after_actions[order_id]:
-            out.append(Change(order_id, tuple(sorted(before_actions[order_id])), tuple(sorted(after_actions[order_id])),
-                              tuple(sorted(before_rules[order_id])), tuple(sorted(after_rules[order_id]))))
+            out.append(
+                Change(
+                    order_id,
+                    tuple(sorted(before_actions[order_id])),
+                    tuple(sorted(after_actions[order_id])),
+                    tuple(sorted(before_rules[order_id])),
+                    tuple(sorted(after_rules[order_id])),
+                )
+            )
     return out

@@ -24,22 +24,24 @@ def apply_guards(
         if not event.payment_source_type:
             return decision.guarded("no_payment_source", "the order has no payment source")
         if event.payment_source_type not in set(wallet_source_types):
-            return decision.guarded("no_wallet_flow",
-                                    f"{event.payment_source_type} has no documented wallet flow")
+            return decision.guarded("no_wallet_flow", f"{event.payment_source_type} has no documented wallet flow")
         look = wallet.look_up(event)
         if look.in_wallet:
-            return replace(decision.guarded("already_in_wallet",
-                                            f"payment source is wallet entry {look.entry_id} (matched by {look.how})"),
-                           wallet_entry_id=look.entry_id)
+            return replace(
+                decision.guarded(
+                    "already_in_wallet", f"payment source is wallet entry {look.entry_id} (matched by {look.how})"
+                ),
+                wallet_entry_id=look.entry_id,
+            )
     if decision.action == USE_WALLET and event.wallet is not None:
         chosen = choose_wallet_entry(event.wallet, decision.strategy or "newest")
         if chosen is None:
-            return decision.guarded("no_wallet_entry",
-                                    f"no wallet entry fits strategy {decision.strategy or 'newest'}")
+            return decision.guarded("no_wallet_entry", f"no wallet entry fits strategy {decision.strategy or 'newest'}")
         if wallet.entry_is_order_source(chosen, event):
-            return replace(decision.guarded("already_using_wallet_entry",
-                                            f"payment source already is wallet entry {chosen.id}"),
-                           wallet_entry_id=chosen.id)
+            return replace(
+                decision.guarded("already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"),
+                wallet_entry_id=chosen.id,
+            )
         return replace(decision, wallet_entry_id=chosen.id)
     return decision
 

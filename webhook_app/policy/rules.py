@@ -112,8 +112,9 @@ def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
     if op == "matches":
         rx = re.compile(operand)
         return lambda v: isinstance(v, str) and rx.search(v) is not None
-    cmp = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
-           "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}[op]
+    cmp = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}[
+        op
+    ]
     return lambda v: v is not _MISSING and _ordered(v, operand) and cmp(v, operand)
 
 
@@ -124,8 +125,9 @@ def _compile_condition(node: Any, *, rule: str, where: str, roots: set[str]) -> 
     combos = keys & set(COMBINATORS)
     if combos:
         if len(keys) != 1:
-            raise PolicyError(f"`{next(iter(combos))}` must stand alone in its table (found {sorted(keys)})",
-                              rule=rule, field=where)
+            raise PolicyError(
+                f"`{next(iter(combos))}` must stand alone in its table (found {sorted(keys)})", rule=rule, field=where
+            )
         op = next(iter(combos))
         if op == "not":
             inner = _compile_condition(node["not"], rule=rule, where=f"{where}.not", roots=roots)
@@ -133,29 +135,31 @@ def _compile_condition(node: Any, *, rule: str, where: str, roots: set[str]) -> 
         items = node[op]
         if not isinstance(items, list) or not items:
             raise PolicyError(f"`{op}` needs a non-empty list of conditions", rule=rule, field=f"{where}.{op}")
-        preds = [_compile_condition(c, rule=rule, where=f"{where}.{op}[{i}]", roots=roots)
-                 for i, c in enumerate(items)]
+        preds = [_compile_condition(c, rule=rule, where=f"{where}.{op}[{i}]", roots=roots) for i, c in enumerate(items)]
         if op == "all":
             return lambda e: all(p(e) for p in preds)
         return lambda e: any(p(e) for p in preds)
 
     if "field" not in node:
-        raise PolicyError(f"a condition needs `field` and one operator, or one of {', '.join(COMBINATORS)}",
-                          rule=rule, field=where)
+        raise PolicyError(
+            f"a condition needs `field` and one operator, or one of {', '.join(COMBINATORS)}", rule=rule, field=where
+        )
     fld = node["field"]
     if not isinstance(fld, str) or not re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)*", fld):
         raise PolicyError("`field` must be a dotted path like `order.status`", rule=rule, field=f"{where}.field")
     path = tuple(fld.split("."))
     if path[0] not in ROOTS:
-        raise PolicyError(f"unknown field root {path[0]!r}; use one of {', '.join(ROOTS)}",
-                          rule=rule, field=f"{where}.field")
+        raise PolicyError(
+            f"unknown field root {path[0]!r}; use one of {', '.join(ROOTS)}", rule=rule, field=f"{where}.field"
+        )
     if path[0] == "topic" and len(path) > 1 or path[0] != "topic" and len(path) < 2:
         raise PolicyError(f"{fld!r} does not name a field", rule=rule, field=f"{where}.field")
     ops = keys - {"field", "quantifier"}
     unknown = ops - set(COMPARATORS)
     if unknown:
-        raise PolicyError(f"unknown operator {sorted(unknown)[0]!r}; use one of {', '.join(COMPARATORS)}",
-                          rule=rule, field=where)
+        raise PolicyError(
+            f"unknown operator {sorted(unknown)[0]!r}; use one of {', '.join(COMPARATORS)}", rule=rule, field=where
+        )
     if len(ops) != 1:
         raise PolicyError("a condition needs exactly one operator", rule=rule, field=where)
     op = ops.pop()
@@ -226,8 +230,12 @@ class Policy:
     def choose(self, event: Event) -> Decision:
         for rule in self.rules:
             if rule.matches(event):
-                return Decision(action=rule.action, rule=rule.name,
-                                reason=rule.description or f"rule {rule.name} matched", strategy=rule.strategy)
+                return Decision(
+                    action=rule.action,
+                    rule=rule.name,
+                    reason=rule.description or f"rule {rule.name} matched",
+                    strategy=rule.strategy,
+                )
         return self.default
 
     def decide(self, event: Event) -> Decision:
@@ -302,8 +310,13 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
         if not isinstance(wst, list) or not all(isinstance(t, str) and t for t in wst):
             raise PolicyError("must be a list of payment source types", field="wallet_source_types")
         wallet_types = frozenset(wst)
-    return Policy(rules=tuple(rules), default=default_decision, wallet_source_types=wallet_types,
-                  roots=frozenset(roots), source=source)
+    return Policy(
+        rules=tuple(rules),
+        default=default_decision,
+        wallet_source_types=wallet_types,
+        roots=frozenset(roots),
+        source=source,
+    )
 
 
 def _parse_default(d: Mapping[str, Any]) -> Decision:
@@ -325,8 +338,9 @@ def _parse_strategy(d: Mapping[str, Any], action: str, rule: str) -> str | None:
     if action == USE_WALLET:
         strategy = strategy or "newest"
         if strategy not in STRATEGIES:
-            raise PolicyError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}",
-                              rule=rule, field="strategy")
+            raise PolicyError(
+                f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}", rule=rule, field="strategy"
+            )
     elif strategy is not None:
         raise PolicyError(f"`strategy` only applies to {USE_WALLET}", rule=rule, field="strategy")
     return strategy
@@ -359,7 +373,9 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
     if not isinstance(description, str):
         raise PolicyError("must be a string", rule=name, field="description")
     when = r.get("when")
-    predicate: Predicate = (lambda e: True) if when is None else _compile_condition(
-        when, rule=name, where="when", roots=roots)
-    return Rule(name=name, action=action, topics=topics, predicate=predicate, strategy=strategy,
-                description=description)
+    predicate: Predicate = (
+        (lambda e: True) if when is None else _compile_condition(when, rule=name, where="when", roots=roots)
+    )
+    return Rule(
+        name=name, action=action, topics=topics, predicate=predicate, strategy=strategy, description=description
+    )

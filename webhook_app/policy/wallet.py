@@ -40,9 +40,11 @@ SOURCE_TOKEN_PATHS: Mapping[str, tuple[tuple[str, ...], ...]] = {
     "stripe_payments": (("payment_method", "id"), ("options", "payment_method")),
     "braintree_payments": (("options", "payment_method_token"),),
     "checkout_com_payments": (("source_id",), ("payment_response", "source", "id")),
-    "adyen_payments": (("payment_response", "additionalData", "recurring.recurringDetailReference"),
-                       ("payment_response", "additionalData", "recurringDetailReference"),
-                       ("payment_response", "recurringDetailReference")),
+    "adyen_payments": (
+        ("payment_response", "additionalData", "recurring.recurringDetailReference"),
+        ("payment_response", "additionalData", "recurringDetailReference"),
+        ("payment_response", "recurringDetailReference"),
+    ),
     "klarna_payments": (("payment_source_token",),),
     "axerve_payments": (("payment_source_token",),),
     "external_payments": (("payment_source_token",),),
@@ -105,9 +107,10 @@ class WalletLook:
         return self.known and self.entry_id is None
 
 
-def entry_matches(entry: Resource, source: Resource, tokens: frozenset[str],
-                  included: Mapping[tuple[str, str], Resource]) -> str | None | bool:
-    """"linkage"/"token" if the entry is this source's; False if it is certainly not; None if unknown."""
+def entry_matches(
+    entry: Resource, source: Resource, tokens: frozenset[str], included: Mapping[tuple[str, str], Resource]
+) -> str | None | bool:
+    """ "linkage"/"token" if the entry is this source's; False if it is certainly not; None if unknown."""
     linked = entry_source_id(entry)
     if linked is not None:
         if linked == source.id:

@@ -135,8 +135,7 @@ class Store(abc.ABC):
         found = self.schema_version()
         if found != SCHEMA_VERSION:
             raise SchemaOutOfDate(
-                f"database schema is at version {found}, this code needs {SCHEMA_VERSION}; "
-                "run `webhook-app db upgrade`"
+                f"database schema is at version {found}, this code needs {SCHEMA_VERSION}; run `webhook-app db upgrade`"
             )
 
     def rate_limiter(self, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time) -> RateLimiter:
@@ -164,9 +163,15 @@ class Store(abc.ABC):
         original = self.get_delivery(delivery_id)
         if original is None:
             return None
-        d = Delivery(topic=original.topic, body=original.body, identity=original.identity,
-                     secret_label=original.secret_label, resource_type=original.resource_type,
-                     resource_id=original.resource_id, headers=dict(original.headers))
+        d = Delivery(
+            topic=original.topic,
+            body=original.body,
+            identity=original.identity,
+            secret_label=original.secret_label,
+            resource_type=original.resource_type,
+            resource_id=original.resource_id,
+            headers=dict(original.headers),
+        )
         return self.record_delivery(d.as_replay(nonce), now=now, replay_of=original.replay_of or original.id)
 
     # --- jobs -----------------------------------------------------------------------------
@@ -179,8 +184,9 @@ class Store(abc.ABC):
         """Extend a lease still held by `worker` (and the action claims the job holds)."""
 
     @abc.abstractmethod
-    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float,
-                   action: str | None = None) -> bool:
+    def finish_job(
+        self, job_id: int, *, worker: str, decision: DecisionRecord, now: float, action: str | None = None
+    ) -> bool:
         """Mark done with its decision, if `worker` still holds the lease.
 
         With `action`, the order's claim on that action (held by `worker`) is marked done in the
@@ -188,17 +194,16 @@ class Store(abc.ABC):
         at Commerce Layer whose job runs again and finds only "already flagged"."""
 
     @abc.abstractmethod
-    def retry_job(self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float,
-                  count_attempt: bool = True) -> bool:
+    def retry_job(
+        self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float, count_attempt: bool = True
+    ) -> bool:
         """Give the job back for another attempt at `next_attempt_at`.
 
         `count_attempt=False` when the attempt never started its work (another worker was busy
         with the same order), so waiting does not use up the job's attempts."""
 
     @abc.abstractmethod
-    def dead_letter(
-        self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float
-    ) -> bool:
+    def dead_letter(self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float) -> bool:
         """Stop trying; keep the reason."""
 
     @abc.abstractmethod

@@ -70,8 +70,7 @@ class PostgresStore(SQLStore):
 
     claim_lock_clause = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, url: str, *, pool_size: int = 4, pool_timeout: float = 2.0,
-                 connect_timeout: int = 2) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, pool_timeout: float = 2.0, connect_timeout: int = 2) -> None:
         self.url = url
         self.pool_size = pool_size
         self.pool_timeout = pool_timeout
@@ -84,9 +83,12 @@ class PostgresStore(SQLStore):
         with self._lock:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool = ConnectionPool(
-                    self.url, min_size=1, max_size=self.pool_size, timeout=self.pool_timeout, open=False,
-                    kwargs={"row_factory": dict_row, "connect_timeout": self.connect_timeout,
-                            "autocommit": True},
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=self.pool_timeout,
+                    open=False,
+                    kwargs={"row_factory": dict_row, "connect_timeout": self.connect_timeout, "autocommit": True},
                     name="webhook-app",
                     reconnect_timeout=0,
                 )
@@ -134,15 +136,32 @@ class PostgresStore(SQLStore):
                 " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
                 " updated_at) SELECT id, order_id, topic, 'pending', 0, ?, ?, ? FROM d WHERE ? RETURNING id)"
                 " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
-                (delivery.identity, delivery.topic, delivery.resource_type, delivery.resource_id, delivery.order_id,
-                 now, delivery.secret_label, json.dumps(delivery.headers), delivery.body, status, replay_of,
-                 now, now, now, delivery.is_order),
+                (
+                    delivery.identity,
+                    delivery.topic,
+                    delivery.resource_type,
+                    delivery.resource_id,
+                    delivery.order_id,
+                    now,
+                    delivery.secret_label,
+                    json.dumps(delivery.headers),
+                    delivery.body,
+                    status,
+                    replay_of,
+                    now,
+                    now,
+                    now,
+                    delivery.is_order,
+                ),
             )
             if row is not None:
                 job_id = row["job_id"]
                 return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
-            existing = c.one("SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-                             " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?", (delivery.identity,))
+            existing = c.one(
+                "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+                " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
+                (delivery.identity,),
+            )
         if existing is None:  # pragma: no cover - a conflicting row always exists once committed
             raise StoreUnavailable("delivery conflicted but could not be read back")
         job_id = existing["job_id"]
@@ -189,8 +208,9 @@ class PostgresRateLimiter:
     limits (they count per organization and IP, not per process). Each reservation is one short
     transaction serialised by an advisory lock on the key."""
 
-    def __init__(self, store: PostgresStore, limits: Sequence[RateLimit], *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: PostgresStore, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.limits = tuple(limits)
         self.clock = clock
@@ -204,8 +224,9 @@ class PostgresRateLimiter:
             c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(bucket.encode()),))
             now = self.clock()
             c.run("DELETE FROM rate_limit_slots WHERE key = ? AND at <= ?", (bucket, now - self.horizon))
-            history = [float(r["at"]) for r in c.all("SELECT at FROM rate_limit_slots WHERE key = ? ORDER BY at",
-                                                       (bucket,))]
+            history = [
+                float(r["at"]) for r in c.all("SELECT at FROM rate_limit_slots WHERE key = ? ORDER BY at", (bucket,))
+            ]
             slot = earliest_slot(now, history, self.limits)
             c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (bucket, slot))
         return slot

@@ -60,14 +60,26 @@ class SQLStore(Store):
                 "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
                 " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (identity) DO NOTHING RETURNING id",
-                (delivery.identity, delivery.topic, delivery.resource_type, delivery.resource_id,
-                 delivery.order_id, now, delivery.secret_label, json.dumps(delivery.headers),
-                 delivery.body, status, replay_of),
+                (
+                    delivery.identity,
+                    delivery.topic,
+                    delivery.resource_type,
+                    delivery.resource_id,
+                    delivery.order_id,
+                    now,
+                    delivery.secret_label,
+                    json.dumps(delivery.headers),
+                    delivery.body,
+                    status,
+                    replay_of,
+                ),
             )
             if row is None:
-                existing = c.one("SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-                                 " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
-                                 (delivery.identity,))
+                existing = c.one(
+                    "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+                    " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
+                    (delivery.identity,),
+                )
                 assert existing is not None  # the conflicting row exists inside this transaction
                 return Recorded(int(existing["id"]), True, _opt_int(existing["job_id"]), existing["status"])
             delivery_id = int(row["id"])
@@ -108,58 +120,88 @@ class SQLStore(Store):
                 return None
             job_id = int(row["id"])
             if row["state"] == "running":  # the previous holder's lease ran out (worker died)
-                c.run("UPDATE attempts SET finished_at = ?, outcome = 'lease_expired'"
-                      " WHERE job_id = ? AND finished_at IS NULL", (now, job_id))
+                c.run(
+                    "UPDATE attempts SET finished_at = ?, outcome = 'lease_expired'"
+                    " WHERE job_id = ? AND finished_at IS NULL",
+                    (now, job_id),
+                )
             lease = now + lease_seconds
-            c.run("UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires_at = ?,"
-                  " attempts = attempts + 1, updated_at = ? WHERE id = ?", (worker, lease, now, job_id))
+            c.run(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires_at = ?,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (worker, lease, now, job_id),
+            )
             attempt = int(row["attempts"]) + 1
-            c.run("INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
-                  (job_id, attempt, worker, now))
-            d = c.one("SELECT j.delivery_id, j.order_id, j.topic, d.body, d.received_at, d.replay_of"
-                      " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?", (job_id,))
+            c.run(
+                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
+                (job_id, attempt, worker, now),
+            )
+            d = c.one(
+                "SELECT j.delivery_id, j.order_id, j.topic, d.body, d.received_at, d.replay_of"
+                " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
+                (job_id,),
+            )
             assert d is not None
-            return Job(id=job_id, delivery_id=int(d["delivery_id"]), order_id=d["order_id"], topic=d["topic"],
-                       attempts=attempt, body=bytes(d["body"]), received_at=float(d["received_at"]),
-                       lease_expires_at=lease, replay=d["replay_of"] is not None)
+            return Job(
+                id=job_id,
+                delivery_id=int(d["delivery_id"]),
+                order_id=d["order_id"],
+                topic=d["topic"],
+                attempts=attempt,
+                body=bytes(d["body"]),
+                received_at=float(d["received_at"]),
+                lease_expires_at=lease,
+                replay=d["replay_of"] is not None,
+            )
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
         """Extend the job's lease and the lease of any action claim it holds."""
         with self._tx() as c:
-            held = c.run("UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?"
-                         " AND state = 'running' AND lease_owner = ?",
-                         (now + lease_seconds, now, job_id, worker)) == 1
+            held = (
+                c.run(
+                    "UPDATE jobs SET lease_expires_at = ?, updated_at = ? WHERE id = ?"
+                    " AND state = 'running' AND lease_owner = ?",
+                    (now + lease_seconds, now, job_id, worker),
+                )
+                == 1
+            )
             if held:
-                c.run("UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"
-                      " AND state = 'in_flight'", (now + lease_seconds, job_id, worker))
+                c.run(
+                    "UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"
+                    " AND state = 'in_flight'",
+                    (now + lease_seconds, job_id, worker),
+                )
             return held
 
-    def finish_job(self, job_id: int, *, worker: str, decision: DecisionRecord, now: float,
-                   action: str | None = None) -> bool:
+    def finish_job(
+        self, job_id: int, *, worker: str, decision: DecisionRecord, now: float, action: str | None = None
+    ) -> bool:
         with self._tx() as c:
             if not self._release_job(c, job_id, worker, "done", None, now, now, decision.outcome):
                 return False
             self._insert_decision(c, job_id, decision, now)
             if action is not None:
-                c.run("UPDATE order_actions SET state = 'done', owner = NULL, lease_expires_at = NULL, uncertain = 0,"
-                      " wallet_entry_id = ?, updated_at = ? WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?)"
-                      " AND action = ? AND owner = ? AND state = 'in_flight'",
-                      (decision.wallet_entry_id, now, job_id, action, worker))
+                c.run(
+                    "UPDATE order_actions SET state = 'done', owner = NULL, lease_expires_at = NULL, uncertain = 0,"
+                    " wallet_entry_id = ?, updated_at = ? WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?)"
+                    " AND action = ? AND owner = ? AND state = 'in_flight'",
+                    (decision.wallet_entry_id, now, job_id, action, worker),
+                )
             return True
 
-    def retry_job(self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float,
-                  count_attempt: bool = True) -> bool:
+    def retry_job(
+        self, job_id: int, *, worker: str, error: str, next_attempt_at: float, now: float, count_attempt: bool = True
+    ) -> bool:
         with self._tx() as c:
-            if not self._release_job(c, job_id, worker, "pending", error, next_attempt_at, now,
-                                     "retry" if count_attempt else "deferred"):
+            if not self._release_job(
+                c, job_id, worker, "pending", error, next_attempt_at, now, "retry" if count_attempt else "deferred"
+            ):
                 return False
             if not count_attempt:
                 c.run("UPDATE jobs SET attempts = attempts - 1 WHERE id = ? AND attempts > 0", (job_id,))
             return True
 
-    def dead_letter(
-        self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float
-    ) -> bool:
+    def dead_letter(self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float) -> bool:
         with self._tx() as c:
             if not self._release_job(c, job_id, worker, "dead", error, now, now, "dead"):
                 return False
@@ -167,8 +209,17 @@ class SQLStore(Store):
                 self._insert_decision(c, job_id, decision, now)
             return True
 
-    def _release_job(self, c: Cursorish, job_id: int, worker: str, state: str, error: str | None,
-                     next_attempt_at: float, now: float, outcome: str) -> bool:
+    def _release_job(
+        self,
+        c: Cursorish,
+        job_id: int,
+        worker: str,
+        state: str,
+        error: str | None,
+        next_attempt_at: float,
+        now: float,
+        outcome: str,
+    ) -> bool:
         finished = now if state in ("done", "dead") else None
         changed = c.run(
             "UPDATE jobs SET state = ?, last_error = COALESCE(?, last_error), next_attempt_at = ?,"
@@ -178,8 +229,10 @@ class SQLStore(Store):
         )
         if changed != 1:
             return False
-        c.run("UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE job_id = ?"
-              " AND finished_at IS NULL", (now, outcome, error, job_id))
+        c.run(
+            "UPDATE attempts SET finished_at = ?, outcome = ?, error = ? WHERE job_id = ? AND finished_at IS NULL",
+            (now, outcome, error, job_id),
+        )
         return True
 
     def _insert_decision(self, c: Cursorish, job_id: int, d: DecisionRecord, now: float) -> None:
@@ -192,9 +245,14 @@ class SQLStore(Store):
 
     def requeue(self, job_id: int, *, now: float) -> bool:
         with self._tx() as c:
-            return c.run("UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                         " updated_at = ?, finished_at = NULL WHERE id = ? AND state = 'dead'",
-                         (now, now, job_id)) == 1
+            return (
+                c.run(
+                    "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                    " updated_at = ?, finished_at = NULL WHERE id = ? AND state = 'dead'",
+                    (now, now, job_id),
+                )
+                == 1
+            )
 
     # --- action claims ----------------------------------------------------------------------
     def begin_action(
@@ -209,28 +267,39 @@ class SQLStore(Store):
             )
             if inserted == 1:
                 return ActionClaim("acquired")
-            row = c.one("SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"  # nosec B608  # constants and ? placeholders only
-                        " WHERE order_id = ? AND action = ?" + self.claim_lock_clause.replace(" SKIP LOCKED", ""),
-                        (order_id, action))
+            row = c.one(
+                "SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"  # nosec B608  # constants and ? placeholders only
+                " WHERE order_id = ? AND action = ?" + self.claim_lock_clause.replace(" SKIP LOCKED", ""),
+                (order_id, action),
+            )
             assert row is not None
             if row["state"] == "done":
                 return ActionClaim("done", wallet_entry_id=row["wallet_entry_id"])
-            live = row["state"] == "in_flight" and row["lease_expires_at"] is not None \
-                and float(row["lease_expires_at"]) > now and row["owner"] != worker
+            live = (
+                row["state"] == "in_flight"
+                and row["lease_expires_at"] is not None
+                and float(row["lease_expires_at"]) > now
+                and row["owner"] != worker
+            )
             if live:
                 return ActionClaim("busy")
             # open (an earlier attempt failed cleanly or uncertainly) or in flight by a dead worker
             uncertain = bool(row["uncertain"]) or row["state"] == "in_flight"
-            c.run("UPDATE order_actions SET state = 'in_flight', owner = ?, lease_expires_at = ?, uncertain = ?,"
-                  " job_id = ?, updated_at = ? WHERE order_id = ? AND action = ?",
-                  (worker, lease, int(uncertain), job_id, now, order_id, action))
+            c.run(
+                "UPDATE order_actions SET state = 'in_flight', owner = ?, lease_expires_at = ?, uncertain = ?,"
+                " job_id = ?, updated_at = ? WHERE order_id = ? AND action = ?",
+                (worker, lease, int(uncertain), job_id, now, order_id, action),
+            )
             return ActionClaim("acquired", uncertain=uncertain)
 
     def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None:
         with self._tx() as c:
-            c.run("UPDATE order_actions SET state = 'open', owner = NULL, lease_expires_at = NULL,"
-                  " uncertain = ?, updated_at = ? WHERE order_id = ? AND action = ? AND state = 'in_flight'"
-                  " AND owner = ?", (int(uncertain), now, order_id, action, worker))
+            c.run(
+                "UPDATE order_actions SET state = 'open', owner = NULL, lease_expires_at = NULL,"
+                " uncertain = ?, updated_at = ? WHERE order_id = ? AND action = ? AND state = 'in_flight'"
+                " AND owner = ?",
+                (int(uncertain), now, order_id, action, worker),
+            )
 
     def action_state(self, order_id: str, action: str) -> str | None:
         with self._tx(write=False) as c:
@@ -248,34 +317,56 @@ class SQLStore(Store):
 
     def get_delivery(self, delivery_id: int) -> StoredDelivery | None:
         with self._tx(write=False) as c:
-            row = c.one(f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j"  # nosec B608  # constants and ? placeholders only
-                        " ON j.delivery_id = d.id WHERE d.id = ?", (delivery_id,))
+            row = c.one(
+                f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j"  # nosec B608  # constants and ? placeholders only
+                " ON j.delivery_id = d.id WHERE d.id = ?",
+                (delivery_id,),
+            )
             if row is None:
                 return None
-            decisions = c.all("SELECT id, rule, action, reason, guard, outcome, mode, wallet_entry_id, decided_at"
-                              " FROM decisions WHERE delivery_id = ? ORDER BY id", (delivery_id,))
-            attempts = [] if row["job_id"] is None else c.all(
-                "SELECT number, worker, started_at, finished_at, outcome, error FROM attempts"
-                " WHERE job_id = ? ORDER BY number, id", (row["job_id"],))
+            decisions = c.all(
+                "SELECT id, rule, action, reason, guard, outcome, mode, wallet_entry_id, decided_at"
+                " FROM decisions WHERE delivery_id = ? ORDER BY id",
+                (delivery_id,),
+            )
+            attempts = (
+                []
+                if row["job_id"] is None
+                else c.all(
+                    "SELECT number, worker, started_at, finished_at, outcome, error FROM attempts"
+                    " WHERE job_id = ? ORDER BY number, id",
+                    (row["job_id"],),
+                )
+            )
             return _delivery(row, [dict(r) for r in decisions], [dict(r) for r in attempts])
 
     def list_deliveries(self, flt: DeliveryFilter) -> list[StoredDelivery]:
         where: list[str] = []
         params: list[Any] = []
         status_column = "d.status" if flt.status in ("queued", "ignored") else "j.state"
-        for condition, value in (("d.topic = ?", flt.topic), ("d.order_id = ?", flt.order_id),
-                                 (f"{status_column} = ?", flt.status), ("d.received_at >= ?", flt.since),
-                                 ("d.received_at < ?", flt.until), ("d.id < ?", flt.before_id)):
+        for condition, value in (
+            ("d.topic = ?", flt.topic),
+            ("d.order_id = ?", flt.order_id),
+            (f"{status_column} = ?", flt.status),
+            ("d.received_at >= ?", flt.since),
+            ("d.received_at < ?", flt.until),
+            ("d.id < ?", flt.before_id),
+        ):
             if value is not None:
                 where.append(condition)
                 params.append(value)
         if flt.decision is not None:
-            where.append("EXISTS (SELECT 1 FROM decisions x WHERE x.delivery_id = d.id"
-                         " AND x.id = (SELECT MAX(y.id) FROM decisions y WHERE y.delivery_id = d.id)"
-                         " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))")
+            where.append(
+                "EXISTS (SELECT 1 FROM decisions x WHERE x.delivery_id = d.id"
+                " AND x.id = (SELECT MAX(y.id) FROM decisions y WHERE y.delivery_id = d.id)"
+                " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))"
+            )
             params += [flt.decision] * 3
-        sql = (f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY d.id DESC LIMIT ?")
+        sql = (
+            f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY d.id DESC LIMIT ?"
+        )
         params.append(max(1, min(flt.limit, 10_000)))
         with self._tx(write=False) as c:
             rows = c.all(sql, tuple(params))
@@ -283,26 +374,37 @@ class SQLStore(Store):
             latest: dict[int, dict[str, Any]] = {}
             if ids:
                 marks = ",".join("?" * len(ids))
-                for r in c.all(f"SELECT delivery_id, id, rule, action, reason, guard, outcome, mode,"  # nosec B608  # constants and ? placeholders only
-                               f" wallet_entry_id, decided_at FROM decisions WHERE delivery_id IN ({marks})"
-                               " ORDER BY id", tuple(ids)):
+                for r in c.all(
+                    f"SELECT delivery_id, id, rule, action, reason, guard, outcome, mode,"  # nosec B608  # constants and ? placeholders only
+                    f" wallet_entry_id, decided_at FROM decisions WHERE delivery_id IN ({marks})"
+                    " ORDER BY id",
+                    tuple(ids),
+                ):
                     latest[int(r["delivery_id"])] = {k: r[k] for k in r.keys() if k != "delivery_id"}
         return [_delivery(r, [latest[int(r["id"])]] if int(r["id"]) in latest else [], []) for r in rows]
 
     def queue_stats(self, *, now: float) -> QueueStats:
         with self._tx(write=False) as c:
             counts = {r["state"]: int(r["n"]) for r in c.all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-            oldest = c.one("SELECT MIN(d.received_at) AS t FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
-                           " WHERE j.state IN ('pending', 'running')")
+            oldest = c.one(
+                "SELECT MIN(d.received_at) AS t FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
+                " WHERE j.state IN ('pending', 'running')"
+            )
         t = oldest["t"] if oldest else None
-        return QueueStats(pending=counts.get("pending", 0), running=counts.get("running", 0),
-                          done=counts.get("done", 0), dead=counts.get("dead", 0),
-                          oldest_pending_age=max(0.0, now - float(t)) if t is not None else 0.0)
+        return QueueStats(
+            pending=counts.get("pending", 0),
+            running=counts.get("running", 0),
+            done=counts.get("done", 0),
+            dead=counts.get("dead", 0),
+            oldest_pending_age=max(0.0, now - float(t)) if t is not None else 0.0,
+        )
 
     def decision_counts(self) -> list[tuple[str, str, str, int]]:
         with self._tx(write=False) as c:
-            rows = c.all("SELECT rule, action, outcome, COUNT(*) AS n FROM decisions"
-                         " GROUP BY rule, action, outcome ORDER BY rule, action, outcome")
+            rows = c.all(
+                "SELECT rule, action, outcome, COUNT(*) AS n FROM decisions"
+                " GROUP BY rule, action, outcome ORDER BY rule, action, outcome"
+            )
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
 
     def job_state(self, job_id: int) -> str | None:
@@ -322,7 +424,7 @@ class SQLStore(Store):
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _opt_int(v: Any) -> int | None:
@@ -332,15 +434,31 @@ def _opt_int(v: Any) -> int | None:
 def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> StoredDelivery:
     job = None
     if row["job_id"] is not None:
-        job = {"id": int(row["job_id"]), "state": row["job_state"], "attempts": int(row["job_attempts"]),
-               "next_attempt_at": row["job_next_attempt_at"], "last_error": row["job_last_error"],
-               "lease_owner": row["job_lease_owner"], "lease_expires_at": row["job_lease_expires_at"],
-               "finished_at": row["job_finished_at"]}
+        job = {
+            "id": int(row["job_id"]),
+            "state": row["job_state"],
+            "attempts": int(row["job_attempts"]),
+            "next_attempt_at": row["job_next_attempt_at"],
+            "last_error": row["job_last_error"],
+            "lease_owner": row["job_lease_owner"],
+            "lease_expires_at": row["job_lease_expires_at"],
+            "finished_at": row["job_finished_at"],
+        }
     headers = row["headers"]
     return StoredDelivery(
-        id=int(row["id"]), identity=row["identity"], topic=row["topic"], resource_type=row["resource_type"],
-        resource_id=row["resource_id"], order_id=row["order_id"], received_at=float(row["received_at"]),
-        secret_label=row["secret_label"], headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
-        body=bytes(row["body"]), status=row["status"], replay_of=_opt_int(row["replay_of"]),
-        job=job, decisions=decisions, attempts=attempts,
+        id=int(row["id"]),
+        identity=row["identity"],
+        topic=row["topic"],
+        resource_type=row["resource_type"],
+        resource_id=row["resource_id"],
+        order_id=row["order_id"],
+        received_at=float(row["received_at"]),
+        secret_label=row["secret_label"],
+        headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
+        body=bytes(row["body"]),
+        status=row["status"],
+        replay_of=_opt_int(row["replay_of"]),
+        job=job,
+        decisions=decisions,
+        attempts=attempts,
     )

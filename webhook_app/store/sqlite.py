@@ -31,6 +31,7 @@ from webhook_app.store.sql import Cursorish, Row, SQLStore
 
 MIGRATIONS = migrations("sqlite")
 
+
 class _Cursor(Cursorish):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -61,8 +62,9 @@ class SQLiteStore(SQLStore):
         try:
             parent = Path(self.path).parent
             parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
-                                   check_same_thread=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=True
+            )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

@@ -86,9 +86,17 @@ def _error(exc: WebhookAppError) -> tuple[Response, int]:
     if request.endpoint == "intake.intake":
         metrics.REJECTIONS.labels(metrics.REASONS.get(type(exc).__name__, "other")).inc()
     level = logging.WARNING if isinstance(exc, StoreError) else logging.INFO
-    log.log(level, "request refused", extra={"status": status, "error": type(exc).__name__,
-                                               "detail": exc.detail, "request_id": g.get("request_id"),
-                                               "path": request.path})
+    log.log(
+        level,
+        "request refused",
+        extra={
+            "status": status,
+            "error": type(exc).__name__,
+            "detail": exc.detail,
+            "request_id": g.get("request_id"),
+            "path": request.path,
+        },
+    )
     resp = jsonify(_body(status, exc.title, exc.detail))
     if isinstance(exc, StoreError):
         resp.headers["Retry-After"] = "5"

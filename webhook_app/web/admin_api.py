@@ -55,8 +55,7 @@ def now() -> float:
 
 def require_enabled() -> None:
     if not services().settings.admin_keys:
-        raise AdminDisabled("the admin API and page are disabled: "
-                            "set WEBHOOK_APP_ADMIN_KEYS to enable them")
+        raise AdminDisabled("the admin API and page are disabled: set WEBHOOK_APP_ADMIN_KEYS to enable them")
 
 
 def _check_id(value: int, what: str) -> int:
@@ -70,8 +69,9 @@ def _api_auth() -> None:
     require_enabled()
     header = request.headers.get("Authorization")
     if header is None:
-        raise TokenError("missing admin token: send `Authorization: Bearer <token>` "
-                         "(make one with `webhook-app admin-token`)")
+        raise TokenError(
+            "missing admin token: send `Authorization: Bearer <token>` (make one with `webhook-app admin-token`)"
+        )
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise TokenError("the Authorization header must be `Bearer <admin token>`")
@@ -94,9 +94,10 @@ def list_deliveries() -> tuple[Response, int]:
     flt = delivery_filter(request.args)
     rows = store().list_deliveries(replace(flt, limit=flt.limit + 1))
     more = len(rows) > flt.limit
-    rows = rows[:flt.limit]
-    return jsonify({"deliveries": [presenter().summary(d) for d in rows],
-                    "next_before_id": rows[-1].id if more and rows else None}), 200
+    rows = rows[: flt.limit]
+    return jsonify(
+        {"deliveries": [presenter().summary(d) for d in rows], "next_before_id": rows[-1].id if more and rows else None}
+    ), 200
 
 
 @api.get("/deliveries/<int:delivery_id>")
@@ -107,9 +108,14 @@ def get_delivery(delivery_id: int) -> tuple[Response, int]:
 @api.post("/deliveries/<int:delivery_id>/replay")
 def replay_delivery(delivery_id: int) -> tuple[Response, int]:
     recorded = replay(delivery_id)
-    return jsonify({"status": "accepted" if recorded.status == "queued" else recorded.status,
-                    "delivery_id": recorded.delivery_id, "job_id": recorded.job_id,
-                    "replay_of": _store_replay_root(recorded.delivery_id)}), 202
+    return jsonify(
+        {
+            "status": "accepted" if recorded.status == "queued" else recorded.status,
+            "delivery_id": recorded.delivery_id,
+            "job_id": recorded.job_id,
+            "replay_of": _store_replay_root(recorded.delivery_id),
+        }
+    ), 202
 
 
 @api.post("/dead-letters/<int:job_id>/requeue")
@@ -121,7 +127,6 @@ def requeue_dead_letter(job_id: int) -> tuple[Response, int]:
 @api.get("/stats")
 def stats() -> tuple[Response, int]:
     return jsonify(stats_document(store(), now=now())), 200
-
 
 
 def load(delivery_id: int) -> StoredDelivery:
@@ -136,9 +141,15 @@ def replay(delivery_id: int) -> Recorded:
     recorded = store().record_replay(delivery_id, nonce=secrets.token_hex(8), now=now())
     if recorded is None:
         raise NotFound(f"no delivery {delivery_id}")
-    log.info("admin replay", extra={"request_id": g.get("request_id"), "delivery_id": delivery_id,
-                                    "new_delivery_id": recorded.delivery_id,
-                                    "job_id": recorded.job_id})
+    log.info(
+        "admin replay",
+        extra={
+            "request_id": g.get("request_id"),
+            "delivery_id": delivery_id,
+            "new_delivery_id": recorded.delivery_id,
+            "job_id": recorded.job_id,
+        },
+    )
     return recorded
 
 

@@ -70,8 +70,8 @@ def _page_enabled() -> None:
 def _page_headers(resp: Response) -> Response:
     nonce = g.get("csp_nonce", "")
     resp.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'")
+        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
     resp.headers["X-Frame-Options"] = "DENY"
     resp.headers["X-Content-Type-Options"] = "nosniff"
     resp.headers["Referrer-Policy"] = "no-referrer"
@@ -80,8 +80,9 @@ def _page_headers(resp: Response) -> Response:
 
 @page.errorhandler(Unauthorized)
 def _page_unauthorized(exc: Unauthorized) -> tuple[BaseResponse, int]:
-    resp = current_app.make_response(_render("admin/login.html", notice=None,
-                                             error=f"Please log in again: {exc.detail}."))
+    resp = current_app.make_response(
+        _render("admin/login.html", notice=None, error=f"Please log in again: {exc.detail}.")
+    )
     _forget_cookie(resp)
     return resp, 401
 
@@ -96,8 +97,7 @@ def _cookie_path() -> str:
 
 
 def _forget_cookie(resp: BaseResponse) -> None:
-    resp.delete_cookie(COOKIE, path=_cookie_path(), secure=request.is_secure, httponly=True,
-                       samesite="Strict")
+    resp.delete_cookie(COOKIE, path=_cookie_path(), secure=request.is_secure, httponly=True, samesite="Strict")
 
 
 def _page_login() -> str:
@@ -116,15 +116,15 @@ def _check_csrf(token: str) -> None:
     sent = request.form.get(CSRF_FIELD, "")
     keys = services().settings.admin_keys
     if not any(hmac.compare_digest(sent, csrf_token(token, key)) for key in keys):
-        raise CsrfRefused("the form's CSRF token is missing or wrong; "
-                          "reload the page and try again")
+        raise CsrfRefused("the form's CSRF token is missing or wrong; reload the page and try again")
 
 
 def _render(template: str, **context: Any) -> str:
     token = g.get("admin_token")
     csrf = csrf_token(token, services().settings.admin_keys[-1]) if token else ""
-    return render_template(template, csrf=csrf, csrf_field=CSRF_FIELD, logged_in=token is not None,
-                           nonce=g.get("csp_nonce", ""), **context)
+    return render_template(
+        template, csrf=csrf, csrf_field=CSRF_FIELD, logged_in=token is not None, nonce=g.get("csp_nonce", ""), **context
+    )
 
 
 def _notice() -> str | None:
@@ -141,8 +141,7 @@ def index() -> BaseResponse | tuple[str, int]:
         return _render("admin/login.html", notice=_notice(), error=None), 200
     _page_login()
     st, at = store(), now()
-    args = MultiDict([(k, v) for k, v in request.args.items(multi=True)
-                      if k not in ("notice", "job")])
+    args = MultiDict([(k, v) for k, v in request.args.items(multi=True) if k not in ("notice", "job")])
     error = None
     try:
         flt = delivery_filter(args)
@@ -150,7 +149,7 @@ def index() -> BaseResponse | tuple[str, int]:
         error, flt = exc.detail, DeliveryFilter(limit=DEFAULT_LIMIT)
     rows = st.list_deliveries(replace(flt, limit=flt.limit + 1))
     older = rows[flt.limit - 1].id if len(rows) > flt.limit else None
-    rows = rows[:flt.limit]
+    rows = rows[: flt.limit]
     dead = st.list_deliveries(DeliveryFilter(status="dead", limit=PAGE_DEAD_LETTERS))
     stats = presentation.stats_document(st, now=at)
     by_rule_action: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
@@ -158,11 +157,18 @@ def index() -> BaseResponse | tuple[str, int]:
         by_rule_action[(row["rule"], row["action"])][row["outcome"]] = row["count"]
     filters = {k: v for k, v in args.items() if k in LIST_PARAMS and k != "before_id"}
     older_args = {**filters, "before_id": older} if older else None
-    return _render("admin/index.html", deliveries=[presenter().summary(d) for d in rows],
-                   dead=[presenter().summary(d) for d in dead], stats=stats, notice=_notice(),
-                   error=error,
-                   by_rule_action=sorted(by_rule_action.items()), filters=filters,
-                   older_args=older_args, statuses=STATUSES), 400 if error else 200
+    return _render(
+        "admin/index.html",
+        deliveries=[presenter().summary(d) for d in rows],
+        dead=[presenter().summary(d) for d in dead],
+        stats=stats,
+        notice=_notice(),
+        error=error,
+        by_rule_action=sorted(by_rule_action.items()),
+        filters=filters,
+        older_args=older_args,
+        statuses=STATUSES,
+    ), 400 if error else 200
 
 
 @page.post("/login")
@@ -171,13 +177,11 @@ def login() -> BaseResponse | tuple[str, int]:
     try:
         tokens().check(token)
     except TokenError as exc:
-        log.info("admin login refused",
-                 extra={"request_id": g.get("request_id"), "detail": exc.detail})
+        log.info("admin login refused", extra={"request_id": g.get("request_id"), "detail": exc.detail})
         error = f"That token was refused: {exc.detail}."
         return _render("admin/login.html", notice=None, error=error), 401
     resp = redirect(url_for("admin_page.index"), code=303)
-    resp.set_cookie(COOKIE, token, path=_cookie_path(), secure=request.is_secure, httponly=True,
-                    samesite="Strict")
+    resp.set_cookie(COOKIE, token, path=_cookie_path(), secure=request.is_secure, httponly=True, samesite="Strict")
     log.info("admin login", extra={"request_id": g.get("request_id")})
     return resp
 
@@ -202,8 +206,7 @@ def delivery_page(delivery_id: int) -> str:
     _page_login()
     d = load(delivery_id)
     detail = presenter().detail(d)
-    return _render("admin/delivery.html", d=detail, body=presentation.pretty_json(d.body),
-                   notice=_notice())
+    return _render("admin/delivery.html", d=detail, body=presentation.pretty_json(d.body), notice=_notice())
 
 
 @page.post("/view/deliveries/<int:delivery_id>/replay")
@@ -225,5 +228,3 @@ def requeue_page(job_id: int) -> BaseResponse:
     except NotFound:
         notice = "no_dead_letter"
     return redirect(url_for("admin_page.index", notice=notice, job=job_id), code=303)
-
-

@@ -53,8 +53,9 @@ def intake() -> tuple[Response, int]:
 def _intake() -> tuple[Response, int]:
     s = services()
     body = _read_body(s.settings.max_body_bytes)
-    delivery = Delivery.from_http(dict(request.headers), body, secrets=s.settings.webhook_secrets,
-                                  max_depth=s.settings.max_json_depth)
+    delivery = Delivery.from_http(
+        dict(request.headers), body, secrets=s.settings.webhook_secrets, max_depth=s.settings.max_json_depth
+    )
     replay_of = None
     replay_token = request.headers.get(REPLAY_HEADER)
     if replay_token is not None:
@@ -64,15 +65,30 @@ def _intake() -> tuple[Response, int]:
         delivery = delivery.as_replay(nonce)
     recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of)
     status = "duplicate" if recorded.duplicate else recorded.status
-    log.info("delivery", extra={"request_id": g.request_id, "topic": delivery.topic,
-                                "order_id": delivery.order_id, "delivery_id": recorded.delivery_id,
-                                "outcome": status, "secret": delivery.secret_label,
-                                "replay": replay_token is not None})
-    metrics.DELIVERIES.labels(delivery.topic, "replay" if replay_token and status == "queued" else
-                              "accepted" if status == "queued" else status).inc()
+    log.info(
+        "delivery",
+        extra={
+            "request_id": g.request_id,
+            "topic": delivery.topic,
+            "order_id": delivery.order_id,
+            "delivery_id": recorded.delivery_id,
+            "outcome": status,
+            "secret": delivery.secret_label,
+            "replay": replay_token is not None,
+        },
+    )
+    metrics.DELIVERIES.labels(
+        delivery.topic,
+        "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status,
+    ).inc()
     code = 202 if status == "queued" else 200
-    return jsonify({"status": "accepted" if status == "queued" else status,
-                    "delivery_id": recorded.delivery_id, "job_id": recorded.job_id}), code
+    return jsonify(
+        {
+            "status": "accepted" if status == "queued" else status,
+            "delivery_id": recorded.delivery_id,
+            "job_id": recorded.job_id,
+        }
+    ), code
 
 
 @bp.get("/healthz")
@@ -93,4 +109,3 @@ def readyz() -> tuple[Response, int]:
         checks["database"] = exc.detail
         ok = False
     return jsonify({"status": "ready" if ok else "unavailable", "checks": checks}), 200 if ok else 503
-

@@ -34,29 +34,61 @@ from webhook_app.errors import StoreError
 from webhook_app.store import Store
 from webhook_app.web.context import services
 
-DELIVERIES = Counter("webhook_app_deliveries", "Deliveries answered 2xx, by topic and outcome "
-                     "(accepted, duplicate, ignored, replay).", ["topic", "outcome"])
-REJECTIONS = Counter("webhook_app_intake_rejections", "Deliveries refused, by reason "
-                     "(invalid_signature, too_large, unsupported_media_type, invalid_payload, "
-                     "invalid_replay_token, store_unavailable).", ["reason"])
-INTAKE_SECONDS = Histogram("webhook_app_intake_seconds", "Time to verify, store and answer a delivery.",
-                           buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-JOB_ATTEMPTS = Counter("webhook_app_job_attempts", "Job attempts by outcome (applied, skipped, guarded, "
-                       "shadow, retry, dead_letter, lost).", ["outcome"])
+DELIVERIES = Counter(
+    "webhook_app_deliveries",
+    "Deliveries answered 2xx, by topic and outcome (accepted, duplicate, ignored, replay).",
+    ["topic", "outcome"],
+)
+REJECTIONS = Counter(
+    "webhook_app_intake_rejections",
+    "Deliveries refused, by reason "
+    "(invalid_signature, too_large, unsupported_media_type, invalid_payload, "
+    "invalid_replay_token, store_unavailable).",
+    ["reason"],
+)
+INTAKE_SECONDS = Histogram(
+    "webhook_app_intake_seconds",
+    "Time to verify, store and answer a delivery.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+JOB_ATTEMPTS = Counter(
+    "webhook_app_job_attempts",
+    "Job attempts by outcome (applied, skipped, guarded, shadow, retry, dead_letter, lost).",
+    ["outcome"],
+)
 DEAD_LETTERS = Counter("webhook_app_dead_letters", "Jobs dead-lettered.")
-DECISIONS = Counter("webhook_app_decisions", "Decisions made by this process, by rule, action and outcome.",
-                    ["rule", "action", "outcome"])
-CL_SECONDS = Histogram("webhook_app_commercelayer_request_seconds", "Commerce Layer call latency.", ["route"],
-                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-CL_RESPONSES = Counter("webhook_app_commercelayer_responses", "Commerce Layer answers by route and status "
-                       "(`error` when no answer came).", ["route", "status"])
-CL_WAIT = Histogram("webhook_app_commercelayer_rate_limit_wait_seconds", "Time waited for the client-side "
-                    "rate limit before a call.", buckets=(0, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60))
+DECISIONS = Counter(
+    "webhook_app_decisions",
+    "Decisions made by this process, by rule, action and outcome.",
+    ["rule", "action", "outcome"],
+)
+CL_SECONDS = Histogram(
+    "webhook_app_commercelayer_request_seconds",
+    "Commerce Layer call latency.",
+    ["route"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CL_RESPONSES = Counter(
+    "webhook_app_commercelayer_responses",
+    "Commerce Layer answers by route and status (`error` when no answer came).",
+    ["route", "status"],
+)
+CL_WAIT = Histogram(
+    "webhook_app_commercelayer_rate_limit_wait_seconds",
+    "Time waited for the client-side rate limit before a call.",
+    buckets=(0, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
-REASONS = {"InvalidSignature": "invalid_signature", "PayloadTooLarge": "too_large",
-           "UnsupportedMediaType": "unsupported_media_type", "InvalidPayload": "invalid_payload",
-           "TokenError": "invalid_replay_token", "StoreUnavailable": "store_unavailable",
-           "StoreError": "store_unavailable", "SchemaOutOfDate": "store_unavailable"}
+REASONS = {
+    "InvalidSignature": "invalid_signature",
+    "PayloadTooLarge": "too_large",
+    "UnsupportedMediaType": "unsupported_media_type",
+    "InvalidPayload": "invalid_payload",
+    "TokenError": "invalid_replay_token",
+    "StoreUnavailable": "store_unavailable",
+    "StoreError": "store_unavailable",
+    "SchemaOutOfDate": "store_unavailable",
+}
 
 
 def record_call(call: CallRecord) -> None:
@@ -102,12 +134,16 @@ class StoreCollector(Collector):
         for state in ("pending", "running", "done", "dead"):
             depth.add_metric([state], getattr(stats, state))
         yield depth
-        age = GaugeMetricFamily("webhook_app_queue_oldest_pending_age_seconds",
-                                "Age of the oldest delivery whose job is not finished.")
+        age = GaugeMetricFamily(
+            "webhook_app_queue_oldest_pending_age_seconds", "Age of the oldest delivery whose job is not finished."
+        )
         age.add_metric([], stats.oldest_pending_age)
         yield age
-        total = CounterMetricFamily("webhook_app_recorded_decisions", "Decisions in the database by rule, "
-                                    "action and outcome, whole cluster.", labels=["rule", "action", "outcome"])
+        total = CounterMetricFamily(
+            "webhook_app_recorded_decisions",
+            "Decisions in the database by rule, action and outcome, whole cluster.",
+            labels=["rule", "action", "outcome"],
+        )
         for rule, action, outcome, n in counts:
             total.add_metric([rule, action, outcome], n)
         yield total
@@ -155,4 +191,3 @@ def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None
         registry.register(_Default())
     registry.register(StoreCollector(store))
     start_http_server(port, addr=host, registry=registry)
-

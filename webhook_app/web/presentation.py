@@ -25,8 +25,9 @@ STATUSES = ("queued", "ignored", "pending", "running", "done", "dead")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 MAX_ID = 2**63 - 1
 # Headers never shown, even though intake does not store most of them.
-_HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
-                             "x-admin-token", REPLAY_HEADER.lower()})
+_HIDDEN_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-admin-token", REPLAY_HEADER.lower()}
+)
 LIST_PARAMS = ("topic", "order_id", "status", "since", "until", "decision", "limit", "before_id")
 
 
@@ -39,8 +40,7 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
     """A DeliveryFilter from query parameters; InvalidQuery (400) for anything unexpected."""
     unknown = sorted(set(args.keys()) - set(LIST_PARAMS))
     if unknown:
-        raise InvalidQuery(f"unknown query parameter {unknown[0][:40]!r}; "
-                           f"allowed: {', '.join(LIST_PARAMS)}")
+        raise InvalidQuery(f"unknown query parameter {unknown[0][:40]!r}; allowed: {', '.join(LIST_PARAMS)}")
     values: dict[str, str] = {}
     for name in LIST_PARAMS:
         given = args.getlist(name)
@@ -64,8 +64,16 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
     before_id = _int_param("before_id", values.get("before_id"), default=None, low=1, high=MAX_ID)
     since = _time_param("since", values.get("since"))
     until = _time_param("until", values.get("until"))
-    return DeliveryFilter(topic=topic, order_id=order_id, status=status, since=since, until=until,
-                          decision=decision, limit=limit, before_id=before_id)
+    return DeliveryFilter(
+        topic=topic,
+        order_id=order_id,
+        status=status,
+        since=since,
+        until=until,
+        decision=decision,
+        limit=limit,
+        before_id=before_id,
+    )
 
 
 def _int_param(name: str, raw: str | None, *, default: int | None, low: int, high: int) -> Any:
@@ -84,8 +92,7 @@ def _time_param(name: str, raw: str | None) -> float | None:
     try:
         return parse_time(raw)
     except ValueError:
-        raise InvalidQuery(f"{name} must be ISO 8601 (like 2026-01-31T12:00:00Z) "
-                           "or seconds since the epoch") from None
+        raise InvalidQuery(f"{name} must be ISO 8601 (like 2026-01-31T12:00:00Z) or seconds since the epoch") from None
 
 
 class Presenter:
@@ -100,34 +107,63 @@ class Presenter:
     def job(self, job: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if job is None:
             return None
-        return {"id": job["id"], "state": job["state"], "attempts": job["attempts"],
-                "last_error": self.scrub(job.get("last_error")),
-                "next_attempt_at": iso(job.get("next_attempt_at")),
-                "lease_owner": job.get("lease_owner"),
-                "lease_expires_at": iso(job.get("lease_expires_at")),
-                "finished_at": iso(job.get("finished_at"))}
+        return {
+            "id": job["id"],
+            "state": job["state"],
+            "attempts": job["attempts"],
+            "last_error": self.scrub(job.get("last_error")),
+            "next_attempt_at": iso(job.get("next_attempt_at")),
+            "lease_owner": job.get("lease_owner"),
+            "lease_expires_at": iso(job.get("lease_expires_at")),
+            "finished_at": iso(job.get("finished_at")),
+        }
 
     def decision(self, d: Mapping[str, Any]) -> dict[str, Any]:
-        return {"rule": d.get("rule"), "action": d.get("action"), "outcome": d.get("outcome"),
-                "mode": d.get("mode"), "guard": d.get("guard"), "reason": self.scrub(d.get("reason")),
-                "wallet_entry_id": d.get("wallet_entry_id"), "decided_at": iso(d.get("decided_at"))}
+        return {
+            "rule": d.get("rule"),
+            "action": d.get("action"),
+            "outcome": d.get("outcome"),
+            "mode": d.get("mode"),
+            "guard": d.get("guard"),
+            "reason": self.scrub(d.get("reason")),
+            "wallet_entry_id": d.get("wallet_entry_id"),
+            "decided_at": iso(d.get("decided_at")),
+        }
 
     def attempt(self, a: Mapping[str, Any]) -> dict[str, Any]:
-        return {"number": a.get("number"), "worker": a.get("worker"),
-                "started_at": iso(a.get("started_at")), "finished_at": iso(a.get("finished_at")),
-                "outcome": a.get("outcome"), "error": self.scrub(a.get("error"))}
+        return {
+            "number": a.get("number"),
+            "worker": a.get("worker"),
+            "started_at": iso(a.get("started_at")),
+            "finished_at": iso(a.get("finished_at")),
+            "outcome": a.get("outcome"),
+            "error": self.scrub(a.get("error")),
+        }
 
     def summary(self, d: StoredDelivery) -> dict[str, Any]:
-        return {"id": d.id, "topic": d.topic, "order_id": d.order_id, "resource_type": d.resource_type,
-                "resource_id": d.resource_id, "received_at": iso(d.received_at), "status": d.status,
-                "replay_of": d.replay_of, "job": self.job(d.job),
-                "decision": self.decision(d.decisions[-1]) if d.decisions else None}
+        return {
+            "id": d.id,
+            "topic": d.topic,
+            "order_id": d.order_id,
+            "resource_type": d.resource_type,
+            "resource_id": d.resource_id,
+            "received_at": iso(d.received_at),
+            "status": d.status,
+            "replay_of": d.replay_of,
+            "job": self.job(d.job),
+            "decision": self.decision(d.decisions[-1]) if d.decisions else None,
+        }
 
     def detail(self, d: StoredDelivery) -> dict[str, Any]:
-        return {**self.summary(d), "identity": d.identity, "signed_with": d.secret_label,
-                "headers": safe_headers(d.headers), "body": d.body.decode("utf-8", "replace"),
-                "decisions": [self.decision(x) for x in d.decisions],
-                "attempts": [self.attempt(a) for a in d.attempts]}
+        return {
+            **self.summary(d),
+            "identity": d.identity,
+            "signed_with": d.secret_label,
+            "headers": safe_headers(d.headers),
+            "body": d.body.decode("utf-8", "replace"),
+            "decisions": [self.decision(x) for x in d.decisions],
+            "attempts": [self.attempt(a) for a in d.attempts],
+        }
 
 
 def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -137,18 +173,24 @@ def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def stats_document(store: Store, *, now: float) -> dict[str, Any]:
     q = store.queue_stats(now=now)
     counts = store.decision_counts()
-    by: dict[str, dict[str, int]] = {"rule": defaultdict(int), "action": defaultdict(int),
-                                     "outcome": defaultdict(int)}
+    by: dict[str, dict[str, int]] = {"rule": defaultdict(int), "action": defaultdict(int), "outcome": defaultdict(int)}
     for rule, action, outcome, n in counts:
         by["rule"][rule] += n
         by["action"][action] += n
         by["outcome"][outcome] += n
-    return {"queue": {"pending": q.pending, "running": q.running, "done": q.done, "dead": q.dead,
-                      "oldest_pending_age_seconds": round(q.oldest_pending_age, 3)},
-            "decisions": [{"rule": r, "action": a, "outcome": o, "count": n}
-                          for r, a, o, n in counts],
-            "decisions_by_rule": dict(by["rule"]), "decisions_by_action": dict(by["action"]),
-            "decisions_by_outcome": dict(by["outcome"])}
+    return {
+        "queue": {
+            "pending": q.pending,
+            "running": q.running,
+            "done": q.done,
+            "dead": q.dead,
+            "oldest_pending_age_seconds": round(q.oldest_pending_age, 3),
+        },
+        "decisions": [{"rule": r, "action": a, "outcome": o, "count": n} for r, a, o, n in counts],
+        "decisions_by_rule": dict(by["rule"]),
+        "decisions_by_action": dict(by["action"]),
+        "decisions_by_outcome": dict(by["outcome"]),
+    }
 
 
 def pretty_json(body: bytes) -> str:
