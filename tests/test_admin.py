@@ -128,6 +128,7 @@ def login(client, clock):
         ("POST", "/admin/deliveries/1/replay"),
         ("POST", "/admin/dead-letters/1/requeue"),
         ("GET", "/admin/stats"),
+        ("GET", "/admin/operations"),
         ("GET", "/admin/"),
         ("POST", "/admin/login"),
         ("GET", "/admin/view/deliveries/1"),
@@ -148,6 +149,7 @@ ENDPOINTS = [
     ("POST", "/admin/deliveries/1/replay"),
     ("POST", "/admin/dead-letters/1/requeue"),
     ("GET", "/admin/stats"),
+    ("GET", "/admin/operations"),
 ]
 
 
@@ -760,3 +762,33 @@ def test_parse_ttl_refuses(text):
 
     with pytest.raises(argparse.ArgumentTypeError):
         parse_ttl(text)
+
+
+# --- the operations log --------------------------------------------------------------------------
+
+
+def test_operations_log_in_the_api_and_on_the_page(settings_factory, store, clock):
+    client = make_client(settings_factory, store, clock)
+    first = store.record_operation(
+        "wallet_entry_deleted", subject="cus1", detail={"entry": "w2", "kept": "w1"}, now=clock()
+    )
+    store.record_operation("circuit_reset", subject="hook1", detail={"failures": 30}, now=clock() + 1)
+    r = client.get("/admin/operations", headers=auth(token(clock)))
+    assert r.status_code == 200
+    ops = r.get_json()["operations"]
+    assert [o["kind"] for o in ops] == ["circuit_reset", "wallet_entry_deleted"]
+    assert ops[1] == {
+        "id": first,
+        "at": iso(clock()),
+        "kind": "wallet_entry_deleted",
+        "subject": "cus1",
+        "detail": {"entry": "w2", "kept": "w1"},
+    }
+    only = client.get("/admin/operations?kind=wallet_entry_deleted&limit=5", headers=auth(token(clock)))
+    assert [o["id"] for o in only.get_json()["operations"]] == [first]
+    assert client.get("/admin/operations?kind=DROP TABLE", headers=auth(token(clock))).status_code == 400
+    assert client.get("/admin/operations?limit=0", headers=auth(token(clock))).status_code == 400
+    assert client.get("/admin/operations?bogus=1", headers=auth(token(clock))).status_code == 400
+    login(client, clock)
+    page = client.get("/admin/").get_data(as_text=True)
+    assert f'id="operation-{first}"' in page and "entry=w2, kept=w1" in page and "circuit_reset" in page

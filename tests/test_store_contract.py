@@ -310,3 +310,16 @@ def test_finishing_a_job_can_complete_its_action_claim_atomically(store):
     claim = store.begin_action("o1", "save_payment_source", worker="x", job_id=99, lease_seconds=30, now=T0 + 2)
     assert claim.status == "done" and claim.wallet_entry_id == "w1"
     assert store.get_delivery(rec.delivery_id).job["state"] == "done"
+
+
+def test_operations_log(store):
+    a = store.record_operation("wallet_entry_deleted", subject="cus1", detail={"entry": "w2"}, now=T0)
+    b = store.record_operation("circuit_reset", subject=None, detail={"n": 1, "ok": True}, now=T0 + 1)
+    c = store.record_operation(
+        "wallet_entry_deleted", subject="cus2", detail={"entry": "w9", "why": "dupe é"}, now=T0 + 2
+    )
+    assert [o.id for o in store.list_operations()] == [c, b, a]
+    assert [o.id for o in store.list_operations(kind="wallet_entry_deleted")] == [c, a]
+    assert [o.id for o in store.list_operations(limit=1, before_id=c)] == [b]
+    got = store.list_operations(kind="wallet_entry_deleted", limit=1)[0]
+    assert (got.at, got.subject, got.detail) == (T0 + 2, "cus2", {"entry": "w9", "why": "dupe é"})

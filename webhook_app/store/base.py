@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -95,6 +95,17 @@ class DeliveryFilter:
     decision: str | None = None  # an action or an outcome of the latest decision
     limit: int = 100
     before_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One entry of the operations log: what was done (`kind`), to what (`subject`), and details."""
+
+    id: int
+    at: float
+    kind: str
+    subject: str | None
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -247,6 +258,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def decision_counts(self) -> list[tuple[str, str, str, int]]:
         """(rule, action, outcome, count) over all decisions."""
+
+    # --- the operations log -----------------------------------------------------------------
+    @abc.abstractmethod
+    def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
+        """Append to the operations log (a deleted wallet entry, a circuit reset, ...); its id."""
+
+    @abc.abstractmethod
+    def list_operations(
+        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[Operation]:
+        """The newest entries first, optionally of one kind, older than `before_id`."""
 
     @abc.abstractmethod
     def job_state(self, job_id: int) -> str | None:

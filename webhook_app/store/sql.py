@@ -19,6 +19,7 @@ from webhook_app.store.base import (
     DecisionRecord,
     DeliveryFilter,
     Job,
+    Operation,
     QueueStats,
     Recorded,
     Store,
@@ -406,6 +407,35 @@ class SQLStore(Store):
                 " GROUP BY rule, action, outcome ORDER BY rule, action, outcome"
             )
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
+
+    def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
+        text = json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str)
+        with self._tx() as c:
+            row = c.one(
+                "INSERT INTO operations (at, kind, subject, detail) VALUES (?,?,?,?) RETURNING id",
+                (now, kind, subject, text),
+            )
+        assert row is not None
+        return int(row["id"])
+
+    def list_operations(
+        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[Operation]:
+        where: list[str] = []
+        params: list[Any] = []
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        with self._tx(write=False) as c:
+            rows = c.all(
+                f"SELECT id, at, kind, subject, detail FROM operations{clause} ORDER BY id DESC LIMIT ?",  # nosec B608  # constants and ? placeholders only
+                (*params, limit),
+            )
+        return [Operation(int(r["id"]), float(r["at"]), r["kind"], r["subject"], json.loads(r["detail"])) for r in rows]
 
     def job_state(self, job_id: int) -> str | None:
         with self._tx(write=False) as c:

@@ -1,7 +1,8 @@
 """The admin JSON API, authenticated by `Authorization: Bearer <admin token>` and nothing else
 (so it needs no CSRF defence): `GET /admin/deliveries`, `GET /admin/deliveries/<id>`,
 `POST /admin/deliveries/<id>/replay`, `POST /admin/dead-letters/<job id>/requeue`,
-`GET /admin/stats`. Also the admin actions the page shares (load, replay, requeue).
+`GET /admin/stats`, `GET /admin/operations` (the operations log). Also the admin actions the page
+shares (load, replay, requeue).
 
 With no admin keys configured every admin route answers 404 saying so. Nothing here returns a
 secret: stored headers that could carry a credential are dropped again on the way out, and error
@@ -11,6 +12,7 @@ texts are scrubbed of the configured keys and secrets (`presentation.Presenter`)
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import replace
 
@@ -20,8 +22,9 @@ from webhook_app.errors import Conflict, NotFound
 from webhook_app.logs import settings_secrets
 from webhook_app.store import Recorded, Store, StoredDelivery
 from webhook_app.tokens import ADMIN, TokenError, Tokens
+from webhook_app.web import presentation
 from webhook_app.web.context import services
-from webhook_app.web.presentation import MAX_ID, Presenter, delivery_filter, stats_document
+from webhook_app.web.presentation import MAX_ID, InvalidQuery, Presenter, delivery_filter, stats_document
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,30 @@ def replay_delivery(delivery_id: int) -> tuple[Response, int]:
 def requeue_dead_letter(job_id: int) -> tuple[Response, int]:
     requeue(job_id)
     return jsonify({"status": "requeued", "job_id": job_id, "state": "pending"}), 202
+
+
+@api.get("/operations")
+def list_operations() -> tuple[Response, int]:
+    """The operations log, newest first: `?kind=` one kind, `?limit=` (1-500), `?before_id=`."""
+    args = request.args
+    unknown = sorted(set(args) - {"kind", "limit", "before_id"})
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter {unknown[0][:40]!r}; allowed: kind, limit, before_id")
+    kind = args.get("kind") or None
+    if kind is not None and not re.fullmatch(r"[a-z_]{1,40}", kind):
+        raise InvalidQuery("kind must be a name like wallet_entry_deleted")
+    limit = _int_arg("limit", args.get("limit"), default=100, high=500) or 100
+    before = _int_arg("before_id", args.get("before_id"), default=None, high=MAX_ID)
+    ops = store().list_operations(kind=kind, limit=limit, before_id=before)
+    return jsonify({"operations": [presentation.operation(o) for o in ops]}), 200
+
+
+def _int_arg(name: str, raw: str | None, *, default: int | None, high: int) -> int | None:
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"\d{1,19}", raw) or not 1 <= int(raw) <= high:
+        raise InvalidQuery(f"{name} must be a whole number from 1 to {high}")
+    return int(raw)
 
 
 @api.get("/stats")

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 COOKIE = "webhook_app_admin"
 CSRF_FIELD = "csrf_token"
 PAGE_DEAD_LETTERS = 100
+PAGE_OPERATIONS = 50
 _CSRF_SALT = b"webhook-app.admin.csrf.v1\x00"
 
 page = Blueprint("admin_page", __name__, url_prefix="/admin")
@@ -168,6 +169,7 @@ def index() -> BaseResponse | tuple[str, int]:
         filters=filters,
         older_args=older_args,
         statuses=STATUSES,
+        operations=[presentation.operation(o) for o in st.list_operations(limit=PAGE_OPERATIONS)],
     ), 400 if error else 200
 
 

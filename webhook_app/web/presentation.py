@@ -17,7 +17,7 @@ from werkzeug.datastructures import MultiDict
 from webhook_app.errors import WebhookAppError
 from webhook_app.events import TOPIC_PATTERN
 from webhook_app.logs import SecretScrubber
-from webhook_app.store import DeliveryFilter, Store, StoredDelivery
+from webhook_app.store import DeliveryFilter, Operation, Store, StoredDelivery
 from webhook_app.timefmt import iso, parse_time
 from webhook_app.tokens import REPLAY_HEADER
 
@@ -164,6 +164,10 @@ class Presenter:
             "decisions": [self.decision(x) for x in d.decisions],
             "attempts": [self.attempt(a) for a in d.attempts],
         }
+
+
+def operation(op: Operation) -> dict[str, Any]:
+    return {"id": op.id, "at": iso(op.at), "kind": op.kind, "subject": op.subject, "detail": op.detail}
 
 
 def safe_headers(headers: Mapping[str, str]) -> dict[str, str]:
