@@ -102,10 +102,6 @@ class WalletLook:
     def in_wallet(self) -> bool:
         return self.entry_id is not None
 
-    @property
-    def not_in_wallet(self) -> bool:
-        return self.known and self.entry_id is None
-
 
 def entry_matches(
     entry: Resource, source: Resource, tokens: frozenset[str], included: Mapping[tuple[str, str], Resource]
