@@ -401,3 +401,22 @@ def test_use_wallet_source_retry_recognises_the_orders_own_copy_by_token(env):
     [o] = w.drain()
     assert o.outcome == "applied" and "already applied" in o.decision.reason
     assert len(env.fake.calls("orders.patch")) == 1
+
+
+def test_uncertainty_survives_a_failed_read(env):
+    """A save timed out (maybe applied); the look before writing again fails (429): the next attempt
+    must still look, not trust a body that showed an empty wallet and save a second time."""
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    env.fake.hang("orders.patch", 1.0, apply_first=True)  # applied, answered after the read timeout
+    env.fake.fail("orders.get", status=429)  # the first look is refused
+    env.deliver("o1", source_id="psAAAA1111", wallet=[])  # the body: an empty wallet, at event time
+    w = env.worker(policy=SAVE_ALL)
+    [o] = w.drain()
+    assert o.state == "retry"  # the PATCH timed out
+    env.clock.advance(30)
+    [o] = w.drain()
+    assert o.state == "retry" and "429" in o.error  # the look failed
+    env.clock.advance(30)
+    [o] = w.drain()
+    assert o.outcome == "applied" and "already applied" in o.decision.reason
+    assert len(env.fake.calls("orders.patch")) == 1 and len(env.fake.orders["o1"].wallet) == 1

@@ -84,6 +84,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.observer = observer
         self.mode = "shadow" if settings.shadow else "enforce"
+        self._read_settled = False  # this attempt has read the order's current state
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -157,12 +158,17 @@ class Worker:
                 count_attempt=False,
             )
             return Outcome("retry", decision, error="busy")
+        self._read_settled = False
         try:
             if action == SAVE:
                 return self._save(job, event, decision, uncertain=claim.uncertain)
             return self._use(job, event, decision, uncertain=claim.uncertain)
         except CommerceLayerError as exc:
-            self.store.release_action(order_id, action, worker=self.id, uncertain=exc.uncertain, now=self.clock())
+            # An earlier attempt's uncertainty stands until a read has settled it: if the look
+            # before writing failed (a 429, a timeout), the next attempt must look again rather
+            # than trust a body that predates the earlier write.
+            uncertain = exc.uncertain or (claim.uncertain and not self._read_settled)
+            self.store.release_action(order_id, action, worker=self.id, uncertain=uncertain, now=self.clock())
             return self._failed(job, decision, exc)
 
     def _save(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
@@ -247,7 +253,9 @@ class Worker:
         """One read of the order with the wallet and each entry's payment_source linkage."""
         assert self.client is not None
         doc = self.client.get_order(event.order_id, include=list(wallet.READ_INCLUDES))
-        return Event.from_document(event.topic, doc)
+        current = Event.from_document(event.topic, doc)
+        self._read_settled = True
+        return current
 
     def _guarded(self, job: Job, decision: Decision, action: str) -> Outcome:
         """A guard found after claiming the action: give the claim back unchanged, record why."""
