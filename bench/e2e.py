@@ -44,6 +44,7 @@ from typing import Any
 
 import requests
 from commercelayer_sandbox import Sandbox
+from commercelayer_sandbox.model import WALLET_TYPES
 
 from bench.common import (
     PY,
@@ -61,15 +62,6 @@ from webhook_app.signing import sign
 SECRET = "bench-e2e-shared-secret-0123456789"
 CLIENT = {"client_id": "bench-client", "client_secret": "bench-client-secret-xyz", "scope": "market:all"}
 INCLUDES = ["customer", "payment_source", "market", "line_items", "available_customer_payment_sources"]
-WALLET_TYPES = {
-    "adyen_payments",
-    "axerve_payments",
-    "braintree_payments",
-    "checkout_com_payments",
-    "external_payments",
-    "klarna_payments",
-    "stripe_payments",
-}
 SKIP_TOPICS = [
     "orders.approve",
     "orders.pay",

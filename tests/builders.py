@@ -5,6 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Commerce Layer's payment source types with a documented wallet ("reusing the payment source")
+# flow, and those without: the tests' own copy, independent of the service's, so that a wrong
+# list in the service shows up as a failing test.
+WALLET_TYPES = (
+    "adyen_payments",
+    "axerve_payments",
+    "braintree_payments",
+    "checkout_com_payments",
+    "external_payments",
+    "klarna_payments",
+    "stripe_payments",
+)
+NO_WALLET_TYPES = ("paypal_payments", "satispay_payments", "wire_transfers")
+
 
 def order_document(
     order_id: str = "ordAAA1111",

@@ -20,19 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import secret_scan
+from builders import WALLET_TYPES
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 JSONAPI = "application/vnd.api+json"
-WALLET_TYPES = {
-    "adyen_payments",
-    "axerve_payments",
-    "braintree_payments",
-    "checkout_com_payments",
-    "external_payments",
-    "klarna_payments",
-    "stripe_payments",
-}
 
 
 @dataclass

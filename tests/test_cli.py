@@ -114,3 +114,60 @@ def test_help_lists_commands():
     r = run("--help")
     for cmd in ("serve", "web", "worker", "sign", "policy", "db"):
         assert cmd in r.stdout
+
+
+def _one_line_error(r):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
+    env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    line = _one_line_error(run("reconcile", "--since", "bogus", env=env))
+    assert "--since" in line and "24h" in line
+    line = _one_line_error(run("sign", "--secret", "S", str(tmp_path / "missing.json")))
+    assert "missing.json: cannot read" in line
+    line = _one_line_error(
+        run(
+            "replay",
+            "--target",
+            "http://127.0.0.1:9/",
+            "--secret",
+            "s",
+            "--dry-run",
+            "--files",
+            str(tmp_path / "missing.json"),
+            env=env,
+        )
+    )
+    assert "missing.json: cannot read" in line
+    nameless = tmp_path / "body.json"
+    nameless.write_bytes(order_body("o1"))
+    line = _one_line_error(
+        run(
+            "replay", "--target", "http://127.0.0.1:9/", "--secret", "s", "--dry-run", "--files", str(nameless), env=env
+        )
+    )
+    assert "--file-topic" in line  # the option that exists
+    line = _one_line_error(run("no-such-command"))
+    assert "invalid choice" in line
+    line = _one_line_error(run("db", "upgrade", env={"WEBHOOK_APP_MAX_ATTEMPTS": "many"}))
+    assert (
+        line
+        == "webhook-app: configuration error: WEBHOOK_APP_MAX_ATTEMPTS: must be a whole number greater than zero (got 'many')"
+    )
+
+
+def test_policy_check_without_payloads_says_ok_and_counts_rules():
+    r = run("policy", "check", str(bundled_policy_path()))
+    assert r.returncode == 0 and r.stdout.strip() == "policy OK: 2 rules"
+
+
+def test_policy_check_is_honest_about_non_order_topics(tmp_path):
+    f = tmp_path / "customers.create.sample.json"
+    f.write_bytes(b'{"data":{"id":"cusAB12","type":"customers","attributes":{"email":"a@example.com"}}}')
+    r = run("policy", "check", str(bundled_policy_path()), str(f))
+    assert r.returncode == 0
+    assert "customers.create: not an order topic" in r.stdout and "orders.place" not in r.stdout

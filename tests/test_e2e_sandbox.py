@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from builders import NO_WALLET_TYPES, WALLET_TYPES
 from procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.store.sqlite import SQLiteStore
@@ -22,16 +23,6 @@ pytestmark = pytest.mark.e2e
 
 SHARED_SECRET = "e2e-shared-secret-0123456789"
 CLIENT = {"client_id": "e2e-client", "client_secret": "e2e-client-secret-abcdef", "scope": "market:code:eu"}
-WALLET_TYPES = [
-    "adyen_payments",
-    "axerve_payments",
-    "braintree_payments",
-    "checkout_com_payments",
-    "external_payments",
-    "klarna_payments",
-    "stripe_payments",
-]
-NO_WALLET_TYPES = ["paypal_payments", "satispay_payments", "wire_transfers"]
 INCLUDES = ["customer", "payment_source", "market", "line_items", "available_customer_payment_sources"]
 
 
@@ -39,7 +30,7 @@ def scenario(callback_url: str) -> dict:
     customers = [{"email": f"reg{n}@example.com", "has_password": True} for n in range(3)]
     customers.append({"email": "guest@example.com", "guest": True})
     orders = []
-    for n, ptype in enumerate(WALLET_TYPES * 2):
+    for n, ptype in enumerate(list(WALLET_TYPES) * 2):
         orders.append(
             {
                 "id": f"OrdReg{n:04d}",

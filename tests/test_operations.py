@@ -255,8 +255,11 @@ def test_webhooks_register_then_status_and_reset():
         before = {w["id"] for w in status(client)}
         policy = load_policy(bundled_policy_path())
         planned = register(client, policy, callback_url="https://example.test/webhooks/commercelayer")
-        [p] = planned
-        assert p.topic == "orders.place" and p.created_id and p.shared_secret
+        # one webhook per topic the policy acts on: Braintree's rule listens to orders.pending
+        assert sorted(x.topic for x in planned) == ["orders.pending", "orders.place"]
+        assert len({x.created_id for x in planned}) == 2 and all(x.shared_secret for x in planned)
+        p = next(x for x in planned if x.topic == "orders.place")
+        assert p.created_id and p.shared_secret
         # the guards compare the order's payment source with each wallet entry's: the dotted path
         # is what carries that linkage in a webhook body
         assert p.include_resources == [
@@ -268,9 +271,10 @@ def test_webhooks_register_then_status_and_reset():
         with server.sandbox.state.lock:
             assert server.sandbox.state.webhooks[p.created_id].include_resources == p.include_resources
         again = register(client, policy, callback_url="https://example.test/webhooks/commercelayer")
-        assert again[0].existing_id == p.created_id and again[0].created_id is None
+        assert {x.existing_id for x in again} == {x.created_id for x in planned}
+        assert all(x.created_id is None for x in again)
         rows = {r["id"]: r for r in status(client)}
-        assert set(rows) == before | {p.created_id}
+        assert set(rows) == before | {x.created_id for x in planned}
         assert rows[p.created_id]["circuit_state"] == "closed"
         with server.sandbox.state.lock:
             hook = server.sandbox.state.webhooks[p.created_id]
@@ -306,7 +310,8 @@ def test_webhooks_register_command_prints_secrets_to_set():
             },
         )
         assert r.returncode == 0, r.stderr
-        assert "orders.place: created" in r.stdout and "CL_WEBHOOK_SECRETS=orders-place:" in r.stdout
+        assert "orders.place: created" in r.stdout and "orders.pending: created" in r.stdout, r.stdout
+        assert "CL_WEBHOOK_SECRETS=orders-pending:" in r.stdout and ",orders-place:" in r.stdout
         r = subprocess.run(
             [sys.executable, "-m", "webhook_app", "webhooks", "status"],
             capture_output=True,

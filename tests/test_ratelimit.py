@@ -13,7 +13,7 @@ def test_earliest_slot_respects_every_window():
 def test_local_limiter_never_exceeds_limits_over_many_calls():
     now = [0.0]
     lim = LocalRateLimiter([RateLimit(100, 60), RateLimit(25, 10)], clock=lambda: now[0])
-    slots = [lim.reserve("x") for _ in range(400)]
+    slots = [lim.reserve() for _ in range(400)]
     for s in slots:
         assert sum(1 for t in slots if s - 10 - G < t <= s) <= 25
         assert sum(1 for t in slots if s - 60 - G < t <= s) <= 100
@@ -25,4 +25,4 @@ def test_local_limiter_never_exceeds_limits_over_many_calls():
 
 def test_no_limits_means_no_waiting():
     lim = LocalRateLimiter([], clock=lambda: 5.0)
-    assert lim.reserve("x") <= 5.0
+    assert lim.reserve() <= 5.0

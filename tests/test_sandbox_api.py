@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from builders import WALLET_TYPES
 from commercelayer_sandbox import schema
 from commercelayer_sandbox.model import PAYMENT_SOURCE_TYPES
 from conftest_sandbox import API, Api, running
@@ -306,15 +307,7 @@ def test_every_wallet_type_can_be_saved(api):
     for oid in wallet_orders:
         assert api.patch_order(oid, {"_save_payment_source_to_customer_wallet": True}).status_code == 200, oid
     types = {w["payment_source"]["type"] for w in api.control("GET", "/state").json()["customer_payment_sources"]}
-    assert types == {
-        "stripe_payments",
-        "adyen_payments",
-        "axerve_payments",
-        "braintree_payments",
-        "checkout_com_payments",
-        "external_payments",
-        "klarna_payments",
-    }
+    assert types == set(WALLET_TYPES)
 
 
 def test_customer_payment_source_id_switches_the_payment_source(api):

@@ -269,7 +269,7 @@ def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
     a, b = store_factory(), store_factory()
     limits = [RateLimit(4, 10)]
     la, lb = a.rate_limiter(limits, clock=lambda: now[0]), b.rate_limiter(limits, clock=lambda: now[0])
-    slots = sorted([la.reserve("x") for _ in range(4)] + [lb.reserve("x") for _ in range(4)])
+    slots = sorted([la.reserve() for _ in range(4)] + [lb.reserve() for _ in range(4)])
     if type(a).__name__ == "PostgresStore":
         assert slots == [1000.0] * 4 + [1010.0 + WINDOW_GUARD_SECONDS] * 4  # one budget across both
     else:

@@ -19,8 +19,11 @@ from webhook_app.config import RateLimit
 
 
 class RateLimiter(Protocol):
-    def reserve(self, key: str) -> float:
-        """Reserve a call slot for `key` and return the time (epoch seconds) it may start."""
+    def reserve(self) -> float:
+        """Reserve a call slot and return the time (epoch seconds) it may start.
+
+        One budget for every call: Commerce Layer counts per IP, so all routes (and all processes
+        behind one egress address) share it."""
         ...
 
 
@@ -66,7 +69,7 @@ class LocalRateLimiter:
         self._history: deque[float] = deque()
         self._horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
 
-    def reserve(self, key: str) -> float:
+    def reserve(self) -> float:
         if not self.limits:
             return 0.0  # no limit: any time is fine
         with self._lock:
@@ -85,13 +88,12 @@ class LocalRateLimiter:
 
 def wait_for_slot(
     limiter: RateLimiter,
-    key: str,
     *,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> float:
     """Reserve a slot and sleep until it; return the seconds waited."""
-    slot = limiter.reserve(key)
+    slot = limiter.reserve()
     delay = slot - clock()
     if delay > 0:
         sleep(delay)

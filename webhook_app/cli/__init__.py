@@ -18,14 +18,14 @@ from collections.abc import Sequence
 
 from webhook_app import __version__
 from webhook_app.cli import admin, db, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
-from webhook_app.cli.common import fail
+from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
 GROUPS = (service, sign, policy, db, replay, reconcile, webhooks, wallet, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="webhook-app", description="Commerce Layer webhook receiver.")
+    p = Parser(prog="webhook-app", description="Commerce Layer webhook receiver.")
     p.add_argument("--version", action="version", version=f"webhook-app {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:

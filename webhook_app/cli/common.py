@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from webhook_app.config import Settings
 from webhook_app.errors import ConfigError, UsageError
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     from webhook_app.store import DeliveryFilter, Store
 
 EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (exit status 2) like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> int:

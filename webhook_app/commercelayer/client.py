@@ -141,7 +141,7 @@ class CommerceLayerClient:
         body = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._client_secret}
         if self.scope:
             body["scope"] = self.scope
-        waited = wait_for_slot(self.auth_limiter, "token", clock=self.clock, sleep=self.sleep)
+        waited = wait_for_slot(self.auth_limiter, clock=self.clock, sleep=self.sleep)
         started = time.monotonic()
         status = None
         try:
@@ -257,7 +257,7 @@ class CommerceLayerClient:
         refreshed = False
         while True:
             token = self.access_token()
-            waited = wait_for_slot(self.limiter, route, clock=self.clock, sleep=self.sleep)
+            waited = wait_for_slot(self.limiter, clock=self.clock, sleep=self.sleep)
             headers = {"Accept": JSONAPI, "Authorization": f"Bearer {token}"}
             if json_body is not None:
                 headers["Content-Type"] = JSONAPI

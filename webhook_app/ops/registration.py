@@ -11,27 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
+from webhook_app.events import ORDER_TOPICS
 from webhook_app.policy import Policy
-
-# The documented order topics, used when the policy acts on every topic:
-# https://docs.commercelayer.io/developers/real-time-webhooks
-ORDER_TOPICS = (
-    "orders.create",
-    "orders.draft",
-    "orders.pending",
-    "orders.place",
-    "orders.approve",
-    "orders.cancel",
-    "orders.authorize",
-    "orders.void",
-    "orders.pay",
-    "orders.refund",
-    "orders.start_fulfilling",
-    "orders.cancel_fulfilling",
-    "orders.fulfill",
-    "orders.rebuild_shipments",
-    "orders.destroy",
-)
 
 
 @dataclass(frozen=True)

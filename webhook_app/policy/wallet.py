@@ -44,15 +44,15 @@ SAVE_INCLUDES = (WALLET, WALLET_SOURCES)
 # source id, Adyen's recurringDetailReference, the external gateway's token).
 SOURCE_TOKEN_PATHS: Mapping[str, tuple[tuple[str, ...], ...]] = {
     "stripe_payments": (("payment_method", "id"), ("options", "payment_method")),
-    "braintree_payments": (("options", "payment_method_token"),),
+    "braintree_payments": (("options", "payment_method_token"), ("payment_id",)),
     "checkout_com_payments": (("source_id",), ("payment_response", "source", "id")),
     "adyen_payments": (
         ("payment_response", "additionalData", "recurring.recurringDetailReference"),
         ("payment_response", "additionalData", "recurringDetailReference"),
         ("payment_response", "recurringDetailReference"),
     ),
-    "klarna_payments": (("payment_source_token",),),
-    "axerve_payments": (("payment_source_token",),),
+    "klarna_payments": (("auth_token",), ("payment_source_token",)),
+    "axerve_payments": (("payment_request_data", "request_token"), ("payment_source_token",)),
     "external_payments": (("payment_source_token",),),
 }
 
@@ -159,10 +159,6 @@ class WalletLook:
     @property
     def in_wallet(self) -> bool:
         return self.entry_id is not None
-
-    @property
-    def not_in_wallet(self) -> bool:
-        return self.known and self.entry_id is None
 
     @property
     def other_record(self) -> bool:

@@ -216,7 +216,7 @@ class PostgresRateLimiter:
         self.clock = clock
         self.horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
 
-    def reserve(self, key: str) -> float:
+    def reserve(self) -> float:
         if not self.limits:
             return 0.0
         bucket = "commercelayer"  # one budget for the whole integration (see README)
