@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 import tomllib
 from typing import Any
@@ -211,3 +214,38 @@ def test_warnings_for_braintree_saved_after_placing():
     stripe_only = policy(rules=SAVE_ALL + 'when = { field = "payment_source.type", equals = "stripe_payments" }\n')
     assert stripe_only.warnings() == []
     assert load_policy(bundled_policy_path()).warnings() == []
+
+
+BRAINTREE_ON_PLACE = SAVE_ALL + 'when = { field = "payment_source.type", equals = "braintree_payments" }\n'
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "webhook_app", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=60,
+    )
+
+
+def test_policy_check_warns_on_stderr_and_exits_0(tmp_path):
+    path = tmp_path / "braintree-on-place.toml"
+    path.write_text(BRAINTREE_ON_PLACE)
+    r = cli("policy", "check", str(path))
+    assert r.returncode == 0 and r.stdout.startswith("policy OK")
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("warning: rule save: saves braintree_payments sources on orders.place")
+    bundled = cli("policy", "check", str(bundled_policy_path()))
+    assert bundled.returncode == 0 and bundled.stderr == ""
+
+
+def test_the_service_logs_the_warnings_at_start(tmp_path):
+    path = tmp_path / "braintree-on-place.toml"
+    path.write_text(BRAINTREE_ON_PLACE)
+    env = {"WEBHOOK_APP_POLICY": str(path), "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    r = cli("worker", "--once", env=env)
+    assert r.returncode == 0, r.stderr
+    logged = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("{")]
+    warned = [e for e in logged if e["level"] == "warning" and e["event"].startswith("policy warning: rule save:")]
+    assert len(warned) == 1 and "braintree_payments" in warned[0]["event"] and warned[0]["policy"] == str(path)
