@@ -193,3 +193,18 @@ def test_a_save_whose_answer_shows_no_new_entry_is_saved_without_entry(env):
     assert env.store.action_state("OrdBtSpent", "save_payment_source") == "done"
     assert env.wallet() == []
     assert counted() == before + 1  # webhook_app_saved_without_entry_total in /metrics
+
+
+def test_a_failed_confirming_read_never_saves_again(env):
+    env.sandbox.update_config({"wallet_save_refusal": "no_entry"})
+    env.sandbox.faults.configure({"rules": [{"route": "orders.get", "error_share": 1, "requests": 1}]})
+    try:
+        (outcome,) = env.deliver("orders.pending", "OrdBtSpent", load_policy(bundled_policy_path()))
+    finally:
+        env.sandbox.update_config({"wallet_save_refusal": "error"})
+        env.sandbox.faults.clear()
+    d = env.latest("OrdBtSpent")
+    assert outcome.state == "done" and d.outcome == "saved_without_entry"
+    assert "read after [failed: " in d.reason and "503" in d.reason
+    assert env.store.action_state("OrdBtSpent", "save_payment_source") == "done"
+    assert env.patches("OrdBtSpent") == 1

@@ -211,15 +211,25 @@ class Worker:
         """The save's answer showed no entry for this payment source: look once more, and if the
         wallet still has none, record `saved_without_entry` with what was seen. The action is
         marked done so that it is not retried blindly (README: what the operator should do)."""
-        seen = self._read_order(event)
-        entry_id = saved_entry_id(doc, before, seen)
-        if entry_id is not None:
-            return self._finish(
-                job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
-            )
+        seen: Event | None = None
+        failed = ""
+        try:
+            seen = self._read_order(event)
+        except CommerceLayerError as exc:
+            # The save was accepted: failing here must not release the action for another save.
+            failed = f"failed: {exc}"
+        if seen is not None:
+            entry_id = saved_entry_id(doc, before, seen)
+            if entry_id is not None:
+                return self._finish(
+                    job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
+                )
         answer = Event.from_document(event.topic, doc)
         shown = ", ".join(e.id for e in answer.wallet or ()) if answer.wallet is not None else "no wallet"
-        read = ", ".join(e.id for e in seen.wallet or ()) if seen.wallet is not None else "no wallet"
+        if seen is not None:
+            read = ", ".join(e.id for e in seen.wallet or ()) if seen.wallet is not None else "no wallet"
+        else:
+            read = failed
         was = ", ".join(e.id for e in before.wallet or ()) if before.wallet is not None else "unknown"
         source = f"{event.payment_source_type} {event.payment_source.id}" if event.payment_source else "none"
         d = replace(
