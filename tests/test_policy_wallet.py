@@ -214,6 +214,16 @@ def test_warnings_for_braintree_saved_after_placing():
     stripe_only = policy(rules=SAVE_ALL + 'when = { field = "payment_source.type", equals = "stripe_payments" }\n')
     assert stripe_only.warnings() == []
     assert load_policy(bundled_policy_path()).warnings() == []
+    not_braintree = policy(
+        rules=SAVE_ALL + 'when = { all = [{ field = "customer.id", exists = true }, '
+        '{ field = "payment_source.type", not_equals = "braintree_payments" }] }\n'
+    )
+    assert not_braintree.warnings() == []
+    either = policy(
+        rules=SAVE_ALL + 'when = { any = [{ field = "payment_source.type", equals = "stripe_payments" }, '
+        '{ field = "order.total_amount_cents", gt = 100 }] }\n'
+    )
+    assert len(either.warnings()) == 1  # the second branch can match a Braintree order
 
 
 BRAINTREE_ON_PLACE = SAVE_ALL + 'when = { field = "payment_source.type", equals = "braintree_payments" }\n'

@@ -211,8 +211,8 @@ class Rule:
     predicate: Predicate = field(repr=False)
     strategy: str | None = None
     description: str = ""
-    # The payment source types `when` limits the rule to (None: not limited), for warnings.
-    source_types: frozenset[str] | None = None
+    # The payment source types `when` limits the rule to (None: not limited) and rules out, for warnings.
+    source_types: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
 
     def matches(self, event: Event) -> bool:
         if self.topics is not None and event.topic not in self.topics:
@@ -254,7 +254,8 @@ class Policy:
         for rule in self.rules:
             if rule.action != SAVE:
                 continue
-            types = self.wallet_source_types if rule.source_types is None else rule.source_types
+            limited, excluded = rule.source_types
+            types = (self.wallet_source_types if limited is None else limited) - excluded
             out += [f"rule {rule.name}: {w}" for w in readiness.topic_warnings(types, rule.topics)]
         if self.default.action == SAVE:
             out += [f"default: {w}" for w in readiness.topic_warnings(self.wallet_source_types, None)]
@@ -418,29 +419,34 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
         predicate=predicate,
         strategy=strategy,
         description=description,
-        source_types=None if when is None else _source_types(when),
+        source_types=_source_types(when),
     )
 
 
-def _source_types(node: Any) -> frozenset[str] | None:
-    """The payment source types a (valid) condition can hold for; None if it does not limit them.
+def _source_types(node: Any) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """(the payment source types a valid condition limits itself to, or None; the types it rules out).
 
-    Conservative: only `payment_source.type` with `equals`/`in` under `all`/`any` limits; `not`
-    and the negative operators are taken as not limiting."""
+    Conservative: `payment_source.type` with `equals`/`in` limits and with `not_equals`/`not_in`
+    rules out, under `all`; under `any` only limits that every branch has count; `not` limits
+    nothing."""
+    nothing: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
     if not isinstance(node, Mapping):
-        return None
+        return nothing
     if "all" in node:
-        sets = [s for s in (_source_types(c) for c in node["all"]) if s is not None]
-        return frozenset.intersection(*sets) if sets else None
+        parts = [_source_types(c) for c in node["all"]]
+        limits = [p[0] for p in parts if p[0] is not None]
+        excluded = frozenset().union(*[p[1] for p in parts])
+        return (frozenset.intersection(*limits) if limits else None), excluded
     if "any" in node:
         parts = [_source_types(c) for c in node["any"]]
-        if any(p is None for p in parts):
-            return None
-        return frozenset().union(*[p for p in parts if p is not None])
+        if any(p[0] is None for p in parts):
+            return nothing
+        return frozenset().union(*[p[0] - p[1] for p in parts if p[0] is not None]), frozenset()
     if node.get("field") != "payment_source.type":
-        return None
-    if "equals" in node and isinstance(node["equals"], str):
-        return frozenset({node["equals"]})
-    if "in" in node and isinstance(node["in"], list):
-        return frozenset(v for v in node["in"] if isinstance(v, str))
-    return None
+        return nothing
+    for op, limiting in (("equals", True), ("in", True), ("not_equals", False), ("not_in", False)):
+        if op in node:
+            value = node[op]
+            values = frozenset(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+            return (values, frozenset()) if limiting else (None, values)
+    return nothing
