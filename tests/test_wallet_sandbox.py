@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest_sandbox import Receiver, running
+from prometheus_client.parser import text_string_to_metric_families
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
@@ -22,7 +23,7 @@ from webhook_app.events import Delivery
 from webhook_app.policy import Policy, load_policy, parse_policy
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
-from webhook_app.web import metrics
+from webhook_app.web import create_app, metrics
 from webhook_app.worker import Worker
 
 HOOK_SECRET = "wallet-sandbox-shared-secret-0123"
@@ -110,6 +111,12 @@ def env(server, receiver, sqlite_store, settings_factory):
             )
             return worker.drain()
 
+        def metric(self, name: str) -> float:
+            """A sample as GET /metrics shows it."""
+            text = create_app(settings, store=sqlite_store).test_client().get("/metrics").get_data(as_text=True)
+            samples = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+            return samples.get(name, 0.0)
+
         def wallet(self) -> list[dict]:
             return [w for w in server.sandbox.state.snapshot()["customer_payment_sources"]]
 
@@ -175,12 +182,8 @@ def test_a_braintree_order_placed_before_the_save_gets_no_patch_and_the_fix(env)
     assert env.wallet() == []
 
 
-def counted() -> float:
-    return metrics.SAVED_WITHOUT_ENTRY._value.get()
-
-
 def test_a_save_whose_answer_shows_no_new_entry_is_saved_without_entry(env):
-    before = counted()
+    before = env.metric("webhook_app_saved_without_entry_total")
     env.sandbox.update_config({"wallet_save_refusal": "no_entry"})
     try:
         (outcome,) = env.deliver("orders.pending", "OrdBtSpent", load_policy(bundled_policy_path()))
@@ -192,7 +195,7 @@ def test_a_save_whose_answer_shows_no_new_entry_is_saved_without_entry(env):
     assert env.patches("OrdBtSpent") == 1  # one PATCH, one read after it, and no blind retry
     assert env.store.action_state("OrdBtSpent", "save_payment_source") == "done"
     assert env.wallet() == []
-    assert counted() == before + 1  # webhook_app_saved_without_entry_total in /metrics
+    assert env.metric("webhook_app_saved_without_entry_total") == before + 1
 
 
 def test_a_failed_confirming_read_never_saves_again(env):
