@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import pg_schema_url, require_postgres
 from conftest_sandbox import running
 
+from webhook_app.store import Store
 from webhook_app.store.sqlite import SQLiteStore
 
 CLIENT = {"client_id": "hygiene-client", "client_secret": "hygiene-client-secret-0123456789"}
@@ -99,14 +101,14 @@ def server() -> Iterator:
         yield srv
 
 
-def run(server, tmp_path, *args: str) -> subprocess.CompletedProcess:
+def run(server, tmp_path, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
     env = {
         "PATH": "/usr/bin:/bin",
         "CL_CLIENT_ID": CLIENT["client_id"],
         "CL_CLIENT_SECRET": CLIENT["client_secret"],
         "CL_API_BASE": server.api_url,
         "CL_AUTH_URL": server.auth_url,
-        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'ops.db'}",
+        "WEBHOOK_APP_DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'ops.db'}",
     }
     return subprocess.run(
         [sys.executable, "-m", "webhook_app", *args], capture_output=True, text=True, env=env, timeout=120
@@ -138,19 +140,34 @@ def test_lists_seeded_duplicates_read_only_paginated(server, tmp_path):
     assert "CustCaroAa" in recent.stdout and "CustErinAa" not in recent.stdout
 
 
-def test_delete_extra_is_a_dry_run_without_yes_then_leaves_one_entry_per_card(server, tmp_path):
-    assert run(server, tmp_path, "db", "upgrade").returncode == 0
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request, tmp_path) -> Iterator[tuple[str, Callable[[], Store]]]:
+    """The operations log's database, for each backend: (URL, open a store on it)."""
+    if request.param == "sqlite":
+        path = tmp_path / "ops.db"
+        yield f"sqlite:///{path}", lambda: SQLiteStore(str(path))
+        return
+    require_postgres()
+    from webhook_app.store.postgres import PostgresStore
+
+    with pg_schema_url() as url:
+        yield url, lambda: PostgresStore(url)
+
+
+def test_delete_extra_is_a_dry_run_without_yes_then_leaves_one_entry_per_card(server, tmp_path, database):
+    url, open_store = database
+    assert run(server, tmp_path, "db", "upgrade", database_url=url).returncode == 0
     before = wallet_ids(server)
-    dry = run(server, tmp_path, "wallet", "duplicates", "--delete-extra")
+    dry = run(server, tmp_path, "wallet", "duplicates", "--delete-extra", database_url=url)
     assert dry.returncode == 0 and "dry run: 3 would be deleted (add --yes)" in dry.stderr
     assert wallet_ids(server) == before
-    r = run(server, tmp_path, "wallet", "duplicates", "--delete-extra", "--yes")
+    r = run(server, tmp_path, "wallet", "duplicates", "--delete-extra", "--yes", database_url=url)
     assert r.returncode == 0, r.stderr
     assert "3 deleted (recorded as wallet_entry_deleted)" in r.stderr
     assert wallet_ids(server) == before - {"WalCaroDup", "WalCaroNew", "WalErinTwo"}
-    again = run(server, tmp_path, "wallet", "duplicates")
+    again = run(server, tmp_path, "wallet", "duplicates", database_url=url)
     assert again.stdout == "" and "0 customers with duplicates" in again.stderr
-    store = SQLiteStore(str(tmp_path / "ops.db"))
+    store = open_store()
     try:
         ops = store.list_operations(kind="wallet_entry_deleted")
     finally:
