@@ -792,3 +792,18 @@ def test_operations_log_in_the_api_and_on_the_page(settings_factory, store, cloc
     login(client, clock)
     page = client.get("/admin/").get_data(as_text=True)
     assert f'id="operation-{first}"' in page and "entry=w2, kept=w1" in page and "circuit_reset" in page
+
+
+def test_page_counts_saves_without_entry_and_links_to_them(site, clock):
+    client, store = site
+    t0 = clock()
+    rec = record(store, "ordNOENT1", now=t0)
+    make_done(store, rec.job_id, t0 + 1, rule="save", action="save_payment_source", outcome="saved_without_entry")
+    other = record(store, "ordAPPLD1", now=t0 + 2)
+    make_done(store, other.job_id, t0 + 3, rule="save", action="save_payment_source", outcome="applied")
+    client.post("/admin/login", data={"token": token(clock)})
+    html = client.get("/admin/").get_data(as_text=True)
+    assert re.search(r'id="q-saved-without-entry">1<', html)
+    assert 'href="?decision=saved_without_entry"' in html
+    listed = client.get("/admin/?decision=saved_without_entry").get_data(as_text=True)
+    assert "ordNOENT1" in listed and "ordAPPLD1" not in listed

@@ -27,11 +27,14 @@ from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
+from webhook_app.policy.guards import save_guards
 from webhook_app.store import DecisionRecord, Job, Store
 
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1.0
+# A save Commerce Layer answered without error, after which no wallet entry for the source appears.
+SAVED_WITHOUT_ENTRY = "saved_without_entry"
 
 
 def retry_delay(
@@ -179,40 +182,70 @@ class Worker:
         unknown, one read with the paths that carry the linkage decides before writing."""
         assert self.client is not None
         before = event
-        look = wallet.look_up(event)
+        look = wallet.look_up(event, self.policy.wallet_match)
         if uncertain or not look.known:
             before = self._read_order(event)
-            look = wallet.look_up(before)
+            look = wallet.look_up(before, self.policy.wallet_match)
             if not look.known:
                 log.warning(
                     "wallet entries came without payment_source linkage though it was included",
                     extra={"order_id": event.order_id},
                 )
-            if look.in_wallet:
-                if uncertain:
-                    d = replace(
-                        decision,
-                        reason=f"{decision.reason}; an earlier attempt had already applied it",
-                        guard=None,
-                        wallet_entry_id=look.entry_id,
-                    )
-                    return self._finish(job, d, "applied", wallet_entry_id=look.entry_id, action=SAVE)
+            if look.in_wallet and uncertain and not look.other_record:
                 d = replace(
-                    decision.guarded(
-                        "already_in_wallet",
-                        f"payment source is wallet entry {look.entry_id} (matched by {look.how}, read before writing)",
-                    ),
+                    decision,
+                    reason=f"{decision.reason}; an earlier attempt had already applied it",
+                    guard=None,
                     wallet_entry_id=look.entry_id,
                 )
-                return self._guarded(job, d, SAVE)
+                return self._finish(job, d, "applied", wallet_entry_id=look.entry_id, action=SAVE)
+            refused = save_guards(decision, before, look, how=", read before writing")
+            if refused is not None:
+                return self._guarded(job, refused, SAVE)
         self._heartbeat(job)
         doc = self.client.update_order(
             event.order_id, {"_save_payment_source_to_customer_wallet": True}, include=list(wallet.SAVE_INCLUDES)
         )
         entry_id = saved_entry_id(doc, before)
+        if entry_id is None:
+            return self._verify_save(job, event, decision, doc, before)
         return self._finish(
             job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
         )
+
+    def _verify_save(self, job: Job, event: Event, decision: Decision, doc: dict[str, Any], before: Event) -> Outcome:
+        """The save's answer showed no entry for this payment source: look once more, and if the
+        wallet still has none, record `saved_without_entry` with what was seen. The action is
+        marked done so that it is not retried blindly (README: what the operator should do)."""
+        seen: Event | None = None
+        failed = ""
+        try:
+            seen = self._read_order(event)
+        except CommerceLayerError as exc:
+            # The save was accepted: failing here must not release the action for another save.
+            failed = f"failed: {exc}"
+        if seen is not None:
+            entry_id = saved_entry_id(doc, before, seen)
+            if entry_id is not None:
+                return self._finish(
+                    job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
+                )
+        answer = Event.from_document(event.topic, doc)
+        shown = ", ".join(e.id for e in answer.wallet or ()) if answer.wallet is not None else "no wallet"
+        if seen is not None:
+            read = ", ".join(e.id for e in seen.wallet or ()) if seen.wallet is not None else "no wallet"
+        else:
+            read = failed
+        was = ", ".join(e.id for e in before.wallet or ()) if before.wallet is not None else "unknown"
+        source = f"{event.payment_source_type} {event.payment_source.id}" if event.payment_source else "none"
+        d = replace(
+            decision,
+            reason=(
+                f"{decision.reason}; saved but no wallet entry appeared for payment source {source}: "
+                f"wallet before [{was}], in the answer [{shown}], read after [{read}]"
+            ),
+        )
+        return self._finish(job, d, SAVED_WITHOUT_ENTRY, action=SAVE)
 
     def _use(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
         """Make a wallet entry the order's payment source (once)."""
@@ -346,14 +379,18 @@ class Worker:
             self.observer(what, fields)
 
 
-def saved_entry_id(doc: dict[str, Any], before: Event) -> str | None:
+def saved_entry_id(doc: dict[str, Any], before: Event, read: Event | None = None) -> str | None:
     """The wallet entry the save's answer shows for this order's payment source.
 
     The answer was asked for each entry's `payment_source` linkage, so the entry made from this
     source is found by linkage (or gateway token); failing that, the newest entry that was not in
     the wallet before (when the wallet before is known)."""
-    answer = Event.from_document(before.topic, doc)
-    look = wallet.look_up(replace(answer, payment_source=answer.payment_source or before.payment_source))
+    answer = read or Event.from_document(before.topic, doc)
+    look = wallet.look_up(
+        replace(answer, payment_source=answer.payment_source or before.payment_source), (wallet.GATEWAY_TOKEN,)
+    )
+    if look.other_record:
+        look = replace(look, entry_id=None)
     if look.in_wallet:
         return look.entry_id
     if before.wallet is None:

@@ -4,6 +4,7 @@
     sign      sign                          db         db upgrade | db status
     replay    replay                        reconcile  reconcile
     webhooks  webhooks register | status    admin      admin-token
+    wallet    wallet duplicates
     sandbox   hands over to commercelayer-sandbox
 
 Every command reads its settings once with `Settings.from_env()`; a bad setting, policy, file or
@@ -16,11 +17,11 @@ import argparse
 from collections.abc import Sequence
 
 from webhook_app import __version__
-from webhook_app.cli import admin, db, policy, reconcile, replay, sandbox, service, sign, webhooks
+from webhook_app.cli import admin, db, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
 from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
-GROUPS = (service, sign, policy, db, replay, reconcile, webhooks, admin, sandbox)
+GROUPS = (service, sign, policy, db, replay, reconcile, webhooks, wallet, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

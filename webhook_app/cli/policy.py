@@ -19,6 +19,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         policy = load_policy(args.policy)
     except PolicyError as exc:
         return fail(f"invalid policy: {exc}")
+    for warning in policy.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.payloads:
         print(f"policy OK: {len(policy.rules)} rules")
         return 0

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from webhook_app import __version__
 from webhook_app.cli.common import load_settings, prepare_store
 from webhook_app.config import Settings
 from webhook_app.logs import mask_url
+
+if TYPE_CHECKING:
+    from webhook_app.policy import Policy
+
+log = logging.getLogger(__name__)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -18,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     prepare_metrics_dir()  # shared by the web and worker children
     settings = load_settings()
-    load_policy(settings.policy_path)
+    warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
     announce(settings, args.bind or "127.0.0.1:8000")
     return run_serve(bind=args.bind, workers=args.workers)
@@ -30,18 +36,26 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     prepare_metrics_dir()
     settings = load_settings()
-    load_policy(settings.policy_path)
+    warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from webhook_app.policy import load_policy
     from webhook_app.runtime import prepare_metrics_dir, run_worker
 
     prepare_metrics_dir()
     settings = load_settings()
+    warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
     return run_worker(settings, once=args.once, metrics_port=args.metrics_port)
+
+
+def warn_policy(policy: Policy) -> None:
+    """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
+    for warning in policy.warnings():
+        log.warning("policy warning: %s", warning, extra={"policy": policy.source})
 
 
 def announce(settings: Settings, bind: str) -> None:

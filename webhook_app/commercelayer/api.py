@@ -36,6 +36,14 @@ class CommerceLayerAPI(Protocol):
 
     def list_webhooks(self) -> list[dict[str, Any]]: ...
 
+    def list_wallet_pages(
+        self, *, customer_id: str | None = None, include: Iterable[str] = (), page_size: int = 25
+    ) -> Iterator[dict[str, Any]]:
+        """The `customer_payment_sources` list, one JSON:API document (data, included, meta) per page."""
+        ...
+
+    def delete_wallet_entry(self, entry_id: str) -> None: ...
+
     def create_webhook(
         self, *, topic: str, callback_url: str, include_resources: list[str], name: str | None = None
     ) -> dict[str, Any]: ...

@@ -200,6 +200,30 @@ class CommerceLayerClient:
                 return
             page += 1
 
+    # --- the wallet (hygiene) ----------------------------------------------------------------
+    def list_wallet_pages(
+        self, *, customer_id: str | None = None, include: Iterable[str] = (), page_size: int = 25
+    ) -> Iterator[dict[str, Any]]:
+        """`GET /api/customer_payment_sources`, page by page, each page's whole document (its
+        `included` carries the entries' payment sources); one customer's with `customer_id`."""
+        params = _include(include)
+        if customer_id is not None:
+            params["filter[q][customer_id_eq]"] = customer_id
+        page = 1
+        while True:
+            q = {**params, "page[size]": str(page_size), "page[number]": str(page)}
+            doc = self._request("GET", "/api/customer_payment_sources", route="customer_payment_sources.list", params=q)
+            yield doc
+            if page >= int((doc.get("meta") or {}).get("page_count") or 0) or not doc.get("data"):
+                return
+            page += 1
+
+    def delete_wallet_entry(self, entry_id: str) -> None:
+        """`DELETE /api/customer_payment_sources/{id}` (204)."""
+        self._request(
+            "DELETE", f"/api/customer_payment_sources/{_safe(entry_id)}", route="customer_payment_sources.delete"
+        )
+
     # --- webhooks (registration and circuit status) ----------------------------------------
     def list_webhooks(self) -> list[dict[str, Any]]:
         return list(self._pages("/api/webhooks", route="webhooks.list"))

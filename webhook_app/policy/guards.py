@@ -6,12 +6,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from webhook_app.events import Event, Resource
-from webhook_app.policy import wallet
+from webhook_app.policy import readiness, wallet
 from webhook_app.policy.decision import SAVE, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 
 
 def apply_guards(
-    decision: Decision, event: Event, *, wallet_source_types: Iterable[str] = WALLET_SOURCE_TYPES
+    decision: Decision,
+    event: Event,
+    *,
+    wallet_source_types: Iterable[str] = WALLET_SOURCE_TYPES,
+    wallet_match: Sequence[str] = wallet.DEFAULT_MATCH,
 ) -> Decision:
     """Refuse actions that cannot or must not happen, whatever the rule said."""
     if not decision.calls_commerce_layer:
@@ -25,14 +29,9 @@ def apply_guards(
             return decision.guarded("no_payment_source", "the order has no payment source")
         if event.payment_source_type not in set(wallet_source_types):
             return decision.guarded("no_wallet_flow", f"{event.payment_source_type} has no documented wallet flow")
-        look = wallet.look_up(event)
-        if look.in_wallet:
-            return replace(
-                decision.guarded(
-                    "already_in_wallet", f"payment source is wallet entry {look.entry_id} (matched by {look.how})"
-                ),
-                wallet_entry_id=look.entry_id,
-            )
+        guarded = save_guards(decision, event, wallet.look_up(event, wallet_match))
+        if guarded is not None:
+            return guarded
     if decision.action == USE_WALLET and event.wallet is not None:
         chosen = choose_wallet_entry(event.wallet, decision.strategy or "newest")
         if chosen is None:
@@ -44,6 +43,23 @@ def apply_guards(
             )
         return replace(decision, wallet_entry_id=chosen.id)
     return decision
+
+
+def save_guards(decision: Decision, event: Event, look: wallet.WalletLook, *, how: str = "") -> Decision | None:
+    """The save's own guards, given what is known of the wallet: the source or its card is already
+    an entry (`already_in_wallet`, `card_already_in_wallet`), or the gateway is not ready for it
+    (`gateway_not_ready`, the reason naming the fix). None if the save may go ahead (so far)."""
+    if look.in_wallet:
+        guard = "card_already_in_wallet" if look.other_record else "already_in_wallet"
+        what = "the same card as wallet entry" if look.other_record else "payment source is wallet entry"
+        return replace(
+            decision.guarded(guard, f"{what} {look.entry_id} (matched by {look.how}{how})"),
+            wallet_entry_id=look.entry_id,
+        )
+    not_ready = readiness.check(event)
+    if not_ready is not None:
+        return decision.guarded("gateway_not_ready", f"{not_ready.code}: {not_ready.reason}")
+    return None
 
 
 def choose_wallet_entry(entries: Sequence[Resource], strategy: str) -> Resource | None:

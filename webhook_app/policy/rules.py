@@ -17,7 +17,7 @@ from typing import Any
 
 from webhook_app.errors import PolicyError
 from webhook_app.events import TOPIC_PATTERN, Event, Resource
-from webhook_app.policy import wallet
+from webhook_app.policy import readiness, wallet
 from webhook_app.policy.decision import (
     ACTIONS,
     SAVE,
@@ -211,6 +211,8 @@ class Rule:
     predicate: Predicate = field(repr=False)
     strategy: str | None = None
     description: str = ""
+    # The payment source types `when` limits the rule to (None: not limited) and rules out, for warnings.
+    source_types: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
 
     def matches(self, event: Event) -> bool:
         if self.topics is not None and event.topic not in self.topics:
@@ -225,6 +227,7 @@ class Policy:
     wallet_source_types: frozenset[str] = WALLET_SOURCE_TYPES
     roots: frozenset[str] = frozenset()
     source: str = "<memory>"
+    wallet_match: tuple[str, ...] = wallet.DEFAULT_MATCH
 
     # The rule's choice, before guards.
     def choose(self, event: Event) -> Decision:
@@ -240,7 +243,23 @@ class Policy:
 
     def decide(self, event: Event) -> Decision:
         """The rule's choice, then the guards no rule can override."""
-        return apply_guards(self.choose(event), event, wallet_source_types=self.wallet_source_types)
+        return apply_guards(
+            self.choose(event), event, wallet_source_types=self.wallet_source_types, wallet_match=self.wallet_match
+        )
+
+    def warnings(self) -> list[str]:
+        """What in the policy would save a gateway's sources where the save cannot work (README,
+        "Gateway readiness"); the policy is still valid."""
+        out = []
+        for rule in self.rules:
+            if rule.action != SAVE:
+                continue
+            limited, excluded = rule.source_types
+            types = (self.wallet_source_types if limited is None else limited) - excluded
+            out += [f"rule {rule.name}: {w}" for w in readiness.topic_warnings(types, rule.topics)]
+        if self.default.action == SAVE:
+            out += [f"default: {w}" for w in readiness.topic_warnings(self.wallet_source_types, None)]
+        return out
 
     def topics(self) -> frozenset[str] | None:
         """Topics any acting rule listens to; None means every order topic."""
@@ -282,7 +301,7 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
-    allowed_top = {"version", "default", "rules", "wallet_source_types"}
+    allowed_top = {"version", "default", "rules", "wallet_source_types", "wallet_match"}
     unknown = set(raw) - allowed_top
     if unknown:
         raise PolicyError(f"unknown top-level key {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
@@ -316,7 +335,24 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
         wallet_source_types=wallet_types,
         roots=frozenset(roots),
         source=source,
+        wallet_match=_parse_wallet_match(raw.get("wallet_match")),
     )
+
+
+def _parse_wallet_match(value: Any) -> tuple[str, ...]:
+    """`wallet_match = [...]`: the keys that make another record's wallet entry the same card."""
+    if value is None:
+        return wallet.DEFAULT_MATCH
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise PolicyError(f"must be a list of matching keys ({', '.join(wallet.MATCH_KEYS)})", field="wallet_match")
+    for k in value:
+        if k not in wallet.MATCH_KEYS:
+            raise PolicyError(
+                f"unknown matching key {k!r}; use any of {', '.join(wallet.MATCH_KEYS)}", field="wallet_match"
+            )
+    if len(set(value)) != len(value):
+        raise PolicyError("names a matching key twice", field="wallet_match")
+    return tuple(value)
 
 
 def _parse_default(d: Mapping[str, Any]) -> Decision:
@@ -377,5 +413,40 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
         (lambda e: True) if when is None else _compile_condition(when, rule=name, where="when", roots=roots)
     )
     return Rule(
-        name=name, action=action, topics=topics, predicate=predicate, strategy=strategy, description=description
+        name=name,
+        action=action,
+        topics=topics,
+        predicate=predicate,
+        strategy=strategy,
+        description=description,
+        source_types=_source_types(when),
     )
+
+
+def _source_types(node: Any) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """(the payment source types a valid condition limits itself to, or None; the types it rules out).
+
+    Conservative: `payment_source.type` with `equals`/`in` limits and with `not_equals`/`not_in`
+    rules out, under `all`; under `any` only limits that every branch has count; `not` limits
+    nothing."""
+    nothing: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
+    if not isinstance(node, Mapping):
+        return nothing
+    if "all" in node:
+        parts = [_source_types(c) for c in node["all"]]
+        limits = [p[0] for p in parts if p[0] is not None]
+        excluded = frozenset().union(*[p[1] for p in parts])
+        return (frozenset.intersection(*limits) if limits else None), excluded
+    if "any" in node:
+        parts = [_source_types(c) for c in node["any"]]
+        if any(p[0] is None for p in parts):
+            return nothing
+        return frozenset().union(*[p[0] - p[1] for p in parts if p[0] is not None]), frozenset()
+    if node.get("field") != "payment_source.type":
+        return nothing
+    for op, limiting in (("equals", True), ("in", True), ("not_equals", False), ("not_in", False)):
+        if op in node:
+            value = node[op]
+            values = frozenset(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+            return (values, frozenset()) if limiting else (None, values)
+    return nothing

@@ -13,6 +13,12 @@ So an entry is recognised as this payment source's by linkage first, then by gat
 where neither can be compared (the wallet or the linkage was not included, the token is not set),
 the answer is *unknown*, never "not in the wallet": the worker then reads the order once with the
 paths that carry the linkage (`READ_INCLUDES`) before it writes.
+
+One card, one entry: a returning customer who types the same card again gets a new payment source
+record, so an entry made from another record may still be this card. The policy's `wallet_match`
+keys say what makes it so (`MATCH_KEYS`: the gateway token, Stripe's card fingerprint, the
+`payment_instrument` card type, last digits and expiry); comparing them needs the entry's own
+payment source in `included`, and where it was not sent the answer is unknown, never "no match".
 """
 
 from __future__ import annotations
@@ -81,17 +87,69 @@ def entry_token(entry: Resource) -> str | None:
 
 def entry_source_id(entry: Resource) -> str | None:
     """The payment source the entry was made from, if the answer carries that linkage."""
+    ref = entry_source_ref(entry)
+    return ref[1] if ref else None
+
+
+# The keys `wallet_match` may name: how an entry made from *another* payment source record is
+# recognised as the same card (a returning customer who types the card again gets a new record).
+GATEWAY_TOKEN = "gateway_token"  # noqa: S105 (a matching key's name, not a secret)
+CARD_FINGERPRINT = "card_fingerprint"
+PAYMENT_INSTRUMENT = "payment_instrument"
+MATCH_KEYS = (GATEWAY_TOKEN, CARD_FINGERPRINT, PAYMENT_INSTRUMENT)
+# Exact identifiers only: a gateway token names one instrument, a Stripe fingerprint one card
+# number. Brand + last 4 + expiry (`payment_instrument`) can be shared by two cards, so it is opt-in.
+DEFAULT_MATCH = (GATEWAY_TOKEN, CARD_FINGERPRINT)
+# How a match was made, strongest first (the strongest match among the entries wins).
+_RANK = ("linkage", "token", GATEWAY_TOKEN, CARD_FINGERPRINT, PAYMENT_INSTRUMENT)
+
+
+def card_fingerprint(source: Resource | None) -> str | None:
+    """Stripe's card fingerprint (`payment_method.card.fingerprint`), where the record carries one."""
+    if source is None:
+        return None
+    v = _dig(source.attributes, ("payment_method", "card", "fingerprint"))
+    return v if isinstance(v, str) and v else None
+
+
+def _norm(v: Any) -> str | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    text = str(v).strip().lower()
+    if text.isdigit():
+        text = str(int(text))
+    return text or None
+
+
+def card_details(source: Resource | None) -> tuple[str, ...] | None:
+    """`payment_instrument`'s card type, last digits, expiry month and year; None unless all are set."""
+    if source is None:
+        return None
+    pi = source.attributes.get("payment_instrument")
+    if not isinstance(pi, Mapping):
+        return None
+    keys = ("card_type", "card_last_digits", "card_expiry_month", "card_expiry_year")
+    out = tuple(_norm(pi.get(k)) for k in keys)
+    return None if any(v is None for v in out) else tuple(str(v) for v in out)
+
+
+def entry_source_ref(entry: Resource) -> tuple[str, str] | None:
+    """(type, id) of the payment source the entry was made from, if the answer carries the linkage."""
     link = entry.linkage("payment_source")
-    return str(link["id"]) if isinstance(link, dict) and link.get("id") else None
+    if isinstance(link, dict) and link.get("id"):
+        return str(link.get("type") or ""), str(link["id"])
+    return None
 
 
 @dataclass(frozen=True)
 class WalletLook:
     """What an answer tells about this payment source and the wallet.
 
-    `entry_id` is the matching entry (with `how`: "linkage" or "token"); with no match, `known`
-    says whether the answer could tell: False when the wallet, an entry's linkage or the tokens
-    needed to compare were simply not sent."""
+    `entry_id` is the matching entry, `how` the way it matched: "linkage" (the entry was made from
+    this very record), "token" (no linkage, the gateway token agrees), or a `wallet_match` key
+    when the entry was made from another record of the same card (`other_record`). With no match,
+    `known` says whether the answer could tell: False when the wallet, an entry's linkage, or the
+    entry's payment source needed to compare were simply not sent."""
 
     entry_id: str | None
     known: bool
@@ -102,44 +160,80 @@ class WalletLook:
     def in_wallet(self) -> bool:
         return self.entry_id is not None
 
+    @property
+    def other_record(self) -> bool:
+        """The match is the same card saved from another payment source record."""
+        return self.how not in (None, "linkage", "token")
+
 
 def entry_matches(
-    entry: Resource, source: Resource, tokens: frozenset[str], included: Mapping[tuple[str, str], Resource]
+    entry: Resource,
+    source: Resource,
+    tokens: frozenset[str],
+    included: Mapping[tuple[str, str], Resource],
+    keys: Sequence[str] = DEFAULT_MATCH,
 ) -> str | None | bool:
-    """ "linkage"/"token" if the entry is this source's; False if it is certainly not; None if unknown."""
-    linked = entry_source_id(entry)
-    if linked is not None:
-        if linked == source.id:
-            return "linkage"
-        # Linked to another record: still the same card if the gateway token agrees (a returning
-        # customer's new record for an instrument already saved is matched by issue-11 keys).
-        linked_source = included.get((source.type, linked))
-        if tokens and linked_source is not None and tokens & source_tokens(linked_source):
-            return "token"
-        token = entry_token(entry)
-        if tokens and token in tokens:
-            return "token"
-        return False
+    """How the entry matches this source ("linkage", "token" or a `wallet_match` key); False if it
+    certainly does not; None if the answer cannot tell."""
+    wanted = set(keys)
+    fingerprint = card_fingerprint(source) if CARD_FINGERPRINT in wanted else None
+    details = card_details(source) if PAYMENT_INSTRUMENT in wanted else None
+    by_card = fingerprint is not None or details is not None
+    source_sent = bool(source.attributes)
     token = entry_token(entry)
-    if tokens and token is not None:
-        return "token" if token in tokens else False
-    return None
+    ref = entry_source_ref(entry)
+    if ref is None:
+        if GATEWAY_TOKEN in wanted and tokens and token is not None:
+            if token in tokens:
+                return "token"
+            # Another token: another record, but maybe the same card typed again.
+            return None if by_card else False
+        return None
+    linked_type, linked_id = ref
+    if linked_id == source.id:
+        return "linkage"
+    if linked_type and linked_type != source.type:
+        return False  # another gateway's entry cannot stand for this source
+    other = included.get((linked_type or source.type, linked_id))
+    if GATEWAY_TOKEN in wanted and tokens:
+        if token in tokens or (other is not None and tokens & source_tokens(other)):
+            return GATEWAY_TOKEN
+    if not by_card:
+        # Nothing else to compare; an unsent source of ours could still have carried a card.
+        card_keys = wanted & {CARD_FINGERPRINT, PAYMENT_INSTRUMENT}
+        return None if (card_keys and not source_sent) else False
+    if other is None or not other.attributes:
+        return None  # the entry's payment source was not included: cannot tell
+    other_fp = card_fingerprint(other)
+    if fingerprint is not None and other_fp is not None:
+        # Both carry a fingerprint: it decides (same last 4 and expiry can be another card).
+        return CARD_FINGERPRINT if other_fp == fingerprint else False
+    if details is not None and card_details(other) == details:
+        return PAYMENT_INSTRUMENT
+    return False
 
 
-def look_up(event: Event) -> WalletLook:
-    """Find the order's payment source among the wallet entries the answer carries."""
+def look_up(event: Event, keys: Sequence[str] = DEFAULT_MATCH) -> WalletLook:
+    """Find the order's payment source (or, by `keys`, its card) among the wallet entries sent."""
     source = event.payment_source
     if source is None or event.wallet is None:
         return WalletLook(None, known=False)
     tokens = source_tokens(source)
     undecided = False
+    best: tuple[int, str, str, str] | None = None
+    ids = tuple(e.id for e in event.wallet)
     for entry in event.wallet:
-        found = entry_matches(entry, source, tokens, event.included)
-        if found:
-            return WalletLook(entry.id, known=True, how=str(found), entries=tuple(e.id for e in event.wallet))
+        found = entry_matches(entry, source, tokens, event.included, keys)
         if found is None:
             undecided = True
-    return WalletLook(None, known=not undecided, entries=tuple(e.id for e in event.wallet))
+        elif found:
+            how = str(found)
+            key = (_RANK.index(how), str(entry.attributes.get("created_at") or ""), entry.id, how)
+            if best is None or key < best:
+                best = key
+    if best is not None:
+        return WalletLook(best[2], known=True, how=best[3], entries=ids)
+    return WalletLook(None, known=not undecided, entries=ids)
 
 
 def entry_is_order_source(entry: Resource, event: Event) -> bool:

@@ -57,6 +57,10 @@ JOB_ATTEMPTS = Counter(
     ["outcome"],
 )
 DEAD_LETTERS = Counter("webhook_app_dead_letters", "Jobs dead-lettered.")
+SAVED_WITHOUT_ENTRY = Counter(
+    "webhook_app_saved_without_entry",
+    "Saves Commerce Layer accepted after which no wallet entry for the payment source appeared.",
+)
 DECISIONS = Counter(
     "webhook_app_decisions",
     "Decisions made by this process, by rule, action and outcome.",
@@ -105,6 +109,8 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
         JOB_ATTEMPTS.labels(outcome).inc()
         if outcome != "lost":
             DECISIONS.labels(str(fields.get("rule")), str(fields.get("action")), outcome).inc()
+        if outcome == "saved_without_entry":
+            SAVED_WITHOUT_ENTRY.inc()
     elif what == "retry":
         JOB_ATTEMPTS.labels("retry").inc()
     elif what == "dead_letter":

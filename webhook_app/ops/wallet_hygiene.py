@@ -1,0 +1,228 @@
+"""Wallet hygiene: find customers with several wallet entries for one card, and delete the extras.
+
+Wallets fill with copies when the same card is saved twice (Commerce Layer's own checkout once did
+it, https://github.com/commercelayer/mfe-checkout/issues/409) or typed again by a returning
+customer before this service matched cards. `find_duplicates` reads the wallet entries (paginated,
+through the client's rate limit) with each entry's `customer` and `payment_source`, and groups one
+customer's entries that are the same card by the policy's `wallet_match` keys, as the guards do:
+entries made from one payment source record, the same gateway token, the same Stripe card
+fingerprint, and (only if the policy names it) the same `payment_instrument` brand, last digits
+and expiry. `delete_extra` keeps the oldest entry of each group and deletes the others, recording
+each deletion in the operations log (`wallet_entry_deleted`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from webhook_app.commercelayer import CommerceLayerAPI
+from webhook_app.errors import CommerceLayerError
+from webhook_app.events import Resource
+from webhook_app.policy import wallet
+from webhook_app.store import Store
+
+OPERATION = "wallet_entry_deleted"
+INCLUDES = ("customer", "payment_source")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    customer_id: str
+    created_at: str
+    source: str | None  # "type/id" of the payment source it was made from
+    name: str
+    keys: frozenset[tuple[str, ...]] = field(repr=False, default=frozenset())
+
+    def at(self) -> float | None:
+        try:
+            return datetime.fromisoformat(self.created_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Group:
+    """One customer's entries for one card, oldest first: the first is kept."""
+
+    customer_id: str
+    entries: tuple[Entry, ...]
+    how: str
+
+    @property
+    def keep(self) -> Entry:
+        return self.entries[0]
+
+    @property
+    def extra(self) -> tuple[Entry, ...]:
+        return self.entries[1:]
+
+
+@dataclass
+class Report:
+    scanned: int = 0
+    customers: int = 0
+    groups: list[Group] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def extra(self) -> int:
+        return sum(len(g.extra) for g in self.groups)
+
+
+def card_keys(entry: Resource, source: Resource | None, keys: Sequence[str]) -> dict[tuple[str, ...], str]:
+    """What makes two entries the same card, each key with the name of the way it matched."""
+    out: dict[tuple[str, ...], str] = {}
+    ref = wallet.entry_source_ref(entry)
+    if ref is not None:
+        out[("record", *ref)] = "payment source record"
+    ptype = ref[0] if ref else (source.type if source else "")
+    if wallet.GATEWAY_TOKEN in keys:
+        tokens = set(wallet.source_tokens(source))
+        token = wallet.entry_token(entry)
+        if token:
+            tokens.add(token)
+        for t in tokens:
+            out[("token", ptype, t)] = wallet.GATEWAY_TOKEN
+    fingerprint = wallet.card_fingerprint(source)
+    if wallet.CARD_FINGERPRINT in keys and fingerprint:
+        out[("fingerprint", ptype, fingerprint)] = wallet.CARD_FINGERPRINT
+    details = wallet.card_details(source)
+    # A fingerprint, where there is one, decides: same brand, last 4 and expiry can be another card.
+    if wallet.PAYMENT_INSTRUMENT in keys and details and not fingerprint:
+        out[("card", ptype, *details)] = wallet.PAYMENT_INSTRUMENT
+    return out
+
+
+def read_entries(
+    client: CommerceLayerAPI,
+    *,
+    keys: Sequence[str],
+    customer_id: str | None = None,
+    progress: Progress | None = None,
+) -> list[tuple[Entry, dict[tuple[str, ...], str]]]:
+    """Every wallet entry (or one customer's) with its card keys."""
+    out = []
+    for n, doc in enumerate(client.list_wallet_pages(customer_id=customer_id, include=INCLUDES), start=1):
+        index = {}
+        for item in doc.get("included") or []:
+            r = Resource.from_json(item)
+            index[(r.type, r.id)] = r
+        for item in doc.get("data") or []:
+            r = Resource.from_json(item)
+            customer = r.linkage("customer")
+            owner = str(customer["id"]) if isinstance(customer, dict) and customer.get("id") else customer_id
+            if owner is None:
+                continue  # no customer linkage: cannot tell whose wallet it is
+            ref = wallet.entry_source_ref(r)
+            source = index.get(ref) if ref else None
+            entry = Entry(
+                id=r.id,
+                customer_id=owner,
+                created_at=str(r.attributes.get("created_at") or ""),
+                source="/".join(ref) if ref else None,
+                name=str(r.attributes.get("name") or ""),
+            )
+            out.append((entry, card_keys(r, source, keys)))
+        if progress is not None:
+            pages = int((doc.get("meta") or {}).get("page_count") or n)
+            progress("pages", n, max(pages, n))
+    return out
+
+
+def group_duplicates(entries: Iterable[tuple[Entry, dict[tuple[str, ...], str]]]) -> list[Group]:
+    """One customer's entries sharing any card key, joined (union-find), oldest first."""
+    items = list(entries)
+    parent = list(range(len(items)))
+    how: dict[int, set[str]] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with: dict[tuple[str, ...], int] = {}
+    for i, (entry, keys) in enumerate(items):
+        for key, name in keys.items():
+            scoped = (entry.customer_id, *key)
+            if scoped in first_with:
+                a, b = root(first_with[scoped]), root(i)
+                if a != b:
+                    parent[b] = a
+                how.setdefault(i, set()).add(name)
+            else:
+                first_with[scoped] = i
+    members: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        members.setdefault(root(i), []).append(i)
+    groups = []
+    for idx in members.values():
+        if len(idx) < 2:
+            continue
+        entries_ = sorted((items[i][0] for i in idx), key=lambda e: (e.created_at, e.id))
+        names = sorted(set().union(*(how.get(i, set()) for i in idx)))
+        groups.append(Group(entries_[0].customer_id, tuple(entries_), ", ".join(names)))
+    return sorted(groups, key=lambda g: (g.customer_id, g.keep.created_at, g.keep.id))
+
+
+def find_duplicates(
+    client: CommerceLayerAPI,
+    *,
+    keys: Sequence[str] = wallet.DEFAULT_MATCH,
+    customer_id: str | None = None,
+    since: float | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Customers with more than one entry for one card; with `since`, groups with an entry made since."""
+    entries = read_entries(client, keys=keys, customer_id=customer_id, progress=progress)
+    groups = group_duplicates(entries)
+    if since is not None:
+        groups = [g for g in groups if any((e.at() or 0) >= since for e in g.entries)]
+    return Report(scanned=len(entries), customers=len({e.customer_id for e, _ in entries}), groups=groups)
+
+
+def delete_extra(
+    client: CommerceLayerAPI,
+    store: Store,
+    report: Report,
+    *,
+    clock: Callable[[], float],
+    progress: Progress | None = None,
+) -> Report:
+    """Delete every group's entries but the oldest, recording each deletion. Stops at the first
+    error (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
+    total = report.extra
+    for group in report.groups:
+        for entry in group.extra:
+            try:
+                client.delete_wallet_entry(entry.id)
+            except CommerceLayerError as exc:
+                if exc.answer_status != 404:
+                    raise
+                continue  # already gone: nothing deleted by us, nothing recorded
+            store.record_operation(
+                OPERATION,
+                subject=entry.id,
+                detail=_detail(group, entry),
+                now=clock(),
+            )
+            report.deleted.append(entry.id)
+            if progress is not None:
+                progress("deleted", len(report.deleted), total)
+    return report
+
+
+def _detail(group: Group, entry: Entry) -> dict[str, Any]:
+    return {
+        "customer_id": group.customer_id,
+        "kept": group.keep.id,
+        "matched_by": group.how,
+        "payment_source": entry.source,
+        "name": entry.name,
+        "created_at": entry.created_at,
+    }
