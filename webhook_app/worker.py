@@ -72,6 +72,7 @@ class Worker:
         worker_id: str | None = None,
         rng: random.Random | None = None,
         observer: Callable[[str, dict[str, Any]], None] | None = None,
+        on_poll: Callable[[float], None] | None = None,
     ) -> None:
         if not settings.shadow and client is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
@@ -83,6 +84,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.rng = rng or random.Random()
         self.observer = observer
+        self.on_poll = on_poll
         self.mode = "shadow" if settings.shadow else "enforce"
 
     # --- the loop ---------------------------------------------------------------------------
@@ -91,6 +93,8 @@ class Worker:
         log.info("worker started", extra={"worker": self.id, "mode": self.mode})
         failures = 0
         while not stop.is_set():
+            if self.on_poll is not None:
+                self.on_poll(self.clock())
             try:
                 busy = self.run_once() is not None
                 failures = 0

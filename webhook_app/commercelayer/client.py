@@ -11,6 +11,7 @@ the job with backoff), so one call here is one request (plus at most one token r
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import threading
 import time
@@ -226,6 +227,11 @@ class CommerceLayerClient:
             json_body={"data": {"type": "webhooks", "id": webhook_id, "attributes": {"_reset_circuit": True}}},
         )
         return doc.get("data") or {}
+
+    def list_event_callbacks(self, webhook_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """`GET /api/webhooks/{id}/last_event_callbacks`, page after page, at most `limit` of them."""
+        pages = self._pages(f"/api/webhooks/{_safe(webhook_id)}/last_event_callbacks", route="webhooks.callbacks")
+        return list(itertools.islice(pages, limit))
 
     def _request(
         self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None, json_body: Any = None

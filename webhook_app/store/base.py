@@ -160,6 +160,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @abc.abstractmethod
+    def database_bytes(self) -> int:
+        """The database's size on disk in bytes (for the size gauge and its alert)."""
+
     # --- intake ---------------------------------------------------------------------------
     @abc.abstractmethod
     def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:

@@ -192,6 +192,11 @@ class PostgresStore(SQLStore):
         with self._tx(write=False) as c:
             c.one("SELECT 1 AS ok")
 
+    def database_bytes(self) -> int:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT pg_database_size(current_database()) AS n")
+        return int(row["n"]) if row else 0
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:
