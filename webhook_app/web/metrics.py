@@ -52,6 +52,11 @@ INTAKE_SECONDS = Histogram(
     "Time to verify, store and answer a delivery.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+INTAKE_RESPONSES = Counter(
+    "webhook_app_intake_responses",
+    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included).",
+    ["code"],
+)
 JOB_ATTEMPTS = Counter(
     "webhook_app_job_attempts",
     "Job attempts by outcome (applied, skipped, guarded, shadow, retry, dead_letter, lost).",
