@@ -82,8 +82,10 @@ class _Gunicorn(Application):
                     self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from webhook_app import tracing
         from webhook_app.web import create_app
 
+        tracing.configure()  # in each gunicorn worker, after the fork (the exporter's thread)
         return create_app(self.settings)
 
 
@@ -100,18 +102,26 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
+    from webhook_app import tracing
+    from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
     from webhook_app.web import metrics
     from webhook_app.worker import Worker
 
+    tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
+
+    def on_call(call: CallRecord) -> None:
+        metrics.record_call(call)
+        worker.note_call(call)  # Commerce Layer's trace ids, recorded on the attempt
+
     if not settings.shadow:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
         client = CommerceLayerClient.from_settings(
-            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=metrics.record_call
+            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=on_call
         )
     policy = load_policy(settings.policy_path)
     worker = Worker(
@@ -147,6 +157,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
             if closable is not None:
                 closable.close()
         store.close()
+        tracing.shutdown()  # flush the spans still buffered
 
 
 def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event, limiter: Any) -> tuple[Any, Any]:

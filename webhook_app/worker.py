@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from webhook_app.commercelayer import CommerceLayerAPI
+from webhook_app import tracing
+from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
@@ -85,6 +86,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.observer = observer
         self.on_poll = on_poll
+        self._cl_trace_ids: list[str] = []
         self.mode = "shadow" if settings.shadow else "enforce"
 
     # --- the loop ---------------------------------------------------------------------------
@@ -126,7 +128,32 @@ class Worker:
         return out
 
     # --- one job ----------------------------------------------------------------------------
+    def note_call(self, call: CallRecord) -> None:
+        """The client's `on_call`: keep Commerce Layer's trace id of each answer for the attempt."""
+        if call.trace_id:
+            self._cl_trace_ids.append(call.trace_id)
+
     def process(self, job: Job) -> Outcome:
+        """One attempt, in a span continuing the intake's trace; the trace ids noted on the attempt."""
+        self._cl_trace_ids = []
+        attrs = {
+            "webhook_app.job_id": job.id,
+            "webhook_app.order_id": job.order_id,
+            "webhook_app.attempt": job.attempts,
+        }
+        with tracing.span("job attempt", kind="consumer", parent=job.trace_context, attributes=attrs) as span:
+            outcome = self._process(job)
+            span.set("webhook_app.outcome", outcome.outcome or outcome.state)
+        if span.trace_id or self._cl_trace_ids:
+            try:
+                self.store.record_attempt_traces(
+                    job.id, job.attempts, trace_id=span.trace_id, cl_trace_ids=self._cl_trace_ids
+                )
+            except StoreError as exc:
+                log.warning("trace ids not recorded", extra={"job_id": job.id, "error": str(exc)})
+        return outcome
+
+    def _process(self, job: Job) -> Outcome:
         try:
             event = Event.from_body(job.topic, job.body, max_depth=self.settings.max_json_depth)
         except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying

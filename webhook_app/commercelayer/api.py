@@ -21,6 +21,7 @@ class CallRecord:
     status: int | None
     seconds: float
     waited: float
+    trace_id: str | None = None  # Commerce Layer's `meta.trace_id` of the answer (its support asks for it)
 
 
 class CommerceLayerAPI(Protocol):
