@@ -43,6 +43,7 @@ INSTALL = {
     "yaml": "pip install pyyaml",
     "yamllint": "pip install yamllint",
     "kubernetes_validate": "pip install kubernetes-validate",
+    "promtool": "apt-get install -y prometheus (Debian's package ships promtool)",
 }
 
 

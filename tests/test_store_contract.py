@@ -323,3 +323,11 @@ def test_operations_log(store):
     assert [o.id for o in store.list_operations(limit=1, before_id=c)] == [b]
     got = store.list_operations(kind="wallet_entry_deleted", limit=1)[0]
     assert (got.at, got.subject, got.detail) == (T0 + 2, "cus2", {"entry": "w9", "why": "dupe é"})
+
+
+def test_database_bytes_is_the_size_on_disk_and_grows(store):
+    before = store.database_bytes()
+    assert before > 0
+    for n in range(300):
+        store.record_delivery(delivery(f"grow{n}", metadata={"pad": "x" * 4000}), now=T0)
+    assert store.database_bytes() > before

@@ -110,6 +110,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return convert
 
 
+def _bool(value: str) -> bool:
+    v = value.lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be on or off (1/0, true/false, yes/no)")
+
+
 def _url(value: str) -> str:
     if not re.match(r"^https?://[^\s/]+", value):
         raise ValueError("must be an http(s) URL")
@@ -190,6 +199,13 @@ class Settings:
     replay_keys: tuple[str, ...] = _setting("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True)
     replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
     admin_keys: tuple[str, ...] = _setting("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True)
+    # The circuit guard (ops/circuit.py): one `GET /api/webhooks` per interval, through the client's
+    # rate limit; 0 turns it off.
+    circuit_check_interval: float = _setting("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", _non_negative(float), 60.0)
+    circuit_warn_failures: int = _setting("WEBHOOK_APP_CIRCUIT_WARN_FAILURES", _positive(int), 5)
+    circuit_auto_reset: bool = _setting("WEBHOOK_APP_CIRCUIT_AUTO_RESET", _bool, False)
+    circuit_health_url: str = _setting("WEBHOOK_APP_CIRCUIT_HEALTH_URL", _url, "")
+    circuit_backfill_margin: float = _setting("WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN", _non_negative(float), 300.0)
 
     @property
     def has_credentials(self) -> bool:
@@ -239,6 +255,9 @@ class Settings:
             # A lease must outlive one call, or a second worker could take a job whose PATCH is
             # still in flight.
             raise ConfigError("WEBHOOK_APP_LEASE_SECONDS", "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
+        if 0 < settings.circuit_check_interval < 1:
+            # One list call per check (more with many webhooks): faster would eat the rate limit.
+            raise ConfigError("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", "must be 0 (off) or at least 1 second")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

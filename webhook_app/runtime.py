@@ -82,8 +82,10 @@ class _Gunicorn(Application):
                     self.cfg.set(key, value)
 
     def load(self) -> Any:
+        from webhook_app import tracing
         from webhook_app.web import create_app
 
+        tracing.configure()  # in each gunicorn worker, after the fork (the exporter's thread)
         return create_app(self.settings)
 
 
@@ -100,33 +102,47 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
+    from webhook_app import tracing
+    from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
     from webhook_app.web import metrics
     from webhook_app.worker import Worker
 
+    tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
+
+    def on_call(call: CallRecord) -> None:
+        metrics.record_call(call)
+        worker.note_call(call)  # Commerce Layer's trace ids, recorded on the attempt
+
     if not settings.shadow:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
         client = CommerceLayerClient.from_settings(
-            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=metrics.record_call
+            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=on_call
         )
+    policy = load_policy(settings.policy_path)
     worker = Worker(
         store=store,
-        policy=load_policy(settings.policy_path),
+        policy=policy,
         settings=settings,
         client=client,
         observer=metrics.record_worker_event,
+        on_poll=metrics.record_worker_poll,
     )
     if metrics_port:
         metrics.serve_worker_metrics(metrics_port, store)
+    guard_store = guard_client = None
     try:
         if once:
             worker.drain()
             return 0
         stop = threading.Event()
+        if not settings.shadow and settings.circuit_check_interval > 0:
+            assert client is not None
+            guard_store, guard_client = _start_circuit_guard(settings, policy, stop, client.limiter)
 
         def _stop(signum: int, _frame: object) -> None:
             log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
@@ -137,9 +153,38 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         worker.run(stop)
         return 0
     finally:
-        if client is not None:
-            client.close()
+        for closable in (client, guard_client, guard_store):
+            if closable is not None:
+                closable.close()
         store.close()
+        tracing.shutdown()  # flush the spans still buffered
+
+
+def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event, limiter: Any) -> tuple[Any, Any]:
+    """The circuit guard in a thread of the worker process, with its own client and store
+    connection (a backfill may take minutes; jobs go on meanwhile), sharing the worker's rate limit."""
+    from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.store import open_store
+    from webhook_app.web import metrics
+
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    client = CommerceLayerClient.from_settings(settings, limiter=limiter, on_call=metrics.record_call)
+    guard = CircuitGuard(
+        client=client,
+        store=store,
+        policy=policy,
+        healthy=intake_health(store, settings.circuit_health_url),
+        auto_reset=settings.circuit_auto_reset,
+        warn_failures=settings.circuit_warn_failures,
+        backfill_margin=settings.circuit_backfill_margin,
+        on_check=metrics.record_circuit_check,
+    )
+    thread = threading.Thread(
+        target=guard.run, args=(stop, settings.circuit_check_interval), name="circuit-guard", daemon=True
+    )
+    thread.start()
+    return store, client
 
 
 def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None) -> int:

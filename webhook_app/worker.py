@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from webhook_app.commercelayer import CommerceLayerAPI
+from webhook_app import tracing
+from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
@@ -75,6 +76,7 @@ class Worker:
         worker_id: str | None = None,
         rng: random.Random | None = None,
         observer: Callable[[str, dict[str, Any]], None] | None = None,
+        on_poll: Callable[[float], None] | None = None,
     ) -> None:
         if not settings.shadow and client is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
@@ -86,6 +88,8 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.rng = rng or random.Random()
         self.observer = observer
+        self.on_poll = on_poll
+        self._cl_trace_ids: list[str] = []
         self.mode = "shadow" if settings.shadow else "enforce"
         self._read_settled = False  # this attempt has read the order's current state
 
@@ -95,6 +99,8 @@ class Worker:
         log.info("worker started", extra={"worker": self.id, "mode": self.mode})
         failures = 0
         while not stop.is_set():
+            if self.on_poll is not None:
+                self.on_poll(self.clock())
             try:
                 busy = self.run_once() is not None
                 failures = 0
@@ -126,7 +132,32 @@ class Worker:
         return out
 
     # --- one job ----------------------------------------------------------------------------
+    def note_call(self, call: CallRecord) -> None:
+        """The client's `on_call`: keep Commerce Layer's trace id of each answer for the attempt."""
+        if call.trace_id:
+            self._cl_trace_ids.append(call.trace_id)
+
     def process(self, job: Job) -> Outcome:
+        """One attempt, in a span continuing the intake's trace; the trace ids noted on the attempt."""
+        self._cl_trace_ids = []
+        attrs = {
+            "webhook_app.job_id": job.id,
+            "webhook_app.order_id": job.order_id,
+            "webhook_app.attempt": job.attempts,
+        }
+        with tracing.span("job attempt", kind="consumer", parent=job.trace_context, attributes=attrs) as span:
+            outcome = self._process(job)
+            span.set("webhook_app.outcome", outcome.outcome or outcome.state)
+        if span.trace_id or self._cl_trace_ids:
+            try:
+                self.store.record_attempt_traces(
+                    job.id, job.attempts, trace_id=span.trace_id, cl_trace_ids=self._cl_trace_ids
+                )
+            except StoreError as exc:
+                log.warning("trace ids not recorded", extra={"job_id": job.id, "error": str(exc)})
+        return outcome
+
+    def _process(self, job: Job) -> Outcome:
         try:
             event = Event.from_body(job.topic, job.body, max_depth=self.settings.max_json_depth)
         except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying

@@ -6,7 +6,63 @@ import argparse
 import json
 from typing import Any
 
-from webhook_app.cli.common import commerce_layer_client, load_settings
+from webhook_app.cli.common import commerce_layer_client, load_settings, open_checked_store
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """One look by the circuit guard: each circuit, a warning for a rising count, and with
+    WEBHOOK_APP_CIRCUIT_AUTO_RESET (unless --dry-run) the reset and backfill of an open circuit."""
+    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.policy import load_policy
+
+    settings = load_settings()
+    policy = load_policy(settings.policy_path)
+    client = commerce_layer_client(settings)
+    try:
+        store = open_checked_store(settings)
+        try:
+            guard = CircuitGuard(
+                client=client,
+                store=store,
+                policy=policy,
+                healthy=intake_health(store, settings.circuit_health_url),
+                auto_reset=settings.circuit_auto_reset,
+                warn_failures=settings.circuit_warn_failures,
+                backfill_margin=settings.circuit_backfill_margin,
+            )
+            check = guard.check(dry_run=args.dry_run)
+        finally:
+            store.close()
+    finally:
+        client.close()
+    if check.error:
+        print(f"error: {check.error}")
+        return 1
+    for c in check.circuits:
+        backfilled = check.backfilled.get(c.webhook_id)
+        row: dict[str, Any] = {
+            "id": c.webhook_id,
+            "topic": c.topic,
+            "circuit_state": c.state,
+            "circuit_failure_count": c.failures,
+            "warning": c.webhook_id in check.warned,
+            "reset": c.webhook_id in check.reset,
+            "backfilled": backfilled,
+        }
+        if args.json:
+            print(json.dumps(row))
+            continue
+        notes = []
+        if row["warning"]:
+            notes.append("WARNING")
+        if row["reset"]:
+            notes.append("reset")
+        if backfilled is not None:
+            notes.append(f"backfilled {len(backfilled)} orders")
+        if c.open and not row["reset"]:
+            notes.append("intake not healthy" if check.unhealthy else "left open")
+        print(f"{c.webhook_id}  {c.topic:<28} circuit={c.state} failures={c.failures}  {' '.join(notes)}".rstrip())
+    return 0
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
@@ -64,3 +120,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--reset-open", action="store_true", help="reset every open circuit")
     sp.add_argument("--json", action="store_true", help="one JSON object per webhook")
     sp.set_defaults(func=cmd_webhooks)
+    sp = wsub.add_parser(
+        "watch", help="one look by the circuit guard: warn, and reset and backfill if CIRCUIT_AUTO_RESET is on"
+    )
+    sp.add_argument("--dry-run", action="store_true", help="never reset or backfill")
+    sp.add_argument("--json", action="store_true", help="one JSON object per webhook")
+    sp.set_defaults(func=cmd_watch)

@@ -21,6 +21,7 @@ class CallRecord:
     status: int | None
     seconds: float
     waited: float
+    trace_id: str | None = None  # Commerce Layer's `meta.trace_id` of the answer (its support asks for it)
 
 
 class CommerceLayerAPI(Protocol):
@@ -49,5 +50,9 @@ class CommerceLayerAPI(Protocol):
     ) -> dict[str, Any]: ...
 
     def reset_webhook_circuit(self, webhook_id: str) -> dict[str, Any]: ...
+
+    def list_event_callbacks(self, webhook_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The webhook's `last_event_callbacks` (at most `limit`), as Commerce Layer lists them."""
+        ...
 
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ the job with backoff), so one call here is one request (plus at most one token r
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import requests
 
+from webhook_app import tracing
 from webhook_app.commercelayer.api import CallRecord
 from webhook_app.config import Settings
 from webhook_app.errors import (
@@ -251,6 +253,11 @@ class CommerceLayerClient:
         )
         return doc.get("data") or {}
 
+    def list_event_callbacks(self, webhook_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """`GET /api/webhooks/{id}/last_event_callbacks`, page after page, at most `limit` of them."""
+        pages = self._pages(f"/api/webhooks/{_safe(webhook_id)}/last_event_callbacks", route="webhooks.callbacks")
+        return list(itertools.islice(pages, limit))
+
     def _request(
         self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None, json_body: Any = None
     ) -> dict[str, Any]:
@@ -263,22 +270,35 @@ class CommerceLayerClient:
                 headers["Content-Type"] = JSONAPI
             started = time.monotonic()
             status = None
+            cl_trace_id = None
             writes = method not in ("GET", "HEAD")
-            try:
-                resp = self.session.request(
-                    method, self.api_base + path, params=params, json=json_body, headers=headers, timeout=self.timeout
-                )
-                status = resp.status_code
-            except requests.ConnectTimeout as exc:
-                raise RetryableCommerceLayerError(f"{method} {route}: connect timed out") from exc
-            except requests.ReadTimeout as exc:
-                raise RetryableCommerceLayerError(
-                    f"{method} {route}: no answer within {self.timeout[1]} s", uncertain=writes
-                ) from exc
-            except requests.RequestException as exc:
-                raise RetryableCommerceLayerError(f"{method} {route}: {type(exc).__name__}", uncertain=writes) from exc
-            finally:
-                self._record(method, route, status, time.monotonic() - started, waited)
+            attrs = {"http.request.method": method, "url.path": path, "commercelayer.route": route}
+            with tracing.span(f"commercelayer {method} {route}", kind="client", attributes=attrs) as sp:
+                try:
+                    resp = self.session.request(
+                        method,
+                        self.api_base + path,
+                        params=params,
+                        json=json_body,
+                        headers=headers,
+                        timeout=self.timeout,
+                    )
+                    status = resp.status_code
+                    cl_trace_id = _trace_id(resp)
+                    sp.set("http.response.status_code", status)
+                    sp.set("commercelayer.trace_id", cl_trace_id)
+                except requests.ConnectTimeout as exc:
+                    raise RetryableCommerceLayerError(f"{method} {route}: connect timed out") from exc
+                except requests.ReadTimeout as exc:
+                    raise RetryableCommerceLayerError(
+                        f"{method} {route}: no answer within {self.timeout[1]} s", uncertain=writes
+                    ) from exc
+                except requests.RequestException as exc:
+                    raise RetryableCommerceLayerError(
+                        f"{method} {route}: {type(exc).__name__}", uncertain=writes
+                    ) from exc
+                finally:
+                    self._record(method, route, status, time.monotonic() - started, waited, cl_trace_id)
             if resp.status_code == 401 and not refreshed:
                 self.tokens.invalidate(token)
                 refreshed = True
@@ -295,9 +315,23 @@ class CommerceLayerClient:
                 return doc if isinstance(doc, dict) else {}
             raise _error_from(resp, f"{method} {route}", uncertain=writes)
 
-    def _record(self, method: str, route: str, status: int | None, seconds: float, waited: float) -> None:
+    def _record(
+        self, method: str, route: str, status: int | None, seconds: float, waited: float, trace_id: str | None = None
+    ) -> None:
         if self.on_call is not None:
-            self.on_call(CallRecord(method, route, status, seconds, waited))
+            self.on_call(CallRecord(method, route, status, seconds, waited, trace_id))
+
+
+def _trace_id(resp: requests.Response) -> str | None:
+    """Commerce Layer's `meta.trace_id` of an answer (success or error), if it has one."""
+    if "json" not in resp.headers.get("Content-Type", ""):
+        return None
+    try:
+        meta = resp.json().get("meta")
+    except (ValueError, AttributeError):
+        return None
+    value = meta.get("trace_id") if isinstance(meta, dict) else None
+    return str(value)[:128] if value else None
 
 
 def _include(include: Iterable[str]) -> dict[str, str]:

@@ -49,6 +49,8 @@ class Job:
     received_at: float
     lease_expires_at: float
     replay: bool = False
+    # The W3C trace context the intake stored beside the job ({} when traces were off).
+    trace_context: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    @abc.abstractmethod
+    def database_bytes(self) -> int:
+        """The database's size on disk in bytes (for the size gauge and its alert)."""
+
     # --- intake ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
+    def record_delivery(
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        replay_of: int | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> Recorded:
         """Store a verified delivery once; queue a job for an order event. Durable on return."""
 
     @abc.abstractmethod
@@ -269,6 +282,12 @@ class Store(abc.ABC):
         self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
     ) -> list[Operation]:
         """The newest entries first, optionally of one kind, older than `before_id`."""
+
+    @abc.abstractmethod
+    def record_attempt_traces(
+        self, job_id: int, attempt: int, *, trace_id: str | None, cl_trace_ids: Sequence[str]
+    ) -> None:
+        """Note on attempt `attempt` of the job its span's trace id and Commerce Layer's trace ids."""
 
     @abc.abstractmethod
     def job_state(self, job_id: int) -> str | None:

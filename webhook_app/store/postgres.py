@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -125,7 +125,14 @@ class PostgresStore(SQLStore):
             raise StoreUnavailable("PostgreSQL disk is full") from exc
 
     # --- intake: one round trip -----------------------------------------------------------
-    def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
+    def record_delivery(
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        replay_of: int | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> Recorded:
         """The delivery and its job in one statement (autocommit: atomic and durable on return)."""
         status = "queued" if delivery.is_order else "ignored"
         with self._statement() as c:
@@ -134,7 +141,8 @@ class PostgresStore(SQLStore):
                 " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
                 " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
-                " updated_at) SELECT id, order_id, topic, 'pending', 0, ?, ?, ? FROM d WHERE ? RETURNING id)"
+                " updated_at, trace_context) SELECT id, order_id, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
+                " RETURNING id)"
                 " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
                 (
                     delivery.identity,
@@ -151,6 +159,7 @@ class PostgresStore(SQLStore):
                     now,
                     now,
                     now,
+                    json.dumps(dict(trace_context)) if trace_context else None,
                     delivery.is_order,
                 ),
             )
@@ -191,6 +200,11 @@ class PostgresStore(SQLStore):
     def ping(self) -> None:
         with self._tx(write=False) as c:
             c.one("SELECT 1 AS ok")
+
+    def database_bytes(self) -> int:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT pg_database_size(current_database()) AS n")
+        return int(row["n"]) if row else 0
 
     def close(self) -> None:
         with self._lock:

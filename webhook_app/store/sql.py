@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -54,7 +54,14 @@ class SQLStore(Store):
         """A transaction; `write=True` takes the write lock early where the backend needs it."""
 
     # --- intake ---------------------------------------------------------------------------
-    def record_delivery(self, delivery: Delivery, *, now: float, replay_of: int | None = None) -> Recorded:
+    def record_delivery(
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        replay_of: int | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> Recorded:
         status = "queued" if delivery.is_order else "ignored"
         with self._tx() as c:
             row = c.one(
@@ -88,8 +95,16 @@ class SQLStore(Store):
             if delivery.is_order:
                 job = c.one(
                     "INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at,"
-                    " created_at, updated_at) VALUES (?,?,?,'pending',0,?,?,?) RETURNING id",
-                    (delivery_id, delivery.order_id, delivery.topic, now, now, now),
+                    " created_at, updated_at, trace_context) VALUES (?,?,?,'pending',0,?,?,?,?) RETURNING id",
+                    (
+                        delivery_id,
+                        delivery.order_id,
+                        delivery.topic,
+                        now,
+                        now,
+                        now,
+                        json.dumps(dict(trace_context)) if trace_context else None,
+                    ),
                 )
                 job_id = int(job["id"]) if job else None
             return Recorded(delivery_id, False, job_id, status)
@@ -138,7 +153,7 @@ class SQLStore(Store):
                 (job_id, attempt, worker, now),
             )
             d = c.one(
-                "SELECT j.delivery_id, j.order_id, j.topic, d.body, d.received_at, d.replay_of"
+                "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, d.body, d.received_at, d.replay_of"
                 " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
                 (job_id,),
             )
@@ -153,6 +168,7 @@ class SQLStore(Store):
                 received_at=float(d["received_at"]),
                 lease_expires_at=lease,
                 replay=d["replay_of"] is not None,
+                trace_context=json.loads(d["trace_context"]) if d["trace_context"] else {},
             )
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
@@ -334,7 +350,8 @@ class SQLStore(Store):
                 []
                 if row["job_id"] is None
                 else c.all(
-                    "SELECT number, worker, started_at, finished_at, outcome, error FROM attempts"
+                    "SELECT number, worker, started_at, finished_at, outcome, error, trace_id, cl_trace_ids"
+                    " FROM attempts"
                     " WHERE job_id = ? ORDER BY number, id",
                     (row["job_id"],),
                 )
@@ -436,6 +453,15 @@ class SQLStore(Store):
                 (*params, limit),
             )
         return [Operation(int(r["id"]), float(r["at"]), r["kind"], r["subject"], json.loads(r["detail"])) for r in rows]
+
+    def record_attempt_traces(
+        self, job_id: int, attempt: int, *, trace_id: str | None, cl_trace_ids: Sequence[str]
+    ) -> None:
+        with self._tx() as c:
+            c.run(
+                "UPDATE attempts SET trace_id = ?, cl_trace_ids = ? WHERE job_id = ? AND number = ?",
+                (trace_id, ",".join(cl_trace_ids) or None, job_id, attempt),
+            )
 
     def job_state(self, job_id: int) -> str | None:
         with self._tx(write=False) as c:

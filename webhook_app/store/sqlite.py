@@ -138,6 +138,11 @@ class SQLiteStore(SQLStore):
         with self._tx(write=False) as c:
             c.one("SELECT 1")
 
+    def database_bytes(self) -> int:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()")
+        return int(row["n"]) if row else 0
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:

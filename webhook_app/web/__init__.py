@@ -72,6 +72,8 @@ def _request_id() -> None:
 
 
 def _stamp(resp: Response) -> Response:
+    if request.endpoint == "intake.intake":
+        metrics.INTAKE_RESPONSES.labels(str(resp.status_code)).inc()
     resp.headers["X-Request-Id"] = g.get("request_id", "")
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -12,6 +12,7 @@ import logging
 from flask import Blueprint, Flask, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from webhook_app import tracing
 from webhook_app.errors import PayloadTooLarge, StoreError, UnsupportedMediaType
 from webhook_app.events import Delivery
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
@@ -46,7 +47,11 @@ def _read_body(limit: int) -> bytes:
 
 @bp.post("/webhooks/commercelayer")
 def intake() -> tuple[Response, int]:
-    with metrics.INTAKE_SECONDS.time():
+    attrs = {"http.request.method": "POST", "http.route": "/webhooks/commercelayer"}
+    with (
+        metrics.INTAKE_SECONDS.time(),
+        tracing.span("webhook intake", kind="server", parent=dict(request.headers), attributes=attrs),
+    ):
         return _intake()
 
 
@@ -63,7 +68,7 @@ def _intake() -> tuple[Response, int]:
         nonce = check_replay_token(Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body)
         replay_of = s.store.delivery_id_for_identity(delivery.identity)
         delivery = delivery.as_replay(nonce)
-    recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of)
+    recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of, trace_context=tracing.carrier())
     status = "duplicate" if recorded.duplicate else recorded.status
     log.info(
         "delivery",

@@ -22,6 +22,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -50,6 +51,11 @@ INTAKE_SECONDS = Histogram(
     "webhook_app_intake_seconds",
     "Time to verify, store and answer a delivery.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+INTAKE_RESPONSES = Counter(
+    "webhook_app_intake_responses",
+    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included).",
+    ["code"],
 )
 JOB_ATTEMPTS = Counter(
     "webhook_app_job_attempts",
@@ -82,6 +88,33 @@ CL_WAIT = Histogram(
     "Time waited for the client-side rate limit before a call.",
     buckets=(0, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+# Set by the worker process. Multiprocess mode: `max` for timestamps (any live worker polling is
+# enough), `mostrecent` for what Commerce Layer last said (the newest check wins).
+WORKER_LAST_POLL = Gauge(
+    "webhook_app_worker_last_poll_timestamp_seconds",
+    "When a worker last looked for due jobs (POSIX time).",
+    multiprocess_mode="max",
+)
+CIRCUIT_FAILURES = Gauge(
+    "webhook_app_circuit_failure_count",
+    "Commerce Layer's consecutive failure count for each webhook (its circuit opens at 30).",
+    ["webhook_id", "topic"],
+    multiprocess_mode="mostrecent",
+)
+CIRCUIT_OPEN = Gauge(
+    "webhook_app_circuit_open",
+    "1 if Commerce Layer's circuit for the webhook is open (it sends nothing until reset).",
+    ["webhook_id", "topic"],
+    multiprocess_mode="mostrecent",
+)
+CIRCUIT_LAST_CHECK = Gauge(
+    "webhook_app_circuit_last_check_timestamp_seconds",
+    "When the circuit guard last read the webhooks' circuits successfully (POSIX time).",
+    multiprocess_mode="max",
+)
+CIRCUIT_RESETS = Counter("webhook_app_circuit_resets", "Open circuits the guard reset.")
+BACKFILLED = Counter("webhook_app_backfilled_orders", "Orders a backfill after a circuit reset queued.")
 
 REASONS = {
     "InvalidSignature": "invalid_signature",
@@ -118,6 +151,26 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
         DEAD_LETTERS.inc()
 
 
+def record_worker_poll(at: float) -> None:
+    """`Worker(on_poll=...)`: the worker looked for jobs (the "worker not polling" alert)."""
+    WORKER_LAST_POLL.set(at)
+
+
+def record_circuit_check(check: Any) -> None:
+    """`CircuitGuard(on_check=...)`: what Commerce Layer says of each webhook's circuit."""
+    if check.error is not None:
+        return
+    CIRCUIT_LAST_CHECK.set(time.time())
+    for c in check.circuits:
+        reset = c.webhook_id in check.reset
+        CIRCUIT_FAILURES.labels(c.webhook_id, c.topic).set(0 if reset else c.failures)
+        CIRCUIT_OPEN.labels(c.webhook_id, c.topic).set(0 if reset or not c.open else 1)
+    if check.reset:
+        CIRCUIT_RESETS.inc(len(check.reset))
+    for orders in check.backfilled.values():
+        BACKFILLED.inc(len(orders))
+
+
 class StoreCollector(Collector):
     """Gauges read from the database when scraped."""
 
@@ -145,6 +198,14 @@ class StoreCollector(Collector):
         )
         age.add_metric([], stats.oldest_pending_age)
         yield age
+        try:
+            size = self.store.database_bytes()
+        except StoreError:
+            size = None
+        if size is not None:
+            db = GaugeMetricFamily("webhook_app_database_bytes", "The database's size on disk.")
+            db.add_metric([], size)
+            yield db
         total = CounterMetricFamily(
             "webhook_app_recorded_decisions",
             "Decisions in the database by rule, action and outcome, whole cluster.",

@@ -138,6 +138,9 @@ class Presenter:
             "finished_at": iso(a.get("finished_at")),
             "outcome": a.get("outcome"),
             "error": self.scrub(a.get("error")),
+            "trace_id": a.get("trace_id"),
+            # Commerce Layer's `meta.trace_id` of each answer in this attempt (for its support)
+            "commercelayer_trace_ids": [t for t in (a.get("cl_trace_ids") or "").split(",") if t],
         }
 
     def summary(self, d: StoredDelivery) -> dict[str, Any]:
