@@ -119,7 +119,9 @@ def scenario(callback: str, orders: int = 1, **sandbox) -> dict:
             {
                 "id": f"OrdFault{n:02d}",
                 "customer": "reg@example.com",
-                "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+                # a card of its own per order: one customer typing the same card again is the
+                # wallet guards' business (card_already_in_wallet), not these fault tests'
+                "payment_source": {"type": "stripe_payments", "card_last4": f"{4200 + n}"},
             }
             for n in range(orders)
         ],
