@@ -25,6 +25,9 @@ from webhook_app.config import Settings
 
 log = logging.getLogger(__name__)
 
+#: a worker that ran this long before exiting was healthy: the restart delays start again from the first
+WORKER_STABLE_SECONDS = 60.0
+
 # Limits that keep one slow or hostile client from tying up the server (see README, Operations).
 GUNICORN_DEFAULTS: dict[str, Any] = {
     "worker_class": "sync",
@@ -157,6 +160,7 @@ def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] |
     signal.signal(signal.SIGINT, _stop)
     web = subprocess.Popen(web_cmd, env=child_env)  # noqa: S603 - our own interpreter and module
     worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+    worker_started = time.monotonic()
     restarts = 0
     code = 0
     try:
@@ -166,12 +170,15 @@ def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] |
                 code = web.returncode or 1
                 break
             if worker.poll() is not None:
+                if time.monotonic() - worker_started > WORKER_STABLE_SECONDS:
+                    restarts = 0  # it had been running fine: a new failure starts the delays afresh
                 restarts += 1
                 wait = min(30.0, 0.5 * 2 ** min(restarts, 6))
                 log.error("worker exited; restarting", extra={"code": worker.returncode, "wait": wait})
                 if stopping.wait(wait):
                     break
                 worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+                worker_started = time.monotonic()
             stopping.wait(0.5)
     finally:
         for proc in (worker, web):

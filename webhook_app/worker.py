@@ -24,7 +24,7 @@ from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.config import Settings
-from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
+from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
 from webhook_app.store import DecisionRecord, Job, Store
@@ -100,6 +100,12 @@ class Worker:
                 log.warning("store unavailable, worker waiting", extra={"error": str(exc), "wait": wait})
                 stop.wait(wait)
                 continue
+            except Exception as exc:  # noqa: BLE001 - recording a job's failure failed: never die for it
+                failures += 1
+                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.exception("worker loop error, waiting", extra={"error": _describe(exc), "wait": wait})
+                stop.wait(wait)
+                continue
             if not busy:
                 stop.wait(self.settings.poll_interval)
         log.info("worker stopped", extra={"worker": self.id})
@@ -109,7 +115,44 @@ class Worker:
         job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
         if job is None:
             return None
-        return self.process(job)
+        if job.attempts > self.settings.max_attempts:
+            # Only a worker that died with the job in hand (its lease ran out) gets a job here:
+            # every failure it records dead-letters at the limit.
+            return self._dead(
+                job,
+                f"attempts exhausted: {job.attempts - 1} attempts, the last ones ended by their lease running out"
+                " (a worker died processing the job)",
+                None,
+            )
+        return self.process_contained(job)
+
+    def process_contained(self, job: Job) -> Outcome:
+        """`process`, with any exception caught for this job: recorded, counted, retried with
+        backoff and dead-lettered at `max_attempts`. Only an unreachable store escapes (the run
+        loop waits for it; the job's lease runs out and the attempt still counts)."""
+        try:
+            return self.process(job)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job must never stop the worker
+            return self._unexpected(job, exc)
+
+    def _unexpected(self, job: Job, exc: Exception) -> Outcome:
+        error = f"unexpected error: {_describe(exc)}"
+        log.error("job failed unexpectedly", exc_info=exc, extra={"job_id": job.id, "order_id": job.order_id})
+        # The call may have reached Commerce Layer before the failure: look before writing again.
+        for action in (SAVE, USE_WALLET):
+            self.store.release_action(job.order_id, action, worker=self.id, uncertain=True, now=self.clock())
+        if job.attempts >= self.settings.max_attempts:
+            return self._dead(job, f"attempts exhausted: {error}", None)
+        delay = retry_delay(
+            job.attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds, rng=self.rng
+        )
+        self.store.retry_job(
+            job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay, now=self.clock()
+        )
+        self._observe("retry", job, error=error, delay=round(delay, 3))
+        return Outcome("retry", None, error=error)
 
     def drain(self, limit: int = 10_000) -> list[Outcome]:
         """Process due jobs until none is left (tests and `worker --once`)."""
@@ -294,7 +337,7 @@ class Worker:
         return Outcome("done" if ok else "lost", decision, outcome)
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
-        error = str(exc)
+        error = storable_text(str(exc))
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(
                 job.attempts,
@@ -316,6 +359,7 @@ class Worker:
         return self._dead(job, f"{why}: {error}", decision)
 
     def _dead(self, job: Job, error: str, decision: Decision | None) -> Outcome:
+        error = storable_text(error)
         record = self._record(decision, "failed") if decision is not None else None
         ok = self.store.dead_letter(job.id, worker=self.id, error=error, decision=record, now=self.clock())
         self._observe("dead_letter", job, decision=decision, error=error)
@@ -336,6 +380,11 @@ class Worker:
         log.log(level, what, extra=fields)
         if self.observer is not None:
             self.observer(what, fields)
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message`, storable; the message of our own errors never holds a secret."""
+    return storable_text(f"{type(exc).__name__}: {exc}", limit=1000)
 
 
 def saved_entry_id(doc: dict[str, Any], before: Event) -> str | None:

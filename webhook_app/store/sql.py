@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+from webhook_app.errors import storable_text
 from webhook_app.events import Delivery
 from webhook_app.store.base import (
     ActionClaim,
@@ -222,6 +223,7 @@ class SQLStore(Store):
         outcome: str,
     ) -> bool:
         finished = now if state in ("done", "dead") else None
+        error = None if error is None else storable_text(error)
         changed = c.run(
             "UPDATE jobs SET state = ?, last_error = COALESCE(?, last_error), next_attempt_at = ?,"
             " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?, finished_at = ?"
@@ -241,7 +243,17 @@ class SQLStore(Store):
             "INSERT INTO decisions (job_id, delivery_id, order_id, rule, action, reason, guard, outcome,"
             " mode, wallet_entry_id, decided_at)"
             " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
-            (d.rule, d.action, d.reason[:1000], d.guard, d.outcome, d.mode, d.wallet_entry_id, now, job_id),
+            (
+                d.rule,
+                d.action,
+                storable_text(d.reason, limit=1000),
+                d.guard,
+                d.outcome,
+                d.mode,
+                d.wallet_entry_id,
+                now,
+                job_id,
+            ),
         )
 
     def requeue(self, job_id: int, *, now: float) -> bool:
@@ -409,7 +421,9 @@ class SQLStore(Store):
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
 
     def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
-        text = json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str)
+        text = storable_text(
+            json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str), limit=100_000
+        )
         with self._tx() as c:
             row = c.one(
                 "INSERT INTO operations (at, kind, subject, detail) VALUES (?,?,?,?) RETURNING id",
