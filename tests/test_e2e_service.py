@@ -200,3 +200,18 @@ def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
     assert "s3cr3t-value" not in r.stderr
+
+
+@pytest.mark.parametrize("value", ["main:", "main:x"])
+def test_an_empty_or_short_webhook_secret_stops_the_service_at_start(tmp_path, value):
+    full = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "CL_WEBHOOK_SECRETS": value,
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert "CL_WEBHOOK_SECRETS" in line and "Traceback" not in r.stderr
