@@ -163,7 +163,9 @@ def bad_tokens(clock):
         "garbage": auth("not-a-token"),
         "expired": auth(expired),
         "forged": auth(Tokens(ADMIN, ("attacker-key-0123456789abcdef",), clock).make(ttl=3600)),
-        "replay token": auth(make_replay_token(Tokens(REPLAY, (ADMIN_KEY,), clock), b"{}", ttl=3600)),
+        "replay token": auth(
+            make_replay_token(Tokens(REPLAY, (ADMIN_KEY,), clock), b"{}", topic="orders.place", ttl=3600)
+        ),
         "replay key": auth(Tokens(ADMIN, (REPLAY_KEY,), clock).make(ttl=3600)),
         "tampered": auth(token(clock)[:-2] + "xx"),
     }

@@ -48,6 +48,44 @@ def parse_rate_limits(value: str) -> tuple[RateLimit, ...]:
     return tuple(out)
 
 
+# The topics Commerce Layer sends (https://docs.commercelayer.io/developers/real-time-webhooks):
+# the documented order topics, and the non-order ones seen in real webhook bodies (stored as
+# `ignored`). Commerce Layer signs only the body, so the topic header is the sender's word: an
+# allow-list keeps one captured delivery from being stored (and counted) under any topic.
+# `WEBHOOK_APP_TOPICS` adds to it (the live list may be longer).
+KNOWN_ORDER_TOPICS = (
+    "orders.create",
+    "orders.draft",
+    "orders.pending",
+    "orders.place",
+    "orders.approve",
+    "orders.cancel",
+    "orders.authorize",
+    "orders.void",
+    "orders.pay",
+    "orders.refund",
+    "orders.start_fulfilling",
+    "orders.cancel_fulfilling",
+    "orders.fulfill",
+    "orders.rebuild_shipments",
+    "orders.destroy",
+)
+KNOWN_OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
+KNOWN_TOPICS = frozenset(KNOWN_ORDER_TOPICS + KNOWN_OTHER_TOPICS)
+
+
+_TOPIC = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")  # as events.TOPIC_PATTERN
+
+
+def parse_topics(value: str) -> tuple[str, ...]:
+    """`WEBHOOK_APP_TOPICS`: comma-separated topics like `shipments.ship`, added to KNOWN_TOPICS."""
+    out = tuple(t.strip() for t in value.split(",") if t.strip())
+    bad = [t for t in out if not _TOPIC.match(t)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a topic like `orders.place`")
+    return out
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -190,10 +228,16 @@ class Settings:
     replay_keys: tuple[str, ...] = _setting("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True)
     replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
     admin_keys: tuple[str, ...] = _setting("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True)
+    extra_topics: tuple[str, ...] = _setting("WEBHOOK_APP_TOPICS", parse_topics, ())
 
     @property
     def has_credentials(self) -> bool:
         return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
+
+    @property
+    def accepted_topics(self) -> frozenset[str]:
+        """The topics the intake stores: Commerce Layer's known ones and WEBHOOK_APP_TOPICS."""
+        return KNOWN_TOPICS | frozenset(self.extra_topics)
 
     @property
     def shadow(self) -> bool:

@@ -115,7 +115,7 @@ class Replayer:
             SIGNATURE_HEADER: sign(item.body, secret=self._secret),
         }
         if self.tokens is not None:
-            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, ttl=self.token_ttl)
+            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, topic=item.topic, ttl=self.token_ttl)
         return h
 
     def run(self, items: list[Recorded], *, progress: TextIO | None = sys.stderr) -> Summary:

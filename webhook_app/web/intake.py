@@ -54,13 +54,19 @@ def _intake() -> tuple[Response, int]:
     s = services()
     body = _read_body(s.settings.max_body_bytes)
     delivery = Delivery.from_http(
-        dict(request.headers), body, secrets=s.settings.webhook_secrets, max_depth=s.settings.max_json_depth
+        dict(request.headers),
+        body,
+        secrets=s.settings.webhook_secrets,
+        max_depth=s.settings.max_json_depth,
+        topics=s.settings.accepted_topics,
     )
     replay_of = None
     replay_token = request.headers.get(REPLAY_HEADER)
     if replay_token is not None:
         # An operator's deliberate replay: a valid token makes it a new delivery, not a duplicate.
-        nonce = check_replay_token(Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body)
+        nonce = check_replay_token(
+            Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body, topic=delivery.topic
+        )
         replay_of = s.store.delivery_id_for_identity(delivery.identity)
         delivery = delivery.as_replay(nonce)
     recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of)
