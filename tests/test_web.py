@@ -31,7 +31,7 @@ def test_accepts_signed_order_and_stores_it(app_env):
     body = order_body("o1")
     r = post(client, body, signed_headers(body))
     assert r.status_code == 202 and r.json["status"] == "accepted" and r.json["job_id"]
-    [d] = store.list_deliveries(DeliveryFilter())
+    [d] = store.list_deliveries(DeliveryFilter(with_body=True))
     assert d.body == body and d.order_id == "o1" and d.secret_label == "main"
     assert r.headers["X-Request-Id"]
 

@@ -229,6 +229,12 @@ class Settings:
     replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
     admin_keys: tuple[str, ...] = _setting("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True)
     extra_topics: tuple[str, ...] = _setting("WEBHOOK_APP_TOPICS", parse_topics, ())
+    # Retention: bodies and headers (names, emails, addresses) go first; the record of what was
+    # received and decided later. Per-order action claims are kept: a flagged order stays flagged.
+    retain_bodies_days: float = _setting("WEBHOOK_APP_RETAIN_BODIES_DAYS", _positive(float), 30.0)
+    retain_records_days: float = _setting("WEBHOOK_APP_RETAIN_RECORDS_DAYS", _positive(float), 180.0)
+    prune_interval: float = _setting("WEBHOOK_APP_PRUNE_INTERVAL", _positive(float), 300.0)
+    prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 500)
 
     @property
     def has_credentials(self) -> bool:
@@ -283,6 +289,8 @@ class Settings:
             # A lease must outlive one call, or a second worker could take a job whose PATCH is
             # still in flight.
             raise ConfigError("WEBHOOK_APP_LEASE_SECONDS", "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
+        if settings.retain_records_days < settings.retain_bodies_days:
+            raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

@@ -27,11 +27,12 @@ from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
-from webhook_app.store import DecisionRecord, Job, Store
+from webhook_app.store import DecisionRecord, Job, Store, retention
 
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1.0
+PRUNE_BATCHES_PER_TICK = 4
 
 
 def retry_delay(
@@ -84,6 +85,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.observer = observer
         self.mode = "shadow" if settings.shadow else "enforce"
+        self._next_prune = 0.0  # the first prune runs soon after start
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -106,9 +108,27 @@ class Worker:
                 log.exception("worker loop error, waiting", extra={"error": _describe(exc), "wait": wait})
                 stop.wait(wait)
                 continue
+            self.maybe_prune()
             if not busy:
                 stop.wait(self.settings.poll_interval)
         log.info("worker stopped", extra={"worker": self.id})
+
+    def maybe_prune(self) -> retention.PruneReport | None:
+        """Between jobs, when due: a few prune batches (a backlog is worked off tick by tick, so
+        jobs wait at most a few batches). A failure is logged and tried again next interval."""
+        now = self.clock()
+        if now < self._next_prune:
+            return None
+        try:
+            report = retention.prune_and_record(
+                self.store, self.settings, now=now, by=f"worker {self.id}", max_batches=PRUNE_BATCHES_PER_TICK
+            )
+        except Exception as exc:  # noqa: BLE001 - pruning must never stop the worker
+            log.warning("prune failed", extra={"error": _describe(exc)})
+            self._next_prune = now + self.settings.prune_interval
+            return None
+        self._next_prune = now + (self.settings.prune_interval if report.complete else 1.0)
+        return report
 
     def run_once(self) -> Outcome | None:
         """Claim and process one due job; None when nothing is due."""

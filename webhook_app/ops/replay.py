@@ -41,7 +41,11 @@ def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) ->
     """Recorded deliveries matching `flt`, oldest first (`dead_only`: dead-lettered jobs only)."""
     if dead_only:
         flt = replace(flt, status="dead")
-    out = [Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id) for d in store.iter_deliveries(flt)]
+    out = [
+        Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id)
+        for d in store.iter_deliveries(replace(flt, with_body=True))
+        if d.body_removed is None  # a pruned or forgotten body cannot be replayed
+    ]
     return list(reversed(out))
 
 

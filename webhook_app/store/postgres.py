@@ -192,6 +192,18 @@ class PostgresStore(SQLStore):
         with self._tx(write=False) as c:
             c.one("SELECT 1 AS ok")
 
+    def _database_bytes(self) -> int:
+        """This service's tables (with their indexes and TOAST) in the current schema. Space freed
+        by a prune is reused by new rows once autovacuum has seen it; it is not given back to the
+        filesystem (that needs VACUUM FULL, which locks the table)."""
+        with self._tx(write=False) as c:
+            row = c.one(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS n FROM pg_class c"
+                " JOIN pg_namespace ns ON ns.oid = c.relnamespace"
+                " WHERE ns.nspname = current_schema() AND c.relkind = 'r'"
+            )
+        return int(row["n"]) if row else 0
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,8 +21,10 @@ from webhook_app.store.base import (
     DeliveryFilter,
     Job,
     Operation,
+    Pruned,
     QueueStats,
     Recorded,
+    StorageStats,
     Store,
     StoredDelivery,
 )
@@ -322,7 +324,8 @@ class SQLStore(Store):
     # --- reading --------------------------------------------------------------------------
     _DELIVERY_COLUMNS = (
         "d.id, d.identity, d.topic, d.resource_type, d.resource_id, d.order_id, d.received_at,"
-        " d.secret_label, d.headers, d.body, d.status, d.replay_of, j.id AS job_id, j.state AS job_state,"
+        " d.secret_label, d.headers, d.body, d.status, d.replay_of, d.body_removed_why,"
+        " j.id AS job_id, j.state AS job_state,"
         " j.attempts AS job_attempts, j.next_attempt_at AS job_next_attempt_at, j.last_error AS job_last_error,"
         " j.lease_owner AS job_lease_owner, j.lease_expires_at AS job_lease_expires_at,"
         " j.finished_at AS job_finished_at"
@@ -375,8 +378,11 @@ class SQLStore(Store):
                 " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))"
             )
             params += [flt.decision] * 3
+        columns = (
+            self._DELIVERY_COLUMNS if flt.with_body else self._DELIVERY_COLUMNS.replace("d.body,", "NULL AS body,")
+        )
         sql = (
-            f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
+            f"SELECT {columns} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY d.id DESC LIMIT ?"
         )
@@ -465,8 +471,85 @@ class SQLStore(Store):
             found |= {r["order_id"] for r in rows}
         return found
 
+    # --- retention and erasure ---------------------------------------------------------------
+    #: deliveries whose work is over: no job (ignored topics), or a job done or dead
+    _SETTLED = "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.state IN ('pending', 'running'))"
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    def prune(
+        self, *, bodies_before: float, records_before: float, limit: int, now: float, dry_run: bool = False
+    ) -> Pruned:
+        with self._tx(write=not dry_run) as c:
+            body_ids = [
+                int(r["id"])
+                for r in c.all(
+                    "SELECT d.id FROM deliveries d WHERE d.body_removed_at IS NULL AND d.received_at < ?"  # nosec B608  # constants and ? placeholders only
+                    f" AND {self._SETTLED} ORDER BY d.received_at LIMIT ?",
+                    (bodies_before, limit),
+                )
+            ]
+            old_ids = [
+                int(r["id"])
+                for r in c.all(
+                    f"SELECT d.id FROM deliveries d WHERE d.received_at < ? AND {self._SETTLED}"  # nosec B608  # constants and ? placeholders only
+                    " ORDER BY d.received_at LIMIT ?",
+                    (records_before, limit),
+                )
+            ]
+            if dry_run:
+                return Pruned(len(body_ids), len(old_ids))
+            if body_ids:
+                self._remove_bodies(c, body_ids, "retention", now)
+            if old_ids:
+                marks = ",".join("?" * len(old_ids))
+                ids = tuple(old_ids)
+                # A replay outlives its original's record: it keeps its own, without the link.
+                c.run(f"UPDATE deliveries SET replay_of = NULL WHERE replay_of IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                jobs = f"SELECT id FROM jobs WHERE delivery_id IN ({marks})"  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM attempts WHERE job_id IN ({jobs})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM decisions WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM jobs WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+            return Pruned(len(body_ids), len(old_ids))
+
+    def _remove_bodies(self, c: Cursorish, ids: list[int], why: str, now: float) -> int:
+        marks = ",".join("?" * len(ids))
+        return c.run(
+            f"UPDATE deliveries SET body = ?, headers = '{{}}', body_removed_at = ?, body_removed_why = ?"  # nosec B608  # constants and ? placeholders only
+            f" WHERE body_removed_at IS NULL AND id IN ({marks})",
+            (b"", now, why, *ids),
+        )
+
+    def remove_bodies(self, ids: Sequence[int], *, why: str, now: float) -> int:
+        done = 0
+        for chunk in _chunks(list(ids), 500):
+            with self._tx() as c:
+                done += self._remove_bodies(c, chunk, why, now)
+        return done
+
+    def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
+        with self._tx(write=False) as c:
+            rows = c.all(
+                "SELECT id, body FROM deliveries WHERE id > ? AND body_removed_at IS NULL ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        return [(int(r["id"]), bytes(r["body"])) for r in rows]
+
+    def storage_stats(self) -> StorageStats:
+        with self._tx(write=False) as c:
+            oldest = c.one("SELECT MIN(received_at) AS t FROM deliveries")
+            kept = c.one("SELECT COUNT(*) AS n FROM deliveries WHERE body_removed_at IS NULL")
+        t = oldest["t"] if oldest else None
+        return StorageStats(
+            bytes=self._database_bytes(),
+            oldest_received_at=None if t is None else float(t),
+            bodies_kept=int(kept["n"]) if kept else 0,
+        )
+
+    def _database_bytes(self) -> int:
+        raise NotImplementedError
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -499,10 +582,11 @@ def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str
         received_at=float(row["received_at"]),
         secret_label=row["secret_label"],
         headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
-        body=bytes(row["body"]),
+        body=b"" if row["body"] is None else bytes(row["body"]),
         status=row["status"],
         replay_of=_opt_int(row["replay_of"]),
         job=job,
         decisions=decisions,
         attempts=attempts,
+        body_removed=row["body_removed_why"],
     )
