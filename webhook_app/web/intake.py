@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhook_app.errors import PayloadTooLarge, StoreError, UnsupportedMediaType
+from webhook_app.errors import InvalidPayload, PayloadTooLarge, StoreError, UnsupportedMediaType
 from webhook_app.events import Delivery
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
 from webhook_app.web import metrics
@@ -39,6 +40,10 @@ def _read_body(limit: int) -> bytes:
         body = request.stream.read(limit + 1)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"body larger than the limit of {limit} bytes") from None
+    except (ParseException, NoMoreData):
+        # gunicorn parses a chunked body while we read it: a bad chunk size, a missing CRLF, a
+        # bad chunk extension or a body cut short is the client's error, not a 500.
+        raise InvalidPayload("the request body is not valid chunked transfer encoding") from None
     if len(body) > limit:
         raise PayloadTooLarge(f"body larger than the limit of {limit} bytes")
     return body
