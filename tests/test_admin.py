@@ -794,3 +794,17 @@ def test_operations_log_in_the_api_and_on_the_page(settings_factory, store, cloc
     login(client, clock)
     page = client.get("/admin/").get_data(as_text=True)
     assert f'id="operation-{first}"' in page and "entry=w2, kept=w1" in page and "circuit_reset" in page
+
+
+@pytest.mark.parametrize("value", ["o1\x00x", "o1\x07"], ids=["nul", "control"])
+def test_an_unprintable_filter_value_is_400_on_every_store(settings_factory, store, clock, value):
+    # PostgreSQL cannot hold a NUL in a text parameter: it was a 500 there.
+    client = make_client(settings_factory, store, clock)
+    record(store, "o1", now=clock())
+    from urllib.parse import quote
+
+    q = quote(value, safe="")
+    client.set_cookie(COOKIE, token(clock), path="/admin")
+    for path in (f"/admin/deliveries?order_id={q}", f"/admin/?order_id={q}"):
+        r = client.get(path, headers=auth(token(clock)))
+        assert r.status_code == 400, (path, r.status_code)

@@ -215,3 +215,33 @@ def test_an_empty_or_short_webhook_secret_stops_the_service_at_start(tmp_path, v
     assert r.returncode == 2
     [line] = r.stderr.strip().splitlines()
     assert "CL_WEBHOOK_SECRETS" in line and "Traceback" not in r.stderr
+
+
+def test_a_password_given_as_a_url_parameter_never_reaches_the_logs(tmp_path):
+    # An unreachable PostgreSQL: the pool warns, the worker waits; its password is nowhere.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pw = "pw-in-query-0123456789"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/test?password={pw}&connect_timeout=1",
+        "WEBHOOK_APP_DB_TIMEOUT": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webhook_app", "serve", "--bind", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=40)
+    assert out.strip()  # it said something (banner, warnings, or the reason it stopped)
+    assert pw not in out

@@ -54,6 +54,8 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
     order_id = values.get("order_id")
     if order_id is not None and len(order_id) > 128:
         raise InvalidQuery("order_id is longer than 128 characters")
+    if order_id is not None and not order_id.isprintable():  # NUL, controls, half surrogate pairs
+        raise InvalidQuery("order_id must be printable characters")
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}")
