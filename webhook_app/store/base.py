@@ -174,6 +174,10 @@ class Store(abc.ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
 
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless the database can take a write now (for `/readyz`)."""
+        self.ping()
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -471,6 +471,11 @@ class SQLStore(Store):
             found |= {r["order_id"] for r in rows}
         return found
 
+    def check_writable(self) -> None:
+        """A write that changes nothing, committed: fails where a delivery's commit would."""
+        with self._tx() as c:
+            c.run("UPDATE schema_version SET version = version")
+
     # --- retention and erasure ---------------------------------------------------------------
     #: deliveries whose work is over: no job (ignored topics), or a job done or dead
     _SETTLED = "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.state IN ('pending', 'running'))"

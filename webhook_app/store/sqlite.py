@@ -31,6 +31,9 @@ from webhook_app.store.sql import Cursorish, Row, SQLStore
 
 MIGRATIONS = migrations("sqlite")
 
+#: `/readyz` says unavailable below this much free space next to the database (a few 1 MiB bodies)
+MIN_FREE_BYTES = 8 * 1024 * 1024
+
 
 class _Cursor(Cursorish):
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -140,6 +143,22 @@ class SQLiteStore(SQLStore):
     def ping(self) -> None:
         with self._tx(write=False) as c:
             c.one("SELECT 1")
+
+    def check_writable(self) -> None:
+        """Room on the filesystem for a few large deliveries, then a committed write. (SQLite
+        rewrites its WAL from the start after a checkpoint, so a tiny write can succeed on a full
+        disk where a delivery's would not: free space is checked first.)"""
+        if self.path != ":memory:":
+            try:
+                st = os.statvfs(Path(self.path).parent)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot check the SQLite filesystem: {exc.strerror}") from exc
+            free = st.f_bavail * st.f_frsize
+            if free < MIN_FREE_BYTES:
+                raise StoreUnavailable(
+                    f"SQLite database or disk is full ({free} bytes free, {MIN_FREE_BYTES} needed to accept deliveries)"
+                )
+        super().check_writable()
 
     # --- retention: give the space back ---------------------------------------------------
     def prune(

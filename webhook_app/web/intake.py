@@ -115,6 +115,7 @@ def readyz() -> tuple[Response, int]:
     try:
         s.store.ping()
         s.store.check_schema()
+        s.store.check_writable()
         checks["database"] = "ok"
     except StoreError as exc:
         checks["database"] = exc.detail
