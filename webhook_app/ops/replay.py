@@ -131,9 +131,19 @@ class Replayer:
                 self.sleep(wait)
             next_at = max(next_at, self.clock()) + self.interval
             try:
-                r = self.session.post(self.target, data=item.body, headers=self.headers(item), timeout=self.timeout)
+                # Never follow a redirect: requests would re-send the signed body and the replay
+                # token to wherever the Location points.
+                r = self.session.post(
+                    self.target,
+                    data=item.body,
+                    headers=self.headers(item),
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
                 status = str(r.status_code)
-                if r.status_code >= 300:
+                if 300 <= r.status_code < 400:
+                    summary.failures.append(f"{item.source}: HTTP {r.status_code} (a redirect: not followed)")
+                elif r.status_code >= 400:
                     summary.failures.append(f"{item.source}: HTTP {r.status_code}")
             except requests.RequestException as exc:
                 status = "error"
