@@ -301,6 +301,9 @@ class Store(abc.ABC):
         Per-order action claims are never pruned: an order flagged stays flagged."""
         raise NotImplementedError
 
+    def reclaim(self) -> None:  # noqa: B027 - optional: a backend without anything to do keeps this
+        """After pruning: make the freed space usable (and, where the backend can, give it back)."""
+
     def storage_stats(self) -> StorageStats:
         raise NotImplementedError
 

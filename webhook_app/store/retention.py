@@ -47,6 +47,8 @@ def prune(
         bodies += done.bodies
         deliveries += done.deliveries
         if dry_run or (done.bodies < settings.prune_batch and done.deliveries < settings.prune_batch):
+            if not dry_run and (bodies or deliveries):
+                store.reclaim()  # once the backlog is worked off, not after every batch
             return PruneReport(bodies, deliveries, batches, True)
     return PruneReport(bodies, deliveries, batches, False)
 

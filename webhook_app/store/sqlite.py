@@ -168,13 +168,12 @@ class SQLiteStore(SQLStore):
             bodies_before=bodies_before, records_before=records_before, limit=limit, now=now, dry_run=dry_run
         )
         if not dry_run and (done.bodies or done.deliveries):
-            self.reclaim()
+            self.reclaim()  # what this batch freed: a few ms, so intake waits no longer
         return done
 
-    def reclaim(self, pages: int = 2000) -> None:
-        """Give up to `pages` free pages back to the filesystem (a few ms; intake waits no longer).
-        The pragma frees one page per step: executescript steps it to the end, in its own
-        transaction."""
+    def reclaim(self, pages: int = 4000) -> None:
+        """Give up to `pages` free pages back to the filesystem. The pragma frees one page per
+        step: executescript steps it to the end, in its own transaction."""
         self._locked_script(f"PRAGMA incremental_vacuum({int(pages)});")
 
     def vacuum(self) -> None:
