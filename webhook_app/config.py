@@ -234,7 +234,7 @@ class Settings:
     retain_bodies_days: float = _setting("WEBHOOK_APP_RETAIN_BODIES_DAYS", _positive(float), 30.0)
     retain_records_days: float = _setting("WEBHOOK_APP_RETAIN_RECORDS_DAYS", _positive(float), 180.0)
     prune_interval: float = _setting("WEBHOOK_APP_PRUNE_INTERVAL", _positive(float), 300.0)
-    prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 500)
+    prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 100)
 
     @property
     def has_credentials(self) -> bool:
