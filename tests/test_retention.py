@@ -180,3 +180,19 @@ def test_forget_removes_one_customers_bodies_and_says_how_many(tmp_path):
     assert [o.detail["removed"] for o in ops] == [1, 4]
     assert "example.com" not in json.dumps([o.detail for o in ops])
     store.close()
+
+
+def test_the_admin_views_say_a_body_was_removed(settings_factory, sqlite_store, clock):
+    from webhook_app.tokens import ADMIN, Tokens
+
+    key = "admin-key-0123456789abcdef"
+    app = create_app(settings_factory(admin_keys=(key,)), store=sqlite_store, clock=clock)
+    rec = deliver(sqlite_store, clock, "o1")
+    sqlite_store.remove_bodies([rec.delivery_id], why="forgotten", now=clock())
+    tok = Tokens(ADMIN, (key,), clock).make(ttl=60)
+    client = app.test_client()
+    r = client.get(f"/admin/deliveries/{rec.delivery_id}", headers={"Authorization": f"Bearer {tok}"})
+    assert r.json["body_removed"] == "forgotten" and r.json["body"] == ""
+    client.set_cookie("webhook_app_admin", tok, path="/admin")
+    page = client.get(f"/admin/view/deliveries/{rec.delivery_id}").get_data(as_text=True)
+    assert "were removed (forgotten)" in page

@@ -163,6 +163,7 @@ class Presenter:
             "signed_with": d.secret_label,
             "headers": safe_headers(d.headers),
             "body": d.body.decode("utf-8", "replace"),
+            "body_removed": d.body_removed,  # retention | forgotten: the body and headers are gone
             "decisions": [self.decision(x) for x in d.decisions],
             "attempts": [self.attempt(a) for a in d.attempts],
         }
