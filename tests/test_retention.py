@@ -196,3 +196,20 @@ def test_the_admin_views_say_a_body_was_removed(settings_factory, sqlite_store, 
     client.set_cookie("webhook_app_admin", tok, path="/admin")
     page = client.get(f"/admin/view/deliveries/{rec.delivery_id}").get_data(as_text=True)
     assert "were removed (forgotten)" in page
+
+
+def test_configured_fields_are_redacted_once_settled_and_past_the_window(store, settings_factory, clock):
+    settings = settings_factory(redact_fields=("email", "customer_email"), redact_after_days=2)
+    settled = deliver(store, clock, "o1", customer_id="cusRED001")
+    worker(store, settings, clock).drain()
+    pending = deliver(store, clock, "o2", customer_id="cusRED002")
+    clock.advance(1 * DAY)
+    retention.prune(store, settings, now=clock())
+    assert b"cusRED001@example.com" in store.get_delivery(settled.delivery_id).body  # window not over
+    clock.advance(2 * DAY)
+    retention.prune(store, settings, now=clock())
+    doc = json.loads(store.get_delivery(settled.delivery_id).body)
+    [cust] = [r for r in doc["included"] if r["type"] == "customers"]
+    assert cust["attributes"]["email"] == "[redacted]" and cust["id"] == "cusRED001"
+    assert doc["data"]["id"] == "o1"  # the rest stays
+    assert b"cusRED002@example.com" in store.get_delivery(pending.delivery_id).body  # its job never ran

@@ -174,6 +174,13 @@ def _key_list(value: str) -> tuple[str, ...]:
     return keys
 
 
+def _field_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", n) for n in names):
+        raise ValueError("must be attribute names separated by commas")
+    return names
+
+
 def _setting(
     env: str,
     convert: Callable[[str], Any],
@@ -235,6 +242,10 @@ class Settings:
     retain_records_days: float = _setting("WEBHOOK_APP_RETAIN_RECORDS_DAYS", _positive(float), 180.0)
     prune_interval: float = _setting("WEBHOOK_APP_PRUNE_INTERVAL", _positive(float), 300.0)
     prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 100)
+    # Optional: attribute names (e.g. customer_email,first_name,last_name,line_1,phone) whose values
+    # are replaced in stored bodies once a delivery is settled and REDACT_AFTER_DAYS old.
+    redact_fields: tuple[str, ...] = _setting("WEBHOOK_APP_REDACT_FIELDS", _field_names, ())
+    redact_after_days: float = _setting("WEBHOOK_APP_REDACT_AFTER_DAYS", _positive(float), 7.0)
 
     @property
     def has_credentials(self) -> bool:

@@ -301,6 +301,14 @@ class Store(abc.ABC):
         Per-order action claims are never pruned: an order flagged stays flagged."""
         raise NotImplementedError
 
+    def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:
+        """(id, body) of settled deliveries received before `before`, body kept, not yet redacted."""
+        raise NotImplementedError
+
+    def replace_bodies(self, items: Sequence[tuple[int, bytes]], *, now: float) -> int:
+        """Store redacted bodies (marked redacted); how many."""
+        raise NotImplementedError
+
     def reclaim(self) -> None:  # noqa: B027 - optional: a backend without anything to do keeps this
         """After pruning: make the freed space usable (and, where the backend can, give it back)."""
 

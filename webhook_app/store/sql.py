@@ -531,6 +531,25 @@ class SQLStore(Store):
                 done += self._remove_bodies(c, chunk, why, now)
         return done
 
+    def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:
+        with self._tx(write=False) as c:
+            rows = c.all(
+                "SELECT d.id, d.body FROM deliveries d WHERE d.body_removed_at IS NULL AND d.redacted_at IS NULL"  # nosec B608  # constants and ? placeholders only
+                f" AND d.received_at < ? AND {self._SETTLED} ORDER BY d.received_at LIMIT ?",
+                (before, limit),
+            )
+        return [(int(r["id"]), bytes(r["body"])) for r in rows]
+
+    def replace_bodies(self, items: Sequence[tuple[int, bytes]], *, now: float) -> int:
+        done = 0
+        with self._tx() as c:
+            for delivery_id, body in items:
+                done += c.run(
+                    "UPDATE deliveries SET body = ?, redacted_at = ? WHERE id = ? AND body_removed_at IS NULL",
+                    (body, now, delivery_id),
+                )
+        return done
+
     def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
         with self._tx(write=False) as c:
             rows = c.all(
