@@ -114,3 +114,36 @@ def test_a_job_whose_worker_keeps_dying_is_dead_lettered_at_the_limit(env):
     got = env.store.get_delivery(rec.delivery_id)
     assert got.job["state"] == "dead" and "lease" in got.job["last_error"]
     assert env.fake.patches() == []
+
+
+def test_a_policy_slower_than_its_budget_fails_the_job_not_the_worker(env):
+    import time
+
+    from webhook_app.policy import Policy
+
+    class Slow(Policy):  # a policy whose decision never ends in time (what a bad pattern did)
+        def decide(self, event):
+            if event.order_id == "slow":
+                time.sleep(5)
+            return super().decide(event)
+
+    base = load_policy(bundled_policy_path())
+    slow = Slow(base.rules, base.default, base.wallet_source_types, base.roots)
+    w = Worker(
+        store=env.store,
+        policy=slow,
+        settings=env.settings.with_overrides(decide_budget=0.2, mode="shadow"),
+        clock=env.clock,
+        worker_id="w1",
+        rng=random.Random(1),
+    )
+    bad = env.deliver("slow")
+    good = env.deliver("fast")
+    started = time.monotonic()
+    for _ in range(MAX + 1):
+        w.drain()
+        env.clock.advance(120)
+    assert time.monotonic() - started < 4  # each attempt stopped at its budget
+    got = env.store.get_delivery(bad.delivery_id)
+    assert got.job["state"] == "dead" and "longer than 0.2 s" in got.job["last_error"]
+    assert env.store.get_delivery(good.delivery_id).job["state"] == "done"

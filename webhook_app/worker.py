@@ -11,14 +11,16 @@ change is already there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -190,7 +192,8 @@ class Worker:
             event = Event.from_body(job.topic, job.body, max_depth=self.settings.max_json_depth)
         except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying
             return self._dead(job, f"stored body no longer parses: {exc}", None)
-        decision = self.policy.decide(event)
+        with time_budget(self.settings.decide_budget):
+            decision = self.policy.decide(event)
         if not decision.calls_commerce_layer:
             return self._finish(job, decision, "guarded" if decision.guard else "skipped")
         if self.settings.shadow:
@@ -400,6 +403,30 @@ class Worker:
         log.log(level, what, extra=fields)
         if self.observer is not None:
             self.observer(what, fields)
+
+
+class BudgetExceeded(Exception):
+    """The policy took longer than WEBHOOK_APP_DECIDE_BUDGET_SECONDS on one job."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Raise BudgetExceeded in the block after `seconds` (a SIGALRM timer: the main thread only,
+    where the worker process runs its loop; elsewhere, e.g. in tests' threads, no limit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(_signum: int, _frame: object) -> None:
+        raise BudgetExceeded(f"the policy took longer than {seconds:g} s to decide")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _describe(exc: BaseException) -> str:
