@@ -164,6 +164,8 @@ class FakeCommerceLayer:
             time.sleep(script.hang)
         if script and script.status >= 400 and not script.apply_first:
             return _errors(script.status, "Scripted failure", "scripted", headers=script.headers, body=script.body)
+        if script and script.status < 400 and script.body is not None:  # a 2xx with a canned (odd) body
+            return Response(json.dumps(script.body), script.status, headers=script.headers, content_type=JSONAPI)
         if route == "token":
             resp = self._token(req)
         elif route in ("orders.get", "orders.patch") and order_id is not None:

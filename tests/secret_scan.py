@@ -195,11 +195,11 @@ def run_scan(session: pytest.Session, scan: _Scan) -> dict[str, Any]:
     for kind, paths in (("service_logs", service_logs), ("other_logs", other_logs)):
         for path in paths:
             text = _read(path)
-            scanned[kind].append({"path": str(path), "bytes": len(text.encode())})
+            scanned[kind].append({"path": str(path), "bytes": len(text.encode(errors="surrogatepass"))})
             _scan_text(str(path), text, secrets, bearer=True, findings=findings)
     for where, text in scan.texts:
         scanned["report_sections"]["count"] += 1
-        scanned["report_sections"]["bytes"] += len(text.encode())
+        scanned["report_sections"]["bytes"] += len(text.encode(errors="surrogatepass"))
         _scan_text(where, text, secrets, bearer=False, findings=findings)
     artifacts = Path(session.config.rootpath) / "test-artifacts"
     if artifacts.is_dir():

@@ -163,7 +163,9 @@ def bad_tokens(clock):
         "garbage": auth("not-a-token"),
         "expired": auth(expired),
         "forged": auth(Tokens(ADMIN, ("attacker-key-0123456789abcdef",), clock).make(ttl=3600)),
-        "replay token": auth(make_replay_token(Tokens(REPLAY, (ADMIN_KEY,), clock), b"{}", ttl=3600)),
+        "replay token": auth(
+            make_replay_token(Tokens(REPLAY, (ADMIN_KEY,), clock), b"{}", topic="orders.place", ttl=3600)
+        ),
         "replay key": auth(Tokens(ADMIN, (REPLAY_KEY,), clock).make(ttl=3600)),
         "tampered": auth(token(clock)[:-2] + "xx"),
     }
@@ -807,3 +809,17 @@ def test_page_counts_saves_without_entry_and_links_to_them(site, clock):
     assert 'href="?decision=saved_without_entry"' in html
     listed = client.get("/admin/?decision=saved_without_entry").get_data(as_text=True)
     assert "ordNOENT1" in listed and "ordAPPLD1" not in listed
+
+
+@pytest.mark.parametrize("value", ["o1\x00x", "o1\x07"], ids=["nul", "control"])
+def test_an_unprintable_filter_value_is_400_on_every_store(settings_factory, store, clock, value):
+    # PostgreSQL cannot hold a NUL in a text parameter: it was a 500 there.
+    client = make_client(settings_factory, store, clock)
+    record(store, "o1", now=clock())
+    from urllib.parse import quote
+
+    q = quote(value, safe="")
+    client.set_cookie(COOKIE, token(clock), path="/admin")
+    for path in (f"/admin/deliveries?order_id={q}", f"/admin/?order_id={q}"):
+        r = client.get(path, headers=auth(token(clock)))
+        assert r.status_code == 400, (path, r.status_code)

@@ -56,7 +56,7 @@ def test_secret_values_are_never_echoed_in_errors():
 
 
 def test_webhook_secrets_parsed_with_labels():
-    s = Settings.from_env({"CL_WEBHOOK_SECRETS": "prod:aaa,staging:bbb"})
+    s = Settings.from_env({"CL_WEBHOOK_SECRETS": "prod:aaa-0123456789abcdef,staging:bbb-0123456789abcdef"})
     assert [x.label for x in s.webhook_secrets] == ["prod", "staging"]
 
 

@@ -200,3 +200,111 @@ def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
     assert "s3cr3t-value" not in r.stderr
+
+
+@pytest.mark.parametrize("value", ["main:", "main:x"])
+def test_an_empty_or_short_webhook_secret_stops_the_service_at_start(tmp_path, value):
+    full = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "CL_WEBHOOK_SECRETS": value,
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert "CL_WEBHOOK_SECRETS" in line and "Traceback" not in r.stderr
+
+
+def test_a_password_given_as_a_url_parameter_never_reaches_the_logs(tmp_path):
+    # An unreachable PostgreSQL: the pool warns, the worker waits; its password is nowhere.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pw = "pw-in-query-0123456789"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/test?password={pw}&connect_timeout=1",
+        "WEBHOOK_APP_DB_TIMEOUT": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webhook_app", "serve", "--bind", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=40)
+    assert out.strip()  # it said something (banner, warnings, or the reason it stopped)
+    assert pw not in out
+
+
+def test_twenty_slow_clients_do_not_stop_a_signed_delivery_of_the_default_serve(serve, tmp_path):
+    """`serve` with its defaults (2 gunicorn workers) and nothing in front: 20 connections each
+    sending its headers and then a body one byte every 0.5 s must not keep a signed delivery
+    from its answer for more than a second."""
+    svc = serve(service_env(tmp_path))
+    port = int(svc.url.rsplit(":", 1)[1])
+    slow = []
+    body = order_body("ordSlow01")
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        head = (
+            "POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"X-CommerceLayer-Topic: orders.place\r\nContent-Length: {len(body)}\r\n"
+        )
+        s.sendall(head.encode() + b"X-CommerceLayer-Signature: x\r\n\r\n" + body[:10])
+        slow.append(s)
+    try:
+        time.sleep(0.5)
+        for s in slow:
+            s.sendall(body[10:11])  # still trickling
+        good = order_body("ordFast01")
+        started = time.monotonic()
+        r = requests.post(svc.url + "/webhooks/commercelayer", data=good, headers=signed_headers(good), timeout=10)
+        seconds = time.monotonic() - started
+        assert r.status_code == 202, r.text
+        assert seconds < 1.0, seconds
+        (ARTIFACTS).mkdir(exist_ok=True)
+        (ARTIFACTS / "slow-clients.json").write_text(json.dumps({"slow_clients": 20, "answer_seconds": seconds}))
+    finally:
+        for s in slow:
+            s.close()
+
+
+def _raw(port, data, timeout=10):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+def test_the_serve_front_passes_chunked_bodies_and_keeps_the_limits(serve, tmp_path):
+    svc = serve(service_env(tmp_path))
+    port = int(svc.url.rsplit(":", 1)[1])
+    body = order_body("ordChunk1")
+    h = signed_headers(body)
+    head = "POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 100]), body[i : i + 100]) for i in range(0, len(body), 100))
+    out = _raw(
+        port, (head + "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n").encode() + chunked + b"0\r\n\r\n"
+    )
+    assert b" 202 " in out.split(b"\r\n\r\n")[-2] or b"HTTP/1.1 202" in out, out[:300]
+    out = _raw(port, (head + "Content-Length: 2000000\r\n\r\n").encode())
+    assert out.startswith(b"HTTP/1.1 413"), out[:200]
+    big = b"400000\r\n" + b" " * 0x400000 + b"\r\n0\r\n\r\n"
+    out = _raw(port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + big)
+    assert out.startswith(b"HTTP/1.1 413"), out[:200]
+    out = _raw(port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"zz\r\n{}\r\n0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and b'"errors"' in out, out[:200]
+    assert requests.get(svc.url + "/healthz", timeout=5).status_code == 200

@@ -680,3 +680,41 @@ def test_sqlite_disk_full_is_503_never_2xx_for_an_unsaved_delivery(stack, tmp_pa
     finally:
         stack.stop()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_readyz_says_unavailable_while_the_sqlite_disk_is_full(tmp_path, settings_factory):
+    """Expectation: /readyz checks that the store can write: 503 on a full filesystem, 200 again
+    once there is room."""
+    need_root("mounting a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if not shutil.which("mount"):
+        unavailable("mount is not available (util-linux)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a tmpfs: {mounted.stderr.strip()[:200]}")
+    from webhook_app.store.sqlite import SQLiteStore
+    from webhook_app.web import create_app
+
+    try:
+        store = SQLiteStore(str(mnt / "ready.db"))
+        store.migrate()
+        client = create_app(settings_factory(database_url=f"sqlite:///{mnt / 'ready.db'}"), store=store).test_client()
+        assert client.get("/readyz").status_code == 200
+        filler = mnt / "filler"
+        try:
+            with open(filler, "wb") as f:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        except OSError:
+            pass  # full, to the last block
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "full" in r.json["checks"]["database"], r.json
+        filler.unlink()
+        assert client.get("/readyz").status_code == 200
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -386,3 +386,20 @@ def test_the_edge_proxies_only_the_intake_and_private_health():
     ingress = load_yaml(K8S / "ingress.example.yaml")
     paths = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
     assert [(p["path"], p["pathType"]) for p in paths] == [("/webhooks/commercelayer", "Exact")]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [b"zz\r\n{}\r\n0\r\n\r\n"],  # a chunk size that is not hex
+        [b"2\r\n{}XX0\r\n\r\n"],  # a chunk without its CRLF terminator
+        [b"2;\x01=\x02\r\n{}\r\n0\r\n\r\n"],  # a chunk extension with control characters
+    ],
+    ids=["bad-size", "no-terminator", "bad-extension"],
+)
+def test_a_malformed_chunked_body_is_400_not_a_traceback(server, body):
+    before = server.stored()
+    a = exchange(server.port, request_head(chunked=True), body)
+    assert_app_refusal(a, 400)
+    assert b"Traceback" not in a.body
+    assert server.stored() == before and server.healthy()

@@ -77,7 +77,7 @@ def test_replay_from_store_byte_for_byte_and_with_tokens_runs_again(sqlite_store
     plain = Replayer(target=target.url, secret=SECRET, rate=0)
     s1 = plain.run(items, progress=None)
     assert s1.by_status == {"202": 3}
-    stored = {d.order_id: d.body for d in target.store.list_deliveries(DeliveryFilter())}
+    stored = {d.order_id: d.body for d in target.store.list_deliveries(DeliveryFilter(with_body=True))}
     assert stored == {i.order_id: i.body for i in items}  # bytes as recorded
     assert plain.run(items, progress=None).by_status == {"200": 3}  # no token: duplicates
     plain.close()
@@ -151,14 +151,15 @@ def test_replay_command_dry_run_prints_and_sends_nothing(tmp_path):
     record(store, "oD1")
     store.close()
     r = subprocess.run(
-        [sys.executable, "-m", "webhook_app", "replay", "--target", "http://127.0.0.1:9/x", "--dry-run"],
+        [sys.executable, "-m", "webhook_app", "replay", "--target", "http://127.0.0.1:9/x", "--dry-run"]
+        + ["--secret-env", "TARGET_SECRET"],
         capture_output=True,
         text=True,
         timeout=60,
         env={
             "PATH": "/usr/bin:/bin",
             "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
-            "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+            "TARGET_SECRET": SECRET,
             "WEBHOOK_APP_REPLAY_KEYS": REPLAY_KEY,
         },
     )
@@ -326,3 +327,60 @@ def test_webhooks_register_command_prints_secrets_to_set():
             },
         )
         assert "circuit=closed" in r.stdout and "https://example.test/hook" in r.stdout
+
+
+def test_replay_never_follows_a_redirect_with_its_headers(sqlite_store, target):
+    # A target that answers 307 to elsewhere must not get the signed body and replay token
+    # re-sent there by the client.
+    seen = []
+
+    def elsewhere(environ, start_response):
+        seen.append(environ.get("HTTP_X_COMMERCELAYER_SIGNATURE"))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    other = make_server("127.0.0.1", 0, elsewhere)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+
+    def redirect(environ, start_response):
+        start_response("307 Temporary Redirect", [("Location", f"http://127.0.0.1:{other.server_port}/steal")])
+        return [b""]
+
+    hop = make_server("127.0.0.1", 0, redirect)
+    threading.Thread(target=hop.serve_forever, daemon=True).start()
+    try:
+        record(sqlite_store, "oRedir")
+        items = from_store(sqlite_store, DeliveryFilter(limit=10))
+        r = Replayer(target=f"http://127.0.0.1:{hop.server_port}/x", secret=SECRET, replay_keys=(REPLAY_KEY,), rate=0)
+        summary = r.run(items, progress=None)
+        r.close()
+        assert seen == []
+        assert summary.by_status == {"307": 1} and "redirect" in summary.failures[0]
+    finally:
+        for s in (hop, other):
+            s.shutdown()
+            s.server_close()
+
+
+def test_replay_needs_the_targets_secret_given_explicitly(tmp_path):
+    db = tmp_path / "cli.db"
+    store = SQLiteStore(str(db))
+    store.migrate()
+    record(store, "oS1")
+    store.close()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+    }
+    cmd = [sys.executable, "-m", "webhook_app", "replay", "--target", "http://127.0.0.1:9/x", "--dry-run"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "--secret" in r.stderr  # not the production secret by default
+    r = subprocess.run(
+        [*cmd, "--secret-env", "TARGET_SECRET"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "TARGET_SECRET": "target-secret-0123456789"},
+    )
+    assert r.returncode == 0, r.stderr

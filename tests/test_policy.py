@@ -237,3 +237,52 @@ def test_required_includes_follow_fields():
         "market",
         "payment_source",
     ]
+
+
+def test_a_matches_pattern_takes_linear_time_on_shopper_input(tmp_path):
+    # `(a+)+$` backtracks exponentially in Python's `re` on "aaaa...!": a shopper's note or SKU
+    # must not stall the worker. Run in a child process so a stall fails the test instead of
+    # hanging it.
+    import subprocess
+    import sys
+
+    script = textwrap.dedent("""
+        import time, tomllib
+        from builders import order_document
+        from webhook_app.events import Event
+        from webhook_app.policy import parse_policy
+        p = parse_policy(tomllib.loads('''
+        version = 1
+        [default]
+        action = "skip"
+        [[rules]]
+        name = "evil"
+        action = "skip"
+        when = { field = "order.metadata.note", matches = "^(a+)+$" }
+        '''))
+        e = Event.from_document("orders.place", order_document("o1", metadata={"note": "a" * 40 + "!"}))
+        t = time.monotonic()
+        d = p.decide(e)
+        print(round(time.monotonic() - t, 3), d.rule)
+    """)
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={"PYTHONPATH": tests, "PATH": "/usr/bin:/bin"},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("deciding took over 20 s: the pattern backtracked exponentially")
+    assert r.returncode == 0, r.stderr
+    seconds, rule = r.stdout.split()
+    assert float(seconds) < 0.5 and rule == "default"
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"foo(?=bar)", r"(?<!x)y"])
+def test_patterns_re2_cannot_run_in_linear_time_are_refused_at_load(pattern):
+    text = BASE + f'[[rules]]\nname = "r"\naction = "skip"\nwhen = {{ field = "order.id", matches = \'{pattern}\' }}\n'
+    with pytest.raises(PolicyError, match="RE2"):
+        policy(text)

@@ -216,7 +216,14 @@ def test_no_intake_error_answer_carries_a_secret_or_what_was_expected(app_env):
         "forged replay": (good, h(good, **{REPLAY_HEADER: CANARY})),
         "replay for another body": (
             good,
-            h(good, **{REPLAY_HEADER: make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", ttl=60)}),
+            h(
+                good,
+                **{
+                    REPLAY_HEADER: make_replay_token(
+                        Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", topic="orders.place", ttl=60
+                    )
+                },
+            ),
         ),
         # 400: every way a signed body can be malformed
         "not JSON": (b"{", h(b"{")),
@@ -290,7 +297,7 @@ def test_admin_answers_and_pages_never_show_keys_tokens_or_credentials(app_env):
     shows a key, a secret, the admin token, or a stored credential."""
     app, store, clock, _ = app_env
     fake_cl_token = "fakecl-access-token-" + uuid.uuid4().hex
-    replay_token = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"{}", ttl=60)
+    replay_token = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"{}", topic="orders.place", ttl=60)
     credentials = {
         "Authorization": f"Bearer {fake_cl_token}",
         "Proxy-Authorization": f"Basic {fake_cl_token}",

@@ -5,7 +5,7 @@ import hmac
 import pytest
 
 from webhook_app.errors import InvalidSignature
-from webhook_app.signing import WebhookSecret, parse_secrets, sign, verify
+from webhook_app.signing import MIN_SECRET_LENGTH, WebhookSecret, parse_secrets, sign, verify
 
 BODY = b'{"data":{"id":"x","type":"orders"}}'
 
@@ -17,9 +17,9 @@ def test_sign_is_base64_hmac_sha256_of_raw_body():
 
 
 def test_verify_returns_label_of_matching_secret_among_several():
-    secrets = parse_secrets("old:first-secret,new:second-secret")
-    assert verify(BODY, signature=sign(BODY, secret="second-secret"), secrets=secrets) == "new"
-    assert verify(BODY, signature=sign(BODY, secret="first-secret"), secrets=secrets) == "old"
+    secrets = parse_secrets("old:first-secret-0123456,new:second-secret-012345")
+    assert verify(BODY, signature=sign(BODY, secret="second-secret-012345"), secrets=secrets) == "new"
+    assert verify(BODY, signature=sign(BODY, secret="first-secret-0123456"), secrets=secrets) == "old"
 
 
 @pytest.mark.parametrize(
@@ -27,13 +27,13 @@ def test_verify_returns_label_of_matching_secret_among_several():
 )
 def test_verify_rejects_missing_malformed_and_wrong(signature):
     with pytest.raises(InvalidSignature):
-        verify(BODY, signature=signature, secrets=parse_secrets("a:right"))
+        verify(BODY, signature=signature, secrets=parse_secrets("a:right-secret-0123456"))
 
 
 def test_verify_rejects_when_body_changes_by_one_byte():
-    sig = sign(BODY, secret="right")
+    sig = sign(BODY, secret="right-secret-0123456")
     with pytest.raises(InvalidSignature):
-        verify(BODY + b" ", signature=sig, secrets=parse_secrets("right"))
+        verify(BODY + b" ", signature=sig, secrets=parse_secrets("right-secret-0123456"))
 
 
 def test_no_configured_secret_rejects_everything():
@@ -48,7 +48,7 @@ def test_real_sample_signature_shape_from_facts():
 
 
 def test_parse_secrets_labels_and_positional_defaults():
-    s = parse_secrets(" main:abc , plain-secret-without-label ")
+    s = parse_secrets(" main:abc-0123456789abcdef , plain-secret-without-label ")
     assert [x.label for x in s] == ["main", "secret-2"]
     assert s[1].secret == b"plain-secret-without-label"
 
@@ -58,8 +58,18 @@ def test_parse_secrets_errors_do_not_echo_secret():
         parse_secrets("a:topsecretvalue,,")
     assert "topsecretvalue" not in str(exc.value)
     with pytest.raises(ValueError, match="unique"):
-        parse_secrets("a:x1,a:x2")
+        parse_secrets("a:x1-0123456789abcdef,a:x2-0123456789abcdef")
 
 
 def test_secret_repr_hides_secret():
     assert "hunter2" not in repr(WebhookSecret("l", b"hunter2"))
+
+
+@pytest.mark.parametrize("value", ["main:", "main: ", "a:x", "x", "main:short-secret", "ok:0123456789abcdef,b:"])
+def test_empty_and_short_secrets_are_refused(value):
+    # `main:` is what a template with an unset variable produces: it must not become the public
+    # secret "main:" that anyone can sign with.
+    with pytest.raises(ValueError) as exc:
+        parse_secrets(value)
+    assert "empty" in str(exc.value) or f"{MIN_SECRET_LENGTH} characters" in str(exc.value)
+    assert "short-secret" not in str(exc.value)

@@ -1,3 +1,5 @@
+import hashlib
+
 import pytest
 
 from webhook_app.tokens import (
@@ -62,13 +64,24 @@ def test_keys_rotate_newest_last():
 
 def test_replay_token_is_bound_to_its_body():
     r = Tokens(REPLAY, (KEY_NEW,))
-    tok = make_replay_token(r, b"body-1", ttl=60)
-    assert check_replay_token(r, tok, b"body-1")
+    tok = make_replay_token(r, b"body-1", topic="orders.place", ttl=60)
+    assert check_replay_token(r, tok, b"body-1", topic="orders.place")
     with pytest.raises(TokenError, match="another body"):
-        check_replay_token(r, tok, b"body-2")
-    assert check_replay_token(r, make_replay_token(r, b"b", ttl=60), b"b") != check_replay_token(
-        r, make_replay_token(r, b"b", ttl=60), b"b"
+        check_replay_token(r, tok, b"body-2", topic="orders.place")
+    t = "orders.place"
+    assert check_replay_token(r, make_replay_token(r, b"b", topic=t, ttl=60), b"b", topic=t) != check_replay_token(
+        r, make_replay_token(r, b"b", topic=t, ttl=60), b"b", topic=t
     )
+
+
+def test_replay_token_is_bound_to_its_topic():
+    r = Tokens(REPLAY, (KEY_NEW,))
+    tok = make_replay_token(r, b"body-1", topic="orders.place", ttl=60)
+    with pytest.raises(TokenError, match="another topic"):
+        check_replay_token(r, tok, b"body-1", topic="orders.cancel")
+    untopical = r.make(ttl=60, b=hashlib.sha256(b"body-1").hexdigest(), n="abcd")  # made before the binding
+    with pytest.raises(TokenError, match="another topic"):
+        check_replay_token(r, untopical, b"body-1", topic="orders.place")
 
 
 def test_no_keys_configured_refuses():

@@ -31,7 +31,7 @@ def test_accepts_signed_order_and_stores_it(app_env):
     body = order_body("o1")
     r = post(client, body, signed_headers(body))
     assert r.status_code == 202 and r.json["status"] == "accepted" and r.json["job_id"]
-    [d] = store.list_deliveries(DeliveryFilter())
+    [d] = store.list_deliveries(DeliveryFilter(with_body=True))
     assert d.body == body and d.order_id == "o1" and d.secret_label == "main"
     assert r.headers["X-Request-Id"]
 
@@ -205,7 +205,7 @@ def test_replay_token_makes_a_repeat_run_again(settings_factory, sqlite_store, c
     body = order_body("o1")
     first = post(client, body, signed_headers(body))
     assert post(client, body, signed_headers(body)).json["status"] == "duplicate"  # no token: duplicate
-    tok = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, ttl=60)
+    tok = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, topic="orders.place", ttl=60)
     replay = post(client, body, {**signed_headers(body), REPLAY_HEADER: tok})
     assert replay.status_code == 202 and replay.json["delivery_id"] != first.json["delivery_id"]
     stored = sqlite_store.get_delivery(replay.json["delivery_id"])
@@ -213,12 +213,48 @@ def test_replay_token_makes_a_repeat_run_again(settings_factory, sqlite_store, c
     assert post(client, body, {**signed_headers(body), REPLAY_HEADER: tok}).json["status"] == "duplicate"
     # forged, expired, wrong-body and wrong-purpose tokens are refused and store nothing
     count = len(sqlite_store.list_deliveries(DeliveryFilter()))
-    forged = make_replay_token(Tokens(REPLAY, ("attacker-key-0123456789abc",)), body, ttl=60)
-    other = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", ttl=60)
+    forged = make_replay_token(Tokens(REPLAY, ("attacker-key-0123456789abc",)), body, topic="orders.place", ttl=60)
+    other = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), b"other", topic="orders.place", ttl=60)
     admin = Tokens("admin", (REPLAY_KEY,), clock).make(ttl=60)
-    expired = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, ttl=1)
+    expired = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, topic="orders.place", ttl=1)
     clock.advance(5)
     for bad in (forged, other, admin, expired, "garbage"):
         r = post(client, body, {**signed_headers(body), REPLAY_HEADER: bad})
         assert r.status_code == 401, bad
     assert len(sqlite_store.list_deliveries(DeliveryFilter())) == count
+
+
+def test_a_replay_token_is_refused_under_another_topic(settings_factory, sqlite_store, clock):
+    from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token
+
+    client = create_app(settings_factory(replay_keys=(REPLAY_KEY,)), store=sqlite_store, clock=clock).test_client()
+    body = order_body("o1")
+    post(client, body, signed_headers(body, "orders.place"))
+    tok = make_replay_token(Tokens(REPLAY, (REPLAY_KEY,), clock), body, topic="orders.place", ttl=60)
+    count = len(sqlite_store.list_deliveries(DeliveryFilter()))
+    r = post(client, body, {**signed_headers(body, "orders.cancel"), REPLAY_HEADER: tok})
+    assert r.status_code == 401
+    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == count
+
+
+def test_one_signed_body_is_stored_only_under_known_topics(settings_factory, sqlite_store, clock):
+    # Commerce Layer signs the body only: the topic header is free. Re-posting one captured body
+    # and signature under invented topics must store nothing and add no metric label series.
+    client = create_app(settings_factory(), store=sqlite_store, clock=clock).test_client()
+    body = order_body("o1")
+    assert post(client, body, signed_headers(body, "orders.place")).status_code == 202
+    for topic in ("orders.bogus", "orders.place_again", "foo.bar", "shipments.ship", *(f"x.t{n}" for n in range(40))):
+        r = post(client, body, signed_headers(body, topic))
+        assert r.status_code == 400, topic
+    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == 1
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert "foo.bar" not in metrics and "x.t1" not in metrics
+
+
+def test_known_non_order_topics_are_ignored_and_more_can_be_configured(settings_factory, sqlite_store, clock):
+    app = create_app(settings_factory(extra_topics=("shipments.ship",)), store=sqlite_store, clock=clock)
+    client = app.test_client()
+    body = json.dumps({"data": {"id": "cust1", "type": "customers", "attributes": {}}}).encode()
+    assert post(client, body, signed_headers(body, "customers.create")).json["status"] == "ignored"
+    assert post(client, body, signed_headers(body, "shipments.ship")).json["status"] == "ignored"
+    assert post(client, body, signed_headers(body, "shipments.deliver")).status_code == 400

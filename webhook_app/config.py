@@ -48,6 +48,44 @@ def parse_rate_limits(value: str) -> tuple[RateLimit, ...]:
     return tuple(out)
 
 
+# The topics Commerce Layer sends (https://docs.commercelayer.io/developers/real-time-webhooks):
+# the documented order topics, and the non-order ones seen in real webhook bodies (stored as
+# `ignored`). Commerce Layer signs only the body, so the topic header is the sender's word: an
+# allow-list keeps one captured delivery from being stored (and counted) under any topic.
+# `WEBHOOK_APP_TOPICS` adds to it (the live list may be longer).
+KNOWN_ORDER_TOPICS = (
+    "orders.create",
+    "orders.draft",
+    "orders.pending",
+    "orders.place",
+    "orders.approve",
+    "orders.cancel",
+    "orders.authorize",
+    "orders.void",
+    "orders.pay",
+    "orders.refund",
+    "orders.start_fulfilling",
+    "orders.cancel_fulfilling",
+    "orders.fulfill",
+    "orders.rebuild_shipments",
+    "orders.destroy",
+)
+KNOWN_OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
+KNOWN_TOPICS = frozenset(KNOWN_ORDER_TOPICS + KNOWN_OTHER_TOPICS)
+
+
+_TOPIC = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")  # as events.TOPIC_PATTERN
+
+
+def parse_topics(value: str) -> tuple[str, ...]:
+    """`WEBHOOK_APP_TOPICS`: comma-separated topics like `shipments.ship`, added to KNOWN_TOPICS."""
+    out = tuple(t.strip() for t in value.split(",") if t.strip())
+    bad = [t for t in out if not _TOPIC.match(t)]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not a topic like `orders.place`")
+    return out
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -145,6 +183,13 @@ def _key_list(value: str) -> tuple[str, ...]:
     return keys
 
 
+def _field_names(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", n) for n in names):
+        raise ValueError("must be attribute names separated by commas")
+    return names
+
+
 def _setting(
     env: str,
     convert: Callable[[str], Any],
@@ -206,10 +251,29 @@ class Settings:
     circuit_auto_reset: bool = _setting("WEBHOOK_APP_CIRCUIT_AUTO_RESET", _bool, False)
     circuit_health_url: str = _setting("WEBHOOK_APP_CIRCUIT_HEALTH_URL", _url, "")
     circuit_backfill_margin: float = _setting("WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN", _non_negative(float), 300.0)
+    extra_topics: tuple[str, ...] = _setting("WEBHOOK_APP_TOPICS", parse_topics, ())
+    # Retention: bodies and headers (names, emails, addresses) go first; the record of what was
+    # received and decided later. Per-order action claims are kept: a flagged order stays flagged.
+    retain_bodies_days: float = _setting("WEBHOOK_APP_RETAIN_BODIES_DAYS", _positive(float), 30.0)
+    retain_records_days: float = _setting("WEBHOOK_APP_RETAIN_RECORDS_DAYS", _positive(float), 180.0)
+    prune_interval: float = _setting("WEBHOOK_APP_PRUNE_INTERVAL", _positive(float), 300.0)
+    prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 100)
+    # Optional: attribute names (e.g. customer_email,first_name,last_name,line_1,phone) whose values
+    # are replaced in stored bodies once a delivery is settled and REDACT_AFTER_DAYS old.
+    redact_fields: tuple[str, ...] = _setting("WEBHOOK_APP_REDACT_FIELDS", _field_names, ())
+    redact_after_days: float = _setting("WEBHOOK_APP_REDACT_AFTER_DAYS", _positive(float), 7.0)
+    # The longest the policy may take to decide one job (the worker's main thread only): a job over
+    # it is failed like any other error, retried, then dead-lettered; the worker goes on.
+    decide_budget: float = _setting("WEBHOOK_APP_DECIDE_BUDGET_SECONDS", _positive(float), 5.0)
 
     @property
     def has_credentials(self) -> bool:
         return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
+
+    @property
+    def accepted_topics(self) -> frozenset[str]:
+        """The topics the intake stores: Commerce Layer's known ones and WEBHOOK_APP_TOPICS."""
+        return KNOWN_TOPICS | frozenset(self.extra_topics)
 
     @property
     def shadow(self) -> bool:
@@ -258,6 +322,8 @@ class Settings:
         if 0 < settings.circuit_check_interval < 1:
             # One list call per check (more with many webhooks): faster would eat the rate limit.
             raise ConfigError("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", "must be 0 (off) or at least 1 second")
+        if settings.retain_records_days < settings.retain_bodies_days:
+            raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

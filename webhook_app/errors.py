@@ -7,6 +7,8 @@ parsing messages. Details never contain secrets.
 
 from __future__ import annotations
 
+import re
+
 
 class WebhookAppError(Exception):
     """Base of every error the service raises on purpose."""
@@ -168,3 +170,13 @@ class PermanentCommerceLayerError(CommerceLayerError):
     def __init__(self, detail: str, **kw: object) -> None:
         kw["retryable"] = False
         super().__init__(detail, **kw)  # type: ignore[arg-type]
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str, *, limit: int = 4000) -> str:
+    """`text` from outside (an API's error detail, an exception's message) made storable anywhere:
+    NUL (PostgreSQL text cannot hold it) and half surrogate pairs (not encodable as UTF-8, so
+    SQLite's driver refuses them) become U+FFFD, and it is cut at `limit` characters."""
+    return _UNSTORABLE.sub("\ufffd", text[:limit])

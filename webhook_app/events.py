@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
@@ -212,10 +212,14 @@ class Delivery:
         *,
         secrets: Sequence[WebhookSecret],
         max_depth: int = 64,
+        topics: Collection[str] | None = None,
     ) -> Delivery:
-        """Verify, then parse. Raises InvalidSignature or InvalidPayload."""
+        """Verify, then parse. Raises InvalidSignature or InvalidPayload (also for a topic not in
+        `topics`, when given)."""
         label = verify(body, signature=_header(headers, SIGNATURE_HEADER), secrets=secrets)
         topic = check_topic(_header(headers, TOPIC_HEADER))
+        if topics is not None and topic not in topics:
+            raise InvalidPayload(f"{TOPIC_HEADER} is not a topic this service accepts (WEBHOOK_APP_TOPICS adds topics)")
         doc = parse_document(body, max_depth=max_depth)
         data = doc["data"]
         if is_order_topic(topic) and data["type"] != "orders":

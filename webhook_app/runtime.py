@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from gunicorn.app.base import Application
 from webhook_app.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: a worker that ran this long before exiting was healthy: the restart delays start again from the first
+WORKER_STABLE_SECONDS = 60.0
 
 # Limits that keep one slow or hostile client from tying up the server (see README, Operations).
 GUNICORN_DEFAULTS: dict[str, Any] = {
@@ -187,10 +191,18 @@ def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event,
     return store, client
 
 
-def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None) -> int:
-    """Run `web` and `worker` as supervised child processes until told to stop."""
+def run_serve(
+    *, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None, max_body: int = 1024 * 1024
+) -> int:
+    """Run the buffering front, `web` and `worker` as supervised child processes until told to
+    stop. The front listens on `bind`; gunicorn only on a private Unix socket behind it
+    (`webhook_app.front`: slow clients cost the front a socket, never a gunicorn worker)."""
     base = [sys.executable, "-m", "webhook_app"]
-    web_cmd = [*base, "web"] + (["--bind", bind] if bind else []) + (["--workers", str(workers)] if workers else [])
+    sock_dir = tempfile.mkdtemp(prefix="webhook-app-web-")
+    upstream = f"unix:{sock_dir}/web.sock"
+    web_cmd = [*base, "web", "--bind", upstream] + (["--workers", str(workers)] if workers else [])
+    front_cmd = [sys.executable, "-m", "webhook_app.front", "--listen", bind or "127.0.0.1:8000"]
+    front_cmd += ["--upstream", upstream, "--max-body", str(max_body)]
     worker_cmd = [*base, "worker"]
     child_env = dict(os.environ if env is None else env)
     stopping = threading.Event()
@@ -201,7 +213,9 @@ def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] |
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     web = subprocess.Popen(web_cmd, env=child_env)  # noqa: S603 - our own interpreter and module
+    front = subprocess.Popen(front_cmd, env=child_env)  # noqa: S603
     worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+    worker_started = time.monotonic()
     restarts = 0
     code = 0
     try:
@@ -210,23 +224,31 @@ def run_serve(*, bind: str | None, workers: int | None, env: Mapping[str, str] |
                 log.error("web server exited", extra={"code": web.returncode})
                 code = web.returncode or 1
                 break
+            if front.poll() is not None:
+                log.error("front exited", extra={"code": front.returncode})
+                code = front.returncode or 1
+                break
             if worker.poll() is not None:
+                if time.monotonic() - worker_started > WORKER_STABLE_SECONDS:
+                    restarts = 0  # it had been running fine: a new failure starts the delays afresh
                 restarts += 1
                 wait = min(30.0, 0.5 * 2 ** min(restarts, 6))
                 log.error("worker exited; restarting", extra={"code": worker.returncode, "wait": wait})
                 if stopping.wait(wait):
                     break
                 worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
+                worker_started = time.monotonic()
             stopping.wait(0.5)
     finally:
-        for proc in (worker, web):
+        for proc in (front, worker, web):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 35
-        for proc in (worker, web):
+        for proc in (front, worker, web):
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
     return code

@@ -19,6 +19,10 @@ from webhook_app.errors import InvalidSignature
 
 _LABEL = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
+#: the shortest webhook secret accepted: a one-character secret can be guessed by anyone
+#: (Commerce Layer generates 32-character shared secrets)
+MIN_SECRET_LENGTH = 16
+
 
 @dataclass(frozen=True)
 class WebhookSecret:
@@ -38,7 +42,9 @@ def parse_secrets(value: str) -> tuple[WebhookSecret, ...]:
     """Parse `CL_WEBHOOK_SECRETS`: comma-separated `label:secret` or bare `secret` entries.
 
     A bare secret gets the positional label `secret-N` (1-based). Whitespace around entries is
-    ignored. Raises ValueError (without echoing any secret) for an empty entry or bad label.
+    ignored. Raises ValueError (without echoing any secret) for an empty entry, a label with an
+    empty secret (`main:`, what a template with an unset variable gives: never the secret
+    "main:"), a secret shorter than MIN_SECRET_LENGTH, or a repeated label.
     """
     out: list[WebhookSecret] = []
     for n, raw in enumerate(value.split(","), start=1):
@@ -46,10 +52,16 @@ def parse_secrets(value: str) -> tuple[WebhookSecret, ...]:
         if not entry:
             raise ValueError(f"entry {n} is empty")
         label, sep, secret = entry.partition(":")
-        if sep and _LABEL.match(label) and secret:
-            out.append(WebhookSecret(label, secret.encode()))
+        secret = secret.strip()
+        if sep and _LABEL.match(label):
+            if not secret:
+                raise ValueError(f"entry {n} ({label}) has an empty secret")
+            item = WebhookSecret(label, secret.encode())
         else:
-            out.append(WebhookSecret(f"secret-{n}", entry.encode()))
+            item = WebhookSecret(f"secret-{n}", entry.encode())
+        if len(item.secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"entry {n} ({item.label}): a secret must be at least {MIN_SECRET_LENGTH} characters")
+        out.append(item)
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
         raise ValueError("secret labels must be unique")

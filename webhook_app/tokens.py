@@ -4,13 +4,16 @@ Two purposes with separate keys and salts: an admin token (`Authorization: Beare
 `webhook-app admin-token --ttl 1h`) and a replay token (`X-Webhook-App-Replay`, made by
 `webhook-app replay` for each body it re-sends). Keys rotate: the list is oldest first, newest
 last; tokens are signed with the newest and accepted under any. A token carries its own time to
-live and, for a replay, the SHA-256 of the body it may replay and a nonce, so it cannot be reused
-for another body. Expired, forged and wrong-purpose tokens raise TokenError.
+live and, for a replay, the SHA-256 of the body it may replay, the topic it may be replayed under
+and a nonce, so it cannot be reused for another body or another topic (Commerce Layer signs only
+the body: a token good under any topic would let one captured delivery be stored many times).
+Expired, forged and wrong-purpose tokens raise TokenError.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -88,16 +91,18 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def make_replay_token(tokens: Tokens, body: bytes, *, ttl: float) -> str:
-    """A token allowing one replay of exactly `body`."""
-    return tokens.make(ttl=ttl, b=body_digest(body), n=secrets.token_hex(8))
+def make_replay_token(tokens: Tokens, body: bytes, *, topic: str, ttl: float) -> str:
+    """A token allowing one replay of exactly `body` under `topic`."""
+    return tokens.make(ttl=ttl, b=body_digest(body), t=topic, n=secrets.token_hex(8))
 
 
-def check_replay_token(tokens: Tokens, token: str, body: bytes) -> str:
-    """The replay's nonce if `token` allows replaying `body`; TokenError otherwise."""
+def check_replay_token(tokens: Tokens, token: str, body: bytes, *, topic: str) -> str:
+    """The replay's nonce if `token` allows replaying `body` under `topic`; TokenError otherwise."""
     claims = tokens.check(token)
     if claims.get("b") != body_digest(body):
         raise TokenError("replay token was made for another body")
+    if not isinstance(claims.get("t"), str) or not hmac.compare_digest(claims["t"].encode(), topic.encode()):
+        raise TokenError("replay token was made for another topic")
     nonce = claims.get("n")
     if not isinstance(nonce, str) or not nonce:
         raise TokenError("replay token is invalid")

@@ -11,31 +11,34 @@ change is already there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from webhook_app import tracing
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.config import Settings
-from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
+from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
 from webhook_app.policy.guards import save_guards
-from webhook_app.store import DecisionRecord, Job, Store
+from webhook_app.store import DecisionRecord, Job, Store, retention
 
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1.0
 # A save Commerce Layer answered without error, after which no wallet entry for the source appears.
 SAVED_WITHOUT_ENTRY = "saved_without_entry"
+PRUNE_BATCHES_PER_TICK = 4
 
 
 def retry_delay(
@@ -92,6 +95,7 @@ class Worker:
         self._cl_trace_ids: list[str] = []
         self.mode = "shadow" if settings.shadow else "enforce"
         self._read_settled = False  # this attempt has read the order's current state
+        self._next_prune = 0.0  # the first prune runs soon after start
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -110,16 +114,77 @@ class Worker:
                 log.warning("store unavailable, worker waiting", extra={"error": str(exc), "wait": wait})
                 stop.wait(wait)
                 continue
+            except Exception as exc:  # noqa: BLE001 - recording a job's failure failed: never die for it
+                failures += 1
+                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                log.exception("worker loop error, waiting", extra={"error": _describe(exc), "wait": wait})
+                stop.wait(wait)
+                continue
+            self.maybe_prune()
             if not busy:
                 stop.wait(self.settings.poll_interval)
         log.info("worker stopped", extra={"worker": self.id})
+
+    def maybe_prune(self) -> retention.PruneReport | None:
+        """Between jobs, when due: a few prune batches (a backlog is worked off tick by tick, so
+        jobs wait at most a few batches). A failure is logged and tried again next interval."""
+        now = self.clock()
+        if now < self._next_prune:
+            return None
+        try:
+            report = retention.prune_and_record(
+                self.store, self.settings, now=now, by=f"worker {self.id}", max_batches=PRUNE_BATCHES_PER_TICK
+            )
+        except Exception as exc:  # noqa: BLE001 - pruning must never stop the worker
+            log.warning("prune failed", extra={"error": _describe(exc)})
+            self._next_prune = now + self.settings.prune_interval
+            return None
+        self._next_prune = now + (self.settings.prune_interval if report.complete else 1.0)
+        return report
 
     def run_once(self) -> Outcome | None:
         """Claim and process one due job; None when nothing is due."""
         job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
         if job is None:
             return None
-        return self.process(job)
+        if job.attempts > self.settings.max_attempts:
+            # Only a worker that died with the job in hand (its lease ran out) gets a job here:
+            # every failure it records dead-letters at the limit.
+            return self._dead(
+                job,
+                f"attempts exhausted: {job.attempts - 1} attempts, the last ones ended by their lease running out"
+                " (a worker died processing the job)",
+                None,
+            )
+        return self.process_contained(job)
+
+    def process_contained(self, job: Job) -> Outcome:
+        """`process`, with any exception caught for this job: recorded, counted, retried with
+        backoff and dead-lettered at `max_attempts`. Only an unreachable store escapes (the run
+        loop waits for it; the job's lease runs out and the attempt still counts)."""
+        try:
+            return self.process(job)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job must never stop the worker
+            return self._unexpected(job, exc)
+
+    def _unexpected(self, job: Job, exc: Exception) -> Outcome:
+        error = f"unexpected error: {_describe(exc)}"
+        log.error("job failed unexpectedly", exc_info=exc, extra={"job_id": job.id, "order_id": job.order_id})
+        # The call may have reached Commerce Layer before the failure: look before writing again.
+        for action in (SAVE, USE_WALLET):
+            self.store.release_action(job.order_id, action, worker=self.id, uncertain=True, now=self.clock())
+        if job.attempts >= self.settings.max_attempts:
+            return self._dead(job, f"attempts exhausted: {error}", None)
+        delay = retry_delay(
+            job.attempts, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds, rng=self.rng
+        )
+        self.store.retry_job(
+            job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay, now=self.clock()
+        )
+        self._observe("retry", job, error=error, delay=round(delay, 3))
+        return Outcome("retry", None, error=error)
 
     def drain(self, limit: int = 10_000) -> list[Outcome]:
         """Process due jobs until none is left (tests and `worker --once`)."""
@@ -162,7 +227,8 @@ class Worker:
             event = Event.from_body(job.topic, job.body, max_depth=self.settings.max_json_depth)
         except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying
             return self._dead(job, f"stored body no longer parses: {exc}", None)
-        decision = self.policy.decide(event)
+        with time_budget(self.settings.decide_budget):
+            decision = self.policy.decide(event)
         if not decision.calls_commerce_layer:
             return self._finish(job, decision, "guarded" if decision.guard else "skipped")
         if self.settings.shadow:
@@ -366,7 +432,7 @@ class Worker:
         return Outcome("done" if ok else "lost", decision, outcome)
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
-        error = str(exc)
+        error = storable_text(str(exc))
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(
                 job.attempts,
@@ -388,6 +454,7 @@ class Worker:
         return self._dead(job, f"{why}: {error}", decision)
 
     def _dead(self, job: Job, error: str, decision: Decision | None) -> Outcome:
+        error = storable_text(error)
         record = self._record(decision, "failed") if decision is not None else None
         ok = self.store.dead_letter(job.id, worker=self.id, error=error, decision=record, now=self.clock())
         self._observe("dead_letter", job, decision=decision, error=error)
@@ -408,6 +475,35 @@ class Worker:
         log.log(level, what, extra=fields)
         if self.observer is not None:
             self.observer(what, fields)
+
+
+class BudgetExceeded(Exception):
+    """The policy took longer than WEBHOOK_APP_DECIDE_BUDGET_SECONDS on one job."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Raise BudgetExceeded in the block after `seconds` (a SIGALRM timer: the main thread only,
+    where the worker process runs its loop; elsewhere, e.g. in tests' threads, no limit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expired(_signum: int, _frame: object) -> None:
+        raise BudgetExceeded(f"the policy took longer than {seconds:g} s to decide")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message`, storable; the message of our own errors never holds a secret."""
+    return storable_text(f"{type(exc).__name__}: {exc}", limit=1000)
 
 
 def saved_entry_id(doc: dict[str, Any], before: Event, read: Event | None = None) -> str | None:

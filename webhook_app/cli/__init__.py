@@ -1,7 +1,8 @@
 """The `webhook-app` command: one module per command group, `common` for what they share.
 
     service   serve | web | worker          policy     policy check | policy diff
-    sign      sign                          db         db upgrade | db status
+    sign      sign                          db         db upgrade | db status | db prune
+    forget    forget --customer | --email
     replay    replay                        reconcile  reconcile
     webhooks  webhooks register | status    admin      admin-token
     wallet    wallet duplicates
@@ -17,11 +18,11 @@ import argparse
 from collections.abc import Sequence
 
 from webhook_app import __version__
-from webhook_app.cli import admin, db, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
+from webhook_app.cli import admin, db, forget, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
 from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
-GROUPS = (service, sign, policy, db, replay, reconcile, webhooks, wallet, admin, sandbox)
+GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,13 +15,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from webhook_app.ops.replay import Replayer, describe, from_files, from_store
 
     settings = load_settings()
+    # The target's own secret, always given: defaulting to this service's CL_WEBHOOK_SECRETS would
+    # sign with the production secret for whatever --target names.
     secret = args.secret or (os.environ.get(args.secret_env, "") if args.secret_env else "")
-    if not secret and settings.webhook_secrets:
-        secret = settings.webhook_secrets[-1].secret.decode()
     if not secret:
-        raise ConfigError(
-            "--secret", "the target's webhook secret is needed (--secret, --secret-env VAR, or CL_WEBHOOK_SECRETS)"
-        )
+        raise ConfigError("--secret", "the target's webhook secret is needed (--secret S or --secret-env VAR)")
     keys: tuple[str, ...] = settings.replay_keys
     if args.replay_key_env:
         keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
@@ -65,7 +63,7 @@ def register(sub: Any) -> None:
     sp = sub.add_parser("replay", help="re-send recorded deliveries to a target URL, re-signed")
     sp.add_argument("--target", required=True, help="URL to POST to, e.g. https://staging/webhooks/commercelayer")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("--secret", help="the target's webhook secret (default: the newest of CL_WEBHOOK_SECRETS)")
+    g.add_argument("--secret", help="the target's webhook secret (or --secret-env)")
     g.add_argument("--secret-env", metavar="VAR", help="read the target's webhook secret from VAR")
     sp.add_argument(
         "--replay-key-env",

@@ -41,7 +41,11 @@ def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) ->
     """Recorded deliveries matching `flt`, oldest first (`dead_only`: dead-lettered jobs only)."""
     if dead_only:
         flt = replace(flt, status="dead")
-    out = [Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id) for d in store.iter_deliveries(flt)]
+    out = [
+        Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id)
+        for d in store.iter_deliveries(replace(flt, with_body=True))
+        if d.body_removed is None  # a pruned or forgotten body cannot be replayed
+    ]
     return list(reversed(out))
 
 
@@ -115,7 +119,7 @@ class Replayer:
             SIGNATURE_HEADER: sign(item.body, secret=self._secret),
         }
         if self.tokens is not None:
-            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, ttl=self.token_ttl)
+            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, topic=item.topic, ttl=self.token_ttl)
         return h
 
     def run(self, items: list[Recorded], *, progress: TextIO | None = sys.stderr) -> Summary:
@@ -127,9 +131,19 @@ class Replayer:
                 self.sleep(wait)
             next_at = max(next_at, self.clock()) + self.interval
             try:
-                r = self.session.post(self.target, data=item.body, headers=self.headers(item), timeout=self.timeout)
+                # Never follow a redirect: requests would re-send the signed body and the replay
+                # token to wherever the Location points.
+                r = self.session.post(
+                    self.target,
+                    data=item.body,
+                    headers=self.headers(item),
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
                 status = str(r.status_code)
-                if r.status_code >= 300:
+                if 300 <= r.status_code < 400:
+                    summary.failures.append(f"{item.source}: HTTP {r.status_code} (a redirect: not followed)")
+                elif r.status_code >= 400:
                     summary.failures.append(f"{item.source}: HTTP {r.status_code}")
             except requests.RequestException as exc:
                 status = "error"

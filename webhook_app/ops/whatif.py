@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.events import Event
@@ -34,8 +34,8 @@ class Change:
 
 def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict]]]:
     """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`."""
-    for d in store.iter_deliveries(flt):
-        if d.order_id and d.status == "queued":
+    for d in store.iter_deliveries(replace(flt, with_body=True)):
+        if d.order_id and d.status == "queued" and d.body_removed is None:
             yield d.order_id, d.topic, d.body, d.decisions
 
 

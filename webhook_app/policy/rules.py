@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import re2
+
 from webhook_app.errors import PolicyError
 from webhook_app.events import TOPIC_PATTERN, Event, Resource
 from webhook_app.policy import readiness, wallet
@@ -110,7 +112,9 @@ def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
     if op == "exists":
         return lambda v: (v is not _MISSING and v is not None) == operand
     if op == "matches":
-        rx = re.compile(operand)
+        # RE2: time linear in the input whatever the pattern, so no shopper-supplied string
+        # (a name, a note, a SKU) can make a rule take exponential time, as `(a+)+$` would in `re`.
+        rx = re2.compile(operand)
         return lambda v: isinstance(v, str) and rx.search(v) is not None
     cmp = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}[
         op
@@ -190,9 +194,11 @@ def _check_operand(op: str, operand: Any, *, rule: str, where: str) -> None:
         if not isinstance(operand, str) or len(operand) > 500:
             raise PolicyError("needs a regular expression string (at most 500 characters)", rule=rule, field=where)
         try:
-            re.compile(operand)
-        except re.error as exc:
-            raise PolicyError(f"invalid regular expression: {exc}", rule=rule, field=where) from None
+            re2.compile(operand)
+        except re2.error as exc:
+            raise PolicyError(
+                f"invalid regular expression for RE2 (no backreferences or lookaround): {exc}", rule=rule, field=where
+            ) from None
     elif op in ("gt", "gte", "lt", "lte"):
         if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
             raise PolicyError("needs a number or a string", rule=rule, field=where)

@@ -97,6 +97,7 @@ class DeliveryFilter:
     decision: str | None = None  # an action or an outcome of the latest decision
     limit: int = 100
     before_id: int | None = None
+    with_body: bool = False  # lists leave bodies out (a page of 1 MiB bodies is 1 MiB a row)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,22 @@ class StoredDelivery:
     job: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    body_removed: str | None = None  # why the body and headers are gone: retention | forgotten
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one prune batch removed (or, dry, would remove)."""
+
+    bodies: int  # deliveries whose body and headers were removed, metadata kept
+    deliveries: int  # deliveries removed with their job, attempts and decisions
+
+
+@dataclass(frozen=True)
+class StorageStats:
+    bytes: int  # the database's size on disk
+    oldest_received_at: float | None  # the oldest stored delivery
+    bodies_kept: int  # deliveries still carrying a body
 
 
 class Store(abc.ABC):
@@ -159,6 +176,10 @@ class Store(abc.ABC):
     def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
 
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless the database can take a write now (for `/readyz`)."""
+        self.ping()
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -185,7 +206,7 @@ class Store(abc.ABC):
     def record_replay(self, delivery_id: int, *, nonce: str, now: float) -> Recorded | None:
         """Store a replay of a stored delivery (a new delivery marked `replay_of`), queued anew."""
         original = self.get_delivery(delivery_id)
-        if original is None:
+        if original is None or original.body_removed is not None:  # nothing left to replay
             return None
         d = Delivery(
             topic=original.topic,
@@ -282,6 +303,38 @@ class Store(abc.ABC):
         self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
     ) -> list[Operation]:
         """The newest entries first, optionally of one kind, older than `before_id`."""
+
+    # --- retention and erasure (implemented by SQLStore) -------------------------------------
+    def prune(
+        self, *, bodies_before: float, records_before: float, limit: int, now: float, dry_run: bool = False
+    ) -> Pruned:
+        """One batch of at most `limit` of each: remove the body and headers of deliveries received
+        before `bodies_before`, and whole deliveries (job, attempts, decisions) received before
+        `records_before`, in both cases only once their job is done or dead (or they have none).
+        Per-order action claims are never pruned: an order flagged stays flagged."""
+        raise NotImplementedError
+
+    def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:
+        """(id, body) of settled deliveries received before `before`, body kept, not yet redacted."""
+        raise NotImplementedError
+
+    def replace_bodies(self, items: Sequence[tuple[int, bytes]], *, now: float) -> int:
+        """Store redacted bodies (marked redacted); how many."""
+        raise NotImplementedError
+
+    def reclaim(self) -> None:  # noqa: B027 - optional: a backend without anything to do keeps this
+        """After pruning: make the freed space usable (and, where the backend can, give it back)."""
+
+    def storage_stats(self) -> StorageStats:
+        raise NotImplementedError
+
+    def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
+        """(id, body) of deliveries still carrying a body, id > `after_id`, by id."""
+        raise NotImplementedError
+
+    def remove_bodies(self, ids: Sequence[int], *, why: str, now: float) -> int:
+        """Remove the body and headers of these deliveries (metadata kept); how many."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def record_attempt_traces(

@@ -201,9 +201,22 @@ class PostgresStore(SQLStore):
         with self._tx(write=False) as c:
             c.one("SELECT 1 AS ok")
 
-    def database_bytes(self) -> int:
+    def reclaim(self) -> None:
+        """Plain VACUUM (no table lock; reads and writes go on) of the tables a prune shrinks, so
+        new rows reuse the freed space at once instead of when autovacuum next comes round."""
+        with self._statement() as c:
+            c.run("VACUUM deliveries, jobs, attempts, decisions")
+
+    def _database_bytes(self) -> int:
+        """This service's tables (with their indexes and TOAST) in the current schema. Space freed
+        by a prune is reused by new rows once autovacuum has seen it; it is not given back to the
+        filesystem (that needs VACUUM FULL, which locks the table)."""
         with self._tx(write=False) as c:
-            row = c.one("SELECT pg_database_size(current_database()) AS n")
+            row = c.one(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) AS n FROM pg_class c"
+                " JOIN pg_namespace ns ON ns.oid = c.relnamespace"
+                " WHERE ns.nspname = current_schema() AND c.relkind = 'r'"
+            )
         return int(row["n"]) if row else 0
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+from webhook_app.errors import storable_text
 from webhook_app.events import Delivery
 from webhook_app.store.base import (
     ActionClaim,
@@ -20,8 +21,10 @@ from webhook_app.store.base import (
     DeliveryFilter,
     Job,
     Operation,
+    Pruned,
     QueueStats,
     Recorded,
+    StorageStats,
     Store,
     StoredDelivery,
 )
@@ -238,6 +241,7 @@ class SQLStore(Store):
         outcome: str,
     ) -> bool:
         finished = now if state in ("done", "dead") else None
+        error = None if error is None else storable_text(error)
         changed = c.run(
             "UPDATE jobs SET state = ?, last_error = COALESCE(?, last_error), next_attempt_at = ?,"
             " lease_owner = NULL, lease_expires_at = NULL, updated_at = ?, finished_at = ?"
@@ -257,7 +261,17 @@ class SQLStore(Store):
             "INSERT INTO decisions (job_id, delivery_id, order_id, rule, action, reason, guard, outcome,"
             " mode, wallet_entry_id, decided_at)"
             " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
-            (d.rule, d.action, d.reason[:1000], d.guard, d.outcome, d.mode, d.wallet_entry_id, now, job_id),
+            (
+                d.rule,
+                d.action,
+                storable_text(d.reason, limit=1000),
+                d.guard,
+                d.outcome,
+                d.mode,
+                d.wallet_entry_id,
+                now,
+                job_id,
+            ),
         )
 
     def requeue(self, job_id: int, *, now: float) -> bool:
@@ -326,7 +340,8 @@ class SQLStore(Store):
     # --- reading --------------------------------------------------------------------------
     _DELIVERY_COLUMNS = (
         "d.id, d.identity, d.topic, d.resource_type, d.resource_id, d.order_id, d.received_at,"
-        " d.secret_label, d.headers, d.body, d.status, d.replay_of, j.id AS job_id, j.state AS job_state,"
+        " d.secret_label, d.headers, d.body, d.status, d.replay_of, d.body_removed_why,"
+        " j.id AS job_id, j.state AS job_state,"
         " j.attempts AS job_attempts, j.next_attempt_at AS job_next_attempt_at, j.last_error AS job_last_error,"
         " j.lease_owner AS job_lease_owner, j.lease_expires_at AS job_lease_expires_at,"
         " j.finished_at AS job_finished_at"
@@ -380,8 +395,11 @@ class SQLStore(Store):
                 " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))"
             )
             params += [flt.decision] * 3
+        columns = (
+            self._DELIVERY_COLUMNS if flt.with_body else self._DELIVERY_COLUMNS.replace("d.body,", "NULL AS body,")
+        )
         sql = (
-            f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
+            f"SELECT {columns} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY d.id DESC LIMIT ?"
         )
@@ -426,7 +444,9 @@ class SQLStore(Store):
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
 
     def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
-        text = json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str)
+        text = storable_text(
+            json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str), limit=100_000
+        )
         with self._tx() as c:
             row = c.one(
                 "INSERT INTO operations (at, kind, subject, detail) VALUES (?,?,?,?) RETURNING id",
@@ -477,8 +497,113 @@ class SQLStore(Store):
             found |= {r["order_id"] for r in rows}
         return found
 
+    def check_writable(self) -> None:
+        """A write that changes nothing, committed: fails where a delivery's commit would."""
+        with self._tx() as c:
+            c.run("UPDATE schema_version SET version = version")
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    # --- retention and erasure ---------------------------------------------------------------
+    #: deliveries whose work is over: no job (ignored topics), or a job done or dead
+    _SETTLED = "NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.state IN ('pending', 'running'))"
+
+    def prune(
+        self, *, bodies_before: float, records_before: float, limit: int, now: float, dry_run: bool = False
+    ) -> Pruned:
+        with self._tx(write=not dry_run) as c:
+            body_ids = [
+                int(r["id"])
+                for r in c.all(
+                    "SELECT d.id FROM deliveries d WHERE d.body_removed_at IS NULL AND d.received_at < ?"  # nosec B608  # constants and ? placeholders only
+                    f" AND {self._SETTLED} ORDER BY d.received_at LIMIT ?",
+                    (bodies_before, limit),
+                )
+            ]
+            old_ids = [
+                int(r["id"])
+                for r in c.all(
+                    f"SELECT d.id FROM deliveries d WHERE d.received_at < ? AND {self._SETTLED}"  # nosec B608  # constants and ? placeholders only
+                    " ORDER BY d.received_at LIMIT ?",
+                    (records_before, limit),
+                )
+            ]
+            if dry_run:
+                return Pruned(len(body_ids), len(old_ids))
+            if body_ids:
+                self._remove_bodies(c, body_ids, "retention", now)
+            if old_ids:
+                marks = ",".join("?" * len(old_ids))
+                ids = tuple(old_ids)
+                # A replay outlives its original's record: it keeps its own, without the link.
+                c.run(f"UPDATE deliveries SET replay_of = NULL WHERE replay_of IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                jobs = f"SELECT id FROM jobs WHERE delivery_id IN ({marks})"  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM attempts WHERE job_id IN ({jobs})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM decisions WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM jobs WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
+            return Pruned(len(body_ids), len(old_ids))
+
+    def _remove_bodies(self, c: Cursorish, ids: list[int], why: str, now: float) -> int:
+        marks = ",".join("?" * len(ids))
+        return c.run(
+            f"UPDATE deliveries SET body = ?, headers = '{{}}', body_removed_at = ?, body_removed_why = ?"  # nosec B608  # constants and ? placeholders only
+            f" WHERE body_removed_at IS NULL AND id IN ({marks})",
+            (b"", now, why, *ids),
+        )
+
+    def remove_bodies(self, ids: Sequence[int], *, why: str, now: float) -> int:
+        done = 0
+        for chunk in _chunks(list(ids), 500):
+            with self._tx() as c:
+                done += self._remove_bodies(c, chunk, why, now)
+        return done
+
+    def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:
+        with self._tx(write=False) as c:
+            rows = c.all(
+                "SELECT d.id, d.body FROM deliveries d WHERE d.body_removed_at IS NULL AND d.redacted_at IS NULL"  # nosec B608  # constants and ? placeholders only
+                f" AND d.received_at < ? AND {self._SETTLED} ORDER BY d.received_at LIMIT ?",
+                (before, limit),
+            )
+        return [(int(r["id"]), bytes(r["body"])) for r in rows]
+
+    def replace_bodies(self, items: Sequence[tuple[int, bytes]], *, now: float) -> int:
+        done = 0
+        with self._tx() as c:
+            for delivery_id, body in items:
+                done += c.run(
+                    "UPDATE deliveries SET body = ?, redacted_at = ? WHERE id = ? AND body_removed_at IS NULL",
+                    (body, now, delivery_id),
+                )
+        return done
+
+    def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
+        with self._tx(write=False) as c:
+            rows = c.all(
+                "SELECT id, body FROM deliveries WHERE id > ? AND body_removed_at IS NULL ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        return [(int(r["id"]), bytes(r["body"])) for r in rows]
+
+    def storage_stats(self) -> StorageStats:
+        with self._tx(write=False) as c:
+            oldest = c.one("SELECT MIN(received_at) AS t FROM deliveries")
+            kept = c.one("SELECT COUNT(*) AS n FROM deliveries WHERE body_removed_at IS NULL")
+        t = oldest["t"] if oldest else None
+        return StorageStats(
+            bytes=self._database_bytes(),
+            oldest_received_at=None if t is None else float(t),
+            bodies_kept=int(kept["n"]) if kept else 0,
+        )
+
+    def database_bytes(self) -> int:
+        return self._database_bytes()
+
+    @abc.abstractmethod
+    def _database_bytes(self) -> int:
+        """The size of this service's data in bytes, as each dialect can tell it."""
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -511,10 +636,11 @@ def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str
         received_at=float(row["received_at"]),
         secret_label=row["secret_label"],
         headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
-        body=bytes(row["body"]),
+        body=b"" if row["body"] is None else bytes(row["body"]),
         status=row["status"],
         replay_of=_opt_int(row["replay_of"]),
         job=job,
         decisions=decisions,
         attempts=attempts,
+        body_removed=row["body_removed_why"],
     )

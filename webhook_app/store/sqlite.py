@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from webhook_app.errors import StoreUnavailable
-from webhook_app.store.base import SCHEMA_VERSION
+from webhook_app.store.base import SCHEMA_VERSION, Pruned
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
 MIGRATIONS = migrations("sqlite")
+
+#: `/readyz` says unavailable below this much free space next to the database (a few 1 MiB bodies)
+MIN_FREE_BYTES = 8 * 1024 * 1024
 
 
 class _Cursor(Cursorish):
@@ -67,6 +70,9 @@ class SQLiteStore(SQLStore):
             )
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            # Freed pages can be given back to the filesystem after a prune (incremental_vacuum).
+            # This takes effect on a new, empty database; an older one needs `db prune --vacuum`.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreUnavailable(f"SQLite could not switch to WAL mode (got {mode})")
@@ -138,10 +144,65 @@ class SQLiteStore(SQLStore):
         with self._tx(write=False) as c:
             c.one("SELECT 1")
 
-    def database_bytes(self) -> int:
+    def check_writable(self) -> None:
+        """Room on the filesystem for a few large deliveries, then a committed write. (SQLite
+        rewrites its WAL from the start after a checkpoint, so a tiny write can succeed on a full
+        disk where a delivery's would not: free space is checked first.)"""
+        if self.path != ":memory:":
+            try:
+                st = os.statvfs(Path(self.path).parent)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot check the SQLite filesystem: {exc.strerror}") from exc
+            free = st.f_bavail * st.f_frsize
+            if free < MIN_FREE_BYTES:
+                raise StoreUnavailable(
+                    f"SQLite database or disk is full ({free} bytes free, {MIN_FREE_BYTES} needed to accept deliveries)"
+                )
+        super().check_writable()
+
+    # --- retention: give the space back ---------------------------------------------------
+    def prune(
+        self, *, bodies_before: float, records_before: float, limit: int, now: float, dry_run: bool = False
+    ) -> Pruned:
+        done = super().prune(
+            bodies_before=bodies_before, records_before=records_before, limit=limit, now=now, dry_run=dry_run
+        )
+        if not dry_run and (done.bodies or done.deliveries):
+            self.reclaim()  # what this batch freed: a few ms, so intake waits no longer
+        return done
+
+    def reclaim(self, pages: int = 4000) -> None:
+        """Give up to `pages` free pages back to the filesystem. The pragma frees one page per
+        step: executescript steps it to the end, in its own transaction."""
+        self._locked_script(f"PRAGMA incremental_vacuum({int(pages)});")
+
+    def vacuum(self) -> None:
+        """Rewrite the whole file (once, for a database made before incremental vacuum was set)."""
+        self._locked_script("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+
+    def _locked_script(self, script: str) -> None:
+        conn = self._connection()
+        lock = self._local.writer_lock
+        if lock is not None:
+            fcntl.flock(lock.fd, fcntl.LOCK_EX)
+        try:
+            conn.executescript(script)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+        finally:
+            if lock is not None:
+                fcntl.flock(lock.fd, fcntl.LOCK_UN)
+
+    def auto_vacuum(self) -> str:
         with self._tx(write=False) as c:
-            row = c.one("SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()")
-        return int(row["n"]) if row else 0
+            row = c.one("PRAGMA auto_vacuum")
+        return {0: "none", 1: "full", 2: "incremental"}.get(int(row["auto_vacuum"]) if row else 0, "none")
+
+    def _database_bytes(self) -> int:
+        with self._tx(write=False) as c:
+            pages = c.one("PRAGMA page_count")
+            size = c.one("PRAGMA page_size")
+        return int(pages["page_count"]) * int(size["page_size"]) if pages and size else 0
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

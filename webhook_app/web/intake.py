@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webhook_app import tracing
-from webhook_app.errors import PayloadTooLarge, StoreError, UnsupportedMediaType
+from webhook_app.errors import InvalidPayload, PayloadTooLarge, StoreError, UnsupportedMediaType
 from webhook_app.events import Delivery
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
 from webhook_app.web import metrics
@@ -40,6 +41,10 @@ def _read_body(limit: int) -> bytes:
         body = request.stream.read(limit + 1)
     except RequestEntityTooLarge:
         raise PayloadTooLarge(f"body larger than the limit of {limit} bytes") from None
+    except (ParseException, NoMoreData):
+        # gunicorn parses a chunked body while we read it: a bad chunk size, a missing CRLF, a
+        # bad chunk extension or a body cut short is the client's error, not a 500.
+        raise InvalidPayload("the request body is not valid chunked transfer encoding") from None
     if len(body) > limit:
         raise PayloadTooLarge(f"body larger than the limit of {limit} bytes")
     return body
@@ -59,13 +64,19 @@ def _intake() -> tuple[Response, int]:
     s = services()
     body = _read_body(s.settings.max_body_bytes)
     delivery = Delivery.from_http(
-        dict(request.headers), body, secrets=s.settings.webhook_secrets, max_depth=s.settings.max_json_depth
+        dict(request.headers),
+        body,
+        secrets=s.settings.webhook_secrets,
+        max_depth=s.settings.max_json_depth,
+        topics=s.settings.accepted_topics,
     )
     replay_of = None
     replay_token = request.headers.get(REPLAY_HEADER)
     if replay_token is not None:
         # An operator's deliberate replay: a valid token makes it a new delivery, not a duplicate.
-        nonce = check_replay_token(Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body)
+        nonce = check_replay_token(
+            Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body, topic=delivery.topic
+        )
         replay_of = s.store.delivery_id_for_identity(delivery.identity)
         delivery = delivery.as_replay(nonce)
     recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of, trace_context=tracing.carrier())
@@ -109,6 +120,7 @@ def readyz() -> tuple[Response, int]:
     try:
         s.store.ping()
         s.store.check_schema()
+        s.store.check_writable()
         checks["database"] = "ok"
     except StoreError as exc:
         checks["database"] = exc.detail

@@ -198,14 +198,6 @@ class StoreCollector(Collector):
         )
         age.add_metric([], stats.oldest_pending_age)
         yield age
-        try:
-            size = self.store.database_bytes()
-        except StoreError:
-            size = None
-        if size is not None:
-            db = GaugeMetricFamily("webhook_app_database_bytes", "The database's size on disk.")
-            db.add_metric([], size)
-            yield db
         total = CounterMetricFamily(
             "webhook_app_recorded_decisions",
             "Decisions in the database by rule, action and outcome, whole cluster.",
@@ -214,6 +206,25 @@ class StoreCollector(Collector):
         for rule, action, outcome, n in counts:
             total.add_metric([rule, action, outcome], n)
         yield total
+        yield from self._storage()
+
+    def _storage(self) -> Iterator[Any]:
+        """How much is kept: the database's size and the oldest delivery (retention working?)."""
+        try:
+            st = self.store.storage_stats()
+        except (StoreError, NotImplementedError):
+            return
+        size = GaugeMetricFamily("webhook_app_database_bytes", "Size of the database (this service's tables).")
+        size.add_metric([], st.bytes)
+        yield size
+        oldest = GaugeMetricFamily(
+            "webhook_app_oldest_delivery_age_seconds", "Age of the oldest stored delivery (0 when none)."
+        )
+        oldest.add_metric([], max(0.0, self.clock() - st.oldest_received_at) if st.oldest_received_at else 0.0)
+        yield oldest
+        kept = GaugeMetricFamily("webhook_app_stored_bodies", "Deliveries still carrying their body and headers.")
+        kept.add_metric([], st.bodies_kept)
+        yield kept
 
 
 class _Default(Collector):

@@ -54,6 +54,8 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
     order_id = values.get("order_id")
     if order_id is not None and len(order_id) > 128:
         raise InvalidQuery("order_id is longer than 128 characters")
+    if order_id is not None and not order_id.isprintable():  # NUL, controls, half surrogate pairs
+        raise InvalidQuery("order_id must be printable characters")
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}")
@@ -164,6 +166,7 @@ class Presenter:
             "signed_with": d.secret_label,
             "headers": safe_headers(d.headers),
             "body": d.body.decode("utf-8", "replace"),
+            "body_removed": d.body_removed,  # retention | forgotten: the body and headers are gone
             "decisions": [self.decision(x) for x in d.decisions],
             "attempts": [self.attempt(a) for a in d.attempts],
         }
