@@ -44,7 +44,8 @@ from commercelayer_sandbox.render import singular
 from commercelayer_sandbox.state import SandboxState
 from commercelayer_sandbox.timeutil import parse_iso_micros
 
-#: Commerce Layer's order topics (FACTS.md; the live list may be longer).
+#: Commerce Layer's order topics (https://docs.commercelayer.io/developers/real-time-webhooks;
+#: the live list may be longer).
 ORDER_TOPICS = (
     "orders.create",
     "orders.draft",

@@ -304,7 +304,8 @@ class Store(abc.ABC):
     ) -> list[Operation]:
         """The newest entries first, optionally of one kind, older than `before_id`."""
 
-    # --- retention and erasure (implemented by SQLStore) -------------------------------------
+    # --- retention and erasure ----------------------------------------------------------------
+    @abc.abstractmethod
     def prune(
         self, *, bodies_before: float, records_before: float, limit: int, now: float, dry_run: bool = False
     ) -> Pruned:
@@ -312,29 +313,29 @@ class Store(abc.ABC):
         before `bodies_before`, and whole deliveries (job, attempts, decisions) received before
         `records_before`, in both cases only once their job is done or dead (or they have none).
         Per-order action claims are never pruned: an order flagged stays flagged."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:
         """(id, body) of settled deliveries received before `before`, body kept, not yet redacted."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def replace_bodies(self, items: Sequence[tuple[int, bytes]], *, now: float) -> int:
         """Store redacted bodies (marked redacted); how many."""
-        raise NotImplementedError
 
     def reclaim(self) -> None:  # noqa: B027 - optional: a backend without anything to do keeps this
         """After pruning: make the freed space usable (and, where the backend can, give it back)."""
 
+    @abc.abstractmethod
     def storage_stats(self) -> StorageStats:
-        raise NotImplementedError
+        """The database's size, the oldest stored delivery, how many bodies are kept."""
 
+    @abc.abstractmethod
     def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
         """(id, body) of deliveries still carrying a body, id > `after_id`, by id."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove_bodies(self, ids: Sequence[int], *, why: str, now: float) -> int:
         """Remove the body and headers of these deliveries (metadata kept); how many."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def record_attempt_traces(

@@ -212,7 +212,7 @@ class StoreCollector(Collector):
         """How much is kept: the database's size and the oldest delivery (retention working?)."""
         try:
             st = self.store.storage_stats()
-        except (StoreError, NotImplementedError):
+        except StoreError:
             return
         size = GaugeMetricFamily("webhook_app_database_bytes", "Size of the database (this service's tables).")
         size.add_metric([], st.bytes)
