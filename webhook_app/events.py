@@ -9,12 +9,13 @@ available wallet entries (JSON:API `included` resolved through `relationships`).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
+
+import orjson
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.signing import WebhookSecret, verify
@@ -42,7 +43,6 @@ ORDER_TOPICS = (
     "orders.rebuild_shipments",
     "orders.destroy",
 )
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # Headers never stored: credentials a proxy might pass along, and replay tokens.
 _UNSTORED_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "x-admin-token", "x-webhook-app-replay"}
@@ -80,7 +80,7 @@ def json_depth(value: Any) -> int:
 
 
 # For `raw_json_depth`: the bytes that are not brackets, and what each bracket does to the depth.
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _BRACKET_STEP = {ord("{"): 1, ord("["): 1, ord("}"): -1, ord("]"): -1}
 
 
@@ -92,46 +92,32 @@ def raw_json_depth(body: bytes) -> int:
     60 us instead of 290 us for a 30 KB order), which matters on the intake path."""
     if b"\\" in body:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = b"".join(body.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    # Keep quotes and brackets only (one C pass), then drop what was between quotes: splitting the
+    # few thousand bytes left is cheaper than splitting the whole body (110 instead of 144 us).
+    structure = b"".join(body.translate(None, _NOT_STRUCTURE).split(b'"')[::2])
     return max(accumulate(map(_BRACKET_STEP.__getitem__, structure)), default=0)
 
 
-def _has_lone_surrogate(text: str, doc: Any) -> bool:
-    """True if a `\\uD800`-style escape left half a surrogate pair in a decoded string.
-
-    Raw UTF-8 cannot carry one (decoding refused it), so only a document with such an escape is
-    walked. A string with a lone surrogate cannot be encoded back to UTF-8: the database driver
-    raised on it (a 500), and the admin page could not be rendered."""
-    if not _SURROGATE_ESCAPE.search(text):
-        return False
-    try:
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _not_json(name: str) -> Any:
-    """`NaN`, `Infinity` and `-Infinity` are Python's extension, not JSON (RFC 8259)."""
-    raise ValueError(f"{name} is not a JSON value")
-
-
 def parse_document(body: bytes, *, max_depth: int = 64) -> dict[str, Any]:
-    """Decode a JSON:API document and check the parts the service relies on."""
+    """Decode a JSON:API document and check the parts the service relies on.
+
+    orjson decodes the raw bytes (about 2.3x faster than `json.loads` on a 30 KB order) and is
+    strict where the service must be: UTF-8 without a BOM, no NaN or Infinity, no lone surrogate
+    (its `\\u` escapes must pair), nesting at most 1024. Our own limit, `max_depth`, is read from
+    the raw bytes afterwards (`raw_json_depth`)."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidPayload("body is not valid UTF-8") from None
-    try:
-        doc = json.loads(text, parse_constant=_not_json)
-    except RecursionError:
-        raise InvalidPayload(f"JSON nesting is deeper than {max_depth}") from None
-    except ValueError as exc:  # JSONDecodeError, and int conversion limits for huge numbers
-        raise InvalidPayload(f"body is not valid JSON: {str(exc)[:120]}") from None
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        msg = str(exc)
+        if "UTF-8" in msg and "byte order mark" not in msg:
+            raise InvalidPayload("body is not valid UTF-8") from None
+        if "surrogate" in msg:
+            raise InvalidPayload("body has a \\u escape for half a surrogate pair (not Unicode text)") from None
+        if "depth limit" in msg:
+            raise InvalidPayload(f"JSON nesting is deeper than {max_depth}") from None
+        raise InvalidPayload(f"body is not valid JSON: {msg[:120]}") from None
     if raw_json_depth(body) > max_depth:
         raise InvalidPayload(f"JSON nesting is deeper than {max_depth}")
-    if _has_lone_surrogate(text, doc):
-        raise InvalidPayload("body has a \\u escape for half a surrogate pair (not Unicode text)")
     if not isinstance(doc, dict):
         raise InvalidPayload("body is not a JSON:API document (expected an object)")
     data = doc.get("data")
