@@ -55,21 +55,28 @@ class Config:
     size: str
     workers: int
     count: int  # distinct bodies
+    conns: int = 0  # wrk connections; 0: two per gunicorn worker (one in hand, one waiting)
 
     @property
     def connections(self) -> int:
-        return 2 * self.workers  # one request in hand and one waiting per gunicorn worker
+        return self.conns or 2 * self.workers
+
+    @property
+    def wrk_threads(self) -> int:
+        return 2 if self.connections >= 16 else 1  # the issue's wrk -t2 -c32
 
 
 def gunicorn_flags(workers: int) -> list[str]:
-    """The baseline's gunicorn command line, built from webhook_app's own gunicorn defaults."""
+    """The baseline's gunicorn command line, built from webhook_app's own gunicorn defaults, but
+    with sync workers: the smallest receiver, the one the targets were set against (it has
+    nothing to wait for, so threads would only add overhead; keep-alive is off in both)."""
     from webhook_app.runtime import GUNICORN_DEFAULTS as d
 
     return [
         "--workers",
         str(workers),
         "--worker-class",
-        d["worker_class"],
+        "sync",
         "--timeout",
         str(d["timeout"]),
         "--graceful-timeout",
@@ -314,6 +321,7 @@ def run_one(
             [WARMUP_TOPIC],
             seconds=warmup,
             connections=cfg.connections,
+            threads=cfg.wrk_threads,
             out=workdir / "wrk-warmup.json",
         )
         spies = profile_pids(sampler.worker_pids(), seconds, workdir) if profile else []
@@ -325,6 +333,7 @@ def run_one(
             MEASURE_TOPICS,
             seconds=seconds,
             connections=cfg.connections,
+            threads=cfg.wrk_threads,
             out=workdir / "wrk.json",
         )
         result["cpu"] = cpu.stop(tree)

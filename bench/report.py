@@ -61,12 +61,43 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     cfgs = ing["configs"]
     main = cfgs.get("main")
+    for name in ("main", "main-32"):
+        lines += _headline(ing, name)
+    sweeps = [(n, c) for n, c in cfgs.items() if not n.startswith("main")]
+    if sweeps:
+        lines += [
+            "",
+            "### Ingest by body size and by gunicorn workers (one round each)",
+            "",
+            "| configuration | server | req/s | p50 ms | p99 ms | errors | max RSS MB | ours/baseline req/s | ours/baseline p99 | other load % |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for _name, c in [("main", main)] + sweeps if main else sweeps:
+            label = f"{c['body_bytes']:,} B, {c['workers']} worker{'s' if c['workers'] > 1 else ''}, {c['connections']} conn."
+            for kind, a in c["servers"].items():
+                v = c["vs_baseline"].get(kind)
+                lines.append(
+                    f"| {label} | {NAMES[kind]} | {a['rps']:,.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
+                    f"{a['max_mb']} | {v['rps_ratio'] if v else ''} | {v['p99_ratio'] if v else ''} | "
+                    f"{a['foreign_cpu_pct']} |"
+                )
+    if ing.get("profiles"):
+        lines += ["", "### Where a worker's time goes (py-spy, main configuration)", ""]
+        for kind, prof in ing["profiles"].items():
+            top = ", ".join(f"{x['frame']} {x['pct']}%" for x in prof["self"][:8])
+            lines.append(f"- {NAMES[kind]} (self time, top 8): {top}")
+    return lines
+
+
+def _headline(ing: dict[str, Any], name: str) -> list[str]:
+    lines: list[str] = []
+    main = ing["configs"].get(name)
     bodies = ing["bodies"]
     if main:
         lines += [
             "",
             f"### Ingest, headline: {bodies['30k']['mean_bytes']:,}-byte bodies, {main['workers']} gunicorn "
-            f"sync workers, {main['connections']} connections",
+            f"workers (baseline sync, ours gthread), {main['connections']} connections",
             "",
             f"Median of {ing['rounds']} interleaved rounds of {ing['seconds']:g} s each (after a {ing['warmup_s']:g} s warm-up); "
             f"{bodies['30k']['count']:,} distinct signed bodies cycled through {ing.get('topics', 8)} topics, so every request is a new delivery.",
@@ -93,29 +124,6 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
                 f"{_yn(ch['errors'])} | {_yn(ch['rss'])} | {_yn(ch['durable'])} | "
                 f"{'(reference, no targets)' if kind.startswith('baseline') else 'all met' if c['met'] else '**not all met**'} |"
             )
-    sweeps = [(n, c) for n, c in cfgs.items() if n != "main"]
-    if sweeps:
-        lines += [
-            "",
-            "### Ingest by body size and by gunicorn workers (one round each)",
-            "",
-            "| configuration | server | req/s | p50 ms | p99 ms | errors | max RSS MB | ours/baseline req/s | ours/baseline p99 | other load % |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for _name, c in [("main", main)] + sweeps if main else sweeps:
-            label = f"{c['body_bytes']:,} B, {c['workers']} worker{'s' if c['workers'] > 1 else ''}, {c['connections']} conn."
-            for kind, a in c["servers"].items():
-                v = c["vs_baseline"].get(kind)
-                lines.append(
-                    f"| {label} | {NAMES[kind]} | {a['rps']:,.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
-                    f"{a['max_mb']} | {v['rps_ratio'] if v else ''} | {v['p99_ratio'] if v else ''} | "
-                    f"{a['foreign_cpu_pct']} |"
-                )
-    if ing.get("profiles"):
-        lines += ["", "### Where a worker's time goes (py-spy, main configuration)", ""]
-        for kind, prof in ing["profiles"].items():
-            top = ", ".join(f"{x['frame']} {x['pct']}%" for x in prof["self"][:8])
-            lines.append(f"- {NAMES[kind]} (self time, top 8): {top}")
     return lines
 
 

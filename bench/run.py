@@ -118,7 +118,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         out["runs"].append(r)
         return r
 
-    configs = [Config("main", "30k", 2, 10_000)]
+    configs = [Config("main", "30k", 2, 10_000), Config("main-32", "30k", 2, 10_000, conns=32)]
     if not quick:
         configs += [
             Config("size-1k", "1k", 2, 10_000),
@@ -129,7 +129,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
     for cfg in configs:
         kinds = servers + (reference if cfg.name == "main" else [])
         per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
-        for r in range(rounds if cfg.name == "main" else 1):
+        for r in range(rounds if cfg.name.startswith("main") else 1):
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # rotate who goes first
             for kind in order:
                 per_server[kind].append(one(cfg, kind))
