@@ -122,8 +122,17 @@ class Worker:
                 continue
             self.maybe_prune()
             if not busy:
-                stop.wait(self.settings.poll_interval)
+                self._idle(stop)
         log.info("worker stopped", extra={"worker": self.id})
+
+    def _idle(self, stop: threading.Event) -> None:
+        """Wait for the store's wake-up (a job committed), at most the poll interval; `stop` is
+        looked at every half second."""
+        deadline = time.monotonic() + self.settings.poll_interval
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.store.wait_for_jobs(min(left, 0.5)):
+                return
 
     def maybe_prune(self) -> retention.PruneReport | None:
         """Between jobs, when due: a few prune batches (a backlog is worked off tick by tick, so

@@ -183,6 +183,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def wait_for_jobs(self, timeout: float) -> bool:
+        """Block until a new job may be due (an intake committed one) or `timeout` passes;
+        True if woken. Polling is the fallback: a backend without a wake-up just sleeps."""
+        time.sleep(timeout)
+        return False
+
     @abc.abstractmethod
     def database_bytes(self) -> int:
         """The database's size on disk in bytes (for the size gauge and its alert)."""

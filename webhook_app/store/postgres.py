@@ -35,6 +35,7 @@ MIGRATIONS = migrations("postgres")
 
 # Each entry upgrades the schema from version N-1 to N (index 0 is version 1).
 _MIGRATION_LOCK = 0x77686B61  # "whka": one migrator at a time
+JOBS_CHANNEL = "webhook_app_jobs"  # NOTIFY after an insert that queued a job; workers LISTEN
 
 
 class _Cursor(Cursorish):
@@ -78,6 +79,8 @@ class PostgresStore(SQLStore):
         self._pool: ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._lock = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listener_pid: int | None = None
 
     def _get_pool(self) -> ConnectionPool:
         with self._lock:
@@ -165,6 +168,8 @@ class PostgresStore(SQLStore):
             )
             if row is not None:
                 job_id = row["job_id"]
+                if job_id is not None:
+                    self._notify_job(c)
                 return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
             existing = c.one(
                 "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
@@ -219,7 +224,49 @@ class PostgresStore(SQLStore):
             )
         return int(row["n"]) if row else 0
 
+    # --- waking the workers ----------------------------------------------------------------
+    def _notify_job(self, c: Cursorish) -> None:
+        """Wake listening workers: after the insert's commit, in a transaction of its own.
+
+        Not a trigger on `jobs`: a transaction that notifies takes a database-wide lock in its
+        pre-commit and holds it until its commit record is flushed, so every notifying insert
+        would wait for the previous one's fsync and concurrent commits could no longer share a
+        WAL flush. Best effort: the delivery is already committed, and a worker that misses the
+        notification finds the job at its next poll."""
+        try:
+            c.run("SELECT pg_notify(?, '')", (JOBS_CHANNEL,))
+        except psycopg.Error:
+            pass
+
+    def wait_for_jobs(self, timeout: float) -> bool:
+        """LISTEN on a connection of this process's own; True when a notification came."""
+        try:
+            conn = self._listening()
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error:
+            self._close_listener()
+            time.sleep(timeout)  # the server is away: poll (claim_job reports the outage)
+            return False
+
+    def _listening(self) -> psycopg.Connection[Any]:
+        if self._listener is None or self._listener_pid != os.getpid() or self._listener.closed:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout)
+            conn.execute(f"LISTEN {JOBS_CHANNEL}")
+            self._listener, self._listener_pid = conn, os.getpid()
+        return self._listener
+
+    def _close_listener(self) -> None:
+        if self._listener is not None and self._listener_pid == os.getpid():
+            try:
+                self._listener.close()
+            except psycopg.Error:  # pragma: no cover - closing a broken connection
+                pass
+        self._listener = None
+
     def close(self) -> None:
+        self._close_listener()
         with self._lock:
             if self._pool is not None:
                 self._pool.close()

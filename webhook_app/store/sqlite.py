@@ -19,13 +19,15 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from webhook_app import wakeup
 from webhook_app.errors import StoreUnavailable
-from webhook_app.store.base import SCHEMA_VERSION, Pruned
+from webhook_app.events import Delivery
+from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
@@ -57,6 +59,9 @@ class SQLiteStore(SQLStore):
         self.path = str(Path(path).expanduser()) if path != ":memory:" else path
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        # After a commit that queued a job, wake a worker on this host (wakeup.py); :memory: is
+        # per connection, so nobody else could see the job anyway.
+        self._waker = wakeup.Waker(wakeup.socket_path(self.path)) if self.path != ":memory:" else None
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -203,6 +208,24 @@ class SQLiteStore(SQLStore):
             pages = c.one("PRAGMA page_count")
             size = c.one("PRAGMA page_size")
         return int(pages["page_count"]) * int(size["page_size"]) if pages and size else 0
+
+    def record_delivery(
+        self,
+        delivery: Delivery,
+        *,
+        now: float,
+        replay_of: int | None = None,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> Recorded:
+        recorded = super().record_delivery(delivery, now=now, replay_of=replay_of, trace_context=trace_context)
+        if self._waker is not None and recorded.job_id is not None and not recorded.duplicate:
+            self._waker.notify()
+        return recorded
+
+    def wait_for_jobs(self, timeout: float) -> bool:
+        if self._waker is None:
+            return super().wait_for_jobs(timeout)
+        return self._waker.wait(timeout)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
