@@ -89,3 +89,5 @@ class Waker:
             if sock is not None:
                 sock.close()
         self._in = self._out = None
+
+    __del__ = close  # a store dropped without close() leaves no socket open

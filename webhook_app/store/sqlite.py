@@ -228,6 +228,8 @@ class SQLiteStore(SQLStore):
         return self._waker.wait(timeout)
 
     def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
