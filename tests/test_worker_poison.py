@@ -147,3 +147,15 @@ def test_a_policy_slower_than_its_budget_fails_the_job_not_the_worker(env):
     got = env.store.get_delivery(bad.delivery_id)
     assert got.job["state"] == "dead" and "longer than 0.2 s" in got.job["last_error"]
     assert env.store.get_delivery(good.delivery_id).job["state"] == "done"
+
+
+def test_the_supervisors_restart_delay_starts_afresh_after_a_healthy_run():
+    from webhook_app.runtime import WORKER_STABLE_SECONDS, restart_delay
+
+    restarts, waits = 0, []
+    for _ in range(7):  # a worker that keeps dying at once: the delays grow to the cap
+        restarts, wait = restart_delay(restarts, ran_for=1.0)
+        waits.append(wait)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    restarts, wait = restart_delay(restarts, ran_for=WORKER_STABLE_SECONDS + 1)  # it had been fine
+    assert (restarts, wait) == (1, 1.0)

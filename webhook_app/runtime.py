@@ -29,6 +29,16 @@ log = logging.getLogger(__name__)
 #: a worker that ran this long before exiting was healthy: the restart delays start again from the first
 WORKER_STABLE_SECONDS = 60.0
 
+
+def restart_delay(restarts: int, *, ran_for: float) -> tuple[int, float]:
+    """(restarts so far, seconds to wait) for a worker that exited after running `ran_for` s:
+    doubling from 1 s to 30 s, started afresh after a worker that had been running fine."""
+    if ran_for > WORKER_STABLE_SECONDS:
+        restarts = 0
+    restarts += 1
+    return restarts, min(30.0, 0.5 * 2 ** min(restarts, 6))
+
+
 # Limits that keep one slow or hostile client from tying up the server (see README, Operations).
 GUNICORN_DEFAULTS: dict[str, Any] = {
     "worker_class": "sync",
@@ -229,10 +239,7 @@ def run_serve(
                 code = front.returncode or 1
                 break
             if worker.poll() is not None:
-                if time.monotonic() - worker_started > WORKER_STABLE_SECONDS:
-                    restarts = 0  # it had been running fine: a new failure starts the delays afresh
-                restarts += 1
-                wait = min(30.0, 0.5 * 2 ** min(restarts, 6))
+                restarts, wait = restart_delay(restarts, ran_for=time.monotonic() - worker_started)
                 log.error("worker exited; restarting", extra={"code": worker.returncode, "wait": wait})
                 if stopping.wait(wait):
                     break
