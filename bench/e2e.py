@@ -57,6 +57,9 @@ from bench.common import (
     pg_recreate,
     wait_http,
 )
+from webhook_app.config import bundled_policy_path
+from webhook_app.events import Event
+from webhook_app.policy import SAVE, load_policy
 from webhook_app.signing import sign
 
 SECRET = "bench-e2e-shared-secret-0123456789"
@@ -101,11 +104,28 @@ def plan(events: int, patches: int, unhurried: int, orders: int = 1000) -> dict[
     hook = next(iter(sb.state.webhooks.values()))
     snap = sb.state.snapshot()
     by_id = {o.id: o for o in sb.state.orders.values()}
-    selected = sorted(
-        o["id"]
-        for o in snap["orders"]
-        if not o["guest"] and o["customer_id"] and o["payment_source"]["type"] in WALLET_TYPES
-    )
+    # The orders the bundled policy saves on orders.place (not Braintree's: saved on
+    # orders.pending), one per customer and card (a second order with a card already saved is
+    # card_already_in_wallet: no PATCH).
+    policy = load_policy(bundled_policy_path())
+    selected, cards = [], set()
+    for o in sorted(snap["orders"], key=lambda o: o["id"]):
+        if o["guest"] or not o["customer_id"] or o["payment_source"]["type"] not in WALLET_TYPES:
+            continue
+        order = by_id[o["id"]]
+        body = sb.webhook_body(order, hook, "orders.place")
+        if policy.decide(Event.from_body("orders.place", body)).action != SAVE:
+            continue
+        ps = sb.state.payment_sources[order.payment_source_id]
+        card = (
+            o["customer_id"],
+            ps.type,
+            ps.card_fingerprint or (ps.card_brand, ps.card_last4, ps.card_exp_month, ps.card_exp_year),
+        )
+        if card in cards:
+            continue
+        cards.add(card)
+        selected.append(o["id"])
     others = sorted(o["id"] for o in snap["orders"] if o["id"] not in set(selected))
     if len(selected) < patches:
         raise RuntimeError(f"only {len(selected)} orders need a PATCH, {patches} wanted")
