@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from webhook_app.errors import ConfigError
 from webhook_app.signing import WebhookSecret, parse_secrets
+from webhook_app.topics import KNOWN_TOPICS, TOPIC_PATTERN
 
 T = TypeVar("T")
 
@@ -48,39 +49,10 @@ def parse_rate_limits(value: str) -> tuple[RateLimit, ...]:
     return tuple(out)
 
 
-# The topics Commerce Layer sends (https://docs.commercelayer.io/developers/real-time-webhooks):
-# the documented order topics, and the non-order ones seen in real webhook bodies (stored as
-# `ignored`). Commerce Layer signs only the body, so the topic header is the sender's word: an
-# allow-list keeps one captured delivery from being stored (and counted) under any topic.
-# `WEBHOOK_APP_TOPICS` adds to it (the live list may be longer).
-KNOWN_ORDER_TOPICS = (
-    "orders.create",
-    "orders.draft",
-    "orders.pending",
-    "orders.place",
-    "orders.approve",
-    "orders.cancel",
-    "orders.authorize",
-    "orders.void",
-    "orders.pay",
-    "orders.refund",
-    "orders.start_fulfilling",
-    "orders.cancel_fulfilling",
-    "orders.fulfill",
-    "orders.rebuild_shipments",
-    "orders.destroy",
-)
-KNOWN_OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
-KNOWN_TOPICS = frozenset(KNOWN_ORDER_TOPICS + KNOWN_OTHER_TOPICS)
-
-
-_TOPIC = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")  # as events.TOPIC_PATTERN
-
-
 def parse_topics(value: str) -> tuple[str, ...]:
     """`WEBHOOK_APP_TOPICS`: comma-separated topics like `shipments.ship`, added to KNOWN_TOPICS."""
     out = tuple(t.strip() for t in value.split(",") if t.strip())
-    bad = [t for t in out if not _TOPIC.match(t)]
+    bad = [t for t in out if not TOPIC_PATTERN.match(t)]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a topic like `orders.place`")
     return out

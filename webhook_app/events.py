@@ -19,30 +19,11 @@ import orjson
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.signing import WebhookSecret, verify
+from webhook_app.topics import TOPIC_PATTERN
 
 SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
-TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
 ORDER_TOPIC_PREFIX = "orders."
-# The documented order topics (https://docs.commercelayer.io/developers/real-time-webhooks; the
-# live list may be longer): what `webhooks register` subscribes to when the policy acts on all.
-ORDER_TOPICS = (
-    "orders.create",
-    "orders.draft",
-    "orders.pending",
-    "orders.place",
-    "orders.approve",
-    "orders.cancel",
-    "orders.authorize",
-    "orders.void",
-    "orders.pay",
-    "orders.refund",
-    "orders.start_fulfilling",
-    "orders.cancel_fulfilling",
-    "orders.fulfill",
-    "orders.rebuild_shipments",
-    "orders.destroy",
-)
 # Headers never stored: credentials a proxy might pass along, and replay tokens.
 _UNSTORED_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "x-admin-token", "x-webhook-app-replay"}

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
-from webhook_app.events import ORDER_TOPICS
 from webhook_app.policy import Policy
+from webhook_app.topics import ORDER_TOPICS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""Commerce Layer's webhook topics: what a topic looks like and which ones it sends.
+
+The topics Commerce Layer sends (https://docs.commercelayer.io/developers/real-time-webhooks):
+the documented order topics, and the non-order ones seen in real webhook bodies (stored as
+`ignored`). Commerce Layer signs only the body, so the topic header is the sender's word: an
+allow-list keeps one captured delivery from being stored (and counted) under any topic.
+`WEBHOOK_APP_TOPICS` adds to it (the live list may be longer).
+"""
+
+from __future__ import annotations
+
+import re
+
+TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
+
+# The documented order topics: also what `webhooks register` subscribes to when the policy acts
+# on all of them.
+ORDER_TOPICS = (
+    "orders.create",
+    "orders.draft",
+    "orders.pending",
+    "orders.place",
+    "orders.approve",
+    "orders.cancel",
+    "orders.authorize",
+    "orders.void",
+    "orders.pay",
+    "orders.refund",
+    "orders.start_fulfilling",
+    "orders.cancel_fulfilling",
+    "orders.fulfill",
+    "orders.rebuild_shipments",
+    "orders.destroy",
+)
+OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
+KNOWN_TOPICS = frozenset(ORDER_TOPICS + OTHER_TOPICS)
