@@ -89,3 +89,25 @@ class Service:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def private_nginx_conf(prefix: Path, http_body: str, *, connections: int = 256) -> Path:
+    """A config for an nginx of the test's own, all its files under `prefix`, with `http_body`
+    (upstreams and servers) inside `http { }`; written to prefix/nginx.conf."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""{user}worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+{http_body}}}
+""")
+    return conf

@@ -26,7 +26,7 @@ import pytest
 import requests
 from commercelayer_sandbox import Sandbox
 from conftest import pg_schema_url, require_postgres
-from procs import Service, free_port, wait_http, wait_until
+from procs import Service, free_port, private_nginx_conf, wait_http, wait_until
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Event
@@ -60,21 +60,9 @@ SCENARIO = {
 
 def nginx_conf(prefix: Path, listen: int, upstreams: list[int]) -> Path:
     servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=0;" for p in upstreams)
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""{user}worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  upstream webhook_app {{
+    return private_nginx_conf(
+        prefix,
+        f"""  upstream webhook_app {{
 {servers}
     keepalive 32;
   }}
@@ -93,9 +81,9 @@ http {{
       add_header X-Upstream $upstream_addr always;
     }}
   }}
-}}
-""")
-    return conf
+""",
+        connections=1024,
+    )
 
 
 def test_two_instances_two_workers_one_database(tmp_path):

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import requests
 from conftest_sandbox import running
-from procs import free_port
+from procs import free_port, private_nginx_conf
 
 pytestmark = pytest.mark.e2e
 
@@ -197,21 +197,9 @@ def make_certificate(openssl: str, directory: Path) -> tuple[Path, Path]:
 def nginx_conf(prefix: Path, listen: int, upstream: int, cert: Path, key: Path) -> Path:
     """TLS in front of the sandbox: Host stays the upstream's, so only X-Forwarded-* tell the
     sandbox how it was reached (its links must follow them)."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""{user}worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  server {{
+    return private_nginx_conf(
+        prefix,
+        f"""  server {{
     listen 127.0.0.1:{listen} ssl;
     server_name .{DOMAIN_NAME};
     ssl_certificate {cert};
@@ -228,9 +216,8 @@ http {{
       proxy_read_timeout 15s;
     }}
   }}
-}}
-""")
-    return conf
+""",
+    )
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
