@@ -140,6 +140,10 @@ def test_raw_json_depth_matches_the_decoded_depth():
         b'[{"a":[1,{"b":[]}]}]',
         '{"é":["{"]}'.encode(),
         b'["\\\\\\"[", ["\\\\", "\\\\\\\\"]]',
+        # empty strings side by side with strings that hold brackets (the `""` shortcut)
+        b'["","[",""]',
+        b'{"":"","a":"]","b":[""]}',
+        b'[["",""],"{",[[""]],"]"]',
     ]
     rng = random.Random(5)
     alphabet = 'ab"\\[]{}é\n'
