@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -111,7 +112,99 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
         explicit["bind"] = [bind]
     if workers:
         explicit["workers"] = workers
-    _Gunicorn(settings, defaults, explicit, config_file).run()
+    writer = CommitWriterProcess.start(settings)
+    try:
+        _Gunicorn(settings, defaults, explicit, config_file).run()
+    finally:
+        if writer is not None:
+            writer.stop()
+    return 0
+
+
+class CommitWriterProcess:
+    """`webhook-app commit-writer` beside gunicorn (store/group_commit.py), restarted if it dies.
+
+    Its stdin is a pipe from this process that is never written: when gunicorn has stopped (or
+    this process died), the pipe's end tells the writer to commit what it holds and exit. While it
+    is away, the web workers commit their own deliveries."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="commit-writer", daemon=True)
+
+    @classmethod
+    def start(cls, settings: Settings) -> CommitWriterProcess | None:
+        from webhook_app.store import group_commit
+
+        if not settings.group_commit or not group_commit.supported(settings.database_url):
+            return None
+        self = cls()
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        restarts = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
+            self.proc = proc
+            assert proc.stdout is not None
+            proc.stdout.read()  # its end: the writer exited
+            try:
+                code = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - it closed stdout but lives on
+                proc.kill()
+                code = proc.wait()
+            if self.stopping.is_set():
+                return
+            restarts, delay = restart_delay(restarts, ran_for=time.monotonic() - started)
+            log.warning(
+                "commit writer exited; web workers commit their own deliveries until it is back",
+                extra={"exit_code": code, "restart_in_s": delay},
+            )
+            self.stopping.wait(delay)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.stopping.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.thread.join(timeout=timeout)
+
+
+def run_commit_writer(settings: Settings) -> int:
+    """The writer's process: serve this host's web workers until stdin ends."""
+    from webhook_app.store import group_commit, open_store
+    from webhook_app.web import metrics
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped by its parent, after gunicorn's workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    writer = group_commit.CommitWriter(
+        store,
+        group_commit.address_for(settings.database_url),
+        max_body_bytes=settings.max_body_bytes,
+        on_batch=metrics.record_commit_batch,
+    )
+    watch = sys.stdin.fileno()
+    while not writer.bind():  # another web instance on this host serves the database: wait for its end
+        ready, _, _ = select.select([watch], [], [], 1.0)
+        if ready and not os.read(watch, 4096):
+            return 0
+    log.info("commit writer ready", extra={"pid": os.getpid()})
+    try:
+        writer.serve(watch_fd=watch)
+    finally:
+        store.close()
     return 0
 
 

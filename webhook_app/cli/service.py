@@ -52,6 +52,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings, once=args.once, metrics_port=args.metrics_port)
 
 
+def cmd_commit_writer(_args: argparse.Namespace) -> int:
+    from webhook_app.runtime import run_commit_writer
+
+    return run_commit_writer(load_settings())
+
+
 def warn_policy(policy: Policy) -> None:
     """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
     for warning in policy.warnings():
@@ -84,6 +90,11 @@ def register(sub: Any) -> None:
     bind_args(sp)
     sp.add_argument("--config", default=None, metavar="FILE", help="a gunicorn config file (deploy/gunicorn.conf.py)")
     sp.set_defaults(func=cmd_web)
+
+    sp = sub.add_parser(
+        "commit-writer", help="the group-commit writer `web` starts beside its workers (not run by hand)"
+    )
+    sp.set_defaults(func=cmd_commit_writer)
 
     sp = sub.add_parser("worker", help="run the worker only")
     sp.add_argument("--once", action="store_true", help="process the jobs that are due, then exit")

@@ -18,6 +18,7 @@ from webhook_app.store.base import (
     Recorded,
     Store,
     StoredDelivery,
+    Submission,
 )
 
 
@@ -49,5 +50,6 @@ __all__ = [
     "Recorded",
     "Store",
     "StoredDelivery",
+    "Submission",
     "open_store",
 ]

@@ -39,6 +39,16 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """One delivery handed to `record_deliveries` (a batch is committed as one transaction)."""
+
+    delivery: Delivery
+    now: float
+    replay_of: int | None = None
+    trace_context: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class Job:
     id: int
     delivery_id: int
@@ -204,6 +214,15 @@ class Store(abc.ABC):
         trace_context: Mapping[str, str] | None = None,
     ) -> Recorded:
         """Store a verified delivery once; queue a job for an order event. Durable on return."""
+
+    def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
+        """Store several deliveries in one transaction and one flush to disk (group commit): all
+        of them, or none (StoreError). The results are in the order of `batch`; a delivery equal
+        to an earlier one, stored or in the same batch, is a duplicate. Durable on return."""
+        return [
+            self.record_delivery(s.delivery, now=s.now, replay_of=s.replay_of, trace_context=s.trace_context)
+            for s in batch
+        ]
 
     @abc.abstractmethod
     def delivery_id_for_identity(self, identity: str) -> int | None:

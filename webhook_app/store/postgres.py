@@ -27,7 +27,7 @@ from webhook_app.config import RateLimit
 from webhook_app.errors import StoreUnavailable
 from webhook_app.events import Delivery
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
-from webhook_app.store.base import SCHEMA_VERSION, Recorded
+from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
@@ -137,45 +137,65 @@ class PostgresStore(SQLStore):
         trace_context: Mapping[str, str] | None = None,
     ) -> Recorded:
         """The delivery and its job in one statement (autocommit: atomic and durable on return)."""
-        status = "queued" if delivery.is_order else "ignored"
         with self._statement() as c:
-            row = c.one(
-                "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-                " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
-                " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
-                " updated_at, trace_context) SELECT id, order_id, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
-                " RETURNING id)"
-                " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
-                (
-                    delivery.identity,
-                    delivery.topic,
-                    delivery.resource_type,
-                    delivery.resource_id,
-                    delivery.order_id,
-                    now,
-                    delivery.secret_label,
-                    json.dumps(delivery.headers),
-                    delivery.body,
-                    status,
-                    replay_of,
-                    now,
-                    now,
-                    now,
-                    json.dumps(dict(trace_context)) if trace_context else None,
-                    delivery.is_order,
-                ),
-            )
-            if row is not None:
-                job_id = row["job_id"]
-                if job_id is not None:
-                    self._notify_job(c)
-                return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
-            existing = c.one(
-                "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-                " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
-                (delivery.identity,),
-            )
+            recorded = self._insert_delivery(c, Submission(delivery, now, replay_of, trace_context))
+            if recorded.job_id is not None and not recorded.duplicate:
+                self._notify_job(c)
+        return recorded
+
+    def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
+        """The whole batch in one transaction (one commit record, one WAL flush), then one
+        notification for the workers."""
+        if not batch:
+            return []
+        with self._connect() as conn:
+            with conn.transaction(), conn.cursor() as cur:
+                c = _Cursor(cur)
+                recorded = [self._insert_delivery(c, s) for s in batch]
+            if any(r.job_id is not None and not r.duplicate for r in recorded):
+                with conn.cursor() as cur:
+                    self._notify_job(_Cursor(cur))
+        return recorded
+
+    def _insert_delivery(self, c: Cursorish, s: Submission) -> Recorded:
+        """The delivery and its job in one statement; for a duplicate, the stored one's ids."""
+        delivery, now = s.delivery, s.now
+        status = "queued" if delivery.is_order else "ignored"
+        row = c.one(
+            "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
+            " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
+            " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
+            " updated_at, trace_context) SELECT id, order_id, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
+            " RETURNING id)"
+            " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
+            (
+                delivery.identity,
+                delivery.topic,
+                delivery.resource_type,
+                delivery.resource_id,
+                delivery.order_id,
+                now,
+                delivery.secret_label,
+                json.dumps(delivery.headers),
+                delivery.body,
+                status,
+                s.replay_of,
+                now,
+                now,
+                now,
+                json.dumps(dict(s.trace_context)) if s.trace_context else None,
+                delivery.is_order,
+            ),
+        )
+        if row is not None:
+            job_id = row["job_id"]
+            return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
+        existing = c.one(
+            "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+            " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
+            (delivery.identity,),
+        )
         if existing is None:  # pragma: no cover - a conflicting row always exists once committed
             raise StoreUnavailable("delivery conflicted but could not be read back")
         job_id = existing["job_id"]

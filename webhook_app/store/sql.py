@@ -27,6 +27,7 @@ from webhook_app.store.base import (
     StorageStats,
     Store,
     StoredDelivery,
+    Submission,
 )
 
 Row = Mapping[str, Any]
@@ -65,52 +66,63 @@ class SQLStore(Store):
         replay_of: int | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> Recorded:
-        status = "queued" if delivery.is_order else "ignored"
         with self._tx() as c:
-            row = c.one(
-                "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-                " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (identity) DO NOTHING RETURNING id",
+            return self._insert_delivery(c, Submission(delivery, now, replay_of, trace_context))
+
+    def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
+        if not batch:
+            return []
+        with self._tx() as c:
+            return [self._insert_delivery(c, s) for s in batch]
+
+    def _insert_delivery(self, c: Cursorish, s: Submission) -> Recorded:
+        """The delivery and, for an order event, its job, inside the caller's transaction."""
+        delivery, now = s.delivery, s.now
+        status = "queued" if delivery.is_order else "ignored"
+        row = c.one(
+            "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
+            " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (identity) DO NOTHING RETURNING id",
+            (
+                delivery.identity,
+                delivery.topic,
+                delivery.resource_type,
+                delivery.resource_id,
+                delivery.order_id,
+                now,
+                delivery.secret_label,
+                json.dumps(delivery.headers),
+                delivery.body,
+                status,
+                s.replay_of,
+            ),
+        )
+        if row is None:
+            existing = c.one(
+                "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+                " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
+                (delivery.identity,),
+            )
+            assert existing is not None  # the conflicting row exists inside this transaction
+            return Recorded(int(existing["id"]), True, _opt_int(existing["job_id"]), existing["status"])
+        delivery_id = int(row["id"])
+        job_id = None
+        if delivery.is_order:
+            job = c.one(
+                "INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at,"
+                " created_at, updated_at, trace_context) VALUES (?,?,?,'pending',0,?,?,?,?) RETURNING id",
                 (
-                    delivery.identity,
-                    delivery.topic,
-                    delivery.resource_type,
-                    delivery.resource_id,
+                    delivery_id,
                     delivery.order_id,
+                    delivery.topic,
                     now,
-                    delivery.secret_label,
-                    json.dumps(delivery.headers),
-                    delivery.body,
-                    status,
-                    replay_of,
+                    now,
+                    now,
+                    json.dumps(dict(s.trace_context)) if s.trace_context else None,
                 ),
             )
-            if row is None:
-                existing = c.one(
-                    "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-                    " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
-                    (delivery.identity,),
-                )
-                assert existing is not None  # the conflicting row exists inside this transaction
-                return Recorded(int(existing["id"]), True, _opt_int(existing["job_id"]), existing["status"])
-            delivery_id = int(row["id"])
-            job_id = None
-            if delivery.is_order:
-                job = c.one(
-                    "INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at,"
-                    " created_at, updated_at, trace_context) VALUES (?,?,?,'pending',0,?,?,?,?) RETURNING id",
-                    (
-                        delivery_id,
-                        delivery.order_id,
-                        delivery.topic,
-                        now,
-                        now,
-                        now,
-                        json.dumps(dict(trace_context)) if trace_context else None,
-                    ),
-                )
-                job_id = int(job["id"]) if job else None
-            return Recorded(delivery_id, False, job_id, status)
+            job_id = int(job["id"]) if job else None
+        return Recorded(delivery_id, False, job_id, status)
 
     def delivery_id_for_identity(self, identity: str) -> int | None:
         with self._tx(write=False) as c:

@@ -19,7 +19,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from typing import Any
 from webhook_app import wakeup
 from webhook_app.errors import StoreUnavailable
 from webhook_app.events import Delivery
-from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded
+from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded, Submission
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
 
@@ -218,9 +218,18 @@ class SQLiteStore(SQLStore):
         trace_context: Mapping[str, str] | None = None,
     ) -> Recorded:
         recorded = super().record_delivery(delivery, now=now, replay_of=replay_of, trace_context=trace_context)
-        if self._waker is not None and recorded.job_id is not None and not recorded.duplicate:
-            self._waker.notify()
+        self._wake([recorded])
         return recorded
+
+    def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
+        recorded = super().record_deliveries(batch)
+        self._wake(recorded)
+        return recorded
+
+    def _wake(self, recorded: Sequence[Recorded]) -> None:
+        """One wake-up per commit that queued a job (not one per delivery)."""
+        if self._waker is not None and any(r.job_id is not None and not r.duplicate for r in recorded):
+            self._waker.notify()
 
     def wait_for_jobs(self, timeout: float) -> bool:
         if self._waker is None:

@@ -24,7 +24,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from webhook_app.config import Settings
 from webhook_app.errors import PayloadTooLarge, StoreError, WebhookAppError
 from webhook_app.policy import Policy, load_policy
-from webhook_app.store import Store, open_store
+from webhook_app.store import Store, group_commit, open_store
 from webhook_app.web import admin_api, admin_page, intake, metrics
 from webhook_app.web.context import EXTENSION, Services, services
 
@@ -45,11 +45,21 @@ def create_app(
     # error, so the intake must be able to read limit + 1 bytes to see that it is too long.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    own_store = store is None
+    store = store or open_store(settings.database_url, timeout=settings.db_timeout)
+    # The commit writer `web` starts serves the database of the settings; a store handed in (tests)
+    # is used directly.
+    writer = (
+        group_commit.address_for(settings.database_url)
+        if own_store and settings.group_commit and group_commit.supported(settings.database_url)
+        else None
+    )
     app.extensions[EXTENSION] = Services(
         settings=settings,
-        store=store or open_store(settings.database_url, timeout=settings.db_timeout),
+        store=store,
         policy=policy or load_policy(settings.policy_path),
         clock=clock,
+        recorder=group_commit.CommitClient(store, writer, timeout=settings.db_timeout),
     )
     if settings.forwarded_hops:
         h = settings.forwarded_hops

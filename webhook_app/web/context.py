@@ -10,6 +10,7 @@ from flask import current_app
 from webhook_app.config import Settings
 from webhook_app.policy import Policy
 from webhook_app.store import Store
+from webhook_app.store.group_commit import CommitClient
 
 EXTENSION = "webhook_app"
 
@@ -22,6 +23,7 @@ class Services:
     store: Store
     policy: Policy
     clock: Callable[[], float]
+    recorder: CommitClient  # the intake stores through it: the host's commit writer, or `store`
 
 
 def services() -> Services:

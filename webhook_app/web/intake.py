@@ -79,7 +79,7 @@ def _intake() -> tuple[Response, int]:
         )
         replay_of = s.store.delivery_id_for_identity(delivery.identity)
         delivery = delivery.as_replay(nonce)
-    recorded = s.store.record_delivery(delivery, now=s.clock(), replay_of=replay_of, trace_context=tracing.carrier())
+    recorded = s.recorder.record_delivery(delivery, now=s.clock(), replay_of=replay_of, trace_context=tracing.carrier())
     status = "duplicate" if recorded.duplicate else recorded.status
     log.info(
         "delivery",

@@ -52,6 +52,20 @@ INTAKE_SECONDS = Histogram(
     "Time to verify, store and answer a delivery.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+COMMIT_BATCH = Histogram(
+    "webhook_app_commit_batch_size",
+    "Deliveries per transaction of the group-commit writer (one flush to disk each).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+COMMIT_SECONDS = Histogram(
+    "webhook_app_commit_seconds",
+    "Time the group-commit writer took to store and flush a batch.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+COMMIT_FAILURES = Counter(
+    "webhook_app_commit_failures",
+    "Batches the group-commit writer could not commit (each of their requests answered 503).",
+)
 INTAKE_RESPONSES = Counter(
     "webhook_app_intake_responses",
     "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included).",
@@ -133,6 +147,14 @@ def record_call(call: CallRecord) -> None:
     CL_SECONDS.labels(call.route).observe(call.seconds)
     CL_RESPONSES.labels(call.route, str(call.status) if call.status else "error").inc()
     CL_WAIT.observe(call.waited)
+
+
+def record_commit_batch(size: int, seconds: float, ok: bool) -> None:
+    """`CommitWriter(on_batch=...)`: the size, time and outcome of each group commit."""
+    COMMIT_BATCH.observe(size)
+    COMMIT_SECONDS.observe(seconds)
+    if not ok:
+        COMMIT_FAILURES.inc()
 
 
 def record_worker_event(what: str, fields: dict[str, Any]) -> None:

@@ -1,0 +1,392 @@
+"""Group commit (webhook_app/store/group_commit.py): one writer per host and database commits the
+deliveries of every web process together, each request answered only once its own row is durable.
+
+First the writer and the client over a real socket with a real SQLite file (batches made
+deterministic by sending before the writer starts reading), then the real `webhook-app web`
+processes on SQLite and PostgreSQL: the workers' deliveries share transactions, a writer killed
+is replaced while the workers commit on their own, and a locked database fails a whole batch
+with 503s and stores none of it twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from builders import order_body
+from conftest import SECRET, pg_schema_url, require_postgres, signed_headers
+from procs import Service, free_port, wait_http, wait_until
+
+from webhook_app.errors import StoreUnavailable
+from webhook_app.events import Delivery
+from webhook_app.signing import WebhookSecret
+from webhook_app.store import Submission, open_store
+from webhook_app.store.group_commit import CommitClient, CommitWriter, address_for, encode_request
+from webhook_app.store.sqlite import SQLiteStore
+
+SECRETS = [WebhookSecret("test", SECRET.encode())]
+
+
+def _delivery(order_id: str, topic: str = "orders.place") -> Delivery:
+    body = order_body(order_id)
+    return Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS)
+
+
+class _Writer:
+    """A CommitWriter on a real SQLite file, its loop in a thread started when the test says."""
+
+    def __init__(self, tmp_path: Path, store: SQLiteStore | None = None) -> None:
+        self.path = str(tmp_path / "gc.db")
+        self.store = store or SQLiteStore(self.path, busy_timeout_ms=300)
+        self.store.migrate()
+        self.address = address_for(f"sqlite:///{self.path}")
+        self.batches: list[tuple[int, bool]] = []
+        self.writer = CommitWriter(
+            self.store, self.address, max_body_bytes=1 << 20, on_batch=lambda n, _s, ok: self.batches.append((n, ok))
+        )
+        assert self.writer.bind()
+        self.thread = threading.Thread(target=self.writer.serve, daemon=True)
+
+    def client(self) -> CommitClient:
+        return CommitClient(SQLiteStore(self.path), self.address, timeout=3.0)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.writer.stop()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        else:
+            self.writer.close()
+        self.store.close()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[_Writer]:
+    w = _Writer(tmp_path)
+    yield w
+    w.stop()
+
+
+class _SendsThenWaits(CommitClient):
+    """A real client that says when its frame is in the writer's socket, before reading the answer."""
+
+    def __init__(self, *a, sent: threading.Barrier, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.sent = sent
+
+    def _read_answer(self, sock: socket.socket) -> bytes:
+        self.sent.wait(timeout=10)
+        return super()._read_answer(sock)
+
+
+def _submit_all(w: _Writer, deliveries: list[Delivery]) -> list:
+    """Each delivery from a client (a connection) of its own, all sent before the writer reads
+    anything: they are one batch."""
+    sent = threading.Barrier(len(deliveries) + 1)
+    results: list = [None] * len(deliveries)
+
+    def one(i: int) -> None:
+        c = _SendsThenWaits(SQLiteStore(w.path), w.address, timeout=3.0, sent=sent)
+        try:
+            results[i] = c.record_delivery(deliveries[i], now=time.time())
+        except StoreUnavailable as exc:
+            results[i] = exc
+        finally:
+            _close(c)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(deliveries))]
+    for t in threads:
+        t.start()
+    sent.wait(timeout=10)  # every frame is in the writer's sockets
+    w.start()
+    for t in threads:
+        t.join(timeout=20)
+    return results
+
+
+def _close(c: CommitClient) -> None:
+    c.close()
+    c.store.close()
+
+
+def _stored(path: str) -> list[tuple[str, int]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT d.resource_id, COUNT(j.id) FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"
+            " GROUP BY d.id ORDER BY d.resource_id"
+        ).fetchall()
+
+
+def test_deliveries_sent_together_are_one_transaction_each_answered_with_its_own_ids(writer):
+    ds = [_delivery(f"ordGC{n:03d}") for n in range(12)]
+    results = _submit_all(writer, ds)
+    assert writer.batches == [(12, True)]  # one transaction, one flush
+    assert all(not r.duplicate and r.status == "queued" for r in results), results
+    assert len({r.delivery_id for r in results}) == 12 and len({r.job_id for r in results}) == 12
+    stored = open_store(f"sqlite:///{writer.path}")
+    try:
+        for d, r in zip(ds, results, strict=True):
+            got = stored.get_delivery(r.delivery_id)
+            assert got is not None and got.body == d.body  # each answer names its own row
+    finally:
+        stored.close()
+    assert _stored(writer.path) == [(f"ordGC{n:03d}", 1) for n in range(12)]
+
+
+def test_the_same_delivery_twice_in_one_batch_is_stored_once(writer):
+    d = _delivery("ordTwice01")
+    first, second = _submit_all(writer, [d, d])
+    assert writer.batches == [(2, True)]
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert first.delivery_id == second.delivery_id and first.job_id == second.job_id
+    assert _stored(writer.path) == [("ordTwice01", 1)]
+
+
+def test_a_batch_that_cannot_commit_fails_every_request_and_stores_none(writer):
+    # Another writer holds SQLite's write lock past the busy timeout: the batch's BEGIN fails.
+    blocker = sqlite3.connect(writer.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    ds = [_delivery(f"ordLocked{n}") for n in range(5)]
+    try:
+        results = _submit_all(writer, ds)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert writer.batches == [(5, False)]
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert "locked" in results[0].detail
+    assert _stored(writer.path) == []
+    # Commerce Layer's retries, once the lock is gone: each stored once.
+    c = writer.client()
+    try:
+        retried = [c.record_delivery(d, now=time.time()) for d in ds]
+        assert not any(r.duplicate for r in retried)
+        assert [c.record_delivery(d, now=time.time()).duplicate for d in ds] == [True] * 5
+    finally:
+        _close(c)
+    assert _stored(writer.path) == [(f"ordLocked{n}", 1) for n in range(5)]
+
+
+class _Picky(SQLiteStore):
+    """A real SQLite store that cannot store one particular delivery (a bug's stand-in)."""
+
+    def record_deliveries(self, batch):
+        if any(s.delivery.resource_id == "ordPoison" for s in batch):
+            raise ValueError("cannot store this one")
+        return super().record_deliveries(batch)
+
+
+def test_one_delivery_that_breaks_a_batch_does_not_fail_the_others(tmp_path):
+    w = _Writer(tmp_path, store=_Picky(str(tmp_path / "gc.db")))
+    try:
+        ds = [_delivery("ordFine1"), _delivery("ordPoison"), _delivery("ordFine2")]
+        results = _submit_all(w, ds)
+    finally:
+        w.stop()
+    assert not isinstance(results[0], Exception) and not isinstance(results[2], Exception), results
+    assert isinstance(results[1], StoreUnavailable)
+    assert _stored(w.path) == [("ordFine1", 1), ("ordFine2", 1)]
+
+
+def test_without_a_writer_the_web_process_commits_itself(tmp_path):
+    path = str(tmp_path / "alone.db")
+    SQLiteStore(path).migrate()
+    c = CommitClient(SQLiteStore(path), address_for(f"sqlite:///{path}"), timeout=1.0)
+    try:
+        r = c.record_delivery(_delivery("ordAlone1"), now=time.time())
+    finally:
+        _close(c)
+    assert not r.duplicate and r.job_id is not None
+    assert _stored(path) == [("ordAlone1", 1)]
+
+
+def test_a_writer_that_dies_holding_the_request_gets_a_503_not_a_guess(tmp_path):
+    """It read the frame and went away without answering: nobody can tell whether it committed,
+    so the request is unavailable (Commerce Layer retries; the identity deduplicates)."""
+    path = str(tmp_path / "gone.db")
+    SQLiteStore(path).migrate()
+    address = address_for(f"sqlite:///{path}")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+
+    def read_and_vanish() -> None:
+        conn, _ = server.accept()
+        conn.recv(1 << 20)
+        conn.close()
+
+    t = threading.Thread(target=read_and_vanish)
+    t.start()
+    c = CommitClient(SQLiteStore(path), address, timeout=2.0)
+    try:
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            c.record_delivery(_delivery("ordVanish"), now=time.time())
+    finally:
+        _close(c)
+        t.join(timeout=5)
+        server.close()
+    assert _stored(path) == []  # and the client did not store it behind the writer's back
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+def test_the_writer_refuses_a_process_of_another_user(writer):
+    writer.start()
+    frame = encode_request(Submission(_delivery("ordIntruder"), time.time()))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(writer.address)
+            s.sendall(frame)
+            os.write(w, b"closed" if s.recv(64) == b"" else b"answered")
+        except OSError as exc:
+            os.write(w, f"error {exc.errno}".encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    outcome = os.read(r, 64).decode()
+    os.close(r)
+    assert outcome in ("closed", "error 104", "error 32"), outcome  # refused: closed, reset, broken pipe
+    assert _stored(writer.path) == []
+
+
+# --- the real processes ------------------------------------------------------------------------
+@pytest.fixture
+def procs() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+def _web(procs: list[Service], tmp_path: Path, db_url: str, workers: int = 4, **env: str) -> tuple[Service, str]:
+    port = free_port()
+    full = {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db_url, **env}
+    web = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)], full, tmp_path / f"web-{port}.log")
+    procs.append(web)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/healthz", proc=web.proc)
+    return web, url
+
+
+def _writer_pids(web: Service) -> list[int]:
+    return [int(p) for p in re.findall(r'"commit writer ready","pid":(\d+)', web.output())]
+
+
+def _post_many(url: str, prefix: str, n: int, threads: int = 16) -> list[requests.Response]:
+    def one(i: int) -> requests.Response:
+        body = order_body(f"{prefix}{i:04d}")
+        return requests.post(url + "/webhooks/commercelayer", data=body, headers=signed_headers(body), timeout=15)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def _metric(url: str, name: str) -> float:
+    text = requests.get(url + "/metrics", timeout=5).text
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _web_processes_share_transactions(procs, tmp_path, db_url: str) -> None:
+    store = open_store(db_url)
+    store.migrate()
+    try:
+        web, url = _web(procs, tmp_path, db_url)
+        wait_until(lambda: _writer_pids(web), what="the commit writer's start")
+        answers = _post_many(url, "ordShare", 160)
+        assert [r.status_code for r in answers] == [202] * 160, {r.status_code for r in answers}
+        ids = {r.json()["delivery_id"] for r in answers}
+        assert len(ids) == 160
+        stats = store.queue_stats(now=time.time())
+        assert stats.pending == 160
+        deliveries = _metric(url, "webhook_app_commit_batch_size_sum")
+        batches = _metric(url, "webhook_app_commit_batch_size_count")
+        assert deliveries == 160  # every one went through the writer...
+        assert batches < deliveries  # ...and some shared a transaction with others
+    finally:
+        store.close()
+
+
+@pytest.mark.e2e
+def test_sqlite_web_workers_commit_together_through_one_writer(procs, tmp_path):
+    _web_processes_share_transactions(procs, tmp_path, f"sqlite:///{tmp_path / 'share.db'}")
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_postgres_web_workers_commit_together_through_one_writer(procs, tmp_path):
+    require_postgres()
+    with pg_schema_url() as url:
+        _web_processes_share_transactions(procs, tmp_path, url)
+
+
+@pytest.mark.e2e
+def test_a_killed_writer_is_replaced_and_no_delivery_is_lost_meanwhile(procs, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'kill.db'}"
+    web, url = _web(procs, tmp_path, db_url, workers=2)
+    wait_until(lambda: _writer_pids(web), what="the commit writer's start")
+    first = _writer_pids(web)[0]
+    os.kill(first, signal.SIGKILL)
+    # Meanwhile each worker commits its own (after at most one 503 for a request the writer held).
+    answers = _post_many(url, "ordMeanwhile", 40, threads=4)
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {202, 503} and codes.count(503) <= 2, codes
+    wait_until(lambda: len(_writer_pids(web)) >= 2, timeout=20, what="a new commit writer")
+    assert _writer_pids(web)[1] != first
+    again = _post_many(url, "ordMeanwhile", 40, threads=4)  # the retries
+    assert {r.status_code for r in again} <= {200, 202}
+    store = open_store(db_url)
+    try:
+        assert store.queue_stats(now=time.time()).pending == 40  # each once
+    finally:
+        store.close()
+    assert "commit writer exited" in web.output()
+
+
+@pytest.mark.e2e
+def test_web_stops_its_writer_and_group_commit_can_be_turned_off(procs, tmp_path):
+    db_url = f"sqlite:///{tmp_path / 'stop.db'}"
+    web, url = _web(procs, tmp_path, db_url, workers=1)
+    wait_until(lambda: _writer_pids(web), what="the commit writer's start")
+    pid = _writer_pids(web)[0]
+    assert web.stop() == 0
+    wait_until(lambda: not _alive(pid), timeout=10, what="the writer's exit")
+
+    off, url = _web(procs, tmp_path, db_url, workers=1, WEBHOOK_APP_GROUP_COMMIT="false")
+    body = order_body("ordNoWriter")
+    assert (
+        requests.post(url + "/webhooks/commercelayer", data=body, headers=signed_headers(body), timeout=5).status_code
+        == 202
+    )
+    assert _metric(url, "webhook_app_commit_batch_size_count") == 0
+    assert _writer_pids(off) == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
