@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -26,7 +24,7 @@ from webhook_app.errors import PayloadTooLarge, StoreError, WebhookAppError
 from webhook_app.policy import Policy, load_policy
 from webhook_app.store import Store, group_commit, open_store
 from webhook_app.web import admin_api, admin_page, intake, metrics
-from webhook_app.web.context import EXTENSION, Services, services
+from webhook_app.web.context import EXTENSION, Services, error_body, request_id_from, services
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +52,17 @@ def create_app(
         if own_store and settings.group_commit and group_commit.supported(settings.database_url)
         else None
     )
-    app.extensions[EXTENSION] = Services(
+    app.extensions[EXTENSION] = services = Services(
         settings=settings,
         store=store,
         policy=policy or load_policy(settings.policy_path),
         clock=clock,
         recorder=group_commit.CommitClient(store, writer, timeout=settings.db_timeout),
     )
+    intake.init_app(app, services)  # the intake answers before Flask sees the request
     if settings.forwarded_hops:
         h = settings.forwarded_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=h, x_proto=h, x_host=h, x_port=h, x_prefix=h)  # type: ignore[method-assign]
-    intake.init_app(app)
     admin_api.init_app(app)
     admin_page.init_app(app)
     metrics.init_app(app)
@@ -76,27 +74,17 @@ def create_app(
 
 
 def _request_id() -> None:
-    rid = request.headers.get("X-Request-Id", "")
-    # a proxy's id is kept if it is plain ASCII letters, digits and dashes (as nginx's $request_id)
-    g.request_id = rid if 0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum() else uuid.uuid4().hex
+    g.request_id = request_id_from(request.headers.get("X-Request-Id", ""))
 
 
 def _stamp(resp: Response) -> Response:
-    if request.endpoint == "intake.intake":
-        metrics.INTAKE_RESPONSES.labels(str(resp.status_code)).inc()
     resp.headers["X-Request-Id"] = g.get("request_id", "")
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
-def _body(status: int, title: str, detail: str) -> dict[str, Any]:
-    return {"errors": [{"status": str(status), "title": title, "detail": detail}]}
-
-
 def _error(exc: WebhookAppError) -> tuple[Response, int]:
     status = exc.status
-    if request.endpoint == "intake.intake":
-        metrics.REJECTIONS.labels(metrics.REASONS.get(type(exc).__name__, "other")).inc()
     level = logging.WARNING if isinstance(exc, StoreError) else logging.INFO
     log.log(
         level,
@@ -109,7 +97,7 @@ def _error(exc: WebhookAppError) -> tuple[Response, int]:
             "path": request.path,
         },
     )
-    resp = jsonify(_body(status, exc.title, exc.detail))
+    resp = jsonify(error_body(status, exc.title, exc.detail))
     if isinstance(exc, StoreError):
         resp.headers["Retry-After"] = "5"
     return resp, status
@@ -119,7 +107,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
     if isinstance(exc, RequestEntityTooLarge):
         return _error(PayloadTooLarge(f"body larger than {services().settings.max_body_bytes} bytes"))
-    return jsonify(_body(status, exc.name, exc.description or exc.name)), status
+    return jsonify(error_body(status, exc.name, exc.description or exc.name)), status
 
 
 __all__ = ["Services", "create_app"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app
 
@@ -24,6 +26,19 @@ class Services:
     policy: Policy
     clock: Callable[[], float]
     recorder: CommitClient  # the intake stores through it: the host's commit writer, or `store`
+
+
+def request_id_from(given: str) -> str:
+    """A proxy's `X-Request-Id` is kept if it is plain ASCII letters, digits and dashes (as
+    nginx's $request_id); otherwise the request gets an id of its own."""
+    if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").isalnum():
+        return given
+    return uuid.uuid4().hex
+
+
+def error_body(status: int, title: str, detail: str) -> dict[str, Any]:
+    """The JSON:API-style error document every refusal answers with."""
+    return {"errors": [{"status": str(status), "title": title, "detail": detail}]}
 
 
 def services() -> Services:
