@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import requests
 
 from webhook_app import tracing
@@ -284,7 +285,8 @@ class CommerceLayerClient:
                         timeout=self.timeout,
                     )
                     status = resp.status_code
-                    cl_trace_id = _trace_id(resp)
+                    answer = _json_answer(resp)
+                    cl_trace_id = _trace_id(answer)
                     sp.set("http.response.status_code", status)
                     sp.set("commercelayer.trace_id", cl_trace_id)
                 except requests.ConnectTimeout as exc:
@@ -306,13 +308,11 @@ class CommerceLayerClient:
             if 200 <= resp.status_code < 300:
                 if resp.status_code == 204 or not resp.content:
                     return {}
-                try:
-                    doc = resp.json()
-                except ValueError as exc:
+                if answer is _NOT_JSON:
                     raise RetryableCommerceLayerError(
                         f"{method} {route}: answer is not JSON", status=resp.status_code, uncertain=writes
-                    ) from exc
-                return doc if isinstance(doc, dict) else {}
+                    )
+                return answer if isinstance(answer, dict) else {}
             raise _error_from(resp, f"{method} {route}", uncertain=writes)
 
     def _record(
@@ -322,14 +322,23 @@ class CommerceLayerClient:
             self.on_call(CallRecord(method, route, status, seconds, waited, trace_id))
 
 
-def _trace_id(resp: requests.Response) -> str | None:
-    """Commerce Layer's `meta.trace_id` of an answer (success or error), if it has one."""
-    if "json" not in resp.headers.get("Content-Type", ""):
-        return None
+_NOT_JSON: Any = object()
+
+
+def _json_answer(resp: requests.Response) -> Any:
+    """The answer's JSON, decoded once (orjson: the worker reads every answer, on the way from
+    receipt to PATCH acknowledged); `_NOT_JSON` if it has none."""
+    if not resp.content:
+        return _NOT_JSON
     try:
-        meta = resp.json().get("meta")
-    except (ValueError, AttributeError):
-        return None
+        return orjson.loads(resp.content)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
+def _trace_id(answer: Any) -> str | None:
+    """Commerce Layer's `meta.trace_id` of an answer (success or error), if it has one."""
+    meta = answer.get("meta") if isinstance(answer, dict) else None
     value = meta.get("trace_id") if isinstance(meta, dict) else None
     return str(value)[:128] if value else None
 
