@@ -56,6 +56,9 @@ class Config:
     workers: int
     count: int  # distinct bodies
     conns: int = 0  # wrk connections; 0: two per gunicorn worker (one in hand, one waiting)
+    #: webhook-app's worker count; None: its own default (`webhook-app web` as deployed), while the
+    #: baseline keeps `workers`
+    ours_workers: int | None = None
 
     @property
     def connections(self) -> int:
@@ -102,9 +105,10 @@ class Server:
     """One receiver under test: `baseline`, `baseline-sqlite` (the durable hand-written reference),
     `sqlite` or `postgres` (ours)."""
 
-    def __init__(self, kind: str, workers: int, workdir: Path, run_id: str) -> None:
+    def __init__(self, kind: str, workers: int, workdir: Path, run_id: str, ours_workers: int | None = None) -> None:
         self.kind = kind
         self.workers = workers
+        self.ours_workers = ours_workers
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks/commercelayer"
@@ -163,7 +167,9 @@ class Server:
             )
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
-        argv = [PY, "-m", "webhook_app", "web", "--bind", bind, "--workers", str(self.workers)]
+        argv = [PY, "-m", "webhook_app", "web", "--bind", bind]
+        if self.ours_workers is not None:
+            argv += ["--workers", str(self.ours_workers)]
         self.proc = Proc(argv, env, log_path)
         wait_http(f"http://{bind}/readyz", proc=self.proc.proc)
 
@@ -251,6 +257,21 @@ def summarize_wrk(w: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def commit_batches(base_url: str) -> dict[str, float] | None:
+    """The group-commit writer's batches over the whole run (warm-up included), from /metrics."""
+    import re
+
+    import requests
+
+    try:
+        text = requests.get(base_url + "/metrics", timeout=10).text
+    except requests.RequestException:
+        return None
+    found = {k: float(v) for k, v in re.findall(r"^webhook_app_commit_batch_size_(sum|count) ([0-9.e+]+)$", text, re.M)}
+    n, total = found.get("count", 0.0), found.get("sum", 0.0)
+    return {"batches": n, "deliveries": total, "mean": round(total / n, 2) if n else 0.0}
+
+
 def profile_pids(pids: list[int], seconds: float, out_dir: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy on each worker for the measured run (non-blocking sampling, raw collapsed stacks)."""
     pyspy = Path(PY).parent / "py-spy"
@@ -296,7 +317,7 @@ def run_one(
     quiet_wait: float = 60.0,
 ) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
-    server = Server(kind, cfg.workers, workdir, run_id)
+    server = Server(kind, cfg.workers, workdir, run_id, ours_workers=cfg.ours_workers)
     log(f"ingest {cfg.name} {kind}: {cfg.size} bodies, {cfg.workers} workers, {cfg.connections} connections")
     result: dict[str, Any] = {
         "config": cfg.name,
@@ -344,6 +365,8 @@ def run_one(
         result.update(summarize_wrk(measured))
         result["rss"] = summarize(rss)
         result["rss_processes"] = rss
+        if not kind.startswith("baseline"):
+            result["commit_batches"] = commit_batches(server.url.rsplit("/webhooks", 1)[0])
         stored = server.stored()
         if stored is not None:
             code = "200" if kind == "baseline-sqlite" else "202"

@@ -60,6 +60,7 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "all_acknowledged_stored": all(r.get("all_acknowledged_stored", True) for r in rows),
         "wrapped": max(r["wrapped"] for r in rows),
         "duplicates_answered": sum(r["statuses"].get("200", 0) for r in rows if not r["server"].startswith("baseline")),
+        "commit_batch_mean": max((r.get("commit_batches") or {}).get("mean", 0.0) for r in rows),
     }
 
 
@@ -123,8 +124,8 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         configs += [
             Config("size-1k", "1k", 2, 10_000),
             Config("size-300k", "300k", 2, 1_000),
-            Config("workers-1", "30k", 1, 10_000),
-            Config("workers-4", "30k", 4, 10_000),
+            Config("workers-1", "30k", 1, 10_000, ours_workers=1),
+            Config("workers-4", "30k", 4, 10_000, ours_workers=4),
         ]
     for cfg in configs:
         kinds = servers + (reference if cfg.name == "main" else [])

@@ -210,7 +210,7 @@ class Settings:
     retry_max_seconds: float = _setting("WEBHOOK_APP_RETRY_MAX_SECONDS", _positive(float), 900.0)
     poll_interval: float = _setting("WEBHOOK_APP_POLL_INTERVAL", _positive(float), 0.1)
     db_timeout: float = _setting("WEBHOOK_APP_DB_TIMEOUT", _positive(float), 3.0)
-    web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 2)
+    web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 4)
     group_commit: bool = _setting("WEBHOOK_APP_GROUP_COMMIT", _bool, True)
     forwarded_hops: int = _setting("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0)
     log_level: str = _setting("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")

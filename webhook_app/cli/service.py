@@ -79,7 +79,7 @@ def register(sub: Any) -> None:
     def bind_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--bind", default=None, metavar="HOST:PORT", help="address to listen on (127.0.0.1:8000)")
         sp.add_argument(
-            "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 2)"
+            "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 4)"
         )
 
     sp = sub.add_parser("serve", help="run the web server and the worker together")
