@@ -73,7 +73,11 @@ def _ingest(ing: dict[str, Any]) -> list[str]:
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for _name, c in [("main", main)] + sweeps if main else sweeps:
-            label = f"{c['body_bytes']:,} B, {c['workers']} worker{'s' if c['workers'] > 1 else ''}, {c['connections']} conn."
+            ours = c.get("ours_workers")
+            label = (
+                f"{c['body_bytes']:,} B, baseline {c['workers']} worker{'s' if c['workers'] > 1 else ''}"
+                f" / ours {ours or 'default (4)'}, {c['connections']} conn."
+            )
             for kind, a in c["servers"].items():
                 v = c["vs_baseline"].get(kind)
                 lines.append(
@@ -104,14 +108,15 @@ def _headline(ing: dict[str, Any], name: str) -> list[str]:
             f"{bodies['30k']['count']:,} distinct signed bodies cycled through {ing.get('topics', 8)} topics, so every request is a new delivery.",
             "",
             "| server | req/s | p50 ms | p99 ms | errors | RSS master / worker MB | deliveries per commit | "
-            "req/s per round | other load %, max of rounds |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+            "CPU per request, us | req/s per round | other load %, max of rounds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for kind, a in main["servers"].items():
             batch = a.get("commit_batch_mean") or "-"
+            cpu = a.get("cpu_us_per_request")
             lines.append(
                 f"| {NAMES[kind]} | {a['rps']:,.0f} | {a['p50_ms']} | {a['p99_ms']} | {a['errors']} | "
-                f"{a['master_mb']} / {a['worker_max_mb']} | {batch} | "
+                f"{a['master_mb']} / {a['worker_max_mb']} | {batch} | {f'{cpu:,.0f}' if cpu else '-'} | "
                 f"{', '.join(f'{x:,.0f}' for x in a['rps_rounds'])} | {a['foreign_cpu_pct']} |"
             )
         lines += [

@@ -61,6 +61,10 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "wrapped": max(r["wrapped"] for r in rows),
         "duplicates_answered": sum(r["statuses"].get("200", 0) for r in rows if not r["server"].startswith("baseline")),
         "commit_batch_mean": max((r.get("commit_batches") or {}).get("mean", 0.0) for r in rows),
+        # CPU of the server's processes (and of PostgreSQL's) per request of the measured run
+        "cpu_us_per_request": _median(
+            [{"v": (r["cpu"]["server_cpu_s"] + r["cpu"]["postgres_cpu_s"]) / r["requests"] * 1e6} for r in rows], "v"
+        ),
     }
 
 
@@ -138,6 +142,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
         entry: dict[str, Any] = {
             "size": cfg.size,
             "workers": cfg.workers,
+            "ours_workers": cfg.ours_workers,
             "connections": cfg.connections,
             "body_bytes": bodies[cfg.size]["mean_bytes"],
             "servers": agg,
