@@ -21,7 +21,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gunicorn.app.base import Application
+from gunicorn.app.base import Application, BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from webhook_app.config import Settings
 
@@ -74,7 +75,24 @@ def prepare_metrics_dir() -> str:
     return path
 
 
-class _Gunicorn(Application):
+class _ArbiterWithWriter(BaseApplication):
+    """What gunicorn's `Application.run` calls last (`BaseApplication.run`), making our arbiter
+    instead of gunicorn's; `Application.run` (config checks, daemon, paths) stays gunicorn's."""
+
+    commit_writer: CommitWriterProcess | None = None
+
+    def run(self) -> None:
+        arbiter = _Arbiter(self)
+        arbiter.commit_writer = self.commit_writer
+        try:
+            arbiter.run()
+        except RuntimeError as exc:  # as BaseApplication.run does
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
+
+
+class _Gunicorn(Application, _ArbiterWithWriter):
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
     def __init__(
@@ -105,33 +123,53 @@ class _Gunicorn(Application):
 
 
 def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
-    """Serve the web app with gunicorn (blocks until gunicorn exits)."""
+    """Serve the web app with gunicorn (blocks until gunicorn exits), its commit writer beside it."""
     defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
     explicit: dict[str, Any] = {}
     if bind:
         explicit["bind"] = [bind]
     if workers:
         explicit["workers"] = workers
-    writer = CommitWriterProcess.start(settings)
+    app = _Gunicorn(settings, defaults, explicit, config_file)
+    app.commit_writer = CommitWriterProcess.start(settings)
     try:
-        _Gunicorn(settings, defaults, explicit, config_file).run()
+        app.run()
     finally:
-        if writer is not None:
-            writer.stop()
+        # gunicorn's workers are forked inside app.run(): one that exits unwinds through here too,
+        # and must leave the master's writer alone (stop() checks that it runs in the master).
+        if app.commit_writer is not None:
+            app.commit_writer.stop()
     return 0
+
+
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, which also looks after the commit writer from its own loop (no thread:
+    gunicorn forks its workers from this process, and a thread blocked in a read while it forks
+    leaves locks held in every worker)."""
+
+    commit_writer: CommitWriterProcess | None = None
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        if self.commit_writer is not None:
+            self.commit_writer.check()
 
 
 class CommitWriterProcess:
     """`webhook-app commit-writer` beside gunicorn (store/group_commit.py), restarted if it dies.
 
     Its stdin is a pipe from this process that is never written: when gunicorn has stopped (or
-    this process died), the pipe's end tells the writer to commit what it holds and exit. While it
-    is away, the web workers commit their own deliveries."""
+    this process died, and with it, soon after, its workers), the pipe's end tells the writer to
+    commit what it holds and exit. Its stdout is a pipe it never writes: its end tells this
+    process that the writer is gone, whoever reaped it (gunicorn reaps every child). While it is
+    away, the web workers commit their own deliveries."""
 
     def __init__(self) -> None:
+        self.owner = os.getpid()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="commit-writer", daemon=True)
+        self.started = 0.0
+        self.restarts = 0
+        self.restart_at: float | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> CommitWriterProcess | None:
@@ -140,45 +178,85 @@ class CommitWriterProcess:
         if not settings.group_commit or not group_commit.supported(settings.database_url):
             return None
         self = cls()
-        self.thread.start()
+        self._spawn()
         return self
 
-    def _run(self) -> None:
-        restarts = 0
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-            )
-            self.proc = proc
-            assert proc.stdout is not None
-            proc.stdout.read()  # its end: the writer exited
-            try:
-                code = proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - it closed stdout but lives on
-                proc.kill()
-                code = proc.wait()
-            if self.stopping.is_set():
+    def _spawn(self) -> None:
+        self.started = time.monotonic()
+        self.restart_at = None
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+
+    def _gone(self) -> bool:
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            return True
+        try:
+            readable, _, _ = select.select([proc.stdout], [], [], 0)
+            return bool(readable) and not os.read(proc.stdout.fileno(), 64)
+        except (OSError, ValueError):
+            return True
+
+    def check(self) -> None:
+        """From the arbiter's loop: notice the writer's exit, and start a new one after the
+        supervisor's backoff (restart_delay)."""
+        if os.getpid() != self.owner:
+            return
+        if self.restart_at is None:
+            if not self._gone():
                 return
-            restarts, delay = restart_delay(restarts, ran_for=time.monotonic() - started)
+            assert self.proc is not None
+            code = self.proc.poll()  # 0 if gunicorn reaped it first: its status went with it
+            self._close_pipes()
+            self.restarts, delay = restart_delay(self.restarts, ran_for=time.monotonic() - self.started)
+            self.restart_at = time.monotonic() + delay
             log.warning(
                 "commit writer exited; web workers commit their own deliveries until it is back",
                 extra={"exit_code": code, "restart_in_s": delay},
             )
-            self.stopping.wait(delay)
+        if time.monotonic() >= self.restart_at:
+            self._spawn()
+
+    def _close_pipes(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
 
     def stop(self, timeout: float = 15.0) -> None:
-        self.stopping.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
+        """In the master, after gunicorn's workers: end the writer's stdin and wait for it."""
+        if os.getpid() != self.owner:
+            return
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
             try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.thread.join(timeout=timeout)
+                proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        while proc.stdout is not None and time.monotonic() < deadline:
+            try:
+                readable, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+                if not readable or not os.read(proc.stdout.fileno(), 64):
+                    break
+            except (OSError, ValueError):
+                break
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - killed above
+            pass
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def run_commit_writer(settings: Settings) -> int:
