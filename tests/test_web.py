@@ -154,6 +154,28 @@ def test_store_failure_is_503_never_2xx(settings_factory, sqlite_store):
     assert r.status_code == 503 and r.headers["Retry-After"] and "full" in r.json["errors"][0]["detail"]
 
 
+def test_a_bug_in_the_intake_is_a_json_500_logged_and_counted(settings_factory, sqlite_store, caplog):
+    """The intake answers before Flask (web/intake.py): an unexpected exception is still a JSON
+    500 with a request id, its traceback in the log, and counted as a 500 for the alert."""
+    from webhook_app.web import metrics
+
+    class Buggy(type(sqlite_store)):
+        def record_delivery(self, *a, **kw):
+            raise RuntimeError("a bug")
+
+    buggy = Buggy(sqlite_store.path)
+    client = create_app(settings_factory(), store=buggy).test_client()
+    before = metrics.INTAKE_RESPONSES.labels("500")._value.get()
+    body = order_body("oBug1")
+    with caplog.at_level("ERROR"):
+        r = post(client, body, signed_headers(body))
+    assert r.status_code == 500 and r.json["errors"][0]["status"] == "500"
+    assert r.headers["X-Request-Id"] and r.headers["Cache-Control"] == "no-store"
+    assert "a bug" not in r.get_data(as_text=True)  # the answer does not echo the exception
+    assert any(rec.exc_info and "a bug" in str(rec.exc_info[1]) for rec in caplog.records)
+    assert metrics.INTAKE_RESPONSES.labels("500")._value.get() == before + 1
+
+
 def test_health_and_readiness(app_env):
     client, _ = app_env
     assert client.get("/healthz").json == {"status": "ok"}
