@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakecl import FakeCommerceLayer  # noqa: E402
+from procs import Service  # noqa: E402
 
 from webhook_app.config import Settings, parse_rate_limits  # noqa: E402
 from webhook_app.signing import WebhookSecret, sign  # noqa: E402
@@ -66,6 +67,15 @@ def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.migrate()
     yield s
     s.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Service]]:
+    """`Service`s a test starts, stopped in reverse order at its end."""
+    started: list[Service] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
 
 
 @pytest.fixture

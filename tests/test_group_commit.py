@@ -269,14 +269,6 @@ def test_the_writer_refuses_a_process_of_another_user(writer):
 
 
 # --- the real processes ------------------------------------------------------------------------
-@pytest.fixture
-def procs() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
-
-
 def _web(procs: list[Service], tmp_path: Path, db_url: str, workers: int = 4, **env: str) -> tuple[Service, str]:
     port = free_port()
     full = {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": db_url, **env}
@@ -285,6 +277,12 @@ def _web(procs: list[Service], tmp_path: Path, db_url: str, workers: int = 4, **
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/healthz", proc=web.proc)
     return web, url
+
+
+def _first_writer(web: Service) -> int:
+    """The pid of the commit writer `web` started, once it is ready."""
+    wait_until(lambda: _writer_pids(web), what="the commit writer's start")
+    return _writer_pids(web)[0]
 
 
 def _writer_pids(web: Service) -> list[int]:
@@ -343,8 +341,7 @@ def test_postgres_web_workers_commit_together_through_one_writer(procs, tmp_path
 def test_a_killed_writer_is_replaced_and_no_delivery_is_lost_meanwhile(procs, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'kill.db'}"
     web, url = _web(procs, tmp_path, db_url, workers=2)
-    wait_until(lambda: _writer_pids(web), what="the commit writer's start")
-    first = _writer_pids(web)[0]
+    first = _first_writer(web)
     os.kill(first, signal.SIGKILL)
     # Meanwhile each worker commits its own (after at most one 503 for a request the writer held).
     answers = _post_many(url, "ordMeanwhile", 40, threads=4)
@@ -366,8 +363,7 @@ def test_a_killed_writer_is_replaced_and_no_delivery_is_lost_meanwhile(procs, tm
 def test_web_stops_its_writer_and_group_commit_can_be_turned_off(procs, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'stop.db'}"
     web, url = _web(procs, tmp_path, db_url, workers=1)
-    wait_until(lambda: _writer_pids(web), what="the commit writer's start")
-    pid = _writer_pids(web)[0]
+    pid = _first_writer(web)
     assert web.stop() == 0
     wait_until(lambda: not _alive(pid), timeout=10, what="the writer's exit")
 

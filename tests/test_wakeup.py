@@ -5,7 +5,6 @@ wake-up, webhook_app/wakeup.py) and on PostgreSQL (LISTEN/NOTIFY)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from webhook_app import wakeup
 from webhook_app.store import open_store
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Service]]:
-    started: list[Service] = []
-    yield started
-    for p in reversed(started):
-        p.stop()
 
 
 def _worker_picks_up_at_once(procs: list[Service], tmp_path: Path, db_url: str) -> None:

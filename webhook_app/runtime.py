@@ -188,13 +188,20 @@ class CommitWriterProcess:
             [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
 
-    def _gone(self) -> bool:
+    def _gone(self, wait: float = 0.0) -> bool:
+        """True once the writer's stdout has reached its end (the writer exited), waiting up to
+        `wait` seconds for it."""
         proc = self.proc
         if proc is None or proc.stdout is None:
             return True
+        deadline = time.monotonic() + wait
         try:
-            readable, _, _ = select.select([proc.stdout], [], [], 0)
-            return bool(readable) and not os.read(proc.stdout.fileno(), 64)
+            while True:
+                readable, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+                if not readable:
+                    return False
+                if not os.read(proc.stdout.fileno(), 64):
+                    return True
         except (OSError, ValueError):
             return True
 
@@ -233,7 +240,7 @@ class CommitWriterProcess:
         """In the master, after gunicorn's workers: end the writer's stdin and wait for it."""
         if os.getpid() != self.owner:
             return
-        proc, self.proc = self.proc, None
+        proc = self.proc
         if proc is None:
             return
         if proc.stdin is not None:
@@ -241,16 +248,9 @@ class CommitWriterProcess:
                 proc.stdin.close()
             except OSError:
                 pass
-        deadline = time.monotonic() + timeout
-        while proc.stdout is not None and time.monotonic() < deadline:
-            try:
-                readable, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable or not os.read(proc.stdout.fileno(), 64):
-                    break
-            except (OSError, ValueError):
-                break
-        if proc.poll() is None and time.monotonic() >= deadline:
+        if not self._gone(wait=timeout) and proc.poll() is None:
             proc.kill()
+        self.proc = None
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - killed above

@@ -29,7 +29,7 @@ from webhook_app.events import Delivery
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import Cursorish, Row, SQLStore
+from webhook_app.store.sql import Cursorish, Row, SQLStore, delivery_values
 
 MIGRATIONS = migrations("postgres")
 
@@ -170,17 +170,7 @@ class PostgresStore(SQLStore):
             " RETURNING id)"
             " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
             (
-                delivery.identity,
-                delivery.topic,
-                delivery.resource_type,
-                delivery.resource_id,
-                delivery.order_id,
-                now,
-                delivery.secret_label,
-                json.dumps(delivery.headers),
-                delivery.body,
-                status,
-                s.replay_of,
+                *delivery_values(s, status),
                 now,
                 now,
                 now,
@@ -188,18 +178,10 @@ class PostgresStore(SQLStore):
                 delivery.is_order,
             ),
         )
-        if row is not None:
-            job_id = row["job_id"]
-            return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
-        existing = c.one(
-            "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-            " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
-            (delivery.identity,),
-        )
-        if existing is None:  # pragma: no cover - a conflicting row always exists once committed
-            raise StoreUnavailable("delivery conflicted but could not be read back")
-        job_id = existing["job_id"]
-        return Recorded(int(existing["id"]), True, None if job_id is None else int(job_id), existing["status"])
+        if row is None:
+            return self._stored_duplicate(c, delivery.identity)
+        job_id = row["job_id"]
+        return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
 
     # --- schema ---------------------------------------------------------------------------
     def migrate(self) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from webhook_app.errors import storable_text
+from webhook_app.errors import StoreUnavailable, storable_text
 from webhook_app.events import Delivery
 from webhook_app.store.base import (
     ActionClaim,
@@ -45,6 +45,25 @@ class Cursorish(abc.ABC):
     @abc.abstractmethod
     def run(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         """Execute; return the number of rows changed."""
+
+
+def delivery_values(s: Submission, status: str) -> tuple[Any, ...]:
+    """A submission's values for DELIVERY_COLUMNS."""
+    d = s.delivery
+    headers = json.dumps(d.headers)
+    return (
+        d.identity,
+        d.topic,
+        d.resource_type,
+        d.resource_id,
+        d.order_id,
+        s.now,
+        d.secret_label,
+        headers,
+        d.body,
+        status,
+        s.replay_of,
+    )
 
 
 class SQLStore(Store):
@@ -83,28 +102,10 @@ class SQLStore(Store):
             "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
             " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (identity) DO NOTHING RETURNING id",
-            (
-                delivery.identity,
-                delivery.topic,
-                delivery.resource_type,
-                delivery.resource_id,
-                delivery.order_id,
-                now,
-                delivery.secret_label,
-                json.dumps(delivery.headers),
-                delivery.body,
-                status,
-                s.replay_of,
-            ),
+            delivery_values(s, status),
         )
         if row is None:
-            existing = c.one(
-                "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
-                " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
-                (delivery.identity,),
-            )
-            assert existing is not None  # the conflicting row exists inside this transaction
-            return Recorded(int(existing["id"]), True, _opt_int(existing["job_id"]), existing["status"])
+            return self._stored_duplicate(c, delivery.identity)
         delivery_id = int(row["id"])
         job_id = None
         if delivery.is_order:
@@ -123,6 +124,17 @@ class SQLStore(Store):
             )
             job_id = int(job["id"]) if job else None
         return Recorded(delivery_id, False, job_id, status)
+
+    def _stored_duplicate(self, c: Cursorish, identity: str) -> Recorded:
+        """The stored delivery an insert conflicted with (same identity), as a duplicate."""
+        existing = c.one(
+            "SELECT d.id, d.status, j.id AS job_id FROM deliveries d"
+            " LEFT JOIN jobs j ON j.delivery_id = d.id WHERE d.identity = ?",
+            (identity,),
+        )
+        if existing is None:  # pragma: no cover - a conflicting row always exists once committed
+            raise StoreUnavailable("delivery conflicted but could not be read back")
+        return Recorded(int(existing["id"]), True, _opt_int(existing["job_id"]), existing["status"])
 
     def delivery_id_for_identity(self, identity: str) -> int | None:
         with self._tx(write=False) as c:
