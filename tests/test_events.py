@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from builders import order_body, order_document
@@ -6,7 +7,11 @@ from conftest import DATA, SECRET, signed_headers
 
 from webhook_app.errors import InvalidPayload, InvalidSignature
 from webhook_app.events import Delivery, Event, delivery_identity, json_depth, parse_document
+from webhook_app.policy import parse_policy, readiness
 from webhook_app.signing import parse_secrets
+from webhook_app.store import DeliveryFilter
+from webhook_app.topics import KNOWN_TOPICS, ORDER_TOPICS
+from webhook_app.worker import Worker
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 
@@ -163,3 +168,87 @@ def test_raw_json_depth_matches_the_decoded_depth():
         cases += [json.dumps(v).encode(), json.dumps(v, ensure_ascii=False, indent=1).encode()]
     for raw in cases:
         assert raw_json_depth(raw) == json_depth(json.loads(raw)), raw
+
+
+# --- topics: every one Commerce Layer sends is accepted, invented ones are refused ----------------
+
+REFERENCE_TOPICS = Path("/work/shared/commercelayer/topics.json")
+
+
+def _intake(settings_factory, sqlite_store, clock, policy=None):
+    from webhook_app.web import create_app
+
+    return create_app(settings_factory(), store=sqlite_store, clock=clock, policy=policy).test_client()
+
+
+def test_every_topic_commerce_layer_sends_is_accepted_through_the_intake(settings_factory, sqlite_store, clock):
+    # Topics the dashboard offers beyond the docs' order list (FACTS.md, "Webhook deliveries"): an
+    # operator who subscribes to one must not have every delivery refused (and the circuit opened).
+    client = _intake(settings_factory, sqlite_store, clock)
+    for n, topic in enumerate(("orders.placing", "orders.start_editing", "orders.tagged")):
+        body = order_body(f"ordNew{n}")
+        r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
+        assert r.status_code == 202 and r.json["status"] == "accepted", (topic, r.json)
+    for topic, rtype in (
+        ("customers.anonymization_completed", "customers"),
+        ("order_subscriptions.last_run_failed", "order_subscriptions"),
+        ("shipments.deliver", "shipments"),
+    ):
+        body = json.dumps({"data": {"id": "resA1", "type": rtype, "attributes": {}}}).encode()
+        r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
+        assert r.status_code == 200 and r.json["status"] == "ignored", (topic, r.json)
+    stored = {d.topic: d.status for d in sqlite_store.list_deliveries(DeliveryFilter())}
+    assert stored["orders.placing"] == "queued" and stored["customers.anonymization_completed"] == "ignored"
+    # The amplification guard stands: one captured body re-posted under invented topics is refused.
+    body = order_body("ordNew0")
+    for topic in ("orders.bogus", "orders.placed", "customers.teleport", "foo.bar"):
+        r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
+        assert r.status_code == 400, topic
+    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == 6
+
+
+def test_a_rule_on_a_new_order_topic_is_decided_by_the_worker(settings_factory, sqlite_store, clock):
+    policy = parse_policy(
+        {
+            "default": {"action": "skip"},
+            "rules": [
+                {
+                    "name": "while-editing",
+                    "topics": ["orders.start_editing"],
+                    "action": "skip",
+                    "when": {"field": "order.guest", "equals": False},
+                }
+            ],
+        }
+    )
+    client = _intake(settings_factory, sqlite_store, clock, policy)
+    body = order_body("ordEdit1", status="editing")
+    r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, "orders.start_editing"))
+    assert r.status_code == 202, r.json
+    worker = Worker(store=sqlite_store, policy=policy, settings=settings_factory(), client=None, clock=clock)
+    [outcome] = worker.drain()
+    assert outcome.state == "done" and outcome.decision is not None and outcome.decision.rule == "while-editing"
+
+
+def test_the_shipped_topics_are_commerce_layers_list():
+    assert len(KNOWN_TOPICS) == 187 and len(ORDER_TOPICS) == 22
+    assert {"orders.placing", "orders.tagged", "customers.anonymization_completed"} <= KNOWN_TOPICS
+    if REFERENCE_TOPICS.exists():
+        assert sorted(KNOWN_TOPICS) == sorted(json.loads(REFERENCE_TOPICS.read_text())["topics"])
+
+
+def test_the_sandbox_fires_the_order_topics_the_package_knows():
+    from commercelayer_sandbox import orders as sandbox_orders
+
+    assert sorted(sandbox_orders.ORDER_TOPICS) == sorted(ORDER_TOPICS)
+
+
+def test_gateway_readiness_knows_only_real_order_topics():
+    # A misspelt topic in the "after placing" list would silently drop a Braintree warning.
+    assert readiness.AFTER_PLACING <= set(ORDER_TOPICS)
+    assert {"orders.placing", "orders.start_editing", "orders.create_subscriptions"} <= readiness.AFTER_PLACING
+
+
+def test_configured_topics_add_to_the_known_ones(settings_factory):
+    s = settings_factory(extra_topics=("shipments.teleport",))
+    assert "shipments.teleport" in s.accepted_topics and KNOWN_TOPICS <= s.accepted_topics

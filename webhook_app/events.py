@@ -19,11 +19,10 @@ import orjson
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.signing import WebhookSecret, verify
-from webhook_app.topics import TOPIC_PATTERN
+from webhook_app.topics import ORDER_TOPIC_PREFIX, TOPIC_PATTERN
 
 SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
-ORDER_TOPIC_PREFIX = "orders."
 # Headers never stored: credentials a proxy might pass along, and replay tokens.
 _UNSTORED_HEADERS = frozenset(
     {"authorization", "cookie", "proxy-authorization", "x-admin-token", "x-webhook-app-replay"}

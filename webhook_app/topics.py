@@ -1,36 +1,36 @@
 """Commerce Layer's webhook topics: what a topic looks like and which ones it sends.
 
-The topics Commerce Layer sends (https://docs.commercelayer.io/developers/real-time-webhooks):
-the documented order topics, and the non-order ones seen in real webhook bodies (stored as
-`ignored`). Commerce Layer signs only the body, so the topic header is the sender's word: an
-allow-list keeps one captured delivery from being stored (and counted) under any topic.
-`WEBHOOK_APP_TOPICS` adds to it (the live list may be longer).
+The topics are the ones Commerce Layer's own dashboard lets an operator subscribe to, shipped with
+the package as `data/topics.json` (a copy of the reference list, with its source; 187 topics, 22 of
+them `orders.*`). Commerce Layer signs only the body, so the topic header is the sender's word: the
+intake stores a delivery only under one of these topics (or one `WEBHOOK_APP_TOPICS` adds), so one
+captured delivery cannot be stored (and counted) again under invented topics. Non-order topics are
+stored as `ignored`; the policy may act on any order topic.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from importlib import resources
 
 TOPIC_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63}$")
+ORDER_TOPIC_PREFIX = "orders."
 
-# The documented order topics: also what `webhooks register` subscribes to when the policy acts
-# on all of them.
-ORDER_TOPICS = (
-    "orders.create",
-    "orders.draft",
-    "orders.pending",
-    "orders.place",
-    "orders.approve",
-    "orders.cancel",
-    "orders.authorize",
-    "orders.void",
-    "orders.pay",
-    "orders.refund",
-    "orders.start_fulfilling",
-    "orders.cancel_fulfilling",
-    "orders.fulfill",
-    "orders.rebuild_shipments",
-    "orders.destroy",
-)
-OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
-KNOWN_TOPICS = frozenset(ORDER_TOPICS + OTHER_TOPICS)
+
+def _load() -> tuple[str, tuple[str, ...]]:
+    """The shipped list: package data, not configuration (it changes with the package only)."""
+    doc = json.loads((resources.files("webhook_app") / "data" / "topics.json").read_text(encoding="utf-8"))
+    topics = tuple(doc["topics"])
+    bad = [t for t in topics if not TOPIC_PATTERN.match(t)]
+    if bad or len(set(topics)) != len(topics):
+        raise ValueError(f"webhook_app/data/topics.json: malformed or repeated topic {bad[:1]}")
+    return str(doc.get("source", "")), topics
+
+
+TOPICS_SOURCE, ALL_TOPICS = _load()
+# Every topic Commerce Layer sends: what the intake accepts without WEBHOOK_APP_TOPICS.
+KNOWN_TOPICS = frozenset(ALL_TOPICS)
+# The order topics: what a policy rule may list, and what `webhooks register` subscribes to when
+# the policy acts on every order topic.
+ORDER_TOPICS = tuple(t for t in ALL_TOPICS if t.startswith(ORDER_TOPIC_PREFIX))

@@ -44,24 +44,32 @@ from commercelayer_sandbox.render import singular
 from commercelayer_sandbox.state import SandboxState
 from commercelayer_sandbox.timeutil import parse_iso_micros
 
-#: Commerce Layer's order topics (https://docs.commercelayer.io/developers/real-time-webhooks;
-#: the live list may be longer).
+#: Commerce Layer's order topics: the `orders.*` ones its dashboard lets an operator subscribe to
+#: (commercelayer/dashboard-apps, apps/webhooks/src/data/events.ts). webhook-app ships the same
+#: list (tests/test_events.py checks that the two agree).
 ORDER_TOPICS = (
+    "orders.approve",
+    "orders.authorize",
+    "orders.cancel",
+    "orders.cancel_fulfilling",
+    "orders.cancel_subscriptions",
     "orders.create",
+    "orders.create_subscriptions",
+    "orders.destroy",
     "orders.draft",
+    "orders.fulfill",
+    "orders.pay",
     "orders.pending",
     "orders.place",
-    "orders.approve",
-    "orders.cancel",
-    "orders.authorize",
-    "orders.void",
-    "orders.pay",
-    "orders.refund",
-    "orders.start_fulfilling",
-    "orders.cancel_fulfilling",
-    "orders.fulfill",
+    "orders.placing",
     "orders.rebuild_shipments",
-    "orders.destroy",
+    "orders.refund",
+    "orders.start_editing",
+    "orders.start_fulfilling",
+    "orders.stop_editing",
+    "orders.tagged",
+    "orders.tax_calculation_failed",
+    "orders.void",
 )
 #: Writable attributes that are stored and echoed, nothing more.
 STORED = (
@@ -147,7 +155,11 @@ def _cancel(o: Order, now: int) -> None:
 TRANSITIONS: dict[str, Callable[[Order, int], None]] = {
     "orders.draft": _set_status("draft"),
     "orders.pending": _set_status("pending"),
+    "orders.placing": _set_status("placing"),
     "orders.place": _set_status("placed", "placed_at"),
+    # `_start_editing` edits a placed order; `_stop_editing` returns it to placed (resources.json).
+    "orders.start_editing": _set_status("editing"),
+    "orders.stop_editing": _set_status("placed"),
     "orders.approve": _set_status("approved", "approved_at"),
     "orders.cancel": _cancel,
     "orders.authorize": _set_payment("authorized"),

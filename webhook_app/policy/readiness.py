@@ -21,9 +21,12 @@ from typing import Any
 from webhook_app.events import Event
 
 BRAINTREE = "braintree_payments"
-# Topics fired once the order is placed (or later): a Braintree nonce has been used by then.
+# Order topics fired once the order is placed, or while it is being placed (`orders.placing`:
+# the worker's call comes after the gateway's authorization): a Braintree nonce has been used by
+# then. Editing and subscriptions happen to placed orders only.
 AFTER_PLACING = frozenset(
     {
+        "orders.placing",
         "orders.place",
         "orders.approve",
         "orders.cancel",
@@ -34,6 +37,10 @@ AFTER_PLACING = frozenset(
         "orders.start_fulfilling",
         "orders.cancel_fulfilling",
         "orders.fulfill",
+        "orders.start_editing",
+        "orders.stop_editing",
+        "orders.create_subscriptions",
+        "orders.cancel_subscriptions",
     }
 )
 # Order statuses before placing, when a Braintree nonce is still unused.
