@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from builders import order_body
-from conftest import DATA
+from conftest import DATA, SECRET
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.signing import sign
@@ -71,7 +72,7 @@ def test_policy_check_invalid_policy_exits_non_zero_naming_rule_and_field(tmp_pa
         'when = { field = "order.total_amount_cents", greater = 5 }\n'
     )
     r = run("policy", "check", str(p))
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert "rule 'vip'" in r.stderr and "field 'when'" in r.stderr and "greater" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -171,3 +172,107 @@ def test_policy_check_is_honest_about_non_order_topics(tmp_path):
     r = run("policy", "check", str(bundled_policy_path()), str(f))
     assert r.returncode == 0
     assert "customers.create: not an order topic" in r.stdout and "orders.place" not in r.stdout
+
+
+TYPO_POLICY = (
+    'version = 1\n[default]\naction = "skip"\n\n[[rules]]\nname = "registered"\naction = "save_payment_source"\n'
+    'topics = ["orders.place"]\nwhen = { field = "order.gest", equals = false }\n'
+)
+TYPO_LINE = 'rule \'registered\': order.gest: orders have no attribute "gest"; did you mean "guest"?'
+
+
+def test_policy_check_refuses_a_misspelt_attribute_naming_the_line_and_the_nearest_name(tmp_path):
+    # Before: "policy OK" and exit 0, and every order fell to the default rule.
+    p = tmp_path / "typo.toml"
+    p.write_text(TYPO_POLICY)
+    r = run("policy", "check", str(p))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr == f"webhook-app: invalid policy: {p}:9: {TYPO_LINE}\n" and r.stdout == ""
+    fixed = tmp_path / "fixed.toml"
+    fixed.write_text(TYPO_POLICY.replace("order.gest", "order.guest"))
+    r = run("policy", "check", str(fixed))
+    assert r.returncode == 0 and r.stdout.strip() == "policy OK: 1 rules"
+
+
+def test_the_service_refuses_to_start_with_a_misspelt_attribute(tmp_path):
+    import os
+    import signal
+
+    p = tmp_path / "typo.toml"
+    p.write_text(TYPO_POLICY)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WEBHOOK_APP_POLICY": str(p),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+    }
+    for cmd in (["serve", "--bind", "127.0.0.1:0"], ["web", "--bind", "127.0.0.1:0"], ["worker"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "webhook_app", *cmd],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{cmd[0]} started with a policy naming order.gest") from None
+        assert proc.returncode == 2, (cmd, err)
+        assert err == f"webhook-app: invalid policy: {p}:9: {TYPO_LINE}\n", (cmd, err)
+        assert not (tmp_path / "svc.db").exists()  # refused before touching anything
+
+
+def test_policy_check_samples_decides_each_and_reports_rules_matching_none_or_all(tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "orders.place.stripe.json").write_bytes(order_body("oS1", source_type="stripe_payments"))
+    (samples / "orders.place.klarna.json").write_bytes(order_body("oK1", source_type="klarna_payments"))
+    (samples / "orders.place.guest.json").write_bytes(order_body("oG1", guest=True))
+    (samples / "customers.create.json").write_bytes(b'{"data":{"id":"cusAB12","type":"customers"}}')
+    (samples / "notes.json").write_text("{}")
+    (samples / "README.md").write_text("not a sample")
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        'version = 1\n[default]\naction = "skip"\n'
+        '[[rules]]\nname = "registered"\naction = "skip"\nwhen = { field = "order.guest", equals = false }\n'
+        '[[rules]]\nname = "everything"\naction = "skip"\nwhen = { field = "order.id", exists = true }\n'
+        '[[rules]]\nname = "nothing"\naction = "skip"\nwhen = { field = "market.code", equals = "zz" }\n'
+        '[[rules]]\nname = "pending-only"\naction = "skip"\ntopics = ["orders.pending"]\n'
+    )
+    r = run("policy", "check", str(policy), "--samples", str(samples))
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert sum("order o" in line and ": skip by rule " in line for line in out) == 3
+    assert any("customers.create: not an order topic" in line for line in out)
+    assert out[-5:] == [
+        "rule registered: matches 2 of 3 samples, decides 2",
+        "rule everything: matches EVERY sample (3 of 3), decides 1",
+        "rule nothing: matches NO sample (0 of 3)",
+        "rule pending-only: matches NO sample (0 of 3) (no sample is on its topics: orders.pending)",
+        "default: decides 0 of 3 samples",
+    ]
+    assert "notes.json: skipped: no topic in the name" in r.stderr
+    r = run("policy", "check", str(policy), "--samples", str(samples), "--json")
+    summary = json.loads(r.stdout.splitlines()[-1])
+    assert [(x["rule"], x["matched"], x["decided"]) for x in summary["rules"]][:2] == [
+        ("registered", 2, 2),
+        ("everything", 3, 1),
+    ]
+    r = run("policy", "check", str(policy), "--samples", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a directory" in r.stderr
+
+
+def test_policy_check_samples_of_commerce_layer(tmp_path):
+    # The reference samples (a guest order and two non-order topics) and the tests' own.
+    for d in (Path("/work/shared/commercelayer/samples"), DATA):
+        if not d.is_dir():
+            continue
+        r = run("policy", "check", str(bundled_policy_path()), "--samples", str(d))
+        assert r.returncode == 0, r.stderr
+        assert "rule save-registered-customer-source: matches NO sample (0 of 1)" in r.stdout
+        assert "default: decides 1 of 1 samples" in r.stdout

@@ -41,6 +41,8 @@ def test_wheel_has_no_sandbox_and_no_tests(wheel):
     assert not [n for n in names if ("sandbox" in n and n != "webhook_app/cli/sandbox.py") or n.startswith("tests/")]
     assert any(n.endswith("store/schema/sqlite/001.sql") for n in names)
     assert any(n.endswith("web/templates/admin/index.html") for n in names)
+    # The topics the intake accepts and the resource model policies are checked against.
+    assert {"webhook_app/data/topics.json", "webhook_app/data/resources.json"} <= set(names)
 
 
 def test_runtime_dependencies_are_what_the_service_uses(wheel):

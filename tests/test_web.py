@@ -265,7 +265,13 @@ def test_one_signed_body_is_stored_only_under_known_topics(settings_factory, sql
     client = create_app(settings_factory(), store=sqlite_store, clock=clock).test_client()
     body = order_body("o1")
     assert post(client, body, signed_headers(body, "orders.place")).status_code == 202
-    for topic in ("orders.bogus", "orders.place_again", "foo.bar", "shipments.teleport", *(f"x.t{n}" for n in range(40))):
+    for topic in (
+        "orders.bogus",
+        "orders.place_again",
+        "foo.bar",
+        "shipments.teleport",
+        *(f"x.t{n}" for n in range(40)),
+    ):
         r = post(client, body, signed_headers(body, topic))
         assert r.status_code == 400, topic
     assert len(sqlite_store.list_deliveries(DeliveryFilter())) == 1

@@ -56,6 +56,18 @@ class PolicyError(WebhookAppError):
         self.field = field
 
 
+class PolicyModelError(PolicyError):
+    """The policy names fields (or order topics) Commerce Layer's resources do not have.
+
+    `problems` holds one line each (`order.gest: orders have no attribute "gest"; did you mean
+    "guest"?`, with the file's line and the rule); the message is the first, counting the rest."""
+
+    def __init__(self, problems: tuple[str, ...]) -> None:
+        more = f" (and {len(problems) - 1} more: see `webhook-app policy check`)" if len(problems) > 1 else ""
+        super().__init__(problems[0] + more)
+        self.problems = problems
+
+
 class UsageError(WebhookAppError):
     """A command was given something it cannot use (a missing file, an unnamed topic)."""
 

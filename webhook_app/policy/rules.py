@@ -1,7 +1,9 @@
 """The policy language: conditions, rules, and the TOML file validated into a `Policy`.
 
 A policy is a TOML file, validated when loaded (errors name the rule and the field), with ordered,
-named rules (first match wins) and an explicit default. Nothing in it is executed as code.
+named rules (first match wins) and an explicit default. Nothing in it is executed as code. Every
+`field` is checked against the attributes the resources really have and every rule topic against
+Commerce Layer's order topics (`model.py`, `topics.py`): a misspelt name would match nothing.
 After a rule decides, the guards (`guards.py`) run; no rule can override them. See README.md
 ("Policy format") for the file format with examples.
 """
@@ -10,16 +12,16 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import re2
 
-from webhook_app.errors import PolicyError
+from webhook_app.errors import PolicyError, PolicyModelError
 from webhook_app.events import TOPIC_PATTERN, Event, Resource
-from webhook_app.policy import readiness, wallet
+from webhook_app.policy import model, readiness, wallet
 from webhook_app.policy.decision import (
     ACTIONS,
     SAVE,
@@ -30,6 +32,7 @@ from webhook_app.policy.decision import (
     Decision,
 )
 from webhook_app.policy.guards import apply_guards
+from webhook_app.topics import ORDER_TOPICS
 
 ROOTS = ("topic", "order", "customer", "payment_source", "market", "line_items", "wallet")
 # JSON:API `include_resources` each root needs in the webhook body.
@@ -219,6 +222,8 @@ class Rule:
     description: str = ""
     # The payment source types `when` limits the rule to (None: not limited) and rules out, for warnings.
     source_types: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
+    # The dotted `field` paths its conditions read.
+    fields: tuple[str, ...] = ()
 
     def matches(self, event: Event) -> bool:
         if self.topics is not None and event.topic not in self.topics:
@@ -265,6 +270,27 @@ class Policy:
             out += [f"rule {rule.name}: {w}" for w in readiness.topic_warnings(types, rule.topics)]
         if self.default.action == SAVE:
             out += [f"default: {w}" for w in readiness.topic_warnings(self.wallet_source_types, None)]
+        return out + self._payment_source_notes()
+
+    def _payment_source_notes(self) -> list[str]:
+        """A `payment_source.*` field only some payment source types have, read by a rule that is
+        not limited to those types: on the others the field is missing."""
+        m = model.load_model()
+        out = []
+        for rule in self.rules:
+            limited, excluded = rule.source_types
+            types = (frozenset(m.payment_source_types) if limited is None else limited) - excluded
+            for fld in dict.fromkeys(rule.fields):
+                root, _, rest = fld.partition(".")
+                name = rest.split(".")[0]
+                if root != "payment_source" or name in ("id", "type"):
+                    continue
+                having = m.types_with(name)
+                if having and types - having:
+                    out.append(
+                        f"rule {rule.name}: {fld}: only {', '.join(sorted(having))} have {name!r}; "
+                        "on other payment sources it is missing"
+                    )
         return out
 
     def topics(self) -> frozenset[str] | None:
@@ -296,17 +322,49 @@ def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file."""
     p = Path(path)
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except OSError as exc:
         raise PolicyError(f"cannot read {p}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{p} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise PolicyError(f"{p} is not UTF-8 text") from None
-    return parse_policy(raw, source=str(p))
+    return parse_policy(raw, source=str(p), text=text)
 
 
-def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
+@dataclass(frozen=True)
+class _Problem:
+    """A name the resource model does not have: `needle` is the quoted name, to find its line."""
+
+    rule: str
+    where: str
+    needle: str
+    message: str
+
+
+def _problem_lines(problems: Sequence[_Problem], source: str, text: str | None) -> tuple[str, ...]:
+    """One line per problem: `FILE:LINE: rule 'r': message` when the name is found in the file's
+    text (the nth problem on a name at its nth occurrence), else naming the rule and the field."""
+    lines = text.splitlines() if text is not None else []
+    seen: dict[str, int] = {}
+    out = []
+    for p in problems:
+        nth = seen[p.needle] = seen.get(p.needle, 0) + 1
+        found = [
+            n
+            for n, line in enumerate(lines, 1)
+            for _ in range(line.count(f'"{p.needle}"') + line.count(f"'{p.needle}'"))
+        ]
+        if len(found) >= nth:
+            out.append(f"{source}:{found[nth - 1]}: rule {p.rule!r}: {p.message}")
+        else:
+            out.append(f"rule {p.rule!r}, field {p.where!r}: {p.message}")
+    return tuple(out)
+
+
+def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>", text: str | None = None) -> Policy:
+    """Validate a decoded policy; `text`, the file's own text, lets errors name their line."""
     allowed_top = {"version", "default", "rules", "wallet_source_types", "wallet_match"}
     unknown = set(raw) - allowed_top
     if unknown:
@@ -323,8 +381,9 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
         raise PolicyError("`rules` must be an array of tables ([[rules]])", field="rules")
     rules: list[Rule] = []
     seen: set[str] = set()
+    problems: list[_Problem] = []
     for n, r in enumerate(rules_raw):
-        rule = _parse_rule(r, n, roots)
+        rule = _parse_rule(r, n, roots, problems)
         if rule.name in seen:
             raise PolicyError("rule names must be unique", rule=rule.name, field="name")
         seen.add(rule.name)
@@ -335,6 +394,8 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>") -> Policy:
         if not isinstance(wst, list) or not all(isinstance(t, str) and t for t in wst):
             raise PolicyError("must be a list of payment source types", field="wallet_source_types")
         wallet_types = frozenset(wst)
+    if problems:
+        raise PolicyModelError(_problem_lines(problems, source, text))
     return Policy(
         rules=tuple(rules),
         default=default_decision,
@@ -388,7 +449,7 @@ def _parse_strategy(d: Mapping[str, Any], action: str, rule: str) -> str | None:
     return strategy
 
 
-def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
+def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Rule:
     label = f"#{n + 1}"
     if not isinstance(r, Mapping):
         raise PolicyError("each rule must be a table", rule=label)
@@ -410,6 +471,15 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
         for t in topics_raw:
             if not isinstance(t, str) or not TOPIC_PATTERN.match(t) or not t.startswith("orders."):
                 raise PolicyError(f"{t!r} is not an order topic like `orders.place`", rule=name, field="topics")
+            if t not in ORDER_TOPICS:
+                problems.append(
+                    _Problem(
+                        name,
+                        "topics",
+                        t,
+                        f'{t}: Commerce Layer sends no order topic "{t}"{model.suggest(t, ORDER_TOPICS)}',
+                    )
+                )
         topics = frozenset(topics_raw)
     description = r.get("description", "")
     if not isinstance(description, str):
@@ -418,6 +488,11 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
     predicate: Predicate = (
         (lambda e: True) if when is None else _compile_condition(when, rule=name, where="when", roots=roots)
     )
+    fields = list(_fields(when, "when"))
+    for where, fld in fields:
+        problem = model.check_field(tuple(fld.split(".")))
+        if problem is not None:
+            problems.append(_Problem(name, where, fld, problem))
     return Rule(
         name=name,
         action=action,
@@ -426,7 +501,22 @@ def _parse_rule(r: Any, n: int, roots: set[str]) -> Rule:
         strategy=strategy,
         description=description,
         source_types=_source_types(when),
+        fields=tuple(fld for _, fld in fields),
     )
+
+
+def _fields(node: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(where, field) for each condition under a `when` that has compiled (so is well formed)."""
+    if node is None:
+        return
+    if "not" in node:
+        yield from _fields(node["not"], f"{where}.not")
+    elif "all" in node or "any" in node:
+        op = "all" if "all" in node else "any"
+        for i, c in enumerate(node[op]):
+            yield from _fields(c, f"{where}.{op}[{i}]")
+    else:
+        yield f"{where}.field", node["field"]
 
 
 def _source_types(node: Any) -> tuple[frozenset[str] | None, frozenset[str]]:
