@@ -119,7 +119,7 @@ def test_every_problem_is_listed_with_its_own_line(tmp_path):
 def test_a_payment_source_field_some_types_lack_is_valid_with_a_warning():
     only_klarna = parse_policy(tomllib.loads(rule('{ field = "payment_source.auth_token", exists = true }')))
     assert [w for w in only_klarna.warnings() if "auth_token" in w] == [
-        "rule r1: payment_source.auth_token: only klarna_payments have 'auth_token'; "
+        'rule r1: payment_source.auth_token: only klarna_payments have "auth_token"; '
         "on other payment sources it is missing"
     ]
     limited = parse_policy(

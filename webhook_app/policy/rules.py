@@ -288,7 +288,7 @@ class Policy:
                 having = m.types_with(name)
                 if having and types - having:
                     out.append(
-                        f"rule {rule.name}: {fld}: only {', '.join(sorted(having))} have {name!r}; "
+                        f'rule {rule.name}: {fld}: only {", ".join(sorted(having))} have "{name}"; '
                         "on other payment sources it is missing"
                     )
         return out
