@@ -331,3 +331,13 @@ def test_database_bytes_is_the_size_on_disk_and_grows(store):
     for n in range(300):
         store.record_delivery(delivery(f"grow{n}", metadata={"pad": "x" * 4000}), now=T0)
     assert store.database_bytes() > before
+
+
+def test_heartbeats_keep_the_newest_time(store):
+    assert store.last_heartbeat("worker") is None
+    store.record_heartbeat("worker", now=T0 + 10)
+    store.record_heartbeat("worker", now=T0)  # a worker whose clock is behind cannot move it back
+    assert store.last_heartbeat("worker") == T0 + 10
+    store.record_heartbeat("worker", now=T0 + 20)
+    assert store.last_heartbeat("worker") == T0 + 20
+    assert store.last_heartbeat("other") is None

@@ -39,6 +39,9 @@ BUSY_RETRY_SECONDS = 1.0
 # A save Commerce Layer answered without error, after which no wallet entry for the source appears.
 SAVED_WITHOUT_ENTRY = "saved_without_entry"
 PRUNE_BATCHES_PER_TICK = 4
+# How often a polling worker records that it is alive (`Store.record_heartbeat`): `doctor` calls a
+# worker silent for a minute not running.
+HEARTBEAT_SECONDS = 10.0
 
 
 def retry_delay(
@@ -97,6 +100,7 @@ class Worker:
         self._read_settled = False  # this attempt has read the order's current state
         self._claimed_at = float("-inf")  # when run_once claimed the job in hand (its leases' start)
         self._next_prune = 0.0  # the first prune runs soon after start
+        self._next_beat = 0.0  # the first heartbeat is written at the first poll
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -122,6 +126,7 @@ class Worker:
                 stop.wait(wait)
                 continue
             self.maybe_prune()
+            self.maybe_heartbeat()
             if not busy:
                 self._idle(stop)
         log.info("worker stopped", extra={"worker": self.id})
@@ -134,6 +139,18 @@ class Worker:
             left = deadline - time.monotonic()
             if left <= 0 or self.store.wait_for_jobs(min(left, 0.5)):
                 return
+
+    def maybe_heartbeat(self) -> None:
+        """Every HEARTBEAT_SECONDS, record in the store that a worker polls (`doctor` reads it,
+        whichever host it runs on). A failure is logged; the loop's store checks do the rest."""
+        now = self.clock()
+        if now < self._next_beat:
+            return
+        self._next_beat = now + HEARTBEAT_SECONDS
+        try:
+            self.store.record_heartbeat("worker", now=now)
+        except StoreError as exc:
+            log.warning("heartbeat not recorded", extra={"error": str(exc)})
 
     def maybe_prune(self) -> retention.PruneReport | None:
         """Between jobs, when due: a few prune batches (a backlog is worked off tick by tick, so

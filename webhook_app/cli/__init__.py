@@ -5,7 +5,7 @@
     forget    forget --customer | --email
     replay    replay                        reconcile  reconcile
     webhooks  webhooks register | status    admin      admin-token
-    wallet    wallet duplicates
+    wallet    wallet duplicates              doctor     doctor --callback-url URL
     sandbox   hands over to commercelayer-sandbox
 
 Every command reads its settings once with `Settings.from_env()`; a bad setting, policy, file or
@@ -18,11 +18,24 @@ import argparse
 from collections.abc import Sequence
 
 from webhook_app import __version__
-from webhook_app.cli import admin, db, forget, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
+from webhook_app.cli import (
+    admin,
+    db,
+    doctor,
+    forget,
+    policy,
+    reconcile,
+    replay,
+    sandbox,
+    service,
+    sign,
+    wallet,
+    webhooks,
+)
 from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
-GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, admin, sandbox)
+GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, doctor, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

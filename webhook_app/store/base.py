@@ -373,5 +373,13 @@ class Store(abc.ABC):
         """`pending`, `running`, `done` or `dead`; None if there is no such job."""
 
     @abc.abstractmethod
+    def record_heartbeat(self, name: str, *, now: float) -> None:
+        """Say that `name` (e.g. `worker`) is alive at `now`; the newest time is kept."""
+
+    @abc.abstractmethod
+    def last_heartbeat(self, name: str) -> float | None:
+        """When `name` last said it was alive; None if never."""
+
+    @abc.abstractmethod
     def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
         """The subset of `order_ids` that have a job here (from any delivery, in any state)."""

@@ -512,6 +512,20 @@ class SQLStore(Store):
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
         return str(row["state"]) if row else None
 
+    def record_heartbeat(self, name: str, *, now: float) -> None:
+        with self._tx() as c:
+            c.run(
+                "INSERT INTO heartbeats (name, seen_at) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET seen_at = CASE"
+                " WHEN excluded.seen_at > heartbeats.seen_at THEN excluded.seen_at ELSE heartbeats.seen_at END",
+                (name, now),
+            )
+
+    def last_heartbeat(self, name: str) -> float | None:
+        with self._tx(write=False) as c:
+            row = c.one("SELECT seen_at FROM heartbeats WHERE name = ?", (name,))
+        return None if row is None else float(row["seen_at"])
+
     def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
         found: set[str] = set()
         for chunk in _chunks(order_ids, 500):
