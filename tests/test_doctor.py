@@ -238,3 +238,11 @@ def test_an_open_circuit_is_a_failure_with_the_reset_command(tmp_path, receiver)
         assert r.returncode == 1
         line = next(x for x in r.stdout.splitlines() if "webhook circuits" in x)
         assert line.startswith("\u2717") and "HookDoc000 (orders.place)" in line and "--reset-open" in line
+
+
+def test_a_misspelt_policy_attribute_fails_the_policy_line_with_the_nearest_name(healthy, tmp_path):
+    typo = tmp_path / "typo.toml"
+    typo.write_text(healthy.policy.read_text() + '\n[rules.when]\nall = [{ field = "order.gest", equals = false }]\n')
+    code, checks = healthy.doctor(WEBHOOK_APP_POLICY=str(typo))
+    assert code == 1 and "policy" in failed(checks)
+    assert 'did you mean "guest"' in checks["policy"]["detail"]
