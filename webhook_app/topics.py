@@ -33,4 +33,12 @@ ORDER_TOPICS = (
     "orders.destroy",
 )
 OTHER_TOPICS = ("customers.create", "in_stock_subscriptions.notify")
-KNOWN_TOPICS = frozenset(ORDER_TOPICS + OTHER_TOPICS)
+# A customer's anonymization request (FACTS.md): the worker honours `_completed` by erasing the
+# customer's stored bodies (ops/anonymization.py) and records all four in the operations log.
+ANONYMIZATION_TOPICS = (
+    "customers.anonymization_started",
+    "customers.anonymization_completed",
+    "customers.anonymization_cancelled",
+    "customers.anonymization_failed",
+)
+KNOWN_TOPICS = frozenset(ORDER_TOPICS + OTHER_TOPICS + ANONYMIZATION_TOPICS)
