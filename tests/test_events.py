@@ -189,8 +189,14 @@ def test_every_topic_commerce_layer_sends_is_accepted_through_the_intake(setting
         body = order_body(f"ordNew{n}")
         r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
         assert r.status_code == 202 and r.json["status"] == "accepted", (topic, r.json)
+    # An anonymization is queued for the worker (it erases the customer's bodies); others are ignored.
+    body = json.dumps({"data": {"id": "cusA1", "type": "customers", "attributes": {}}}).encode()
+    r = client.post(
+        "/webhooks/commercelayer", data=body, headers=signed_headers(body, "customers.anonymization_completed")
+    )
+    assert r.status_code == 202 and r.json["status"] == "accepted", r.json
     for topic, rtype in (
-        ("customers.anonymization_completed", "customers"),
+        ("customers.create", "customers"),
         ("order_subscriptions.last_run_failed", "order_subscriptions"),
         ("shipments.deliver", "shipments"),
     ):
@@ -198,13 +204,14 @@ def test_every_topic_commerce_layer_sends_is_accepted_through_the_intake(setting
         r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
         assert r.status_code == 200 and r.json["status"] == "ignored", (topic, r.json)
     stored = {d.topic: d.status for d in sqlite_store.list_deliveries(DeliveryFilter())}
-    assert stored["orders.placing"] == "queued" and stored["customers.anonymization_completed"] == "ignored"
+    assert stored["orders.placing"] == "queued" and stored["customers.anonymization_completed"] == "queued"
+    assert stored["order_subscriptions.last_run_failed"] == "ignored"
     # The amplification guard stands: one captured body re-posted under invented topics is refused.
     body = order_body("ordNew0")
     for topic in ("orders.bogus", "orders.placed", "customers.teleport", "foo.bar"):
         r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body, topic))
         assert r.status_code == 400, topic
-    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == 6
+    assert len(sqlite_store.list_deliveries(DeliveryFilter())) == 7
 
 
 def test_a_rule_on_a_new_order_topic_is_decided_by_the_worker(settings_factory, sqlite_store, clock):

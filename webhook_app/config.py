@@ -235,6 +235,10 @@ class Settings:
     # are replaced in stored bodies once a delivery is settled and REDACT_AFTER_DAYS old.
     redact_fields: tuple[str, ...] = _setting("WEBHOOK_APP_REDACT_FIELDS", _field_names, ())
     redact_after_days: float = _setting("WEBHOOK_APP_REDACT_AFTER_DAYS", _positive(float), 7.0)
+    # Honour Commerce Layer's `customers.anonymization_completed` by erasing the customer's stored
+    # bodies and headers (ops/anonymization.py), in enforce and shadow mode alike; off: recorded
+    # as not honoured, nothing erased (`webhook-app forget` by hand).
+    honour_anonymization: bool = _setting("WEBHOOK_APP_HONOUR_ANONYMIZATION", _bool, True)
     # The longest the policy may take to decide one job (the worker's main thread only): a job over
     # it is failed like any other error, retried, then dead-lettered; the worker goes on.
     decide_budget: float = _setting("WEBHOOK_APP_DECIDE_BUDGET_SECONDS", _positive(float), 5.0)

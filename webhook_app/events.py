@@ -19,7 +19,7 @@ import orjson
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.signing import WebhookSecret, verify
-from webhook_app.topics import ORDER_TOPIC_PREFIX, TOPIC_PATTERN
+from webhook_app.topics import ANONYMIZATION_TOPICS, ORDER_TOPIC_PREFIX, TOPIC_PATTERN
 
 SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
@@ -140,6 +140,10 @@ def is_order_topic(topic: str) -> bool:
     return topic.startswith(ORDER_TOPIC_PREFIX)
 
 
+def is_anonymization_topic(topic: str) -> bool:
+    return topic in ANONYMIZATION_TOPICS
+
+
 _TOPIC_IN_NAME = re.compile(r"^([a-z][a-z0-9_]{0,63}\.[a-z][a-z0-9_]{0,63})\.")
 
 
@@ -165,6 +169,16 @@ class Delivery:
     @property
     def is_order(self) -> bool:
         return is_order_topic(self.topic) and self.resource_type == "orders"
+
+    @property
+    def is_anonymization(self) -> bool:
+        """A customer's anonymization event: the worker honours it (ops/anonymization.py)."""
+        return is_anonymization_topic(self.topic) and self.resource_type == "customers"
+
+    @property
+    def queued(self) -> bool:
+        """Stored with a job for the worker (`queued`), or only kept (`ignored`)."""
+        return self.is_order or self.is_anonymization
 
     def as_replay(self, nonce: str) -> Delivery:
         """The same delivery, made distinct from the original (and other replays) by `nonce`."""
@@ -194,6 +208,8 @@ class Delivery:
         data = doc["data"]
         if is_order_topic(topic) and data["type"] != "orders":
             raise InvalidPayload(f"topic {topic} carries a `{data['type']}` resource, not `orders`")
+        if is_anonymization_topic(topic) and data["type"] != "customers":
+            raise InvalidPayload(f"topic {topic} carries a `{data['type']}` resource, not `customers`")
         return cls(
             topic=topic,
             body=body,

@@ -290,6 +290,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     from webhook_app import tracing
     from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.ops.anonymization import Anonymizer
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
     from webhook_app.web import metrics
@@ -316,6 +317,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         client=client,
         observer=metrics.record_worker_event,
         on_poll=metrics.record_worker_poll,
+        handlers=Anonymizer(store, enabled=settings.honour_anonymization).handlers(),
     )
     if metrics_port:
         metrics.serve_worker_metrics(metrics_port, store)

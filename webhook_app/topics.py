@@ -34,3 +34,11 @@ KNOWN_TOPICS = frozenset(ALL_TOPICS)
 # The order topics: what a policy rule may list, and what `webhooks register` subscribes to when
 # the policy acts on every order topic.
 ORDER_TOPICS = tuple(t for t in ALL_TOPICS if t.startswith(ORDER_TOPIC_PREFIX))
+# A customer's anonymization request (FACTS.md): the worker honours `_completed` by erasing the
+# customer's stored bodies (ops/anonymization.py) and records all four in the operations log.
+ANONYMIZATION_TOPICS = (
+    "customers.anonymization_started",
+    "customers.anonymization_completed",
+    "customers.anonymization_cancelled",
+    "customers.anonymization_failed",
+)

@@ -20,8 +20,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from webhook_app import tracing
@@ -70,6 +70,22 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Handled:
+    """What a job about no order (a topic handler's) came to: recorded as its decision; `observe`
+    goes to the observer as a `handled` event (metrics)."""
+
+    decision: Decision
+    outcome: str
+    observe: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Works one job whose topic is not an order event's (the runtime passes ops/anonymization.py's);
+#: `(job, now) -> Handled`. A StoreError is retried like any job's failure; InvalidPayload (the
+#: stored body no longer parses) dead-letters it.
+TopicHandler = Callable[[Job, float], Handled]
+
+
 class Worker:
     def __init__(
         self,
@@ -83,6 +99,7 @@ class Worker:
         rng: random.Random | None = None,
         observer: Callable[[str, dict[str, Any]], None] | None = None,
         on_poll: Callable[[float], None] | None = None,
+        handlers: Mapping[str, TopicHandler] | None = None,
     ) -> None:
         if not settings.shadow and client is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
@@ -95,6 +112,7 @@ class Worker:
         self.rng = rng or random.Random()
         self.observer = observer
         self.on_poll = on_poll
+        self.handlers = dict(handlers or {})
         self._cl_trace_ids: list[str] = []
         self.mode = "shadow" if settings.shadow else "enforce"
         self._read_settled = False  # this attempt has read the order's current state
@@ -251,6 +269,11 @@ class Worker:
         return outcome
 
     def _process(self, job: Job) -> Outcome:
+        handler = self.handlers.get(job.topic)
+        if handler is not None:
+            return self._handle(job, handler)
+        if not job.order_id:  # a job about no order, and this worker has no handler for its topic
+            return self._dead(job, f"no handler for topic {job.topic} in this worker", None)
         try:
             event = Event.from_body(job.topic, job.body, max_depth=self.settings.max_json_depth)
         except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying
@@ -266,6 +289,17 @@ class Worker:
                 )
             return self._finish(job, decision, "shadow")
         return self._enforce(job, event, decision)
+
+    def _handle(self, job: Job, handler: TopicHandler) -> Outcome:
+        """A job about no order: its topic's handler does the work (no policy, no mode)."""
+        try:
+            handled = handler(job, self.clock())
+        except InvalidPayload as exc:
+            return self._dead(job, f"stored body no longer parses: {exc}", None)
+        outcome = self._finish(job, handled.decision, handled.outcome)
+        if outcome.state == "done":
+            self._observe("handled", job, **handled.observe)
+        return outcome
 
     def _enforce(self, job: Job, event: Event, decision: Decision) -> Outcome:
         assert self.client is not None

@@ -7,6 +7,7 @@ and the stats use):
     GET    /api/orders                                       [orders.list]
     GET    /api/orders/{id}                                  [orders.get]
     PATCH  /api/orders/{id}                                  [orders.patch]
+    PATCH  /api/customers/{id}                               [customers.patch] (anonymization triggers only)
     GET    /api/customer_payment_sources                     [customer_payment_sources]
     DELETE /api/customer_payment_sources/{id}                [customer_payment_sources.delete]
     GET    /api/webhooks                                     [webhooks.list]
@@ -51,10 +52,10 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from commercelayer_sandbox import bodies, control, schema, tokens
+from commercelayer_sandbox import anonymization, bodies, control, schema, tokens
 from commercelayer_sandbox import webhooks as webhook_rules
 from commercelayer_sandbox.config import Window
-from commercelayer_sandbox.errors import ApiError, not_found
+from commercelayer_sandbox.errors import ApiError, SandboxError, invalid, not_found
 from commercelayer_sandbox.faults import NO_FAULT, FaultDecision
 from commercelayer_sandbox.orders import (
     Page,
@@ -164,6 +165,7 @@ class _Api:
             Route("orders.list", "/api/orders", "GET", self.orders_list),
             Route("orders.get", "/api/orders/<order_id>", "GET", self.orders_get),
             Route("orders.patch", "/api/orders/<order_id>", "PATCH", self.orders_patch),
+            Route("customers.patch", "/api/customers/<customer_id>", "PATCH", self.customers_patch),
             Route("customer_payment_sources", "/api/customer_payment_sources", "GET", self.wallet_list),
             Route(
                 "customer_payment_sources.delete",
@@ -505,6 +507,44 @@ class _Api:
             doc = renderer.document("orders", state.order(order_id), include)
         self._check_order_document(doc, relaxed=bool(include))
         return jsonapi(doc)
+
+    def customers_patch(self, customer_id: str) -> Response:
+        """`_request_anonymization` / `_cancel_anonymization` (the only customer changes the
+        sandbox models); refused for a sales channel's token, as Commerce Layer documents."""
+        sandbox, state = self.sandbox, self.sandbox.state
+        doc = self._json_body()
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, dict) or data.get("type") != "customers" or data.get("id") != customer_id:
+            raise ApiError(
+                400, "BAD_REQUEST", "Bad request", "the body must be {data: {type: customers, id: ID, attributes}}"
+            )
+        attrs = data.get("attributes") or {}
+        triggers = ("_request_anonymization", "_cancel_anonymization")
+        problems = [
+            invalid(f"the sandbox models only {' and '.join(triggers)} on customers", pointer=f"/data/attributes/{k}")
+            for k in (attrs if isinstance(attrs, dict) else {})
+            if k not in triggers
+        ]
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        token = state.valid_token(value.strip(), now=sandbox.now())
+        kind = ((token.claims.get("application") or {}).get("kind") if token else None) or ""
+        if kind == "sales_channel":
+            problems += [invalid("cannot be passed by sales channels", pointer=f"/data/attributes/{k}") for k in attrs]
+        if problems:
+            raise ApiError.many(422, problems)
+        with state.lock:
+            customer = state.customer(customer_id)
+            try:
+                if attrs.get("_request_anonymization") is True:
+                    anonymization.request(customer, sandbox.now_ms())
+                if attrs.get("_cancel_anonymization") is True:
+                    topic = "customers.anonymization_cancelled"
+                    anonymization.transition(state, customer, topic, sandbox.now_ms())
+                    sandbox.fire_customer(topic, customer)
+            except SandboxError as exc:
+                name = next(k for k in triggers if attrs.get(k) is True)
+                raise ApiError.many(422, [invalid(exc.message, pointer=f"/data/attributes/{name}")]) from None
+            return jsonapi(self._renderer().document("customers", customer, self._include("customers")))
 
     def orders_list(self) -> Response:
         state = self.sandbox.state

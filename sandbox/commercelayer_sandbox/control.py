@@ -30,7 +30,10 @@ scenario, configuration or fault spec is a 400 whose `source.pointer` names the 
     POST   /_sandbox/tokens/expire       every issued token expires now -> {"expired": N}
     POST   /_sandbox/events              body: {"topic", "order_id" | "order_ids": [...],
                                          "transition": false} -> 202 {"events": [{id, topic,
-                                         order_id, webhook_ids}]}
+                                         order_id, webhook_ids}]}; for the
+                                         customers.anonymization_* topics "customer_id" |
+                                         "customer_ids" instead, and `transition` moves the
+                                         anonymization request (anonymization.py)
     GET    /_sandbox/events              every triggered event
     GET    /_sandbox/event_callbacks     ?webhook_id=&event_id=&topic= -> {"event_callbacks":
                                          [{id, webhook_id, event_id, topic, attempt,
@@ -158,6 +161,14 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         body = _body()
         if not isinstance(body, dict):
             raise SandboxError("", "the body must be an object")
+        if "customer_id" in body or "customer_ids" in body:
+            cids = body.get("customer_ids", [body["customer_id"]] if "customer_id" in body else None)
+            if not isinstance(cids, list) or not cids or not all(isinstance(i, str) for i in cids):
+                raise SandboxError("customer_ids", "give customer_id (a string) or customer_ids (a list of strings)")
+            if not isinstance(body.get("topic"), str):
+                raise SandboxError("topic", "is required")
+            fired = sandbox.trigger_customers(body["topic"], cids, transition=bool(body.get("transition", False)))
+            return jsonify(events=[_event(e) for e in fired]), 202
         ids = body.get("order_ids", [body["order_id"]] if "order_id" in body else None)
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
             raise SandboxError("order_ids", "give order_id (a string) or order_ids (a list of strings)")
@@ -225,7 +236,8 @@ def _event(e: Any) -> dict[str, Any]:
     return {
         "id": e.id,
         "topic": e.topic,
-        "order_id": e.order_id,
+        "order_id": e.order_id if e.resource_type == "orders" else None,
+        "customer_id": e.order_id if e.resource_type == "customers" else None,
         "webhook_ids": e.webhook_ids,
         "created_at": iso(e.created_at),
     }

@@ -78,6 +78,9 @@ class Customer:
     #: Created for guest checkouts (Commerce Layer creates such customers from the order's
     #: email); orders of a guest customer default to `guest: true`. Not rendered.
     guest: bool = False
+    #: The current anonymization request (`anonymization.py`): its status and info object.
+    anonymization_status: str | None = None
+    anonymization_info: dict[str, Any] | None = None
 
 
 @dataclass
@@ -254,10 +257,11 @@ class EventCallback:
 
 @dataclass
 class Event:
-    """A triggered event: one topic on one order, delivered to every matching webhook."""
+    """A triggered event: one topic on one order (or customer), delivered to every matching webhook."""
 
     id: str
     topic: str
-    order_id: str
+    order_id: str  # the resource's id: an order's, or a customer's when resource_type is customers
     created_at: int
     webhook_ids: list[str]
+    resource_type: str = "orders"

@@ -473,6 +473,8 @@ def customer_attributes(state: SandboxState, c: Customer) -> dict[str, Any]:
         "reference": c.reference,
         "reference_origin": None,
         "metadata": c.metadata,
+        "anonymization_status": c.anonymization_status,
+        "anonymization_info": c.anonymization_info,
     }
 
 

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from commercelayer_sandbox import tokens
+from commercelayer_sandbox import anonymization, tokens
 from commercelayer_sandbox.config import SandboxConfig
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.faults import Faults
-from commercelayer_sandbox.model import Event, OAuthClient, Order, Token, Webhook
+from commercelayer_sandbox.model import Customer, Event, OAuthClient, Order, Token, Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS, apply_transition
 from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
 from commercelayer_sandbox.render import IncludeTree, Renderer, parse_include
@@ -277,6 +277,33 @@ class Sandbox:
         self.stats.count("events.triggered")
         self.stats.count("events.deliveries_queued", len(hooks))
         return event
+
+    def fire_customer(self, topic: str, customer: Customer) -> Event:
+        """Queue a `customers.*` topic on `customer` for every webhook of that topic (the caller
+        holds the lock); the body is the customer with the webhook's `include_resources`."""
+        state = self.state
+        hooks = state.webhooks_for(topic)
+        event = Event(state.ids.new(), topic, customer.id, self.now_ms(), [h.id for h in hooks], "customers")
+        state.events[event.id] = event
+        renderer = self.renderer("")
+        for hook in hooks:
+            doc = renderer.document("customers", customer, parse_include(hook.include_resources, "customers"))
+            self.sender.enqueue(Delivery(event.id, hook.id, topic, compact(doc)))
+        self.stats.count("events.triggered")
+        self.stats.count("events.deliveries_queued", len(hooks))
+        return event
+
+    def trigger_customers(self, topic: str, customer_ids: Iterable[str], *, transition: bool = False) -> list[Event]:
+        """Fire a `customers.anonymization_*` topic for each customer; with `transition`, first move
+        the customer's anonymization request as the topic announces it (`anonymization.py`)."""
+        if topic not in anonymization.TOPICS:
+            raise SandboxError("topic", f"{topic!r} is not one of {', '.join(anonymization.TOPICS)}")
+        with self.state.lock:
+            customers = [self.state.customer(i) for i in customer_ids]
+            if transition:
+                for customer in customers:
+                    anonymization.transition(self.state, customer, topic, self.now_ms())
+            return [self.fire_customer(topic, c) for c in customers]
 
     def trigger(self, topic: str, order_ids: Iterable[str], *, transition: bool = False) -> list[Event]:
         """Fire `topic` for each order (every time: Commerce Layer resends regardless of

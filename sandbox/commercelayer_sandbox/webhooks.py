@@ -1,8 +1,9 @@
 """The `webhooks` resource: creating, updating (circuit reset) and checking registrations.
 
 Shared by the API (`POST/PATCH /api/webhooks`) and scenario loading. The sandbox fires order
-events only, so a topic outside `orders.ORDER_TOPICS`, or an include path the
-sandbox does not model (`render.parse_include`), is refused with 422 rather than accepted and never delivered.
+events and customers' anonymization events only, so a topic outside `orders.ORDER_TOPICS` and
+`anonymization.TOPICS`, or an include path the sandbox does not model for the topic's resource
+(`render.parse_include`), is refused with 422 rather than accepted and never delivered.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from commercelayer_sandbox.anonymization import TOPICS as CUSTOMER_TOPICS
 from commercelayer_sandbox.errors import ApiError, invalid
 from commercelayer_sandbox.model import Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS
@@ -24,13 +26,15 @@ def new_shared_secret() -> str:
     return secrets.token_hex(16)
 
 
-def check_attributes(attrs: Mapping[str, Any]) -> None:
-    """Sandbox-level rules on top of the official schema; 422 listing every problem."""
+def check_attributes(attrs: Mapping[str, Any], topic: str | None = None) -> None:
+    """Sandbox-level rules on top of the official schema; 422 listing every problem. `topic`: the
+    webhook's current one (an update that leaves it unchanged)."""
     problems = []
-    if "topic" in attrs and attrs["topic"] not in ORDER_TOPICS:
+    fired = ORDER_TOPICS + CUSTOMER_TOPICS
+    if "topic" in attrs and attrs["topic"] not in fired:
         problems.append(
             invalid(
-                f"{attrs['topic']!r} is not a topic the sandbox fires (it fires {', '.join(ORDER_TOPICS)})",
+                f"{attrs['topic']!r} is not a topic the sandbox fires (it fires {', '.join(fired)})",
                 pointer="/data/attributes/topic",
                 error="inclusion",
                 title="topic is not included in the list",
@@ -46,13 +50,14 @@ def check_attributes(attrs: Mapping[str, Any]) -> None:
                     error="invalid_url",
                 )
             )
+    rtype = "customers" if str(attrs.get("topic", topic) or "") in CUSTOMER_TOPICS else "orders"
     for n, name in enumerate(attrs.get("include_resources") or []):
         try:
-            parse_include([str(name)], "orders")
+            parse_include([str(name)], rtype)
         except ApiError:
             problems.append(
                 invalid(
-                    f"{name!r} cannot be included (not a relationship path of orders that the sandbox models)",
+                    f"{name!r} cannot be included (not a relationship path of {rtype} that the sandbox models)",
                     pointer=f"/data/attributes/include_resources/{n}",
                     error="invalid_include",
                 )
@@ -93,7 +98,7 @@ def create(
 
 def update(state: SandboxState, hook: Webhook, attrs: Mapping[str, Any], *, now: int) -> Webhook:
     """Apply a checked `webhookUpdate` body; `_reset_circuit: true` closes the circuit."""
-    check_attributes(attrs)
+    check_attributes(attrs, hook.topic)
     with state.lock:
         for key in ("name", "topic", "callback_url", "reference"):
             if key in attrs:

@@ -74,7 +74,13 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     client = commerce_layer_client(settings)
     try:
         if args.webhooks_command == "register":
-            planned = register(client, policy, callback_url=args.callback_url, dry_run=args.dry_run)
+            planned = register(
+                client,
+                policy,
+                callback_url=args.callback_url,
+                dry_run=args.dry_run,
+                anonymization=settings.honour_anonymization,
+            )
             secrets = []
             for p in planned:
                 state = (

@@ -1,7 +1,9 @@
 """Webhook registration and circuit status at Commerce Layer.
 
 `register` creates one webhook per topic the policy acts on, with the `include_resources` the
-policy's fields and the guards need, skipping topics already registered for the same callback URL.
+policy's fields and the guards need, skipping topics already registered for the same callback URL;
+with `anonymization` (WEBHOOK_APP_HONOUR_ANONYMIZATION) also one per `customers.anonymization_*`
+topic, without includes (the body is the customer, which is all the erasure needs).
 `status` lists every webhook with its circuit state; `reset` closes an open circuit.
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.policy import Policy
-from webhook_app.topics import ORDER_TOPICS
+from webhook_app.topics import ANONYMIZATION_TOPICS, ORDER_TOPICS
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,13 @@ class Planned:
     shared_secret: str | None = None
 
 
-def plan(policy: Policy) -> list[tuple[str, list[str]]]:
+def plan(policy: Policy, *, anonymization: bool = False) -> list[tuple[str, list[str]]]:
     topics = policy.topics()
     chosen = sorted(topics) if topics is not None else list(ORDER_TOPICS)
-    return [(t, policy.required_includes()) for t in chosen]
+    planned = [(t, policy.required_includes()) for t in chosen]
+    if anonymization:
+        planned += [(t, []) for t in ANONYMIZATION_TOPICS]
+    return planned
 
 
 def register(
@@ -37,10 +42,11 @@ def register(
     callback_url: str,
     dry_run: bool = False,
     name_prefix: str = "webhook-app",
+    anonymization: bool = False,
 ) -> list[Planned]:
     existing = {(_attr(w, "topic"), _attr(w, "callback_url")): w for w in client.list_webhooks()}
     out = []
-    for topic, includes in plan(policy):
+    for topic, includes in plan(policy, anonymization=anonymization):
         found = existing.get((topic, callback_url))
         if found is not None:
             out.append(Planned(topic, includes, existing_id=str(found.get("id"))))

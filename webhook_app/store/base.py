@@ -325,9 +325,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def list_operations(
-        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
+        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None, subject: str | None = None
     ) -> list[Operation]:
-        """The newest entries first, optionally of one kind, older than `before_id`."""
+        """The newest entries first, optionally of one kind, about one subject, older than `before_id`."""
 
     # --- retention and erasure ----------------------------------------------------------------
     @abc.abstractmethod

@@ -29,7 +29,7 @@ from webhook_app.events import Delivery
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import Cursorish, Row, SQLStore, delivery_values
+from webhook_app.store.sql import Cursorish, Row, SQLStore, delivery_values, job_order_id
 
 MIGRATIONS = migrations("postgres")
 
@@ -160,22 +160,23 @@ class PostgresStore(SQLStore):
     def _insert_delivery(self, c: Cursorish, s: Submission) -> Recorded:
         """The delivery and its job in one statement; for a duplicate, the stored one's ids."""
         delivery, now = s.delivery, s.now
-        status = "queued" if delivery.is_order else "ignored"
+        status = "queued" if delivery.queued else "ignored"
         row = c.one(
             "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
             " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
             " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
-            " updated_at, trace_context) SELECT id, order_id, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
+            " updated_at, trace_context) SELECT id, ?, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
             " RETURNING id)"
             " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
             (
                 *delivery_values(s, status),
+                job_order_id(delivery),
                 now,
                 now,
                 now,
                 json.dumps(dict(s.trace_context)) if s.trace_context else None,
-                delivery.is_order,
+                delivery.queued,
             ),
         )
         if row is None:

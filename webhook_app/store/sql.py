@@ -66,6 +66,12 @@ def delivery_values(s: Submission, status: str) -> tuple[Any, ...]:
     )
 
 
+def job_order_id(d: Delivery) -> str:
+    """`jobs.order_id` (NOT NULL): the order's id, or "" for a job that is about no order (a
+    customer's anonymization), which no order's claims, decisions or reconcile ever match."""
+    return d.order_id or ""
+
+
 class SQLStore(Store):
     """Backend-independent implementation of Store on top of `_tx()`."""
 
@@ -95,9 +101,9 @@ class SQLStore(Store):
             return [self._insert_delivery(c, s) for s in batch]
 
     def _insert_delivery(self, c: Cursorish, s: Submission) -> Recorded:
-        """The delivery and, for an order event, its job, inside the caller's transaction."""
+        """The delivery and, for an order or anonymization event, its job, inside the caller's transaction."""
         delivery, now = s.delivery, s.now
-        status = "queued" if delivery.is_order else "ignored"
+        status = "queued" if delivery.queued else "ignored"
         row = c.one(
             "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
             " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -108,13 +114,13 @@ class SQLStore(Store):
             return self._stored_duplicate(c, delivery.identity)
         delivery_id = int(row["id"])
         job_id = None
-        if delivery.is_order:
+        if delivery.queued:
             job = c.one(
                 "INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at,"
                 " created_at, updated_at, trace_context) VALUES (?,?,?,'pending',0,?,?,?,?) RETURNING id",
                 (
                     delivery_id,
-                    delivery.order_id,
+                    job_order_id(delivery),
                     delivery.topic,
                     now,
                     now,
@@ -480,13 +486,16 @@ class SQLStore(Store):
         return int(row["id"])
 
     def list_operations(
-        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None
+        self, *, kind: str | None = None, limit: int = 100, before_id: int | None = None, subject: str | None = None
     ) -> list[Operation]:
         where: list[str] = []
         params: list[Any] = []
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
         if before_id is not None:
             where.append("id < ?")
             params.append(before_id)

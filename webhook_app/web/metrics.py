@@ -86,6 +86,16 @@ DECISIONS = Counter(
     "Decisions made by this process, by rule, action and outcome.",
     ["rule", "action", "outcome"],
 )
+ANONYMIZATIONS = Counter(
+    "webhook_app_anonymizations",
+    "Customers' anonymization events worked, by event (started, completed, cancelled, failed) and"
+    " outcome (erased, already_erased, recorded, disabled).",
+    ["event", "outcome"],
+)
+ANONYMIZED_BODIES = Counter(
+    "webhook_app_anonymized_bodies",
+    "Stored bodies and headers erased because Commerce Layer completed a customer's anonymization.",
+)
 CL_SECONDS = Histogram(
     "webhook_app_commercelayer_request_seconds",
     "Commerce Layer call latency.",
@@ -158,7 +168,7 @@ def record_commit_batch(size: int, seconds: float, ok: bool) -> None:
 
 
 def record_worker_event(what: str, fields: dict[str, Any]) -> None:
-    """`Worker(observer=...)`: outcomes, dead letters and decisions."""
+    """`Worker(observer=...)`: outcomes, dead letters, decisions and anonymizations."""
     if what == "decision":
         outcome = str(fields.get("outcome"))
         JOB_ATTEMPTS.labels(outcome).inc()
@@ -171,6 +181,9 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
     elif what == "dead_letter":
         JOB_ATTEMPTS.labels("dead_letter").inc()
         DEAD_LETTERS.inc()
+    elif what == "handled" and "anonymization" in fields:
+        ANONYMIZATIONS.labels(str(fields["anonymization"]), str(fields.get("outcome"))).inc()
+        ANONYMIZED_BODIES.inc(int(fields.get("erased") or 0))
 
 
 def record_worker_poll(at: float) -> None:
