@@ -5,7 +5,7 @@
     forget    forget --customer | --email
     replay    replay                        reconcile  reconcile
     webhooks  webhooks register | status    admin      admin-token
-    wallet    wallet duplicates
+    wallet    wallet duplicates | expired
     sandbox   hands over to commercelayer-sandbox
 
 Every command reads its settings once with `Settings.from_env()`; a bad setting, policy, file or
