@@ -254,10 +254,16 @@ class EventCallback:
 
 @dataclass
 class Event:
-    """A triggered event: one topic on one order, delivered to every matching webhook."""
+    """A triggered event: one topic on one order, delivered to every matching webhook (the
+    `events` resource, `name` being the topic; `_trigger` sends it again)."""
 
     id: str
     topic: str
     order_id: str
     created_at: int
     webhook_ids: list[str]
+    updated_at: int = 0
+    triggered: int = 0  # times `_trigger` sent it again
+    reference: str | None = None
+    reference_origin: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from typing import Any
 
 from commercelayer_sandbox import tokens
 from commercelayer_sandbox.config import SandboxConfig
-from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.errors import SandboxError, not_found
 from commercelayer_sandbox.faults import Faults
 from commercelayer_sandbox.model import Event, OAuthClient, Order, Token, Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS, apply_transition
@@ -275,6 +275,28 @@ class Sandbox:
         for hook in hooks:
             self.sender.enqueue(Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic)))
         self.stats.count("events.triggered")
+        self.stats.count("events.deliveries_queued", len(hooks))
+        return event
+
+    def trigger_event(self, event_id: str) -> Event:
+        """`_trigger`: send an existing event again to the webhooks of its topic, through the
+        sender (signed, retried), with the order rendered as it is now (`events.py`)."""
+        state = self.state
+        with state.lock:
+            event = state.events.get(event_id)
+            if event is None:
+                raise not_found("events", event_id)
+            order = state.orders.get(event.order_id)
+            hooks = state.webhooks_for(event.topic)
+            for hook in hooks:
+                if order is not None:
+                    body = self.webhook_body(order, hook, event.topic)
+                else:  # destroyed since: only the id, as a destroy body
+                    body = compact(self.renderer("").destroy_document("orders", event.order_id))
+                self.sender.enqueue(Delivery(event.id, hook.id, event.topic, body))
+            event.triggered += 1
+            event.updated_at = self.now_ms()
+        self.stats.count("events.retriggered")
         self.stats.count("events.deliveries_queued", len(hooks))
         return event
 

@@ -4,6 +4,7 @@
     sign      sign                          db         db upgrade | db status | db prune
     forget    forget --customer | --email
     replay    replay                        reconcile  reconcile
+    trigger   trigger --order --topic | --event
     webhooks  webhooks register | status    admin      admin-token
     wallet    wallet duplicates | expired
     sandbox   hands over to commercelayer-sandbox
@@ -18,11 +19,24 @@ import argparse
 from collections.abc import Sequence
 
 from webhook_app import __version__
-from webhook_app.cli import admin, db, forget, policy, reconcile, replay, sandbox, service, sign, wallet, webhooks
+from webhook_app.cli import (
+    admin,
+    db,
+    forget,
+    policy,
+    reconcile,
+    replay,
+    sandbox,
+    service,
+    sign,
+    trigger,
+    wallet,
+    webhooks,
+)
 from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
-GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, admin, sandbox)
+GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, trigger, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:
