@@ -223,3 +223,12 @@ def test_the_monitoring_kit_builds_with_kustomize():
 
     (rule,) = load_yaml_docs(kustomize_build(K8S / "monitoring"))
     assert rule["kind"] == "PrometheusRule" and rule["metadata"]["namespace"] == "webhook-app"
+
+
+def test_the_dashboard_shows_wallet_activity_from_exported_metrics(sqlite_store):
+    exported = exported_names(sqlite_store)
+    assert {"webhook_app_wallet_activity_total", "webhook_app_wallet_expired_entries"} <= exported
+    board = json.loads(DASHBOARD.read_text())
+    wallet = [p for p in board["panels"] if "webhook_app_wallet_" in json.dumps(p.get("targets", []))]
+    used = {n for p in wallet for t in p["targets"] for n in NAME.findall(t["expr"])}
+    assert {"webhook_app_wallet_activity_total", "webhook_app_wallet_expired_entries"} <= used <= exported

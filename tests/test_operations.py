@@ -267,6 +267,7 @@ def test_webhooks_register_then_status_and_reset():
             "available_customer_payment_sources",
             "available_customer_payment_sources.payment_source",
             "customer",
+            "market",  # wallet activity per market
             "payment_source",
         ]
         with server.sandbox.state.lock:

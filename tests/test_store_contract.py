@@ -341,3 +341,31 @@ def test_heartbeats_keep_the_newest_time(store):
     store.record_heartbeat("worker", now=T0 + 20)
     assert store.last_heartbeat("worker") == T0 + 20
     assert store.last_heartbeat("other") is None
+
+
+def test_wallet_activity_by_day_and_market_and_operations_since(store):
+    # the market comes from the stored body's `market` linkage (order_body links mktAAA1111)
+    for n, (decision, at) in enumerate(
+        [
+            (DECISION, T0),
+            (DECISION, T0 + 10),
+            (replace(DECISION, action="skip", outcome="guarded", guard="wallet_card_expired"), T0 + 86400),
+            (replace(DECISION, action="skip", outcome="skipped", rule="default"), T0 + 86400),
+        ]
+    ):
+        store.record_delivery(delivery(f"o{n}"), now=at)
+        job = store.claim_job(worker="w", lease_seconds=30, now=at)
+        assert store.finish_job(job.id, worker="w", decision=decision, now=at)
+    rows = sorted(store.wallet_activity(since=0), key=lambda r: r.day)
+    day = int(T0 // 86400)
+    assert [(r.day, r.market_id, r.action, r.guard, r.count) for r in rows] == [
+        (day, "mktAAA1111", "save_payment_source", None, 2),
+        (day + 1, "mktAAA1111", "skip", "wallet_card_expired", 1),
+    ]  # a plain skip is not wallet activity
+    assert [r.day for r in store.wallet_activity(since=T0 + 3600)] == [day + 1]
+    store.record_operation("wallet_expired_scan", subject=None, detail={"expired": 1}, now=T0)
+    store.record_operation("wallet_entry_deleted", subject="w1", detail={"why": "card_expired"}, now=T0 + 5)
+    store.record_operation("circuit_reset", subject="h", detail={}, now=T0 + 6)
+    ops = store.operations_since(["wallet_expired_scan", "wallet_entry_deleted"], since=T0)
+    assert [o.kind for o in ops] == ["wallet_expired_scan", "wallet_entry_deleted"]
+    assert store.operations_since(["wallet_entry_deleted"], since=T0 + 6) == []

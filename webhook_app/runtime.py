@@ -320,7 +320,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         handlers=Anonymizer(store, enabled=settings.honour_anonymization).handlers(),
     )
     if metrics_port:
-        metrics.serve_worker_metrics(metrics_port, store)
+        metrics.serve_worker_metrics(metrics_port, store, policy=policy)
     guard_store = guard_client = None
     try:
         if once:

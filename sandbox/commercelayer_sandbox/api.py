@@ -10,6 +10,8 @@ and the stats use):
     PATCH  /api/customers/{id}                               [customers.patch] (anonymization triggers only)
     GET    /api/customer_payment_sources                     [customer_payment_sources]
     DELETE /api/customer_payment_sources/{id}                [customer_payment_sources.delete]
+    GET    /api/events                                       [events.list]
+    PATCH  /api/events/{id}                                  [events.patch]
     GET    /api/webhooks                                     [webhooks.list]
     POST   /api/webhooks                                     [webhooks.create]
     GET    /api/webhooks/{id}                                [webhooks.get]
@@ -20,7 +22,7 @@ and the stats use):
     GET    /api/{type}/{id}/relationships/{relationship}     [{type}.relationships.{relationship}]
 
 `{type}` is any type the sandbox models (`render.TYPES`: customers, markets, line_items, skus,
-customer_payment_sources, payment_methods, event_callbacks, the payment source types), so every
+customer_payment_sources, payment_methods, events, event_callbacks, the payment source types), so every
 link it renders resolves: e.g. `/api/orders/{id}/available_customer_payment_sources` (a list,
 paginated like `/api/orders`), `/api/orders/{id}/customer`, `/api/customers/{id}` and
 `/api/customers/{id}/customer_payment_sources` (route name `customer_payment_sources`).
@@ -53,6 +55,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from commercelayer_sandbox import anonymization, bodies, control, schema, tokens
+from commercelayer_sandbox import events as event_rules
 from commercelayer_sandbox import webhooks as webhook_rules
 from commercelayer_sandbox.config import Window
 from commercelayer_sandbox.errors import ApiError, SandboxError, invalid, not_found
@@ -173,6 +176,8 @@ class _Api:
                 "DELETE",
                 self.wallet_delete,
             ),
+            Route("events.list", "/api/events", "GET", self.events_list),
+            Route("events.patch", "/api/events/<event_id>", "PATCH", self.events_patch),
             Route("webhooks.list", "/api/webhooks", "GET", self.webhooks_list),
             Route("webhooks.create", "/api/webhooks", "POST", self.webhooks_create),
             Route("webhooks.get", "/api/webhooks/<webhook_id>", "GET", self.webhooks_get),
@@ -343,6 +348,7 @@ class _Api:
                 "Token expired",
                 "The access token you provided has expired.",
             )
+        g.token_claims = claims
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -657,6 +663,49 @@ class _Api:
                 data = None if target is None else {"type": target[0], "id": target[1].id}
             links = renderer.rel_links(rtype, rid, rel)
             return jsonapi({"data": data, "links": links, "meta": dict(renderer.meta)})
+
+    # -- events --------------------------------------------------------------------------------
+
+    def events_list(self) -> Response:
+        """`GET /api/events`, oldest first; `filter[q][name_eq]` (the topic) is the one filter."""
+        state = self.sandbox.state
+        for key in request.args:
+            if key.startswith("filter") and key != "filter[q][name_eq]":
+                raise bad_request(
+                    "FILTER_NOT_ALLOWED",
+                    "Filter not allowed",
+                    f"{key} is not a filter the sandbox supports here (filter[q][name_eq]).",
+                    parameter=key,
+                )
+        include = self._include("events")
+        wanted = request.args.get("filter[q][name_eq]")
+        with state.lock:
+            found = sorted(
+                (e for e in state.events.values() if wanted is None or e.topic == wanted),
+                key=lambda e: (e.created_at, e.id),
+            )
+            return self._listing([("events", e) for e in found], include)
+
+    def events_patch(self, event_id: str) -> Response:
+        """`PATCH /api/events/{id}`: `_trigger: true` sends the event again (`events.py`)."""
+        sandbox, state = self.sandbox, self.sandbox.state
+        with state.lock:
+            if event_id not in state.events:
+                raise not_found("events", event_id)
+        attributes = event_rules.check_update(self._json_body(), url_id=event_id)
+        if attributes.get("_trigger") is True:
+            application = (g.get("token_claims") or {}).get("application") or {}
+            if application.get("kind") == "sales_channel":
+                raise event_rules.sales_channel_refused()
+            sandbox.trigger_event(event_id)
+        with state.lock:
+            event = state.events[event_id]
+            for name in ("reference", "reference_origin", "metadata"):
+                if name in attributes:
+                    setattr(event, name, attributes[name])
+            if set(attributes) - {"_trigger"}:
+                event.updated_at = sandbox.now_ms()
+            return jsonapi(self._renderer().document("events", event, self._include("events")))
 
     # -- webhooks ----------------------------------------------------------------------------
 

@@ -257,7 +257,8 @@ class EventCallback:
 
 @dataclass
 class Event:
-    """A triggered event: one topic on one order (or customer), delivered to every matching webhook."""
+    """A triggered event: one topic on one order (or customer), delivered to every matching webhook
+    (the `events` resource, `name` being the topic; `_trigger` sends it again)."""
 
     id: str
     topic: str
@@ -265,3 +266,8 @@ class Event:
     created_at: int
     webhook_ids: list[str]
     resource_type: str = "orders"
+    updated_at: int = 0
+    triggered: int = 0  # times `_trigger` sent it again
+    reference: str | None = None
+    reference_origin: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -33,6 +33,7 @@ from commercelayer_sandbox.model import (
     CARD_TYPES,
     PAYMENT_SOURCE_TYPES,
     Customer,
+    Event,
     EventCallback,
     LineItem,
     Market,
@@ -132,6 +133,10 @@ def _order_payment_methods(s: SandboxState, o: Order) -> list[Ref]:
     ]
 
 
+def _order_events(s: SandboxState, o: Order) -> list[Ref]:
+    return [("events", e) for e in sorted(s.events.values(), key=lambda e: (e.created_at, e.id)) if e.order_id == o.id]
+
+
 def _entry_source(s: SandboxState, w: WalletEntry) -> Ref | None:
     ps = s.payment_sources.get(w.payment_source_id)
     return (ps.type, ps) if ps else None
@@ -179,9 +184,9 @@ ORDER_RELS: dict[str, Rel] = {
             "order_subscriptions",
             "order_copies",
             "attachments",
-            "events",
         )
     },
+    "events": Rel(many=True, resolve=lambda s, o: _order_events(s, o)),
 }
 CUSTOMER_RELS: dict[str, Rel] = {
     "customer_group": Rel(),
@@ -256,6 +261,12 @@ WEBHOOK_RELS: dict[str, Rel] = {
         many=True, resolve=lambda s, h: [("event_callbacks", c) for c in s.callbacks_for(h.id)]
     ),
 }
+EVENT_RELS: dict[str, Rel] = {
+    "webhooks": Rel(many=True, resolve=lambda s, e: [("webhooks", h) for h in s.webhooks_for(e.topic)]),
+    "last_event_callbacks": Rel(
+        many=True, resolve=lambda s, e: [("event_callbacks", c) for c in reversed(s.callbacks) if c.event_id == e.id]
+    ),
+}
 CALLBACK_RELS: dict[str, Rel] = {
     "webhook": Rel(resolve=lambda s, c: ("webhooks", s.webhooks[c.webhook_id]) if c.webhook_id in s.webhooks else None),
 }
@@ -285,6 +296,7 @@ TYPES: dict[str, TypeSpec] = {
     "payment_methods": TypeSpec(PAYMENT_METHOD_RELS, lambda s, i: s.payment_methods.get(i)),
     "webhooks": TypeSpec(WEBHOOK_RELS, lambda s, i: s.webhooks.get(i)),
     "event_callbacks": TypeSpec(CALLBACK_RELS, lambda s, i: next((c for c in s.callbacks if c.id == i), None)),
+    "events": TypeSpec(EVENT_RELS, lambda s, i: s.events.get(i)),
     **{t: TypeSpec(PAYMENT_SOURCE_RELS, _source_finder(t)) for t in sorted(PAYMENT_SOURCE_TYPES)},
     # wire transfers have no gateway (resources.json)
     "wire_transfers": TypeSpec({"order": PAYMENT_SOURCE_RELS["order"]}, _source_finder("wire_transfers")),
@@ -299,6 +311,9 @@ _TARGETS: dict[tuple[str, str], str] = {
     ("orders", "payment_method"): "payment_methods",
     ("orders", "payment_source"): "stripe_payments",
     ("orders", "line_items"): "line_items",
+    ("orders", "events"): "events",
+    ("events", "webhooks"): "webhooks",
+    ("events", "last_event_callbacks"): "event_callbacks",
     ("customers", "customer_payment_sources"): "customer_payment_sources",
     ("customers", "orders"): "orders",
     ("line_items", "order"): "orders",
@@ -616,6 +631,19 @@ def callback_attributes(state: SandboxState, c: EventCallback) -> dict[str, Any]
     }
 
 
+def event_attributes(state: SandboxState, e: Event) -> dict[str, Any]:
+    """The `events` resource: its name is the topic (resources.json: name, timestamps, reference,
+    metadata)."""
+    return {
+        "name": e.topic,
+        "created_at": iso(e.created_at),
+        "updated_at": iso(e.updated_at or e.created_at),
+        "reference": e.reference,
+        "reference_origin": e.reference_origin,
+        "metadata": e.metadata,
+    }
+
+
 def callback_payload(c: EventCallback) -> Any:
     """The body a callback carried, decoded (the `payload` attribute is an object)."""
     return json.loads(c.body)
@@ -787,6 +815,7 @@ _ATTRIBUTES: dict[str, Callable[[SandboxState, Any], dict[str, Any]]] = {
     "payment_methods": payment_method_attributes,
     "webhooks": webhook_attributes,
     "event_callbacks": callback_attributes,
+    "events": event_attributes,
     **{t: payment_source_attributes for t in PAYMENT_SOURCE_TYPES},
 }
 
@@ -808,6 +837,7 @@ def field_names(rtype: str) -> frozenset[str]:
         "webhooks": Webhook("x", "n", "orders.place", "http://x/", [], "s"),
         "event_callbacks": EventCallback("x", "h", "e", "t", 1, "u", b"{}", "", None, "", True,
                                          0.0, 0),
+        "events": Event("x", "orders.place", "o", 0, []),
     }  # fmt: skip
     record = dummies.get(rtype) or PaymentSource("x", rtype, None, "", "")
     return frozenset(_ATTRIBUTES[rtype](state, record)) | frozenset(TYPES[rtype].rels)

@@ -20,7 +20,7 @@ from typing import Any
 
 from commercelayer_sandbox import anonymization, tokens
 from commercelayer_sandbox.config import SandboxConfig
-from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.errors import SandboxError, not_found
 from commercelayer_sandbox.faults import Faults
 from commercelayer_sandbox.model import Customer, Event, OAuthClient, Order, Token, Webhook
 from commercelayer_sandbox.orders import ORDER_TOPICS, apply_transition
@@ -304,6 +304,32 @@ class Sandbox:
                 for customer in customers:
                     anonymization.transition(self.state, customer, topic, self.now_ms())
             return [self.fire_customer(topic, c) for c in customers]
+
+    def trigger_event(self, event_id: str) -> Event:
+        """`_trigger`: send an existing event again to the webhooks of its topic, through the
+        sender (signed, retried), with the order rendered as it is now (`events.py`)."""
+        state = self.state
+        with state.lock:
+            event = state.events.get(event_id)
+            if event is None:
+                raise not_found("events", event_id)
+            order = state.orders.get(event.order_id) if event.resource_type == "orders" else None
+            hooks = state.webhooks_for(event.topic)
+            for hook in hooks:
+                if event.resource_type == "customers":
+                    customer = state.customer(event.order_id)
+                    tree = parse_include(hook.include_resources, "customers")
+                    body = compact(self.renderer("").document("customers", customer, tree))
+                elif order is not None:
+                    body = self.webhook_body(order, hook, event.topic)
+                else:  # destroyed since: only the id, as a destroy body
+                    body = compact(self.renderer("").destroy_document("orders", event.order_id))
+                self.sender.enqueue(Delivery(event.id, hook.id, event.topic, body))
+            event.triggered += 1
+            event.updated_at = self.now_ms()
+        self.stats.count("events.retriggered")
+        self.stats.count("events.deliveries_queued", len(hooks))
+        return event
 
     def trigger(self, topic: str, order_ids: Iterable[str], *, transition: bool = False) -> list[Event]:
         """Fire `topic` for each order (every time: Commerce Layer resends regardless of

@@ -24,8 +24,8 @@ Top-level keys (all optional):
   customer or with a guest customer.
 - `customer_payment_sources`: pre-existing wallet entries `{id?, customer (email), order? (id:
   saves that order's payment source; several entries may name one order: duplicates) or
-  payment_source_type + card_last4?, card_brand?, customer_token?, payment_source_token?, name?,
-  created_at?}`.
+  payment_source_type + card_last4?, card_brand?, card_exp_month?, card_exp_year?, customer_token?,
+  payment_source_token?, name?, created_at?}`.
 - `webhooks`: `{id?, name?, topic, callback_url, include_resources?, shared_secret?, timeout?}`
   (`timeout` overrides the delivery timeout for that webhook).
 - `faults`: a fault spec (see `faults.py`).
@@ -452,6 +452,8 @@ class _Loader:
                         for k in (
                             "card_last4",
                             "card_brand",
+                            "card_exp_month",
+                            "card_exp_year",
                             "customer_token",
                             "payment_source_token",
                         )

@@ -4,8 +4,9 @@
     sign      sign                          db         db upgrade | db status | db prune
     forget    forget --customer | --email
     replay    replay                        reconcile  reconcile
+    trigger   trigger --order --topic | --event
     webhooks  webhooks register | status    admin      admin-token
-    wallet    wallet duplicates              doctor     doctor --callback-url URL
+    wallet    wallet duplicates | expired    doctor     doctor --callback-url URL
     sandbox   hands over to commercelayer-sandbox
 
 Every command reads its settings once with `Settings.from_env()`; a bad setting, policy, file or
@@ -29,13 +30,14 @@ from webhook_app.cli import (
     sandbox,
     service,
     sign,
+    trigger,
     wallet,
     webhooks,
 )
 from webhook_app.cli.common import Parser, fail
 from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppError
 
-GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, doctor, admin, sandbox)
+GROUPS = (service, sign, policy, db, forget, replay, reconcile, webhooks, wallet, trigger, doctor, admin, sandbox)
 
 
 def build_parser() -> argparse.ArgumentParser:

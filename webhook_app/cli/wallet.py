@@ -1,5 +1,6 @@
-"""`wallet duplicates`: customers with several wallet entries for one card; `--delete-extra` cleans up
-(`webhook_app.ops.wallet_hygiene`)."""
+"""`wallet duplicates`: customers with several wallet entries for one card; `--delete-extra` cleans up.
+`wallet expired`: entries whose card has expired (or will soon); `--delete --yes` removes the expired
+ones (`webhook_app.ops.wallet_hygiene`)."""
 
 from __future__ import annotations
 
@@ -85,8 +86,80 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         client.close()
 
 
+def cmd_expired(args: argparse.Namespace) -> int:
+    from webhook_app.errors import CommerceLayerError
+    from webhook_app.ops.wallet_hygiene import (
+        EXPIRED,
+        EXPIRING,
+        UNKNOWN,
+        delete_expired,
+        find_expired,
+        record_scan,
+    )
+
+    if args.yes and not args.delete:
+        return fail("--yes only confirms --delete")
+    if args.within < 0 or args.within > 3660:
+        return fail("--within takes a number of days from 0 to 3660")
+    settings = load_settings()
+    progress = bar(sys.stderr)
+    store = open_checked_store(settings)  # each scan and deletion goes into the operations log
+    try:
+        client = commerce_layer_client(settings)
+        try:
+            try:
+                report = find_expired(
+                    client, now=time.time(), within_days=args.within, customer_id=args.customer, progress=progress
+                )
+            except CommerceLayerError as exc:
+                return fail(f"reading the wallets: {exc}")
+            record_scan(store, report, customer_id=args.customer, now=time.time())
+            for e in report.entries:
+                if args.json:
+                    print(
+                        json.dumps(
+                            {
+                                "id": e.id,
+                                "customer_id": e.customer_id,
+                                "state": e.state,
+                                "card_expiry": str(e.expiry) if e.expiry else None,
+                                "market_id": e.market_id,
+                                "payment_source": e.source,
+                                "name": e.name,
+                            }
+                        )
+                    )
+                else:
+                    when = f" {e.expiry}" if e.expiry else ""
+                    market = f", market {e.market_id}" if e.market_id else ""
+                    print(f"customer {e.customer_id}: {e.id} {e.name or 'entry'}: {e.state}{when}{market}")
+            expired = len(report.having(EXPIRED))
+            summary = (
+                f"{report.scanned} wallet entries of {report.customers} customers read at {report.at}; "
+                f"{expired} expired, {len(report.having(EXPIRING))} expiring within {report.within_days} days, "
+                f"{len(report.having(UNKNOWN))} with an unknown expiry"
+            )
+            if not args.delete or not expired:
+                print(summary, file=sys.stderr)
+                return 0
+            if not args.yes:
+                print(f"{summary}; dry run: {expired} would be deleted (add --yes)", file=sys.stderr)
+                return 0
+            try:
+                delete_expired(client, store, report, clock=time.time, progress=progress)
+            except CommerceLayerError as exc:
+                print(f"{summary}; {len(report.deleted)} deleted before the error", file=sys.stderr)
+                return fail(f"deleting wallet entries: {exc}")
+            print(f"{summary}; {len(report.deleted)} deleted (recorded as wallet_entry_deleted)", file=sys.stderr)
+            return 0
+        finally:
+            client.close()
+    finally:
+        store.close()
+
+
 def register(sub: Any) -> None:
-    wl = sub.add_parser("wallet", help="wallet hygiene: duplicate entries for one card")
+    wl = sub.add_parser("wallet", help="wallet hygiene: duplicate entries for one card, expired cards")
     wsub = wl.add_subparsers(dest="wallet_command", required=True, metavar="SUBCOMMAND")
     sp = wsub.add_parser("duplicates", help="list customers with more than one wallet entry for the same card")
     sp.add_argument("--customer", default=None, metavar="ID", help="only this customer's wallet")
@@ -97,3 +170,12 @@ def register(sub: Any) -> None:
     sp.add_argument("--delete-extra", action="store_true", help="keep the oldest entry per card, delete the others")
     sp.add_argument("--yes", action="store_true", help="really delete (without it --delete-extra is a dry run)")
     sp.set_defaults(func=cmd_duplicates)
+    sp = wsub.add_parser("expired", help="list wallet entries whose card has expired (or will within --within days)")
+    sp.add_argument("--customer", default=None, metavar="ID", help="only this customer's wallet")
+    sp.add_argument(
+        "--within", type=int, default=0, metavar="DAYS", help="also list cards that expire within DAYS (never deleted)"
+    )
+    sp.add_argument("--json", action="store_true", help="one JSON object per entry")
+    sp.add_argument("--delete", action="store_true", help="delete the entries whose card has expired")
+    sp.add_argument("--yes", action="store_true", help="really delete (without it --delete is a dry run)")
+    sp.set_defaults(func=cmd_expired)

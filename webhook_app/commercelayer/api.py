@@ -45,6 +45,16 @@ class CommerceLayerAPI(Protocol):
 
     def delete_wallet_entry(self, entry_id: str) -> None: ...
 
+    def list_order_events(self, order_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """The order's `events` (each `attributes.name` is a topic such as `orders.place`)."""
+        ...
+
+    def get_event(self, event_id: str) -> dict[str, Any]: ...
+
+    def trigger_event(self, event_id: str) -> dict[str, Any]:
+        """Ask Commerce Layer to send the event to its webhooks again (`_trigger`)."""
+        ...
+
     def create_webhook(
         self, *, topic: str, callback_url: str, include_resources: list[str], name: str | None = None
     ) -> dict[str, Any]: ...

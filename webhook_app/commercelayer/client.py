@@ -227,6 +227,29 @@ class CommerceLayerClient:
             "DELETE", f"/api/customer_payment_sources/{_safe(entry_id)}", route="customer_payment_sources.delete"
         )
 
+    # --- events (fire one again) ------------------------------------------------------------
+    def list_order_events(self, order_id: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """`GET /api/orders/{id}/events`, page after page (at most `limit`): the order's events,
+        each named by its topic (`attributes.name`, e.g. `orders.place`)."""
+        pages = self._pages(f"/api/orders/{_safe(order_id)}/events", route="orders.events")
+        return list(itertools.islice(pages, limit))
+
+    def get_event(self, event_id: str) -> dict[str, Any]:
+        """`GET /api/events/{id}`: the event resource (`data`)."""
+        doc = self._request("GET", f"/api/events/{_safe(event_id)}", route="events.get")
+        return doc.get("data") or {}
+
+    def trigger_event(self, event_id: str) -> dict[str, Any]:
+        """`PATCH /api/events/{id}` with `_trigger: true`: Commerce Layer sends the event to its
+        webhooks again (integration credentials: sales channels may not)."""
+        doc = self._request(
+            "PATCH",
+            f"/api/events/{_safe(event_id)}",
+            route="events.patch",
+            json_body={"data": {"type": "events", "id": event_id, "attributes": {"_trigger": True}}},
+        )
+        return doc.get("data") or {}
+
     # --- webhooks (registration and circuit status) ----------------------------------------
     def list_webhooks(self) -> list[dict[str, Any]]:
         return list(self._pages("/api/webhooks", route="webhooks.list"))

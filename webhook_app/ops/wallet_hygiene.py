@@ -9,18 +9,24 @@ entries made from one payment source record, the same gateway token, the same St
 fingerprint, and (only if the policy names it) the same `payment_instrument` brand, last digits
 and expiry. `delete_extra` keeps the oldest entry of each group and deletes the others, recording
 each deletion in the operations log (`wallet_entry_deleted`).
+
+Expired cards: a wallet entry carries no expiry, its payment source does (`policy.expiry`).
+`find_expired` reads the entries with their payment sources and lists those whose card has
+expired, will within a window, or cannot be told; `delete_expired` deletes only the expired ones
+(`wallet_entry_deleted`, `why: card_expired`), and each scan is logged (`wallet_expired_scan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
 from webhook_app.errors import CommerceLayerError
 from webhook_app.events import Resource
+from webhook_app.policy import expiry as expiry_mod
 from webhook_app.policy import wallet
 from webhook_app.store import Store
 
@@ -219,6 +225,7 @@ def delete_extra(
 
 def _detail(group: Group, entry: Entry) -> dict[str, Any]:
     return {
+        "why": "duplicate",
         "customer_id": group.customer_id,
         "kept": group.keep.id,
         "matched_by": group.how,
@@ -226,3 +233,179 @@ def _detail(group: Group, entry: Entry) -> dict[str, Any]:
         "name": entry.name,
         "created_at": entry.created_at,
     }
+
+
+# --- expired cards ----------------------------------------------------------------------------
+
+EXPIRED_INCLUDES = ("customer", "payment_source", "payment_method.market")
+SCAN_OPERATION = "wallet_expired_scan"
+EXPIRED = "expired"
+EXPIRING = "expiring"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class CardEntry:
+    """A wallet entry with what its payment source says of the card's expiry."""
+
+    id: str
+    customer_id: str
+    name: str
+    created_at: str
+    source: str | None  # "type/id" of the payment source it was made from
+    expiry: expiry_mod.Expiry | None
+    market_id: str | None  # through the entry's payment method, where Commerce Layer says
+    state: str  # expired | expiring | unknown | valid
+
+
+@dataclass
+class ExpiryReport:
+    """`wallet expired`: the entries whose card has expired, will within the window, or cannot be
+    told (valid ones are only counted)."""
+
+    scanned: int = 0
+    customers: int = 0
+    at: str = ""
+    within_days: int = 0
+    entries: list[CardEntry] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    def having(self, state: str) -> list[CardEntry]:
+        return [e for e in self.entries if e.state == state]
+
+    def by_market(self, state: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.having(state):
+            key = e.market_id or UNKNOWN
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def card_state(x: expiry_mod.Expiry | None, *, now: datetime, horizon: datetime) -> str:
+    if x is None:
+        return UNKNOWN
+    if x.expired_at(now):
+        return EXPIRED
+    return EXPIRING if x.expired_at(horizon) else "valid"
+
+
+def find_expired(
+    client: CommerceLayerAPI,
+    *,
+    now: float,
+    within_days: int = 0,
+    customer_id: str | None = None,
+    progress: Progress | None = None,
+) -> ExpiryReport:
+    """Every wallet entry (or one customer's), paginated through the client's rate limit, judged
+    by its payment source's card expiry at `now` (and `within_days` later)."""
+    at = datetime.fromtimestamp(now, UTC)
+    horizon = at + timedelta(days=within_days)
+    report = ExpiryReport(at=at.isoformat(timespec="seconds").replace("+00:00", "Z"), within_days=within_days)
+    owners: set[str] = set()
+    pages = client.list_wallet_pages(customer_id=customer_id, include=EXPIRED_INCLUDES)
+    for n, doc in enumerate(pages, start=1):
+        index: dict[tuple[str, str], Resource] = {}
+        for item in doc.get("included") or []:
+            r = Resource.from_json(item)
+            index[(r.type, r.id)] = r
+        for item in doc.get("data") or []:
+            r = Resource.from_json(item)
+            customer = r.linkage("customer")
+            owner = str(customer["id"]) if isinstance(customer, dict) and customer.get("id") else customer_id
+            if owner is None:
+                continue  # no customer linkage: cannot tell whose wallet it is
+            report.scanned += 1
+            owners.add(owner)
+            ref = wallet.entry_source_ref(r)
+            x = expiry_mod.entry_expiry(r, index)
+            state = card_state(x, now=at, horizon=horizon)
+            if state == "valid":
+                continue
+            report.entries.append(
+                CardEntry(
+                    id=r.id,
+                    customer_id=owner,
+                    name=str(r.attributes.get("name") or ""),
+                    created_at=str(r.attributes.get("created_at") or ""),
+                    source="/".join(ref) if ref else None,
+                    expiry=x,
+                    market_id=_entry_market(r, index),
+                    state=state,
+                )
+            )
+        if progress is not None:
+            total = int((doc.get("meta") or {}).get("page_count") or n)
+            progress("pages", n, max(total, n))
+    report.customers = len(owners)
+    report.entries.sort(key=lambda e: (e.customer_id, e.created_at, e.id))
+    return report
+
+
+def _entry_market(entry: Resource, index: dict[tuple[str, str], Resource]) -> str | None:
+    """The market of the entry's payment method (linkage only where `payment_method.market` was
+    included)."""
+    link = entry.linkage("payment_method")
+    if not isinstance(link, dict) or not link.get("id"):
+        return None
+    method = index.get(("payment_methods", str(link["id"])))
+    market = method.linkage("market") if method is not None else None
+    return str(market["id"]) if isinstance(market, dict) and market.get("id") else None
+
+
+def record_scan(store: Store, report: ExpiryReport, *, customer_id: str | None, now: float) -> None:
+    """One operations-log line per scan: how many entries were expired (per market), expiring,
+    unknown (the admin page's "expired found")."""
+    store.record_operation(
+        SCAN_OPERATION,
+        subject=customer_id,
+        detail={
+            "scanned": report.scanned,
+            "customers": report.customers,
+            "within_days": report.within_days,
+            EXPIRED: len(report.having(EXPIRED)),
+            EXPIRING: len(report.having(EXPIRING)),
+            UNKNOWN: len(report.having(UNKNOWN)),
+            "expired_by_market": report.by_market(EXPIRED),
+        },
+        now=now,
+    )
+
+
+def delete_expired(
+    client: CommerceLayerAPI,
+    store: Store,
+    report: ExpiryReport,
+    *,
+    clock: Callable[[], float],
+    progress: Progress | None = None,
+) -> ExpiryReport:
+    """Delete the entries whose card has expired (never the expiring or unknown ones), each
+    recorded as `wallet_entry_deleted` with `why: card_expired`. Stops at the first error
+    (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
+    doomed = report.having(EXPIRED)
+    for entry in doomed:
+        try:
+            client.delete_wallet_entry(entry.id)
+        except CommerceLayerError as exc:
+            if exc.answer_status != 404:
+                raise
+            continue  # already gone: nothing deleted by us, nothing recorded
+        store.record_operation(
+            OPERATION,
+            subject=entry.id,
+            detail={
+                "why": "card_expired",
+                "customer_id": entry.customer_id,
+                "card_expiry": str(entry.expiry),
+                "market_id": entry.market_id,
+                "payment_source": entry.source,
+                "name": entry.name,
+                "created_at": entry.created_at,
+            },
+            now=clock(),
+        )
+        report.deleted.append(entry.id)
+        if progress is not None:
+            progress("deleted", len(report.deleted), len(doomed))
+    return report

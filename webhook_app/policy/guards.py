@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from webhook_app.events import Event, Resource
-from webhook_app.policy import readiness, wallet
+from webhook_app.policy import expiry, readiness, wallet
 from webhook_app.policy.decision import SAVE, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 
 
@@ -33,9 +33,18 @@ def apply_guards(
         if guarded is not None:
             return guarded
     if decision.action == USE_WALLET and event.wallet is not None:
-        chosen = choose_wallet_entry(event.wallet, decision.strategy or "newest")
+        # An entry whose card has expired at the order's time is never chosen (README, "Expired cards").
+        split = expiry.split_expired(event.wallet, event)
+        chosen = choose_wallet_entry(split.usable, decision.strategy or "newest")
         if chosen is None:
+            if split.expired and not split.usable:
+                return decision.guarded(
+                    "wallet_card_expired",
+                    f"every wallet entry's card has expired by the order's time: {split.describe_expired()}",
+                )
             return decision.guarded("no_wallet_entry", f"no wallet entry fits strategy {decision.strategy or 'newest'}")
+        if split.expired:
+            decision = replace(decision, reason=f"{decision.reason}; passed over {split.describe_expired()}")
         if wallet.entry_is_order_source(chosen, event):
             return replace(
                 decision.guarded("already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"),

@@ -312,9 +312,11 @@ class Policy:
         needed |= {ROOT_INCLUDES[r] for r in self.roots if r in ROOT_INCLUDES}
         actions = {r.action for r in self.rules} | {self.default.action}
         if actions & {SAVE, USE_WALLET}:
-            # The wallet guards compare the order's payment source with each entry's: linkage
-            # appears only on included paths, so ask for the dotted path too.
-            needed |= {wallet.WALLET, wallet.WALLET_SOURCES}
+            # The wallet guards compare the order's payment source with each entry's, and the
+            # reuse never picks an entry whose card has expired (the expiry is on the entry's
+            # payment source): linkage appears only on included paths, so ask for the dotted path
+            # too. The market makes the wallet activity countable per market.
+            needed |= {wallet.WALLET, wallet.WALLET_SOURCES, "market"}
         return sorted(needed)
 
 

@@ -75,6 +75,19 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class ActivityRow:
+    """Decisions about the wallet on one UTC day (days since the epoch) and market, counted."""
+
+    day: int
+    market_id: str | None
+    rule: str
+    action: str
+    outcome: str
+    guard: str | None
+    count: int
+
+
+@dataclass(frozen=True)
 class ActionClaim:
     """Result of asking to perform `action` on an order.
 
@@ -317,6 +330,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def decision_counts(self) -> list[tuple[str, str, str, int]]:
         """(rule, action, outcome, count) over all decisions."""
+
+    @abc.abstractmethod
+    def wallet_activity(self, *, since: float) -> list[ActivityRow]:
+        """Decisions since `since` that saved, used or refused a wallet action (an action to save
+        or use, or a guard), counted per day, market, rule, action, outcome and guard."""
+
+    @abc.abstractmethod
+    def operations_since(self, kinds: Sequence[str], *, since: float, limit: int = 100_000) -> list[Operation]:
+        """Operations of these kinds logged since `since`, oldest first (at most `limit`)."""
 
     # --- the operations log -----------------------------------------------------------------
     @abc.abstractmethod

@@ -70,6 +70,7 @@ class PostgresStore(SQLStore):
     """Store on PostgreSQL. Connections are opened lazily, per process (after gunicorn forks)."""
 
     claim_lock_clause = " FOR UPDATE SKIP LOCKED"
+    day_expression = "CAST(FLOOR(decided_at / 86400) AS BIGINT)"
 
     def __init__(self, url: str, *, pool_size: int = 4, pool_timeout: float = 2.0, connect_timeout: int = 2) -> None:
         self.url = url

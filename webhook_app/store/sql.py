@@ -13,10 +13,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import orjson
+
 from webhook_app.errors import StoreUnavailable, storable_text
 from webhook_app.events import Delivery
 from webhook_app.store.base import (
     ActionClaim,
+    ActivityRow,
     DecisionRecord,
     DeliveryFilter,
     Job,
@@ -31,6 +34,8 @@ from webhook_app.store.base import (
 )
 
 Row = Mapping[str, Any]
+#: the actions that touch the wallet (`policy.SAVE`, `policy.USE_WALLET`)
+WALLET_ACTIONS = ("save_payment_source", "use_wallet_source")
 
 
 class Cursorish(abc.ABC):
@@ -77,6 +82,8 @@ class SQLStore(Store):
 
     #: appended to the claim query by backends that can skip rows locked by other workers
     claim_lock_clause = ""
+    #: a `decided_at` (POSIX seconds) as whole days since the epoch, UTC
+    day_expression = "CAST(decided_at / 86400 AS INTEGER)"
 
     @abc.abstractmethod
     def _tx(self, *, write: bool = True) -> AbstractContextManager[Cursorish]:
@@ -287,10 +294,11 @@ class SQLStore(Store):
         return True
 
     def _insert_decision(self, c: Cursorish, job_id: int, d: DecisionRecord, now: float) -> None:
+        wallet_related = d.action in WALLET_ACTIONS or d.guard is not None
         c.run(
             "INSERT INTO decisions (job_id, delivery_id, order_id, rule, action, reason, guard, outcome,"
-            " mode, wallet_entry_id, decided_at)"
-            " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
+            " mode, wallet_entry_id, decided_at, market_id)"
+            " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
             (
                 d.rule,
                 d.action,
@@ -300,9 +308,54 @@ class SQLStore(Store):
                 d.mode,
                 d.wallet_entry_id,
                 now,
+                self._market_of_job(c, job_id) if wallet_related else None,
                 job_id,
             ),
         )
+
+    @staticmethod
+    def _market_of_job(c: Cursorish, job_id: int) -> str | None:
+        """The order's market id, from the job's stored body (linkage only when the webhook
+        included `market`); None when the body does not say or is gone."""
+        row = c.one(
+            "SELECT d.body FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
+            " WHERE j.id = ? AND d.body_removed_at IS NULL",
+            (job_id,),
+        )
+        if row is None or row["body"] is None:
+            return None
+        try:
+            doc = orjson.loads(bytes(row["body"]))
+            market = doc["data"]["relationships"]["market"]["data"]["id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        return market[:64] if isinstance(market, str) and market else None
+
+    def wallet_activity(self, *, since: float) -> list[ActivityRow]:
+        day = self.day_expression
+        with self._tx(write=False) as c:
+            rows = c.all(
+                f"SELECT {day} AS day, market_id, rule, action, outcome, guard, COUNT(*) AS n FROM decisions"  # nosec B608  # constants and ? placeholders only
+                " WHERE decided_at >= ? AND (action IN (?, ?) OR guard IS NOT NULL)"
+                f" GROUP BY {day}, market_id, rule, action, outcome, guard",
+                (since, *WALLET_ACTIONS),
+            )
+        return [
+            ActivityRow(int(r["day"]), r["market_id"], r["rule"], r["action"], r["outcome"], r["guard"], int(r["n"]))
+            for r in rows
+        ]
+
+    def operations_since(self, kinds: Sequence[str], *, since: float, limit: int = 100_000) -> list[Operation]:
+        if not kinds:
+            return []
+        marks = ",".join("?" * len(kinds))
+        with self._tx(write=False) as c:
+            rows = c.all(
+                f"SELECT id, at, kind, subject, detail FROM operations WHERE kind IN ({marks}) AND at >= ?"  # nosec B608  # constants and ? placeholders only
+                " ORDER BY id LIMIT ?",
+                (*kinds, since, limit),
+            )
+        return [Operation(int(r["id"]), float(r["at"]), r["kind"], r["subject"], json.loads(r["detail"])) for r in rows]
 
     def requeue(self, job_id: int, *, now: float) -> bool:
         with self._tx() as c:

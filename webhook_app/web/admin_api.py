@@ -1,8 +1,8 @@
 """The admin JSON API, authenticated by `Authorization: Bearer <admin token>` and nothing else
 (so it needs no CSRF defence): `GET /admin/deliveries`, `GET /admin/deliveries/<id>`,
 `POST /admin/deliveries/<id>/replay`, `POST /admin/dead-letters/<job id>/requeue`,
-`GET /admin/stats`, `GET /admin/operations` (the operations log). Also the admin actions the page
-shares (load, replay, requeue).
+`GET /admin/stats`, `GET /admin/operations` (the operations log), `GET /admin/wallet-activity`.
+Also the admin actions the page shares (load, replay, requeue).
 
 With no admin keys configured every admin route answers 404 saying so. Nothing here returns a
 secret: stored headers that could carry a credential are dropped again on the way out, and error
@@ -22,7 +22,7 @@ from webhook_app.errors import Conflict, NotFound
 from webhook_app.logs import settings_secrets
 from webhook_app.store import Recorded, Store, StoredDelivery
 from webhook_app.tokens import ADMIN, TokenError, Tokens
-from webhook_app.web import presentation
+from webhook_app.web import presentation, wallet_activity
 from webhook_app.web.context import services
 from webhook_app.web.presentation import MAX_ID, InvalidQuery, Presenter, delivery_filter, stats_document
 
@@ -149,6 +149,17 @@ def _int_arg(name: str, raw: str | None, *, default: int | None, high: int) -> i
     if not re.fullmatch(r"\d{1,19}", raw) or not 1 <= int(raw) <= high:
         raise InvalidQuery(f"{name} must be a whole number from 1 to {high}")
     return int(raw)
+
+
+@api.get("/wallet-activity")
+def get_wallet_activity() -> tuple[Response, int]:
+    """Wallet activity per UTC day and market: `?days=` (1-366, default 14), newest first."""
+    args = request.args
+    unknown = sorted(set(args) - {"days"})
+    if unknown:
+        raise InvalidQuery(f"unknown query parameter {unknown[0][:40]!r}; allowed: days")
+    days = _int_arg("days", args.get("days"), default=14, high=wallet_activity.MAX_DAYS) or 14
+    return jsonify(wallet_activity.activity_document(store(), services().policy, now=now(), days=days)), 200
 
 
 @api.get("/stats")

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from webhook_app.errors import Conflict, NotFound, Unauthorized, WebhookAppError
 from webhook_app.store import DeliveryFilter
 from webhook_app.tokens import TokenError
-from webhook_app.web import presentation
+from webhook_app.web import presentation, wallet_activity
 from webhook_app.web.admin_api import load, now, presenter, replay, requeue, require_enabled, store, tokens
 from webhook_app.web.context import services
 from webhook_app.web.presentation import DEFAULT_LIMIT, LIST_PARAMS, STATUSES, InvalidQuery, delivery_filter
@@ -34,6 +34,7 @@ COOKIE = "webhook_app_admin"
 CSRF_FIELD = "csrf_token"
 PAGE_DEAD_LETTERS = 100
 PAGE_OPERATIONS = 50
+WALLET_DAYS = 14
 _CSRF_SALT = b"webhook-app.admin.csrf.v1\x00"
 
 page = Blueprint("admin_page", __name__, url_prefix="/admin")
@@ -170,6 +171,7 @@ def index() -> BaseResponse | tuple[str, int]:
         older_args=older_args,
         statuses=STATUSES,
         operations=[presentation.operation(o) for o in st.list_operations(limit=PAGE_OPERATIONS)],
+        wallet=wallet_activity.activity_document(st, services().policy, now=at, days=WALLET_DAYS),
     ), 400 if error else 200
 
 

@@ -32,7 +32,10 @@ from prometheus_client.registry import Collector
 
 from webhook_app.commercelayer.api import CallRecord
 from webhook_app.errors import StoreError
+from webhook_app.policy import Policy
+from webhook_app.policy.activity import REUSED, SAVED
 from webhook_app.store import Store
+from webhook_app.web import wallet_activity
 from webhook_app.web.context import services
 
 DELIVERIES = Counter(
@@ -209,9 +212,10 @@ def record_circuit_check(check: Any) -> None:
 class StoreCollector(Collector):
     """Gauges read from the database when scraped."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.policy = policy  # tells which action a guard both actions share refused
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("webhook_app_database_up", "1 if the database answered this scrape.")
@@ -241,7 +245,44 @@ class StoreCollector(Collector):
         for rule, action, outcome, n in counts:
             total.add_metric([rule, action, outcome], n)
         yield total
+        yield from self._wallet()
         yield from self._storage()
+
+    def _wallet(self) -> Iterator[Any]:
+        """What the service did to wallets, whole cluster (README, "Wallet activity"): per
+        activity and reason only; per day and market is the admin page's business."""
+        try:
+            counts = wallet_activity.metric_counts(self.store, self.policy)
+            scan = wallet_activity.last_full_scan(self.store)
+        except StoreError:
+            return
+        total = CounterMetricFamily(
+            "webhook_app_wallet_activity",
+            "Wallet entries saved and reused, saves and reuses refused (reason: the guard or outcome), "
+            "expired entries removed, from the stored decisions and operations log.",
+            labels=["activity", "reason"],
+        )
+        for key in ((SAVED, ""), (REUSED, "")):
+            counts.setdefault(key, 0)
+        for (activity, reason), n in sorted(counts.items()):
+            total.add_metric([activity, reason], n)
+        yield total
+        expired = GaugeMetricFamily(
+            "webhook_app_wallet_expired_entries",
+            "Wallet entries the last `wallet expired` scan of every wallet found, by state "
+            "(expired, expiring, unknown).",
+            labels=["state"],
+        )
+        for state in ("expired", "expiring", "unknown"):
+            found = scan.detail.get(state) if scan is not None else 0
+            expired.add_metric([state], found if isinstance(found, int) else 0)
+        yield expired
+        when = GaugeMetricFamily(
+            "webhook_app_wallet_expired_scan_timestamp_seconds",
+            "When the last `wallet expired` scan of every wallet ran (POSIX time; 0: never).",
+        )
+        when.add_metric([], scan.at if scan is not None else 0.0)
+        yield when
 
     def _storage(self) -> Iterator[Any]:
         """How much is kept: the database's size and the oldest delivery (retention working?)."""
@@ -281,7 +322,7 @@ def init_app(app: Flask) -> None:
             MultiProcessCollector(registry)
         else:
             registry.register(_Default())
-        registry.register(StoreCollector(s.store, s.clock))
+        registry.register(StoreCollector(s.store, s.clock, s.policy))
         # CONTENT_TYPE_LATEST already names its charset: as the whole header, not as a mimetype
         # (to which Flask would add a second one).
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -289,7 +330,7 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
 
-def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None:  # noqa: S104  # nosec B104  # see docstring
+def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0", policy: Policy | None = None) -> None:  # noqa: S104  # nosec B104  # see docstring
     """Expose a worker's metrics on their own port (for workers on hosts without a web instance).
 
     All interfaces by default: Prometheus scrapes the pod over the pod network, and who may reach
@@ -302,5 +343,5 @@ def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None
         MultiProcessCollector(registry)
     else:
         registry.register(_Default())
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, policy=policy))
     start_http_server(port, addr=host, registry=registry)
