@@ -112,6 +112,33 @@ def test_retry_waits_until_next_attempt_then_dead_letter_and_requeue(store):
     assert job.attempts == 1
 
 
+def test_attempt_numbers_continue_across_deferrals_and_requeues_each_with_its_own_record(store):
+    """A requeue (or a deferral) starts the job's attempt budget afresh, but attempts are numbered
+    on: each row keeps its own number, error and trace ids (a requeue once showed two "#1")."""
+    rec = store.record_delivery(delivery(), now=T0)
+    first = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert (first.attempts, first.number) == (1, 1)
+    store.record_attempt_traces(first.id, first.number, trace_id="t1", cl_trace_ids=["cl-1"])
+    store.retry_job(first.id, worker="w", error="busy", next_attempt_at=T0, now=T0, count_attempt=False)
+    second = store.claim_job(worker="w", lease_seconds=30, now=T0 + 1)
+    assert (second.attempts, second.number) == (1, 2)
+    store.record_attempt_traces(second.id, second.number, trace_id="t2", cl_trace_ids=["cl-2"])
+    assert store.dead_letter(second.id, worker="w", error="HTTP 401", decision=None, now=T0 + 2)
+    assert store.requeue(second.id, now=T0 + 3)
+    third = store.claim_job(worker="w", lease_seconds=30, now=T0 + 3)
+    assert (third.attempts, third.number) == (1, 3)
+    store.record_attempt_traces(third.id, third.number, trace_id="t3", cl_trace_ids=["cl-3a", "cl-3b"])
+    assert store.finish_job(third.id, worker="w", decision=DECISION, now=T0 + 4)
+    got = store.get_delivery(rec.delivery_id)
+    rows = [(a["number"], a["outcome"], a["error"], a["trace_id"], a["cl_trace_ids"]) for a in got.attempts]
+    assert rows == [
+        (1, "deferred", "busy", "t1", "cl-1"),
+        (2, "dead", "HTTP 401", "t2", "cl-2"),
+        (3, "applied", None, "t3", "cl-3a,cl-3b"),
+    ]
+    assert got.job["state"] == "done" and got.job["attempts"] == 1
+
+
 def test_uncounted_retry_does_not_use_attempts(store):
     store.record_delivery(delivery(), now=T0)
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)

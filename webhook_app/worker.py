@@ -219,16 +219,16 @@ class Worker:
         attrs = {
             "webhook_app.job_id": job.id,
             "webhook_app.order_id": job.order_id,
-            "webhook_app.attempt": job.attempts,
+            "webhook_app.attempt": job.number,
         }
         with tracing.span("job attempt", kind="consumer", parent=job.trace_context, attributes=attrs) as span:
             outcome = self._process(job)
             span.set("webhook_app.outcome", outcome.outcome or outcome.state)
-        if span.trace_id or self._cl_trace_ids:
+        # This attempt's own: taken, and the list started afresh for whatever calls come next.
+        cl_trace_ids, self._cl_trace_ids = self._cl_trace_ids, []
+        if span.trace_id or cl_trace_ids:
             try:
-                self.store.record_attempt_traces(
-                    job.id, job.attempts, trace_id=span.trace_id, cl_trace_ids=self._cl_trace_ids
-                )
+                self.store.record_attempt_traces(job.id, job.number, trace_id=span.trace_id, cl_trace_ids=cl_trace_ids)
             except StoreError as exc:
                 log.warning("trace ids not recorded", extra={"job_id": job.id, "error": str(exc)})
         return outcome

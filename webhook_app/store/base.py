@@ -61,6 +61,9 @@ class Job:
     replay: bool = False
     # The W3C trace context the intake stored beside the job ({} when traces were off).
     trace_context: dict[str, str] = field(default_factory=dict)
+    # This attempt's number among all of the job's attempts: unlike `attempts` (the budget, which
+    # a requeue starts afresh and a deferral gives back), it goes on counting (the attempts' rows).
+    number: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,7 +281,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, job_id: int, *, now: float) -> bool:
-        """Put a dead-lettered job back in the queue with its attempts reset."""
+        """Put a dead-lettered job back in the queue with its attempt budget reset (the attempts
+        made so far stay, and the next one is numbered after them)."""
 
     # --- per-order action claims ------------------------------------------------------------
     @abc.abstractmethod
@@ -366,7 +370,8 @@ class Store(abc.ABC):
     def record_attempt_traces(
         self, job_id: int, attempt: int, *, trace_id: str | None, cl_trace_ids: Sequence[str]
     ) -> None:
-        """Note on attempt `attempt` of the job its span's trace id and Commerce Layer's trace ids."""
+        """Note on attempt number `attempt` (`Job.number`) of the job its span's trace id and
+        Commerce Layer's trace ids."""
 
     @abc.abstractmethod
     def job_state(self, job_id: int) -> str | None:

@@ -175,10 +175,14 @@ class SQLStore(Store):
                 (worker, lease, now, job_id),
             )
             attempt = int(row["attempts"]) + 1
-            c.run(
-                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
-                (job_id, attempt, worker, now),
+            # Numbered on from the job's earlier attempts: a requeue starts the attempt budget
+            # (`jobs.attempts`) afresh, not the history, and a deferred attempt keeps its own row.
+            numbered = c.one(
+                "INSERT INTO attempts (job_id, number, worker, started_at)"
+                " SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ? FROM attempts WHERE job_id = ? RETURNING number",
+                (job_id, worker, now, job_id),
             )
+            assert numbered is not None
             d = c.one(
                 "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, d.body, d.received_at, d.replay_of"
                 " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
@@ -196,6 +200,7 @@ class SQLStore(Store):
                 lease_expires_at=lease,
                 replay=d["replay_of"] is not None,
                 trace_context=json.loads(d["trace_context"]) if d["trace_context"] else {},
+                number=int(numbered["number"]),
             )
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
@@ -503,7 +508,8 @@ class SQLStore(Store):
     ) -> None:
         with self._tx() as c:
             c.run(
-                "UPDATE attempts SET trace_id = ?, cl_trace_ids = ? WHERE job_id = ? AND number = ?",
+                "UPDATE attempts SET trace_id = ?, cl_trace_ids = ? WHERE id ="
+                " (SELECT MAX(id) FROM attempts WHERE job_id = ? AND number = ?)",
                 (trace_id, ",".join(cl_trace_ids) or None, job_id, attempt),
             )
 
