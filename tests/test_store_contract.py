@@ -358,3 +358,22 @@ def test_database_bytes_is_the_size_on_disk_and_grows(store):
     for n in range(300):
         store.record_delivery(delivery(f"grow{n}", metadata={"pad": "x" * 4000}), now=T0)
     assert store.database_bytes() > before
+
+
+def test_service_status_keeps_since_until_the_state_changes(store):
+    assert store.get_status("commercelayer_credentials") is None
+    first = store.set_status("commercelayer_credentials", "refused", reason="HTTP 401", source="w1", now=T0)
+    assert (first.state, first.since, first.updated_at, first.reason, first.source) == (
+        "refused",
+        T0,
+        T0,
+        "HTTP 401",
+        "w1",
+    )
+    store.set_status("commercelayer_credentials", "refused", reason="HTTP 403", source="w2", now=T0 + 60)
+    got = store.get_status("commercelayer_credentials")
+    assert (got.state, got.since, got.updated_at, got.reason, got.source) == ("refused", T0, T0 + 60, "HTTP 403", "w2")
+    store.set_status("commercelayer_credentials", "ok", reason=None, source="w1", now=T0 + 90)
+    got = store.get_status("commercelayer_credentials")
+    assert (got.state, got.since, got.reason) == ("ok", T0 + 90, None)
+    assert store.get_status("something_else") is None

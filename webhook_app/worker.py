@@ -26,6 +26,7 @@ from typing import Any
 
 from webhook_app import tracing
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
+from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
@@ -61,7 +62,7 @@ def new_worker_id() -> str:
 class Outcome:
     """What processing one job ended with (returned for tests and logs)."""
 
-    state: str  # done | retry | dead | lost
+    state: str  # done | retry | dead | lost | held (the credentials were refused: given back uncounted)
     decision: Decision | None
     outcome: str | None = None
     error: str | None = None
@@ -80,6 +81,7 @@ class Worker:
         rng: random.Random | None = None,
         observer: Callable[[str, dict[str, Any]], None] | None = None,
         on_poll: Callable[[float], None] | None = None,
+        credentials: CredentialsGate | None = None,
     ) -> None:
         if not settings.shadow and client is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
@@ -97,6 +99,19 @@ class Worker:
         self._read_settled = False  # this attempt has read the order's current state
         self._claimed_at = float("-inf")  # when run_once claimed the job in hand (its leases' start)
         self._next_prune = 0.0  # the first prune runs soon after start
+        # Enforce mode: no job is attempted while Commerce Layer refuses the credentials.
+        self.credentials = credentials or (
+            None
+            if client is None or settings.shadow
+            else CredentialsGate(
+                client=client,
+                store=store,
+                source=self.id,
+                clock=clock,
+                delay=lambda n: retry_delay(n, base=1.0, cap=60.0, rng=self.rng),
+                auth_url=settings.cl_auth_url,
+            )
+        )
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -153,7 +168,9 @@ class Worker:
         return report
 
     def run_once(self) -> Outcome | None:
-        """Claim and process one due job; None when nothing is due."""
+        """Claim and process one due job; None when nothing is due (or the credentials are refused)."""
+        if self.credentials is not None and self.credentials.holding():
+            return None
         job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
         if job is None:
             return None
@@ -448,6 +465,14 @@ class Worker:
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
         error = storable_text(str(exc))
+        if isinstance(exc, CredentialsRefused) and self.credentials is not None:
+            # The deployment's fault, not the order's: back to pending, this attempt not counted.
+            self.store.retry_job(
+                job.id, worker=self.id, error=error, next_attempt_at=self.clock(), now=self.clock(), count_attempt=False
+            )
+            self.credentials.refused(exc)
+            self._observe("held", job, decision=decision, error=error)
+            return Outcome("held", decision, error=error)
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(
                 job.attempts,

@@ -153,6 +153,19 @@ class Pruned:
 
 
 @dataclass(frozen=True)
+class Status:
+    """What one process found, written for the others to read (`service_status`): e.g. the
+    worker's `commercelayer_credentials`, `ok` or `refused`, read by the web side's `/readyz`."""
+
+    name: str
+    state: str
+    since: float  # when it came to this state
+    reason: str | None
+    source: str | None  # who wrote it (a worker id)
+    updated_at: float  # when it was last written
+
+
+@dataclass(frozen=True)
 class StorageStats:
     bytes: int  # the database's size on disk
     oldest_received_at: float | None  # the oldest stored delivery
@@ -372,6 +385,14 @@ class Store(abc.ABC):
     ) -> None:
         """Note on attempt number `attempt` (`Job.number`) of the job its span's trace id and
         Commerce Layer's trace ids."""
+
+    @abc.abstractmethod
+    def set_status(self, name: str, state: str, *, reason: str | None, source: str | None, now: float) -> Status:
+        """Write what `name` is now; its `since` stays unless the state changes."""
+
+    @abc.abstractmethod
+    def get_status(self, name: str) -> Status | None:
+        """What was last written for `name`; None if nothing was."""
 
     @abc.abstractmethod
     def job_state(self, job_id: int) -> str | None:

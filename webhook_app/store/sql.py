@@ -24,6 +24,7 @@ from webhook_app.store.base import (
     Pruned,
     QueueStats,
     Recorded,
+    Status,
     StorageStats,
     Store,
     StoredDelivery,
@@ -513,6 +514,27 @@ class SQLStore(Store):
                 (trace_id, ",".join(cl_trace_ids) or None, job_id, attempt),
             )
 
+    def set_status(self, name: str, state: str, *, reason: str | None, source: str | None, now: float) -> Status:
+        reason = None if reason is None else storable_text(reason, limit=1000)
+        with self._tx() as c:
+            row = c.one(
+                "INSERT INTO service_status (name, state, since, reason, source, updated_at) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason,"
+                " source = excluded.source, updated_at = excluded.updated_at, since = CASE"
+                " WHEN service_status.state = excluded.state THEN service_status.since ELSE excluded.since END"
+                " RETURNING name, state, since, reason, source, updated_at",
+                (name, state, now, reason, source, now),
+            )
+        assert row is not None
+        return _status(row)
+
+    def get_status(self, name: str) -> Status | None:
+        with self._tx(write=False) as c:
+            row = c.one(
+                "SELECT name, state, since, reason, source, updated_at FROM service_status WHERE name = ?", (name,)
+            )
+        return None if row is None else _status(row)
+
     def job_state(self, job_id: int) -> str | None:
         with self._tx(write=False) as c:
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
@@ -640,6 +662,17 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+def _status(row: Row) -> Status:
+    return Status(
+        name=row["name"],
+        state=row["state"],
+        since=float(row["since"]),
+        reason=row["reason"],
+        source=row["source"],
+        updated_at=float(row["updated_at"]),
+    )
 
 
 def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> StoredDelivery:

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from webhook_app.commercelayer import credentials
 from webhook_app.commercelayer.api import CallRecord
 from webhook_app.errors import StoreError
 from webhook_app.store import Store
@@ -194,11 +195,13 @@ def record_circuit_check(check: Any) -> None:
 
 
 class StoreCollector(Collector):
-    """Gauges read from the database when scraped."""
+    """Gauges read from the database when scraped (with `enforce`, what the worker found of the
+    Commerce Layer credentials: shadow mode needs none)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, *, enforce: bool = False) -> None:
         self.store = store
         self.clock = clock
+        self.enforce = enforce
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("webhook_app_database_up", "1 if the database answered this scrape.")
@@ -228,7 +231,26 @@ class StoreCollector(Collector):
         for rule, action, outcome, n in counts:
             total.add_metric([rule, action, outcome], n)
         yield total
+        if self.enforce:
+            yield from self._credentials()
         yield from self._storage()
+
+    def _credentials(self) -> Iterator[Any]:
+        """1 while Commerce Layer accepts the credentials, 0 while it refuses them (jobs held);
+        absent until a worker has asked."""
+        try:
+            status = self.store.get_status(credentials.NAME)
+        except StoreError:
+            return
+        if status is None or status.state not in (credentials.OK, credentials.REFUSED):
+            return
+        ok = GaugeMetricFamily(
+            "webhook_app_commercelayer_credentials_ok",
+            "1 if Commerce Layer accepted the credentials when a worker last asked, 0 if it refused them"
+            " (jobs are held until it accepts them).",
+        )
+        ok.add_metric([], 1 if status.state == credentials.OK else 0)
+        yield ok
 
     def _storage(self) -> Iterator[Any]:
         """How much is kept: the database's size and the oldest delivery (retention working?)."""
@@ -268,7 +290,7 @@ def init_app(app: Flask) -> None:
             MultiProcessCollector(registry)
         else:
             registry.register(_Default())
-        registry.register(StoreCollector(s.store, s.clock))
+        registry.register(StoreCollector(s.store, s.clock, enforce=not s.settings.shadow))
         # CONTENT_TYPE_LATEST already names its charset: as the whole header, not as a mimetype
         # (to which Flask would add a second one).
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -276,7 +298,7 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
 
-def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None:  # noqa: S104  # nosec B104  # see docstring
+def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0", *, enforce: bool = False) -> None:  # noqa: S104  # nosec B104  # see docstring
     """Expose a worker's metrics on their own port (for workers on hosts without a web instance).
 
     All interfaces by default: Prometheus scrapes the pod over the pod network, and who may reach
@@ -289,5 +311,5 @@ def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0") -> None
         MultiProcessCollector(registry)
     else:
         registry.register(_Default())
-    registry.register(StoreCollector(store))
+    registry.register(StoreCollector(store, enforce=enforce))
     start_http_server(port, addr=host, registry=registry)
