@@ -201,6 +201,20 @@ def test_the_token_endpoints_refusals_name_the_setting_to_fix(fake_cl, status, f
     c.close()
 
 
+def test_an_oauth_shaped_refusal_keeps_its_description(fake_cl):
+    """The token endpoint is OAuth: its refusal may be RFC 6749's `{error, error_description}`."""
+    body = {"error": "invalid_client", "error_description": "Client authentication failed due to unknown client."}
+    fake_cl.fail("token", status=401, body=body)
+    c = CommerceLayerClient(
+        api_base=fake_cl.url, auth_url=fake_cl.url + "/oauth/token", client_id="cid", client_secret="x" * 20
+    )
+    with pytest.raises(CredentialsRefused) as exc:
+        c.get_order("o1")
+    assert "Client authentication failed due to unknown client." in str(exc.value)
+    assert exc.value.errors == [{"code": "invalid_client", "detail": body["error_description"]}]
+    c.close()
+
+
 def test_shadow_mode_has_no_credentials_gate(env, settings_factory, sqlite_store):
     shadow = Worker(store=sqlite_store, policy=load_policy(bundled_policy_path()), settings=settings_factory())
     assert shadow.credentials is None

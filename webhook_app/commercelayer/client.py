@@ -421,7 +421,8 @@ def _refused(resp: requests.Response, where: str, fix: str, *, by_api: bool) -> 
 
 
 def _errors_of(resp: requests.Response) -> tuple[list[dict[str, object]], str]:
-    """Commerce Layer's `errors[]` (title, detail, code, status, source) and their details in one text."""
+    """Commerce Layer's `errors[]` (title, detail, code, status, source) and their details in one
+    text; an OAuth error answer (RFC 6749 5.2: `error`, `error_description`) is read as one error."""
     errors: list[dict[str, object]] = []
     try:
         doc = resp.json()
@@ -431,6 +432,8 @@ def _errors_of(resp: requests.Response) -> tuple[list[dict[str, object]], str]:
                 for e in doc["errors"]
                 if isinstance(e, dict)
             ]
+        elif isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            errors = [{"code": doc["error"], "detail": str(doc.get("error_description") or doc["error"])}]
     except ValueError:
         pass
     details = "; ".join(str(e.get("detail") or e.get("title") or "") for e in errors if e) or resp.reason
