@@ -426,6 +426,51 @@ def test_requeue_dead_letter_then_409_then_404(api, clock):
         assert r.status_code == 404 and "no dead letter" in r.json["errors"][0]["detail"]
 
 
+def requeued_then_done(client, store, tok, clock):
+    """A job dead-lettered on a refused token, requeued through the API, then done."""
+    rec = record(store, "ordRQ1", now=clock())
+    first = claim(store, rec.job_id, clock())
+    store.record_attempt_traces(first.id, first.number, trace_id=None, cl_trace_ids=["cl-trace-first"])
+    assert store.dead_letter(
+        first.id, worker="w1", error="permanent error: token request: HTTP 401", decision=None, now=clock()
+    )
+    clock.advance(60)
+    assert client.post(f"/admin/dead-letters/{rec.job_id}/requeue", headers=auth(tok)).status_code == 202
+    again = claim(store, rec.job_id, clock())
+    store.record_attempt_traces(again.id, again.number, trace_id=None, cl_trace_ids=["cl-trace-second"])
+    decision = DecisionRecord(rule="r", action="save_payment_source", reason="ok", outcome="applied", mode="enforce")
+    assert store.finish_job(again.id, worker="w1", decision=decision, now=clock())
+    return rec
+
+
+def test_a_requeued_job_keeps_its_history_and_shows_its_current_state(api, clock):
+    client, store, tok = api
+    rec = requeued_then_done(client, store, tok, clock)
+    d = client.get(f"/admin/deliveries/{rec.delivery_id}", headers=auth(tok)).json
+    attempts = [(a["number"], a["outcome"], a["error"], a["commercelayer_trace_ids"]) for a in d["attempts"]]
+    assert attempts == [
+        (1, "dead", "permanent error: token request: HTTP 401", ["cl-trace-first"]),
+        (2, "applied", None, ["cl-trace-second"]),
+    ]
+    assert d["state"] == "done" and d["job"]["state"] == "done"
+    assert d["job"]["last_error"] is None  # the 401 is attempt 1's, not the job's current error
+    listed = client.get("/admin/deliveries", headers=auth(tok)).json["deliveries"][0]
+    assert listed["id"] == rec.delivery_id and listed["state"] == "done"
+
+
+def test_the_page_of_a_requeued_job_shows_done_and_each_attempt_once(settings_factory, sqlite_store, clock):
+    client = make_client(settings_factory, sqlite_store, clock)
+    rec = requeued_then_done(client, sqlite_store, token(clock), clock)
+    login(client, clock)
+    html = client.get(f"/admin/view/deliveries/{rec.delivery_id}").get_data(as_text=True)
+    facts = re.search(r'<dl class="facts" id="facts">(.*?)</dl>', html, re.S).group(1)
+    assert "<dt>Status</dt><dd>done</dd>" in facts and "queued" not in facts
+    assert "Last error" not in facts and "HTTP 401" not in facts
+    rows = re.findall(r'<tr><td class="num">(\d+)</td>', html.split('id="attempts"')[1])
+    assert rows == ["1", "2"]
+    assert html.count("cl-trace-first") == 1 and html.count("cl-trace-second") == 1
+
+
 def test_get_on_post_endpoints_is_405(api):
     client, _, tok = api
     assert client.get("/admin/dead-letters/1/requeue", headers=auth(tok)).status_code == 405

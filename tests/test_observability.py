@@ -18,6 +18,7 @@ from deploy_tools import DEPLOY, K8S, load_yaml, load_yaml_docs, need_tool
 from prometheus_client import REGISTRY
 from test_metrics import scrape, value
 
+from webhook_app.commercelayer import credentials
 from webhook_app.ops.circuit import Check, Circuit
 from webhook_app.web import create_app, metrics
 from webhook_app.worker import Worker
@@ -30,8 +31,10 @@ NAME = re.compile(r"\bwebhook_app_[a-z0-9_]+")
 
 
 def exported_names(store) -> set[str]:
-    """Every sample name /metrics can carry: counters as `_total`, histograms as their series."""
-    families = [*REGISTRY.collect(), *metrics.StoreCollector(store).collect()]
+    """Every sample name /metrics can carry: counters as `_total`, histograms as their series
+    (in enforce mode, once a worker has recorded what Commerce Layer said of the credentials)."""
+    store.set_status(credentials.NAME, credentials.REFUSED, reason="HTTP 401", source="w", now=time.time())
+    families = [*REGISTRY.collect(), *metrics.StoreCollector(store, enforce=True).collect()]
     out = set()
     for fam in families:
         if not fam.name.startswith("webhook_app_"):
@@ -157,6 +160,7 @@ def test_every_alert_has_a_summary_saying_what_to_do_and_a_firing_unit_test():
         "saved_without_entry",
         "database_bytes",
         "worker_last_poll",
+        "commercelayer_credentials_ok",
     ]
     for what in wanted:
         assert any(re.search(what, r["expr"]) for r in rules), what

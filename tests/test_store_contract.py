@@ -112,6 +112,33 @@ def test_retry_waits_until_next_attempt_then_dead_letter_and_requeue(store):
     assert job.attempts == 1
 
 
+def test_attempt_numbers_continue_across_deferrals_and_requeues_each_with_its_own_record(store):
+    """A requeue (or a deferral) starts the job's attempt budget afresh, but attempts are numbered
+    on: each row keeps its own number, error and trace ids (a requeue once showed two "#1")."""
+    rec = store.record_delivery(delivery(), now=T0)
+    first = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert (first.attempts, first.number) == (1, 1)
+    store.record_attempt_traces(first.id, first.number, trace_id="t1", cl_trace_ids=["cl-1"])
+    store.retry_job(first.id, worker="w", error="busy", next_attempt_at=T0, now=T0, count_attempt=False)
+    second = store.claim_job(worker="w", lease_seconds=30, now=T0 + 1)
+    assert (second.attempts, second.number) == (1, 2)
+    store.record_attempt_traces(second.id, second.number, trace_id="t2", cl_trace_ids=["cl-2"])
+    assert store.dead_letter(second.id, worker="w", error="HTTP 401", decision=None, now=T0 + 2)
+    assert store.requeue(second.id, now=T0 + 3)
+    third = store.claim_job(worker="w", lease_seconds=30, now=T0 + 3)
+    assert (third.attempts, third.number) == (1, 3)
+    store.record_attempt_traces(third.id, third.number, trace_id="t3", cl_trace_ids=["cl-3a", "cl-3b"])
+    assert store.finish_job(third.id, worker="w", decision=DECISION, now=T0 + 4)
+    got = store.get_delivery(rec.delivery_id)
+    rows = [(a["number"], a["outcome"], a["error"], a["trace_id"], a["cl_trace_ids"]) for a in got.attempts]
+    assert rows == [
+        (1, "deferred", "busy", "t1", "cl-1"),
+        (2, "dead", "HTTP 401", "t2", "cl-2"),
+        (3, "applied", None, "t3", "cl-3a,cl-3b"),
+    ]
+    assert got.job["state"] == "done" and got.job["attempts"] == 1
+
+
 def test_uncounted_retry_does_not_use_attempts(store):
     store.record_delivery(delivery(), now=T0)
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)
@@ -333,16 +360,6 @@ def test_database_bytes_is_the_size_on_disk_and_grows(store):
     assert store.database_bytes() > before
 
 
-def test_heartbeats_keep_the_newest_time(store):
-    assert store.last_heartbeat("worker") is None
-    store.record_heartbeat("worker", now=T0 + 10)
-    store.record_heartbeat("worker", now=T0)  # a worker whose clock is behind cannot move it back
-    assert store.last_heartbeat("worker") == T0 + 10
-    store.record_heartbeat("worker", now=T0 + 20)
-    assert store.last_heartbeat("worker") == T0 + 20
-    assert store.last_heartbeat("other") is None
-
-
 def test_wallet_activity_by_day_and_market_and_operations_since(store):
     # the market comes from the stored body's `market` linkage (order_body links mktAAA1111)
     for n, (decision, at) in enumerate(
@@ -369,3 +386,22 @@ def test_wallet_activity_by_day_and_market_and_operations_since(store):
     ops = store.operations_since(["wallet_expired_scan", "wallet_entry_deleted"], since=T0)
     assert [o.kind for o in ops] == ["wallet_expired_scan", "wallet_entry_deleted"]
     assert store.operations_since(["wallet_entry_deleted"], since=T0 + 6) == []
+
+
+def test_service_status_keeps_since_until_the_state_changes(store):
+    assert store.get_status("commercelayer_credentials") is None
+    first = store.set_status("commercelayer_credentials", "refused", reason="HTTP 401", source="w1", now=T0)
+    assert (first.state, first.since, first.updated_at, first.reason, first.source) == (
+        "refused",
+        T0,
+        T0,
+        "HTTP 401",
+        "w1",
+    )
+    store.set_status("commercelayer_credentials", "refused", reason="HTTP 403", source="w2", now=T0 + 60)
+    got = store.get_status("commercelayer_credentials")
+    assert (got.state, got.since, got.updated_at, got.reason, got.source) == ("refused", T0, T0 + 60, "HTTP 403", "w2")
+    store.set_status("commercelayer_credentials", "ok", reason=None, source="w1", now=T0 + 90)
+    got = store.get_status("commercelayer_credentials")
+    assert (got.state, got.since, got.reason) == ("ok", T0 + 90, None)
+    assert store.get_status("something_else") is None

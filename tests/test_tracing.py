@@ -8,6 +8,7 @@ the sandbox over HTTP, with the SDK's in-memory exporter. The trace context cros
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -180,3 +181,30 @@ def test_configure_follows_the_standard_variables():
     finally:
         tracing.shutdown()
     assert not tracing.enabled()
+
+
+def test_each_attempt_keeps_its_own_commerce_layer_trace_ids_across_a_requeue(settings_factory, sqlite_store, sandbox):
+    """A PATCH refused once (dead letter at max_attempts=1), requeued, then applied: attempt 2 is
+    numbered on, and its Commerce Layer trace ids are recorded on it alone."""
+    import requests
+
+    settings_factory = _with(settings_factory, max_attempts=1)
+    app, worker, client = stack(settings_factory, sqlite_store, sandbox)
+    rule = {"route": "orders.patch", "error_share": 1.0, "error_status": 503, "requests": 1}
+    requests.put(f"{sandbox.url}/_sandbox/faults", json={"seed": 1, "rules": [rule]}, timeout=10).raise_for_status()
+    try:
+        r = deliver(app, webhook_body(sandbox, "OrdStripeA"))
+        assert [o.state for o in worker.drain()] == ["dead"]
+        assert sqlite_store.requeue(r.json["job_id"], now=time.time())
+        assert [o.outcome for o in worker.drain()] == ["applied"]
+    finally:
+        client.close()
+    first, second = sqlite_store.get_delivery(r.json["delivery_id"]).attempts
+    assert (first["number"], first["outcome"], second["number"], second["outcome"]) == (1, "dead", 2, "applied")
+    # (the sandbox's injected 503 carries no trace id; before, attempt 2's were written on both rows)
+    ids1, ids2 = set((first["cl_trace_ids"] or "").split(",")) - {""}, set(second["cl_trace_ids"].split(","))
+    assert ids2 and not ids1 & ids2
+
+
+def _with(factory, **extra):
+    return lambda **kw: factory(**{**extra, **kw})

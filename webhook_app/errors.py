@@ -184,6 +184,23 @@ class PermanentCommerceLayerError(CommerceLayerError):
         super().__init__(detail, **kw)  # type: ignore[arg-type]
 
 
+class CredentialsRefused(PermanentCommerceLayerError):
+    """Commerce Layer refused the deployment's credentials: the token endpoint answered 4xx (not
+    429), or the API answered 401 to a token just issued. Not an order's fault: the worker holds
+    the jobs (not attempted, not charged an attempt) until the credentials work again.
+
+    `fix`: the settings to check, as the operator would set them (`CL_CLIENT_SECRET`, ...).
+    `by_api`: the API refused a fresh token (the token endpoint had accepted the credentials).
+    """
+
+    title = "Commerce Layer refused the credentials"
+
+    def __init__(self, detail: str, *, fix: str, by_api: bool = False, **kw: object) -> None:
+        super().__init__(detail, **kw)
+        self.fix = fix
+        self.by_api = by_api
+
+
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 

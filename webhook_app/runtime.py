@@ -319,8 +319,10 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         on_poll=metrics.record_worker_poll,
         handlers=Anonymizer(store, enabled=settings.honour_anonymization).handlers(),
     )
+    if worker.credentials is not None:
+        worker.credentials.check_at_start()  # one line either way; runs on (Commerce Layer may be down)
     if metrics_port:
-        metrics.serve_worker_metrics(metrics_port, store, policy=policy)
+        metrics.serve_worker_metrics(metrics_port, store, policy=policy, enforce=not settings.shadow)
     guard_store = guard_client = None
     try:
         if once:

@@ -26,6 +26,7 @@ from typing import Any
 
 from webhook_app import tracing
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
+from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
@@ -39,8 +40,9 @@ BUSY_RETRY_SECONDS = 1.0
 # A save Commerce Layer answered without error, after which no wallet entry for the source appears.
 SAVED_WITHOUT_ENTRY = "saved_without_entry"
 PRUNE_BATCHES_PER_TICK = 4
-# How often a polling worker records that it is alive (`Store.record_heartbeat`): `doctor` calls a
-# worker silent for a minute not running.
+# How often a polling worker records that it is alive (the `worker` row of `Store.set_status`, its
+# `updated_at`): `doctor` calls a worker silent for a minute not running.
+HEARTBEAT = "worker"
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -64,7 +66,7 @@ def new_worker_id() -> str:
 class Outcome:
     """What processing one job ended with (returned for tests and logs)."""
 
-    state: str  # done | retry | dead | lost
+    state: str  # done | retry | dead | lost | held (the credentials were refused: given back uncounted)
     decision: Decision | None
     outcome: str | None = None
     error: str | None = None
@@ -100,6 +102,7 @@ class Worker:
         observer: Callable[[str, dict[str, Any]], None] | None = None,
         on_poll: Callable[[float], None] | None = None,
         handlers: Mapping[str, TopicHandler] | None = None,
+        credentials: CredentialsGate | None = None,
     ) -> None:
         if not settings.shadow and client is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
@@ -119,6 +122,19 @@ class Worker:
         self._claimed_at = float("-inf")  # when run_once claimed the job in hand (its leases' start)
         self._next_prune = 0.0  # the first prune runs soon after start
         self._next_beat = 0.0  # the first heartbeat is written at the first poll
+        # Enforce mode: no job is attempted while Commerce Layer refuses the credentials.
+        self.credentials = credentials or (
+            None
+            if client is None or settings.shadow
+            else CredentialsGate(
+                client=client,
+                store=store,
+                source=self.id,
+                clock=clock,
+                delay=lambda n: retry_delay(n, base=1.0, cap=60.0, rng=self.rng),
+                auth_url=settings.cl_auth_url,
+            )
+        )
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -166,7 +182,7 @@ class Worker:
             return
         self._next_beat = now + HEARTBEAT_SECONDS
         try:
-            self.store.record_heartbeat("worker", now=now)
+            self.store.set_status(HEARTBEAT, "polling", reason=None, source=self.id, now=now)
         except StoreError as exc:
             log.warning("heartbeat not recorded", extra={"error": str(exc)})
 
@@ -188,7 +204,9 @@ class Worker:
         return report
 
     def run_once(self) -> Outcome | None:
-        """Claim and process one due job; None when nothing is due."""
+        """Claim and process one due job; None when nothing is due (or the credentials are refused)."""
+        if self.credentials is not None and self.credentials.holding():
+            return None
         job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
         if job is None:
             return None
@@ -254,16 +272,16 @@ class Worker:
         attrs = {
             "webhook_app.job_id": job.id,
             "webhook_app.order_id": job.order_id,
-            "webhook_app.attempt": job.attempts,
+            "webhook_app.attempt": job.number,
         }
         with tracing.span("job attempt", kind="consumer", parent=job.trace_context, attributes=attrs) as span:
             outcome = self._process(job)
             span.set("webhook_app.outcome", outcome.outcome or outcome.state)
-        if span.trace_id or self._cl_trace_ids:
+        # This attempt's own: taken, and the list started afresh for whatever calls come next.
+        cl_trace_ids, self._cl_trace_ids = self._cl_trace_ids, []
+        if span.trace_id or cl_trace_ids:
             try:
-                self.store.record_attempt_traces(
-                    job.id, job.attempts, trace_id=span.trace_id, cl_trace_ids=self._cl_trace_ids
-                )
+                self.store.record_attempt_traces(job.id, job.number, trace_id=span.trace_id, cl_trace_ids=cl_trace_ids)
             except StoreError as exc:
                 log.warning("trace ids not recorded", extra={"job_id": job.id, "error": str(exc)})
         return outcome
@@ -499,6 +517,14 @@ class Worker:
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
         error = storable_text(str(exc))
+        if isinstance(exc, CredentialsRefused) and self.credentials is not None:
+            # The deployment's fault, not the order's: back to pending, this attempt not counted.
+            self.store.retry_job(
+                job.id, worker=self.id, error=error, next_attempt_at=self.clock(), now=self.clock(), count_attempt=False
+            )
+            self.credentials.refused(exc)
+            self._observe("held", job, decision=decision, error=error)
+            return Outcome("held", decision, error=error)
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(
                 job.attempts,

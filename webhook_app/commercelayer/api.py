@@ -27,6 +27,10 @@ class CallRecord:
 class CommerceLayerAPI(Protocol):
     """The calls this service makes; every one has a timeout and raises CommerceLayerError."""
 
+    def check_credentials(self, *, api: bool = False) -> None:
+        """Ask for a token now (with `api`, and use it once): CredentialsRefused if refused."""
+        ...
+
     def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]: ...
 
     def update_order(

@@ -4,8 +4,10 @@ One `requests.Session` per client; OAuth2 client credentials with the token cach
 shortly before it expires and refreshed once on a 401; JSON:API media types; an explicit
 (connect, read) timeout on every call; a client-side rate limit. Failures become
 CommerceLayerError: 429, 5xx, timeouts and connection errors are retryable, other 4xx are
-permanent and keep Commerce Layer's `errors[].detail`. Retrying is the worker's job (it reschedules
-the job with backoff), so one call here is one request (plus at most one token refresh).
+permanent and keep Commerce Layer's `errors[].detail`; a refused token, or a 401 to a token just
+issued, is CredentialsRefused (the deployment's fault: it names the settings to check). Retrying
+is the worker's job (it reschedules the job with backoff), so one call here is one request (plus
+at most one token refresh).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from webhook_app.commercelayer.api import CallRecord
 from webhook_app.config import Settings
 from webhook_app.errors import (
     CommerceLayerError,
+    CredentialsRefused,
     PermanentCommerceLayerError,
     RetryableCommerceLayerError,
 )
@@ -158,6 +161,8 @@ class CommerceLayerClient:
             raise RetryableCommerceLayerError(f"token request failed: {type(exc).__name__}") from exc
         finally:
             self._record("POST", "token", status, time.monotonic() - started, waited)
+        if 400 <= resp.status_code < 500 and resp.status_code != 429:
+            raise _refused_token(resp)
         if resp.status_code != 200:
             raise _error_from(resp, "token request", uncertain=False)
         try:
@@ -169,6 +174,23 @@ class CommerceLayerClient:
         margin = min(self.token_margin, expires_in / 2)
         self.tokens.put(value, self.clock() + expires_in - margin)
         return value
+
+    def check_credentials(self, *, api: bool = False) -> None:
+        """One token request now, even with a token cached (the new token is kept), and with `api`
+        one read of a single order id with it: returns if Commerce Layer accepts the credentials,
+        raises CredentialsRefused if it refuses them and RetryableCommerceLayerError if it could
+        not be asked (down, unreachable, 5xx)."""
+        with self.tokens.lock:
+            self._fetch_token()
+        if api:
+            try:
+                self._request(
+                    "GET", "/api/orders", route="orders.list", params={"page[size]": "1", "fields[orders]": "id"}
+                )
+            except CredentialsRefused:
+                raise
+            except PermanentCommerceLayerError:
+                pass  # answered, and not with a 401: the token was accepted
 
     # --- API calls --------------------------------------------------------------------------
     def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]:
@@ -328,6 +350,9 @@ class CommerceLayerClient:
                 self.tokens.invalidate(token)
                 refreshed = True
                 continue
+            if resp.status_code == 401:
+                # Refused a token just issued: the credentials belong elsewhere (another organization).
+                raise _refused_api(resp, f"{method} {route}")
             if 200 <= resp.status_code < 300:
                 if resp.status_code == 204 or not resp.content:
                     return {}
@@ -394,7 +419,33 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> CommerceLayerError:
+def _refused_token(resp: requests.Response) -> CredentialsRefused:
+    """The token endpoint's 4xx (not 429): a fault of the deployment's settings, and which ones."""
+    status = resp.status_code
+    if status in (401, 403):
+        fix = "CL_CLIENT_ID and CL_CLIENT_SECRET"
+    elif status == 400:
+        fix = "CL_CLIENT_ID, CL_CLIENT_SECRET and CL_SCOPE"
+    else:
+        fix = "CL_AUTH_URL (is it Commerce Layer's token endpoint, https://auth.commercelayer.io/oauth/token?)"
+    return _refused(resp, "from the token endpoint", fix, by_api=False)
+
+
+def _refused_api(resp: requests.Response, what: str) -> CredentialsRefused:
+    """The API's 401 to a token the token endpoint had just issued."""
+    fix = "CL_API_BASE (it must be the organization CL_CLIENT_ID belongs to) and CL_SCOPE"
+    return _refused(resp, f"on {what} with a token just issued", fix, by_api=True)
+
+
+def _refused(resp: requests.Response, where: str, fix: str, *, by_api: bool) -> CredentialsRefused:
+    errors, details = _errors_of(resp)
+    text = f"Commerce Layer refused the credentials (HTTP {resp.status_code} {where}: {details[:500]}): check {fix}"
+    return CredentialsRefused(text, fix=fix, by_api=by_api, status=resp.status_code, errors=errors)
+
+
+def _errors_of(resp: requests.Response) -> tuple[list[dict[str, object]], str]:
+    """Commerce Layer's `errors[]` (title, detail, code, status, source) and their details in one
+    text; an OAuth error answer (RFC 6749 5.2: `error`, `error_description`) is read as one error."""
     errors: list[dict[str, object]] = []
     try:
         doc = resp.json()
@@ -404,9 +455,16 @@ def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> Comme
                 for e in doc["errors"]
                 if isinstance(e, dict)
             ]
+        elif isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            errors = [{"code": doc["error"], "detail": str(doc.get("error_description") or doc["error"])}]
     except ValueError:
         pass
     details = "; ".join(str(e.get("detail") or e.get("title") or "") for e in errors if e) or resp.reason
+    return errors, details
+
+
+def _error_from(resp: requests.Response, what: str, *, uncertain: bool) -> CommerceLayerError:
+    errors, details = _errors_of(resp)
     detail = f"{what}: HTTP {resp.status_code}: {details}"[:1000]
     status = resp.status_code
     if status == 429:

@@ -132,7 +132,8 @@ def _secrets_check(settings: Settings) -> Check:
 
 
 def _worker_check(store: Store, *, now: float) -> Check:
-    seen = store.last_heartbeat("worker")
+    status = store.get_status("worker")  # worker.HEARTBEAT, written every HEARTBEAT_SECONDS
+    seen = None if status is None else status.updated_at
     if seen is None:
         return Check(
             "worker", False, "no worker has ever polled this database", "start `webhook-app worker` (serve runs one)"

@@ -61,6 +61,9 @@ class Job:
     replay: bool = False
     # The W3C trace context the intake stored beside the job ({} when traces were off).
     trace_context: dict[str, str] = field(default_factory=dict)
+    # This attempt's number among all of the job's attempts: unlike `attempts` (the budget, which
+    # a requeue starts afresh and a deferral gives back), it goes on counting (the attempts' rows).
+    number: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,19 @@ class Pruned:
 
     bodies: int  # deliveries whose body and headers were removed, metadata kept
     deliveries: int  # deliveries removed with their job, attempts and decisions
+
+
+@dataclass(frozen=True)
+class Status:
+    """What one process found, written for the others to read (`service_status`): e.g. the
+    worker's `commercelayer_credentials`, `ok` or `refused`, read by the web side's `/readyz`."""
+
+    name: str
+    state: str
+    since: float  # when it came to this state
+    reason: str | None
+    source: str | None  # who wrote it (a worker id)
+    updated_at: float  # when it was last written
 
 
 @dataclass(frozen=True)
@@ -291,7 +307,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def requeue(self, job_id: int, *, now: float) -> bool:
-        """Put a dead-lettered job back in the queue with its attempts reset."""
+        """Put a dead-lettered job back in the queue with its attempt budget reset (the attempts
+        made so far stay, and the next one is numbered after them)."""
 
     # --- per-order action claims ------------------------------------------------------------
     @abc.abstractmethod
@@ -388,19 +405,20 @@ class Store(abc.ABC):
     def record_attempt_traces(
         self, job_id: int, attempt: int, *, trace_id: str | None, cl_trace_ids: Sequence[str]
     ) -> None:
-        """Note on attempt `attempt` of the job its span's trace id and Commerce Layer's trace ids."""
+        """Note on attempt number `attempt` (`Job.number`) of the job its span's trace id and
+        Commerce Layer's trace ids."""
+
+    @abc.abstractmethod
+    def set_status(self, name: str, state: str, *, reason: str | None, source: str | None, now: float) -> Status:
+        """Write what `name` is now; its `since` stays unless the state changes."""
+
+    @abc.abstractmethod
+    def get_status(self, name: str) -> Status | None:
+        """What was last written for `name`; None if nothing was."""
 
     @abc.abstractmethod
     def job_state(self, job_id: int) -> str | None:
         """`pending`, `running`, `done` or `dead`; None if there is no such job."""
-
-    @abc.abstractmethod
-    def record_heartbeat(self, name: str, *, now: float) -> None:
-        """Say that `name` (e.g. `worker`) is alive at `now`; the newest time is kept."""
-
-    @abc.abstractmethod
-    def last_heartbeat(self, name: str) -> float | None:
-        """When `name` last said it was alive; None if never."""
 
     @abc.abstractmethod
     def orders_with_jobs(self, order_ids: list[str]) -> set[str]:

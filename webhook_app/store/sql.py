@@ -27,6 +27,7 @@ from webhook_app.store.base import (
     Pruned,
     QueueStats,
     Recorded,
+    Status,
     StorageStats,
     Store,
     StoredDelivery,
@@ -188,10 +189,14 @@ class SQLStore(Store):
                 (worker, lease, now, job_id),
             )
             attempt = int(row["attempts"]) + 1
-            c.run(
-                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?,?,?,?)",
-                (job_id, attempt, worker, now),
+            # Numbered on from the job's earlier attempts: a requeue starts the attempt budget
+            # (`jobs.attempts`) afresh, not the history, and a deferred attempt keeps its own row.
+            numbered = c.one(
+                "INSERT INTO attempts (job_id, number, worker, started_at)"
+                " SELECT ?, COALESCE(MAX(number), 0) + 1, ?, ? FROM attempts WHERE job_id = ? RETURNING number",
+                (job_id, worker, now, job_id),
             )
+            assert numbered is not None
             d = c.one(
                 "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, d.body, d.received_at, d.replay_of"
                 " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
@@ -209,6 +214,7 @@ class SQLStore(Store):
                 lease_expires_at=lease,
                 replay=d["replay_of"] is not None,
                 trace_context=json.loads(d["trace_context"]) if d["trace_context"] else {},
+                number=int(numbered["number"]),
             )
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
@@ -565,28 +571,36 @@ class SQLStore(Store):
     ) -> None:
         with self._tx() as c:
             c.run(
-                "UPDATE attempts SET trace_id = ?, cl_trace_ids = ? WHERE job_id = ? AND number = ?",
+                "UPDATE attempts SET trace_id = ?, cl_trace_ids = ? WHERE id ="
+                " (SELECT MAX(id) FROM attempts WHERE job_id = ? AND number = ?)",
                 (trace_id, ",".join(cl_trace_ids) or None, job_id, attempt),
             )
+
+    def set_status(self, name: str, state: str, *, reason: str | None, source: str | None, now: float) -> Status:
+        reason = None if reason is None else storable_text(reason, limit=1000)
+        with self._tx() as c:
+            row = c.one(
+                "INSERT INTO service_status (name, state, since, reason, source, updated_at) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT (name) DO UPDATE SET state = excluded.state, reason = excluded.reason,"
+                " source = excluded.source, updated_at = excluded.updated_at, since = CASE"
+                " WHEN service_status.state = excluded.state THEN service_status.since ELSE excluded.since END"
+                " RETURNING name, state, since, reason, source, updated_at",
+                (name, state, now, reason, source, now),
+            )
+        assert row is not None
+        return _status(row)
+
+    def get_status(self, name: str) -> Status | None:
+        with self._tx(write=False) as c:
+            row = c.one(
+                "SELECT name, state, since, reason, source, updated_at FROM service_status WHERE name = ?", (name,)
+            )
+        return None if row is None else _status(row)
 
     def job_state(self, job_id: int) -> str | None:
         with self._tx(write=False) as c:
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
         return str(row["state"]) if row else None
-
-    def record_heartbeat(self, name: str, *, now: float) -> None:
-        with self._tx() as c:
-            c.run(
-                "INSERT INTO heartbeats (name, seen_at) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET seen_at = CASE"
-                " WHEN excluded.seen_at > heartbeats.seen_at THEN excluded.seen_at ELSE heartbeats.seen_at END",
-                (name, now),
-            )
-
-    def last_heartbeat(self, name: str) -> float | None:
-        with self._tx(write=False) as c:
-            row = c.one("SELECT seen_at FROM heartbeats WHERE name = ?", (name,))
-        return None if row is None else float(row["seen_at"])
 
     def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -710,6 +724,17 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+def _status(row: Row) -> Status:
+    return Status(
+        name=row["name"],
+        state=row["state"],
+        since=float(row["since"]),
+        reason=row["reason"],
+        source=row["source"],
+        updated_at=float(row["updated_at"]),
+    )
 
 
 def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> StoredDelivery:

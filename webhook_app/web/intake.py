@@ -25,6 +25,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.datastructures import EnvironHeaders
 
 from webhook_app import tracing
+from webhook_app.commercelayer import credentials
 from webhook_app.errors import (
     InvalidPayload,
     PayloadTooLarge,
@@ -33,6 +34,7 @@ from webhook_app.errors import (
     WebhookAppError,
 )
 from webhook_app.events import Delivery
+from webhook_app.timefmt import iso
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
 from webhook_app.web import metrics
 from webhook_app.web.context import Services, error_body, request_id_from, services
@@ -235,4 +237,20 @@ def readyz() -> tuple[Response, int]:
     except StoreError as exc:
         checks["database"] = exc.detail
         ok = False
+    if ok and not s.settings.shadow:  # shadow mode calls no one: it needs no credentials
+        ok, checks["commercelayer_credentials"] = credentials_check(s)
     return jsonify({"status": "ready" if ok else "unavailable", "checks": checks}), 200 if ok else 503
+
+
+def credentials_check(s: Services) -> tuple[bool, str]:
+    """What the worker last found of the Commerce Layer credentials: refused is not ready (no job
+    can run), with why; accepted, or not asked yet, is."""
+    try:
+        status = s.store.get_status(credentials.NAME)
+    except StoreError as exc:
+        return False, exc.detail
+    if status is None:
+        return True, "not checked yet (the worker checks them at start)"
+    if status.state == credentials.REFUSED:
+        return False, f"{status.reason} (since {iso(status.since)}; jobs are held, not failed, until it accepts them)"
+    return True, f"accepted (last checked {iso(status.updated_at)})"

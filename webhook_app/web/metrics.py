@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from webhook_app.commercelayer import credentials
 from webhook_app.commercelayer.api import CallRecord
 from webhook_app.errors import StoreError
 from webhook_app.policy import Policy
@@ -210,12 +211,21 @@ def record_circuit_check(check: Any) -> None:
 
 
 class StoreCollector(Collector):
-    """Gauges read from the database when scraped."""
+    """Gauges read from the database when scraped (with `enforce`, what the worker found of the
+    Commerce Layer credentials: shadow mode needs none)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        policy: Policy | None = None,
+        *,
+        enforce: bool = False,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.policy = policy  # tells which action a guard both actions share refused
+        self.enforce = enforce
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("webhook_app_database_up", "1 if the database answered this scrape.")
@@ -246,6 +256,8 @@ class StoreCollector(Collector):
             total.add_metric([rule, action, outcome], n)
         yield total
         yield from self._wallet()
+        if self.enforce:
+            yield from self._credentials()
         yield from self._storage()
 
     def _wallet(self) -> Iterator[Any]:
@@ -283,6 +295,23 @@ class StoreCollector(Collector):
         )
         when.add_metric([], scan.at if scan is not None else 0.0)
         yield when
+
+    def _credentials(self) -> Iterator[Any]:
+        """1 while Commerce Layer accepts the credentials, 0 while it refuses them (jobs held);
+        absent until a worker has asked."""
+        try:
+            status = self.store.get_status(credentials.NAME)
+        except StoreError:
+            return
+        if status is None or status.state not in (credentials.OK, credentials.REFUSED):
+            return
+        ok = GaugeMetricFamily(
+            "webhook_app_commercelayer_credentials_ok",
+            "1 if Commerce Layer accepted the credentials when a worker last asked, 0 if it refused them"
+            " (jobs are held until it accepts them).",
+        )
+        ok.add_metric([], 1 if status.state == credentials.OK else 0)
+        yield ok
 
     def _storage(self) -> Iterator[Any]:
         """How much is kept: the database's size and the oldest delivery (retention working?)."""
@@ -322,7 +351,7 @@ def init_app(app: Flask) -> None:
             MultiProcessCollector(registry)
         else:
             registry.register(_Default())
-        registry.register(StoreCollector(s.store, s.clock, s.policy))
+        registry.register(StoreCollector(s.store, s.clock, s.policy, enforce=not s.settings.shadow))
         # CONTENT_TYPE_LATEST already names its charset: as the whole header, not as a mimetype
         # (to which Flask would add a second one).
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -330,7 +359,14 @@ def init_app(app: Flask) -> None:
     app.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
 
 
-def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0", policy: Policy | None = None) -> None:  # noqa: S104  # nosec B104  # see docstring
+def serve_worker_metrics(
+    port: int,
+    store: Store,
+    host: str = "0.0.0.0",  # noqa: S104  # nosec B104  # see docstring
+    policy: Policy | None = None,
+    *,
+    enforce: bool = False,
+) -> None:
     """Expose a worker's metrics on their own port (for workers on hosts without a web instance).
 
     All interfaces by default: Prometheus scrapes the pod over the pod network, and who may reach
@@ -343,5 +379,5 @@ def serve_worker_metrics(port: int, store: Store, host: str = "0.0.0.0", policy:
         MultiProcessCollector(registry)
     else:
         registry.register(_Default())
-    registry.register(StoreCollector(store, policy=policy))
+    registry.register(StoreCollector(store, policy=policy, enforce=enforce))
     start_http_server(port, addr=host, registry=registry)

@@ -112,8 +112,9 @@ class Presenter:
         return {
             "id": job["id"],
             "state": job["state"],
-            "attempts": job["attempts"],
-            "last_error": self.scrub(job.get("last_error")),
+            "attempts": job["attempts"],  # since it was queued or last requeued (each attempt: `attempts`)
+            # Why it is not done yet; once done, an earlier attempt's error is that attempt's only.
+            "last_error": None if job["state"] == "done" else self.scrub(job.get("last_error")),
             "next_attempt_at": iso(job.get("next_attempt_at")),
             "lease_owner": job.get("lease_owner"),
             "lease_expires_at": iso(job.get("lease_expires_at")),
@@ -153,7 +154,8 @@ class Presenter:
             "resource_type": d.resource_type,
             "resource_id": d.resource_id,
             "received_at": iso(d.received_at),
-            "status": d.status,
+            "status": d.status,  # as received: queued (an order event) or ignored
+            "state": d.job["state"] if d.job else d.status,  # now: pending, running, done, dead or ignored
             "replay_of": d.replay_of,
             "job": self.job(d.job),
             "decision": self.decision(d.decisions[-1]) if d.decisions else None,

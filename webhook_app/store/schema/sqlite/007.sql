@@ -1,7 +1,12 @@
--- Version 7: heartbeats. What a process last said about itself, where every other process (and
--- `webhook-app doctor`) can read it: the workers' last poll, whatever host they run on.
+-- Version 7: what one process of the service found, for the others to read (the web side's
+-- /readyz and the metrics show what the worker found). One row per name; for now
+-- `commercelayer_credentials`: `ok` or `refused`, since when, why, and which worker said so.
 
-CREATE TABLE heartbeats (
+CREATE TABLE service_status (
     name TEXT PRIMARY KEY,
-    seen_at REAL NOT NULL
+    state TEXT NOT NULL,
+    since REAL NOT NULL,
+    reason TEXT,
+    source TEXT,
+    updated_at REAL NOT NULL
 );
