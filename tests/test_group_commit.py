@@ -10,11 +10,16 @@ with 503s and stores none of it twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +35,7 @@ from procs import Service, free_port, wait_http, wait_until
 from webhook_app.errors import StoreUnavailable
 from webhook_app.events import Delivery
 from webhook_app.signing import WebhookSecret
-from webhook_app.store import Submission, open_store
+from webhook_app.store import DeliveryFilter, Submission, open_store
 from webhook_app.store.group_commit import CommitClient, CommitWriter, address_for, encode_request
 from webhook_app.store.sqlite import SQLiteStore
 
@@ -387,3 +392,188 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+# --- another local user: a squatter on the writer's socket --------------------------------------
+SQUATTER = r'''
+import errno, json, os, select, socket, struct, sys
+
+old_name = "\0" + sys.argv[1]
+fake_ok = json.dumps({"ok": [1, False, 1, "queued"]}).encode()
+report = {"accepted": 0, "received_bytes": 0, "bound_old_name": False, "paths_seen": [], "connected": 0,
+          "bound": 0, "connect_errors": {}, "attempts": 0}
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    listener.bind(old_name)
+    listener.listen(64)
+    report["bound_old_name"] = True
+except OSError:
+    listener = None
+conns = []
+print("squatting", flush=True)
+while True:
+    fds = [sys.stdin] + conns + ([listener] if listener else [])
+    ready, _, _ = select.select(fds, [], [], 0.02)
+    if sys.stdin in ready and not os.read(sys.stdin.fileno(), 64):
+        break
+    for s in ready:
+        if s is listener:
+            c, _ = listener.accept()
+            report["accepted"] += 1
+            conns.append(c)
+        elif s is not sys.stdin:
+            data = s.recv(1 << 20)
+            if not data:
+                conns.remove(s); s.close(); continue
+            report["received_bytes"] += len(data)
+            s.sendall(struct.pack("!I", len(fake_ok)) + fake_ok)  # "stored", as a writer says
+    # and the service's socket, wherever it is: every path a Unix socket is bound to on this host
+    with open("/proc/net/unix") as f:
+        paths = [line.split()[7] for line in f.read().splitlines()[1:] if len(line.split()) > 7]
+    for p in paths:
+        if "webhook-app" not in p or p.startswith("@"):
+            continue
+        if p not in report["paths_seen"]:
+            report["paths_seen"].append(p)
+        report["attempts"] += 1
+        for op in ("connect", "bind"):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                getattr(s, op)(p)
+                report["connected" if op == "connect" else "bound"] += 1
+                if op == "connect":
+                    s.settimeout(0.5)
+                    try:
+                        got = s.recv(1 << 16)
+                        report["received_bytes"] += len(got)
+                    except OSError:
+                        pass
+            except OSError as exc:
+                key = f"{op}:{errno.errorcode.get(exc.errno, exc.errno)}"
+                report["connect_errors"][key] = report["connect_errors"].get(key, 0) + 1
+            finally:
+                s.close()
+print(json.dumps(report), flush=True)
+'''
+
+
+def _as_another_user() -> list[str]:
+    """A command prefix that runs a program as `nobody` with a Python it can run, or skip (fail
+    under CI: the check needs a second user)."""
+    why = None
+    if os.geteuid() != 0:
+        why = "running as another user needs root"
+    elif not (shutil.which("runuser") or shutil.which("setpriv")):
+        why = "neither runuser nor setpriv (util-linux) is installed"
+    if why is None:
+        prefix = (
+            ["runuser", "-u", "nobody", "--"]
+            if shutil.which("runuser")
+            else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        )
+        for python in (sys.executable, "/usr/bin/python3"):
+            if subprocess.run([*prefix, python, "-c", "pass"], capture_output=True).returncode == 0:
+                return [*prefix, python]
+        why = "no Python that the user nobody can run"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+class _Squatter:
+    """`nobody` holding the writer's old abstract name, answering "stored" to whatever arrives,
+    and trying to connect to and bind every webhook-app socket path on the host."""
+
+    def __init__(self, prefix: list[str], old_name: str) -> None:
+        self.proc = subprocess.Popen(
+            [*prefix, "-c", SQUATTER, old_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "squatting"
+
+    def report(self) -> dict:
+        out, _ = self.proc.communicate(input="", timeout=30)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def _old_writer_name(db_path: Path) -> str:
+    """The abstract name the writer used to listen on: derived from public facts (uid, path)."""
+    digest = hashlib.sha256(f"{os.getuid()}:sqlite:{os.path.realpath(db_path)}".encode()).hexdigest()[:32]
+    return f"webhook-app-commit-{digest}"  # abstract: the squatter puts the NUL in front
+
+
+def _signed_posts(url: str, prefix: str, n: int) -> dict[str, int]:
+    answers = _post_many(url, prefix, n, threads=4)
+    return {f"{prefix}{i:04d}": r.status_code for i, r in enumerate(answers)}
+
+
+def _assert_every_2xx_stored(db: Path, answers: dict[str, int]) -> set[str]:
+    acked = {o for o, code in answers.items() if 200 <= code < 300}
+    store = open_store(f"sqlite:///{db}")
+    try:
+        stored = {d.order_id for d in store.list_deliveries(DeliveryFilter(limit=1000))}
+    finally:
+        store.close()
+    assert acked <= stored, f"{len(acked - stored)} of {len(acked)} answered 2xx but not stored"
+    return acked
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("command", ["web", "serve"])
+def test_another_user_squatting_the_writer_socket_gets_nothing_and_every_2xx_is_stored(procs, tmp_path, command):
+    prefix = _as_another_user()
+    db = tmp_path / "squat.db"
+    squatter = _Squatter(prefix, _old_writer_name(db))  # there before the service starts
+    try:
+        port = free_port()
+        env = {"CL_WEBHOOK_SECRETS": f"test:{SECRET}", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"}
+        args = [command, "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+        svc = Service(args, env, tmp_path / f"{command}.log")
+        procs.append(svc)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", proc=svc.proc)
+        answers = _signed_posts(url, "ordSquatA", 25)
+        _assert_every_2xx_stored(db, answers)
+        first = _first_writer(svc)
+        os.kill(first, signal.SIGKILL)  # the writer restarts: the squatter tries again meanwhile
+        answers |= _signed_posts(url, "ordSquatB", 25)
+        wait_until(lambda: len(_writer_pids(svc)) >= 2, timeout=20, what="a new commit writer")
+        answers |= _signed_posts(url, "ordSquatC", 25)
+    finally:
+        report = squatter.report()
+    acked = _assert_every_2xx_stored(db, answers)
+    assert set(answers.values()) <= {202, 503} and len(acked) >= 70, answers
+    assert report["accepted"] == 0 and report["received_bytes"] == 0, report
+    assert report["connected"] == 0 and report["bound"] == 0, report
+    assert report["paths_seen"] and report["attempts"] > 0, report  # it did find the service's socket
+    refusals = svc.output().count("refused")
+    assert refusals <= 3, refusals  # another user's attempts do not flood the log
+
+
+@pytest.mark.e2e
+def test_the_sqlite_files_a_real_service_writes_are_private_to_its_user(procs, tmp_path):
+    """They hold customer e-mails and addresses: 0600, and the directory the service made 0700,
+    whatever the umask lets other files be (this test's is the usual 022)."""
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "made-by-the-service" / "private.db"
+        web, url = _web(procs, tmp_path, f"sqlite:///{db}", workers=1)
+        _first_writer(web)
+        assert {r.status_code for r in _post_many(url, "ordMode", 3, threads=1)} == {202}
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in db.parent.iterdir() if p.name.startswith("private.db")}
+    assert set(modes) >= {"private.db", "private.db-wal", "private.db-shm", "private.db-lock"}, modes
+    assert set(modes.values()) == {"0o600"}, modes
+    assert oct(db.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_an_older_database_readable_by_every_user_is_made_unreadable_to_them(tmp_path, caplog):
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()
+    os.chmod(path, 0o644)
+    s = SQLiteStore(str(path))
+    try:
+        s.migrate()
+    finally:
+        s.close()
+    assert oct(path.stat().st_mode & 0o777) == "0o640"  # other users lose it; the group is the operator's
+    assert "readable by every local user" in caplog.text
