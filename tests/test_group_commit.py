@@ -1,11 +1,13 @@
-"""Group commit (webhook_app/store/group_commit.py): one writer per host and database commits the
-deliveries of every web process together, each request answered only once its own row is durable.
+"""Group commit (webhook_app/store/group_commit.py): one writer per `web` commits the deliveries
+of all its workers together, each request answered only once its own row is durable.
 
 First the writer and the client over a real socket with a real SQLite file (batches made
-deterministic by sending before the writer starts reading), then the real `webhook-app web`
-processes on SQLite and PostgreSQL: the workers' deliveries share transactions, a writer killed
-is replaced while the workers commit on their own, and a locked database fails a whole batch
-with 503s and stores none of it twice.
+deterministic by holding the writer's commit until every frame is in its sockets), who may talk
+to the writer (the key, another user, a squatter) and what it does with bad frames; then the
+real `webhook-app web` processes on SQLite and PostgreSQL: the workers' deliveries share
+transactions, a writer killed is replaced while the workers commit on their own, another user
+squatting the socket gets nothing while every 2xx is stored, a writer that cannot listen makes
+the service not ready, and the database files are private.
 """
 
 from __future__ import annotations
@@ -513,6 +515,7 @@ def test_a_malformed_request_is_answered_with_an_error_and_the_writer_goes_on(wr
 def test_refusals_are_logged_once_per_interval_with_how_many(tmp_path, caplog):
     w = _Writer(tmp_path, warn_interval=1.0)
     w.start()
+    started = time.monotonic()
     try:
         for _ in range(300):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -528,8 +531,9 @@ def test_refusals_are_logged_once_per_interval_with_how_many(tmp_path, caplog):
         time.sleep(1.5)  # the interval is over: the writer says how many since its first line
     finally:
         w.stop()
+    took = time.monotonic() - started
     lines = [r for r in caplog.records if r.getMessage() == "commit writer refused a connection"]
-    assert 2 <= len(lines) <= 4, [r.count for r in lines]
+    assert 2 <= len(lines) <= 2 + took, ([r.count for r in lines], took)  # one a second at most
     assert sum(r.count for r in lines) == 300 and lines[0].count == 1
 
 
