@@ -25,6 +25,7 @@ from gunicorn.app.base import Application, BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from webhook_app.config import Settings
+from webhook_app.store import group_commit
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class _Gunicorn(Application, _ArbiterWithWriter):
         from webhook_app.web import create_app
 
         tracing.configure()  # in each gunicorn worker, after the fork (the exporter's thread)
-        return create_app(self.settings)
+        writer = self.commit_writer
+        return create_app(self.settings, commit_channel=writer.channel if writer is not None else None)
 
 
 def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
@@ -131,7 +133,11 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
     if workers:
         explicit["workers"] = workers
     app = _Gunicorn(settings, defaults, explicit, config_file)
-    app.commit_writer = CommitWriterProcess.start(settings)
+    try:
+        app.commit_writer = CommitWriterProcess.start(settings)
+    except OSError as exc:  # gunicorn needs the temporary directory as much (its workers' heartbeat files)
+        log.error("cannot start the commit writer: no private directory for its socket", extra={"error": str(exc)})
+        return 1
     try:
         app.run()
     finally:
@@ -158,39 +164,49 @@ class _Arbiter(Arbiter):
 class CommitWriterProcess:
     """`webhook-app commit-writer` beside gunicorn (store/group_commit.py), restarted if it dies.
 
-    Its stdin is a pipe from this process that is never written: when gunicorn has stopped (or
-    this process died, and with it, soon after, its workers), the pipe's end tells the writer to
-    commit what it holds and exit. Its stdout is a pipe it never writes: its end tells this
-    process that the writer is gone, whoever reaped it (gunicorn reaps every child). While it is
-    away, the web workers commit their own deliveries."""
+    Its stdin is a pipe from this process: the first line is the channel (the private socket
+    directory and the key, which thus never appear in an argument or the environment), then
+    nothing: when gunicorn has stopped (or this process died, and with it, soon after, its
+    workers), the pipe's end tells the writer to commit what it holds and exit. Its stdout is a
+    pipe on which it says `ready` or `unavailable <why>` (kept in the channel's status for
+    `/readyz`); its end tells this process that the writer is gone, whoever reaped it (gunicorn
+    reaps every child). While it is away, the web workers commit their own deliveries."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: group_commit.Channel) -> None:
         self.owner = os.getpid()
+        self.channel = channel
         self.proc: subprocess.Popen[bytes] | None = None
+        self.heard = b""
         self.started = 0.0
         self.restarts = 0
         self.restart_at: float | None = None
 
     @classmethod
     def start(cls, settings: Settings) -> CommitWriterProcess | None:
-        from webhook_app.store import group_commit
-
+        """None without group commit; OSError if the channel's directory cannot be made."""
         if not settings.group_commit or not group_commit.supported(settings.database_url):
             return None
-        self = cls()
+        self = cls(group_commit.Channel.create())
         self._spawn()
         return self
 
     def _spawn(self) -> None:
         self.started = time.monotonic()
         self.restart_at = None
+        self.heard = b""
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(self.channel.for_writer())
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: check() sees its end and starts another
 
     def _gone(self, wait: float = 0.0) -> bool:
         """True once the writer's stdout has reached its end (the writer exited), waiting up to
-        `wait` seconds for it."""
+        `wait` seconds for it; what it said meanwhile goes to the channel's status."""
         proc = self.proc
         if proc is None or proc.stdout is None:
             return True
@@ -200,14 +216,28 @@ class CommitWriterProcess:
                 readable, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
                 if not readable:
                     return False
-                if not os.read(proc.stdout.fileno(), 64):
+                said = os.read(proc.stdout.fileno(), 4096)
+                if not said:
                     return True
+                self._heard(said)
         except (OSError, ValueError):
             return True
 
+    def _heard(self, said: bytes) -> None:
+        self.heard += said
+        status = self.channel.status
+        while b"\n" in self.heard:
+            line, _, self.heard = self.heard.partition(b"\n")
+            if status is None:
+                continue
+            if line == b"ready":
+                status.set_problem(None)
+            elif line.startswith(b"unavailable "):
+                status.set_problem("the commit writer cannot listen: " + line[12:].decode(errors="replace"))
+
     def check(self) -> None:
-        """From the arbiter's loop: notice the writer's exit, and start a new one after the
-        supervisor's backoff (restart_delay)."""
+        """From the arbiter's loop: hear the writer, notice its exit, and start a new one after
+        the supervisor's backoff (restart_delay)."""
         if os.getpid() != self.owner:
             return
         if self.restart_at is None:
@@ -220,7 +250,7 @@ class CommitWriterProcess:
             self.restart_at = time.monotonic() + delay
             log.warning(
                 "commit writer exited; web workers commit their own deliveries until it is back",
-                extra={"exit_code": code, "restart_in_s": delay},
+                extra={"exit_code": code or "unknown (reaped by gunicorn)", "restart_in_s": delay},
             )
         if time.monotonic() >= self.restart_at:
             self._spawn()
@@ -237,7 +267,8 @@ class CommitWriterProcess:
                     pass
 
     def stop(self, timeout: float = 15.0) -> None:
-        """In the master, after gunicorn's workers: end the writer's stdin and wait for it."""
+        """In the master, after gunicorn's workers: end the writer's stdin, wait for it, and
+        remove the channel's directory."""
         if os.getpid() != self.owner:
             return
         proc = self.proc
@@ -257,33 +288,73 @@ class CommitWriterProcess:
             pass
         if proc.stdout is not None:
             proc.stdout.close()
+        self.channel.remove()
+
+
+#: a writer that could not listen tries again this often (it said so once)
+BIND_RETRY_S = 5.0
 
 
 def run_commit_writer(settings: Settings) -> int:
-    """The writer's process: serve this host's web workers until stdin ends."""
-    from webhook_app.store import group_commit, open_store
+    """The writer's process: read the channel from stdin, then serve this `web`'s workers until
+    stdin ends."""
+    from webhook_app.store import open_store
     from webhook_app.web import metrics
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped by its parent, after gunicorn's workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    store = open_store(settings.database_url, timeout=settings.db_timeout)
-    writer = group_commit.CommitWriter(
-        store,
-        group_commit.address_for(settings.database_url),
-        max_body_bytes=settings.max_body_bytes,
-        on_batch=metrics.record_commit_batch,
-    )
     watch = sys.stdin.fileno()
-    while not writer.bind():  # another web instance on this host serves the database: wait for its end
-        ready, _, _ = select.select([watch], [], [], 1.0)
-        if ready and not os.read(watch, 4096):
-            return 0
-    log.info("commit writer ready", extra={"pid": os.getpid()})
     try:
+        channel = group_commit.Channel.from_writer_line(_first_line(watch, timeout=10.0))
+    except ValueError:
+        log.error("commit writer: no channel on stdin; it is started by `webhook-app web`, not by hand")
+        return 2
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    try:
+        writer = group_commit.CommitWriter(
+            store, channel, max_body_bytes=settings.max_body_bytes, on_batch=metrics.record_commit_batch
+        )
+        problem = writer.bind()
+        if problem is not None:
+            log.error(
+                "commit writer cannot listen; web workers commit their own deliveries, /readyz says unavailable",
+                extra={"reason": problem, "retry_every_s": BIND_RETRY_S},
+            )
+            _tell_parent(f"unavailable {problem}")
+        while problem is not None:  # tried again quietly: the line above said it
+            ready, _, _ = select.select([watch], [], [], BIND_RETRY_S)
+            if ready and not os.read(watch, 4096):
+                return 0
+            problem = writer.bind()
+        log.info("commit writer ready", extra={"pid": os.getpid(), "socket": channel.path})
+        _tell_parent("ready")
         writer.serve(watch_fd=watch)
+    except Exception:  # a bug: said with its traceback (gunicorn reaps the writer: its exit code is lost)
+        log.exception("commit writer failed")
+        return 1
     finally:
         store.close()
     return 0
+
+
+def _first_line(fd: int, *, timeout: float) -> bytes:
+    """The first line on `fd` (without its newline); ValueError if none arrives in time."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in got:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk or len(got) > 64 * 1024:
+            raise ValueError("no line")
+        got += chunk
+    return got.partition(b"\n")[0]
+
+
+def _tell_parent(line: str) -> None:
+    try:
+        os.write(sys.stdout.fileno(), line.encode(errors="replace").replace(b"\n", b" ") + b"\n")
+    except OSError:
+        pass  # the parent is gone: stdin's end stops this writer next
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:

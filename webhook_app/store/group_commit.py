@@ -1,9 +1,9 @@
-"""Group commit: one writer per host and database, fed by every web process over a local socket.
+"""Group commit: one writer per `web` process tree, fed by its gunicorn workers over a private socket.
 
 A commit costs a flush to disk (an fsync on SQLite, a WAL flush on PostgreSQL). Committed one
 delivery at a time, that flush and the lock around it are most of what a delivery costs
 (BENCHMARKS.md). So `webhook-app web` starts one writer process beside its gunicorn workers
-(`runtime.start_commit_writer`). Each worker hands the verified delivery to the writer and waits;
+(`runtime.CommitWriterProcess`). Each worker hands the verified delivery to the writer and waits;
 the writer reads everything that has arrived, stores it in one transaction (`Store.record_deliveries`),
 flushes once, and only then answers each request with its own result. While it commits, the next
 batch gathers in the sockets: the busier the intake, the larger the batches, with no timer.
@@ -18,35 +18,46 @@ When no writer answers (not started, restarting, or `WEBHOOK_APP_GROUP_COMMIT=of
 stores the delivery itself, as before (`Store.record_delivery`: on SQLite queued on the writers'
 flock, which the writer also takes for each batch, as do the job worker and the CLI).
 
-The socket is in Linux's abstract namespace, named after the database, so two services on one host
-never share a writer and two `web` instances of one service on one host share the first one's.
-Abstract sockets have no file permissions: the writer accepts only connections from processes of
-its own user (SO_PEERCRED), as anyone who could write the database file could.
+Who talks to whom (README, *Security*, the threat model): the web master makes a `Channel` per
+start, a directory of its own (a fresh random name, mode 0700, owner and mode checked) holding
+the socket, and a random key that exists only in the memory of the master, its gunicorn workers
+(forked from it) and the writer (given it on its stdin pipe): never in a file, an argument or the
+environment. Another user cannot enter the directory, so cannot connect or bind there. On each
+connection both ends prove they hold the key (HMAC-SHA256 over two fresh nonces) before a
+delivery is sent: a process of the same user that does not hold the key is refused by the
+writer, and a socket that does not prove itself to a worker is not a writer (the worker commits
+the delivery itself; the other end has received nothing). The writer takes the time and the
+delivery's identity (from topic and body) itself; a frame names neither.
 
-Frames: a request is `!II` (length of the JSON head, length of the body), the head (orjson), then
-the raw body; an answer is `!I` and its JSON.
+Frames, after the handshake: a request is `!II` (length of the JSON head, length of the body),
+the head (orjson), then the raw body; an answer is `!I` and its JSON. A request the writer cannot
+use is answered with an error (the worker answers 503), and the writer goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
+import mmap
 import os
+import secrets
 import select
+import shutil
 import socket
+import stat
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from webhook_app.errors import StoreError, StoreUnavailable
-from webhook_app.events import Delivery
-from webhook_app.logs import mask_url
+from webhook_app.events import Delivery, delivery_identity, replay_identity
 from webhook_app.store.base import Recorded, Store, Submission
 
 log = logging.getLogger(__name__)
@@ -59,17 +70,19 @@ MAX_HEAD_BYTES = 256 * 1024
 MAX_BATCH = 64
 #: how long a web process waits before it tries again to reach a writer that did not answer
 RECONNECT_AFTER_S = 1.0
-
-
-def address_for(database_url: str) -> str:
-    """The writer's address for a database (abstract namespace: starts with a NUL). SQLite files
-    are named by their real path; a PostgreSQL URL by itself without its password."""
-    if database_url.startswith("sqlite:///"):
-        key = "sqlite:" + os.path.realpath(Path(database_url.removeprefix("sqlite:///")).expanduser())
-    else:
-        key = mask_url(database_url)
-    digest = hashlib.sha256(f"{os.getuid()}:{key}".encode()).hexdigest()[:32]
-    return f"\0webhook-app-commit-{digest}"
+#: the socket's name in the channel's directory
+SOCKET_NAME = "commit.sock"
+#: the handshake: a nonce from each end, then a proof (HMAC-SHA256) from each
+NONCE_BYTES = 32
+PROOF_BYTES = 32
+_CLIENT_PROOF = b"webhook-app commit client\0"
+_WRITER_PROOF = b"webhook-app commit writer\0"
+#: a connection that has not proved the key by then is closed (by either end)
+HANDSHAKE_TIMEOUT_S = 2.0
+#: at most this many connections may be proving themselves at once; more are refused
+MAX_UNPROVEN = 64
+#: refusals (another user, no key, bad frames) are logged once per interval, with a count
+WARN_INTERVAL_S = 60.0
 
 
 def supported(database_url: str) -> bool:
@@ -79,44 +92,187 @@ def supported(database_url: str) -> bool:
     )
 
 
+# --- the channel -------------------------------------------------------------------------------
+class WriterStatus:
+    """What the web master last heard from its writer: None, or why the service is not ready.
+
+    Kept in an anonymous shared mapping made before gunicorn forks its workers, so each worker's
+    `/readyz` reads what the master wrote, with no file anyone else could open."""
+
+    _SIZE = 2048
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, self._SIZE)  # MAP_SHARED | MAP_ANONYMOUS: forks see each change
+
+    def set_problem(self, problem: str | None) -> None:
+        data = (problem or "").encode()[: self._SIZE - 2]
+        self._map[0:2] = b"\0\0"
+        self._map[2 : 2 + len(data)] = data
+        self._map[0:2] = len(data).to_bytes(2, "big")
+
+    def problem(self) -> str | None:
+        n = int.from_bytes(self._map[0:2], "big")
+        return self._map[2 : 2 + n].decode(errors="replace") if n else None
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Where one start's writer listens, and the key both ends of a connection prove they hold."""
+
+    directory: str
+    key: bytes = field(repr=False)
+    status: WriterStatus | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, SOCKET_NAME)
+
+    @classmethod
+    def create(cls) -> Channel:
+        """A new directory (mkdtemp: a random name, created by this call, 0700) and a new key.
+        Raises OSError if the directory cannot be made or is not private after all."""
+        directory = tempfile.mkdtemp(prefix="webhook-app-commit-")
+        problem = private_directory_problem(directory)
+        if problem is not None:
+            raise OSError(problem)
+        return cls(directory, secrets.token_bytes(32), WriterStatus())
+
+    def for_writer(self) -> bytes:
+        """The line the writer is given on its stdin."""
+        return orjson.dumps({"directory": self.directory, "key": self.key.hex()}) + b"\n"
+
+    @classmethod
+    def from_writer_line(cls, line: bytes) -> Channel:
+        """Raises ValueError for anything but a line `for_writer` made."""
+        try:
+            given = orjson.loads(line)
+            directory, key = given["directory"], bytes.fromhex(given["key"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ValueError("not a channel") from None
+        if not isinstance(directory, str) or len(key) < 32:
+            raise ValueError("not a channel")
+        return cls(directory, key)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def private_directory_problem(directory: str) -> str | None:
+    """None if `directory` is a directory (not a link) of this user that no one else may enter."""
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        return f"{directory}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"{directory} belongs to uid {st.st_uid}, not this service's {os.geteuid()}"
+    if st.st_mode & 0o077:
+        return f"{directory} is open to other users (mode {oct(st.st_mode & 0o777)}, 0700 needed)"
+    return None
+
+
+def _proof(key: bytes, label: bytes, writer_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.new(key, label + writer_nonce + client_nonce, hashlib.sha256).digest()
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return -1
+    return int(uid)
+
+
+class _Throttle:
+    """A warning logged at most once per `interval` seconds, saying how often it happened."""
+
+    def __init__(self, message: str, interval: float) -> None:
+        self.message = message
+        self.interval = interval
+        self.count = 0
+        self.next_at = 0.0
+        self.extra: dict[str, Any] = {}
+
+    def hit(self, **extra: Any) -> None:
+        self.count += 1
+        self.extra = extra
+        self.flush()
+
+    def flush(self) -> None:
+        """Log what is counted, if the interval since the last line is over."""
+        now = time.monotonic()
+        if self.count and now >= self.next_at:
+            log.warning(self.message, extra={**self.extra, "count": self.count, "interval_s": self.interval})
+            self.count = 0
+            self.next_at = now + self.interval
+
+
 # --- the frames --------------------------------------------------------------------------------
-def encode_request(s: Submission) -> bytes:
+class _BadFrame(ValueError):
+    """A request the writer cannot use; answered with an error, the writer goes on."""
+
+
+def encode_request(s: Submission, *, replay_nonce: str | None = None) -> bytes:
+    """The frame for a submission. Neither its identity nor its time is sent: the writer takes
+    them itself (from topic, body and `replay_nonce`, and from its own clock)."""
     d = s.delivery
     head = orjson.dumps(
         {
             "topic": d.topic,
-            "identity": d.identity,
             "secret_label": d.secret_label,
             "resource_type": d.resource_type,
             "resource_id": d.resource_id,
             "headers": d.headers,
-            "now": s.now,
             "replay_of": s.replay_of,
+            "replay_nonce": replay_nonce,
             "trace_context": dict(s.trace_context) if s.trace_context else None,
         }
     )
     return _REQUEST.pack(len(head), len(d.body)) + head + d.body
 
 
-def decode_request(head: bytes, body: bytes) -> Submission:
-    h = orjson.loads(head)
+def decode_request(head: bytes, body: bytes, *, now: float) -> Submission:
+    """The submission a frame asks for, received at `now`; _BadFrame if it is not one."""
+    try:
+        h = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        raise _BadFrame("the head is not JSON") from None
+    if not isinstance(h, dict):
+        raise _BadFrame("the head is not an object")
+    topic = _text(h, "topic")
+    replay_nonce = h.get("replay_nonce")
+    if replay_nonce is not None and not isinstance(replay_nonce, str):
+        raise _BadFrame("replay_nonce is not a string")
+    identity = delivery_identity(topic, body)
     delivery = Delivery(
-        topic=str(h["topic"]),
+        topic=topic,
         body=body,
-        identity=str(h["identity"]),
-        secret_label=str(h["secret_label"]),
-        resource_type=str(h["resource_type"]),
-        resource_id=str(h["resource_id"]),
-        headers={str(k): str(v) for k, v in (h.get("headers") or {}).items()},
+        identity=identity if replay_nonce is None else replay_identity(identity, replay_nonce),
+        secret_label=_text(h, "secret_label"),
+        resource_type=_text(h, "resource_type"),
+        resource_id=_text(h, "resource_id"),
+        headers=_text_map(h.get("headers"), "headers") or {},
     )
     replay_of = h.get("replay_of")
-    trace = h.get("trace_context")
-    return Submission(
-        delivery,
-        float(h["now"]),
-        int(replay_of) if replay_of is not None else None,
-        {str(k): str(v) for k, v in trace.items()} if isinstance(trace, dict) else None,
-    )
+    if replay_of is not None and (isinstance(replay_of, bool) or not isinstance(replay_of, int)):
+        raise _BadFrame("replay_of is not a delivery id")
+    return Submission(delivery, now, replay_of, _text_map(h.get("trace_context"), "trace_context"))
+
+
+def _text(h: dict[str, Any], name: str) -> str:
+    value = h.get(name)
+    if not isinstance(value, str):
+        raise _BadFrame(f"{name} is not a string")
+    return value
+
+
+def _text_map(value: object, name: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _BadFrame(f"{name} is not an object of strings")
+    return value
 
 
 def encode_answer(result: Recorded | str) -> bytes:
@@ -136,15 +292,28 @@ def decode_answer(payload: bytes) -> Recorded:
 
 
 # --- the web side ------------------------------------------------------------------------------
-class CommitClient:
-    """What a web process records deliveries with: through the writer when one answers, else
-    directly. One connection per thread (gunicorn's sync workers have one)."""
+class _NotTheWriter(Exception):
+    """The socket did not prove it is this service's writer."""
 
-    def __init__(self, store: Store, address: str | None, *, timeout: float) -> None:
+
+class CommitClient:
+    """What a web process records deliveries with: through the writer when one answers and
+    proves it holds the channel's key, else directly. One connection per thread (gunicorn's sync
+    workers have one)."""
+
+    def __init__(self, store: Store, channel: Channel | None, *, timeout: float) -> None:
         self.store = store
-        self.address = address
+        self.channel = channel
         self.timeout = timeout
         self._local = threading.local()
+        self._impostor = _Throttle(
+            "a socket where the commit writer should be did not prove it is; committing here", WARN_INTERVAL_S
+        )
+
+    def writer_problem(self) -> str | None:
+        """Why the writer cannot serve (the service is then not ready), as its master last heard."""
+        status = self.channel.status if self.channel is not None else None
+        return status.problem() if status is not None else None
 
     def record_delivery(
         self,
@@ -152,12 +321,15 @@ class CommitClient:
         *,
         now: float,
         replay_of: int | None = None,
+        replay_nonce: str | None = None,
         trace_context: Mapping[str, str] | None = None,
     ) -> Recorded:
+        """`replay_nonce`: the replay token's nonce of a delivery made by `Delivery.as_replay`
+        (the writer derives the identity from it, as `as_replay` did)."""
         sock = self._socket()
         if sock is None:
             return self.store.record_delivery(delivery, now=now, replay_of=replay_of, trace_context=trace_context)
-        frame = encode_request(Submission(delivery, now, replay_of, trace_context))
+        frame = encode_request(Submission(delivery, now, replay_of, trace_context), replay_nonce=replay_nonce)
         try:
             sock.sendall(frame)
         except OSError:
@@ -178,7 +350,7 @@ class CommitClient:
         return _recv_exactly(sock, n)
 
     def _socket(self) -> socket.socket | None:
-        if self.address is None:
+        if self.channel is None:
             return None
         loc = self._local
         if getattr(loc, "pid", None) != os.getpid():  # after a fork: not the parent's connection
@@ -188,17 +360,41 @@ class CommitClient:
         if time.monotonic() < loc.retry_at:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        # The writer answers within a batch's time; waiting longer than the database timeout (plus
-        # the batch ahead of this one) would only hold Commerce Layer past its own 5 s.
-        sock.settimeout(self.timeout + 1.0)
+        sock.settimeout(HANDSHAKE_TIMEOUT_S)
         try:
-            sock.connect(self.address)
-        except OSError:
+            sock.connect(self.channel.path)
+            self._handshake(sock, self.channel.key)
+        except (OSError, _NotTheWriter) as exc:
+            # Not running (restarting, not yet started: refused or no file), or not the writer:
+            # nothing of a delivery was sent; this process commits it itself.
+            if isinstance(exc, _NotTheWriter):
+                self._impostor.hit(reason=str(exc))
             sock.close()
             loc.retry_at = time.monotonic() + RECONNECT_AFTER_S
             return None
+        # The writer answers within a batch's time; waiting longer than the database timeout (plus
+        # the batch ahead of this one) would only hold Commerce Layer past its own 5 s.
+        sock.settimeout(self.timeout + 1.0)
         loc.sock = sock
         return sock
+
+    @staticmethod
+    def _handshake(sock: socket.socket, key: bytes) -> None:
+        """Both ends prove they hold `key`; raises _NotTheWriter if the other end does not, and
+        OSError (a timeout) if it does not answer in time: a writer busy with a long commit, or
+        a stalling impostor; either way the delivery is committed here, without a warning."""
+        uid = _peer_uid(sock)
+        if uid != os.geteuid():
+            raise _NotTheWriter(f"it belongs to uid {uid}")
+        try:
+            writer_nonce = _recv_exactly(sock, NONCE_BYTES)
+            client_nonce = secrets.token_bytes(NONCE_BYTES)
+            sock.sendall(client_nonce + _proof(key, _CLIENT_PROOF, writer_nonce, client_nonce))
+            proof = _recv_exactly(sock, PROOF_BYTES)
+        except ConnectionError:
+            raise _NotTheWriter("it closed the connection during the handshake") from None
+        if not hmac.compare_digest(proof, _proof(key, _WRITER_PROOF, writer_nonce, client_nonce)):
+            raise _NotTheWriter("it does not hold the service's key")
 
     def _drop(self) -> None:
         sock = getattr(self._local, "sock", None)
@@ -226,6 +422,9 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
 @dataclass
 class _Peer:
     sock: socket.socket
+    #: the nonce the writer sent, until the peer proves the key (then None)
+    nonce: bytes | None
+    since: float = field(default_factory=time.monotonic)
     buf: bytearray = field(default_factory=bytearray)
 
 
@@ -236,35 +435,53 @@ class CommitWriter:
     def __init__(
         self,
         store: Store,
-        address: str,
+        channel: Channel,
         *,
         max_body_bytes: int,
         on_batch: Callable[[int, float, bool], None] | None = None,
         max_batch: int = MAX_BATCH,
+        clock: Callable[[], float] = time.time,
+        warn_interval: float = WARN_INTERVAL_S,
     ) -> None:
         self.store = store
-        self.address = address
+        self.channel = channel
         self.max_frame = max_body_bytes + 64 * 1024
         self.on_batch = on_batch
         self.max_batch = max_batch
+        self.clock = clock
         self.listener: socket.socket | None = None
         self.peers: dict[int, _Peer] = {}
-        self.pending: list[tuple[_Peer, Submission]] = []
+        # a request, or the error it is answered with (a frame the writer could not use)
+        self.pending: list[tuple[_Peer, Submission | str]] = []
         self.stopping = threading.Event()
         self.watch_fd: int | None = None
         self.batches = 0
+        self._refused = _Throttle("commit writer refused a connection", warn_interval)
+        self._malformed = _Throttle("commit writer refused a malformed request", warn_interval)
 
-    def bind(self) -> bool:
-        """Listen; False if another writer already serves this database on this host."""
+    def bind(self) -> str | None:
+        """Listen at the channel's path: None, or why it cannot (one line)."""
+        problem = private_directory_problem(self.channel.directory)
+        if problem is not None:
+            return problem
+        path = self.channel.path
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # the socket of the writer before this one (which did not exit cleanly)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return f"{path}: {exc.strerror}"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
         try:
-            sock.bind(self.address)
-        except OSError:
+            sock.bind(path)
+        except OSError as exc:
             sock.close()
-            return False
+            return f"cannot listen on {path}: {exc.strerror or exc}"
+        os.chmod(path, 0o600)  # the directory keeps others out already; the socket too, to be plain
         sock.listen(256)
         self.listener = sock
-        return True
+        return None
 
     def serve(self, *, watch_fd: int | None = None) -> None:
         """Run until `stop()`, or until `watch_fd` (the parent's pipe) reaches its end; what is in
@@ -273,8 +490,11 @@ class CommitWriter:
         self.watch_fd = watch_fd
         while not self.stopping.is_set():
             self._read_ready(0.0 if self.pending else 0.2)
+            self._expire_handshakes()  # after reading: a reply that came during a long commit counts
             if self.pending:
                 self._commit()
+            self._refused.flush()
+            self._malformed.flush()
         self._read_ready(0.0)
         while self.pending:
             self._commit()
@@ -311,54 +531,84 @@ class CommitWriter:
         while True:
             try:
                 sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
+            except OSError:  # none left (EAGAIN), or out of descriptors: the next round takes it
                 return
-            except OSError:
-                return
-            try:
-                _pid, uid, _gid = _PEERCRED.unpack(
-                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-                )
-            except OSError:
-                uid = -1
-            if uid != os.getuid():
-                log.warning("commit writer refused a connection from another user", extra={"uid": uid})
+            uid = _peer_uid(sock)
+            if uid != os.geteuid():
+                self._refused.hit(reason="another user", uid=uid)
                 sock.close()
                 continue
+            if sum(1 for p in self.peers.values() if p.nonce is not None) >= MAX_UNPROVEN:
+                self._refused.hit(reason="too many connections proving themselves at once")
+                sock.close()
+                continue
+            nonce = secrets.token_bytes(NONCE_BYTES)
             sock.setblocking(False)
-            self.peers[sock.fileno()] = _Peer(sock)
+            try:
+                sock.send(nonce)  # a fresh socket's buffer holds it: never a partial send
+            except OSError:
+                sock.close()
+                continue
+            self.peers[sock.fileno()] = _Peer(sock, nonce)
+
+    def _expire_handshakes(self) -> None:
+        deadline = time.monotonic() - HANDSHAKE_TIMEOUT_S
+        for peer in [p for p in self.peers.values() if p.nonce is not None and p.since < deadline]:
+            self._refused.hit(reason="no handshake in time")
+            self._forget(peer)
 
     def _read(self, peer: _Peer) -> None:
         while True:
             try:
                 chunk = peer.sock.recv(1024 * 1024)
             except (BlockingIOError, InterruptedError):
-                break
+                return
             except OSError:
                 chunk = b""
             if not chunk:
                 self._forget(peer)
                 return
             peer.buf += chunk
+            if not self._take(peer):
+                return
+
+    def _take(self, peer: _Peer) -> bool:
+        """The handshake, then each whole frame in the peer's buffer; False if the peer was let go."""
+        if peer.nonce is not None:
+            if len(peer.buf) < NONCE_BYTES + PROOF_BYTES:
+                return True
+            client_nonce = bytes(peer.buf[:NONCE_BYTES])
+            proof = bytes(peer.buf[NONCE_BYTES : NONCE_BYTES + PROOF_BYTES])
+            del peer.buf[: NONCE_BYTES + PROOF_BYTES]
+            key = self.channel.key
+            if not hmac.compare_digest(proof, _proof(key, _CLIENT_PROOF, peer.nonce, client_nonce)):
+                self._refused.hit(reason="it does not hold the service's key")
+                self._forget(peer)
+                return False
+            try:
+                peer.sock.send(_proof(key, _WRITER_PROOF, peer.nonce, client_nonce))
+            except OSError:
+                self._forget(peer)
+                return False
+            peer.nonce = None
         while len(peer.buf) >= _REQUEST.size:
             head_len, body_len = _REQUEST.unpack_from(peer.buf)
             if head_len > MAX_HEAD_BYTES or body_len > self.max_frame:
-                log.warning("commit writer closed a connection that sent a frame too large")
+                self._malformed.hit(reason="a frame too large; connection closed")
                 self._forget(peer)
-                return
+                return False
             end = _REQUEST.size + head_len + body_len
             if len(peer.buf) < end:
-                return
+                return True
             head = bytes(peer.buf[_REQUEST.size : _REQUEST.size + head_len])
             body = bytes(peer.buf[_REQUEST.size + head_len : end])
             del peer.buf[:end]
             try:
-                submission = decode_request(head, body)
-            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-                log.warning("commit writer closed a connection that sent a malformed frame")
-                self._forget(peer)
-                return
-            self.pending.append((peer, submission))
+                self.pending.append((peer, decode_request(head, body, now=self.clock())))
+            except _BadFrame as exc:
+                self._malformed.hit(reason=str(exc))
+                self.pending.append((peer, f"the commit writer refused a malformed request: {exc}"))
+        return True
 
     def _forget(self, peer: _Peer) -> None:
         self.peers.pop(peer.sock.fileno(), None)
@@ -368,26 +618,32 @@ class CommitWriter:
 
     def _commit(self) -> None:
         batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+        submissions = [s for _, s in batch if isinstance(s, Submission)]
+        stored = iter(self._store(submissions) if submissions else [])
+        for peer, item in batch:
+            answer = item if isinstance(item, str) else next(stored)
+            try:
+                peer.sock.sendall(encode_answer(answer))
+            except OSError:  # the web process is gone (or not reading): it answers 503 itself
+                self._forget(peer)
+
+    def _store(self, batch: list[Submission]) -> list[Recorded | str]:
         started = time.perf_counter()
         answers: list[Recorded | str]
         try:
-            answers = list(self.store.record_deliveries([s for _, s in batch]))
+            answers = list(self.store.record_deliveries(batch))
             ok = True
         except StoreError as exc:  # the database is unavailable: every request in the batch is told
             answers = [exc.detail] * len(batch)
             ok = False
         except Exception:  # noqa: BLE001 - one odd delivery must not fail the others with it, again and again
             log.exception("commit writer failed a batch; committing its deliveries one by one")
-            answers = [self._commit_one(s) for _, s in batch] if len(batch) > 1 else ["the commit writer failed"]
+            answers = [self._commit_one(s) for s in batch] if len(batch) > 1 else ["the commit writer failed"]
             ok = False
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - started, ok)
-        for (peer, _), answer in zip(batch, answers, strict=True):
-            try:
-                peer.sock.sendall(encode_answer(answer))
-            except OSError:  # the web process is gone (or not reading): it answers 503 itself
-                self._forget(peer)
+        return answers
 
     def _commit_one(self, s: Submission) -> Recorded | str:
         """After a batch failed and was rolled back (nothing of it stored): this one alone."""
@@ -406,3 +662,7 @@ class CommitWriter:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+            try:
+                os.unlink(self.channel.path)
+            except OSError:
+                pass

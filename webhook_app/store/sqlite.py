@@ -16,6 +16,7 @@ still applies to writers outside the service (e.g. the sqlite3 shell).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,8 @@ from webhook_app.events import Delivery
 from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded, Submission
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = migrations("sqlite")
 
@@ -68,8 +71,8 @@ class SQLiteStore(SQLStore):
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
         try:
-            parent = Path(self.path).parent
-            parent.mkdir(parents=True, exist_ok=True)
+            if self.path != ":memory:":
+                _create_private(self.path)
             conn = sqlite3.connect(
                 self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=True
             )
@@ -261,6 +264,26 @@ class _WriterLock:
             self.fd = -1
 
     __del__ = close
+
+
+def _create_private(path: str) -> None:
+    """The database file, created 0600 before SQLite opens it (SQLite gives its `-wal` and
+    `-shm` files the database file's mode), in a directory created 0700 if there was none:
+    they hold customer e-mails and addresses. Files an earlier version left readable by every
+    user lose that (group access, an operator's choice, is kept)."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-lock"):
+        try:
+            st = os.stat(name)
+            if st.st_mode & 0o007 and st.st_uid == os.geteuid():
+                os.chmod(name, st.st_mode & 0o770)
+                log.warning(
+                    "SQLite file was readable by every local user; now it is not",
+                    extra={"file": name, "mode_was": oct(st.st_mode & 0o777)},
+                )
+        except FileNotFoundError:
+            continue
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

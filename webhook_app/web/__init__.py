@@ -35,8 +35,10 @@ def create_app(
     store: Store | None = None,
     policy: Policy | None = None,
     clock: Callable[[], float] = time.time,
+    commit_channel: group_commit.Channel | None = None,
 ) -> Flask:
-    """Build the WSGI application. Settings are read from the environment if not given."""
+    """Build the WSGI application. Settings are read from the environment if not given.
+    `commit_channel`: how to reach the commit writer `webhook-app web` started (runtime.py)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     # One byte over the limit: a streamed (chunked) body is cut at MAX_CONTENT_LENGTH without an
@@ -45,13 +47,9 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     own_store = store is None
     store = store or open_store(settings.database_url, timeout=settings.db_timeout)
-    # The commit writer `web` starts serves the database of the settings; a store handed in (tests)
+    # The commit writer `web` started serves the database of the settings; a store handed in (tests)
     # is used directly.
-    writer = (
-        group_commit.address_for(settings.database_url)
-        if own_store and settings.group_commit and group_commit.supported(settings.database_url)
-        else None
-    )
+    writer = commit_channel if own_store and settings.group_commit else None
     app.extensions[EXTENSION] = services = Services(
         settings=settings,
         store=store,

@@ -25,7 +25,7 @@ class Services:
     store: Store
     policy: Policy
     clock: Callable[[], float]
-    recorder: CommitClient  # the intake stores through it: the host's commit writer, or `store`
+    recorder: CommitClient  # the intake stores through it: its `web`'s commit writer, or `store`
 
 
 def request_id_from(given: str) -> str:

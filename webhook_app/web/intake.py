@@ -114,7 +114,7 @@ class Intake:
             max_depth=s.settings.max_json_depth,
             topics=s.settings.accepted_topics,
         )
-        replay_of = None
+        replay_of = nonce = None
         replay_token = environ.get(_REPLAY_KEY)
         if replay_token is not None:
             # An operator's deliberate replay: a valid token makes it a new delivery, not a duplicate.
@@ -124,7 +124,7 @@ class Intake:
             replay_of = s.store.delivery_id_for_identity(delivery.identity)
             delivery = delivery.as_replay(nonce)
         recorded = s.recorder.record_delivery(
-            delivery, now=s.clock(), replay_of=replay_of, trace_context=tracing.carrier()
+            delivery, now=s.clock(), replay_of=replay_of, replay_nonce=nonce, trace_context=tracing.carrier()
         )
         status = "duplicate" if recorded.duplicate else recorded.status
         log.info(
@@ -236,6 +236,10 @@ def readyz() -> tuple[Response, int]:
         checks["database"] = "ok"
     except StoreError as exc:
         checks["database"] = exc.detail
+        ok = False
+    problem = s.recorder.writer_problem()
+    if problem is not None:  # deliveries are still committed (by each worker), but this needs an operator
+        checks["commit_writer"] = problem
         ok = False
     if ok and not s.settings.shadow:  # shadow mode calls no one: it needs no credentials
         ok, checks["commercelayer_credentials"] = credentials_check(s)
