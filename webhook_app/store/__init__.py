@@ -10,6 +10,7 @@ from __future__ import annotations
 from webhook_app.store.base import (
     SCHEMA_VERSION,
     ActionClaim,
+    CardClaim,
     DecisionRecord,
     DeliveryFilter,
     Job,
@@ -42,6 +43,7 @@ def open_store(url: str, *, timeout: float = 3.0) -> Store:
 __all__ = [
     "SCHEMA_VERSION",
     "ActionClaim",
+    "CardClaim",
     "DecisionRecord",
     "DeliveryFilter",
     "Job",
