@@ -1,0 +1,313 @@
+"""The guarantees, scaled out: several `web` and `worker` processes on one database and the sandbox.
+
+Each test runs on PostgreSQL and on SQLite (several workers on one file). Every event the sandbox
+sends goes to three webhooks whose callbacks are spread over two `web` instances, so each delivery
+arrives three times at once at different instances.
+
+- One card, one entry: two customers paying every order with the same card, a third with two
+  cards; a third of the save PATCHes are applied but answered after the read timeout, and a worker
+  is SIGKILLed mid-run. Every customer ends with one wallet entry per card.
+- One reuse per order: each order's first `use_wallet_source` PATCH is applied but answered late;
+  meanwhile the customer's wallet gains a newer entry and the event comes again. No order gets
+  two applied use PATCHes.
+- One backfill per gap: two `reconcile` runs at once, while workers act on what the first queued,
+  queue each missed order once.
+
+Figures: `pytest tests/test_e2e_scaleout.py -s` prints them (entries per customer and card,
+applied PATCHes per order, backfill jobs per missed order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import pg_schema_url, require_postgres
+from procs import Service, free_port, wait_http, wait_until
+
+from webhook_app.commercelayer.client import CommerceLayerClient
+from webhook_app.store import open_store
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "scaleout-shared-secret-0123456789"
+CLIENT = {"client_id": "scaleout-client", "client_secret": "scaleout-client-secret-abcdef"}
+INCLUDES = [
+    "customer",
+    "payment_source",
+    "market",
+    "line_items",
+    "available_customer_payment_sources",
+    "available_customer_payment_sources.payment_source",
+]
+READ_TIMEOUT = 1.0
+
+
+class _Env(dict):
+    """The services' environment: it holds secrets, so a failure's traceback shows no values."""
+
+    def __repr__(self) -> str:
+        return f"<environment of {len(self)} variables>"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'svc.db'}"
+        return
+    require_postgres()
+    with pg_schema_url() as url:
+        yield url
+
+
+class Cluster:
+    """The sandbox, `web` instances and workers as processes, on one database."""
+
+    def __init__(self, tmp_path: Path, db_url: str, scenario: dict, **env: str) -> None:
+        self.tmp = tmp_path
+        self.db_url = db_url
+        self.procs: list[Service] = []
+        self.workers: list[Service] = []
+        self.sb_port = free_port()
+        self.sb_url = f"http://127.0.0.1:{self.sb_port}"
+        self.web_urls = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+        hooks = [
+            {
+                "id": f"Hook{n}",
+                "topic": topic,
+                "callback_url": self.web_urls[n % 2] + "/webhooks/commercelayer",
+                "include_resources": INCLUDES,
+                "shared_secret": SECRET,
+            }
+            for topic in scenario.pop("topics", ["orders.place"])
+            for n in range(3)
+        ]
+        scenario = {
+            "sandbox": {
+                "token_ttl": 3600,
+                "api_limits": ["5000/60"],
+                "endpoint_limits": ["2000/10"],
+                "request_log_size": 50000,
+                "sender": {"timeout": 5, "max_retries": 3, "backoff_base": 0.2, "concurrency": 6},
+            },
+            "clients": [CLIENT],
+            "webhooks": hooks,
+            "markets": [{"code": "eu", "name": "Europe"}],
+            **scenario,
+        }
+        (tmp_path / "scenario.json").write_text(json.dumps(scenario))
+        self.env = _Env(
+            {
+                "CL_WEBHOOK_SECRETS": f"sandbox:{SECRET}",
+                "CL_CLIENT_ID": CLIENT["client_id"],
+                "CL_CLIENT_SECRET": CLIENT["client_secret"],
+                "CL_API_BASE": self.sb_url + "/api",
+                "CL_AUTH_URL": self.sb_url + "/oauth/token",
+                "WEBHOOK_APP_MODE": "enforce",
+                "WEBHOOK_APP_DATABASE_URL": db_url,
+                "WEBHOOK_APP_POLL_INTERVAL": "0.05",
+                "WEBHOOK_APP_LEASE_SECONDS": "4",
+                "CL_CONNECT_TIMEOUT": "1",
+                "CL_READ_TIMEOUT": str(READ_TIMEOUT),
+                "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+                "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
+                "WEBHOOK_APP_LOG_LEVEL": "WARNING",
+                **env,
+            }
+        )
+
+    def start(self, *, workers: int, web: bool = True) -> None:
+        sandbox = Service(
+            ["sandbox", "--port", str(self.sb_port), "--seed", str(self.tmp / "scenario.json")],
+            {},
+            self.tmp / "sandbox.log",
+        )
+        self.procs.append(sandbox)
+        wait_http(self.sb_url + "/_sandbox/health", proc=sandbox.proc)
+        self.cli("db", "upgrade")
+        if web:
+            for n, url in enumerate(self.web_urls):
+                w = Service(
+                    ["web", "--bind", url.removeprefix("http://"), "--workers", "1"], self.env, self.log(f"web{n}")
+                )
+                self.procs.append(w)
+                wait_http(url + "/readyz", proc=w.proc)
+        for _ in range(workers):
+            self.start_worker()
+
+    def log(self, name: str) -> Path:
+        n = sum(1 for p in self.tmp.glob(f"{name}*.log"))
+        return self.tmp / f"{name}{'-' + str(n) if n else ''}.log"
+
+    def start_worker(self) -> Service:
+        w = Service(["worker"], self.env, self.log(f"worker{len(self.workers)}"))
+        self.procs.append(w)
+        self.workers.append(w)
+        return w
+
+    def cli(self, *args: str, background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
+        cmd = [sys.executable, "-m", "webhook_app", *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))}
+        env.update(self.env)
+        if background:
+            return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    def control(self, method: str, path: str, body: dict | None = None) -> dict:
+        r = requests.request(method, self.sb_url + "/_sandbox" + path, json=body, timeout=60)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    def send(self, topic: str, order_ids: list[str]) -> None:
+        self.control("POST", "/events", {"topic": topic, "order_ids": order_ids})
+        assert self.control("POST", "/sender/drain", {"timeout": 60})["drained"]
+
+    def patches(self) -> list[dict]:
+        return self.control("GET", "/requests?route=orders.patch&method=PATCH")["requests"]
+
+    def client(self) -> CommerceLayerClient:
+        return CommerceLayerClient(
+            api_base=self.sb_url + "/api",
+            auth_url=self.sb_url + "/oauth/token",
+            client_id=CLIENT["client_id"],
+            client_secret=CLIENT["client_secret"],
+        )
+
+    def drained(self, *, timeout: float = 60) -> None:
+        store = open_store(self.db_url)
+        try:
+
+            def settled() -> bool:
+                q = store.queue_stats(now=time.time())
+                return q.pending == 0 and q.running == 0
+
+            wait_until(settled, timeout=timeout, interval=0.2, what="the queue drained")
+        finally:
+            store.close()
+
+    def rows(self, sql: str) -> list[dict]:
+        store = open_store(self.db_url)
+        try:
+            with store._tx(write=False) as c:  # counts straight from the database
+                return [dict(r) for r in c.all(sql)]
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        failing = sys.exc_info()[0] is not None
+        for p in reversed(self.procs):
+            p.stop()
+        if failing:  # what the processes said, to make a failure diagnosable
+            for p in self.procs:
+                print(f"--- {p.log_path.name} ---\n{p.output()[-3000:]}")
+
+
+@contextmanager
+def cluster(tmp_path: Path, db_url: str, scenario: dict, *, workers: int, web: bool = True, **env: str):
+    c = Cluster(tmp_path, db_url, scenario, **env)
+    try:
+        c.start(workers=workers, web=web)
+        yield c
+    finally:
+        c.stop()
+
+
+def applied(request: dict) -> bool:
+    """A PATCH Commerce Layer applied: answered 200, at once or after the client had given up."""
+    return request["status"] == 200
+
+
+# --- one card, one entry -------------------------------------------------------------------------
+SAME_CARD = 12  # orders of each of the two one-card customers
+
+
+def card_scenario() -> dict:
+    customers = [
+        {"email": e, "has_password": True} for e in ("alice@example.com", "bob@example.com", "carol@example.com")
+    ]
+    orders = []
+    for who in ("alice", "bob"):
+        orders += [
+            {
+                "id": f"Ord{who.title()}{n:02d}",
+                "customer": f"{who}@example.com",
+                "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+            }
+            for n in range(SAME_CARD)
+        ]
+    orders += [
+        {
+            "id": f"OrdCarol{n:02d}",
+            "customer": "carol@example.com",
+            "payment_source": {"type": "stripe_payments", "card_last4": "1111" if n % 2 else "2222"},
+        }
+        for n in range(4)
+    ]
+    return {"customers": customers, "orders": orders}
+
+
+def test_every_customer_ends_with_one_entry_per_card(tmp_path, db_url):
+    with cluster(tmp_path, db_url, card_scenario(), workers=3) as c:
+        state = c.control("GET", "/state")
+        orders = [o["id"] for o in state["orders"]]
+        email = {cu["id"]: cu["email"] for cu in state["customers"]}
+        # a third of the saves are applied but answered after the client's read timeout
+        c.control(
+            "PUT",
+            "/faults",
+            {
+                "seed": 5,
+                "rules": [
+                    {
+                        "route": "orders.patch",
+                        "late_answer_share": 0.3,
+                        "late_answer_seconds": READ_TIMEOUT + 0.5,
+                    }
+                ],
+            },
+        )
+        c.send("orders.place", orders)
+        # a worker killed mid-run, and started again
+        wait_until(lambda: len(c.patches()) >= 2, timeout=30, interval=0.05, what="the first saves")
+        c.workers[0].kill()
+        c.start_worker()
+        c.drained(timeout=120)
+        final = c.control("GET", "/state")
+        patches = c.patches()
+        saves = c.rows("SELECT order_id, guard, outcome, wallet_entry_id FROM decisions")
+
+    entries = Counter((email[w["customer_id"]], w["name"]) for w in final["customer_payment_sources"])
+    print("\nwallet entries per customer and card:", dict(entries))
+    print(
+        "save PATCHes applied:",
+        sum(applied(p) for p in patches),
+        "late:",
+        sum("late_answer" in p["faults"] for p in patches),
+    )
+    assert dict(entries) == {
+        ("alice@example.com", "XXXX-XXXX-XXXX-4242"): 1,
+        ("bob@example.com", "XXXX-XXXX-XXXX-4242"): 1,
+        ("carol@example.com", "XXXX-XXXX-XXXX-1111"): 1,  # a customer with two cards: two entries
+        ("carol@example.com", "XXXX-XXXX-XXXX-2222"): 1,
+    }
+    assert any("late_answer" in p["faults"] for p in patches)  # the fault really happened
+    # every other order of a card was recorded with the entry the first one made
+    entry_of = {(email[w["customer_id"]], w["name"][-4:]): w["id"] for w in final["customer_payment_sources"]}
+    for who in ("Alice", "Bob"):
+        mine = [s for s in saves if s["order_id"].startswith(f"Ord{who}")]
+        assert {s["order_id"] for s in mine} == {f"Ord{who}{n:02d}" for n in range(SAME_CARD)}
+        assert {s["wallet_entry_id"] for s in mine if s["outcome"] in ("applied", "guarded")} == {
+            entry_of[(f"{who.lower()}@example.com", "4242")]
+        }
+        assert any(s["guard"] == "card_already_in_wallet" for s in mine)
