@@ -311,3 +311,101 @@ def test_every_customer_ends_with_one_entry_per_card(tmp_path, db_url):
             entry_of[(f"{who.lower()}@example.com", "4242")]
         }
         assert any(s["guard"] == "card_already_in_wallet" for s in mine)
+
+
+# --- one reuse per order -------------------------------------------------------------------------
+REUSERS = 6
+REUSE_POLICY = """version = 1
+[default]
+action = "skip"
+reason = "no rule matched"
+
+[[rules]]
+name = "reuse-wallet"
+topics = ["orders.pending"]
+action = "use_wallet_source"
+strategy = "newest"
+"""
+
+
+def reuse_scenario() -> dict:
+    customers = [{"email": f"u{n}@example.com", "has_password": True} for n in range(REUSERS)]
+    orders = []
+    for n in range(REUSERS):
+        # paid earlier with the card the wallet already holds (W1) ...
+        orders.append(
+            {"id": f"OrdFirst{n}", "customer": f"u{n}@example.com", "payment_source": {"type": "stripe_payments"}}
+        )
+        # ... a later order with another card, whose save gives the wallet a newer entry (W2) ...
+        orders.append(
+            {
+                "id": f"OrdOther{n}",
+                "customer": f"u{n}@example.com",
+                "payment_source": {"type": "stripe_payments", "card_last4": "2222"},
+            }
+        )
+        # ... and the pending order that is to pay from the wallet
+        orders.append({"id": f"OrdReuse{n}", "customer": f"u{n}@example.com", "status": "pending"})
+    wallet = [{"customer": f"u{n}@example.com", "order": f"OrdFirst{n}"} for n in range(REUSERS)]
+    return {"customers": customers, "orders": orders, "customer_payment_sources": wallet, "topics": ["orders.pending"]}
+
+
+def test_no_order_gets_two_applied_use_patches(tmp_path, db_url):
+    (tmp_path / "policy.toml").write_text(REUSE_POLICY)
+    reuse = [f"OrdReuse{n}" for n in range(REUSERS)]
+    with cluster(
+        tmp_path,
+        db_url,
+        reuse_scenario(),
+        workers=2,
+        WEBHOOK_APP_POLICY=str(tmp_path / "policy.toml"),
+        # the first attempt's retry comes after the second event has been handled
+        WEBHOOK_APP_RETRY_BASE_SECONDS="8",
+        WEBHOOK_APP_RETRY_MAX_SECONDS="8",
+    ) as c:
+        # each order's first use PATCH is applied but answered after the client's read timeout
+        c.control(
+            "PUT",
+            "/faults",
+            {
+                "seed": 1,
+                "rules": [
+                    {
+                        "route": "orders.patch",
+                        "late_answer_share": 1.0,
+                        "late_answer_seconds": READ_TIMEOUT + 1.0,
+                        "requests": REUSERS,
+                    }
+                ],
+            },
+        )
+        c.send("orders.pending", reuse)
+
+        def paying() -> set[str]:
+            return {o["id"] for o in c.control("GET", "/state")["orders"] if o["id"] in reuse and o["payment_source"]}
+
+        wait_until(lambda: paying() == set(reuse), timeout=30, interval=0.1, what="the first use PATCHes applied")
+        # meanwhile each customer's wallet gains a newer entry, and the event comes again
+        cl = c.client()
+        try:
+            for n in range(REUSERS):
+                cl.update_order(f"OrdOther{n}", {"_save_payment_source_to_customer_wallet": True})
+        finally:
+            cl.close()
+        c.send("orders.pending", reuse)
+        c.drained(timeout=60)
+        uses = [p for p in c.patches() if "_customer_payment_source_id" in json.dumps(p["body"])]
+        decisions = c.rows("SELECT order_id, outcome, guard, wallet_entry_id FROM decisions")
+
+    entries: dict[str, list[str]] = {}
+    for p in uses:
+        if applied(p):
+            oid = p["path"].rsplit("/", 1)[-1]
+            entries.setdefault(oid, []).append(p["body"]["data"]["attributes"]["_customer_payment_source_id"])
+    print("\napplied use PATCHes per order:", {o: len(e) for o, e in entries.items()})
+    assert sum("late_answer" in p["faults"] for p in uses) == REUSERS  # the fault really happened
+    assert {o: len(e) for o, e in entries.items()} == {o: 1 for o in reuse}
+    # the second event's job found the first job's entry in place and ended the action with it
+    for o in reuse:
+        mine = [d for d in decisions if d["order_id"] == o and d["outcome"] == "applied"]
+        assert [d["wallet_entry_id"] for d in mine] == entries[o]
