@@ -409,3 +409,43 @@ def test_no_order_gets_two_applied_use_patches(tmp_path, db_url):
     for o in reuse:
         mine = [d for d in decisions if d["order_id"] == o and d["outcome"] == "applied"]
         assert [d["wallet_entry_id"] for d in mine] == entries[o]
+
+
+# --- one backfill per gap ------------------------------------------------------------------------
+MISSED = 12
+
+
+def test_concurrent_reconciles_queue_each_missed_order_once(tmp_path, db_url):
+    customers = [{"email": f"m{n}@example.com", "has_password": True} for n in range(MISSED)]
+    orders = [
+        {
+            "id": f"OrdMissed{n:02d}",
+            "customer": f"m{n}@example.com",
+            "payment_source": {"type": "stripe_payments", "card_last4": f"{4000 + n}"},
+        }
+        for n in range(MISSED)
+    ]
+    scenario = {"customers": customers, "orders": orders, "topics": []}
+    with cluster(tmp_path, db_url, scenario, workers=2, web=False) as c:
+        # every read of an order is slow, so the two runs overlap; the workers act on what the
+        # first run queued (the order changes) before the second reads it
+        c.control("PUT", "/faults", {"rules": [{"route": "orders.get", "latency_ms": 300}]})
+        first = c.cli("reconcile", "--since", "1h", background=True)
+        time.sleep(1.5)
+        second = c.cli("reconcile", "--since", "1h", background=True)
+        for run in (first, second):
+            out, err = run.communicate(timeout=60)
+            assert run.returncode == 0, err[-2000:]
+        c.drained(timeout=60)
+        backfills = c.rows(
+            "SELECT order_id, COUNT(*) AS n FROM deliveries WHERE secret_label = 'reconcile' GROUP BY order_id"
+        )
+        gets = [r for r in c.control("GET", "/requests?route=orders.get")["requests"]]
+        patched = Counter(p["path"].rsplit("/", 1)[-1] for p in c.patches() if applied(p))
+
+    per_order = {r["order_id"]: int(r["n"]) for r in backfills}
+    print("\nbackfill jobs per missed order:", per_order)
+    assert per_order == {o["id"]: 1 for o in orders}
+    # the runs did overlap: both read some orders (the second after the first's job had acted)
+    assert len(gets) > MISSED
+    assert patched == {o["id"]: 1 for o in orders}
