@@ -12,9 +12,13 @@ arrives three times at once at different instances.
   two applied use PATCHes.
 - One backfill per gap: two `reconcile` runs at once, while workers act on what the first queued,
   queue each missed order once.
+- No requeue lost to a prune: dead letters past a two-second retention are requeued through the
+  admin API of both instances while prunes run beside them; every requeue answered 202 is
+  attempted (its order PATCHed). Before the fix PostgreSQL lost some; SQLite's writers are
+  serialized and never did.
 
 Figures: `pytest tests/test_e2e_scaleout.py -s` prints them (entries per customer and card,
-applied PATCHes per order, backfill jobs per missed order).
+applied PATCHes per order, backfill jobs per missed order, requeues answered and attempted).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -121,6 +127,7 @@ class Cluster:
                 "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
                 "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
                 "WEBHOOK_APP_LOG_LEVEL": "WARNING",
+                "CL_RATE_LIMITS": "4000/60,1500/10",  # under the sandbox's limits, far above the load
                 **env,
             }
         )
@@ -167,7 +174,7 @@ class Cluster:
     def control(self, method: str, path: str, body: dict | None = None) -> dict:
         r = requests.request(method, self.sb_url + "/_sandbox" + path, json=body, timeout=60)
         assert r.status_code < 300, r.text
-        return r.json()
+        return r.json() if r.content else {}
 
     def send(self, topic: str, order_ids: list[str]) -> None:
         self.control("POST", "/events", {"topic": topic, "order_ids": order_ids})
@@ -449,3 +456,96 @@ def test_concurrent_reconciles_queue_each_missed_order_once(tmp_path, db_url):
     # the runs did overlap: both read some orders (the second after the first's job had acted)
     assert len(gets) > MISSED
     assert patched == {o["id"]: 1 for o in orders}
+
+
+# --- no requeue lost to a prune ------------------------------------------------------------------
+DEAD = 30
+ADMIN_KEY = "scaleout-admin-key-0123456789abcdef"
+
+
+def test_every_requeue_answered_202_is_attempted_while_prunes_run(tmp_path, db_url):
+    customers = [{"email": f"d{n}@example.com", "has_password": True} for n in range(DEAD)]
+    orders = [
+        {
+            "id": f"OrdDead{n:02d}",
+            "customer": f"d{n}@example.com",
+            "payment_source": {"type": "stripe_payments", "card_last4": f"{5000 + n}"},
+        }
+        for n in range(DEAD)
+    ]
+    retention = str(2 / 86400)  # two seconds
+    with cluster(
+        tmp_path,
+        db_url,
+        {"customers": customers, "orders": orders},
+        workers=1,
+        WEBHOOK_APP_MAX_ATTEMPTS="1",
+        WEBHOOK_APP_ADMIN_KEYS=ADMIN_KEY,
+        WEBHOOK_APP_RETAIN_BODIES_DAYS=retention,
+        WEBHOOK_APP_RETAIN_RECORDS_DAYS=retention,
+    ) as c:
+        c.control("PUT", "/faults", {"rules": [{"route": "orders.patch", "error_share": 1.0}]})
+        c.send("orders.place", [o["id"] for o in orders])
+        dead = lambda: c.rows("SELECT id, order_id FROM jobs WHERE state = 'dead'")  # noqa: E731
+        wait_until(lambda: len(dead()) == DEAD, timeout=60, interval=0.2, what="every job dead-lettered")
+        jobs = {int(r["id"]): r["order_id"] for r in dead()}
+        time.sleep(2.5)  # past the retention: each dead letter is prunable until it is requeued
+        c.control("DELETE", "/faults")
+        token = c.cli("admin-token").stdout.strip()
+
+        stop = threading.Event()
+        go = threading.Barrier(3)
+
+        def prune_loop() -> None:  # `db prune`, as fast as it goes, beside the requeues
+            store = open_store(c.db_url)
+            try:
+                store.ping()
+                go.wait()
+                while not stop.is_set():
+                    now = time.time()
+                    store.prune(bodies_before=now - 2, records_before=now - 2, limit=1, now=now)
+                    time.sleep(0.02)  # about as fast as the requeues come: they meet over the same jobs
+            finally:
+                store.close()
+
+        pruners = [threading.Thread(target=prune_loop) for _ in range(2)]
+        started = time.monotonic()
+        for t in pruners:
+            t.start()
+        answers: dict[int, int] = {}
+        session = requests.Session()
+
+        def requeue(job_id: int) -> None:
+            r = session.post(
+                f"{c.web_urls[job_id % 2]}/admin/dead-letters/{job_id}/requeue",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            answers[job_id] = r.status_code
+
+        try:
+            requeue(min(jobs))  # a first request: the connections are open when the race starts
+            go.wait()
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                list(pool.map(requeue, sorted(jobs)[1:]))  # oldest first, as the prune goes
+            requeued = {jobs[j] for j, status in answers.items() if status == 202}
+            wait_until(
+                lambda: requeued <= {p["path"].rsplit("/", 1)[-1] for p in c.patches() if applied(p)},
+                timeout=30,
+                interval=0.2,
+                what="every requeued order attempted",
+            )
+        finally:
+            stop.set()
+            for t in pruners:
+                t.join(timeout=30)
+            session.close()
+    print(
+        f"\nrace run in {time.monotonic() - started:.1f} s;",
+        "requeues answered:",
+        dict(Counter(answers.values())),
+        "requeued and attempted:",
+        len(requeued),
+    )
+    assert set(answers.values()) <= {202, 404}  # requeued, or pruned before its requeue
+    assert requeued  # the race was run
