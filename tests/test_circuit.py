@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -179,3 +180,59 @@ def read_circuits_of(sandbox: Api):
         return read_circuits(c)
     finally:
         c.close()
+
+
+class _FirstReadFrom:
+    """The real client, except that its first `list_webhooks` answers what was read earlier: a
+    guard whose check began before another guard's reset."""
+
+    def __init__(self, client: CommerceLayerClient, earlier: list[dict]) -> None:
+        self._client = client
+        self._earlier: list[dict] | None = earlier
+
+    def list_webhooks(self) -> list[dict]:
+        earlier, self._earlier = self._earlier, None
+        return earlier if earlier is not None else self._client.list_webhooks()
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+
+def test_two_guards_reset_and_backfill_a_circuit_once(sandbox, client, tmp_path):
+    """Every worker process runs a guard: one reset and one backfill per webhook and gap."""
+    from webhook_app.store.sqlite import SQLiteStore
+
+    stores = [SQLiteStore(str(tmp_path / "guards.db")) for _ in range(2)]
+    stores[0].migrate()
+
+    def guard(n: int, c) -> CircuitGuard:
+        return CircuitGuard(
+            client=c,
+            store=stores[n],
+            policy=load_policy(Settings().policy_path),
+            healthy=lambda: True,
+            auto_reset=True,
+            backfill_margin=0,
+        )
+
+    try:
+        fail(sandbox, 30)
+        earlier = client.list_webhooks()  # the second guard's read, before the first one resets
+        assert guard(0, client).check().reset == ["HookTestAa"]
+        second = guard(1, _FirstReadFrom(client, earlier)).check()
+        assert [c.open for c in second.circuits] == [True]  # it saw the circuit open ...
+        assert second.reset == [] and second.backfilled == {}  # ... and did nothing: already reset
+        assert len(stores[0].list_operations(kind="circuit_reset")) == 1
+        assert len(stores[0].list_operations(kind="backfill")) == 1
+        patches = sandbox.control("GET", "/requests?route=webhooks.patch").json()["requests"]
+        assert len([p for p in patches if "_reset_circuit" in json.dumps(p["body"])]) == 1
+
+        # while another guard holds the webhook's lease, a guard leaves the circuit alone
+        fail(sandbox, 30)
+        assert stores[1].take_lease("circuit:HookTestAa", owner="guard1", seconds=60, now=time.time())
+        assert guard(0, client).check().reset == [] and read_circuits(client)[0].open
+        stores[1].release_lease("circuit:HookTestAa", owner="guard1")
+        assert guard(0, client).check().reset == ["HookTestAa"]
+    finally:
+        for s in stores:
+            s.close()

@@ -10,7 +10,7 @@ from conftest import SECRET, signed_headers
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
-from webhook_app.store import SCHEMA_VERSION, ActionClaim, DecisionRecord, DeliveryFilter
+from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 T0 = 1_800_000_000.0
@@ -405,3 +405,106 @@ def test_service_status_keeps_since_until_the_state_changes(store):
     got = store.get_status("commercelayer_credentials")
     assert (got.state, got.since, got.reason) == ("ok", T0 + 90, None)
     assert store.get_status("something_else") is None
+
+
+# --- card claims: one save of a customer's card at a time --------------------------------------
+SAVE = "save_payment_source"
+
+
+def _saving(store, order_id, worker, now):
+    """A job of `order_id` claimed by `worker`, holding the order's save action."""
+    store.record_delivery(delivery(order_id), now=now)
+    job = store.claim_job(worker=worker, lease_seconds=30, now=now)
+    assert job.order_id == order_id
+    assert store.begin_action(order_id, SAVE, worker=worker, job_id=job.id, lease_seconds=30, now=now).status == (
+        "acquired"
+    )
+    return job
+
+
+def test_card_claims_let_one_order_at_a_time_save_a_customers_card(store):
+    def claim(customer, card, order, worker, job_id, now):
+        return store.claim_card(customer, card, order_id=order, worker=worker, job_id=job_id, lease_seconds=30, now=now)
+
+    first = _saving(store, "o1", "w1", T0)
+    got = claim("c1", "card-a", "o1", "w1", first.id, T0)
+    assert got == CardClaim("acquired", fresh=True)
+    assert claim("c1", "card-a", "o2", "w2", 99, T0 + 1) == CardClaim("busy", holder="o1")
+    assert claim("c1", "", "o3", "w2", 99, T0 + 1).status == "busy"  # an unidentified card may be it
+    assert claim("c1", "card-b", "o4", "w2", 98, T0 + 1) == CardClaim("acquired", fresh=True)  # another card
+    assert claim("c2", "card-a", "o5", "w2", 97, T0 + 1).status == "acquired"  # another customer
+    assert store.heartbeat(first.id, worker="w1", lease_seconds=30, now=T0 + 20)
+    assert claim("c1", "card-a", "o2", "w2", 99, T0 + 40).status == "busy"  # the heartbeat extended it
+    # the save verified: the claim is free, and remembers the entry; the next order must read first
+    assert store.finish_job(
+        first.id, worker="w1", decision=replace(DECISION, wallet_entry_id="w9"), now=T0 + 41, action=SAVE
+    )
+    again = claim("c1", "card-a", "o2", "w2", 99, T0 + 42)
+    assert again == CardClaim("acquired", fresh=False, wallet_entry_id="w9")
+    # a worker killed holding it loses it to the lease
+    assert claim("c1", "card-a", "o6", "w3", 96, T0 + 50).status == "busy"
+    assert claim("c1", "card-a", "o6", "w3", 96, T0 + 73).status == "acquired"
+
+
+def test_an_uncertain_save_keeps_its_card_until_its_next_attempt_or_the_hold(store):
+    job = _saving(store, "o1", "w1", T0)
+    assert store.claim_card("c1", "k", order_id="o1", worker="w1", job_id=job.id, lease_seconds=30, now=T0).fresh
+    store.release_action("o1", SAVE, worker="w1", uncertain=True, now=T0 + 1, hold_until=T0 + 100)
+    other = store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 60)
+    assert other == CardClaim("busy", holder="o1")  # past the job's lease, within the hold
+    mine = store.claim_card("c1", "k", order_id="o1", worker="w3", job_id=job.id, lease_seconds=30, now=T0 + 61)
+    assert mine.status == "acquired" and not mine.fresh  # the order's next attempt: look first
+    store.release_action("o1", SAVE, worker="w3", uncertain=False, now=T0 + 62)  # not even held: a no-op
+    assert store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 63).status == (
+        "busy"
+    )
+    store.begin_action("o1", SAVE, worker="w3", job_id=job.id, lease_seconds=30, now=T0 + 64)
+    store.release_action("o1", SAVE, worker="w3", uncertain=False, now=T0 + 65)  # known to have failed
+    assert store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 66).status == (
+        "acquired"
+    )
+
+
+def test_a_lease_has_one_owner_until_released_or_expired(store):
+    assert store.take_lease("circuit:h1", owner="a", seconds=60, now=T0)
+    assert not store.take_lease("circuit:h1", owner="b", seconds=60, now=T0 + 1)
+    assert store.take_lease("circuit:h2", owner="b", seconds=60, now=T0 + 1)
+    assert store.take_lease("circuit:h1", owner="a", seconds=60, now=T0 + 2)  # its owner extends it
+    store.release_lease("circuit:h1", owner="b")  # not b's: nothing happens
+    assert not store.take_lease("circuit:h1", owner="b", seconds=60, now=T0 + 3)
+    assert store.take_lease("circuit:h1", owner="b", seconds=60, now=T0 + 63)  # expired
+    store.release_lease("circuit:h1", owner="b")
+    assert store.take_lease("circuit:h1", owner="a", seconds=60, now=T0 + 64)
+
+
+def test_prune_never_removes_a_job_requeued_while_it_runs(store_factory):
+    """A requeue that commits while a prune batch runs keeps its job (PostgreSQL reads committed
+    rows statement by statement: the prune's choice must not outlive the job's state)."""
+    store, requeuer = store_factory(), store_factory()
+    rec = store.record_delivery(delivery(), now=T0)
+    job = store.claim_job(worker="w", lease_seconds=30, now=T0)
+    assert store.dead_letter(job.id, worker="w", error="gave up", decision=DECISION, now=T0 + 1)
+    pruned = []
+    with requeuer._tx() as c:  # the requeue's statement, its transaction held open
+        assert (
+            c.run(
+                "UPDATE jobs SET state = 'pending', attempts = 0, next_attempt_at = ?, finished_at = NULL"
+                " WHERE id = ? AND state = 'dead'",
+                (T0 + 20, job.id),
+            )
+            == 1
+        )
+        t = threading.Thread(
+            target=lambda: pruned.append(
+                store.prune(bodies_before=T0 + 10, records_before=T0 + 10, limit=10, now=T0 + 20)
+            )
+        )
+        t.start()
+        t.join(timeout=1.0)  # the prune runs meanwhile (on SQLite it waits for the write lock)
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert store.job_state(job.id) == "pending"
+    got = store.get_delivery(rec.delivery_id)
+    assert got is not None and got.body == delivery().body
+    again = store.claim_job(worker="w2", lease_seconds=30, now=T0 + 21)
+    assert again is not None and again.id == job.id and again.body == delivery().body

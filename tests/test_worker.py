@@ -12,8 +12,8 @@ from conftest import SECRET, signed_headers
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
-from webhook_app.events import Delivery
-from webhook_app.policy import load_policy, parse_policy
+from webhook_app.events import Delivery, Event
+from webhook_app.policy import load_policy, parse_policy, wallet
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
 from webhook_app.worker import Worker, retry_delay
@@ -420,3 +420,95 @@ def test_uncertainty_survives_a_failed_read(env):
     [o] = w.drain()
     assert o.outcome == "applied" and "already applied" in o.decision.reason
     assert len(env.fake.calls("orders.patch")) == 1 and len(env.fake.orders["o1"].wallet) == 1
+
+
+# --- scaled out: one card, one entry; one reuse per order ----------------------------------------
+def _card(env, order_id="o1", **kw):
+    """The order's customer and card key, as the worker claims them."""
+    event = Event.from_body("orders.place", order_body(order_id, **kw))
+    return event.customer_id, wallet.card_key(event.payment_source, wallet.DEFAULT_MATCH)
+
+
+def test_a_save_waits_while_another_order_saves_the_same_card(env):
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    rec = env.deliver("o1", source_id="psAAAA1111", wallet=[])
+    customer, card = _card(env, "o1", source_id="psAAAA1111")
+    assert card  # the card is identified (by its gateway token here)
+    held = env.store.claim_card(
+        customer, card, order_id="o9", worker="w9", job_id=99, lease_seconds=60, now=env.clock()
+    )
+    assert held.status == "acquired"
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.state == "retry" and o.error == "busy" and env.fake.requests == []
+    got = env.store.get_delivery(rec.delivery_id)
+    assert got.job["attempts"] == 0 and "o9" in got.job["last_error"]  # waiting used no attempt
+    assert env.store.action_state("o1", "save_payment_source") == "open"  # the order's claim given back
+
+
+def test_a_card_saved_before_is_read_before_saving_again(env):
+    """The body's wallet may predate another order's save of the card: once a save of it was
+    claimed, the worker reads the wallet before deciding."""
+    order = env.fake.add_order("o1", source_id="psAAAA1111")
+    order.wallet = [{"id": "w-x", "source_id": "psAAAA1111", "source_type": "stripe_payments", "created_at": "2026"}]
+    rec = env.deliver("o1", source_id="psAAAA1111", wallet=[])  # the body: an empty wallet
+    customer, card = _card(env, "o1", source_id="psAAAA1111")
+    env.store.begin_action("o9", "save_payment_source", worker="w9", job_id=99, lease_seconds=60, now=env.clock())
+    env.store.claim_card(customer, card, order_id="o9", worker="w9", job_id=99, lease_seconds=60, now=env.clock())
+    env.store.release_action("o9", "save_payment_source", worker="w9", uncertain=False, now=env.clock())
+    [o] = env.worker(policy=SAVE_ALL).drain()
+    assert o.outcome == "guarded" and o.decision.guard == "already_in_wallet"
+    assert env.fake.calls("orders.patch") == [] and len(env.fake.calls("orders.get")) == 1
+    assert env.decisions(rec.delivery_id)[-1]["wallet_entry_id"] == "w-x"
+
+
+def test_an_uncertain_use_is_settled_by_the_orders_source_whichever_job_chose_it(env):
+    """The first job's use of w-a may have been applied; the second job chose the newer w-b. A read
+    showing w-a as the order's source ends the action: w-b is never sent."""
+    order = env.fake.add_order("o1", source_id="psNEW")
+    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"}]
+    env.fake.hang("orders.patch", 1.0, apply_first=True)  # applied, answered after the read timeout
+    env.deliver("o1", source_id="psNEW", wallet=[{"id": "w-a", "source_id": "ps-a", "created_at": "2025"}])
+    w = env.worker(policy=REUSE)
+    [o] = w.drain()
+    assert o.state == "retry"
+    order.wallet.append({"id": "w-b", "source_id": "ps-b", "source_type": "stripe_payments", "created_at": "2026"})
+    both = [
+        {"id": "w-a", "source_id": "ps-a", "created_at": "2025"},
+        {"id": "w-b", "source_id": "ps-b", "created_at": "2026"},
+    ]
+    rec = env.deliver("o1", topic="orders.pending", source_id="psNEW", wallet=both)
+    [o] = w.drain()  # the second job (the first one's retry is not due yet)
+    assert o.outcome == "applied" and o.decision.wallet_entry_id == "w-a"
+    assert "already applied wallet entry w-a" in o.decision.reason
+    assert env.decisions(rec.delivery_id)[-1]["wallet_entry_id"] == "w-a"
+    env.clock.advance(60)
+    [o] = w.drain()
+    assert o.outcome == "guarded" and o.decision.guard == "already_flagged"
+    assert [p["json"]["data"]["attributes"] for p in env.fake.calls("orders.patch")] == [
+        {"_customer_payment_source_id": "w-a"}
+    ]
+
+
+def test_a_refused_use_never_clears_an_earlier_uncertainty(env):
+    """After an uncertain use, a later attempt reads, then its own PATCH is refused (429): the
+    next attempt must still read before writing, never trust the body."""
+    order = env.fake.add_order("o1", source_id="psNEW")
+    order.wallet = [{"id": "w-a", "source_id": "ps-a", "source_type": "stripe_payments", "created_at": "2025"}]
+    env.fake.fail("orders.patch", status=502)  # outcome unknown (not applied, as it happens)
+    env.fake.fail("orders.patch", status=429, headers={"Retry-After": "1"})
+    env.deliver("o1", source_id="psNEW", wallet=[{"id": "w-a", "source_id": "ps-a", "created_at": "2025"}])
+    w = env.worker(policy=REUSE)
+    assert [o.state for o in w.drain()] == ["retry"]  # 502
+    env.clock.advance(60)
+    [o] = w.drain()
+    assert o.state == "retry" and "429" in o.error
+    reads = len(env.fake.calls("orders.get"))
+    assert reads == 1  # the second attempt looked first
+    assert env.store.begin_action(
+        "o1", "use_wallet_source", worker="probe", job_id=0, lease_seconds=1, now=env.clock()
+    ).uncertain
+    env.store.release_action("o1", "use_wallet_source", worker="probe", uncertain=True, now=env.clock())
+    env.clock.advance(60)
+    [o] = w.drain()
+    assert o.outcome == "applied"
+    assert len(env.fake.calls("orders.get")) == reads + 1  # and so did the third

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webhook_app import tracing
+from webhook_app import claims, tracing
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
-from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, wallet
+from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, expiry, wallet
 from webhook_app.policy.guards import save_guards
 from webhook_app.store import DecisionRecord, Job, Store, retention
 
@@ -118,7 +118,6 @@ class Worker:
         self.handlers = dict(handlers or {})
         self._cl_trace_ids: list[str] = []
         self.mode = "shadow" if settings.shadow else "enforce"
-        self._read_settled = False  # this attempt has read the order's current state
         self._claimed_at = float("-inf")  # when run_once claimed the job in hand (its leases' start)
         self._next_prune = 0.0  # the first prune runs soon after start
         self._next_beat = 0.0  # the first heartbeat is written at the first poll
@@ -329,38 +328,60 @@ class Worker:
             d = decision.guarded("already_flagged", "the order was already flagged for this action")
             return self._finish(job, d, "guarded", wallet_entry_id=claim.wallet_entry_id)
         if claim.status == "busy":
-            self.store.retry_job(
-                job.id,
+            return self._defer(job, decision, "another worker is flagging this order")
+        fresh = True
+        if action == SAVE:
+            card = claims.claim_card(
+                self.store,
+                event,
+                self.policy.wallet_match,
+                job_id=job.id,
                 worker=self.id,
-                error="another worker is flagging this order",
-                next_attempt_at=self.clock() + BUSY_RETRY_SECONDS,
+                lease_seconds=self.settings.lease_seconds,
                 now=self.clock(),
-                count_attempt=False,
             )
-            return Outcome("retry", decision, error="busy")
-        self._read_settled = False
+            if card is not None and card.status == "busy":
+                self.store.release_action(order_id, action, worker=self.id, uncertain=claim.uncertain, now=self.clock())
+                return self._defer(job, decision, f"order {card.holder} is saving this customer's card")
+            fresh = card is None or card.fresh
         try:
             if action == SAVE:
-                return self._save(job, event, decision, uncertain=claim.uncertain)
+                return self._save(job, event, decision, uncertain=claim.uncertain, fresh=fresh)
             return self._use(job, event, decision, uncertain=claim.uncertain)
         except CommerceLayerError as exc:
-            # An earlier attempt's uncertainty stands until a read has settled it: if the look
-            # before writing failed (a 429, a timeout), the next attempt must look again rather
-            # than trust a body that predates the earlier write.
-            uncertain = exc.uncertain or (claim.uncertain and not self._read_settled)
-            self.store.release_action(order_id, action, worker=self.id, uncertain=uncertain, now=self.clock())
+            # An earlier attempt's uncertainty stands until an attempt ends the action: this
+            # attempt's read may have settled it, but a failure after the read (a 429, a refusal)
+            # says nothing of the earlier call, so the next attempt looks again before writing.
+            uncertain = exc.uncertain or claim.uncertain
+            hold = self.clock() + self.settings.lease_seconds if uncertain else None
+            self.store.release_action(
+                order_id, action, worker=self.id, uncertain=uncertain, now=self.clock(), hold_until=hold
+            )
             return self._failed(job, decision, exc)
 
-    def _save(self, job: Job, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
+    def _defer(self, job: Job, decision: Decision, why: str) -> Outcome:
+        """Another worker holds what this job needs: try again shortly, without using an attempt."""
+        self.store.retry_job(
+            job.id,
+            worker=self.id,
+            error=why,
+            next_attempt_at=self.clock() + BUSY_RETRY_SECONDS,
+            now=self.clock(),
+            count_attempt=False,
+        )
+        return Outcome("retry", decision, error="busy")
+
+    def _save(self, job: Job, event: Event, decision: Decision, *, uncertain: bool, fresh: bool = True) -> Outcome:
         """Save the payment source to the wallet, unless it is there already.
 
         The webhook body tells only if it carried the wallet with each entry's linkage (or the
-        gateway tokens to compare); otherwise, and always after an attempt whose outcome is
-        unknown, one read with the paths that carry the linkage decides before writing."""
+        gateway tokens to compare), and no save of this card was claimed before (`fresh`: an
+        earlier save may postdate the body); otherwise, and always after an attempt whose outcome
+        is unknown, one read with the paths that carry the linkage decides before writing."""
         assert self.client is not None
         before = event
         look = wallet.look_up(event, self.policy.wallet_match)
-        if uncertain or not look.known:
+        if uncertain or not look.known or not fresh:
             before = self._read_order(event)
             look = wallet.look_up(before, self.policy.wallet_match)
             if not look.known:
@@ -432,16 +453,22 @@ class Worker:
             current = self._read_order(event)
         entry_id = decision.wallet_entry_id
         if current is not event:
-            chosen = next((e for e in current.wallet or () if e.id == entry_id), None) if entry_id else None
-            chosen = chosen or choose_wallet_entry(current.wallet or (), decision.strategy or "newest")
+            paying = wallet.order_source_entry(current) if uncertain else None
+            if paying is not None:
+                # An earlier use may have been applied: the read settles it. Whichever entry that
+                # call (this job's or another's) chose, the order now pays from the wallet: done,
+                # never a second, different entry.
+                d = replace(
+                    decision,
+                    reason=f"{decision.reason}; an earlier attempt had already applied wallet entry {paying.id}",
+                    wallet_entry_id=paying.id,
+                )
+                return self._finish(job, d, "applied", wallet_entry_id=paying.id, action=USE_WALLET)
+            # The wallet as read now, less the entries whose card has expired at the order's time.
+            split = expiry.split_expired(current.wallet or (), current)
+            chosen = next((e for e in split.usable if e.id == entry_id), None) if entry_id else None
+            chosen = chosen or choose_wallet_entry(split.usable, decision.strategy or "newest")
             if chosen is not None and wallet.entry_is_order_source(chosen, current):
-                if uncertain:
-                    d = replace(
-                        decision,
-                        reason=f"{decision.reason}; an earlier attempt had already applied it",
-                        wallet_entry_id=chosen.id,
-                    )
-                    return self._finish(job, d, "applied", wallet_entry_id=chosen.id, action=USE_WALLET)
                 d = replace(
                     decision.guarded(
                         "already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"
@@ -450,6 +477,12 @@ class Worker:
                 )
                 return self._guarded(job, d, USE_WALLET)
             entry_id = chosen.id if chosen else None
+            if entry_id is None and split.expired:
+                expired = ", ".join(e.id for e, _ in split.expired)
+                none_left = decision.guarded(
+                    "wallet_card_expired", f"every wallet entry's card has expired ({expired})"
+                )
+                return self._guarded(job, none_left, USE_WALLET)
         if entry_id is None:
             none_fits = decision.guarded("no_wallet_entry", "the customer's wallet has no entry that fits")
             return self._guarded(job, none_fits, USE_WALLET)
@@ -463,9 +496,7 @@ class Worker:
         """One read of the order with the wallet and each entry's payment_source linkage."""
         assert self.client is not None
         doc = self.client.get_order(event.order_id, include=list(wallet.READ_INCLUDES))
-        current = Event.from_document(event.topic, doc)
-        self._read_settled = True
-        return current
+        return Event.from_document(event.topic, doc)
 
     def _guarded(self, job: Job, decision: Decision, action: str) -> Outcome:
         """A guard found after claiming the action: give the claim back unchanged, record why."""

@@ -12,14 +12,23 @@ usual (exactly once per order and action). The first failure is taken from the w
 guard first saw failures or the open circuit; `backfill_margin` seconds are added before it.
 Every reset and backfill is written to the operations log. A backfill that fails is retried at the
 next check.
+
+Every worker process runs a guard, so the guards coordinate through the database: a reset and its
+backfill are done under a lease per webhook (`Store.take_lease`), and the guard holding it reads
+the circuit again first, so a guard whose read predates another's reset does nothing; the
+backfill's deliveries are keyed by order (`reconcile.backfill_identity`), so a second backfill of
+the same gap queues nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +41,10 @@ from webhook_app.store import Store
 from webhook_app.timefmt import iso, parse_time
 
 log = logging.getLogger(__name__)
+
+# How long one guard may hold a webhook's reset and backfill before another may take over (it
+# gives the lease back as soon as it is done; this bounds a guard that died holding it).
+RESET_LEASE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,7 @@ class CircuitGuard:
         backfill_margin: float = 300.0,
         clock: Callable[[], float] = time.time,
         on_check: Callable[[Check], None] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -140,6 +154,7 @@ class CircuitGuard:
         self.backfill_margin = backfill_margin
         self.clock = clock
         self.on_check = on_check
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._last: dict[str, int] = {}
         self._failing_since: dict[str, float] = {}
         self._backfill_due: dict[str, float] = {}
@@ -171,10 +186,12 @@ class CircuitGuard:
                     extra={"webhooks": [c.webhook_id for c in open_]},
                 )
             else:
+                earlier = list(self._backfill_due)  # backfills that failed at an earlier check
                 for c in open_:
                     self._reset(c, now, result)
-                for webhook_id in list(self._backfill_due):
-                    self._backfill(webhook_id, result)
+                for webhook_id in earlier:
+                    if webhook_id in self._backfill_due:
+                        self._backfill(webhook_id, result)
         self._report(result)
         return result
 
@@ -194,6 +211,34 @@ class CircuitGuard:
             log.warning("Commerce Layer's failure count for this webhook is rising", extra=fields)
 
     def _reset(self, c: Circuit, now: float, result: Check) -> None:
+        """Reset and backfill under the webhook's lease, if the circuit is still open then."""
+        lease = f"circuit:{c.webhook_id}"
+        try:
+            if not self.store.take_lease(lease, owner=self.owner, seconds=RESET_LEASE_SECONDS, now=self.clock()):
+                log.info("another guard is resetting this circuit", extra={"webhook_id": c.webhook_id})
+                return
+        except StoreError as exc:
+            log.warning(
+                "circuit left open: the database is unavailable", extra={"webhook_id": c.webhook_id, "error": str(exc)}
+            )
+            return
+        try:
+            self._reset_held(c, now, result)
+        finally:
+            try:
+                self.store.release_lease(lease, owner=self.owner)
+            except StoreError as exc:  # it runs out by itself
+                log.warning("circuit lease not released", extra={"webhook_id": c.webhook_id, "error": str(exc)})
+
+    def _reset_held(self, c: Circuit, now: float, result: Check) -> None:
+        try:
+            # Our read may predate another guard's reset: look again now that we hold the lease.
+            still_open = any(x.webhook_id == c.webhook_id and x.open for x in read_circuits(self.client))
+        except CommerceLayerError as exc:
+            log.warning("circuit check failed", extra={"webhook_id": c.webhook_id, "error": str(exc)})
+            return
+        if not still_open:
+            return
         since = self._gap_start(c, now)
         try:
             self.client.reset_webhook_circuit(c.webhook_id)
@@ -207,6 +252,7 @@ class CircuitGuard:
         detail = {"topic": c.topic, "failures": c.failures, "gap_since": iso(since), "by": "circuit guard"}
         log.warning("circuit reset", extra={"webhook_id": c.webhook_id, **detail})
         self._operation("circuit_reset", c.webhook_id, detail)
+        self._backfill(c.webhook_id, result)  # still under the lease
 
     def _gap_start(self, c: Circuit, now: float) -> float:
         candidates = [self._failing_since.get(c.webhook_id, now)]

@@ -4,17 +4,24 @@ Commerce Layer stops calling after its retries and when a webhook's circuit open
 lost upstream. This lists the orders updated in a window (API, paginated, rate-limited by the
 client), keeps those with no delivery here, reads each with the includes the policy needs and
 stores it as a delivery (marked as coming from reconcile) so the normal pipeline decides and acts.
+
+A backfill's identity is the order's, not its body's (`backfill_identity`): two reconciles at once
+(two circuit guards, an operator's run beside the worker's) both find the order missing and each
+reads it, and the reads differ once the first one's job has acted on the order; the second store
+is then a duplicate, so each missed order gets one job. An order with any job here is never
+missing, so the identity never stands in the way of a later gap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from webhook_app.commercelayer import CommerceLayerAPI
-from webhook_app.events import Delivery, delivery_identity
+from webhook_app.events import Delivery
 from webhook_app.policy import Policy
 from webhook_app.store import Store
 from webhook_app.timefmt import iso
@@ -30,6 +37,11 @@ STATUS_TOPICS = {
     "approved": "orders.approve",
     "cancelled": "orders.cancel",
 }
+
+
+def backfill_identity(order_id: str) -> str:
+    """The identity of a reconcile's delivery for this order: one per order, whatever was read."""
+    return hashlib.sha256(f"backfill\x00orders\x00{order_id}".encode()).hexdigest()
 
 
 @dataclass
@@ -72,7 +84,7 @@ def reconcile(
         delivery = Delivery(
             topic=topic,
             body=body,
-            identity=delivery_identity(topic, body),
+            identity=backfill_identity(order_id),
             secret_label="reconcile",
             resource_type="orders",
             resource_id=order_id,

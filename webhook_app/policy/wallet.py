@@ -23,6 +23,7 @@ payment source in `included`, and where it was not sent the answer is unknown, n
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,6 +235,33 @@ def look_up(event: Event, keys: Sequence[str] = DEFAULT_MATCH) -> WalletLook:
     if best is not None:
         return WalletLook(best[2], known=True, how=best[3], entries=ids)
     return WalletLook(None, known=not undecided, entries=ids)
+
+
+def card_key(source: Resource | None, keys: Sequence[str] = DEFAULT_MATCH) -> str:
+    """The card's identity for the per-customer card claim, as `keys` define "the same card";
+    "" when the source carries none of them (the claim then covers all the customer's cards).
+
+    The card-level identity comes first (Stripe's fingerprint, then `payment_instrument`'s card
+    details when opted in): a card typed again gets a new record and a new gateway token but the
+    same fingerprint. The gateway token names the instrument when nothing else is there. Hashed,
+    so the claim's key holds no card detail."""
+    if source is None or not source.attributes:
+        return ""
+    found: str | None = None
+    if CARD_FINGERPRINT in keys and (fp := card_fingerprint(source)) is not None:
+        found = f"{CARD_FINGERPRINT}:{fp}"
+    elif PAYMENT_INSTRUMENT in keys and (details := card_details(source)) is not None:
+        found = f"{PAYMENT_INSTRUMENT}:{'/'.join(details)}"
+    elif GATEWAY_TOKEN in keys and (tokens := source_tokens(source)):
+        found = f"{GATEWAY_TOKEN}:{min(tokens)}"
+    if found is None:
+        return ""
+    return hashlib.sha256(f"{source.type}\x00{found}".encode()).hexdigest()[:32]
+
+
+def order_source_entry(event: Event) -> Resource | None:
+    """For `use_wallet_source`: the wallet entry the order pays with, if any (of those sent)."""
+    return next((e for e in event.wallet or () if entry_is_order_source(e, event)), None)
 
 
 def entry_is_order_source(entry: Resource, event: Event) -> bool:

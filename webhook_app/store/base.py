@@ -9,7 +9,9 @@ Exactly-once rests on three constraints:
 - a job is worked on only by the worker holding its unexpired lease; a worker whose lease was
   taken over cannot finish or fail the job any more;
 - an `(order_id, action)` claim allows one Commerce Layer call in flight per order and action and
-  remembers when it is done, whichever delivery or topic asked for it.
+  remembers when it is done, whichever delivery or topic asked for it;
+- a `(organization, customer, card)` claim lets one order at a time save a card into a customer's
+  wallet, from the decision to save until the save is verified or known to have failed.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ class ActionClaim:
 
     status: str
     uncertain: bool = False
+    wallet_entry_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CardClaim:
+    """Result of asking to save a card into a customer's wallet (`Store.claim_card`).
+
+    status: `acquired` (this order may save it now) or `busy` (another order's save of this card,
+    or of an unidentified card of the customer, is in hand or its outcome unknown: try later).
+    `fresh` is true when no save of this card was ever claimed before: the wallet the webhook body
+    shows can be trusted; otherwise read the wallet before writing (an earlier save may have
+    added the entry since the body was made). `holder` is the order holding it when busy;
+    `wallet_entry_id` the entry the last verified save of this card made, if any.
+    """
+
+    status: str
+    fresh: bool = False
+    holder: str | None = None
     wallet_entry_id: str | None = None
 
 
@@ -317,11 +337,47 @@ class Store(abc.ABC):
     ) -> ActionClaim: ...
 
     @abc.abstractmethod
-    def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None: ...
+    def release_action(
+        self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float, hold_until: float | None = None
+    ) -> None:
+        """Give the claim back (`open`), remembering whether the call may have been applied.
+
+        For the save action, the card claims the order holds go with it: released when the outcome
+        is known, kept for this order until `hold_until` (default: their lease) when `uncertain`."""
 
     @abc.abstractmethod
     def action_state(self, order_id: str, action: str) -> str | None:
         """`open`, `in_flight`, `done`, or None if never claimed."""
+
+    # --- per-customer card claims -------------------------------------------------------------
+    @abc.abstractmethod
+    def claim_card(
+        self,
+        customer_id: str,
+        card_key: str,
+        *,
+        order_id: str,
+        worker: str,
+        job_id: int,
+        lease_seconds: float,
+        now: float,
+        organization: str = "",
+    ) -> CardClaim:
+        """Claim the save of one card (`card_key`; "" when the card cannot be identified, which
+        stands for every card of the customer) for `order_id`. Busy while another order holds a
+        live claim on this card or on the customer's unidentified card (for "": on any card).
+        The claim's lease is the job's (`heartbeat` extends it); it ends with the order's save
+        action (`finish_job` with the action, `release_action`)."""
+
+    # --- named leases -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def take_lease(self, name: str, *, owner: str, seconds: float, now: float) -> bool:
+        """Take (or extend, for its owner) the lease `name` until `now + seconds`; False while
+        another owner's is unexpired."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, *, owner: str) -> None:
+        """End the lease `name` if `owner` holds it."""
 
     # --- reading --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -376,7 +432,9 @@ class Store(abc.ABC):
         """One batch of at most `limit` of each: remove the body and headers of deliveries received
         before `bodies_before`, and whole deliveries (job, attempts, decisions) received before
         `records_before`, in both cases only once their job is done or dead (or they have none).
-        Per-order action claims are never pruned: an order flagged stays flagged."""
+        The job's state is checked by the statements that remove, so a job requeued while the
+        batch runs is never removed. Per-order action claims and card claims are never pruned:
+        an order flagged stays flagged."""
 
     @abc.abstractmethod
     def bodies_to_redact(self, *, before: float, limit: int) -> list[tuple[int, bytes]]:

@@ -35,6 +35,7 @@ MIGRATIONS = migrations("postgres")
 
 # Each entry upgrades the schema from version N-1 to N (index 0 is version 1).
 _MIGRATION_LOCK = 0x77686B61  # "whka": one migrator at a time
+_CLAIM_LOCKS = 0x77686B63  # "whkc": the advisory locks of card claims (two-key form)
 JOBS_CHANNEL = "webhook_app_jobs"  # NOTIFY after an insert that queued a job; workers LISTEN
 
 
@@ -185,6 +186,10 @@ class PostgresStore(SQLStore):
         job_id = row["job_id"]
         return Recorded(int(row["delivery_id"]), False, None if job_id is None else int(job_id), status)
 
+    def _serialize(self, c: Cursorish, key: str) -> None:
+        """A transaction-scoped advisory lock on `key` (its CRC-32 under this store's class id)."""
+        c.run("SELECT pg_advisory_xact_lock(?, ?)", (_CLAIM_LOCKS, _int4(zlib.crc32(key.encode("utf-8")))))
+
     # --- schema ---------------------------------------------------------------------------
     def migrate(self) -> int:
         with self._tx() as c:
@@ -308,6 +313,11 @@ class PostgresRateLimiter:
             slot = earliest_slot(now, history, self.limits)
             c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (bucket, slot))
         return slot
+
+
+def _int4(n: int) -> int:
+    """An unsigned 32-bit value as PostgreSQL's signed `int4`."""
+    return n - (1 << 32) if n >= (1 << 31) else n
 
 
 def _first_line(exc: BaseException) -> str:

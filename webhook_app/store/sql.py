@@ -17,9 +17,11 @@ import orjson
 
 from webhook_app.errors import StoreUnavailable, storable_text
 from webhook_app.events import Delivery
+from webhook_app.policy.decision import SAVE
 from webhook_app.store.base import (
     ActionClaim,
     ActivityRow,
+    CardClaim,
     DecisionRecord,
     DeliveryFilter,
     Job,
@@ -234,6 +236,10 @@ class SQLStore(Store):
                     " AND state = 'in_flight'",
                     (now + lease_seconds, job_id, worker),
                 )
+                c.run(
+                    "UPDATE card_claims SET lease_expires_at = ? WHERE job_id = ? AND owner = ? AND state = 'held'",
+                    (now + lease_seconds, job_id, worker),
+                )
             return held
 
     def finish_job(
@@ -250,6 +256,13 @@ class SQLStore(Store):
                     " AND action = ? AND owner = ? AND state = 'in_flight'",
                     (decision.wallet_entry_id, now, job_id, action, worker),
                 )
+                if action == SAVE:  # the save is verified (or known to have ended): its card is free
+                    c.run(
+                        "UPDATE card_claims SET state = 'open', owner = NULL, lease_expires_at = NULL,"
+                        " wallet_entry_id = COALESCE(?, wallet_entry_id), updated_at = ?"
+                        " WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?) AND state = 'held' AND owner = ?",
+                        (decision.wallet_entry_id, now, job_id, worker),
+                    )
             return True
 
     def retry_job(
@@ -412,19 +425,104 @@ class SQLStore(Store):
             )
             return ActionClaim("acquired", uncertain=uncertain)
 
-    def release_action(self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float) -> None:
+    def release_action(
+        self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float, hold_until: float | None = None
+    ) -> None:
         with self._tx() as c:
-            c.run(
+            released = c.run(
                 "UPDATE order_actions SET state = 'open', owner = NULL, lease_expires_at = NULL,"
                 " uncertain = ?, updated_at = ? WHERE order_id = ? AND action = ? AND state = 'in_flight'"
                 " AND owner = ?",
                 (int(uncertain), now, order_id, action, worker),
             )
+            if released != 1 or action != SAVE:
+                return
+            if uncertain:
+                # The save may still land: the card stays this order's until its next attempt has
+                # looked (or the hold runs out), so no other order saves the card meanwhile.
+                c.run(
+                    "UPDATE card_claims SET owner = NULL, lease_expires_at = COALESCE(?, lease_expires_at),"
+                    " updated_at = ? WHERE order_id = ? AND state = 'held' AND owner = ?",
+                    (hold_until, now, order_id, worker),
+                )
+            else:
+                c.run(
+                    "UPDATE card_claims SET state = 'open', owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                    " WHERE order_id = ? AND state = 'held' AND owner = ?",
+                    (now, order_id, worker),
+                )
 
     def action_state(self, order_id: str, action: str) -> str | None:
         with self._tx(write=False) as c:
             row = c.one("SELECT state FROM order_actions WHERE order_id = ? AND action = ?", (order_id, action))
             return None if row is None else str(row["state"])
+
+    # --- card claims ------------------------------------------------------------------------
+    def _serialize(self, c: Cursorish, key: str) -> None:  # noqa: B027 - SQLite: the write lock already does
+        """Serialize the rest of this transaction with others that name `key` (PostgreSQL reads
+        committed data statement by statement: a claim spanning several rows needs this)."""
+
+    def claim_card(
+        self,
+        customer_id: str,
+        card_key: str,
+        *,
+        order_id: str,
+        worker: str,
+        job_id: int,
+        lease_seconds: float,
+        now: float,
+        organization: str = "",
+    ) -> CardClaim:
+        with self._tx() as c:
+            self._serialize(c, f"card\x00{organization}\x00{customer_id}")
+            if card_key:
+                rows = c.all(
+                    "SELECT card_key, state, order_id, lease_expires_at, wallet_entry_id FROM card_claims"
+                    " WHERE organization = ? AND customer_id = ? AND card_key IN (?, '')",
+                    (organization, customer_id, card_key),
+                )
+            else:  # the card is not known: it may be any of the customer's
+                rows = c.all(
+                    "SELECT card_key, state, order_id, lease_expires_at, wallet_entry_id FROM card_claims"
+                    " WHERE organization = ? AND customer_id = ?",
+                    (organization, customer_id),
+                )
+            for r in rows:
+                if (
+                    r["state"] == "held"
+                    and r["order_id"] != order_id
+                    and r["lease_expires_at"] is not None
+                    and float(r["lease_expires_at"]) > now
+                ):
+                    return CardClaim("busy", holder=str(r["order_id"]))
+            last = next((r["wallet_entry_id"] for r in rows if r["card_key"] == card_key), None)
+            c.run(
+                "INSERT INTO card_claims (organization, customer_id, card_key, state, order_id, owner, job_id,"
+                " lease_expires_at, updated_at) VALUES (?,?,?,'held',?,?,?,?,?)"
+                " ON CONFLICT (organization, customer_id, card_key) DO UPDATE SET state = 'held',"
+                " order_id = excluded.order_id, owner = excluded.owner, job_id = excluded.job_id,"
+                " lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at",
+                (organization, customer_id, card_key, order_id, worker, job_id, now + lease_seconds, now),
+            )
+            return CardClaim("acquired", fresh=not rows, wallet_entry_id=last)
+
+    # --- named leases -------------------------------------------------------------------------
+    def take_lease(self, name: str, *, owner: str, seconds: float, now: float) -> bool:
+        with self._tx() as c:
+            return (
+                c.run(
+                    "INSERT INTO leases (name, owner, expires_at) VALUES (?,?,?) ON CONFLICT (name) DO UPDATE"
+                    " SET owner = excluded.owner, expires_at = excluded.expires_at"
+                    " WHERE leases.expires_at <= ? OR leases.owner = excluded.owner",
+                    (name, owner, now + seconds, now),
+                )
+                == 1
+            )
+
+    def release_lease(self, name: str, *, owner: str) -> None:
+        with self._tx() as c:
+            c.run("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     # --- reading --------------------------------------------------------------------------
     _DELIVERY_COLUMNS = (
@@ -642,25 +740,57 @@ class SQLStore(Store):
             ]
             if dry_run:
                 return Pruned(len(body_ids), len(old_ids))
+            # A job requeued since the selects above (PostgreSQL reads each statement's own
+            # snapshot) must keep its body and its records: the settled jobs are locked first,
+            # and every statement that removes checks the job's state again.
+            body_ids = self._still_settled(c, body_ids)
+            old_ids = self._still_settled(c, old_ids)
             if body_ids:
-                self._remove_bodies(c, body_ids, "retention", now)
+                self._remove_bodies(c, body_ids, "retention", now, settled_only=True)
+            gone = 0
             if old_ids:
                 marks = ",".join("?" * len(old_ids))
                 ids = tuple(old_ids)
                 # A replay outlives its original's record: it keeps its own, without the link.
                 c.run(f"UPDATE deliveries SET replay_of = NULL WHERE replay_of IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
-                jobs = f"SELECT id FROM jobs WHERE delivery_id IN ({marks})"  # nosec B608  # constants and ? placeholders only
+                jobs = f"SELECT id FROM jobs WHERE delivery_id IN ({marks}) AND state IN ('done', 'dead')"  # nosec B608  # constants and ? placeholders only
                 c.run(f"DELETE FROM attempts WHERE job_id IN ({jobs})", ids)  # nosec B608  # constants and ? placeholders only
-                c.run(f"DELETE FROM decisions WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
-                c.run(f"DELETE FROM jobs WHERE delivery_id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
-                c.run(f"DELETE FROM deliveries WHERE id IN ({marks})", ids)  # nosec B608  # constants and ? placeholders only
-            return Pruned(len(body_ids), len(old_ids))
+                c.run(f"DELETE FROM decisions WHERE job_id IN ({jobs})", ids)  # nosec B608  # constants and ? placeholders only
+                c.run(f"DELETE FROM jobs WHERE delivery_id IN ({marks}) AND state IN ('done', 'dead')", ids)  # nosec B608  # constants and ? placeholders only
+                gone = c.run(
+                    f"DELETE FROM deliveries WHERE id IN ({marks})"  # nosec B608  # constants and ? placeholders only
+                    " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = deliveries.id)",
+                    ids,
+                )
+            return Pruned(len(body_ids), gone)
 
-    def _remove_bodies(self, c: Cursorish, ids: list[int], why: str, now: float) -> int:
+    def _still_settled(self, c: Cursorish, ids: list[int]) -> list[int]:
+        """Of `ids`, the deliveries whose job is done or dead now (locked until the transaction
+        ends, so a requeue waits for it: PostgreSQL skips a job locked by a requeue under way) or
+        that have no job."""
+        if not ids:
+            return ids
         marks = ",".join("?" * len(ids))
+        locked = {
+            int(r["delivery_id"])
+            for r in c.all(
+                f"SELECT delivery_id FROM jobs WHERE delivery_id IN ({marks}) AND state IN ('done', 'dead')"  # nosec B608  # constants and ? placeholders only
+                + self.claim_lock_clause,
+                tuple(ids),
+            )
+        }
+        with_job = {
+            int(r["delivery_id"])
+            for r in c.all(f"SELECT delivery_id FROM jobs WHERE delivery_id IN ({marks})", tuple(ids))  # nosec B608  # constants and ? placeholders only
+        }
+        return [i for i in ids if i in locked or i not in with_job]
+
+    def _remove_bodies(self, c: Cursorish, ids: list[int], why: str, now: float, *, settled_only: bool = False) -> int:
+        marks = ",".join("?" * len(ids))
+        settled = f" AND {self._SETTLED.replace('d.id', 'deliveries.id')}" if settled_only else ""
         return c.run(
             f"UPDATE deliveries SET body = ?, headers = '{{}}', body_removed_at = ?, body_removed_why = ?"  # nosec B608  # constants and ? placeholders only
-            f" WHERE body_removed_at IS NULL AND id IN ({marks})",
+            f" WHERE body_removed_at IS NULL AND id IN ({marks}){settled}",
             (b"", now, why, *ids),
         )
 

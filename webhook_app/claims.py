@@ -1,0 +1,50 @@
+"""The card claim around a save: one order at a time saves a given card into a customer's wallet.
+
+Two orders of one customer paying with the same card, handled by two workers at once, would both
+find the card missing from the wallet and both save it (two entries for one card). Before it
+decides to save, the worker claims the card in the store (`Store.claim_card`), keyed by the
+organization, the customer and the card as the policy's `wallet_match` identifies it
+(`wallet.card_key`; the whole customer when the card cannot be identified). The claim is held from
+the decision to save until the save is verified or known to have failed (a save whose outcome is
+unknown keeps it for its order's next attempt, at most a lease); a second order of that card is
+deferred meanwhile (no attempt used) and, once it has the claim, reads the wallet before deciding,
+so it finds the first order's entry (`card_already_in_wallet`). README: *One card, one entry*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from webhook_app.events import Event
+from webhook_app.policy import wallet
+from webhook_app.store import CardClaim, Store
+
+# One Commerce Layer organization per deployment for now; the claim's key has room for more.
+ORGANIZATION = ""
+
+
+def claim_card(
+    store: Store,
+    event: Event,
+    keys: Sequence[str],
+    *,
+    job_id: int,
+    worker: str,
+    lease_seconds: float,
+    now: float,
+) -> CardClaim | None:
+    """Claim the save of the order's card for this order; None when the order has no customer
+    (no wallet, so nothing to share with another order)."""
+    customer = event.customer_id
+    if customer is None:
+        return None
+    return store.claim_card(
+        customer,
+        wallet.card_key(event.payment_source, keys),
+        order_id=event.order_id,
+        worker=worker,
+        job_id=job_id,
+        lease_seconds=lease_seconds,
+        now=now,
+        organization=ORGANIZATION,
+    )
