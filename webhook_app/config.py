@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from webhook_app.errors import ConfigError
-from webhook_app.signing import WebhookSecret, parse_secrets
+from webhook_app.signing import MIN_SECRET_LENGTH, WebhookSecret, parse_secrets
 from webhook_app.topics import KNOWN_TOPICS, TOPIC_PATTERN
 
 T = TypeVar("T")
@@ -251,6 +251,18 @@ class Settings:
     @property
     def shadow(self) -> bool:
         return self.mode == "shadow"
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the intake could store nothing with these settings (for `/readyz` and the start
+        banner); empty when it can. A secret that is set but unusable never gets here: `from_env`
+        refuses it (the service does not start)."""
+        if not self.webhook_secrets:
+            return [
+                "no webhook secret configured: set CL_WEBHOOK_SECRETS to each Commerce Layer webhook's"
+                f" shared secret (label:secret, at least {MIN_SECRET_LENGTH} characters); until then every delivery is"
+                " refused with 401"
+            ]
+        return []
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -38,6 +38,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
+    for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once
+        log.error("not ready: %s", reason)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
 
@@ -66,7 +68,9 @@ def warn_policy(policy: Policy) -> None:
 
 def announce(settings: Settings, bind: str) -> None:
     mode = settings.mode + ("" if settings.has_credentials else " (no Commerce Layer credentials set)")
-    secrets = ", ".join(s.label for s in settings.webhook_secrets) or "NONE: every delivery will be refused"
+    secrets = "; ".join(f"NOT READY: {r}" for r in settings.not_ready_reasons()) or ", ".join(
+        s.label for s in settings.webhook_secrets
+    )
     print(
         f"webhook-app {__version__}: listening on http://{bind}/webhooks/commercelayer\n"
         f"  mode: {mode}\n  database: {mask_url(settings.database_url)}\n"

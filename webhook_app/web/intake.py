@@ -235,4 +235,7 @@ def readyz() -> tuple[Response, int]:
     except StoreError as exc:
         checks["database"] = exc.detail
         ok = False
+    unusable = s.settings.not_ready_reasons()
+    checks["webhook_secrets"] = "; ".join(unusable) or ", ".join(w.label for w in s.settings.webhook_secrets)
+    ok = ok and not unusable
     return jsonify({"status": "ready" if ok else "unavailable", "checks": checks}), 200 if ok else 503
