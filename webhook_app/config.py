@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from webhook_app.errors import ConfigError
 from webhook_app.signing import MIN_SECRET_LENGTH, WebhookSecret, parse_secrets
@@ -138,6 +139,14 @@ def _url(value: str) -> str:
 def _database_url(value: str) -> str:
     if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
         raise ValueError("must start with sqlite:/// or postgresql://")
+    if value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip():
+        raise ValueError("sqlite:/// needs a file path after it, e.g. sqlite:///webhook-app.db")
+    if value.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(value).port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            # (never the value: the URL may hold a password)
+            raise ValueError("the port in the URL must be a number from 0 to 65535") from None
     return value
 
 

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from webhook_app import __version__
 from webhook_app.cli.common import load_settings, prepare_store
 from webhook_app.config import Settings
+from webhook_app.errors import UsageError
 from webhook_app.logs import mask_url
 
 if TYPE_CHECKING:
     from webhook_app.policy import Policy
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BIND = "127.0.0.1:8000"
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -26,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
-    announce(settings, args.bind or "127.0.0.1:8000")
+    check_can_listen(args.bind or DEFAULT_BIND)
+    announce(settings, args.bind or DEFAULT_BIND)
     return run_serve(bind=args.bind, workers=args.workers, max_body=settings.max_body_bytes)
 
 
@@ -38,6 +45,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
+    if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
+        check_can_listen(args.bind or DEFAULT_BIND)
     for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once
         log.error("not ready: %s", reason)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
@@ -60,6 +69,49 @@ def cmd_commit_writer(_args: argparse.Namespace) -> int:
     return run_commit_writer(load_settings())
 
 
+def bind_arg(*, unix: bool) -> Callable[[str], str]:
+    """argparse type for `--bind`: HOST:PORT with a port from 0 to 65535 (`web` also takes
+    gunicorn's unix:PATH and fd://N)."""
+
+    def check(value: str) -> str:
+        if value.startswith(("unix:", "fd://")):
+            if unix:
+                return value
+            raise argparse.ArgumentTypeError(f"{value!r}: serve listens on HOST:PORT")
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT with a port from 0 to 65535")
+        return value
+
+    return check
+
+
+def check_can_listen(bind: str) -> None:
+    """Bind the address once and let it go, so that an address in use, not of this machine or
+    not allowed is one line now (UsageError), not a child's traceback or five retries later."""
+    if bind.startswith(("unix:", "fd://")):
+        return
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {bind} (--bind): unknown host {host!r} ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and the front do
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "the address is in use (another process listens there): stop it or use another port",
+                errno.EADDRNOTAVAIL: "no network interface of this machine has that address: use 127.0.0.1 or 0.0.0.0",
+                errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port above 1023",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise UsageError(f"cannot listen on {bind} (--bind): {why}") from None
+
+
 def warn_policy(policy: Policy) -> None:
     """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
     for warning in policy.warnings():
@@ -80,8 +132,14 @@ def announce(settings: Settings, bind: str) -> None:
 
 
 def register(sub: Any) -> None:
-    def bind_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bind", default=None, metavar="HOST:PORT", help="address to listen on (127.0.0.1:8000)")
+    def bind_args(sp: argparse.ArgumentParser, *, unix: bool = False) -> None:
+        sp.add_argument(
+            "--bind",
+            default=None,
+            type=bind_arg(unix=unix),
+            metavar="HOST:PORT",
+            help=f"address to listen on ({DEFAULT_BIND})",
+        )
         sp.add_argument(
             "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 4)"
         )
@@ -91,7 +149,7 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("web", help="run the web server (gunicorn) only")
-    bind_args(sp)
+    bind_args(sp, unix=True)
     sp.add_argument("--config", default=None, metavar="FILE", help="a gunicorn config file (deploy/gunicorn.conf.py)")
     sp.set_defaults(func=cmd_web)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import zlib
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -85,6 +87,13 @@ class PostgresStore(SQLStore):
     def _get_pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None or self._pool_pid != os.getpid():
+                # One plain connection first: a wrong URL, database or role is then one clear
+                # StoreUnavailable (connect_problem), instead of a pool that retries it in the
+                # background with a warning each time and ends in "no connection within the timeout".
+                try:
+                    psycopg.connect(self.url, connect_timeout=self.connect_timeout).close()
+                except psycopg.Error as exc:
+                    raise StoreUnavailable(connect_problem(self.url, exc, timeout=self.connect_timeout)) from exc
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -306,6 +315,48 @@ class PostgresRateLimiter:
             slot = earliest_slot(now, history, self.limits)
             c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (bucket, slot))
         return slot
+
+
+def connect_problem(url: str, exc: psycopg.Error, *, timeout: float) -> str:
+    """One line for a failed connection: what the server (or the network) said, where, and what
+    to change. Never the URL itself (it may hold a password)."""
+    info = _conninfo(url)
+    where = f"{info.get('host') or 'the local socket'}" + (f":{info['port']}" if info.get("port") else "")
+    text = " ".join(str(exc).split())
+    fix = "WEBHOOK_APP_DATABASE_URL"
+    if m := re.search(r'database "([^"]+)" does not exist', text):
+        return (
+            f'database "{m.group(1)}" does not exist on PostgreSQL at {where}: create it'
+            f" (createdb {m.group(1)}) or fix the database name in {fix}"
+        )
+    if m := re.search(r'role "([^"]+)" does not exist', text):
+        return (
+            f'role "{m.group(1)}" does not exist on PostgreSQL at {where}: create it'
+            f" (CREATE ROLE ... LOGIN) or fix the user name in {fix}"
+        )
+    if m := re.search(r'password authentication failed for user "([^"]+)"', text):
+        return f'PostgreSQL at {where} refused the password of user "{m.group(1)}": fix the password in {fix}'
+    if "no password supplied" in text:
+        return f"PostgreSQL at {where} asks for a password: add it to {fix}"
+    if "no pg_hba.conf entry" in text:
+        return f"PostgreSQL at {where} does not accept this client (no pg_hba.conf entry): allow it there, or fix {fix}"
+    if "Connection refused" in text:
+        return f"PostgreSQL at {where} refused the connection: is it running there? (host and port from {fix})"
+    if m := re.search(r"failed to resolve host '([^']*)'|could not translate host name \"([^\"]*)\"", text):
+        return f'unknown host "{m.group(1) or m.group(2)}": fix the host in {fix}'
+    if "timeout expired" in text:
+        return f"no answer from PostgreSQL at {where} within {timeout:g} s: check the host and port in {fix}"
+    if isinstance(exc, psycopg.ProgrammingError):  # the URL itself: an unknown parameter, a bad value
+        return f"{fix} is not a usable PostgreSQL URL: {_first_line(exc)}"
+    detail = text.split("FATAL:", 1)[-1].strip() if "FATAL:" in text else _first_line(exc)
+    return f"cannot connect to PostgreSQL at {where}: {detail[:200]}"
+
+
+def _conninfo(url: str) -> dict[str, Any]:
+    try:
+        return dict(conninfo_to_dict(url))
+    except psycopg.Error:
+        return {}
 
 
 def _first_line(exc: BaseException) -> str:
