@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import threading
 import time
 import zlib
@@ -125,8 +126,13 @@ class PostgresStore(SQLStore):
         become StoreUnavailable (a connection that died under us costs one 503, then the pool
         opens a fresh one)."""
         try:
-            with self._get_pool().connection() as conn:
-                yield conn
+            pool = self._get_pool()
+            conn = _live_connection(pool, self.pool_timeout)
+            try:
+                with conn:
+                    yield conn
+            finally:
+                pool.putconn(conn)
         except PoolTimeout as exc:
             raise StoreUnavailable("PostgreSQL is unreachable (no connection within the pool timeout)") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -315,6 +321,34 @@ class PostgresRateLimiter:
             slot = earliest_slot(now, history, self.limits)
             c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (bucket, slot))
         return slot
+
+
+def _live_connection(pool: ConnectionPool, timeout: float) -> psycopg.Connection[Any]:
+    """A connection from the pool that the server has not dropped.
+
+    An idle connection has nothing to read unless the server closed it (pg_terminate_backend, a
+    restart, idle_session_timeout: it sends its FATAL message, then EOF). Such a connection is
+    closed and handed back, so the pool opens a fresh one in its place, and the next one is
+    tried: after backends were terminated, the first requests get live connections instead of
+    503s. The test costs a poll(2), not a round trip."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+        if not _dropped(conn):
+            return conn
+        conn.close()
+        pool.putconn(conn)
+
+
+def _dropped(conn: psycopg.Connection[Any]) -> bool:
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def connect_problem(url: str, exc: psycopg.Error, *, timeout: float) -> str:
