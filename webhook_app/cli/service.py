@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
+import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -24,11 +27,33 @@ log = logging.getLogger(__name__)
 DEFAULT_BIND = "127.0.0.1:8000"
 
 
+def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run `command` with prometheus_client's multiprocess directory set before anything imports
+    it (runtime.prepare_metrics_dir: shared by the command's children), and remove the directory
+    when the command ends if this process made it (not one PROMETHEUS_MULTIPROC_DIR names, nor
+    from a gunicorn worker, forked inside run_web, unwinding through here)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from webhook_app.runtime import prepare_metrics_dir
+
+        given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        path = prepare_metrics_dir()
+        owner = os.getpid()
+        try:
+            return command(args)
+        finally:
+            if not given and os.getpid() == owner:
+                shutil.rmtree(path, ignore_errors=True)
+
+    return run
+
+
+@metrics_dir
 def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_serve
+    from webhook_app.runtime import run_serve
 
-    prepare_metrics_dir()  # shared by the web and worker children
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
@@ -37,11 +62,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_serve(bind=args.bind, workers=args.workers, max_body=settings.max_body_bytes)
 
 
+@metrics_dir
 def cmd_web(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_web
+    from webhook_app.runtime import run_web
 
-    prepare_metrics_dir()
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
@@ -52,11 +77,11 @@ def cmd_web(args: argparse.Namespace) -> int:
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
 
+@metrics_dir
 def cmd_worker(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_worker
+    from webhook_app.runtime import run_worker
 
-    prepare_metrics_dir()
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
