@@ -31,11 +31,37 @@ def run(*args, env=None, stdin=None, tmp=None):
 def test_sign_prints_the_header_value(tmp_path):
     f = tmp_path / "body.json"
     f.write_bytes(order_body("o1"))
-    r = run("sign", "--secret", "abc", str(f))
-    assert r.returncode == 0 and r.stdout.strip() == sign(f.read_bytes(), secret="abc")
+    expected = sign(f.read_bytes(), secret="abc")
     r = run("sign", "--secret-env", "MY_SECRET", str(f), env={"MY_SECRET": "abc"})
-    assert r.stdout.strip() == sign(f.read_bytes(), secret="abc")
+    assert r.returncode == 0 and r.stdout.strip() == expected
+    (tmp_path / "secret").write_text("abc\n")  # as `echo` writes it: the newline is not the secret's
+    r = run("sign", "--secret-file", str(tmp_path / "secret"), str(f))
+    assert r.returncode == 0 and r.stdout.strip() == expected
+    r = run("sign", "--secret-file", "-", str(f), stdin="abc\n")
+    assert r.returncode == 0 and r.stdout.strip() == expected
     assert run("sign", str(f)).returncode == 2
+
+
+def test_a_secret_is_never_taken_from_the_command_line(tmp_path):
+    """Every local user can read a process's arguments (ps, /proc/PID/cmdline): `--secret S` is
+    refused with the forms that keep it out of them, for `sign` and `replay` alike."""
+    f = tmp_path / "body.json"
+    f.write_bytes(order_body("o1"))
+    env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    for args in (
+        ("sign", "--secret", "abc", str(f)),
+        ("replay", "--target", "http://127.0.0.1:9/", "--secret", "abc", "--dry-run", "--files", str(f)),
+    ):
+        r = run(*args, env=env)
+        line = _one_line_error(r)
+        assert "--secret-env VAR or --secret-file PATH" in line and "ps" in line
+        assert "abc" not in r.stdout + r.stderr
+    line = _one_line_error(run("sign", "--secret-file", "-", "-", stdin="abc"))
+    assert "both come from standard input" in line
+    line = _one_line_error(run("sign", "--secret-env", "UNSET_VAR", str(f)))
+    assert "UNSET_VAR" in line and "not set" in line
+    line = _one_line_error(run("sign", "--secret-file", str(tmp_path / "nope"), str(f)))
+    assert "--secret-file" in line and "cannot read" in line
 
 
 def test_policy_check_prints_decision_and_rule_per_payload(tmp_path):
@@ -128,19 +154,19 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
     env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
     line = _one_line_error(run("reconcile", "--since", "bogus", env=env))
     assert "--since" in line and "24h" in line
-    line = _one_line_error(run("sign", "--secret", "S", str(tmp_path / "missing.json")))
+    line = _one_line_error(run("sign", "--secret-env", "S", str(tmp_path / "missing.json"), env={"S": "s"}))
     assert "missing.json: cannot read" in line
     line = _one_line_error(
         run(
             "replay",
             "--target",
             "http://127.0.0.1:9/",
-            "--secret",
-            "s",
+            "--secret-env",
+            "S",
             "--dry-run",
             "--files",
             str(tmp_path / "missing.json"),
-            env=env,
+            env={**env, "S": "s"},
         )
     )
     assert "missing.json: cannot read" in line
@@ -148,7 +174,15 @@ def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
     nameless.write_bytes(order_body("o1"))
     line = _one_line_error(
         run(
-            "replay", "--target", "http://127.0.0.1:9/", "--secret", "s", "--dry-run", "--files", str(nameless), env=env
+            "replay",
+            "--target",
+            "http://127.0.0.1:9/",
+            "--secret-env",
+            "S",
+            "--dry-run",
+            "--files",
+            str(nameless),
+            env={**env, "S": "s"},
         )
     )
     assert "--file-topic" in line  # the option that exists

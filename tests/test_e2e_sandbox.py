@@ -145,7 +145,7 @@ def test_wallet_entries_are_exactly_what_the_policy_calls_for(stack):
     )
     c("POST", "/events", {"topic": "orders.place", "order_ids": order_ids})
     time.sleep(0.5)
-    c("POST", "/tokens/expire")  # mid-run: the service's token stops working
+    c("POST", "/tokens/expire", {})  # mid-run: the service's token stops working
     c("POST", "/events", {"topic": "orders.place", "order_ids": order_ids})  # re-trigger: same bytes
     c("POST", "/events", {"topic": "orders.approve", "order_ids": order_ids, "transition": True})
     assert c("POST", "/sender/drain", {"timeout": 60})["drained"]

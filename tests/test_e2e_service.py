@@ -308,3 +308,26 @@ def test_the_serve_front_passes_chunked_bodies_and_keeps_the_limits(serve, tmp_p
     out = _raw(port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"zz\r\n{}\r\n0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and b'"errors"' in out, out[:200]
     assert requests.get(svc.url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("command", ["serve", "web"])
+def test_without_a_webhook_secret_the_service_says_so_and_is_not_ready(serve, tmp_path, command):
+    """`web` (the image's default command) and `serve` with no CL_WEBHOOK_SECRETS start (the
+    webhooks may be registered after the deploy), but say why on one line at start and answer
+    /readyz with 503 and the reason, instead of looking healthy while refusing every delivery."""
+    env = service_env(tmp_path)
+    del env["CL_WEBHOOK_SECRETS"]
+    svc = serve(env, command)
+    ready = requests.get(svc.url + "/readyz", timeout=5)
+    assert ready.status_code == 503, ready.text
+    reason = ready.json()["checks"]["webhook_secrets"]
+    assert reason.startswith("no webhook secret configured: set CL_WEBHOOK_SECRETS"), reason
+    assert send(svc.url, order_body("ordNOSECRET")).status_code == 401
+    said = [line for line in svc.output().splitlines() if "no webhook secret configured" in line]
+    assert len(said) >= 1 and "CL_WEBHOOK_SECRETS" in said[0]
+    if command == "serve":  # the banner's own line (the web child logs it too)
+        assert any(line.startswith("  webhook secrets: NOT READY: no webhook secret configured") for line in said)
+    svc.stop()
+    svc = serve(service_env(tmp_path), command)
+    ready = requests.get(svc.url + "/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["checks"]["webhook_secrets"] == "main"

@@ -9,7 +9,7 @@ request the service must still answer `/healthz` and its process must still be r
 | body, declared Content-Length  | WEBHOOK_APP_MAX_BODY_BYTES = 1 MiB       | 413 at once, body never read    |
 | body, chunked                  | the same 1 MiB, counted while reading    | 413 once the limit is passed    |
 | JSON nesting                   | WEBHOOK_APP_MAX_JSON_DEPTH = 64          | 400 (500 000 deep too, no crash)|
-| JSON numbers                   | 4300 digits (Python's int limit)         | 400                             |
+| JSON numbers                   | the 64-bit float range (308 digits)      | 400                             |
 | request line                   | gunicorn limit_request_line = 4094 bytes | 414 (gunicorn)                  |
 | one header field               | limit_request_field_size = 8190 bytes    | 431 (gunicorn)                  |
 | number of header fields        | limit_request_fields = 100               | 431 (gunicorn)                  |
@@ -248,11 +248,24 @@ def test_json_nesting_over_the_limit_is_400(server):
 
 
 def test_a_number_too_long_to_convert_is_400(server):
-    """A 5000-digit integer in a signed document: 400 (Python refuses to convert more than 4300
-    digits, which is a ValueError the app maps), never a 500."""
-    body = b'{"data":{"type":"orders","id":"big","attributes":{"n":' + b"9" * 5000 + b"}}}"
-    a = post(server, body)
-    assert_app_refusal(a, 400)
+    """What the README says of JSON numbers: an integer of 308 digits is accepted, one of 309
+    (past the 64-bit float range, about 1.8e308) is 400, as is 1e400 and a 5000-digit one, never
+    a 500. An integer past 2**64 is accepted (the parser reads it as a float) and its body is
+    stored byte for byte."""
+
+    def doc(oid: str, number: bytes) -> bytes:
+        return b'{"data":{"type":"orders","id":"' + oid.encode() + b'","attributes":{"n":' + number + b"}}}"
+
+    for oid, number in (("big308", b"9" * 308), ("two64", str(2**64).encode()), ("neg64", str(-(2**63) - 1).encode())):
+        assert post(server, doc(oid, number)).status == 202, oid
+    with sqlite3.connect(server.db) as conn:
+        [(stored,)] = conn.execute("SELECT body FROM deliveries WHERE resource_id = 'two64'").fetchall()
+    assert bytes(stored) == doc("two64", str(2**64).encode())
+    for oid, number in (("big309", b"9" * 309), ("e400", b"1e400"), ("big5000", b"9" * 5000)):
+        before = server.stored()
+        a = post(server, doc(oid, number))
+        assert_app_refusal(a, 400)
+        assert "infinity" in a.json()["errors"][0]["detail"] and server.stored() == before
     assert server.healthy()
 
 

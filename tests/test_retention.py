@@ -182,6 +182,38 @@ def test_forget_removes_one_customers_bodies_and_says_how_many(tmp_path):
     store.close()
 
 
+def test_forget_by_email_reads_the_raw_body_not_only_the_parsed_one(store):
+    """A JSON parser keeps the last of two equal keys, so `{"customer_email": "victim@...",
+    "customer_email": "other@..."}` parses as the other address while the stored bytes name the
+    victim: erasure matches the address in every string of the raw body, case-insensitively and
+    however it is escaped (\\u0040, \\/), and not inside a longer address."""
+    from webhook_app.ops.privacy import forget_customer
+
+    def stored(attributes_json: str, oid: str) -> int:
+        head = '{"data":{"type":"orders","id":"' + oid + '","attributes":'
+        body = (head + attributes_json + ',"relationships":{}},"included":[]}').encode()
+        return store.record_delivery(
+            Delivery.from_http(signed_headers(body, "orders.place"), body, secrets=SECRETS), now=1_800_000_000.0
+        ).delivery_id
+
+    naming = [
+        stored('{"customer_email":"victim@example.com","customer_email":"other@example.com"}', "oDup"),
+        stored('{"customer_email":"other@example.com","customer_email":"victim@example.com"}', "oLast"),
+        stored('{"customer_email":"Victim\\u0040Example.COM"}', "oEsc"),
+        stored('{"customer_email":"other@example.com","notes":"was victim@example.com."}', "oNote"),
+        stored('{"meta":{"billing":{"email":"VICTIM@EXAMPLE.COM"}}}', "oDeep"),
+    ]
+    kept = [
+        stored('{"customer_email":"notvictim@example.com"}', "oPre"),
+        stored('{"customer_email":"victim@example.com.au"}', "oSuf"),
+        stored('{"customer_email":"victim@example.community"}', "oLong"),
+    ]
+    result = forget_customer(store, email=" Victim@Example.com ", now=1_800_000_100.0)
+    assert result.removed == len(naming)
+    assert all(store.get_delivery(i).body_removed == "forgotten" for i in naming)
+    assert all(store.get_delivery(i).body_removed is None for i in kept)
+
+
 def test_the_admin_views_say_a_body_was_removed(settings_factory, sqlite_store, clock):
     from webhook_app.tokens import ADMIN, Tokens
 

@@ -25,7 +25,7 @@ def server() -> Iterator:
 def api(server) -> Iterator[Api]:
     """A client with a fresh token on a sandbox reset to the example scenario."""
     client = Api(server)
-    assert client.control("POST", "/reset").status_code == 200
+    assert client.control("POST", "/reset", {}).status_code == 200
     client.control("PUT", "/config", {"check_responses": True})
     client.get_token()
     yield client
@@ -90,7 +90,7 @@ def test_missing_unknown_and_expired_tokens_are_401(api):
     assert r.status_code == 401 and errors_of(r)[0]["code"] == "INVALID_TOKEN"
     r = api.get("/orders/OrdStripeA", headers={**no_auth, "Authorization": "Bearer not-a-token"})
     assert r.status_code == 401
-    expired = api.control("POST", "/tokens/expire").json()
+    expired = api.control("POST", "/tokens/expire", {}).json()
     assert expired["expired"] >= 1
     r = api.get("/orders/OrdStripeA")
     assert r.status_code == 401 and "expired" in errors_of(r)[0]["detail"]
@@ -181,6 +181,61 @@ def test_id_mismatch_and_wrong_type_are_422(api):
     assert r.status_code == 422 and errors_of(r)[0]["source"]["pointer"] == "/data/type"
     r = api.patch("/orders/OrdStripeA", {"nodata": True})
     assert r.status_code == 422
+
+
+def test_the_control_api_refuses_what_a_web_page_can_send_across_sites(api):
+    """A page in the developer's browser can POST without a preflight only with no body, a form or
+    text/plain: each is 415 and changes nothing (the token still works, the orders are all there);
+    application/json needs a preflight the sandbox never approves, and an empty one is 400."""
+    control = api.server.url + "/_sandbox"
+    orders = len(api.control("GET", "/state").json()["orders"])
+    api.control("POST", "/events", {"topic": "orders.place", "order_id": "OrdStripeA"})
+    events = len(api.control("GET", "/events").json()["events"])
+    simple = [
+        ("/reset", {}),
+        ("/tokens/expire", {"data": "a=1", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+        ("/tokens/expire", {"data": b"{}", "headers": {"Content-Type": "text/plain"}}),
+        ("/reset", {"data": b'{"empty": true}', "headers": {"Content-Type": "multipart/form-data; boundary=x"}}),
+        ("/events", {"data": b'{"topic": "orders.place", "order_id": "OrdStripeA"}'}),
+    ]
+    for path, kw in simple:
+        r = api.session.post(control + path, **kw)
+        assert r.status_code == 415, (path, kw, r.status_code)
+        assert errors_of(r)[0]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    for body in (b"", b"{nope", b"null"):
+        r = api.session.post(control + "/reset", data=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and errors_of(r)[0]["code"] == "BAD_REQUEST"
+    r = api.session.put(control + "/config", data=b'{"token_ttl": 0.01}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415
+    assert api.get("/orders/OrdStripeA").status_code == 200  # the token was not expired
+    assert len(api.control("GET", "/state").json()["orders"]) == orders  # not reset (nor emptied)
+    assert len(api.control("GET", "/events").json()["events"]) == events  # no event triggered
+    assert api.control("GET", "/config").json()["token_ttl"] != 0.01
+    assert api.control("POST", "/tokens/expire", {}).json()["expired"] >= 1  # JSON is taken
+
+
+@pytest.mark.parametrize("host,warned", [("127.0.0.1", False), ("0.0.0.0", True)])  # noqa: S104
+def test_the_sandbox_warns_on_one_line_when_not_bound_to_loopback(tmp_path, host, warned):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "commercelayer_sandbox", "--host", host, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening on" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    lines = [line for line in err.splitlines() if "warning" in line]
+    if warned:
+        assert len(lines) == 1 and f"listening on {host}, not loopback" in lines[0] and "/_sandbox/" in lines[0]
+    else:
+        assert lines == [], err
 
 
 def test_invalid_json_is_400(api):

@@ -32,7 +32,7 @@ def server() -> Iterator:
 @pytest.fixture
 def api(server) -> Iterator[Api]:
     client = Api(server)
-    assert client.control("POST", "/reset").status_code == 200
+    assert client.control("POST", "/reset", {}).status_code == 200
     client.control("PUT", "/config", {"check_responses": True})
     client.get_token()
     yield client

@@ -28,7 +28,7 @@ def server() -> Iterator:
 @pytest.fixture
 def api(server) -> Iterator[Api]:
     client = Api(server)
-    assert client.control("POST", "/reset").status_code == 200
+    assert client.control("POST", "/reset", {}).status_code == 200
     client.get_token()
     yield client
     client.close()

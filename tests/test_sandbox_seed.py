@@ -135,7 +135,7 @@ def test_scenario_over_the_control_api_and_reset():
         bad = api.control("POST", "/scenario", {"orders": [{"status": "nope"}]})
         assert bad.status_code == 400 and bad.json()["errors"][0]["source"]["pointer"] == "/orders/0/status"
         assert api.control("GET", "/health").json()["orders"] == 31  # a refused scenario changes nothing
-        assert api.control("POST", "/reset").json()["orders"] == 14  # back to the initial scenario
+        assert api.control("POST", "/reset", {}).json()["orders"] == 14  # back to the initial scenario
         assert api.control("POST", "/reset", {"empty": True}).json()["orders"] == 0
         api.close()
 

@@ -60,7 +60,7 @@ def server() -> Iterator:
 @pytest.fixture
 def api(server) -> Iterator[Api]:
     client = Api(server)
-    assert client.control("POST", "/reset").status_code == 200
+    assert client.control("POST", "/reset", {}).status_code == 200
     client.get_token("c", "s")
     yield client
     client.close()

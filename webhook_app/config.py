@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from webhook_app.errors import ConfigError
-from webhook_app.signing import WebhookSecret, parse_secrets
+from webhook_app.signing import MIN_SECRET_LENGTH, WebhookSecret, parse_secrets
 from webhook_app.topics import KNOWN_TOPICS, TOPIC_PATTERN
 
 T = TypeVar("T")
@@ -138,6 +139,14 @@ def _url(value: str) -> str:
 def _database_url(value: str) -> str:
     if not (value.startswith("sqlite:///") or value.startswith(("postgresql://", "postgres://"))):
         raise ValueError("must start with sqlite:/// or postgresql://")
+    if value.startswith("sqlite:///") and not value.removeprefix("sqlite:///").strip():
+        raise ValueError("sqlite:/// needs a file path after it, e.g. sqlite:///webhook-app.db")
+    if value.startswith(("postgresql://", "postgres://")):
+        try:
+            urlsplit(value).port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            # (never the value: the URL may hold a password)
+            raise ValueError("the port in the URL must be a number from 0 to 65535") from None
     return value
 
 
@@ -255,6 +264,18 @@ class Settings:
     @property
     def shadow(self) -> bool:
         return self.mode == "shadow"
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why the intake could store nothing with these settings (for `/readyz` and the start
+        banner); empty when it can. A secret that is set but unusable never gets here: `from_env`
+        refuses it (the service does not start)."""
+        if not self.webhook_secrets:
+            return [
+                "no webhook secret configured: set CL_WEBHOOK_SECRETS to each Commerce Layer webhook's"
+                f" shared secret (label:secret, at least {MIN_SECRET_LENGTH} characters); until then every delivery is"
+                " refused with 401"
+            ]
+        return []
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -76,6 +76,15 @@ def prepare_metrics_dir() -> str:
     return path
 
 
+def mark_metrics_process_dead(pid: int) -> None:
+    """prometheus_client's bookkeeping for a process of this host that exited (a gunicorn worker
+    replaced after a crash, a timeout or max_requests): its live gauges stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
 class _ArbiterWithWriter(BaseApplication):
     """What gunicorn's `Application.run` calls last (`BaseApplication.run`), making our arbiter
     instead of gunicorn's; `Application.run` (config checks, daemon, paths) stays gunicorn's."""
@@ -114,6 +123,13 @@ class _Gunicorn(Application, _ArbiterWithWriter):
             for key, value in layer.items():
                 if key in self.cfg.settings and value is not None:
                     self.cfg.set(key, value)
+        configured = self.cfg.child_exit  # a config file's own hook, or gunicorn's no-op
+
+        def child_exit(server: Any, worker: Any) -> None:
+            mark_metrics_process_dead(worker.pid)
+            configured(server, worker)
+
+        self.cfg.set("child_exit", child_exit)
 
     def load(self) -> Any:
         from webhook_app import tracing

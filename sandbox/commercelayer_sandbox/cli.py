@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from commercelayer_sandbox.errors import SandboxError
-from commercelayer_sandbox.server import SandboxServer
+from commercelayer_sandbox.server import SandboxServer, is_loopback
 
 DESCRIPTION = (
     "Run a local double of Commerce Layer: the API (OAuth token, orders, wallets, webhooks) "
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to bind (default 127.0.0.1; the control API has no auth)",
+        help="address to bind (default 127.0.0.1; the control API has no auth: any other address is warned about)",
     )
     parser.add_argument("--port", type=int, default=8800, help="port (default 8800; 0 picks a free one)")
     parser.add_argument(
@@ -93,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if not is_loopback(args.host):
+            print(
+                f"sandbox: warning: listening on {args.host}, not loopback only: anyone who can reach it can"
+                " drive the control API (/_sandbox/, no authentication) and read its data; use --host 127.0.0.1",
+                file=sys.stderr,
+                flush=True,
+            )
         summary = server.sandbox.summary()
         print(
             f"sandbox: listening on {server.url} (API {server.api_url}, token {server.auth_url}, "

@@ -1,7 +1,12 @@
 """The control API, under `/_sandbox/`: drive and observe the sandbox from tests and benchmarks.
 
-Plain JSON in and out (`Content-Type: application/json`; no token needed: bind the sandbox to
-loopback only). Errors use the same `{"errors": [...]}` shape as the emulated API; a bad
+Plain JSON in and out; no token needed: bind the sandbox to loopback only (the command line
+warns when it is not). Every POST and PUT must carry `Content-Type: application/json` and a JSON
+body (`{}` when there is nothing to say): 415 otherwise, 400 for an empty or malformed body. A web
+page can send a "simple" cross-site POST (no body, a form, text/plain) without the browser asking
+first; it cannot send `application/json` without a preflight, which the sandbox never approves,
+so a page open in the developer's browser cannot reset or drive the sandbox.
+Errors use the same `{"errors": [...]}` shape as the emulated API; a bad
 scenario, configuration or fault spec is a 400 whose `source.pointer` names the offending key.
 
     GET    /_sandbox/health              {"status": "ok", "orders": N, "pending_deliveries": N}
@@ -27,7 +32,7 @@ scenario, configuration or fault spec is a 400 whose `source.pointer` names the 
     DELETE /_sandbox/faults              no faults
     GET    /_sandbox/config              the configuration
     PUT    /_sandbox/config              body: partial configuration -> the whole configuration
-    POST   /_sandbox/tokens/expire       every issued token expires now -> {"expired": N}
+    POST   /_sandbox/tokens/expire       body: {} -> every issued token expires now -> {"expired": N}
     POST   /_sandbox/events              body: {"topic", "order_id" | "order_ids": [...],
                                          "transition": false} -> 202 {"events": [{id, topic,
                                          order_id, webhook_ids}]}; for the
@@ -63,16 +68,29 @@ def _invalid(exc: SandboxError) -> ApiError:
 
 
 def _body() -> Any:
-    if not request.get_data(cache=True):
-        return {}
     body = request.get_json(silent=True)
     if body is None:
-        raise ApiError(400, "BAD_REQUEST", "Bad request", "The body must be JSON.")
+        raise ApiError(400, "BAD_REQUEST", "Bad request", "The body must be JSON ({} when there is nothing to say).")
     return body
+
+
+def _json_only() -> None:
+    """POST and PUT: `application/json` and a JSON body, or no change at all (see the docstring)."""
+    if request.method not in ("POST", "PUT"):
+        return
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "Unsupported media type",
+            "Control requests need Content-Type: application/json and a JSON body ({} when there is nothing to say).",
+        )
+    _body()
 
 
 def init_app(app: Flask, sandbox: Sandbox) -> None:
     bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
+    bp.before_request(_json_only)
 
     @bp.errorhandler(SandboxError)
     def invalid(exc: SandboxError) -> Response:

@@ -11,7 +11,9 @@ block others). `port=0` picks a free port; `.url` tells which.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,15 @@ from commercelayer_sandbox.sandbox import Sandbox
 from commercelayer_sandbox.seed import read_scenario
 
 log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
 class QuietRequestHandler(WSGIRequestHandler):

@@ -7,9 +7,11 @@ A command reports a problem as one line on stderr with exit status 2 (`fail`, or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from webhook_app.config import Settings
@@ -109,15 +111,59 @@ def delivery_filter(args: argparse.Namespace) -> DeliveryFilter:
     )
 
 
+def is_stdin(name: str | None) -> bool:
+    """`-`, the usual name for standard input."""
+    return name == "-"
+
+
 def read_input(name: str) -> bytes:
     """A file's bytes, or standard input for `-`; a missing file is a UsageError, not a traceback."""
-    if name == "-":
+    if is_stdin(name):
         return sys.stdin.buffer.read()
     try:
         with open(name, "rb") as f:
             return f.read()
     except OSError as exc:
         raise UsageError(f"{name}: cannot read: {exc.strerror}") from None
+
+
+def add_secret_args(sp: argparse.ArgumentParser, what: str) -> None:
+    """`--secret-env VAR` / `--secret-file PATH` (`-`: standard input), so that a secret is never
+    an argument: every local user can read a process's arguments (`ps`, /proc/PID/cmdline)."""
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--secret-env", metavar="VAR", help=f"read {what} from the environment variable VAR")
+    g.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help=f"read {what} from the file PATH, or from standard input for - (a final newline is dropped)",
+    )
+    g.add_argument("--secret", help=argparse.SUPPRESS)  # refused with the reason (read_secret)
+
+
+def read_secret(args: argparse.Namespace, what: str) -> str:
+    """The secret `add_secret_args` options name; UsageError if none or if given as `--secret`."""
+    if getattr(args, "secret", None) is not None:
+        raise UsageError(
+            "--secret puts the secret on the command line, where every user of this machine can read it"
+            " (ps): use --secret-env VAR or --secret-file PATH (- for standard input)"
+        )
+    if args.secret_env:
+        secret = os.environ.get(args.secret_env, "")
+        if not secret:
+            raise UsageError(f"--secret-env {args.secret_env}: that variable is not set or empty")
+        return secret
+    if args.secret_file:
+        try:
+            raw = sys.stdin.read() if is_stdin(args.secret_file) else Path(args.secret_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--secret-file {args.secret_file}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--secret-file {args.secret_file}: not UTF-8 text") from None
+        secret = raw.removesuffix("\n").removesuffix("\r")
+        if not secret:
+            raise UsageError(f"--secret-file {args.secret_file}: empty")
+        return secret
+    raise UsageError(f"{what} is needed: --secret-env VAR or --secret-file PATH (- for standard input)")
 
 
 def utc_stamp(t: float) -> str:

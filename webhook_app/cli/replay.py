@@ -7,8 +7,14 @@ import os
 import sys
 from typing import Any
 
-from webhook_app.cli.common import add_filters, delivery_filter, load_settings, open_checked_store
-from webhook_app.errors import ConfigError
+from webhook_app.cli.common import (
+    add_filters,
+    add_secret_args,
+    delivery_filter,
+    load_settings,
+    open_checked_store,
+    read_secret,
+)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -17,9 +23,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = load_settings()
     # The target's own secret, always given: defaulting to this service's CL_WEBHOOK_SECRETS would
     # sign with the production secret for whatever --target names.
-    secret = args.secret or (os.environ.get(args.secret_env, "") if args.secret_env else "")
-    if not secret:
-        raise ConfigError("--secret", "the target's webhook secret is needed (--secret S or --secret-env VAR)")
+    secret = read_secret(args, "the target's webhook secret")
     keys: tuple[str, ...] = settings.replay_keys
     if args.replay_key_env:
         keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
@@ -62,9 +66,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     sp = sub.add_parser("replay", help="re-send recorded deliveries to a target URL, re-signed")
     sp.add_argument("--target", required=True, help="URL to POST to, e.g. https://staging/webhooks/commercelayer")
-    g = sp.add_mutually_exclusive_group()
-    g.add_argument("--secret", help="the target's webhook secret (or --secret-env)")
-    g.add_argument("--secret-env", metavar="VAR", help="read the target's webhook secret from VAR")
+    add_secret_args(sp, "the target's webhook secret")
     sp.add_argument(
         "--replay-key-env",
         metavar="VAR",

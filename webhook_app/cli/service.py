@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import logging
+import os
+import shutil
+import socket
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from webhook_app import __version__
 from webhook_app.cli.common import load_settings, prepare_store
 from webhook_app.config import Settings
+from webhook_app.errors import UsageError
 from webhook_app.logs import mask_url
 
 if TYPE_CHECKING:
@@ -17,35 +24,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BIND = "127.0.0.1:8000"
 
+
+def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run `command` with prometheus_client's multiprocess directory set before anything imports
+    it (runtime.prepare_metrics_dir: shared by the command's children), and remove the directory
+    when the command ends if this process made it (not one PROMETHEUS_MULTIPROC_DIR names, nor
+    from a gunicorn worker, forked inside run_web, unwinding through here)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from webhook_app.runtime import prepare_metrics_dir
+
+        given = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        path = prepare_metrics_dir()
+        owner = os.getpid()
+        try:
+            return command(args)
+        finally:
+            if not given and os.getpid() == owner:
+                shutil.rmtree(path, ignore_errors=True)
+
+    return run
+
+
+@metrics_dir
 def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_serve
+    from webhook_app.runtime import run_serve
 
-    prepare_metrics_dir()  # shared by the web and worker children
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
-    announce(settings, args.bind or "127.0.0.1:8000")
+    check_can_listen(args.bind or DEFAULT_BIND)
+    announce(settings, args.bind or DEFAULT_BIND)
     return run_serve(bind=args.bind, workers=args.workers, max_body=settings.max_body_bytes)
 
 
+@metrics_dir
 def cmd_web(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_web
+    from webhook_app.runtime import run_web
 
-    prepare_metrics_dir()
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
+    if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
+        check_can_listen(args.bind or DEFAULT_BIND)
+    for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once
+        log.error("not ready: %s", reason)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
 
+@metrics_dir
 def cmd_worker(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import prepare_metrics_dir, run_worker
+    from webhook_app.runtime import run_worker
 
-    prepare_metrics_dir()
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
@@ -58,6 +94,49 @@ def cmd_commit_writer(_args: argparse.Namespace) -> int:
     return run_commit_writer(load_settings())
 
 
+def bind_arg(*, unix: bool) -> Callable[[str], str]:
+    """argparse type for `--bind`: HOST:PORT with a port from 0 to 65535 (`web` also takes
+    gunicorn's unix:PATH and fd://N)."""
+
+    def check(value: str) -> str:
+        if value.startswith(("unix:", "fd://")):
+            if unix:
+                return value
+            raise argparse.ArgumentTypeError(f"{value!r}: serve listens on HOST:PORT")
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT with a port from 0 to 65535")
+        return value
+
+    return check
+
+
+def check_can_listen(bind: str) -> None:
+    """Bind the address once and let it go, so that an address in use, not of this machine or
+    not allowed is one line now (UsageError), not a child's traceback or five retries later."""
+    if bind.startswith(("unix:", "fd://")):
+        return
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {bind} (--bind): unknown host {host!r} ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and the front do
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "the address is in use (another process listens there): stop it or use another port",
+                errno.EADDRNOTAVAIL: "no network interface of this machine has that address: use 127.0.0.1 or 0.0.0.0",
+                errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port above 1023",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise UsageError(f"cannot listen on {bind} (--bind): {why}") from None
+
+
 def warn_policy(policy: Policy) -> None:
     """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
     for warning in policy.warnings():
@@ -66,7 +145,9 @@ def warn_policy(policy: Policy) -> None:
 
 def announce(settings: Settings, bind: str) -> None:
     mode = settings.mode + ("" if settings.has_credentials else " (no Commerce Layer credentials set)")
-    secrets = ", ".join(s.label for s in settings.webhook_secrets) or "NONE: every delivery will be refused"
+    secrets = "; ".join(f"NOT READY: {r}" for r in settings.not_ready_reasons()) or ", ".join(
+        s.label for s in settings.webhook_secrets
+    )
     print(
         f"webhook-app {__version__}: listening on http://{bind}/webhooks/commercelayer\n"
         f"  mode: {mode}\n  database: {mask_url(settings.database_url)}\n"
@@ -76,8 +157,14 @@ def announce(settings: Settings, bind: str) -> None:
 
 
 def register(sub: Any) -> None:
-    def bind_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bind", default=None, metavar="HOST:PORT", help="address to listen on (127.0.0.1:8000)")
+    def bind_args(sp: argparse.ArgumentParser, *, unix: bool = False) -> None:
+        sp.add_argument(
+            "--bind",
+            default=None,
+            type=bind_arg(unix=unix),
+            metavar="HOST:PORT",
+            help=f"address to listen on ({DEFAULT_BIND})",
+        )
         sp.add_argument(
             "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 4)"
         )
@@ -87,7 +174,7 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("web", help="run the web server (gunicorn) only")
-    bind_args(sp)
+    bind_args(sp, unix=True)
     sp.add_argument("--config", default=None, metavar="FILE", help="a gunicorn config file (deploy/gunicorn.conf.py)")
     sp.set_defaults(func=cmd_web)
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -155,8 +156,16 @@ class CommerceLayerClient:
                 self.auth_url, json=body, timeout=self.timeout, headers={"Accept": "application/json"}
             )
             status = resp.status_code
+        except requests.ConnectTimeout as exc:
+            raise RetryableCommerceLayerError(
+                f"token request: {unreachable(self.auth_url, 'CL_AUTH_URL', exc, self.timeout[0])}"
+            ) from exc
         except requests.Timeout as exc:
             raise RetryableCommerceLayerError("token request timed out") from exc
+        except requests.ConnectionError as exc:
+            raise RetryableCommerceLayerError(
+                f"token request: {unreachable(self.auth_url, 'CL_AUTH_URL', exc, self.timeout[0])}"
+            ) from exc
         except requests.RequestException as exc:
             raise RetryableCommerceLayerError(f"token request failed: {type(exc).__name__}") from exc
         finally:
@@ -335,10 +344,17 @@ class CommerceLayerClient:
                     sp.set("http.response.status_code", status)
                     sp.set("commercelayer.trace_id", cl_trace_id)
                 except requests.ConnectTimeout as exc:
-                    raise RetryableCommerceLayerError(f"{method} {route}: connect timed out") from exc
+                    raise RetryableCommerceLayerError(
+                        f"{method} {route}: {unreachable(self.api_base, 'CL_API_BASE', exc, self.timeout[0])}"
+                    ) from exc
                 except requests.ReadTimeout as exc:
                     raise RetryableCommerceLayerError(
                         f"{method} {route}: no answer within {self.timeout[1]} s", uncertain=writes
+                    ) from exc
+                except requests.ConnectionError as exc:
+                    raise RetryableCommerceLayerError(
+                        f"{method} {route}: {unreachable(self.api_base, 'CL_API_BASE', exc, self.timeout[0])}",
+                        uncertain=writes,
                     ) from exc
                 except requests.RequestException as exc:
                     raise RetryableCommerceLayerError(
@@ -371,6 +387,34 @@ class CommerceLayerClient:
 
 
 _NOT_JSON: Any = object()
+
+
+_UNREACHABLE = (
+    ("Connection refused", "connection refused"),
+    ("Name or service not known", "unknown host"),
+    ("Temporary failure in name resolution", "unknown host (name resolution failed)"),
+    ("No address associated with hostname", "unknown host"),
+    ("nodename nor servname", "unknown host"),
+    ("CERTIFICATE_VERIFY_FAILED", "its TLS certificate is not trusted"),
+    ("Network is unreachable", "network unreachable"),
+    ("No route to host", "no route to host"),
+    ("Connection reset", "connection reset"),
+    ("RemoteDisconnected", "connection closed without an answer"),
+)
+
+
+def unreachable(url: str, variable: str, exc: requests.RequestException, connect_timeout: float) -> str:
+    """`cannot reach https://host (VARIABLE): why`: the host and the setting to check, never a path
+    or query (the host is not a secret)."""
+    parts = urlsplit(url)
+    where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"cannot reach {where} ({variable}): no connection within {connect_timeout:g} s"
+    text = str(exc)
+    why = next((say for needle, say in _UNREACHABLE if needle in text), None)
+    if why is None:
+        why = "TLS error" if isinstance(exc, requests.exceptions.SSLError) else type(exc).__name__
+    return f"cannot reach {where} ({variable}): {why}"
 
 
 def _json_answer(resp: requests.Response) -> Any:

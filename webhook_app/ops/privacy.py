@@ -2,14 +2,17 @@
 customer anonymization requests), keeping the metadata and decisions, which hold ids only.
 
 A delivery names the customer when its resource is that customer, when the order's `customer`
-relationship or an included `customers` resource has the id, or when an `email` or
-`customer_email` attribute of the resource or of anything included equals the address (compared
-case-insensitively). Only bodies still stored are read: retention bounds how many there are.
+relationship or an included `customers` resource has the id, or when any string in the raw body
+holds the address (compared case-insensitively, however it is escaped, not inside a longer
+address). The raw bytes, not the parsed document: a parser keeps the last of two equal keys, so a
+body with `customer_email` twice would hide the first address from a parsed comparison while its
+stored bytes still hold it. Only bodies still stored are read: retention bounds how many there are.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +28,38 @@ class Forgotten:
     removed: int
 
 
+#: a JSON string token in raw bytes (escape pairs included)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def _address_pattern(email: str) -> re.Pattern[str]:
+    """The address as a whole (not `notvictim@...` nor `...@example.com.au`), any case."""
+    return re.compile(r"(?<![A-Za-z0-9._%+-])" + re.escape(email.strip()) + r"(?![A-Za-z0-9-]|\.[A-Za-z0-9])", re.I)
+
+
+def mentions_address(body: bytes, email: str) -> bool:
+    """Whether a string of the raw JSON `body` holds the address, however escaped (`\\u0040`,
+    `\\/`); every occurrence counts, duplicated keys included."""
+    wanted = email.strip().lower()
+    if not wanted:
+        return False
+    if wanted.isascii() and wanted.encode() not in body.lower() and b"\\" not in body:
+        return False  # the common case: neither the address nor an escape that could spell it
+    pattern = _address_pattern(wanted)
+    for m in _JSON_STRING.finditer(body):
+        token = m.group()
+        try:
+            text = json.loads(token) if b"\\" in token else token[1:-1].decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            text = token[1:-1].decode("utf-8", "replace")
+        if pattern.search(text):
+            return True
+    return False
+
+
 def names_customer(doc: Any, *, customer_id: str | None, email: str | None) -> bool:
+    """The parsed check (the customer id in the places a customer is named; the address in an
+    `email`/`customer_email` attribute); `forget_customer` also reads the raw bytes for the address."""
     if not isinstance(doc, Mapping):
         return False
     resources = [doc.get("data"), *(doc.get("included") or [])]
@@ -62,7 +96,12 @@ def forget_customer(
             break
         scanned += len(rows)
         after = rows[-1][0]
-        hits = [i for i, body in rows if names_customer(_doc(body), customer_id=customer_id, email=email)]
+        hits = [
+            i
+            for i, body in rows
+            if (email and mentions_address(body, email))
+            or names_customer(_doc(body), customer_id=customer_id, email=email)
+        ]
         if hits:
             removed += store.remove_bodies(hits, why="forgotten", now=now)
     return Forgotten(scanned, removed)

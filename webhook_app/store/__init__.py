@@ -7,6 +7,7 @@ One interface (`Store`, in base.py) with two implementations chosen by
 
 from __future__ import annotations
 
+from webhook_app.errors import ConfigError
 from webhook_app.store.base import (
     SCHEMA_VERSION,
     ActionClaim,
@@ -36,7 +37,14 @@ def open_store(url: str, *, timeout: float = 3.0) -> Store:
 
         return SQLiteStore(url.removeprefix("sqlite:///"), busy_timeout_ms=int(timeout * 1000))
     if url.startswith(("postgresql://", "postgres://")):
-        from webhook_app.store.postgres import PostgresStore
+        try:
+            from webhook_app.store.postgres import PostgresStore
+        except ImportError as exc:  # installed without the extra (or a psycopg without libpq)
+            raise ConfigError(
+                "WEBHOOK_APP_DATABASE_URL",
+                f"a postgresql:// URL needs the PostgreSQL driver ({exc}): install it with"
+                " pip install 'webhook-app[postgres]', or use sqlite:///PATH",
+            ) from None
 
         return PostgresStore(url, pool_timeout=timeout, connect_timeout=max(1, round(timeout)))
     raise ValueError("database URL must start with sqlite:/// or postgresql://")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import threading
 import time
 import zlib
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -87,6 +90,13 @@ class PostgresStore(SQLStore):
     def _get_pool(self) -> ConnectionPool:
         with self._lock:
             if self._pool is None or self._pool_pid != os.getpid():
+                # One plain connection first: a wrong URL, database or role is then one clear
+                # StoreUnavailable (connect_problem), instead of a pool that retries it in the
+                # background with a warning each time and ends in "no connection within the timeout".
+                try:
+                    psycopg.connect(self.url, connect_timeout=self.connect_timeout).close()
+                except psycopg.Error as exc:
+                    raise StoreUnavailable(connect_problem(self.url, exc, timeout=self.connect_timeout)) from exc
                 self._pool = ConnectionPool(
                     self.url,
                     min_size=1,
@@ -118,8 +128,13 @@ class PostgresStore(SQLStore):
         become StoreUnavailable (a connection that died under us costs one 503, then the pool
         opens a fresh one)."""
         try:
-            with self._get_pool().connection() as conn:
-                yield conn
+            pool = self._get_pool()
+            conn = _live_connection(pool, self.pool_timeout)
+            try:
+                with conn:
+                    yield conn
+            finally:
+                pool.putconn(conn)
         except PoolTimeout as exc:
             raise StoreUnavailable("PostgreSQL is unreachable (no connection within the pool timeout)") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -318,6 +333,76 @@ class PostgresRateLimiter:
 def _int4(n: int) -> int:
     """An unsigned 32-bit value as PostgreSQL's signed `int4`."""
     return n - (1 << 32) if n >= (1 << 31) else n
+
+
+def _live_connection(pool: ConnectionPool, timeout: float) -> psycopg.Connection[Any]:
+    """A connection from the pool that the server has not dropped.
+
+    An idle connection has nothing to read unless the server closed it (pg_terminate_backend, a
+    restart, idle_session_timeout: it sends its FATAL message, then EOF). Such a connection is
+    closed and handed back, so the pool opens a fresh one in its place, and the next one is
+    tried: after backends were terminated, the first requests get live connections instead of
+    503s. The test costs a poll(2), not a round trip."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = pool.getconn(timeout=max(0.01, deadline - time.monotonic()))
+        if not _dropped(conn):
+            return conn
+        conn.close()
+        pool.putconn(conn)
+
+
+def _dropped(conn: psycopg.Connection[Any]) -> bool:
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
+def connect_problem(url: str, exc: psycopg.Error, *, timeout: float) -> str:
+    """One line for a failed connection: what the server (or the network) said, where, and what
+    to change. Never the URL itself (it may hold a password)."""
+    info = _conninfo(url)
+    where = f"{info.get('host') or 'the local socket'}" + (f":{info['port']}" if info.get("port") else "")
+    text = " ".join(str(exc).split())
+    fix = "WEBHOOK_APP_DATABASE_URL"
+    if m := re.search(r'database "([^"]+)" does not exist', text):
+        return (
+            f'database "{m.group(1)}" does not exist on PostgreSQL at {where}: create it'
+            f" (createdb {m.group(1)}) or fix the database name in {fix}"
+        )
+    if m := re.search(r'role "([^"]+)" does not exist', text):
+        return (
+            f'role "{m.group(1)}" does not exist on PostgreSQL at {where}: create it'
+            f" (CREATE ROLE ... LOGIN) or fix the user name in {fix}"
+        )
+    if m := re.search(r'password authentication failed for user "([^"]+)"', text):
+        return f'PostgreSQL at {where} refused the password of user "{m.group(1)}": fix the password in {fix}'
+    if "no password supplied" in text:
+        return f"PostgreSQL at {where} asks for a password: add it to {fix}"
+    if "no pg_hba.conf entry" in text:
+        return f"PostgreSQL at {where} does not accept this client (no pg_hba.conf entry): allow it there, or fix {fix}"
+    if "Connection refused" in text:
+        return f"PostgreSQL at {where} refused the connection: is it running there? (host and port from {fix})"
+    if m := re.search(r"failed to resolve host '([^']*)'|could not translate host name \"([^\"]*)\"", text):
+        return f'unknown host "{m.group(1) or m.group(2)}": fix the host in {fix}'
+    if "timeout expired" in text:
+        return f"no answer from PostgreSQL at {where} within {timeout:g} s: check the host and port in {fix}"
+    if isinstance(exc, psycopg.ProgrammingError):  # the URL itself: an unknown parameter, a bad value
+        return f"{fix} is not a usable PostgreSQL URL: {_first_line(exc)}"
+    detail = text.split("FATAL:", 1)[-1].strip() if "FATAL:" in text else _first_line(exc)
+    return f"cannot connect to PostgreSQL at {where}: {detail[:200]}"
+
+
+def _conninfo(url: str) -> dict[str, Any]:
+    try:
+        return dict(conninfo_to_dict(url))
+    except psycopg.Error:
+        return {}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -70,6 +70,16 @@ class SQLiteStore(SQLStore):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
+        parent = Path(self.path).parent
+        try:
+            if self.path != ":memory:":
+                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the directory {parent} for the SQLite database:"
+                f" {_IN_THE_WAY if isinstance(exc, FileExistsError | NotADirectoryError) else exc.strerror};"
+                " set WEBHOOK_APP_DATABASE_URL to sqlite:///PATH in a directory this user can write"
+            ) from exc
         try:
             if self.path != ":memory:":
                 _create_private(self.path)
@@ -88,9 +98,13 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA foreign_keys = ON")
             writer_lock = None if self.path == ":memory:" else _WriterLock(f"{self.path}-lock")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open SQLite database: {_describe(exc)}") from exc
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot open SQLite database: {exc.strerror}") from exc
+            raise StoreUnavailable(
+                f"cannot open the SQLite database {self.path}: {_open_problem(self.path, exc)}"
+            ) from exc
+        except OSError as exc:  # creating the file 0600 (`_create_private`) or its lock file
+            raise StoreUnavailable(
+                f"cannot open the SQLite database {self.path}: {_open_problem(self.path, exc)}"
+            ) from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
         self._local.writer_lock = writer_lock
@@ -291,6 +305,22 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
     except sqlite3.Error:
         pass  # no transaction left to roll back (SQLite rolled it back itself)
+
+
+_IN_THE_WAY = "part of that path is a file, not a directory"
+
+
+def _open_problem(path: str, exc: sqlite3.Error | OSError) -> str:
+    """Why a database file could not be opened, and what to change (the path is named by the caller)."""
+    p = Path(path)
+    fix = "; set WEBHOOK_APP_DATABASE_URL to sqlite:///PATH of a file this user can write"
+    if p.is_dir():
+        return "it is a directory" + fix
+    if not p.exists() and not os.access(p.parent, os.W_OK | os.X_OK):
+        return f"its directory {p.parent} is not writable by this user" + fix
+    if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+        return "the file is not readable and writable by this user" + fix
+    return (_describe(exc) if isinstance(exc, sqlite3.Error) else str(exc.strerror)) + fix
 
 
 def _describe(exc: sqlite3.Error) -> str:

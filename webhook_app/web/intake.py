@@ -237,6 +237,9 @@ def readyz() -> tuple[Response, int]:
     except StoreError as exc:
         checks["database"] = exc.detail
         ok = False
+    unusable = s.settings.not_ready_reasons()
+    checks["webhook_secrets"] = "; ".join(unusable) or ", ".join(w.label for w in s.settings.webhook_secrets)
+    ok = ok and not unusable
     problem = s.recorder.writer_problem()
     if problem is not None:  # deliveries are still committed (by each worker), but this needs an operator
         checks["commit_writer"] = problem

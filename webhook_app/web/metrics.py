@@ -3,10 +3,11 @@
 Counters and histograms live in prometheus_client's multiprocess mode when
 `PROMETHEUS_MULTIPROC_DIR` is set (the command line sets it to a fresh directory for `serve`, `web`
 and `worker`, so gunicorn's workers and, under `serve`, the worker process add up in one
-`/metrics`). prometheus_client reads that variable when it is first imported, which is why the
-command line sets it before anything imports this module. Queue depth, oldest pending age, dead
-letters and decisions are read from the database at scrape time, so they are right for the whole
-cluster whichever instance is scraped.
+`/metrics`; it is removed when the command stops, and gunicorn's `child_exit` marks an exited
+worker dead in it: cli/service.py, runtime.py). prometheus_client reads that variable when it is
+first imported, which is why the command line sets it before anything imports this module.
+Queue depth, oldest pending age, dead letters and decisions are read from the database at scrape
+time, so they are right for the whole cluster whichever instance is scraped.
 """
 
 from __future__ import annotations
