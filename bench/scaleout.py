@@ -279,7 +279,9 @@ def run_scaleout(
     }
 
 
-def where_it_tops_out(rows: list[dict[str, Any]], *, busy_saturated: float = 90.0) -> list[str]:
+def where_it_tops_out(
+    rows: list[dict[str, Any]], *, busy_saturated: float = 90.0, noisy_other: float = 20.0
+) -> list[str]:
     """What the rows (one per instance count, as `run_scaleout` makes them) say about the limit:
     the scaling from the fewest to the most instances, whether the machine's cores were the
     limit and who used them, and PostgreSQL's CPU per delivery, with the throughput one PostgreSQL
@@ -304,13 +306,18 @@ def where_it_tops_out(rows: list[dict[str, Any]], *, busy_saturated: float = 90.
         top = max((k for k in pct if k != "other"), key=lambda k: pct[k])
         out.append(
             f"At {last['instances']} instances the machine's {cpu['cores']} cores are saturated "
-            f"({cpu['machine_busy_pct']:g}% busy: {shares}): it tops out on CPU, most of it in {top}, "
-            f"not on PostgreSQL's locks or disk."
+            f"({cpu['machine_busy_pct']:g}% busy: {shares}): it tops out on CPU, most of it in {top}."
         )
     else:
         out.append(
             f"At {last['instances']} instances the machine is {cpu['machine_busy_pct']:g}% busy ({shares}): "
             f"not CPU-bound; the limit is waiting (commits, locks, the load generator's connections)."
+        )
+    other = max(r["cpu"]["pct"].get("other", 0.0) for r in rows)
+    if other >= noisy_other:
+        out.append(
+            f"Other work took up to {other:g}% of the machine during these runs: more instances win a larger "
+            f"share of a contended machine, so this scaling says little about PostgreSQL; rerun when it is quiet."
         )
     ms = last.get("pg_cpu_ms_per_delivery")
     if ms:
