@@ -267,3 +267,31 @@ def test_where_it_tops_out_says_when_the_machine_was_not_the_limit():
     assert "1.93x" in findings[0] and "add nothing" not in findings[0]
     assert "not CPU-bound" in findings[1]
     assert not any("pending" in f for f in findings)
+
+
+def test_scaleout_block_has_a_row_per_instance_count_and_the_findings(tmp_path):
+    from bench.report import SCALEOUT_END, SCALEOUT_START, render_scaleout, update_doc
+
+    rows = []
+    for n, rps in ((1, 300.0), (2, 450.0)):
+        row = _scale_row(n, rps, 95.0, {"web": 60.0, "postgres": 20.0, "workers": 10.0, "wrk": 4.0, "other": 1.0})
+        row.update(wrk_threads=2, connections=32, p50_ms=50.0, p99_ms=120.0, errors=0, all_acknowledged_stored=True)
+        rows.append(row)
+    results = {
+        "started": "2026-12-07T15:00:00+0000",
+        "command": "python bench/run.py --only scaleout",
+        "git": {"commit": "abc1234", "dirty": "no"},
+        "machine": {"cores": 2, "postgresql": "15.20"},
+        "scaleout": {"body_bytes": 30845, "seconds": 10, "warmup_s": 3, "rounds": 1, "by_instances": rows},
+    }
+    block = render_scaleout(results)
+    assert block.startswith(SCALEOUT_START) and block.rstrip().endswith(SCALEOUT_END)
+    assert (
+        "| 1 | 2 x 32 | 300 (300) | 50 / 120 | 0 | met | 300, 0 | 95 | 60 | 10 | 20 | 4 | 1 | 0.5 | 150, 140 |" in block
+    )
+    assert "- 2 instances take in 450 deliveries/s, 1.50x the 300/s of 1." in block
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(f"# B\n\nbefore\n\n{SCALEOUT_START}\nold\n{SCALEOUT_END}\n\nafter\n")
+    update_doc(doc, block, start=SCALEOUT_START, end=SCALEOUT_END)
+    text = doc.read_text()
+    assert "old" not in text and "before" in text and "after" in text and "| 2 | 2 x 32 | 450 (450)" in text
