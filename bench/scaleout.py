@@ -322,11 +322,16 @@ def where_it_tops_out(
     ms = last.get("pg_cpu_ms_per_delivery")
     if ms:
         cores = cpu["cores"] or 1
+        lagging = last["jobs_done_per_s"] < 0.9 * last["rps"]
         out.append(
-            f"PostgreSQL spends {ms:g} ms of CPU per delivery (the intake's commit and the workers' claim "
-            f"and record); with {cores} cores to itself one PostgreSQL would top out near "
-            f"{cores * 1000 / ms:,.0f} deliveries/s on CPU ({last['pg']['commits_per_s']:,.0f} commits/s and "
-            f"{last['pg']['wal_syncs_per_s']:,.0f} WAL syncs/s at {last['rps']:,.0f} deliveries/s here)."
+            f"PostgreSQL spends {ms:g} ms of CPU per delivery taken in (the intake's commits and, in the same "
+            f"time, the workers' claims and records of {last['jobs_done_per_s']:,.0f} jobs/s"
+            + ("; with workers that keep up it is more" if lagging else "")
+            + f"); with {cores} cores to itself one PostgreSQL would top out near {cores * 1000 / ms:,.0f} "
+            f"deliveries/s on CPU ({last['pg']['commits_per_s']:,.0f} commits/s, "
+            f"{last['pg']['wal_syncs_per_s']:,.0f} WAL syncs/s"
+            + (f", {last['pg']['wal_mb_per_s']:g} MB/s of WAL" if "wal_mb_per_s" in last["pg"] else "")
+            + f" at {last['rps']:,.0f} deliveries/s here)."
         )
     if last.get("backlog_end"):
         out.append(

@@ -240,6 +240,7 @@ def test_where_it_tops_out_names_the_saturated_cpu_and_its_biggest_user():
     )
     assert "cores are saturated" in findings[1] and "most of it in web" in findings[1]
     assert "0.6 ms of CPU per delivery" in findings[2] and "near 3,333 deliveries/s" in findings[2]
+    assert "with workers that keep up it is more" in findings[2]  # 300 jobs/s against 610 taken in
     assert "left 900 pending" in findings[3]
     assert not any("contended" in f for f in findings)  # other load at most 4%
 
