@@ -102,11 +102,12 @@ def peers_missing() -> str | None:
     if missing:
         return f"{', '.join(missing)} not installed (make bench-deps installs bench/requirements.txt)"
     from bench.ingest import REDIS_URL, redis_client
+    from webhook_app.logs import mask_url
 
     try:
         redis_client().ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        return f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}; set BENCH_REDIS_URL)"
+        return f"Redis is not reachable at {mask_url(REDIS_URL)} ({type(exc).__name__}; set BENCH_REDIS_URL)"
     return None
 
 
