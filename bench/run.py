@@ -101,13 +101,15 @@ def peers_missing() -> str | None:
     missing = [m for m in ("celery", "redis", "procrastinate") if importlib.util.find_spec(m) is None]
     if missing:
         return f"{', '.join(missing)} not installed (make bench-deps installs bench/requirements.txt)"
+    import re
+
     from bench.ingest import REDIS_URL, redis_client
-    from webhook_app.logs import mask_url
 
     try:
         redis_client().ping()
     except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-        return f"Redis is not reachable at {mask_url(REDIS_URL)} ({type(exc).__name__}; set BENCH_REDIS_URL)"
+        shown = re.sub(r"//[^/@]*@", "//***@", REDIS_URL)  # Redis URLs often carry a password alone
+        return f"Redis is not reachable at {shown} ({type(exc).__name__}; set BENCH_REDIS_URL)"
     return None
 
 
