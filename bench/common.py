@@ -175,6 +175,7 @@ def machine_info() -> dict[str, Any]:
             }
     except Exception as exc:  # noqa: BLE001
         info["postgresql"] = f"unavailable ({type(exc).__name__})"
+    info.update(peer_versions())
     wrk = shutil.which("wrk")
     if wrk:
         out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
@@ -188,6 +189,35 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def peer_versions() -> dict[str, Any]:
+    """Versions of the peers' libraries (bench/requirements.txt) and how the Redis they queue on
+    keeps data (appendonly, save), when they are installed and Redis answers."""
+    from importlib import metadata
+
+    out: dict[str, Any] = {}
+    peers = {}
+    for name in ("celery", "redis", "procrastinate"):
+        try:
+            peers[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if peers:
+        out["peers"] = peers
+    try:
+        from bench.ingest import redis_client
+
+        r = redis_client()
+        info = r.info("server")
+        out["redis"] = {
+            "version": info.get("redis_version"),
+            "appendonly": r.config_get("appendonly").get("appendonly"),
+            "save": r.config_get("save").get("save"),
+        }
+    except Exception:  # noqa: BLE001, S110 - no Redis or no client: nothing to record
+        pass
+    return out
 
 
 def fsync_probe(directory: Path, *, seconds: float = 2.0, body_bytes: int = 30_842) -> dict[str, Any]:

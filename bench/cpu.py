@@ -2,8 +2,8 @@
 
 This machine may be shared (other sessions' tests, package installs). `CpuMonitor` reads the
 machine's busy time from /proc/stat and the CPU time of the processes under test (the server
-tree, PostgreSQL's processes, and wrk via RUSAGE_CHILDREN) so each result can say how much CPU
-something else took while it ran ("foreign" CPU, as a share of all cores).
+tree, PostgreSQL's and Redis's processes, and wrk via RUSAGE_CHILDREN) so each result can say how
+much CPU something else took while it ran ("foreign" CPU, as a share of all cores).
 """
 
 from __future__ import annotations
@@ -34,19 +34,29 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / _TICK  # utime, stime
 
 
-def postgres_pids() -> list[int]:
+def pids_named(comm: str) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
+                if (entry / "comm").read_text().strip() == comm:
                     out.append(int(entry.name))
             except OSError:
                 continue
     return out
 
 
-def _children_cpu() -> float:
+def postgres_pids() -> list[int]:
+    return pids_named("postgres")
+
+
+def redis_pids() -> list[int]:
+    """The Redis server (the Celery peer's broker); its CPU is the peer's, as PostgreSQL's is ours."""
+    return pids_named("redis-server")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (wrk)."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
@@ -57,8 +67,8 @@ class CpuMonitor:
     def start(self, server_pids: Iterable[int]) -> CpuMonitor:
         self.t0 = time.monotonic()
         self.m0 = machine_jiffies()
-        self.children0 = _children_cpu()
-        self.p0 = {pid: proc_cpu_seconds(pid) for pid in [*server_pids, *postgres_pids()]}
+        self.children0 = children_cpu()
+        self.p0 = {pid: proc_cpu_seconds(pid) for pid in [*server_pids, *postgres_pids(), *redis_pids()]}
         return self
 
     def stop(self, server_pids: Iterable[int]) -> dict[str, Any]:
@@ -68,13 +78,15 @@ class CpuMonitor:
         capacity = (total1 - self.m0[1]) / _TICK or 1e-9
         server = sum(max(0.0, proc_cpu_seconds(p) - self.p0.get(p, 0.0)) for p in server_pids)
         pg = sum(max(0.0, proc_cpu_seconds(p) - self.p0.get(p, 0.0)) for p in postgres_pids())
-        load = _children_cpu() - self.children0  # wrk (and py-spy when profiling), reaped meanwhile
-        foreign = max(0.0, busy - server - pg - load)
+        rd = sum(max(0.0, proc_cpu_seconds(p) - self.p0.get(p, 0.0)) for p in redis_pids())
+        load = children_cpu() - self.children0  # wrk (and py-spy when profiling), reaped meanwhile
+        foreign = max(0.0, busy - server - pg - rd - load)
         return {
             "wall_s": round(wall, 2),
             "machine_busy_pct": round(100 * busy / capacity, 1),
             "server_cpu_s": round(server, 2),
             "postgres_cpu_s": round(pg, 2),
+            "redis_cpu_s": round(rd, 2),
             "load_generator_cpu_s": round(load, 2),
             "foreign_cpu_pct": round(100 * foreign / capacity, 1),
         }

@@ -12,12 +12,26 @@
 -- Thread k of n takes bodies k, k+n, k+2n... so threads never send the same body.
 -- THREADS must equal wrk's -t. done() writes one JSON object with wrk's counters, latency
 -- percentiles and the status counts to $WRK_RESULT_FILE (or stdout).
+-- WRK_HOSTS="127.0.0.1:8001,127.0.0.1:8002" (optional) spreads the threads over several servers:
+-- thread k connects to host k mod n (wrk takes one URL; its path and Host header stay the URL's).
 
 local threads = {}
 local counter = 0
+local hosts = {}
+for h in string.gmatch(os.getenv("WRK_HOSTS") or "", "[^,]+") do
+  hosts[#hosts + 1] = h
+end
 
 function setup(thread)
   thread:set("thread_index", counter)
+  if #hosts > 0 then
+    local h = hosts[(counter % #hosts) + 1]
+    local host, port = string.match(h, "^(.+):(%d+)$")
+    if host == nil then
+      error("WRK_HOSTS entry is not host:port: " .. h)
+    end
+    thread.addr = wrk.lookup(host, port)[1]
+  end
   counter = counter + 1
   table.insert(threads, thread)
 end

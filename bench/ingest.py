@@ -1,15 +1,19 @@
-"""The ingest benchmark: wrk against our `webhook-app web` and against the baseline, side by side.
+"""The ingest benchmark: wrk against webhook-app, the baseline and the peers, side by side.
 
-For each configuration (body size, gunicorn workers) and each server (baseline, ours on SQLite,
-ours on PostgreSQL): a fresh database, the server started, a warm-up with one topic, then the
+For each configuration (body size, gunicorn workers) and each server (the stateless baseline;
+the peers users would build instead, Flask + Celery on Redis and Flask + procrastinate on
+PostgreSQL; ours: `webhook-app serve` on SQLite, `webhook-app web` on SQLite and on PostgreSQL):
+a fresh database (or Redis queue), the server started, a warm-up with one topic, then the
 measured wrk run with the other topics (so no delivery of the measured run repeats one of the
 warm-up), the RSS of the gunicorn master and each worker sampled throughout, the server stopped,
-and for ours the number of stored deliveries compared with the number of 202 answers.
+and, for every receiver that keeps something, the number of stored deliveries (queued messages,
+jobs) compared with the number of 2xx answers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -47,6 +51,13 @@ MEASURE_TOPICS = [
     "orders.authorize",
 ]
 SECRET = bodies_mod.BENCH_SECRET
+#: webhook-app's receivers; `serve-sqlite` is `webhook-app serve` (front, web and a job worker)
+OURS = ("serve-sqlite", "sqlite", "postgres")
+#: the receivers users would pick instead, each on PEER_WORKERS gunicorn sync workers
+PEERS = ("celery", "procrastinate")
+PEER_WORKERS = 4
+#: the Redis the Celery peer queues on (a database of its own; only its own keys are touched)
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @dataclass(frozen=True)
@@ -69,10 +80,11 @@ class Config:
         return 2 if self.connections >= 16 else 1  # the issue's wrk -t2 -c32
 
 
-def gunicorn_flags(workers: int) -> list[str]:
-    """The baseline's gunicorn command line, built from webhook_app's own gunicorn defaults, but
-    with sync workers: the smallest receiver, the one the targets were set against (it has
-    nothing to wait for, so threads would only add overhead; keep-alive is off in both)."""
+def gunicorn_flags(workers: int, name: str = "bench-baseline") -> list[str]:
+    """The baseline's (and the peers') gunicorn command line, built from webhook_app's own
+    gunicorn defaults, but with sync workers: the smallest receiver, the one the targets were set
+    against (it has nothing to wait for, so threads would only add overhead; keep-alive is off in
+    both)."""
     from webhook_app.runtime import GUNICORN_DEFAULTS as d
 
     return [
@@ -97,13 +109,25 @@ def gunicorn_flags(workers: int) -> list[str]:
         "--error-logfile",
         "-",
         "--name",
-        "bench-baseline",
+        name,
     ]
+
+
+def redis_client() -> Any:
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def celery_keys(queue: str) -> list[str]:
+    """The Redis keys a Celery queue leaves behind (the list and kombu's bindings)."""
+    return [queue, f"{queue}:done", f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"]
 
 
 class Server:
     """One receiver under test: `baseline`, `baseline-sqlite` (the durable hand-written reference),
-    `sqlite` or `postgres` (ours)."""
+    the peers `celery` and `procrastinate`, or ours: `serve-sqlite` (`webhook-app serve`), `sqlite`
+    and `postgres` (`webhook-app web`)."""
 
     def __init__(self, kind: str, workers: int, workdir: Path, run_id: str, ours_workers: int | None = None) -> None:
         self.kind = kind
@@ -116,6 +140,7 @@ class Server:
         self.pg_db: str | None = None
         self.run_id = run_id
         self.proc: Proc | None = None
+        self.queue: str | None = None  # the Celery peer's Redis list
 
     def start(self) -> None:
         bind = f"127.0.0.1:{self.port}"
@@ -140,7 +165,10 @@ class Server:
             self.proc = Proc(argv, env, log_path)
             wait_http(f"http://{bind}/healthz", proc=self.proc.proc)
             return
-        if self.kind == "sqlite":
+        if self.kind in PEERS:
+            self._start_peer(bind, log_path)
+            return
+        if self.kind in ("sqlite", "serve-sqlite"):
             db = self.workdir / "webhook-app.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(str(db) + suffix).unlink(missing_ok=True)
@@ -167,15 +195,49 @@ class Server:
             )
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
-        argv = [PY, "-m", "webhook_app", "web", "--bind", bind]
+        command = "serve" if self.kind == "serve-sqlite" else "web"
+        argv = [PY, "-m", "webhook_app", command, "--bind", bind]
         if self.ours_workers is not None:
             argv += ["--workers", str(self.ours_workers)]
         self.proc = Proc(argv, env, log_path)
         wait_http(f"http://{bind}/readyz", proc=self.proc.proc)
 
+    def _start_peer(self, bind: str, log_path: Path) -> None:
+        env = clean_env({"BENCH_SECRET": SECRET})
+        if self.kind == "celery":
+            self.queue = f"bench-peer-{self.run_id}-{os.getpid()}"
+            redis_client().delete(*celery_keys(self.queue))
+            env.update({"BENCH_CELERY_BROKER": REDIS_URL, "BENCH_CELERY_QUEUE": self.queue})
+            target = "bench.peer_celery:create_app()"
+        else:
+            self.pg_db = f"bench_{self.run_id}"
+            self.db_url = pg_recreate(self.pg_db)
+            env["BENCH_PROCRASTINATE_DSN"] = self.db_url
+            schema = subprocess.run(
+                [PY, "-m", "procrastinate", "--app=bench.peer_procrastinate.proc_app", "schema", "--apply"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if schema.returncode != 0:
+                raise RuntimeError(f"procrastinate schema --apply failed: {schema.stderr.strip()[-500:]}")
+            target = "bench.peer_procrastinate:create_app()"
+        argv = [PY, "-m", "gunicorn", "--bind", bind, *gunicorn_flags(PEER_WORKERS, f"bench-{self.kind}"), target]
+        self.proc = Proc(argv, env, log_path, cwd=REPO)
+        wait_http(f"http://{bind}/healthz", proc=self.proc.proc)
+
     def stored(self) -> dict[str, int] | None:
+        if self.kind == "celery" and self.queue:
+            n = int(redis_client().llen(self.queue))
+            return {"deliveries": n, "jobs": n}
         if self.db_url is None:
             return None
+        if self.kind == "procrastinate":
+            n = db_query(self.db_url, "SELECT COUNT(*) AS n FROM procrastinate_jobs")[0]["n"]
+            return {"deliveries": int(n), "jobs": int(n)}
         if self.kind == "baseline-sqlite":
             n = db_query(self.db_url, "SELECT COUNT(*) AS n FROM deliveries")[0]["n"]
             return {"deliveries": int(n), "jobs": int(n)}
@@ -189,6 +251,8 @@ class Server:
             self.proc.stop()
         if self.pg_db:
             pg_drop(self.pg_db)
+        if self.queue:
+            redis_client().delete(*celery_keys(self.queue))
 
 
 def run_wrk(
@@ -201,8 +265,13 @@ def run_wrk(
     out: Path,
     threads: int = 1,
     timeout_s: int = 10,
+    hosts: list[str] | None = None,
 ) -> dict[str, Any]:
+    """One wrk run of bench/ingest.lua. `hosts` ("127.0.0.1:PORT", ...): spread wrk's threads over
+    these servers, thread k to hosts[k % len(hosts)] (`threads` should be a multiple of them)."""
     env = {"WRK_RESULT_FILE": str(out), "PATH": "/usr/bin:/bin"}
+    if hosts:
+        env["WRK_HOSTS"] = ",".join(hosts)
     argv = [
         "wrk",
         "-t",
@@ -365,12 +434,13 @@ def run_one(
         result.update(summarize_wrk(measured))
         result["rss"] = summarize(rss)
         result["rss_processes"] = rss
-        if not kind.startswith("baseline"):
+        if kind in OURS:
             result["commit_batches"] = commit_batches(server.url.rsplit("/webhooks", 1)[0])
         stored = server.stored()
         if stored is not None:
             code = "200" if kind == "baseline-sqlite" else "202"
             accepted = warm["statuses"].get(code, 0) + measured["statuses"].get(code, 0)
+            result["stored_against"] = code
             result["stored"] = stored
             result["accepted_202"] = accepted
             # a request in flight when wrk stops is stored but its answer is not counted

@@ -1,16 +1,21 @@
 """Run the webhook-app benchmarks with one command and write the results.
 
-    python bench/run.py [--quick] [--only ingest|e2e] [--backend sqlite|postgres|both]
-                        [--profile] [--rounds N] [--seconds S] [--no-doc] [--app-dir DIR]
+    python bench/run.py [--quick] [--only ingest|e2e|scaleout] [--backend sqlite|postgres|both]
+                        [--no-peers] [--profile] [--rounds N] [--seconds S] [--no-doc]
+                        [--app-dir DIR] [--instances 1,2,4]
 
-Ingest: wrk against `webhook-app web` (SQLite and/or PostgreSQL; no job worker running) and
-against the baseline (bench/baseline_app.py) on the same gunicorn settings, 30 KB bodies and 2
-workers in interleaved rounds (median reported), then body sizes 1 KB / 300 KB and 1 / 4
-workers. End to end: the sandbox with 50 ms API latency and Commerce Layer's test-mode rate
-limits, `webhook-app web` + `webhook-app worker`, 5,000 events (see bench/e2e.py).
+Ingest: wrk against the stateless baseline (bench/baseline_app.py), the peers users would build
+instead (Flask + Celery on Redis, Flask + procrastinate on PostgreSQL: bench/peer_*.py, 4
+gunicorn sync workers each), `webhook-app serve` on SQLite (its front, web and job worker) and
+`webhook-app web` (SQLite and/or PostgreSQL; no job worker running), 30 KB bodies at 4 and 32
+connections in interleaved rounds (median reported), then, baseline and `web` only, body sizes
+1 KB / 300 KB and 1 / 4 workers. End to end: the sandbox with 50 ms API latency and Commerce
+Layer's test-mode rate limits, `webhook-app web` + `webhook-app worker`, 5,000 events (see
+bench/e2e.py). Scale-out (`--only scaleout`, `make bench-scaleout`): 1, 2 and 4 `webhook-app web`
+instances and 2 workers on one PostgreSQL (see bench/scaleout.py).
 
 Results: bench-results/<timestamp>.json (and latest.json), bench-results/summary.md, and the
-generated block of BENCHMARKS.md (full runs only; --no-doc leaves it alone).
+generated blocks of BENCHMARKS.md (full runs only; --no-doc leaves them alone).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ if str(REPO) not in sys.path:
 from bench import bodies as bodies_mod  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import fsync_probe, log, machine_info, pg_available, write_json  # noqa: E402
-from bench.ingest import MEASURE_TOPICS, WARMUP_TOPIC, Config, run_one  # noqa: E402
+from bench.ingest import MEASURE_TOPICS, OURS, PEER_WORKERS, PEERS, WARMUP_TOPIC, Config, run_one  # noqa: E402
 
 RESULTS = REPO / "bench-results"
 TARGETS = {"rps_ratio_min": 0.8, "p99_ratio_max": 2.0, "rss_mb_max": 80.0, "errors": 0}
@@ -62,10 +67,50 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "duplicates_answered": sum(r["statuses"].get("200", 0) for r in rows if not r["server"].startswith("baseline")),
         "commit_batch_mean": max((r.get("commit_batches") or {}).get("mean", 0.0) for r in rows),
         # CPU of the server's processes (and of PostgreSQL's) per request of the measured run
+        # (and of Redis's, for the Celery peer)
         "cpu_us_per_request": _median(
-            [{"v": (r["cpu"]["server_cpu_s"] + r["cpu"]["postgres_cpu_s"]) / r["requests"] * 1e6} for r in rows], "v"
+            [
+                {
+                    "v": (r["cpu"]["server_cpu_s"] + r["cpu"]["postgres_cpu_s"] + r["cpu"].get("redis_cpu_s", 0.0))
+                    / r["requests"]
+                    * 1e6
+                }
+                for r in rows
+            ],
+            "v",
         ),
     }
+
+
+def ingest_kinds(backends: list[str], peers: bool) -> list[str]:
+    """The receivers of the main comparison, in the order of issue 22's table: the stateless
+    limit, the peers, then ours (`serve` on SQLite, `web` on each backend). procrastinate needs
+    the PostgreSQL server, so it runs when the PostgreSQL backend does."""
+    kinds = ["baseline"]
+    if peers:
+        kinds += [k for k in PEERS if k != "procrastinate" or "postgres" in backends]
+    if "sqlite" in backends:
+        kinds.append("serve-sqlite")
+    return kinds + [b for b in backends if b in OURS]
+
+
+def peers_missing() -> str | None:
+    """Why the peers cannot run here (one line), or None."""
+    import importlib.util
+
+    missing = [m for m in ("celery", "redis", "procrastinate") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (make bench-deps installs bench/requirements.txt)"
+    import re
+
+    from bench.ingest import REDIS_URL, redis_client
+
+    try:
+        redis_client().ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        shown = re.sub(r"//[^/@]*@", "//***@", REDIS_URL)  # Redis URLs often carry a password alone
+        return f"Redis is not reachable at {shown} ({type(exc).__name__}; set BENCH_REDIS_URL)"
+    return None
 
 
 def compare(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +135,8 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
     log("generating bodies (cached in bench-results/bodies)")
     sets = [("30k", 10_000)] + ([] if quick else [("1k", 10_000), ("300k", 1_000)])
     bodies = {size: bodies_mod.ensure_bodies(bodies_dir, size, count) for size, count in sets}
-    servers = ["baseline", *backends]
+    servers = ingest_kinds(backends, peers=not args.no_peers)
+    sweep_servers = ["baseline", *backends]
     reference = [] if quick or "sqlite" not in backends else ["baseline-sqlite"]
     out: dict[str, Any] = {
         "bodies": bodies,
@@ -132,7 +178,10 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
             Config("workers-4", "30k", 4, 10_000, ours_workers=4),
         ]
     for cfg in configs:
-        kinds = servers + (reference if cfg.name == "main" else [])
+        if cfg.name.startswith("main"):
+            kinds = servers + (reference if cfg.name == "main" else [])
+        else:
+            kinds = sweep_servers
         per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(rounds if cfg.name.startswith("main") else 1):
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # rotate who goes first
@@ -144,12 +193,14 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
             "workers": cfg.workers,
             "ours_workers": cfg.ours_workers,
             "connections": cfg.connections,
+            "peer_workers": PEER_WORKERS,
             "body_bytes": bodies[cfg.size]["mean_bytes"],
             "servers": agg,
             "vs_baseline": {},
         }
-        for kind in backends + [k for k in kinds if k.startswith("baseline-")]:
-            entry["vs_baseline"][kind] = compare(agg[kind], agg["baseline"])
+        for kind in kinds:
+            if kind != "baseline":
+                entry["vs_baseline"][kind] = compare(agg[kind], agg["baseline"])
         out["configs"][cfg.name] = entry
     if args.profile:
         from bench.profile_report import report
@@ -169,8 +220,14 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short runs, main configuration only (a smoke test)")
-    p.add_argument("--only", choices=["ingest", "e2e"], help="run one part only")
+    p.add_argument("--only", choices=["ingest", "e2e", "scaleout"], help="run one part only")
     p.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    p.add_argument("--no-peers", action="store_true", help="leave out the Celery and procrastinate receivers")
+    p.add_argument(
+        "--instances",
+        default="1,2,4",
+        help="scale-out: numbers of `webhook-app web` instances on one PostgreSQL (default 1,2,4)",
+    )
     p.add_argument("--profile", action="store_true", help="also run py-spy on the workers (extra runs)")
     p.add_argument("--rounds", type=int, help="rounds of the main ingest comparison (default 3, quick 1)")
     p.add_argument("--seconds", type=float, help="seconds per measured wrk run (default 10, quick 4)")
@@ -184,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.app_dir:
         common.APP_DIR = args.app_dir.resolve()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    instances: list[int] = []
+    if args.only == "scaleout":
+        backends = ["postgres"]
+        try:
+            instances = [int(x) for x in args.instances.split(",") if x.strip()]
+        except ValueError:
+            instances = []
+        if not instances or min(instances) < 1:
+            print(f"bench: --instances wants a comma-separated list of counts, got {args.instances!r}", file=sys.stderr)
+            return 2
+    if args.only in (None, "ingest") and not args.no_peers:
+        why = peers_missing()
+        if why:
+            print(f"bench: the peers cannot run: {why}; or pass --no-peers", file=sys.stderr)
+            return 2
     if "postgres" in backends and not pg_available():
         print(f"bench: PostgreSQL is not reachable at {common.PG_ADMIN_URL} (set BENCH_PG_ADMIN_URL)", file=sys.stderr)
         return 2
@@ -208,17 +280,36 @@ def main(argv: list[str] | None = None) -> int:
         from bench.e2e import run_e2e
 
         results["e2e"] = {b: run_e2e(b, run_dir / f"e2e-{b}", quick=args.quick) for b in backends}
+    if args.only == "scaleout":
+        from bench.scaleout import run_scaleout
+
+        results["scaleout"] = run_scaleout(
+            run_dir / "scaleout",
+            bodies_dir=RESULTS / "bodies",
+            instances=instances,
+            quick=args.quick,
+            seconds=args.seconds,
+            rounds=args.rounds,
+        )
     results["elapsed_s"] = round(time.time() - started, 1)
     write_json(RESULTS / f"{stamp}.json", results)
     write_json(RESULTS / "latest.json", results)
-    from bench.report import render, update_doc
+    from bench.report import SCALEOUT_END, SCALEOUT_START, render, render_scaleout, update_doc
 
-    text = render(results)
-    (RESULTS / "summary.md").write_text(text)
-    print(text)
-    if not args.quick and not args.no_doc and args.only is None and not args.app_dir:
-        update_doc(REPO / "BENCHMARKS.md", text)
-        log("BENCHMARKS.md updated (generated block)")
+    if args.only == "scaleout":
+        text = render_scaleout(results)
+        (RESULTS / "scaleout.md").write_text(text)
+        print(text)
+        if not args.quick and not args.no_doc and not args.app_dir:
+            update_doc(REPO / "BENCHMARKS.md", text, start=SCALEOUT_START, end=SCALEOUT_END)
+            log("BENCHMARKS.md updated (scale-out block)")
+    else:
+        text = render(results)
+        (RESULTS / "summary.md").write_text(text)
+        print(text)
+        if not args.quick and not args.no_doc and args.only is None and not args.app_dir:
+            update_doc(REPO / "BENCHMARKS.md", text)
+            log("BENCHMARKS.md updated (generated block)")
     log(f"done in {results['elapsed_s']} s; results in bench-results/{stamp}.json")
     return 0
 
