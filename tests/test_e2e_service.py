@@ -105,8 +105,10 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         jsonschema.validate(p["json"], SCHEMA)
         assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
     assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)
-    # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode)
-    text = requests.get(svc.url + "/metrics", timeout=5).text
+    # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode);
+    # it answers on the operator address (WEBHOOK_APP_OPERATOR_BIND), not the public one
+    assert requests.get(svc.url + "/metrics", timeout=5).status_code == 404
+    text = requests.get(svc.operator_url + "/metrics", timeout=5).text
     assert (
         'webhook_app_decisions_total{action="save_payment_source",outcome="applied",'
         'rule="save-registered-customer-source"} 6.0' in text

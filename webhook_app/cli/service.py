@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warn_policy(load_policy(settings.policy_path))
     prepare_store(settings)
     announce(settings, args.bind or "127.0.0.1:8000")
-    return run_serve(bind=args.bind, workers=args.workers, max_body=settings.max_body_bytes)
+    return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
 
 
 def cmd_web(args: argparse.Namespace) -> int:
