@@ -47,10 +47,10 @@ def start_serve(tmp_path: Path, *, wait: bool = True, **extra: str) -> Service:
     svc = Service(
         ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env_for(tmp_path, **extra), tmp_path / "serve.log"
     )
-    svc.port = port  # type: ignore[attr-defined]
-    svc.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    svc.port = port
+    svc.url = f"http://127.0.0.1:{port}"
     if wait:
-        wait_http(svc.url + "/healthz", proc=svc.proc)  # type: ignore[attr-defined]
+        wait_http(svc.url + "/healthz", proc=svc.proc)
     return svc
 
 
