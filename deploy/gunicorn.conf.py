@@ -142,6 +142,10 @@ forwarded_allow_ips = (os.environ.get("FORWARDED_ALLOW_IPS") or "*") if _behind_
 # also reads X-Forwarded-Ssl and X-Forwarded-Protocol, and a client-supplied one that disagrees
 # would turn every request into a 400.
 secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+# gunicorn would take SCRIPT_NAME and PATH_INFO request headers from a trusted peer; nginx never
+# sends them, so a client's would only mount the app (its /metrics, /admin) under another path.
+# The app's prefix, if any, comes from X-Forwarded-Prefix through WEBHOOK_APP_FORWARDED_HOPS.
+forwarder_headers = ""
 
 # --- Logging ----------------------------------------------------------------------------------
 

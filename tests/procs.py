@@ -54,6 +54,13 @@ class Service:
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self.operator_url: str | None = None
+        if args[:1] == ["serve"] and "WEBHOOK_APP_OPERATOR_BIND" not in env:
+            # its default, 127.0.0.1 on the public port + 1, is often taken by one of the suite's own
+            # outgoing connections when the public port is an ephemeral one (free_port): choose one
+            operator = f"127.0.0.1:{free_port()}"
+            env = {**env, "WEBHOOK_APP_OPERATOR_BIND": operator}
+            self.operator_url = f"http://{operator}"
         LOG_PATHS.append(log_path)
         SERVICE_ENVS.append(dict(env))
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -105,8 +105,10 @@ def test_enforce_flags_each_registered_order_exactly_once(serve, fake_cl, tmp_pa
         jsonschema.validate(p["json"], SCHEMA)
         assert p["json"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True}
     assert all(len(fake_cl.orders[o].wallet) == 1 for o in registered)
-    # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode)
-    text = requests.get(svc.url + "/metrics", timeout=5).text
+    # /metrics of `serve` adds up the gunicorn workers and the worker process (multiprocess mode);
+    # it answers on the operator address (WEBHOOK_APP_OPERATOR_BIND), not the public one
+    assert requests.get(svc.url + "/metrics", timeout=5).status_code == 404
+    text = requests.get(svc.operator_url + "/metrics", timeout=5).text
     assert (
         'webhook_app_decisions_total{action="save_payment_source",outcome="applied",'
         'rule="save-registered-customer-source"} 6.0' in text
@@ -318,7 +320,7 @@ def test_without_a_webhook_secret_the_service_says_so_and_is_not_ready(serve, tm
     env = service_env(tmp_path)
     del env["CL_WEBHOOK_SECRETS"]
     svc = serve(env, command)
-    ready = requests.get(svc.url + "/readyz", timeout=5)
+    ready = requests.get((svc.operator_url or svc.url) + "/readyz", timeout=5)  # serve: the operator address
     assert ready.status_code == 503, ready.text
     reason = ready.json()["checks"]["webhook_secrets"]
     assert reason.startswith("no webhook secret configured: set CL_WEBHOOK_SECRETS"), reason
@@ -329,5 +331,5 @@ def test_without_a_webhook_secret_the_service_says_so_and_is_not_ready(serve, tm
         assert any(line.startswith("  webhook secrets: NOT READY: no webhook secret configured") for line in said)
     svc.stop()
     svc = serve(service_env(tmp_path), command)
-    ready = requests.get(svc.url + "/readyz", timeout=5)
+    ready = requests.get((svc.operator_url or svc.url) + "/readyz", timeout=5)
     assert ready.status_code == 200 and ready.json()["checks"]["webhook_secrets"] == "main"

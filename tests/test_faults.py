@@ -464,7 +464,9 @@ def test_commerce_layer_spell_backoff_no_storm_dead_letter_and_requeue(stack, tm
         CL_READ_TIMEOUT="1",
         CL_RATE_LIMITS="1000/60",
     )
-    stack.start(["serve", "--bind", f"127.0.0.1:{web_port}"], env, "serve", f"http://127.0.0.1:{web_port}/healthz")
+    svc = stack.start(
+        ["serve", "--bind", f"127.0.0.1:{web_port}"], env, "serve", f"http://127.0.0.1:{web_port}/healthz"
+    )
     spell = {
         "seed": 3,
         "rules": [
@@ -512,7 +514,7 @@ def test_commerce_layer_spell_backoff_no_storm_dead_letter_and_requeue(stack, tm
         timeout=60,
     ).stdout.strip()
     r = requests.post(
-        f"http://127.0.0.1:{web_port}/admin/dead-letters/{dead.job['id']}/requeue",
+        f"{svc.operator_url}/admin/dead-letters/{dead.job['id']}/requeue",  # serve's operator address
         headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )
@@ -707,7 +709,9 @@ def test_readyz_says_unavailable_while_the_sqlite_disk_is_full(tmp_path, setting
     try:
         store = SQLiteStore(str(mnt / "ready.db"))
         store.migrate()
-        client = create_app(settings_factory(database_url=f"sqlite:///{mnt / 'ready.db'}"), store=store).test_client()
+        now = [1000.0]  # /readyz keeps its answer a second: each check below is two seconds later
+        settings = settings_factory(database_url=f"sqlite:///{mnt / 'ready.db'}")
+        client = create_app(settings, store=store, clock=lambda: now[0]).test_client()
         assert client.get("/readyz").status_code == 200
         filler = mnt / "filler"
         try:
@@ -717,9 +721,11 @@ def test_readyz_says_unavailable_while_the_sqlite_disk_is_full(tmp_path, setting
                     f.flush()
         except OSError:
             pass  # full, to the last block
+        now[0] += 2
         r = client.get("/readyz")
         assert r.status_code == 503 and "full" in r.json["checks"]["database"], r.json
         filler.unlink()
+        now[0] += 2
         assert client.get("/readyz").status_code == 200
         store.close()
     finally:

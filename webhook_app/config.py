@@ -171,6 +171,16 @@ def _field_names(value: str) -> tuple[str, ...]:
     return names
 
 
+def _operator_bind(value: str) -> str:
+    """`off`, `public` or HOST:PORT (a port from 0 to 65535)."""
+    if value.lower() in ("off", "public"):
+        return value.lower()
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be HOST:PORT (a port from 0 to 65535), off or public")
+    return value
+
+
 def _setting(
     env: str,
     convert: Callable[[str], Any],
@@ -222,6 +232,12 @@ class Settings:
     web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 4)
     group_commit: bool = _setting("WEBHOOK_APP_GROUP_COMMIT", _bool, True)
     forwarded_hops: int = _setting("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0)
+    # `serve` only: its front (webhook_app/front.py) and where the operator routes answer.
+    operator_bind: str = _setting("WEBHOOK_APP_OPERATOR_BIND", _operator_bind, "")
+    front_hold_seconds: float = _setting("WEBHOOK_APP_FRONT_HOLD_SECONDS", _positive(float), 3.0)
+    front_max_connections: int = _setting("WEBHOOK_APP_FRONT_MAX_CONNECTIONS", _non_negative(int), 0)
+    front_client_connections: int = _setting("WEBHOOK_APP_FRONT_CLIENT_CONNECTIONS", _positive(int), 64)
+    front_buffer_bytes: int = _setting("WEBHOOK_APP_FRONT_BUFFER_BYTES", _positive(int), 64 * 1024 * 1024)
     log_level: str = _setting("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
     replay_keys: tuple[str, ...] = _setting("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True)
     replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
@@ -322,6 +338,8 @@ class Settings:
             raise ConfigError("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", "must be 0 (off) or at least 1 second")
         if settings.retain_records_days < settings.retain_bodies_days:
             raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
+        if settings.front_buffer_bytes < settings.max_body_bytes:
+            raise ConfigError("WEBHOOK_APP_FRONT_BUFFER_BYTES", "must be at least WEBHOOK_APP_MAX_BODY_BYTES")
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

@@ -2,8 +2,8 @@
 
 `run_web` embeds gunicorn (sync workers; each worker process builds its own app and database
 connection after the fork). `run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job
-in hand. `run_serve` is a small supervisor: it starts `web` and `worker` as child processes,
-restarts the worker if it dies, and stops both on SIGTERM/SIGINT.
+in hand. `run_serve` is a small supervisor: it opens the listening sockets, starts the front,
+`web` and `worker` as child processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,13 @@ GUNICORN_DEFAULTS: dict[str, Any] = {
     "loglevel": "warning",
     "preload_app": False,
     "proc_name": "webhook-app-web",
+    # Forwarded headers: gunicorn takes `X-Forwarded-Proto` (the scheme, and so the admin cookie's
+    # Secure flag) only from the proxies in FORWARDED_ALLOW_IPS (none unless set; run_web), never
+    # from gunicorn's default of any local process. `SCRIPT_NAME`/`PATH_INFO` headers are never
+    # taken from anyone (gunicorn's default trusts them from those proxies): the app is mounted at
+    # the root, or behind a proxy's X-Forwarded-Prefix (WEBHOOK_APP_FORWARDED_HOPS).
+    "forwarder_headers": "",
+    "secure_scheme_headers": {"X-FORWARDED-PROTO": "https"},
     # gunicorn >= 25.1 would open a control socket in $XDG_RUNTIME_DIR or $HOME/.gunicorn/ (shared
     # by every instance of the user, and replaced by the next one); nothing here uses it.
     "control_socket_disable": True,
@@ -143,6 +151,8 @@ class _Gunicorn(Application, _ArbiterWithWriter):
 def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
     """Serve the web app with gunicorn (blocks until gunicorn exits), its commit writer beside it."""
     defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
+    # gunicorn's own variable, read here rather than by gunicorn (whose default without it trusts 127.0.0.1)
+    defaults["forwarded_allow_ips"] = os.environ.get("FORWARDED_ALLOW_IPS", "")
     explicit: dict[str, Any] = {}
     if bind:
         explicit["bind"] = [bind]
@@ -463,18 +473,108 @@ def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event,
     return store, client
 
 
+class _Child:
+    """One of `serve`'s children, started again when it exits: after `restart_delay`, or at once
+    the first time for the front and the web server (requests wait for them meanwhile)."""
+
+    def __init__(
+        self, name: str, cmd: list[str], env: Mapping[str, str], *, pass_fds: tuple[int, ...] = (), quick: bool = False
+    ) -> None:
+        self.name, self.cmd, self.env, self.pass_fds, self.quick = name, cmd, env, pass_fds, quick
+        self.restarts = 0
+        self.restart_at: float | None = None
+        self.spawn()
+
+    def spawn(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=self.pass_fds)  # noqa: S603 - our own interpreter and module
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def check(self) -> None:
+        if self.restart_at is None:
+            if self.proc.poll() is None:
+                return
+            self.restarts, wait = restart_delay(self.restarts, ran_for=time.monotonic() - self.started)
+            if self.quick and self.restarts == 1:
+                wait = 0.0
+            log.error("%s exited; restarting", self.name, extra={"code": self.proc.returncode, "wait": wait})
+            self.restart_at = time.monotonic() + wait
+        if time.monotonic() >= self.restart_at:
+            self.spawn()
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        try:
+            self.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ListenError(Exception):
+    """An address `serve` cannot listen on; its message is the one line to print."""
+
+
+def open_listener(address: str, what: str) -> socket.socket:
+    """A listening TCP socket on HOST:PORT (`[::1]:8000` for IPv6), made here and inherited by
+    the front, so that a restarted front finds the connections that waited meanwhile."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ListenError(f"cannot listen on {address} ({what}): not HOST:PORT with a port from 0 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, int(port)), family=family, backlog=1024)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
+
+
+def open_listeners(bind: str, operator_bind: str) -> tuple[socket.socket, socket.socket | None]:
+    """The public listener on `bind` and the operator routes' (`WEBHOOK_APP_OPERATOR_BIND`: by
+    default 127.0.0.1 on the public port + 1; `off` or `public`: none)."""
+    public = open_listener(bind, "--bind")
+    if operator_bind in ("off", "public"):
+        return public, None
+    address = operator_bind or f"127.0.0.1:{public.getsockname()[1] + 1}"
+    try:
+        return public, open_listener(address, "WEBHOOK_APP_OPERATOR_BIND")
+    except ListenError:
+        public.close()
+        raise
+
+
 def run_serve(
-    *, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None, max_body: int = 1024 * 1024
+    *, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None, operator_bind: str = ""
 ) -> int:
     """Run the buffering front, `web` and `worker` as supervised child processes until told to
-    stop. The front listens on `bind`; gunicorn only on a private Unix socket behind it
-    (`webhook_app.front`: slow clients cost the front a socket, never a gunicorn worker)."""
+    stop, each started again if it exits. The front listens on `bind` (and the operator address);
+    gunicorn only on a private Unix socket behind it (`webhook_app.front`: slow clients cost the
+    front a socket, never a gunicorn worker; requests wait there while gunicorn (re)starts)."""
+    try:
+        public, operator = open_listeners(bind or "127.0.0.1:8000", operator_bind)
+    except ListenError as exc:
+        print(f"webhook-app: {exc}", file=sys.stderr)
+        return 2
+    if operator is not None:
+        host, port = operator.getsockname()[:2]
+        print(f"  operator routes (/readyz, /metrics, /admin): http://{host}:{port}", file=sys.stderr)
+    elif operator_bind == "public":
+        print("  operator routes (/readyz, /metrics, /admin): on the public address", file=sys.stderr)
+    else:
+        print("  operator routes (/readyz, /metrics, /admin): off", file=sys.stderr)
     base = [sys.executable, "-m", "webhook_app"]
     sock_dir = tempfile.mkdtemp(prefix="webhook-app-web-")
     upstream = f"unix:{sock_dir}/web.sock"
     web_cmd = [*base, "web", "--bind", upstream] + (["--workers", str(workers)] if workers else [])
-    front_cmd = [sys.executable, "-m", "webhook_app.front", "--listen", bind or "127.0.0.1:8000"]
-    front_cmd += ["--upstream", upstream, "--max-body", str(max_body)]
+    fds = (public.fileno(),) + ((operator.fileno(),) if operator is not None else ())
+    front_cmd = [sys.executable, "-m", "webhook_app.front", "--listen-fd", str(public.fileno()), "--upstream", upstream]
+    if operator is not None:
+        front_cmd += ["--operator-fd", str(operator.fileno())]
+    elif operator_bind == "public":
+        front_cmd += ["--all-routes"]
     worker_cmd = [*base, "worker"]
     child_env = dict(os.environ if env is None else env)
     stopping = threading.Event()
@@ -484,40 +584,25 @@ def run_serve(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    web = subprocess.Popen(web_cmd, env=child_env)  # noqa: S603 - our own interpreter and module
-    front = subprocess.Popen(front_cmd, env=child_env)  # noqa: S603
-    worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
-    worker_started = time.monotonic()
-    restarts = 0
-    code = 0
+    web = _Child("web server", web_cmd, child_env, quick=True)
+    front = _Child("front", front_cmd, child_env, pass_fds=fds, quick=True)
+    worker = _Child("worker", worker_cmd, child_env)
     try:
         while not stopping.is_set():
-            if web.poll() is not None:
-                log.error("web server exited", extra={"code": web.returncode})
-                code = web.returncode or 1
-                break
-            if front.poll() is not None:
-                log.error("front exited", extra={"code": front.returncode})
-                code = front.returncode or 1
-                break
-            if worker.poll() is not None:
-                restarts, wait = restart_delay(restarts, ran_for=time.monotonic() - worker_started)
-                log.error("worker exited; restarting", extra={"code": worker.returncode, "wait": wait})
-                if stopping.wait(wait):
-                    break
-                worker = subprocess.Popen(worker_cmd, env=child_env)  # noqa: S603
-                worker_started = time.monotonic()
-            stopping.wait(0.5)
+            for child in (front, web, worker):
+                child.check()
+            stopping.wait(0.1)
     finally:
-        for proc in (front, worker, web):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        # the front first: it stops accepting and finishes the requests in hand, through gunicorn
+        front.terminate()
+        front.wait(time.monotonic() + 15)
+        for child in (worker, web):
+            child.terminate()
         deadline = time.monotonic() + 35
-        for proc in (front, worker, web):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for child in (worker, web):
+            child.wait(deadline)
+        for sock in (public, operator):
+            if sock is not None:
+                sock.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
-    return code
+    return 0

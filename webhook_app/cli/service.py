@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     prepare_store(settings)
     check_can_listen(args.bind or DEFAULT_BIND)
     announce(settings, args.bind or DEFAULT_BIND)
-    return run_serve(bind=args.bind, workers=args.workers, max_body=settings.max_body_bytes)
+    return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
 
 
 @metrics_dir

@@ -13,6 +13,7 @@ JSON, `X-Request-Id`, `Cache-Control: no-store`, errors as `web.error_body` (see
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +21,7 @@ from http import HTTPStatus
 from typing import IO, Any
 
 import orjson
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.datastructures import EnvironHeaders
 
@@ -224,7 +225,30 @@ def healthz() -> tuple[Response, int]:
     return jsonify({"status": "ok"}), 200
 
 
+#: how long one process keeps its /readyz answer: a check commits a write, and a flood of probes
+#: must not become a flood of commits in the intake's way
+READYZ_CACHE_SECONDS = 1.0
+
+
+def _cached(view: Callable[[], tuple[Response, int]]) -> Callable[[], tuple[Response, int]]:
+    """`view`'s answer, computed at most once per READYZ_CACHE_SECONDS per app (by its clock)."""
+
+    @functools.wraps(view)
+    def cached() -> tuple[Response, int]:
+        now = services().clock()
+        memo = current_app.extensions.setdefault("webhook_app.readyz", {})
+        hit = memo.get("answer")
+        if hit is not None and 0 <= now - hit[0] < READYZ_CACHE_SECONDS:
+            return Response(hit[1], mimetype="application/json"), hit[2]
+        resp, status = view()
+        memo["answer"] = (now, resp.get_data(), status)
+        return resp, status
+
+    return cached
+
+
 @bp.get("/readyz")
+@_cached
 def readyz() -> tuple[Response, int]:
     s = services()
     checks: dict[str, str] = {"policy": f"{len(s.policy.rules)} rules"}

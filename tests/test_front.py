@@ -1,0 +1,484 @@
+"""`serve`'s front (webhook_app/front.py) and its supervision, against the real `webhook-app serve`.
+
+Raw sockets where the wire matters. What is checked: no 5xx but 503 while `serve` starts or its
+gunicorn is killed (every 2xx stored), one client's flood does not keep another's delivery from
+its answer (127.0.0.2 is loopback too: a second client address), the front's memory comes back,
+a killed front is replaced, malformed chunk sizes and LF-only heads are 400, the client cannot
+set `SCRIPT_NAME` or `X-Forwarded-*` (nor, on `web`, from loopback), and the operator routes are
+off the public listener.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from builders import order_body
+from conftest import SECRET, signed_headers
+from procs import Service, free_port, wait_http, wait_until
+
+pytestmark = pytest.mark.e2e
+URL = "/webhooks/commercelayer"
+ADMIN_KEY = "front-test-admin-key-0123456789"
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'front.db'}",
+        "WEBHOOK_APP_LOG_LEVEL": "INFO",
+        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
+        **extra,
+    }
+
+
+def start_serve(tmp_path: Path, *, wait: bool = True, **extra: str) -> Service:
+    port = free_port()
+    svc = Service(
+        ["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env_for(tmp_path, **extra), tmp_path / "serve.log"
+    )
+    svc.port = port
+    svc.url = f"http://127.0.0.1:{port}"
+    if wait:
+        wait_http(svc.url + "/healthz", proc=svc.proc)
+    return svc
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    svc = start_serve(tmp_path_factory.mktemp("front"))
+    yield svc
+    svc.stop()
+
+
+def raw(port: int, data: bytes, *, source: str | None = None, timeout: float = 10.0) -> bytes:
+    """Send `data`, read until the server closes; what came back (b"" if nothing)."""
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+    ) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+    return out
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1."), answer[:200]
+    return int(answer.split(b" ", 2)[1])
+
+
+def stored_orders(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {r[0] for r in conn.execute("SELECT order_id FROM deliveries")}
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def child_with(svc: Service, needle: bytes) -> int:
+    [pid] = [c for c in children(svc.proc.pid) if needle in cmdline(c)]
+    return pid
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# --- framing: answered 400, as the README says ----------------------------------------------------
+
+
+def chunked_head(body: bytes) -> bytes:
+    h = signed_headers(body)
+    head = f"POST {URL} HTTP/1.1\r\nHost: t\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+    return (head + "Transfer-Encoding: chunked\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("size", [b"0x1f", b"+1f", b"1_f", b" 1f ", b" 1f", b"1f ", b"-1", b"-0"])
+def test_a_chunk_size_that_is_not_plain_hex_is_400(served, size):
+    body = order_body("ordChunkBad").ljust(0x1F)[:0x1F]
+    started = time.monotonic()
+    answer = raw(served.port, chunked_head(body) + size + b"\r\n" + body + b"\r\n0\r\n\r\n")
+    assert status_of(answer) == 400, answer[:300]
+    assert b'"errors"' in answer and b"chunk size" in answer
+    assert time.monotonic() - started < 3
+
+
+def test_plain_hex_chunk_sizes_and_extensions_still_pass(served):
+    body = order_body("ordChunkOk1")
+    pieces = [body[:0x1F], body[0x1F:]]
+    data = b"%X\r\n%s\r\n" % (len(pieces[0]), pieces[0]) + b"%x ; ext=1\r\n%s\r\n" % (len(pieces[1]), pieces[1])
+    answer = raw(served.port, chunked_head(body) + data + b"0\r\n\r\n")
+    assert status_of(answer) == 202, answer[:300]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\nHost: t\n\n",  # LF only
+        b"GET /healthz HTTP/1.1\r\nHost: t\n\n",  # CRLF, then LF only
+        b"GET /healthz HTTP/1.1\r\nHost: t\nX: y\r\n\r\n",  # a bare LF inside
+    ],
+    ids=["lf-only", "mixed", "bare-lf-inside"],
+)
+def test_a_head_with_bare_lf_line_ends_is_400_at_once(served, head):
+    started = time.monotonic()
+    answer = raw(served.port, head)
+    assert status_of(answer) == 400 and b"CRLF" in answer, answer[:300]
+    assert time.monotonic() - started < 2  # not the head timeout
+
+
+# --- what the client may not tell gunicorn -------------------------------------------------------
+
+
+def test_the_client_cannot_mount_operator_routes_under_the_intake_with_script_name(served):
+    answer = raw(
+        served.port,
+        b"GET /webhooks/commercelayer/metrics HTTP/1.1\r\nHost: t\r\nSCRIPT_NAME: /webhooks/commercelayer\r\n\r\n",
+    )
+    assert status_of(answer) == 404 and b"webhook_app_" not in answer
+    # nor on the operator listener, where every route is served
+    r = requests.get(
+        served.operator_url + "/webhooks/commercelayer/metrics",
+        headers={"SCRIPT_NAME": "/webhooks/commercelayer"},
+        timeout=5,
+    )
+    assert r.status_code == 404 and "webhook_app_" not in r.text
+    assert requests.get(served.operator_url + "/metrics", timeout=5).status_code == 200
+
+
+def admin_cookie(url: str, **headers: str) -> str:
+    """The Set-Cookie of an admin page refused for a bad cookie (it clears the cookie)."""
+    r = requests.get(url + "/admin/", headers={"Cookie": "webhook_app_admin=nope", **headers}, timeout=5)
+    assert r.status_code == 401, r.status_code
+    return r.headers["Set-Cookie"]
+
+
+def test_a_client_sent_x_forwarded_proto_does_not_make_the_admin_cookie_secure_on_serve(served):
+    for spoof in ({"X-Forwarded-Proto": "https"}, {"X-Forwarded-Ssl": "on"}, {"X_Forwarded_Proto": "https"}):
+        cookie = admin_cookie(served.operator_url, **spoof)
+        assert "Secure" not in cookie, (spoof, cookie)
+
+
+def test_web_trusts_forwarded_headers_only_from_the_configured_proxies(tmp_path):
+    port = free_port()
+    env = env_for(tmp_path)
+    web = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env, tmp_path / "web.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", proc=web.proc)
+        assert "Secure" not in admin_cookie(url, **{"X-Forwarded-Proto": "https"})  # 127.0.0.1 is nobody's proxy
+        r = requests.get(url + "/webhooks/commercelayer/metrics", headers={"SCRIPT_NAME": URL}, timeout=5)
+        assert r.status_code == 404 and "webhook_app_" not in r.text
+    finally:
+        web.stop()
+    port = free_port()
+    proxied = Service(
+        ["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        {**env, "FORWARDED_ALLOW_IPS": "127.0.0.1"},
+        tmp_path / "web-proxied.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", proc=proxied.proc)
+        assert "Secure" in admin_cookie(url, **{"X-Forwarded-Proto": "https"})  # the configured proxy
+        r = requests.get(url + "/webhooks/commercelayer/metrics", headers={"SCRIPT_NAME": URL}, timeout=5)
+        assert r.status_code == 404  # SCRIPT_NAME from nobody
+    finally:
+        proxied.stop()
+
+
+# --- operator routes ------------------------------------------------------------------------------
+
+
+def test_operator_routes_are_off_the_public_listener(served):
+    for path in ("/readyz", "/metrics", "/admin/", "/admin/deliveries", "/webhooks/commercelayer/../../metrics", "/"):
+        answer = raw(served.port, f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        assert status_of(answer) == 404, (path, answer[:200])
+    assert requests.get(served.url + "/healthz", timeout=5).status_code == 200
+    assert requests.get(served.operator_url + "/readyz", timeout=5).status_code == 200
+    assert requests.get(served.operator_url + "/metrics", timeout=5).status_code == 200
+
+
+def test_the_operator_routes_can_be_put_on_the_public_listener_or_turned_off(tmp_path):
+    svc = start_serve(tmp_path, WEBHOOK_APP_OPERATOR_BIND="public")
+    try:
+        assert requests.get(svc.url + "/readyz", timeout=5).status_code == 200
+    finally:
+        svc.stop()
+    svc = start_serve(tmp_path, WEBHOOK_APP_OPERATOR_BIND="off")
+    try:
+        assert requests.get(svc.url + "/readyz", timeout=5).status_code == 404
+        assert "operator routes (/readyz, /metrics, /admin): off" in svc.output()
+    finally:
+        svc.stop()
+
+
+def test_the_default_operator_address_is_the_public_port_plus_one(tmp_path):
+    for port in range(21000, 21400, 7):  # below the ephemeral range: nobody's outgoing connection
+        try:
+            with socket.create_server(("127.0.0.1", port)), socket.create_server(("127.0.0.1", port + 1)):
+                pass
+            break
+        except OSError:
+            continue
+    env = {**env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": ""}
+    svc = Service(["serve", "--bind", f"127.0.0.1:{port}"], env, tmp_path / "serve.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=svc.proc)
+        assert requests.get(f"http://127.0.0.1:{port + 1}/readyz", timeout=5).status_code == 200
+        assert f"operator routes (/readyz, /metrics, /admin): http://127.0.0.1:{port + 1}" in svc.output()
+    finally:
+        svc.stop()
+
+
+def test_an_operator_address_that_cannot_be_bound_is_one_line_and_exit_2(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "webhook_app", "serve", "--bind", f"127.0.0.1:{free_port()}"],
+            env={"PATH": "/usr/bin:/bin", **env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{busy}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{busy} (WEBHOOK_APP_OPERATOR_BIND)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --- starting and restarting: held, then answered; never a 502 ------------------------------------
+
+
+class Stream:
+    """Signed deliveries from `threads` threads, one every `gap` s each, until stopped; each
+    answer (or "lost": the connection failed once the port was open) recorded by order id."""
+
+    def __init__(self, port: int, prefix: str, *, threads: int = 2, gap: float = 0.02) -> None:
+        self.url = f"http://127.0.0.1:{port}{URL}"
+        self.prefix, self.gap = prefix, gap
+        self.results: list[tuple[float, str, int | str]] = []
+        self.opened = threading.Event()
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.count = iter(range(10**6))
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                oid = f"{self.prefix}{next(self.count):05d}"
+            body = order_body(oid)
+            try:
+                r = requests.post(self.url, data=body, headers=signed_headers(body), timeout=10)
+                outcome: int | str = r.status_code
+                self.opened.set()
+            except requests.ConnectionError as exc:
+                if not self.opened.is_set() and "refused" in str(exc).lower():
+                    time.sleep(0.005)  # the port is not open yet
+                    continue
+                outcome = "lost"
+            except requests.Timeout:
+                outcome = "lost"
+            with self.lock:
+                self.results.append((time.monotonic(), oid, outcome))
+            time.sleep(self.gap)
+
+    def __enter__(self) -> Stream:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def ok_since(self, t0: float) -> int:
+        with self.lock:
+            return sum(1 for t, _, s in self.results if t >= t0 and isinstance(s, int) and 200 <= s < 300)
+
+
+def assert_no_5xx_but_503_and_every_2xx_stored(results, db: Path) -> Counter:
+    codes = Counter(s for _, _, s in results)
+    assert set(codes) <= {200, 202, 503}, codes  # no 502, no 500, nothing lost
+    accepted = {oid for _, oid, s in results if s in (200, 202)}
+    assert accepted and accepted <= stored_orders(db), accepted - stored_orders(db)
+    return codes
+
+
+def test_serve_answers_no_5xx_but_503_while_it_starts(tmp_path):
+    port = free_port()
+    env = env_for(tmp_path)
+    with Stream(port, "ordStart") as stream:
+        svc = Service(["serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"], env, tmp_path / "serve.log")
+        try:
+            assert stream.opened.wait(30), "serve never answered"
+            wait_until(lambda: stream.ok_since(time.monotonic() - 1) >= 20, timeout=30, what="deliveries accepted")
+        finally:
+            stream.stop.set()
+            time.sleep(0.3)
+            svc.stop()
+    codes = assert_no_5xx_but_503_and_every_2xx_stored(stream.results, tmp_path / "front.db")
+    first = min(t for t, _, _ in stream.results)
+    # the first deliveries came while gunicorn was still starting, and were held, not refused
+    assert any(s == 202 and t - first < 0.5 for t, _, s in stream.results), codes
+
+
+def test_killing_gunicorn_master_and_workers_mid_burst_costs_at_most_503s(tmp_path):
+    svc = start_serve(tmp_path)
+    try:
+        with Stream(svc.port, "ordKill", threads=4) as stream:
+            time.sleep(1.0)
+            master = child_with(svc, b"web\x00--bind\x00unix:")
+            victims = [master, *children(master)]  # its workers and its commit writer
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_until(lambda: stream.ok_since(killed_at + 0.5) >= 20, timeout=40, what="deliveries accepted again")
+        assert child_with(svc, b"web\x00--bind\x00unix:") != master  # a new gunicorn
+        assert "web server exited; restarting" in svc.output()
+    finally:
+        svc.stop()
+    codes = assert_no_5xx_but_503_and_every_2xx_stored(stream.results, tmp_path / "front.db")
+    assert codes[202] > 40, codes
+
+
+def test_a_killed_front_is_started_again_and_takes_deliveries(tmp_path):
+    svc = start_serve(tmp_path)
+    try:
+        front = child_with(svc, b"webhook_app.front")
+        os.kill(front, signal.SIGKILL)
+        body = order_body("ordAfterFront")
+        r = requests.post(svc.url + URL, data=body, headers=signed_headers(body), timeout=15)
+        assert r.status_code == 202, r.text
+        assert child_with(svc, b"webhook_app.front") != front
+        assert "front exited; restarting" in svc.output()
+        assert "ordAfterFront" in stored_orders(tmp_path / "front.db")
+    finally:
+        svc.stop()
+
+
+# --- one client's flood ---------------------------------------------------------------------------
+
+
+def test_one_clients_flood_does_not_keep_another_clients_delivery_from_its_answer(tmp_path):
+    """The shape found: 2,100 connections from one address, each a head then one body byte every
+    2 s, and 40 of them 900 KiB into a 1 MiB body; meanwhile a signed delivery from 127.0.0.2 is
+    answered 202 within a second, the front logs a few counted lines (no traceback), and its
+    memory comes back once the flood is over."""
+    svc = start_serve(tmp_path)
+    flood: list[socket.socket] = []
+    try:
+        front = child_with(svc, b"webhook_app.front")
+        before = rss_kb(front)
+        head = (
+            f"POST {URL} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "X-CommerceLayer-Topic: orders.place\r\nX-CommerceLayer-Signature: x\r\nContent-Length: 1048576\r\n\r\n"
+        ).encode()
+        for n in range(2100):
+            try:
+                s = socket.create_connection(("127.0.0.1", svc.port), timeout=2)
+                s.setblocking(False)
+                s.send(head + (b" " * (900 * 1024) if n < 40 else b" "))
+            except OSError:
+                continue
+            flood.append(s)
+        deadline = time.monotonic() + 4
+        answered = []
+        while time.monotonic() < deadline:
+            for s in flood:
+                try:
+                    s.send(b" ")  # still trickling
+                except OSError:
+                    pass
+            body = order_body(f"ordBeside{len(answered)}")
+            h = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(body).items())
+            request = f"POST {URL} HTTP/1.1\r\nHost: t\r\n{h}Content-Length: {len(body)}\r\n\r\n".encode() + body
+            started = time.monotonic()
+            answer = raw(svc.port, request, source="127.0.0.2", timeout=5)
+            answered.append((status_of(answer), time.monotonic() - started))
+            time.sleep(1.0)
+        assert all(code == 202 and seconds < 1.0 for code, seconds in answered), answered
+        peak = rss_kb(front)
+    finally:
+        for s in flood:
+            s.close()
+    try:
+        time.sleep(2)
+        after = rss_kb(front)
+        assert after < before + 20 * 1024, (before, peak, after)
+        log = svc.output()
+        assert "Traceback" not in log
+        assert 1 <= log.count("front refused") <= 3, log.count("front refused")
+        assert {f"ordBeside{n}" for n in range(len(answered))} <= stored_orders(tmp_path / "front.db")
+    finally:
+        svc.stop()
+
+
+EMFILE_FRONT = """
+import asyncio, resource, socket, sys
+from webhook_app import front
+from webhook_app.logs import configure_logging
+configure_logging("INFO")
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (96, hard))
+sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+print(sock.getsockname()[1], flush=True)
+# more connections allowed than descriptors exist: the front must run out, and cope
+limits = front.Limits(max_body=1024, hold_seconds=0.3, max_connections=1000, client_connections=1000)
+asyncio.run(front.serve([(sock, True)], "unix:/nonexistent/web.sock", limits))
+"""
+
+
+def test_out_of_descriptors_the_front_pauses_accepting_without_a_traceback(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMFILE_FRONT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    conns: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=2)
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")  # an unfinished head
+            conns.append(s)
+        time.sleep(1.5)
+        for s in conns:
+            s.close()
+        conns.clear()
+        time.sleep(0.5)
+        answer = raw(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", timeout=10)
+        assert status_of(answer) == 503 and b"Retry-After: 1" in answer  # no gunicorn behind it here
+        assert proc.poll() is None
+    finally:
+        for s in conns:
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=40)
+    assert "Traceback" not in err
+    assert "out of file descriptors" in err
+    assert err.count("front refused") <= 3, err[-2000:]
