@@ -87,6 +87,32 @@ CASES = [
     Case("circuit check too often", {"WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL": "0.5"}, ("at least 1 second",)),
     Case("records before bodies", {"WEBHOOK_APP_RETAIN_RECORDS_DAYS": "1"}, ("WEBHOOK_APP_RETAIN_RECORDS_DAYS",)),
     Case("retry max below base", {"WEBHOOK_APP_RETRY_MAX_SECONDS": "1"}, ("WEBHOOK_APP_RETRY_MAX_SECONDS",)),
+    Case(
+        "unknown source name",
+        {"WEBHOOK_APP_ALLOWED_SOURCES": "commercelayer-eu,commercelayer-asia"},
+        ("WEBHOOK_APP_ALLOWED_SOURCES", "'commercelayer-asia' is not a CIDR nor a known name", "commercelayer-us"),
+    ),
+    Case("bad source CIDR", {"WEBHOOK_APP_ALLOWED_SOURCES": "10.0.0.0/33"}, ("WEBHOOK_APP_ALLOWED_SOURCES", "CIDR")),
+    Case(
+        "source CIDR with host bits",
+        {"WEBHOOK_APP_ALLOWED_SOURCES": "2001:db8::1/32"},
+        ("WEBHOOK_APP_ALLOWED_SOURCES", "did you mean 2001:db8::/32?"),
+    ),
+    Case(
+        "bad trusted proxy",
+        {"WEBHOOK_APP_ALLOWED_SOURCES": "commercelayer", "WEBHOOK_APP_TRUSTED_PROXIES": "nginx"},
+        ("WEBHOOK_APP_TRUSTED_PROXIES", "'nginx' is not a CIDR"),
+    ),
+    Case(
+        "trusted proxies without an allowlist",
+        {"WEBHOOK_APP_TRUSTED_PROXIES": "10.0.0.0/8"},
+        ("WEBHOOK_APP_TRUSTED_PROXIES", "no effect without WEBHOOK_APP_ALLOWED_SOURCES"),
+    ),
+    Case(
+        "allowlist behind a proxy nobody trusts",
+        {"WEBHOOK_APP_ALLOWED_SOURCES": "commercelayer", "WEBHOOK_APP_FORWARDED_HOPS": "1"},
+        ("WEBHOOK_APP_ALLOWED_SOURCES", "set WEBHOOK_APP_TRUSTED_PROXIES"),
+    ),
     # --- the database URL
     Case("unknown database", {"WEBHOOK_APP_DATABASE_URL": f"mysql://u:{PASSWORD}@h/db"}, ("sqlite:///",)),
     Case("sqlite without a path", {"WEBHOOK_APP_DATABASE_URL": "sqlite:///"}, ("needs a file path",)),

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from webhook_app.errors import ConfigError
 from webhook_app.signing import MIN_SECRET_LENGTH, WebhookSecret, parse_secrets
+from webhook_app.sources import Network, Sources, parse_allowed_sources, parse_trusted_proxies
 from webhook_app.topics import KNOWN_TOPICS, TOPIC_PATTERN
 
 T = TypeVar("T")
@@ -232,6 +233,10 @@ class Settings:
     web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 4)
     group_commit: bool = _setting("WEBHOOK_APP_GROUP_COMMIT", _bool, True)
     forwarded_hops: int = _setting("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0)
+    # Only these sources may deliver (webhook_app/sources.py); empty: everyone. The trusted proxies
+    # are the hops whose X-Forwarded-For names the source.
+    allowed_sources: tuple[Network, ...] = _setting("WEBHOOK_APP_ALLOWED_SOURCES", parse_allowed_sources, ())
+    trusted_proxies: tuple[Network, ...] = _setting("WEBHOOK_APP_TRUSTED_PROXIES", parse_trusted_proxies, ())
     # `serve` only: its front (webhook_app/front.py) and where the operator routes answer.
     operator_bind: str = _setting("WEBHOOK_APP_OPERATOR_BIND", _operator_bind, "")
     front_hold_seconds: float = _setting("WEBHOOK_APP_FRONT_HOLD_SECONDS", _positive(float), 3.0)
@@ -276,6 +281,11 @@ class Settings:
     def accepted_topics(self) -> frozenset[str]:
         """The topics the intake stores: Commerce Layer's known ones and WEBHOOK_APP_TOPICS."""
         return KNOWN_TOPICS | frozenset(self.extra_topics)
+
+    @property
+    def sources(self) -> Sources:
+        """Who may deliver: WEBHOOK_APP_ALLOWED_SOURCES through WEBHOOK_APP_TRUSTED_PROXIES."""
+        return Sources(self.allowed_sources, self.trusted_proxies)
 
     @property
     def shadow(self) -> bool:
@@ -340,6 +350,14 @@ class Settings:
             raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
         if settings.front_buffer_bytes < settings.max_body_bytes:
             raise ConfigError("WEBHOOK_APP_FRONT_BUFFER_BYTES", "must be at least WEBHOOK_APP_MAX_BODY_BYTES")
+        if settings.trusted_proxies and not settings.allowed_sources:
+            raise ConfigError("WEBHOOK_APP_TRUSTED_PROXIES", "has no effect without WEBHOOK_APP_ALLOWED_SOURCES")
+        if settings.allowed_sources and settings.forwarded_hops and not settings.trusted_proxies:
+            # Every delivery would be judged by the proxy's own address, and refused.
+            raise ConfigError(
+                "WEBHOOK_APP_ALLOWED_SOURCES",
+                "behind a proxy (WEBHOOK_APP_FORWARDED_HOPS > 0) set WEBHOOK_APP_TRUSTED_PROXIES to its addresses",
+            )
         if settings.retry_max_seconds < settings.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
         return settings

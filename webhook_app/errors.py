@@ -86,6 +86,18 @@ class InvalidSignature(RequestRefused):
     title = "Invalid signature"
 
 
+class SourceNotAllowed(RequestRefused):
+    """A delivery from an address outside WEBHOOK_APP_ALLOWED_SOURCES (webhook_app/sources.py);
+    `source` is for the log only (None: it could not be known), never for the answer."""
+
+    status = 403
+    title = "Forbidden"
+
+    def __init__(self, detail: str, *, source: str | None) -> None:
+        super().__init__(detail)
+        self.source = source
+
+
 class PayloadTooLarge(RequestRefused):
     status = 413
     title = "Payload too large"

@@ -56,6 +56,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from webhook_app.sources import REFUSED_DETAIL, Sources, forwarded_for
+
 log = logging.getLogger("webhook_app.front")  # also when run as __main__
 
 HEAD_LIMIT = 64 * 1024  # gunicorn refuses smaller heads with 414/431 behind us
@@ -137,6 +139,7 @@ class Limits:
     client_connections: int = 64
     buffer_bytes: int = 64 * 1024 * 1024
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sources: Sources = Sources()  # WEBHOOK_APP_ALLOWED_SOURCES: checked before an intake body is read
 
     @property
     def client_buffer_bytes(self) -> int:
@@ -153,6 +156,7 @@ class Limits:
             client_connections=settings.front_client_connections,
             buffer_bytes=settings.front_buffer_bytes,
             trusted=trusted if settings.forwarded_hops > 0 else (),
+            sources=settings.sources,
         )
 
 
@@ -468,6 +472,10 @@ class Front:
             kept.append(line)
         if not trusted:
             kept += [b"X-Forwarded-For: " + client.encode("ascii", "replace"), b"X-Forwarded-Proto: http"]
+        sources = self.limits.sources  # WEBHOOK_APP_ALLOWED_SOURCES, judged as the intake will judge it
+        if sources.enabled and path == INTAKE_PATH and not sources.allows(client, forwarded_for(kept)):
+            self.refusals.note("source not allowed", client)
+            raise Refused(403, "Forbidden", REFUSED_DETAIL)  # before the body: none of it is read
         if te and lengths:
             raise Refused(400, "Bad Request", "Content-Length with Transfer-Encoding")
         if len(lengths) > 1:

@@ -1,8 +1,9 @@
 """The intake, `POST /webhooks/commercelayer`, and the health checks `/healthz` and `/readyz`.
 
-The intake checks the size and media type from the headers, reads at most
-the body limit, verifies the signature on the raw bytes, checks the JSON:API shape, stores the
-delivery durably and answers. It never calls Commerce Layer; the worker does that later.
+The intake checks the source (`WEBHOOK_APP_ALLOWED_SOURCES`, webhook_app/sources.py), the size
+and the media type from the headers, reads at most the body limit, verifies the signature on the
+raw bytes, checks the JSON:API shape, stores the delivery durably and answers. It never calls
+Commerce Layer; the worker does that later.
 
 It is the one hot path, so it is a plain WSGI application in front of Flask (`Intake`): Flask's
 request context, routing, hooks and response objects cost about 300 us of CPU per delivery, as
@@ -30,11 +31,13 @@ from webhook_app.commercelayer import credentials
 from webhook_app.errors import (
     InvalidPayload,
     PayloadTooLarge,
+    SourceNotAllowed,
     StoreError,
     UnsupportedMediaType,
     WebhookAppError,
 )
 from webhook_app.events import Delivery
+from webhook_app.sources import REFUSED_DETAIL, Sources
 from webhook_app.timefmt import iso
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
 from webhook_app.web import metrics
@@ -69,6 +72,7 @@ class Intake:
     def __init__(self, s: Services, app: WSGIApp) -> None:
         self.s = s
         self.app = app
+        self.sources = s.settings.sources
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
@@ -107,6 +111,8 @@ class Intake:
 
     def _accept(self, environ: dict[str, Any], headers: dict[str, str], rid: str) -> tuple[int, dict[str, Any]]:
         s = self.s
+        if self.sources.enabled:
+            check_source(self.sources, environ)
         body = read_body(environ, s.settings.max_body_bytes)
         delivery = Delivery.from_http(
             headers,
@@ -162,9 +168,22 @@ class Intake:
                 "detail": exc.detail,
                 "request_id": rid,
                 "path": PATH,
+                **({"source": exc.source or "unknown"} if isinstance(exc, SourceNotAllowed) else {}),
             },
         )
         return exc.status, error_body(exc.status, exc.title, exc.detail)
+
+
+def check_source(sources: Sources, environ: dict[str, Any]) -> None:
+    """Refuse (403) a request whose source is not allowed, from its headers alone. The peer is
+    the connection's own address (before werkzeug's ProxyFix, when `WEBHOOK_APP_FORWARDED_HOPS`
+    rewrote `REMOTE_ADDR`); gunicorn on a Unix socket (behind `serve`'s front) has none, and
+    the front is then a trusted hop whose `X-Forwarded-For` names the client."""
+    peer = str(environ.get("werkzeug.proxy_fix.orig", environ).get("REMOTE_ADDR") or "")
+    forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
+    if not sources.allows(peer, forwarded):
+        source = sources.source(peer, forwarded)
+        raise SourceNotAllowed(REFUSED_DETAIL, source=None if source is None else str(source))
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:

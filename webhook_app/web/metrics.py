@@ -48,7 +48,7 @@ DELIVERIES = Counter(
 REJECTIONS = Counter(
     "webhook_app_intake_rejections",
     "Deliveries refused, by reason "
-    "(invalid_signature, too_large, unsupported_media_type, invalid_payload, "
+    "(source_not_allowed, invalid_signature, too_large, unsupported_media_type, invalid_payload, "
     "invalid_replay_token, store_unavailable).",
     ["reason"],
 )
@@ -146,6 +146,7 @@ CIRCUIT_RESETS = Counter("webhook_app_circuit_resets", "Open circuits the guard 
 BACKFILLED = Counter("webhook_app_backfilled_orders", "Orders a backfill after a circuit reset queued.")
 
 REASONS = {
+    "SourceNotAllowed": "source_not_allowed",
     "InvalidSignature": "invalid_signature",
     "PayloadTooLarge": "too_large",
     "UnsupportedMediaType": "unsupported_media_type",
