@@ -186,7 +186,14 @@ class Nginx:
     compose file mounts a different upstream file.
     """
 
-    def __init__(self, upstreams: list[str] | None = None, *, listen: str | None = None) -> None:
+    #: the intake's optional allowlist, commented out in webhook-app.conf (the default: open)
+    SOURCES_INCLUDE = "        # include commercelayer-sources.conf;\n"
+
+    def __init__(
+        self, upstreams: list[str] | None = None, *, listen: str | None = None, allow_sources: str | None = None
+    ) -> None:
+        """`allow_sources`: the include file's text to use, with its `include` line uncommented
+        (None: the kit as shipped, allowlist off)."""
         self.binary = need_tool("nginx")
         self.prefix = Path(tempfile.mkdtemp(prefix="webhook-app-nginx-"))
         # nginx's worker processes drop to an unprivileged user when started as root: let them in.
@@ -201,6 +208,11 @@ class Nginx:
             site = site.replace("\n    listen 8080;\n", f"\n    listen {listen};\n")
             conf = self.conf.read_text().replace("worker_processes auto;", "worker_processes 1;")
             self.conf.write_text(conf)
+        shutil.copy(NGINX / "commercelayer-sources.conf", self.prefix / "commercelayer-sources.conf")
+        if allow_sources is not None:
+            assert self.SOURCES_INCLUDE in site
+            site = site.replace(self.SOURCES_INCLUDE, self.SOURCES_INCLUDE.replace("# include", "include"))
+            (self.prefix / "commercelayer-sources.conf").write_text(allow_sources)
         (self.prefix / "webhook-app.conf").write_text(site)
         if upstreams is None:
             shutil.copy(NGINX / "upstream.local.conf", self.prefix / "webhook-app.upstream.conf")

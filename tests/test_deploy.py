@@ -292,6 +292,58 @@ def test_nginx_publishes_only_post_to_the_intake():
     assert nginx_values(SITE, "deny", context="location ~ ^/(healthz|readyz)$") == [["all"]]
 
 
+SOURCES_INCLUDE = (NGINX / "commercelayer-sources.conf").read_text()
+
+
+def test_nginx_commercelayer_allowlist_is_commerce_layers_addresses_and_off_by_default():
+    from webhook_app.sources import NAMES
+
+    allowed = [args[0] for args in nginx_values(SOURCES_INCLUDE, "allow")]
+    assert sorted(allowed) == sorted(NAMES["commercelayer"])  # the app's list, the same six
+    assert nginx_values(SOURCES_INCLUDE, "deny") == [["all"]]
+    assert "docs.commercelayer.io/core/callbacks-security" in SOURCES_INCLUDE
+    # shipped commented out, in the intake's location: the default stays open
+    assert Nginx.SOURCES_INCLUDE in SITE
+    assert nginx_values(SITE, "include", context="location = /webhooks/commercelayer") == []
+    assert (
+        "./nginx/commercelayer-sources.conf:/etc/nginx/commercelayer-sources.conf:ro"
+        in (load_yaml(COMPOSE_FILE)["services"]["nginx"]["volumes"])
+    )
+
+
+def test_nginx_config_with_the_commercelayer_allowlist_passes_nginx_t():
+    nginx = Nginx(allow_sources=SOURCES_INCLUDE)
+    try:
+        site = (nginx.prefix / "webhook-app.conf").read_text()
+        included = nginx_values(site, "include", context="location = /webhooks/commercelayer")
+        assert included == [["commercelayer-sources.conf"]]
+        done = nginx.test_config()
+        assert done.returncode == 0, done.stderr
+        assert "test is successful" in done.stderr
+    finally:
+        nginx.stop()
+
+
+@pytest.mark.e2e
+def test_nginx_with_the_allowlist_refuses_other_sources_before_the_app():
+    """From 127.0.0.1 (not Commerce Layer) the intake is 403 from nginx itself; with loopback added
+    to the list the request goes on (to an upstream where nothing listens: 502). Other routes stay."""
+    dead = f"127.0.0.1:{free_port()}"
+    for text, expected in (
+        (SOURCES_INCLUDE, 403),
+        (SOURCES_INCLUDE.replace("deny all;", "allow 127.0.0.0/8;\ndeny all;"), 502),
+    ):
+        nginx = Nginx([dead], listen=f"127.0.0.1:{free_port()}", allow_sources=text)
+        nginx.start()
+        try:
+            wait_http(nginx.url + "/nginx-healthz", timeout=10, proc=nginx.proc)
+            r = post(nginx.url, delivery(90))
+            assert r.status_code == expected, r.text
+            assert requests.get(nginx.url + "/nginx-healthz", timeout=5).status_code == 200
+        finally:
+            nginx.stop()
+
+
 def test_nginx_compose_upstreams_are_the_compose_web_services():
     compose = load_yaml(COMPOSE_FILE)
     servers = nginx_values((NGINX / "upstream.compose.conf").read_text(), "server")
