@@ -115,3 +115,19 @@ def test_worker_metrics_decisions_calls_and_429(settings_factory, sqlite_store, 
         )
         == 1
     )
+
+
+def test_a_source_not_allowed_is_counted_as_such(settings_factory, sqlite_store, clock):
+    from webhook_app.sources import parse_allowed_sources
+
+    settings = settings_factory(allowed_sources=parse_allowed_sources("commercelayer"))
+    client = create_app(settings, store=sqlite_store, clock=clock).test_client()
+    before = scrape(client)
+    body = order_body("oMSrc")
+    r = client.post("/webhooks/commercelayer", data=body, headers=signed_headers(body))  # from 127.0.0.1
+    assert r.status_code == 403
+    after = scrape(client)
+    key = ("webhook_app_intake_rejections_total", {"reason": "source_not_allowed"})
+    assert value(after, key[0], **key[1]) - value(before, key[0], **key[1]) == 1
+    assert value(after, "webhook_app_intake_responses_total", code="403") >= 1
+    assert "source_not_allowed" in metrics.REJECTIONS._documentation

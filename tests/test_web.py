@@ -286,3 +286,94 @@ def test_known_non_order_topics_are_ignored_and_more_can_be_configured(settings_
     assert post(client, body, signed_headers(body, "customers.create")).json["status"] == "ignored"
     assert post(client, body, signed_headers(body, "shipments.teleport")).json["status"] == "ignored"
     assert post(client, body, signed_headers(body, "shipments.levitate")).status_code == 400
+
+
+# --- only Commerce Layer let in (WEBHOOK_APP_ALLOWED_SOURCES; webhook_app/sources.py) ------------
+
+CL_EU = "54.246.59.198"  # one of Commerce Layer's published webhook addresses
+
+
+class _UnreadableBody:
+    """A request body that must not be read: the source is refused from the headers alone."""
+
+    def read(self, *_args: object) -> bytes:
+        raise AssertionError("the body was read")
+
+    readline = read
+
+
+def _intake_environ(body: bytes, peer: str, **headers: str) -> dict:
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(
+        path=URL, method="POST", data=body, headers={**signed_headers(body), **headers}
+    ).get_environ()
+    environ["REMOTE_ADDR"] = peer
+    environ["wsgi.input"] = _UnreadableBody()
+    return environ
+
+
+def _call(app, environ) -> tuple[int, dict]:
+    out = {}
+
+    def start_response(status, _headers):
+        out["status"] = int(status.split()[0])
+
+    body = b"".join(app.wsgi_app(environ, start_response))
+    return out["status"], json.loads(body)
+
+
+def test_a_delivery_from_a_source_not_allowed_is_403_before_its_body_is_read_and_logged_without_it(
+    settings_factory, sqlite_store, caplog
+):
+    from webhook_app.sources import parse_allowed_sources
+
+    app = create_app(settings_factory(allowed_sources=parse_allowed_sources("commercelayer")), store=sqlite_store)
+    body = order_body("oSrc1")
+    with caplog.at_level("INFO"):
+        status, answer = _call(app, _intake_environ(body, "127.0.0.1", **{"X-Forwarded-For": CL_EU}))
+    assert status == 403 and answer["errors"][0]["title"] == "Forbidden"
+    assert "127.0.0.1" not in json.dumps(answer)  # the answer never reflects what the client sent
+    assert sqlite_store.list_deliveries(DeliveryFilter()) == []
+    [refused] = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert refused.error == "SourceNotAllowed" and refused.source == "127.0.0.1" and refused.status == 403
+    assert "oSrc1" not in caplog.text  # nothing of the body
+    # the same delivery from Commerce Layer's address is stored; other routes are not affected
+    r = app.test_client().post(URL, data=body, headers=signed_headers(body), environ_base={"REMOTE_ADDR": CL_EU})
+    assert r.status_code == 202
+    assert app.test_client().get("/healthz", environ_base={"REMOTE_ADDR": "198.51.100.7"}).status_code == 200
+
+
+def test_off_by_default_every_source_may_deliver(app_env):
+    client, store = app_env
+    body = order_body("oSrc2")
+    r = client.post(URL, data=body, headers=signed_headers(body), environ_base={"REMOTE_ADDR": "198.51.100.7"})
+    assert r.status_code == 202 and len(store.list_deliveries(DeliveryFilter())) == 1
+
+
+def test_the_source_is_the_connection_s_peer_even_after_proxy_fix_rewrote_remote_addr(settings_factory, sqlite_store):
+    """With WEBHOOK_APP_FORWARDED_HOPS ProxyFix sets REMOTE_ADDR from X-Forwarded-For before the
+    intake runs; the allowlist must still start from the real peer and believe only trusted ones."""
+    from webhook_app.sources import parse_allowed_sources, parse_trusted_proxies
+
+    settings = settings_factory(
+        allowed_sources=parse_allowed_sources("commercelayer"),
+        trusted_proxies=parse_trusted_proxies("127.0.0.1/32"),
+        forwarded_hops=1,
+    )
+    client = create_app(settings, store=sqlite_store).test_client()
+    body = order_body("oSrc3")
+    spoofed = client.post(
+        URL,
+        data=body,
+        headers={**signed_headers(body), "X-Forwarded-For": CL_EU},
+        environ_base={"REMOTE_ADDR": "127.0.0.2"},  # not a trusted proxy: its X-Forwarded-For is its own claim
+    )
+    assert spoofed.status_code == 403 and sqlite_store.list_deliveries(DeliveryFilter()) == []
+    proxied = client.post(
+        URL,
+        data=body,
+        headers={**signed_headers(body), "X-Forwarded-For": CL_EU},
+        environ_base={"REMOTE_ADDR": "127.0.0.1"},
+    )
+    assert proxied.status_code == 202
