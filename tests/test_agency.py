@@ -20,6 +20,7 @@ from webhook_app.organizations import load_organizations
 from webhook_app.policy import load_policy
 from webhook_app.ratelimit import LocalRateLimiter
 from webhook_app.store import DeliveryFilter
+from webhook_app.tokens import ADMIN, Tokens
 from webhook_app.web import create_app
 from webhook_app.worker import Tenant, Worker
 
@@ -141,3 +142,33 @@ def test_a_backlog_in_one_organization_does_not_hold_up_another(agency) -> None:
         handled.append([p["path"].rsplit("/", 1)[-1] for f in agency.fakes.values() for p in f.patches()])
     assert "small1" in handled[-1]  # within the first two jobs, not after 300
     assert len(agency.fakes["initech"].patches()) == 1
+
+
+def test_the_admin_filters_by_organization_and_keeps_a_removed_ones_data_readable(agency, tmp_path, clock) -> None:
+    for slug in SLUGS:
+        assert agency.post(slug, f"ord-{slug}").status_code == 202
+    keys = ("admin-key-0123456789abcdef",)
+    app = create_app(agency.settings.with_overrides(admin_keys=keys), store=agency.store, clock=clock).test_client()
+    auth = {"Authorization": f"Bearer {Tokens(ADMIN, keys, clock).make(ttl=3600)}"}
+    r = app.get("/admin/deliveries?organization=globex", headers=auth)
+    assert r.status_code == 200, r.get_json()
+    rows = r.get_json()["deliveries"]
+    assert [(d["resource_id"], d["organization"]) for d in rows] == [("ord-globex", "globex")]
+    assert app.get("/admin/deliveries?organization=Bad_Slug", headers=auth).status_code == 400
+    # globex leaves the file; after a restart its stored deliveries are still there to read
+    text = agency.settings.organizations_path.read_text()
+    remaining = text[: text.index("[organizations.globex]")] + text[text.index("[organizations.initech]") :]
+    path = tmp_path / "fewer.toml"
+    path.write_text(remaining)
+    fewer = agency.settings.with_overrides(organizations_path=path, admin_keys=keys)
+    assert load_organizations(fewer).slugs() == ("acme", "initech")
+    after = create_app(fewer, store=agency.store, clock=clock).test_client()
+    rows = after.get("/admin/deliveries?organization=globex", headers=auth).get_json()["deliveries"]
+    assert [d["resource_id"] for d in rows] == ["ord-globex"]
+    assert after.get(f"/admin/deliveries/{rows[0]['id']}", headers=auth).status_code == 200
+    assert (
+        after.post(
+            "/webhooks/commercelayer/globex", data=b"{}", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 404
+    )
