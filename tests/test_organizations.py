@@ -139,3 +139,25 @@ def test_a_bad_file_stops_serve_with_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "WEBHOOK_APP_ORGANIZATIONS [organizations.globex] colour: unknown key" in lines[0]
+
+
+def test_webhooks_status_with_org_uses_that_organizations_credentials(tmp_path: Path) -> None:
+    """`--org` picks the organization; an unknown one is one line naming the configured ones."""
+    path = write(tmp_path, GOOD)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))},
+        **ENV,
+        "WEBHOOK_APP_ORGANIZATIONS": str(path),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
+    }
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "webhook_app", "webhooks", "status", *a],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    unknown = run("--org", "initech")
+    assert unknown.returncode == 2 and "no organization 'initech'" in unknown.stderr and "acme" in unknown.stderr
+    missing = run()
+    assert missing.returncode == 2 and "--org: name one of the organizations: acme, globex" in missing.stderr
