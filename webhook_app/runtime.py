@@ -398,6 +398,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
+    worker: Worker  # built below; the clients' `on_call` reach it
 
     def on_call(call: CallRecord) -> None:
         metrics.record_call(call)
