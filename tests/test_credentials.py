@@ -223,14 +223,17 @@ def test_shadow_mode_has_no_credentials_gate(env, settings_factory, sqlite_store
 def test_readyz_and_metrics_say_why_in_enforce_mode_and_shadow_mode_stays_green(env, settings_factory, sqlite_store):
     from webhook_app.web import create_app
 
-    enforce = create_app(settings_factory(mode="enforce"), store=sqlite_store).test_client()
-    shadow = create_app(settings_factory(mode="shadow"), store=sqlite_store).test_client()
+    # The apps' clock is the test's: each process keeps its /readyz answer for a second.
+    enforce = create_app(settings_factory(mode="enforce"), store=sqlite_store, clock=env.clock).test_client()
+    shadow = create_app(settings_factory(mode="shadow"), store=sqlite_store, clock=env.clock).test_client()
     r = enforce.get("/readyz")
     assert r.status_code == 200 and r.json["checks"]["commercelayer_credentials"].startswith("not checked yet")
     assert "webhook_app_commercelayer_credentials_ok" not in enforce.get("/metrics").get_data(as_text=True)
 
     env.deliver("o1")
     env.worker().drain()  # refused
+    assert enforce.get("/readyz").status_code == 200  # the answer of a moment ago, kept for a second
+    env.clock.advance(2)
     r = enforce.get("/readyz")
     assert r.status_code == 503 and r.json["status"] == "unavailable"
     why = r.json["checks"]["commercelayer_credentials"]
@@ -242,6 +245,7 @@ def test_readyz_and_metrics_say_why_in_enforce_mode_and_shadow_mode_stays_green(
     assert "webhook_app_commercelayer_credentials_ok" not in shadow.get("/metrics").get_data(as_text=True)
 
     sqlite_store.set_status(credentials.NAME, "ok", reason=None, source="w2", now=env.clock())
+    env.clock.advance(2)
     r = enforce.get("/readyz")
     assert r.status_code == 200 and r.json["checks"]["commercelayer_credentials"].startswith("accepted")
     assert "webhook_app_commercelayer_credentials_ok 1.0" in enforce.get("/metrics").get_data(as_text=True)

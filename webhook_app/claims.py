@@ -32,6 +32,7 @@ def claim_card(
     worker: str,
     lease_seconds: float,
     now: float,
+    organization: str = ORGANIZATION,
 ) -> CardClaim | None:
     """Claim the save of the order's card for this order; None when the order has no customer
     (no wallet, so nothing to share with another order)."""
@@ -46,5 +47,5 @@ def claim_card(
         job_id=job_id,
         lease_seconds=lease_seconds,
         now=now,
-        organization=ORGANIZATION,
+        organization=organization,
     )

@@ -272,6 +272,9 @@ class Settings:
     # The longest the policy may take to decide one job (the worker's main thread only): a job over
     # it is failed like any other error, retried, then dead-lettered; the worker goes on.
     decide_budget: float = _setting("WEBHOOK_APP_DECIDE_BUDGET_SECONDS", _positive(float), 5.0)
+    # Agency mode (organizations.py): a TOML file listing the organizations served; unset: one,
+    # described by the variables above.
+    organizations_path: Path | None = _setting("WEBHOOK_APP_ORGANIZATIONS", _existing_file, None)
 
     @property
     def has_credentials(self) -> bool:
@@ -295,7 +298,7 @@ class Settings:
         """Why the intake could store nothing with these settings (for `/readyz` and the start
         banner); empty when it can. A secret that is set but unusable never gets here: `from_env`
         refuses it (the service does not start)."""
-        if not self.webhook_secrets:
+        if not self.webhook_secrets and self.organizations_path is None:
             return [
                 "no webhook secret configured: set CL_WEBHOOK_SECRETS to each Commerce Layer webhook's"
                 f" shared secret (label:secret, at least {MIN_SECRET_LENGTH} characters); until then every delivery is"

@@ -29,9 +29,11 @@ _UNSTORED_HEADERS = frozenset(
 )
 
 
-def delivery_identity(topic: str, body: bytes) -> str:
-    """Commerce Layer sends no event id: a delivery is identified by its topic and raw body."""
-    h = hashlib.sha256(topic.encode("utf-8"))
+def delivery_identity(topic: str, body: bytes, organization: str = "") -> str:
+    """Commerce Layer sends no event id: a delivery is identified by its topic and raw body, and in
+    agency mode by its organization (the implicit organization's, "", is what it always was)."""
+    h = hashlib.sha256(f"{organization}\x01".encode() if organization else b"")
+    h.update(topic.encode("utf-8"))
     h.update(b"\x00")
     h.update(body)
     return h.hexdigest()
@@ -165,6 +167,8 @@ class Delivery:
     resource_type: str
     resource_id: str
     headers: dict[str, str] = field(default_factory=dict)
+    # The organization whose secret signed it (organizations.py): "" without agency mode.
+    organization: str = ""
 
     @property
     def is_order(self) -> bool:
@@ -197,6 +201,7 @@ class Delivery:
         secrets: Sequence[WebhookSecret],
         max_depth: int = 64,
         topics: Collection[str] | None = None,
+        organization: str = "",
     ) -> Delivery:
         """Verify, then parse. Raises InvalidSignature or InvalidPayload (also for a topic not in
         `topics`, when given)."""
@@ -213,11 +218,12 @@ class Delivery:
         return cls(
             topic=topic,
             body=body,
-            identity=delivery_identity(topic, body),
+            identity=delivery_identity(topic, body, organization),
             secret_label=label,
             resource_type=data["type"],
             resource_id=data["id"],
             headers=storable_headers(headers),
+            organization=organization,
         )
 
 

@@ -388,36 +388,58 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.ops.anonymization import Anonymizer
+    from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
+    from webhook_app.ratelimit import LocalRateLimiter
     from webhook_app.store import open_store
     from webhook_app.web import metrics
-    from webhook_app.worker import Worker
+    from webhook_app.worker import Tenant, Worker
 
     tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
+    worker: Worker  # built below; the clients' `on_call` reach it
 
     def on_call(call: CallRecord) -> None:
         metrics.record_call(call)
         worker.note_call(call)  # Commerce Layer's trace ids, recorded on the attempt
 
-    if not settings.shadow:
+    if not settings.shadow and settings.organizations_path is None:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
         client = CommerceLayerClient.from_settings(
             settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=on_call
         )
     policy = load_policy(settings.policy_path)
+    orgs = load_organizations(settings)
+    tenants = None
+    if orgs.agency:
+        # One rate budget per egress address: every organization's client draws from one limiter
+        # (shared by every worker on PostgreSQL), the token endpoint's likewise.
+        limiter = store.rate_limiter(settings.cl_rate_limits)
+        auth_limiter = LocalRateLimiter(settings.cl_auth_rate_limits)
+        tenants = {}
+        for org in orgs:
+            view = org.settings(settings)
+            org_client = None
+            if not view.shadow:
+                org_client = CommerceLayerClient.from_settings(
+                    view,
+                    limiter=limiter,
+                    auth_limiter=auth_limiter,
+                    on_call=_org_on_call(metrics.organization_call_recorder(org.slug), lambda: worker),
+                )
+            tenants[org.slug] = Tenant(view, load_policy(org.policy_path), org_client)
     worker = Worker(
         store=store,
         policy=policy,
         settings=settings,
-        client=client,
+        client=client if tenants is None else None,
         observer=metrics.record_worker_event,
         on_poll=metrics.record_worker_poll,
         handlers=Anonymizer(store, enabled=settings.honour_anonymization).handlers(),
+        tenants=tenants,
     )
-    if worker.credentials is not None:
-        worker.credentials.check_at_start()  # one line either way; runs on (Commerce Layer may be down)
+    worker.check_credentials_at_start()  # one line either way; runs on (Commerce Layer may be down)
     if metrics_port:
         metrics.serve_worker_metrics(metrics_port, store, policy=policy, enforce=not settings.shadow)
     guard_store = guard_client = None
@@ -426,7 +448,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
             worker.drain()
             return 0
         stop = threading.Event()
-        if not settings.shadow and settings.circuit_check_interval > 0:
+        if not settings.shadow and settings.circuit_check_interval > 0 and tenants is None:
             assert client is not None
             guard_store, guard_client = _start_circuit_guard(settings, policy, stop, client.limiter)
 
@@ -439,11 +461,22 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         worker.run(stop)
         return 0
     finally:
-        for closable in (client, guard_client, guard_store):
+        tenant_clients = [t.client for t in (tenants or {}).values()]
+        for closable in (client, guard_client, guard_store, *tenant_clients):
             if closable is not None:
                 closable.close()
         store.close()
         tracing.shutdown()  # flush the spans still buffered
+
+
+def _org_on_call(record: Any, worker: Any) -> Any:
+    """An organization's client's `on_call`: its metrics, and the trace ids on the worker's attempt."""
+
+    def on_call(call: Any) -> None:
+        record(call)
+        worker().note_call(call)
+
+    return on_call
 
 
 def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event, limiter: Any) -> tuple[Any, Any]:

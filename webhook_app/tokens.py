@@ -91,6 +91,12 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def replay_scope(topic: str, organization: str = "") -> str:
+    """What a replay token is bound to besides the body: the topic, and in agency mode the
+    organization (a token made for one organization's delivery is no good at another's path)."""
+    return f"{organization}/{topic}" if organization else topic
+
+
 def make_replay_token(tokens: Tokens, body: bytes, *, topic: str, ttl: float) -> str:
     """A token allowing one replay of exactly `body` under `topic`."""
     return tokens.make(ttl=ttl, b=body_digest(body), t=topic, n=secrets.token_hex(8))

@@ -26,7 +26,7 @@ from typing import Any
 
 from webhook_app import claims, tracing
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
-from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused
+from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused, status_name
 from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, StoreUnavailable, storable_text
 from webhook_app.events import Event
@@ -72,6 +72,17 @@ class Outcome:
     error: str | None = None
 
 
+@dataclass
+class Tenant:
+    """Agency mode: what the worker acts with for one organization (organizations.py): its
+    settings view (mode, credentials), policy, client and credentials gate."""
+
+    settings: Settings
+    policy: Policy
+    client: CommerceLayerAPI | None = None
+    credentials: CredentialsGate | None = None
+
+
 @dataclass(frozen=True)
 class Handled:
     """What a job about no order (a topic handler's) came to: recorded as its decision; `observe`
@@ -103,8 +114,9 @@ class Worker:
         on_poll: Callable[[float], None] | None = None,
         handlers: Mapping[str, TopicHandler] | None = None,
         credentials: CredentialsGate | None = None,
+        tenants: Mapping[str, Tenant] | None = None,
     ) -> None:
-        if not settings.shadow and client is None:
+        if not settings.shadow and client is None and tenants is None:
             raise ValueError("enforce mode needs a Commerce Layer client")
         self.store = store
         self.policy = policy
@@ -134,6 +146,21 @@ class Worker:
                 auth_url=settings.cl_auth_url,
             )
         )
+        # Agency mode: one Tenant per organization; each job is worked with its organization's.
+        self.tenants: dict[str, Tenant] | None = None
+        if tenants is not None:
+            self.tenants = dict(tenants)
+            for slug, t in self.tenants.items():
+                if t.credentials is None and t.client is not None and not t.settings.shadow:
+                    t.credentials = CredentialsGate(
+                        client=t.client,
+                        store=store,
+                        source=self.id,
+                        clock=clock,
+                        delay=lambda n: retry_delay(n, base=1.0, cap=60.0, rng=self.rng),
+                        auth_url=t.settings.cl_auth_url,
+                        name=status_name(slug),
+                    )
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -204,11 +231,22 @@ class Worker:
 
     def run_once(self) -> Outcome | None:
         """Claim and process one due job; None when nothing is due (or the credentials are refused)."""
-        if self.credentials is not None and self.credentials.holding():
-            return None
-        job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
-        if job is None:
-            return None
+        if self.tenants is not None:
+            # Agency mode: organizations take turns (Store.claim_job); one whose credentials are
+            # refused is left out until Commerce Layer accepts them again, the others go on.
+            ready = [slug for slug, t in self.tenants.items() if t.credentials is None or not t.credentials.holding()]
+            job = self.store.claim_job(
+                worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock(), organizations=ready
+            )
+            if job is None:
+                return None
+            self._enter(self.tenants[job.organization])
+        else:
+            if self.credentials is not None and self.credentials.holding():
+                return None
+            job = self.store.claim_job(worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
+            if job is None:
+                return None
         self._claimed_at = self.clock()
         if job.attempts > self.settings.max_attempts:
             # Only a worker that died with the job in hand (its lease ran out) gets a job here:
@@ -220,6 +258,18 @@ class Worker:
                 None,
             )
         return self.process_contained(job)
+
+    def _enter(self, t: Tenant) -> None:
+        """Work the job in hand as its organization: its mode, policy, client and credentials."""
+        self.settings, self.policy, self.client, self.credentials = t.settings, t.policy, t.client, t.credentials
+        self.mode = "shadow" if t.settings.shadow else "enforce"
+
+    def check_credentials_at_start(self) -> None:
+        """One line per organization (or the one) whose credentials are used: accepted or refused."""
+        gates = [t.credentials for t in self.tenants.values()] if self.tenants is not None else [self.credentials]
+        for gate in gates:
+            if gate is not None:
+                gate.check_at_start()
 
     def process_contained(self, job: Job) -> Outcome:
         """`process`, with any exception caught for this job: recorded, counted, retried with
@@ -237,7 +287,9 @@ class Worker:
         log.error("job failed unexpectedly", exc_info=exc, extra={"job_id": job.id, "order_id": job.order_id})
         # The call may have reached Commerce Layer before the failure: look before writing again.
         for action in (SAVE, USE_WALLET):
-            self.store.release_action(job.order_id, action, worker=self.id, uncertain=True, now=self.clock())
+            self.store.release_action(
+                job.order_id, action, worker=self.id, uncertain=True, now=self.clock(), organization=job.organization
+            )
         if job.attempts >= self.settings.max_attempts:
             return self._dead(job, f"attempts exhausted: {error}", None)
         delay = retry_delay(
@@ -300,7 +352,7 @@ class Worker:
         if not decision.calls_commerce_layer:
             return self._finish(job, decision, "guarded" if decision.guard else "skipped")
         if self.settings.shadow:
-            if self.store.action_state(job.order_id, decision.action) == "done":
+            if self.store.action_state(job.order_id, decision.action, organization=job.organization) == "done":
                 return self._finish(
                     job, decision.guarded("already_flagged", "the order was already flagged"), "guarded"
                 )
@@ -322,7 +374,13 @@ class Worker:
         assert self.client is not None
         order_id, action = job.order_id, decision.action
         claim = self.store.begin_action(
-            order_id, action, worker=self.id, job_id=job.id, lease_seconds=self.settings.lease_seconds, now=self.clock()
+            order_id,
+            action,
+            worker=self.id,
+            job_id=job.id,
+            lease_seconds=self.settings.lease_seconds,
+            now=self.clock(),
+            organization=job.organization,
         )
         if claim.status == "done":
             d = decision.guarded("already_flagged", "the order was already flagged for this action")
@@ -339,9 +397,17 @@ class Worker:
                 worker=self.id,
                 lease_seconds=self.settings.lease_seconds,
                 now=self.clock(),
+                organization=job.organization,
             )
             if card is not None and card.status == "busy":
-                self.store.release_action(order_id, action, worker=self.id, uncertain=claim.uncertain, now=self.clock())
+                self.store.release_action(
+                    order_id,
+                    action,
+                    worker=self.id,
+                    uncertain=claim.uncertain,
+                    now=self.clock(),
+                    organization=job.organization,
+                )
                 return self._defer(job, decision, f"order {card.holder} is saving this customer's card")
             fresh = card is None or card.fresh
         try:
@@ -355,7 +421,13 @@ class Worker:
             uncertain = exc.uncertain or claim.uncertain
             hold = self.clock() + self.settings.lease_seconds if uncertain else None
             self.store.release_action(
-                order_id, action, worker=self.id, uncertain=uncertain, now=self.clock(), hold_until=hold
+                order_id,
+                action,
+                worker=self.id,
+                uncertain=uncertain,
+                now=self.clock(),
+                hold_until=hold,
+                organization=job.organization,
             )
             return self._failed(job, decision, exc)
 
@@ -500,7 +572,9 @@ class Worker:
 
     def _guarded(self, job: Job, decision: Decision, action: str) -> Outcome:
         """A guard found after claiming the action: give the claim back unchanged, record why."""
-        self.store.release_action(job.order_id, action, worker=self.id, uncertain=False, now=self.clock())
+        self.store.release_action(
+            job.order_id, action, worker=self.id, uncertain=False, now=self.clock(), organization=job.organization
+        )
         return self._finish(job, decision, "guarded")
 
     def _heartbeat(self, job: Job) -> None:
@@ -592,6 +666,8 @@ class Worker:
             "worker": self.id,
             **extra,
         }
+        if job.organization:
+            fields["organization"] = job.organization
         if decision is not None:
             fields.update(rule=decision.rule, action=decision.action, guard=decision.guard)
         level = logging.WARNING if what == "dead_letter" else logging.INFO

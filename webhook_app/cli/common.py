@@ -45,6 +45,22 @@ def load_settings() -> Settings:
     return settings
 
 
+def load_settings_for(args: argparse.Namespace) -> Settings:
+    """The settings as the organization `--org SLUG` names sees them (agency mode: its
+    credentials, API, policy and mode); without agency mode and `--org`, `load_settings()`."""
+    from webhook_app.organizations import load_organizations
+
+    settings = load_settings()
+    slug = getattr(args, "org", None)
+    if settings.organizations_path is None and slug is None:
+        return settings
+    return load_organizations(settings).pick(slug).settings(settings)
+
+
+def add_org_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--org", metavar="SLUG", help="agency mode: the organization (WEBHOOK_APP_ORGANIZATIONS)")
+
+
 def open_checked_store(settings: Settings) -> Store:
     """The configured store, refusing to run on a schema this code does not know."""
     from webhook_app.store import open_store

@@ -7,7 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.cli.common import commerce_layer_client, load_settings, open_checked_store
+from webhook_app.cli.common import add_org_argument, commerce_layer_client, load_settings_for, open_checked_store
 
 if TYPE_CHECKING:
     from webhook_app.config import Settings
@@ -25,7 +25,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     doctor = Doctor(
         callback_url=args.callback_url,
-        load_settings=load_settings,
+        load_settings=lambda: load_settings_for(args),
         open_store=open_checked_store,
         load_policy=_policy,
         make_client=commerce_layer_client,
@@ -46,4 +46,5 @@ def register(sub: Any) -> None:
     )
     sp.add_argument("--callback-url", required=True, help="the public intake URL the webhooks must point at")
     sp.add_argument("--json", action="store_true", help="one JSON object per check")
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_doctor)

@@ -51,11 +51,13 @@ def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
 
 @metrics_dir
 def cmd_serve(args: argparse.Namespace) -> int:
+    from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
     from webhook_app.runtime import run_serve
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
+    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
     check_can_listen(args.bind or DEFAULT_BIND)
     announce(settings, args.bind or DEFAULT_BIND)
@@ -64,11 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @metrics_dir
 def cmd_web(args: argparse.Namespace) -> int:
+    from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
     from webhook_app.runtime import run_web
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
+    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
     if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
         check_can_listen(args.bind or DEFAULT_BIND)
@@ -79,11 +83,13 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 @metrics_dir
 def cmd_worker(args: argparse.Namespace) -> int:
+    from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
     from webhook_app.runtime import run_worker
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
+    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
     return run_worker(settings, once=args.once, metrics_port=args.metrics_port)
 

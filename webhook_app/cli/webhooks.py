@@ -6,7 +6,12 @@ import argparse
 import json
 from typing import Any
 
-from webhook_app.cli.common import commerce_layer_client, load_settings, open_checked_store
+from webhook_app.cli.common import (
+    add_org_argument,
+    commerce_layer_client,
+    load_settings_for,
+    open_checked_store,
+)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -15,7 +20,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from webhook_app.ops.circuit import CircuitGuard, intake_health
     from webhook_app.policy import load_policy
 
-    settings = load_settings()
+    settings = load_settings_for(args)
     policy = load_policy(settings.policy_path)
     client = commerce_layer_client(settings)
     try:
@@ -69,7 +74,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     from webhook_app.ops.registration import register, status
     from webhook_app.policy import load_policy
 
-    settings = load_settings()
+    settings = load_settings_for(args)
     policy = load_policy(settings.policy_path)
     client = commerce_layer_client(settings)
     try:
@@ -119,16 +124,19 @@ def register(sub: Any) -> None:
     wsub = wh.add_subparsers(dest="webhooks_command", required=True, metavar="SUBCOMMAND")
     sp = wsub.add_parser("register", help="create the webhooks the policy needs")
     sp.add_argument("--callback-url", required=True, help="this service's public intake URL")
+    add_org_argument(sp)
     sp.add_argument("--dry-run", action="store_true", help="show what would be created")
     sp.set_defaults(func=cmd_webhooks)
     sp = wsub.add_parser("status", help="each webhook's circuit state and failure count")
     sp.add_argument("--reset", metavar="ID", help="reset this webhook's circuit first")
     sp.add_argument("--reset-open", action="store_true", help="reset every open circuit")
+    add_org_argument(sp)
     sp.add_argument("--json", action="store_true", help="one JSON object per webhook")
     sp.set_defaults(func=cmd_webhooks)
     sp = wsub.add_parser(
         "watch", help="one look by the circuit guard: warn, and reset and backfill if CIRCUIT_AUTO_RESET is on"
     )
     sp.add_argument("--dry-run", action="store_true", help="never reset or backfill")
+    add_org_argument(sp)
     sp.add_argument("--json", action="store_true", help="one JSON object per webhook")
     sp.set_defaults(func=cmd_watch)

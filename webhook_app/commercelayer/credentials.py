@@ -40,6 +40,11 @@ class Checker(Protocol):
     def check_credentials(self, *, api: bool = False) -> None: ...
 
 
+def status_name(organization: str = "") -> str:
+    """The `service_status` row of an organization's credentials (agency mode: one each)."""
+    return f"{NAME}:{organization}" if organization else NAME
+
+
 class CredentialsGate:
     """The worker's view of the credentials: `holding()` before each claim, `refused()` when a job
     met a refusal, `check_at_start()` once. One thread (the worker's loop) uses it."""
@@ -53,7 +58,9 @@ class CredentialsGate:
         clock: Callable[[], float],
         delay: Callable[[int], float],
         auth_url: str = "",
+        name: str = NAME,
     ) -> None:
+        self.name = name  # the `service_status` row: status_name(organization) in agency mode
         self.client = client
         self.store = store
         self.source = source
@@ -141,7 +148,7 @@ class CredentialsGate:
             self._unsaved = False
             return
         try:
-            self.store.set_status(NAME, self.state, reason=self.reason, source=self.source, now=self.clock())
+            self.store.set_status(self.name, self.state, reason=self.reason, source=self.source, now=self.clock())
             self._unsaved = False
         except StoreError as exc:
             self._unsaved = True

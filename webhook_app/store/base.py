@@ -66,6 +66,7 @@ class Job:
     # This attempt's number among all of the job's attempts: unlike `attempts` (the budget, which
     # a requeue starts afresh and a deferral gives back), it goes on counting (the attempts' rows).
     number: int = 0
+    organization: str = ""  # agency mode: whose job it is ("" for the single organization)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class DeliveryFilter:
     limit: int = 100
     before_id: int | None = None
     with_body: bool = False  # lists leave bodies out (a page of 1 MiB bodies is 1 MiB a row)
+    organization: str | None = None  # agency mode: one organization's ("" the implicit one's)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class StoredDelivery:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     body_removed: str | None = None  # why the body and headers are gone: retention | forgotten
+    organization: str = ""
 
 
 @dataclass(frozen=True)
@@ -290,13 +293,18 @@ class Store(abc.ABC):
             resource_type=original.resource_type,
             resource_id=original.resource_id,
             headers=dict(original.headers),
+            organization=original.organization,
         )
         return self.record_delivery(d.as_replay(nonce), now=now, replay_of=original.replay_of or original.id)
 
     # --- jobs -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def claim_job(self, *, worker: str, lease_seconds: float, now: float) -> Job | None:
-        """Lease the next due job (pending, or running with an expired lease)."""
+    def claim_job(
+        self, *, worker: str, lease_seconds: float, now: float, organizations: Sequence[str] | None = None
+    ) -> Job | None:
+        """Lease the next due job (pending, or running with an expired lease). With `organizations`
+        (agency mode), only theirs, taking turns: the organization whose turn is oldest among those
+        with a due job goes first, so one organization's backlog never holds up another's jobs."""
 
     @abc.abstractmethod
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
@@ -333,12 +341,28 @@ class Store(abc.ABC):
     # --- per-order action claims ------------------------------------------------------------
     @abc.abstractmethod
     def begin_action(
-        self, order_id: str, action: str, *, worker: str, job_id: int, lease_seconds: float, now: float
+        self,
+        order_id: str,
+        action: str,
+        *,
+        worker: str,
+        job_id: int,
+        lease_seconds: float,
+        now: float,
+        organization: str = "",
     ) -> ActionClaim: ...
 
     @abc.abstractmethod
     def release_action(
-        self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float, hold_until: float | None = None
+        self,
+        order_id: str,
+        action: str,
+        *,
+        worker: str,
+        uncertain: bool,
+        now: float,
+        hold_until: float | None = None,
+        organization: str = "",
     ) -> None:
         """Give the claim back (`open`), remembering whether the call may have been applied.
 
@@ -346,7 +370,7 @@ class Store(abc.ABC):
         is known, kept for this order until `hold_until` (default: their lease) when `uncertain`."""
 
     @abc.abstractmethod
-    def action_state(self, order_id: str, action: str) -> str | None:
+    def action_state(self, order_id: str, action: str, *, organization: str = "") -> str | None:
         """`open`, `in_flight`, `done`, or None if never claimed."""
 
     # --- per-customer card claims -------------------------------------------------------------
@@ -415,7 +439,9 @@ class Store(abc.ABC):
 
     # --- the operations log -----------------------------------------------------------------
     @abc.abstractmethod
-    def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
+    def record_operation(
+        self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float, organization: str = ""
+    ) -> int:
         """Append to the operations log (a deleted wallet entry, a circuit reset, ...); its id."""
 
     @abc.abstractmethod

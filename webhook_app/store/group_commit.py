@@ -227,6 +227,7 @@ def encode_request(s: Submission, *, replay_nonce: str | None = None) -> bytes:
             "replay_of": s.replay_of,
             "replay_nonce": replay_nonce,
             "trace_context": dict(s.trace_context) if s.trace_context else None,
+            "organization": d.organization,
         }
     )
     return _REQUEST.pack(len(head), len(d.body)) + head + d.body
@@ -244,8 +245,12 @@ def decode_request(head: bytes, body: bytes, *, now: float) -> Submission:
     replay_nonce = h.get("replay_nonce")
     if replay_nonce is not None and not isinstance(replay_nonce, str):
         raise _BadFrame("replay_nonce is not a string")
-    identity = delivery_identity(topic, body)
+    organization = h.get("organization") or ""
+    if not isinstance(organization, str):
+        raise _BadFrame("organization is not a string")
+    identity = delivery_identity(topic, body, organization)
     delivery = Delivery(
+        organization=organization,
         topic=topic,
         body=body,
         identity=identity if replay_nonce is None else replay_identity(identity, replay_nonce),

@@ -180,10 +180,11 @@ class PostgresStore(SQLStore):
         status = "queued" if delivery.queued else "ignored"
         row = c.one(
             "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-            " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic),"
+            " secret_label, headers, body, status, replay_of, organization) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic, organization),"
             " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
-            " updated_at, trace_context) SELECT id, ?, topic, 'pending', 0, ?, ?, ?, ? FROM d WHERE ?"
+            " updated_at, trace_context, organization) SELECT id, ?, topic, 'pending', 0, ?, ?, ?, ?, organization"
+            " FROM d WHERE ?"
             " RETURNING id)"
             " SELECT d.id AS delivery_id, (SELECT id FROM j) AS job_id FROM d",
             (

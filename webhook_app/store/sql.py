@@ -71,6 +71,7 @@ def delivery_values(s: Submission, status: str) -> tuple[Any, ...]:
         d.body,
         status,
         s.replay_of,
+        d.organization,
     )
 
 
@@ -116,7 +117,7 @@ class SQLStore(Store):
         status = "queued" if delivery.queued else "ignored"
         row = c.one(
             "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-            " secret_label, headers, body, status, replay_of) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " secret_label, headers, body, status, replay_of, organization) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (identity) DO NOTHING RETURNING id",
             delivery_values(s, status),
         )
@@ -127,7 +128,8 @@ class SQLStore(Store):
         if delivery.queued:
             job = c.one(
                 "INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at,"
-                " created_at, updated_at, trace_context) VALUES (?,?,?,'pending',0,?,?,?,?) RETURNING id",
+                " created_at, updated_at, trace_context, organization) VALUES (?,?,?,'pending',0,?,?,?,?,?)"
+                " RETURNING id",
                 (
                     delivery_id,
                     job_order_id(delivery),
@@ -136,6 +138,7 @@ class SQLStore(Store):
                     now,
                     now,
                     json.dumps(dict(s.trace_context)) if s.trace_context else None,
+                    delivery.organization,
                 ),
             )
             job_id = int(job["id"]) if job else None
@@ -158,23 +161,44 @@ class SQLStore(Store):
         return None if row is None else int(row["id"])
 
     # --- jobs -----------------------------------------------------------------------------
-    def claim_job(self, *, worker: str, lease_seconds: float, now: float) -> Job | None:
+    _DUE = "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'running' AND lease_expires_at <= ?))"
+
+    def claim_job(
+        self, *, worker: str, lease_seconds: float, now: float, organizations: Sequence[str] | None = None
+    ) -> Job | None:
+        orgs = None if organizations is None else list(organizations)
+        if orgs is not None and not orgs:
+            return None
+        among = "" if orgs is None else f" AND organization IN ({','.join('?' * len(orgs))})"
         # Look without the write lock first: an idle poll must not block intake.
         with self._tx(write=False) as c:
-            due = c.one(
-                "SELECT id FROM jobs WHERE (state = 'pending' AND next_attempt_at <= ?)"
-                " OR (state = 'running' AND lease_expires_at <= ?) LIMIT 1",
-                (now, now),
-            )
+            due = c.one(f"SELECT id FROM jobs WHERE {self._DUE}{among} LIMIT 1", (now, now, *(orgs or ())))  # nosec B608  # constants and ? placeholders only
         if due is None:
             return None
         with self._tx() as c:
-            row = c.one(
-                "SELECT id, state, attempts FROM jobs WHERE (state = 'pending' AND next_attempt_at <= ?)"  # nosec B608  # constants and ? placeholders only
-                " OR (state = 'running' AND lease_expires_at <= ?)"
-                " ORDER BY next_attempt_at, id LIMIT 1" + self.claim_lock_clause,
-                (now, now),
-            )
+            row = None
+            if orgs is None:
+                row = c.one(
+                    f"SELECT id, state, attempts FROM jobs WHERE {self._DUE}"  # nosec B608  # constants and ? placeholders only
+                    " ORDER BY next_attempt_at, id LIMIT 1" + self.claim_lock_clause,
+                    (now, now),
+                )
+            else:
+                # Round the organizations: the one whose last turn is oldest goes first.
+                turns = {r["organization"]: int(r["turn"]) for r in c.all("SELECT organization, turn FROM org_turns")}
+                for org in sorted(orgs, key=lambda o: (turns.get(o, 0), o)):
+                    row = c.one(
+                        f"SELECT id, state, attempts FROM jobs WHERE organization = ? AND {self._DUE}"  # nosec B608  # constants and ? placeholders only
+                        " ORDER BY next_attempt_at, id LIMIT 1" + self.claim_lock_clause,
+                        (org, now, now),
+                    )
+                    if row is not None:
+                        c.run(
+                            "INSERT INTO org_turns (organization, turn) SELECT ?, COALESCE(MAX(turn), 0) + 1"
+                            " FROM org_turns WHERE true ON CONFLICT (organization) DO UPDATE SET turn = excluded.turn",
+                            (org,),
+                        )
+                        break
             if row is None:
                 return None
             job_id = int(row["id"])
@@ -200,8 +224,8 @@ class SQLStore(Store):
             )
             assert numbered is not None
             d = c.one(
-                "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, d.body, d.received_at, d.replay_of"
-                " FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
+                "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, j.organization, d.body, d.received_at,"
+                " d.replay_of FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
                 (job_id,),
             )
             assert d is not None
@@ -217,6 +241,7 @@ class SQLStore(Store):
                 replay=d["replay_of"] is not None,
                 trace_context=json.loads(d["trace_context"]) if d["trace_context"] else {},
                 number=int(numbered["number"]),
+                organization=d["organization"],
             )
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
@@ -253,15 +278,18 @@ class SQLStore(Store):
                 c.run(
                     "UPDATE order_actions SET state = 'done', owner = NULL, lease_expires_at = NULL, uncertain = 0,"
                     " wallet_entry_id = ?, updated_at = ? WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?)"
+                    " AND organization = (SELECT organization FROM jobs WHERE id = ?)"
                     " AND action = ? AND owner = ? AND state = 'in_flight'",
-                    (decision.wallet_entry_id, now, job_id, action, worker),
+                    (decision.wallet_entry_id, now, job_id, job_id, action, worker),
                 )
                 if action == SAVE:  # the save is verified (or known to have ended): its card is free
                     c.run(
                         "UPDATE card_claims SET state = 'open', owner = NULL, lease_expires_at = NULL,"
                         " wallet_entry_id = COALESCE(?, wallet_entry_id), updated_at = ?"
-                        " WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?) AND state = 'held' AND owner = ?",
-                        (decision.wallet_entry_id, now, job_id, worker),
+                        " WHERE order_id = (SELECT order_id FROM jobs WHERE id = ?)"
+                        " AND organization = (SELECT organization FROM jobs WHERE id = ?)"
+                        " AND state = 'held' AND owner = ?",
+                        (decision.wallet_entry_id, now, job_id, job_id, worker),
                     )
             return True
 
@@ -316,8 +344,8 @@ class SQLStore(Store):
         wallet_related = d.action in WALLET_ACTIONS or d.guard is not None
         c.run(
             "INSERT INTO decisions (job_id, delivery_id, order_id, rule, action, reason, guard, outcome,"
-            " mode, wallet_entry_id, decided_at, market_id)"
-            " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ?",
+            " mode, wallet_entry_id, decided_at, market_id, organization)"
+            " SELECT id, delivery_id, order_id, ?, ?, ?, ?, ?, ?, ?, ?, ?, organization FROM jobs WHERE id = ?",
             (
                 d.rule,
                 d.action,
@@ -389,21 +417,31 @@ class SQLStore(Store):
 
     # --- action claims ----------------------------------------------------------------------
     def begin_action(
-        self, order_id: str, action: str, *, worker: str, job_id: int, lease_seconds: float, now: float
+        self,
+        order_id: str,
+        action: str,
+        *,
+        worker: str,
+        job_id: int,
+        lease_seconds: float,
+        now: float,
+        organization: str = "",
     ) -> ActionClaim:
         with self._tx() as c:
             lease = now + lease_seconds
             inserted = c.run(
-                "INSERT INTO order_actions (order_id, action, state, owner, lease_expires_at, uncertain,"
-                " job_id, updated_at) VALUES (?,?,'in_flight',?,?,0,?,?) ON CONFLICT (order_id, action) DO NOTHING",
-                (order_id, action, worker, lease, job_id, now),
+                "INSERT INTO order_actions (organization, order_id, action, state, owner, lease_expires_at, uncertain,"
+                " job_id, updated_at) VALUES (?,?,?,'in_flight',?,?,0,?,?)"
+                " ON CONFLICT (organization, order_id, action) DO NOTHING",
+                (organization, order_id, action, worker, lease, job_id, now),
             )
             if inserted == 1:
                 return ActionClaim("acquired")
             row = c.one(
                 "SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"  # nosec B608  # constants and ? placeholders only
-                " WHERE order_id = ? AND action = ?" + self.claim_lock_clause.replace(" SKIP LOCKED", ""),
-                (order_id, action),
+                " WHERE organization = ? AND order_id = ? AND action = ?"
+                + self.claim_lock_clause.replace(" SKIP LOCKED", ""),
+                (organization, order_id, action),
             )
             assert row is not None
             if row["state"] == "done":
@@ -420,20 +458,28 @@ class SQLStore(Store):
             uncertain = bool(row["uncertain"]) or row["state"] == "in_flight"
             c.run(
                 "UPDATE order_actions SET state = 'in_flight', owner = ?, lease_expires_at = ?, uncertain = ?,"
-                " job_id = ?, updated_at = ? WHERE order_id = ? AND action = ?",
-                (worker, lease, int(uncertain), job_id, now, order_id, action),
+                " job_id = ?, updated_at = ? WHERE organization = ? AND order_id = ? AND action = ?",
+                (worker, lease, int(uncertain), job_id, now, organization, order_id, action),
             )
             return ActionClaim("acquired", uncertain=uncertain)
 
     def release_action(
-        self, order_id: str, action: str, *, worker: str, uncertain: bool, now: float, hold_until: float | None = None
+        self,
+        order_id: str,
+        action: str,
+        *,
+        worker: str,
+        uncertain: bool,
+        now: float,
+        hold_until: float | None = None,
+        organization: str = "",
     ) -> None:
         with self._tx() as c:
             released = c.run(
                 "UPDATE order_actions SET state = 'open', owner = NULL, lease_expires_at = NULL,"
-                " uncertain = ?, updated_at = ? WHERE order_id = ? AND action = ? AND state = 'in_flight'"
-                " AND owner = ?",
-                (int(uncertain), now, order_id, action, worker),
+                " uncertain = ?, updated_at = ? WHERE organization = ? AND order_id = ? AND action = ?"
+                " AND state = 'in_flight' AND owner = ?",
+                (int(uncertain), now, organization, order_id, action, worker),
             )
             if released != 1 or action != SAVE:
                 return
@@ -442,19 +488,22 @@ class SQLStore(Store):
                 # looked (or the hold runs out), so no other order saves the card meanwhile.
                 c.run(
                     "UPDATE card_claims SET owner = NULL, lease_expires_at = COALESCE(?, lease_expires_at),"
-                    " updated_at = ? WHERE order_id = ? AND state = 'held' AND owner = ?",
-                    (hold_until, now, order_id, worker),
+                    " updated_at = ? WHERE organization = ? AND order_id = ? AND state = 'held' AND owner = ?",
+                    (hold_until, now, organization, order_id, worker),
                 )
             else:
                 c.run(
                     "UPDATE card_claims SET state = 'open', owner = NULL, lease_expires_at = NULL, updated_at = ?"
-                    " WHERE order_id = ? AND state = 'held' AND owner = ?",
-                    (now, order_id, worker),
+                    " WHERE organization = ? AND order_id = ? AND state = 'held' AND owner = ?",
+                    (now, organization, order_id, worker),
                 )
 
-    def action_state(self, order_id: str, action: str) -> str | None:
+    def action_state(self, order_id: str, action: str, *, organization: str = "") -> str | None:
         with self._tx(write=False) as c:
-            row = c.one("SELECT state FROM order_actions WHERE order_id = ? AND action = ?", (order_id, action))
+            row = c.one(
+                "SELECT state FROM order_actions WHERE organization = ? AND order_id = ? AND action = ?",
+                (organization, order_id, action),
+            )
             return None if row is None else str(row["state"])
 
     # --- card claims ------------------------------------------------------------------------
@@ -527,7 +576,7 @@ class SQLStore(Store):
     # --- reading --------------------------------------------------------------------------
     _DELIVERY_COLUMNS = (
         "d.id, d.identity, d.topic, d.resource_type, d.resource_id, d.order_id, d.received_at,"
-        " d.secret_label, d.headers, d.body, d.status, d.replay_of, d.body_removed_why,"
+        " d.secret_label, d.headers, d.body, d.status, d.replay_of, d.body_removed_why, d.organization,"
         " j.id AS job_id, j.state AS job_state,"
         " j.attempts AS job_attempts, j.next_attempt_at AS job_next_attempt_at, j.last_error AS job_last_error,"
         " j.lease_owner AS job_lease_owner, j.lease_expires_at AS job_lease_expires_at,"
@@ -571,6 +620,7 @@ class SQLStore(Store):
             ("d.received_at >= ?", flt.since),
             ("d.received_at < ?", flt.until),
             ("d.id < ?", flt.before_id),
+            ("d.organization = ?", flt.organization),
         ):
             if value is not None:
                 where.append(condition)
@@ -630,14 +680,16 @@ class SQLStore(Store):
             )
         return [(r["rule"], r["action"], r["outcome"], int(r["n"])) for r in rows]
 
-    def record_operation(self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float) -> int:
+    def record_operation(
+        self, kind: str, *, subject: str | None, detail: Mapping[str, Any], now: float, organization: str = ""
+    ) -> int:
         text = storable_text(
             json.dumps(dict(detail), separators=(",", ":"), ensure_ascii=False, default=str), limit=100_000
         )
         with self._tx() as c:
             row = c.one(
-                "INSERT INTO operations (at, kind, subject, detail) VALUES (?,?,?,?) RETURNING id",
-                (now, kind, subject, text),
+                "INSERT INTO operations (at, kind, subject, detail, organization) VALUES (?,?,?,?,?) RETURNING id",
+                (now, kind, subject, text, organization),
             )
         assert row is not None
         return int(row["id"])
@@ -898,4 +950,5 @@ def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str
         decisions=decisions,
         attempts=attempts,
         body_removed=row["body_removed_why"],
+        organization=row["organization"],
     )

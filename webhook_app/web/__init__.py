@@ -21,6 +21,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_app.config import Settings
 from webhook_app.errors import PayloadTooLarge, StoreError, WebhookAppError
+from webhook_app.organizations import load_organizations
 from webhook_app.policy import Policy, load_policy
 from webhook_app.store import Store, group_commit, open_store
 from webhook_app.web import admin_api, admin_page, intake, metrics
@@ -56,6 +57,7 @@ def create_app(
         policy=policy or load_policy(settings.policy_path),
         clock=clock,
         recorder=group_commit.CommitClient(store, writer, timeout=settings.db_timeout),
+        organizations=load_organizations(settings),
     )
     intake.init_app(app, services)  # the intake answers before Flask sees the request
     if settings.forwarded_hops:

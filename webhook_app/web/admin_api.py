@@ -44,7 +44,12 @@ def store() -> Store:
 
 
 def presenter() -> Presenter:
-    return Presenter(settings_secrets(services().settings))
+    s = services()
+    secrets = settings_secrets(s.settings)
+    for org in s.organizations or ():  # agency mode: every organization's secrets are scrubbed too
+        secrets += [w.secret.decode("utf-8", "replace") for w in org.secrets]
+        secrets += [org.client_secret] if org.client_secret else []
+    return Presenter(secrets)
 
 
 def tokens() -> Tokens:

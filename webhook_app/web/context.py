@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app
 
 from webhook_app.config import Settings
+from webhook_app.organizations import Organizations
 from webhook_app.policy import Policy
 from webhook_app.store import Store
 from webhook_app.store.group_commit import CommitClient
@@ -26,6 +27,8 @@ class Services:
     policy: Policy
     clock: Callable[[], float]
     recorder: CommitClient  # the intake stores through it: its `web`'s commit writer, or `store`
+    # Agency mode: the organizations served (built from the settings when not given)
+    organizations: Organizations | None = None
 
 
 def request_id_from(given: str) -> str:

@@ -30,6 +30,7 @@ from webhook_app import tracing
 from webhook_app.commercelayer import credentials
 from webhook_app.errors import (
     InvalidPayload,
+    NotFound,
     PayloadTooLarge,
     SourceNotAllowed,
     StoreError,
@@ -37,15 +38,18 @@ from webhook_app.errors import (
     WebhookAppError,
 )
 from webhook_app.events import Delivery
+from webhook_app.organizations import Organization, implicit
 from webhook_app.sources import REFUSED_DETAIL, Sources
 from webhook_app.timefmt import iso
-from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token
+from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token, replay_scope
 from webhook_app.web import metrics
 from webhook_app.web.context import Services, error_body, request_id_from, services
 
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/commercelayer"
+#: agency mode: `POST /webhooks/commercelayer/<slug>`, one path per organization
+ORG_PATH_PREFIX = PATH + "/"
 JSON_TYPES = frozenset({"application/json", "application/vnd.api+json"})
 _REPLAY_KEY = "HTTP_" + REPLAY_HEADER.upper().replace("-", "_")
 _SPAN_ATTRIBUTES = {"http.request.method": "POST", "http.route": PATH}
@@ -66,6 +70,12 @@ def _routed_to_the_intake() -> Response:  # pragma: no cover - Intake answers ev
     raise RuntimeError("POST /webhooks/commercelayer reached Flask; Intake should have answered it")
 
 
+@bp.post(ORG_PATH_PREFIX + "<slug>")
+def _routed_to_an_organization(slug: str) -> Response:  # pragma: no cover - Intake answers every POST here first
+    """Never called: registered so that Flask answers 405 (Allow: POST) to other methods."""
+    raise RuntimeError("POST /webhooks/commercelayer/<slug> reached Flask; Intake should have answered it")
+
+
 class Intake:
     """`POST /webhooks/commercelayer` as WSGI; everything else goes on to `app` (Flask)."""
 
@@ -75,7 +85,8 @@ class Intake:
         self.sources = s.settings.sources
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "POST" or (path != PATH and not path.startswith(ORG_PATH_PREFIX)):
             return self.app(environ, start_response)
         started = time.perf_counter()
         rid = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
@@ -113,20 +124,25 @@ class Intake:
         s = self.s
         if self.sources.enabled:
             check_source(self.sources, environ)
+        org = self._organization(environ.get("PATH_INFO", ""))
         body = read_body(environ, s.settings.max_body_bytes)
         delivery = Delivery.from_http(
             headers,
             body,
-            secrets=s.settings.webhook_secrets,
+            secrets=org.secrets,  # this organization's only: a body another's secret signed is 401
             max_depth=s.settings.max_json_depth,
             topics=s.settings.accepted_topics,
+            organization=org.slug,
         )
         replay_of = nonce = None
         replay_token = environ.get(_REPLAY_KEY)
         if replay_token is not None:
             # An operator's deliberate replay: a valid token makes it a new delivery, not a duplicate.
             nonce = check_replay_token(
-                Tokens(REPLAY, s.settings.replay_keys, s.clock), replay_token, body, topic=delivery.topic
+                Tokens(REPLAY, s.settings.replay_keys, s.clock),
+                replay_token,
+                body,
+                topic=replay_scope(delivery.topic, org.slug),
             )
             replay_of = s.store.delivery_id_for_identity(delivery.identity)
             delivery = delivery.as_replay(nonce)
@@ -144,18 +160,39 @@ class Intake:
                 "outcome": status,
                 "secret": delivery.secret_label,
                 "replay": replay_token is not None,
+                "organization": org.label,
             },
         )
         metrics.DELIVERIES.labels(
             delivery.topic,
             "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status,
         ).inc()
+        if s.organizations is not None and s.organizations.agency:
+            metrics.ORG_DELIVERIES.labels(
+                org.slug,
+                "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status,
+            ).inc()
         answer = {
             "status": "accepted" if status == "queued" else status,
             "delivery_id": recorded.delivery_id,
             "job_id": recorded.job_id,
         }
         return (202 if status == "queued" else 200), answer
+
+    def _organization(self, path: str) -> Organization:
+        """Whose delivery this is: the plain path serves the single organization of a deployment
+        without WEBHOOK_APP_ORGANIZATIONS, `PATH/<slug>` a configured organization (404 otherwise)."""
+        orgs = self.s.organizations
+        if path == PATH:
+            if orgs is None:
+                return implicit(self.s.settings)
+            if orgs.agency:
+                raise NotFound(f"this service serves several organizations: post to {PATH}/<organization slug>")
+            return orgs.pick(None)
+        org = orgs.get(path.removeprefix(ORG_PATH_PREFIX)) if orgs is not None and orgs.agency else None
+        if org is None:
+            raise NotFound("no such organization is configured here")
+        return org
 
     def _refused(self, exc: WebhookAppError, rid: str) -> tuple[int, dict[str, Any]]:
         metrics.REJECTIONS.labels(metrics.REASONS.get(type(exc).__name__, "other")).inc()

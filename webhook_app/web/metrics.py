@@ -145,6 +145,22 @@ CIRCUIT_LAST_CHECK = Gauge(
 CIRCUIT_RESETS = Counter("webhook_app_circuit_resets", "Open circuits the guard reset.")
 BACKFILLED = Counter("webhook_app_backfilled_orders", "Orders a backfill after a circuit reset queued.")
 
+# Agency mode (organizations.py): per organization, for configured organizations only (the
+# label set stays bounded); a deployment without WEBHOOK_APP_ORGANIZATIONS records none of these.
+ORG_DELIVERIES = Counter(
+    "webhook_app_organization_deliveries",
+    "Deliveries stored per organization, by outcome (accepted, duplicate, ignored, replay).",
+    ["organization", "outcome"],
+)
+ORG_DECISIONS = Counter(
+    "webhook_app_organization_decisions", "Job outcomes per organization.", ["organization", "outcome"]
+)
+ORG_CL_RESPONSES = Counter(
+    "webhook_app_organization_commercelayer_responses",
+    "Commerce Layer answers per organization, by status (error: no answer).",
+    ["organization", "status"],
+)
+
 REASONS = {
     "SourceNotAllowed": "source_not_allowed",
     "InvalidSignature": "invalid_signature",
@@ -165,6 +181,16 @@ def record_call(call: CallRecord) -> None:
     CL_WAIT.observe(call.waited)
 
 
+def organization_call_recorder(organization: str) -> Callable[[CallRecord], None]:
+    """`record_call`, and the call counted for `organization` (agency mode)."""
+
+    def record(call: CallRecord) -> None:
+        record_call(call)
+        ORG_CL_RESPONSES.labels(organization, str(call.status) if call.status else "error").inc()
+
+    return record
+
+
 def record_commit_batch(size: int, seconds: float, ok: bool) -> None:
     """`CommitWriter(on_batch=...)`: the size, time and outcome of each group commit."""
     COMMIT_BATCH.observe(size)
@@ -178,6 +204,8 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
     if what == "decision":
         outcome = str(fields.get("outcome"))
         JOB_ATTEMPTS.labels(outcome).inc()
+        if fields.get("organization"):
+            ORG_DECISIONS.labels(str(fields["organization"]), outcome).inc()
         if outcome != "lost":
             DECISIONS.labels(str(fields.get("rule")), str(fields.get("action")), outcome).inc()
         if outcome == "saved_without_entry":

@@ -17,6 +17,7 @@ from werkzeug.datastructures import MultiDict
 from webhook_app.errors import WebhookAppError
 from webhook_app.events import TOPIC_PATTERN
 from webhook_app.logs import SecretScrubber
+from webhook_app.organizations import SLUG
 from webhook_app.store import DeliveryFilter, Operation, Store, StoredDelivery
 from webhook_app.timefmt import iso, parse_time
 from webhook_app.tokens import REPLAY_HEADER
@@ -28,7 +29,7 @@ MAX_ID = 2**63 - 1
 _HIDDEN_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-admin-token", REPLAY_HEADER.lower()}
 )
-LIST_PARAMS = ("topic", "order_id", "status", "since", "until", "decision", "limit", "before_id")
+LIST_PARAMS = ("topic", "order_id", "status", "since", "until", "decision", "limit", "before_id", "organization")
 
 
 class InvalidQuery(WebhookAppError):
@@ -62,6 +63,13 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
     decision = values.get("decision")
     if decision is not None and (len(decision) > 64 or not re.fullmatch(r"[\w.:-]+", decision)):
         raise InvalidQuery("decision must be a rule, an action or an outcome name")
+    organization = values.get("organization")
+    if organization is not None:
+        # Any stored organization, configured or not (one removed from the file stays readable);
+        # `default` is the implicit organization's rows ("").
+        organization = "" if organization == "default" else organization
+        if organization and not SLUG.match(organization):
+            raise InvalidQuery("organization must be an organization slug, or default")
     limit = _int_param("limit", values.get("limit"), default=DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
     before_id = _int_param("before_id", values.get("before_id"), default=None, low=1, high=MAX_ID)
     since = _time_param("since", values.get("since"))
@@ -75,6 +83,7 @@ def delivery_filter(args: MultiDict[str, str]) -> DeliveryFilter:
         decision=decision,
         limit=limit,
         before_id=before_id,
+        organization=organization,
     )
 
 
@@ -159,6 +168,7 @@ class Presenter:
             "replay_of": d.replay_of,
             "job": self.job(d.job),
             "decision": self.decision(d.decisions[-1]) if d.decisions else None,
+            "organization": d.organization or "default",
         }
 
     def detail(self, d: StoredDelivery) -> dict[str, Any]:
@@ -166,6 +176,7 @@ class Presenter:
             **self.summary(d),
             "identity": d.identity,
             "signed_with": d.secret_label,
+            "organization": d.organization or "default",
             "headers": safe_headers(d.headers),
             "body": d.body.decode("utf-8", "replace"),
             "body_removed": d.body_removed,  # retention | forgotten: the body and headers are gone
