@@ -1,11 +1,10 @@
-"""The README stays true: every setting documented, the Quick start's two commands, CI runs the test one."""
+"""The README stays true: the Quick start's two commands, CI runs the test one. (Every setting is
+documented in the generated configuration reference: tests/test_docs.py.)"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-
-from webhook_app.config import Settings
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -15,13 +14,6 @@ def _section(title: str) -> str:
     m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.S | re.M)
     assert m, f"README has no section {title!r}"
     return m.group(1)
-
-
-def test_every_setting_is_in_the_configuration_table():
-    table = _section("Configuration")
-    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", table, re.M))
-    missing = sorted(set(Settings.variables()) - documented)
-    assert missing == [], f"settings missing from README's Configuration table: {missing}"
 
 
 def test_quick_start_has_exactly_two_commands_and_ci_runs_the_test_one():
