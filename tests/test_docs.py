@@ -64,3 +64,81 @@ def test_a_stale_generated_page_is_reported(tmp_path, capsys):
     (tmp_path / "reference" / "configuration.md").write_text("stale\n", encoding="utf-8")
     assert gen.main([*out, "--check"]) == 1
     assert "out of date: reference/configuration.md" in capsys.readouterr().err
+
+
+# --- the go-live guide's example: a policy that reuses a wallet entry, and its sandbox scenario ----
+
+
+def test_the_example_policy_passes_policy_check(capsys):
+    from webhook_app.cli import main
+
+    assert main(["policy", "check", str(EXAMPLES / "reuse-wallet-policy.toml")]) == 0
+    out = capsys.readouterr()
+    assert "policy OK: 2 rules" in out.out and "warning" not in out.err
+
+
+def test_the_example_scenario_and_policy_reuse_the_valid_card_and_save_a_new_one(sqlite_store, settings_factory):
+    """The guide's loop in one process: the scenario loads in the sandbox, `webhooks register`'s
+    work creates the webhooks and hands out their secrets, each delivery verifies with them, and
+    the worker in enforce mode pays the renewal with the valid card (passing over the newer,
+    expired one) and saves the first purchase's card."""
+    from commercelayer_sandbox import SandboxServer
+    from commercelayer_sandbox.seed import read_scenario
+    from conftest_sandbox import Receiver
+
+    from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.events import Delivery
+    from webhook_app.ops.registration import register
+    from webhook_app.policy import load_policy
+    from webhook_app.signing import parse_secrets
+    from webhook_app.store import DeliveryFilter
+    from webhook_app.worker import Worker
+
+    scenario = read_scenario(EXAMPLES / "reuse-wallet-scenario.toml")
+    assert scenario.get("webhooks") is None  # the guide registers them
+    policy = load_policy(EXAMPLES / "reuse-wallet-policy.toml")
+    receiver = Receiver()
+    config = {"sender": {"backoff_base": 0.001, "timeout": 2.0}}
+    with SandboxServer(scenario=scenario, config=config) as server:
+        settings = settings_factory(
+            mode="enforce",
+            cl_api_base=server.api_url,
+            cl_auth_url=server.auth_url,
+            cl_client_id="sandbox-client-id",
+            cl_client_secret="sandbox-client-secret",
+        )
+        client = CommerceLayerClient.from_settings(settings)
+        try:
+            planned = register(client, policy, callback_url=receiver.url, dry_run=False, anonymization=False)
+            assert sorted(p.topic for p in planned) == ["orders.pending", "orders.place"]
+            secrets = parse_secrets(",".join(f"{p.topic.replace('.', '-')}:{p.shared_secret}" for p in planned))
+            server.sandbox.trigger("orders.pending", ["OrdRenewAa"])
+            server.sandbox.trigger("orders.place", ["OrdFirstAa"])
+            for call in receiver.wait_for(2):
+                sqlite_store.record_delivery(Delivery.from_http(call.headers, call.body, secrets=secrets), now=1.0)
+            outcomes = Worker(store=sqlite_store, policy=policy, settings=settings, client=client).drain()
+        finally:
+            client.close()
+            receiver.close()
+        snapshot = server.sandbox.state.snapshot()
+
+    assert [o.state for o in outcomes] == ["done", "done"]
+
+    def latest(order_id: str) -> dict:
+        (d,) = sqlite_store.list_deliveries(DeliveryFilter(order_id=order_id, limit=1))
+        full = sqlite_store.get_delivery(d.id)
+        assert full is not None
+        return full.decisions[-1]
+
+    renewal, first = latest("OrdRenewAa"), latest("OrdFirstAa")
+    assert (renewal["rule"], renewal["outcome"], renewal["wallet_entry_id"]) == (
+        "reuse-for-renewals",
+        "applied",
+        "WalletValid",
+    )
+    assert "passed over WalletOldAa (card expired 01/2024)" in renewal["reason"]
+    orders = {o["id"]: o for o in snapshot["orders"]}
+    assert orders["OrdRenewAa"]["payment_source"]["card_last4"] == "4242"
+    assert (first["rule"], first["outcome"]) == ("save-on-place", "applied")
+    (saved,) = [w for w in snapshot["customer_payment_sources"] if w.get("origin_order_id") == "OrdFirstAa"]
+    assert first["wallet_entry_id"] == saved["id"]
