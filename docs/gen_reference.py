@@ -196,8 +196,10 @@ METRIC_NOTES = {
     "webhook_app_worker_last_poll_timestamp_seconds": "Multiprocess mode `max`.",
     "webhook_app_circuit_failure_count": "Multiprocess mode `mostrecent`.",
     "webhook_app_circuit_last_check_timestamp_seconds": "Multiprocess mode `max`.",
-    "webhook_app_wallet_activity_total": "No market label: per market is on the admin page (*Wallet activity*,"
-    " [Wallet hygiene](../howto/wallet-hygiene.md)).",
+    "webhook_app_queue_jobs": "`state`: pending, running, done, dead.",
+    "webhook_app_wallet_activity_total": "`activity`: saved, reused, save_refused, reuse_refused, expired_removed;"
+    " `reason`: the guard or outcome of a refusal, or `card_expired`, empty otherwise. No market label: per"
+    " market is on the admin page (*Wallet activity*, [Wallet hygiene](../howto/wallet-hygiene.md)).",
 }
 
 

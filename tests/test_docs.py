@@ -7,11 +7,15 @@ setting is documented, and the go-live guide's example policy and sandbox scenar
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+
+import pytest
 
 from webhook_app.config import Settings
 
@@ -55,6 +59,46 @@ def test_the_generated_reference_pages_are_current():
         [sys.executable, str(DOCS / "gen_reference.py"), "--check"], capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_the_site_builds_in_strict_mode(tmp_path):
+    """A broken link or anchor, a page missing from the nav, a snippet whose file is gone: each is a
+    warning, and --strict makes any warning fail the build."""
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        if os.environ.get("CI"):
+            pytest.fail("mkdocs and mkdocs-material are in the test extra; install the lock")
+        pytest.skip("mkdocs is not installed (pip install -r requirements.lock)")
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    go_live = (tmp_path / "site" / "howto" / "go-live" / "index.html").read_text(encoding="utf-8")
+    assert "reuse-for-renewals" in go_live and "CustCarolA" in go_live  # the example files, shown
+
+
+def test_a_page_left_out_of_the_nav_fails_the_build(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        pytest.skip("mkdocs is not installed (pip install -r requirements.lock)")
+    import shutil
+
+    shutil.copytree(DOCS, tmp_path / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    (tmp_path / "docs" / "orphan.md").write_text("# Orphan\n\nSee [nowhere](nowhere.md).\n", encoding="utf-8")
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert r.returncode != 0
+    assert "orphan.md" in r.stderr and "nowhere.md" in r.stderr
 
 
 def test_a_stale_generated_page_is_reported(tmp_path, capsys):
