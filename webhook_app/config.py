@@ -189,9 +189,15 @@ def _setting(
     *,
     secret: bool = False,
     factory: Callable[[], Any] | None = None,
+    doc: str = "",
+    default_doc: str = "",
 ) -> Any:
-    """A Settings field read from `env` with `convert`; its default is written here and only here."""
-    meta = {"env": env, "convert": convert, "secret": secret}
+    """A Settings field read from `env` with `convert`; its default is written here and only here.
+
+    `doc` says what the setting does and `default_doc` what the default means when its value alone
+    does not say it (e.g. "none: every delivery is refused"); docs/gen_reference.py writes the
+    configuration reference from them."""
+    meta = {"env": env, "convert": convert, "secret": secret, "doc": doc, "default_doc": default_doc}
     if factory is not None:
         return field(default_factory=factory, metadata=meta, repr=not secret)
     return field(default=default, metadata=meta, repr=not secret)
@@ -201,80 +207,401 @@ def _setting(
 class Settings:
     """Everything the service can be told. Defaults are the embedded, safe configuration."""
 
-    webhook_secrets: tuple[WebhookSecret, ...] = _setting("CL_WEBHOOK_SECRETS", parse_secrets, (), secret=True)
-    cl_client_id: str = _setting("CL_CLIENT_ID", str, "")
-    cl_client_secret: str = _setting("CL_CLIENT_SECRET", str, "", secret=True)
-    cl_scope: str = _setting("CL_SCOPE", str, "")
-    cl_api_base: str = _setting("CL_API_BASE", _url, "")
-    cl_auth_url: str = _setting("CL_AUTH_URL", _url, "https://auth.commercelayer.io/oauth/token")
-    cl_connect_timeout: float = _setting("CL_CONNECT_TIMEOUT", _positive(float), 3.05)
-    cl_read_timeout: float = _setting("CL_READ_TIMEOUT", _positive(float), 10.0)
+    webhook_secrets: tuple[WebhookSecret, ...] = _setting(
+        "CL_WEBHOOK_SECRETS",
+        parse_secrets,
+        (),
+        secret=True,
+        doc="comma-separated webhook shared secrets, each `label:secret` or a bare `secret` (labelled "
+        "`secret-N`). All are tried (rotation; several webhooks on one endpoint); the matching label is "
+        "recorded, never the secret. Each secret must be at least 16 characters, and `label:` with "
+        "nothing after it (a template with an unset variable) is refused: the service does not start "
+        "(exit 2).",
+        default_doc="none: every delivery is refused with 401, and the service is not ready",
+    )
+    cl_client_id: str = _setting(
+        "CL_CLIENT_ID",
+        str,
+        "",
+        doc="Commerce Layer integration client id",
+        default_doc="none",
+    )
+    cl_client_secret: str = _setting(
+        "CL_CLIENT_SECRET",
+        str,
+        "",
+        secret=True,
+        doc="its client secret",
+        default_doc="none",
+    )
+    cl_scope: str = _setting(
+        "CL_SCOPE",
+        str,
+        "",
+        doc="OAuth scope, e.g. `market:code:eu`",
+        default_doc="empty: none sent",
+    )
+    cl_api_base: str = _setting(
+        "CL_API_BASE",
+        _url,
+        "",
+        doc="your organization's base URL, e.g. `https://yourdomain.commercelayer.io`",
+        default_doc="none",
+    )
+    cl_auth_url: str = _setting(
+        "CL_AUTH_URL",
+        _url,
+        "https://auth.commercelayer.io/oauth/token",
+        doc="token endpoint",
+    )
+    cl_connect_timeout: float = _setting(
+        "CL_CONNECT_TIMEOUT",
+        _positive(float),
+        3.05,
+        doc="seconds to connect to Commerce Layer",
+    )
+    cl_read_timeout: float = _setting(
+        "CL_READ_TIMEOUT",
+        _positive(float),
+        10.0,
+        doc="seconds to wait for an answer",
+    )
     # Commerce Layer's documented limits for uncacheable calls in test mode (the stricter ones):
     # 100 a minute overall and bursts of 25 per 10 s per endpoint. Live organizations get 200 / 50.
     cl_rate_limits: tuple[RateLimit, ...] = _setting(
-        "CL_RATE_LIMITS", parse_rate_limits, parse_rate_limits("100/60,25/10")
+        "CL_RATE_LIMITS",
+        parse_rate_limits,
+        parse_rate_limits("100/60,25/10"),
+        doc="client-side limits on API calls, `COUNT/SECONDS` windows all applied to every call (Commerce "
+        "Layer's test-mode limits; live organizations may use `200/60,50/10`)",
     )
     cl_auth_rate_limits: tuple[RateLimit, ...] = _setting(
-        "CL_AUTH_RATE_LIMITS", parse_rate_limits, parse_rate_limits("30/60")
+        "CL_AUTH_RATE_LIMITS",
+        parse_rate_limits,
+        parse_rate_limits("30/60"),
+        doc="limits on token requests",
     )
-    cl_token_margin: float = _setting("CL_TOKEN_REFRESH_MARGIN", _non_negative(float), 300.0)
-    database_url: str = _setting("WEBHOOK_APP_DATABASE_URL", _database_url, "sqlite:///webhook-app.db", secret=True)
-    policy_path: Path = _setting("WEBHOOK_APP_POLICY", _existing_file, factory=bundled_policy_path)
+    cl_token_margin: float = _setting(
+        "CL_TOKEN_REFRESH_MARGIN",
+        _non_negative(float),
+        300.0,
+        doc="renew the token this many seconds before `expires_in` (at most half its life)",
+    )
+    database_url: str = _setting(
+        "WEBHOOK_APP_DATABASE_URL",
+        _database_url,
+        "sqlite:///webhook-app.db",
+        secret=True,
+        doc="`sqlite:///relative/or//absolute/path`, or `postgresql://user:password@host:5432/db` (needs `pip"
+        " install '.[postgres]'`)",
+    )
+    policy_path: Path = _setting(
+        "WEBHOOK_APP_POLICY",
+        _existing_file,
+        factory=bundled_policy_path,
+        doc="the policy file",
+        default_doc="the bundled `webhook_app/policies/example.toml`",
+    )
     # The default depends on the credentials (enforce with them, shadow without): see from_env.
-    mode: str = _setting("WEBHOOK_APP_MODE", _choice("enforce", "shadow"), "shadow")
-    max_body_bytes: int = _setting("WEBHOOK_APP_MAX_BODY_BYTES", _positive(int), 1024 * 1024)
-    max_json_depth: int = _setting("WEBHOOK_APP_MAX_JSON_DEPTH", _positive(int), 64)
-    max_attempts: int = _setting("WEBHOOK_APP_MAX_ATTEMPTS", _positive(int), 10)
-    lease_seconds: float = _setting("WEBHOOK_APP_LEASE_SECONDS", _positive(float), 60.0)
-    retry_base_seconds: float = _setting("WEBHOOK_APP_RETRY_BASE_SECONDS", _positive(float), 2.0)
-    retry_max_seconds: float = _setting("WEBHOOK_APP_RETRY_MAX_SECONDS", _positive(float), 900.0)
-    poll_interval: float = _setting("WEBHOOK_APP_POLL_INTERVAL", _positive(float), 0.1)
-    db_timeout: float = _setting("WEBHOOK_APP_DB_TIMEOUT", _positive(float), 3.0)
-    web_workers: int = _setting("WEBHOOK_APP_WEB_WORKERS", _positive(int), 4)
-    group_commit: bool = _setting("WEBHOOK_APP_GROUP_COMMIT", _bool, True)
-    forwarded_hops: int = _setting("WEBHOOK_APP_FORWARDED_HOPS", _non_negative(int), 0)
-    # Only these sources may deliver (webhook_app/sources.py); empty: everyone. The trusted proxies
-    # are the hops whose X-Forwarded-For names the source.
-    allowed_sources: tuple[Network, ...] = _setting("WEBHOOK_APP_ALLOWED_SOURCES", parse_allowed_sources, ())
-    trusted_proxies: tuple[Network, ...] = _setting("WEBHOOK_APP_TRUSTED_PROXIES", parse_trusted_proxies, ())
+    mode: str = _setting(
+        "WEBHOOK_APP_MODE",
+        _choice("enforce", "shadow"),
+        "shadow",
+        doc="`enforce` calls Commerce Layer; `shadow` decides and records only",
+        default_doc="`enforce` if `CL_CLIENT_ID`, `CL_CLIENT_SECRET` and `CL_API_BASE` are set, else `shadow`",
+    )
+    max_body_bytes: int = _setting(
+        "WEBHOOK_APP_MAX_BODY_BYTES",
+        _positive(int),
+        1024 * 1024,
+        doc="body limit (413 above it)",
+    )
+    max_json_depth: int = _setting(
+        "WEBHOOK_APP_MAX_JSON_DEPTH",
+        _positive(int),
+        64,
+        doc="deepest JSON nesting accepted (400 above it)",
+    )
+    max_attempts: int = _setting(
+        "WEBHOOK_APP_MAX_ATTEMPTS",
+        _positive(int),
+        10,
+        doc="attempts per job before it is dead-lettered",
+    )
+    lease_seconds: float = _setting(
+        "WEBHOOK_APP_LEASE_SECONDS",
+        _positive(float),
+        60.0,
+        doc="how long a worker owns a job before another may take it (must exceed `CL_CONNECT_TIMEOUT + "
+        "CL_READ_TIMEOUT`)",
+    )
+    retry_base_seconds: float = _setting(
+        "WEBHOOK_APP_RETRY_BASE_SECONDS",
+        _positive(float),
+        2.0,
+        doc="first retry delay (doubles each attempt, half of it random)",
+    )
+    retry_max_seconds: float = _setting(
+        "WEBHOOK_APP_RETRY_MAX_SECONDS",
+        _positive(float),
+        900.0,
+        doc="longest retry delay",
+    )
+    poll_interval: float = _setting(
+        "WEBHOOK_APP_POLL_INTERVAL",
+        _positive(float),
+        0.1,
+        doc="the longest an idle worker waits before looking for jobs again: a committed job wakes it at once"
+        " (PostgreSQL `LISTEN`/`NOTIFY`; on SQLite a datagram from the web processes on the same host, "
+        "`webhook_app/wakeup.py`), so this is only the fallback",
+    )
+    db_timeout: float = _setting(
+        "WEBHOOK_APP_DB_TIMEOUT",
+        _positive(float),
+        3.0,
+        doc="seconds a request waits for the database (SQLite lock, PostgreSQL pool/connect) before answering"
+        " 503; keep it under Commerce Layer's 5 s",
+    )
+    web_workers: int = _setting(
+        "WEBHOOK_APP_WEB_WORKERS",
+        _positive(int),
+        4,
+        doc="gunicorn worker processes (`--workers` overrides). With group commit a worker waits for the "
+        "writer without using the CPU, so more workers than cores keep the CPU busy and let commits share"
+        " a flush: 4 took 18% more deliveries a second than 2 on a 2-core VM (BENCHMARKS.md)",
+    )
+    group_commit: bool = _setting(
+        "WEBHOOK_APP_GROUP_COMMIT",
+        _bool,
+        True,
+        doc="`web` starts a commit writer of its own that stores the deliveries of all its workers in shared "
+        "transactions, one flush to disk for several (see *Group commit*); `false`: each worker commits "
+        "its own",
+    )
+    forwarded_hops: int = _setting(
+        "WEBHOOK_APP_FORWARDED_HOPS",
+        _non_negative(int),
+        0,
+        doc="how many proxies' `X-Forwarded-*` headers to trust",
+    )
+    allowed_sources: tuple[Network, ...] = _setting(
+        "WEBHOOK_APP_ALLOWED_SOURCES",
+        parse_allowed_sources,
+        (),
+        doc="comma-separated sources allowed to deliver to the intake: `commercelayer` (Commerce Layer's six "
+        "published webhook addresses), `commercelayer-eu`, `commercelayer-us` (three each), and addresses or "
+        "CIDRs, IPv4 or IPv6 (`203.0.113.0/24`, `2001:db8::/32`). Any other source is answered 403 before the "
+        "body is read. An unknown name or a bad CIDR stops the service at start (exit 2). See *Only Commerce "
+        "Layer let in*",
+        default_doc="*(none: every source may deliver)*",
+    )
+    trusted_proxies: tuple[Network, ...] = _setting(
+        "WEBHOOK_APP_TRUSTED_PROXIES",
+        parse_trusted_proxies,
+        (),
+        doc="addresses or CIDRs of the proxies in front of the service whose `X-Forwarded-For` names the source "
+        "(walked from the right, stopping at the first address that is not one of them). Needs "
+        "`WEBHOOK_APP_ALLOWED_SOURCES`; with `WEBHOOK_APP_FORWARDED_HOPS` > 0 and an allowlist it must be set",
+        default_doc="*(none: the connection's peer is the source)*",
+    )
     # `serve` only: its front (webhook_app/front.py) and where the operator routes answer.
-    operator_bind: str = _setting("WEBHOOK_APP_OPERATOR_BIND", _operator_bind, "")
-    front_hold_seconds: float = _setting("WEBHOOK_APP_FRONT_HOLD_SECONDS", _positive(float), 3.0)
-    front_max_connections: int = _setting("WEBHOOK_APP_FRONT_MAX_CONNECTIONS", _non_negative(int), 0)
-    front_client_connections: int = _setting("WEBHOOK_APP_FRONT_CLIENT_CONNECTIONS", _positive(int), 64)
-    front_buffer_bytes: int = _setting("WEBHOOK_APP_FRONT_BUFFER_BYTES", _positive(int), 64 * 1024 * 1024)
-    log_level: str = _setting("WEBHOOK_APP_LOG_LEVEL", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO")
-    replay_keys: tuple[str, ...] = _setting("WEBHOOK_APP_REPLAY_KEYS", _key_list, (), secret=True)
-    replay_token_ttl: float = _setting("WEBHOOK_APP_REPLAY_TOKEN_TTL", _positive(float), 300.0)
-    admin_keys: tuple[str, ...] = _setting("WEBHOOK_APP_ADMIN_KEYS", _key_list, (), secret=True)
+    operator_bind: str = _setting(
+        "WEBHOOK_APP_OPERATOR_BIND",
+        _operator_bind,
+        "",
+        doc="`serve` only: `HOST:PORT` where `/readyz`, `/metrics` and `/admin` answer (with every other "
+        "route); the public `--bind` serves only the intake and `/healthz` (404 for the rest). `public`: "
+        "everything on the public address; `off`: operator routes nowhere. An address that cannot be "
+        "bound stops `serve` (exit 2)",
+        default_doc="127.0.0.1, `serve`'s public port + 1: `127.0.0.1:8001`",
+    )
+    front_hold_seconds: float = _setting(
+        "WEBHOOK_APP_FRONT_HOLD_SECONDS",
+        _positive(float),
+        3.0,
+        doc="`serve` only: how long a request waits in the front for gunicorn (starting, or restarting after "
+        "a crash) before it is answered 503 with `Retry-After: 1`; keep it under Commerce Layer's 5 s",
+    )
+    front_max_connections: int = _setting(
+        "WEBHOOK_APP_FRONT_MAX_CONNECTIONS",
+        _non_negative(int),
+        0,
+        doc="`serve` only: client connections the front keeps at once; it is never set above what the "
+        "descriptor limit allows. Beyond it: 503 and close",
+        default_doc="`0`: as many as the file-descriptor limit allows: (`ulimit -n` − 64) / 2, at most 8192",
+    )
+    front_client_connections: int = _setting(
+        "WEBHOOK_APP_FRONT_CLIENT_CONNECTIONS",
+        _positive(int),
+        64,
+        doc="`serve` only: connections one client address may keep open at once (503 and close beyond it). "
+        "Behind a proxy on the same host every client is that proxy: raise it, or let the proxy limit",
+    )
+    front_buffer_bytes: int = _setting(
+        "WEBHOOK_APP_FRONT_BUFFER_BYTES",
+        _positive(int),
+        64 * 1024 * 1024,
+        doc="`serve` only: the bytes the front holds for unfinished requests (heads, declared and chunked "
+        "bodies), all clients together; one client gets at most a quarter. Beyond it: 503 with "
+        "`Retry-After`. At least `WEBHOOK_APP_MAX_BODY_BYTES`",
+        default_doc="`67108864` (64 MiB)",
+    )
+    log_level: str = _setting(
+        "WEBHOOK_APP_LOG_LEVEL",
+        _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "INFO",
+        doc="`DEBUG`, `INFO`, `WARNING` or `ERROR`",
+    )
+    replay_keys: tuple[str, ...] = _setting(
+        "WEBHOOK_APP_REPLAY_KEYS",
+        _key_list,
+        (),
+        secret=True,
+        doc="comma-separated keys (16+ characters, oldest first, newest last) signing replay tokens; distinct"
+        " from the webhook secrets",
+        default_doc="none: replay tokens refused",
+    )
+    replay_token_ttl: float = _setting(
+        "WEBHOOK_APP_REPLAY_TOKEN_TTL",
+        _positive(float),
+        300.0,
+        doc="lifetime in seconds of the replay tokens `webhook-app replay` makes",
+    )
+    admin_keys: tuple[str, ...] = _setting(
+        "WEBHOOK_APP_ADMIN_KEYS",
+        _key_list,
+        (),
+        secret=True,
+        doc="comma-separated keys (16+ characters, oldest first, newest last) signing admin tokens",
+        default_doc="none: admin API and page disabled, 404",
+    )
     # The circuit guard (ops/circuit.py): one `GET /api/webhooks` per interval, through the client's
     # rate limit; 0 turns it off.
-    circuit_check_interval: float = _setting("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", _non_negative(float), 60.0)
-    circuit_warn_failures: int = _setting("WEBHOOK_APP_CIRCUIT_WARN_FAILURES", _positive(int), 5)
-    circuit_auto_reset: bool = _setting("WEBHOOK_APP_CIRCUIT_AUTO_RESET", _bool, False)
-    circuit_health_url: str = _setting("WEBHOOK_APP_CIRCUIT_HEALTH_URL", _url, "")
-    circuit_backfill_margin: float = _setting("WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN", _non_negative(float), 300.0)
-    extra_topics: tuple[str, ...] = _setting("WEBHOOK_APP_TOPICS", parse_topics, ())
+    circuit_check_interval: float = _setting(
+        "WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL",
+        _non_negative(float),
+        60.0,
+        doc="seconds between the worker's reads of Commerce Layer's webhook circuits (one `GET /api/webhooks`"
+        " page per 25 webhooks, through the rate limit); `0` turns the guard off; at least `1`",
+    )
+    circuit_warn_failures: int = _setting(
+        "WEBHOOK_APP_CIRCUIT_WARN_FAILURES",
+        _positive(int),
+        5,
+        doc="log a warning each time a webhook's `circuit_failure_count` rises and is at least this (Commerce"
+        " Layer opens the circuit at 30)",
+    )
+    circuit_auto_reset: bool = _setting(
+        "WEBHOOK_APP_CIRCUIT_AUTO_RESET",
+        _bool,
+        False,
+        doc="`on`: reset an open circuit once this service's intake is healthy, then backfill the gap (see "
+        "*Circuit guard*)",
+        default_doc="`off`",
+    )
+    circuit_health_url: str = _setting(
+        "WEBHOOK_APP_CIRCUIT_HEALTH_URL",
+        _url,
+        "",
+        doc='the URL whose 200 means "the intake is healthy" before a reset, e.g. a web instance\'s '
+        "`http://web:8000/readyz`",
+        default_doc="none: the database answers and its schema is current",
+    )
+    circuit_backfill_margin: float = _setting(
+        "WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN",
+        _non_negative(float),
+        300.0,
+        doc="seconds the backfill reaches back before the first failure (clock skew, an order changed just "
+        "before its failed delivery)",
+    )
+    extra_topics: tuple[str, ...] = _setting(
+        "WEBHOOK_APP_TOPICS",
+        parse_topics,
+        (),
+        doc="comma-separated topics accepted beyond Commerce Layer's known ones (the 187 in "
+        "`webhook_app/data/topics.json`: see *Topics* under the intake); any other topic is refused with "
+        "400 before anything is stored. Commerce Layer signs only the body, so without this list one "
+        "captured delivery could be stored again under every invented topic. Non-order topics are stored "
+        "as `ignored`, except the four `customers.anonymization_*` (queued for the worker).",
+        default_doc="none: only the known topics",
+    )
     # Retention: bodies and headers (names, emails, addresses) go first; the record of what was
     # received and decided later. Per-order action claims are kept: a flagged order stays flagged.
-    retain_bodies_days: float = _setting("WEBHOOK_APP_RETAIN_BODIES_DAYS", _positive(float), 30.0)
-    retain_records_days: float = _setting("WEBHOOK_APP_RETAIN_RECORDS_DAYS", _positive(float), 180.0)
-    prune_interval: float = _setting("WEBHOOK_APP_PRUNE_INTERVAL", _positive(float), 300.0)
-    prune_batch: int = _setting("WEBHOOK_APP_PRUNE_BATCH", _positive(int), 100)
+    retain_bodies_days: float = _setting(
+        "WEBHOOK_APP_RETAIN_BODIES_DAYS",
+        _positive(float),
+        30.0,
+        doc="days after receipt when a delivery's body and headers (names, emails, addresses) are removed, "
+        "once its job is done or dead; its metadata and decisions stay. Also the longest a delivery can "
+        "be replayed.",
+    )
+    retain_records_days: float = _setting(
+        "WEBHOOK_APP_RETAIN_RECORDS_DAYS",
+        _positive(float),
+        180.0,
+        doc="days after receipt when the delivery itself goes, with its job, attempts and decisions (at least"
+        " the bodies' days). Whether an order's action was done is kept forever.",
+    )
+    prune_interval: float = _setting(
+        "WEBHOOK_APP_PRUNE_INTERVAL",
+        _positive(float),
+        300.0,
+        doc="seconds between the worker's prunes",
+    )
+    prune_batch: int = _setting(
+        "WEBHOOK_APP_PRUNE_BATCH",
+        _positive(int),
+        100,
+        doc="deliveries per prune transaction (each batch is short, so intake waits at most one batch: about "
+        "110 ms on SQLite for 100 bodies of 30 KB, measured on the 2-core VM)",
+    )
     # Optional: attribute names (e.g. customer_email,first_name,last_name,line_1,phone) whose values
     # are replaced in stored bodies once a delivery is settled and REDACT_AFTER_DAYS old.
-    redact_fields: tuple[str, ...] = _setting("WEBHOOK_APP_REDACT_FIELDS", _field_names, ())
-    redact_after_days: float = _setting("WEBHOOK_APP_REDACT_AFTER_DAYS", _positive(float), 7.0)
+    redact_fields: tuple[str, ...] = _setting(
+        "WEBHOOK_APP_REDACT_FIELDS",
+        _field_names,
+        (),
+        doc="optional: attribute names (e.g. `customer_email,first_name,last_name,line_1,line_2,phone`) whose"
+        " values in stored bodies (the resource's and every included resource's `attributes`) become "
+        '`"[redacted]"` once the delivery is settled and `WEBHOOK_APP_REDACT_AFTER_DAYS` old; the rest of'
+        " the body stays until `WEBHOOK_APP_RETAIN_BODIES_DAYS`",
+        default_doc="none: nothing redacted",
+    )
+    redact_after_days: float = _setting(
+        "WEBHOOK_APP_REDACT_AFTER_DAYS",
+        _positive(float),
+        7.0,
+        doc="when the `WEBHOOK_APP_REDACT_FIELDS` are redacted (the replay window: a replay after it sends "
+        "the redacted body)",
+    )
     # Honour Commerce Layer's `customers.anonymization_completed` by erasing the customer's stored
     # bodies and headers (ops/anonymization.py), in enforce and shadow mode alike; off: recorded
     # as not honoured, nothing erased (`webhook-app forget` by hand).
-    honour_anonymization: bool = _setting("WEBHOOK_APP_HONOUR_ANONYMIZATION", _bool, True)
+    honour_anonymization: bool = _setting(
+        "WEBHOOK_APP_HONOUR_ANONYMIZATION",
+        _bool,
+        True,
+        doc="erase a customer's stored bodies and headers when Commerce Layer sends "
+        "`customers.anonymization_completed`, and record the four `customers.anonymization_*` events in "
+        "the operations log (see *What is stored*); `webhooks register` subscribes to them. `false`: the "
+        "deliveries are kept, their jobs end `disabled`, nothing is erased or recorded",
+    )
     # The longest the policy may take to decide one job (the worker's main thread only): a job over
     # it is failed like any other error, retried, then dead-lettered; the worker goes on.
-    decide_budget: float = _setting("WEBHOOK_APP_DECIDE_BUDGET_SECONDS", _positive(float), 5.0)
-    # Agency mode (organizations.py): a TOML file listing the organizations served; unset: one,
-    # described by the variables above.
-    organizations_path: Path | None = _setting("WEBHOOK_APP_ORGANIZATIONS", _existing_file, None)
+    decide_budget: float = _setting(
+        "WEBHOOK_APP_DECIDE_BUDGET_SECONDS",
+        _positive(float),
+        5.0,
+        doc="the longest the policy may take to decide one job in the worker; past it the job fails like any "
+        "error (retried, then dead-lettered) and the worker goes on",
+    )
+    organizations_path: Path | None = _setting(
+        "WEBHOOK_APP_ORGANIZATIONS",
+        _existing_file,
+        None,
+        doc="agency mode: a TOML file listing the organizations served, one table per slug (see *Agency mode*)",
+        default_doc="unset (one organization, from `CL_*`)",
+    )
 
     @property
     def has_credentials(self) -> bool:
