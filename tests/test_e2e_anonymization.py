@@ -90,7 +90,11 @@ def stack(request, tmp_path):
             "WEBHOOK_APP_POLL_INTERVAL": "0.05",
             "WEBHOOK_APP_HONOUR_ANONYMIZATION": "true" if request.param == "on" else "false",
         }
-        svc = Service(["serve", "--bind", f"127.0.0.1:{svc_port}"], env, tmp_path / "service.log")
+        svc = Service(
+            ["serve", "--bind", f"127.0.0.1:{svc_port}"],
+            {**env, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            tmp_path / "service.log",
+        )
         procs.append(svc)
         wait_http(svc_url + "/healthz", proc=svc.proc)
 
@@ -102,7 +106,12 @@ def stack(request, tmp_path):
 
             @staticmethod
             def control(method, path, body=None):
-                r = requests.request(method, sb_url + "/_sandbox" + path, json=body, timeout=60)
+                r = requests.request(
+                    method,
+                    sb_url + "/_sandbox" + path,
+                    json={} if body is None and method != "GET" else body,
+                    timeout=60,
+                )
                 assert r.status_code < 300, r.text
                 return r.json()
 

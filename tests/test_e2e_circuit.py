@@ -87,7 +87,9 @@ def test_open_circuit_is_reset_once_intake_heals_and_the_gap_is_backfilled(tmp_p
     procs = []
 
     def control(method, path, body=None):
-        r = requests.request(method, sb_url + "/_sandbox" + path, json=body, timeout=60)
+        r = requests.request(
+            method, sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+        )
         assert r.status_code < 300, r.text
         return r.json()
 

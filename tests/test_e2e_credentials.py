@@ -35,8 +35,13 @@ def scenario(callback_url: str) -> dict:
         "markets": [{"code": "eu", "name": "Europe"}],
         "customers": [{"email": "reg@example.com", "has_password": True}],
         "orders": [
-            {"id": oid, "customer": "reg@example.com", "payment_source": {"type": "stripe_payments"}}
-            for oid in [*ORDERS, "OrdCredLate"]
+            # a card of its own each: one card is one wallet entry, however many orders pay with it
+            {
+                "id": oid,
+                "customer": "reg@example.com",
+                "payment_source": {"type": "stripe_payments", "card_last4": f"{4240 + n}"},
+            }
+            for n, oid in enumerate([*ORDERS, "OrdCredLate"])
         ],
         "webhooks": [
             {
@@ -76,13 +81,19 @@ def stack(tmp_path):
                 "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{self.db}",
                 "WEBHOOK_APP_POLL_INTERVAL": "0.05",
             }
-            svc = Service(["serve", "--bind", f"127.0.0.1:{svc_port}"], env, tmp_path / f"{name}.log")
+            svc = Service(
+                ["serve", "--bind", f"127.0.0.1:{svc_port}"],
+                {**env, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+                tmp_path / f"{name}.log",
+            )
             running.append(svc)
             wait_http(svc_url + "/healthz", proc=svc.proc)
             return svc
 
         def control(self, method: str, path: str, body=None):
-            r = requests.request(method, sb_url + "/_sandbox" + path, json=body, timeout=60)
+            r = requests.request(
+                method, sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+            )
             assert r.status_code < 300, r.text
             return r.json()
 

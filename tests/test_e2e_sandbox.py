@@ -119,7 +119,9 @@ def stack(tmp_path):
         service = svc
 
         def control(self, method, path, body=None):
-            r = requests.request(method, sb_url + "/_sandbox" + path, json=body, timeout=60)
+            r = requests.request(
+                method, sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+            )
             assert r.status_code < 300, r.text
             return r.json()
 

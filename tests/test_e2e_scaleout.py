@@ -172,7 +172,9 @@ class Cluster:
         return done
 
     def control(self, method: str, path: str, body: dict | None = None) -> dict:
-        r = requests.request(method, self.sb_url + "/_sandbox" + path, json=body, timeout=60)
+        r = requests.request(
+            method, self.sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+        )
         assert r.status_code < 300, r.text
         return r.json() if r.content else {}
 

@@ -108,7 +108,9 @@ def test_each_order_ends_with_one_wallet_entry_and_saved_ones_get_no_patch(tmp_p
         wait_http(svc_url + "/healthz", proc=svc.proc)
 
         def control(method, path, body=None):
-            r = requests.request(method, sb_url + "/_sandbox" + path, json=body, timeout=60)
+            r = requests.request(
+                method, sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+            )
             assert r.status_code < 300, r.text
             return r.json()
 

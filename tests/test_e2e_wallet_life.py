@@ -124,7 +124,9 @@ class Setup:
     env: dict[str, str]
 
     def control(self, method: str, path: str, body=None) -> dict:
-        r = requests.request(method, self.sb_url + "/_sandbox" + path, json=body, timeout=60)
+        r = requests.request(
+            method, self.sb_url + "/_sandbox" + path, json={} if body is None and method != "GET" else body, timeout=60
+        )
         assert r.status_code < 300, r.text
         return r.json()
 
@@ -202,7 +204,11 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
         sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(tmp / "scenario.json")], {}, tmp / "sb.log")
         procs.append(sandbox)
         wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        svc = Service(["serve", "--bind", f"127.0.0.1:{svc_port}"], env, tmp / "service.log")
+        svc = Service(
+            ["serve", "--bind", f"127.0.0.1:{svc_port}"],
+            {**env, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            tmp / "service.log",
+        )
         procs.append(svc)
         wait_http(svc_url + "/healthz", proc=svc.proc)
         yield Setup(tmp, sb_url, svc_url, env)

@@ -19,7 +19,7 @@ SAMPLE = json.loads((Path(__file__).parent / "data" / "orders.place.guest-wire-t
 #: What the real body's webhook included (every relationship of the order with linkage).
 SAMPLE_INCLUDES = sorted(k for k, v in SAMPLE["data"]["relationships"].items() if "data" in v)
 #: Attributes Commerce Layer added after the sample was taken (in the SDK's resources.json).
-NEWER_ATTRIBUTES = {"markets": {"code"}}
+NEWER_ATTRIBUTES = {"markets": {"code"}, "customers": {"anonymization_info", "anonymization_status"}}
 #: Relationships the sandbox renders beyond the sample (in the SDK's resources.json).
 NEWER_RELATIONSHIPS = {"orders": {"returns"}, "customers": {"tags"}}
 #: The sandbox's includes for the sample's: it models no addresses, shipments, shipping methods.
