@@ -482,3 +482,19 @@ def test_out_of_descriptors_the_front_pauses_accepting_without_a_traceback(tmp_p
     assert "Traceback" not in err
     assert "out of file descriptors" in err
     assert err.count("front refused") <= 3, err[-2000:]
+
+
+def test_an_answer_cut_short_is_never_passed_on():
+    """gunicorn killed while it answers: the front sends the request again (a delivery stored
+    twice is stored once) or answers 503, never the half it got."""
+    from webhook_app.front import answer_complete
+
+    assert answer_complete(b"HTTP/1.1 202 Accepted\r\nContent-Length: 5\r\n\r\nhello")
+    assert not answer_complete(b"HTTP/1.1 202 Accepted\r\nContent-Length: 51\r\n\r\n")
+    assert not answer_complete(b"HTTP/1.1 202 Acc")
+    assert not answer_complete(b"")
+    assert answer_complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert not answer_complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+    assert answer_complete(b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n")
+    assert answer_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", head_request=True)
+    assert answer_complete(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")

@@ -577,8 +577,10 @@ class Front:
                     answer = b""
                 finally:
                     w.close()
-                if answer:
+                if answer_complete(answer, head_request=request.startswith(b"HEAD ")):
                     return answer
+                # Cut short (gunicorn killed while answering): never pass half an answer on. A
+                # delivery sent again is a duplicate at worst (the store answers 200 for it).
                 if not resend:
                     raise unavailable("the web server closed the connection without an answer")
             if loop.time() + pause >= deadline:
@@ -586,6 +588,28 @@ class Front:
                 raise unavailable("the web server is not ready; try again shortly")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
+
+
+def answer_complete(answer: bytes, *, head_request: bool = False) -> bool:
+    """Whether gunicorn's answer arrived whole: a head, and all of the body its `Content-Length`
+    (or chunked framing) announces; an answer without either ends at the connection's end. The
+    answer to a HEAD request, a 204 and a 304 have no body whatever their headers say."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if head_request or head[9:12] in (b"204", b"304"):
+        return True
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            try:
+                return len(body) >= int(value.strip())
+            except ValueError:
+                return False
+        if name == b"transfer-encoding" and b"chunked" in value.lower():
+            return body.endswith(b"0\r\n\r\n")
+    return True
 
 
 def chunk_size(line: bytes) -> int:
