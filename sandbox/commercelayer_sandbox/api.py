@@ -40,6 +40,7 @@ request is logged (`/_sandbox/requests`). The control API (`control.py`) is moun
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import socket
@@ -208,11 +209,14 @@ class _Api:
         g.sandbox_started = time.monotonic()
         g.trace_id = secrets.token_hex(32)
         windows: list[tuple[tuple[str, ...], Window]]
+        # Counted per client address, across the organizations of this process (Commerce
+        # Layer's limits are per IP): the address is part of every window's key.
+        addr = request.remote_addr or "-"
         if route.rate_class == "auth":
-            windows = [(("auth",), w) for w in cfg.auth_limits]
+            windows = [(("auth", addr), w) for w in cfg.auth_limits]
         else:
-            windows = [(("api",), w) for w in cfg.api_limits]
-            windows += [(("endpoint", g.sandbox_route), w) for w in cfg.endpoint_limits]
+            windows = [(("api", addr), w) for w in cfg.api_limits]
+            windows += [(("endpoint", g.sandbox_route, addr), w) for w in cfg.endpoint_limits]
         verdict = sandbox.limiter.hit(windows)
         g.sandbox_ratelimit = verdict
         if verdict is not None and not verdict.allowed:
@@ -268,6 +272,8 @@ class _Api:
         self.sandbox.stats.record_request(
             {
                 "time": iso(self.sandbox.now_ms()),
+                "organization": self.sandbox.config.organization_slug,
+                "token": _token_seen(g.get("token_claims"), g.get("token_value")),
                 "method": request.method,
                 "path": request.path,
                 "query": request.query_string.decode("latin-1"),
@@ -349,12 +355,14 @@ class _Api:
                 "The access token you provided has expired.",
             )
         g.token_claims = claims
+        g.token_value = value
 
     # -- helpers ---------------------------------------------------------------------------
 
     @property
     def _base(self) -> str:
-        return request.host_url.rstrip("/")
+        # with the organization's path prefix (`/_org/<slug>`) when it came through one
+        return request.url_root.rstrip("/")
 
     def _renderer(self) -> Renderer:
         """This answer's renderer: public links, a trace id, the request's sparse fieldsets."""
@@ -760,6 +768,20 @@ def _http_error(exc: HTTPException) -> Response:
         if allow:
             response.headers["Allow"] = allow
     return response
+
+
+def _token_seen(claims: dict[str, Any] | None, value: str | None) -> dict[str, Any] | None:
+    """Which token made a request, for the request log: never the token itself, but its
+    organization and client and a fingerprint (the first 16 hex digits of its SHA-256)."""
+    if claims is None or value is None:
+        return None
+    org = claims.get("organization") if isinstance(claims.get("organization"), dict) else {}
+    app = claims.get("application") if isinstance(claims.get("application"), dict) else {}
+    return {
+        "organization": org.get("slug"),
+        "client_id": app.get("client_id"),
+        "sha256": hashlib.sha256(value.encode()).hexdigest()[:16],
+    }
 
 
 def create_sandbox_app(sandbox: Sandbox) -> Flask:

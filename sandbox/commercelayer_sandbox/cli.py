@@ -100,18 +100,20 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        summary = server.sandbox.summary()
         print(
             f"sandbox: listening on {server.url} (API {server.api_url}, token {server.auth_url}, "
             f"control {server.url}/_sandbox/)",
             flush=True,
         )
-        print(
-            f"sandbox: {summary['orders']} orders, {summary['customers']} customers, "
-            f"clients {', '.join(summary['clients']) or '(none)'}, "
-            f"{len(summary['webhooks'])} webhooks",
-            flush=True,
-        )
+        for slug, sandbox in server.sandboxes.items():
+            summary = sandbox.summary()
+            where = f"organization {slug} at {server.org_url(slug)}/: " if len(server.sandboxes) > 1 else ""
+            print(
+                f"sandbox: {where}{summary['orders']} orders, {summary['customers']} customers, "
+                f"clients {', '.join(summary['clients']) or '(none)'}, "
+                f"{len(summary['webhooks'])} webhooks",
+                flush=True,
+            )
         while not stop.wait(0.5):
             pass
         return 0

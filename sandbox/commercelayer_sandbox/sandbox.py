@@ -52,6 +52,7 @@ class Sandbox:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         id_seed: int | str | None = 0,
+        limiter: SlidingWindowLimiter | None = None,
     ) -> None:
         self._clock = clock
         self._base_config = config or SandboxConfig()
@@ -61,7 +62,11 @@ class Sandbox:
         self._id_seed = id_seed
         self.state = SandboxState(id_seed=id_seed)
         self.stats = Stats(log_size=self.config.request_log_size)
-        self.limiter = SlidingWindowLimiter(monotonic)
+        #: Commerce Layer counts rate limits per client address, across organizations: the
+        #: organizations of one sandbox process share one limiter (`organizations.py`), which a
+        #: scenario load in one of them then leaves alone.
+        self.limiter = limiter or SlidingWindowLimiter(monotonic)
+        self._shared_limiter = limiter is not None
         self.faults = Faults(monotonic)
         self.sender = Sender(
             self.state,
@@ -123,6 +128,12 @@ class Sandbox:
         """
         if not isinstance(scenario, Mapping):
             raise SandboxError("", "a scenario is an object")
+        if "organizations" in scenario:
+            raise SandboxError(
+                "organizations",
+                "a scenario with organizations is loaded when the sandbox starts (--seed); "
+                "here load one organization's scenario at /_org/<slug>/_sandbox/scenario",
+            )
         # Everything is checked before anything changes: a refused scenario leaves all as it was.
         config = self._base_config if replace else self.config
         if "sandbox" in scenario:
@@ -135,7 +146,8 @@ class Sandbox:
             if replace:
                 self.sender.clear()
                 self.stats.reset()
-                self.limiter.reset()
+                if not self._shared_limiter:
+                    self.limiter.reset()
                 self.faults.clear()
             self.state.adopt(candidate)
         with self._config_lock:

@@ -6,7 +6,8 @@
         server.sandbox.trigger("orders.place", ["ID"])   # or POST {server.url}/_sandbox/events
 
 A threaded werkzeug server answers each request in its own thread (so hanging requests do not
-block others). `port=0` picks a free port; `.url` tells which.
+block others). `port=0` picks a free port; `.url` tells which. A scenario with `organizations` serves several
+organizations (`organizations.py`): `.sandboxes` by slug, `.org_url(slug)` for each one's prefix.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from commercelayer_sandbox.api import create_sandbox_app
+from commercelayer_sandbox.errors import SandboxError
+from commercelayer_sandbox.organizations import PREFIX, OrganizationDispatcher, split_scenario
+from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
 from commercelayer_sandbox.sandbox import Sandbox
 from commercelayer_sandbox.seed import read_scenario
 
@@ -62,14 +66,33 @@ class SandboxServer:
         scenario: Mapping[str, Any] | str | Path | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.sandbox = sandbox or Sandbox()
         self.host = host
         self._requested_port = port
-        if config:
-            self.sandbox.set_overrides(config)
-        if scenario is not None:
-            data = read_scenario(scenario) if isinstance(scenario, str | Path) else scenario
-            self.sandbox.load_scenario(data, initial=True)
+        data = read_scenario(scenario) if isinstance(scenario, str | Path) else scenario
+        parts = split_scenario(data) if data is not None else None
+        #: Every organization this process serves, by slug (one unless the scenario lists several).
+        self.sandboxes: dict[str, Sandbox] = {}
+        if parts is None:
+            one = sandbox or Sandbox()
+            if config:
+                one.set_overrides(config)
+            if data is not None:
+                one.load_scenario(data, initial=True)
+            self.sandboxes[one.config.organization_slug] = one
+        else:
+            if sandbox is not None:
+                raise SandboxError("organizations", "a scenario with organizations makes its own sandboxes")
+            # Commerce Layer counts rate limits per client address across organizations: one limiter.
+            limiter = SlidingWindowLimiter()
+            shared = {k: v for k, v in (config or {}).items() if k not in ("organization_slug", "organization_id")}
+            for slug, part in parts:
+                org = Sandbox(limiter=limiter)
+                if shared:
+                    org.set_overrides(shared)
+                org.load_scenario(part, initial=True)
+                self.sandboxes[slug] = org
+        #: The first organization: what paths without an organization prefix or host name reach.
+        self.sandbox = next(iter(self.sandboxes.values()))
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -90,6 +113,12 @@ class SandboxServer:
         """The API base (`.../api`), what Commerce Layer calls `https://<slug>.commercelayer.io/api`."""
         return f"{self.url}/api"
 
+    def org_url(self, slug: str) -> str:
+        """`http://127.0.0.1:PORT/_org/<slug>`: that organization's root (`/api`, `/oauth/token`, `/_sandbox/`)."""
+        if slug not in self.sandboxes:
+            raise KeyError(slug)
+        return f"{self.url}{PREFIX}{slug}"
+
     @property
     def auth_url(self) -> str:
         """The token endpoint, Commerce Layer's `https://auth.commercelayer.io/oauth/token`."""
@@ -98,10 +127,12 @@ class SandboxServer:
     def start(self) -> SandboxServer:
         if self._server is not None:
             raise RuntimeError("the sandbox server is already running")
-        app = create_sandbox_app(self.sandbox)
+        apps = {slug: create_sandbox_app(sb) for slug, sb in self.sandboxes.items()}
+        app = OrganizationDispatcher(apps, self.sandboxes)
         server = make_server(self.host, self._requested_port, app, threaded=True, request_handler=QuietRequestHandler)
         self._server = server
-        self.sandbox.start()
+        for sb in self.sandboxes.values():
+            sb.start()
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -117,7 +148,8 @@ class SandboxServer:
         server, thread = self._server, self._thread
         if server is None:
             return
-        self.sandbox.stop()
+        for sb in self.sandboxes.values():
+            sb.stop()
         server.shutdown()
         server.server_close()
         if thread is not None:
