@@ -1,0 +1,348 @@
+"""Agency mode end to end: the real `webhook-app serve` and one sandbox process serving three
+organizations (acme and initech in enforce mode, globex in shadow), each reached at its own
+`/_org/<slug>/` prefix with its own credentials, orders, wallets and webhooks.
+
+In order, on one setup (the service restarts between phases, the database stays):
+
+1. each organization's eligible orders are saved in its own wallets with its own token (the
+   sandbox's request log names the token of every PATCH); the shadow organization sends nothing;
+2. a body signed with one organization's secret and posted to another's path is 401, nothing stored;
+3. fairness: 300 orders queued in acme do not delay initech's first PATCH by more than 5 s;
+4. 429s: the sandbox at Commerce Layer's test-mode limits per address (100/60 overall, 25/10 per
+   endpoint), the service's `CL_RATE_LIMITS` matching, all three organizations in enforce mode
+   draining together: no 429;
+5. globex removed from the file, the service restarted: its stored deliveries stay readable in the admin.
+
+The figures (fairness delay, 429 count) are printed: `pytest tests/test_e2e_agency.py -s`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import signed_headers
+from procs import Service, free_port, wait_http, wait_until
+
+from webhook_app.policy import load_policy
+from webhook_app.store import DeliveryFilter
+from webhook_app.store.sqlite import SQLiteStore
+from webhook_app.tokens import ADMIN, Tokens
+
+pytestmark = pytest.mark.e2e
+
+SLUGS = ("acme", "globex", "initech")
+ADMIN_KEY = "e2e-agency-admin-key-0123456789abcdef"
+POLICY = """
+version = 1
+[default]
+action = "skip"
+
+[[rules]]
+name = "save-when-placed"
+topics = ["orders.place"]
+action = "save_payment_source"
+"""
+#: orders per organization: a few for the first phase, 10 for the 429 phase, and acme's backlog
+FIRST = 3
+DRAIN = 10
+BACKLOG = 300
+#: the first phase: no limits at the sandbox, a fast sender; the service's budget keeps acme's
+#: backlog from draining in an instant (so initech's order really arrives behind it)
+FAST_LIMITS = {"api_limits": ["100000/60"], "endpoint_limits": [], "auth_limits": ["30/60"]}
+#: Commerce Layer's test-mode limits (FACTS.md, "Calling the API"), per client address
+TEST_MODE_LIMITS = {"api_limits": ["100/60"], "endpoint_limits": ["25/10"], "auth_limits": ["30/60"]}
+
+
+def secret(slug: str) -> str:
+    return f"{slug}-e2e-webhook-secret-0123456789"
+
+
+def client(slug: str) -> dict[str, str]:
+    return {"client_id": f"{slug}-e2e-client", "client_secret": f"{slug}-e2e-client-secret-abcdef"}
+
+
+def order_ids(slug: str, group: str, n: int) -> list[str]:
+    return [f"Ord{slug.title()}{group}{i:03d}" for i in range(n)]
+
+
+def org_scenario(slug: str, callback_url: str, includes: list[str]) -> dict[str, Any]:
+    groups = {"A": FIRST, "B": DRAIN, "F": BACKLOG if slug == "acme" else 1}
+    ids = [i for g, n in groups.items() for i in order_ids(slug, g, n)]
+    return {
+        "clients": [client(slug)],
+        "markets": [{"id": f"Mkt{slug.title()}", "code": "eu", "name": "Europe"}],
+        "customers": [{"id": f"Cust{slug.title()}{n:03d}", "email": f"c{n}@{slug}.example"} for n in range(len(ids))],
+        "orders": [
+            {
+                "id": oid,
+                "customer": f"c{n}@{slug}.example",
+                "payment_source": {"type": "stripe_payments", "card_last4": f"{n:04d}"},
+            }
+            for n, oid in enumerate(ids)
+        ],
+        "webhooks": [
+            {
+                "id": f"Hook{slug.title()}",
+                "topic": "orders.place",
+                "callback_url": f"{callback_url}/{slug}",
+                "include_resources": includes,
+                "shared_secret": secret(slug),
+            }
+        ],
+    }
+
+
+def organizations_file(path: Path, sb_url: str, slugs: tuple[str, ...], shadow: tuple[str, ...]) -> None:
+    tables = []
+    for slug in slugs:
+        up = slug.upper()
+        tables.append(
+            f'[organizations.{slug}]\nwebhook_secrets_env = "{up}_WEBHOOK_SECRETS"\n'
+            f'client_id = "{client(slug)["client_id"]}"\nclient_secret_env = "{up}_CL_CLIENT_SECRET"\n'
+            f'api_base = "{sb_url}/_org/{slug}/api"\nauth_url = "{sb_url}/_org/{slug}/oauth/token"\n'
+            f'mode = "{"shadow" if slug in shadow else "enforce"}"\n'
+        )
+    path.write_text("\n".join(tables))
+
+
+@dataclass
+class Agency:
+    tmp: Path
+    sb_url: str
+    svc_url: str
+    env: dict[str, str] = field(repr=False)
+    svc: Service | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+
+    # -- the sandbox, per organization --
+
+    def control(self, slug: str, method: str, path: str, body: Any = None) -> Any:
+        r = requests.request(
+            method,
+            f"{self.sb_url}/_org/{slug}/_sandbox{path}",
+            json={} if body is None and method in ("POST", "PUT") else body,
+            timeout=60,
+        )
+        assert r.status_code < 300, r.text
+        return r.json() if r.content else None
+
+    def fire(self, slug: str, ids: list[str]) -> list[dict]:
+        return self.control(slug, "POST", "/events", {"topic": "orders.place", "order_ids": ids})["events"]
+
+    def drain_sender(self, *slugs: str) -> None:
+        for slug in slugs:
+            assert self.control(slug, "POST", "/sender/drain", {"timeout": 60})["drained"]
+
+    def patches(self, slug: str) -> list[dict]:
+        return self.control(slug, "GET", "/requests?route=orders.patch&method=PATCH")["requests"]
+
+    # -- the service --
+
+    def start(self, slugs: tuple[str, ...], shadow: tuple[str, ...], rate_limits: str) -> None:
+        if self.svc is not None:
+            self.svc.stop()
+        organizations_file(self.tmp / "organizations.toml", self.sb_url, slugs, shadow)
+        n = len(list(self.tmp.glob("service*.log")))
+        self.svc = Service(
+            ["serve", "--bind", self.svc_url.removeprefix("http://")],
+            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            self.tmp / f"service{n}.log",
+        )
+        wait_http(self.svc_url + "/healthz", proc=self.svc.proc, timeout=60)
+
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(str(self.tmp / "svc.db"))
+
+    def settle(self, timeout: float = 60) -> None:
+        store = self.store()
+        try:
+
+            def done() -> bool:
+                q = store.queue_stats(now=time.time())
+                return q.pending == 0 and q.running == 0
+
+            wait_until(done, timeout=timeout, interval=0.1, what="service queue drained")
+        finally:
+            store.close()
+
+    def deliveries(self, organization: str) -> list:
+        store = self.store()
+        try:
+            return store.list_deliveries(DeliveryFilter(organization=organization, limit=1000))
+        finally:
+            store.close()
+
+    def admin(self, path: str) -> requests.Response:
+        token = Tokens(ADMIN, (ADMIN_KEY,), time.time).make(ttl=600)
+        return requests.get(self.svc_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+
+def _at(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def agency(tmp_path_factory) -> Iterator[Agency]:
+    tmp = tmp_path_factory.mktemp("agency")
+    (tmp / "policy.toml").write_text(POLICY)
+    includes = sorted(load_policy(tmp / "policy.toml").required_includes())
+    sb_port, svc_port = free_port(), free_port()
+    sb_url, svc_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{svc_port}"
+    scenario = {
+        "sandbox": {
+            **FAST_LIMITS,
+            "token_ttl": 3600,
+            "sender": {"timeout": 5, "max_retries": 3, "backoff_base": 0.2, "concurrency": 8},
+        },
+        "organizations": {slug: org_scenario(slug, svc_url + "/webhooks/commercelayer", includes) for slug in SLUGS},
+    }
+    (tmp / "scenario.json").write_text(json.dumps(scenario))
+    env = {
+        "WEBHOOK_APP_ORGANIZATIONS": str(tmp / "organizations.toml"),
+        "WEBHOOK_APP_POLICY": str(tmp / "policy.toml"),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'svc.db'}",
+        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
+        "WEBHOOK_APP_POLL_INTERVAL": "0.02",
+        "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+        "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
+    }
+    for slug in SLUGS:
+        env[f"{slug.upper()}_WEBHOOK_SECRETS"] = f"main:{secret(slug)}"
+        env[f"{slug.upper()}_CL_CLIENT_SECRET"] = client(slug)["client_secret"]
+    sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(tmp / "scenario.json")], {}, tmp / "sb.log")
+    setup = Agency(tmp, sb_url, svc_url, env)
+    try:
+        wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
+        setup.start(SLUGS, shadow=("globex",), rate_limits="60/1")
+        yield setup
+    finally:
+        if setup.svc is not None:
+            setup.svc.stop()
+        sandbox.stop()
+        print(f"\nagency figures: {setup.figures}")
+
+
+def test_each_organization_saves_with_its_own_token_and_the_shadow_one_sends_nothing(agency):
+    for slug in SLUGS:
+        agency.fire(slug, order_ids(slug, "A", FIRST))
+    agency.drain_sender(*SLUGS)
+    agency.settle()
+    for slug in ("acme", "initech"):
+        patches = agency.patches(slug)
+        assert sorted(p["path"].rsplit("/", 1)[-1] for p in patches) == order_ids(slug, "A", FIRST)
+        assert {p["organization"] for p in patches} == {slug}
+        # the token of every PATCH is this organization's, from its own client
+        assert {(p["token"]["organization"], p["token"]["client_id"]) for p in patches} == {
+            (slug, client(slug)["client_id"])
+        }
+        assert all(
+            p["body"]["data"]["attributes"] == {"_save_payment_source_to_customer_wallet": True} for p in patches
+        )
+        wallet = agency.control(slug, "GET", "/state")["customer_payment_sources"]
+        assert len(wallet) == FIRST
+        assert len(agency.deliveries(slug)) == FIRST
+    # acme's and initech's tokens differ
+    tokens = {agency.patches(s)[0]["token"]["sha256"] for s in ("acme", "initech")}
+    assert len(tokens) == 2
+    # shadow: delivered, stored and decided, nothing sent
+    assert len(agency.deliveries("globex")) == FIRST
+    assert agency.patches("globex") == []
+    assert agency.control("globex", "GET", "/state")["customer_payment_sources"] == []
+    sent = agency.control("globex", "GET", "/requests")["requests"]
+    assert {r["method"] for r in sent if r["route"] != "token"} <= {"GET"}
+
+
+def test_a_body_signed_for_another_organization_is_refused_and_nothing_stored(agency):
+    body = json.dumps({"data": {"id": "OrdCross", "type": "orders", "attributes": {"status": "placed"}}}).encode()
+    before = {slug: len(agency.deliveries(slug)) for slug in SLUGS}
+    r = requests.post(
+        agency.svc_url + "/webhooks/commercelayer/initech",
+        data=body,
+        headers=signed_headers(body, secret=secret("acme")),
+        timeout=10,
+    )
+    assert r.status_code == 401, r.text
+    # and the other way round
+    other = requests.post(
+        agency.svc_url + "/webhooks/commercelayer/acme",
+        data=body,
+        headers=signed_headers(body, secret=secret("initech")),
+        timeout=10,
+    )
+    assert other.status_code == 401
+    assert {slug: len(agency.deliveries(slug)) for slug in SLUGS} == before
+
+
+def test_a_backlog_in_one_organization_does_not_delay_another(agency):
+    backlog = order_ids("acme", "F", BACKLOG)
+    agency.fire("acme", backlog)
+    agency.drain_sender("acme")
+    wait_until(lambda: len(agency.deliveries("acme")) >= FIRST + BACKLOG, timeout=60, what="acme's backlog stored")
+    (event,) = agency.fire("initech", order_ids("initech", "F", 1))
+    fired_at = _at(event["created_at"])
+    wait_until(lambda: len(agency.patches("initech")) > FIRST, timeout=30, what="initech's PATCH")
+    first = agency.patches("initech")[FIRST]
+    delay = _at(first["time"]) - fired_at
+    acme_done = [p for p in agency.patches("acme") if p["path"].rsplit("/", 1)[-1] in set(backlog)]
+    # (each organization numbers its own log: compare times, not `seq`)
+    acme_before = sum(1 for p in acme_done if _at(p["time"]) < _at(first["time"]))
+    agency.figures.update(fairness_delay_s=round(delay, 3), acme_backlog_left=BACKLOG - acme_before)
+    print(
+        f"\nfairness: initech's first PATCH {delay:.3f} s after its event, "
+        f"{BACKLOG - acme_before} of acme's {BACKLOG} orders still waiting"
+    )
+    assert BACKLOG - acme_before > 50, "acme's backlog was drained already: the measure says nothing"
+    assert delay <= 5.0
+    agency.settle(timeout=120)
+    assert len([p for p in agency.patches("acme") if p["path"].rsplit("/", 1)[-1] in set(backlog)]) == BACKLOG
+
+
+def test_three_organizations_draining_together_get_no_429(agency):
+    for slug in SLUGS:
+        # the same windows in every organization: they count in one budget for 127.0.0.1 (new
+        # windows, so the first phase's calls do not count in them)
+        agency.control(slug, "PUT", "/config", TEST_MODE_LIMITS)
+        agency.control(slug, "DELETE", "/stats")
+    agency.start(SLUGS, shadow=(), rate_limits="100/60,25/10")
+    started = time.monotonic()
+    for slug in SLUGS:
+        agency.fire(slug, order_ids(slug, "B", DRAIN))
+    agency.drain_sender(*SLUGS)
+    agency.settle(timeout=90)
+    took = time.monotonic() - started
+    stats = {slug: agency.control(slug, "GET", "/stats") for slug in SLUGS}
+    refused = sum(s.get("rate_limited", {}).get("total", 0) for s in stats.values())
+    calls = sum(s.get("requests", {}).get("total", 0) for s in stats.values())
+    agency.figures.update(rate_limited=refused, calls=calls, drain_s=round(took, 1))
+    print(f"\n429s: {refused} in {calls} calls from 3 organizations draining {3 * DRAIN} orders in {took:.1f} s")
+    assert calls > 25  # more than one 10 s window's worth: the shared budget had to space them
+    for slug in SLUGS:
+        saved = [p for p in agency.patches(slug) if p["path"].rsplit("/", 1)[-1] in set(order_ids(slug, "B", DRAIN))]
+        assert len(saved) == DRAIN and {p["status"] for p in saved} == {200}
+    assert refused == 0
+
+
+def test_a_removed_organization_stays_readable_in_the_admin(agency):
+    stored = len(agency.deliveries("globex"))
+    assert stored >= FIRST
+    agency.start(("acme", "initech"), shadow=(), rate_limits="100/60,25/10")
+    got = agency.admin("/admin/deliveries?organization=globex&limit=200")
+    assert got.status_code == 200, got.text
+    items = got.json()["deliveries"]
+    assert len(items) == stored and {d["organization"] for d in items} == {"globex"}
+    body = b'{"data":{"id":"OrdGone","type":"orders"}}'
+    r = requests.post(
+        agency.svc_url + "/webhooks/commercelayer/globex",
+        data=body,
+        headers=signed_headers(body, secret=secret("globex")),
+        timeout=10,
+    )
+    assert r.status_code == 404
