@@ -12,7 +12,7 @@ what happened. Modules:
     ratelimit, faults what can slow or break a call  sender   webhook delivery
     sandbox           ties them together             api, control  the HTTP layer (Flask)
     tokens            JWT access tokens              cli      `commercelayer-sandbox`
-    server            SandboxServer (a thread)
+    server            SandboxServer (a thread)     organizations  several organizations, one process
 """
 
 from commercelayer_sandbox.api import create_sandbox_app

@@ -30,7 +30,8 @@ A relationship the sandbox does not model (addresses, shipments...) answers null
 list. `include`, `fields[TYPE]` and the links follow `render.py`; links follow
 `X-Forwarded-Proto`/`X-Forwarded-Host` (a TLS proxy in front). Tokens are JWTs (`tokens.py`).
 
-Every request to one of them goes through, in order: the rate limiter (429), injected faults
+Every request to one of them goes through, in order: the rate limiter (429; windows counted per
+client address, shared by the organizations of one process), injected faults
 (latency, hang, drop, 5xx; late answers are held after the handler), then for `/api/*` the media types (406 without
 `Accept: application/vnd.api+json`, 415 for a body that is not `application/vnd.api+json`) and the
 bearer token (401), then the handler. Every answer carries the `x-ratelimit-*` headers, every
@@ -775,8 +776,9 @@ def _token_seen(claims: dict[str, Any] | None, value: str | None) -> dict[str, A
     organization and client and a fingerprint (the first 16 hex digits of its SHA-256)."""
     if claims is None or value is None:
         return None
-    org = claims.get("organization") if isinstance(claims.get("organization"), dict) else {}
-    app = claims.get("application") if isinstance(claims.get("application"), dict) else {}
+    org, app = claims.get("organization"), claims.get("application")
+    org = org if isinstance(org, dict) else {}
+    app = app if isinstance(app, dict) else {}
     return {
         "organization": org.get("slug"),
         "client_id": app.get("client_id"),

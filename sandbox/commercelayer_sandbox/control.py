@@ -19,7 +19,9 @@ scenario, configuration or fault spec is a 400 whose `source.pointer` names the 
     GET    /_sandbox/state               {"markets", "customers", "orders",
                                           "customer_payment_sources", "webhooks", "clients"}
     GET    /_sandbox/requests            ?route=orders.patch&method=PATCH&status=422&since=SEQ
-                                         -> {"requests": [{seq, time, method, path, query, route,
+                                         -> {"requests": [{seq, time, organization, token
+                                             ({organization, client_id, sha256} or null),
+                                             method, path, query, route,
                                              headers (Authorization redacted), body, status
                                              (null if dropped), faults, duration_ms}]}
     DELETE /_sandbox/requests            forget the request log
@@ -47,6 +49,9 @@ scenario, configuration or fault spec is a 400 whose `source.pointer` names the 
                                          signature, body}]} (oldest first; body is the exact text)
     POST   /_sandbox/sender/drain        body: {"timeout": 30} -> 200 {"drained": true,
                                          "pending": 0}, or 504 {"drained": false, "pending": N}
+    GET    /_sandbox/organizations       (at the root only) the organizations this process serves
+                                         (organizations.py); each one's control API is
+                                         /_org/<slug>/_sandbox/...
     POST   /_sandbox/reset               body: {"empty": false} -> back to the initial scenario
                                          (or empty), default config, no faults, zero stats
 """
