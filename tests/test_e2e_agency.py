@@ -19,6 +19,8 @@ The figures (fairness delay, 429 count) are printed: `pytest tests/test_e2e_agen
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -346,3 +348,23 @@ def test_a_removed_organization_stays_readable_in_the_admin(agency):
         timeout=10,
     )
     assert r.status_code == 404
+
+
+def test_trigger_takes_the_organization(agency):
+    """`trigger --org SLUG` asks that organization, with its credentials, to send an event again."""
+    env = {"PATH": "/usr/bin:/bin", **agency.env}
+    oid = order_ids("initech", "A", 1)[0]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "webhook_app", "trigger", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+    without = cli("--order", oid, "--topic", "orders.place")
+    assert without.returncode != 0 and "--org" in without.stderr and without.stderr.count("\n") == 1
+    r = cli("--org", "initech", "--order", oid, "--topic", "orders.place")
+    assert r.returncode == 0, r.stderr
+    (patched,) = agency.control("initech", "GET", "/requests?route=events.patch")["requests"]
+    assert patched["token"]["client_id"] == client("initech")["client_id"]
+    assert agency.control("acme", "GET", "/requests?route=events")["requests"] == []
+    # initech's own order is unknown to acme
+    assert cli("--org", "acme", "--order", oid, "--topic", "orders.place").returncode != 0

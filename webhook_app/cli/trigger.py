@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from webhook_app.cli.common import commerce_layer_client, fail, load_settings
+from webhook_app.cli.common import add_org_argument, commerce_layer_client, fail, load_settings_for
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
@@ -22,7 +22,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             check_topic(args.topic)
         except InvalidPayload:
             return fail(f"--topic {args.topic[:60]!r} is not a topic like orders.place")
-    settings = load_settings()
+    settings = load_settings_for(args)  # agency mode: --org SLUG's credentials and API
     client = commerce_layer_client(settings)
     try:
         done = trigger(client, order_id=args.order, topic=args.topic, event_id=args.event)
@@ -44,4 +44,5 @@ def register(sub: Any) -> None:
     sp.add_argument("--order", default=None, metavar="ID", help="the order whose event to send again")
     sp.add_argument("--topic", default=None, metavar="TOPIC", help="the event's topic, e.g. orders.place")
     sp.add_argument("--event", default=None, metavar="ID", help="the event's id at Commerce Layer")
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_trigger)
