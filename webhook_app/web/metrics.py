@@ -36,6 +36,7 @@ from webhook_app.commercelayer.api import CallRecord
 from webhook_app.errors import StoreError
 from webhook_app.policy import Policy
 from webhook_app.policy.activity import REUSED, SAVED
+from webhook_app.states import DecisionOutcome, JobResult, JobState
 from webhook_app.store import Store
 from webhook_app.web import wallet_activity
 from webhook_app.web.context import services
@@ -206,9 +207,9 @@ def record_worker_event(what: str, fields: dict[str, Any]) -> None:
         JOB_ATTEMPTS.labels(outcome).inc()
         if fields.get("organization"):
             ORG_DECISIONS.labels(str(fields["organization"]), outcome).inc()
-        if outcome != "lost":
+        if outcome != JobResult.LOST:
             DECISIONS.labels(str(fields.get("rule")), str(fields.get("action")), outcome).inc()
-        if outcome == "saved_without_entry":
+        if outcome == DecisionOutcome.SAVED_WITHOUT_ENTRY:
             SAVED_WITHOUT_ENTRY.inc()
     elif what == "retry":
         JOB_ATTEMPTS.labels("retry").inc()
@@ -269,7 +270,7 @@ class StoreCollector(Collector):
         up.add_metric([], 1)
         yield up
         depth = GaugeMetricFamily("webhook_app_queue_jobs", "Jobs by state, whole cluster.", labels=["state"])
-        for state in ("pending", "running", "done", "dead"):
+        for state in JobState:
             depth.add_metric([state], getattr(stats, state))
         yield depth
         age = GaugeMetricFamily(
