@@ -157,7 +157,7 @@ def test_store_failure_is_503_never_2xx(settings_factory, sqlite_store):
 def test_a_bug_in_the_intake_is_a_json_500_logged_and_counted(settings_factory, sqlite_store, caplog):
     """The intake answers before Flask (web/intake.py): an unexpected exception is still a JSON
     500 with a request id, its traceback in the log, and counted as a 500 for the alert."""
-    from webhook_app.web import metrics
+    from webhook_app import metrics
 
     class Buggy(type(sqlite_store)):
         def record_delivery(self, *a, **kw):

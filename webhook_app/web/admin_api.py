@@ -18,12 +18,13 @@ from dataclasses import replace
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
+from webhook_app import wallet_activity
 from webhook_app.errors import Conflict, NotFound
 from webhook_app.logs import settings_secrets
 from webhook_app.states import DeliveryStatus, JobState
 from webhook_app.store import Recorded, Store, StoredDelivery
 from webhook_app.tokens import ADMIN, TokenError, Tokens
-from webhook_app.web import presentation, wallet_activity
+from webhook_app.web import presentation
 from webhook_app.web.context import services
 from webhook_app.web.presentation import MAX_ID, InvalidQuery, Presenter, delivery_filter, stats_document
 

@@ -20,11 +20,12 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
+from webhook_app import wallet_activity
 from webhook_app.errors import Conflict, NotFound, Unauthorized, WebhookAppError
 from webhook_app.states import JobState
 from webhook_app.store import DeliveryFilter
 from webhook_app.tokens import TokenError
-from webhook_app.web import presentation, wallet_activity
+from webhook_app.web import presentation
 from webhook_app.web.admin_api import load, now, presenter, replay, requeue, require_enabled, store, tokens
 from webhook_app.web.context import services
 from webhook_app.web.presentation import DEFAULT_LIMIT, LIST_PARAMS, STATUSES, InvalidQuery, delivery_filter

@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.datastructures import EnvironHeaders
 
-from webhook_app import tracing
+from webhook_app import metrics, tracing
 from webhook_app.commercelayer import credentials
 from webhook_app.errors import (
     InvalidPayload,
@@ -42,7 +42,6 @@ from webhook_app.organizations import Organization, implicit
 from webhook_app.sources import REFUSED_DETAIL, Sources
 from webhook_app.timefmt import iso
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token, replay_scope
-from webhook_app.web import metrics
 from webhook_app.web.context import Services, error_body, request_id_from, services
 from webhook_app.web.errors import refusal
 
