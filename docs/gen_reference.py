@@ -6,7 +6,7 @@
 `configuration.md` comes from the fields of `webhook_app.config.Settings` (each `_setting`'s `env`,
 default, `doc` and `default_doc`) and the few variables the libraries read (`LIBRARY_VARIABLES`
 below); `cli.md` from the argparse parsers (`webhook_app.cli.build_parser`); `metrics.md` from the
-metrics the service registers (the process-wide ones in `webhook_app.web.metrics` and those its
+metrics the service registers (the process-wide ones in `webhook_app.metrics` and those its
 store collector reports at scrape time, read from a scratch SQLite database).
 tests/test_docs.py runs `--check`, so a page can never drift from the code.
 """
@@ -217,9 +217,9 @@ def _source(name: str) -> str:
 def metrics_page() -> str:
     from prometheus_client.metrics import MetricWrapperBase
 
+    from webhook_app import metrics
     from webhook_app.commercelayer import credentials
     from webhook_app.store import open_store
-    from webhook_app.web import metrics
 
     found: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
     for value in vars(metrics).values():

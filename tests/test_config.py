@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 
 from webhook_app.config import RateLimit, Settings, bundled_policy_path, parse_rate_limits
@@ -99,3 +101,43 @@ def test_a_malformed_number_says_what_is_expected_and_shows_the_value_once(name,
     with pytest.raises(ConfigError) as exc:
         Settings.from_env({name: value})
     assert str(exc.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE"),
+        ({"WEBHOOK_APP_LEASE_SECONDS": "5"}, "WEBHOOK_APP_LEASE_SECONDS"),
+        ({"WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL": "0.5"}, "WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL"),
+        (
+            {"WEBHOOK_APP_RETAIN_RECORDS_DAYS": "1", "WEBHOOK_APP_RETAIN_BODIES_DAYS": "2"},
+            "WEBHOOK_APP_RETAIN_RECORDS_DAYS",
+        ),
+        (
+            {"WEBHOOK_APP_FRONT_BUFFER_BYTES": "10", "WEBHOOK_APP_MAX_BODY_BYTES": "100"},
+            "WEBHOOK_APP_FRONT_BUFFER_BYTES",
+        ),
+        ({"WEBHOOK_APP_TRUSTED_PROXIES": "10.0.0.1"}, "WEBHOOK_APP_TRUSTED_PROXIES"),
+        (
+            {"WEBHOOK_APP_ALLOWED_SOURCES": "127.0.0.1", "WEBHOOK_APP_FORWARDED_HOPS": "1"},
+            "WEBHOOK_APP_ALLOWED_SOURCES",
+        ),
+        (
+            {"WEBHOOK_APP_RETRY_BASE_SECONDS": "10", "WEBHOOK_APP_RETRY_MAX_SECONDS": "1"},
+            "WEBHOOK_APP_RETRY_MAX_SECONDS",
+        ),
+    ],
+)
+def test_settings_made_in_code_are_checked_as_those_read_from_the_environment(env, variable):
+    """The cross-field checks run however settings are made: `Settings(...)` and `with_overrides`
+    refuse what `from_env` refuses, with the same ConfigError."""
+    converters = {f.metadata["env"]: (f.name, f.metadata["convert"]) for f in fields(Settings)}
+    changes = {converters[k][0]: converters[k][1](v) for k, v in env.items()}
+    with pytest.raises(ConfigError) as from_env:
+        Settings.from_env(env)
+    with pytest.raises(ConfigError) as made:
+        Settings(**changes)
+    with pytest.raises(ConfigError) as overridden:
+        Settings().with_overrides(**changes)
+    assert from_env.value.name == made.value.name == overridden.value.name == variable
+    assert str(from_env.value) == str(made.value) == str(overridden.value)

@@ -224,7 +224,9 @@ def test_readyz_and_metrics_say_why_in_enforce_mode_and_shadow_mode_stays_green(
     from webhook_app.web import create_app
 
     # The apps' clock is the test's: each process keeps its /readyz answer for a second.
-    enforce = create_app(settings_factory(mode="enforce"), store=sqlite_store, clock=env.clock).test_client()
+    # enforce needs credentials to be set (Settings checks it), though the web side never uses them
+    creds = {"cl_api_base": env.fake.url, "cl_client_id": env.fake.client_id, "cl_client_secret": WRONG}
+    enforce = create_app(settings_factory(mode="enforce", **creds), store=sqlite_store, clock=env.clock).test_client()
     shadow = create_app(settings_factory(mode="shadow"), store=sqlite_store, clock=env.clock).test_client()
     r = enforce.get("/readyz")
     assert r.status_code == 200 and r.json["checks"]["commercelayer_credentials"].startswith("not checked yet")

@@ -175,20 +175,7 @@ def test_gunicorn_config_refuses_a_bad_worker_count():
         gunicorn_settings({"WEBHOOK_APP_WEB_WORKERS": "many"})
 
 
-def _server_supports_config_files() -> bool:
-    from webhook_app import runtime as server
-
-    return hasattr(server._Gunicorn, "load_config_from_file")
-
-
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    not _server_supports_config_files(),
-    strict=True,
-    reason="webhook_app.server._Gunicorn derives from gunicorn's BaseApplication, which has no "
-    "load_config_from_file: `webhook-app web --config FILE` exits at once. Derive it from "
-    "gunicorn.app.base.Application.",
-)
 def test_webhook_app_web_runs_with_the_config_file(tmp_path):
     port = free_port()
     env = {

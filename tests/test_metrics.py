@@ -9,10 +9,11 @@ from conftest import signed_headers
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from webhook_app import metrics
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.policy import load_policy
-from webhook_app.web import create_app, metrics
+from webhook_app.web import create_app
 from webhook_app.worker import Worker
 
 
@@ -131,3 +132,22 @@ def test_a_source_not_allowed_is_counted_as_such(settings_factory, sqlite_store,
     assert value(after, key[0], **key[1]) - value(before, key[0], **key[1]) == 1
     assert value(after, "webhook_app_intake_responses_total", code="403") >= 1
     assert "source_not_allowed" in metrics.REJECTIONS._documentation
+
+
+def test_importing_the_cli_loads_no_prometheus_client_and_the_metrics_no_flask():
+    """prometheus_client picks its mode when first imported, so the command line must set
+    PROMETHEUS_MULTIPROC_DIR before anything imports it: importing `webhook_app.cli` loads none of
+    it. And the metrics the worker records and serves (webhook_app/metrics.py) need no Flask."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import webhook_app.cli\n"
+        "assert 'prometheus_client' not in sys.modules, 'webhook_app.cli loads prometheus_client'\n"
+        "import webhook_app.metrics\n"
+        "assert 'prometheus_client' in sys.modules\n"
+        "assert not {'flask', 'werkzeug'} & set(sys.modules), 'webhook_app.metrics loads Flask'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

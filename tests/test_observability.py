@@ -18,9 +18,10 @@ from deploy_tools import DEPLOY, K8S, load_yaml, load_yaml_docs, need_tool
 from prometheus_client import REGISTRY
 from test_metrics import scrape, value
 
+from webhook_app import metrics
 from webhook_app.commercelayer import credentials
 from webhook_app.ops.circuit import Check, Circuit
-from webhook_app.web import create_app, metrics
+from webhook_app.web import create_app
 from webhook_app.worker import Worker
 
 PROM = DEPLOY / "prometheus"

@@ -96,3 +96,25 @@ def test_both_dialects_end_with_the_same_tables_columns_and_indexes(tmp_path):
 def test_no_statement_is_empty(dialect):
     for n, version in enumerate(migrations(dialect), 1):
         assert all(s.strip() for s in version), (dialect, n)
+
+
+def test_the_state_enums_name_exactly_the_values_the_schemas_check():
+    """states.py's enums are what the code compares and writes; the CHECK constraints are what
+    the database accepts: a state added to one and not the other fails here, not in production."""
+    import re
+    from pathlib import Path
+
+    from webhook_app.states import ActionState, CardState, JobState
+
+    wanted = {"jobs": set(JobState), "order_actions": set(ActionState), "card_claims": set(CardState)}
+    root = Path(__file__).resolve().parents[1] / "webhook_app" / "store" / "schema"
+    for dialect in DIALECTS:
+        found: dict[str, set[str]] = {}
+        for path in sorted((root / dialect).glob("*.sql")):  # the latest definition of a table wins
+            text = path.read_text()
+            for table in wanted:
+                m = re.search(rf"CREATE TABLE {table}(?:_\d+)? \((.*?)\n\s*\);", text, re.S)
+                check = m and re.search(r"state TEXT NOT NULL CHECK \(state IN \(([^)]*)\)\)", m.group(1))
+                if check:
+                    found[table] = {v.strip().strip("'") for v in check.group(1).split(",")}
+        assert found == wanted, dialect

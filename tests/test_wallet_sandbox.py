@@ -17,13 +17,14 @@ import pytest
 from conftest_sandbox import Receiver, running
 from prometheus_client.parser import text_string_to_metric_families
 
+from webhook_app import metrics
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery
 from webhook_app.policy import Policy, load_policy, parse_policy
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
-from webhook_app.web import create_app, metrics
+from webhook_app.web import create_app
 from webhook_app.worker import Worker
 
 HOOK_SECRET = "wallet-sandbox-shared-secret-0123"

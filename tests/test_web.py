@@ -157,7 +157,7 @@ def test_store_failure_is_503_never_2xx(settings_factory, sqlite_store):
 def test_a_bug_in_the_intake_is_a_json_500_logged_and_counted(settings_factory, sqlite_store, caplog):
     """The intake answers before Flask (web/intake.py): an unexpected exception is still a JSON
     500 with a request id, its traceback in the log, and counted as a 500 for the alert."""
-    from webhook_app.web import metrics
+    from webhook_app import metrics
 
     class Buggy(type(sqlite_store)):
         def record_delivery(self, *a, **kw):
@@ -377,3 +377,32 @@ def test_the_source_is_the_connection_s_peer_even_after_proxy_fix_rewrote_remote
         environ_base={"REMOTE_ADDR": "127.0.0.1"},
     )
     assert proxied.status_code == 202
+
+
+def test_an_error_is_answered_alike_by_the_intake_and_by_flasks_routes(settings_factory, sqlite_store, caplog):
+    """web/errors.py is the one place errors become answers: the WSGI intake and a Flask route
+    refusing with the same StoreError give the same status, body, Retry-After and log line."""
+
+    class Broken(type(sqlite_store)):
+        def record_delivery(self, *a, **kw):
+            raise StoreUnavailable("SQLite database or disk is full")
+
+    app = create_app(settings_factory(), store=Broken(sqlite_store.path))
+
+    def boom():
+        raise StoreUnavailable("SQLite database or disk is full")
+
+    app.add_url_rule("/boom", view_func=boom)
+    client = app.test_client()
+    body = order_body("oErr1")
+    with caplog.at_level("INFO"):
+        from_intake = post(client, body, signed_headers(body))
+        from_flask = client.get("/boom")
+    for r in (from_intake, from_flask):
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json == {
+            "errors": [{"status": "503", "title": "Storage unavailable", "detail": "SQLite database or disk is full"}]
+        }
+    refused = [r for r in caplog.records if r.getMessage() == "request refused"]
+    assert [(r.levelname, r.error, r.status) for r in refused] == [("WARNING", "StoreUnavailable", 503)] * 2
+    assert [r.path for r in refused] == ["/webhooks/commercelayer", "/boom"]

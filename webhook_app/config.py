@@ -603,6 +603,42 @@ class Settings:
         default_doc="unset (one organization, from `CL_*`)",
     )
 
+    def __post_init__(self) -> None:
+        """Check the settings against each other, however they were made (`from_env`, `Settings(...)`,
+        `with_overrides`): each mistake is a ConfigError naming the variable to change."""
+        if self.mode == "enforce" and not self.has_credentials:
+            missing = [
+                n
+                for n, k in (
+                    ("CL_CLIENT_ID", self.cl_client_id),
+                    ("CL_CLIENT_SECRET", self.cl_client_secret),
+                    ("CL_API_BASE", self.cl_api_base),
+                )
+                if not k
+            ]
+            raise ConfigError("WEBHOOK_APP_MODE", f"enforce needs {', '.join(missing)} to be set")
+        if self.lease_seconds <= self.cl_connect_timeout + self.cl_read_timeout:
+            # A lease must outlive one call, or a second worker could take a job whose PATCH is
+            # still in flight.
+            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS", "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
+        if 0 < self.circuit_check_interval < 1:
+            # One list call per check (more with many webhooks): faster would eat the rate limit.
+            raise ConfigError("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", "must be 0 (off) or at least 1 second")
+        if self.retain_records_days < self.retain_bodies_days:
+            raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
+        if self.front_buffer_bytes < self.max_body_bytes:
+            raise ConfigError("WEBHOOK_APP_FRONT_BUFFER_BYTES", "must be at least WEBHOOK_APP_MAX_BODY_BYTES")
+        if self.trusted_proxies and not self.allowed_sources:
+            raise ConfigError("WEBHOOK_APP_TRUSTED_PROXIES", "has no effect without WEBHOOK_APP_ALLOWED_SOURCES")
+        if self.allowed_sources and self.forwarded_hops and not self.trusted_proxies:
+            # Every delivery would be judged by the proxy's own address, and refused.
+            raise ConfigError(
+                "WEBHOOK_APP_ALLOWED_SOURCES",
+                "behind a proxy (WEBHOOK_APP_FORWARDED_HOPS > 0) set WEBHOOK_APP_TRUSTED_PROXIES to its addresses",
+            )
+        if self.retry_max_seconds < self.retry_base_seconds:
+            raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
+
     @property
     def has_credentials(self) -> bool:
         return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
@@ -657,37 +693,4 @@ class Settings:
         has_creds = bool(values["cl_client_id"] and values["cl_client_secret"] and values["cl_api_base"])
         mode_field = next(f for f in fields(cls) if f.name == "mode")
         values["mode"] = r.get("WEBHOOK_APP_MODE", mode_field.metadata["convert"], "enforce" if has_creds else "shadow")
-        if values["mode"] == "enforce" and not has_creds:
-            missing = [
-                n
-                for n, k in (
-                    ("CL_CLIENT_ID", "cl_client_id"),
-                    ("CL_CLIENT_SECRET", "cl_client_secret"),
-                    ("CL_API_BASE", "cl_api_base"),
-                )
-                if not values[k]
-            ]
-            raise ConfigError("WEBHOOK_APP_MODE", f"enforce needs {', '.join(missing)} to be set")
-        settings = cls(**values)
-        if settings.lease_seconds <= settings.cl_connect_timeout + settings.cl_read_timeout:
-            # A lease must outlive one call, or a second worker could take a job whose PATCH is
-            # still in flight.
-            raise ConfigError("WEBHOOK_APP_LEASE_SECONDS", "must be longer than CL_CONNECT_TIMEOUT + CL_READ_TIMEOUT")
-        if 0 < settings.circuit_check_interval < 1:
-            # One list call per check (more with many webhooks): faster would eat the rate limit.
-            raise ConfigError("WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL", "must be 0 (off) or at least 1 second")
-        if settings.retain_records_days < settings.retain_bodies_days:
-            raise ConfigError("WEBHOOK_APP_RETAIN_RECORDS_DAYS", "must be at least WEBHOOK_APP_RETAIN_BODIES_DAYS")
-        if settings.front_buffer_bytes < settings.max_body_bytes:
-            raise ConfigError("WEBHOOK_APP_FRONT_BUFFER_BYTES", "must be at least WEBHOOK_APP_MAX_BODY_BYTES")
-        if settings.trusted_proxies and not settings.allowed_sources:
-            raise ConfigError("WEBHOOK_APP_TRUSTED_PROXIES", "has no effect without WEBHOOK_APP_ALLOWED_SOURCES")
-        if settings.allowed_sources and settings.forwarded_hops and not settings.trusted_proxies:
-            # Every delivery would be judged by the proxy's own address, and refused.
-            raise ConfigError(
-                "WEBHOOK_APP_ALLOWED_SOURCES",
-                "behind a proxy (WEBHOOK_APP_FORWARDED_HOPS > 0) set WEBHOOK_APP_TRUSTED_PROXIES to its addresses",
-            )
-        if settings.retry_max_seconds < settings.retry_base_seconds:
-            raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
-        return settings
+        return cls(**values)  # __post_init__ checks the settings against each other

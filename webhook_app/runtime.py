@@ -324,8 +324,8 @@ BIND_RETRY_S = 5.0
 def run_commit_writer(settings: Settings) -> int:
     """The writer's process: read the channel from stdin, then serve this `web`'s workers until
     stdin ends."""
+    from webhook_app import metrics
     from webhook_app.store import open_store
-    from webhook_app.web import metrics
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopped by its parent, after gunicorn's workers
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -384,7 +384,7 @@ def _tell_parent(line: str) -> None:
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
-    from webhook_app import tracing
+    from webhook_app import metrics, tracing
     from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.ops.anonymization import Anonymizer
@@ -392,7 +392,6 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     from webhook_app.policy import load_policy
     from webhook_app.ratelimit import LocalRateLimiter
     from webhook_app.store import open_store
-    from webhook_app.web import metrics
     from webhook_app.worker import Tenant, Worker
 
     tracing.configure()
@@ -482,10 +481,10 @@ def _org_on_call(record: Any, worker: Any) -> Any:
 def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event, limiter: Any) -> tuple[Any, Any]:
     """The circuit guard in a thread of the worker process, with its own client and store
     connection (a backfill may take minutes; jobs go on meanwhile), sharing the worker's rate limit."""
+    from webhook_app import metrics
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.ops.circuit import CircuitGuard, intake_health
     from webhook_app.store import open_store
-    from webhook_app.web import metrics
 
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = CommerceLayerClient.from_settings(settings, limiter=limiter, on_call=metrics.record_call)

@@ -32,13 +32,14 @@ from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError, S
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet_entry, expiry, wallet
 from webhook_app.policy.guards import save_guards
+from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
 from webhook_app.store import DecisionRecord, Job, Store, retention
 
 log = logging.getLogger(__name__)
 
 BUSY_RETRY_SECONDS = 1.0
 # A save Commerce Layer answered without error, after which no wallet entry for the source appears.
-SAVED_WITHOUT_ENTRY = "saved_without_entry"
+SAVED_WITHOUT_ENTRY = DecisionOutcome.SAVED_WITHOUT_ENTRY
 PRUNE_BATCHES_PER_TICK = 4
 # How often a polling worker records that it is alive (the `worker` row of `Store.set_status`, its
 # `updated_at`): `doctor` calls a worker silent for a minute not running.
@@ -66,9 +67,9 @@ def new_worker_id() -> str:
 class Outcome:
     """What processing one job ended with (returned for tests and logs)."""
 
-    state: str  # done | retry | dead | lost | held (the credentials were refused: given back uncounted)
+    state: JobResult  # done | retry | dead | lost | held (the credentials were refused: given back uncounted)
     decision: Decision | None
-    outcome: str | None = None
+    outcome: DecisionOutcome | None = None
     error: str | None = None
 
 
@@ -89,7 +90,7 @@ class Handled:
     goes to the observer as a `handled` event (metrics)."""
 
     decision: Decision
-    outcome: str
+    outcome: DecisionOutcome
     observe: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -299,7 +300,7 @@ class Worker:
             job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay, now=self.clock()
         )
         self._observe("retry", job, error=error, delay=round(delay, 3))
-        return Outcome("retry", None, error=error)
+        return Outcome(JobResult.RETRY, None, error=error)
 
     def drain(self, limit: int = 10_000) -> list[Outcome]:
         """Process due jobs until none is left (tests and `worker --once`)."""
@@ -350,13 +351,16 @@ class Worker:
         with time_budget(self.settings.decide_budget):
             decision = self.policy.decide(event)
         if not decision.calls_commerce_layer:
-            return self._finish(job, decision, "guarded" if decision.guard else "skipped")
+            return self._finish(job, decision, DecisionOutcome.GUARDED if decision.guard else DecisionOutcome.SKIPPED)
         if self.settings.shadow:
-            if self.store.action_state(job.order_id, decision.action, organization=job.organization) == "done":
+            if (
+                self.store.action_state(job.order_id, decision.action, organization=job.organization)
+                == ActionState.DONE
+            ):
                 return self._finish(
-                    job, decision.guarded("already_flagged", "the order was already flagged"), "guarded"
+                    job, decision.guarded("already_flagged", "the order was already flagged"), DecisionOutcome.GUARDED
                 )
-            return self._finish(job, decision, "shadow")
+            return self._finish(job, decision, DecisionOutcome.SHADOW)
         return self._enforce(job, event, decision)
 
     def _handle(self, job: Job, handler: TopicHandler) -> Outcome:
@@ -366,7 +370,7 @@ class Worker:
         except InvalidPayload as exc:
             return self._dead(job, f"stored body no longer parses: {exc}", None)
         outcome = self._finish(job, handled.decision, handled.outcome)
-        if outcome.state == "done":
+        if outcome.state == JobResult.DONE:
             self._observe("handled", job, **handled.observe)
         return outcome
 
@@ -382,10 +386,10 @@ class Worker:
             now=self.clock(),
             organization=job.organization,
         )
-        if claim.status == "done":
+        if claim.status == ClaimStatus.DONE:
             d = decision.guarded("already_flagged", "the order was already flagged for this action")
-            return self._finish(job, d, "guarded", wallet_entry_id=claim.wallet_entry_id)
-        if claim.status == "busy":
+            return self._finish(job, d, DecisionOutcome.GUARDED, wallet_entry_id=claim.wallet_entry_id)
+        if claim.status == ClaimStatus.BUSY:
             return self._defer(job, decision, "another worker is flagging this order")
         fresh = True
         if action == SAVE:
@@ -399,7 +403,7 @@ class Worker:
                 now=self.clock(),
                 organization=job.organization,
             )
-            if card is not None and card.status == "busy":
+            if card is not None and card.status == ClaimStatus.BUSY:
                 self.store.release_action(
                     order_id,
                     action,
@@ -441,7 +445,7 @@ class Worker:
             now=self.clock(),
             count_attempt=False,
         )
-        return Outcome("retry", decision, error="busy")
+        return Outcome(JobResult.RETRY, decision, error="busy")
 
     def _save(self, job: Job, event: Event, decision: Decision, *, uncertain: bool, fresh: bool = True) -> Outcome:
         """Save the payment source to the wallet, unless it is there already.
@@ -468,7 +472,7 @@ class Worker:
                     guard=None,
                     wallet_entry_id=look.entry_id,
                 )
-                return self._finish(job, d, "applied", wallet_entry_id=look.entry_id, action=SAVE)
+                return self._finish(job, d, DecisionOutcome.APPLIED, wallet_entry_id=look.entry_id, action=SAVE)
             refused = save_guards(decision, before, look, how=", read before writing")
             if refused is not None:
                 return self._guarded(job, refused, SAVE)
@@ -480,7 +484,11 @@ class Worker:
         if entry_id is None:
             return self._verify_save(job, event, decision, doc, before)
         return self._finish(
-            job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
+            job,
+            replace(decision, wallet_entry_id=entry_id),
+            DecisionOutcome.APPLIED,
+            wallet_entry_id=entry_id,
+            action=SAVE,
         )
 
     def _verify_save(self, job: Job, event: Event, decision: Decision, doc: dict[str, Any], before: Event) -> Outcome:
@@ -498,7 +506,11 @@ class Worker:
             entry_id = saved_entry_id(doc, before, seen)
             if entry_id is not None:
                 return self._finish(
-                    job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=SAVE
+                    job,
+                    replace(decision, wallet_entry_id=entry_id),
+                    DecisionOutcome.APPLIED,
+                    wallet_entry_id=entry_id,
+                    action=SAVE,
                 )
         answer = Event.from_document(event.topic, doc)
         shown = ", ".join(e.id for e in answer.wallet or ()) if answer.wallet is not None else "no wallet"
@@ -535,7 +547,7 @@ class Worker:
                     reason=f"{decision.reason}; an earlier attempt had already applied wallet entry {paying.id}",
                     wallet_entry_id=paying.id,
                 )
-                return self._finish(job, d, "applied", wallet_entry_id=paying.id, action=USE_WALLET)
+                return self._finish(job, d, DecisionOutcome.APPLIED, wallet_entry_id=paying.id, action=USE_WALLET)
             # The wallet as read now, less the entries whose card has expired at the order's time.
             split = expiry.split_expired(current.wallet or (), current)
             chosen = next((e for e in split.usable if e.id == entry_id), None) if entry_id else None
@@ -561,7 +573,11 @@ class Worker:
         self._heartbeat(job)
         self.client.update_order(event.order_id, {"_customer_payment_source_id": entry_id})
         return self._finish(
-            job, replace(decision, wallet_entry_id=entry_id), "applied", wallet_entry_id=entry_id, action=USE_WALLET
+            job,
+            replace(decision, wallet_entry_id=entry_id),
+            DecisionOutcome.APPLIED,
+            wallet_entry_id=entry_id,
+            action=USE_WALLET,
         )
 
     def _read_order(self, event: Event) -> Event:
@@ -575,7 +591,7 @@ class Worker:
         self.store.release_action(
             job.order_id, action, worker=self.id, uncertain=False, now=self.clock(), organization=job.organization
         )
-        return self._finish(job, decision, "guarded")
+        return self._finish(job, decision, DecisionOutcome.GUARDED)
 
     def _heartbeat(self, job: Job) -> None:
         """Extend the leases before a call to Commerce Layer, unless they were taken a moment ago
@@ -585,7 +601,9 @@ class Worker:
         self.store.heartbeat(job.id, worker=self.id, lease_seconds=self.settings.lease_seconds, now=self.clock())
 
     # --- recording --------------------------------------------------------------------------
-    def _record(self, decision: Decision, outcome: str, wallet_entry_id: str | None = None) -> DecisionRecord:
+    def _record(
+        self, decision: Decision, outcome: DecisionOutcome, wallet_entry_id: str | None = None
+    ) -> DecisionRecord:
         return DecisionRecord(
             rule=decision.rule,
             action=decision.action,
@@ -600,7 +618,7 @@ class Worker:
         self,
         job: Job,
         decision: Decision,
-        outcome: str,
+        outcome: DecisionOutcome,
         *,
         wallet_entry_id: str | None = None,
         action: str | None = None,
@@ -617,8 +635,8 @@ class Worker:
             log.warning(
                 "job lease was lost before it could be finished", extra={"job_id": job.id, "order_id": job.order_id}
             )
-        self._observe("decision", job, decision=decision, outcome=outcome if ok else "lost")
-        return Outcome("done" if ok else "lost", decision, outcome)
+        self._observe("decision", job, decision=decision, outcome=outcome if ok else JobResult.LOST)
+        return Outcome(JobResult.DONE if ok else JobResult.LOST, decision, outcome)
 
     def _failed(self, job: Job, decision: Decision, exc: CommerceLayerError) -> Outcome:
         error = storable_text(str(exc))
@@ -629,7 +647,7 @@ class Worker:
             )
             self.credentials.refused(exc)
             self._observe("held", job, decision=decision, error=error)
-            return Outcome("held", decision, error=error)
+            return Outcome(JobResult.HELD, decision, error=error)
         if exc.retryable and job.attempts < self.settings.max_attempts:
             delay = retry_delay(
                 job.attempts,
@@ -646,16 +664,16 @@ class Worker:
                 job.id, worker=self.id, error=error, next_attempt_at=self.clock() + delay, now=self.clock()
             )
             self._observe("retry", job, decision=decision, error=error, delay=round(delay, 3))
-            return Outcome("retry", decision, error=error)
+            return Outcome(JobResult.RETRY, decision, error=error)
         why = "attempts exhausted" if exc.retryable else "permanent error"
         return self._dead(job, f"{why}: {error}", decision)
 
     def _dead(self, job: Job, error: str, decision: Decision | None) -> Outcome:
         error = storable_text(error)
-        record = self._record(decision, "failed") if decision is not None else None
+        record = self._record(decision, DecisionOutcome.FAILED) if decision is not None else None
         ok = self.store.dead_letter(job.id, worker=self.id, error=error, decision=record, now=self.clock())
         self._observe("dead_letter", job, decision=decision, error=error)
-        return Outcome("dead" if ok else "lost", decision, "failed", error)
+        return Outcome(JobResult.DEAD if ok else JobResult.LOST, decision, DecisionOutcome.FAILED, error)
 
     def _observe(self, what: str, job: Job, *, decision: Decision | None = None, **extra: Any) -> None:
         fields: dict[str, Any] = {

@@ -34,6 +34,7 @@ from typing import Any
 from webhook_app.errors import InvalidPayload
 from webhook_app.ops import privacy
 from webhook_app.policy import SKIP, Decision
+from webhook_app.states import DecisionOutcome
 from webhook_app.store import Job, Operation, Store
 from webhook_app.topics import ANONYMIZATION_TOPICS
 from webhook_app.worker import Handled, TopicHandler
@@ -63,18 +64,23 @@ class Anonymizer:
                 f"anonymization {event} of customer {customer_id} not honoured: WEBHOOK_APP_HONOUR_ANONYMIZATION"
                 f" is off (`webhook-app forget --customer {customer_id}` erases by hand)"
             )
-            return _handled(SKIP, reason, "disabled", event)
+            return _handled(SKIP, reason, DecisionOutcome.DISABLED, event)
         earlier = self.store.list_operations(kind=KIND, subject=customer_id, limit=1000)
         mine = next((op for op in earlier if op.detail.get("delivery_id") == job.delivery_id), None)
         if mine is not None:  # an earlier attempt recorded it, then could not finish the job
             action = ERASE if event == "completed" else RECORD
-            return _handled(action, f"anonymization {event} already recorded (operation {mine.id})", "recorded", event)
+            return _handled(
+                action, f"anonymization {event} already recorded (operation {mine.id})", DecisionOutcome.RECORDED, event
+            )
         if event != "completed":
             op = self.store.record_operation(
                 KIND, subject=customer_id, detail={"event": event, "delivery_id": job.delivery_id}, now=now
             )
             return _handled(
-                RECORD, f"anonymization {event} of customer {customer_id} (operation {op})", "recorded", event
+                RECORD,
+                f"anonymization {event} of customer {customer_id} (operation {op})",
+                DecisionOutcome.RECORDED,
+                event,
             )
         return self._erase(job, customer_id, earlier, now)
 
@@ -90,7 +96,7 @@ class Anonymizer:
         done = next((op for op in earlier if op.detail.get("event") == "completed"), None)
         if done is not None and removed == 0:
             reason = f"customer {customer_id} was erased already (operation {done.id}); nothing else named them"
-            return _handled(ERASE, reason, "already_erased", "completed", own)
+            return _handled(ERASE, reason, DecisionOutcome.ALREADY_ERASED, "completed", own)
         detail = {
             "event": "completed",
             "delivery_id": job.delivery_id,
@@ -104,10 +110,10 @@ class Anonymizer:
             f"customer {customer_id} anonymized: erased {removed} stored bodies naming them (by {by}) and this"
             f" delivery's own (operation {op})"
         )
-        return _handled(ERASE, reason, "erased", "completed", removed + own)
+        return _handled(ERASE, reason, DecisionOutcome.ERASED, "completed", removed + own)
 
 
-def _handled(action: str, reason: str, outcome: str, event: str, erased: int = 0) -> Handled:
+def _handled(action: str, reason: str, outcome: DecisionOutcome, event: str, erased: int = 0) -> Handled:
     return Handled(
         Decision(action=action, rule=RULE, reason=reason),
         outcome,

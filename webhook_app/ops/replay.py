@@ -23,6 +23,7 @@ import requests
 from webhook_app.errors import InvalidPayload, UsageError
 from webhook_app.events import SIGNATURE_HEADER, TOPIC_HEADER, check_topic, topic_from_file_name
 from webhook_app.signing import sign
+from webhook_app.states import JobState
 from webhook_app.store import DeliveryFilter, Store
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token
 
@@ -40,7 +41,7 @@ class Recorded:
 def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) -> list[Recorded]:
     """Recorded deliveries matching `flt`, oldest first (`dead_only`: dead-lettered jobs only)."""
     if dead_only:
-        flt = replace(flt, status="dead")
+        flt = replace(flt, status=JobState.DEAD)
     out = [
         Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id)
         for d in store.iter_deliveries(replace(flt, with_body=True))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from webhook_app.errors import InvalidPayload
 from webhook_app.events import Event
 from webhook_app.policy import SKIP, Policy
+from webhook_app.states import DeliveryStatus
 from webhook_app.store import DeliveryFilter, Store
 
 
@@ -35,7 +36,7 @@ class Change:
 def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict]]]:
     """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`."""
     for d in store.iter_deliveries(replace(flt, with_body=True)):
-        if d.order_id and d.status == "queued" and d.body_removed is None:
+        if d.order_id and d.status == DeliveryStatus.QUEUED and d.body_removed is None:
             yield d.order_id, d.topic, d.body, d.decisions
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from webhook_app.policy.decision import SAVE, USE_WALLET
 from webhook_app.policy.rules import Policy
+from webhook_app.states import DecisionOutcome
 
 SAVED = "saved"
 REUSED = "reused"
@@ -30,7 +31,7 @@ SAVE_GUARDS = frozenset(
 )
 USE_GUARDS = frozenset({"no_wallet_entry", "already_using_wallet_entry", "wallet_card_expired"})
 # A save Commerce Layer accepted without an entry appearing, or a call that ended dead-lettered.
-REFUSING_OUTCOMES = frozenset({"failed", "saved_without_entry"})
+REFUSING_OUTCOMES = frozenset({DecisionOutcome.FAILED, DecisionOutcome.SAVED_WITHOUT_ENTRY})
 
 
 def rule_actions(policy: Policy | None) -> dict[str, str]:
@@ -59,12 +60,12 @@ def classify(
             return REUSE_REFUSED, guard
         return None
     if action == SAVE:
-        if outcome == "applied":
+        if outcome == DecisionOutcome.APPLIED:
             return SAVED, ""
         if outcome in REFUSING_OUTCOMES:
             return SAVE_REFUSED, outcome
     elif action == USE_WALLET:
-        if outcome == "applied":
+        if outcome == DecisionOutcome.APPLIED:
             return REUSED, ""
         if outcome in REFUSING_OUTCOMES:
             return REUSE_REFUSED, outcome

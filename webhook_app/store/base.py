@@ -25,6 +25,7 @@ from typing import Any
 from webhook_app.config import RateLimit
 from webhook_app.events import Delivery
 from webhook_app.ratelimit import LocalRateLimiter, RateLimiter
+from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobState
 from webhook_app.store import schema
 
 SCHEMA_VERSION = schema.version()  # the number of files in store/schema/<dialect>/
@@ -37,7 +38,9 @@ class Recorded:
     delivery_id: int
     duplicate: bool
     job_id: int | None
-    status: str  # queued | ignored
+    # a DeliveryStatus value: queued | ignored (a str: the intake's hot path and the group commit
+    # writer's wire format build it from strings)
+    status: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class DecisionRecord:
     rule: str
     action: str
     reason: str
-    outcome: str  # applied | shadow | skipped | guarded | already_done | failed
+    # applied | shadow | skipped | guarded | failed | saved_without_entry, or an anonymization's
+    # erased | already_erased | recorded | disabled (states.DecisionOutcome)
+    outcome: DecisionOutcome
     mode: str  # enforce | shadow
     guard: str | None = None
     wallet_entry_id: str | None = None
@@ -98,11 +103,11 @@ class ActionClaim:
     """Result of asking to perform `action` on an order.
 
     status: `acquired` (go ahead), `done` (already performed: do nothing) or `busy` (another
-    worker holds it right now: try later). `uncertain` is true when an earlier attempt may have
+    worker holds it right now: try later) (`ClaimStatus`). `uncertain` is true when an earlier attempt may have
     reached Commerce Layer without us learning the outcome; look before writing again.
     """
 
-    status: str
+    status: ClaimStatus
     uncertain: bool = False
     wallet_entry_id: str | None = None
 
@@ -119,7 +124,7 @@ class CardClaim:
     `wallet_entry_id` the entry the last verified save of this card made, if any.
     """
 
-    status: str
+    status: ClaimStatus
     fresh: bool = False
     holder: str | None = None
     wallet_entry_id: str | None = None
@@ -370,7 +375,7 @@ class Store(abc.ABC):
         is known, kept for this order until `hold_until` (default: their lease) when `uncertain`."""
 
     @abc.abstractmethod
-    def action_state(self, order_id: str, action: str, *, organization: str = "") -> str | None:
+    def action_state(self, order_id: str, action: str, *, organization: str = "") -> ActionState | None:
         """`open`, `in_flight`, `done`, or None if never claimed."""
 
     # --- per-customer card claims -------------------------------------------------------------
@@ -501,7 +506,7 @@ class Store(abc.ABC):
         """What was last written for `name`; None if nothing was."""
 
     @abc.abstractmethod
-    def job_state(self, job_id: int) -> str | None:
+    def job_state(self, job_id: int) -> JobState | None:
         """`pending`, `running`, `done` or `dead`; None if there is no such job."""
 
     @abc.abstractmethod

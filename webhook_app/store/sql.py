@@ -18,6 +18,7 @@ import orjson
 from webhook_app.errors import StoreUnavailable, storable_text
 from webhook_app.events import Delivery
 from webhook_app.policy.decision import SAVE
+from webhook_app.states import ActionState, AttemptEnd, CardState, ClaimStatus, DecisionOutcome, JobState
 from webhook_app.store.base import (
     ActionClaim,
     ActivityRow,
@@ -202,7 +203,7 @@ class SQLStore(Store):
             if row is None:
                 return None
             job_id = int(row["id"])
-            if row["state"] == "running":  # the previous holder's lease ran out (worker died)
+            if row["state"] == JobState.RUNNING:  # the previous holder's lease ran out (worker died)
                 c.run(
                     "UPDATE attempts SET finished_at = ?, outcome = 'lease_expired'"
                     " WHERE job_id = ? AND finished_at IS NULL",
@@ -271,7 +272,7 @@ class SQLStore(Store):
         self, job_id: int, *, worker: str, decision: DecisionRecord, now: float, action: str | None = None
     ) -> bool:
         with self._tx() as c:
-            if not self._release_job(c, job_id, worker, "done", None, now, now, decision.outcome):
+            if not self._release_job(c, job_id, worker, JobState.DONE, None, now, now, decision.outcome):
                 return False
             self._insert_decision(c, job_id, decision, now)
             if action is not None:
@@ -298,7 +299,14 @@ class SQLStore(Store):
     ) -> bool:
         with self._tx() as c:
             if not self._release_job(
-                c, job_id, worker, "pending", error, next_attempt_at, now, "retry" if count_attempt else "deferred"
+                c,
+                job_id,
+                worker,
+                JobState.PENDING,
+                error,
+                next_attempt_at,
+                now,
+                AttemptEnd.RETRY if count_attempt else AttemptEnd.DEFERRED,
             ):
                 return False
             if not count_attempt:
@@ -307,7 +315,7 @@ class SQLStore(Store):
 
     def dead_letter(self, job_id: int, *, worker: str, error: str, decision: DecisionRecord | None, now: float) -> bool:
         with self._tx() as c:
-            if not self._release_job(c, job_id, worker, "dead", error, now, now, "dead"):
+            if not self._release_job(c, job_id, worker, JobState.DEAD, error, now, now, AttemptEnd.DEAD):
                 return False
             if decision is not None:
                 self._insert_decision(c, job_id, decision, now)
@@ -318,13 +326,13 @@ class SQLStore(Store):
         c: Cursorish,
         job_id: int,
         worker: str,
-        state: str,
+        state: JobState,
         error: str | None,
         next_attempt_at: float,
         now: float,
-        outcome: str,
+        outcome: DecisionOutcome | AttemptEnd,
     ) -> bool:
-        finished = now if state in ("done", "dead") else None
+        finished = now if state in (JobState.DONE, JobState.DEAD) else None
         error = None if error is None else storable_text(error)
         changed = c.run(
             "UPDATE jobs SET state = ?, last_error = COALESCE(?, last_error), next_attempt_at = ?,"
@@ -436,7 +444,7 @@ class SQLStore(Store):
                 (organization, order_id, action, worker, lease, job_id, now),
             )
             if inserted == 1:
-                return ActionClaim("acquired")
+                return ActionClaim(ClaimStatus.ACQUIRED)
             row = c.one(
                 "SELECT state, owner, lease_expires_at, uncertain, wallet_entry_id FROM order_actions"  # nosec B608  # constants and ? placeholders only
                 " WHERE organization = ? AND order_id = ? AND action = ?"
@@ -444,24 +452,24 @@ class SQLStore(Store):
                 (organization, order_id, action),
             )
             assert row is not None
-            if row["state"] == "done":
-                return ActionClaim("done", wallet_entry_id=row["wallet_entry_id"])
+            if row["state"] == ActionState.DONE:
+                return ActionClaim(ClaimStatus.DONE, wallet_entry_id=row["wallet_entry_id"])
             live = (
-                row["state"] == "in_flight"
+                row["state"] == ActionState.IN_FLIGHT
                 and row["lease_expires_at"] is not None
                 and float(row["lease_expires_at"]) > now
                 and row["owner"] != worker
             )
             if live:
-                return ActionClaim("busy")
+                return ActionClaim(ClaimStatus.BUSY)
             # open (an earlier attempt failed cleanly or uncertainly) or in flight by a dead worker
-            uncertain = bool(row["uncertain"]) or row["state"] == "in_flight"
+            uncertain = bool(row["uncertain"]) or row["state"] == ActionState.IN_FLIGHT
             c.run(
                 "UPDATE order_actions SET state = 'in_flight', owner = ?, lease_expires_at = ?, uncertain = ?,"
                 " job_id = ?, updated_at = ? WHERE organization = ? AND order_id = ? AND action = ?",
                 (worker, lease, int(uncertain), job_id, now, organization, order_id, action),
             )
-            return ActionClaim("acquired", uncertain=uncertain)
+            return ActionClaim(ClaimStatus.ACQUIRED, uncertain=uncertain)
 
     def release_action(
         self,
@@ -498,13 +506,13 @@ class SQLStore(Store):
                     (now, organization, order_id, worker),
                 )
 
-    def action_state(self, order_id: str, action: str, *, organization: str = "") -> str | None:
+    def action_state(self, order_id: str, action: str, *, organization: str = "") -> ActionState | None:
         with self._tx(write=False) as c:
             row = c.one(
                 "SELECT state FROM order_actions WHERE organization = ? AND order_id = ? AND action = ?",
                 (organization, order_id, action),
             )
-            return None if row is None else str(row["state"])
+            return None if row is None else ActionState(row["state"])
 
     # --- card claims ------------------------------------------------------------------------
     def _serialize(self, c: Cursorish, key: str) -> None:  # noqa: B027 - SQLite: the write lock already does
@@ -539,12 +547,12 @@ class SQLStore(Store):
                 )
             for r in rows:
                 if (
-                    r["state"] == "held"
+                    r["state"] == CardState.HELD
                     and r["order_id"] != order_id
                     and r["lease_expires_at"] is not None
                     and float(r["lease_expires_at"]) > now
                 ):
-                    return CardClaim("busy", holder=str(r["order_id"]))
+                    return CardClaim(ClaimStatus.BUSY, holder=str(r["order_id"]))
             last = next((r["wallet_entry_id"] for r in rows if r["card_key"] == card_key), None)
             c.run(
                 "INSERT INTO card_claims (organization, customer_id, card_key, state, order_id, owner, job_id,"
@@ -554,7 +562,7 @@ class SQLStore(Store):
                 " lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at",
                 (organization, customer_id, card_key, order_id, worker, job_id, now + lease_seconds, now),
             )
-            return CardClaim("acquired", fresh=not rows, wallet_entry_id=last)
+            return CardClaim(ClaimStatus.ACQUIRED, fresh=not rows, wallet_entry_id=last)
 
     # --- named leases -------------------------------------------------------------------------
     def take_lease(self, name: str, *, owner: str, seconds: float, now: float) -> bool:
@@ -665,10 +673,10 @@ class SQLStore(Store):
             )
         t = oldest["t"] if oldest else None
         return QueueStats(
-            pending=counts.get("pending", 0),
-            running=counts.get("running", 0),
-            done=counts.get("done", 0),
-            dead=counts.get("dead", 0),
+            pending=counts.get(JobState.PENDING, 0),
+            running=counts.get(JobState.RUNNING, 0),
+            done=counts.get(JobState.DONE, 0),
+            dead=counts.get(JobState.DEAD, 0),
             oldest_pending_age=max(0.0, now - float(t)) if t is not None else 0.0,
         )
 
@@ -747,10 +755,10 @@ class SQLStore(Store):
             )
         return None if row is None else _status(row)
 
-    def job_state(self, job_id: int) -> str | None:
+    def job_state(self, job_id: int) -> JobState | None:
         with self._tx(write=False) as c:
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
-        return str(row["state"]) if row else None
+        return JobState(row["state"]) if row else None
 
     def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
         found: set[str] = set()

@@ -4,9 +4,10 @@
     admin_api     the admin JSON API          admin_page    the admin HTML page
     presentation  how stored records are shown
     metrics       Prometheus /metrics         context       the services each route uses
+    errors        errors as HTTP answers (status, JSON body, Retry-After, the log line)
 
-Errors from the exception tree become JSON answers in one place (`_error`). No route calls
-Commerce Layer; the worker does that later.
+Errors from the exception tree become JSON answers in one place (`errors.refusal`, which the
+intake uses too). No route calls Commerce Layer; the worker does that later.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_app.config import Settings
-from webhook_app.errors import PayloadTooLarge, StoreError, WebhookAppError
+from webhook_app.errors import PayloadTooLarge, WebhookAppError
 from webhook_app.organizations import load_organizations
 from webhook_app.policy import Policy, load_policy
 from webhook_app.store import Store, group_commit, open_store
 from webhook_app.web import admin_api, admin_page, intake, metrics
 from webhook_app.web.context import EXTENSION, Services, error_body, request_id_from, services
+from webhook_app.web.errors import refusal
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +86,10 @@ def _stamp(resp: Response) -> Response:
 
 
 def _error(exc: WebhookAppError) -> tuple[Response, int]:
-    status = exc.status
-    level = logging.WARNING if isinstance(exc, StoreError) else logging.INFO
-    log.log(
-        level,
-        "request refused",
-        extra={
-            "status": status,
-            "error": type(exc).__name__,
-            "detail": exc.detail,
-            "request_id": g.get("request_id"),
-            "path": request.path,
-        },
-    )
-    resp = jsonify(error_body(status, exc.title, exc.detail))
-    if isinstance(exc, StoreError):
-        resp.headers["Retry-After"] = "5"
-    return resp, status
+    answer = refusal(exc, request_id=g.get("request_id"), path=request.path)
+    resp = jsonify(answer.body)
+    resp.headers.extend(answer.headers)
+    return resp, answer.status
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:

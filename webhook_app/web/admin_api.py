@@ -18,11 +18,13 @@ from dataclasses import replace
 
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
+from webhook_app import wallet_activity
 from webhook_app.errors import Conflict, NotFound
 from webhook_app.logs import settings_secrets
+from webhook_app.states import DeliveryStatus, JobState
 from webhook_app.store import Recorded, Store, StoredDelivery
 from webhook_app.tokens import ADMIN, TokenError, Tokens
-from webhook_app.web import presentation, wallet_activity
+from webhook_app.web import presentation
 from webhook_app.web.context import services
 from webhook_app.web.presentation import MAX_ID, InvalidQuery, Presenter, delivery_filter, stats_document
 
@@ -118,7 +120,7 @@ def replay_delivery(delivery_id: int) -> tuple[Response, int]:
     recorded = replay(delivery_id)
     return jsonify(
         {
-            "status": "accepted" if recorded.status == "queued" else recorded.status,
+            "status": "accepted" if recorded.status == DeliveryStatus.QUEUED else recorded.status,
             "delivery_id": recorded.delivery_id,
             "job_id": recorded.job_id,
             "replay_of": _store_replay_root(recorded.delivery_id),
@@ -129,7 +131,7 @@ def replay_delivery(delivery_id: int) -> tuple[Response, int]:
 @api.post("/dead-letters/<int:job_id>/requeue")
 def requeue_dead_letter(job_id: int) -> tuple[Response, int]:
     requeue(job_id)
-    return jsonify({"status": "requeued", "job_id": job_id, "state": "pending"}), 202
+    return jsonify({"status": "requeued", "job_id": job_id, "state": JobState.PENDING}), 202
 
 
 @api.get("/operations")

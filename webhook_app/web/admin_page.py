@@ -20,10 +20,12 @@ from flask import Blueprint, Flask, Response, current_app, g, redirect, render_t
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as BaseResponse
 
+from webhook_app import wallet_activity
 from webhook_app.errors import Conflict, NotFound, Unauthorized, WebhookAppError
+from webhook_app.states import JobState
 from webhook_app.store import DeliveryFilter
 from webhook_app.tokens import TokenError
-from webhook_app.web import presentation, wallet_activity
+from webhook_app.web import presentation
 from webhook_app.web.admin_api import load, now, presenter, replay, requeue, require_enabled, store, tokens
 from webhook_app.web.context import services
 from webhook_app.web.presentation import DEFAULT_LIMIT, LIST_PARAMS, STATUSES, InvalidQuery, delivery_filter
@@ -152,7 +154,7 @@ def index() -> BaseResponse | tuple[str, int]:
     rows = st.list_deliveries(replace(flt, limit=flt.limit + 1))
     older = rows[flt.limit - 1].id if len(rows) > flt.limit else None
     rows = rows[: flt.limit]
-    dead = st.list_deliveries(DeliveryFilter(status="dead", limit=PAGE_DEAD_LETTERS))
+    dead = st.list_deliveries(DeliveryFilter(status=JobState.DEAD, limit=PAGE_DEAD_LETTERS))
     stats = presentation.stats_document(st, now=at)
     by_rule_action: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     for row in stats["decisions"]:

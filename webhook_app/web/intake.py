@@ -26,7 +26,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.datastructures import EnvironHeaders
 
-from webhook_app import tracing
+from webhook_app import metrics, tracing
 from webhook_app.commercelayer import credentials
 from webhook_app.errors import (
     InvalidPayload,
@@ -42,8 +42,8 @@ from webhook_app.organizations import Organization, implicit
 from webhook_app.sources import REFUSED_DETAIL, Sources
 from webhook_app.timefmt import iso
 from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, check_replay_token, replay_scope
-from webhook_app.web import metrics
 from webhook_app.web.context import Services, error_body, request_id_from, services
+from webhook_app.web.errors import refusal
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,7 @@ class Intake:
             with tracing.span("webhook intake", kind="server", parent=parent, attributes=_SPAN_ATTRIBUTES):
                 status, payload = self._accept(environ, headers, rid)
         except WebhookAppError as exc:
-            status, payload = self._refused(exc, rid)
-            if isinstance(exc, StoreError):
-                extra.append(("Retry-After", "5"))
+            status, payload = self._refused(exc, rid, extra)
         except Exception:  # a bug: answered as Flask would (500, JSON), logged with its traceback
             log.exception("intake failed", extra={"request_id": rid, "path": PATH})
             status = 500
@@ -194,21 +192,12 @@ class Intake:
             raise NotFound("no such organization is configured here")
         return org
 
-    def _refused(self, exc: WebhookAppError, rid: str) -> tuple[int, dict[str, Any]]:
+    def _refused(self, exc: WebhookAppError, rid: str, headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
         metrics.REJECTIONS.labels(metrics.REASONS.get(type(exc).__name__, "other")).inc()
-        log.log(
-            logging.WARNING if isinstance(exc, StoreError) else logging.INFO,
-            "request refused",
-            extra={
-                "status": exc.status,
-                "error": type(exc).__name__,
-                "detail": exc.detail,
-                "request_id": rid,
-                "path": PATH,
-                **({"source": exc.source or "unknown"} if isinstance(exc, SourceNotAllowed) else {}),
-            },
-        )
-        return exc.status, error_body(exc.status, exc.title, exc.detail)
+        source = {"source": exc.source or "unknown"} if isinstance(exc, SourceNotAllowed) else {}
+        answer = refusal(exc, request_id=rid, path=PATH, **source)
+        headers.extend(answer.headers)
+        return answer.status, answer.body
 
 
 def check_source(sources: Sources, environ: dict[str, Any]) -> None:

@@ -18,11 +18,12 @@ from webhook_app.errors import WebhookAppError
 from webhook_app.events import TOPIC_PATTERN
 from webhook_app.logs import SecretScrubber
 from webhook_app.organizations import SLUG
+from webhook_app.states import DeliveryStatus, JobState
 from webhook_app.store import DeliveryFilter, Operation, Store, StoredDelivery
 from webhook_app.timefmt import iso, parse_time
 from webhook_app.tokens import REPLAY_HEADER
 
-STATUSES = ("queued", "ignored", "pending", "running", "done", "dead")
+STATUSES = (*DeliveryStatus, *JobState)
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 MAX_ID = 2**63 - 1
 # Headers never shown, even though intake does not store most of them.
@@ -123,7 +124,7 @@ class Presenter:
             "state": job["state"],
             "attempts": job["attempts"],  # since it was queued or last requeued (each attempt: `attempts`)
             # Why it is not done yet; once done, an earlier attempt's error is that attempt's only.
-            "last_error": None if job["state"] == "done" else self.scrub(job.get("last_error")),
+            "last_error": None if job["state"] == JobState.DONE else self.scrub(job.get("last_error")),
             "next_attempt_at": iso(job.get("next_attempt_at")),
             "lease_owner": job.get("lease_owner"),
             "lease_expires_at": iso(job.get("lease_expires_at")),
