@@ -499,3 +499,24 @@ def test_an_answer_cut_short_is_never_passed_on():
     assert answer_complete(b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n")
     assert answer_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", head_request=True)
     assert answer_complete(b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+
+
+# --- the cost of the front (issue 22: BENCHMARKS.md, *serve's front*) -----------------------------
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_front_runs_on_uvloop(served):
+    front = child_with(served, b"webhook_app.front")
+    assert "uvloop" in Path(f"/proc/{front}/maps").read_text()
+
+
+def test_the_job_worker_yields_the_cpu_to_the_front_and_the_web_server(served):
+    worker = child_with(served, b"webhook_app\x00worker")
+    web = child_with(served, b"webhook_app\x00web")
+    front = child_with(served, b"webhook_app.front")
+    base = niceness(served.proc.pid)
+    assert niceness(front) == niceness(web) == base
+    assert niceness(worker) == base + 10

@@ -3,7 +3,8 @@
 gunicorn's sync workers serve one request at a time, and a client that trickles its headers or
 body holds a worker the whole time: with `serve`'s two workers, two slow connections stopped the
 service. In production nginx reads each request completely before gunicorn sees it; `serve`, the
-single-host setup, ships this small asyncio equivalent instead (standard library only):
+single-host setup, ships this small asyncio equivalent instead (on uvloop's event loop when
+installed, a dependency: the loop is most of the front's own cost per request):
 
 - it reads the request head within `HEAD_TIMEOUT` and each piece of the body within
   `BODY_TIMEOUT` (and the whole request within `REQUEST_TIMEOUT`), in one event loop, so
@@ -687,8 +688,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     listeners = [(socket.socket(fileno=args.listen_fd), args.all_routes)]
     if args.operator_fd is not None:
         listeners.append((socket.socket(fileno=args.operator_fd), True))
-    asyncio.run(serve(listeners, args.upstream, limits))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(listeners, args.upstream, limits))
     return 0
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (libuv, in C) where it is installed: the front's own cost per request
+    is mostly the event loop's (BENCHMARKS.md, *serve's front*); the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

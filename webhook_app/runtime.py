@@ -505,20 +505,36 @@ def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event,
     return store, client
 
 
+WORKER_NICE = 10  # `serve`'s job worker: its niceness above serve's own (see run_serve)
+
+
 class _Child:
     """One of `serve`'s children, started again when it exits: after `restart_delay`, or at once
     the first time for the front and the web server (requests wait for them meanwhile)."""
 
     def __init__(
-        self, name: str, cmd: list[str], env: Mapping[str, str], *, pass_fds: tuple[int, ...] = (), quick: bool = False
+        self,
+        name: str,
+        cmd: list[str],
+        env: Mapping[str, str],
+        *,
+        pass_fds: tuple[int, ...] = (),
+        quick: bool = False,
+        nice: int = 0,
     ) -> None:
         self.name, self.cmd, self.env, self.pass_fds, self.quick = name, cmd, env, pass_fds, quick
+        self.nice = nice
         self.restarts = 0
         self.restart_at: float | None = None
         self.spawn()
 
     def spawn(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=self.pass_fds)  # noqa: S603 - our own interpreter and module
+        if self.nice:
+            try:  # before it has imported anything: from its first job on it yields to the intake
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
+            except OSError:
+                pass  # gone already: check() starts it again
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -618,7 +634,10 @@ def run_serve(
     signal.signal(signal.SIGINT, _stop)
     web = _Child("web server", web_cmd, child_env, quick=True)
     front = _Child("front", front_cmd, child_env, pass_fds=fds, quick=True)
-    worker = _Child("worker", worker_cmd, child_env)
+    # The job worker yields the CPU to the front and the web server (WORKER_NICE): on a host busy
+    # with a burst the deliveries are answered first and the jobs drain behind it (they are on
+    # disk); on an idle host the niceness changes nothing, so receipt -> PATCH is not delayed.
+    worker = _Child("worker", worker_cmd, child_env, nice=WORKER_NICE)
     try:
         while not stopping.is_set():
             for child in (front, web, worker):
