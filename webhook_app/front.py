@@ -222,6 +222,7 @@ class _Held:
 class Front:
     def __init__(self, *, upstream: str, limits: Limits) -> None:
         self.upstream = upstream  # unix:/path or host:port
+        self._upstream_address: tuple[int, Any] | None = None
         self.limits = limits
         self.max_body = limits.max_body
         self.open = 0
@@ -547,11 +548,29 @@ class Front:
 
     # --- gunicorn -----------------------------------------------------------------------------
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if self.upstream.startswith("unix:"):
-            return await asyncio.open_unix_connection(self.upstream[5:])
-        host, _, port = self.upstream.rpartition(":")
-        return await asyncio.open_connection(host, int(port))
+    def _upstream_socket(self) -> tuple[socket.socket, Any]:
+        """A fresh non-blocking socket for gunicorn, and the address to connect it to."""
+        if self._upstream_address is None:
+            if self.upstream.startswith("unix:"):
+                self._upstream_address = (socket.AF_UNIX, self.upstream[5:])
+            else:  # an address, once (a name resolved on every request would block the loop)
+                host, _, port = self.upstream.rpartition(":")
+                info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0]
+                self._upstream_address = (info[0], info[4])
+        family, address = self._upstream_address
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock, address
+
+    async def _exchange(self, sock: socket.socket, request: bytes) -> bytes:
+        """Send `request` on the connected `sock`, read the answer until gunicorn closes: the
+        loop's socket calls, without a transport and stream pair per request."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, request)
+        parts = []
+        while piece := await loop.sock_recv(sock, 65536):
+            parts.append(piece)
+        return b"".join(parts)
 
     async def forward(self, request: bytes, *, resend: bool = False) -> bytes:
         """gunicorn's answer to `request`. While gunicorn does not listen (starting, restarting,
@@ -561,23 +580,25 @@ class Front:
         deadline = loop.time() + self.limits.hold_seconds
         pause = 0.01
         while True:
+            sock: socket.socket | None = None
             try:
+                sock, address = self._upstream_socket()
                 async with asyncio.timeout_at(deadline):
-                    r, w = await self._open_upstream()
+                    await loop.sock_connect(sock, address)
             except (OSError, TimeoutError):
-                pass  # not listening (yet): wait below
+                if sock is not None:
+                    sock.close()  # not listening (yet): wait below
             else:
                 try:
-                    w.write(request)
                     async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                        await w.drain()
-                        answer = await r.read()  # gunicorn closes after one request (Connection: close)
+                        # gunicorn closes after one request (Connection: close)
+                        answer = await self._exchange(sock, request)
                 except TimeoutError:
                     raise unavailable("the web server did not answer in time") from None
                 except OSError:
                     answer = b""
                 finally:
-                    w.close()
+                    sock.close()
                 if answer_complete(answer, head_request=request.startswith(b"HEAD ")):
                     return answer
                 # Cut short (gunicorn killed while answering): never pass half an answer on. A
