@@ -141,6 +141,11 @@ class Server:
         self.run_id = run_id
         self.proc: Proc | None = None
         self.queue: str | None = None  # the Celery peer's Redis list
+        # serve's operator routes (/readyz, /metrics): a port of their own (its default, the
+        # public port + 1, may be taken on a busy machine)
+        self.operator_url = (
+            f"http://127.0.0.1:{free_port()}" if kind == "serve-sqlite" else self.url.rsplit("/webhooks", 1)[0]
+        )
 
     def start(self) -> None:
         bind = f"127.0.0.1:{self.port}"
@@ -196,11 +201,13 @@ class Server:
             if up.returncode != 0:
                 raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
         command = "serve" if self.kind == "serve-sqlite" else "web"
+        if command == "serve":
+            env["WEBHOOK_APP_OPERATOR_BIND"] = self.operator_url.removeprefix("http://")
         argv = [PY, "-m", "webhook_app", command, "--bind", bind]
         if self.ours_workers is not None:
             argv += ["--workers", str(self.ours_workers)]
         self.proc = Proc(argv, env, log_path)
-        wait_http(f"http://{bind}/readyz", proc=self.proc.proc)
+        wait_http(f"{self.operator_url}/readyz", proc=self.proc.proc)
 
     def _start_peer(self, bind: str, log_path: Path) -> None:
         env = clean_env({"BENCH_SECRET": SECRET})
@@ -435,7 +442,7 @@ def run_one(
         result["rss"] = summarize(rss)
         result["rss_processes"] = rss
         if kind in OURS:
-            result["commit_batches"] = commit_batches(server.url.rsplit("/webhooks", 1)[0])
+            result["commit_batches"] = commit_batches(server.operator_url)
         stored = server.stored()
         if stored is not None:
             code = "200" if kind == "baseline-sqlite" else "202"
