@@ -56,7 +56,16 @@ def test_runtime_dependencies_are_what_the_service_uses(wheel):
         for line in meta.splitlines()
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     )
-    assert runtime == ["flask", "google-re2", "gunicorn", "itsdangerous", "orjson", "prometheus-client", "requests"]
+    assert runtime == [
+        "flask",
+        "google-re2",
+        "gunicorn",
+        "itsdangerous",
+        "orjson",
+        "prometheus-client",
+        "requests",
+        "uvloop",
+    ]
 
 
 def test_service_package_never_imports_the_sandbox():
