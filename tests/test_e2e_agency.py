@@ -151,14 +151,14 @@ class Agency:
 
     # -- the service --
 
-    def start(self, slugs: tuple[str, ...], shadow: tuple[str, ...], rate_limits: str) -> None:
+    def start(self, slugs: tuple[str, ...], shadow: tuple[str, ...], rate_limits: str, **env: str) -> None:
         if self.svc is not None:
             self.svc.stop()
         organizations_file(self.tmp / "organizations.toml", self.sb_url, slugs, shadow)
         n = len(list(self.tmp.glob("service*.log")))
         self.svc = Service(
             ["serve", "--bind", self.svc_url.removeprefix("http://")],
-            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public", **env},
             self.tmp / f"service{n}.log",
         )
         wait_http(self.svc_url + "/healthz", proc=self.svc.proc, timeout=60)
@@ -448,3 +448,52 @@ def test_webhooks_watch_backfills_under_the_organization(agency):
             "SELECT organization, kind FROM operations WHERE kind IN ('backfill', 'circuit_reset')"
         ).fetchall()
     assert sorted(ops) == [("acme", "backfill"), ("acme", "circuit_reset")]
+
+
+def test_the_workers_circuit_guard_resets_and_backfills_each_organization(agency):
+    """Agency mode runs one circuit guard per enforce-mode organization, with that organization's
+    client: initech's circuit, opened while the service was down, is reset at start and the order
+    it missed is queued under initech and saved with initech's token."""
+    assert agency.svc is None  # stopped by the watch test
+    agency.control("initech", "PUT", "/config", {"sender": {"circuit_threshold": 1, "max_retries": 0}})
+    (missed,) = order_ids("initech", "G", 1)  # an order placed now, while the service is down
+    agency.control(
+        "initech",
+        "POST",
+        "/scenario?mode=merge",
+        {
+            "customers": [{"id": "CustInitechG00", "email": "g0@initech.example"}],
+            "orders": [
+                {
+                    "id": missed,
+                    "customer": "g0@initech.example",
+                    "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+                }
+            ],
+        },
+    )
+    agency.fire("initech", [missed])
+    agency.drain_sender("initech")
+    (hook,) = agency.control("initech", "GET", "/state")["webhooks"]
+    assert hook["circuit_state"] == "open"
+    agency.start(
+        ("acme", "initech"),
+        shadow=(),
+        rate_limits="100/60,25/10",
+        WEBHOOK_APP_CIRCUIT_AUTO_RESET="on",
+        WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN="3600",
+        WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL="1",
+    )
+    wait_until(
+        lambda: missed in {p["path"].rsplit("/", 1)[-1] for p in agency.patches("initech")},
+        timeout=60,
+        what="initech's missed order saved after the guard's backfill",
+    )
+    (hook,) = agency.control("initech", "GET", "/state")["webhooks"]
+    assert hook["circuit_state"] == "closed"
+    (patch,) = [p for p in agency.patches("initech") if p["path"].endswith(missed)]
+    assert patch["token"]["client_id"] == client("initech")["client_id"]
+    assert {d.organization for d in agency.deliveries("initech") if d.order_id == missed} == {"initech"}
+    resets = agency.control("initech", "GET", "/requests?route=webhooks.patch")["requests"]
+    assert resets and {r["token"]["client_id"] for r in resets} == {client("initech")["client_id"]}
+    assert all(r["body"]["data"]["attributes"] == {"_reset_circuit": True} for r in resets)
