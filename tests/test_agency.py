@@ -172,3 +172,27 @@ def test_the_admin_filters_by_organization_and_keeps_a_removed_ones_data_readabl
         ).status_code
         == 404
     )
+
+
+def test_readyz_reports_each_enforce_organizations_credentials(agency, clock) -> None:
+    """One check per enforce-mode organization (`commercelayer_credentials:<slug>`); the one
+    Commerce Layer refuses makes /readyz 503 and is named; the shadow one needs none."""
+    r = agency.http.get("/readyz")
+    assert r.status_code == 200, r.get_json()
+    checks = r.get_json()["checks"]
+    assert {k for k in checks if k.startswith("commercelayer_credentials")} == {
+        "commercelayer_credentials:acme",
+        "commercelayer_credentials:initech",
+    }
+    assert checks["commercelayer_credentials:initech"].startswith("not checked yet")
+    agency.fakes["initech"].client_secret = "rotated-at-commerce-layer-0123"  # ours is refused now
+    for slug in ("acme", "initech"):
+        agency.fakes[slug].add_order(f"ord-{slug}")
+        assert agency.post(slug, f"ord-{slug}").status_code == 202
+    agency.worker().drain()
+    clock.advance(2)  # past the readyz answer's one-second cache
+    r = agency.http.get("/readyz")
+    assert r.status_code == 503 and r.get_json()["status"] == "unavailable"
+    checks = r.get_json()["checks"]
+    assert checks["commercelayer_credentials:initech"].startswith("organization initech: Commerce Layer refused")
+    assert not checks["commercelayer_credentials:acme"].startswith("organization")  # acme's are not refused

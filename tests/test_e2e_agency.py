@@ -19,10 +19,12 @@ The figures (fairness delay, 429 count) are printed: `pytest tests/test_e2e_agen
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -76,7 +78,8 @@ def order_ids(slug: str, group: str, n: int) -> list[str]:
 
 
 def org_scenario(slug: str, callback_url: str, includes: list[str]) -> dict[str, Any]:
-    groups = {"A": FIRST, "B": DRAIN, "F": BACKLOG if slug == "acme" else 1}
+    # R: orders no event announces (reconcile --org finds them); W: the circuit guard's backfill
+    groups = {"A": FIRST, "B": DRAIN, "F": BACKLOG if slug == "acme" else 1, "R": 2, "W": 1}
     ids = [i for g, n in groups.items() for i in order_ids(slug, g, n)]
     return {
         "clients": [client(slug)],
@@ -148,14 +151,14 @@ class Agency:
 
     # -- the service --
 
-    def start(self, slugs: tuple[str, ...], shadow: tuple[str, ...], rate_limits: str) -> None:
+    def start(self, slugs: tuple[str, ...], shadow: tuple[str, ...], rate_limits: str, **env: str) -> None:
         if self.svc is not None:
             self.svc.stop()
         organizations_file(self.tmp / "organizations.toml", self.sb_url, slugs, shadow)
         n = len(list(self.tmp.glob("service*.log")))
         self.svc = Service(
             ["serve", "--bind", self.svc_url.removeprefix("http://")],
-            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public", **env},
             self.tmp / f"service{n}.log",
         )
         wait_http(self.svc_url + "/healthz", proc=self.svc.proc, timeout=60)
@@ -368,3 +371,129 @@ def test_trigger_takes_the_organization(agency):
     assert agency.control("acme", "GET", "/requests?route=events")["requests"] == []
     # initech's own order is unknown to acme
     assert cli("--org", "acme", "--order", oid, "--topic", "orders.place").returncode != 0
+
+
+def _cli(agency: Agency, *args: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "webhook_app", *args]
+    full = {"PATH": "/usr/bin:/bin", **agency.env, **env}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full, timeout=120)
+
+
+def _one_line_naming_the_organizations(r: subprocess.CompletedProcess) -> bool:
+    return r.returncode == 2 and r.stderr.count("\n") == 1 and "--org" in r.stderr and "acme, initech" in r.stderr
+
+
+def test_reconcile_takes_the_organization_and_queues_under_it(agency):
+    for slug in SLUGS:  # the test-mode windows of the 429 phase are no longer the point
+        agency.control(slug, "PUT", "/config", FAST_LIMITS)
+    assert _one_line_naming_the_organizations(_cli(agency, "reconcile", "--since", "1h"))
+    r = _cli(agency, "reconcile", "--org", "initech", "--since", "1h")
+    assert r.returncode == 0, r.stderr
+    missing = order_ids("initech", "R", 2) + order_ids("initech", "W", 1)
+    assert sorted(r.stdout.split()) == sorted(missing)
+    stored = {d.order_id: d.organization for d in agency.deliveries("initech")}
+    assert all(stored.get(oid) == "initech" for oid in missing)
+    assert not {oid for oid in order_ids("acme", "R", 2)} & {d.order_id for d in agency.deliveries("acme")}
+    # the running service acts on them with initech's token
+    wanted = set(order_ids("initech", "R", 2))
+    wait_until(
+        lambda: wanted <= {p["path"].rsplit("/", 1)[-1] for p in agency.patches("initech")},
+        timeout=30,
+        what="initech's reconciled orders saved",
+    )
+    saved = [p for p in agency.patches("initech") if p["path"].rsplit("/", 1)[-1] in wanted]
+    assert {p["token"]["client_id"] for p in saved} == {client("initech")["client_id"]}
+    # a second run finds nothing missing in initech (its own jobs count), acme's R orders still missing
+    again = _cli(agency, "reconcile", "--org", "acme", "--since", "1h", "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert sorted(again.stdout.split()) == sorted(order_ids("acme", "R", 2) + order_ids("acme", "W", 1))
+
+
+def test_wallet_commands_take_the_organization(agency):
+    assert _one_line_naming_the_organizations(_cli(agency, "wallet", "duplicates"))
+    assert _one_line_naming_the_organizations(_cli(agency, "wallet", "expired"))
+    customer = agency.control("initech", "GET", "/state")["customer_payment_sources"][0]["customer_id"]
+    mine = _cli(agency, "wallet", "duplicates", "--org", "initech", "--customer", customer)
+    assert mine.returncode == 0, mine.stderr
+    assert "1 wallet entries of 1 customers read" in mine.stderr
+    theirs = _cli(agency, "wallet", "expired", "--org", "acme", "--customer", customer)
+    assert theirs.returncode == 0, theirs.stderr
+    assert "0 wallet entries of 0 customers read" in theirs.stderr
+    wallet_reads = agency.control("initech", "GET", "/requests?route=customer_payment_sources")["requests"]
+    assert wallet_reads and {r["token"]["client_id"] for r in wallet_reads} == {client("initech")["client_id"]}
+
+
+def test_webhooks_watch_backfills_under_the_organization(agency):
+    """acme's circuit opens while the service is down; `webhooks watch --org acme` resets it and
+    queues the orders acme has that never reached us (reconcile --dry-run left them) under acme."""
+    assert agency.svc is not None
+    agency.svc.stop()
+    agency.svc = None
+    agency.control("acme", "PUT", "/config", {"sender": {"circuit_threshold": 1, "max_retries": 0}})
+    (missed,) = order_ids("acme", "W", 1)
+    agency.fire("acme", [missed])
+    agency.drain_sender("acme")
+    (hook,) = agency.control("acme", "GET", "/state")["webhooks"]
+    assert hook["circuit_state"] == "open"
+    assert _one_line_naming_the_organizations(_cli(agency, "webhooks", "watch"))
+    env = {"WEBHOOK_APP_CIRCUIT_AUTO_RESET": "on", "WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN": "3600"}
+    r = _cli(agency, "webhooks", "watch", "--org", "acme", "--json", **env)
+    assert r.returncode == 0, r.stderr
+    (row,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert row["reset"] and sorted(row["backfilled"]) == sorted(order_ids("acme", "R", 2) + [missed])
+    assert {d.organization for d in agency.deliveries("acme") if d.order_id == missed} == {"acme"}
+    assert missed not in {d.order_id for d in agency.deliveries("")}
+    with closing(sqlite3.connect(agency.tmp / "svc.db")) as db:
+        ops = db.execute(
+            "SELECT organization, kind FROM operations WHERE kind IN ('backfill', 'circuit_reset')"
+        ).fetchall()
+    assert sorted(ops) == [("acme", "backfill"), ("acme", "circuit_reset")]
+
+
+def test_the_workers_circuit_guard_resets_and_backfills_each_organization(agency):
+    """Agency mode runs one circuit guard per enforce-mode organization, with that organization's
+    client: initech's circuit, opened while the service was down, is reset at start and the order
+    it missed is queued under initech and saved with initech's token."""
+    assert agency.svc is None  # stopped by the watch test
+    agency.control("initech", "PUT", "/config", {"sender": {"circuit_threshold": 1, "max_retries": 0}})
+    (missed,) = order_ids("initech", "G", 1)  # an order placed now, while the service is down
+    agency.control(
+        "initech",
+        "POST",
+        "/scenario?mode=merge",
+        {
+            "customers": [{"id": "CustInitechG00", "email": "g0@initech.example"}],
+            "orders": [
+                {
+                    "id": missed,
+                    "customer": "g0@initech.example",
+                    "payment_source": {"type": "stripe_payments", "card_last4": "4242"},
+                }
+            ],
+        },
+    )
+    agency.fire("initech", [missed])
+    agency.drain_sender("initech")
+    (hook,) = agency.control("initech", "GET", "/state")["webhooks"]
+    assert hook["circuit_state"] == "open"
+    agency.start(
+        ("acme", "initech"),
+        shadow=(),
+        rate_limits="100/60,25/10",
+        WEBHOOK_APP_CIRCUIT_AUTO_RESET="on",
+        WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN="3600",
+        WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL="1",
+    )
+    wait_until(
+        lambda: missed in {p["path"].rsplit("/", 1)[-1] for p in agency.patches("initech")},
+        timeout=60,
+        what="initech's missed order saved after the guard's backfill",
+    )
+    (hook,) = agency.control("initech", "GET", "/state")["webhooks"]
+    assert hook["circuit_state"] == "closed"
+    (patch,) = [p for p in agency.patches("initech") if p["path"].endswith(missed)]
+    assert patch["token"]["client_id"] == client("initech")["client_id"]
+    assert {d.organization for d in agency.deliveries("initech") if d.order_id == missed} == {"initech"}
+    resets = agency.control("initech", "GET", "/requests?route=webhooks.patch")["requests"]
+    assert resets and {r["token"]["client_id"] for r in resets} == {client("initech")["client_id"]}
+    assert all(r["body"]["data"]["attributes"] == {"_reset_circuit": True} for r in resets)

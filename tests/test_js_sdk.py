@@ -565,3 +565,86 @@ def test_token_expiry_401_then_the_sdk_refreshes(sdk: Run) -> None:
     assert e["error"]["errors"][0]["code"] == "INVALID_TOKEN", e
     # the SDK saw the 401 INVALID_TOKEN, read `exp`, called refreshToken once and retried
     assert (r["refreshed"], r["refreshCalls"], r["refreshedWithOld"], r["tokenReplaced"]) == (SAVE_ORDER, 1, True, True)
+
+
+# -- two organizations --------------------------------------------------------------------------
+
+TWO_ORGANIZATIONS = {
+    slug: {
+        "clients": [{"client_id": f"js-{slug}-client", "client_secret": f"js-{slug}-client-secret-0123456789"}],
+        "markets": [{"id": f"Mkt{slug.title()}Js", "code": "eu", "name": "Europe"}],
+        "customers": [{"id": f"Cust{slug.title()}Js", "email": f"buyer@{slug}.example"}],
+        "orders": [
+            {
+                "id": f"Ord{slug.title()}Js{n}",
+                "customer": f"buyer@{slug}.example",
+                "market": "eu",
+                "created_at": f"2026-06-01T10:0{n}:00Z",
+                "payment_source": {"type": "stripe_payments", "card_last4": f"424{n}"},
+            }
+            for n in range(count)
+        ],
+    }
+    for slug, count in (("acme", 3), ("initech", 2))
+}
+
+
+def test_the_sdk_sees_each_organizations_own_orders(tmp_path: Path) -> None:
+    """Agency mode's sandbox through the SDK: each organization's token (from
+    `/_org/<slug>/oauth/token`) makes a client that reaches `https://<slug>.<domain>` through the TLS
+    front and lists that organization's orders only."""
+    tools = _tools()
+    cert, key = make_certificate(tools["openssl"], tmp_path)
+    tls_port = free_port()
+    scenario = {"sandbox": {"domain": DOMAIN_NAME}, "organizations": TWO_ORGANIZATIONS}
+    with running(scenario) as server:
+        tokens = {}
+        for slug, org in TWO_ORGANIZATIONS.items():
+            r = requests.post(
+                f"{server.url}/_org/{slug}/oauth/token",
+                json={"grant_type": "client_credentials", **org["clients"][0]},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+            tokens[slug] = r.json()["access_token"]
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        prefix.chmod(0o755)
+        conf = nginx_conf(prefix, tls_port, server.port, cert, key)
+        nginx = subprocess.Popen(
+            [tools["nginx"], "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        try:
+            _wait_port(tls_port, nginx)
+            done = subprocess.run(
+                [tools["node"], "--require", "./resolve-sandbox.cjs", "sdk-organizations.mjs"],
+                cwd=JS,
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "HOME": str(tmp_path),
+                    "NODE_EXTRA_CA_CERTS": str(cert),
+                    "CL_DOMAIN": f"{DOMAIN_NAME}:{tls_port}",
+                    "CL_TOKENS": json.dumps(tokens),
+                },
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            seen = requests.get(f"{server.url}/_org/initech/_sandbox/requests", timeout=10).json()["requests"]
+        finally:
+            nginx.terminate()
+            nginx.wait(timeout=10)
+    results = {r["slug"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert set(results) == set(TWO_ORGANIZATIONS), done.stderr[-2000:]
+    for slug, org in TWO_ORGANIZATIONS.items():
+        r = results[slug]
+        assert r["ok"], r
+        assert r["currentOrganization"] == slug
+        assert r["ids"] == [o["id"] for o in org["orders"]]
+    # initech's calls reached initech, by the host name the SDK built, through the TLS front
+    listed = [r for r in seen if r["route"] == "orders.list"]
+    assert listed and {r["token"]["organization"] for r in listed} == {"initech"}
+    assert {{k.lower(): v for k, v in r["headers"].items()}["x-forwarded-host"] for r in listed} == {
+        f"initech.{DOMAIN_NAME}:{tls_port}"
+    }

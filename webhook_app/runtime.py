@@ -442,6 +442,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     if metrics_port:
         metrics.serve_worker_metrics(metrics_port, store, policy=policy, enforce=not settings.shadow)
     guard_store = guard_client = None
+    guard_clients: list[Any] = []
     try:
         if once:
             worker.drain()
@@ -450,6 +451,8 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         if not settings.shadow and settings.circuit_check_interval > 0 and tenants is None:
             assert client is not None
             guard_store, guard_client = _start_circuit_guard(settings, policy, stop, client.limiter)
+        elif tenants is not None and settings.circuit_check_interval > 0:
+            guard_store, guard_clients = _start_agency_circuit_guards(settings, tenants, stop)
 
         def _stop(signum: int, _frame: object) -> None:
             log.info("stopping worker", extra={"signal": signal.Signals(signum).name})
@@ -461,7 +464,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         return 0
     finally:
         tenant_clients = [t.client for t in (tenants or {}).values()]
-        for closable in (client, guard_client, guard_store, *tenant_clients):
+        for closable in (client, guard_client, *guard_clients, guard_store, *tenant_clients):
             if closable is not None:
                 closable.close()
         store.close()
@@ -503,6 +506,57 @@ def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event,
     )
     thread.start()
     return store, client
+
+
+def _start_agency_circuit_guards(
+    settings: Settings, tenants: Mapping[str, Any], stop: threading.Event
+) -> tuple[Any, list[Any]]:
+    """Agency mode: one circuit guard per enforce-mode organization, each with a client of its own
+    (that organization's credentials and API, drawing from the shared rate budget) and its backfill
+    queued under it; one thread checks them in turn every interval, on one store connection."""
+    from webhook_app import metrics
+    from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.store import open_store
+
+    enforced = {slug: t for slug, t in tenants.items() if t.client is not None}
+    if not enforced:
+        return None, []
+    store = open_store(settings.database_url, timeout=settings.db_timeout)
+    clients: list[Any] = []
+    guards = []
+    for slug, tenant in enforced.items():
+        client = CommerceLayerClient.from_settings(
+            tenant.settings,
+            limiter=tenant.client.limiter,
+            auth_limiter=tenant.client.auth_limiter,
+            on_call=metrics.organization_call_recorder(slug),
+        )
+        clients.append(client)
+        guards.append(
+            CircuitGuard(
+                client=client,
+                store=store,
+                policy=tenant.policy,
+                healthy=intake_health(store, settings.circuit_health_url),
+                auto_reset=settings.circuit_auto_reset,
+                warn_failures=settings.circuit_warn_failures,
+                backfill_margin=settings.circuit_backfill_margin,
+                on_check=metrics.record_circuit_check,
+                organization=slug,
+            )
+        )
+
+    def run() -> None:
+        while not stop.is_set():
+            for guard in guards:
+                if stop.is_set():
+                    break
+                guard.check()
+            stop.wait(settings.circuit_check_interval)
+
+    threading.Thread(target=run, name="circuit-guards", daemon=True).start()
+    return store, clients
 
 
 WORKER_NICE = 10  # `serve`'s job worker: its niceness above serve's own (see run_serve)

@@ -22,7 +22,8 @@ Commerce Layer counts its limits per IP across organizations.
 - by path prefix: `/_org/<slug>/api/...`, `/_org/<slug>/oauth/token`, `/_org/<slug>/_sandbox/...`
   (links in answers keep the prefix);
 - by host name, as the SDK builds the API base from the token: `Host: <slug>.<domain>` (the
-  organization's `domain` setting, `localhost` by default);
+  organization's `domain` setting, `localhost` by default), or `X-Forwarded-Host` behind a TLS
+  proxy;
 - anything else goes to the first organization (the only one for a one-organization scenario),
   except `GET /_sandbox/organizations`, which lists them.
 """
@@ -117,7 +118,10 @@ class OrganizationDispatcher:
             return app(environ, start_response)
         if path == "/_sandbox/organizations" and environ.get("REQUEST_METHOD") == "GET":
             return self._listing(environ, start_response)
-        host = (environ.get("HTTP_HOST") or "").rsplit(":", 1)[0].lower()
+        # Behind the TLS front the name the client used is X-Forwarded-Host (each organization's
+        # application follows it for its links too: api.py's ProxyFix).
+        forwarded = (environ.get("HTTP_X_FORWARDED_HOST") or "").split(",")[0].strip()
+        host = (forwarded or environ.get("HTTP_HOST") or "").rsplit(":", 1)[0].lower()
         label, _, domain = host.partition(".")
         sandbox = self.sandboxes.get(label)
         if sandbox is not None and domain == sandbox.config.domain.lower():

@@ -48,13 +48,39 @@ def load_settings() -> Settings:
 def load_settings_for(args: argparse.Namespace) -> Settings:
     """The settings as the organization `--org SLUG` names sees them (agency mode: its
     credentials, API, policy and mode); without agency mode and `--org`, `load_settings()`."""
-    from webhook_app.organizations import load_organizations
+    return load_organization_for(args)[0]
+
+
+def load_organization_for(args: argparse.Namespace) -> tuple[Settings, str]:
+    """`load_settings_for`, and the slug of the organization `--org` picked ("" for the implicit
+    one): what a command stores (a backfill's deliveries, an operation) goes under it."""
+    from webhook_app.organizations import IMPLICIT, load_organizations
 
     settings = load_settings()
     slug = getattr(args, "org", None)
     if settings.organizations_path is None and slug is None:
-        return settings
-    return load_organizations(settings).pick(slug).settings(settings)
+        return settings, IMPLICIT
+    org = load_organizations(settings).pick(slug)
+    return org.settings(settings), org.slug
+
+
+def stored_organization(args: argparse.Namespace, settings: Settings) -> str | None:
+    """For commands that read stored data only (`replay`, `forget`): the organization whose rows
+    `--org SLUG` names (`default`: the implicit one's, ""), configured or not, so that a removed
+    organization's data stays reachable; None (every row) without agency mode and `--org`. In
+    agency mode `--org` is needed: ConfigError, one line naming the organizations."""
+    from webhook_app.organizations import IMPLICIT, SLUG, load_organizations
+
+    slug = getattr(args, "org", None)
+    if slug is None:
+        if settings.organizations_path is None:
+            return None
+        return load_organizations(settings).pick(None).slug  # several: the line naming them
+    if slug == "default":
+        return IMPLICIT
+    if not SLUG.match(slug):
+        raise ConfigError("--org", "an organization slug (lowercase letters, digits and dashes), or default")
+    return slug
 
 
 def add_org_argument(parser: argparse.ArgumentParser) -> None:

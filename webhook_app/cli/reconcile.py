@@ -6,20 +6,34 @@ import argparse
 import sys
 from typing import Any
 
-from webhook_app.cli.common import commerce_layer_client, load_settings, open_checked_store, since_arg
+from webhook_app.cli.common import (
+    add_org_argument,
+    commerce_layer_client,
+    load_organization_for,
+    open_checked_store,
+    since_arg,
+)
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from webhook_app.ops.reconcile import reconcile
     from webhook_app.policy import load_policy
 
-    settings = load_settings()
+    settings, organization = load_organization_for(args)  # agency mode: --org SLUG's API, queued under it
     policy = load_policy(settings.policy_path)
     client = commerce_layer_client(settings)
     try:
         store = open_checked_store(settings)
         try:
-            result = reconcile(client, store, policy, since=args.since, until=args.until, dry_run=args.dry_run)
+            result = reconcile(
+                client,
+                store,
+                policy,
+                since=args.since,
+                until=args.until,
+                dry_run=args.dry_run,
+                organization=organization,
+            )
         finally:
             store.close()
     finally:
@@ -40,4 +54,5 @@ def register(sub: Any) -> None:
     sp.add_argument("--since", required=True, type=since_arg, help="orders updated since: 24h, 2d or an ISO 8601 time")
     sp.add_argument("--until", type=since_arg, help="and before this")
     sp.add_argument("--dry-run", action="store_true", help="list them, queue nothing")
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_reconcile)

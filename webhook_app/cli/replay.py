@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from webhook_app.cli.common import (
     add_filters,
+    add_org_argument,
     add_secret_args,
     delivery_filter,
     load_settings,
     open_checked_store,
     read_secret,
+    stored_organization,
 )
 
 
@@ -32,9 +35,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.files:
         items = from_files(args.files, topic=args.file_topic)
     else:
+        flt = replace(delivery_filter(args), organization=stored_organization(args, settings))
         store = open_checked_store(settings)
         try:
-            items = from_store(store, delivery_filter(args), dead_only=args.dead_lettered)
+            items = from_store(store, flt, dead_only=args.dead_lettered)
         finally:
             store.close()
     if args.dry_run:
@@ -86,4 +90,5 @@ def register(sub: Any) -> None:
     sp.add_argument("--files", nargs="+", metavar="FILE", help="replay these files instead of the store")
     sp.add_argument("--file-topic", help="topic for --files (default from the file name)")
     add_filters(sp)
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_replay)

@@ -10,7 +10,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from webhook_app.cli.common import commerce_layer_client, fail, load_settings, open_checked_store, since_arg
+from webhook_app.cli.common import (
+    add_org_argument,
+    commerce_layer_client,
+    fail,
+    load_organization_for,
+    open_checked_store,
+    since_arg,
+)
 
 
 def bar(out: TextIO) -> Any:
@@ -34,7 +41,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
     if args.yes and not args.delete_extra:
         return fail("--yes only confirms --delete-extra")
-    settings = load_settings()
+    settings, organization = load_organization_for(args)  # agency mode: --org SLUG's wallets
     policy = load_policy(settings.policy_path)
     progress = bar(sys.stderr)
     client = commerce_layer_client(settings)
@@ -74,7 +81,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             return 0
         store = open_checked_store(settings)
         try:
-            delete_extra(client, store, report, clock=time.time, progress=progress)
+            delete_extra(client, store, report, clock=time.time, progress=progress, organization=organization)
         except CommerceLayerError as exc:
             print(f"{summary}; {len(report.deleted)} deleted before the error", file=sys.stderr)
             return fail(f"deleting wallet entries: {exc}")
@@ -101,7 +108,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
         return fail("--yes only confirms --delete")
     if args.within < 0 or args.within > 3660:
         return fail("--within takes a number of days from 0 to 3660")
-    settings = load_settings()
+    settings, organization = load_organization_for(args)  # agency mode: --org SLUG's wallets
     progress = bar(sys.stderr)
     store = open_checked_store(settings)  # each scan and deletion goes into the operations log
     try:
@@ -113,7 +120,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
                 )
             except CommerceLayerError as exc:
                 return fail(f"reading the wallets: {exc}")
-            record_scan(store, report, customer_id=args.customer, now=time.time())
+            record_scan(store, report, customer_id=args.customer, now=time.time(), organization=organization)
             for e in report.entries:
                 if args.json:
                     print(
@@ -146,7 +153,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
                 print(f"{summary}; dry run: {expired} would be deleted (add --yes)", file=sys.stderr)
                 return 0
             try:
-                delete_expired(client, store, report, clock=time.time, progress=progress)
+                delete_expired(client, store, report, clock=time.time, progress=progress, organization=organization)
             except CommerceLayerError as exc:
                 print(f"{summary}; {len(report.deleted)} deleted before the error", file=sys.stderr)
                 return fail(f"deleting wallet entries: {exc}")
@@ -169,6 +176,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--json", action="store_true", help="one JSON object per card")
     sp.add_argument("--delete-extra", action="store_true", help="keep the oldest entry per card, delete the others")
     sp.add_argument("--yes", action="store_true", help="really delete (without it --delete-extra is a dry run)")
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_duplicates)
     sp = wsub.add_parser("expired", help="list wallet entries whose card has expired (or will within --within days)")
     sp.add_argument("--customer", default=None, metavar="ID", help="only this customer's wallet")
@@ -178,4 +186,5 @@ def register(sub: Any) -> None:
     sp.add_argument("--json", action="store_true", help="one JSON object per entry")
     sp.add_argument("--delete", action="store_true", help="delete the entries whose card has expired")
     sp.add_argument("--yes", action="store_true", help="really delete (without it --delete is a dry run)")
+    add_org_argument(sp)
     sp.set_defaults(func=cmd_expired)

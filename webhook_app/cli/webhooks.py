@@ -9,6 +9,7 @@ from typing import Any
 from webhook_app.cli.common import (
     add_org_argument,
     commerce_layer_client,
+    load_organization_for,
     load_settings_for,
     open_checked_store,
 )
@@ -20,7 +21,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from webhook_app.ops.circuit import CircuitGuard, intake_health
     from webhook_app.policy import load_policy
 
-    settings = load_settings_for(args)
+    settings, organization = load_organization_for(args)  # agency mode: the backfill is queued under it
     policy = load_policy(settings.policy_path)
     client = commerce_layer_client(settings)
     try:
@@ -34,6 +35,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 auto_reset=settings.circuit_auto_reset,
                 warn_failures=settings.circuit_warn_failures,
                 backfill_margin=settings.circuit_backfill_margin,
+                organization=organization,
             )
             check = guard.check(dry_run=args.dry_run)
         finally:

@@ -144,7 +144,9 @@ class CircuitGuard:
         clock: Callable[[], float] = time.time,
         on_check: Callable[[Check], None] | None = None,
         owner: str | None = None,
+        organization: str = "",
     ) -> None:
+        self.organization = organization  # agency mode: `client` is its, backfills queue under it
         self.client = client
         self.store = store
         self.policy = policy
@@ -212,7 +214,7 @@ class CircuitGuard:
 
     def _reset(self, c: Circuit, now: float, result: Check) -> None:
         """Reset and backfill under the webhook's lease, if the circuit is still open then."""
-        lease = f"circuit:{c.webhook_id}"
+        lease = f"circuit:{self.organization}:{c.webhook_id}" if self.organization else f"circuit:{c.webhook_id}"
         try:
             if not self.store.take_lease(lease, owner=self.owner, seconds=RESET_LEASE_SECONDS, now=self.clock()):
                 log.info("another guard is resetting this circuit", extra={"webhook_id": c.webhook_id})
@@ -269,7 +271,9 @@ class CircuitGuard:
         since = self._backfill_due[webhook_id]
         start = since - self.backfill_margin
         try:
-            done = reconcile(self.client, self.store, self.policy, since=start, clock=self.clock)
+            done = reconcile(
+                self.client, self.store, self.policy, since=start, clock=self.clock, organization=self.organization
+            )
         except (CommerceLayerError, StoreError) as exc:
             log.warning(
                 "backfill failed; retried at the next check", extra={"webhook_id": webhook_id, "error": str(exc)}
@@ -289,7 +293,9 @@ class CircuitGuard:
 
     def _operation(self, kind: str, subject: str, detail: dict[str, Any]) -> None:
         try:
-            self.store.record_operation(kind, subject=subject, detail=detail, now=self.clock())
+            self.store.record_operation(
+                kind, subject=subject, detail=detail, now=self.clock(), organization=self.organization
+            )
         except StoreError as exc:
             log.error("operation not recorded", extra={"kind": kind, "subject": subject, "error": str(exc)})
 

@@ -83,15 +83,23 @@ def names_customer(doc: Any, *, customer_id: str | None, email: str | None) -> b
 
 
 def forget_customer(
-    store: Store, *, customer_id: str | None = None, email: str | None = None, now: float, page: int = 200
+    store: Store,
+    *,
+    customer_id: str | None = None,
+    email: str | None = None,
+    now: float,
+    page: int = 200,
+    organization: str | None = None,
 ) -> Forgotten:
-    """Remove the bodies and headers of every stored delivery naming the customer; counts."""
+    """Remove the bodies and headers of every stored delivery naming the customer; counts.
+    `organization` (agency mode): that organization's deliveries only (a customer id is one
+    organization's)."""
     if not customer_id and not email:
         raise ValueError("a customer id or an email is needed")
     scanned = removed = 0
     after = 0
     while True:
-        rows = store.bodies_after(after, limit=page)
+        rows = store.bodies_after(after, limit=page, organization=organization)
         if not rows:
             break
         scanned += len(rows)
@@ -114,13 +122,14 @@ def _doc(body: bytes) -> Any:
         return None
 
 
-def record(store: Store, result: Forgotten, *, by_id: bool, by_email: bool, now: float) -> None:
+def record(store: Store, result: Forgotten, *, by_id: bool, by_email: bool, now: float, organization: str = "") -> None:
     """The operations log entry: how many, and by what, never the email itself."""
     store.record_operation(
         "forget",
         subject=None,
         detail={"removed": result.removed, "scanned": result.scanned, "by": _by(by_id, by_email)},
         now=now,
+        organization=organization,
     )
 
 

@@ -39,9 +39,11 @@ STATUS_TOPICS = {
 }
 
 
-def backfill_identity(order_id: str) -> str:
-    """The identity of a reconcile's delivery for this order: one per order, whatever was read."""
-    return hashlib.sha256(f"backfill\x00orders\x00{order_id}".encode()).hexdigest()
+def backfill_identity(order_id: str, organization: str = "") -> str:
+    """The identity of a reconcile's delivery for this order: one per order (and organization, in
+    agency mode), whatever was read."""
+    whose = f"{organization}\x01" if organization else ""
+    return hashlib.sha256(f"{whose}backfill\x00orders\x00{order_id}".encode()).hexdigest()
 
 
 @dataclass
@@ -60,7 +62,9 @@ def reconcile(
     until: float | None = None,
     dry_run: bool = False,
     clock: Callable[[], float] = time.time,
+    organization: str = "",
 ) -> Result:
+    """`client` is `organization`'s (agency mode): its orders are queued under it."""
     params = {"filter[q][updated_at_gteq]": iso(since, timespec="seconds"), "sort": "updated_at"}
     if until is not None:
         params["filter[q][updated_at_lteq]"] = iso(until, timespec="seconds")
@@ -70,7 +74,7 @@ def reconcile(
         result.listed += 1
         status = str((order.get("attributes") or {}).get("status") or "")
         ids.append((str(order.get("id")), status))
-    known = store.orders_with_jobs([i for i, _ in ids])
+    known = store.orders_with_jobs([i for i, _ in ids], organization=organization)
     includes = policy.required_includes()
     for order_id, status in ids:
         if order_id in known:
@@ -84,11 +88,12 @@ def reconcile(
         delivery = Delivery(
             topic=topic,
             body=body,
-            identity=backfill_identity(order_id),
+            identity=backfill_identity(order_id, organization),
             secret_label="reconcile",
             resource_type="orders",
             resource_id=order_id,
             headers={SOURCE_HEADER: "reconcile", "X-CommerceLayer-Topic": topic},
+            organization=organization,
         )
         recorded = store.record_delivery(delivery, now=clock())
         if recorded.job_id is not None and not recorded.duplicate:

@@ -199,6 +199,7 @@ def delete_extra(
     *,
     clock: Callable[[], float],
     progress: Progress | None = None,
+    organization: str = "",
 ) -> Report:
     """Delete every group's entries but the oldest, recording each deletion. Stops at the first
     error (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
@@ -216,6 +217,7 @@ def delete_extra(
                 subject=entry.id,
                 detail=_detail(group, entry),
                 now=clock(),
+                organization=organization,
             )
             report.deleted.append(entry.id)
             if progress is not None:
@@ -353,7 +355,9 @@ def _entry_market(entry: Resource, index: dict[tuple[str, str], Resource]) -> st
     return str(market["id"]) if isinstance(market, dict) and market.get("id") else None
 
 
-def record_scan(store: Store, report: ExpiryReport, *, customer_id: str | None, now: float) -> None:
+def record_scan(
+    store: Store, report: ExpiryReport, *, customer_id: str | None, now: float, organization: str = ""
+) -> None:
     """One operations-log line per scan: how many entries were expired (per market), expiring,
     unknown (the admin page's "expired found")."""
     store.record_operation(
@@ -369,6 +373,7 @@ def record_scan(store: Store, report: ExpiryReport, *, customer_id: str | None, 
             "expired_by_market": report.by_market(EXPIRED),
         },
         now=now,
+        organization=organization,
     )
 
 
@@ -379,6 +384,7 @@ def delete_expired(
     *,
     clock: Callable[[], float],
     progress: Progress | None = None,
+    organization: str = "",
 ) -> ExpiryReport:
     """Delete the entries whose card has expired (never the expiring or unknown ones), each
     recorded as `wallet_entry_deleted` with `why: card_expired`. Stops at the first error
@@ -404,6 +410,7 @@ def delete_expired(
                 "created_at": entry.created_at,
             },
             now=clock(),
+            organization=organization,
         )
         report.deleted.append(entry.id)
         if progress is not None:

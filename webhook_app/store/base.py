@@ -483,8 +483,9 @@ class Store(abc.ABC):
         """The database's size, the oldest stored delivery, how many bodies are kept."""
 
     @abc.abstractmethod
-    def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
-        """(id, body) of deliveries still carrying a body, id > `after_id`, by id."""
+    def bodies_after(self, after_id: int, *, limit: int, organization: str | None = None) -> list[tuple[int, bytes]]:
+        """(id, body) of deliveries still carrying a body, id > `after_id`, by id (`organization`:
+        only that organization's)."""
 
     @abc.abstractmethod
     def remove_bodies(self, ids: Sequence[int], *, why: str, now: float) -> int:
@@ -510,5 +511,6 @@ class Store(abc.ABC):
         """`pending`, `running`, `done` or `dead`; None if there is no such job."""
 
     @abc.abstractmethod
-    def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
-        """The subset of `order_ids` that have a job here (from any delivery, in any state)."""
+    def orders_with_jobs(self, order_ids: list[str], *, organization: str | None = None) -> set[str]:
+        """The subset of `order_ids` that have a job here (from any delivery, in any state;
+        `organization`: that organization's jobs only)."""

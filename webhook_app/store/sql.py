@@ -760,12 +760,14 @@ class SQLStore(Store):
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
         return JobState(row["state"]) if row else None
 
-    def orders_with_jobs(self, order_ids: list[str]) -> set[str]:
+    def orders_with_jobs(self, order_ids: list[str], *, organization: str | None = None) -> set[str]:
         found: set[str] = set()
+        whose = "" if organization is None else " AND organization = ?"
+        extra: tuple[str, ...] = () if organization is None else (organization,)
         for chunk in _chunks(order_ids, 500):
             marks = ",".join("?" * len(chunk))
             with self._tx(write=False) as c:
-                rows = c.all(f"SELECT DISTINCT order_id FROM jobs WHERE order_id IN ({marks})", tuple(chunk))  # nosec B608  # constants and ? placeholders only
+                rows = c.all(f"SELECT DISTINCT order_id FROM jobs WHERE order_id IN ({marks}){whose}", (*chunk, *extra))  # nosec B608  # constants and ? placeholders only
             found |= {r["order_id"] for r in rows}
         return found
 
@@ -880,11 +882,13 @@ class SQLStore(Store):
                 )
         return done
 
-    def bodies_after(self, after_id: int, *, limit: int) -> list[tuple[int, bytes]]:
+    def bodies_after(self, after_id: int, *, limit: int, organization: str | None = None) -> list[tuple[int, bytes]]:
+        whose = "" if organization is None else " AND organization = ?"
+        extra: tuple[str, ...] = () if organization is None else (organization,)
         with self._tx(write=False) as c:
             rows = c.all(
-                "SELECT id, body FROM deliveries WHERE id > ? AND body_removed_at IS NULL ORDER BY id LIMIT ?",
-                (after_id, limit),
+                f"SELECT id, body FROM deliveries WHERE id > ? AND body_removed_at IS NULL{whose} ORDER BY id LIMIT ?",  # nosec B608  # constants and ? placeholders only
+                (after_id, *extra, limit),
             )
         return [(int(r["id"]), bytes(r["body"])) for r in rows]
 

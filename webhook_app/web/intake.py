@@ -313,16 +313,31 @@ def readyz() -> tuple[Response, int]:
     if problem is not None:  # deliveries are still committed (by each worker), but this needs an operator
         checks["commit_writer"] = problem
         ok = False
-    if ok and not s.settings.shadow:  # shadow mode calls no one: it needs no credentials
+    if ok and s.organizations is not None and s.organizations.agency:
+        ok = organizations_credentials_check(s, checks)
+    elif ok and not s.settings.shadow:  # shadow mode calls no one: it needs no credentials
         ok, checks["commercelayer_credentials"] = credentials_check(s)
     return jsonify({"status": "ready" if ok else "unavailable", "checks": checks}), 200 if ok else 503
 
 
-def credentials_check(s: Services) -> tuple[bool, str]:
-    """What the worker last found of the Commerce Layer credentials: refused is not ready (no job
-    can run), with why; accepted, or not asked yet, is."""
+def organizations_credentials_check(s: Services, checks: dict[str, str]) -> bool:
+    """Agency mode: each enforce-mode organization's credentials, one check each
+    (`commercelayer_credentials:<slug>`); any refused is not ready, the organization named."""
+    ok = True
+    for org in s.organizations or ():
+        if org.shadow:  # calls no one: needs no credentials
+            continue
+        good, said = credentials_check(s, org.slug)
+        checks[credentials.status_name(org.slug)] = said if good else f"organization {org.slug}: {said}"
+        ok = ok and good
+    return ok
+
+
+def credentials_check(s: Services, organization: str = "") -> tuple[bool, str]:
+    """What the worker last found of the Commerce Layer credentials (agency mode: `organization`'s):
+    refused is not ready (no job can run), with why; accepted, or not asked yet, is."""
     try:
-        status = s.store.get_status(credentials.NAME)
+        status = s.store.get_status(credentials.status_name(organization))
     except StoreError as exc:
         return False, exc.detail
     if status is None:
