@@ -195,3 +195,18 @@ def test_registration_subscribes_to_the_anonymization_topics_when_on():
     assert not {t for t, _ in plan(policy)} & set(ANONYMIZATION_TOPICS)
     planned = dict(plan(policy, anonymization=True))
     assert all(planned[t] == [] for t in ANONYMIZATION_TOPICS)
+
+
+def test_an_anonymization_erases_in_its_own_organization_only(store, settings_factory, clock, two_customers):
+    """Agency mode: the same address at another brand is another customer, who asked nothing."""
+    ada, bob, _ = two_customers
+    body = order_body("ordACM0001", customer_id="cusACME001").replace(b"cusACME001@example.com", b"ada@example.com")
+    other = store.record_delivery(
+        Delivery.from_http(signed_headers(body), body, secrets=SECRETS, organization="acme"), now=clock()
+    ).delivery_id
+    w = worker(store, settings_factory(), clock, [])
+    w.drain()
+    deliver(store, clock(), "customers.anonymization_completed", customer_body("cusADA0001", ANON, "completed"))
+    w.drain()
+    assert kept(store, ada) == [] and kept(store, bob) == bob
+    assert kept(store, [other]) == [other]  # acme's customer with the same address: kept

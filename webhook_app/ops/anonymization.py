@@ -74,7 +74,11 @@ class Anonymizer:
             )
         if event != "completed":
             op = self.store.record_operation(
-                KIND, subject=customer_id, detail={"event": event, "delivery_id": job.delivery_id}, now=now
+                KIND,
+                subject=customer_id,
+                detail={"event": event, "delivery_id": job.delivery_id},
+                now=now,
+                organization=job.organization,
             )
             return _handled(
                 RECORD,
@@ -85,11 +89,16 @@ class Anonymizer:
         return self._erase(job, customer_id, earlier, now)
 
     def _erase(self, job: Job, customer_id: str, earlier: list[Operation], now: float) -> Handled:
-        emails = customer_emails(self.store, customer_id)  # before erasing: they are read from the bodies
+        # Agency mode: the organization whose customer asked, only (the same address may be another
+        # brand's customer, who asked nothing). Before erasing: the addresses are read from the bodies.
+        org = job.organization
+        emails = customer_emails(self.store, customer_id, organization=org)
         own = self.store.remove_bodies([job.delivery_id], why="forgotten", now=now)
         removed = scanned = 0
         for n, email in enumerate(emails or [None]):
-            result = privacy.forget_customer(self.store, customer_id=None if n else customer_id, email=email, now=now)
+            result = privacy.forget_customer(
+                self.store, customer_id=None if n else customer_id, email=email, now=now, organization=org
+            )
             removed += result.removed
             scanned = max(scanned, result.scanned)
         by = "customer id and email" if emails else "customer id"
@@ -105,7 +114,7 @@ class Anonymizer:
             "by": by,
             "emails": len(emails),
         }
-        op = self.store.record_operation(KIND, subject=customer_id, detail=detail, now=now)
+        op = self.store.record_operation(KIND, subject=customer_id, detail=detail, now=now, organization=org)
         reason = (
             f"customer {customer_id} anonymized: erased {removed} stored bodies naming them (by {by}) and this"
             f" delivery's own (operation {op})"
@@ -132,12 +141,12 @@ def customer_of(body: bytes) -> str:
     return cid
 
 
-def customer_emails(store: Store, customer_id: str) -> list[str]:
+def customer_emails(store: Store, customer_id: str, *, organization: str | None = None) -> list[str]:
     """The e-mail addresses (lower case) the stored bodies give the customer: the customer
     resource's `email`, and the `customer_email` of resources linked to the customer, from every
     stored body that names the customer by id and does not show them anonymized already."""
     found: dict[str, None] = {}
-    for doc in _stored_docs(store):
+    for doc in _stored_docs(store, organization):
         if not privacy.names_customer(doc, customer_id=customer_id, email=None):
             continue
         resources = [r for r in (doc.get("data"), *(doc.get("included") or [])) if isinstance(r, Mapping)]
@@ -158,9 +167,9 @@ def customer_emails(store: Store, customer_id: str) -> list[str]:
     return list(found)
 
 
-def _stored_docs(store: Store) -> Iterator[Any]:
+def _stored_docs(store: Store, organization: str | None = None) -> Iterator[Any]:
     after = 0
-    while rows := store.bodies_after(after, limit=_PAGE):
+    while rows := store.bodies_after(after, limit=_PAGE, organization=organization):
         after = rows[-1][0]
         for _, body in rows:
             yield _doc(body)
