@@ -196,3 +196,16 @@ def test_readyz_reports_each_enforce_organizations_credentials(agency, clock) ->
     checks = r.get_json()["checks"]
     assert checks["commercelayer_credentials:initech"].startswith("organization initech: Commerce Layer refused")
     assert not checks["commercelayer_credentials:acme"].startswith("organization")  # acme's are not refused
+
+
+def test_a_refused_organization_is_told_by_its_own_keys(agency, clock):
+    """The worker's one error line (and the readyz reason) names the organization's table and its
+    keys, not the CL_* variables an agency deployment does not set."""
+    agency.fakes["initech"].client_secret = "rotated-at-commerce-layer"
+    agency.fakes["initech"].add_order("ord-initech")
+    assert agency.post("initech", "ord-initech").status_code == 202
+    agency.worker().drain()
+    clock.advance(2)
+    why = agency.http.get("/readyz").get_json()["checks"]["commercelayer_credentials:initech"]
+    assert "check client_id and the variable client_secret_env names" in why, why
+    assert "organization initech's table in WEBHOOK_APP_ORGANIZATIONS" in why and "CL_CLIENT" not in why

@@ -161,6 +161,7 @@ class Worker:
                         delay=lambda n: retry_delay(n, base=1.0, cap=60.0, rng=self.rng),
                         auth_url=t.settings.cl_auth_url,
                         name=status_name(slug),
+                        organization=slug or "default",
                     )
 
     # --- the loop ---------------------------------------------------------------------------

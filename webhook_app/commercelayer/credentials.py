@@ -45,6 +45,16 @@ def status_name(organization: str = "") -> str:
     return f"{NAME}:{organization}" if organization else NAME
 
 
+# What an organization's table calls the settings a refusal names (docs/howto/agency.md).
+ORGANIZATION_KEYS = {
+    "CL_CLIENT_ID": "client_id",
+    "CL_CLIENT_SECRET": "the variable client_secret_env names",
+    "CL_SCOPE": "scope",
+    "CL_AUTH_URL": "auth_url",
+    "CL_API_BASE": "api_base",
+}
+
+
 class CredentialsGate:
     """The worker's view of the credentials: `holding()` before each claim, `refused()` when a job
     met a refusal, `check_at_start()` once. One thread (the worker's loop) uses it."""
@@ -59,8 +69,10 @@ class CredentialsGate:
         delay: Callable[[int], float],
         auth_url: str = "",
         name: str = NAME,
+        organization: str = "",
     ) -> None:
         self.name = name  # the `service_status` row: status_name(organization) in agency mode
+        self.organization = organization  # agency mode: the line names its keys, not the CL_* variables
         self.client = client
         self.store = store
         self.source = source
@@ -120,11 +132,11 @@ class CredentialsGate:
     def refused(self, exc: CredentialsRefused) -> None:
         """A refusal, met by a job or by a check: hold the jobs; one error line when it starts."""
         first = self.state != REFUSED
-        self.state, self.reason, self._by_api = REFUSED, str(exc), exc.by_api
+        self.state, self.reason, self._by_api = REFUSED, self._named(str(exc)), exc.by_api
         if first:
             self._rechecks = 0
             log.error(
-                f"{exc}; jobs are held (not attempted, not dead-lettered) until Commerce Layer accepts them,"
+                f"{self.reason}; jobs are held (not attempted, not dead-lettered) until Commerce Layer accepts them,"
                 f" asked again at most every {MAX_RECHECK_SECONDS:g} s",
                 extra={"worker": self.source, "status": exc.answer_status},
             )
@@ -132,6 +144,14 @@ class CredentialsGate:
         self._save()
 
     # --- inside --------------------------------------------------------------------------------
+    def _named(self, text: str) -> str:
+        """In agency mode, the organization's keys in WEBHOOK_APP_ORGANIZATIONS for the CL_* names."""
+        if not self.organization:
+            return text
+        for variable, key in ORGANIZATION_KEYS.items():
+            text = text.replace(variable, key)
+        return f"{text} (organization {self.organization}'s table in WEBHOOK_APP_ORGANIZATIONS)"
+
     def _accepted(self, line: str) -> None:
         self.state, self.reason, self._by_api = OK, None, False
         self._rechecks, self._next_check = 0, math.inf
