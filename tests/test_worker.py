@@ -10,13 +10,14 @@ import pytest
 from builders import order_body
 from conftest import SECRET, signed_headers
 
+from webhook_app.backoff import retry_delay
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery, Event
 from webhook_app.policy import load_policy, parse_policy, wallet
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
-from webhook_app.worker import Worker, retry_delay
+from webhook_app.worker import Worker
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 

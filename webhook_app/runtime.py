@@ -25,7 +25,8 @@ from typing import Any
 from gunicorn.app.base import Application, BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from webhook_app.config import Settings
+from webhook_app.backoff import doubling
+from webhook_app.config import DEFAULT_BIND, Settings
 from webhook_app.store import group_commit
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def restart_delay(restarts: int, *, ran_for: float) -> tuple[int, float]:
     if ran_for > WORKER_STABLE_SECONDS:
         restarts = 0
     restarts += 1
-    return restarts, min(30.0, 0.5 * 2 ** min(restarts, 6))
+    return restarts, doubling(restarts, base=1.0, cap=30.0)
 
 
 # Limits that keep one slow or hostile client from tying up the server (see README, Operations).
@@ -150,7 +151,7 @@ class _Gunicorn(Application, _ArbiterWithWriter):
 
 def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
     """Serve the web app with gunicorn (blocks until gunicorn exits), its commit writer beside it."""
-    defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
+    defaults = dict(GUNICORN_DEFAULTS, bind=[DEFAULT_BIND], workers=settings.web_workers)
     # gunicorn's own variable, read here rather than by gunicorn (whose default without it trusts 127.0.0.1)
     defaults["forwarded_allow_ips"] = os.environ.get("FORWARDED_ALLOW_IPS", "")
     explicit: dict[str, Any] = {}
@@ -554,7 +555,7 @@ def run_serve(
     gunicorn only on a private Unix socket behind it (`webhook_app.front`: slow clients cost the
     front a socket, never a gunicorn worker; requests wait there while gunicorn (re)starts)."""
     try:
-        public, operator = open_listeners(bind or "127.0.0.1:8000", operator_bind)
+        public, operator = open_listeners(bind or DEFAULT_BIND, operator_bind)
     except ListenError as exc:
         print(f"webhook-app: {exc}", file=sys.stderr)
         return 2
