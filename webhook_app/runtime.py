@@ -91,10 +91,10 @@ def mark_metrics_process_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
-class _ArbiterWithWriter(BaseApplication):
+class _ArbiterWithWriter(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     """What gunicorn's `Application.run` calls last (`BaseApplication.run`), making our arbiter
     instead of gunicorn's; `Application.run` (config checks, daemon, paths) stays gunicorn's."""
 
@@ -111,7 +111,7 @@ class _ArbiterWithWriter(BaseApplication):
             sys.exit(1)
 
 
-class _Gunicorn(Application, _ArbiterWithWriter):
+class _Gunicorn(Application, _ArbiterWithWriter):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
     def __init__(
@@ -175,7 +175,7 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
     return 0
 
 
-class _Arbiter(Arbiter):
+class _Arbiter(Arbiter):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn's arbiter, which also looks after the commit writer from its own loop (no thread:
     gunicorn forks its workers from this process, and a thread blocked in a read while it forks
     leaves locks held in every worker)."""

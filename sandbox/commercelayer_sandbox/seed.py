@@ -187,7 +187,7 @@ class _Loader:
         value = entry.get(key, default)
         if value not in allowed:
             raise SandboxError(f"{path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
-        return value
+        return str(value)
 
     # -- records --
 

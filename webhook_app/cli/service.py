@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Run `command` with prometheus_client's multiprocess directory set before anything imports
     it (runtime.prepare_metrics_dir: shared by the command's children), and remove the directory

@@ -355,8 +355,9 @@ class CommitClient:
         loc = self._local
         if getattr(loc, "pid", None) != os.getpid():  # after a fork: not the parent's connection
             loc.sock, loc.pid, loc.retry_at = None, os.getpid(), 0.0
-        if loc.sock is not None:
-            return loc.sock
+        held: socket.socket | None = loc.sock
+        if held is not None:
+            return held
         if time.monotonic() < loc.retry_at:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

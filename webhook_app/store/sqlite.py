@@ -45,7 +45,7 @@ class _Cursor(Cursorish):
         self.conn = conn
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
-        row = self.conn.execute(sql, params).fetchone()
+        row: Row | None = self.conn.execute(sql, params).fetchone()
         return row
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:

@@ -349,7 +349,7 @@ def init_app(app: Flask) -> None:
         s = services()
         registry = CollectorRegistry()
         if multiprocess_dir():
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
         else:
             registry.register(_Default())
         registry.register(StoreCollector(s.store, s.clock, s.policy, enforce=not s.settings.shadow))
@@ -377,7 +377,7 @@ def serve_worker_metrics(
 
     registry = CollectorRegistry()
     if multiprocess_dir():
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
     else:
         registry.register(_Default())
     registry.register(StoreCollector(store, policy=policy, enforce=enforce))
