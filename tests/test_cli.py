@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from builders import order_body
-from conftest import DATA, SECRET
+from support import DATA, SECRET
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.signing import sign
@@ -120,7 +120,7 @@ def test_db_upgrade_and_status(tmp_path):
 
 
 def test_worker_once_processes_due_jobs(tmp_path):
-    from conftest import SECRET, signed_headers
+    from support import SECRET, signed_headers
 
     from webhook_app.events import Delivery
     from webhook_app.signing import parse_secrets

@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, signed_headers
 
 from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore
@@ -186,7 +186,7 @@ def test_serve_opens_no_control_socket_in_home_or_runtime_dir(serve, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "env,needle",
+    ("env", "needle"),
     [
         ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
         ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),

@@ -13,8 +13,8 @@ import tomllib
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
+from support import SECRET, signed_headers
 from werkzeug.serving import make_server
 
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -194,7 +194,7 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
     assert set(changes) == {"oApprove", "oBig"}
     assert changes["oApprove"].before == () and changes["oApprove"].after == ("save_payment_source",)
     assert changes["oBig"].before == ("save_payment_source",) and changes["oBig"].after == ()
-    assert "oApprove: skip (-) -> save_payment_source (approve-too)" == changes["oApprove"].line()
+    assert changes["oApprove"].line() == "oApprove: skip (-) -> save_payment_source (approve-too)"
     assert diff(sqlite_store, current, current) == []
 
 
@@ -246,7 +246,7 @@ def test_parse_since():
     assert parse_since("24h", now=100_000) == 100_000 - 86400
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     assert parse_since("2026-01-01T00:00:00Z", now=0) == 1767225600
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a duration"):
         parse_since("yesterday", now=0)
 
 

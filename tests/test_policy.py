@@ -55,7 +55,7 @@ def test_first_match_wins_and_default_applies():
 
 
 @pytest.mark.parametrize(
-    "cond,expected",
+    ("cond", "expected"),
     [
         ('{ field = "order.status", equals = "placed" }', True),
         ('{ field = "order.status", not_equals = "placed" }', False),
@@ -110,7 +110,7 @@ def test_topics_limit_rules():
 
 
 @pytest.mark.parametrize(
-    "kw,guard",
+    ("kw", "guard"),
     [
         ({"guest": True}, "guest_order"),
         ({"customer_id": None}, "no_customer"),
@@ -170,7 +170,7 @@ def test_use_wallet_strategies_and_guards():
 
 
 @pytest.mark.parametrize(
-    "text,rule,field",
+    ("text", "rule", "field"),
     [
         ('[default]\naction = "nope"', "default", "action"),
         ('[[rules]]\nname="a"\naction="skip"', None, "default"),

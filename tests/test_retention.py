@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery

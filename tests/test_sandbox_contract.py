@@ -44,7 +44,7 @@ def webhook_doc() -> Iterator[dict]:
             api.close()
     finally:
         receiver.close()
-    yield json.loads(call.body)
+    return json.loads(call.body)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def answer() -> Iterator[dict]:
         api.get_token()
         doc = api.get(f"/orders/OrdWireAaa?include={','.join(MODELLED)}").json()
         api.close()
-    yield doc
+    return doc
 
 
 def by_type(doc: dict) -> dict[str, dict]:

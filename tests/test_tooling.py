@@ -14,7 +14,7 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize(
-    "tool,args",
+    ("tool", "args"),
     [
         ("ruff", ["check", "webhook_app", "sandbox", "tests", "bench"]),
         ("ruff", ["format", "--check", "webhook_app", "sandbox", "tests", "bench"]),

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import pg_schema_url, require_postgres
 from conftest_sandbox import running
+from support import pg_schema_url, require_postgres
 
 from webhook_app.store import Store
 from webhook_app.store.sqlite import SQLiteStore

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.backoff import retry_delay
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -110,7 +110,7 @@ def test_redeliveries_and_other_topics_make_one_patch_per_order(env):
 
 
 @pytest.mark.parametrize(
-    "kw,guard",
+    ("kw", "guard"),
     [
         ({"guest": True}, "guest_order"),
         ({"customer_id": None}, "no_customer"),

@@ -8,6 +8,7 @@ in hand. `run_serve` is a small supervisor: it opens the listening sockets, star
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -221,7 +222,7 @@ class CommitWriterProcess:
         self.started = time.monotonic()
         self.restart_at = None
         self.heard = b""
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert self.proc.stdin is not None
@@ -288,10 +289,8 @@ class CommitWriterProcess:
             return
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
 
     def stop(self, timeout: float = 15.0) -> None:
         """In the master, after gunicorn's workers: end the writer's stdin, wait for it, and
@@ -302,17 +301,13 @@ class CommitWriterProcess:
         if proc is None:
             return
         if proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         if not self._gone(wait=timeout) and proc.poll() is None:
             proc.kill()
         self.proc = None
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # killed above
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - killed above
-            pass
         if proc.stdout is not None:
             proc.stdout.close()
         self.channel.remove()
@@ -378,10 +373,8 @@ def _first_line(fd: int, *, timeout: float) -> bytes:
 
 
 def _tell_parent(line: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the parent is gone: stdin's end stops this writer next
         os.write(sys.stdout.fileno(), line.encode(errors="replace").replace(b"\n", b" ") + b"\n")
-    except OSError:
-        pass  # the parent is gone: stdin's end stops this writer next
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:

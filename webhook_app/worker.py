@@ -141,7 +141,7 @@ class Worker:
                 log.warning("store unavailable, worker waiting", extra={"error": str(exc), "wait": wait})
                 stop.wait(wait)
                 continue
-            except Exception as exc:  # noqa: BLE001 - recording a job's failure failed: never die for it
+            except Exception as exc:  # recording a job's failure failed: never die for it
                 failures += 1
                 wait = doubling(failures, base=1.0, cap=30.0)
                 log.exception("worker loop error, waiting", extra={"error": _describe(exc), "wait": wait})

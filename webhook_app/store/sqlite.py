@@ -15,6 +15,7 @@ still applies to writers outside the service (e.g. the sqlite3 shell).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -301,10 +302,8 @@ def _create_private(path: str) -> None:
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back (SQLite rolled it back itself)
         conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # no transaction left to roll back (SQLite rolled it back itself)
 
 
 _IN_THE_WAY = "part of that path is a file, not a directory"
