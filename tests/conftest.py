@@ -22,6 +22,18 @@ from webhook_app.store.sqlite import SQLiteStore
 pytest_plugins = ["secret_scan"]  # fails the session if a secret shows up in any output
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Coverage's `fail_under` ([tool.coverage.report]) is the whole suite's figure: a run of
+    chosen files, or of a subset (-m, -k, --deselect), still prints the report but is not held
+    to it (an explicit --cov-fail-under is)."""
+    cov = config.pluginmanager.get_plugin("_cov")  # pytest-cov, when coverage is on
+    whole_suite = config.args_source is pytest.Config.ArgsSource.TESTPATHS and not (
+        config.option.markexpr or config.option.keyword or config.option.deselect
+    )
+    if cov is not None and not whole_suite and config.getoption("cov_fail_under") is None:
+        cov.options.cov_fail_under = 0
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

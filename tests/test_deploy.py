@@ -53,7 +53,7 @@ from deploy_tools import (
     wait_for,
 )
 from procs import free_port, wait_http
-from support import SECRET, signed_headers
+from support import SECRET, base_env, signed_headers
 
 from webhook_app.cli import build_parser
 from webhook_app.config import Settings
@@ -195,7 +195,7 @@ def test_webhook_app_web_runs_with_the_config_file(tmp_path):
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
         "WEBHOOK_APP_WEB_WORKERS": "1",
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
     }
     log = open(tmp_path / "web.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

@@ -26,7 +26,7 @@ import pytest
 import requests
 from builders import order_body
 from procs import Service, free_port, wait_http, wait_until
-from support import SECRET, signed_headers
+from support import SECRET, base_env, signed_headers
 
 pytestmark = pytest.mark.e2e
 URL = "/webhooks/commercelayer"
@@ -262,7 +262,7 @@ def test_an_operator_address_that_cannot_be_bound_is_one_line_and_exit_2(tmp_pat
         busy = taken.getsockname()[1]
         r = subprocess.run(
             [sys.executable, "-m", "webhook_app", "serve", "--bind", f"127.0.0.1:{free_port()}"],
-            env={"PATH": "/usr/bin:/bin", **env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{busy}"},
+            env={**base_env(), **env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{busy}"},
             capture_output=True,
             text=True,
             timeout=60,

@@ -14,7 +14,7 @@ import tomllib
 import pytest
 from builders import order_body
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
-from support import SECRET, signed_headers
+from support import SECRET, base_env, signed_headers
 from werkzeug.serving import make_server
 
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -157,7 +157,7 @@ def test_replay_command_dry_run_prints_and_sends_nothing(tmp_path):
         text=True,
         timeout=60,
         env={
-            "PATH": "/usr/bin:/bin",
+            **base_env(),
             "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
             "TARGET_SECRET": SECRET,
             "WEBHOOK_APP_REPLAY_KEYS": REPLAY_KEY,
@@ -304,7 +304,7 @@ def test_webhooks_register_command_prints_secrets_to_set():
             text=True,
             timeout=60,
             env={
-                "PATH": "/usr/bin:/bin",
+                **base_env(),
                 "CL_CLIENT_ID": CLIENT_ID,
                 "CL_CLIENT_SECRET": CLIENT_SECRET,
                 "CL_API_BASE": server.api_url,
@@ -320,7 +320,7 @@ def test_webhooks_register_command_prints_secrets_to_set():
             text=True,
             timeout=60,
             env={
-                "PATH": "/usr/bin:/bin",
+                **base_env(),
                 "CL_CLIENT_ID": CLIENT_ID,
                 "CL_CLIENT_SECRET": CLIENT_SECRET,
                 "CL_API_BASE": server.api_url,
@@ -372,7 +372,7 @@ def test_replay_needs_the_targets_secret_given_explicitly(tmp_path):
     record(store, "oS1")
     store.close()
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
     }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from builders import order_document
+from support import base_env
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError
@@ -234,7 +235,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "webhook_app", *args],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        env={**base_env(), **(env or {})},
         timeout=60,
     )
 
