@@ -107,7 +107,7 @@ def pg_available() -> bool:
 
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=2):
             return True
-    except Exception:  # noqa: BLE001 - any failure means "not available"
+    except Exception:  # any failure means "not available"
         return False
 
 
@@ -173,7 +173,7 @@ def machine_info() -> dict[str, Any]:
                 k: conn.execute(f"SHOW {k}").fetchone()[0]  # type: ignore[index]
                 for k in ("fsync", "synchronous_commit", "wal_sync_method")
             }
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         info["postgresql"] = f"unavailable ({type(exc).__name__})"
     info.update(peer_versions())
     wrk = shutil.which("wrk")
@@ -215,7 +215,7 @@ def peer_versions() -> dict[str, Any]:
             "appendonly": r.config_get("appendonly").get("appendonly"),
             "save": r.config_get("save").get("save"),
         }
-    except Exception:  # noqa: BLE001, S110 - no Redis or no client: nothing to record
+    except Exception:  # no Redis or no client: nothing to record
         pass
     return out
 

@@ -444,7 +444,7 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
                 },
             }
         )
-    except Exception as exc:  # noqa: BLE001 - reported, the other parts still run
+    except Exception as exc:  # reported, the other parts still run
         log(f"e2e {backend} failed: {exc!r}")
         result["error"] = repr(exc)[:300]
     finally:

@@ -107,7 +107,7 @@ def peers_missing() -> str | None:
 
     try:
         redis_client().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+    except Exception as exc:  # any failure means "not reachable"
         shown = re.sub(r"//[^/@]*@", "//***@", REDIS_URL)  # Redis URLs often carry a password alone
         return f"Redis is not reachable at {shown} ({type(exc).__name__}; set BENCH_REDIS_URL)"
     return None
@@ -178,7 +178,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
             Config("workers-4", "30k", 4, 10_000, ours_workers=4),
         ]
     for cfg in configs:
-        if cfg.name.startswith("main"):
+        if cfg.name.startswith("main"):  # noqa: SIM108 - clearer than a nested conditional expression
             kinds = servers + (reference if cfg.name == "main" else [])
         else:
             kinds = sweep_servers

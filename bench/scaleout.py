@@ -106,7 +106,7 @@ def _pg_pids(db_url: str, dbname: str) -> list[int]:
     background processes (WAL writer, checkpointer...), not other databases' backends."""
     rows = db_query(
         db_url,
-        f"SELECT pid FROM pg_stat_activity WHERE datname = '{dbname}' OR backend_type <> 'client backend'",  # noqa: S608 - our own name
+        f"SELECT pid FROM pg_stat_activity WHERE datname = '{dbname}' OR backend_type <> 'client backend'",  # our own name
     )
     mine = {int(r["pid"]) for r in rows}
     return [p for p in postgres_pids() if p in mine]
@@ -200,7 +200,7 @@ def run_one(
             fleet.db_url,
             "SELECT (SELECT COUNT(*) FROM deliveries) AS deliveries, (SELECT COUNT(*) FROM jobs) AS jobs,"
             " (SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')) AS backlog,"
-            f" (SELECT COUNT(*) FROM jobs WHERE finished_at >= {t0} AND finished_at <= {t1}) AS finished",  # noqa: S608 - floats
+            f" (SELECT COUNT(*) FROM jobs WHERE finished_at >= {t0} AND finished_at <= {t1}) AS finished",  # floats
         )[0]
         stored = {k: int(v) for k, v in row.items()}
         accepted = warm["statuses"].get("202", 0) + measured["statuses"].get("202", 0)

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1200, help="rows per measurement (a multiple of 16)")
     args = p.parse_args(argv)
     found = bodies_mod.ensure_bodies(REPO / "bench-results" / "bodies", "30k", 10_000)
-    body = Path(found["file"]).open("rb").readline().split(b" ", 1)[1].rstrip(b"\n")
+    with Path(found["file"]).open("rb") as f:
+        body = f.readline().split(b" ", 1)[1].rstrip(b"\n")
     path = REPO / "bench-results" / "sqlite-cost.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     print(

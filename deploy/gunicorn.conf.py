@@ -67,9 +67,7 @@ def _workers():
     raw = os.environ.get("WEBHOOK_APP_WEB_WORKERS", "").strip()
     if raw:
         if not raw.isdigit() or int(raw) < 1:
-            raise ValueError(
-                f"WEBHOOK_APP_WEB_WORKERS must be a positive integer (got {raw[:20]!r})"
-            )
+            raise ValueError(f"WEBHOOK_APP_WEB_WORKERS must be a positive integer (got {raw[:20]!r})")
         return int(raw)
     return min(8, max(2, 2 * _cpu_count() + 1))
 

@@ -67,10 +67,10 @@ _TEST_MODULES: set[str] = set()  # the modules the session collected tests from
 
 
 def _collect_module_constants() -> None:
-    """Secrets the test modules (and conftest, fakecl, ...) hold as module-level constants."""
+    """Secrets the test modules (and conftest, support, fakecl, ...) hold as module-level constants."""
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
-        if not file or (Path(file).resolve().parent != _TESTS_DIR and module.__name__ not in _TEST_MODULES):
+        if not file or (not Path(file).resolve().is_relative_to(_TESTS_DIR) and module.__name__ not in _TEST_MODULES):
             continue
         for name, value in vars(module).items():
             if not name.isupper() or not _NAME.search(name):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 from builders import order_body
-from conftest import OTHER_SECRET, SECRET, signed_headers
+from support import OTHER_SECRET, SECRET, signed_headers
 
 from webhook_app.cli.admin import parse_ttl
 from webhook_app.events import Delivery
@@ -121,7 +121,7 @@ def login(client, clock):
 
 
 @pytest.mark.parametrize(
-    "method,path",
+    ("method", "path"),
     [
         ("GET", "/admin/deliveries"),
         ("GET", "/admin/deliveries/1"),
@@ -171,7 +171,7 @@ def bad_tokens(clock):
     }
 
 
-@pytest.mark.parametrize("method,path", ENDPOINTS)
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 def test_every_endpoint_refuses_bad_tokens_with_401(settings_factory, sqlite_store, clock, method, path):
     client = make_client(settings_factory, sqlite_store, clock)
     record(sqlite_store, "o1", now=clock())
@@ -309,7 +309,7 @@ def test_list_limit_defaults_to_50(api, clock):
 
 
 @pytest.mark.parametrize(
-    "params,words",
+    ("params", "words"),
     [
         ({"status": "lost"}, "status must be one of queued, ignored, pending, running, done, dead"),
         ({"limit": "0"}, "limit must be a whole number from 1 to 500"),
@@ -796,7 +796,7 @@ def test_admin_token_command_rejects_a_bad_ttl():
 
 
 @pytest.mark.parametrize(
-    "text,seconds",
+    ("text", "seconds"),
     [("30m", 1800), ("1h", 3600), ("2d", 172800), ("900", 900), ("45s", 45), ("1H", 3600), ("30d", 30 * 86400)],
 )
 def test_parse_ttl(text, seconds):

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from builders import order_body
-from conftest import make_settings, signed_headers
 from fakecl import FakeCommerceLayer
+from support import make_settings, signed_headers
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.organizations import load_organizations

@@ -12,7 +12,7 @@ import random
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import InvalidPayload

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OTHER_SECRET, SECRET, Clock, make_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import OTHER_SECRET, SECRET, Clock, make_settings
 from werkzeug.http import parse_options_header
 
 from webhook_app.events import TOPIC_PATTERN, json_depth

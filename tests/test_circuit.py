@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, running, webhook_scenario
+from support import base_env
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import Settings
@@ -139,7 +140,7 @@ def test_dry_run_never_resets(sandbox, client, sqlite_store):
 
 def test_webhooks_watch_command_warns_resets_and_backfills(sandbox, tmp_path):
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "CL_CLIENT_ID": CLIENT_ID,
         "CL_CLIENT_SECRET": CLIENT_SECRET,
         "CL_API_BASE": sandbox.server.api_url,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from builders import order_body
-from conftest import DATA, SECRET
+from support import DATA, SECRET, base_env
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.signing import sign
@@ -16,7 +16,7 @@ from webhook_app.store import SCHEMA_VERSION
 
 
 def run(*args, env=None, stdin=None, tmp=None):
-    base = {"PATH": "/usr/bin:/bin"}
+    base = {**base_env()}
     return subprocess.run(
         [sys.executable, "-m", "webhook_app", *args],
         capture_output=True,
@@ -120,7 +120,7 @@ def test_db_upgrade_and_status(tmp_path):
 
 
 def test_worker_once_processes_due_jobs(tmp_path):
-    from conftest import SECRET, signed_headers
+    from support import SECRET, signed_headers
 
     from webhook_app.events import Delivery
     from webhook_app.signing import parse_secrets
@@ -235,7 +235,7 @@ def test_the_service_refuses_to_start_with_a_misspelt_attribute(tmp_path):
     p = tmp_path / "typo.toml"
     p.write_text(TYPO_POLICY)
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "WEBHOOK_APP_POLICY": str(p),
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",

@@ -112,7 +112,7 @@ def test_wrong_credentials_are_permanent(fake_cl):
 
 
 @pytest.mark.parametrize(
-    "status,retryable,uncertain",
+    ("status", "retryable", "uncertain"),
     [(429, True, False), (500, True, True), (503, True, True), (422, False, False), (404, False, False)],
 )
 def test_status_mapping(fake_cl, status, retryable, uncertain):

@@ -29,7 +29,7 @@ def test_enforce_without_credentials_fails_naming_what_is_missing():
 
 
 @pytest.mark.parametrize(
-    "name,value",
+    ("name", "value"),
     [
         ("WEBHOOK_APP_MAX_BODY_BYTES", "-1"),
         ("WEBHOOK_APP_MAX_BODY_BYTES", "lots"),
@@ -65,7 +65,7 @@ def test_webhook_secrets_parsed_with_labels():
 def test_rate_limits_parse():
     assert parse_rate_limits("200/60, 50/10s") == (RateLimit(200, 60), RateLimit(50, 10))
     assert parse_rate_limits("") == ()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not COUNT/SECONDS"):
         parse_rate_limits("0/60")
 
 
@@ -76,7 +76,7 @@ def test_db_timeout_and_lease_must_outlive_a_call():
 
 
 @pytest.mark.parametrize(
-    "name,value,expected",
+    ("name", "value", "expected"),
     [
         (
             "WEBHOOK_APP_MAX_BODY_BYTES",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, SECRET, postgres_available
 from procs import free_port
+from support import PG_URL, SECRET, base_env, postgres_available
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # in every URL that can carry one: never in the answer
 PG_HOSTPORT = PG_URL.split("@", 1)[1].split("/", 1)[0]  # 127.0.0.1:5432
@@ -200,7 +200,7 @@ def _run(args: tuple[str, ...], env: dict[str, str], *, python_prelude: str = ""
 
 def _base_env(tmp_path: Path) -> dict[str, str]:
     return {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "HOME": str(tmp_path),
         "TMPDIR": str(tmp_path),
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",

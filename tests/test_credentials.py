@@ -14,7 +14,7 @@ import random
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.commercelayer import credentials
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -185,7 +185,7 @@ def test_the_start_check_says_one_line_either_way_and_unreachable_is_not_refused
 
 
 @pytest.mark.parametrize(
-    "status,fix", [(401, "CL_CLIENT_SECRET"), (403, "CL_CLIENT_SECRET"), (400, "CL_SCOPE"), (404, "CL_AUTH_URL")]
+    ("status", "fix"), [(401, "CL_CLIENT_SECRET"), (403, "CL_CLIENT_SECRET"), (400, "CL_SCOPE"), (404, "CL_AUTH_URL")]
 )
 def test_the_token_endpoints_refusals_name_the_setting_to_fix(fake_cl, status, fix):
     fake_cl.fail("token", status=status)

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import SECRET, signed_headers
 from deploy_tools import (
     COMPOSE_FILE,
     DEPLOY,
@@ -54,6 +53,7 @@ from deploy_tools import (
     wait_for,
 )
 from procs import free_port, wait_http
+from support import SECRET, base_env, signed_headers
 
 from webhook_app.cli import build_parser
 from webhook_app.config import Settings
@@ -182,7 +182,7 @@ def test_webhook_app_web_runs_with_the_config_file(tmp_path):
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
         "WEBHOOK_APP_WEB_WORKERS": "1",
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
     }
     log = open(tmp_path / "web.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -227,7 +227,7 @@ def test_nginx_config_passes_nginx_t():
 
 def test_nginx_body_limit_is_the_apps():
     (size,) = nginx_values(SITE, "client_max_body_size")
-    assert size == ["1m"] and 1024 * 1024 == Settings().max_body_bytes
+    assert size == ["1m"] and Settings().max_body_bytes == 1024 * 1024
     assert nginx_values(SITE, "client_body_buffer_size") == [["1m"]]  # bodies never touch disk
 
 

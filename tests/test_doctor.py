@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, example, running
+from support import base_env
 
 CALLBACK = "https://hooks.example.test/webhooks/commercelayer"
 SECRET = "doctor-test-shared-secret-0123456789"
@@ -63,7 +64,7 @@ class Deployment:
         self.policy = tmp / "policy.toml"
         self.policy.write_text(POLICY.format(topics='"orders.place"'))
         self.env = {
-            "PATH": os.environ["PATH"],
+            **base_env(os.environ["PATH"]),
             "HOME": str(tmp),
             "CL_CLIENT_ID": CLIENT_ID,
             "CL_CLIENT_SECRET": CLIENT_SECRET,

@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, base_env, signed_headers
 
 from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore
@@ -186,7 +186,7 @@ def test_serve_opens_no_control_socket_in_home_or_runtime_dir(serve, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "env,needle",
+    ("env", "needle"),
     [
         ({"WEBHOOK_APP_MODE": "enforce"}, "WEBHOOK_APP_MODE: enforce needs CL_CLIENT_ID"),
         ({"WEBHOOK_APP_MAX_BODY_BYTES": "big"}, "WEBHOOK_APP_MAX_BODY_BYTES"),
@@ -194,7 +194,7 @@ def test_serve_opens_no_control_socket_in_home_or_runtime_dir(serve, tmp_path):
     ],
 )
 def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
-    full = {"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
+    full = {**base_env(), "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", **env}
     r = subprocess.run(
         [sys.executable, "-m", "webhook_app", "serve"], env=full, capture_output=True, text=True, timeout=30
     )
@@ -207,7 +207,7 @@ def test_bad_configuration_is_one_line_without_traceback(tmp_path, env, needle):
 @pytest.mark.parametrize("value", ["main:", "main:x"])
 def test_an_empty_or_short_webhook_secret_stops_the_service_at_start(tmp_path, value):
     full = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
         "CL_WEBHOOK_SECRETS": value,
     }
@@ -228,7 +228,7 @@ def test_a_password_given_as_a_url_parameter_never_reaches_the_logs(tmp_path):
         port = s.getsockname()[1]
     pw = "pw-in-query-0123456789"
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
         "WEBHOOK_APP_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/test?password={pw}&connect_timeout=1",
         "WEBHOOK_APP_DB_TIMEOUT": "1",

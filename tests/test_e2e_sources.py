@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http
+from support import SECRET, signed_headers
 
 from webhook_app.sources import COMMERCELAYER_EU, COMMERCELAYER_US
 

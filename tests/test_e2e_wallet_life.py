@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 from procs import Service, free_port, wait_http, wait_until
+from support import base_env
 
 from webhook_app.policy import load_policy
 from webhook_app.store.sqlite import SQLiteStore
@@ -155,7 +156,7 @@ class Setup:
             store.close()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        env = {"PATH": "/usr/bin:/bin", **self.env}
+        env = {**base_env(), **self.env}
         return subprocess.run(
             [sys.executable, "-m", "webhook_app", *args], capture_output=True, text=True, env=env, timeout=120
         )

@@ -8,6 +8,7 @@ hanging). Counts of what was sent and lost go to test-artifacts/faults.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -26,8 +27,8 @@ import pytest
 import requests
 from builders import order_body
 from commercelayer_sandbox import Sandbox
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, signed_headers
 
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, open_store
@@ -437,10 +438,8 @@ def test_postgres_stopped_and_started_under_load(stack, tmp_path):
         )
     finally:
         stack.stop()
-        try:
+        with contextlib.suppress(RuntimeError):
             pg.stop("immediate")
-        except RuntimeError:
-            pass
         pg.remove()
 
 
@@ -538,7 +537,7 @@ def test_commerce_layer_spell_backoff_no_storm_dead_letter_and_requeue(stack, tm
 def test_same_event_ten_times_concurrently_to_two_instances_one_job_one_patch(stack, tmp_path):
     """Expectation: ten simultaneous copies of one delivery over two web instances on one
     PostgreSQL database give one stored delivery, one job and one PATCH."""
-    from conftest import pg_schema_url, require_postgres
+    from support import pg_schema_url, require_postgres
 
     require_postgres()
     with pg_schema_url() as db:

@@ -10,6 +10,7 @@ off the public listener.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,8 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, base_env, signed_headers
 
 pytestmark = pytest.mark.e2e
 URL = "/webhooks/commercelayer"
@@ -262,7 +263,7 @@ def test_an_operator_address_that_cannot_be_bound_is_one_line_and_exit_2(tmp_pat
         busy = taken.getsockname()[1]
         r = subprocess.run(
             [sys.executable, "-m", "webhook_app", "serve", "--bind", f"127.0.0.1:{free_port()}"],
-            env={"PATH": "/usr/bin:/bin", **env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{busy}"},
+            env={**base_env(), **env_for(tmp_path), "WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{busy}"},
             capture_output=True,
             text=True,
             timeout=60,
@@ -413,10 +414,8 @@ def test_one_clients_flood_does_not_keep_another_clients_delivery_from_its_answe
         answered = []
         while time.monotonic() < deadline:
             for s in flood:
-                try:
+                with contextlib.suppress(OSError):
                     s.send(b" ")  # still trickling
-                except OSError:
-                    pass
             body = order_body(f"ordBeside{len(answered)}")
             h = "".join(f"{k}: {v}\r\n" for k, v in signed_headers(body).items())
             request = f"POST {URL} HTTP/1.1\r\nHost: t\r\n{h}Content-Length: {len(body)}\r\n\r\n".encode() + body

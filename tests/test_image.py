@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import pg_schema_url, require_postgres
 from image_tools import Docker, base_image, build_image, containers, need_tool
 from procs import LOG_PATHS, SERVICE_ENVS, Service, free_port, wait_http, wait_until
+from support import pg_schema_url, require_postgres
 
 from webhook_app.store import open_store
 

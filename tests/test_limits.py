@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http
+from support import SECRET, signed_headers
 
 from webhook_app.signing import sign
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 from builders import order_body
-from conftest import signed_headers
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+from support import signed_headers
 
 from webhook_app import metrics
 from webhook_app.commercelayer.client import CommerceLayerClient

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, signed_headers
 
 pytestmark = pytest.mark.e2e
 

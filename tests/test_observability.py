@@ -58,7 +58,7 @@ def alert_rules() -> list[dict]:
 
 def test_intake_answers_are_counted_by_status_code(settings_factory, sqlite_store, clock):
     from builders import order_body
-    from conftest import signed_headers
+    from support import signed_headers
 
     client = create_app(settings_factory(), store=sqlite_store, clock=clock).test_client()
     before = scrape(client)

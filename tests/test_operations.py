@@ -13,8 +13,8 @@ import tomllib
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
 from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
+from support import SECRET, base_env, signed_headers
 from werkzeug.serving import make_server
 
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -157,7 +157,7 @@ def test_replay_command_dry_run_prints_and_sends_nothing(tmp_path):
         text=True,
         timeout=60,
         env={
-            "PATH": "/usr/bin:/bin",
+            **base_env(),
             "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
             "TARGET_SECRET": SECRET,
             "WEBHOOK_APP_REPLAY_KEYS": REPLAY_KEY,
@@ -194,7 +194,7 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
     assert set(changes) == {"oApprove", "oBig"}
     assert changes["oApprove"].before == () and changes["oApprove"].after == ("save_payment_source",)
     assert changes["oBig"].before == ("save_payment_source",) and changes["oBig"].after == ()
-    assert "oApprove: skip (-) -> save_payment_source (approve-too)" == changes["oApprove"].line()
+    assert changes["oApprove"].line() == "oApprove: skip (-) -> save_payment_source (approve-too)"
     assert diff(sqlite_store, current, current) == []
 
 
@@ -246,7 +246,7 @@ def test_parse_since():
     assert parse_since("24h", now=100_000) == 100_000 - 86400
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     assert parse_since("2026-01-01T00:00:00Z", now=0) == 1767225600
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is not a duration"):
         parse_since("yesterday", now=0)
 
 
@@ -304,7 +304,7 @@ def test_webhooks_register_command_prints_secrets_to_set():
             text=True,
             timeout=60,
             env={
-                "PATH": "/usr/bin:/bin",
+                **base_env(),
                 "CL_CLIENT_ID": CLIENT_ID,
                 "CL_CLIENT_SECRET": CLIENT_SECRET,
                 "CL_API_BASE": server.api_url,
@@ -320,7 +320,7 @@ def test_webhooks_register_command_prints_secrets_to_set():
             text=True,
             timeout=60,
             env={
-                "PATH": "/usr/bin:/bin",
+                **base_env(),
                 "CL_CLIENT_ID": CLIENT_ID,
                 "CL_CLIENT_SECRET": CLIENT_SECRET,
                 "CL_API_BASE": server.api_url,
@@ -372,7 +372,7 @@ def test_replay_needs_the_targets_secret_given_explicitly(tmp_path):
     record(store, "oS1")
     store.close()
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}",
         "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
     }

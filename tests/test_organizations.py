@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, make_settings
+from support import SECRET, make_settings
 
 from webhook_app.errors import ConfigError
 from webhook_app.organizations import IMPLICIT, load_organizations

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import requests
 from builders import order_body
-from conftest import PG_URL, SECRET, pg_schema_url, require_postgres, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import PG_URL, SECRET, pg_schema_url, require_postgres, signed_headers
 
 from webhook_app.store import open_store
 

@@ -2,6 +2,7 @@ import textwrap
 
 import pytest
 from builders import order_document
+from support import base_env
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError
@@ -55,7 +56,7 @@ def test_first_match_wins_and_default_applies():
 
 
 @pytest.mark.parametrize(
-    "cond,expected",
+    ("cond", "expected"),
     [
         ('{ field = "order.status", equals = "placed" }', True),
         ('{ field = "order.status", not_equals = "placed" }', False),
@@ -110,7 +111,7 @@ def test_topics_limit_rules():
 
 
 @pytest.mark.parametrize(
-    "kw,guard",
+    ("kw", "guard"),
     [
         ({"guest": True}, "guest_order"),
         ({"customer_id": None}, "no_customer"),
@@ -170,7 +171,7 @@ def test_use_wallet_strategies_and_guards():
 
 
 @pytest.mark.parametrize(
-    "text,rule,field",
+    ("text", "rule", "field"),
     [
         ('[default]\naction = "nope"', "default", "action"),
         ('[[rules]]\nname="a"\naction="skip"', None, "default"),
@@ -272,7 +273,7 @@ def test_a_matches_pattern_takes_linear_time_on_shopper_input(tmp_path):
             capture_output=True,
             text=True,
             timeout=20,
-            env={"PYTHONPATH": tests, "PATH": "/usr/bin:/bin"},
+            env={"PYTHONPATH": tests, **base_env()},
         )
     except subprocess.TimeoutExpired:
         pytest.fail("deciding took over 20 s: the pattern backtracked exponentially")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import resource_model
-from conftest import DATA
+from support import DATA
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError, PolicyModelError
@@ -40,7 +40,7 @@ def test_a_misspelt_attribute_is_an_error_with_its_line_and_the_nearest_name(tmp
 
 
 @pytest.mark.parametrize(
-    "field,message",
+    ("field", "message"),
     [
         ("customer.emial", 'customers have no attribute "emial"; did you mean "email"?'),
         ("market.cod", 'markets have no attribute "cod"; did you mean "code"?'),

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from builders import order_document
+from support import base_env
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError
@@ -117,7 +118,7 @@ def test_gateway_token_on_another_record_matches_unless_left_out():
 
 
 @pytest.mark.parametrize(
-    "value, message",
+    ("value", "message"),
     [
         ('["fingerprint"]', "unknown matching key 'fingerprint'"),
         ('"gateway_token"', "must be a list"),
@@ -143,7 +144,7 @@ def source_event(ptype: str, attrs: dict, *, status: str = "placed") -> Event:
 
 
 @pytest.mark.parametrize(
-    "ptype, attrs, status, code, fix",
+    ("ptype", "attrs", "status", "code", "fix"),
     [
         ("braintree_payments", {"payment_method_nonce": "n-1"}, "placed", "braintree_nonce_used", "orders.pending"),
         ("braintree_payments", {"payment_method_nonce": None}, "pending", "braintree_no_nonce", "nonce"),
@@ -181,7 +182,7 @@ def test_readiness_refuses_with_the_fix(ptype, attrs, status, code, fix):
 
 
 @pytest.mark.parametrize(
-    "ptype, attrs, status",
+    ("ptype", "attrs", "status"),
     [
         ("braintree_payments", {"payment_method_nonce": "n-1"}, "pending"),
         (
@@ -234,7 +235,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "webhook_app", *args],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        env={**base_env(), **(env or {})},
         timeout=60,
     )
 

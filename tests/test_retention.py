@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, base_env, signed_headers
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery
@@ -132,7 +132,7 @@ def test_metrics_show_database_size_and_oldest_delivery(store, settings_factory,
 
 def test_db_prune_command(tmp_path):
     db = tmp_path / "cli.db"
-    env = {"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"}
+    env = {**base_env(), "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"}
     store = SQLiteStore(str(db))
     store.migrate()
     body = json.dumps({"data": {"id": "c1", "type": "customers", "attributes": {"email": "a@b.c"}}}).encode()
@@ -163,7 +163,7 @@ def test_forget_removes_one_customers_bodies_and_says_how_many(tmp_path):
         Delivery.from_http(signed_headers(body, "customers.create"), body, secrets=SECRETS), now=t
     )
     store.close()
-    env = {"PATH": "/usr/bin:/bin", "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"}
+    env = {**base_env(), "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{db}"}
     run = [sys.executable, "-m", "webhook_app", "forget"]
     r = subprocess.run([*run, "--customer", "cusMINE01"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "of 4 deliveries" in r.stdout, r.stderr

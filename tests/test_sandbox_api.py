@@ -73,7 +73,7 @@ def test_token_accepts_form_encoding(api):
     assert r.status_code == 200 and r.json()["scope"] == "market:code:eu"
 
 
-@pytest.mark.parametrize("client_id, secret", [("sandbox-client-id", "wrong"), ("nobody", "sandbox-client-secret")])
+@pytest.mark.parametrize(("client_id", "secret"), [("sandbox-client-id", "wrong"), ("nobody", "sandbox-client-secret")])
 def test_wrong_credentials_are_401_in_errors_shape(api, client_id, secret):
     r = api.session.post(
         api.server.auth_url,
@@ -151,7 +151,7 @@ def test_unknown_records_are_404_record_not_found(api):
 
 
 @pytest.mark.parametrize(
-    "attributes, pointer",
+    ("attributes", "pointer"),
     [
         ({"guest": "yes"}, "/data/attributes/guest"),
         (
@@ -214,7 +214,7 @@ def test_the_control_api_refuses_what_a_web_page_can_send_across_sites(api):
     assert api.control("POST", "/tokens/expire", {}).json()["expired"] >= 1  # JSON is taken
 
 
-@pytest.mark.parametrize("host,warned", [("127.0.0.1", False), ("0.0.0.0", True)])  # noqa: S104
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_the_sandbox_warns_on_one_line_when_not_bound_to_loopback(tmp_path, host, warned):
     import signal
     import subprocess
@@ -311,7 +311,7 @@ def test_second_save_of_same_source_creates_a_visible_duplicate(api):
 
 
 @pytest.mark.parametrize(
-    "order_id, error",
+    ("order_id", "error"),
     [
         ("OrdGuestSt", "guest"),
         ("OrdGuestWi", "guest"),
@@ -383,7 +383,7 @@ def test_customer_payment_source_id_switches_the_payment_source(api):
 
 
 @pytest.mark.parametrize(
-    "order_id, entry, error",
+    ("order_id", "entry", "error"),
     [
         ("OrdStripeA", "WalletBobA", "not_owned"),  # Alice's order, Bob's card
         ("OrdGuestSt", "WalletBobA", "not_owned"),
@@ -579,7 +579,7 @@ def test_webhook_crud_and_circuit_reset(api):
 
 
 @pytest.mark.parametrize(
-    "attributes, pointer",
+    ("attributes", "pointer"),
     [
         ({"topic": "orders.place"}, "/data/attributes"),  # callback_url is required
         ({"topic": "orders.explode", "callback_url": "http://x/"}, "/data/attributes/topic"),

@@ -9,7 +9,6 @@ relationship names; linkage appears only for included paths; webhook links are r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def sample_resources() -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def webhook_doc() -> Iterator[dict]:
+def webhook_doc() -> dict:
     receiver = Receiver()
     try:
         with running(webhook_scenario(receiver.url, include=MODELLED)) as srv:
@@ -44,17 +43,17 @@ def webhook_doc() -> Iterator[dict]:
             api.close()
     finally:
         receiver.close()
-    yield json.loads(call.body)
+    return json.loads(call.body)
 
 
 @pytest.fixture(scope="module")
-def answer() -> Iterator[dict]:
+def answer() -> dict:
     with running() as srv:
         api = Api(srv)
         api.get_token()
         doc = api.get(f"/orders/OrdWireAaa?include={','.join(MODELLED)}").json()
         api.close()
-    yield doc
+    return doc
 
 
 def by_type(doc: dict) -> dict[str, dict]:

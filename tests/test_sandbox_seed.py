@@ -52,7 +52,7 @@ def test_json_and_toml_scenarios_are_equivalent(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "scenario, where",
+    ("scenario", "where"),
     [
         ({"orders": [{"customer": "ghost@example.com"}]}, "orders[0].customer"),
         ({"orders": [{"payment_source": "cash"}]}, "orders[0].payment_source.type"),

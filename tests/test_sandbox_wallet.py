@@ -71,7 +71,7 @@ def wallet(api: Api) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "order_id, error, text",
+    ("order_id", "error", "text"),
     [
         ("OrdBtPlace", "nonce_used", "cannot use a payment_method_nonce more than once"),
         ("OrdAdyNoRd", "no_payment_request_data", "payment_request_data"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import secret_scan
 from builders import order_body
-from conftest import OTHER_SECRET, SECRET, Clock, make_settings, signed_headers
+from support import OTHER_SECRET, SECRET, Clock, make_settings, signed_headers
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets, sign

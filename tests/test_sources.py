@@ -51,7 +51,7 @@ def test_names_cidrs_and_addresses_mix_ipv4_and_ipv6_deduplicated():
 
 
 @pytest.mark.parametrize(
-    "value,message",
+    ("value", "message"),
     [
         ("commercelayer-asia", "'commercelayer-asia' is not a CIDR nor a known name (commercelayer, commercelayer-eu"),
         ("hooks.example.com", "not a CIDR nor a known name"),
@@ -76,7 +76,7 @@ def test_trusted_proxies_take_cidrs_not_names():
 
 
 @pytest.mark.parametrize(
-    "text,expected",
+    ("text", "expected"),
     [
         ("203.0.113.9", "203.0.113.9"),
         (" 203.0.113.9 ", "203.0.113.9"),

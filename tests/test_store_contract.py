@@ -6,7 +6,7 @@ import threading
 from dataclasses import replace
 
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets

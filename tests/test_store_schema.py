@@ -7,7 +7,7 @@ import sqlite3
 
 import psycopg
 import pytest
-from conftest import pg_schema_url, require_postgres
+from support import pg_schema_url, require_postgres
 
 from webhook_app.store import SCHEMA_VERSION
 from webhook_app.store.postgres import PostgresStore
@@ -23,7 +23,7 @@ def sqlite_shape(path: str) -> tuple[dict[str, list[str]], dict[str, tuple[str, 
     conn = sqlite3.connect(path)
     try:
         tables = {
-            name: [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]  # noqa: S608 - names from sqlite_master
+            name: [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]  # names from sqlite_master
             for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
         indexes = {}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 from builders import order_body
-from conftest import SECRET, pg_schema_url, require_postgres, signed_headers
 from procs import Service, free_port, wait_http, wait_until
+from support import SECRET, pg_schema_url, require_postgres, signed_headers
 
 from webhook_app import wakeup
 from webhook_app.store import open_store

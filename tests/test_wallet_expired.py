@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest_sandbox import running
+from support import base_env
 
 from webhook_app.store.sqlite import SQLiteStore
 
@@ -57,7 +58,7 @@ def server() -> Iterator:
 
 def run(server, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "CL_CLIENT_ID": CLIENT["client_id"],
         "CL_CLIENT_SECRET": CLIENT["client_secret"],
         "CL_API_BASE": server.api_url,

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import pg_schema_url, require_postgres
 from conftest_sandbox import running
+from support import base_env, pg_schema_url, require_postgres
 
 from webhook_app.store import Store
 from webhook_app.store.sqlite import SQLiteStore
@@ -103,7 +103,7 @@ def server() -> Iterator:
 
 def run(server, tmp_path, *args: str, database_url: str | None = None) -> subprocess.CompletedProcess:
     env = {
-        "PATH": "/usr/bin:/bin",
+        **base_env(),
         "CL_CLIENT_ID": CLIENT["client_id"],
         "CL_CLIENT_SECRET": CLIENT["client_secret"],
         "CL_API_BASE": server.api_url,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from builders import order_body
-from conftest import OTHER_SECRET, SECRET, signed_headers
+from support import OTHER_SECRET, SECRET, signed_headers
 
 from webhook_app.errors import StoreUnavailable
 from webhook_app.store import DeliveryFilter

@@ -8,15 +8,16 @@ import tomllib
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
+from webhook_app.backoff import retry_delay
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery, Event
 from webhook_app.policy import load_policy, parse_policy, wallet
 from webhook_app.signing import parse_secrets
 from webhook_app.store import DeliveryFilter
-from webhook_app.worker import Worker, retry_delay
+from webhook_app.worker import Worker
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 
@@ -109,7 +110,7 @@ def test_redeliveries_and_other_topics_make_one_patch_per_order(env):
 
 
 @pytest.mark.parametrize(
-    "kw,guard",
+    ("kw", "guard"),
     [
         ({"guest": True}, "guest_order"),
         ({"customer_id": None}, "no_customer"),

@@ -9,7 +9,7 @@ import random
 
 import pytest
 from builders import order_body
-from conftest import SECRET, signed_headers
+from support import SECRET, signed_headers
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path

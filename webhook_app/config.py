@@ -23,6 +23,9 @@ from webhook_app.topics import KNOWN_TOPICS, TOPIC_PATTERN
 
 T = TypeVar("T")
 
+#: where `serve` and `web` listen without --bind (the operator routes: the next port up)
+DEFAULT_BIND = "127.0.0.1:8000"
+
 
 def bundled_policy_path() -> Path:
     """The example policy shipped inside the package."""

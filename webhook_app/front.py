@@ -312,7 +312,7 @@ class Front:
                 return
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await self.handle(reader, writer, client=client, operator=operator, held=held)
-        except Exception as exc:  # noqa: BLE001 - a bug here costs one connection, never the front
+        except Exception as exc:  # a bug here costs one connection, never the front
             self.refusals.note(f"internal error ({type(exc).__name__})", client)
             if loop.time() - self._last_bug >= LOG_INTERVAL:  # its traceback once per interval
                 self._last_bug = loop.time()

@@ -377,7 +377,7 @@ def scrape_registry(store_collector: StoreCollector) -> CollectorRegistry:
     `store_collector`'s, read from the database now."""
     registry = CollectorRegistry()
     if multiprocess_dir():
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
     else:
         registry.register(_Default())
     registry.register(store_collector)

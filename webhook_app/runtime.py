@@ -8,6 +8,7 @@ in hand. `run_serve` is a small supervisor: it opens the listening sockets, star
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -25,7 +26,8 @@ from typing import Any
 from gunicorn.app.base import Application, BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from webhook_app.config import Settings
+from webhook_app.backoff import doubling
+from webhook_app.config import DEFAULT_BIND, Settings
 from webhook_app.store import group_commit
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ def restart_delay(restarts: int, *, ran_for: float) -> tuple[int, float]:
     if ran_for > WORKER_STABLE_SECONDS:
         restarts = 0
     restarts += 1
-    return restarts, min(30.0, 0.5 * 2 ** min(restarts, 6))
+    return restarts, doubling(restarts, base=1.0, cap=30.0)
 
 
 # Limits that keep one slow or hostile client from tying up the server (see README, Operations).
@@ -90,10 +92,10 @@ def mark_metrics_process_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
-class _ArbiterWithWriter(BaseApplication):
+class _ArbiterWithWriter(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
     """What gunicorn's `Application.run` calls last (`BaseApplication.run`), making our arbiter
     instead of gunicorn's; `Application.run` (config checks, daemon, paths) stays gunicorn's."""
 
@@ -110,7 +112,7 @@ class _ArbiterWithWriter(BaseApplication):
             sys.exit(1)
 
 
-class _Gunicorn(Application, _ArbiterWithWriter):
+class _Gunicorn(Application, _ArbiterWithWriter):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
 
     def __init__(
@@ -150,7 +152,7 @@ class _Gunicorn(Application, _ArbiterWithWriter):
 
 def run_web(settings: Settings, *, bind: str | None, workers: int | None = None, config_file: str | None = None) -> int:
     """Serve the web app with gunicorn (blocks until gunicorn exits), its commit writer beside it."""
-    defaults = dict(GUNICORN_DEFAULTS, bind=["127.0.0.1:8000"], workers=settings.web_workers)
+    defaults = dict(GUNICORN_DEFAULTS, bind=[DEFAULT_BIND], workers=settings.web_workers)
     # gunicorn's own variable, read here rather than by gunicorn (whose default without it trusts 127.0.0.1)
     defaults["forwarded_allow_ips"] = os.environ.get("FORWARDED_ALLOW_IPS", "")
     explicit: dict[str, Any] = {}
@@ -174,7 +176,7 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
     return 0
 
 
-class _Arbiter(Arbiter):
+class _Arbiter(Arbiter):  # type: ignore[misc]  # gunicorn has no type hints
     """gunicorn's arbiter, which also looks after the commit writer from its own loop (no thread:
     gunicorn forks its workers from this process, and a thread blocked in a read while it forks
     leaves locks held in every worker)."""
@@ -220,7 +222,7 @@ class CommitWriterProcess:
         self.started = time.monotonic()
         self.restart_at = None
         self.heard = b""
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        self.proc = subprocess.Popen(  # our own interpreter and module
             [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert self.proc.stdin is not None
@@ -287,10 +289,8 @@ class CommitWriterProcess:
             return
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
 
     def stop(self, timeout: float = 15.0) -> None:
         """In the master, after gunicorn's workers: end the writer's stdin, wait for it, and
@@ -301,17 +301,13 @@ class CommitWriterProcess:
         if proc is None:
             return
         if proc.stdin is not None:
-            try:
+            with contextlib.suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
         if not self._gone(wait=timeout) and proc.poll() is None:
             proc.kill()
         self.proc = None
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # killed above
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - killed above
-            pass
         if proc.stdout is not None:
             proc.stdout.close()
         self.channel.remove()
@@ -377,10 +373,8 @@ def _first_line(fd: int, *, timeout: float) -> bytes:
 
 
 def _tell_parent(line: str) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the parent is gone: stdin's end stops this writer next
         os.write(sys.stdout.fileno(), line.encode(errors="replace").replace(b"\n", b" ") + b"\n")
-    except OSError:
-        pass  # the parent is gone: stdin's end stops this writer next
 
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
@@ -585,10 +579,10 @@ class _Child:
     def spawn(self) -> None:
         self.proc = subprocess.Popen(self.cmd, env=self.env, pass_fds=self.pass_fds)  # noqa: S603 - our own interpreter and module
         if self.nice:
-            try:  # before it has imported anything: from its first job on it yields to the intake
+            # before it has imported anything: from its first job on it yields to the intake; if
+            # it is gone already, check() starts it again
+            with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + self.nice)
-            except OSError:
-                pass  # gone already: check() starts it again
         self.started = time.monotonic()
         self.restart_at = None
 
@@ -656,7 +650,7 @@ def run_serve(
     gunicorn only on a private Unix socket behind it (`webhook_app.front`: slow clients cost the
     front a socket, never a gunicorn worker; requests wait there while gunicorn (re)starts)."""
     try:
-        public, operator = open_listeners(bind or "127.0.0.1:8000", operator_bind)
+        public, operator = open_listeners(bind or DEFAULT_BIND, operator_bind)
     except ListenError as exc:
         print(f"webhook-app: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from webhook_app import claims, tracing
+from webhook_app.backoff import doubling, retry_delay
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused, status_name
 from webhook_app.config import Settings
@@ -45,18 +46,6 @@ PRUNE_BATCHES_PER_TICK = 4
 # `updated_at`): `doctor` calls a worker silent for a minute not running.
 HEARTBEAT = "worker"
 HEARTBEAT_SECONDS = 10.0
-
-
-def retry_delay(
-    attempt: int, *, base: float, cap: float, retry_after: float | None = None, rng: random.Random | None = None
-) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random, capped; >= Retry-After."""
-    r = rng or random
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
-    delay = ceiling / 2 + r.uniform(0, ceiling / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 def new_worker_id() -> str:
@@ -177,13 +166,13 @@ class Worker:
                 failures = 0
             except StoreError as exc:
                 failures += 1
-                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                wait = doubling(failures, base=1.0, cap=30.0)
                 log.warning("store unavailable, worker waiting", extra={"error": str(exc), "wait": wait})
                 stop.wait(wait)
                 continue
-            except Exception as exc:  # noqa: BLE001 - recording a job's failure failed: never die for it
+            except Exception as exc:  # recording a job's failure failed: never die for it
                 failures += 1
-                wait = min(30.0, 0.5 * 2 ** min(failures, 6))
+                wait = doubling(failures, base=1.0, cap=30.0)
                 log.exception("worker loop error, waiting", extra={"error": _describe(exc), "wait": wait})
                 stop.wait(wait)
                 continue

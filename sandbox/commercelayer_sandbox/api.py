@@ -262,10 +262,13 @@ class _Api:
                 request.environ[DROP_KEY] = True
             elif decision.error_status:
                 response = error_response(fault_error(decision.error_status))
-        if decision.late_answer and not request.environ.get(DROP_KEY):
-            # Applied already; the answer waits (past the client's read timeout).
-            if self.sandbox.stopping.wait(decision.late_answer):
-                request.environ[DROP_KEY] = True
+        # Applied already; a late answer waits (past the client's read timeout).
+        if (
+            decision.late_answer
+            and not request.environ.get(DROP_KEY)
+            and self.sandbox.stopping.wait(decision.late_answer)
+        ):
+            request.environ[DROP_KEY] = True
         verdict = g.get("sandbox_ratelimit")
         if verdict is not None:
             response.headers.update(verdict.headers())

@@ -507,7 +507,7 @@ def _order_predicate(name: str, value: str) -> Callable[[Order], bool] | None:
                 f"{value!r} is not an ISO 8601 time.",
                 parameter=f"filter[q][{name}]",
             ) from None
-        compare = {
+        compare: Callable[[int], bool] = {
             "gteq": lambda a: a >= wanted,
             "lteq": lambda a: a <= wanted,
             "gt": lambda a: a > wanted,

@@ -96,7 +96,8 @@ def extract(openapi: Mapping[str, Any], names: Iterable[str] = FRAGMENTS) -> dic
 def load(name: str) -> dict[str, Any]:
     """One bundled fragment, parsed (cached; callers must not mutate it)."""
     path = resources.files("commercelayer_sandbox") / "schemas" / f"{name}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    fragment: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return fragment
 
 
 def relax_relationship_data(schema: Mapping[str, Any], *, list_document: bool = False) -> dict[str, Any]:

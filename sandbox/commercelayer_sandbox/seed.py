@@ -113,10 +113,7 @@ def read_scenario(source: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise SandboxError(str(path), f"cannot read the scenario: {exc.strerror}") from None
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise SandboxError(str(path), f"not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
@@ -187,7 +184,7 @@ class _Loader:
         value = entry.get(key, default)
         if value not in allowed:
             raise SandboxError(f"{path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
-        return value
+        return str(value)
 
     # -- records --
 

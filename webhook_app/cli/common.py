@@ -71,7 +71,7 @@ def stored_organization(args: argparse.Namespace, settings: Settings) -> str | N
     agency mode `--org` is needed: ConfigError, one line naming the organizations."""
     from webhook_app.organizations import IMPLICIT, SLUG, load_organizations
 
-    slug = getattr(args, "org", None)
+    slug: str | None = getattr(args, "org", None)
     if slug is None:
         if settings.organizations_path is None:
             return None

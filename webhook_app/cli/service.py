@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from webhook_app import __version__
 from webhook_app.cli.common import load_settings, prepare_store
-from webhook_app.config import Settings
+from webhook_app.config import DEFAULT_BIND, Settings
 from webhook_app.errors import UsageError
 from webhook_app.logs import mask_url
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from webhook_app.policy import Policy
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BIND = "127.0.0.1:8000"
 
 
 def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from webhook_app.errors import InvalidPayload
 from webhook_app.events import Event
@@ -33,7 +34,7 @@ class Change:
         return f"{self.order_id}: {show(self.before, self.rules_before)} -> {show(self.after, self.rules_after)}"
 
 
-def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict]]]:
+def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict[str, Any]]]]:
     """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`."""
     for d in store.iter_deliveries(replace(flt, with_body=True)):
         if d.order_id and d.status == DeliveryStatus.QUEUED and d.body_removed is None:

@@ -132,13 +132,12 @@ def check(event: Event) -> NotReady | None:
                     f'stripe_payments: options.setup_future_usage is {usage!r}, not "off_session"; create '
                     'Stripe payment sources with options = {setup_future_usage = "off_session"}',
                 )
-    elif t == "axerve_payments":
-        if _get(a, "request_token") is False:
-            return NotReady(
-                "axerve_no_request_token",
-                "axerve_payments: request_token is false; create Axerve payment sources with "
-                "request_token = true (mandatory to use the customer's wallet)",
-            )
+    elif t == "axerve_payments" and _get(a, "request_token") is False:
+        return NotReady(
+            "axerve_no_request_token",
+            "axerve_payments: request_token is false; create Axerve payment sources with "
+            "request_token = true (mandatory to use the customer's wallet)",
+        )
     return None
 
 

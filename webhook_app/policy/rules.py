@@ -20,7 +20,7 @@ from typing import Any
 import re2
 
 from webhook_app.errors import PolicyError, PolicyModelError
-from webhook_app.events import TOPIC_PATTERN, Event, Resource
+from webhook_app.events import Event, Resource
 from webhook_app.policy import model, readiness, wallet
 from webhook_app.policy.decision import (
     ACTIONS,
@@ -32,7 +32,7 @@ from webhook_app.policy.decision import (
     Decision,
 )
 from webhook_app.policy.guards import apply_guards
-from webhook_app.topics import ORDER_TOPICS
+from webhook_app.topics import ORDER_TOPICS, TOPIC_PATTERN
 
 ROOTS = ("topic", "order", "customer", "payment_source", "market", "line_items", "wallet")
 # JSON:API `include_resources` each root needs in the webhook body.
@@ -119,9 +119,12 @@ def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
         # (a name, a note, a SKU) can make a rule take exponential time, as `(a+)+$` would in `re`.
         rx = re2.compile(operand)
         return lambda v: isinstance(v, str) and rx.search(v) is not None
-    cmp = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b, "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}[
-        op
-    ]
+    cmp: Callable[[Any, Any], bool] = {
+        "gt": lambda a, b: a > b,
+        "gte": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b,
+        "lte": lambda a, b: a <= b,
+    }[op]
     return lambda v: v is not _MISSING and _ordered(v, operand) and cmp(v, operand)
 
 

@@ -196,9 +196,12 @@ def entry_matches(
     if linked_type and linked_type != source.type:
         return False  # another gateway's entry cannot stand for this source
     other = included.get((linked_type or source.type, linked_id))
-    if GATEWAY_TOKEN in wanted and tokens:
-        if token in tokens or (other is not None and tokens & source_tokens(other)):
-            return GATEWAY_TOKEN
+    if (
+        GATEWAY_TOKEN in wanted
+        and tokens
+        and (token in tokens or (other is not None and tokens & source_tokens(other)))
+    ):
+        return GATEWAY_TOKEN
     if not by_card:
         # Nothing else to compare; an unsent source of ours could still have carried a card.
         card_keys = wanted & {CARD_FINGERPRINT, PAYMENT_INSTRUMENT}

@@ -36,6 +36,7 @@ use is answered with an error (the worker answers 503), and the writer goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -360,8 +361,9 @@ class CommitClient:
         loc = self._local
         if getattr(loc, "pid", None) != os.getpid():  # after a fork: not the parent's connection
             loc.sock, loc.pid, loc.retry_at = None, os.getpid(), 0.0
-        if loc.sock is not None:
-            return loc.sock
+        held: socket.socket | None = loc.sock
+        if held is not None:
+            return held
         if time.monotonic() < loc.retry_at:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -641,7 +643,7 @@ class CommitWriter:
         except StoreError as exc:  # the database is unavailable: every request in the batch is told
             answers = [exc.detail] * len(batch)
             ok = False
-        except Exception:  # noqa: BLE001 - one odd delivery must not fail the others with it, again and again
+        except Exception:  # one odd delivery must not fail the others with it, again and again
             log.exception("commit writer failed a batch; committing its deliveries one by one")
             answers = [self._commit_one(s) for s in batch] if len(batch) > 1 else ["the commit writer failed"]
             ok = False
@@ -656,7 +658,7 @@ class CommitWriter:
             return self.store.record_deliveries([s])[0]
         except StoreError as exc:
             return exc.detail
-        except Exception:  # noqa: BLE001 - answered as unavailable; logged for the operator
+        except Exception:  # answered as unavailable; logged for the operator
             log.exception("commit writer could not store a delivery")
             return "the commit writer could not store this delivery"
 
@@ -667,7 +669,5 @@ class CommitWriter:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self.channel.path)
-            except OSError:
-                pass

@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -258,10 +258,8 @@ class PostgresStore(SQLStore):
         would wait for the previous one's fsync and concurrent commits could no longer share a
         WAL flush. Best effort: the delivery is already committed, and a worker that misses the
         notification finds the job at its next poll."""
-        try:
+        with suppress(psycopg.Error):
             c.run("SELECT pg_notify(?, '')", (JOBS_CHANNEL,))
-        except psycopg.Error:
-            pass
 
     def wait_for_jobs(self, timeout: float) -> bool:
         """LISTEN on a connection of this process's own; True when a notification came."""
@@ -284,10 +282,8 @@ class PostgresStore(SQLStore):
 
     def _close_listener(self) -> None:
         if self._listener is not None and self._listener_pid == os.getpid():
-            try:
+            with suppress(psycopg.Error):  # closing a broken connection
                 self._listener.close()
-            except psycopg.Error:  # pragma: no cover - closing a broken connection
-                pass
         self._listener = None
 
     def close(self) -> None:

@@ -515,7 +515,7 @@ class SQLStore(Store):
             return None if row is None else ActionState(row["state"])
 
     # --- card claims ------------------------------------------------------------------------
-    def _serialize(self, c: Cursorish, key: str) -> None:  # noqa: B027 - SQLite: the write lock already does
+    def _serialize(self, c: Cursorish, key: str) -> None:  # SQLite: the write lock already does
         """Serialize the rest of this transaction with others that name `key` (PostgreSQL reads
         committed data statement by statement: a claim spanning several rows needs this)."""
 
@@ -661,7 +661,7 @@ class SQLStore(Store):
                     " ORDER BY id",
                     tuple(ids),
                 ):
-                    latest[int(r["delivery_id"])] = {k: r[k] for k in r.keys() if k != "delivery_id"}
+                    latest[int(r["delivery_id"])] = {k: r[k] for k in r.keys() if k != "delivery_id"}  # noqa: SIM118 - a sqlite3.Row iterates its values
         return [_delivery(r, [latest[int(r["id"])]] if int(r["id"]) in latest else [], []) for r in rows]
 
     def queue_stats(self, *, now: float) -> QueueStats:

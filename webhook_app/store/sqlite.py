@@ -15,6 +15,7 @@ still applies to writers outside the service (e.g. the sqlite3 shell).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -45,7 +46,7 @@ class _Cursor(Cursorish):
         self.conn = conn
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
-        row = self.conn.execute(sql, params).fetchone()
+        row: Row | None = self.conn.execute(sql, params).fetchone()
         return row
 
     def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
@@ -301,10 +302,8 @@ def _create_private(path: str) -> None:
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):  # no transaction left to roll back (SQLite rolled it back itself)
         conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # no transaction left to roll back (SQLite rolled it back itself)
 
 
 _IN_THE_WAY = "part of that path is a file, not a directory"

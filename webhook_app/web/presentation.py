@@ -15,13 +15,13 @@ from typing import Any
 from werkzeug.datastructures import MultiDict
 
 from webhook_app.errors import WebhookAppError
-from webhook_app.events import TOPIC_PATTERN
 from webhook_app.logs import SecretScrubber
 from webhook_app.organizations import SLUG
 from webhook_app.states import DeliveryStatus, JobState
 from webhook_app.store import DeliveryFilter, Operation, Store, StoredDelivery
 from webhook_app.timefmt import iso, parse_time
 from webhook_app.tokens import REPLAY_HEADER
+from webhook_app.topics import TOPIC_PATTERN
 
 STATUSES = (*DeliveryStatus, *JobState)
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
