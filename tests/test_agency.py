@@ -209,3 +209,16 @@ def test_a_refused_organization_is_told_by_its_own_keys(agency, clock):
     why = agency.http.get("/readyz").get_json()["checks"]["commercelayer_credentials:initech"]
     assert "check client_id and the variable client_secret_env names" in why, why
     assert "organization initech's table in WEBHOOK_APP_ORGANIZATIONS" in why and "CL_CLIENT" not in why
+
+
+def test_the_admin_page_lists_each_deliverys_organization_and_filters_by_it(agency, clock) -> None:
+    for slug in SLUGS:
+        assert agency.post(slug, f"ord-{slug}").status_code == 202
+    keys = ("admin-key-0123456789abcdef",)
+    page = create_app(agency.settings.with_overrides(admin_keys=keys), store=agency.store, clock=clock).test_client()
+    assert page.post("/admin/login", data={"token": Tokens(ADMIN, keys, clock).make(ttl=3600)}).status_code == 303
+    html = page.get("/admin/").get_data(as_text=True)
+    assert "<th>Organization</th>" in html and '<option value="initech">' in html
+    assert all(f'<td class="org">{slug}</td>' in html for slug in SLUGS)
+    only = page.get("/admin/?organization=globex").get_data(as_text=True)
+    assert '<td class="org">globex</td>' in only and '<td class="org">acme</td>' not in only

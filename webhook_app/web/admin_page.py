@@ -172,9 +172,19 @@ def index() -> BaseResponse | tuple[str, int]:
         filters=filters,
         older_args=older_args,
         statuses=STATUSES,
+        # Agency mode: the configured organizations to choose from (a removed one's rows stay
+        # reachable by typing its slug: the filter takes any stored organization).
+        organizations=_organization_choices(),
         operations=[presentation.operation(o) for o in st.list_operations(limit=PAGE_OPERATIONS)],
         wallet=wallet_activity.activity_document(st, services().policy, now=at, days=WALLET_DAYS),
     ), 400 if error else 200
+
+
+def _organization_choices() -> list[str]:
+    orgs = services().organizations
+    if orgs is None or not orgs.agency:
+        return []
+    return sorted(o.label for o in orgs)
 
 
 @page.post("/login")
