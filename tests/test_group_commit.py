@@ -59,11 +59,18 @@ class _Gated(CommitWriter):
         super().__init__(*a, **kw)
         self.gate = threading.Event()
         self.gate.set()
+        self.expect = 0  # how many requests the held commit is for (set by _submit_all)
 
     def _commit(self) -> None:
-        if not self.gate.is_set():
+        if self.expect:
+            # The writer may reach its first commit before or after the gate opens (it may have
+            # read one frame before the others were sent): either way, wait for the gate, then
+            # read until every client's frame is in hand (each is in its socket by then).
             self.gate.wait(timeout=10)
-            self._read_ready(0.0)
+            deadline = time.monotonic() + 5
+            while len(self.pending) < self.expect and time.monotonic() < deadline:
+                self._read_ready(0.05)
+            self.expect = 0
         super()._commit()
 
 
@@ -141,6 +148,7 @@ def _submit_all(w: _Writer, deliveries: list[Delivery]) -> list:
             _close(c)
 
     w.writer.gate.clear()
+    w.writer.expect = len(deliveries)
     w.start()
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(deliveries))]
     for t in threads:
