@@ -94,6 +94,7 @@ def _json_only() -> None:
 
 
 def init_app(app: Flask, sandbox: Sandbox) -> None:
+    """Mount the control API on `app` under `/_sandbox/`, one group of routes per concern."""
     bp = Blueprint("sandbox_control", __name__, url_prefix="/_sandbox")
     bp.before_request(_json_only)
 
@@ -101,6 +102,16 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
     def invalid(exc: SandboxError) -> Response:
         err = _invalid(exc)
         return Response(app.json.dumps(err.document()), 400, content_type="application/json")
+
+    _scenario_routes(bp, sandbox)
+    _observation_routes(bp, sandbox)
+    _settings_routes(bp, sandbox)
+    _event_routes(bp, sandbox)
+    app.register_blueprint(bp)
+
+
+def _scenario_routes(bp: Blueprint, sandbox: Sandbox) -> None:
+    """What the sandbox holds: health, load a scenario, its state, reset."""
 
     @bp.get("/health")
     def health() -> Response:
@@ -121,6 +132,16 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
     @bp.get("/state")
     def state() -> Response:
         return jsonify(sandbox.state.snapshot())
+
+    @bp.post("/reset")
+    def reset() -> Response:
+        body = _body()
+        empty = bool(body.get("empty", False)) if isinstance(body, dict) else False
+        return jsonify(sandbox.reset(reload=not empty))
+
+
+def _observation_routes(bp: Blueprint, sandbox: Sandbox) -> None:
+    """What the sandbox saw: the request log and the counters."""
 
     @bp.get("/requests")
     def requests_log() -> Response:
@@ -153,6 +174,10 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         sandbox.stats.reset()
         return Response(status=204)
 
+
+def _settings_routes(bp: Blueprint, sandbox: Sandbox) -> None:
+    """How the sandbox behaves: faults, configuration, token expiry."""
+
     @bp.get("/faults")
     def faults() -> Response:
         return jsonify(sandbox.faults.to_dict())
@@ -179,26 +204,22 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
     def expire_tokens() -> Response:
         return jsonify(expired=sandbox.state.expire_tokens(now=sandbox.now()))
 
+
+def _event_routes(bp: Blueprint, sandbox: Sandbox) -> None:
+    """Webhook events: trigger them, list them, their callbacks, wait for the sender."""
+
     @bp.post("/events")
     def trigger() -> tuple[Response, int]:
         body = _body()
         if not isinstance(body, dict):
             raise SandboxError("", "the body must be an object")
+        transition = bool(body.get("transition", False))
         if "customer_id" in body or "customer_ids" in body:
-            cids = body.get("customer_ids", [body["customer_id"]] if "customer_id" in body else None)
-            if not isinstance(cids, list) or not cids or not all(isinstance(i, str) for i in cids):
-                raise SandboxError("customer_ids", "give customer_id (a string) or customer_ids (a list of strings)")
-            if not isinstance(body.get("topic"), str):
-                raise SandboxError("topic", "is required")
-            fired = sandbox.trigger_customers(body["topic"], cids, transition=bool(body.get("transition", False)))
+            cids = _ids(body, "customer_id", "customer_ids")
+            fired = sandbox.trigger_customers(_topic(body), cids, transition=transition)
             return jsonify(events=[_event(e) for e in fired]), 202
-        ids = body.get("order_ids", [body["order_id"]] if "order_id" in body else None)
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise SandboxError("order_ids", "give order_id (a string) or order_ids (a list of strings)")
-        topic = body.get("topic")
-        if not isinstance(topic, str):
-            raise SandboxError("topic", "is required")
-        events = sandbox.trigger(topic, ids, transition=bool(body.get("transition", False)))
+        ids = _ids(body, "order_id", "order_ids")
+        events = sandbox.trigger(_topic(body), ids, transition=transition)
         return jsonify(events=[_event(e) for e in events]), 202
 
     @bp.get("/events")
@@ -215,27 +236,7 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
                 for c in sandbox.state.callbacks
                 if all(args.get(k) in (None, getattr(c, k)) for k in ("webhook_id", "event_id", "topic"))
             ]
-        return jsonify(
-            event_callbacks=[
-                {
-                    "id": c.id,
-                    "webhook_id": c.webhook_id,
-                    "event_id": c.event_id,
-                    "topic": c.topic,
-                    "attempt": c.attempt,
-                    "callback_url": c.callback_url,
-                    "response_code": c.response_code,
-                    "response_message": c.response_message,
-                    "succeeded": c.succeeded,
-                    "lost_answer": c.lost_answer,
-                    "duration_ms": c.duration_ms,
-                    "created_at": iso(c.created_at),
-                    "signature": c.signature,
-                    "body": c.body.decode("utf-8"),
-                }
-                for c in items
-            ]
-        )
+        return jsonify(event_callbacks=[_callback(c) for c in items])
 
     @bp.post("/sender/drain")
     def drain() -> tuple[Response, int]:
@@ -246,13 +247,39 @@ def init_app(app: Flask, sandbox: Sandbox) -> None:
         drained = sandbox.sender.drain(float(timeout))
         return jsonify(drained=drained, pending=sandbox.sender.pending()), 200 if drained else 504
 
-    @bp.post("/reset")
-    def reset() -> Response:
-        body = _body()
-        empty = bool(body.get("empty", False)) if isinstance(body, dict) else False
-        return jsonify(sandbox.reset(reload=not empty))
 
-    app.register_blueprint(bp)
+def _ids(body: dict[str, Any], one: str, many: str) -> list[str]:
+    """`one` (a string) or `many` (a non-empty list of strings) from a trigger's body."""
+    ids = body.get(many, [body[one]] if one in body else None)
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise SandboxError(many, f"give {one} (a string) or {many} (a list of strings)")
+    return ids
+
+
+def _topic(body: dict[str, Any]) -> str:
+    topic = body.get("topic")
+    if not isinstance(topic, str):
+        raise SandboxError("topic", "is required")
+    return topic
+
+
+def _callback(c: Any) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "webhook_id": c.webhook_id,
+        "event_id": c.event_id,
+        "topic": c.topic,
+        "attempt": c.attempt,
+        "callback_url": c.callback_url,
+        "response_code": c.response_code,
+        "response_message": c.response_message,
+        "succeeded": c.succeeded,
+        "lost_answer": c.lost_answer,
+        "duration_ms": c.duration_ms,
+        "created_at": iso(c.created_at),
+        "signature": c.signature,
+        "body": c.body.decode("utf-8"),
+    }
 
 
 def _event(e: Any) -> dict[str, Any]:

@@ -60,8 +60,20 @@ def split_scenario(scenario: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
     shared = scenario.get("sandbox", {})
     if not isinstance(shared, Mapping):
         raise SandboxError("sandbox", "must be an object")
-    raw = scenario["organizations"]
-    items: list[tuple[str, Any]]
+    items = _named_organizations(scenario["organizations"])
+    out: list[tuple[str, dict[str, Any]]] = []
+    for slug, org in items:
+        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
+            raise SandboxError(f"organizations.{slug}", "a slug is lowercase letters, digits and -")
+        if any(slug == s for s, _ in out):
+            raise SandboxError(f"organizations.{slug}", "named twice")
+        out.append((slug, _organization_scenario(slug, org, shared)))
+    return out
+
+
+def _named_organizations(raw: Any) -> list[tuple[Any, Any]]:
+    """`organizations` as (slug, scenario) pairs, from a table keyed by slug or a list of {slug, ...}."""
+    items: list[tuple[Any, Any]]
     if isinstance(raw, Mapping):
         items = list(raw.items())
     elif isinstance(raw, list):
@@ -74,28 +86,26 @@ def split_scenario(scenario: Mapping[str, Any]) -> list[tuple[str, dict[str, Any
         raise SandboxError("organizations", "must be a table keyed by slug or a list of {slug, ...}")
     if not items:
         raise SandboxError("organizations", "name at least one organization")
-    out: list[tuple[str, dict[str, Any]]] = []
-    for slug, org in items:
-        where = f"organizations.{slug}"
-        if not isinstance(slug, str) or not _SLUG.fullmatch(slug):
-            raise SandboxError(where, "a slug is lowercase letters, digits and -")
-        if any(slug == s for s, _ in out):
-            raise SandboxError(where, "named twice")
-        if not isinstance(org, Mapping):
-            raise SandboxError(where, "must be a scenario (an object)")
-        if "organizations" in org:
-            raise SandboxError(f"{where}.organizations", "organizations do not nest")
-        own = org.get("sandbox", {})
-        if not isinstance(own, Mapping):
-            raise SandboxError(f"{where}.sandbox", "must be an object")
-        settings = {
-            **shared,
-            "organization_id": "Org" + "".join(p.title() for p in slug.split("-")),
-            **own,
-            "organization_slug": slug,
-        }
-        out.append((slug, {**org, "sandbox": settings}))
-    return out
+    return items
+
+
+def _organization_scenario(slug: str, org: Any, shared: Mapping[str, Any]) -> dict[str, Any]:
+    """One organization's scenario, with the shared settings under its own and its slug."""
+    where = f"organizations.{slug}"
+    if not isinstance(org, Mapping):
+        raise SandboxError(where, "must be a scenario (an object)")
+    if "organizations" in org:
+        raise SandboxError(f"{where}.organizations", "organizations do not nest")
+    own = org.get("sandbox", {})
+    if not isinstance(own, Mapping):
+        raise SandboxError(f"{where}.sandbox", "must be an object")
+    settings = {
+        **shared,
+        "organization_id": "Org" + "".join(p.title() for p in slug.split("-")),
+        **own,
+        "organization_slug": slug,
+    }
+    return {**org, "sandbox": settings}
 
 
 class OrganizationDispatcher:
