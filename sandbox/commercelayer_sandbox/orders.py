@@ -199,6 +199,129 @@ class PatchOutcome:
     refused_without_entry: str | None = None
 
 
+@dataclass
+class _Patch:
+    """One PATCH in progress: the body, the draft it changes, and what it will commit."""
+
+    state: SandboxState
+    attributes: Mapping[str, Any]
+    now: int
+    gateway_refusal: str
+    outcome: PatchOutcome
+    new_customers: list[Customer] = field(default_factory=list)
+    customer_changes: dict[str, Customer] = field(default_factory=dict)
+
+    @property
+    def draft(self) -> Order:
+        return self.outcome.order
+
+
+def _plain_attributes(p: _Patch) -> None:
+    for key in STORED:
+        if key in p.attributes:
+            p.draft.extra[key] = p.attributes[key]
+    for key in ("guest", "language_code", "reference", "reference_origin", "metadata"):
+        if key in p.attributes:
+            setattr(p.draft, key, p.attributes[key])
+
+
+def _customer_email(p: _Patch) -> None:
+    if "customer_email" in p.attributes:
+        _associate_customer(p.state, p.draft, p.attributes["customer_email"], p.now, p.new_customers)
+
+
+def _customer_password(p: _Patch) -> None:
+    if not p.attributes.get("customer_password"):
+        return
+    draft = p.draft
+    customer = next((c for c in p.new_customers if c.id == draft.customer_id), None) or copy.deepcopy(
+        p.state.customers.get(draft.customer_id or "")
+    )
+    if customer is None:
+        raise validation_error(
+            "the order has no customer to sign up",
+            pointer="/data/attributes/customer_password",
+            error="no_customer",
+        )
+    customer.has_password = True
+    customer.updated_at = p.now
+    p.customer_changes[customer.id] = customer
+
+
+def _nullify_payment_source(p: _Patch) -> None:
+    if p.attributes.get("_nullify_payment_source"):
+        p.draft.payment_source_id = None
+
+
+def _use_wallet(p: _Patch) -> None:
+    if "_customer_payment_source_id" in p.attributes:
+        p.outcome.used_entry = _use_wallet_entry(
+            p.state, p.draft, p.attributes["_customer_payment_source_id"], p.now, p.outcome
+        )
+
+
+def _save_wallet(p: _Patch) -> None:
+    if not p.attributes.get("_save_payment_source_to_customer_wallet"):
+        return
+    entry = _save_to_wallet(p.state, p.draft, p.now, p.outcome, p.gateway_refusal)
+    if entry is not None:
+        if any(w.payment_source_id == entry.payment_source_id for w in p.state.wallet.values()):
+            p.outcome.duplicates += 1
+        p.outcome.created.append(entry)
+
+
+def _status_triggers(p: _Patch) -> None:
+    draft = p.draft
+    for trigger, topics in STATUS_TRIGGERS.items():
+        if not p.attributes.get(trigger):
+            continue
+        for topic in topics:
+            if not _ALLOWED[topic](draft):
+                raise validation_error(
+                    f"{trigger} is not allowed on an order with status {draft.status!r} and "
+                    f"payment_status {draft.payment_status!r}",
+                    pointer=f"/data/attributes/{trigger}",
+                    error="invalid_transition",
+                )
+            apply_transition(draft, topic, p.now)
+            p.outcome.topics.append(topic)
+
+
+def _archive(p: _Patch) -> None:
+    if p.attributes.get("_archive"):
+        p.draft.archived_at = p.now
+    if p.attributes.get("_unarchive"):
+        p.draft.archived_at = None
+
+
+#: The parts of a PATCH, in the order they apply (the module docstring's order).
+_PATCH_STEPS: tuple[Callable[[_Patch], None], ...] = (
+    _plain_attributes,
+    _customer_email,
+    _customer_password,
+    _nullify_payment_source,
+    _use_wallet,
+    _save_wallet,
+    _status_triggers,
+    _archive,
+)
+
+
+def _commit(p: _Patch, order_id: str, original: Order) -> None:
+    """Store the draft and everything the PATCH created (only once every step accepted it)."""
+    state, draft, outcome = p.state, p.draft, p.outcome
+    if draft != original or outcome.created or p.new_customers or p.customer_changes:
+        draft.updated_at = p.now
+    state.orders[order_id] = draft
+    for c in p.new_customers:
+        state.customers[c.id] = c
+    state.customers.update(p.customer_changes)
+    for source in outcome.new_sources:
+        state.payment_sources[source.id] = source
+    for entry in outcome.created:
+        state.wallet[entry.id] = entry
+
+
 def apply_patch(
     state: SandboxState,
     order_id: str,
@@ -210,74 +333,11 @@ def apply_patch(
     """Apply a checked `orderUpdate` body's attributes to an order; ApiError (422) if refused."""
     with state.lock:
         original = state.order(order_id)
-        draft = copy.deepcopy(original)
-        outcome = PatchOutcome(draft)
-        new_customers: list[Customer] = []
-        customer_changes: dict[str, Customer] = {}
-
-        for key in STORED:
-            if key in attributes:
-                draft.extra[key] = attributes[key]
-        for key in ("guest", "language_code", "reference", "reference_origin", "metadata"):
-            if key in attributes:
-                setattr(draft, key, attributes[key])
-        if "customer_email" in attributes:
-            _associate_customer(state, draft, attributes["customer_email"], now, new_customers)
-        if attributes.get("customer_password"):
-            customer = next((c for c in new_customers if c.id == draft.customer_id), None) or copy.deepcopy(
-                state.customers.get(draft.customer_id or "")
-            )
-            if customer is None:
-                raise validation_error(
-                    "the order has no customer to sign up",
-                    pointer="/data/attributes/customer_password",
-                    error="no_customer",
-                )
-            customer.has_password = True
-            customer.updated_at = now
-            customer_changes[customer.id] = customer
-        if attributes.get("_nullify_payment_source"):
-            draft.payment_source_id = None
-        if "_customer_payment_source_id" in attributes:
-            outcome.used_entry = _use_wallet_entry(
-                state, draft, attributes["_customer_payment_source_id"], now, outcome
-            )
-        if attributes.get("_save_payment_source_to_customer_wallet"):
-            entry = _save_to_wallet(state, draft, now, outcome, gateway_refusal)
-            if entry is not None:
-                if any(w.payment_source_id == entry.payment_source_id for w in state.wallet.values()):
-                    outcome.duplicates += 1
-                outcome.created.append(entry)
-        for trigger, topics in STATUS_TRIGGERS.items():
-            if not attributes.get(trigger):
-                continue
-            for topic in topics:
-                if not _ALLOWED[topic](draft):
-                    raise validation_error(
-                        f"{trigger} is not allowed on an order with status {draft.status!r} and "
-                        f"payment_status {draft.payment_status!r}",
-                        pointer=f"/data/attributes/{trigger}",
-                        error="invalid_transition",
-                    )
-                apply_transition(draft, topic, now)
-                outcome.topics.append(topic)
-        if attributes.get("_archive"):
-            draft.archived_at = now
-        if attributes.get("_unarchive"):
-            draft.archived_at = None
-
-        changed = draft != original or outcome.created or new_customers or customer_changes
-        if changed:
-            draft.updated_at = now
-        state.orders[order_id] = draft
-        for c in new_customers:
-            state.customers[c.id] = c
-        state.customers.update(customer_changes)
-        for source in outcome.new_sources:
-            state.payment_sources[source.id] = source
-        for entry in outcome.created:
-            state.wallet[entry.id] = entry
-        return outcome
+        patch = _Patch(state, attributes, now, gateway_refusal, PatchOutcome(copy.deepcopy(original)))
+        for step in _PATCH_STEPS:
+            step(patch)
+        _commit(patch, order_id, original)
+        return patch.outcome
 
 
 def _associate_customer(state: SandboxState, draft: Order, email: str, now: int, new_customers: list[Customer]) -> None:
