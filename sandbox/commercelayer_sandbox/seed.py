@@ -42,6 +42,7 @@ import json
 import random
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,36 @@ def read_scenario(source: str | Path) -> dict[str, Any]:
     return data
 
 
-class _Loader:
-    """Adds one scenario's records to a state (config and faults are the caller's)."""
+_GENERATE_KEYS = {
+    "orders",
+    "customers",
+    "guest_share",
+    "payment_source_types",
+    "statuses",
+    "seed",
+    "start",
+    "interval_seconds",
+    "market",
+}
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """A checked `generate` table: what to generate, from which seed."""
+
+    orders: int
+    customers: int
+    guest_share: float
+    types: list[str]
+    statuses: list[str]
+    seed: Any
+    start: int
+    interval: int
+    market: Any
+
+
+class _Records:
+    """Builds single records into a state, checking each entry's fields (ids, times, choices)."""
 
     def __init__(self, state: SandboxState, now: int) -> None:
         self.state = state
@@ -186,29 +215,6 @@ class _Loader:
             raise SandboxError(f"{path}.{key}", f"{value!r} is not one of {', '.join(allowed)}")
         return str(value)
 
-    # -- records --
-
-    def clients(self, scenario: Mapping[str, Any]) -> None:
-        for n, c in enumerate(self._list(scenario, "clients")):
-            path = f"clients[{n}]"
-            cid, secret = c.get("client_id"), c.get("client_secret")
-            if not isinstance(cid, str) or not cid or not isinstance(secret, str) or not secret:
-                raise SandboxError(path, "needs client_id and client_secret strings")
-            kind = self._choice(c, "kind", APPLICATION_KINDS, "integration", path)
-            app_id = c.get("application_id") or short_id("application", cid)
-            self.state.clients[cid] = OAuthClient(cid, secret, str(c.get("scope", "market:all")), kind, str(app_id))
-            self.counts["clients"] += 1
-
-    def markets(self, scenario: Mapping[str, Any]) -> None:
-        for n, m in enumerate(self._list(scenario, "markets")):
-            path = f"markets[{n}]"
-            code = m.get("code")
-            if not isinstance(code, str) or not code:
-                raise SandboxError(f"{path}.code", "is required")
-            if self.state.market_by_code(code):
-                raise SandboxError(f"{path}.code", f"{code!r} is already used")
-            self._add_market(self._id(m, path), code, m, path)
-
     def _add_market(self, ident: str, code: str, m: Mapping[str, Any], path: str) -> Market:
         number = m.get("number") or self.state.next_market_number
         self.state.next_market_number = max(self.state.next_market_number, number) + 1
@@ -231,36 +237,6 @@ class _Loader:
         if market is None:
             market = self._add_market(self.state.ids.new(), "sandbox", {"name": "Sandbox"}, "markets")
         return market
-
-    def customers(self, scenario: Mapping[str, Any]) -> None:
-        for n, c in enumerate(self._list(scenario, "customers")):
-            path = f"customers[{n}]"
-            email = c.get("email")
-            if not isinstance(email, str) or "@" not in email:
-                raise SandboxError(f"{path}.email", "must be an email address")
-            if self.state.customer_by_email(email):
-                raise SandboxError(f"{path}.email", f"{email!r} is already used")
-            guest = bool(c.get("guest", False))
-            has_password = bool(c.get("has_password", not guest))
-            status = self._choice(c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path)
-            when = self._time(c, "created_at", path, self.now)
-            customer = Customer(
-                self._id(c, path),
-                email,
-                has_password,
-                status,
-                when,
-                when,
-                c.get("reference"),
-                dict(c.get("metadata", {})),
-                guest=guest,
-            )
-            self.state.customers[customer.id] = customer
-            self.counts["customers"] += 1
-
-    def orders(self, scenario: Mapping[str, Any]) -> None:
-        for n, o in enumerate(self._list(scenario, "orders")):
-            self.add_order(o, f"orders[{n}]")
 
     def add_order(self, o: Mapping[str, Any], path: str, ids: IdFactory | None = None) -> Order:
         state = self.state
@@ -370,63 +346,125 @@ class _Loader:
         if ptype not in PAYMENT_SOURCE_TYPES:
             raise SandboxError(f"{path}.type", f"{ptype!r} is not one of {', '.join(sorted(PAYMENT_SOURCE_TYPES))}")
         ident = self._id(spec, path, ids)
-        is_card = ptype in CARD_TYPES
-        last4 = str(spec.get("card_last4", "1111" if is_card else ""))
-        if last4 and (len(last4) != 4 or not last4.isdigit()):
-            raise SandboxError(f"{path}.card_last4", "must be 4 digits")
-        customer_prefix, token_prefix = _TOKEN_PREFIXES[ptype]
-        options = spec.get("options")
-        if options is None:
-            options = {"setup_future_usage": "off_session"} if ptype == "stripe_payments" else {}
-        brand = str(spec.get("card_brand", "visa" if is_card or last4 else ""))
-        exp_month = int(spec.get("card_exp_month", 12))
-        exp_year = int(spec.get("card_exp_year", 2030))
-        if not 1 <= exp_month <= 12:
-            raise SandboxError(f"{path}.card_exp_month", "must be from 1 to 12")
-        # Stripe fingerprints identify a card: the same card (brand, number, expiry) gives the
-        # same fingerprint on every payment source record, whatever order it paid.
-        fingerprint = str(
-            spec.get("card_fingerprint")
-            or (short_id("card", brand, last4, str(exp_month), str(exp_year)) if is_card else "")
-        )  # fmt: skip
-        gateway = spec.get("gateway", {})
-        known = {
-            "payment_request_data",
-            "recurring",
-            "payment_response_source",
-            "auth_token",
-            "payment_method_nonce",
-            "nonce_used",
-        }
-        if not isinstance(gateway, Mapping) or set(gateway) - known:
-            raise SandboxError(f"{path}.gateway", f"must be a table with keys among {sorted(known)}")
-        gateway = dict(gateway)
-        customer_token = str(spec.get("customer_token") or f"{customer_prefix}{owner}")
-        if ptype == "adyen_payments":
-            data = gateway.get(
-                "payment_request_data",
-                {"payment_method": {"type": "scheme"}, "shopperReference": customer_token},
-            )
-            gateway["payment_request_data"] = data or None  # false: not set
-        source = PaymentSource(
-            id=ident,
-            type=ptype,
-            order_id=order_id,
-            customer_token=customer_token,
-            payment_source_token=str(spec.get("payment_source_token") or f"{token_prefix}{ident}"),
-            card_brand=brand,
-            card_last4=last4,
-            card_exp_month=exp_month,
-            card_exp_year=exp_year,
-            created_at=when,
-            updated_at=when,
-            options=dict(options),
-            metadata=dict(spec.get("metadata", {})),
-            card_fingerprint=fingerprint,
-            gateway=gateway,
-        )
+        source = _payment_source(str(ptype), spec, path, ident, order_id=order_id, owner=owner, when=when)
         self.state.payment_sources[source.id] = source
         return source
+
+
+def _payment_source(
+    ptype: str, spec: Mapping[str, Any], path: str, ident: str, *, order_id: str | None, owner: str, when: int
+) -> PaymentSource:
+    """The payment source record a scenario entry describes (its type checked, its id reserved)."""
+    is_card = ptype in CARD_TYPES
+    last4 = str(spec.get("card_last4", "1111" if is_card else ""))
+    if last4 and (len(last4) != 4 or not last4.isdigit()):
+        raise SandboxError(f"{path}.card_last4", "must be 4 digits")
+    customer_prefix, token_prefix = _TOKEN_PREFIXES[ptype]
+    options = spec.get("options")
+    if options is None:
+        options = {"setup_future_usage": "off_session"} if ptype == "stripe_payments" else {}
+    brand = str(spec.get("card_brand", "visa" if is_card or last4 else ""))
+    exp_month = int(spec.get("card_exp_month", 12))
+    exp_year = int(spec.get("card_exp_year", 2030))
+    if not 1 <= exp_month <= 12:
+        raise SandboxError(f"{path}.card_exp_month", "must be from 1 to 12")
+    # Stripe fingerprints identify a card: the same card (brand, number, expiry) gives the
+    # same fingerprint on every payment source record, whatever order it paid.
+    fingerprint = str(
+        spec.get("card_fingerprint")
+        or (short_id("card", brand, last4, str(exp_month), str(exp_year)) if is_card else "")
+    )  # fmt: skip
+    gateway = spec.get("gateway", {})
+    known = {
+        "payment_request_data",
+        "recurring",
+        "payment_response_source",
+        "auth_token",
+        "payment_method_nonce",
+        "nonce_used",
+    }
+    if not isinstance(gateway, Mapping) or set(gateway) - known:
+        raise SandboxError(f"{path}.gateway", f"must be a table with keys among {sorted(known)}")
+    gateway = dict(gateway)
+    customer_token = str(spec.get("customer_token") or f"{customer_prefix}{owner}")
+    if ptype == "adyen_payments":
+        data = gateway.get(
+            "payment_request_data",
+            {"payment_method": {"type": "scheme"}, "shopperReference": customer_token},
+        )
+        gateway["payment_request_data"] = data or None  # false: not set
+    return PaymentSource(
+        id=ident,
+        type=ptype,
+        order_id=order_id,
+        customer_token=customer_token,
+        payment_source_token=str(spec.get("payment_source_token") or f"{token_prefix}{ident}"),
+        card_brand=brand,
+        card_last4=last4,
+        card_exp_month=exp_month,
+        card_exp_year=exp_year,
+        created_at=when,
+        updated_at=when,
+        options=dict(options),
+        metadata=dict(spec.get("metadata", {})),
+        card_fingerprint=fingerprint,
+        gateway=gateway,
+    )
+
+
+class _Loader(_Records):
+    """Adds one scenario's records to a state, section by section (config and faults are the caller's)."""
+
+    def clients(self, scenario: Mapping[str, Any]) -> None:
+        for n, c in enumerate(self._list(scenario, "clients")):
+            path = f"clients[{n}]"
+            cid, secret = c.get("client_id"), c.get("client_secret")
+            if not isinstance(cid, str) or not cid or not isinstance(secret, str) or not secret:
+                raise SandboxError(path, "needs client_id and client_secret strings")
+            kind = self._choice(c, "kind", APPLICATION_KINDS, "integration", path)
+            app_id = c.get("application_id") or short_id("application", cid)
+            self.state.clients[cid] = OAuthClient(cid, secret, str(c.get("scope", "market:all")), kind, str(app_id))
+            self.counts["clients"] += 1
+
+    def markets(self, scenario: Mapping[str, Any]) -> None:
+        for n, m in enumerate(self._list(scenario, "markets")):
+            path = f"markets[{n}]"
+            code = m.get("code")
+            if not isinstance(code, str) or not code:
+                raise SandboxError(f"{path}.code", "is required")
+            if self.state.market_by_code(code):
+                raise SandboxError(f"{path}.code", f"{code!r} is already used")
+            self._add_market(self._id(m, path), code, m, path)
+
+    def customers(self, scenario: Mapping[str, Any]) -> None:
+        for n, c in enumerate(self._list(scenario, "customers")):
+            path = f"customers[{n}]"
+            email = c.get("email")
+            if not isinstance(email, str) or "@" not in email:
+                raise SandboxError(f"{path}.email", "must be an email address")
+            if self.state.customer_by_email(email):
+                raise SandboxError(f"{path}.email", f"{email!r} is already used")
+            guest = bool(c.get("guest", False))
+            has_password = bool(c.get("has_password", not guest))
+            status = self._choice(c, "status", CUSTOMER_STATUSES, "prospect" if guest else "acquired", path)
+            when = self._time(c, "created_at", path, self.now)
+            customer = Customer(
+                self._id(c, path),
+                email,
+                has_password,
+                status,
+                when,
+                when,
+                c.get("reference"),
+                dict(c.get("metadata", {})),
+                guest=guest,
+            )
+            self.state.customers[customer.id] = customer
+            self.counts["customers"] += 1
+
+    def orders(self, scenario: Mapping[str, Any]) -> None:
+        for n, o in enumerate(self._list(scenario, "orders")):
+            self.add_order(o, f"orders[{n}]")
 
     def wallet(self, scenario: Mapping[str, Any]) -> None:
         state = self.state
@@ -515,26 +553,28 @@ class _Loader:
 
     def generate(self, spec: Any) -> None:
         """Bulk orders with customers, deterministic given `seed`."""
+        plan = self._generation(spec)
+        rng = random.Random(f"sandbox-generate:{plan.seed}")  # noqa: S311 - reproducible test data
+        ids = IdFactory(f"sandbox-generate-ids:{plan.seed}")
+        registered = [
+            self._generated_customer(f"customer-{plan.seed}-{i:05d}@example.com", plan.start, ids)
+            for i in range(plan.customers)
+        ]
+        for i in range(plan.orders):
+            self.add_order(self._generated_order(plan, i, rng, ids, registered), f"generate.orders[{i}]", ids)
+
+    def _generation(self, spec: Any) -> _Generation:
+        """The `generate` table, checked."""
         if not isinstance(spec, Mapping):
             raise SandboxError("generate", "must be a table")
-        known = {
-            "orders",
-            "customers",
-            "guest_share",
-            "payment_source_types",
-            "statuses",
-            "seed",
-            "start",
-            "interval_seconds",
-            "market",
-        }
-        unknown = set(spec) - known
+        unknown = set(spec) - _GENERATE_KEYS
         if unknown:
-            raise SandboxError("generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+            raise SandboxError(
+                "generate", f"unknown keys {sorted(unknown)} (known: {', '.join(sorted(_GENERATE_KEYS))})"
+            )
         count = spec.get("orders", 0)
         if not isinstance(count, int) or count < 0:
             raise SandboxError("generate.orders", "must be a non-negative integer")
-        seed = spec.get("seed", 0)
         guest_share = float(spec.get("guest_share", 0.2))
         if not 0 <= guest_share <= 1:
             raise SandboxError("generate.guest_share", "must be from 0 to 1")
@@ -548,56 +588,64 @@ class _Loader:
         n_customers = spec.get("customers", max(1, count // 2))
         if not isinstance(n_customers, int) or n_customers < 1:
             raise SandboxError("generate.customers", "must be a positive integer")
-        start = self._time(spec, "start", "generate", parse_iso("2024-01-01T00:00:00Z"))
-        interval = int(float(spec.get("interval_seconds", 60)) * 1000)
-        market = spec.get("market")
-        rng = random.Random(f"sandbox-generate:{seed}")  # noqa: S311 - reproducible test data
-        ids = IdFactory(f"sandbox-generate-ids:{seed}")
-        state = self.state
-        registered = []
-        for i in range(n_customers):
-            email = f"customer-{seed}-{i:05d}@example.com"
-            if state.customer_by_email(email):
-                raise SandboxError("generate", f"customer {email} already exists (generate twice with one seed?)")
-            c = Customer(self._id({}, "generate", ids), email, True, "acquired", start, start)
-            state.customers[c.id] = c
-            registered.append(c)
-            self.counts["customers"] += 1
-        for i in range(count):
-            guest = rng.random() < guest_share
-            ptype = rng.choice(types)
-            when = start + i * interval
-            if guest:
-                email = f"guest-{seed}-{i:05d}@example.com"
-                c = Customer(self._id({}, "generate", ids), email, False, "prospect", when, when, guest=True)
-                state.customers[c.id] = c
-                self.counts["customers"] += 1
-            else:
-                c = registered[rng.randrange(len(registered))]
-            lines = [
-                {
-                    "sku_code": sku,
-                    "name": name,
-                    "quantity": rng.randint(1, 3),
-                    "unit_amount_cents": cents,
-                }
-                for sku, name, cents in rng.sample(_CATALOG, rng.randint(1, 3))
-            ]
-            order = {
-                "customer": c.email,
-                "guest": guest,
-                "status": rng.choice(statuses),
-                "payment_source": {
-                    "type": ptype,
-                    "card_last4": f"{rng.randrange(10000):04d}" if ptype in CARD_TYPES else "",
-                },
-                "line_items": lines,
-                "created_at": iso(when),
-                "metadata": {"sandbox_generated": True},
+        return _Generation(
+            orders=count,
+            customers=n_customers,
+            guest_share=guest_share,
+            types=types,
+            statuses=statuses,
+            seed=spec.get("seed", 0),
+            start=self._time(spec, "start", "generate", parse_iso("2024-01-01T00:00:00Z")),
+            interval=int(float(spec.get("interval_seconds", 60)) * 1000),
+            market=spec.get("market"),
+        )
+
+    def _generated_customer(self, email: str, when: int, ids: IdFactory, *, guest: bool = False) -> Customer:
+        if not guest and self.state.customer_by_email(email):
+            raise SandboxError("generate", f"customer {email} already exists (generate twice with one seed?)")
+        if guest:
+            c = Customer(self._id({}, "generate", ids), email, False, "prospect", when, when, guest=True)
+        else:
+            c = Customer(self._id({}, "generate", ids), email, True, "acquired", when, when)
+        self.state.customers[c.id] = c
+        self.counts["customers"] += 1
+        return c
+
+    def _generated_order(
+        self, plan: _Generation, i: int, rng: random.Random, ids: IdFactory, registered: list[Customer]
+    ) -> dict[str, Any]:
+        """The `i`th generated order's entry (a guest one brings its own customer)."""
+        guest = rng.random() < plan.guest_share
+        ptype = rng.choice(plan.types)
+        when = plan.start + i * plan.interval
+        if guest:
+            c = self._generated_customer(f"guest-{plan.seed}-{i:05d}@example.com", when, ids, guest=True)
+        else:
+            c = registered[rng.randrange(len(registered))]
+        lines = [
+            {
+                "sku_code": sku,
+                "name": name,
+                "quantity": rng.randint(1, 3),
+                "unit_amount_cents": cents,
             }
-            if market:
-                order["market"] = market
-            self.add_order(order, f"generate.orders[{i}]", ids)
+            for sku, name, cents in rng.sample(_CATALOG, rng.randint(1, 3))
+        ]
+        order = {
+            "customer": c.email,
+            "guest": guest,
+            "status": rng.choice(plan.statuses),
+            "payment_source": {
+                "type": ptype,
+                "card_last4": f"{rng.randrange(10000):04d}" if ptype in CARD_TYPES else "",
+            },
+            "line_items": lines,
+            "created_at": iso(when),
+            "metadata": {"sandbox_generated": True},
+        }
+        if plan.market:
+            order["market"] = plan.market
+        return order
 
 
 def load_records(
