@@ -199,16 +199,28 @@ class _Api:
     # -- the pipeline --------------------------------------------------------------------
 
     def before(self) -> Response | None:
+        """Rate limit, injected faults, then (for `/api/*`) media types and token."""
         route = self.by_endpoint.get(request.endpoint or "")
         if route is None:
             if request.path.startswith(("/api/", "/oauth/")):
                 g.sandbox_route = "unrouted"
                 g.sandbox_started = time.monotonic()
             return None
-        sandbox, cfg = self.sandbox, self.sandbox.config
         g.sandbox_route = route.name_for(request.view_args)
         g.sandbox_started = time.monotonic()
         g.trace_id = secrets.token_hex(32)
+        self._rate_limit(route)
+        dropped = self._inject_faults()
+        if dropped is not None:
+            return dropped
+        if route.rate_class == "api":
+            self._check_media_types()
+            self._check_token()
+        return None
+
+    def _rate_limit(self, route: Route) -> None:
+        """Count the request in its windows; 429 when one is full."""
+        sandbox, cfg = self.sandbox, self.sandbox.config
         windows: list[tuple[tuple[str, ...], Window]]
         # Counted per client address, across the organizations of this process (Commerce
         # Layer's limits are per IP): the address is part of every window's key.
@@ -234,6 +246,10 @@ class _Api:
                 f"You have exceeded the rate limit of {verdict.limit} requests in {verdict.interval:g} seconds.",
                 headers=headers,
             )
+
+    def _inject_faults(self) -> Response | None:
+        """The faults that strike before the handler: wait, then drop or fail (the others, `after`)."""
+        sandbox = self.sandbox
         decision = sandbox.faults.decide(g.sandbox_route)
         g.sandbox_fault = decision
         for kind in decision.kinds:
@@ -247,9 +263,6 @@ class _Api:
                 return self._drop()
             if decision.error_status:
                 raise fault_error(decision.error_status)
-        if route.rate_class == "api":
-            self._check_media_types()
-            self._check_token()
         return None
 
     def after(self, response: Response) -> Response:
