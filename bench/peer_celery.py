@@ -1,11 +1,12 @@
 """A peer for the ingest benchmark: the receiver most Python teams write first, Flask + Celery on Redis.
 
-The Flask view reads the raw body, checks `X-CommerceLayer-Signature` exactly as the baseline
-does (base64 HMAC-SHA256, `hmac.compare_digest`), hands the topic and the body to a Celery task
-with `.delay(...)` (a message pushed onto a Redis list) and answers 202. Celery's usual,
-documented form: one `Celery` app with `broker=redis://...`, JSON serialisation, results ignored;
-the producer's connection is opened lazily by Celery in each gunicorn worker, after the fork.
-Nothing here is on disk unless Redis is configured to persist (the benchmark records how it is).
+The Flask view (`peer_receiver.py`, the same for both peers) reads the raw body, checks
+`X-CommerceLayer-Signature` exactly as the baseline does (base64 HMAC-SHA256,
+`hmac.compare_digest`), hands the topic and the body to a Celery task with `.delay(...)` (a message
+pushed onto a Redis list) and answers 202. Celery's usual, documented form: one `Celery` app with
+`broker=redis://...`, JSON serialisation, results ignored; the producer's connection is opened
+lazily by Celery in each gunicorn worker, after the fork. Nothing here is on disk unless Redis is
+configured to persist (the benchmark records how it is).
 
     BENCH_SECRET=... BENCH_CELERY_BROKER=redis://127.0.0.1:6379/0 BENCH_CELERY_QUEUE=deliveries \
         gunicorn --workers 4 --worker-class sync 'bench.peer_celery:create_app()'
@@ -19,22 +20,17 @@ the benchmark's other tools and their tests import this module without them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask
 
-MAX_BODY_BYTES = 1_048_576  # as the baseline and the service
+from bench.peer_receiver import Enqueue, create_receiver
+
 TASK_NAME = "bench.peer.process_delivery"
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 DEFAULT_QUEUE = "bench-peer-deliveries"
-
-Enqueue = Callable[[str, str], None]
 
 
 def make_celery(broker: str | None = None, queue: str | None = None) -> Any:
@@ -83,30 +79,5 @@ def celery_enqueue() -> Enqueue:
 
 
 def create_app(secret: str | bytes | None = None, enqueue: Enqueue | None = None) -> Flask:
-    key = secret if secret is not None else os.environ.get("BENCH_SECRET", "")
-    key_bytes = key.encode() if isinstance(key, str) else key
-    if not key_bytes:
-        raise RuntimeError("BENCH_SECRET is not set")
-    send = enqueue or celery_enqueue()
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-
-    @app.post("/webhooks/commercelayer")
-    def receive() -> Response:
-        body = request.get_data(cache=False)
-        given = request.headers.get("X-CommerceLayer-Signature", "").encode("utf-8", "replace")
-        expected = base64.b64encode(hmac.new(key_bytes, body, hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, given):
-            return Response('{"error":"invalid signature"}', 401, content_type="application/json")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return Response('{"error":"body is not UTF-8"}', 400, content_type="application/json")
-        send(request.headers.get("X-CommerceLayer-Topic", ""), text)
-        return Response('{"status":"queued"}', 202, content_type="application/json")
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response('{"status":"ok"}', 200, content_type="application/json")
-
-    return app
+    """The peer's receiver (`peer_receiver.py`), queueing into Celery unless given `enqueue`."""
+    return create_receiver(__name__, secret, enqueue, celery_enqueue)

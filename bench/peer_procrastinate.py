@@ -1,7 +1,8 @@
 """A peer for the ingest benchmark: a durable receiver built on procrastinate (PostgreSQL jobs).
 
-The Flask view reads the raw body, checks `X-CommerceLayer-Signature` exactly as the baseline
-does (base64 HMAC-SHA256, `hmac.compare_digest`), defers a procrastinate task with the topic and
+The Flask view (`peer_receiver.py`, the same for both peers) reads the raw body, checks
+`X-CommerceLayer-Signature` exactly as the baseline does (base64 HMAC-SHA256,
+`hmac.compare_digest`), defers a procrastinate task with the topic and
 the body (`process_delivery.defer(topic=..., body=...)`: one row in `procrastinate_jobs`,
 committed before `defer` returns) and answers 202. procrastinate's documented form for a sync
 (WSGI) application: one `procrastinate.App` with a `PsycopgConnector`, opened synchronously with
@@ -22,22 +23,17 @@ import this module without it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask
 
-MAX_BODY_BYTES = 1_048_576  # as the baseline and the service
+from bench.peer_receiver import Enqueue, create_receiver
+
 TASK_NAME = "bench.peer.process_delivery"
 QUEUE = "deliveries"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/bench_procrastinate"
-
-Enqueue = Callable[[str, str], None]
 
 
 def make_app(dsn: str | None = None) -> Any:
@@ -75,30 +71,5 @@ def procrastinate_enqueue() -> Enqueue:
 
 
 def create_app(secret: str | bytes | None = None, enqueue: Enqueue | None = None) -> Flask:
-    key = secret if secret is not None else os.environ.get("BENCH_SECRET", "")
-    key_bytes = key.encode() if isinstance(key, str) else key
-    if not key_bytes:
-        raise RuntimeError("BENCH_SECRET is not set")
-    send = enqueue or procrastinate_enqueue()
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-
-    @app.post("/webhooks/commercelayer")
-    def receive() -> Response:
-        body = request.get_data(cache=False)
-        given = request.headers.get("X-CommerceLayer-Signature", "").encode("utf-8", "replace")
-        expected = base64.b64encode(hmac.new(key_bytes, body, hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, given):
-            return Response('{"error":"invalid signature"}', 401, content_type="application/json")
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            return Response('{"error":"body is not UTF-8"}', 400, content_type="application/json")
-        send(request.headers.get("X-CommerceLayer-Topic", ""), text)
-        return Response('{"status":"queued"}', 202, content_type="application/json")
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response('{"status":"ok"}', 200, content_type="application/json")
-
-    return app
+    """The peer's receiver (`peer_receiver.py`), queueing into procrastinate unless given `enqueue`."""
+    return create_receiver(__name__, secret, enqueue, procrastinate_enqueue)
