@@ -217,7 +217,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short runs, main configuration only (a smoke test)")
     p.add_argument("--only", choices=["ingest", "e2e", "scaleout"], help="run one part only")
@@ -233,11 +233,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, help="seconds per measured wrk run (default 10, quick 4)")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite the generated block of BENCHMARKS.md")
     p.add_argument("--app-dir", type=Path, help="import webhook_app from this checkout (A/B of a change)")
-    args = p.parse_args(argv)
+    return p
 
+
+class _CannotRun(Exception):
+    """What the runner needs and does not have (printed, exit status 2)."""
+
+
+def _preflight(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """The backends and scale-out instance counts to run, once everything they need is there."""
     if shutil.which("wrk") is None and args.only != "e2e":
-        print("bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
-        return 2
+        raise _CannotRun("wrk is not installed (Debian: apt-get install wrk)")
     if args.app_dir:
         common.APP_DIR = args.app_dir.resolve()
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
@@ -249,19 +255,18 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             instances = []
         if not instances or min(instances) < 1:
-            print(f"bench: --instances wants a comma-separated list of counts, got {args.instances!r}", file=sys.stderr)
-            return 2
+            raise _CannotRun(f"--instances wants a comma-separated list of counts, got {args.instances!r}")
     if args.only in (None, "ingest") and not args.no_peers:
         why = peers_missing()
         if why:
-            print(f"bench: the peers cannot run: {why}; or pass --no-peers", file=sys.stderr)
-            return 2
+            raise _CannotRun(f"the peers cannot run: {why}; or pass --no-peers")
     if "postgres" in backends and not pg_available():
-        print(f"bench: PostgreSQL is not reachable at {common.PG_ADMIN_URL} (set BENCH_PG_ADMIN_URL)", file=sys.stderr)
-        return 2
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = RESULTS / f"run-{stamp}"
-    started = time.time()
+        raise _CannotRun(f"PostgreSQL is not reachable at {common.PG_ADMIN_URL} (set BENCH_PG_ADMIN_URL)")
+    return backends, instances
+
+
+def _measure(args: argparse.Namespace, run_dir: Path, backends: list[str], instances: list[int]) -> dict[str, Any]:
+    """Machine facts, the fsync probe, then the parts `--only` asks for."""
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
@@ -291,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds,
             rounds=args.rounds,
         )
-    results["elapsed_s"] = round(time.time() - started, 1)
+    return results
+
+
+def _publish(args: argparse.Namespace, results: dict[str, Any], stamp: str) -> None:
+    """The results as JSON, the summary as Markdown (printed), and BENCHMARKS.md's generated block."""
     write_json(RESULTS / f"{stamp}.json", results)
     write_json(RESULTS / "latest.json", results)
     from bench.report import SCALEOUT_END, SCALEOUT_START, render, render_scaleout, update_doc
@@ -310,6 +319,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick and not args.no_doc and args.only is None and not args.app_dir:
             update_doc(REPO / "BENCHMARKS.md", text)
             log("BENCHMARKS.md updated (generated block)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        backends, instances = _preflight(args)
+    except _CannotRun as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    started = time.time()
+    results = _measure(args, RESULTS / f"run-{stamp}", backends, instances)
+    results["elapsed_s"] = round(time.time() - started, 1)
+    _publish(args, results, stamp)
     log(f"done in {results['elapsed_s']} s; results in bench-results/{stamp}.json")
     return 0
 
