@@ -38,6 +38,7 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -259,35 +260,31 @@ def _patch_seconds(metrics_url: str) -> float | None:
     return float(found["sum"]) / n if n else None
 
 
+@dataclass
+class _Timeline:
+    """When each phase ran, as the runner saw it (time.time() seconds)."""
+
+    unhurried_start: float = 0.0
+    unhurried_end: float = 0.0
+    burst_start: float = 0.0
+    burst_sent_s: float = 0.0
+    drain_s: float = 0.0
+    #: the worker's own mean `orders.patch` seconds after phase 1 (None: no metrics)
+    client_patch: float | None = None
+    #: the sandbox's non-token API calls before the burst (their start times)
+    history: list[float] = field(default_factory=list)
+
+
 def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, Any]:
     events, patches, unhurried, spacing = (1_000, 40, 10, 1.5) if quick else (5_000, 200, 30, 1.5)
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"e2e {backend}: {events} events, {patches} PATCHes ({unhurried} unhurried)")
     p = plan(events, patches, unhurried)
     procs: list[Proc] = []
-    pg_db = None
     sb_port, web_port = free_port(), free_port()
     sb_url, web_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{web_port}"
     (workdir / "scenario.json").write_text(json.dumps(scenario(p["orders"])))
-    if backend == "sqlite":
-        db = workdir / "webhook-app.db"
-        for suffix in ("", "-wal", "-shm", "-lock"):
-            Path(str(db) + suffix).unlink(missing_ok=True)
-        db_url = f"sqlite:///{db}"
-    else:
-        pg_db = "bench_e2e"
-        db_url = pg_recreate(pg_db)
-    env = {
-        "CL_WEBHOOK_SECRETS": f"cl:{SECRET}",
-        "CL_CLIENT_ID": CLIENT["client_id"],
-        "CL_CLIENT_SECRET": CLIENT["client_secret"],
-        "CL_SCOPE": CLIENT["scope"],
-        "CL_API_BASE": sb_url + "/api",
-        "CL_AUTH_URL": sb_url + "/oauth/token",
-        "WEBHOOK_APP_MODE": "enforce",
-        "WEBHOOK_APP_DATABASE_URL": db_url,
-        "CL_RATE_LIMITS": SERVICE_LIMITS,
-    }
+    db_url, pg_db = _fresh_database(backend, workdir)
     result: dict[str, Any] = {
         "backend": backend,
         "events_planned": events,
@@ -301,149 +298,10 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
         "orders_selected_by_policy": p["selected_orders"],
     }
     try:
-        sandbox = Proc(
-            [PY, "-m", "commercelayer_sandbox", "--port", str(sb_port), "--seed", str(workdir / "scenario.json")],
-            clean_env({}),
-            workdir / "sandbox.log",
-        )
-        procs.append(sandbox)
-        wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        requests.put(
-            sb_url + "/_sandbox/faults", json={"rules": [{"route": "*", "latency_ms": API_LATENCY_MS}]}, timeout=10
-        ).raise_for_status()
-        full_env = clean_env(env)
-        if backend == "postgres":
-            import subprocess
-
-            up = subprocess.run(
-                [PY, "-m", "webhook_app", "db", "upgrade"],
-                env=full_env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if up.returncode != 0:
-                raise RuntimeError(f"db upgrade: {up.stderr.strip()}")
-        web = Proc(
-            [PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{web_port}", "--workers", "2"],
-            full_env,
-            workdir / "web.log",
-        )
-        procs.append(web)
-        wait_http(web_url + "/readyz", proc=web.proc)
-        metrics_port = free_port()
-        worker = Proc(
-            [PY, "-m", "webhook_app", "worker", "--metrics-port", str(metrics_port)], full_env, workdir / "worker.log"
-        )
-        procs.append(worker)
-        time.sleep(1.0)
+        metrics_url = _start(procs, backend, workdir, sb_port, web_port, _service_env(sb_url, db_url))
         poster = Poster(web_url + "/webhooks/commercelayer")
-
-        # phase 1: unhurried
-        t1 = time.time()
-        for n, group in enumerate(p["phase1"]):
-            target = t1 + n * spacing
-            time.sleep(max(0.0, target - time.time()))
-            for item in group:
-                poster.post(item, 1)
-        _wait_drained(db_url, timeout=60)
-        phase1_end = time.time()
-        # The PATCHes' latency as the worker saw it (request to answer; rate-limit waits are not in
-        # it): Commerce Layer's latency as far as the service is concerned.
-        client_patch = _patch_seconds(f"http://127.0.0.1:{metrics_port}/metrics")
-
-        # phase 2: burst
-        api_log = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
-        history = [_ts(r["time"]) - r["duration_ms"] / 1000 for r in api_log if r["route"] != "token"]
-        t2 = time.time()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda item: poster.post(item, 2), p["phase2"]))
-        sent_s = time.time() - t2
-        drained_at = _wait_drained(db_url, timeout=1800)
-        drain_s = round(drained_at - t2, 1)
-
-        answers = poster.answers
-        statuses: dict[str, int] = {}
-        for a in answers:
-            statuses[str(a["status"])] = statuses.get(str(a["status"]), 0) + 1
-        p1_ids = [
-            a["delivery_id"]
-            for a in answers
-            if a["phase"] == 1 and a["topic"] == "orders.place" and a["order_id"] in set(p["patch_orders"][:unhurried])
-        ]
-        lat_rows = (
-            db_query(
-                db_url,
-                "SELECT d.id, d.received_at, c.decided_at FROM decisions c JOIN deliveries d"
-                " ON d.id = c.delivery_id WHERE c.outcome = 'applied' AND d.id IN ("
-                + ",".join(str(int(i)) for i in p1_ids)
-                + ")",
-            )
-            if p1_ids
-            else []
-        )
-        lat = sorted((float(r["decided_at"]) - float(r["received_at"])) * 1000 for r in lat_rows)
-        patch_log = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"}, timeout=60).json()[
-            "requests"
-        ]
-        patched: dict[str, int] = {}
-        for r in patch_log:
-            if r["status"] == 200:
-                oid = r["path"].rsplit("/", 1)[1]
-                patched[oid] = patched.get(oid, 0) + 1
-        stats = requests.get(sb_url + "/_sandbox/stats", timeout=30).json()
-        all_api = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
-        rl_times = [_ts(r["time"]) for r in all_api if r["status"] == 429]
-        jobs = db_query(db_url, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
-        outcomes = db_query(db_url, "SELECT outcome, COUNT(*) AS n FROM decisions GROUP BY outcome")
-        burst_patch_times = sorted(_ts(r["time"]) for r in patch_log if r["status"] == 200 and _ts(r["time"]) >= t2)
-        # The API's latency as the sandbox served it (its configured delay and its own work), for
-        # the PATCHes of the unhurried phase: the target is receipt -> PATCH within it + 15 ms.
-        api_ms = sorted(
-            float(r["duration_ms"])
-            for r in patch_log
-            if r["status"] == 200 and _ts(r["time"]) < t2 and r.get("duration_ms") is not None
-        )
-        minimum = minimum_seconds(history, t2, patches - unhurried)
-        result.update(
-            {
-                "events_sent": len(answers),
-                "answers": statuses,
-                "patches_made": sum(patched.values()),
-                "orders_patched": len(patched),
-                "patches_per_order": sorted(set(patched.values())),
-                "every_selected_order_patched_once": set(patched) == set(p["patch_orders"])
-                and all(v == 1 for v in patched.values()),
-                "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
-                "sandbox_429_in_burst": sum(1 for t in rl_times if t >= t2),
-                "sandbox_429_in_unhurried_phase": sum(1 for t in rl_times if t < t2),
-                "api_calls_by_route": stats.get("by_route", {}),
-                "jobs_by_state": {r["state"]: int(r["n"]) for r in jobs},
-                "decisions_by_outcome": {r["outcome"]: int(r["n"]) for r in outcomes},
-                "dead_jobs": sum(int(r["n"]) for r in jobs if r["state"] == "dead"),
-                "latency_phase": {
-                    "n": len(lat),
-                    "api_p50_ms": round(api_ms[len(api_ms) // 2], 1) if api_ms else None,
-                    "client_patch_mean_ms": round(client_patch * 1000, 1) if client_patch is not None else None,
-                    "seconds": round(phase1_end - t1, 1),
-                    "p50_ms": round(lat[len(lat) // 2], 1) if lat else None,
-                    "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
-                    "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
-                    "max_ms": round(lat[-1], 1) if lat else None,
-                },
-                "burst": {
-                    "events": len(p["phase2"]),
-                    "patches": patches - unhurried,
-                    "send_s": round(sent_s, 1),
-                    "drain_s": drain_s,
-                    "minimum_s": minimum,
-                    "drain_over_minimum": round(drain_s / minimum, 2) if minimum else None,
-                    "last_patch_after_s": round(burst_patch_times[-1] - t2, 1) if burst_patch_times else None,
-                    "api_calls_before_burst_in_last_60s": sum(1 for h in history if h > t2 - 60),
-                },
-            }
-        )
+        timeline = _run_phases(poster, p, spacing, db_url, sb_url, metrics_url)
+        result.update(_summary(p, poster.answers, db_url, sb_url, timeline, patches, unhurried))
     except Exception as exc:  # reported, the other parts still run
         log(f"e2e {backend} failed: {exc!r}")
         result["error"] = repr(exc)[:300]
@@ -459,6 +317,216 @@ def run_e2e(backend: str, workdir: Path, *, quick: bool = False) -> dict[str, An
             f"receipt->PATCH p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms, dead {result['dead_jobs']}"
         )
     return result
+
+
+def _fresh_database(backend: str, workdir: Path) -> tuple[str, str | None]:
+    """(database URL, the PostgreSQL database to drop afterwards or None), emptied."""
+    if backend == "sqlite":
+        db = workdir / "webhook-app.db"
+        for suffix in ("", "-wal", "-shm", "-lock"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        return f"sqlite:///{db}", None
+    pg_db = "bench_e2e"
+    return pg_recreate(pg_db), pg_db
+
+
+def _service_env(sb_url: str, db_url: str) -> dict[str, str]:
+    return {
+        "CL_WEBHOOK_SECRETS": f"cl:{SECRET}",
+        "CL_CLIENT_ID": CLIENT["client_id"],
+        "CL_CLIENT_SECRET": CLIENT["client_secret"],
+        "CL_SCOPE": CLIENT["scope"],
+        "CL_API_BASE": sb_url + "/api",
+        "CL_AUTH_URL": sb_url + "/oauth/token",
+        "WEBHOOK_APP_MODE": "enforce",
+        "WEBHOOK_APP_DATABASE_URL": db_url,
+        "CL_RATE_LIMITS": SERVICE_LIMITS,
+    }
+
+
+def _start(procs: list[Proc], backend: str, workdir: Path, sb_port: int, web_port: int, env: dict[str, str]) -> str:
+    """The sandbox (with its API latency), the schema, `webhook-app web` and `worker`, each added
+    to `procs` as it starts (the caller stops them); returns the worker's metrics URL."""
+    sb_url, web_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{web_port}"
+    sandbox = Proc(
+        [PY, "-m", "commercelayer_sandbox", "--port", str(sb_port), "--seed", str(workdir / "scenario.json")],
+        clean_env({}),
+        workdir / "sandbox.log",
+    )
+    procs.append(sandbox)
+    wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
+    requests.put(
+        sb_url + "/_sandbox/faults", json={"rules": [{"route": "*", "latency_ms": API_LATENCY_MS}]}, timeout=10
+    ).raise_for_status()
+    full_env = clean_env(env)
+    if backend == "postgres":
+        import subprocess
+
+        up = subprocess.run(
+            [PY, "-m", "webhook_app", "db", "upgrade"],
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if up.returncode != 0:
+            raise RuntimeError(f"db upgrade: {up.stderr.strip()}")
+    web = Proc(
+        [PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{web_port}", "--workers", "2"],
+        full_env,
+        workdir / "web.log",
+    )
+    procs.append(web)
+    wait_http(web_url + "/readyz", proc=web.proc)
+    metrics_port = free_port()
+    worker = Proc(
+        [PY, "-m", "webhook_app", "worker", "--metrics-port", str(metrics_port)], full_env, workdir / "worker.log"
+    )
+    procs.append(worker)
+    time.sleep(1.0)
+    return f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def _run_phases(
+    poster: Poster, p: dict[str, Any], spacing: float, db_url: str, sb_url: str, metrics_url: str
+) -> _Timeline:
+    """Phase 1 (unhurried, one group every `spacing` s) then phase 2 (burst), each drained."""
+    tl = _Timeline(unhurried_start=time.time())
+    for n, group in enumerate(p["phase1"]):
+        target = tl.unhurried_start + n * spacing
+        time.sleep(max(0.0, target - time.time()))
+        for item in group:
+            poster.post(item, 1)
+    _wait_drained(db_url, timeout=60)
+    tl.unhurried_end = time.time()
+    # The PATCHes' latency as the worker saw it (request to answer; rate-limit waits are not in
+    # it): Commerce Layer's latency as far as the service is concerned.
+    tl.client_patch = _patch_seconds(metrics_url)
+
+    api_log = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
+    tl.history = [_ts(r["time"]) - r["duration_ms"] / 1000 for r in api_log if r["route"] != "token"]
+    tl.burst_start = time.time()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda item: poster.post(item, 2), p["phase2"]))
+    tl.burst_sent_s = time.time() - tl.burst_start
+    drained_at = _wait_drained(db_url, timeout=1800)
+    tl.drain_s = round(drained_at - tl.burst_start, 1)
+    return tl
+
+
+def _summary(
+    p: dict[str, Any],
+    answers: list[dict[str, Any]],
+    db_url: str,
+    sb_url: str,
+    tl: _Timeline,
+    patches: int,
+    unhurried: int,
+) -> dict[str, Any]:
+    """What the run did, from the answers, the sandbox's request log and stats, and the database."""
+    t2 = tl.burst_start
+    statuses: dict[str, int] = {}
+    for a in answers:
+        statuses[str(a["status"])] = statuses.get(str(a["status"]), 0) + 1
+    lat = _receipt_to_patch_ms(p, answers, db_url, unhurried)
+    patch_log = requests.get(sb_url + "/_sandbox/requests", params={"route": "orders.patch"}, timeout=60).json()[
+        "requests"
+    ]
+    patched: dict[str, int] = {}
+    for r in patch_log:
+        if r["status"] == 200:
+            oid = r["path"].rsplit("/", 1)[1]
+            patched[oid] = patched.get(oid, 0) + 1
+    stats = requests.get(sb_url + "/_sandbox/stats", timeout=30).json()
+    all_api = requests.get(sb_url + "/_sandbox/requests", timeout=60).json()["requests"]
+    rl_times = [_ts(r["time"]) for r in all_api if r["status"] == 429]
+    jobs = db_query(db_url, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+    outcomes = db_query(db_url, "SELECT outcome, COUNT(*) AS n FROM decisions GROUP BY outcome")
+    return {
+        "events_sent": len(answers),
+        "answers": statuses,
+        "patches_made": sum(patched.values()),
+        "orders_patched": len(patched),
+        "patches_per_order": sorted(set(patched.values())),
+        "every_selected_order_patched_once": set(patched) == set(p["patch_orders"])
+        and all(v == 1 for v in patched.values()),
+        "sandbox_429": stats.get("rate_limited", {}).get("total", 0),
+        "sandbox_429_in_burst": sum(1 for t in rl_times if t >= t2),
+        "sandbox_429_in_unhurried_phase": sum(1 for t in rl_times if t < t2),
+        "api_calls_by_route": stats.get("by_route", {}),
+        "jobs_by_state": {r["state"]: int(r["n"]) for r in jobs},
+        "decisions_by_outcome": {r["outcome"]: int(r["n"]) for r in outcomes},
+        "dead_jobs": sum(int(r["n"]) for r in jobs if r["state"] == "dead"),
+        "latency_phase": _latency_phase(lat, patch_log, tl),
+        "burst": _burst(p, patch_log, tl, patches - unhurried),
+    }
+
+
+def _receipt_to_patch_ms(p: dict[str, Any], answers: list[dict[str, Any]], db_url: str, unhurried: int) -> list[float]:
+    """Phase 1's receipt -> applied-decision times (ms), sorted."""
+    p1_ids = [
+        a["delivery_id"]
+        for a in answers
+        if a["phase"] == 1 and a["topic"] == "orders.place" and a["order_id"] in set(p["patch_orders"][:unhurried])
+    ]
+    lat_rows = (
+        db_query(
+            db_url,
+            "SELECT d.id, d.received_at, c.decided_at FROM decisions c JOIN deliveries d"
+            " ON d.id = c.delivery_id WHERE c.outcome = 'applied' AND d.id IN ("
+            + ",".join(str(int(i)) for i in p1_ids)
+            + ")",
+        )
+        if p1_ids
+        else []
+    )
+    return sorted((float(r["decided_at"]) - float(r["received_at"])) * 1000 for r in lat_rows)
+
+
+def _latency_phase(lat: list[float], patch_log: list[dict[str, Any]], tl: _Timeline) -> dict[str, Any]:
+    # The API's latency as the sandbox served it (its configured delay and its own work), for
+    # the PATCHes of the unhurried phase: the target is receipt -> PATCH within it + 15 ms.
+    api_ms = sorted(
+        float(r["duration_ms"])
+        for r in patch_log
+        if r["status"] == 200 and _ts(r["time"]) < tl.burst_start and r.get("duration_ms") is not None
+    )
+    return {
+        "n": len(lat),
+        "api_p50_ms": round(api_ms[len(api_ms) // 2], 1) if api_ms else None,
+        "client_patch_mean_ms": round(tl.client_patch * 1000, 1) if tl.client_patch is not None else None,
+        "seconds": round(tl.unhurried_end - tl.unhurried_start, 1),
+        **_spread(lat),
+    }
+
+
+def _spread(lat: list[float]) -> dict[str, float | None]:
+    """p50, p99, mean and max of sorted milliseconds (None for each without any)."""
+    if not lat:
+        return {"p50_ms": None, "p99_ms": None, "mean_ms": None, "max_ms": None}
+    return {
+        "p50_ms": round(lat[len(lat) // 2], 1),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
+        "mean_ms": round(statistics.fmean(lat), 1),
+        "max_ms": round(lat[-1], 1),
+    }
+
+
+def _burst(p: dict[str, Any], patch_log: list[dict[str, Any]], tl: _Timeline, burst_patches: int) -> dict[str, Any]:
+    t2 = tl.burst_start
+    burst_patch_times = sorted(_ts(r["time"]) for r in patch_log if r["status"] == 200 and _ts(r["time"]) >= t2)
+    minimum = minimum_seconds(tl.history, t2, burst_patches)
+    return {
+        "events": len(p["phase2"]),
+        "patches": burst_patches,
+        "send_s": round(tl.burst_sent_s, 1),
+        "drain_s": tl.drain_s,
+        "minimum_s": minimum,
+        "drain_over_minimum": round(tl.drain_s / minimum, 2) if minimum else None,
+        "last_patch_after_s": round(burst_patch_times[-1] - t2, 1) if burst_patch_times else None,
+        "api_calls_before_burst_in_last_60s": sum(1 for h in tl.history if h > t2 - 60),
+    }
 
 
 def _wait_drained(db_url: str, *, timeout: float) -> float:
