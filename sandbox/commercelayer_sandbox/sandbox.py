@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import secrets
 import threading
@@ -126,14 +125,7 @@ class Sandbox:
 
         With `initial`, it is also what `reset()` goes back to.
         """
-        if not isinstance(scenario, Mapping):
-            raise SandboxError("", "a scenario is an object")
-        if "organizations" in scenario:
-            raise SandboxError(
-                "organizations",
-                "a scenario with organizations is loaded when the sandbox starts (--seed); "
-                "here load one organization's scenario at /_org/<slug>/_sandbox/scenario",
-            )
+        _one_organization(scenario)
         # Everything is checked before anything changes: a refused scenario leaves all as it was.
         config = self._base_config if replace else self.config
         if "sandbox" in scenario:
@@ -163,26 +155,8 @@ class Sandbox:
         return self.summary(counts)
 
     def summary(self, loaded: Mapping[str, int] | None = None) -> dict[str, Any]:
-        with self.state.lock:
-            out: dict[str, Any] = {
-                "markets": len(self.state.markets),
-                "customers": len(self.state.customers),
-                "orders": len(self.state.orders),
-                "customer_payment_sources": len(self.state.wallet),
-                "clients": sorted(self.state.clients),
-                "webhooks": [
-                    {
-                        "id": w.id,
-                        "topic": w.topic,
-                        "callback_url": w.callback_url,
-                        "shared_secret": w.shared_secret,
-                    }
-                    for w in self.state.webhooks.values()
-                ],
-            }
-        if loaded is not None:
-            out["loaded"] = dict(loaded)
-        return out
+        """What the sandbox holds (and, given `loaded`, what a scenario load added)."""
+        return summarize(self.state, loaded)
 
     def reset(self, *, reload: bool = True) -> dict[str, Any]:
         """Back to the initial scenario (or empty): its config, no faults, zero stats."""
@@ -190,63 +164,18 @@ class Sandbox:
             return self.load_scenario(self.initial_scenario)
         return self.load_scenario({})
 
-    # -- events --
-
     # -- tokens --
 
     def issue_token(self, client: OAuthClient, scope: str) -> Token:
         """A signed JWT carrying what Commerce Layer's tokens carry (see `tokens.py`)."""
-        cfg, now = self.config, self.now()
-        ttl = cfg.token_ttl
-        # `exp` is whole seconds; a sub-second lifetime (tests) expires at its exact time.
-        exp = math.ceil(now + ttl) if ttl < 1 else int(now + ttl)
-        expires_at = now + ttl if ttl < 1 else float(exp)
-        claims: dict[str, Any] = {
-            "organization": {
-                "id": cfg.organization_id,
-                "slug": cfg.organization_slug,
-                "enterprise": False,
-                "region": "eu-west-1",
-            },
-            "application": {
-                "id": client.application_id or client.client_id[:10],
-                "client_id": client.client_id,
-                "kind": client.kind,
-                "public": client.kind == "sales_channel",
-            },
-            "scope": scope,
-            "exp": exp,
-            "test": cfg.mode == "test",
-            "rand": self._rand.random(),
-            "iat": int(now),
-            "iss": f"https://auth.{cfg.domain}",
-        }
-        market = self._market_claim(scope)
+        now = self.now()
+        exp, expires_at = tokens.lifetime(now, self.config.token_ttl)
+        claims = tokens.claims_for(self.config, client, scope, now=now, exp=exp, rand=self._rand.random())
+        market = tokens.market_claim(self.state, scope)
         if market is not None:
             claims["market"] = market
         value = tokens.encode(claims, secret=self.token_secret)
         return self.state.issue_token(client, scope, value=value, now=now, expires_at=expires_at, claims=claims)
-
-    def _market_claim(self, scope: str) -> dict[str, Any] | None:
-        ids = []
-        with self.state.lock:
-            for part in scope.split():
-                kind, _, rest = part.partition(":")
-                if kind != "market":
-                    continue
-                how, _, value = rest.partition(":")
-                if how == "code" and (m := self.state.market_by_code(value)) is not None:
-                    ids.append(m.id)
-                elif how == "id" and value in self.state.markets:
-                    ids.append(value)
-        if not ids:
-            return None
-        return {
-            "id": ids,
-            "stock_location_ids": [],
-            "geocoder_id": None,
-            "allows_external_prices": False,
-        }
 
     # -- events --
 
@@ -280,27 +209,25 @@ class Sandbox:
 
     def fire(self, topic: str, order: Order) -> Event:
         """Queue `topic` on `order` for every webhook of that topic (the caller holds the lock)."""
-        state = self.state
-        hooks = state.webhooks_for(topic)
-        event = Event(state.ids.new(), topic, order.id, self.now_ms(), [h.id for h in hooks])
-        state.events[event.id] = event
-        for hook in hooks:
-            self.sender.enqueue(Delivery(event.id, hook.id, topic, self.webhook_body(order, hook, topic)))
-        self.stats.count("events.triggered")
-        self.stats.count("events.deliveries_queued", len(hooks))
-        return event
+        return self._fire(topic, order.id, "orders", lambda hook: self.webhook_body(order, hook, topic))
 
     def fire_customer(self, topic: str, customer: Customer) -> Event:
         """Queue a `customers.*` topic on `customer` for every webhook of that topic (the caller
         holds the lock); the body is the customer with the webhook's `include_resources`."""
+        return self._fire(topic, customer.id, "customers", lambda hook: self._customer_body(customer, hook))
+
+    def _customer_body(self, customer: Customer, hook: Webhook) -> bytes:
+        tree = parse_include(hook.include_resources, "customers")
+        return compact(self.renderer("").document("customers", customer, tree))
+
+    def _fire(self, topic: str, resource_id: str, resource_type: str, body: Callable[[Webhook], bytes]) -> Event:
+        """A new event of `topic` on one resource, and one delivery of `body(hook)` per webhook."""
         state = self.state
         hooks = state.webhooks_for(topic)
-        event = Event(state.ids.new(), topic, customer.id, self.now_ms(), [h.id for h in hooks], "customers")
+        event = Event(state.ids.new(), topic, resource_id, self.now_ms(), [h.id for h in hooks], resource_type)
         state.events[event.id] = event
-        renderer = self.renderer("")
         for hook in hooks:
-            doc = renderer.document("customers", customer, parse_include(hook.include_resources, "customers"))
-            self.sender.enqueue(Delivery(event.id, hook.id, topic, compact(doc)))
+            self.sender.enqueue(Delivery(event.id, hook.id, topic, body(hook)))
         self.stats.count("events.triggered")
         self.stats.count("events.deliveries_queued", len(hooks))
         return event
@@ -329,9 +256,7 @@ class Sandbox:
             hooks = state.webhooks_for(event.topic)
             for hook in hooks:
                 if event.resource_type == "customers":
-                    customer = state.customer(event.order_id)
-                    tree = parse_include(hook.include_resources, "customers")
-                    body = compact(self.renderer("").document("customers", customer, tree))
+                    body = self._customer_body(state.customer(event.order_id), hook)
                 elif order is not None:
                     body = self.webhook_body(order, hook, event.topic)
                 else:  # destroyed since: only the id, as a destroy body
@@ -359,6 +284,43 @@ class Sandbox:
                 if transition and topic == "orders.destroy":
                     self.state.orders.pop(order.id, None)
             return events
+
+
+def _one_organization(scenario: Any) -> None:
+    """Refuse what is not one organization's scenario (a scenario with `organizations` is loaded
+    at start, `organizations.py`)."""
+    if not isinstance(scenario, Mapping):
+        raise SandboxError("", "a scenario is an object")
+    if "organizations" in scenario:
+        raise SandboxError(
+            "organizations",
+            "a scenario with organizations is loaded when the sandbox starts (--seed); "
+            "here load one organization's scenario at /_org/<slug>/_sandbox/scenario",
+        )
+
+
+def summarize(state: SandboxState, loaded: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What `state` holds: counts, client ids, webhooks (with their secrets: for tests and tools)."""
+    with state.lock:
+        out: dict[str, Any] = {
+            "markets": len(state.markets),
+            "customers": len(state.customers),
+            "orders": len(state.orders),
+            "customer_payment_sources": len(state.wallet),
+            "clients": sorted(state.clients),
+            "webhooks": [
+                {
+                    "id": w.id,
+                    "topic": w.topic,
+                    "callback_url": w.callback_url,
+                    "shared_secret": w.shared_secret,
+                }
+                for w in state.webhooks.values()
+            ],
+        }
+    if loaded is not None:
+        out["loaded"] = dict(loaded)
+    return out
 
 
 def _merge(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

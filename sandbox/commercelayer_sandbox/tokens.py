@@ -15,7 +15,12 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 from typing import Any
+
+from commercelayer_sandbox.config import SandboxConfig
+from commercelayer_sandbox.model import OAuthClient
+from commercelayer_sandbox.state import SandboxState
 
 ALGORITHM = "HS512"
 
@@ -65,3 +70,59 @@ def unverified_claims(token: str) -> dict[str, Any]:
     if not isinstance(claims, dict):
         raise InvalidToken("malformed")
     return claims
+
+
+def lifetime(now: float, ttl: float) -> tuple[int, float]:
+    """(the `exp` claim, when the token really expires): `exp` is whole seconds; a sub-second
+    lifetime (tests) expires at its exact time."""
+    exp = math.ceil(now + ttl) if ttl < 1 else int(now + ttl)
+    return exp, (now + ttl if ttl < 1 else float(exp))
+
+
+def claims_for(
+    cfg: SandboxConfig, client: OAuthClient, scope: str, *, now: float, exp: int, rand: float
+) -> dict[str, Any]:
+    """What a token issued to `client` carries (the module docstring), without `market`."""
+    return {
+        "organization": {
+            "id": cfg.organization_id,
+            "slug": cfg.organization_slug,
+            "enterprise": False,
+            "region": "eu-west-1",
+        },
+        "application": {
+            "id": client.application_id or client.client_id[:10],
+            "client_id": client.client_id,
+            "kind": client.kind,
+            "public": client.kind == "sales_channel",
+        },
+        "scope": scope,
+        "exp": exp,
+        "test": cfg.mode == "test",
+        "rand": rand,
+        "iat": int(now),
+        "iss": f"https://auth.{cfg.domain}",
+    }
+
+
+def market_claim(state: SandboxState, scope: str) -> dict[str, Any] | None:
+    """The `market` claim for the markets a scope names (`market:code:eu`, `market:id:ID`), if any."""
+    ids = []
+    with state.lock:
+        for part in scope.split():
+            kind, _, rest = part.partition(":")
+            if kind != "market":
+                continue
+            how, _, value = rest.partition(":")
+            if how == "code" and (m := state.market_by_code(value)) is not None:
+                ids.append(m.id)
+            elif how == "id" and value in state.markets:
+                ids.append(value)
+    if not ids:
+        return None
+    return {
+        "id": ids,
+        "stock_location_ids": [],
+        "geocoder_id": None,
+        "allows_external_prices": False,
+    }
