@@ -63,6 +63,22 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def db_upgrade(env: Mapping[str, str]) -> None:
+    """`webhook-app db upgrade` with `env` (the service's schema on its database); RuntimeError
+    with its error output if it fails."""
+    up = subprocess.run(
+        [PY, "-m", "webhook_app", "db", "upgrade"],
+        env=env,
+        cwd=APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if up.returncode != 0:
+        raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
+
+
 class Proc:
     """A child process in its own session, output to a log file; stopped by its own pid only."""
 

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import bodies as bodies_mod
-from bench import common
 from bench.common import (
     PY,
     REPO,
     Proc,
     clean_env,
     db_query,
+    db_upgrade,
     free_port,
     log,
     pg_drop,
@@ -189,17 +189,7 @@ class Server:
             }
         )
         if self.kind == "postgres":
-            up = subprocess.run(
-                [PY, "-m", "webhook_app", "db", "upgrade"],
-                env=env,
-                cwd=common.APP_DIR,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if up.returncode != 0:
-                raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
+            db_upgrade(env)
         command = "serve" if self.kind == "serve-sqlite" else "web"
         if command == "serve":
             env["WEBHOOK_APP_OPERATOR_BIND"] = self.operator_url.removeprefix("http://")

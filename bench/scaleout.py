@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import bodies as bodies_mod
-from bench import common
-from bench.common import PY, Proc, clean_env, db_query, free_port, log, pg_drop, pg_recreate, wait_http
+from bench.common import PY, Proc, clean_env, db_query, db_upgrade, free_port, log, pg_drop, pg_recreate, wait_http
 from bench.cpu import children_cpu, machine_jiffies, postgres_pids, proc_cpu_seconds, wait_for_quiet
 from bench.ingest import MEASURE_TOPICS, SECRET, WARMUP_TOPIC, run_wrk, summarize_wrk
 from bench.rss import descendants
@@ -67,17 +65,7 @@ class Fleet:
                 "WEBHOOK_APP_MODE": "shadow",
             }
         )
-        up = subprocess.run(
-            [PY, "-m", "webhook_app", "db", "upgrade"],
-            env=env,
-            cwd=common.APP_DIR,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if up.returncode != 0:
-            raise RuntimeError(f"db upgrade failed: {up.stderr.strip()}")
+        db_upgrade(env)
         for i, port in enumerate(self.ports):
             argv = [PY, "-m", "webhook_app", "web", "--bind", f"127.0.0.1:{port}"]
             if self.web_workers:
