@@ -51,29 +51,49 @@ def _durable_store(path: str):  # type: ignore[no-untyped-def]
     return store
 
 
-def create_app(secret: str | bytes | None = None, durable_db: str | None = None) -> Flask:
+def secret_key(secret: str | bytes | None) -> bytes:
+    """`secret`, or $BENCH_SECRET, as bytes; RuntimeError when there is none."""
     key = secret if secret is not None else os.environ.get("BENCH_SECRET", "")
-    durable_db = durable_db if durable_db is not None else os.environ.get("BENCH_DURABLE_DB")
-    store = _durable_store(durable_db) if durable_db else None
     key_bytes = key.encode() if isinstance(key, str) else key
     if not key_bytes:
         raise RuntimeError("BENCH_SECRET is not set")
+    return key_bytes
+
+
+def signed_body(key_bytes: bytes) -> bytes | None:
+    """The request's raw body when `X-CommerceLayer-Signature` is its base64 HMAC-SHA256 under
+    `key_bytes` (compared in constant time), else None. The peers check with this one too."""
+    body = request.get_data(cache=False)
+    given = request.headers.get("X-CommerceLayer-Signature", "").encode("utf-8", "replace")
+    expected = base64.b64encode(hmac.new(key_bytes, body, hashlib.sha256).digest())
+    return body if hmac.compare_digest(expected, given) else None
+
+
+def invalid_signature() -> Response:
+    return Response('{"error":"invalid signature"}', 401, content_type="application/json")
+
+
+def add_healthz(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response('{"status":"ok"}', 200, content_type="application/json")
+
+
+def create_app(secret: str | bytes | None = None, durable_db: str | None = None) -> Flask:
+    durable_db = durable_db if durable_db is not None else os.environ.get("BENCH_DURABLE_DB")
+    store = _durable_store(durable_db) if durable_db else None
+    key_bytes = secret_key(secret)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.post("/webhooks/commercelayer")
     def receive() -> Response:
-        body = request.get_data(cache=False)
-        given = request.headers.get("X-CommerceLayer-Signature", "").encode("utf-8", "replace")
-        expected = base64.b64encode(hmac.new(key_bytes, body, hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, given):
-            return Response('{"error":"invalid signature"}', 401, content_type="application/json")
+        body = signed_body(key_bytes)
+        if body is None:
+            return invalid_signature()
         if store is not None:
             store(request.headers.get("X-CommerceLayer-Topic", ""), body)
         return Response('{"status":"ok"}', 200, content_type="application/json")
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response('{"status":"ok"}', 200, content_type="application/json")
-
+    add_healthz(app)
     return app

@@ -1,22 +1,19 @@
 """The receiver both peers share (`peer_celery.py`, `peer_procrastinate.py`): one Flask view.
 
-It reads the raw body, checks `X-CommerceLayer-Signature` exactly as the baseline does (base64
-HMAC-SHA256, `hmac.compare_digest`), hands the topic and the body to the peer's queue through an
-`Enqueue` function (Celery's `.delay`, procrastinate's `.defer`; a fake in the tests) and answers
-202. Only the queue differs between the peers, so only the queue is theirs.
+It reads the raw body, checks `X-CommerceLayer-Signature` with the baseline's own check
+(`baseline_app.signed_body`: base64 HMAC-SHA256, `hmac.compare_digest`), hands the topic and the
+body to the peer's queue through an `Enqueue` function (Celery's `.delay`, procrastinate's
+`.defer`; a fake in the tests) and answers 202. Only the queue differs between the peers, so only
+the queue is theirs.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
 from collections.abc import Callable
 
 from flask import Flask, Response, request
 
-MAX_BODY_BYTES = 1_048_576  # as the baseline and the service
+from bench.baseline_app import MAX_BODY_BYTES, add_healthz, invalid_signature, secret_key, signed_body
 
 Enqueue = Callable[[str, str], None]
 
@@ -26,21 +23,16 @@ def create_receiver(
 ) -> Flask:
     """The Flask app `name`: `secret` (or $BENCH_SECRET) verified, then `enqueue` (or the queue
     `default_enqueue()` opens, only once the secret is known) given (topic, body)."""
-    key = secret if secret is not None else os.environ.get("BENCH_SECRET", "")
-    key_bytes = key.encode() if isinstance(key, str) else key
-    if not key_bytes:
-        raise RuntimeError("BENCH_SECRET is not set")
+    key_bytes = secret_key(secret)
     send = enqueue or default_enqueue()
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.post("/webhooks/commercelayer")
     def receive() -> Response:
-        body = request.get_data(cache=False)
-        given = request.headers.get("X-CommerceLayer-Signature", "").encode("utf-8", "replace")
-        expected = base64.b64encode(hmac.new(key_bytes, body, hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, given):
-            return Response('{"error":"invalid signature"}', 401, content_type="application/json")
+        body = signed_body(key_bytes)
+        if body is None:
+            return invalid_signature()
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -48,8 +40,5 @@ def create_receiver(
         send(request.headers.get("X-CommerceLayer-Topic", ""), text)
         return Response('{"status":"queued"}', 202, content_type="application/json")
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return Response('{"status":"ok"}', 200, content_type="application/json")
-
+    add_healthz(app)
     return app
