@@ -21,6 +21,16 @@ from typing import Any
 
 import requests
 
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def redis_client() -> Any:
+    """A client of the peers' Redis (`BENCH_REDIS_URL`); imported here so that only the peers need it."""
+    import redis
+
+    return redis.Redis.from_url(REDIS_URL)
+
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -222,8 +232,6 @@ def peer_versions() -> dict[str, Any]:
     if peers:
         out["peers"] = peers
     try:
-        from bench.ingest import redis_client
-
         r = redis_client()
         info = r.info("server")
         out["redis"] = {

@@ -24,6 +24,7 @@ from typing import Any
 from bench import bodies as bodies_mod
 from bench.common import (
     PY,
+    REDIS_URL,
     REPO,
     Proc,
     clean_env,
@@ -33,6 +34,7 @@ from bench.common import (
     log,
     pg_drop,
     pg_recreate,
+    redis_client,
     wait_http,
 )
 from bench.cpu import CpuMonitor, wait_for_quiet
@@ -57,7 +59,6 @@ OURS = ("serve-sqlite", "sqlite", "postgres")
 PEERS = ("celery", "procrastinate")
 PEER_WORKERS = 4
 #: the Redis the Celery peer queues on (a database of its own; only its own keys are touched)
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,6 @@ def gunicorn_flags(workers: int, name: str = "bench-baseline") -> list[str]:
         "--name",
         name,
     ]
-
-
-def redis_client() -> Any:
-    import redis
-
-    return redis.Redis.from_url(REDIS_URL)
 
 
 def celery_keys(queue: str) -> list[str]:

@@ -26,8 +26,8 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 
 from bench import bodies as bodies_mod  # noqa: E402
-from bench.common import PY, Proc, clean_env, db_query, log  # noqa: E402
-from bench.ingest import REDIS_URL, Server, redis_client  # noqa: E402
+from bench.common import PY, REDIS_URL, Proc, clean_env, db_query, log, redis_client  # noqa: E402
+from bench.ingest import Server  # noqa: E402
 from webhook_app.signing import sign  # noqa: E402
 
 

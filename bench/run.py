@@ -103,7 +103,7 @@ def peers_missing() -> str | None:
         return f"{', '.join(missing)} not installed (make bench-deps installs bench/requirements.txt)"
     import re
 
-    from bench.ingest import REDIS_URL, redis_client
+    from bench.common import REDIS_URL, redis_client
 
     try:
         redis_client().ping()
