@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
 from commercelayer_sandbox import Sandbox
-from procs import Service, free_port, wait_http, wait_until
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, open_store

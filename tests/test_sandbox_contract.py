@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest_sandbox import Api, Receiver, running, webhook_scenario
+from support.sandbox import Api, Receiver, running, webhook_scenario
 
 SAMPLE = json.loads((Path(__file__).parent / "data" / "orders.place.guest-wire-transfer.json").read_text())
 #: What the real body's webhook included (every relationship of the order with linkage).

@@ -19,10 +19,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import secret_scan
-from builders import WALLET_TYPES
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from support import secret_scan
+from support.builders import WALLET_TYPES
 
 JSONAPI = "application/vnd.api+json"
 
