@@ -2,9 +2,10 @@
 
 `run_web` embeds gunicorn (sync workers; each worker process builds its own app and database
 connection after the fork) through its documented Application class and server hooks; the commit
-writer beside it is started again, when it dies, by a keeper process forked before the workers. `run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job
-in hand. `run_serve` is a small supervisor: it opens the listening sockets, starts the front,
-`web` and `worker` as child processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
+writer beside it is started again, when it dies, by a keeper process forked before the workers.
+`run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job in hand. `run_serve` is a
+small supervisor: it opens the listening sockets, starts the front, `web` and `worker` as child
+processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
