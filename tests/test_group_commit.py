@@ -32,13 +32,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import SECRET, pg_schema_url, require_postgres, signed_headers
+from support import SECRET, make_settings, pg_schema_url, require_postgres, signed_headers
 from support.builders import order_body
 from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.errors import StoreUnavailable
 from webhook_app.events import Delivery, delivery_identity, replay_identity
-from webhook_app.runtime import WriterKeeper
+from webhook_app.runtime import CommitWriterProcess, WriterKeeper
 from webhook_app.signing import WebhookSecret
 from webhook_app.store import DeliveryFilter, Submission, open_store
 from webhook_app.store.group_commit import RECONNECT_AFTER_S, Channel, CommitClient, CommitWriter, encode_request
@@ -696,6 +696,16 @@ def test_the_keeper_restarts_its_writer_relays_what_it_says_and_stops_it_when_it
     assert writer.returncode == 0 and keeper.proc is None
     assert not os.path.exists(channel.directory)
     assert _stored(db) == [("ordKept01", 1)]
+
+
+def test_a_writer_never_started_leaves_no_directory_behind(tmp_path):
+    """gunicorn may exit before its on_starting hook (--check-config, a bad setting): the
+    channel made for the writer is removed all the same."""
+    writer = CommitWriterProcess.for_settings(make_settings(tmp_path))
+    assert writer is not None and os.path.isdir(writer.channel.directory)
+    writer.stop()
+    assert not os.path.exists(writer.channel.directory)
+    assert CommitWriterProcess.for_settings(make_settings(tmp_path, group_commit=False)) is None
 
 
 @pytest.mark.e2e

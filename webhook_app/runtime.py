@@ -207,6 +207,7 @@ class CommitWriterProcess:
 
     def __init__(self, channel: group_commit.Channel) -> None:
         self.channel = channel
+        self.creator = os.getpid()
         self.owner: int | None = None  # the master's pid, once the keeper is started
         self.keeper: int | None = None
         self._stop_w = self._gone_r = -1
@@ -246,7 +247,11 @@ class CommitWriterProcess:
     def stop(self, timeout: float = WRITER_STOP_S + 5.0) -> None:
         """In the master, after gunicorn's workers: end the keeper's pipe, wait for it to stop
         the writer and exit, and remove the channel's directory."""
-        if self.keeper is None or os.getpid() != self.owner:
+        if self.keeper is None:
+            if self.owner is None and os.getpid() == self.creator:  # gunicorn never started (--check-config)
+                self.channel.remove()
+            return
+        if os.getpid() != self.owner:
             return
         keeper, self.keeper = self.keeper, None
         os.close(self._stop_w)
