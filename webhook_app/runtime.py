@@ -202,8 +202,8 @@ class CommitWriterProcess:
     writer's parent is the keeper, not the master. The master holds the write end of a pipe the
     keeper watches (its workers inherit it): from the `on_exit` hook, after the workers have
     stopped, the master closes it, and the keeper stops the writer and exits; if the master dies
-    instead, the pipe ends when its workers have gone too. While no writer answers, the web
-    workers commit their own deliveries."""
+    instead, the pipe ends when its workers have gone too. While no writer answers (also after
+    the keeper itself was killed: nothing restarts it), the web workers commit their own deliveries."""
 
     def __init__(self, channel: group_commit.Channel) -> None:
         self.channel = channel
