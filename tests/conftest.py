@@ -12,14 +12,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fakecl import FakeCommerceLayer
-from procs import Service
 from support import Clock, make_settings, pg_schema_url, require_postgres
+from support.fakecl import FakeCommerceLayer
+from support.procs import Service
 
 from webhook_app.config import Settings
 from webhook_app.store.sqlite import SQLiteStore
 
-pytest_plugins = ["secret_scan"]  # fails the session if a secret shows up in any output
+pytest_plugins = ["support.secret_scan"]  # fails the session if a secret shows up in any output
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from builders import order_body
 from support import OTHER_SECRET, SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.cli.admin import parse_ttl
 from webhook_app.events import Delivery

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from builders import order_body
-from procs import Service, free_port, wait_http
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http
 
 from webhook_app.events import Delivery
 from webhook_app.signing import WebhookSecret

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from builders import order_body
-from fakecl import FakeCommerceLayer
 from support import make_settings, signed_headers
+from support.builders import order_body
+from support.fakecl import FakeCommerceLayer
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.organizations import load_organizations

@@ -11,8 +11,8 @@ import json
 import random
 
 import pytest
-from builders import order_body
 from support import SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import InvalidPayload

@@ -10,8 +10,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, running, webhook_scenario
 from support import base_env
+from support.sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, running, webhook_scenario
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import Settings

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builders import order_body
 from support import DATA, SECRET, base_env
+from support.builders import order_body
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.signing import sign

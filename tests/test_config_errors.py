@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from procs import free_port
 from support import PG_URL, SECRET, base_env, postgres_available
+from support.procs import free_port
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # in every URL that can carry one: never in the answer
 PG_HOSTPORT = PG_URL.split("@", 1)[1].split("/", 1)[0]  # 127.0.0.1:5432

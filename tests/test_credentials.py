@@ -13,8 +13,8 @@ import logging
 import random
 
 import pytest
-from builders import order_body
 from support import SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.commercelayer import credentials
 from webhook_app.commercelayer.client import CommerceLayerClient

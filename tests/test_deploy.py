@@ -6,7 +6,7 @@ agree between files), the files are run through their own tools and validators (
 machinery, `nginx -t`, kustomize, kubernetes-validate, hadolint, dclint, yamllint), and nginx is
 run for real in front of two gunicorn instances with the production config to show the
 slow-client protection and the retry behaviour. A missing tool skips its test with the reason,
-or fails under CI (see tests/deploy_tools.py).
+or fails under CI (see tests/support/deploy_tools.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 import requests
-from deploy_tools import (
+from support import SECRET, base_env, signed_headers
+from support.deploy_tools import (
     COMPOSE_FILE,
     DEPLOY,
     DOCKERFILE,
@@ -52,8 +53,7 @@ from deploy_tools import (
     stop_process,
     wait_for,
 )
-from procs import free_port, wait_http
-from support import SECRET, base_env, signed_headers
+from support.procs import free_port, wait_http
 
 from webhook_app.cli import build_parser
 from webhook_app.config import Settings

@@ -128,7 +128,7 @@ def test_the_example_scenario_and_policy_reuse_the_valid_card_and_save_a_new_one
     expired one) and saves the first purchase's card."""
     from commercelayer_sandbox import SandboxServer
     from commercelayer_sandbox.seed import read_scenario
-    from conftest_sandbox import Receiver
+    from support.sandbox import Receiver
 
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.events import Delivery

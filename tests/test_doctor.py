@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, example, running
 from support import base_env
+from support.sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, example, running
 
 CALLBACK = "https://hooks.example.test/webhooks/commercelayer"
 SECRET = "doctor-test-shared-secret-0123456789"

@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
 from support import signed_headers
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.policy import load_policy
 from webhook_app.store import DeliveryFilter

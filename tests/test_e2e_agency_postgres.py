@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
 from support import pg_schema_url, require_postgres
+from support.procs import Service, free_port, wait_http, wait_until
 from test_e2e_agency import (
     FAST_LIMITS,
     FIRST,

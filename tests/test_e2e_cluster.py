@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 from commercelayer_sandbox import Sandbox
-from procs import Service, free_port, private_nginx_conf, wait_http, wait_until
 from support import pg_schema_url, require_postgres
+from support.procs import Service, free_port, private_nginx_conf, wait_http, wait_until
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Event

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import NO_WALLET_TYPES, WALLET_TYPES
-from procs import Service, free_port, wait_http, wait_until
+from support.builders import NO_WALLET_TYPES, WALLET_TYPES
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.store.sqlite import SQLiteStore
 

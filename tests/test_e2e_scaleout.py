@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
 from support import pg_schema_url, require_postgres
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.store import open_store

@@ -14,9 +14,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import requests
-from builders import order_body
-from procs import Service, free_port, wait_http, wait_until
 from support import SECRET, base_env, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
-from procs import Service, free_port, wait_http
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http
 
 from webhook_app.sources import COMMERCELAYER_EU, COMMERCELAYER_US
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
+from support.procs import Service, free_port, wait_http, wait_until
 
 pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk is in the test extra")
 

@@ -20,7 +20,7 @@ import time
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.policy import load_policy

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from procs import Service, free_port, wait_http, wait_until
 from support import base_env
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.policy import load_policy
 from webhook_app.store.sqlite import SQLiteStore

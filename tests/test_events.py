@@ -2,8 +2,8 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import order_body, order_document
 from support import DATA, SECRET, signed_headers
+from support.builders import order_body, order_document
 
 from webhook_app.errors import InvalidPayload, InvalidSignature
 from webhook_app.events import Delivery, Event, delivery_identity, json_depth, parse_document

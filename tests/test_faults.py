@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
 from commercelayer_sandbox import Sandbox
-from procs import Service, free_port, wait_http, wait_until
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.signing import sign
 from webhook_app.store import DeliveryFilter, open_store
@@ -252,9 +252,18 @@ def test_gunicorn_worker_killed_during_intake_every_2xx_is_stored(stack, tmp_pat
         t.start()
     wait_until(lambda: len(results) >= 150, what="150 answers")
     pid = web.proc.pid  # its children from /proc (no pgrep needed: procps is not on every machine)
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    # the master's children: its 2 gunicorn workers and the commit writer (group commit)
-    workers = [c for c in children if b"commit-writer" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+    def children_of(p: str) -> list[str]:
+        return Path(f"/proc/{p}/task/{p}/children").read_text().split()
+
+    children = children_of(str(pid))
+    # the master's children: its 2 gunicorn workers and the commit writer's keeper (a fork of the
+    # master, so with the master's command line), whose child is the writer (group commit)
+    workers = [
+        c
+        for c in children
+        if not any(b"commit-writer" in Path(f"/proc/{g}/cmdline").read_bytes() for g in children_of(c))
+    ]
     assert len(workers) == 2 and len(children) == 3, children
     children = workers
     os.kill(int(children[0]), signal.SIGKILL)

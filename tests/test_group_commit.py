@@ -32,12 +32,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
-from procs import Service, free_port, wait_http, wait_until
-from support import SECRET, pg_schema_url, require_postgres, signed_headers
+from support import SECRET, make_settings, pg_schema_url, require_postgres, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app.errors import StoreUnavailable
 from webhook_app.events import Delivery, delivery_identity, replay_identity
+from webhook_app.runtime import CommitWriterProcess, WriterKeeper
 from webhook_app.signing import WebhookSecret
 from webhook_app.store import DeliveryFilter, Submission, open_store
 from webhook_app.store.group_commit import RECONNECT_AFTER_S, Channel, CommitClient, CommitWriter, encode_request
@@ -645,6 +646,66 @@ def test_a_killed_writer_is_replaced_and_no_delivery_is_lost_meanwhile(procs, tm
     finally:
         store.close()
     assert "commit writer exited" in web.output()
+
+
+def test_the_keeper_restarts_its_writer_relays_what_it_says_and_stops_it_when_its_pipe_ends(tmp_path, monkeypatch):
+    """runtime.WriterKeeper, run here in a thread (`web` runs it in a process forked from
+    gunicorn's master): the writer it starts listens on the channel; one killed is started again
+    after the backoff; `unavailable ...` and `ready` reach the status /readyz reads; the end of its
+    pipe stops the writer (which exits 0, having committed what it held) and removes the channel."""
+    db = tmp_path / "keeper.db"
+    monkeypatch.setenv("WEBHOOK_APP_DATABASE_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("CL_WEBHOOK_SECRETS", f"test:{SECRET}")
+    store = open_store(f"sqlite:///{db}")
+    store.migrate()
+    store.close()
+    channel = Channel.create()
+    stop_r, stop_w = os.pipe()
+    keeper = WriterKeeper(channel, stop_fd=stop_r)
+    thread = threading.Thread(target=keeper.run, name="keeper")
+    thread.start()
+    try:
+        wait_until(lambda: os.path.exists(channel.path), what="the writer's socket")
+        first = keeper.proc.pid
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: keeper.restarts == 1 and keeper.proc is not None, timeout=10, what="a new writer")
+        writer = keeper.proc
+        assert writer.pid != first
+
+        def listening() -> bool:  # the killed writer's socket file is still there, refusing
+            with socket.socket(socket.AF_UNIX) as s:
+                return s.connect_ex(channel.path) == 0
+
+        wait_until(listening, what="the new writer listening")
+        store = open_store(f"sqlite:///{db}")
+        try:
+            client = CommitClient(store, channel, timeout=5.0)
+            wait_until(lambda: client.record_delivery(_delivery("ordKept01"), now=time.time()), what="a commit")
+            client.close()
+        finally:
+            store.close()
+        keeper._heard(b"unavailable the directory is open to other users\nrea")
+        assert channel.status.problem() == "the commit writer cannot listen: the directory is open to other users"
+        keeper._heard(b"dy\n")
+        assert channel.status.problem() is None
+    finally:
+        os.close(stop_w)
+        thread.join(timeout=30)
+        os.close(stop_r)
+    assert not thread.is_alive()
+    assert writer.returncode == 0 and keeper.proc is None
+    assert not os.path.exists(channel.directory)
+    assert _stored(db) == [("ordKept01", 1)]
+
+
+def test_a_writer_never_started_leaves_no_directory_behind(tmp_path):
+    """gunicorn may exit before its on_starting hook (--check-config, a bad setting): the
+    channel made for the writer is removed all the same."""
+    writer = CommitWriterProcess.for_settings(make_settings(tmp_path))
+    assert writer is not None and os.path.isdir(writer.channel.directory)
+    writer.stop()
+    assert not os.path.exists(writer.channel.directory)
+    assert CommitWriterProcess.for_settings(make_settings(tmp_path, group_commit=False)) is None
 
 
 @pytest.mark.e2e

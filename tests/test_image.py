@@ -1,4 +1,4 @@
-"""The image, built from the repository's Dockerfile and run for real (see tests/image_tools.py).
+"""The image, built from the repository's Dockerfile and run for real (see tests/support/image_tools.py).
 
 One build per session (podman, on a local Debian base), loaded into a private docker daemon.
 Then, each as the deployment runs it (read-only root filesystem, tmpfs /tmp, no capabilities):
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from image_tools import Docker, base_image, build_image, containers, need_tool
-from procs import LOG_PATHS, SERVICE_ENVS, Service, free_port, wait_http, wait_until
 from support import pg_schema_url, require_postgres
+from support.image_tools import Docker, base_image, build_image, containers, need_tool
+from support.procs import LOG_PATHS, SERVICE_ENVS, Service, free_port, wait_http, wait_until
 
 from webhook_app.store import open_store
 
@@ -59,7 +59,7 @@ def image():
     finally:
         docker("rmi", "-f", tag, check=False)
         docker.close()
-        from image_tools import run
+        from support.image_tools import run
 
         run([podman, "rmi", "-f", tag], check=False)
 

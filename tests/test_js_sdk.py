@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 import requests
-from conftest_sandbox import running
-from procs import free_port, private_nginx_conf
+from support.procs import free_port, private_nginx_conf
+from support.sandbox import running
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +138,7 @@ def scenario(hook_port: int) -> dict[str, Any]:
 
 
 def _missing(message: str) -> None:
-    """The repository's rule (tests/conftest.py, tests/deploy_tools.py): skip, but fail under CI."""
+    """The repository's rule (tests/conftest.py, tests/support/deploy_tools.py): skip, but fail under CI."""
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI must provide it", pytrace=False)
     pytest.skip(message)

@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pytest
-from builders import order_body
-from procs import Service, free_port, wait_http
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http
 
 from webhook_app.signing import sign
 
@@ -357,7 +357,7 @@ def test_the_signature_is_checked_on_exactly_the_bytes_received(server):
 def nginx_route(text: str, path: str) -> str:
     """The location block nginx picks for `path`: an exact match, else the first regex that
     matches, else the longest prefix (nginx's rule; no `^~` locations here)."""
-    from deploy_tools import nginx_directives
+    from support.deploy_tools import nginx_directives
 
     locations = {blocks[-1] for blocks, _, _ in nginx_directives(text) if blocks and blocks[-1].startswith("location")}
     assert not any(loc.startswith("location ^~") for loc in locations)
@@ -376,7 +376,7 @@ def test_the_edge_proxies_only_the_intake_and_private_health():
     and /healthz|/readyz (private addresses only). /metrics, /admin and everything else fall to
     `location /`, which nginx answers itself with a JSON 404. The k8s ingress example publishes
     the intake path alone (Exact)."""
-    from deploy_tools import K8S, NGINX, load_yaml, nginx_directives, nginx_values
+    from support.deploy_tools import K8S, NGINX, load_yaml, nginx_directives, nginx_values
 
     text = (NGINX / "webhook-app.conf").read_text()
     proxied = {blocks[-1] for blocks, name, _ in nginx_directives(text) if name == "proxy_pass"}

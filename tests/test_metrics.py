@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
-from builders import order_body
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from support import signed_headers
+from support.builders import order_body
 
 from webhook_app import metrics
 from webhook_app.commercelayer.client import CommerceLayerClient

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
-from procs import Service, free_port, wait_http, wait_until
 from support import SECRET, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from deploy_tools import DEPLOY, K8S, load_yaml, load_yaml_docs, need_tool
 from prometheus_client import REGISTRY
+from support.deploy_tools import DEPLOY, K8S, load_yaml, load_yaml_docs, need_tool
 from test_metrics import scrape, value
 
 from webhook_app import metrics
@@ -57,8 +57,8 @@ def alert_rules() -> list[dict]:
 
 
 def test_intake_answers_are_counted_by_status_code(settings_factory, sqlite_store, clock):
-    from builders import order_body
     from support import signed_headers
+    from support.builders import order_body
 
     client = create_app(settings_factory(), store=sqlite_store, clock=clock).test_client()
     before = scrape(client)
@@ -224,7 +224,7 @@ def test_grafana_dir_is_documented():
 
 
 def test_the_monitoring_kit_builds_with_kustomize():
-    from deploy_tools import kustomize_build
+    from support.deploy_tools import kustomize_build
 
     (rule,) = load_yaml_docs(kustomize_build(K8S / "monitoring"))
     assert rule["kind"] == "PrometheusRule" and rule["metadata"]["namespace"] == "webhook-app"

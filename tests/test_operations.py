@@ -12,9 +12,9 @@ import time
 import tomllib
 
 import pytest
-from builders import order_body
-from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
 from support import SECRET, base_env, signed_headers
+from support.builders import order_body
+from support.sandbox import CLIENT_ID, CLIENT_SECRET, running
 from werkzeug.serving import make_server
 
 from webhook_app.commercelayer.client import CommerceLayerClient

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from builders import order_body
+from support.builders import order_body
 
 from webhook_app.events import Delivery, delivery_identity
 from webhook_app.store import DeliveryFilter

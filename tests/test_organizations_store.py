@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from builders import order_body
+from support.builders import order_body
 
 from webhook_app.events import Delivery, delivery_identity
 from webhook_app.store import DecisionRecord, DeliveryFilter

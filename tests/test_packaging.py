@@ -4,13 +4,17 @@ Builds the wheel the way a user's `pip install .` does and reads what is in it."
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).parent.parent
 
@@ -52,7 +56,7 @@ def test_runtime_dependencies_are_what_the_service_uses(wheel):
         .decode()
     )
     runtime = sorted(
-        line.split(":", 1)[1].strip().split(">")[0].split("[")[0]
+        Requirement(line.split(":", 1)[1]).name
         for line in meta.splitlines()
         if line.startswith("Requires-Dist:") and "extra ==" not in line
     )
@@ -92,3 +96,16 @@ def test_sandbox_command_without_the_sandbox_says_how_to_install(tmp_path):
     assert r.returncode == 2
     assert "pip install ./sandbox" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_gunicorn_the_suite_runs_is_inside_the_range_the_package_declares():
+    """pyproject.toml accepts the gunicorn versions the suite has run, not any later one: the
+    version installed here and the one requirements.lock pins are inside its range, which has an
+    upper bound (runtime.py embeds gunicorn; a new major version is tried before it is allowed)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (declared,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "gunicorn"]
+    locked = re.search(r"^gunicorn==(\S+)", (ROOT / "requirements.lock").read_text(), re.M)
+    assert locked is not None
+    assert declared.specifier.contains(locked.group(1)), (str(declared.specifier), locked.group(1))
+    assert declared.specifier.contains(importlib.metadata.version("gunicorn")), str(declared.specifier)
+    assert any(s.operator == "<" for s in declared.specifier), str(declared.specifier)

@@ -1,8 +1,8 @@
 import textwrap
 
 import pytest
-from builders import order_document
 from support import base_env
+from support.builders import order_document
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError
@@ -249,7 +249,7 @@ def test_a_matches_pattern_takes_linear_time_on_shopper_input(tmp_path):
 
     script = textwrap.dedent("""
         import time, tomllib
-        from builders import order_document
+        from support.builders import order_document
         from webhook_app.events import Event
         from webhook_app.policy import parse_policy
         p = parse_policy(tomllib.loads('''

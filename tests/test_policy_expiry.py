@@ -7,7 +7,7 @@ import tomllib
 from datetime import UTC, datetime
 
 import pytest
-from builders import order_document
+from support.builders import order_document
 
 from webhook_app.events import Event, Resource
 from webhook_app.policy import SKIP, USE_WALLET, parse_policy

@@ -10,8 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import resource_model
-from support import DATA
+from support import DATA, resource_model
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError, PolicyModelError
@@ -165,5 +164,5 @@ def test_the_shipped_model_is_derived_from_the_reference():
         pytest.skip("the reference resources.json is not on this machine")
     derived = resource_model.render(resource_model.derive(json.loads(reference.read_text())))
     assert (ROOT / "webhook_app" / "data" / "resources.json").read_text() == derived, (
-        "regenerate: python tests/resource_model.py"
+        "regenerate: python tests/support/resource_model.py"
     )

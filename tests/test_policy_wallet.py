@@ -10,8 +10,8 @@ import tomllib
 from typing import Any
 
 import pytest
-from builders import order_document
 from support import base_env
+from support.builders import order_document
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.errors import PolicyError

@@ -7,8 +7,8 @@ import random
 import subprocess
 import sys
 
-from builders import order_body
 from support import SECRET, base_env, signed_headers
+from support.builders import order_body
 
 from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from commercelayer_sandbox.anonymization import ANONYMIZED_EMAIL
-from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
+from support.sandbox import Api, Receiver, running, signature, webhook_scenario
 
 TOPICS = [f"customers.anonymization_{s}" for s in ("started", "completed", "cancelled", "failed")]
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from builders import WALLET_TYPES
 from commercelayer_sandbox import schema
 from commercelayer_sandbox.model import PAYMENT_SOURCE_TYPES
-from conftest_sandbox import API, Api, running
+from support.builders import WALLET_TYPES
+from support.sandbox import API, Api, running
 
 ALL_INCLUDES = "customer,payment_source,market,line_items,available_customer_payment_sources"
 

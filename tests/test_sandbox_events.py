@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
+from support.sandbox import Api, Receiver, running, signature, webhook_scenario
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from commercelayer_sandbox.config import Window
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.faults import Faults
 from commercelayer_sandbox.ratelimit import SlidingWindowLimiter
-from conftest_sandbox import Api, running
+from support.sandbox import Api, running
 
 
 class FakeClock:

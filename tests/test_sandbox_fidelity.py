@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 from commercelayer_sandbox.tokens import unverified_claims
-from conftest_sandbox import API, Api, Receiver, example, running, webhook_scenario
+from support.sandbox import API, Api, Receiver, example, running, webhook_scenario
 
 
 @pytest.fixture(scope="module")

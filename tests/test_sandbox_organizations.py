@@ -13,7 +13,7 @@ from commercelayer_sandbox import SandboxServer
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.organizations import split_scenario
 from commercelayer_sandbox.tokens import unverified_claims
-from conftest_sandbox import FAST
+from support.sandbox import FAST
 
 API = "application/vnd.api+json"
 HEADERS = {"Accept": API, "Content-Type": API}

@@ -18,7 +18,7 @@ from commercelayer_sandbox import Sandbox, SandboxConfig
 from commercelayer_sandbox.errors import SandboxError
 from commercelayer_sandbox.model import PAYMENT_SOURCE_TYPES
 from commercelayer_sandbox.seed import read_scenario
-from conftest_sandbox import Api, example, running
+from support.sandbox import Api, example, running
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from commercelayer_sandbox import schema
-from conftest_sandbox import Api, Receiver, running, signature, webhook_scenario
+from support.sandbox import Api, Receiver, running, signature, webhook_scenario
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest_sandbox import Api, running
+from support.sandbox import Api, running
 
 SAVE = {"_save_payment_source_to_customer_wallet": True}
 CUSTOMER = {"id": "CustCaroAa", "email": "carol@example.com"}

@@ -1,6 +1,6 @@
 """Secrets never appear in answers, pages or output.
 
-Two halves. The scanner itself (tests/secret_scan.py, loaded for the whole session) is checked by
+Two halves. The scanner itself (tests/support/secret_scan.py, loaded for the whole session) is checked by
 running tiny inner pytest sessions in a subprocess: one that leaks registered secrets in each of the
 places the scanner reads must fail, a clean one must pass. Then direct tests: every kind of error
 answer the service gives carries none of the configured secrets, nor the signature it expected,
@@ -19,9 +19,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import secret_scan
-from builders import order_body
-from support import OTHER_SECRET, SECRET, Clock, make_settings, signed_headers
+from support import OTHER_SECRET, SECRET, Clock, make_settings, secret_scan, signed_headers
+from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets, sign
@@ -47,8 +46,8 @@ LEAKY = """
 import logging
 import pathlib
 
-import procs
-import secret_scan
+from support import procs
+from support import secret_scan
 
 LEAKED_SECRET = "{constant}"
 secret_scan.register("{registered}", source="inner register()")
@@ -84,8 +83,8 @@ def test_clean():
 """
 
 CLEAN = """
-import procs
-import secret_scan
+from support import procs
+from support import secret_scan
 
 CLEAN_SECRET = "{constant}"
 
@@ -111,7 +110,7 @@ def inner_session(tmp_path: Path, source: str) -> tuple[subprocess.CompletedProc
             "-m",
             "pytest",
             "-p",
-            "secret_scan",
+            "support.secret_scan",
             "-p",
             "no:cacheprovider",
             "-q",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest_sandbox import CLIENT_ID, CLIENT_SECRET, running
+from support.sandbox import CLIENT_ID, CLIENT_SECRET, running
 
 from webhook_app import tracing
 from webhook_app.commercelayer.client import CommerceLayerClient

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from builders import order_body
-from procs import Service, free_port, wait_http, wait_until
 from support import SECRET, pg_schema_url, require_postgres, signed_headers
+from support.builders import order_body
+from support.procs import Service, free_port, wait_http, wait_until
 
 from webhook_app import wakeup
 from webhook_app.store import open_store

@@ -5,7 +5,7 @@ an answer that cannot tell is "unknown", never "not in the wallet"."""
 from __future__ import annotations
 
 import pytest
-from conftest_sandbox import Api, example, running
+from support.sandbox import Api, example, running
 
 from webhook_app.events import Event
 from webhook_app.policy import wallet

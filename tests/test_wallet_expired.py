@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from conftest_sandbox import running
 from support import base_env
+from support.sandbox import running
 
 from webhook_app.store.sqlite import SQLiteStore
 

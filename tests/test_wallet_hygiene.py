@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest_sandbox import running
 from support import base_env, pg_schema_url, require_postgres
+from support.sandbox import running
 
 from webhook_app.store import Store
 from webhook_app.store.sqlite import SQLiteStore

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-from conftest_sandbox import Receiver, running
 from prometheus_client.parser import text_string_to_metric_families
+from support.sandbox import Receiver, running
 
 from webhook_app import metrics
 from webhook_app.commercelayer.client import CommerceLayerClient

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import order_body
 from support import OTHER_SECRET, SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.errors import StoreUnavailable
 from webhook_app.store import DeliveryFilter

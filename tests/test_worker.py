@@ -7,8 +7,8 @@ import textwrap
 import tomllib
 
 import pytest
-from builders import order_body
 from support import SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.backoff import retry_delay
 from webhook_app.commercelayer.client import CommerceLayerClient

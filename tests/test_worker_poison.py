@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from builders import order_body
 from support import SECRET, signed_headers
+from support.builders import order_body
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import bundled_policy_path

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest_sandbox import API, Api, running
 from support import SECRET, signed_headers
+from support.sandbox import API, Api, running
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.events import Delivery

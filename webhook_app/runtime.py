@@ -1,9 +1,11 @@
 """Process management: gunicorn for the web side, the worker loop, and `serve` running both.
 
 `run_web` embeds gunicorn (sync workers; each worker process builds its own app and database
-connection after the fork). `run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job
-in hand. `run_serve` is a small supervisor: it opens the listening sockets, starts the front,
-`web` and `worker` as child processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
+connection after the fork) through its documented Application class and server hooks; the commit
+writer beside it is started again, when it dies, by a keeper process forked before the workers.
+`run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job in hand. `run_serve` is a
+small supervisor: it opens the listening sockets, starts the front, `web` and `worker` as child
+processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NoReturn
 
-from gunicorn.app.base import Application, BaseApplication
-from gunicorn.arbiter import Arbiter
+from gunicorn.app.base import Application
 
 from webhook_app.backoff import doubling
 from webhook_app.config import DEFAULT_BIND, Settings
@@ -95,33 +96,26 @@ def mark_metrics_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
-class _ArbiterWithWriter(BaseApplication):  # type: ignore[misc]  # gunicorn has no type hints
-    """What gunicorn's `Application.run` calls last (`BaseApplication.run`), making our arbiter
-    instead of gunicorn's; `Application.run` (config checks, daemon, paths) stays gunicorn's."""
-
-    commit_writer: CommitWriterProcess | None = None
-
-    def run(self) -> None:
-        arbiter = _Arbiter(self)
-        arbiter.commit_writer = self.commit_writer
-        try:
-            arbiter.run()
-        except RuntimeError as exc:  # as BaseApplication.run does
-            print(f"\nError: {exc}\n", file=sys.stderr)
-            sys.stderr.flush()
-            sys.exit(1)
-
-
-class _Gunicorn(Application, _ArbiterWithWriter):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn with our defaults, then a config file if given, then explicit command-line values."""
+class _Gunicorn(Application):  # type: ignore[misc]  # gunicorn has no type hints
+    """gunicorn with our defaults, then a config file if given, then explicit command-line values
+    (`worker_class` among them: any of gunicorn's settings may be given). The commit writer is
+    looked after through gunicorn's documented server hooks only: `on_starting` starts its keeper,
+    `on_exit` (after the workers have stopped) stops it; a config file's own hooks still run."""
 
     def __init__(
-        self, settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any], config_file: str | None
+        self,
+        settings: Settings,
+        defaults: Mapping[str, Any],
+        explicit: Mapping[str, Any],
+        config_file: str | None,
+        *,
+        commit_writer: CommitWriterProcess | None = None,
     ) -> None:
         self.settings = settings
         self.defaults = dict(defaults)
         self.explicit = dict(explicit)
         self.config_file = config_file
+        self.commit_writer = commit_writer  # before super().__init__(), which loads the config
         super().__init__()
 
     def load_config(self) -> None:
@@ -133,13 +127,29 @@ class _Gunicorn(Application, _ArbiterWithWriter):  # type: ignore[misc]  # gunic
             for key, value in layer.items():
                 if key in self.cfg.settings and value is not None:
                     self.cfg.set(key, value)
-        configured = self.cfg.child_exit  # a config file's own hook, or gunicorn's no-op
+        # gunicorn's documented server hooks, each running ours, then the one it had (a config
+        # file's own, or gunicorn's no-op)
+        cfg = self.cfg
+        child_exited, starting, exiting = cfg.child_exit, cfg.on_starting, cfg.on_exit
+        writer = self.commit_writer
 
         def child_exit(server: Any, worker: Any) -> None:
             mark_metrics_process_dead(worker.pid)
-            configured(server, worker)
+            child_exited(server, worker)
 
-        self.cfg.set("child_exit", child_exit)
+        def on_starting(server: Any) -> None:
+            if writer is not None:
+                writer.start()  # in the master, before its first worker
+            starting(server)
+
+        def on_exit(server: Any) -> None:
+            if writer is not None:
+                writer.stop()  # in the master, after its workers
+            exiting(server)
+
+        cfg.set("child_exit", child_exit)
+        cfg.set("on_starting", on_starting)
+        cfg.set("on_exit", on_exit)
 
     def load(self) -> Any:
         from webhook_app import tracing
@@ -160,96 +170,179 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
         explicit["bind"] = [bind]
     if workers:
         explicit["workers"] = workers
-    app = _Gunicorn(settings, defaults, explicit, config_file)
     try:
-        app.commit_writer = CommitWriterProcess.start(settings)
+        writer = CommitWriterProcess.for_settings(settings)
     except OSError as exc:  # gunicorn needs the temporary directory as much (its workers' heartbeat files)
         log.error("cannot start the commit writer: no private directory for its socket", extra={"error": str(exc)})
         return 1
+    app = _Gunicorn(settings, defaults, explicit, config_file, commit_writer=writer)
     try:
         app.run()
     finally:
-        # gunicorn's workers are forked inside app.run(): one that exits unwinds through here too,
-        # and must leave the master's writer alone (stop() checks that it runs in the master).
-        if app.commit_writer is not None:
-            app.commit_writer.stop()
+        # The on_exit hook has stopped the writer, unless gunicorn's master left its loop on an
+        # error. gunicorn's workers are forked inside app.run(), and one that exits unwinds
+        # through here too: stop() acts only in the master.
+        if writer is not None:
+            writer.stop()
     return 0
 
 
-class _Arbiter(Arbiter):  # type: ignore[misc]  # gunicorn has no type hints
-    """gunicorn's arbiter, which also looks after the commit writer from its own loop (no thread:
-    gunicorn forks its workers from this process, and a thread blocked in a read while it forks
-    leaves locks held in every worker)."""
-
-    commit_writer: CommitWriterProcess | None = None
-
-    def manage_workers(self) -> None:
-        super().manage_workers()
-        if self.commit_writer is not None:
-            self.commit_writer.check()
+#: how long the keeper waits for a stopping writer to commit what it holds before killing it
+WRITER_STOP_S = 15.0
 
 
 class CommitWriterProcess:
-    """`webhook-app commit-writer` beside gunicorn (store/group_commit.py), restarted if it dies.
+    """The commit writer of one `web` (store/group_commit.py), seen from gunicorn's master.
 
-    Its stdin is a pipe from this process: the first line is the channel (the private socket
-    directory and the key, which thus never appear in an argument or the environment), then
-    nothing: when gunicorn has stopped (or this process died, and with it, soon after, its
-    workers), the pipe's end tells the writer to commit what it holds and exit. Its stdout is a
-    pipe on which it says `ready` or `unavailable <why>` (kept in the channel's status for
-    `/readyz`); its end tells this process that the writer is gone, whoever reaped it (gunicorn
-    reaps every child). While it is away, the web workers commit their own deliveries."""
+    The master makes the channel (the writer's private directory and key, and the shared status
+    `/readyz` reads) before gunicorn starts, so that its workers inherit it. From the `on_starting`
+    hook, before the first worker, it forks the writer's keeper (`WriterKeeper`), a process of its
+    own that starts `webhook-app commit-writer` and starts it again if it dies: gunicorn's master
+    runs no code of ours in its loop, and its SIGCHLD handler reaps whichever child exits, so the
+    writer's parent is the keeper, not the master. The master holds the write end of a pipe the
+    keeper watches (its workers inherit it): from the `on_exit` hook, after the workers have
+    stopped, the master closes it, and the keeper stops the writer and exits; if the master dies
+    instead, the pipe ends when its workers have gone too. While no writer answers (also after
+    the keeper itself was killed: nothing restarts it), the web workers commit their own deliveries."""
 
     def __init__(self, channel: group_commit.Channel) -> None:
-        self.owner = os.getpid()
         self.channel = channel
+        self.creator = os.getpid()
+        self.owner: int | None = None  # the master's pid, once the keeper is started
+        self.keeper: int | None = None
+        self._stop_w = self._gone_r = -1
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> CommitWriterProcess | None:
+        """None without group commit; OSError if the channel's directory cannot be made."""
+        if not settings.group_commit or not group_commit.supported(settings.database_url):
+            return None
+        return cls(group_commit.Channel.create())
+
+    def start(self) -> None:
+        """In gunicorn's master, before its workers: fork the keeper (a process with no thread,
+        so the fork copies no lock held by another one). The master's end of the keeper's pipes
+        is inherited by the workers, the keeper's own ends by nobody."""
+        if self.keeper is not None:
+            return
+        stop_r, stop_w = os.pipe()
+        gone_r, gone_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (stop_r, stop_w, gone_r, gone_w):
+                os.close(fd)
+            log.error(
+                "cannot start the commit writer's keeper; web workers commit their own", extra={"error": str(exc)}
+            )
+            return
+        if pid == 0:
+            os.close(stop_w)
+            os.close(gone_r)
+            _keep_writer(self.channel, stop_r)  # never returns
+        os.close(stop_r)
+        os.close(gone_w)  # its end: the keeper's exit closes the last copy
+        self.owner, self.keeper, self._stop_w, self._gone_r = os.getpid(), pid, stop_w, gone_r
+
+    def stop(self, timeout: float = WRITER_STOP_S + 5.0) -> None:
+        """In the master, after gunicorn's workers: end the keeper's pipe, wait for it to stop
+        the writer and exit, and remove the channel's directory."""
+        if self.keeper is None:
+            if self.owner is None and os.getpid() == self.creator:  # gunicorn never started (--check-config)
+                self.channel.remove()
+            return
+        if os.getpid() != self.owner:
+            return
+        keeper, self.keeper = self.keeper, None
+        os.close(self._stop_w)
+        readable, _, _ = select.select([self._gone_r], [], [], timeout)
+        if not readable:  # its pipe is open: the keeper is there, stuck
+            with contextlib.suppress(OSError):
+                os.kill(keeper, signal.SIGKILL)  # its writer's stdin ends: it commits what it holds and exits
+        os.close(self._gone_r)
+        with contextlib.suppress(ChildProcessError):  # gunicorn reaped it if it died earlier
+            os.waitpid(keeper, 0)
+        self.channel.remove()
+
+
+def _keep_writer(channel: group_commit.Channel, stop_fd: int) -> NoReturn:
+    """The keeper's process, forked from gunicorn's master: it never returns into gunicorn."""
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # stopped by its pipe's end only
+            signal.signal(sig, signal.SIG_IGN)
+        WriterKeeper(channel, stop_fd=stop_fd).run()
+        code = 0
+    except BaseException:  # a bug: said, and the writer's stdin ends with this process
+        log.exception("the commit writer's keeper failed; web workers commit their own deliveries")
+    finally:
+        os._exit(code)
+
+
+class WriterKeeper:
+    """Starts `webhook-app commit-writer`, hears what it says, and starts another after the
+    supervisor's backoff (restart_delay) if it exits, until `stop_fd` reaches its end.
+
+    The writer's stdin is a pipe from the keeper: the first line is the channel (the private
+    socket directory and the key, which thus never appear in an argument or the environment),
+    then nothing; its end tells the writer to commit what it holds and exit. Its stdout is a pipe
+    on which it says `ready` or `unavailable <why>`, kept in the channel's status for `/readyz`."""
+
+    def __init__(self, channel: group_commit.Channel, *, stop_fd: int) -> None:
+        self.channel = channel
+        self.stop_fd = stop_fd
+        self.command = [sys.executable, "-m", "webhook_app", "commit-writer"]  # our own interpreter and module
         self.proc: subprocess.Popen[bytes] | None = None
         self.heard = b""
         self.started = 0.0
         self.restarts = 0
         self.restart_at: float | None = None
 
-    @classmethod
-    def start(cls, settings: Settings) -> CommitWriterProcess | None:
-        """None without group commit; OSError if the channel's directory cannot be made."""
-        if not settings.group_commit or not group_commit.supported(settings.database_url):
-            return None
-        self = cls(group_commit.Channel.create())
+    def run(self) -> None:
         self._spawn()
-        return self
+        while True:
+            watched: list[Any] = [self.stop_fd]
+            if self.proc is not None and self.proc.stdout is not None:
+                watched.append(self.proc.stdout)
+            timeout = None if self.restart_at is None else max(0.0, self.restart_at - time.monotonic())
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self.stop_fd in readable and not os.read(self.stop_fd, 64):
+                break
+            if len(watched) > 1 and watched[1] in readable:
+                self._hear()
+            if self.restart_at is not None and time.monotonic() >= self.restart_at:
+                self._spawn()
+        self._stop_writer()
+        self.channel.remove()
 
     def _spawn(self) -> None:
         self.started = time.monotonic()
         self.restart_at = None
         self.heard = b""
-        self.proc = subprocess.Popen(  # our own interpreter and module
-            [sys.executable, "-m", "webhook_app", "commit-writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # noqa: S603
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(self.channel.for_writer())
             self.proc.stdin.flush()
         except OSError:
-            pass  # it died at once: check() sees its end and starts another
+            pass  # it died at once: its stdout's end says so next
 
-    def _gone(self, wait: float = 0.0) -> bool:
-        """True once the writer's stdout has reached its end (the writer exited), waiting up to
-        `wait` seconds for it; what it said meanwhile goes to the channel's status."""
+    def _hear(self) -> None:
+        """Read what the writer said; at its stdout's end, note its exit and when to start another."""
         proc = self.proc
-        if proc is None or proc.stdout is None:
-            return True
-        deadline = time.monotonic() + wait
-        try:
-            while True:
-                readable, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable:
-                    return False
-                said = os.read(proc.stdout.fileno(), 4096)
-                if not said:
-                    return True
-                self._heard(said)
-        except (OSError, ValueError):
-            return True
+        assert proc is not None and proc.stdout is not None
+        said = os.read(proc.stdout.fileno(), 4096)
+        if said:
+            self._heard(said)
+            return
+        code = self._reap(proc, timeout=WRITER_STOP_S)
+        self.proc = None
+        self.restarts, delay = restart_delay(self.restarts, ran_for=time.monotonic() - self.started)
+        self.restart_at = time.monotonic() + delay
+        log.warning(
+            "commit writer exited; web workers commit their own deliveries until it is back",
+            extra={"exit_code": code, "restart_in_s": delay},
+        )
 
     def _heard(self, said: bytes) -> None:
         self.heard += said
@@ -263,54 +356,29 @@ class CommitWriterProcess:
             elif line.startswith(b"unavailable "):
                 status.set_problem("the commit writer cannot listen: " + line[12:].decode(errors="replace"))
 
-    def check(self) -> None:
-        """From the arbiter's loop: hear the writer, notice its exit, and start a new one after
-        the supervisor's backoff (restart_delay)."""
-        if os.getpid() != self.owner:
-            return
-        if self.restart_at is None:
-            if not self._gone():
-                return
-            assert self.proc is not None
-            code = self.proc.poll()  # 0 if gunicorn reaped it first: its status went with it
-            self._close_pipes()
-            self.restarts, delay = restart_delay(self.restarts, ran_for=time.monotonic() - self.started)
-            self.restart_at = time.monotonic() + delay
-            log.warning(
-                "commit writer exited; web workers commit their own deliveries until it is back",
-                extra={"exit_code": code or "unknown (reaped by gunicorn)", "restart_in_s": delay},
-            )
-        if time.monotonic() >= self.restart_at:
-            self._spawn()
-
-    def _close_pipes(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """In the master, after gunicorn's workers: end the writer's stdin, wait for it, and
-        remove the channel's directory."""
-        if os.getpid() != self.owner:
-            return
-        proc = self.proc
+    def _stop_writer(self) -> None:
+        """End the writer's stdin and wait for it, killing it after WRITER_STOP_S."""
+        proc, self.proc = self.proc, None
         if proc is None:
             return
         if proc.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
-        if not self._gone(wait=timeout) and proc.poll() is None:
+        self._reap(proc, timeout=WRITER_STOP_S)
+
+    @staticmethod
+    def _reap(proc: subprocess.Popen[bytes], *, timeout: float) -> int:
+        """Its exit code, waiting up to `timeout` seconds before killing it; its pipes closed."""
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        self.proc = None
-        with contextlib.suppress(subprocess.TimeoutExpired):  # killed above
-            proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        self.channel.remove()
+            code = proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        return code
 
 
 #: a writer that could not listen tries again this often (it said so once)
@@ -351,7 +419,7 @@ def run_commit_writer(settings: Settings) -> int:
         log.info("commit writer ready", extra={"pid": os.getpid(), "socket": channel.path})
         _tell_parent("ready")
         writer.serve(watch_fd=watch)
-    except Exception:  # a bug: said with its traceback (gunicorn reaps the writer: its exit code is lost)
+    except Exception:  # a bug: said with its traceback (and its exit code, by the keeper)
         log.exception("commit writer failed")
         return 1
     finally:

@@ -4,7 +4,7 @@ A policy `field` such as `order.guest` names an attribute of a resource in the w
 misspelt one (`order.gest`) is never in any body, so every comparison on it is false and the rule
 quietly never matches; `check_field` catches it when the policy loads, against the attributes and
 relationships the resources really have (`data/resources.json`, derived from Commerce Layer's API
-reference by tests/resource_model.py), and names the nearest valid attributes.
+reference by tests/support/resource_model.py), and names the nearest valid attributes.
 
 `payment_source` is polymorphic (an order's payment source is one of several types): a field is
 valid if any payment source type has it; `types_with` says which do.

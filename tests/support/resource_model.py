@@ -6,7 +6,7 @@ entries (`customer_payment_sources`) and every payment source type an order's `p
 may be. For each: the attributes Commerce Layer sends (`fetchable`) with their type, the write-only
 ones (triggers like `_place`, which no body carries) and the relationship names.
 
-    python tests/resource_model.py [PATH/TO/resources.json]   # rewrites the shipped file
+    python tests/support/resource_model.py [PATH/TO/resources.json]   # rewrites the shipped file
 
 tests/test_policy_model.py checks the shipped file against the reference when it is present.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 REFERENCE = Path("/work/shared/commercelayer/resources.json")
-SHIPPED = Path(__file__).parent.parent / "webhook_app" / "data" / "resources.json"
+SHIPPED = Path(__file__).parents[2] / "webhook_app" / "data" / "resources.json"
 # The resources the policy's roots read, by JSON:API type (payment sources come from the order).
 READ = ("orders", "customers", "markets", "line_items", "customer_payment_sources")
 
@@ -41,7 +41,7 @@ def derive(reference: list[dict[str, Any]]) -> dict[str, Any]:
             "relationships": sorted(res.get("relationships", {})),
         }
     return {
-        "source": "derived by tests/resource_model.py from Commerce Layer's resources.json (API reference data)",
+        "source": "derived by tests/support/resource_model.py from Commerce Layer's resources.json (API reference data)",
         "payment_source_types": payment_source_types,
         "resources": out,
     }

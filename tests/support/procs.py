@@ -45,7 +45,7 @@ def wait_until(predicate, *, timeout: float = 20.0, interval: float = 0.05, what
 
 
 # Every log file a Service wrote in this session, and the environment each was given:
-# tests/secret_scan.py checks the logs (and all output) for the secrets in those environments.
+# tests/support/secret_scan.py checks the logs (and all output) for the secrets in those environments.
 LOG_PATHS: list[Path] = []
 SERVICE_ENVS: list[dict[str, str]] = []
 

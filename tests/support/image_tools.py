@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("WEBHOOK_APP_IMAGE_CACHE", "/var/tmp/webhook-app-image"))
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"

@@ -1,6 +1,6 @@
 """pytest plugin: the session fails if a secret the tests configured appears in anything printed.
 
-Loaded from tests/conftest.py (`pytest_plugins = ["secret_scan"]`). When the session ends it
+Loaded from tests/conftest.py (`pytest_plugins = ["support.secret_scan"]`). When the session ends it
 scans
 
 * every log file a `procs.Service` wrote (`procs.LOG_PATHS`) and every `*.log` under the
@@ -12,7 +12,7 @@ for every secret the tests use: constants of the test modules whose names say SE
 or PASSWORD (webhook secrets, client secrets, admin and replay keys), the secrets in the
 environment of every `procs.Service` (`procs.SERVICE_ENVS`: CL_WEBHOOK_SECRETS entries,
 CL_CLIENT_SECRET, admin and replay keys, database URL passwords), values given to
-`register(...)`, and every access token the fake Commerce Layer issued (tests/fakecl.py registers
+`register(...)`, and every access token the fake Commerce Layer issued (tests/support/fakecl.py registers
 them). In log files it also looks for `Bearer <token>` the service's scrubber should have
 redacted.
 
@@ -21,7 +21,7 @@ says "1 failed") with where the secret was, never the secret itself, and the exi
 `test-artifacts/secret-scan.json` records what was scanned (files, bytes, secrets checked: their
 sources and SHA-256 prefixes, never their values) and the findings, either way.
 
-PYTEST_DONT_REWRITE: tests/fakecl.py imports this module before pytest loads it as a plugin, and
+PYTEST_DONT_REWRITE: tests/support/fakecl.py imports this module before pytest loads it as a plugin, and
 it has no asserts to rewrite.
 """
 
@@ -41,7 +41,7 @@ _SECRETS: dict[str, str] = {}  # value -> where it came from
 _NAME = re.compile(r"SECRET|KEY|TOKEN|PASSWORD|PASSWD", re.IGNORECASE)
 _NOT_A_SECRET = re.compile(r"^[A-Z][A-Z0-9_]*$")  # the names of environment variables
 _BEARER = re.compile(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=-]{8,})")
-_TESTS_DIR = Path(__file__).resolve().parent
+_TESTS_DIR = Path(__file__).resolve().parents[1]
 _REPORT = "secret-scan.json"
 
 
@@ -104,7 +104,7 @@ def register_env(env: dict[str, str], *, source: str) -> None:
 
 
 def _collect_service_envs() -> None:
-    procs = sys.modules.get("procs")
+    procs = sys.modules.get("support.procs")
     for env in getattr(procs, "SERVICE_ENVS", []):
         register_env(env, source="service env")
 
@@ -160,7 +160,7 @@ def _scan_text(where: str, text: str, secrets: dict[str, str], *, bearer: bool, 
 
 
 def _log_files(session: pytest.Session) -> tuple[list[Path], list[Path]]:
-    procs = sys.modules.get("procs")
+    procs = sys.modules.get("support.procs")
     service = [Path(p) for p in getattr(procs, "LOG_PATHS", [])]
     others: list[Path] = []
     factory = getattr(session.config, "_tmp_path_factory", None)

@@ -7,6 +7,11 @@ paths `include` names (a wallet entry's `payment_source` only with
 entries, and a payment source record of its own for an order that uses a wallet entry. It records
 every request, and can be scripted per route with canned failures
 (`fail(route, status=..., times=...)`, `hang(route, seconds)`, `drop(route)`).
+
+Its answers have the shape the sandbox is held to (tests/test_sandbox_contract.py runs the same
+contract over both): every attribute and relationship of an order that Commerce Layer renders
+(the reference body's names; null unless this fake models the value), relationship links, the
+resource's and the answer's `meta` (with a `trace_id` per answer), absolute resource links.
 """
 
 from __future__ import annotations
@@ -19,12 +24,22 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import secret_scan
-from builders import WALLET_TYPES
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from support import secret_scan
+from support.builders import WALLET_TYPES
+from support.settings import DATA
+
 JSONAPI = "application/vnd.api+json"
+#: the reference order body (Commerce Layer's own example) the sandbox's contract is checked against
+_REFERENCE_ORDER = json.loads((DATA / "orders.place.guest-wire-transfer.json").read_text())["data"]
+#: an order's attributes and relationships as Commerce Layer renders them: every one, null or not
+ORDER_ATTRIBUTES = tuple(_REFERENCE_ORDER["attributes"])
+ORDER_RELATIONSHIPS = tuple(_REFERENCE_ORDER["relationships"])
+#: a resource's relationships, from the resource model shipped with the service (Commerce Layer's resources.json)
+_MODEL = json.loads((DATA.parent.parent / "webhook_app" / "data" / "resources.json").read_text())["resources"]
+META = {"mode": "test", "organization_id": "FakeOrgId"}
 
 
 @dataclass
@@ -240,45 +255,43 @@ class FakeCommerceLayer:
                     order.source_id, order.source_type = f"ps{order.id}u", entry["source_type"]
                     order.source_token = _token(entry)
         include = set(filter(None, req.args.get("include", "").split(",")))
-        return Response(json.dumps(self._document(order, include)), 200, content_type=JSONAPI)
+        doc = self._document(order, include, api=f"{self.url}/api")
+        doc["meta"] = {**META, "trace_id": secrets.token_hex(32)}  # Commerce Layer's, on every answer
+        return Response(json.dumps(doc), 200, content_type=JSONAPI)
 
     @staticmethod
-    def _document(order: FakeOrder, include: set[str]) -> dict[str, Any]:
-        rel: dict[str, Any] = {
-            "customer": {"links": {}},
-            "payment_source": {"links": {}},
-            "available_customer_payment_sources": {"links": {}},
-        }
+    def _document(order: FakeOrder, include: set[str], *, api: str) -> dict[str, Any]:
+        rel = _relationships(api, "orders", order.id, ORDER_RELATIONSHIPS)
         included: list[dict[str, Any]] = []
         if "payment_source" in include and order.source_type:
             rel["payment_source"]["data"] = {"type": order.source_type, "id": order.source_id}
-            included.append(_source(order.source_type, order.source_id, order.source_token))
+            included.append(_source(api, order.source_type, order.source_id, order.source_token))
         if "available_customer_payment_sources" in include:
             rel["available_customer_payment_sources"]["data"] = [
                 {"type": "customer_payment_sources", "id": w["id"]} for w in order.wallet
             ]
             linked = "available_customer_payment_sources.payment_source" in include
             for w in order.wallet:
-                entry_rel: dict[str, Any] = {"customer": {"links": {}}, "payment_source": {"links": {}}}
+                entry_rel = _relationships(api, "customer_payment_sources", w["id"])
                 if linked:
                     entry_rel["payment_source"]["data"] = {"type": w["source_type"], "id": w["source_id"]}
-                    included.append(_source(w["source_type"], w["source_id"], _token(w)))
+                    included.append(_source(api, w["source_type"], w["source_id"], _token(w)))
                 included.append(
-                    {
-                        "id": w["id"],
-                        "type": "customer_payment_sources",
-                        "attributes": {
+                    _resource(
+                        api,
+                        "customer_payment_sources",
+                        w["id"],
+                        {
                             "name": "XXXX-XXXX-XXXX-4242",
                             "created_at": w["created_at"],
                             "payment_source_token": _token(w),
                             "customer_token": f"cus_{order.customer_id}",
                         },
-                        "relationships": entry_rel,
-                    }
+                        entry_rel,
+                    )
                 )
-        doc: dict[str, Any] = {
-            "data": {"id": order.id, "type": "orders", "attributes": {"guest": order.guest}, "relationships": rel}
-        }
+        attributes = dict.fromkeys(ORDER_ATTRIBUTES) | {"guest": order.guest}
+        doc: dict[str, Any] = {"data": _resource(api, "orders", order.id, attributes, rel)}
         if included:
             unique = {(r["type"], r["id"]): r for r in included}
             doc["included"] = list(unique.values())
@@ -290,7 +303,30 @@ def _token(entry: dict[str, Any]) -> str:
     return entry.get("token") or f"pm_{entry['source_id']}"
 
 
-def _source(source_type: str, source_id: str | None, token: str | None) -> dict[str, Any]:
+def _relationships(
+    api: str, rtype: str, rid: str | None, names: tuple[str, ...] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Each relationship's links (its linkage is added where an include asks for it)."""
+    if names is None:
+        names = tuple(_MODEL.get(rtype, {}).get("relationships", ()))
+    base = f"{api}/{rtype}/{rid}"
+    return {n: {"links": {"self": f"{base}/relationships/{n}", "related": f"{base}/{n}"}} for n in names}
+
+
+def _resource(
+    api: str, rtype: str, rid: str | None, attributes: dict[str, Any], relationships: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "type": rtype,
+        "links": {"self": f"{api}/{rtype}/{rid}"},
+        "attributes": attributes,
+        "relationships": relationships,
+        "meta": dict(META),
+    }
+
+
+def _source(api: str, source_type: str, source_id: str | None, token: str | None) -> dict[str, Any]:
     attrs: dict[str, Any] = {"payment_instrument": {"issuer_type": "card", "card_type": "visa", "last4": "4242"}}
     # Each gateway's own name for the reusable instrument the wallet entry's token comes from.
     if source_type == "stripe_payments":
@@ -303,7 +339,7 @@ def _source(source_type: str, source_id: str | None, token: str | None) -> dict[
         attrs["payment_response"] = {"additionalData": {"recurring.recurringDetailReference": token}}
     else:
         attrs["payment_source_token"] = token
-    return {"id": source_id, "type": source_type, "attributes": attrs}
+    return _resource(api, source_type, source_id, attrs, _relationships(api, source_type, source_id))
 
 
 def _errors(
