@@ -265,7 +265,7 @@ class _Intake:
         "CIDRs, IPv4 or IPv6 (`203.0.113.0/24`, `2001:db8::/32`). Any other source is answered 403 before the "
         "body is read. An unknown name or a bad CIDR stops the service at start (exit 2). See *Only Commerce "
         "Layer let in*",
-        default_doc="*(none: every source may deliver)*",
+        default_doc="none: every source may deliver",
     )
     trusted_proxies: tuple[Network, ...] = _setting(
         "WEBHOOK_APP_TRUSTED_PROXIES",
@@ -274,7 +274,7 @@ class _Intake:
         doc="addresses or CIDRs of the proxies in front of the service whose `X-Forwarded-For` names the source "
         "(walked from the right, stopping at the first address that is not one of them). Needs "
         "`WEBHOOK_APP_ALLOWED_SOURCES`; with `WEBHOOK_APP_FORWARDED_HOPS` > 0 and an allowlist it must be set",
-        default_doc="*(none: the connection's peer is the source)*",
+        default_doc="none: the connection's peer is the source",
     )
 
     @property
