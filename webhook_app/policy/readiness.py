@@ -57,15 +57,6 @@ class NotReady:
     reason: str
 
 
-def _get(attrs: Mapping[str, Any], *path: str) -> Any:
-    value: Any = attrs
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return _ABSENT
-        value = value[key]
-    return value
-
-
 def _unset(v: Any) -> bool:
     return v is None or v == "" or v == {} or v == []
 
@@ -81,7 +72,7 @@ def check(event: Event) -> NotReady | None:
 
 def _missing(a: Mapping[str, Any], name: str, code: str, reason: str) -> NotReady | None:
     """NotReady(code, reason) if attribute `name` is present but unset."""
-    return NotReady(code, reason) if _unset(_get(a, name)) else None
+    return NotReady(code, reason) if _unset(a.get(name, _ABSENT)) else None
 
 
 def _braintree(event: Event, a: Mapping[str, Any]) -> NotReady | None:
@@ -113,7 +104,7 @@ def _adyen(event: Event, a: Mapping[str, Any]) -> NotReady | None:
     )
     if no_data is not None:
         return no_data
-    response = _get(a, "payment_response")
+    response = a.get("payment_response", _ABSENT)
     if isinstance(response, Mapping) and response and not _adyen_reference(response):
         return NotReady(
             "adyen_no_recurring_detail_reference",
@@ -124,7 +115,7 @@ def _adyen(event: Event, a: Mapping[str, Any]) -> NotReady | None:
 
 
 def _checkout_com(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    response = _get(a, "payment_response")
+    response = a.get("payment_response", _ABSENT)
     if response is not _ABSENT and (not isinstance(response, Mapping) or _unset(response.get("source"))):
         return NotReady(
             "checkout_com_no_payment_response_source",
@@ -145,7 +136,7 @@ def _klarna(event: Event, a: Mapping[str, Any]) -> NotReady | None:
 
 
 def _stripe(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    options = _get(a, "options")
+    options = a.get("options", _ABSENT)
     if options is _ABSENT:
         return None
     usage = options.get("setup_future_usage") if isinstance(options, Mapping) else None
@@ -159,7 +150,7 @@ def _stripe(event: Event, a: Mapping[str, Any]) -> NotReady | None:
 
 
 def _axerve(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    if _get(a, "request_token") is False:
+    if a.get("request_token", _ABSENT) is False:
         return NotReady(
             "axerve_no_request_token",
             "axerve_payments: request_token is false; create Axerve payment sources with "

@@ -32,6 +32,7 @@ from webhook_app.policy.decision import (
     Decision,
 )
 from webhook_app.policy.guards import apply_guards
+from webhook_app.policy.paths import dig
 from webhook_app.topics import ORDER_TOPICS, TOPIC_PATTERN
 
 ROOTS = ("topic", "order", "customer", "payment_source", "market", "line_items", "wallet")
@@ -62,7 +63,7 @@ def _resolve(event: Event, path: Sequence[str]) -> Any:
         items: tuple[Resource, ...] | None = event.line_items if root == "line_items" else event.wallet
         if rest == ("count",):
             return _MISSING if items is None else len(items)
-        return [_dig(r.fields(), rest) for r in (items or ())]
+        return [dig(r.fields(), rest, _MISSING) for r in (items or ())]
     resource: Resource | None = {
         "order": event.order,
         "customer": event.customer,
@@ -73,16 +74,7 @@ def _resolve(event: Event, path: Sequence[str]) -> Any:
         return _MISSING
     if root == "payment_source" and rest == ("type",):
         return event.payment_source_type or _MISSING
-    return _dig(resource.fields(), rest)
-
-
-def _dig(value: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if isinstance(value, Mapping) and key in value:
-            value = value[key]
-        else:
-            return _MISSING
-    return value
+    return dig(resource.fields(), rest, _MISSING)
 
 
 def _ordered(a: Any, b: Any) -> bool:
