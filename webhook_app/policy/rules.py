@@ -22,15 +22,7 @@ import re2
 from webhook_app.errors import PolicyError, PolicyModelError
 from webhook_app.events import Event, Resource
 from webhook_app.policy import model, readiness, wallet
-from webhook_app.policy.decision import (
-    ACTIONS,
-    SAVE,
-    SKIP,
-    STRATEGIES,
-    USE_WALLET,
-    WALLET_SOURCE_TYPES,
-    Decision,
-)
+from webhook_app.policy.decision import ACTIONS, SAVE, SKIP, STRATEGIES, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 from webhook_app.policy.guards import apply_guards
 from webhook_app.policy.paths import dig
 from webhook_app.topics import ORDER_TOPICS, TOPIC_PATTERN
