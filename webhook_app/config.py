@@ -533,7 +533,7 @@ class _Processes:
 
 @dataclass(frozen=True)
 class _OperatorKeys:
-    """The keys that sign replay and admin tokens."""
+    """Operator keys: the keys that sign replay and admin tokens."""
 
     replay_keys: tuple[str, ...] = _setting(
         "WEBHOOK_APP_REPLAY_KEYS",
@@ -562,7 +562,7 @@ class _OperatorKeys:
 
 @dataclass(frozen=True)
 class _CircuitGuard:
-    """The circuit guard (ops/circuit.py): watch Commerce Layer's webhook circuits, reset and backfill."""
+    """The circuit guard: watch Commerce Layer's webhook circuits, reset and backfill (ops/circuit.py)."""
 
     # The circuit guard (ops/circuit.py): one `GET /api/webhooks` per interval, through the client's
     # rate limit; 0 turns it off.
@@ -607,7 +607,7 @@ class _CircuitGuard:
 
 @dataclass(frozen=True)
 class _Retention:
-    """What is kept and for how long: bodies, records, redaction and anonymization."""
+    """Retention: what is kept and for how long (bodies, records, redaction, anonymization)."""
 
     # Retention: bodies and headers (names, emails, addresses) go first; the record of what was
     # received and decided later. Per-order action claims are kept: a flagged order stays flagged.
