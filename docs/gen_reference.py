@@ -5,9 +5,10 @@
 
 `configuration.md` comes from the fields of `webhook_app.config.Settings` (each `_setting`'s `env`,
 default, `doc` and `default_doc`), a section for each group of settings (headed by its docstring),
-and the few variables the libraries read (`LIBRARY_VARIABLES` below); `cli.md` from the argparse parsers (`webhook_app.cli.build_parser`); `metrics.md` from the
-metrics the service registers (the process-wide ones in `webhook_app.metrics` and those its
-store collector reports at scrape time, read from a scratch SQLite database).
+and the few variables the libraries read (`LIBRARY_VARIABLES` below); `cli.md` from the argparse
+parsers (`webhook_app.cli.build_parser`); `metrics.md` from the metrics the service registers (the
+process-wide ones in `webhook_app.metrics` and those its store collector reports at scrape time,
+read from a scratch SQLite database).
 tests/test_docs.py runs `--check`, so a page can never drift from the code.
 """
 
