@@ -4,10 +4,11 @@
     python docs/gen_reference.py --check  # exit 1 if a page is not what the code says
 
 `configuration.md` comes from the fields of `webhook_app.config.Settings` (each `_setting`'s `env`,
-default, `doc` and `default_doc`) and the few variables the libraries read (`LIBRARY_VARIABLES`
-below); `cli.md` from the argparse parsers (`webhook_app.cli.build_parser`); `metrics.md` from the
-metrics the service registers (the process-wide ones in `webhook_app.metrics` and those its
-store collector reports at scrape time, read from a scratch SQLite database).
+default, `doc` and `default_doc`), a section for each group of settings (headed by its docstring),
+and the few variables the libraries read (`LIBRARY_VARIABLES` below); `cli.md` from the argparse
+parsers (`webhook_app.cli.build_parser`); `metrics.md` from the metrics the service registers (the
+process-wide ones in `webhook_app.metrics` and those its store collector reports at scrape time,
+read from a scratch SQLite database).
 tests/test_docs.py runs `--check`, so a page can never drift from the code.
 """
 
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -104,31 +106,47 @@ def _default_text(value: object) -> str:
     return "*(none)*"
 
 
-def configuration_page() -> str:
-    from dataclasses import MISSING, fields
+def _setting_groups() -> Iterator[tuple[str, str, list[Any]]]:
+    """(heading, what it is, fields) for each group of settings `Settings` combines, in the order
+    `fields(Settings)` lists them; the heading and text come from the group's docstring."""
+    from dataclasses import fields, is_dataclass
 
     from webhook_app.config import Settings
 
-    rows = []
-    for f in fields(Settings):
-        meta = f.metadata
-        if meta["default_doc"]:
-            default = meta["default_doc"]
-            default = default if default.startswith("`") else f"*({default})*"
-        else:
-            value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            default = _default_text(value)
-        doc = meta["doc"] + (" *(secret)*" if meta["secret"] else "")
-        rows.append(f"| `{meta['env']}` | {_cell(default)} | {_cell(doc)} |")
-    library = [f"| `{name}` | {_cell(default)} | {_cell(doc)} |" for name, default, doc in LIBRARY_VARIABLES]
+    every = fields(Settings)
+    for cls in reversed(Settings.__mro__):
+        own = cls.__dict__.get("__annotations__", {})
+        group = [f for f in every if f.name in own] if is_dataclass(cls) else []
+        if group:
+            heading, _, what = (cls.__doc__ or "").strip().partition(": ")
+            yield heading, what[:1].upper() + what[1:], group
+
+
+def configuration_page() -> str:
+    from dataclasses import MISSING
+
     head = "| variable | default | meaning |\n|---|---|---|\n"
+    sections = []
+    for heading, what, group in _setting_groups():
+        rows = []
+        for f in group:
+            meta = f.metadata
+            if meta["default_doc"]:
+                default = meta["default_doc"]
+                default = default if default.startswith("`") else f"*({default})*"
+            else:
+                value = f.default if f.default is not MISSING else f.default_factory()
+                default = _default_text(value)
+            doc = meta["doc"] + (" *(secret)*" if meta["secret"] else "")
+            rows.append(f"| `{meta['env']}` | {_cell(default)} | {_cell(doc)} |")
+        sections.append(f"### {heading}\n\n{what}\n\n" + head + "\n".join(rows) + "\n")
+    library = [f"| `{name}` | {_cell(default)} | {_cell(doc)} |" for name, default, doc in LIBRARY_VARIABLES]
     return (
         HEADER
         + CONFIGURATION_INTRO
         + "## The service's settings\n\n"
-        + head
-        + "\n".join(rows)
-        + "\n\n## Read by the libraries it uses\n\n"
+        + "\n".join(sections)
+        + "\n## Read by the libraries it uses\n\n"
         + head
         + "\n".join(library)
         + "\n"

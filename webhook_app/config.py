@@ -3,6 +3,11 @@
 `Settings.from_env(environ)` is called by the command line and by `create_app`, never at import.
 A missing or malformed value raises ConfigError naming the variable (and never its value when the
 variable holds a secret).
+
+The fields are declared in groups, one frozen dataclass per concern (`_Intake`, `_CommerceLayer`,
+`_Decision`, `_Jobs`, `_Processes`, `_OperatorKeys`, `_CircuitGuard`, `_Retention`); `Settings`
+is all of them together, and checks them against each other in `__post_init__`. The
+configuration reference (docs/gen_reference.py) lists them in that order.
 """
 
 from __future__ import annotations
@@ -207,8 +212,8 @@ def _setting(
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything the service can be told. Defaults are the embedded, safe configuration."""
+class _Intake:
+    """The intake: who may deliver, what it accepts and how much."""
 
     webhook_secrets: tuple[WebhookSecret, ...] = _setting(
         "CL_WEBHOOK_SECRETS",
@@ -222,6 +227,71 @@ class Settings:
         "(exit 2).",
         default_doc="none: every delivery is refused with 401, and the service is not ready",
     )
+    max_body_bytes: int = _setting(
+        "WEBHOOK_APP_MAX_BODY_BYTES",
+        _positive(int),
+        1024 * 1024,
+        doc="body limit (413 above it)",
+    )
+    max_json_depth: int = _setting(
+        "WEBHOOK_APP_MAX_JSON_DEPTH",
+        _positive(int),
+        64,
+        doc="deepest JSON nesting accepted (400 above it)",
+    )
+    extra_topics: tuple[str, ...] = _setting(
+        "WEBHOOK_APP_TOPICS",
+        parse_topics,
+        (),
+        doc="comma-separated topics accepted beyond Commerce Layer's known ones (the 187 in "
+        "`webhook_app/data/topics.json`: see *Topics* under the intake); any other topic is refused with "
+        "400 before anything is stored. Commerce Layer signs only the body, so without this list one "
+        "captured delivery could be stored again under every invented topic. Non-order topics are stored "
+        "as `ignored`, except the four `customers.anonymization_*` (queued for the worker).",
+        default_doc="none: only the known topics",
+    )
+    forwarded_hops: int = _setting(
+        "WEBHOOK_APP_FORWARDED_HOPS",
+        _non_negative(int),
+        0,
+        doc="how many proxies' `X-Forwarded-*` headers to trust",
+    )
+    allowed_sources: tuple[Network, ...] = _setting(
+        "WEBHOOK_APP_ALLOWED_SOURCES",
+        parse_allowed_sources,
+        (),
+        doc="comma-separated sources allowed to deliver to the intake: `commercelayer` (Commerce Layer's six "
+        "published webhook addresses), `commercelayer-eu`, `commercelayer-us` (three each), and addresses or "
+        "CIDRs, IPv4 or IPv6 (`203.0.113.0/24`, `2001:db8::/32`). Any other source is answered 403 before the "
+        "body is read. An unknown name or a bad CIDR stops the service at start (exit 2). See *Only Commerce "
+        "Layer let in*",
+        default_doc="none: every source may deliver",
+    )
+    trusted_proxies: tuple[Network, ...] = _setting(
+        "WEBHOOK_APP_TRUSTED_PROXIES",
+        parse_trusted_proxies,
+        (),
+        doc="addresses or CIDRs of the proxies in front of the service whose `X-Forwarded-For` names the source "
+        "(walked from the right, stopping at the first address that is not one of them). Needs "
+        "`WEBHOOK_APP_ALLOWED_SOURCES`; with `WEBHOOK_APP_FORWARDED_HOPS` > 0 and an allowlist it must be set",
+        default_doc="none: the connection's peer is the source",
+    )
+
+    @property
+    def accepted_topics(self) -> frozenset[str]:
+        """The topics the intake stores: Commerce Layer's known ones and WEBHOOK_APP_TOPICS."""
+        return KNOWN_TOPICS | frozenset(self.extra_topics)
+
+    @property
+    def sources(self) -> Sources:
+        """Who may deliver: WEBHOOK_APP_ALLOWED_SOURCES through WEBHOOK_APP_TRUSTED_PROXIES."""
+        return Sources(self.allowed_sources, self.trusted_proxies)
+
+
+@dataclass(frozen=True)
+class _CommerceLayer:
+    """Commerce Layer: the organization's credentials and API, and how the client calls it."""
+
     cl_client_id: str = _setting(
         "CL_CLIENT_ID",
         str,
@@ -290,14 +360,23 @@ class Settings:
         300.0,
         doc="renew the token this many seconds before `expires_in` (at most half its life)",
     )
-    database_url: str = _setting(
-        "WEBHOOK_APP_DATABASE_URL",
-        _database_url,
-        "sqlite:///webhook-app.db",
-        secret=True,
-        doc="`sqlite:///relative/or//absolute/path`, or `postgresql://user:password@host:5432/db` (needs `pip"
-        " install '.[postgres]'`)",
+    organizations_path: Path | None = _setting(
+        "WEBHOOK_APP_ORGANIZATIONS",
+        _existing_file,
+        None,
+        doc="agency mode: a TOML file listing the organizations served, one table per slug (see *Agency mode*)",
+        default_doc="unset (one organization, from `CL_*`)",
     )
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """The decision: the policy, whether to act on it, and how long deciding may take."""
+
     policy_path: Path = _setting(
         "WEBHOOK_APP_POLICY",
         _existing_file,
@@ -313,17 +392,39 @@ class Settings:
         doc="`enforce` calls Commerce Layer; `shadow` decides and records only",
         default_doc="`enforce` if `CL_CLIENT_ID`, `CL_CLIENT_SECRET` and `CL_API_BASE` are set, else `shadow`",
     )
-    max_body_bytes: int = _setting(
-        "WEBHOOK_APP_MAX_BODY_BYTES",
-        _positive(int),
-        1024 * 1024,
-        doc="body limit (413 above it)",
+    # The longest the policy may take to decide one job (the worker's main thread only): a job over
+    # it is failed like any other error, retried, then dead-lettered; the worker goes on.
+    decide_budget: float = _setting(
+        "WEBHOOK_APP_DECIDE_BUDGET_SECONDS",
+        _positive(float),
+        5.0,
+        doc="the longest the policy may take to decide one job in the worker; past it the job fails like any "
+        "error (retried, then dead-lettered) and the worker goes on",
     )
-    max_json_depth: int = _setting(
-        "WEBHOOK_APP_MAX_JSON_DEPTH",
-        _positive(int),
-        64,
-        doc="deepest JSON nesting accepted (400 above it)",
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == "shadow"
+
+
+@dataclass(frozen=True)
+class _Jobs:
+    """The database and the job queue: where deliveries are kept, how jobs are leased and retried."""
+
+    database_url: str = _setting(
+        "WEBHOOK_APP_DATABASE_URL",
+        _database_url,
+        "sqlite:///webhook-app.db",
+        secret=True,
+        doc="`sqlite:///relative/or//absolute/path`, or `postgresql://user:password@host:5432/db` (needs `pip"
+        " install '.[postgres]'`)",
+    )
+    db_timeout: float = _setting(
+        "WEBHOOK_APP_DB_TIMEOUT",
+        _positive(float),
+        3.0,
+        doc="seconds a request waits for the database (SQLite lock, PostgreSQL pool/connect) before answering"
+        " 503; keep it under Commerce Layer's 5 s",
     )
     max_attempts: int = _setting(
         "WEBHOOK_APP_MAX_ATTEMPTS",
@@ -358,13 +459,12 @@ class Settings:
         " (PostgreSQL `LISTEN`/`NOTIFY`; on SQLite a datagram from the web processes on the same host, "
         "`webhook_app/wakeup.py`), so this is only the fallback",
     )
-    db_timeout: float = _setting(
-        "WEBHOOK_APP_DB_TIMEOUT",
-        _positive(float),
-        3.0,
-        doc="seconds a request waits for the database (SQLite lock, PostgreSQL pool/connect) before answering"
-        " 503; keep it under Commerce Layer's 5 s",
-    )
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """The processes: gunicorn's workers and commits, `serve`'s front and operator address, logging."""
+
     web_workers: int = _setting(
         "WEBHOOK_APP_WEB_WORKERS",
         _positive(int),
@@ -380,32 +480,6 @@ class Settings:
         doc="`web` starts a commit writer of its own that stores the deliveries of all its workers in shared "
         "transactions, one flush to disk for several (see *Group commit*); `false`: each worker commits "
         "its own",
-    )
-    forwarded_hops: int = _setting(
-        "WEBHOOK_APP_FORWARDED_HOPS",
-        _non_negative(int),
-        0,
-        doc="how many proxies' `X-Forwarded-*` headers to trust",
-    )
-    allowed_sources: tuple[Network, ...] = _setting(
-        "WEBHOOK_APP_ALLOWED_SOURCES",
-        parse_allowed_sources,
-        (),
-        doc="comma-separated sources allowed to deliver to the intake: `commercelayer` (Commerce Layer's six "
-        "published webhook addresses), `commercelayer-eu`, `commercelayer-us` (three each), and addresses or "
-        "CIDRs, IPv4 or IPv6 (`203.0.113.0/24`, `2001:db8::/32`). Any other source is answered 403 before the "
-        "body is read. An unknown name or a bad CIDR stops the service at start (exit 2). See *Only Commerce "
-        "Layer let in*",
-        default_doc="*(none: every source may deliver)*",
-    )
-    trusted_proxies: tuple[Network, ...] = _setting(
-        "WEBHOOK_APP_TRUSTED_PROXIES",
-        parse_trusted_proxies,
-        (),
-        doc="addresses or CIDRs of the proxies in front of the service whose `X-Forwarded-For` names the source "
-        "(walked from the right, stopping at the first address that is not one of them). Needs "
-        "`WEBHOOK_APP_ALLOWED_SOURCES`; with `WEBHOOK_APP_FORWARDED_HOPS` > 0 and an allowlist it must be set",
-        default_doc="*(none: the connection's peer is the source)*",
     )
     # `serve` only: its front (webhook_app/front.py) and where the operator routes answer.
     operator_bind: str = _setting(
@@ -455,6 +529,12 @@ class Settings:
         "INFO",
         doc="`DEBUG`, `INFO`, `WARNING` or `ERROR`",
     )
+
+
+@dataclass(frozen=True)
+class _OperatorKeys:
+    """Operator keys: the keys that sign replay and admin tokens."""
+
     replay_keys: tuple[str, ...] = _setting(
         "WEBHOOK_APP_REPLAY_KEYS",
         _key_list,
@@ -478,6 +558,12 @@ class Settings:
         doc="comma-separated keys (16+ characters, oldest first, newest last) signing admin tokens",
         default_doc="none: admin API and page disabled, 404",
     )
+
+
+@dataclass(frozen=True)
+class _CircuitGuard:
+    """The circuit guard: watch Commerce Layer's webhook circuits, reset and backfill (ops/circuit.py)."""
+
     # The circuit guard (ops/circuit.py): one `GET /api/webhooks` per interval, through the client's
     # rate limit; 0 turns it off.
     circuit_check_interval: float = _setting(
@@ -517,17 +603,12 @@ class Settings:
         doc="seconds the backfill reaches back before the first failure (clock skew, an order changed just "
         "before its failed delivery)",
     )
-    extra_topics: tuple[str, ...] = _setting(
-        "WEBHOOK_APP_TOPICS",
-        parse_topics,
-        (),
-        doc="comma-separated topics accepted beyond Commerce Layer's known ones (the 187 in "
-        "`webhook_app/data/topics.json`: see *Topics* under the intake); any other topic is refused with "
-        "400 before anything is stored. Commerce Layer signs only the body, so without this list one "
-        "captured delivery could be stored again under every invented topic. Non-order topics are stored "
-        "as `ignored`, except the four `customers.anonymization_*` (queued for the worker).",
-        default_doc="none: only the known topics",
-    )
+
+
+@dataclass(frozen=True)
+class _Retention:
+    """Retention: what is kept and for how long (bodies, records, redaction, anonymization)."""
+
     # Retention: bodies and headers (names, emails, addresses) go first; the record of what was
     # received and decided later. Per-order action claims are kept: a flagged order stays flagged.
     retain_bodies_days: float = _setting(
@@ -589,22 +670,13 @@ class Settings:
         "the operations log (see *What is stored*); `webhooks register` subscribes to them. `false`: the "
         "deliveries are kept, their jobs end `disabled`, nothing is erased or recorded",
     )
-    # The longest the policy may take to decide one job (the worker's main thread only): a job over
-    # it is failed like any other error, retried, then dead-lettered; the worker goes on.
-    decide_budget: float = _setting(
-        "WEBHOOK_APP_DECIDE_BUDGET_SECONDS",
-        _positive(float),
-        5.0,
-        doc="the longest the policy may take to decide one job in the worker; past it the job fails like any "
-        "error (retried, then dead-lettered) and the worker goes on",
-    )
-    organizations_path: Path | None = _setting(
-        "WEBHOOK_APP_ORGANIZATIONS",
-        _existing_file,
-        None,
-        doc="agency mode: a TOML file listing the organizations served, one table per slug (see *Agency mode*)",
-        default_doc="unset (one organization, from `CL_*`)",
-    )
+
+
+# `fields(Settings)` lists the fields of the last base first, so the groups stand here in
+# reverse: the configuration reference follows the order the groups are written in above.
+@dataclass(frozen=True)
+class Settings(_Retention, _CircuitGuard, _OperatorKeys, _Processes, _Jobs, _Decision, _CommerceLayer, _Intake):
+    """Everything the service can be told. Defaults are the embedded, safe configuration."""
 
     def __post_init__(self) -> None:
         """Check the settings against each other, however they were made (`from_env`, `Settings(...)`,
@@ -641,24 +713,6 @@ class Settings:
             )
         if self.retry_max_seconds < self.retry_base_seconds:
             raise ConfigError("WEBHOOK_APP_RETRY_MAX_SECONDS", "must be at least WEBHOOK_APP_RETRY_BASE_SECONDS")
-
-    @property
-    def has_credentials(self) -> bool:
-        return bool(self.cl_client_id and self.cl_client_secret and self.cl_api_base)
-
-    @property
-    def accepted_topics(self) -> frozenset[str]:
-        """The topics the intake stores: Commerce Layer's known ones and WEBHOOK_APP_TOPICS."""
-        return KNOWN_TOPICS | frozenset(self.extra_topics)
-
-    @property
-    def sources(self) -> Sources:
-        """Who may deliver: WEBHOOK_APP_ALLOWED_SOURCES through WEBHOOK_APP_TRUSTED_PROXIES."""
-        return Sources(self.allowed_sources, self.trusted_proxies)
-
-    @property
-    def shadow(self) -> bool:
-        return self.mode == "shadow"
 
     def not_ready_reasons(self) -> list[str]:
         """Why the intake could store nothing with these settings (for `/readyz` and the start

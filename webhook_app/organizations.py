@@ -183,46 +183,13 @@ def load_policies(orgs: Organizations) -> dict[str, Policy]:
 
 def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, str], base: Path) -> Organization:
     where = f"{ENV} [organizations.{slug}]"
-    if not SLUG.match(slug):
-        raise ConfigError(where, "the slug must be lowercase letters, digits and dashes, as in <slug>.commercelayer.io")
-    if not isinstance(table, dict):
-        raise ConfigError(where, "must be a table")
-    unknown = sorted(set(table) - KEYS)
-    if unknown:
-        raise ConfigError(f"{where} {unknown[0]}", f"unknown key (known: {', '.join(sorted(KEYS))})")
-    for key, value in table.items():
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} {key}", "must be a string")
-
-    def secret(name: str, *, required: bool) -> str:
-        by_env, by_file = table.get(f"{name}_env"), table.get(f"{name}_file")
-        if by_env and by_file:
-            raise ConfigError(f"{where} {name}_env", f"give {name}_env or {name}_file, not both")
-        if by_env:
-            value = env.get(by_env, "").strip()
-            if not value:
-                raise ConfigError(f"{where} {name}_env", f"the variable {by_env} is not set")
-            return value
-        if by_file:
-            p = Path(by_file).expanduser()
-            p = p if p.is_absolute() else base / p
-            try:
-                value = p.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                raise ConfigError(f"{where} {name}_file", f"cannot read {p}") from None
-            if not value:
-                raise ConfigError(f"{where} {name}_file", f"{p} is empty")
-            return value
-        if required:
-            raise ConfigError(f"{where} {name}_env", "is required (the name of the variable that holds it)")
-        return ""
-
+    _check_table(slug, table, where)
     try:
-        secrets = parse_secrets(secret("webhook_secrets", required=True))
+        secrets = parse_secrets(_secret(table, "webhook_secrets", where, env, base, required=True))
     except ValueError as exc:  # never the value
         raise ConfigError(f"{where} webhook_secrets_env", str(exc)) from None
     client_id = table.get("client_id", "").strip()
-    client_secret = secret("client_secret", required=False)
+    client_secret = _secret(table, "client_secret", where, env, base, required=False)
     if bool(client_id) != bool(client_secret):
         key = "client_secret_env" if client_id else "client_id"
         raise ConfigError(f"{where} {key}", "client_id and client_secret_env go together")
@@ -233,10 +200,7 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         raise ConfigError(f"{where} mode", "must be enforce or shadow")
     if mode == "enforce" and not client_id:
         raise ConfigError(f"{where} mode", "enforce needs client_id and client_secret_env")
-    policy_path = settings.policy_path
-    if table.get("policy"):
-        p = Path(table["policy"]).expanduser()
-        policy_path = p if p.is_absolute() else base / p
+    policy_path = _beside(table["policy"], base) if table.get("policy") else settings.policy_path
     try:
         load_policy(policy_path)
     except PolicyError as exc:
@@ -252,6 +216,52 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         mode=mode,
         scope=table.get("scope", ""),
     )
+
+
+def _check_table(slug: str, table: Any, where: str) -> None:
+    """The slug, and the table's shape: known keys, every value a string."""
+    if not SLUG.match(slug):
+        raise ConfigError(where, "the slug must be lowercase letters, digits and dashes, as in <slug>.commercelayer.io")
+    if not isinstance(table, dict):
+        raise ConfigError(where, "must be a table")
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise ConfigError(f"{where} {unknown[0]}", f"unknown key (known: {', '.join(sorted(KEYS))})")
+    for key, value in table.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} {key}", "must be a string")
+
+
+def _secret(
+    table: Mapping[str, str], name: str, where: str, env: Mapping[str, str], base: Path, *, required: bool
+) -> str:
+    """The secret `name_env` (a variable) or `name_file` (a file, relative to `base`) holds."""
+    by_env, by_file = table.get(f"{name}_env"), table.get(f"{name}_file")
+    if by_env and by_file:
+        raise ConfigError(f"{where} {name}_env", f"give {name}_env or {name}_file, not both")
+    if by_env:
+        value = env.get(by_env, "").strip()
+        if not value:
+            raise ConfigError(f"{where} {name}_env", f"the variable {by_env} is not set")
+        return value
+    if by_file:
+        p = _beside(by_file, base)
+        try:
+            value = p.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"{where} {name}_file", f"cannot read {p}") from None
+        if not value:
+            raise ConfigError(f"{where} {name}_file", f"{p} is empty")
+        return value
+    if required:
+        raise ConfigError(f"{where} {name}_env", "is required (the name of the variable that holds it)")
+    return ""
+
+
+def _beside(value: str, base: Path) -> Path:
+    """A path from the file: `~` expanded, relative ones taken from `base` (the file's folder)."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
 
 
 def _url(value: str, where: str) -> str:

@@ -548,20 +548,13 @@ def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event,
     connection (a backfill may take minutes; jobs go on meanwhile), sharing the worker's rate limit."""
     from webhook_app import metrics
     from webhook_app.commercelayer.client import CommerceLayerClient
-    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.ops.circuit import CircuitGuard
     from webhook_app.store import open_store
 
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = CommerceLayerClient.from_settings(settings, limiter=limiter, on_call=metrics.record_call)
-    guard = CircuitGuard(
-        client=client,
-        store=store,
-        policy=policy,
-        healthy=intake_health(store, settings.circuit_health_url),
-        auto_reset=settings.circuit_auto_reset,
-        warn_failures=settings.circuit_warn_failures,
-        backfill_margin=settings.circuit_backfill_margin,
-        on_check=metrics.record_circuit_check,
+    guard = CircuitGuard.from_settings(
+        settings, client=client, store=store, policy=policy, on_check=metrics.record_circuit_check
     )
     thread = threading.Thread(
         target=guard.run, args=(stop, settings.circuit_check_interval), name="circuit-guard", daemon=True
@@ -578,7 +571,7 @@ def _start_agency_circuit_guards(
     queued under it; one thread checks them in turn every interval, on one store connection."""
     from webhook_app import metrics
     from webhook_app.commercelayer.client import CommerceLayerClient
-    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.ops.circuit import CircuitGuard
     from webhook_app.store import open_store
 
     enforced = {slug: t for slug, t in tenants.items() if t.client is not None}
@@ -596,14 +589,11 @@ def _start_agency_circuit_guards(
         )
         clients.append(client)
         guards.append(
-            CircuitGuard(
+            CircuitGuard.from_settings(
+                settings,
                 client=client,
                 store=store,
                 policy=tenant.policy,
-                healthy=intake_health(store, settings.circuit_health_url),
-                auto_reset=settings.circuit_auto_reset,
-                warn_failures=settings.circuit_warn_failures,
-                backfill_margin=settings.circuit_backfill_margin,
                 on_check=metrics.record_circuit_check,
                 organization=slug,
             )

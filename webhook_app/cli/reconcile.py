@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from typing import Any
 
 from webhook_app.cli.common import (
@@ -21,23 +22,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
     settings, organization = load_organization_for(args)  # agency mode: --org SLUG's API, queued under it
     policy = load_policy(settings.policy_path)
-    client = commerce_layer_client(settings)
-    try:
-        store = open_checked_store(settings)
-        try:
-            result = reconcile(
-                client,
-                store,
-                policy,
-                since=args.since,
-                until=args.until,
-                dry_run=args.dry_run,
-                organization=organization,
-            )
-        finally:
-            store.close()
-    finally:
-        client.close()
+    with closing(commerce_layer_client(settings)) as client, closing(open_checked_store(settings)) as store:
+        result = reconcile(
+            client,
+            store,
+            policy,
+            since=args.since,
+            until=args.until,
+            dry_run=args.dry_run,
+            organization=organization,
+        )
     for order_id in result.missing:
         print(order_id)
     verb = "would be queued" if args.dry_run else "queued"

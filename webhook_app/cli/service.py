@@ -47,16 +47,24 @@ def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     return run
 
 
-@metrics_dir
-def cmd_serve(args: argparse.Namespace) -> int:
+def _settings_to_start() -> Settings:
+    """What `serve` and `web` check before they start: the settings, the policy (its warnings
+    printed), the organizations and the store (SQLite created or upgraded)."""
     from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
-    from webhook_app.runtime import run_serve
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
     load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
+    return settings
+
+
+@metrics_dir
+def cmd_serve(args: argparse.Namespace) -> int:
+    from webhook_app.runtime import run_serve
+
+    settings = _settings_to_start()
     check_can_listen(args.bind or DEFAULT_BIND)
     announce(settings, args.bind or DEFAULT_BIND)
     return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
@@ -64,14 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @metrics_dir
 def cmd_web(args: argparse.Namespace) -> int:
-    from webhook_app.organizations import load_organizations
-    from webhook_app.policy import load_policy
     from webhook_app.runtime import run_web
 
-    settings = load_settings()
-    warn_policy(load_policy(settings.policy_path))
-    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
-    prepare_store(settings)
+    settings = _settings_to_start()
     if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
         check_can_listen(args.bind or DEFAULT_BIND)
     for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once

@@ -8,6 +8,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from contextlib import closing
 from typing import Any, TextIO
 
 from webhook_app.cli.common import (
@@ -44,8 +46,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     settings, organization = load_organization_for(args)  # agency mode: --org SLUG's wallets
     policy = load_policy(settings.policy_path)
     progress = bar(sys.stderr)
-    client = commerce_layer_client(settings)
-    try:
+    with closing(commerce_layer_client(settings)) as client:
         try:
             report = find_duplicates(
                 client, keys=policy.wallet_match, customer_id=args.customer, since=args.since, progress=progress
@@ -73,24 +74,12 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             f"{len({g.customer_id for g in report.groups})} customers with duplicates, "
             f"{len(report.groups)} cards, {report.extra} extra entries"
         )
-        if not args.delete_extra or not report.extra:
-            print(summary, file=sys.stderr)
-            return 0
-        if not args.yes:
-            print(f"{summary}; dry run: {report.extra} would be deleted (add --yes)", file=sys.stderr)
-            return 0
-        store = open_checked_store(settings)
-        try:
-            delete_extra(client, store, report, clock=time.time, progress=progress, organization=organization)
-        except CommerceLayerError as exc:
-            print(f"{summary}; {len(report.deleted)} deleted before the error", file=sys.stderr)
-            return fail(f"deleting wallet entries: {exc}")
-        finally:
-            store.close()
-        print(f"{summary}; {len(report.deleted)} deleted (recorded as wallet_entry_deleted)", file=sys.stderr)
-        return 0
-    finally:
-        client.close()
+
+        def delete() -> None:
+            with closing(open_checked_store(settings)) as store:
+                delete_extra(client, store, report, clock=time.time, progress=progress, organization=organization)
+
+        return _delete_confirmed(summary, report.extra, report.deleted, delete, asked=args.delete_extra, yes=args.yes)
 
 
 def cmd_expired(args: argparse.Namespace) -> int:
@@ -110,59 +99,67 @@ def cmd_expired(args: argparse.Namespace) -> int:
         return fail("--within takes a number of days from 0 to 3660")
     settings, organization = load_organization_for(args)  # agency mode: --org SLUG's wallets
     progress = bar(sys.stderr)
-    store = open_checked_store(settings)  # each scan and deletion goes into the operations log
-    try:
-        client = commerce_layer_client(settings)
+    # each scan and deletion goes into the operations log
+    with closing(open_checked_store(settings)) as store, closing(commerce_layer_client(settings)) as client:
         try:
-            try:
-                report = find_expired(
-                    client, now=time.time(), within_days=args.within, customer_id=args.customer, progress=progress
-                )
-            except CommerceLayerError as exc:
-                return fail(f"reading the wallets: {exc}")
-            record_scan(store, report, customer_id=args.customer, now=time.time(), organization=organization)
-            for e in report.entries:
-                if args.json:
-                    print(
-                        json.dumps(
-                            {
-                                "id": e.id,
-                                "customer_id": e.customer_id,
-                                "state": e.state,
-                                "card_expiry": str(e.expiry) if e.expiry else None,
-                                "market_id": e.market_id,
-                                "payment_source": e.source,
-                                "name": e.name,
-                            }
-                        )
-                    )
-                else:
-                    when = f" {e.expiry}" if e.expiry else ""
-                    market = f", market {e.market_id}" if e.market_id else ""
-                    print(f"customer {e.customer_id}: {e.id} {e.name or 'entry'}: {e.state}{when}{market}")
-            expired = len(report.having(EXPIRED))
-            summary = (
-                f"{report.scanned} wallet entries of {report.customers} customers read at {report.at}; "
-                f"{expired} expired, {len(report.having(EXPIRING))} expiring within {report.within_days} days, "
-                f"{len(report.having(UNKNOWN))} with an unknown expiry"
+            report = find_expired(
+                client, now=time.time(), within_days=args.within, customer_id=args.customer, progress=progress
             )
-            if not args.delete or not expired:
-                print(summary, file=sys.stderr)
-                return 0
-            if not args.yes:
-                print(f"{summary}; dry run: {expired} would be deleted (add --yes)", file=sys.stderr)
-                return 0
-            try:
-                delete_expired(client, store, report, clock=time.time, progress=progress, organization=organization)
-            except CommerceLayerError as exc:
-                print(f"{summary}; {len(report.deleted)} deleted before the error", file=sys.stderr)
-                return fail(f"deleting wallet entries: {exc}")
-            print(f"{summary}; {len(report.deleted)} deleted (recorded as wallet_entry_deleted)", file=sys.stderr)
-            return 0
-        finally:
-            client.close()
-    finally:
-        store.close()
+        except CommerceLayerError as exc:
+            return fail(f"reading the wallets: {exc}")
+        record_scan(store, report, customer_id=args.customer, now=time.time(), organization=organization)
+        for e in report.entries:
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "id": e.id,
+                            "customer_id": e.customer_id,
+                            "state": e.state,
+                            "card_expiry": str(e.expiry) if e.expiry else None,
+                            "market_id": e.market_id,
+                            "payment_source": e.source,
+                            "name": e.name,
+                        }
+                    )
+                )
+            else:
+                when = f" {e.expiry}" if e.expiry else ""
+                market = f", market {e.market_id}" if e.market_id else ""
+                print(f"customer {e.customer_id}: {e.id} {e.name or 'entry'}: {e.state}{when}{market}")
+        expired = len(report.having(EXPIRED))
+        summary = (
+            f"{report.scanned} wallet entries of {report.customers} customers read at {report.at}; "
+            f"{expired} expired, {len(report.having(EXPIRING))} expiring within {report.within_days} days, "
+            f"{len(report.having(UNKNOWN))} with an unknown expiry"
+        )
+
+        def delete() -> None:
+            delete_expired(client, store, report, clock=time.time, progress=progress, organization=organization)
+
+        return _delete_confirmed(summary, expired, report.deleted, delete, asked=args.delete, yes=args.yes)
+
+
+def _delete_confirmed(
+    summary: str, count: int, deleted: list[str], delete: Callable[[], None], *, asked: bool, yes: bool
+) -> int:
+    """A wallet command's end: the summary, and with its delete option the `count` entries deleted
+    by `delete` if `--yes` confirms it (else a dry run), `deleted` counting them, even before an error."""
+    from webhook_app.errors import CommerceLayerError
+
+    if not asked or not count:
+        print(summary, file=sys.stderr)
+        return 0
+    if not yes:
+        print(f"{summary}; dry run: {count} would be deleted (add --yes)", file=sys.stderr)
+        return 0
+    try:
+        delete()
+    except CommerceLayerError as exc:
+        print(f"{summary}; {len(deleted)} deleted before the error", file=sys.stderr)
+        return fail(f"deleting wallet entries: {exc}")
+    print(f"{summary}; {len(deleted)} deleted (recorded as wallet_entry_deleted)", file=sys.stderr)
+    return 0
 
 
 def register(sub: Any) -> None:

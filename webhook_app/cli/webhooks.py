@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import closing
 from typing import Any
 
 from webhook_app.cli.common import (
@@ -18,30 +19,16 @@ from webhook_app.cli.common import (
 def cmd_watch(args: argparse.Namespace) -> int:
     """One look by the circuit guard: each circuit, a warning for a rising count, and with
     WEBHOOK_APP_CIRCUIT_AUTO_RESET (unless --dry-run) the reset and backfill of an open circuit."""
-    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.ops.circuit import CircuitGuard
     from webhook_app.policy import load_policy
 
     settings, organization = load_organization_for(args)  # agency mode: the backfill is queued under it
     policy = load_policy(settings.policy_path)
-    client = commerce_layer_client(settings)
-    try:
-        store = open_checked_store(settings)
-        try:
-            guard = CircuitGuard(
-                client=client,
-                store=store,
-                policy=policy,
-                healthy=intake_health(store, settings.circuit_health_url),
-                auto_reset=settings.circuit_auto_reset,
-                warn_failures=settings.circuit_warn_failures,
-                backfill_margin=settings.circuit_backfill_margin,
-                organization=organization,
-            )
-            check = guard.check(dry_run=args.dry_run)
-        finally:
-            store.close()
-    finally:
-        client.close()
+    with closing(commerce_layer_client(settings)) as client, closing(open_checked_store(settings)) as store:
+        guard = CircuitGuard.from_settings(
+            settings, client=client, store=store, policy=policy, organization=organization
+        )
+        check = guard.check(dry_run=args.dry_run)
     if check.error:
         print(f"error: {check.error}")
         return 1
@@ -78,8 +65,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
     settings = load_settings_for(args)
     policy = load_policy(settings.policy_path)
-    client = commerce_layer_client(settings)
-    try:
+    with closing(commerce_layer_client(settings)) as client:
         if args.webhooks_command == "register":
             planned = register(
                 client,
@@ -117,8 +103,6 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 f" {r['callback_url']}"
             )
         return 0
-    finally:
-        client.close()
 
 
 def register(sub: Any) -> None:

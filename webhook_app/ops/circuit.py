@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook_app.commercelayer import CommerceLayerAPI
+from webhook_app.config import Settings
 from webhook_app.errors import CommerceLayerError, StoreError
 from webhook_app.ops.reconcile import reconcile
 from webhook_app.policy import Policy
@@ -160,6 +161,22 @@ class CircuitGuard:
         self._last: dict[str, int] = {}
         self._failing_since: dict[str, float] = {}
         self._backfill_due: dict[str, float] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, client: CommerceLayerAPI, store: Store, policy: Policy, **kw: Any
+    ) -> CircuitGuard:
+        """A guard as the `WEBHOOK_APP_CIRCUIT_*` settings say (`kw`: `on_check`, `organization`, ...)."""
+        return cls(
+            client=client,
+            store=store,
+            policy=policy,
+            healthy=intake_health(store, settings.circuit_health_url),
+            auto_reset=settings.circuit_auto_reset,
+            warn_failures=settings.circuit_warn_failures,
+            backfill_margin=settings.circuit_backfill_margin,
+            **kw,
+        )
 
     def run(self, stop: threading.Event, interval: float) -> None:
         """Check every `interval` seconds until `stop` is set (the worker runs this in a thread)."""

@@ -18,7 +18,7 @@ expired, will within a window, or cannot be told; `delete_expired` deletes only 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -113,8 +113,28 @@ def read_entries(
 ) -> list[tuple[Entry, dict[tuple[str, ...], str]]]:
     """Every wallet entry (or one customer's) with its card keys."""
     out = []
-    for n, doc in enumerate(client.list_wallet_pages(customer_id=customer_id, include=INCLUDES), start=1):
-        index = {}
+    for r, owner, index in _wallet_entries(client, customer_id=customer_id, include=INCLUDES, progress=progress):
+        ref = wallet.entry_source_ref(r)
+        source = index.get(ref) if ref else None
+        entry = Entry(
+            id=r.id,
+            customer_id=owner,
+            created_at=str(r.attributes.get("created_at") or ""),
+            source="/".join(ref) if ref else None,
+            name=str(r.attributes.get("name") or ""),
+        )
+        out.append((entry, card_keys(r, source, keys)))
+    return out
+
+
+def _wallet_entries(
+    client: CommerceLayerAPI, *, customer_id: str | None, include: Sequence[str], progress: Progress | None
+) -> Iterator[tuple[Resource, str, dict[tuple[str, str], Resource]]]:
+    """Each wallet entry (or one customer's) with its owner and its page's included resources, page
+    after page through the client's rate limit, `progress` told after each page. An entry with no
+    customer linkage is passed over: whose wallet it is cannot be told."""
+    for n, doc in enumerate(client.list_wallet_pages(customer_id=customer_id, include=include), start=1):
+        index: dict[tuple[str, str], Resource] = {}
         for item in doc.get("included") or []:
             r = Resource.from_json(item)
             index[(r.type, r.id)] = r
@@ -122,22 +142,11 @@ def read_entries(
             r = Resource.from_json(item)
             customer = r.linkage("customer")
             owner = str(customer["id"]) if isinstance(customer, dict) and customer.get("id") else customer_id
-            if owner is None:
-                continue  # no customer linkage: cannot tell whose wallet it is
-            ref = wallet.entry_source_ref(r)
-            source = index.get(ref) if ref else None
-            entry = Entry(
-                id=r.id,
-                customer_id=owner,
-                created_at=str(r.attributes.get("created_at") or ""),
-                source="/".join(ref) if ref else None,
-                name=str(r.attributes.get("name") or ""),
-            )
-            out.append((entry, card_keys(r, source, keys)))
+            if owner is not None:
+                yield r, owner, index
         if progress is not None:
             pages = int((doc.get("meta") or {}).get("page_count") or n)
             progress("pages", n, max(pages, n))
-    return out
 
 
 def group_duplicates(entries: Iterable[tuple[Entry, dict[tuple[str, ...], str]]]) -> list[Group]:
@@ -203,26 +212,34 @@ def delete_extra(
 ) -> Report:
     """Delete every group's entries but the oldest, recording each deletion. Stops at the first
     error (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
-    total = report.extra
-    for group in report.groups:
-        for entry in group.extra:
-            try:
-                client.delete_wallet_entry(entry.id)
-            except CommerceLayerError as exc:
-                if exc.answer_status != 404:
-                    raise
-                continue  # already gone: nothing deleted by us, nothing recorded
-            store.record_operation(
-                OPERATION,
-                subject=entry.id,
-                detail=_detail(group, entry),
-                now=clock(),
-                organization=organization,
-            )
-            report.deleted.append(entry.id)
-            if progress is not None:
-                progress("deleted", len(report.deleted), total)
+    doomed = [(entry.id, _detail(group, entry)) for group in report.groups for entry in group.extra]
+    _delete_entries(client, store, doomed, report.deleted, clock=clock, progress=progress, organization=organization)
     return report
+
+
+def _delete_entries(
+    client: CommerceLayerAPI,
+    store: Store,
+    doomed: Sequence[tuple[str, dict[str, Any]]],
+    deleted: list[str],
+    *,
+    clock: Callable[[], float],
+    progress: Progress | None,
+    organization: str,
+) -> None:
+    """Delete each (entry id, detail), recording it as `wallet_entry_deleted` and adding it to
+    `deleted`; one already gone (404) is passed over. Stops at the first error (it propagates)."""
+    for entry_id, detail in doomed:
+        try:
+            client.delete_wallet_entry(entry_id)
+        except CommerceLayerError as exc:
+            if exc.answer_status != 404:
+                raise
+            continue  # already gone: nothing deleted by us, nothing recorded
+        store.record_operation(OPERATION, subject=entry_id, detail=detail, now=clock(), organization=organization)
+        deleted.append(entry_id)
+        if progress is not None:
+            progress("deleted", len(deleted), len(doomed))
 
 
 def _detail(group: Group, entry: Entry) -> dict[str, Any]:
@@ -305,40 +322,28 @@ def find_expired(
     horizon = at + timedelta(days=within_days)
     report = ExpiryReport(at=at.isoformat(timespec="seconds").replace("+00:00", "Z"), within_days=within_days)
     owners: set[str] = set()
-    pages = client.list_wallet_pages(customer_id=customer_id, include=EXPIRED_INCLUDES)
-    for n, doc in enumerate(pages, start=1):
-        index: dict[tuple[str, str], Resource] = {}
-        for item in doc.get("included") or []:
-            r = Resource.from_json(item)
-            index[(r.type, r.id)] = r
-        for item in doc.get("data") or []:
-            r = Resource.from_json(item)
-            customer = r.linkage("customer")
-            owner = str(customer["id"]) if isinstance(customer, dict) and customer.get("id") else customer_id
-            if owner is None:
-                continue  # no customer linkage: cannot tell whose wallet it is
-            report.scanned += 1
-            owners.add(owner)
-            ref = wallet.entry_source_ref(r)
-            x = expiry_mod.entry_expiry(r, index)
-            state = card_state(x, now=at, horizon=horizon)
-            if state == "valid":
-                continue
-            report.entries.append(
-                CardEntry(
-                    id=r.id,
-                    customer_id=owner,
-                    name=str(r.attributes.get("name") or ""),
-                    created_at=str(r.attributes.get("created_at") or ""),
-                    source="/".join(ref) if ref else None,
-                    expiry=x,
-                    market_id=_entry_market(r, index),
-                    state=state,
-                )
+    for r, owner, index in _wallet_entries(
+        client, customer_id=customer_id, include=EXPIRED_INCLUDES, progress=progress
+    ):
+        report.scanned += 1
+        owners.add(owner)
+        ref = wallet.entry_source_ref(r)
+        x = expiry_mod.entry_expiry(r, index)
+        state = card_state(x, now=at, horizon=horizon)
+        if state == "valid":
+            continue
+        report.entries.append(
+            CardEntry(
+                id=r.id,
+                customer_id=owner,
+                name=str(r.attributes.get("name") or ""),
+                created_at=str(r.attributes.get("created_at") or ""),
+                source="/".join(ref) if ref else None,
+                expiry=x,
+                market_id=_entry_market(r, index),
+                state=state,
             )
-        if progress is not None:
-            total = int((doc.get("meta") or {}).get("page_count") or n)
-            progress("pages", n, max(total, n))
+        )
     report.customers = len(owners)
     report.entries.sort(key=lambda e: (e.customer_id, e.created_at, e.id))
     return report
@@ -389,18 +394,10 @@ def delete_expired(
     """Delete the entries whose card has expired (never the expiring or unknown ones), each
     recorded as `wallet_entry_deleted` with `why: card_expired`. Stops at the first error
     (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
-    doomed = report.having(EXPIRED)
-    for entry in doomed:
-        try:
-            client.delete_wallet_entry(entry.id)
-        except CommerceLayerError as exc:
-            if exc.answer_status != 404:
-                raise
-            continue  # already gone: nothing deleted by us, nothing recorded
-        store.record_operation(
-            OPERATION,
-            subject=entry.id,
-            detail={
+    doomed = [
+        (
+            entry.id,
+            {
                 "why": "card_expired",
                 "customer_id": entry.customer_id,
                 "card_expiry": str(entry.expiry),
@@ -409,10 +406,8 @@ def delete_expired(
                 "name": entry.name,
                 "created_at": entry.created_at,
             },
-            now=clock(),
-            organization=organization,
         )
-        report.deleted.append(entry.id)
-        if progress is not None:
-            progress("deleted", len(report.deleted), len(doomed))
+        for entry in report.having(EXPIRED)
+    ]
+    _delete_entries(client, store, doomed, report.deleted, clock=clock, progress=progress, organization=organization)
     return report

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from webhook_app.events import Event, Resource
+from webhook_app.policy.paths import dig
 
 # Where each source carries the card's expiry month and year, first found wins.
 EXPIRY_PATHS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
@@ -44,14 +45,6 @@ class Expiry:
         return f"{self.month:02d}/{self.year}"
 
 
-def _dig(value: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
 def _number(v: Any) -> int | None:
     if isinstance(v, bool):
         return None
@@ -67,7 +60,7 @@ def card_expiry(source: Resource | None) -> Expiry | None:
     if source is None:
         return None
     for month_path, year_path in EXPIRY_PATHS:
-        month, year = _number(_dig(source.attributes, month_path)), _number(_dig(source.attributes, year_path))
+        month, year = _number(dig(source.attributes, month_path)), _number(dig(source.attributes, year_path))
         if month is None or year is None:
             continue
         if year < 100:  # a two-digit year, as some gateways write it

@@ -25,33 +25,45 @@ def apply_guards(
     if event.customer is None:
         return decision.guarded("no_customer", "the order has no customer")
     if decision.action == SAVE:
-        if not event.payment_source_type:
-            return decision.guarded("no_payment_source", "the order has no payment source")
-        if event.payment_source_type not in set(wallet_source_types):
-            return decision.guarded("no_wallet_flow", f"{event.payment_source_type} has no documented wallet flow")
-        guarded = save_guards(decision, event, wallet.look_up(event, wallet_match))
+        guarded = _guard_save(decision, event, set(wallet_source_types), wallet_match)
         if guarded is not None:
             return guarded
     if decision.action == USE_WALLET and event.wallet is not None:
-        # An entry whose card has expired at the order's time is never chosen (README, "Expired cards").
-        split = expiry.split_expired(event.wallet, event)
-        chosen = choose_wallet_entry(split.usable, decision.strategy or "newest")
-        if chosen is None:
-            if split.expired and not split.usable:
-                return decision.guarded(
-                    "wallet_card_expired",
-                    f"every wallet entry's card has expired by the order's time: {split.describe_expired()}",
-                )
-            return decision.guarded("no_wallet_entry", f"no wallet entry fits strategy {decision.strategy or 'newest'}")
-        if split.expired:
-            decision = replace(decision, reason=f"{decision.reason}; passed over {split.describe_expired()}")
-        if wallet.entry_is_order_source(chosen, event):
-            return replace(
-                decision.guarded("already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"),
-                wallet_entry_id=chosen.id,
-            )
-        return replace(decision, wallet_entry_id=chosen.id)
+        return _pick_entry(decision, event, event.wallet)
     return decision
+
+
+def _guard_save(
+    decision: Decision, event: Event, wallet_source_types: set[str], wallet_match: Sequence[str]
+) -> Decision | None:
+    """A save refused for its payment source, or by `save_guards`; None if it may go ahead."""
+    if not event.payment_source_type:
+        return decision.guarded("no_payment_source", "the order has no payment source")
+    if event.payment_source_type not in wallet_source_types:
+        return decision.guarded("no_wallet_flow", f"{event.payment_source_type} has no documented wallet flow")
+    return save_guards(decision, event, wallet.look_up(event, wallet_match))
+
+
+def _pick_entry(decision: Decision, event: Event, entries: Sequence[Resource]) -> Decision:
+    """The wallet entry a use-wallet decision uses, or why there is none."""
+    # An entry whose card has expired at the order's time is never chosen (README, "Expired cards").
+    split = expiry.split_expired(entries, event)
+    chosen = choose_wallet_entry(split.usable, decision.strategy or "newest")
+    if chosen is None:
+        if split.expired and not split.usable:
+            return decision.guarded(
+                "wallet_card_expired",
+                f"every wallet entry's card has expired by the order's time: {split.describe_expired()}",
+            )
+        return decision.guarded("no_wallet_entry", f"no wallet entry fits strategy {decision.strategy or 'newest'}")
+    if split.expired:
+        decision = replace(decision, reason=f"{decision.reason}; passed over {split.describe_expired()}")
+    if wallet.entry_is_order_source(chosen, event):
+        return replace(
+            decision.guarded("already_using_wallet_entry", f"payment source already is wallet entry {chosen.id}"),
+            wallet_entry_id=chosen.id,
+        )
+    return replace(decision, wallet_entry_id=chosen.id)
 
 
 def save_guards(decision: Decision, event: Event, look: wallet.WalletLook, *, how: str = "") -> Decision | None:

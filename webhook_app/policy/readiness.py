@@ -14,7 +14,7 @@ counts as missing. `topic_warnings` says which topics cannot work for a gateway 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,15 +57,6 @@ class NotReady:
     reason: str
 
 
-def _get(attrs: Mapping[str, Any], *path: str) -> Any:
-    value: Any = attrs
-    for key in path:
-        if not isinstance(value, Mapping) or key not in value:
-            return _ABSENT
-        value = value[key]
-    return value
-
-
 def _unset(v: Any) -> bool:
     return v is None or v == "" or v == {} or v == []
 
@@ -75,70 +66,108 @@ def check(event: Event) -> NotReady | None:
     source = event.payment_source
     if source is None or not source.attributes:
         return None  # not sent: unknown, never a refusal
-    a, t = source.attributes, source.type
-    if t == BRAINTREE:
-        status = event.order.attributes.get("status")
-        placed_at = event.order.attributes.get("placed_at")
-        placed = (isinstance(status, str) and status not in BEFORE_PLACING) or bool(placed_at)
-        if placed:
-            return NotReady(
-                "braintree_nonce_used",
-                f"braintree_payments: the payment_method_nonce is one-time-use and the order is already "
-                f'placed (status {status}), so Braintree would answer "cannot use a payment_method_nonce '
-                f'more than once"; {BRAINTREE_FIX}',
-            )
-        if _unset(_get(a, "payment_method_nonce")):
-            return NotReady(
-                "braintree_no_nonce",
-                "braintree_payments: payment_method_nonce is not set; the Braintree JS SDK must send it "
-                "to the payment source before the save",
-            )
-    elif t == "adyen_payments":
-        if _unset(_get(a, "payment_request_data")):
-            return NotReady(
-                "adyen_no_payment_request_data",
-                "adyen_payments: payment_request_data is not set; the checkout must send the Adyen "
-                "payment request data (collected by the client) to the payment source before the save",
-            )
-        response = _get(a, "payment_response")
-        if isinstance(response, Mapping) and response and not _adyen_reference(response):
-            return NotReady(
-                "adyen_no_recurring_detail_reference",
-                "adyen_payments: the Adyen answer carries no recurringDetailReference; have the Adyen "
-                "account return it (Customer Area, Developers > Additional data: recurring details)",
-            )
-    elif t == "checkout_com_payments":
-        response = _get(a, "payment_response")
-        if response is not _ABSENT and (not isinstance(response, Mapping) or _unset(response.get("source"))):
-            return NotReady(
-                "checkout_com_no_payment_response_source",
-                "checkout_com_payments: payment_response.source is not set; save after the payment has "
-                "been authorized (the answer then carries the source), e.g. on orders.place",
-            )
-    elif t == "klarna_payments":
-        if _unset(_get(a, "auth_token")):
-            return NotReady(
-                "klarna_no_auth_token",
-                "klarna_payments: auth_token is not set; save after the Klarna client authorization "
-                "has returned its auth_token to the payment source",
-            )
-    elif t == "stripe_payments":
-        options = _get(a, "options")
-        if options is not _ABSENT:
-            usage = options.get("setup_future_usage") if isinstance(options, Mapping) else None
-            if usage != "off_session":
-                return NotReady(
-                    "stripe_no_setup_future_usage",
-                    f'stripe_payments: options.setup_future_usage is {usage!r}, not "off_session"; create '
-                    'Stripe payment sources with options = {setup_future_usage = "off_session"}',
-                )
-    elif t == "axerve_payments" and _get(a, "request_token") is False:
+    gateway = _GATEWAYS.get(source.type)
+    return gateway(event, source.attributes) if gateway is not None else None
+
+
+def _missing(a: Mapping[str, Any], name: str, code: str, reason: str) -> NotReady | None:
+    """NotReady(code, reason) if attribute `name` is present but unset."""
+    return NotReady(code, reason) if _unset(a.get(name, _ABSENT)) else None
+
+
+def _braintree(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    status = event.order.attributes.get("status")
+    placed_at = event.order.attributes.get("placed_at")
+    if (isinstance(status, str) and status not in BEFORE_PLACING) or bool(placed_at):
+        return NotReady(
+            "braintree_nonce_used",
+            f"braintree_payments: the payment_method_nonce is one-time-use and the order is already "
+            f'placed (status {status}), so Braintree would answer "cannot use a payment_method_nonce '
+            f'more than once"; {BRAINTREE_FIX}',
+        )
+    return _missing(
+        a,
+        "payment_method_nonce",
+        "braintree_no_nonce",
+        "braintree_payments: payment_method_nonce is not set; the Braintree JS SDK must send it "
+        "to the payment source before the save",
+    )
+
+
+def _adyen(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    no_data = _missing(
+        a,
+        "payment_request_data",
+        "adyen_no_payment_request_data",
+        "adyen_payments: payment_request_data is not set; the checkout must send the Adyen "
+        "payment request data (collected by the client) to the payment source before the save",
+    )
+    if no_data is not None:
+        return no_data
+    response = a.get("payment_response", _ABSENT)
+    if isinstance(response, Mapping) and response and not _adyen_reference(response):
+        return NotReady(
+            "adyen_no_recurring_detail_reference",
+            "adyen_payments: the Adyen answer carries no recurringDetailReference; have the Adyen "
+            "account return it (Customer Area, Developers > Additional data: recurring details)",
+        )
+    return None
+
+
+def _checkout_com(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    response = a.get("payment_response", _ABSENT)
+    if response is not _ABSENT and (not isinstance(response, Mapping) or _unset(response.get("source"))):
+        return NotReady(
+            "checkout_com_no_payment_response_source",
+            "checkout_com_payments: payment_response.source is not set; save after the payment has "
+            "been authorized (the answer then carries the source), e.g. on orders.place",
+        )
+    return None
+
+
+def _klarna(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    return _missing(
+        a,
+        "auth_token",
+        "klarna_no_auth_token",
+        "klarna_payments: auth_token is not set; save after the Klarna client authorization "
+        "has returned its auth_token to the payment source",
+    )
+
+
+def _stripe(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    options = a.get("options", _ABSENT)
+    if options is _ABSENT:
+        return None
+    usage = options.get("setup_future_usage") if isinstance(options, Mapping) else None
+    if usage != "off_session":
+        return NotReady(
+            "stripe_no_setup_future_usage",
+            f'stripe_payments: options.setup_future_usage is {usage!r}, not "off_session"; create '
+            'Stripe payment sources with options = {setup_future_usage = "off_session"}',
+        )
+    return None
+
+
+def _axerve(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+    if a.get("request_token", _ABSENT) is False:
         return NotReady(
             "axerve_no_request_token",
             "axerve_payments: request_token is false; create Axerve payment sources with "
             "request_token = true (mandatory to use the customer's wallet)",
         )
     return None
+
+
+#: each gateway's prerequisites, by payment source type (other types have none known)
+_GATEWAYS: dict[str, Callable[[Event, Mapping[str, Any]], NotReady | None]] = {
+    BRAINTREE: _braintree,
+    "adyen_payments": _adyen,
+    "checkout_com_payments": _checkout_com,
+    "klarna_payments": _klarna,
+    "stripe_payments": _stripe,
+    "axerve_payments": _axerve,
+}
 
 
 def _adyen_reference(response: Mapping[str, Any]) -> bool:

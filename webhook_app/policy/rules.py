@@ -22,16 +22,9 @@ import re2
 from webhook_app.errors import PolicyError, PolicyModelError
 from webhook_app.events import Event, Resource
 from webhook_app.policy import model, readiness, wallet
-from webhook_app.policy.decision import (
-    ACTIONS,
-    SAVE,
-    SKIP,
-    STRATEGIES,
-    USE_WALLET,
-    WALLET_SOURCE_TYPES,
-    Decision,
-)
+from webhook_app.policy.decision import ACTIONS, SAVE, SKIP, STRATEGIES, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 from webhook_app.policy.guards import apply_guards
+from webhook_app.policy.paths import dig
 from webhook_app.topics import ORDER_TOPICS, TOPIC_PATTERN
 
 ROOTS = ("topic", "order", "customer", "payment_source", "market", "line_items", "wallet")
@@ -62,7 +55,7 @@ def _resolve(event: Event, path: Sequence[str]) -> Any:
         items: tuple[Resource, ...] | None = event.line_items if root == "line_items" else event.wallet
         if rest == ("count",):
             return _MISSING if items is None else len(items)
-        return [_dig(r.fields(), rest) for r in (items or ())]
+        return [dig(r.fields(), rest, _MISSING) for r in (items or ())]
     resource: Resource | None = {
         "order": event.order,
         "customer": event.customer,
@@ -73,16 +66,7 @@ def _resolve(event: Event, path: Sequence[str]) -> Any:
         return _MISSING
     if root == "payment_source" and rest == ("type",):
         return event.payment_source_type or _MISSING
-    return _dig(resource.fields(), rest)
-
-
-def _dig(value: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if isinstance(value, Mapping) and key in value:
-            value = value[key]
-        else:
-            return _MISSING
-    return value
+    return dig(resource.fields(), rest, _MISSING)
 
 
 def _ordered(a: Any, b: Any) -> bool:
@@ -138,33 +122,32 @@ def _compile_condition(node: Any, *, rule: str, where: str, roots: set[str]) -> 
             raise PolicyError(
                 f"`{next(iter(combos))}` must stand alone in its table (found {sorted(keys)})", rule=rule, field=where
             )
-        op = next(iter(combos))
-        if op == "not":
-            inner = _compile_condition(node["not"], rule=rule, where=f"{where}.not", roots=roots)
-            return lambda e: not inner(e)
-        items = node[op]
-        if not isinstance(items, list) or not items:
-            raise PolicyError(f"`{op}` needs a non-empty list of conditions", rule=rule, field=f"{where}.{op}")
-        preds = [_compile_condition(c, rule=rule, where=f"{where}.{op}[{i}]", roots=roots) for i, c in enumerate(items)]
-        if op == "all":
-            return lambda e: all(p(e) for p in preds)
-        return lambda e: any(p(e) for p in preds)
+        return _compile_combination(node, next(iter(combos)), rule=rule, where=where, roots=roots)
+    return _compile_comparison(node, rule=rule, where=where, roots=roots)
 
+
+def _compile_combination(node: Mapping[str, Any], op: str, *, rule: str, where: str, roots: set[str]) -> Predicate:
+    """`not`, `all` or `any` of the conditions under `op`."""
+    if op == "not":
+        inner = _compile_condition(node["not"], rule=rule, where=f"{where}.not", roots=roots)
+        return lambda e: not inner(e)
+    items = node[op]
+    if not isinstance(items, list) or not items:
+        raise PolicyError(f"`{op}` needs a non-empty list of conditions", rule=rule, field=f"{where}.{op}")
+    preds = [_compile_condition(c, rule=rule, where=f"{where}.{op}[{i}]", roots=roots) for i, c in enumerate(items)]
+    if op == "all":
+        return lambda e: all(p(e) for p in preds)
+    return lambda e: any(p(e) for p in preds)
+
+
+def _compile_comparison(node: Mapping[str, Any], *, rule: str, where: str, roots: set[str]) -> Predicate:
+    """`field`, one comparator and its operand, and for list fields a `quantifier`."""
     if "field" not in node:
         raise PolicyError(
             f"a condition needs `field` and one operator, or one of {', '.join(COMBINATORS)}", rule=rule, field=where
         )
-    fld = node["field"]
-    if not isinstance(fld, str) or not re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)*", fld):
-        raise PolicyError("`field` must be a dotted path like `order.status`", rule=rule, field=f"{where}.field")
-    path = tuple(fld.split("."))
-    if path[0] not in ROOTS:
-        raise PolicyError(
-            f"unknown field root {path[0]!r}; use one of {', '.join(ROOTS)}", rule=rule, field=f"{where}.field"
-        )
-    if path[0] == "topic" and len(path) > 1 or path[0] != "topic" and len(path) < 2:
-        raise PolicyError(f"{fld!r} does not name a field", rule=rule, field=f"{where}.field")
-    ops = keys - {"field", "quantifier"}
+    path = _field_path(node["field"], rule=rule, where=f"{where}.field")
+    ops = set(node) - {"field", "quantifier"}
     unknown = ops - set(COMPARATORS)
     if unknown:
         raise PolicyError(
@@ -187,6 +170,18 @@ def _compile_condition(node: Any, *, rule: str, where: str, roots: set[str]) -> 
             return lambda e: all(test(v) for v in _resolve(e, path))
         return lambda e: any(test(v) for v in _resolve(e, path))
     return lambda e: test(_resolve(e, path))
+
+
+def _field_path(fld: Any, *, rule: str, where: str) -> tuple[str, ...]:
+    """A condition's `field`, checked to be a dotted path under one of the ROOTS."""
+    if not isinstance(fld, str) or not re.fullmatch(r"[a-z_]+(\.[A-Za-z0-9_-]+)*", fld):
+        raise PolicyError("`field` must be a dotted path like `order.status`", rule=rule, field=where)
+    path = tuple(fld.split("."))
+    if path[0] not in ROOTS:
+        raise PolicyError(f"unknown field root {path[0]!r}; use one of {', '.join(ROOTS)}", rule=rule, field=where)
+    if path[0] == "topic" and len(path) > 1 or path[0] != "topic" and len(path) < 2:
+        raise PolicyError(f"{fld!r} does not name a field", rule=rule, field=where)
+    return path
 
 
 def _check_operand(op: str, operand: Any, *, rule: str, where: str) -> None:
@@ -468,24 +463,7 @@ def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Ru
     if action not in ACTIONS:
         raise PolicyError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}", rule=name, field="action")
     strategy = _parse_strategy(r, action, name)
-    topics_raw = r.get("topics")
-    topics: frozenset[str] | None = None
-    if topics_raw is not None:
-        if not isinstance(topics_raw, list) or not topics_raw:
-            raise PolicyError("must be a non-empty list of topics", rule=name, field="topics")
-        for t in topics_raw:
-            if not isinstance(t, str) or not TOPIC_PATTERN.match(t) or not t.startswith("orders."):
-                raise PolicyError(f"{t!r} is not an order topic like `orders.place`", rule=name, field="topics")
-            if t not in ORDER_TOPICS:
-                problems.append(
-                    _Problem(
-                        name,
-                        "topics",
-                        t,
-                        f'{t}: Commerce Layer sends no order topic "{t}"{model.suggest(t, ORDER_TOPICS)}',
-                    )
-                )
-        topics = frozenset(topics_raw)
+    topics = _parse_topics(r.get("topics"), name, problems)
     description = r.get("description", "")
     if not isinstance(description, str):
         raise PolicyError("must be a string", rule=name, field="description")
@@ -508,6 +486,27 @@ def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Ru
         source_types=_source_types(when),
         fields=tuple(fld for _, fld in fields),
     )
+
+
+def _parse_topics(topics_raw: Any, name: str, problems: list[_Problem]) -> frozenset[str] | None:
+    """A rule's `topics` (None: every order topic); a topic Commerce Layer never sends is a problem."""
+    if topics_raw is None:
+        return None
+    if not isinstance(topics_raw, list) or not topics_raw:
+        raise PolicyError("must be a non-empty list of topics", rule=name, field="topics")
+    for t in topics_raw:
+        if not isinstance(t, str) or not TOPIC_PATTERN.match(t) or not t.startswith("orders."):
+            raise PolicyError(f"{t!r} is not an order topic like `orders.place`", rule=name, field="topics")
+        if t not in ORDER_TOPICS:
+            problems.append(
+                _Problem(
+                    name,
+                    "topics",
+                    t,
+                    f'{t}: Commerce Layer sends no order topic "{t}"{model.suggest(t, ORDER_TOPICS)}',
+                )
+            )
+    return frozenset(topics_raw)
 
 
 def _fields(node: Any, where: str) -> Iterator[tuple[str, str]]:

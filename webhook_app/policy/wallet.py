@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.events import Event, Resource
+from webhook_app.policy.paths import dig
 
 WALLET = "available_customer_payment_sources"
 WALLET_SOURCES = f"{WALLET}.payment_source"
@@ -58,14 +59,6 @@ SOURCE_TOKEN_PATHS: Mapping[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def _dig(value: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
 def source_tokens(source: Resource | None) -> frozenset[str]:
     """The gateway tokens a payment source record carries (empty if none is set or sent)."""
     if source is None:
@@ -73,7 +66,7 @@ def source_tokens(source: Resource | None) -> frozenset[str]:
     paths = SOURCE_TOKEN_PATHS.get(source.type, (("payment_source_token",),))
     out = set()
     for path in paths:
-        v = _dig(source.attributes, path)
+        v = dig(source.attributes, path)
         if isinstance(v, Mapping):  # e.g. Stripe's options.payment_method given as an object
             v = v.get("id")
         if isinstance(v, str) and v:
@@ -109,7 +102,7 @@ def card_fingerprint(source: Resource | None) -> str | None:
     """Stripe's card fingerprint (`payment_method.card.fingerprint`), where the record carries one."""
     if source is None:
         return None
-    v = _dig(source.attributes, ("payment_method", "card", "fingerprint"))
+    v = dig(source.attributes, ("payment_method", "card", "fingerprint"))
     return v if isinstance(v, str) and v else None
 
 
