@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from webhook_app import claims, tracing
+from webhook_app import tracing
 from webhook_app.backoff import doubling, retry_delay
 from webhook_app.commercelayer import CallRecord, CommerceLayerAPI
 from webhook_app.commercelayer.credentials import CredentialsGate, CredentialsRefused, status_name
@@ -35,6 +35,7 @@ from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, choose_wallet
 from webhook_app.policy.guards import save_guards
 from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
 from webhook_app.store import DecisionRecord, Job, Store, retention
+from webhook_app.worker import claims
 
 log = logging.getLogger(__name__)
 
