@@ -1,24 +1,15 @@
 """The worker: claim a job, decide by the policy, act on Commerce Layer, record the outcome.
 
-`loop.py` is the loop; `claims.py` the card claim around a save.
+Read it in this order: `loop.py` (the `Worker`: claim, attempt, prune, heartbeat), `attempt.py`
+(one try's state and how it ends), `process.py` (decide, then shadow or enforce), `save.py` (save
+the payment source to the wallet), `reuse.py` (make a wallet entry the order's payment source),
+`claims.py` (the card claim around a save).
 """
 
-from webhook_app.worker.loop import (
-    BUSY_RETRY_SECONDS,
-    HEARTBEAT,
-    HEARTBEAT_SECONDS,
-    PRUNE_BATCHES_PER_TICK,
-    SAVED_WITHOUT_ENTRY,
-    BudgetExceeded,
-    Handled,
-    Outcome,
-    Tenant,
-    TopicHandler,
-    Worker,
-    new_worker_id,
-    saved_entry_id,
-    time_budget,
-)
+from webhook_app.worker.attempt import BUSY_RETRY_SECONDS, Attempt, Outcome, Tenant, note_call, noting_trace_ids
+from webhook_app.worker.loop import HEARTBEAT, HEARTBEAT_SECONDS, PRUNE_BATCHES_PER_TICK, Worker, new_worker_id
+from webhook_app.worker.process import BudgetExceeded, Handled, TopicHandler, time_budget
+from webhook_app.worker.save import SAVED_WITHOUT_ENTRY, saved_entry_id
 
 __all__ = [
     "BUSY_RETRY_SECONDS",
@@ -26,6 +17,7 @@ __all__ = [
     "HEARTBEAT_SECONDS",
     "PRUNE_BATCHES_PER_TICK",
     "SAVED_WITHOUT_ENTRY",
+    "Attempt",
     "BudgetExceeded",
     "Handled",
     "Outcome",
@@ -33,6 +25,8 @@ __all__ = [
     "TopicHandler",
     "Worker",
     "new_worker_id",
+    "note_call",
+    "noting_trace_ids",
     "saved_entry_id",
     "time_budget",
 ]
