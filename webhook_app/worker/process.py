@@ -2,8 +2,8 @@
 
 `run` is one attempt in a span continuing the intake's trace, with the trace ids recorded on the
 attempt's row. An order's job is decided by the policy (within the decide budget); shadow mode
-records the decision, enforce mode claims the order's action (and, for a save, the customer's
-card: claims.py) and hands over to save.py or reuse.py. A failed call releases the action claim,
+records the decision, enforce mode claims the order's action and hands over to save.py or
+reuse.py. A failed call releases the action claim,
 uncertain when its outcome is unknown, so that the next attempt reads the order before writing.
 """
 
@@ -22,8 +22,7 @@ from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, Decision
 from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
-from webhook_app.store import ActionClaim, Job
-from webhook_app.worker import claims
+from webhook_app.store import Job
 from webhook_app.worker.attempt import Attempt, Outcome
 from webhook_app.worker.reuse import use_wallet_entry
 from webhook_app.worker.save import save
@@ -103,7 +102,7 @@ def _handle(attempt: Attempt, handler: TopicHandler) -> Outcome:
 
 
 def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
-    """Claim the order's action (and a save's card), then save or reuse; a failure releases it."""
+    """Claim the order's action, then save or reuse; a failed call releases the claim."""
     job, action = attempt.job, decision.action
     claim = attempt.store.begin_action(
         job.order_id,
@@ -119,15 +118,9 @@ def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
         return attempt.finish(d, DecisionOutcome.GUARDED, wallet_entry_id=claim.wallet_entry_id)
     if claim.status == ClaimStatus.BUSY:
         return attempt.defer(decision, "another worker is flagging this order")
-    fresh = True
-    if action == SAVE:
-        card = _claim_card(attempt, event, claim, decision)
-        if isinstance(card, Outcome):
-            return card
-        fresh = card
     try:
         if action == SAVE:
-            return save(attempt, event, decision, uncertain=claim.uncertain, fresh=fresh)
+            return save(attempt, event, decision, uncertain=claim.uncertain)
         return use_wallet_entry(attempt, event, decision, uncertain=claim.uncertain)
     except CommerceLayerError as exc:
         # An earlier attempt's uncertainty stands until an attempt ends the action: this
@@ -137,25 +130,6 @@ def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
         hold = attempt.clock() + attempt.settings.lease_seconds if uncertain else None
         attempt.release(action, uncertain=uncertain, hold_until=hold)
         return attempt.failed(decision, exc)
-
-
-def _claim_card(attempt: Attempt, event: Event, claim: ActionClaim, decision: Decision) -> Outcome | bool:
-    """Claim the save of the customer's card (claims.py): whether no save of it was claimed
-    before (`fresh`), or, when another order is saving it, this job deferred (the action given back)."""
-    card = claims.claim_card(
-        attempt.store,
-        event,
-        attempt.tenant.policy.wallet_match,
-        job_id=attempt.job.id,
-        worker=attempt.worker,
-        lease_seconds=attempt.settings.lease_seconds,
-        now=attempt.clock(),
-        organization=attempt.job.organization,
-    )
-    if card is not None and card.status == ClaimStatus.BUSY:
-        attempt.release(SAVE, uncertain=claim.uncertain)
-        return attempt.defer(decision, f"order {card.holder} is saving this customer's card")
-    return card is None or card.fresh
 
 
 class BudgetExceeded(Exception):

@@ -1,5 +1,7 @@
 """Saving the order's payment source to the customer's wallet (the `save` action), once.
 
+One order at a time saves a given card: the save starts by claiming the customer's card
+(claims.py), and a second order of that card waits meanwhile, then finds the first one's entry.
 The webhook body tells whether the card is in the wallet already only if it carried the wallet
 with each entry's linkage (or the gateway tokens to compare) and no save of this card was claimed
 before (`fresh`: an earlier save may postdate the body); otherwise, and always after an attempt
@@ -18,7 +20,8 @@ from webhook_app.errors import CommerceLayerError
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, Decision, wallet
 from webhook_app.policy.guards import save_guards
-from webhook_app.states import DecisionOutcome
+from webhook_app.states import ClaimStatus, DecisionOutcome
+from webhook_app.worker import claims
 from webhook_app.worker.attempt import Attempt, Outcome
 
 log = logging.getLogger("webhook_app.worker")
@@ -27,8 +30,27 @@ log = logging.getLogger("webhook_app.worker")
 SAVED_WITHOUT_ENTRY = DecisionOutcome.SAVED_WITHOUT_ENTRY
 
 
-def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool, fresh: bool = True) -> Outcome:
-    """Save the payment source to the wallet, unless it is there already."""
+def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
+    """Save the payment source to the wallet, unless it is there already: first the customer's
+    card is claimed for this order (claims.py); while another order is saving it, this job is
+    deferred (the action claim given back, `uncertain` as it was)."""
+    card = claims.claim_card(
+        attempt.store,
+        event,
+        attempt.tenant.policy.wallet_match,
+        job_id=attempt.job.id,
+        worker=attempt.worker,
+        lease_seconds=attempt.settings.lease_seconds,
+        now=attempt.clock(),
+        organization=attempt.job.organization,
+    )
+    if card is not None and card.status == ClaimStatus.BUSY:
+        attempt.release(SAVE, uncertain=uncertain)
+        return attempt.defer(decision, f"order {card.holder} is saving this customer's card")
+    return _save(attempt, event, decision, uncertain=uncertain, fresh=card is None or card.fresh)
+
+
+def _save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool, fresh: bool) -> Outcome:
     before = event
     look = wallet.look_up(event, attempt.tenant.policy.wallet_match)
     if uncertain or not look.known or not fresh:
