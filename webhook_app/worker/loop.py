@@ -32,9 +32,8 @@ from webhook_app.config import Settings
 from webhook_app.errors import StoreError, StoreUnavailable, storable_text
 from webhook_app.policy import Policy
 from webhook_app.store import Job, Store, retention
-from webhook_app.worker import attempt as attempts
 from webhook_app.worker import process
-from webhook_app.worker.attempt import Attempt, Outcome, Tenant
+from webhook_app.worker.attempt import Attempt, Outcome, Tenant, note_call
 from webhook_app.worker.process import TopicHandler
 
 log = logging.getLogger("webhook_app.worker")
@@ -248,7 +247,7 @@ class Worker:
     def note_call(call: CallRecord) -> None:
         """A client's `on_call`: Commerce Layer's trace id noted on the attempt in progress
         (`attempt.note_call`; `noting_trace_ids` makes an `on_call` that also records metrics)."""
-        attempts.note_call(call)
+        note_call(call)
 
 
 def _describe(exc: BaseException) -> str:

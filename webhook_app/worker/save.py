@@ -51,6 +51,7 @@ def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool)
 
 
 def _save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool, fresh: bool) -> Outcome:
+    """The save itself, the card claimed: read first unless the body tells, then PATCH and verify."""
     before = event
     look = wallet.look_up(event, attempt.tenant.policy.wallet_match)
     if uncertain or not look.known or not fresh:
