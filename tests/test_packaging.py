@@ -40,7 +40,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_wheel_has_no_sandbox_and_no_tests(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("webhook_app/worker.py") for n in names)
+    assert any(n.startswith("webhook_app/worker/loop.py") for n in names)
     # webhook_app/cli/sandbox.py only hands `webhook-app sandbox` over to the separate distribution
     assert not [n for n in names if ("sandbox" in n and n != "webhook_app/cli/sandbox.py") or n.startswith("tests/")]
     assert any(n.endswith("store/schema/sqlite/001.sql") for n in names)

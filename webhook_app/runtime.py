@@ -447,49 +447,23 @@ def _tell_parent(line: str) -> None:
 
 def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | None = None) -> int:
     from webhook_app import metrics, tracing
-    from webhook_app.commercelayer import CallRecord
     from webhook_app.commercelayer.client import CommerceLayerClient
     from webhook_app.ops.anonymization import Anonymizer
-    from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
-    from webhook_app.ratelimit import LocalRateLimiter
     from webhook_app.store import open_store
-    from webhook_app.worker import Tenant, Worker
+    from webhook_app.worker import Worker, noting_trace_ids
 
     tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     client = None
-    worker: Worker  # built below; the clients' `on_call` reach it
-
-    def on_call(call: CallRecord) -> None:
-        metrics.record_call(call)
-        worker.note_call(call)  # Commerce Layer's trace ids, recorded on the attempt
-
     if not settings.shadow and settings.organizations_path is None:
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
+        # Each call's metrics, and its Commerce Layer trace id on the attempt in progress.
         client = CommerceLayerClient.from_settings(
-            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=on_call
+            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=noting_trace_ids(metrics.record_call)
         )
     policy = load_policy(settings.policy_path)
-    orgs = load_organizations(settings)
-    tenants = None
-    if orgs.agency:
-        # One rate budget per egress address: every organization's client draws from one limiter
-        # (shared by every worker on PostgreSQL), the token endpoint's likewise.
-        limiter = store.rate_limiter(settings.cl_rate_limits)
-        auth_limiter = LocalRateLimiter(settings.cl_auth_rate_limits)
-        tenants = {}
-        for org in orgs:
-            view = org.settings(settings)
-            org_client = None
-            if not view.shadow:
-                org_client = CommerceLayerClient.from_settings(
-                    view,
-                    limiter=limiter,
-                    auth_limiter=auth_limiter,
-                    on_call=_org_on_call(metrics.organization_call_recorder(org.slug), lambda: worker),
-                )
-            tenants[org.slug] = Tenant(view, load_policy(org.policy_path), org_client)
+    tenants = _agency_tenants(settings, store)
     worker = Worker(
         store=store,
         policy=policy,
@@ -533,14 +507,35 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         tracing.shutdown()  # flush the spans still buffered
 
 
-def _org_on_call(record: Any, worker: Any) -> Any:
-    """An organization's client's `on_call`: its metrics, and the trace ids on the worker's attempt."""
+def _agency_tenants(settings: Settings, store: Any) -> dict[str, Any] | None:
+    """Agency mode: each organization's settings view, policy and (enforce mode) client; None
+    for one organization. One rate budget per egress address: every organization's client draws
+    from one limiter (shared by every worker on PostgreSQL), the token endpoint's likewise."""
+    from webhook_app import metrics
+    from webhook_app.commercelayer.client import CommerceLayerClient
+    from webhook_app.organizations import load_organizations
+    from webhook_app.policy import load_policy
+    from webhook_app.ratelimit import LocalRateLimiter
+    from webhook_app.worker import Tenant, noting_trace_ids
 
-    def on_call(call: Any) -> None:
-        record(call)
-        worker().note_call(call)
-
-    return on_call
+    orgs = load_organizations(settings)
+    if not orgs.agency:
+        return None
+    limiter = store.rate_limiter(settings.cl_rate_limits)
+    auth_limiter = LocalRateLimiter(settings.cl_auth_rate_limits)
+    tenants = {}
+    for org in orgs:
+        view = org.settings(settings)
+        org_client = None
+        if not view.shadow:
+            org_client = CommerceLayerClient.from_settings(
+                view,
+                limiter=limiter,
+                auth_limiter=auth_limiter,
+                on_call=noting_trace_ids(metrics.organization_call_recorder(org.slug)),
+            )
+        tenants[org.slug] = Tenant(view, load_policy(org.policy_path), org_client)
+    return tenants
 
 
 def _start_circuit_guard(settings: Settings, policy: Any, stop: threading.Event, limiter: Any) -> tuple[Any, Any]:

@@ -25,7 +25,7 @@ EXPIRED_FOUND = "expired_found"
 EXPIRED_REMOVED = "expired_removed"
 ACTIVITIES = (SAVED, REUSED, SAVE_REFUSED, REUSE_REFUSED, EXPIRED_FOUND, EXPIRED_REMOVED)
 
-# Guards only one of the two actions has (guards.py, worker.py).
+# Guards only one of the two actions has (guards.py, worker/save.py, worker/reuse.py).
 SAVE_GUARDS = frozenset(
     {"no_payment_source", "no_wallet_flow", "already_in_wallet", "card_already_in_wallet", "gateway_not_ready"}
 )
