@@ -159,6 +159,17 @@ class Cluster:
         w = Service(["worker"], self.env, self.log(f"worker{len(self.workers)}"))
         self.procs.append(w)
         self.workers.append(w)
+        # its loop is running (its first heartbeat is in the store) before anything is sent: a worker
+        # still starting when the deliveries come in prunes, at its first tick, what a short
+        # retention already allows. Workers share the heartbeat row: another's beat may hide this
+        # one's until its next, HEARTBEAT_SECONDS later.
+        beat = f":{w.proc.pid}:"
+        wait_until(
+            lambda: any(beat in (r["source"] or "") for r in self.rows("SELECT source FROM service_status")),
+            timeout=60,
+            interval=0.1,
+            what="the worker's first heartbeat",
+        )
         return w
 
     def cli(self, *args: str, background: bool = False) -> subprocess.CompletedProcess | subprocess.Popen:
