@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from builders import order_body
 from support import SECRET, signed_headers
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
-from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter
+from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter, Submission
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 T0 = 1_800_000_000.0
@@ -36,6 +36,34 @@ def test_schema_is_current(store):
     store.check_schema()
     assert store.migrate() == SCHEMA_VERSION  # idempotent
     store.ping()
+
+
+def every_field_delivery():
+    """A delivery whose every field holds something other than its default: one the store drops
+    or mixes up on the way shows."""
+    body = order_body("oRound")
+    headers = {**signed_headers(body, "orders.place"), "X-Extra": 'ünïcode, "quoted"'}
+    d = Delivery.from_http(headers, body, secrets=SECRETS, organization="acme")
+    for f in fields(Delivery):
+        assert getattr(d, f.name) not in (f.default, None, "", {}, b""), f.name
+    return d
+
+
+def test_every_delivery_field_comes_back_as_stored(store):
+    d = every_field_delivery()
+    one = store.record_delivery(d, now=T0)
+    (batched,) = store.record_deliveries([Submission(d.as_replay("n1"), T0 + 1, one.delivery_id)])
+    for rec, sent in ((one, d), (batched, d.as_replay("n1"))):
+        got = store.get_delivery(rec.delivery_id)
+        assert Delivery.from_row(vars(got)) == sent
+        assert {f.name: getattr(got, f.name) for f in fields(Delivery)} == {
+            f.name: getattr(sent, f.name) for f in fields(Delivery)
+        }
+        assert got.order_id == sent.order_id == "oRound"
+    (listed,) = store.list_deliveries(DeliveryFilter(with_body=True, before_id=batched.delivery_id))
+    assert Delivery.from_row(vars(listed)) == d
+    replayed = store.record_replay(one.delivery_id, nonce="n2", now=T0 + 2)
+    assert Delivery.from_row(vars(store.get_delivery(replayed.delivery_id))) == d.as_replay("n2")
 
 
 def test_record_once_then_duplicate(store):

@@ -290,16 +290,7 @@ class Store(abc.ABC):
         original = self.get_delivery(delivery_id)
         if original is None or original.body_removed is not None:  # nothing left to replay
             return None
-        d = Delivery(
-            topic=original.topic,
-            body=original.body,
-            identity=original.identity,
-            secret_label=original.secret_label,
-            resource_type=original.resource_type,
-            resource_id=original.resource_id,
-            headers=dict(original.headers),
-            organization=original.organization,
-        )
+        d = Delivery.from_row(vars(original))
         return self.record_delivery(d.as_replay(nonce), now=now, replay_of=original.replay_of or original.id)
 
     # --- jobs -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from webhook_app.events import Delivery
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import Cursorish, Row, SQLStore, delivery_values, job_order_id
+from webhook_app.store.sql import INSERT_DELIVERY, Cursorish, Row, SQLStore, delivery_values, job_order_id
 
 MIGRATIONS = migrations("postgres")
 
@@ -179,9 +179,7 @@ class PostgresStore(SQLStore):
         delivery, now = s.delivery, s.now
         status = "queued" if delivery.queued else "ignored"
         row = c.one(
-            "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-            " secret_label, headers, body, status, replay_of, organization) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic, organization),"
+            f"WITH d AS ({INSERT_DELIVERY} RETURNING id, order_id, topic, organization),"  # nosec B608  # constants and ? placeholders only
             " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
             " updated_at, trace_context, organization) SELECT id, ?, topic, 'pending', 0, ?, ?, ?, ?, organization"
             " FROM d WHERE ?"

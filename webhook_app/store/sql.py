@@ -11,12 +11,13 @@ import abc
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import fields
 from typing import Any
 
 import orjson
 
 from webhook_app.errors import StoreUnavailable, storable_text
-from webhook_app.events import Delivery
+from webhook_app.events import DELIVERY_COLUMNS, Delivery
 from webhook_app.policy.decision import SAVE
 from webhook_app.states import ActionState, AttemptEnd, CardState, ClaimStatus, DecisionOutcome, JobState
 from webhook_app.store.base import (
@@ -56,23 +57,33 @@ class Cursorish(abc.ABC):
         """Execute; return the number of rows changed."""
 
 
+#: a delivery's row: its own columns (`Delivery.to_row`), then what the store adds
+INSERT_COLUMNS = (*DELIVERY_COLUMNS, "received_at", "status", "replay_of")
+INSERT_DELIVERY = (
+    f"INSERT INTO deliveries ({', '.join(INSERT_COLUMNS)}) VALUES ({','.join('?' * len(INSERT_COLUMNS))})"  # nosec B608  # constants and ? placeholders only
+    " ON CONFLICT (identity) DO NOTHING"
+)
+
+
 def delivery_values(s: Submission, status: str) -> tuple[Any, ...]:
-    """A submission's values for DELIVERY_COLUMNS."""
-    d = s.delivery
-    headers = json.dumps(d.headers)
+    """A submission's values for INSERT_COLUMNS."""
+    row = s.delivery.to_row()
+    row.update(received_at=s.now, status=status, replay_of=s.replay_of)
+    return tuple(row[name] for name in INSERT_COLUMNS)
+
+
+def _delivery_columns(*, with_body: bool) -> str:
+    """The select list of a stored delivery and its job (`_delivery` reads it); without the
+    body, NULL in its place (a page of 1 MiB bodies is 1 MiB a row)."""
+    own = (
+        f"d.{name}" if with_body or name != "body" else "NULL AS body"
+        for name in ("id", *INSERT_COLUMNS, "body_removed_why")
+    )
     return (
-        d.identity,
-        d.topic,
-        d.resource_type,
-        d.resource_id,
-        d.order_id,
-        s.now,
-        d.secret_label,
-        headers,
-        d.body,
-        status,
-        s.replay_of,
-        d.organization,
+        ", ".join(own) + ", j.id AS job_id, j.state AS job_state,"
+        " j.attempts AS job_attempts, j.next_attempt_at AS job_next_attempt_at, j.last_error AS job_last_error,"
+        " j.lease_owner AS job_lease_owner, j.lease_expires_at AS job_lease_expires_at,"
+        " j.finished_at AS job_finished_at"
     )
 
 
@@ -116,12 +127,7 @@ class SQLStore(Store):
         """The delivery and, for an order or anonymization event, its job, inside the caller's transaction."""
         delivery, now = s.delivery, s.now
         status = "queued" if delivery.queued else "ignored"
-        row = c.one(
-            "INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-            " secret_label, headers, body, status, replay_of, organization) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (identity) DO NOTHING RETURNING id",
-            delivery_values(s, status),
-        )
+        row = c.one(INSERT_DELIVERY + " RETURNING id", delivery_values(s, status))
         if row is None:
             return self._stored_duplicate(c, delivery.identity)
         delivery_id = int(row["id"])
@@ -582,14 +588,8 @@ class SQLStore(Store):
             c.run("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     # --- reading --------------------------------------------------------------------------
-    _DELIVERY_COLUMNS = (
-        "d.id, d.identity, d.topic, d.resource_type, d.resource_id, d.order_id, d.received_at,"
-        " d.secret_label, d.headers, d.body, d.status, d.replay_of, d.body_removed_why, d.organization,"
-        " j.id AS job_id, j.state AS job_state,"
-        " j.attempts AS job_attempts, j.next_attempt_at AS job_next_attempt_at, j.last_error AS job_last_error,"
-        " j.lease_owner AS job_lease_owner, j.lease_expires_at AS job_lease_expires_at,"
-        " j.finished_at AS job_finished_at"
-    )
+    _DELIVERY_COLUMNS = _delivery_columns(with_body=True)
+    _DELIVERY_COLUMNS_WITHOUT_BODY = _delivery_columns(with_body=False)
 
     def get_delivery(self, delivery_id: int) -> StoredDelivery | None:
         with self._tx(write=False) as c:
@@ -640,9 +640,7 @@ class SQLStore(Store):
                 " AND (x.action = ? OR x.outcome = ? OR x.rule = ?))"
             )
             params += [flt.decision] * 3
-        columns = (
-            self._DELIVERY_COLUMNS if flt.with_body else self._DELIVERY_COLUMNS.replace("d.body,", "NULL AS body,")
-        )
+        columns = self._DELIVERY_COLUMNS if flt.with_body else self._DELIVERY_COLUMNS_WITHOUT_BODY
         sql = (
             f"SELECT {columns} FROM deliveries d LEFT JOIN jobs j ON j.delivery_id = d.id"  # nosec B608  # constants and ? placeholders only
             + (" WHERE " + " AND ".join(where) if where else "")
@@ -932,6 +930,7 @@ def _status(row: Row) -> Status:
 
 
 def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str, Any]]) -> StoredDelivery:
+    delivery = Delivery.from_row(row)
     job = None
     if row["job_id"] is not None:
         job = {
@@ -944,23 +943,15 @@ def _delivery(row: Row, decisions: list[dict[str, Any]], attempts: list[dict[str
             "lease_expires_at": row["job_lease_expires_at"],
             "finished_at": row["job_finished_at"],
         }
-    headers = row["headers"]
     return StoredDelivery(
+        **{f.name: getattr(delivery, f.name) for f in fields(delivery)},
         id=int(row["id"]),
-        identity=row["identity"],
-        topic=row["topic"],
-        resource_type=row["resource_type"],
-        resource_id=row["resource_id"],
         order_id=row["order_id"],
         received_at=float(row["received_at"]),
-        secret_label=row["secret_label"],
-        headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
-        body=b"" if row["body"] is None else bytes(row["body"]),
         status=row["status"],
         replay_of=_opt_int(row["replay_of"]),
         job=job,
         decisions=decisions,
         attempts=attempts,
         body_removed=row["body_removed_why"],
-        organization=row["organization"],
     )
