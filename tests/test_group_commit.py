@@ -27,8 +27,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import fields
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest

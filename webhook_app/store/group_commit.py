@@ -60,7 +60,8 @@ import orjson
 
 from webhook_app.errors import StoreError, StoreUnavailable
 from webhook_app.events import Delivery, delivery_identity, replay_identity
-from webhook_app.store.base import Recorded, Store, Submission
+from webhook_app.store.base import Recorded, Submission
+from webhook_app.store.ports import Store
 
 log = logging.getLogger(__name__)
 

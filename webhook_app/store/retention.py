@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.config import Settings
-from webhook_app.store.base import Store
+from webhook_app.store.ports import Store
 
 log = logging.getLogger(__name__)
 

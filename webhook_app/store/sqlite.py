@@ -21,17 +21,17 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from webhook_app import wakeup
 from webhook_app.errors import StoreUnavailable
-from webhook_app.events import Delivery
 from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded, Submission
 from webhook_app.store.schema import migrations
 from webhook_app.store.sql import Cursorish, Row, SQLStore
+from webhook_app.store.sql.dialect import SQLITE
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class _Cursor(Cursorish):
 
 class SQLiteStore(SQLStore):
     """Store on a local SQLite file."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(Path(path).expanduser()) if path != ":memory:" else path
@@ -226,18 +228,6 @@ class SQLiteStore(SQLStore):
             pages = c.one("PRAGMA page_count")
             size = c.one("PRAGMA page_size")
         return int(pages["page_count"]) * int(size["page_size"]) if pages and size else 0
-
-    def record_delivery(
-        self,
-        delivery: Delivery,
-        *,
-        now: float,
-        replay_of: int | None = None,
-        trace_context: Mapping[str, str] | None = None,
-    ) -> Recorded:
-        recorded = super().record_delivery(delivery, now=now, replay_of=replay_of, trace_context=trace_context)
-        self._wake([recorded])
-        return recorded
 
     def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
         recorded = super().record_deliveries(batch)
