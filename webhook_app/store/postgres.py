@@ -31,7 +31,15 @@ from webhook_app.errors import StoreUnavailable
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import INSERT_DELIVERY, Cursorish, Row, SQLStore, delivery_values, job_order_id
+from webhook_app.store.sql import (
+    INSERT_DELIVERY,
+    Cursorish,
+    Row,
+    SQLStore,
+    delivery_values,
+    job_order_id,
+    schema_version_in,
+)
 from webhook_app.store.sql.dialect import POSTGRES
 
 MIGRATIONS = migrations("postgres")
@@ -200,25 +208,12 @@ class PostgresStore(SQLStore):
         with self._tx() as c:
             c.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            current = int(row["v"]) if row and row["v"] is not None else 0
+            current = schema_version_in(c)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for ddl in MIGRATIONS[version - 1]:
                     c.run(ddl)
                 c.run("INSERT INTO schema_version (version) VALUES (?)", (version,))
         return SCHEMA_VERSION
-
-    def schema_version(self) -> int:
-        with self._tx(write=False) as c:
-            exists = c.one("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if not exists or not exists["present"]:
-                return 0
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            return int(row["v"]) if row and row["v"] is not None else 0
-
-    def ping(self) -> None:
-        with self._tx(write=False) as c:
-            c.one("SELECT 1 AS ok")
 
     def reclaim(self) -> None:
         """Plain VACUUM (no table lock; reads and writes go on) of the tables a prune shrinks, so

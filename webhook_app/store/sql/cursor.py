@@ -57,3 +57,9 @@ def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 def opt_int(v: Any) -> int | None:
     return None if v is None else int(v)
+
+
+def schema_version_in(c: Cursorish) -> int:
+    """The version the `schema_version` table records (0 when it records none)."""
+    row = c.one("SELECT MAX(version) AS v FROM schema_version")
+    return int(row["v"]) if row and row["v"] is not None else 0
