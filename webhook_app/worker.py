@@ -367,23 +367,8 @@ class Worker:
     def _enforce(self, job: Job, event: Event, decision: Decision) -> Outcome:
         assert self.client is not None
         order_id, action = job.order_id, decision.action
-        claim = self.store.begin_action(
-            order_id,
-            action,
-            worker=self.id,
-            job_id=job.id,
-            lease_seconds=self.settings.lease_seconds,
-            now=self.clock(),
-            organization=job.organization,
-        )
-        if claim.status == ClaimStatus.DONE:
-            d = decision.guarded("already_flagged", "the order was already flagged for this action")
-            return self._finish(job, d, DecisionOutcome.GUARDED, wallet_entry_id=claim.wallet_entry_id)
-        if claim.status == ClaimStatus.BUSY:
-            return self._defer(job, decision, "another worker is flagging this order")
-        fresh = True
-        if action == SAVE:
-            card = claims.claim_card(
+        if action == SAVE:  # the action and the card in one transaction
+            claim, card = claims.begin_save(
                 self.store,
                 event,
                 self.policy.wallet_match,
@@ -393,17 +378,27 @@ class Worker:
                 now=self.clock(),
                 organization=job.organization,
             )
-            if card is not None and card.status == ClaimStatus.BUSY:
-                self.store.release_action(
+        else:
+            claim, card = (
+                self.store.begin_action(
                     order_id,
                     action,
                     worker=self.id,
-                    uncertain=claim.uncertain,
+                    job_id=job.id,
+                    lease_seconds=self.settings.lease_seconds,
                     now=self.clock(),
                     organization=job.organization,
-                )
-                return self._defer(job, decision, f"order {card.holder} is saving this customer's card")
-            fresh = card is None or card.fresh
+                ),
+                None,
+            )
+        if claim.status == ClaimStatus.DONE:
+            d = decision.guarded("already_flagged", "the order was already flagged for this action")
+            return self._finish(job, d, DecisionOutcome.GUARDED, wallet_entry_id=claim.wallet_entry_id)
+        if claim.status == ClaimStatus.BUSY:
+            return self._defer(job, decision, "another worker is flagging this order")
+        if card is not None and card.status == ClaimStatus.BUSY:  # the action was given back with it
+            return self._defer(job, decision, f"order {card.holder} is saving this customer's card")
+        fresh = card is None or card.fresh
         try:
             if action == SAVE:
                 return self._save(job, event, decision, uncertain=claim.uncertain, fresh=fresh)

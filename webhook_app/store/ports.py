@@ -192,6 +192,23 @@ class Claims(abc.ABC):
         action (`finish_job` with the action, `release_action`)."""
 
     @abc.abstractmethod
+    def begin_save(
+        self,
+        order_id: str,
+        customer: tuple[str, str] | None,
+        *,
+        worker: str,
+        job_id: int,
+        lease_seconds: float,
+        now: float,
+        organization: str = "",
+    ) -> tuple[ActionClaim, CardClaim | None]:
+        """`begin_action` for the save action and, once acquired, `claim_card` of `customer`
+        (customer id, card key; None when the order has no customer: no card claim), in one
+        transaction: when the card is busy the action is given back in it (`release_action` with
+        the claim's own uncertainty). The card claim is None unless the action was acquired."""
+
+    @abc.abstractmethod
     def take_lease(self, name: str, *, owner: str, seconds: float, now: float) -> bool:
         """Take (or extend, for its owner) the lease `name` until `now + seconds`; False while
         another owner's is unexpired."""

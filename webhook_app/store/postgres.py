@@ -41,6 +41,7 @@ from webhook_app.store.sql import (
     schema_version_in,
 )
 from webhook_app.store.sql.dialect import POSTGRES
+from webhook_app.store.sql.postgres_claim import PostgresJobClaim
 
 MIGRATIONS = migrations("postgres")
 
@@ -78,7 +79,7 @@ def _pg(sql: str) -> str:
     return out
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(PostgresJobClaim, SQLStore):
     """Store on PostgreSQL. Connections are opened lazily, per process (after gunicorn forks)."""
 
     dialect = POSTGRES

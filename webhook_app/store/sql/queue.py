@@ -15,15 +15,17 @@ from webhook_app.store.base import (
     Job,
 )
 from webhook_app.store.ports import JobQueue
-from webhook_app.store.sql.cursor import Cursorish, SQLBase
+from webhook_app.store.sql.cursor import Cursorish, Row, SQLBase
 
 #: the actions that touch the wallet (`policy.SAVE`, `policy.USE_WALLET`)
 WALLET_ACTIONS = ("save_payment_source", "use_wallet_source")
 
 
-class SQLJobQueue(SQLBase, JobQueue):
-    _DUE = "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'running' AND lease_expires_at <= ?))"
+#: a job due to be claimed: pending and its time come, or running with its lease run out (params: now, now)
+DUE = "((state = 'pending' AND next_attempt_at <= ?) OR (state = 'running' AND lease_expires_at <= ?))"
 
+
+class SQLJobQueue(SQLBase, JobQueue):
     def claim_job(
         self, *, worker: str, lease_seconds: float, now: float, organizations: Sequence[str] | None = None
     ) -> Job | None:
@@ -33,14 +35,14 @@ class SQLJobQueue(SQLBase, JobQueue):
         among = "" if orgs is None else f" AND organization IN ({','.join('?' * len(orgs))})"
         # Look without the write lock first: an idle poll must not block intake.
         with self._tx(write=False) as c:
-            due = c.one(f"SELECT id FROM jobs WHERE {self._DUE}{among} LIMIT 1", (now, now, *(orgs or ())))  # nosec B608  # constants and ? placeholders only
+            due = c.one(f"SELECT id FROM jobs WHERE {DUE}{among} LIMIT 1", (now, now, *(orgs or ())))  # nosec B608  # constants and ? placeholders only
         if due is None:
             return None
         with self._tx() as c:
             row = None
             if orgs is None:
                 row = c.one(
-                    f"SELECT id, state, attempts FROM jobs WHERE {self._DUE}"  # nosec B608  # constants and ? placeholders only
+                    f"SELECT id, state, attempts FROM jobs WHERE {DUE}"  # nosec B608  # constants and ? placeholders only
                     " ORDER BY next_attempt_at, id LIMIT 1" + self.dialect.lock_skip_locked,
                     (now, now),
                 )
@@ -49,7 +51,7 @@ class SQLJobQueue(SQLBase, JobQueue):
                 turns = {r["organization"]: int(r["turn"]) for r in c.all("SELECT organization, turn FROM org_turns")}
                 for org in sorted(orgs, key=lambda o: (turns.get(o, 0), o)):
                     row = c.one(
-                        f"SELECT id, state, attempts FROM jobs WHERE organization = ? AND {self._DUE}"  # nosec B608  # constants and ? placeholders only
+                        f"SELECT id, state, attempts FROM jobs WHERE organization = ? AND {DUE}"  # nosec B608  # constants and ? placeholders only
                         " ORDER BY next_attempt_at, id LIMIT 1" + self.dialect.lock_skip_locked,
                         (org, now, now),
                     )
@@ -85,25 +87,12 @@ class SQLJobQueue(SQLBase, JobQueue):
             )
             assert numbered is not None
             d = c.one(
-                "SELECT j.delivery_id, j.order_id, j.topic, j.trace_context, j.organization, d.body, d.received_at,"
-                " d.replay_of FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
+                "SELECT j.id, j.delivery_id, j.order_id, j.topic, j.trace_context, j.organization, d.body,"
+                " d.received_at, d.replay_of FROM jobs j JOIN deliveries d ON d.id = j.delivery_id WHERE j.id = ?",
                 (job_id,),
             )
             assert d is not None
-            return Job(
-                id=job_id,
-                delivery_id=int(d["delivery_id"]),
-                order_id=d["order_id"],
-                topic=d["topic"],
-                attempts=attempt,
-                body=bytes(d["body"]),
-                received_at=float(d["received_at"]),
-                lease_expires_at=lease,
-                replay=d["replay_of"] is not None,
-                trace_context=json.loads(d["trace_context"]) if d["trace_context"] else {},
-                number=int(numbered["number"]),
-                organization=d["organization"],
-            )
+            return job_from_row({**d, "attempts": attempt, "number": numbered["number"]}, lease_expires_at=lease)
 
     def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
         """Extend the job's lease and the lease of any action claim it holds."""
@@ -206,6 +195,25 @@ class SQLJobQueue(SQLBase, JobQueue):
         with self._tx(write=False) as c:
             row = c.one("SELECT state FROM jobs WHERE id = ?", (job_id,))
         return JobState(row["state"]) if row else None
+
+
+def job_from_row(row: Row, *, lease_expires_at: float) -> Job:
+    """The job a claim's row describes: the job's columns, its delivery's body, received_at and
+    replay_of, its `attempts` counted with this one and this attempt's `number`."""
+    return Job(
+        id=int(row["id"]),
+        delivery_id=int(row["delivery_id"]),
+        order_id=row["order_id"],
+        topic=row["topic"],
+        attempts=int(row["attempts"]),
+        body=bytes(row["body"]),
+        received_at=float(row["received_at"]),
+        lease_expires_at=lease_expires_at,
+        replay=row["replay_of"] is not None,
+        trace_context=json.loads(row["trace_context"]) if row["trace_context"] else {},
+        number=int(row["number"]),
+        organization=row["organization"],
+    )
 
 
 def _release_job(
