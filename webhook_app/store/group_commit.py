@@ -61,7 +61,7 @@ import orjson
 from webhook_app.errors import StoreError, StoreUnavailable
 from webhook_app.events import Delivery, delivery_identity, replay_identity
 from webhook_app.store.base import Recorded, Submission
-from webhook_app.store.ports import Store
+from webhook_app.store.ports import IntakeStore
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class CommitClient:
     proves it holds the channel's key, else directly. One connection per thread (gunicorn's sync
     workers have one)."""
 
-    def __init__(self, store: Store, channel: Channel | None, *, timeout: float) -> None:
+    def __init__(self, store: IntakeStore, channel: Channel | None, *, timeout: float) -> None:
         self.store = store
         self.channel = channel
         self.timeout = timeout
@@ -451,7 +451,7 @@ class CommitWriter:
 
     def __init__(
         self,
-        store: Store,
+        store: IntakeStore,
         channel: Channel,
         *,
         max_body_bytes: int,
