@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,14 @@ from webhook_app.events import Delivery, delivery_identity, replay_identity
 from webhook_app.runtime import CommitWriterProcess, WriterKeeper
 from webhook_app.signing import WebhookSecret
 from webhook_app.store import DeliveryFilter, Submission, open_store
-from webhook_app.store.group_commit import RECONNECT_AFTER_S, Channel, CommitClient, CommitWriter, encode_request
+from webhook_app.store.group_commit import (
+    RECONNECT_AFTER_S,
+    Channel,
+    CommitClient,
+    CommitWriter,
+    decode_request,
+    encode_request,
+)
 from webhook_app.store.sqlite import SQLiteStore
 
 SECRETS = [WebhookSecret("test", SECRET.encode())]
@@ -50,6 +58,36 @@ SECRETS = [WebhookSecret("test", SECRET.encode())]
 def _delivery(order_id: str, topic: str = "orders.place") -> Delivery:
     body = order_body(order_id)
     return Delivery.from_http(signed_headers(body, topic), body, secrets=SECRETS)
+
+
+def _unframe(frame: bytes) -> tuple[bytes, bytes]:
+    head_n, body_n = struct.unpack("!II", frame[:8])
+    assert len(frame) == 8 + head_n + body_n
+    return frame[8 : 8 + head_n], frame[8 + head_n :]
+
+
+def test_every_delivery_field_crosses_the_wire():
+    """The frame carries every field of a Delivery (derived from the dataclass): one added to
+    `Delivery` cannot be dropped silently when group commit is on."""
+    body = order_body("oWire")
+    headers = {**signed_headers(body, "orders.place"), "X-Extra": "ünïcode"}
+    d = Delivery.from_http(headers, body, secrets=SECRETS, organization="acme")
+    for f in fields(Delivery):
+        assert getattr(d, f.name) not in (f.default, None, "", {}, b""), f.name
+    sent = Submission(d, 1.0, 7, {"traceparent": "00-abc-def-01"})
+    assert decode_request(*_unframe(encode_request(sent)), now=1.0) == sent
+    replay = Submission(d.as_replay("nonce"), 2.0, 7)
+    assert decode_request(*_unframe(encode_request(replay, replay_nonce="nonce")), now=2.0) == replay
+
+
+def test_a_frame_without_the_fields_that_have_defaults_takes_the_defaults():
+    body = order_body("oOld")
+    head = json.dumps(
+        {"topic": "orders.place", "secret_label": "main", "resource_type": "orders", "resource_id": "oOld"}
+    )
+    got = decode_request(head.encode(), body, now=3.0)
+    assert got.delivery.headers == {} and got.delivery.organization == ""
+    assert got.delivery.identity == delivery_identity("orders.place", body)
 
 
 class _Gated(CommitWriter):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from support import SECRET, signed_headers
 from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
-from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter
+from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter, Submission
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 T0 = 1_800_000_000.0
@@ -36,6 +36,34 @@ def test_schema_is_current(store):
     store.check_schema()
     assert store.migrate() == SCHEMA_VERSION  # idempotent
     store.ping()
+
+
+def every_field_delivery():
+    """A delivery whose every field holds something other than its default: one the store drops
+    or mixes up on the way shows."""
+    body = order_body("oRound")
+    headers = {**signed_headers(body, "orders.place"), "X-Extra": 'ünïcode, "quoted"'}
+    d = Delivery.from_http(headers, body, secrets=SECRETS, organization="acme")
+    for f in fields(Delivery):
+        assert getattr(d, f.name) not in (f.default, None, "", {}, b""), f.name
+    return d
+
+
+def test_every_delivery_field_comes_back_as_stored(store):
+    d = every_field_delivery()
+    one = store.record_delivery(d, now=T0)
+    (batched,) = store.record_deliveries([Submission(d.as_replay("n1"), T0 + 1, one.delivery_id)])
+    for rec, sent in ((one, d), (batched, d.as_replay("n1"))):
+        got = store.get_delivery(rec.delivery_id)
+        assert Delivery.from_row(vars(got)) == sent
+        assert {f.name: getattr(got, f.name) for f in fields(Delivery)} == {
+            f.name: getattr(sent, f.name) for f in fields(Delivery)
+        }
+        assert got.order_id == sent.order_id == "oRound"
+    (listed,) = store.list_deliveries(DeliveryFilter(with_body=True, before_id=batched.delivery_id))
+    assert Delivery.from_row(vars(listed)) == d
+    replayed = store.record_replay(one.delivery_id, nonce="n2", now=T0 + 2)
+    assert Delivery.from_row(vars(store.get_delivery(replayed.delivery_id))) == d.as_replay("n2")
 
 
 def test_record_once_then_duplicate(store):
@@ -508,3 +536,68 @@ def test_prune_never_removes_a_job_requeued_while_it_runs(store_factory):
     assert got is not None and got.body == delivery().body
     again = store.claim_job(worker="w2", lease_seconds=30, now=T0 + 21)
     assert again is not None and again.id == job.id and again.body == delivery().body
+
+
+# --- the claim's commits (issue 22) ------------------------------------------------------------
+def test_begin_save_takes_the_action_and_the_card_in_one_transaction(store):
+    def save(order, worker, customer=("c1", "card-a"), now=T0):
+        return store.begin_save(order, customer, worker=worker, job_id=1, lease_seconds=30, now=now)
+
+    assert save("o1", "w1") == (ActionClaim("acquired"), CardClaim("acquired", fresh=True))
+    # another order of the card: it gets the action, finds the card busy, and gives the action
+    # back in the same transaction (nothing of it is left held)
+    assert save("o2", "w2") == (ActionClaim("acquired"), CardClaim("busy", holder="o1"))
+    assert store.action_state("o2", SAVE) == "open"
+    assert store.begin_action("o2", SAVE, worker="w3", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
+    # the action busy or done: no card is claimed
+    assert save("o1", "w9", customer=("c1", "card-b")) == (ActionClaim("busy"), None)
+    assert store.claim_card("c1", "card-b", order_id="o5", worker="w5", job_id=5, lease_seconds=30, now=T0).fresh
+    # no customer: the action only
+    assert save("o3", "w3", customer=None) == (ActionClaim("acquired"), None)
+    # a dead holder's action comes back uncertain, and a busy card gives it back still uncertain
+    assert save("o4", "w4", customer=("c2", "x")) == (ActionClaim("acquired"), CardClaim("acquired", fresh=True))
+    store.claim_card("c3", "y", order_id="o6", worker="w6", job_id=6, lease_seconds=300, now=T0)
+    claim, card = save("o4", "w7", customer=("c3", "y"), now=T0 + 31)
+    assert claim == ActionClaim("acquired", uncertain=True) and card == CardClaim("busy", holder="o6")
+    assert store.begin_action("o4", SAVE, worker="w8", job_id=8, lease_seconds=30, now=T0 + 32).uncertain
+
+
+def test_the_job_claim_leaves_the_session_as_it_found_it(store):
+    """The claim's commit is not waited for on PostgreSQL (SET LOCAL: that transaction only); the
+    next transaction on the connection, the action claim's, is synced again (both backends: the
+    claim and what follows it behave the same)."""
+    store.record_delivery(delivery("o1"), now=T0)
+    job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    assert job is not None and job.number == 1
+    with store._tx() as c:
+        if store.dialect.name == "postgres":
+            assert c.one("SHOW synchronous_commit")["synchronous_commit"] == "on"
+        else:
+            assert c.one("PRAGMA synchronous")["synchronous"] == 2  # FULL
+    assert store.claim_job(worker="w2", lease_seconds=30, now=T0 + 1) is None
+    assert store.finish_job(job.id, worker="w1", decision=DECISION, now=T0 + 2)
+
+
+def test_the_claim_in_one_statement_does_all_the_claim_did(store):
+    """Agency mode: the organization whose turn is oldest first, the expired holder's attempt
+    closed, the attempt numbered on, the job's trace context and delivery read back."""
+    a = Delivery.from_http(
+        signed_headers(order_body("oa"), "orders.place"), order_body("oa"), secrets=SECRETS, organization="a"
+    )
+    b = Delivery.from_http(
+        signed_headers(order_body("ob"), "orders.place"), order_body("ob"), secrets=SECRETS, organization="b"
+    )
+    ra = store.record_delivery(a, now=T0, trace_context={"traceparent": "00-1-2-01"})
+    rb = store.record_delivery(b, now=T0 + 1)
+    first = store.claim_job(worker="w1", lease_seconds=30, now=T0 + 2, organizations=["b", "a"])
+    assert (first.id, first.organization, first.trace_context) == (ra.job_id, "a", {"traceparent": "00-1-2-01"})
+    assert (first.attempts, first.number, first.body, first.delivery_id) == (1, 1, a.body, ra.delivery_id)
+    second = store.claim_job(worker="w1", lease_seconds=30, now=T0 + 3, organizations=["a", "b"])
+    assert second.id == rb.job_id and second.organization == "b"
+    # a's lease runs out: taken over, the dead attempt closed, numbered on
+    again = store.claim_job(worker="w2", lease_seconds=30, now=T0 + 40, organizations=["a", "b"])
+    assert (again.id, again.attempts, again.number) == (ra.job_id, 2, 2)  # a's turn is the older
+    attempts = store.get_delivery(again.delivery_id).attempts
+    assert [x["outcome"] for x in attempts] == ["lease_expired", None]
+    assert store.claim_job(worker="w3", lease_seconds=30, now=T0 + 41, organizations=[]) is None
+    assert store.claim_job(worker="w3", lease_seconds=30, now=T0 + 41, organizations=["zzz"]) is None

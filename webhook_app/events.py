@@ -9,9 +9,10 @@ available wallet entries (JSON:API `included` resolved through `relationships`).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from itertools import accumulate
 from typing import Any
 
@@ -192,6 +193,24 @@ class Delivery:
     def order_id(self) -> str | None:
         return self.resource_id if self.is_order else None
 
+    def to_row(self) -> dict[str, Any]:
+        """Its `deliveries` columns (`DELIVERY_COLUMNS`): every field, the headers as JSON text,
+        and the derived `order_id`. The store adds when, in what state and as whose replay."""
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["headers"] = json.dumps(self.headers)
+        row["order_id"] = self.order_id
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Delivery:
+        """The delivery a stored row (or a `StoredDelivery`'s fields) holds; a body left out of
+        the row (NULL) is empty, headers are JSON text or already a mapping."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        headers = values["headers"]
+        values["headers"] = json.loads(headers) if isinstance(headers, str) else dict(headers)
+        values["body"] = b"" if values["body"] is None else bytes(values["body"])
+        return cls(**values)
+
     @classmethod
     def from_http(
         cls,
@@ -225,6 +244,10 @@ class Delivery:
             headers=storable_headers(headers),
             organization=organization,
         )
+
+
+#: the `deliveries` columns `Delivery.to_row` fills, in one order: its fields, then `order_id`
+DELIVERY_COLUMNS: tuple[str, ...] = (*(f.name for f in fields(Delivery)), "order_id")
 
 
 def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:

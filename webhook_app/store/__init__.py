@@ -1,6 +1,7 @@
 """Durable storage: deliveries, jobs, decisions and per-order action claims.
 
-One interface (`Store`, in base.py) with two implementations chosen by
+One interface (`Store`, in ports.py: the union of narrow ports by use, `IntakeStore`,
+`JobQueue`, `Claims`, `AuditReads`, `OperationsLog`, `Retention`, `Maintenance`) with two implementations chosen by
 `WEBHOOK_APP_DATABASE_URL`: SQLite (`sqlite:///path`, the embedded default) and PostgreSQL
 (`postgresql://...`, to scale out). Both pass the same contract tests (tests/test_store_contract.py).
 """
@@ -20,9 +21,18 @@ from webhook_app.store.base import (
     QueueStats,
     Recorded,
     Status,
-    Store,
     StoredDelivery,
     Submission,
+)
+from webhook_app.store.ports import (
+    AuditReads,
+    Claims,
+    IntakeStore,
+    JobQueue,
+    Maintenance,
+    OperationsLog,
+    Retention,
+    Store,
 )
 
 
@@ -54,13 +64,20 @@ __all__ = [
     "SCHEMA_VERSION",
     "ActionClaim",
     "ActivityRow",
+    "AuditReads",
     "CardClaim",
+    "Claims",
     "DecisionRecord",
     "DeliveryFilter",
+    "IntakeStore",
     "Job",
+    "JobQueue",
+    "Maintenance",
     "Operation",
+    "OperationsLog",
     "QueueStats",
     "Recorded",
+    "Retention",
     "Status",
     "Store",
     "StoredDelivery",

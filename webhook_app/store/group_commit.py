@@ -37,6 +37,7 @@ use is answered with an error (the worker answers 503), and the writer goes on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -59,7 +60,8 @@ import orjson
 
 from webhook_app.errors import StoreError, StoreUnavailable
 from webhook_app.events import Delivery, delivery_identity, replay_identity
-from webhook_app.store.base import Recorded, Store, Submission
+from webhook_app.store.base import Recorded, Submission
+from webhook_app.store.ports import IntakeStore
 
 log = logging.getLogger(__name__)
 
@@ -214,24 +216,52 @@ class _BadFrame(ValueError):
     """A request the writer cannot use; answered with an error, the writer goes on."""
 
 
+def _text(h: Mapping[str, Any], name: str) -> str:
+    value = h.get(name)
+    if not isinstance(value, str):
+        raise _BadFrame(f"{name} is not a string")
+    return value
+
+
+def _text_map(h: Mapping[str, Any], name: str) -> dict[str, str] | None:
+    value = h.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _BadFrame(f"{name} is not an object of strings")
+    return value
+
+
+#: how a frame's head gives back a field of each type a `Delivery` field has (a new type of field
+#: fails at import, not silently on the wire)
+_READ_FIELD: dict[str, Callable[[Mapping[str, Any], str], object]] = {"str": _text, "dict[str, str]": _text_map}
+#: the delivery's fields a frame's head carries: all of them but the body (sent raw after the
+#: head) and the identity (the writer derives it from topic, body and organization). One that is
+#: missing or null in the head takes its default, if it has one.
+_WIRE_FIELDS = tuple(
+    (f, _READ_FIELD[str(f.type)]) for f in dataclasses.fields(Delivery) if f.name not in ("body", "identity")
+)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """The field's default (`dataclasses.MISSING` if it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def encode_request(s: Submission, *, replay_nonce: str | None = None) -> bytes:
     """The frame for a submission. Neither its identity nor its time is sent: the writer takes
     them itself (from topic, body and `replay_nonce`, and from its own clock)."""
     d = s.delivery
-    head = orjson.dumps(
-        {
-            "topic": d.topic,
-            "secret_label": d.secret_label,
-            "resource_type": d.resource_type,
-            "resource_id": d.resource_id,
-            "headers": d.headers,
-            "replay_of": s.replay_of,
-            "replay_nonce": replay_nonce,
-            "trace_context": dict(s.trace_context) if s.trace_context else None,
-            "organization": d.organization,
-        }
+    head = {f.name: getattr(d, f.name) for f, _ in _WIRE_FIELDS}
+    head.update(
+        replay_of=s.replay_of,
+        replay_nonce=replay_nonce,
+        trace_context=dict(s.trace_context) if s.trace_context else None,
     )
-    return _REQUEST.pack(len(head), len(d.body)) + head + d.body
+    data = orjson.dumps(head)
+    return _REQUEST.pack(len(data), len(d.body)) + data + d.body
 
 
 def decode_request(head: bytes, body: bytes, *, now: float) -> Submission:
@@ -242,43 +272,23 @@ def decode_request(head: bytes, body: bytes, *, now: float) -> Submission:
         raise _BadFrame("the head is not JSON") from None
     if not isinstance(h, dict):
         raise _BadFrame("the head is not an object")
-    topic = _text(h, "topic")
+    values: dict[str, Any] = {}
+    for f, read in _WIRE_FIELDS:
+        default = _default(f) if h.get(f.name) is None else dataclasses.MISSING
+        values[f.name] = read(h, f.name) if default is dataclasses.MISSING else default
     replay_nonce = h.get("replay_nonce")
     if replay_nonce is not None and not isinstance(replay_nonce, str):
         raise _BadFrame("replay_nonce is not a string")
-    organization = h.get("organization") or ""
-    if not isinstance(organization, str):
-        raise _BadFrame("organization is not a string")
-    identity = delivery_identity(topic, body, organization)
+    identity = delivery_identity(values["topic"], body, values["organization"])
     delivery = Delivery(
-        organization=organization,
-        topic=topic,
         body=body,
         identity=identity if replay_nonce is None else replay_identity(identity, replay_nonce),
-        secret_label=_text(h, "secret_label"),
-        resource_type=_text(h, "resource_type"),
-        resource_id=_text(h, "resource_id"),
-        headers=_text_map(h.get("headers"), "headers") or {},
+        **values,
     )
     replay_of = h.get("replay_of")
     if replay_of is not None and (isinstance(replay_of, bool) or not isinstance(replay_of, int)):
         raise _BadFrame("replay_of is not a delivery id")
-    return Submission(delivery, now, replay_of, _text_map(h.get("trace_context"), "trace_context"))
-
-
-def _text(h: dict[str, Any], name: str) -> str:
-    value = h.get(name)
-    if not isinstance(value, str):
-        raise _BadFrame(f"{name} is not a string")
-    return value
-
-
-def _text_map(value: object, name: str) -> dict[str, str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise _BadFrame(f"{name} is not an object of strings")
-    return value
+    return Submission(delivery, now, replay_of, _text_map(h, "trace_context"))
 
 
 def encode_answer(result: Recorded | str) -> bytes:
@@ -307,7 +317,7 @@ class CommitClient:
     proves it holds the channel's key, else directly. One connection per thread (gunicorn's sync
     workers have one)."""
 
-    def __init__(self, store: Store, channel: Channel | None, *, timeout: float) -> None:
+    def __init__(self, store: IntakeStore, channel: Channel | None, *, timeout: float) -> None:
         self.store = store
         self.channel = channel
         self.timeout = timeout
@@ -441,7 +451,7 @@ class CommitWriter:
 
     def __init__(
         self,
-        store: Store,
+        store: IntakeStore,
         channel: Channel,
         *,
         max_body_bytes: int,

@@ -1,7 +1,7 @@
 """The scale-out store: PostgreSQL through psycopg 3 and a connection pool.
 
 Several web instances and workers share one database. The SQL of the contract lives in
-`store/sql.py`; here are the connection handling, the schema migrations (`webhook-app db
+`store/sql/`; here are the connection handling, the schema migrations (`webhook-app db
 upgrade`, guarded by an advisory lock so two migrators cannot collide) and a rate limiter shared
 by every worker. Jobs are claimed with `FOR UPDATE SKIP LOCKED`. A connection that fails, a pool
 that cannot hand out a connection within `pool_timeout`, or a server that is down becomes
@@ -17,8 +17,8 @@ import select
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -28,11 +28,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from webhook_app.config import RateLimit
 from webhook_app.errors import StoreUnavailable
-from webhook_app.events import Delivery
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, RateLimiter, earliest_slot
 from webhook_app.store.base import SCHEMA_VERSION, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import Cursorish, Row, SQLStore, delivery_values, job_order_id
+from webhook_app.store.sql import (
+    INSERT_DELIVERY,
+    Cursorish,
+    Row,
+    SQLStore,
+    delivery_values,
+    job_order_id,
+    schema_version_in,
+)
+from webhook_app.store.sql.dialect import POSTGRES
+from webhook_app.store.sql.postgres_claim import PostgresJobClaim
 
 MIGRATIONS = migrations("postgres")
 
@@ -70,11 +79,10 @@ def _pg(sql: str) -> str:
     return out
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(PostgresJobClaim, SQLStore):
     """Store on PostgreSQL. Connections are opened lazily, per process (after gunicorn forks)."""
 
-    claim_lock_clause = " FOR UPDATE SKIP LOCKED"
-    day_expression = "CAST(FLOOR(decided_at / 86400) AS BIGINT)"
+    dialect = POSTGRES
 
     def __init__(self, url: str, *, pool_size: int = 4, pool_timeout: float = 2.0, connect_timeout: int = 2) -> None:
         self.url = url
@@ -145,26 +153,18 @@ class PostgresStore(SQLStore):
             raise StoreUnavailable("PostgreSQL disk is full") from exc
 
     # --- intake: one round trip -----------------------------------------------------------
-    def record_delivery(
-        self,
-        delivery: Delivery,
-        *,
-        now: float,
-        replay_of: int | None = None,
-        trace_context: Mapping[str, str] | None = None,
-    ) -> Recorded:
-        """The delivery and its job in one statement (autocommit: atomic and durable on return)."""
-        with self._statement() as c:
-            recorded = self._insert_delivery(c, Submission(delivery, now, replay_of, trace_context))
-            if recorded.job_id is not None and not recorded.duplicate:
-                self._notify_job(c)
-        return recorded
-
     def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
         """The whole batch in one transaction (one commit record, one WAL flush), then one
-        notification for the workers."""
+        notification for the workers. One delivery is one statement in autocommit (atomic and
+        durable on return, without BEGIN and COMMIT round trips)."""
         if not batch:
             return []
+        if len(batch) == 1:
+            with self._statement() as c:
+                recorded = [self._insert_delivery(c, batch[0])]
+                if recorded[0].job_id is not None and not recorded[0].duplicate:
+                    self._notify_job(c)
+            return recorded
         with self._connect() as conn:
             with conn.transaction(), conn.cursor() as cur:
                 c = _Cursor(cur)
@@ -179,9 +179,7 @@ class PostgresStore(SQLStore):
         delivery, now = s.delivery, s.now
         status = "queued" if delivery.queued else "ignored"
         row = c.one(
-            "WITH d AS (INSERT INTO deliveries (identity, topic, resource_type, resource_id, order_id, received_at,"
-            " secret_label, headers, body, status, replay_of, organization) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (identity) DO NOTHING RETURNING id, order_id, topic, organization),"
+            f"WITH d AS ({INSERT_DELIVERY} RETURNING id, order_id, topic, organization),"  # nosec B608  # constants and ? placeholders only
             " j AS (INSERT INTO jobs (delivery_id, order_id, topic, state, attempts, next_attempt_at, created_at,"
             " updated_at, trace_context, organization) SELECT id, ?, topic, 'pending', 0, ?, ?, ?, ?, organization"
             " FROM d WHERE ?"
@@ -211,25 +209,12 @@ class PostgresStore(SQLStore):
         with self._tx() as c:
             c.run("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            current = int(row["v"]) if row and row["v"] is not None else 0
+            current = schema_version_in(c)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for ddl in MIGRATIONS[version - 1]:
                     c.run(ddl)
                 c.run("INSERT INTO schema_version (version) VALUES (?)", (version,))
         return SCHEMA_VERSION
-
-    def schema_version(self) -> int:
-        with self._tx(write=False) as c:
-            exists = c.one("SELECT to_regclass('schema_version') IS NOT NULL AS present")
-            if not exists or not exists["present"]:
-                return 0
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            return int(row["v"]) if row and row["v"] is not None else 0
-
-    def ping(self) -> None:
-        with self._tx(write=False) as c:
-            c.one("SELECT 1 AS ok")
 
     def reclaim(self) -> None:
         """Plain VACUUM (no table lock; reads and writes go on) of the tables a prune shrinks, so
@@ -295,7 +280,7 @@ class PostgresStore(SQLStore):
 
     # --- shared rate limit ----------------------------------------------------------------
     def rate_limiter(self, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time) -> RateLimiter:
-        return PostgresRateLimiter(self, limits, clock=clock)
+        return PostgresRateLimiter(self._tx, limits, clock=clock)
 
 
 class PostgresRateLimiter:
@@ -304,9 +289,14 @@ class PostgresRateLimiter:
     transaction serialised by an advisory lock on the key."""
 
     def __init__(
-        self, store: PostgresStore, limits: Sequence[RateLimit], *, clock: Callable[[], float] = time.time
+        self,
+        transaction: Callable[[], AbstractContextManager[Cursorish]],
+        limits: Sequence[RateLimit],
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
+        """`transaction`: opens one transaction on the database (the store's own, nothing else of it)."""
+        self.transaction = transaction
         self.limits = tuple(limits)
         self.clock = clock
         self.horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
@@ -315,7 +305,7 @@ class PostgresRateLimiter:
         if not self.limits:
             return 0.0
         bucket = "commercelayer"  # one budget for the whole integration (see README)
-        with self.store._tx() as c:
+        with self.transaction() as c:
             c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(bucket.encode()),))
             now = self.clock()
             c.run("DELETE FROM rate_limit_slots WHERE key = ? AND at <= ?", (bucket, now - self.horizon))

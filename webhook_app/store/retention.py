@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.config import Settings
-from webhook_app.store.base import Store
+from webhook_app.store.ports import Retention, Store
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class PruneReport:
 
 
 def prune(
-    store: Store, settings: Settings, *, now: float, dry_run: bool = False, max_batches: int = 1000
+    store: Retention, settings: Settings, *, now: float, dry_run: bool = False, max_batches: int = 1000
 ) -> PruneReport:
     """Prune in batches of `settings.prune_batch`, each its own short transaction."""
     bodies = deliveries = batches = 0
@@ -85,7 +85,7 @@ def redact_document(doc: Any, fields: Collection[str]) -> Any:
     return walk(doc, False)
 
 
-def redact(store: Store, settings: Settings, *, now: float, max_batches: int = 1000) -> int:
+def redact(store: Retention, settings: Settings, *, now: float, max_batches: int = 1000) -> int:
     """Redact the configured fields of settled bodies past `redact_after_days`; how many."""
     done = 0
     fields = frozenset(settings.redact_fields)

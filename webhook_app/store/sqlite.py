@@ -21,17 +21,17 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from webhook_app import wakeup
 from webhook_app.errors import StoreUnavailable
-from webhook_app.events import Delivery
 from webhook_app.store.base import SCHEMA_VERSION, Pruned, Recorded, Submission
 from webhook_app.store.schema import migrations
-from webhook_app.store.sql import Cursorish, Row, SQLStore
+from webhook_app.store.sql import Cursorish, Row, SQLStore, schema_version_in
+from webhook_app.store.sql.dialect import SQLITE
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class _Cursor(Cursorish):
 
 class SQLiteStore(SQLStore):
     """Store on a local SQLite file."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
         self.path = str(Path(path).expanduser()) if path != ":memory:" else path
@@ -145,8 +147,7 @@ class SQLiteStore(SQLStore):
     def migrate(self) -> int:
         with self._tx() as c:
             c.run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            current = int(row["v"]) if row and row["v"] is not None else 0
+            current = schema_version_in(c)
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for ddl in MIGRATIONS[version - 1]:
                     c.run(ddl)
@@ -154,18 +155,6 @@ class SQLiteStore(SQLStore):
                 c.run("DELETE FROM schema_version")
                 c.run("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         return SCHEMA_VERSION
-
-    def schema_version(self) -> int:
-        with self._tx(write=False) as c:
-            exists = c.one("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'")
-            if exists is None:
-                return 0
-            row = c.one("SELECT MAX(version) AS v FROM schema_version")
-            return int(row["v"]) if row and row["v"] is not None else 0
-
-    def ping(self) -> None:
-        with self._tx(write=False) as c:
-            c.one("SELECT 1")
 
     def check_writable(self) -> None:
         """Room on the filesystem for a few large deliveries, then a committed write. (SQLite
@@ -226,18 +215,6 @@ class SQLiteStore(SQLStore):
             pages = c.one("PRAGMA page_count")
             size = c.one("PRAGMA page_size")
         return int(pages["page_count"]) * int(size["page_size"]) if pages and size else 0
-
-    def record_delivery(
-        self,
-        delivery: Delivery,
-        *,
-        now: float,
-        replay_of: int | None = None,
-        trace_context: Mapping[str, str] | None = None,
-    ) -> Recorded:
-        recorded = super().record_delivery(delivery, now=now, replay_of=replay_of, trace_context=trace_context)
-        self._wake([recorded])
-        return recorded
 
     def record_deliveries(self, batch: Sequence[Submission]) -> list[Recorded]:
         recorded = super().record_deliveries(batch)

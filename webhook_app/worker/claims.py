@@ -2,7 +2,8 @@
 
 Two orders of one customer paying with the same card, handled by two workers at once, would both
 find the card missing from the wallet and both save it (two entries for one card). Before it
-decides to save, the worker claims the card in the store (`Store.claim_card`), keyed by the
+decides to save, the worker claims the card in the store, in the same transaction as the order's
+save action (`begin_save`, `Store.begin_save`: a busy card gives the action back), keyed by the
 organization, the customer and the card as the policy's `wallet_match` identifies it
 (`wallet.card_key`; the whole customer when the card cannot be identified). The claim is held from
 the decision to save until the save is verified or known to have failed (a save whose outcome is
@@ -17,13 +18,13 @@ from collections.abc import Sequence
 
 from webhook_app.events import Event
 from webhook_app.policy import wallet
-from webhook_app.store import CardClaim, Store
+from webhook_app.store import ActionClaim, CardClaim, Store
 
 # One Commerce Layer organization per deployment for now; the claim's key has room for more.
 ORGANIZATION = ""
 
 
-def claim_card(
+def begin_save(
     store: Store,
     event: Event,
     keys: Sequence[str],
@@ -33,16 +34,13 @@ def claim_card(
     lease_seconds: float,
     now: float,
     organization: str = ORGANIZATION,
-) -> CardClaim | None:
-    """Claim the save of the order's card for this order; None when the order has no customer
-    (no wallet, so nothing to share with another order)."""
+) -> tuple[ActionClaim, CardClaim | None]:
+    """The order's save action and, once it is acquired, its card (`claim_card`), in one
+    transaction (`Store.begin_save`): a busy card gives the action back in it."""
     customer = event.customer_id
-    if customer is None:
-        return None
-    return store.claim_card(
-        customer,
-        wallet.card_key(event.payment_source, keys),
-        order_id=event.order_id,
+    return store.begin_save(
+        event.order_id,
+        None if customer is None else (customer, wallet.card_key(event.payment_source, keys)),
         worker=worker,
         job_id=job_id,
         lease_seconds=lease_seconds,

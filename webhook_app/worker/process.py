@@ -22,7 +22,8 @@ from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, Decision
 from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
-from webhook_app.store import Job
+from webhook_app.store import ActionClaim, CardClaim, Job
+from webhook_app.worker import claims
 from webhook_app.worker.attempt import Attempt, Outcome
 from webhook_app.worker.reuse import use_wallet_entry
 from webhook_app.worker.save import save
@@ -102,25 +103,20 @@ def _handle(attempt: Attempt, handler: TopicHandler) -> Outcome:
 
 
 def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
-    """Claim the order's action, then save or reuse; a failed call releases the claim."""
-    job, action = attempt.job, decision.action
-    claim = attempt.store.begin_action(
-        job.order_id,
-        action,
-        worker=attempt.worker,
-        job_id=job.id,
-        lease_seconds=attempt.settings.lease_seconds,
-        now=attempt.clock(),
-        organization=job.organization,
-    )
+    """Claim the order's action (for a save, with the customer's card, in one transaction:
+    claims.py), then save or reuse; a failed call releases the claim."""
+    action = decision.action
+    claim, card = _claim(attempt, event, action)
     if claim.status == ClaimStatus.DONE:
         d = decision.guarded("already_flagged", "the order was already flagged for this action")
         return attempt.finish(d, DecisionOutcome.GUARDED, wallet_entry_id=claim.wallet_entry_id)
     if claim.status == ClaimStatus.BUSY:
         return attempt.defer(decision, "another worker is flagging this order")
+    if card is not None and card.status == ClaimStatus.BUSY:  # the action was given back with it
+        return attempt.defer(decision, f"order {card.holder} is saving this customer's card")
     try:
         if action == SAVE:
-            return save(attempt, event, decision, uncertain=claim.uncertain)
+            return save(attempt, event, decision, uncertain=claim.uncertain, fresh=card is None or card.fresh)
         return use_wallet_entry(attempt, event, decision, uncertain=claim.uncertain)
     except CommerceLayerError as exc:
         # An earlier attempt's uncertainty stands until an attempt ends the action: this
@@ -130,6 +126,33 @@ def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
         hold = attempt.clock() + attempt.settings.lease_seconds if uncertain else None
         attempt.release(action, uncertain=uncertain, hold_until=hold)
         return attempt.failed(decision, exc)
+
+
+def _claim(attempt: Attempt, event: Event, action: str) -> tuple[ActionClaim, CardClaim | None]:
+    """The order's action; for a save, and once the action is acquired, its card too, in the same
+    transaction (a busy card gives the action back in it)."""
+    job = attempt.job
+    if action == SAVE:
+        return claims.begin_save(
+            attempt.store,
+            event,
+            attempt.tenant.policy.wallet_match,
+            job_id=job.id,
+            worker=attempt.worker,
+            lease_seconds=attempt.settings.lease_seconds,
+            now=attempt.clock(),
+            organization=job.organization,
+        )
+    claim = attempt.store.begin_action(
+        job.order_id,
+        action,
+        worker=attempt.worker,
+        job_id=job.id,
+        lease_seconds=attempt.settings.lease_seconds,
+        now=attempt.clock(),
+        organization=job.organization,
+    )
+    return claim, None
 
 
 class BudgetExceeded(Exception):

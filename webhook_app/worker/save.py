@@ -20,8 +20,7 @@ from webhook_app.errors import CommerceLayerError
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, Decision, wallet
 from webhook_app.policy.guards import save_guards
-from webhook_app.states import ClaimStatus, DecisionOutcome
-from webhook_app.worker import claims
+from webhook_app.states import DecisionOutcome
 from webhook_app.worker.attempt import Attempt, Outcome
 
 log = logging.getLogger("webhook_app.worker")
@@ -30,28 +29,10 @@ log = logging.getLogger("webhook_app.worker")
 SAVED_WITHOUT_ENTRY = DecisionOutcome.SAVED_WITHOUT_ENTRY
 
 
-def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool) -> Outcome:
-    """Save the payment source to the wallet, unless it is there already: first the customer's
-    card is claimed for this order (claims.py); while another order is saving it, this job is
-    deferred (the action claim given back, `uncertain` as it was)."""
-    card = claims.claim_card(
-        attempt.store,
-        event,
-        attempt.tenant.policy.wallet_match,
-        job_id=attempt.job.id,
-        worker=attempt.worker,
-        lease_seconds=attempt.settings.lease_seconds,
-        now=attempt.clock(),
-        organization=attempt.job.organization,
-    )
-    if card is not None and card.status == ClaimStatus.BUSY:
-        attempt.release(SAVE, uncertain=uncertain)
-        return attempt.defer(decision, f"order {card.holder} is saving this customer's card")
-    return _save(attempt, event, decision, uncertain=uncertain, fresh=card is None or card.fresh)
-
-
-def _save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool, fresh: bool) -> Outcome:
-    """The save itself, the card claimed: read first unless the body tells, then PATCH and verify."""
+def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool, fresh: bool) -> Outcome:
+    """Save the payment source to the wallet, unless it is there already; the action and the
+    customer's card are claimed for this order (process.enforce, claims.py). Read first unless the
+    body tells (`fresh`: no other order of this card has saved it since), then PATCH and verify."""
     before = event
     look = wallet.look_up(event, attempt.tenant.policy.wallet_match)
     if uncertain or not look.known or not fresh:
