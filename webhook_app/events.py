@@ -270,7 +270,11 @@ def storable_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """`name`'s value, its case aside; tried as given, then as the WSGI environ spells it
+    (`X-Commercelayer-Topic`, what the intake passes), before a look at every header."""
     v = headers.get(name)
+    if v is None:
+        v = headers.get(name.title())
     if v is None:
         lower = name.lower()
         for k, val in headers.items():
