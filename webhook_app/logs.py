@@ -7,6 +7,7 @@ in a formatted line with `[redacted]`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -31,10 +32,20 @@ def mask_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: (m.group("pre") or m.group("qpre")) + "***", url)
 
 
+# What `json.dumps(out, default=str, separators=(",", ":"))` builds on every call, built once.
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(second: int) -> str:
+    """`2026-01-31T12:00:00`: the part of a line's time that the lines of one second share."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{_utc_second(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -44,7 +55,7 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return _ENCODER.encode(out)
 
 
 class SecretScrubber(logging.Filter):
