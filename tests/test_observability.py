@@ -276,3 +276,20 @@ def test_the_log_scrubber_redacts_secrets_and_tokens_wherever_they_are_and_leave
     kept = record("short bearer", None, a="abcdefgh12")
     scrubber.filter(kept)
     assert (kept.msg, kept.a) == ("short bearer", "abcdefgh12")
+
+
+def test_a_log_line_is_one_compact_json_object_with_the_time_to_the_millisecond():
+    import logging
+
+    from webhook_app.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    for created, ts in [(1_796_668_000.25, "2026-12-07T18:26:40.250Z"), (1_796_668_001.0, "2026-12-07T18:26:41.000Z")]:
+        r = logging.LogRecord("webhook_app.web.intake", logging.INFO, __file__, 1, "delivery %s", ("é",), None)
+        r.created, r.msecs = created, (created - int(created)) * 1000
+        r.__dict__.update({"topic": "orders.place", "delivery_id": 7, "replay": False, "when": object})
+        line = formatter.format(r)
+        assert line == (
+            f'{{"ts":"{ts}","level":"info","logger":"webhook_app.web.intake","event":"delivery \\u00e9",'
+            f'"topic":"orders.place","delivery_id":7,"replay":false,"when":"{object}"}}'
+        )
