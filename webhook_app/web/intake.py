@@ -52,7 +52,7 @@ ORG_PATH_PREFIX = PATH + "/"
 JSON_TYPES = frozenset({"application/json", "application/vnd.api+json"})
 _REPLAY_KEY = "HTTP_" + REPLAY_HEADER.upper().replace("-", "_")
 _SPAN_ATTRIBUTES = {"http.request.method": "POST", "http.route": PATH}
-_STATUS_LINES = {code: f"{code} {HTTPStatus(code).phrase}" for code in HTTPStatus}
+_STATUS_LINES: dict[int, str] = {int(code): f"{int(code)} {code.phrase}" for code in HTTPStatus}
 bp = Blueprint("intake", __name__)
 
 StartResponse = Callable[..., Any]
