@@ -170,6 +170,43 @@ def test_raw_json_depth_matches_the_decoded_depth():
         assert raw_json_depth(raw) == json_depth(json.loads(raw)), raw
 
 
+def test_raw_json_depth_of_deep_narrow_and_wide_documents():
+    """Peeling innermost pairs counts the depth of any shape: long chains (where it finishes
+    bracket by bracket), many of them side by side, wide flat arrays and a mix."""
+    from webhook_app.events import raw_json_depth
+
+    chain = b"[" * 700 + b"]" * 700
+    shapes = [
+        chain,
+        b"[" + b",".join([b"[" * 64 + b"]" * 64] * 300) + b"]",
+        b"[" + b",".join([b"[]"] * 5000) + b"]",
+        b'{"a":' + chain + b',"b":[' + b",".join([b'{"c":[1]}'] * 500) + b"]}",
+        b"[" + b",".join(b"[" * n + b"]" * n for n in range(1, 80)) + b"]",
+        b'[[[[[{"x":"[[[["}]]]],' + b"{}," * 50 + b"1]",
+    ]
+    for raw in shapes:
+        assert raw_json_depth(raw) == json_depth(json.loads(raw)), raw[:80]
+    # Only called on a body orjson accepted, but an unbalanced one must still end (no pass peels it).
+    for unbalanced in (b"[[[", b"][", b"[[]", b"{" * 20):
+        assert isinstance(raw_json_depth(unbalanced), int)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 64])
+def test_depth_limit_accepts_exactly_the_limit_and_refuses_one_more(limit):
+    def doc(depth):  # `data` and its `attributes` are two levels; `a` adds the rest
+        inner = b"[" * (depth - 3) + b"]" * (depth - 3) if depth > 3 else b"1"
+        return b'{"data":{"id":"x","type":"orders","attributes":{"a":' + inner + b"}}}"
+
+    for depth in (3, 4, 10, 63, 64, 65, 66):
+        raw = doc(depth)
+        assert json_depth(json.loads(raw)) == depth
+        if depth > limit:
+            with pytest.raises(InvalidPayload, match=f"deeper than {limit}"):
+                parse_document(raw, max_depth=limit)
+        else:
+            assert parse_document(raw, max_depth=limit)["data"]["id"] == "x"
+
+
 # --- topics: every one Commerce Layer sends is accepted, invented ones are refused ----------------
 
 REFERENCE_TOPICS = Path("/work/shared/commercelayer/topics.json")

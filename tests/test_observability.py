@@ -237,3 +237,59 @@ def test_the_dashboard_shows_wallet_activity_from_exported_metrics(sqlite_store)
     wallet = [p for p in board["panels"] if "webhook_app_wallet_" in json.dumps(p.get("targets", []))]
     used = {n for p in wallet for t in p["targets"] for n in NAME.findall(t["expr"])}
     assert {"webhook_app_wallet_activity_total", "webhook_app_wallet_expired_entries"} <= used <= exported
+
+
+def test_the_log_scrubber_redacts_secrets_and_tokens_wherever_they_are_and_leaves_clean_lines_alone():
+    """A line with nothing to redact is checked once (its message and fields joined); a secret or
+    a bearer token in the message, its arguments or any string field is still replaced."""
+    import logging
+
+    from webhook_app.logs import SecretScrubber
+
+    scrubber = SecretScrubber(["s3cr3t-value", "short", "another-secret"])
+
+    def record(msg, args=None, **fields):
+        r = logging.LogRecord("t", logging.INFO, __file__, 1, msg, args, None)
+        r.__dict__.update(fields)
+        return r
+
+    clean = record("delivery %s", ("d1",), topic="orders.place", order_id=None, delivery_id=7, replay=False)
+    assert scrubber.filter(clean) and clean.msg == "delivery d1" and clean.args is None
+    assert (clean.topic, clean.order_id, clean.delivery_id, clean.replay) == ("orders.place", None, 7, False)
+
+    dirty = record(
+        "sent %s",
+        ("s3cr3t-value",),
+        detail="upstream said another-secret",
+        auth="Bearer abcdefgh12345",
+        note="ok",
+        count=3,
+    )
+    scrubber.filter(dirty)
+    assert dirty.msg == "sent [redacted]" and dirty.detail == "upstream said [redacted]"
+    assert dirty.auth == "Bearer [redacted]" and dirty.note == "ok" and dirty.count == 3
+    # the token is found at the start of a field, the secret at its end, each field on its own
+    edges = record("x", None, a="bearer abcdefgh1", b="tail s3cr3t-value")
+    scrubber.filter(edges)
+    assert (edges.a, edges.b) == ("bearer [redacted]", "tail [redacted]")
+    # `short` (under 6 characters) is no secret, and a line that only looks split is left alone
+    kept = record("short bearer", None, a="abcdefgh12")
+    scrubber.filter(kept)
+    assert (kept.msg, kept.a) == ("short bearer", "abcdefgh12")
+
+
+def test_a_log_line_is_one_compact_json_object_with_the_time_to_the_millisecond():
+    import logging
+
+    from webhook_app.logs import JsonFormatter
+
+    formatter = JsonFormatter()
+    for created, ts in [(1_796_668_000.25, "2026-12-07T18:26:40.250Z"), (1_796_668_001.0, "2026-12-07T18:26:41.000Z")]:
+        r = logging.LogRecord("webhook_app.web.intake", logging.INFO, __file__, 1, "delivery %s", ("é",), None)
+        r.created, r.msecs = created, (created - int(created)) * 1000
+        r.__dict__.update({"topic": "orders.place", "delivery_id": 7, "replay": False, "when": object})
+        line = formatter.format(r)
+        assert line == (
+            f'{{"ts":"{ts}","level":"info","logger":"webhook_app.web.intake","event":"delivery \\u00e9",'
+            f'"topic":"orders.place","delivery_id":7,"replay":false,"when":"{object}"}}'
+        )

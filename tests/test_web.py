@@ -406,3 +406,32 @@ def test_an_error_is_answered_alike_by_the_intake_and_by_flasks_routes(settings_
     refused = [r for r in caplog.records if r.getMessage() == "request refused"]
     assert [(r.levelname, r.error, r.status) for r in refused] == [("WARNING", "StoreUnavailable", 503)] * 2
     assert [r.path for r in refused] == ["/webhooks/commercelayer", "/boom"]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "12", "HTTP_X_COMMERCELAYER_TOPIC": "orders.place"},
+        {"CONTENT_TYPE": "", "CONTENT_LENGTH": "", "HTTP_USER_AGENT": "cl", "HTTP_X_REQUEST_ID": "r-1"},
+        # gunicorn puts both in the environ without HTTP_; a client's own copies are not headers
+        {"HTTP_CONTENT_TYPE": "text/plain", "HTTP_CONTENT_LENGTH": "9", "HTTP_ACCEPT": "*/*"},
+        {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/webhooks/commercelayer",
+            "wsgi.input": None,
+            "HTTP_X_FORWARDED_FOR": "10.0.0.1, 10.0.0.2",
+            "HTTP_X_COMMERCELAYER_SIGNATURE": "abc=",
+            "HTTP_X_WEBHOOK_APP_REPLAY": "tok",
+            "HTTP_": "empty name",
+            "SERVER_NAME": "x",
+        },
+    ],
+)
+def test_the_intake_reads_headers_as_werkzeug_does(environ):
+    from werkzeug.datastructures import EnvironHeaders
+
+    from webhook_app.web.intake import environ_headers
+
+    assert environ_headers(environ) == dict(EnvironHeaders(environ))
+    assert list(environ_headers(environ)) == list(dict(EnvironHeaders(environ)))

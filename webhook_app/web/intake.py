@@ -24,7 +24,6 @@ from typing import IO, Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify
 from gunicorn.http.errors import NoMoreData, ParseException
-from werkzeug.datastructures import EnvironHeaders
 
 from webhook_app import metrics, tracing
 from webhook_app.commercelayer import credentials
@@ -53,6 +52,7 @@ ORG_PATH_PREFIX = PATH + "/"
 JSON_TYPES = frozenset({"application/json", "application/vnd.api+json"})
 _REPLAY_KEY = "HTTP_" + REPLAY_HEADER.upper().replace("-", "_")
 _SPAN_ATTRIBUTES = {"http.request.method": "POST", "http.route": PATH}
+_STATUS_LINES: dict[int, str] = {int(code): f"{int(code)} {code.phrase}" for code in HTTPStatus}
 bp = Blueprint("intake", __name__)
 
 StartResponse = Callable[..., Any]
@@ -92,7 +92,7 @@ class Intake:
         rid = request_id_from(environ.get("HTTP_X_REQUEST_ID", ""))
         extra: list[tuple[str, str]] = []
         try:
-            headers = dict(EnvironHeaders(environ))
+            headers = environ_headers(environ)
             parent = headers if tracing.enabled() else None
             with tracing.span("webhook intake", kind="server", parent=parent, attributes=_SPAN_ATTRIBUTES):
                 status, payload = self._accept(environ, headers, rid)
@@ -104,10 +104,10 @@ class Intake:
             payload = error_body(500, "Internal Server Error", "The server could not handle the delivery.")
         finally:
             metrics.INTAKE_SECONDS.observe(time.perf_counter() - started)
-        metrics.INTAKE_RESPONSES.labels(str(status)).inc()
+        counter(metrics.INTAKE_RESPONSES, str(status)).inc()
         body = orjson.dumps(payload) + b"\n"
         start_response(
-            f"{status} {HTTPStatus(status).phrase}",
+            _STATUS_LINES[status],
             [
                 ("Content-Type", "application/json"),
                 ("Content-Length", str(len(body))),
@@ -161,15 +161,10 @@ class Intake:
                 "organization": org.label,
             },
         )
-        metrics.DELIVERIES.labels(
-            delivery.topic,
-            "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status,
-        ).inc()
+        outcome = "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status
+        counter(metrics.DELIVERIES, delivery.topic, outcome).inc()
         if s.organizations is not None and s.organizations.agency:
-            metrics.ORG_DELIVERIES.labels(
-                org.slug,
-                "replay" if replay_token and status == "queued" else "accepted" if status == "queued" else status,
-            ).inc()
+            counter(metrics.ORG_DELIVERIES, org.slug, outcome).inc()
         answer = {
             "status": "accepted" if status == "queued" else status,
             "delivery_id": recorded.delivery_id,
@@ -198,6 +193,29 @@ class Intake:
         answer = refusal(exc, request_id=rid, path=PATH, **source)
         headers.extend(answer.headers)
         return answer.status, answer.body
+
+
+def environ_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers by name, as `dict(werkzeug.datastructures.EnvironHeaders(environ))`
+    gives them (`X-Commercelayer-Topic`; `Content-Type` and `Content-Length` when not empty) in
+    one pass over the environ, without werkzeug's per-key lookups."""
+    out: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key != "HTTP_CONTENT_TYPE" and key != "HTTP_CONTENT_LENGTH":
+                out[key[5:].replace("_", "-").title()] = value
+        elif (key == "CONTENT_TYPE" or key == "CONTENT_LENGTH") and value:
+            out[key.replace("_", "-").title()] = value
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def counter(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once per label values: prometheus_client checks and
+    locks on every `labels` call, and the intake counts two or three times per delivery. The
+    labels are bounded (status codes, accepted topics, outcomes, configured organizations); the
+    cache bounds them anyway."""
+    return metric.labels(*labels)
 
 
 def check_source(sources: Sources, environ: dict[str, Any]) -> None:
