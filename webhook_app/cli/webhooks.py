@@ -18,7 +18,7 @@ from webhook_app.cli.common import (
 def cmd_watch(args: argparse.Namespace) -> int:
     """One look by the circuit guard: each circuit, a warning for a rising count, and with
     WEBHOOK_APP_CIRCUIT_AUTO_RESET (unless --dry-run) the reset and backfill of an open circuit."""
-    from webhook_app.ops.circuit import CircuitGuard, intake_health
+    from webhook_app.ops.circuit import NO_HEALTH_URL, CircuitGuard, intake_health
     from webhook_app.policy import load_policy
 
     settings, organization = load_organization_for(args)  # agency mode: the backfill is queued under it
@@ -45,6 +45,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if check.error:
         print(f"error: {check.error}")
         return 1
+    unchecked = None if settings.circuit_health_url else NO_HEALTH_URL
+    if check.unhealthy and unchecked is not None and not args.json:
+        print(unchecked)
     for c in check.circuits:
         backfilled = check.backfilled.get(c.webhook_id)
         row: dict[str, Any] = {
@@ -67,7 +70,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if backfilled is not None:
             notes.append(f"backfilled {len(backfilled)} orders")
         if c.open and not row["reset"]:
-            notes.append("intake not healthy" if check.unhealthy else "left open")
+            notes.append(
+                ("intake not healthy" if unchecked is None else "intake not checked")
+                if check.unhealthy
+                else "left open"
+            )
         print(f"{c.webhook_id}  {c.topic:<28} circuit={c.state} failures={c.failures}  {' '.join(notes)}".rstrip())
     return 0
 
