@@ -42,7 +42,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     sp = sub.add_parser(
-        "doctor", help="check settings, database, secrets, policy, credentials, webhooks and worker (reads only)"
+        "doctor",
+        help="check settings, database, secrets, policy, credentials, webhooks, worker and callback URL (reads only)",
     )
     sp.add_argument("--callback-url", required=True, help="the public intake URL the webhooks must point at")
     sp.add_argument("--json", action="store_true", help="one JSON object per check")

@@ -86,6 +86,7 @@ class Doctor:
                 yield _not_checked("worker", "the database is not reachable")
             else:
                 yield _worker_check(store, now=self.now())
+            yield callback_check(self.callback_url)
         finally:
             if store is not None:
                 store.close()
@@ -129,6 +130,30 @@ def _secrets_check(settings: Settings) -> Check:
         )
     labels = ", ".join(s.label for s in settings.webhook_secrets)
     return Check("webhook secrets", True, f"{len(settings.webhook_secrets)} configured ({labels})")
+
+
+def callback_check(url: str, *, timeout: float = 5.0) -> Check:
+    """Does anything answer at the callback URL? A GET, which the intake answers 405 (it takes
+    POSTs only); a connection error, a timeout, a 404 or a 5xx (a proxy whose service is down) is
+    a cross: Commerce Layer's deliveries there would fail."""
+    import urllib.error
+    import urllib.request
+
+    fix = "start `webhook-app serve` (or `web`) and check that this URL reaches it"
+    if not url.startswith(("http://", "https://")):
+        return Check("callback URL", False, f"{url} is not an http(s) URL", "pass the public intake URL")
+    try:
+        # nosec B310: http(s) checked above; doctor is run by the operator with their own URL
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  # nosec B310
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Check("callback URL", False, f"{url} does not answer: {reason}", fix)
+    if status == 404 or status >= 500:
+        return Check("callback URL", False, f"{url} answers {status} to a GET (the intake answers 405)", fix)
+    return Check("callback URL", True, f"{url} answers ({status} to a GET; the intake takes POSTs)")
 
 
 def _worker_check(store: Store, *, now: float) -> Check:
