@@ -70,6 +70,9 @@ class Organization:
     policy_path: Path
     mode: str  # enforce | shadow
     scope: str = ""
+    #: where its webhook secrets are set, as commands name it to the operator: the variable
+    #: (`webhook_secrets_env`), else the file (`webhook_secrets_file`)
+    secrets_source: str = "CL_WEBHOOK_SECRETS"
 
     @property
     def shadow(self) -> bool:
@@ -251,6 +254,7 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         policy_path=policy_path,
         mode=mode,
         scope=table.get("scope", ""),
+        secrets_source=table.get("webhook_secrets_env") or str(table.get("webhook_secrets_file", "")),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from webhook_app.config import Settings
-from webhook_app.errors import ConfigError, UsageError
+from webhook_app.errors import ConfigError, UsageError, WebhookAppError
 from webhook_app.logs import configure_logging, settings_secrets
 from webhook_app.timefmt import parse_since
 
@@ -62,6 +62,21 @@ def load_organization_for(args: argparse.Namespace) -> tuple[Settings, str]:
         return settings, IMPLICIT
     org = load_organizations(settings).pick(slug)
     return org.settings(settings), org.slug
+
+
+def webhook_secrets_name(args: argparse.Namespace) -> str:
+    """Where the organization `--org` names takes its webhook secrets, as the operator is told to
+    set them: `CL_WEBHOOK_SECRETS`, or in agency mode its `webhook_secrets_env` variable (or
+    file). A mistake in the settings is left to the command to report."""
+    from webhook_app.organizations import load_organizations
+
+    try:
+        settings = load_settings()
+        if settings.organizations_path is None and getattr(args, "org", None) is None:
+            return "CL_WEBHOOK_SECRETS"
+        return load_organizations(settings).pick(getattr(args, "org", None)).secrets_source
+    except WebhookAppError:
+        return "CL_WEBHOOK_SECRETS"
 
 
 def stored_organization(args: argparse.Namespace, settings: Settings) -> str | None:

@@ -7,7 +7,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.cli.common import add_org_argument, commerce_layer_client, load_settings_for, open_checked_store
+from webhook_app.cli.common import (
+    add_org_argument,
+    commerce_layer_client,
+    load_settings_for,
+    open_checked_store,
+    webhook_secrets_name,
+)
 
 if TYPE_CHECKING:
     from webhook_app.config import Settings
@@ -30,6 +36,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         load_policy=_policy,
         make_client=commerce_layer_client,
         now=time.time,
+        secrets_name=webhook_secrets_name(args),
     )
     failed = 0
     for check in doctor.run():

@@ -12,6 +12,7 @@ from webhook_app.cli.common import (
     load_organization_for,
     load_settings_for,
     open_checked_store,
+    webhook_secrets_name,
 )
 
 
@@ -106,7 +107,11 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 if p.shared_secret:
                     secrets.append(f"{p.topic.replace('.', '-')}:{p.shared_secret}")
             if secrets:
-                print(f"\nSet this on the service (keep it secret):\nCL_WEBHOOK_SECRETS={','.join(secrets)}")
+                name = webhook_secrets_name(args)
+                if name.isidentifier():  # a variable (agency mode: the organization's own)
+                    print(f"\nSet this on the service (keep it secret):\n{name}={','.join(secrets)}")
+                else:  # agency mode: the organization's webhook_secrets_file
+                    print(f"\nWrite this to {name} (keep it secret):\n{','.join(secrets)}")
             return 0
         if args.reset:
             client.reset_webhook_circuit(args.reset)

@@ -57,6 +57,8 @@ class Doctor:
     load_policy: Callable[[Settings], Policy]
     make_client: Callable[[Settings], CommerceLayerClient]
     now: Callable[[], float]
+    #: where the webhook secrets are set (agency mode: the organization's own variable)
+    secrets_name: str = "CL_WEBHOOK_SECRETS"
 
     def run(self) -> Iterator[Check]:
         try:
@@ -74,7 +76,7 @@ class Doctor:
         except WebhookAppError as exc:
             yield Check("database", False, str(exc), _database_fix(settings))
         try:
-            yield _secrets_check(settings)
+            yield _secrets_check(settings, self.secrets_name)
             policy = None
             try:
                 policy = self.load_policy(settings)
@@ -115,18 +117,20 @@ class Doctor:
             except WebhookAppError as exc:
                 yield Check("webhooks", False, f"cannot list the webhooks: {exc}", "check CL_API_BASE")
                 return
-            yield from webhook_checks(hooks, settings=settings, policy=policy, callback_url=self.callback_url)
+            yield from webhook_checks(
+                hooks, settings=settings, policy=policy, callback_url=self.callback_url, secrets_name=self.secrets_name
+            )
         finally:
             client.close()
 
 
-def _secrets_check(settings: Settings) -> Check:
+def _secrets_check(settings: Settings, name: str = "CL_WEBHOOK_SECRETS") -> Check:
     if not settings.webhook_secrets:
         return Check(
             "webhook secrets",
             False,
             "none: every delivery would be refused with 401",
-            "set CL_WEBHOOK_SECRETS to the shared secrets `webhooks register` printed",
+            f"set {name} to the shared secrets `webhooks register` printed",
         )
     labels = ", ".join(s.label for s in settings.webhook_secrets)
     return Check("webhook secrets", True, f"{len(settings.webhook_secrets)} configured ({labels})")
@@ -175,7 +179,12 @@ def _worker_check(store: Store, *, now: float) -> Check:
 
 
 def webhook_checks(
-    hooks: list[dict[str, Any]], *, settings: Settings, policy: Policy | None, callback_url: str
+    hooks: list[dict[str, Any]],
+    *,
+    settings: Settings,
+    policy: Policy | None,
+    callback_url: str,
+    secrets_name: str = "CL_WEBHOOK_SECRETS",
 ) -> Iterator[Check]:
     """What the registered webhooks must be for the policy's orders to reach this service."""
     from webhook_app.ops.registration import plan
@@ -232,10 +241,10 @@ def webhook_checks(
             "webhook signing",
             False,
             f"signed with a secret the service does not have: {', '.join(unknown)}",
-            "add each webhook's shared_secret to CL_WEBHOOK_SECRETS",
+            f"add each webhook's shared_secret to {secrets_name}",
         )
     else:
-        yield Check("webhook signing", True, "each signs with a secret in CL_WEBHOOK_SECRETS")
+        yield Check("webhook signing", True, f"each signs with a secret in {secrets_name}")
 
 
 def _known_secret(hook: Mapping[str, Any], settings: Settings) -> bool:
