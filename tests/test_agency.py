@@ -246,3 +246,22 @@ def test_the_start_lines_name_each_organizations_path_mode_policy_and_secrets(ag
     [started] = [r for r in caplog.records if r.message == "worker started"]
     assert started.mode == "agency"
     assert started.organizations == {"acme": "enforce", "globex": "shadow", "initech": "enforce"}
+
+
+def test_an_organization_without_its_webhook_secrets_is_not_ready_and_the_others_go_on(
+    agency, sqlite_store, clock, monkeypatch
+) -> None:
+    """Secrets come out of `webhooks register`: an organization whose variable is not set yet is
+    not ready (401 to its deliveries, /readyz 503 naming it and the variable), as one
+    organization without CL_WEBHOOK_SECRETS, instead of stopping the whole deployment."""
+    monkeypatch.delenv("GLOBEX_WEBHOOK_SECRETS")
+    http = create_app(agency.settings, store=sqlite_store, clock=clock).test_client()
+    r = http.get("/readyz")
+    assert r.status_code == 503, r.get_json()
+    said = r.get_json()["checks"]["webhook_secrets"]
+    assert "organization globex: no webhook secret configured: set GLOBEX_WEBHOOK_SECRETS" in said
+    assert "acme" not in said and "initech" not in said
+    for slug, status in (("acme", 202), ("globex", 401)):
+        body = order_body(f"ord-{slug}")
+        headers = signed_headers(body, secret=SECRETS[slug])
+        assert http.post(f"/webhooks/commercelayer/{slug}", data=body, headers=headers).status_code == status

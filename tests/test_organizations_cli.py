@@ -155,3 +155,17 @@ def test_register_and_doctor_name_the_organizations_own_secrets_variable(two_org
     r = run(env, "doctor", "--org", "acme", "--callback-url", callback)
     signing = next(line for line in r.stdout.splitlines() if "webhook signing" in line)
     assert "ACME_WEBHOOK_SECRETS" in signing and " CL_WEBHOOK_SECRETS" not in signing, signing
+
+
+def test_commands_run_before_the_webhook_secrets_exist_and_need_no_other_organizations(two_organizations) -> None:
+    """Setup order: `webhooks register` is what prints the secrets, so neither acme's nor
+    globex's being unset stops registering acme (globex's are no business of acme's)."""
+    callback = "http://127.0.0.1:9/webhooks/commercelayer/acme"
+    r = run(two_organizations, "webhooks", "register", "--org", "acme", "--callback-url", callback, "--dry-run")
+    assert r.returncode == 0 and "would create" in r.stdout, r.stderr
+    r = run(two_organizations, "webhooks", "register", "--org", "acme", "--callback-url", callback)
+    assert r.returncode == 0 and "\nACME_WEBHOOK_SECRETS=" in r.stdout, r.stderr
+    run(two_organizations, "db", "upgrade")
+    r = run(two_organizations, "doctor", "--org", "acme", "--callback-url", callback)
+    line = next(x for x in r.stdout.splitlines() if "webhook secrets" in x)
+    assert line.startswith("\u2717") and "set ACME_WEBHOOK_SECRETS" in line, r.stdout + r.stderr

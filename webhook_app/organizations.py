@@ -16,8 +16,10 @@ hold them. Without the file, today's variables describe one organization, the *i
 whose slug is `""` (every row stored before agency mode belongs to it).
 
 `load_organizations(settings, environ)` checks everything at start: an unknown key, a variable
-that is not set, a policy that does not load, two organizations sharing a webhook secret (compared
-in constant time), a bad slug. Each mistake is one ConfigError naming the organization and the key.
+that is not set (but for the webhook secrets': an organization without them is only not ready,
+as they come from `webhooks register`), a policy that does not load, two organizations sharing a
+webhook secret (compared in constant time), a bad slug. Each mistake is one ConfigError naming
+the organization and the key.
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ class Organizations:
     def slugs(self) -> tuple[str, ...]:
         return tuple(self.by_slug)
 
+    def not_ready_reasons(self) -> list[str]:
+        """Agency mode: each organization whose webhook secrets are not set (every delivery to it
+        is refused with 401 until they are); the implicit one's are the settings' to report."""
+        if not self.agency:
+            return []
+        return [
+            f"organization {o.slug}: no webhook secret configured: set {o.secrets_source} to the shared"
+            " secrets `webhooks register` printed; until then every delivery to it is refused with 401"
+            for o in self
+            if not o.secrets
+        ]
+
     def pick(self, slug: str | None) -> Organization:
         """The organization a command's `--org SLUG` names; without it, the only one there is.
         ConfigError (one line) for an unknown slug or a missing `--org` in agency mode."""
@@ -197,13 +211,13 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         if not isinstance(value, str):
             raise ConfigError(f"{where} {key}", "must be a string")
 
-    def secret(name: str, *, required: bool) -> str:
+    def secret(name: str, *, required: bool, unset_ok: bool = False) -> str:
         by_env, by_file = table.get(f"{name}_env"), table.get(f"{name}_file")
         if by_env and by_file:
             raise ConfigError(f"{where} {name}_env", f"give {name}_env or {name}_file, not both")
         if by_env:
             value = env.get(by_env, "").strip()
-            if not value:
+            if not value and not unset_ok:
                 raise ConfigError(f"{where} {name}_env", f"the variable {by_env} is not set")
             return value
         if by_file:
@@ -221,7 +235,10 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         return ""
 
     try:
-        secrets = parse_secrets(secret("webhook_secrets", required=True))
+        # Not set yet (`webhooks register` prints them): the organization is not ready (401 to its
+        # deliveries, /readyz names it), as a single organization without CL_WEBHOOK_SECRETS.
+        given = secret("webhook_secrets", required=True, unset_ok=True)
+        secrets = parse_secrets(given) if given else ()
     except ValueError as exc:  # never the value
         raise ConfigError(f"{where} webhook_secrets_env", str(exc)) from None
     client_id = table.get("client_id", "").strip()

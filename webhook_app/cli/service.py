@@ -71,11 +71,11 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
-    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
+    orgs = load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
     if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
         check_can_listen(args.bind or DEFAULT_BIND)
-    for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once
+    for reason in settings.not_ready_reasons() + orgs.not_ready_reasons():  # `web` has no banner: its log says it once
         log.error("not ready: %s", reason)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
