@@ -115,7 +115,8 @@ def configuration_page() -> str:
         meta = f.metadata
         if meta["default_doc"]:
             default = meta["default_doc"]
-            default = default if default.startswith("`") else f"*({default})*"
+            # a doc already set in italics (`*(...)*`) or code is kept as it is, never wrapped twice
+            default = default if default.startswith(("`", "*(")) else f"*({default})*"
         else:
             value = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             default = _default_text(value)
@@ -147,8 +148,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argpars
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     rows = []
     for a in parser._actions:
-        if isinstance(a, argparse._SubParsersAction | argparse._HelpAction):
-            continue
+        if isinstance(a, argparse._SubParsersAction | argparse._HelpAction) or a.help == argparse.SUPPRESS:
+            continue  # a suppressed option (`--secret`, refused with the reason) is left out, as `--help` does
         if a.option_strings:
             name = ", ".join(f"`{o}`" for o in a.option_strings)
             if a.nargs != 0:
