@@ -210,6 +210,7 @@ def test_refused_credentials_name_the_variable_and_the_webhooks_are_not_passed(h
     assert code == 1
     assert failed(checks) == {"credentials", "webhooks"}
     assert "CL_CLIENT_SECRET" in checks["credentials"]["fix"]
+    assert "CL_CLIENT_SECRET" not in checks["credentials"]["detail"]  # said once, in the fix
     assert checks["webhooks"]["detail"].startswith("not checked")
 
 

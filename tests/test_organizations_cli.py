@@ -169,3 +169,15 @@ def test_commands_run_before_the_webhook_secrets_exist_and_need_no_other_organiz
     r = run(two_organizations, "doctor", "--org", "acme", "--callback-url", callback)
     line = next(x for x in r.stdout.splitlines() if "webhook secrets" in x)
     assert line.startswith("\u2717") and "set ACME_WEBHOOK_SECRETS" in line, r.stdout + r.stderr
+
+
+def test_doctor_without_org_in_agency_mode_is_one_line_naming_the_argument(stored) -> None:
+    _, env = stored
+    r = run(env, "doctor", "--callback-url", "http://127.0.0.1:9/webhooks/commercelayer/acme")
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines == [
+        "\u2717 organization: --org: name one of the organizations: acme, globex"
+        " (fix: pass --org SLUG: doctor checks one organization)",
+        "1 checks failed",
+    ], r.stdout

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.errors import WebhookAppError
+from webhook_app.errors import ConfigError, WebhookAppError
 
 if TYPE_CHECKING:
     from webhook_app.commercelayer.client import CommerceLayerClient
@@ -64,6 +64,9 @@ class Doctor:
         try:
             settings = self.load_settings()
         except WebhookAppError as exc:
+            if isinstance(exc, ConfigError) and exc.name == "--org":  # agency mode: an argument, not a variable
+                yield Check("organization", False, str(exc), "pass --org SLUG: doctor checks one organization")
+                return
             yield Check("settings", False, str(exc), "correct the variable named above")
             for name in ("database", "webhook secrets", "policy", "credentials", "webhooks", "worker"):
                 yield _not_checked(name, "the settings are not valid")
@@ -108,7 +111,9 @@ class Doctor:
             try:
                 client.access_token()
             except WebhookAppError as exc:
-                yield Check("credentials", False, str(exc), _credentials_fix(exc, settings))
+                # a refusal's text ends with the settings to check: said once, as the fix
+                detail = str(exc).removesuffix(f": check {getattr(exc, 'fix', '')}")
+                yield Check("credentials", False, detail, _credentials_fix(exc, settings))
                 yield _not_checked("webhooks", "Commerce Layer did not accept the credentials")
                 return
             yield Check("credentials", True, f"Commerce Layer accepted client {settings.cl_client_id}")
