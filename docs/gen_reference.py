@@ -69,7 +69,8 @@ LIBRARY_VARIABLES: tuple[tuple[str, str, str], ...] = (
         "where the processes of one host keep their metric counters; set it only to choose the place (it is read"
         " by prometheus_client when first imported; a directory you name is kept, so empty it between runs). A"
         " gunicorn worker that exits is marked dead in it (`mark_process_dead`, from gunicorn's `child_exit` hook,"
-        " before a config file's own)",
+        " before a config file's own). A directory of another user's that every user may write in is refused"
+        " at start, in one line",
     ),
 )
 
@@ -133,7 +134,8 @@ def configuration_page() -> str:
             meta = f.metadata
             if meta["default_doc"]:
                 default = meta["default_doc"]
-                default = default if default.startswith("`") else f"*({default})*"
+                # a doc already set in italics (`*(...)*`) or code is kept as it is, never wrapped twice
+                default = default if default.startswith(("`", "*(")) else f"*({default})*"
             else:
                 value = f.default if f.default is not MISSING else f.default_factory()
                 default = _default_text(value)
@@ -164,8 +166,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argpars
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     rows = []
     for a in parser._actions:
-        if isinstance(a, argparse._SubParsersAction | argparse._HelpAction):
-            continue
+        if isinstance(a, argparse._SubParsersAction | argparse._HelpAction) or a.help == argparse.SUPPRESS:
+            continue  # a suppressed option (`--secret`, refused with the reason) is left out, as `--help` does
         if a.option_strings:
             name = ", ".join(f"`{o}`" for o in a.option_strings)
             if a.nargs != 0:

@@ -222,3 +222,46 @@ def test_the_admin_page_lists_each_deliverys_organization_and_filters_by_it(agen
     assert all(f'<td class="org">{slug}</td>' in html for slug in SLUGS)
     only = page.get("/admin/?organization=globex").get_data(as_text=True)
     assert '<td class="org">globex</td>' in only and '<td class="org">acme</td>' not in only
+
+
+def test_the_start_lines_name_each_organizations_path_mode_policy_and_secrets(agency, capsys, caplog) -> None:
+    """`serve`'s banner and the worker's first line in agency mode: the deployment's own `CL_*`,
+    policy and mode describe no organization, so each organization is named with its own."""
+    import logging
+    import threading
+
+    from webhook_app.cli.service import announce
+
+    announce(agency.settings, "127.0.0.1:8100", agency.orgs)
+    banner = capsys.readouterr().err
+    assert "agency mode: 3 organizations" in banner
+    assert "/webhooks/commercelayer\n" not in banner and "no Commerce Layer credentials set" not in banner
+    assert "  acme: /webhooks/commercelayer/acme  mode: enforce  policy: " in banner
+    assert "  globex: /webhooks/commercelayer/globex  mode: shadow  " in banner
+    assert banner.count("webhook secrets: 1") == 3
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.INFO, logger="webhook_app.worker"):
+        agency.worker().run(stop)
+    [started] = [r for r in caplog.records if r.message == "worker started"]
+    assert started.mode == "agency"
+    assert started.organizations == {"acme": "enforce", "globex": "shadow", "initech": "enforce"}
+
+
+def test_an_organization_without_its_webhook_secrets_is_not_ready_and_the_others_go_on(
+    agency, sqlite_store, clock, monkeypatch
+) -> None:
+    """Secrets come out of `webhooks register`: an organization whose variable is not set yet is
+    not ready (401 to its deliveries, /readyz 503 naming it and the variable), as one
+    organization without CL_WEBHOOK_SECRETS, instead of stopping the whole deployment."""
+    monkeypatch.delenv("GLOBEX_WEBHOOK_SECRETS")
+    http = create_app(agency.settings, store=sqlite_store, clock=clock).test_client()
+    r = http.get("/readyz")
+    assert r.status_code == 503, r.get_json()
+    said = r.get_json()["checks"]["webhook_secrets"]
+    assert "organization globex: no webhook secret configured: set GLOBEX_WEBHOOK_SECRETS" in said
+    assert "acme" not in said and "initech" not in said
+    for slug, status in (("acme", 202), ("globex", 401)):
+        body = order_body(f"ord-{slug}")
+        headers = signed_headers(body, secret=SECRETS[slug])
+        assert http.post(f"/webhooks/commercelayer/{slug}", data=body, headers=headers).status_code == status

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from support import base_env
+from support.procs import free_port
 from support.sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, running, webhook_scenario
 
 from webhook_app.commercelayer.client import CommerceLayerClient
@@ -165,9 +169,44 @@ def test_webhooks_watch_command_warns_resets_and_backfills(sandbox, tmp_path):
     assert row["circuit_failure_count"] == 6 and row["warning"] and not row["reset"]
     fail(sandbox, 24)
     assert "circuit=open failures=30  WARNING left open" in watch()  # auto reset is off by default
+    # Without a health URL the intake cannot be checked (the database answering says nothing of
+    # whether anything listens): the guard leaves the circuit open and says what to set.
     out = watch(WEBHOOK_APP_CIRCUIT_AUTO_RESET="on")
+    assert "WEBHOOK_APP_CIRCUIT_HEALTH_URL is not set" in out
+    assert "circuit=open failures=30  WARNING intake not checked" in out
+    assert read_circuits_of(sandbox)[0].open
+    with _answering(200) as url:
+        down = url.rsplit(":", 1)[0] + f":{free_port()}/readyz"  # nothing listens there
+        assert "WARNING intake not healthy" in watch(
+            WEBHOOK_APP_CIRCUIT_AUTO_RESET="on", WEBHOOK_APP_CIRCUIT_HEALTH_URL=down
+        )
+        assert read_circuits_of(sandbox)[0].open
+        out = watch(WEBHOOK_APP_CIRCUIT_AUTO_RESET="on", WEBHOOK_APP_CIRCUIT_HEALTH_URL=url)
     assert "circuit=open failures=30  WARNING reset backfilled" in out
     assert not read_circuits_of(sandbox)[0].open
+
+
+@contextlib.contextmanager
+def _answering(status: int) -> Iterator[str]:
+    """A stand-in for a web instance's /readyz answering `status`."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/readyz"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def read_circuits_of(sandbox: Api):

@@ -112,11 +112,26 @@ def test_policy_check_bad_payload_is_reported(tmp_path):
 
 def test_db_upgrade_and_status(tmp_path):
     env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    r = run("db", "status", env=env)
-    assert r.returncode == 1 and "version 0" in r.stdout
+    r = run("db", "status", env=env)  # reads only: no database yet is said, and none is made
+    assert r.returncode == 2 and f"no database at {tmp_path / 'cli.db'}" in r.stderr
+    assert not (tmp_path / "cli.db").exists()
     r = run("db", "upgrade", env=env)
     assert r.returncode == 0 and f"version 0 -> {SCHEMA_VERSION}" in r.stdout
     assert run("db", "status", env=env).returncode == 0
+
+
+def test_read_only_commands_make_nothing_at_a_mistyped_sqlite_path(tmp_path):
+    """`db status` and `doctor` read only: a mistyped path is named, and no file or directory
+    appears there."""
+    typo = tmp_path / "typo-dir" / "app.db"
+    env = {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{typo}"}
+    r = run("db", "status", env=env)
+    assert r.returncode == 2 and f"no database at {typo}" in r.stderr and "Traceback" not in r.stderr
+    r = run("doctor", "--callback-url", "http://127.0.0.1:9/webhooks/commercelayer", env=env)
+    line = next(x for x in r.stdout.splitlines() if "database" in x)
+    assert line.startswith("\u2717 database: no database at"), r.stdout
+    assert "version 0" not in r.stdout
+    assert not typo.parent.exists()
 
 
 def test_worker_once_processes_due_jobs(tmp_path):

@@ -55,6 +55,33 @@ def _a_directory(tmp: Path) -> dict[str, str]:
     return {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'a-dir.db'}"}
 
 
+def _of_another_user(*names: str) -> Callable[[Path], dict[str, str]]:
+    """A database file (or its -wal) that another local user made, open to everyone."""
+
+    def make(tmp: Path) -> dict[str, str]:
+        if os.geteuid() != 0:
+            pytest.skip("making a file of another user needs root")
+        tmp.chmod(0o755)
+        for name in names:
+            p = tmp / name
+            p.touch()
+            p.chmod(0o666)
+            os.chown(p, 65534, 65534)  # nobody
+        return {"WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'shared.db'}"}
+
+    return make
+
+
+def _metrics_dir_of_another_user(tmp: Path) -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.skip("making a directory of another user needs root")
+    d = tmp / "metrics"
+    d.mkdir()
+    d.chmod(0o777)
+    os.chown(d, 65534, 65534)  # nobody
+    return {"PROMETHEUS_MULTIPROC_DIR": str(d)}
+
+
 def _pg(path_and_user: str) -> str:
     user, _, db = path_and_user.partition("/")
     return f"postgresql://{user}:{PASSWORD}@{PG_HOSTPORT}/{db}?connect_timeout=2"
@@ -127,6 +154,21 @@ CASES = [
         setup=_file_in_the_way,
     ),
     Case("sqlite path is a directory", needle=("a-dir.db", "it is a directory"), setup=_a_directory),
+    Case(
+        "sqlite file of another user",
+        needle=("shared.db belongs to another user (uid 65534", "WEBHOOK_APP_DATABASE_URL"),
+        setup=_of_another_user("shared.db"),
+    ),
+    Case(
+        "metrics directory of another user, writable by all",
+        needle=("PROMETHEUS_MULTIPROC_DIR", "belongs to another user (uid 65534)"),
+        setup=_metrics_dir_of_another_user,
+    ),
+    Case(
+        "sqlite -wal of another user",
+        needle=("shared.db-wal belongs to another user", "WEBHOOK_APP_DATABASE_URL"),
+        setup=_of_another_user("shared.db-wal"),
+    ),
     Case(
         "sqlite directory cannot be made",
         {"WEBHOOK_APP_DATABASE_URL": "sqlite:////proc/webhook-app-test/app.db"},

@@ -186,3 +186,25 @@ def test_the_example_scenario_and_policy_reuse_the_valid_card_and_save_a_new_one
     assert (first["rule"], first["outcome"]) == ("save-on-place", "applied")
     (saved,) = [w for w in snapshot["customer_payment_sources"] if w.get("origin_order_id") == "OrdFirstAa"]
     assert first["wallet_entry_id"] == saved["id"]
+
+
+def test_no_page_repeats_a_heading_and_generated_cells_are_plain():
+    """A section pasted twice, argparse's `==SUPPRESS==` shown as a meaning, a default wrapped
+    in italics twice (`*(*(...)*)*`): each reads as a mistake to a new reader."""
+    for page in DOCS.rglob("*.md"):
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        headings = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+        repeated = {h for h in headings if headings.count(h) > 1}
+        assert not repeated, f"{page.relative_to(ROOT)} repeats {repeated}"
+    assert "==SUPPRESS==" not in (DOCS / "reference" / "cli.md").read_text(encoding="utf-8")
+    assert "*(*(" not in (DOCS / "reference" / "configuration.md").read_text(encoding="utf-8")
+
+
+def test_go_live_keeps_the_printed_secrets_out_of_the_checkout_and_shows_todays_schema():
+    from webhook_app.store import SCHEMA_VERSION
+
+    guide = (DOCS / "howto" / "go-live.md").read_text(encoding="utf-8")
+    assert "> register.out" not in guide and "> ~/register.out" in guide and "umask 077" in guide
+    assert "register.out" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert re.findall(r"schema version (\d+)", guide) == [str(SCHEMA_VERSION)]
+    assert "the reason says `passed over" not in guide  # the log line has no reason; the stored decision has

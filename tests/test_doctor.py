@@ -6,11 +6,13 @@ deployment passes every line; the command only reads (the sandbox's request log 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,26 @@ from typing import Any
 
 import pytest
 from support import base_env
+from support.procs import free_port
 from support.sandbox import CLIENT_ID, CLIENT_SECRET, Api, Receiver, example, running
 
-CALLBACK = "https://hooks.example.test/webhooks/commercelayer"
+
+class _Intake(http.server.BaseHTTPRequestHandler):
+    """Stands in for the intake at the callback URL: 405 to a GET, as the real one answers."""
+
+    def do_GET(self) -> None:
+        self.send_response(405)
+        self.send_header("Allow", "POST")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+_INTAKE = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Intake)
+threading.Thread(target=_INTAKE.serve_forever, daemon=True).start()
+CALLBACK = f"http://127.0.0.1:{_INTAKE.server_address[1]}/webhooks/commercelayer"
 SECRET = "doctor-test-shared-secret-0123456789"
 FULL = [
     "available_customer_payment_sources",
@@ -164,6 +183,7 @@ def test_a_healthy_deployment_passes_every_check_and_doctor_writes_nothing(healt
         "\u2713 webhook circuits",
         "\u2713 webhook signing",
         "\u2713 worker",
+        "\u2713 callback URL",
     ]
     calls = [r for r in healthy.sandbox.control("GET", "/requests").json()["requests"] if r["seq"] > seq]
     assert calls and {c["method"] for c in calls} <= {"GET", "POST"}
@@ -172,12 +192,25 @@ def test_a_healthy_deployment_passes_every_check_and_doctor_writes_nothing(healt
     assert all(s.split(":")[1] not in r.stdout for s in healthy.env["CL_WEBHOOK_SECRETS"].split(","))
 
 
+def test_a_callback_url_nothing_answers_at_is_a_failure(healthy):
+    """A deployment whose every other line passes, and nothing listening at the callback URL."""
+    healthy.run_worker_once()
+    down = f"http://127.0.0.1:{free_port()}/webhooks/commercelayer"
+    out = healthy.cli("webhooks", "register", "--callback-url", down, check=True).stdout
+    healthy.env["CL_WEBHOOK_SECRETS"] = out.split("CL_WEBHOOK_SECRETS=")[1].strip()
+    r = healthy.cli("doctor", "--callback-url", down)
+    assert r.returncode == 1, r.stdout
+    assert f"\u2717 callback URL: {down} does not answer" in r.stdout
+    assert "1 checks failed" in r.stdout
+
+
 def test_refused_credentials_name_the_variable_and_the_webhooks_are_not_passed(healthy):
     healthy.run_worker_once()
     code, checks = healthy.doctor(CL_CLIENT_SECRET="not-the-secret")
     assert code == 1
     assert failed(checks) == {"credentials", "webhooks"}
     assert "CL_CLIENT_SECRET" in checks["credentials"]["fix"]
+    assert "CL_CLIENT_SECRET" not in checks["credentials"]["detail"]  # said once, in the fix
     assert checks["webhooks"]["detail"].startswith("not checked")
 
 

@@ -437,6 +437,12 @@ def test_webhooks_watch_backfills_under_the_organization(agency):
     assert hook["circuit_state"] == "open"
     assert _one_line_naming_the_organizations(_cli(agency, "webhooks", "watch"))
     env = {"WEBHOOK_APP_CIRCUIT_AUTO_RESET": "on", "WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN": "3600"}
+    # Without a health URL the guard cannot check the intake and resets nothing.
+    r = _cli(agency, "webhooks", "watch", "--org", "acme", "--json", **env)
+    assert r.returncode == 0 and not json.loads(r.stdout)["reset"], r.stdout + r.stderr
+    # The service is down on purpose here (the orders must miss it): a stand-in answering 200
+    # is the health URL (the intake's real /readyz is used by the worker's guard below).
+    env["WEBHOOK_APP_CIRCUIT_HEALTH_URL"] = agency.sb_url + "/_sandbox/health"
     r = _cli(agency, "webhooks", "watch", "--org", "acme", "--json", **env)
     assert r.returncode == 0, r.stderr
     (row,) = [json.loads(line) for line in r.stdout.splitlines()]
@@ -481,6 +487,7 @@ def test_the_workers_circuit_guard_resets_and_backfills_each_organization(agency
         shadow=(),
         rate_limits="100/60,25/10",
         WEBHOOK_APP_CIRCUIT_AUTO_RESET="on",
+        WEBHOOK_APP_CIRCUIT_HEALTH_URL=agency.svc_url + "/readyz",
         WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN="3600",
         WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL="1",
     )

@@ -103,6 +103,10 @@ def test_credentials_headers_are_not_stored():
     h = {**signed_headers(body), "Authorization": "Bearer abc", "Cookie": "s=1", "X-Trace": "t"}
     d = Delivery.from_http(h, body, secrets=SECRETS)
     assert "Authorization" not in d.headers and "Cookie" not in d.headers and d.headers["X-Trace"] == "t"
+    # the other usual places a proxy or gateway puts a token (forget.md: "minus ... tokens")
+    tokens = {"X-Api-Key": "k-123", "X-Auth-Token": "t-456", "x-api-key": "k-789", "Set-Cookie": "s=2"}
+    d = Delivery.from_http({**signed_headers(body), **tokens}, body, secrets=SECRETS)
+    assert not set(tokens) & set(d.headers), d.headers
 
 
 def test_event_resolves_included_resources():

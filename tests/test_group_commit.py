@@ -963,8 +963,8 @@ def test_an_older_database_readable_by_every_user_is_made_unreadable_to_them(tmp
         s.migrate()
     finally:
         s.close()
-    assert oct(path.stat().st_mode & 0o777) == "0o640"  # other users lose it; the group is the operator's
-    assert "readable by every local user" in caplog.text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"  # other users lose it, its group too
+    assert "open to other local users; now it is 0600" in caplog.text
 
 
 @pytest.mark.e2e

@@ -196,6 +196,13 @@ def test_policy_diff_lists_orders_whose_decision_would_change(sqlite_store, sett
     assert changes["oBig"].before == ("save_payment_source",) and changes["oBig"].after == ()
     assert changes["oApprove"].line() == "oApprove: skip (-) -> save_payment_source (approve-too)"
     assert diff(sqlite_store, current, current) == []
+    # A body forgotten (or past retention) cannot be decided again: counted as skipped, never
+    # as "no difference".
+    [big] = [d for d in sqlite_store.list_deliveries(DeliveryFilter(limit=100)) if d.order_id == "oBig"]
+    assert sqlite_store.remove_bodies([big.id], why="forgotten", now=time.time()) == 1
+    skipped: list[str] = []
+    assert {c.order_id for c in diff(sqlite_store, new, current, skipped=skipped)} == {"oApprove"}
+    assert skipped == ["oBig"]
 
 
 def sandbox_client(server):

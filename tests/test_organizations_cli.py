@@ -109,3 +109,75 @@ def test_replay_takes_the_organization(stored) -> None:
     assert len(lines) == 1 and f"order={ORDERS['acme']}" in lines[0]
     gone = run(env, *args, "--org", "hooli")
     assert gone.returncode == 0 and f"order={ORDERS['hooli']}" in gone.stdout and ORDERS["acme"] not in gone.stdout
+
+
+def _org(slug: str) -> dict[str, str]:
+    return {"client_id": f"{slug}-cli-client", "client_secret": f"{slug}-cli-client-secret-abcdef"}
+
+
+@pytest.fixture
+def two_organizations(tmp_path: Path):
+    """A sandbox serving acme and globex, an organizations file pointing at it, the service's
+    environment with each organization's client secret (webhook secrets: the test's to set)."""
+    from support.sandbox import running
+
+    scenario = {"organizations": {slug: {"clients": [_org(slug)]} for slug in ("acme", "globex")}}
+    with running(scenario) as server:
+        tables = []
+        for slug in ("acme", "globex"):
+            up = slug.upper()
+            tables.append(
+                f'[organizations.{slug}]\nwebhook_secrets_env = "{up}_WEBHOOK_SECRETS"\n'
+                f'client_id = "{_org(slug)["client_id"]}"\nclient_secret_env = "{up}_CL_CLIENT_SECRET"\n'
+                f'api_base = "{server.url}/_org/{slug}/api"\nauth_url = "{server.url}/_org/{slug}/oauth/token"\n'
+            )
+        (tmp_path / "organizations.toml").write_text("\n".join(tables))
+        yield {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("CL_", "WEBHOOK_APP_"))},
+            "WEBHOOK_APP_ORGANIZATIONS": str(tmp_path / "organizations.toml"),
+            "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}",
+            "ACME_CL_CLIENT_SECRET": _org("acme")["client_secret"],
+            "GLOBEX_CL_CLIENT_SECRET": _org("globex")["client_secret"],
+        }
+
+
+def test_register_and_doctor_name_the_organizations_own_secrets_variable(two_organizations) -> None:
+    env = {
+        **two_organizations,
+        "ACME_WEBHOOK_SECRETS": "main:acme-secret-0123456789abcdef",
+        "GLOBEX_WEBHOOK_SECRETS": "main:globex-secret-0123456789abcdef",
+    }
+    callback = "http://127.0.0.1:9/webhooks/commercelayer/acme"
+    r = run(env, "webhooks", "register", "--org", "acme", "--callback-url", callback)
+    assert r.returncode == 0, r.stderr
+    assert "\nACME_WEBHOOK_SECRETS=" in r.stdout and "CL_WEBHOOK_SECRETS" not in r.stdout.replace("ACME_", "")
+    run(env, "db", "upgrade")
+    r = run(env, "doctor", "--org", "acme", "--callback-url", callback)
+    signing = next(line for line in r.stdout.splitlines() if "webhook signing" in line)
+    assert "ACME_WEBHOOK_SECRETS" in signing and " CL_WEBHOOK_SECRETS" not in signing, signing
+
+
+def test_commands_run_before_the_webhook_secrets_exist_and_need_no_other_organizations(two_organizations) -> None:
+    """Setup order: `webhooks register` is what prints the secrets, so neither acme's nor
+    globex's being unset stops registering acme (globex's are no business of acme's)."""
+    callback = "http://127.0.0.1:9/webhooks/commercelayer/acme"
+    r = run(two_organizations, "webhooks", "register", "--org", "acme", "--callback-url", callback, "--dry-run")
+    assert r.returncode == 0 and "would create" in r.stdout, r.stderr
+    r = run(two_organizations, "webhooks", "register", "--org", "acme", "--callback-url", callback)
+    assert r.returncode == 0 and "\nACME_WEBHOOK_SECRETS=" in r.stdout, r.stderr
+    run(two_organizations, "db", "upgrade")
+    r = run(two_organizations, "doctor", "--org", "acme", "--callback-url", callback)
+    line = next(x for x in r.stdout.splitlines() if "webhook secrets" in x)
+    assert line.startswith("\u2717") and "set ACME_WEBHOOK_SECRETS" in line, r.stdout + r.stderr
+
+
+def test_doctor_without_org_in_agency_mode_is_one_line_naming_the_argument(stored) -> None:
+    _, env = stored
+    r = run(env, "doctor", "--callback-url", "http://127.0.0.1:9/webhooks/commercelayer/acme")
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines == [
+        "\u2717 organization: --org: name one of the organizations: acme, globex"
+        " (fix: pass --org SLUG: doctor checks one organization)",
+        "1 checks failed",
+    ], r.stdout

@@ -594,7 +594,7 @@ class _CircuitGuard:
         "",
         doc='the URL whose 200 means "the intake is healthy" before a reset, e.g. a web instance\'s '
         "`http://web:8000/readyz`",
-        default_doc="none: the database answers and its schema is current",
+        default_doc="none: the intake cannot be checked, so auto reset leaves circuits open and says so",
     )
     circuit_backfill_margin: float = _setting(
         "WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN",

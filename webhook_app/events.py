@@ -24,9 +24,18 @@ from webhook_app.topics import ANONYMIZATION_TOPICS, ORDER_TOPIC_PREFIX, TOPIC_P
 
 SIGNATURE_HEADER = "X-CommerceLayer-Signature"
 TOPIC_HEADER = "X-CommerceLayer-Topic"
-# Headers never stored: credentials a proxy might pass along, and replay tokens.
+# Headers never stored: credentials a proxy or gateway might pass along, and replay tokens.
 _UNSTORED_HEADERS = frozenset(
-    {"authorization", "cookie", "proxy-authorization", "x-admin-token", "x-webhook-app-replay"}
+    {
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+        "x-admin-token",
+        "x-api-key",
+        "x-auth-token",
+        "x-webhook-app-replay",
+    }
 )
 
 

@@ -16,8 +16,10 @@ hold them. Without the file, today's variables describe one organization, the *i
 whose slug is `""` (every row stored before agency mode belongs to it).
 
 `load_organizations(settings, environ)` checks everything at start: an unknown key, a variable
-that is not set, a policy that does not load, two organizations sharing a webhook secret (compared
-in constant time), a bad slug. Each mistake is one ConfigError naming the organization and the key.
+that is not set (but for the webhook secrets': an organization without them is only not ready,
+as they come from `webhooks register`), a policy that does not load, two organizations sharing a
+webhook secret (compared in constant time), a bad slug. Each mistake is one ConfigError naming
+the organization and the key.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Organization:
     policy_path: Path
     mode: str  # enforce | shadow
     scope: str = ""
+    #: where its webhook secrets are set, as commands name it to the operator: the variable
+    #: (`webhook_secrets_env`), else the file (`webhook_secrets_file`)
+    secrets_source: str = "CL_WEBHOOK_SECRETS"
 
     @property
     def shadow(self) -> bool:
@@ -113,6 +118,18 @@ class Organizations:
 
     def slugs(self) -> tuple[str, ...]:
         return tuple(self.by_slug)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Agency mode: each organization whose webhook secrets are not set (every delivery to it
+        is refused with 401 until they are); the implicit one's are the settings' to report."""
+        if not self.agency:
+            return []
+        return [
+            f"organization {o.slug}: no webhook secret configured: set {o.secrets_source} to the shared"
+            " secrets `webhooks register` printed; until then every delivery to it is refused with 401"
+            for o in self
+            if not o.secrets
+        ]
 
     def pick(self, slug: str | None) -> Organization:
         """The organization a command's `--org SLUG` names; without it, the only one there is.
@@ -185,7 +202,10 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
     where = f"{ENV} [organizations.{slug}]"
     _check_table(slug, table, where)
     try:
-        secrets = parse_secrets(_secret(table, "webhook_secrets", where, env, base, required=True))
+        # Not set yet (`webhooks register` prints them): the organization is not ready (401 to its
+        # deliveries, /readyz names it), as a single organization without CL_WEBHOOK_SECRETS.
+        given = _secret(table, "webhook_secrets", where, env, base, required=True, unset_ok=True)
+        secrets = parse_secrets(given) if given else ()
     except ValueError as exc:  # never the value
         raise ConfigError(f"{where} webhook_secrets_env", str(exc)) from None
     client_id = table.get("client_id", "").strip()
@@ -215,6 +235,7 @@ def _organization(slug: str, table: Any, settings: Settings, env: Mapping[str, s
         policy_path=policy_path,
         mode=mode,
         scope=table.get("scope", ""),
+        secrets_source=table.get("webhook_secrets_env") or str(table.get("webhook_secrets_file", "")),
     )
 
 
@@ -233,15 +254,23 @@ def _check_table(slug: str, table: Any, where: str) -> None:
 
 
 def _secret(
-    table: Mapping[str, str], name: str, where: str, env: Mapping[str, str], base: Path, *, required: bool
+    table: Mapping[str, str],
+    name: str,
+    where: str,
+    env: Mapping[str, str],
+    base: Path,
+    *,
+    required: bool,
+    unset_ok: bool = False,
 ) -> str:
-    """The secret `name_env` (a variable) or `name_file` (a file, relative to `base`) holds."""
+    """The secret `name_env` (a variable) or `name_file` (a file, relative to `base`) holds;
+    `unset_ok`: a variable that is not set gives "" instead of an error."""
     by_env, by_file = table.get(f"{name}_env"), table.get(f"{name}_file")
     if by_env and by_file:
         raise ConfigError(f"{where} {name}_env", f"give {name}_env or {name}_file, not both")
     if by_env:
         value = env.get(by_env, "").strip()
-        if not value:
+        if not value and not unset_ok:
             raise ConfigError(f"{where} {name}_env", f"the variable {by_env} is not set")
         return value
     if by_file:

@@ -29,6 +29,7 @@ from gunicorn.app.base import Application
 
 from webhook_app.backoff import doubling
 from webhook_app.config import DEFAULT_BIND, Settings
+from webhook_app.errors import ConfigError
 from webhook_app.store import group_commit
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,15 @@ def prepare_metrics_dir() -> str:
         path = tempfile.mkdtemp(prefix="webhook-app-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     os.makedirs(path, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.geteuid() and st.st_mode & 0o002:
+        # Another user's directory that anyone may write: they could plant or change the files
+        # every scrape adds up (and their names, which prometheus_client opens).
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR",
+            f"{path} belongs to another user (uid {st.st_uid}) and every user may write in it;"
+            " name a directory of this user's, or unset it (a private one is made per start)",
+        )
     return path
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from webhook_app.config import Settings
-from webhook_app.errors import ConfigError, UsageError
+from webhook_app.errors import ConfigError, StoreUnavailable, UsageError, WebhookAppError
 from webhook_app.logs import configure_logging, settings_secrets
 from webhook_app.timefmt import parse_since
 
@@ -64,6 +64,21 @@ def load_organization_for(args: argparse.Namespace) -> tuple[Settings, str]:
     return org.settings(settings), org.slug
 
 
+def webhook_secrets_name(args: argparse.Namespace) -> str:
+    """Where the organization `--org` names takes its webhook secrets, as the operator is told to
+    set them: `CL_WEBHOOK_SECRETS`, or in agency mode its `webhook_secrets_env` variable (or
+    file). A mistake in the settings is left to the command to report."""
+    from webhook_app.organizations import load_organizations
+
+    try:
+        settings = load_settings()
+        if settings.organizations_path is None and getattr(args, "org", None) is None:
+            return "CL_WEBHOOK_SECRETS"
+        return load_organizations(settings).pick(getattr(args, "org", None)).secrets_source
+    except WebhookAppError:
+        return "CL_WEBHOOK_SECRETS"
+
+
 def stored_organization(args: argparse.Namespace, settings: Settings) -> str | None:
     """For commands that read stored data only (`replay`, `forget`): the organization whose rows
     `--org SLUG` names (`default`: the implicit one's, ""), configured or not, so that a removed
@@ -87,10 +102,27 @@ def add_org_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--org", metavar="SLUG", help="agency mode: the organization (WEBHOOK_APP_ORGANIZATIONS)")
 
 
+def require_database(settings: Settings) -> None:
+    """A SQLite database must exist already for a command that does not make one (they all
+    check the schema): a mistyped path is "no database at PATH", not an empty file (and
+    directory) made there, then "version 0"."""
+    url = settings.database_url
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///")).expanduser()
+    if str(path) != ":memory:" and not path.exists():
+        raise StoreUnavailable(
+            f"no database at {path}: check WEBHOOK_APP_DATABASE_URL (`serve`, `web`, `worker` and"
+            " `db upgrade` create it)"
+        )
+
+
 def open_checked_store(settings: Settings) -> Store:
-    """The configured store, refusing to run on a schema this code does not know."""
+    """The configured store, refusing to run on a schema this code does not know (or, SQLite,
+    on no database file: nothing is created)."""
     from webhook_app.store import open_store
 
+    require_database(settings)
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     try:
         store.check_schema()

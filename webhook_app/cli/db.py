@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from webhook_app.cli.common import load_settings
+from webhook_app.cli.common import load_settings, require_database
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     from webhook_app.store import SCHEMA_VERSION, open_store
 
     settings = load_settings()
+    if args.db_command != "upgrade":
+        require_database(settings)  # `db status` reads only: a mistyped path makes nothing
     store = open_store(settings.database_url, timeout=settings.db_timeout)
     try:
         if args.db_command == "upgrade":

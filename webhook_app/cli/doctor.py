@@ -7,7 +7,13 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.cli.common import add_org_argument, commerce_layer_client, load_settings_for, open_checked_store
+from webhook_app.cli.common import (
+    add_org_argument,
+    commerce_layer_client,
+    load_settings_for,
+    open_checked_store,
+    webhook_secrets_name,
+)
 
 if TYPE_CHECKING:
     from webhook_app.config import Settings
@@ -30,6 +36,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         load_policy=_policy,
         make_client=commerce_layer_client,
         now=time.time,
+        secrets_name=webhook_secrets_name(args),
     )
     failed = 0
     for check in doctor.run():
@@ -42,7 +49,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     sp = sub.add_parser(
-        "doctor", help="check settings, database, secrets, policy, credentials, webhooks and worker (reads only)"
+        "doctor",
+        help="check settings, database, secrets, policy, credentials, webhooks, worker and callback URL (reads only)",
     )
     sp.add_argument("--callback-url", required=True, help="the public intake URL the webhooks must point at")
     sp.add_argument("--json", action="store_true", help="one JSON object per check")

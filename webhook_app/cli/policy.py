@@ -147,13 +147,16 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     new = load_policy(args.policy)
     current = load_policy(settings.policy_path)
     store = open_checked_store(settings)
+    skipped: list[str] = []
     try:
-        changes = diff(store, new, current, delivery_filter(args))
+        changes = diff(store, new, current, delivery_filter(args), skipped=skipped)
     finally:
         store.close()
     for c in changes:
         print(json.dumps(c.__dict__) if args.json else c.line())
     print(f"{len(changes)} orders would be decided differently", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} skipped: body removed (forgotten or past retention)", file=sys.stderr)
     return 0
 
 

@@ -20,6 +20,7 @@ from webhook_app.errors import UsageError
 from webhook_app.logs import mask_url
 
 if TYPE_CHECKING:
+    from webhook_app.organizations import Organizations
     from webhook_app.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def metrics_dir(command: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     return run
 
 
-def _settings_to_start() -> Settings:
+def _settings_to_start() -> tuple[Settings, Organizations]:
     """What `serve` and `web` check before they start: the settings, the policy (its warnings
     printed), the organizations and the store (SQLite created or upgraded)."""
     from webhook_app.organizations import load_organizations
@@ -55,18 +56,18 @@ def _settings_to_start() -> Settings:
 
     settings = load_settings()
     warn_policy(load_policy(settings.policy_path))
-    load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
+    orgs = load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
-    return settings
+    return settings, orgs
 
 
 @metrics_dir
 def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.runtime import run_serve
 
-    settings = _settings_to_start()
+    settings, orgs = _settings_to_start()
     check_can_listen(args.bind or DEFAULT_BIND)
-    announce(settings, args.bind or DEFAULT_BIND)
+    announce(settings, args.bind or DEFAULT_BIND, orgs)
     return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
 
 
@@ -74,10 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     from webhook_app.runtime import run_web
 
-    settings = _settings_to_start()
+    settings, orgs = _settings_to_start()
     if args.bind or not args.config:  # else the config file's `bind`, which gunicorn checks
         check_can_listen(args.bind or DEFAULT_BIND)
-    for reason in settings.not_ready_reasons():  # `web` has no banner: its log says it once
+    for reason in settings.not_ready_reasons() + orgs.not_ready_reasons():  # `web` has no banner: its log says it once
         log.error("not ready: %s", reason)
     return run_web(settings, bind=args.bind, workers=args.workers, config_file=args.config)
 
@@ -150,7 +151,10 @@ def warn_policy(policy: Policy) -> None:
         log.warning("policy warning: %s", warning, extra={"policy": policy.source})
 
 
-def announce(settings: Settings, bind: str) -> None:
+def announce(settings: Settings, bind: str, orgs: Organizations | None = None) -> None:
+    if orgs is not None and orgs.agency:
+        announce_agency(settings, bind, orgs)
+        return
     mode = settings.mode + ("" if settings.has_credentials else " (no Commerce Layer credentials set)")
     secrets = "; ".join(f"NOT READY: {r}" for r in settings.not_ready_reasons()) or ", ".join(
         s.label for s in settings.webhook_secrets
@@ -161,6 +165,23 @@ def announce(settings: Settings, bind: str) -> None:
         f"  policy: {settings.policy_path}\n  webhook secrets: {secrets}",
         file=sys.stderr,
     )
+
+
+def announce_agency(settings: Settings, bind: str, orgs: Organizations) -> None:
+    """Agency mode: each organization's path, mode, policy and secrets (the deployment-wide
+    `CL_*`, policy and mode describe none of them)."""
+    lines = [
+        f"webhook-app {__version__}: listening on http://{bind}, agency mode: {len(orgs)} organizations"
+        f" ({settings.organizations_path})",
+        f"  database: {mask_url(settings.database_url)}",
+    ]
+    for org in orgs:
+        secrets = f"{len(org.secrets)}" if org.secrets else "NOT READY: none, every delivery is refused with 401"
+        lines.append(
+            f"  {org.slug}: /webhooks/commercelayer/{org.slug}  mode: {org.mode}  policy: {org.policy_path}"
+            f"  webhook secrets: {secrets}"
+        )
+    print("\n".join(lines), file=sys.stderr)
 
 
 def register(sub: Any) -> None:

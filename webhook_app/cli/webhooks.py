@@ -13,13 +13,14 @@ from webhook_app.cli.common import (
     load_organization_for,
     load_settings_for,
     open_checked_store,
+    webhook_secrets_name,
 )
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """One look by the circuit guard: each circuit, a warning for a rising count, and with
     WEBHOOK_APP_CIRCUIT_AUTO_RESET (unless --dry-run) the reset and backfill of an open circuit."""
-    from webhook_app.ops.circuit import CircuitGuard
+    from webhook_app.ops.circuit import NO_HEALTH_URL, CircuitGuard
     from webhook_app.policy import load_policy
 
     settings, organization = load_organization_for(args)  # agency mode: the backfill is queued under it
@@ -32,6 +33,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if check.error:
         print(f"error: {check.error}")
         return 1
+    unchecked = None if settings.circuit_health_url else NO_HEALTH_URL
+    if check.unhealthy and unchecked is not None and not args.json:
+        print(unchecked)
     for c in check.circuits:
         backfilled = check.backfilled.get(c.webhook_id)
         row: dict[str, Any] = {
@@ -54,7 +58,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if backfilled is not None:
             notes.append(f"backfilled {len(backfilled)} orders")
         if c.open and not row["reset"]:
-            notes.append("intake not healthy" if check.unhealthy else "left open")
+            notes.append(
+                ("intake not healthy" if unchecked is None else "intake not checked")
+                if check.unhealthy
+                else "left open"
+            )
         print(f"{c.webhook_id}  {c.topic:<28} circuit={c.state} failures={c.failures}  {' '.join(notes)}".rstrip())
     return 0
 
@@ -85,7 +93,11 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
                 if p.shared_secret:
                     secrets.append(f"{p.topic.replace('.', '-')}:{p.shared_secret}")
             if secrets:
-                print(f"\nSet this on the service (keep it secret):\nCL_WEBHOOK_SECRETS={','.join(secrets)}")
+                name = webhook_secrets_name(args)
+                if name.isidentifier():  # a variable (agency mode: the organization's own)
+                    print(f"\nSet this on the service (keep it secret):\n{name}={','.join(secrets)}")
+                else:  # agency mode: the organization's webhook_secrets_file
+                    print(f"\nWrite this to {name} (keep it secret):\n{','.join(secrets)}")
             return 0
         if args.reset:
             client.reset_webhook_circuit(args.reset)

@@ -110,22 +110,27 @@ def first_failure(callbacks: list[dict[str, Any]]) -> float | None:
     return earliest
 
 
+NO_HEALTH_URL = (
+    "circuit left open: WEBHOOK_APP_CIRCUIT_HEALTH_URL is not set, so this service's intake cannot be"
+    " checked; set it to a web instance's /readyz to let the guard reset circuits"
+)
+
+
 def intake_health(store: Store, url: str = "", *, timeout: float = 3.0) -> Callable[[], bool]:
-    """Is this service's intake healthy? `url` (its `/readyz`) answering 200, else the database
-    answering with a current schema (what `/readyz` checks)."""
+    """Is this service's intake healthy? `url` (its `/readyz`) answering 200. Without `url` it
+    cannot be known (the database answering says nothing of whether anything listens for Commerce
+    Layer), so the answer is no, with a warning naming the setting: the guard never resets a circuit
+    into an intake it has not checked. `store` is kept for callers; `/readyz` checks the database."""
 
     def healthy() -> bool:
-        if url:
-            try:
-                # nosec B310: an operator setting checked to be http(s) (config._url)
-                with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  # nosec B310
-                    return bool(resp.status == 200)
-            except OSError:
-                return False
+        if not url:
+            log.warning(NO_HEALTH_URL)
+            return False
         try:
-            store.check_schema()
-            return True
-        except StoreError:
+            # nosec B310: an operator setting checked to be http(s) (config._url)
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  # nosec B310
+                return bool(resp.status == 200)
+        except OSError:
             return False
 
     return healthy

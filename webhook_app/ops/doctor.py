@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.errors import WebhookAppError
+from webhook_app.errors import ConfigError, WebhookAppError
 
 if TYPE_CHECKING:
     from webhook_app.commercelayer.client import CommerceLayerClient
@@ -57,11 +57,16 @@ class Doctor:
     load_policy: Callable[[Settings], Policy]
     make_client: Callable[[Settings], CommerceLayerClient]
     now: Callable[[], float]
+    #: where the webhook secrets are set (agency mode: the organization's own variable)
+    secrets_name: str = "CL_WEBHOOK_SECRETS"
 
     def run(self) -> Iterator[Check]:
         try:
             settings = self.load_settings()
         except WebhookAppError as exc:
+            if isinstance(exc, ConfigError) and exc.name == "--org":  # agency mode: an argument, not a variable
+                yield Check("organization", False, str(exc), "pass --org SLUG: doctor checks one organization")
+                return
             yield Check("settings", False, str(exc), "correct the variable named above")
             for name in ("database", "webhook secrets", "policy", "credentials", "webhooks", "worker"):
                 yield _not_checked(name, "the settings are not valid")
@@ -74,7 +79,7 @@ class Doctor:
         except WebhookAppError as exc:
             yield Check("database", False, str(exc), _database_fix(settings))
         try:
-            yield _secrets_check(settings)
+            yield _secrets_check(settings, self.secrets_name)
             policy = None
             try:
                 policy = self.load_policy(settings)
@@ -86,6 +91,7 @@ class Doctor:
                 yield _not_checked("worker", "the database is not reachable")
             else:
                 yield _worker_check(store, now=self.now())
+            yield callback_check(self.callback_url)
         finally:
             if store is not None:
                 store.close()
@@ -105,7 +111,9 @@ class Doctor:
             try:
                 client.access_token()
             except WebhookAppError as exc:
-                yield Check("credentials", False, str(exc), _credentials_fix(exc, settings))
+                # a refusal's text ends with the settings to check: said once, as the fix
+                detail = str(exc).removesuffix(f": check {getattr(exc, 'fix', '')}")
+                yield Check("credentials", False, detail, _credentials_fix(exc, settings))
                 yield _not_checked("webhooks", "Commerce Layer did not accept the credentials")
                 return
             yield Check("credentials", True, f"Commerce Layer accepted client {settings.cl_client_id}")
@@ -114,21 +122,47 @@ class Doctor:
             except WebhookAppError as exc:
                 yield Check("webhooks", False, f"cannot list the webhooks: {exc}", "check CL_API_BASE")
                 return
-            yield from webhook_checks(hooks, settings=settings, policy=policy, callback_url=self.callback_url)
+            yield from webhook_checks(
+                hooks, settings=settings, policy=policy, callback_url=self.callback_url, secrets_name=self.secrets_name
+            )
         finally:
             client.close()
 
 
-def _secrets_check(settings: Settings) -> Check:
+def _secrets_check(settings: Settings, name: str = "CL_WEBHOOK_SECRETS") -> Check:
     if not settings.webhook_secrets:
         return Check(
             "webhook secrets",
             False,
             "none: every delivery would be refused with 401",
-            "set CL_WEBHOOK_SECRETS to the shared secrets `webhooks register` printed",
+            f"set {name} to the shared secrets `webhooks register` printed",
         )
     labels = ", ".join(s.label for s in settings.webhook_secrets)
     return Check("webhook secrets", True, f"{len(settings.webhook_secrets)} configured ({labels})")
+
+
+def callback_check(url: str, *, timeout: float = 5.0) -> Check:
+    """Does anything answer at the callback URL? A GET, which the intake answers 405 (it takes
+    POSTs only); a connection error, a timeout, a 404 or a 5xx (a proxy whose service is down) is
+    a cross: Commerce Layer's deliveries there would fail."""
+    import urllib.error
+    import urllib.request
+
+    fix = "start `webhook-app serve` (or `web`) and check that this URL reaches it"
+    if not url.startswith(("http://", "https://")):
+        return Check("callback URL", False, f"{url} is not an http(s) URL", "pass the public intake URL")
+    try:
+        # nosec B310: http(s) checked above; doctor is run by the operator with their own URL
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310  # nosec B310
+            status = int(resp.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Check("callback URL", False, f"{url} does not answer: {reason}", fix)
+    if status == 404 or status >= 500:
+        return Check("callback URL", False, f"{url} answers {status} to a GET (the intake answers 405)", fix)
+    return Check("callback URL", True, f"{url} answers ({status} to a GET; the intake takes POSTs)")
 
 
 def _worker_check(store: Store, *, now: float) -> Check:
@@ -150,7 +184,12 @@ def _worker_check(store: Store, *, now: float) -> Check:
 
 
 def webhook_checks(
-    hooks: list[dict[str, Any]], *, settings: Settings, policy: Policy | None, callback_url: str
+    hooks: list[dict[str, Any]],
+    *,
+    settings: Settings,
+    policy: Policy | None,
+    callback_url: str,
+    secrets_name: str = "CL_WEBHOOK_SECRETS",
 ) -> Iterator[Check]:
     """What the registered webhooks must be for the policy's orders to reach this service."""
     from webhook_app.ops.registration import plan
@@ -207,10 +246,10 @@ def webhook_checks(
             "webhook signing",
             False,
             f"signed with a secret the service does not have: {', '.join(unknown)}",
-            "add each webhook's shared_secret to CL_WEBHOOK_SECRETS",
+            f"add each webhook's shared_secret to {secrets_name}",
         )
     else:
-        yield Check("webhook signing", True, "each signs with a secret in CL_WEBHOOK_SECRETS")
+        yield Check("webhook signing", True, f"each signs with a secret in {secrets_name}")
 
 
 def _known_secret(hook: Mapping[str, Any], settings: Settings) -> bool:

@@ -34,20 +34,35 @@ class Change:
         return f"{self.order_id}: {show(self.before, self.rules_before)} -> {show(self.after, self.rules_after)}"
 
 
-def order_deliveries(store: Store, flt: DeliveryFilter) -> Iterator[tuple[str, str, bytes, list[dict[str, Any]]]]:
-    """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`."""
+def order_deliveries(
+    store: Store, flt: DeliveryFilter, removed: list[str] | None = None
+) -> Iterator[tuple[str, str, bytes, list[dict[str, Any]]]]:
+    """(order_id, topic, body, decisions) for every recorded order delivery matching `flt`;
+    the order id of each whose body is gone (forgotten, past retention) goes to `removed`."""
     for d in store.iter_deliveries(replace(flt, with_body=True)):
-        if d.order_id and d.status == DeliveryStatus.QUEUED and d.body_removed is None:
-            yield d.order_id, d.topic, d.body, d.decisions
+        if d.order_id and d.status == DeliveryStatus.QUEUED:
+            if d.body_removed is None:
+                yield d.order_id, d.topic, d.body, d.decisions
+            elif removed is not None:
+                removed.append(d.order_id)
 
 
-def diff(store: Store, new: Policy, current: Policy, flt: DeliveryFilter | None = None) -> list[Change]:
+def diff(
+    store: Store,
+    new: Policy,
+    current: Policy,
+    flt: DeliveryFilter | None = None,
+    *,
+    skipped: list[str] | None = None,
+) -> list[Change]:
+    """The orders `new` would decide differently; a delivery whose body is gone cannot be decided
+    again: its order id goes to `skipped` (it is no evidence of "no difference")."""
     before_actions: dict[str, set[str]] = defaultdict(set)
     after_actions: dict[str, set[str]] = defaultdict(set)
     before_rules: dict[str, set[str]] = defaultdict(set)
     after_rules: dict[str, set[str]] = defaultdict(set)
     orders: list[str] = []
-    for order_id, topic, body, decisions in order_deliveries(store, flt or DeliveryFilter(limit=10**9)):
+    for order_id, topic, body, decisions in order_deliveries(store, flt or DeliveryFilter(limit=10**9), skipped):
         if order_id not in before_actions:
             orders.append(order_id)
             before_actions[order_id]

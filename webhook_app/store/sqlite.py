@@ -261,21 +261,28 @@ class _WriterLock:
 def _create_private(path: str) -> None:
     """The database file, created 0600 before SQLite opens it (SQLite gives its `-wal` and
     `-shm` files the database file's mode), in a directory created 0700 if there was none:
-    they hold customer e-mails and addresses. Files an earlier version left readable by every
-    user lose that (group access, an operator's choice, is kept)."""
+    they hold customer e-mails and addresses. A file (or its `-wal`, `-shm`, `-lock`) that
+    another user owns is refused: its owner could read the stored bodies and queue jobs. One of
+    ours that other users (its group too) could read or write is made 0600, with a log line."""
     Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
     for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-lock"):
         try:
             st = os.stat(name)
-            if st.st_mode & 0o007 and st.st_uid == os.geteuid():
-                os.chmod(name, st.st_mode & 0o770)
-                log.warning(
-                    "SQLite file was readable by every local user; now it is not",
-                    extra={"file": name, "mode_was": oct(st.st_mode & 0o777)},
-                )
         except FileNotFoundError:
             continue
+        if st.st_uid != os.geteuid():
+            raise StoreUnavailable(
+                f"the SQLite file {name} belongs to another user (uid {st.st_uid}, this one is"
+                f" {os.geteuid()}): they could read its deliveries and queue jobs; remove it, or set"
+                " WEBHOOK_APP_DATABASE_URL to sqlite:///PATH in a directory only this user can write"
+            )
+        if st.st_mode & 0o077:
+            os.chmod(name, 0o600)
+            log.warning(
+                "SQLite file was open to other local users; now it is 0600",
+                extra={"file": name, "mode_was": oct(st.st_mode & 0o777)},
+            )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -324,7 +324,7 @@ def readyz() -> tuple[Response, int]:
     except StoreError as exc:
         checks["database"] = exc.detail
         ok = False
-    unusable = s.settings.not_ready_reasons()
+    unusable = s.settings.not_ready_reasons() + (s.organizations.not_ready_reasons() if s.organizations else [])
     checks["webhook_secrets"] = "; ".join(unusable) or ", ".join(w.label for w in s.settings.webhook_secrets)
     ok = ok and not unusable
     problem = s.recorder.writer_problem()

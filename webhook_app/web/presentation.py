@@ -28,7 +28,16 @@ DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 MAX_ID = 2**63 - 1
 # Headers never shown, even though intake does not store most of them.
 _HIDDEN_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-admin-token", REPLAY_HEADER.lower()}
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-admin-token",
+        "x-api-key",
+        "x-auth-token",
+        REPLAY_HEADER.lower(),
+    }
 )
 LIST_PARAMS = ("topic", "order_id", "status", "since", "until", "decision", "limit", "before_id", "organization")
 

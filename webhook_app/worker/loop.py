@@ -114,7 +114,11 @@ class Worker:
     # --- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Work until `stop` is set; finishes the job in hand before returning."""
-        log.info("worker started", extra={"worker": self.id, "mode": self.tenant.mode})
+        if self.tenants is None:
+            log.info("worker started", extra={"worker": self.id, "mode": self.tenant.mode})
+        else:  # agency mode: each organization's own mode (the deployment's describes none of them)
+            modes = {slug or "default": t.settings.mode for slug, t in self.tenants.items()}
+            log.info("worker started", extra={"worker": self.id, "mode": "agency", "organizations": modes})
         failures = 0
         while not stop.is_set():
             if self.on_poll is not None:
