@@ -1,11 +1,13 @@
-"""`serve`'s front (webhook_app/front.py) and its supervision, against the real `webhook-app serve`.
+"""`serve`'s front (webhook_app/front.py, run in each gunicorn worker by webhook_app/front_worker.py)
+and its supervision, against the real `webhook-app serve`.
 
-Raw sockets where the wire matters. What is checked: no 5xx but 503 while `serve` starts or its
-gunicorn is killed (every 2xx stored), one client's flood does not keep another's delivery from
-its answer (127.0.0.2 is loopback too: a second client address), the front's memory comes back,
-a killed front is replaced, malformed chunk sizes and LF-only heads are 400, the client cannot
-set `SCRIPT_NAME` or `X-Forwarded-*` (nor, on `web`, from loopback), and the operator routes are
-off the public listener.
+Raw sockets where the wire matters. What is checked: no 5xx while `serve` starts (connections wait
+in the listening socket's backlog) or while its gunicorn restarts gracefully (nothing lost) or is
+killed (only the deliveries in hand lost; every 2xx stored), one client's flood does not keep
+another's delivery from its answer (127.0.0.2 is loopback too: a second client address), the
+workers' memory comes back, a kept connection serves the next request, malformed chunk sizes and
+LF-only heads are 400, the client cannot set `SCRIPT_NAME` or `X-Forwarded-*` (nor, on `web`,
+from loopback), and the operator routes are off the public listener.
 """
 
 from __future__ import annotations
@@ -556,3 +558,46 @@ def test_the_job_worker_yields_the_cpu_to_the_web_server(served):
     base = niceness(served.proc.pid)
     assert all(niceness(pid) == base for pid in [child_with(served, WEB), *web_workers(served)])
     assert niceness(worker) == base + 10
+
+
+# --- the front's pieces, without a server ---------------------------------------------------------
+
+
+def test_each_worker_takes_an_equal_share_of_the_connections_and_the_buffer():
+    from webhook_app.front import HEAD_LIMIT, Limits
+
+    limits = Limits(max_body=1024 * 1024, max_connections=960, client_connections=64, buffer_bytes=64 * 1024 * 1024)
+    share = limits.share(2)
+    assert (share.max_connections, share.buffer_bytes) == (480, 32 * 1024 * 1024)
+    assert share.client_connections == 64  # each worker's own: a burst lands on one worker
+    tiny = Limits(max_body=1024 * 1024, buffer_bytes=1024 * 1024 + HEAD_LIMIT).share(4)
+    assert tiny.buffer_bytes == 1024 * 1024 + HEAD_LIMIT  # still one largest request
+
+
+@pytest.mark.parametrize(
+    ("version", "connection", "kept"),
+    [
+        ("HTTP/1.1", "", True),
+        ("HTTP/1.1", "Connection: close\r\n", False),
+        ("HTTP/1.1", "Connection: keep-alive, Close\r\n", False),
+        ("HTTP/1.0", "", False),
+        ("HTTP/1.0", "Connection: keep-alive\r\n", True),
+    ],
+)
+def test_a_connection_is_kept_when_the_client_asks_for_it(version, connection, kept):
+    import asyncio
+
+    from webhook_app.front import Budget, Conn, Limits, RefusalLog, RequestReader
+
+    async def read() -> bool:
+        limits = Limits(max_body=1024)
+        refusals = RefusalLog()
+        reader = asyncio.StreamReader()
+        reader.feed_data(
+            f"POST /webhooks/commercelayer {version}\r\nHost: t\r\n{connection}Content-Length: 2\r\n\r\n{{}}".encode()
+        )
+        request = await RequestReader(limits, Budget(limits, refusals), refusals).read_request(reader, None, Conn("a"))  # type: ignore[arg-type]
+        assert request.body == b"{}" and b"Connection: keep-alive" not in b"".join(request.headers)
+        return request.keep_alive
+
+    assert asyncio.run(read()) is kept

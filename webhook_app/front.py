@@ -20,7 +20,8 @@ on each complete request: no second HTTP hop, no second process):
   (below the file-descriptor limit), the bytes held for unfinished requests are capped (503
   beyond it), refusals are counted and logged once per `LOG_INTERVAL`, and running out of
   descriptors pauses accepting instead of spinning. Each gunicorn worker has its share of these
-  limits (`Limits.share`): the configured totals divided by the number of workers;
+  limits (`Limits.share`): the connections in all and the buffer divided by the number of
+  workers, the per-client cap each worker's own;
 - on the public listener only the intake and `/healthz` are served; the operator routes
   (`/readyz`, `/metrics`, `/admin`) answer on the operator listener (`WEBHOOK_APP_OPERATOR_BIND`);
 - the client's `X-Forwarded-*`, `Forwarded` and any header with an underscore (`SCRIPT_NAME`) are
@@ -139,15 +140,17 @@ class Limits:
         return max(self.buffer_bytes // 4, self.max_body + HEAD_LIMIT)
 
     def share(self, workers: int) -> Limits:
-        """One of `workers` processes' part: the connection limits and the buffer divided (each at
-        least one connection per client, eight in all, and one largest request's bytes). The kernel
-        hands each new connection to whichever worker accepts first, so one client's connections
-        spread over the workers and its cap holds in total."""
+        """One of `workers` processes' part: the connections in all and the buffer divided (at
+        least eight connections and one largest request's bytes). The per-client connection cap
+        is each worker's whole: the kernel hands a burst of connections to whichever worker
+        accepts first, and a divided cap refused a client's 17th connection to one of 4 workers
+        while the others had room (`tests/test_e2e_service.py`, 20 slow clients); a client may
+        thus hold up to `workers` times the cap, each worker's share of all connections still
+        bounding it."""
         n = max(1, workers)
         return replace(
             self,
             max_connections=max(8, self.max_connections // n),
-            client_connections=max(1, -(-self.client_connections // n)),
             buffer_bytes=max(self.buffer_bytes // n, self.max_body + HEAD_LIMIT),
         )
 
