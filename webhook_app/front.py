@@ -66,6 +66,8 @@ FD_HEADROOM = 64  # descriptors kept for the rest of the process (logs, the loop
 CONNECTIONS_CAP = 8192  # the automatic connection limit never goes above this
 LOG_INTERVAL = 10.0  # refusals: one counted line per interval
 ACCEPT_PAUSE = 0.1  # out of descriptors: stop accepting this long
+BALANCE_PAUSE = 0.001  # several workers: after admitting, stop accepting this long per connection held...
+BALANCE_PAUSE_MAX = 0.01  # ...at most this long
 RETRY_AFTER = 1  # seconds, on a 503 from the front
 TRIM_AFTER = 4 * 1024 * 1024  # buffered bytes given back to the system once this many were held
 INTAKE_PATH = b"/webhooks/commercelayer"
@@ -502,9 +504,10 @@ class Front:
     """Accepts on its listeners, admits each connection within the limits, reads each request
     completely (`RequestReader`) and answers it with `respond` (the application, synchronously)."""
 
-    def __init__(self, *, limits: Limits, respond: Respond) -> None:
+    def __init__(self, *, limits: Limits, respond: Respond, balance: bool = False) -> None:
         self.limits = limits
         self.respond = respond
+        self.balance = balance  # other processes accept on the same sockets
         self.refusals = RefusalLog()
         self.budget = Budget(limits, self.refusals)
         self.reader = RequestReader(limits, self.budget, self.refusals)
@@ -548,30 +551,39 @@ class Front:
                 self.refusals.note("out of file descriptors" if exc.errno in _OUT_OF_RESOURCES else str(exc.strerror))
                 self._pause(sock, operator)
                 return
-            self._admit(conn, addr, operator, sock)
+            if self._admit(conn, addr, operator, sock) and self.balance:
+                # Every worker is woken for a new connection and the first to accept takes it:
+                # one that took a burst would serve it alone while the others idle (kept
+                # connections stay where they were accepted). Stepping back for a moment, longer
+                # the more it holds, lets the less busy workers take the next ones.
+                self._pause(sock, operator, min(BALANCE_PAUSE * self.open, BALANCE_PAUSE_MAX))
+                return
 
-    def _pause(self, sock: socket.socket, operator: bool) -> None:
+    def _pause(self, sock: socket.socket, operator: bool, seconds: float = ACCEPT_PAUSE) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(sock.fileno())
-        loop.call_later(ACCEPT_PAUSE, self._resume, sock, operator)
+        loop.call_later(seconds, self._resume, sock, operator)
 
     def _resume(self, sock: socket.socket, operator: bool) -> None:
         if not self.closing:
             asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
 
-    def _admit(self, conn: socket.socket, addr: Any, operator: bool, listener: socket.socket) -> None:
+    def _admit(self, conn: socket.socket, addr: Any, operator: bool, listener: socket.socket) -> bool:
+        """Whether the connection was admitted (else it was turned away)."""
         client = str(addr[0]) if isinstance(addr, tuple) and addr else "local"
         if self.open >= self.limits.max_connections:
             self._turn_away(conn, "connection limit", client)
-        elif self.clients[client] >= self.limits.client_connections:
+            return False
+        if self.clients[client] >= self.limits.client_connections:
             self._turn_away(conn, "per-client connection limit", client)
-        else:
-            self.open += 1
-            self.clients[client] += 1
-            held = Conn(client, operator=operator, peer=addr, server=listener.getsockname())
-            task = asyncio.get_running_loop().create_task(self._connection(conn, held))
-            self.tasks[task] = held
-            task.add_done_callback(self._done)
+            return False
+        self.open += 1
+        self.clients[client] += 1
+        held = Conn(client, operator=operator, peer=addr, server=listener.getsockname())
+        task = asyncio.get_running_loop().create_task(self._connection(conn, held))
+        self.tasks[task] = held
+        task.add_done_callback(self._done)
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.pop(task, None)
@@ -679,11 +691,13 @@ async def serve(
     *,
     until: Callable[[], Awaitable[Any]] | None = None,
     grace: float = REQUEST_TIMEOUT,
+    balance: bool = False,
 ) -> None:
     """Accept on `listeners` ((socket, operator routes served there?)) until `until()` returns
-    (by default SIGTERM/SIGINT), then finish the requests in hand (at most `grace` seconds)."""
+    (by default SIGTERM/SIGINT), then finish the requests in hand (at most `grace` seconds).
+    `balance`: other processes accept on the same sockets (`Front.balance`)."""
     loop = asyncio.get_running_loop()
-    front = Front(limits=limits, respond=respond)
+    front = Front(limits=limits, respond=respond, balance=balance)
     count_loop_errors(loop, front.refusals)
     if until is None:
         stop = asyncio.Event()

@@ -90,7 +90,12 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
         heartbeat = loop.create_task(self._heartbeat())
         try:
             await front.serve(
-                self.listeners(), self.limits(), self.respond, until=stopped.wait, grace=self.cfg.graceful_timeout
+                self.listeners(),
+                self.limits(),
+                self.respond,
+                until=stopped.wait,
+                grace=self.cfg.graceful_timeout,
+                balance=self.cfg.workers > 1,
             )
         finally:
             heartbeat.cancel()
