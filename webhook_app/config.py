@@ -481,7 +481,7 @@ class _Processes:
         "transactions, one flush to disk for several (see *Group commit*); `false`: each worker commits "
         "its own",
     )
-    # `serve` only: its front (webhook_app/front.py) and where the operator routes answer.
+    # `serve` only: its front (webhook_app/front.py, in each gunicorn worker) and where the operator routes answer.
     operator_bind: str = _setting(
         "WEBHOOK_APP_OPERATOR_BIND",
         _operator_bind,
@@ -496,22 +496,24 @@ class _Processes:
         "WEBHOOK_APP_FRONT_HOLD_SECONDS",
         _positive(float),
         3.0,
-        doc="`serve` only: how long a request waits in the front for gunicorn (starting, or restarting after "
-        "a crash) before it is answered 503 with `Retry-After: 1`; keep it under Commerce Layer's 5 s",
+        doc="no longer used (accepted so that a configuration that sets it still starts): `serve`'s front runs "
+        "in gunicorn's workers, and a connection made while gunicorn (re)starts waits in the listening "
+        "socket's backlog",
     )
     front_max_connections: int = _setting(
         "WEBHOOK_APP_FRONT_MAX_CONNECTIONS",
         _non_negative(int),
         0,
-        doc="`serve` only: client connections the front keeps at once; it is never set above what the "
-        "descriptor limit allows. Beyond it: 503 and close",
-        default_doc="`0`: as many as the file-descriptor limit allows: (`ulimit -n` − 64) / 2, at most 8192",
+        doc="`serve` only: client connections the front keeps at once, shared equally by gunicorn's workers; "
+        "it is never set above what the descriptor limit allows. Beyond it: 503 and close",
+        default_doc="`0`: as many as the file-descriptor limit allows: `ulimit -n` − 64, at most 8192",
     )
     front_client_connections: int = _setting(
         "WEBHOOK_APP_FRONT_CLIENT_CONNECTIONS",
         _positive(int),
         64,
-        doc="`serve` only: connections one client address may keep open at once (503 and close beyond it). "
+        doc="`serve` only: connections one client address may keep open at once in each gunicorn worker "
+        "(503 and close beyond it; up to workers times this in all). "
         "Behind a proxy on the same host every client is that proxy: raise it, or let the proxy limit",
     )
     front_buffer_bytes: int = _setting(
@@ -519,7 +521,8 @@ class _Processes:
         _positive(int),
         64 * 1024 * 1024,
         doc="`serve` only: the bytes the front holds for unfinished requests (heads, declared and chunked "
-        "bodies), all clients together; one client gets at most a quarter. Beyond it: 503 with "
+        "bodies), all clients together, shared equally by gunicorn's workers; one client gets at most a "
+        "quarter of a worker's share. Beyond it: 503 with "
         "`Retry-After`. At least `WEBHOOK_APP_MAX_BODY_BYTES`",
         default_doc="`67108864` (64 MiB)",
     )

@@ -1,44 +1,41 @@
-"""The buffering front `serve` puts before gunicorn: slow clients cost a socket, never a worker.
+"""The buffering front `serve` runs inside each gunicorn worker: slow clients cost a socket, never a worker.
 
 gunicorn's sync workers serve one request at a time, and a client that trickles its headers or
 body holds a worker the whole time: with `serve`'s two workers, two slow connections stopped the
 service. In production nginx reads each request completely before gunicorn sees it; `serve`, the
-single-host setup, ships this small asyncio equivalent instead (on uvloop's event loop when
-installed, a dependency: the loop is most of the front's own cost per request):
+single-host setup, does the same inside each of its gunicorn workers instead (the worker class,
+`webhook_app/front_worker.py`, runs this front on uvloop's event loop and the Flask app, synchronously,
+on each complete request: no second HTTP hop, no second process):
 
 - it reads the request head within `HEAD_TIMEOUT` and each piece of the body within
   `BODY_TIMEOUT` (and the whole request within `REQUEST_TIMEOUT`), in one event loop, so
   thousands of idle or slow connections cost memory, not workers;
-- only a complete request (de-chunked, with its `Content-Length`) is sent to gunicorn, over a
-  private Unix socket, one request per connection; the answer is read from gunicorn at once and
-  handed to the client, who gets `SEND_TIMEOUT` to take it;
-- a `Content-Length` above the body limit is forwarded without its body (the app answers 413
-  from the header); a chunked body past the limit is answered 413 here; malformed framing 400
-  (a head line without its CR, a chunk size that is not plain hex);
-- a request that finds gunicorn not (yet, or no longer) listening is held until it is, at most
-  `Limits.hold_seconds`, then answered 503 with `Retry-After`: `serve` starting or its web server
-  restarting costs a short wait, never a 502. An intake POST or a GET whose connection gunicorn
-  dropped without an answer is sent again within the same time (the intake is idempotent: a
-  delivery stored twice is stored once);
+- only a complete request (de-chunked, with its `Content-Length`) reaches the application; the
+  client gets `SEND_TIMEOUT` to take the answer, and its connection is kept for the next request
+  when it asks for it (HTTP/1.1 keep-alive; idle, it gets `HEAD_TIMEOUT` to send the next head);
+- a `Content-Length` above the body limit reaches the app without its body (the app answers 413
+  from the header, and the connection closes); a chunked body past the limit is answered 413
+  here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex);
 - one client cannot take the front: connections are limited per client address and in total
-  (below the file-descriptor limit, each request needing two), the bytes held for unfinished
-  requests are capped (503 beyond it), refusals are counted and logged once per `LOG_INTERVAL`,
-  and running out of descriptors pauses accepting instead of spinning;
+  (below the file-descriptor limit), the bytes held for unfinished requests are capped (503
+  beyond it), refusals are counted and logged once per `LOG_INTERVAL`, and running out of
+  descriptors pauses accepting instead of spinning. Each gunicorn worker has its share of these
+  limits (`Limits.share`): the connections in all and the buffer divided by the number of
+  workers, the per-client cap each worker's own;
 - on the public listener only the intake and `/healthz` are served; the operator routes
   (`/readyz`, `/metrics`, `/admin`) answer on the operator listener (`WEBHOOK_APP_OPERATOR_BIND`);
 - the client's `X-Forwarded-*`, `Forwarded` and any header with an underscore (`SCRIPT_NAME`) are
-  dropped, and the front sets `X-Forwarded-For`/`X-Forwarded-Proto` itself: gunicorn trusts
-  whatever comes over its Unix socket. A peer in `FORWARDED_ALLOW_IPS` keeps its own forwarded
-  headers when `WEBHOOK_APP_FORWARDED_HOPS` > 0 (a proxy in front of `serve`).
+  dropped, and the front sets `X-Forwarded-For`/`X-Forwarded-Proto` itself. A peer in
+  `FORWARDED_ALLOW_IPS` keeps its own forwarded headers when `WEBHOOK_APP_FORWARDED_HOPS` > 0 (a
+  proxy in front of `serve`).
 
-gunicorn's own limits (request line, header fields) still apply behind it. The listening sockets
-are made by `serve` (webhook_app/runtime.py) and inherited, so a restarted front loses nothing
-waiting in their backlog.
+gunicorn's own limits (request line, header fields) still apply: its parser reads each buffered
+request into the WSGI environ. The listening sockets are made by `serve` (webhook_app/runtime.py)
+and inherited by gunicorn, so connections made while gunicorn (re)starts wait in their backlog.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ctypes
 import ctypes.util
@@ -46,33 +43,31 @@ import errno
 import ipaddress
 import json
 import logging
-import os
 import re
-import resource
 import signal
 import socket
-import sys
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from webhook_app.sources import REFUSED_DETAIL, Sources, forwarded_for
 
-log = logging.getLogger("webhook_app.front")  # also when run as __main__
+log = logging.getLogger("webhook_app.front")
 
 HEAD_LIMIT = 64 * 1024  # gunicorn refuses smaller heads with 414/431 behind us
-HEAD_TIMEOUT = 5.0
+HEAD_TIMEOUT = 5.0  # the head; on a kept connection, also the wait for the next one
 BODY_TIMEOUT = 5.0  # between two reads of the body
 REQUEST_TIMEOUT = 30.0  # the whole request
 SEND_TIMEOUT = 5.0
-UPSTREAM_TIMEOUT = 60.0
 LINGER_SECONDS = 2.0  # after a refusal, how long to read and drop what the client still sends
 LINGER_BYTES = 8 * 1024 * 1024
-FD_HEADROOM = 64  # descriptors kept for the rest of the process (logs, the loop, a spike of upstreams)
+FD_HEADROOM = 64  # descriptors kept for the rest of the process (logs, the loop, the database)
 CONNECTIONS_CAP = 8192  # the automatic connection limit never goes above this
 LOG_INTERVAL = 10.0  # refusals: one counted line per interval
 ACCEPT_PAUSE = 0.1  # out of descriptors: stop accepting this long
+BALANCE_PAUSE = 0.001  # several workers: after admitting, stop accepting this long per connection held...
+BALANCE_PAUSE_MAX = 0.01  # ...at most this long
 RETRY_AFTER = 1  # seconds, on a 503 from the front
 TRIM_AFTER = 4 * 1024 * 1024  # buffered bytes given back to the system once this many were held
 INTAKE_PATH = b"/webhooks/commercelayer"
@@ -112,10 +107,9 @@ BUSY = error_answer(503, "Service Unavailable", "too many connections; try again
 
 
 def connection_budget(configured: int, nofile: int) -> int:
-    """How many client connections the front keeps open at once: `configured` (0: as many as
-    fit), never more than fit in `nofile` descriptors (each request in flight needs two: the
-    client's and gunicorn's) with `FD_HEADROOM` to spare."""
-    fit = max(8, (nofile - FD_HEADROOM) // 2)
+    """How many client connections one process keeps open at once: `configured` (0: as many as
+    fit), never more than its `nofile` descriptors (one per connection) with `FD_HEADROOM` to spare."""
+    fit = max(8, nofile - FD_HEADROOM)
     return min(configured or CONNECTIONS_CAP, fit)
 
 
@@ -132,10 +126,10 @@ def trusted_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6
 
 @dataclass(frozen=True)
 class Limits:
-    """What one front may hold (README, *Limits*); `from_settings` reads them from the service's settings."""
+    """What one front may hold (README, *Limits*); `from_settings` reads them from the service's
+    settings, `share` divides them among gunicorn's workers."""
 
     max_body: int
-    hold_seconds: float = 3.0
     max_connections: int = 1024
     client_connections: int = 64
     buffer_bytes: int = 64 * 1024 * 1024
@@ -147,12 +141,26 @@ class Limits:
         """One client's share of the buffer: a quarter (at least one largest request)."""
         return max(self.buffer_bytes // 4, self.max_body + HEAD_LIMIT)
 
+    def share(self, workers: int) -> Limits:
+        """One of `workers` processes' part: the connections in all and the buffer divided (at
+        least eight connections and one largest request's bytes). The per-client connection cap
+        is each worker's whole: the kernel hands a burst of connections to whichever worker
+        accepts first, and a divided cap refused a client's 17th connection to one of 4 workers
+        while the others had room (`tests/test_e2e_service.py`, 20 slow clients); a client may
+        thus hold up to `workers` times the cap, each worker's share of all connections still
+        bounding it."""
+        n = max(1, workers)
+        return replace(
+            self,
+            max_connections=max(8, self.max_connections // n),
+            buffer_bytes=max(self.buffer_bytes // n, self.max_body + HEAD_LIMIT),
+        )
+
     @classmethod
     def from_settings(cls, settings: Any, environ: Mapping[str, str], *, nofile: int) -> Limits:
         trusted = trusted_networks(environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1")
         return cls(
             max_body=settings.max_body_bytes,
-            hold_seconds=settings.front_hold_seconds,
             max_connections=connection_budget(settings.front_max_connections, nofile),
             client_connections=settings.front_client_connections,
             buffer_bytes=settings.front_buffer_bytes,
@@ -199,7 +207,7 @@ class RefusalLog:
 
 def _malloc_trim() -> Callable[[], Any] | None:
     """glibc's malloc_trim: gives freed heap pages back to the system (else a burst of large
-    bodies keeps the front's memory at its peak for good). None where there is none (musl)."""
+    bodies keeps the process's memory at its peak for good). None where there is none (musl)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
@@ -209,124 +217,60 @@ def _malloc_trim() -> Callable[[], Any] | None:
     return lambda: trim(0)
 
 
-class _Held:
-    """The bytes one request holds against the front's buffer."""
+class Conn:
+    """One client connection: who, on which listener, and the bytes its request holds against the buffer."""
 
-    __slots__ = ("client", "size")
+    __slots__ = ("client", "idle", "operator", "peer", "server", "size")
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, *, operator: bool = True, peer: Any = None, server: Any = None) -> None:
         self.client = client
+        self.operator = operator
+        self.peer = peer  # the address accept() gave
+        self.server = server  # the listener's own address
         self.size = 0
+        self.idle = False  # a kept connection waiting for its next request
 
 
-class Front:
-    def __init__(self, *, upstream: str, limits: Limits) -> None:
-        self.upstream = upstream  # unix:/path or host:port
-        self._upstream_address: tuple[int, Any] | None = None
+@dataclass
+class Request:
+    """A complete request as the front read it: the request line, the header lines it keeps, the
+    de-chunked body, and whether the connection may serve another request after this one."""
+
+    line: bytes
+    headers: list[bytes]
+    body: bytes
+    keep_alive: bool
+    declared: int | None = None  # a Content-Length above the limit: the body was left unread
+
+    @property
+    def method(self) -> bytes:
+        return self.line.partition(b" ")[0]
+
+    def wire(self, *, keep_alive: bool) -> bytes:
+        """The request as bytes for gunicorn's parser, framed by `Content-Length`."""
+        length = len(self.body) if self.declared is None else self.declared
+        connection = b"Connection: keep-alive" if keep_alive else b"Connection: close"
+        head = b"\r\n".join([self.line, *self.headers, b"Content-Length: %d" % length, connection])
+        return head + b"\r\n\r\n" + self.body
+
+
+#: the application's answer to one request, and whether the connection may stay open after it
+Respond = Callable[[Request, Conn], tuple[bytes, bool]]
+
+
+class Budget:
+    """The bytes held for unfinished requests, in total and per client (`Limits.buffer_bytes`)."""
+
+    def __init__(self, limits: Limits, refusals: RefusalLog) -> None:
         self.limits = limits
-        self.max_body = limits.max_body
-        self.open = 0
-        self.clients: Counter[str] = Counter()
+        self.refusals = refusals
         self.buffered = 0
         self.client_buffered: Counter[str] = Counter()
         self.peak = 0
-        self.refusals = RefusalLog()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.listeners: list[tuple[socket.socket, bool]] = []
-        self.closing = False
         self._trim = _malloc_trim()
         self._trim_pending = False
-        self._last_bug = float("-inf")
 
-    # --- accepting ------------------------------------------------------------------------------
-
-    def listen(self, sock: socket.socket, *, operator: bool) -> None:
-        """Accept on `sock`; `operator`: every route is served there, else only PUBLIC_PATHS."""
-        sock.setblocking(False)
-        self.listeners.append((sock, operator))
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
-
-    def stop_accepting(self) -> None:
-        self.closing = True
-        loop = asyncio.get_running_loop()
-        for sock, _ in self.listeners:
-            loop.remove_reader(sock.fileno())
-
-    def _accept(self, sock: socket.socket, operator: bool) -> None:
-        for _ in range(128):
-            try:
-                conn, addr = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue  # the client gave up while it waited
-                # out of descriptors (or memory): the connection stays in the backlog; accepting
-                # again at once would fail again, in a loop
-                self.refusals.note("out of file descriptors" if exc.errno in _OUT_OF_RESOURCES else str(exc.strerror))
-                self._pause(sock, operator)
-                return
-            self._admit(conn, addr, operator)
-
-    def _pause(self, sock: socket.socket, operator: bool) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(sock.fileno())
-        loop.call_later(ACCEPT_PAUSE, self._resume, sock, operator)
-
-    def _resume(self, sock: socket.socket, operator: bool) -> None:
-        if not self.closing:
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
-
-    def _admit(self, conn: socket.socket, addr: Any, operator: bool) -> None:
-        client = str(addr[0]) if isinstance(addr, tuple) and addr else "local"
-        if self.open >= self.limits.max_connections:
-            self._turn_away(conn, "connection limit", client)
-        elif self.clients[client] >= self.limits.client_connections:
-            self._turn_away(conn, "per-client connection limit", client)
-        else:
-            self.open += 1
-            self.clients[client] += 1
-            task = asyncio.get_running_loop().create_task(self._connection(conn, client, operator))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    def _turn_away(self, conn: socket.socket, reason: str, client: str) -> None:
-        self.refusals.note(reason, client)
-        try:
-            conn.setblocking(False)
-            conn.send(BUSY)
-        except OSError:
-            pass
-        conn.close()
-
-    async def _connection(self, conn: socket.socket, client: str, operator: bool) -> None:
-        loop = asyncio.get_running_loop()
-        held = _Held(client)
-        try:
-            reader = asyncio.StreamReader(limit=HEAD_LIMIT, loop=loop)
-            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-            try:
-                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
-            except OSError:
-                conn.close()
-                return
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await self.handle(reader, writer, client=client, operator=operator, held=held)
-        except Exception as exc:  # a bug here costs one connection, never the front
-            self.refusals.note(f"internal error ({type(exc).__name__})", client)
-            if loop.time() - self._last_bug >= LOG_INTERVAL:  # its traceback once per interval
-                self._last_bug = loop.time()
-                log.error("front: error in a connection", exc_info=True)
-        finally:
-            self.release(held)
-            self.open -= 1
-            self.clients[client] -= 1
-            if self.clients[client] <= 0:
-                del self.clients[client]
-
-    # --- the buffer budget --------------------------------------------------------------------
-
-    def reserve(self, held: _Held, size: int) -> None:
+    def reserve(self, held: Conn, size: int) -> None:
         client = held.client
         if (
             self.buffered + size > self.limits.buffer_bytes
@@ -340,7 +284,7 @@ class Front:
         if self.buffered > self.peak:
             self.peak = self.buffered
 
-    def release(self, held: _Held) -> None:
+    def release(self, held: Conn) -> None:
         if not held.size:
             return
         self.buffered -= held.size
@@ -360,7 +304,83 @@ class Front:
         if self._trim is not None:
             self._trim()
 
-    # --- one connection -----------------------------------------------------------------------
+
+@dataclass
+class _Fields:
+    """The head's fields as the front keeps them, and the framing it read from them."""
+
+    kept: list[bytes]
+    lengths: set[bytes]
+    te: list[bytes]
+    expect: bool = False
+    close: bool = False  # `Connection: close`
+    keep_alive: bool = False  # `Connection: keep-alive` (HTTP/1.0)
+
+
+def _request_line(line: bytes, *, operator: bool) -> tuple[bytes, bytes, bytes]:
+    """(method, path, version), or Refused: malformed, or an operator route on the public listener."""
+    parts = line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise Refused(400, "Bad Request", "malformed request line")
+    path = parts[1].partition(b"?")[0]
+    if not operator and path not in PUBLIC_PATHS:
+        raise Refused(404, "Not Found", "no such route on this listener")
+    return parts[0], path, parts[2]
+
+
+def _hop_field(fields: _Fields, lname: bytes, value: bytes) -> None:
+    value = value.strip().lower()
+    if lname == b"content-length":
+        fields.lengths.add(value)
+    elif lname == b"transfer-encoding":
+        fields.te.append(value)
+    elif lname == b"expect":
+        fields.expect = fields.expect or value == b"100-continue"
+    elif lname == b"connection":
+        tokens = {t.strip() for t in value.split(b",")}
+        fields.close = fields.close or b"close" in tokens
+        fields.keep_alive = fields.keep_alive or b"keep-alive" in tokens
+
+
+def head_fields(lines: Sequence[bytes], *, trusted: bool) -> _Fields:
+    """The header lines to pass on (no hop-by-hop field, none with `_`, no forwarded header from
+    an untrusted peer), and the framing and connection fields read from the dropped ones."""
+    fields = _Fields(kept=[], lengths=set(), te=[])
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            raise Refused(400, "Bad Request", "malformed header field")
+        lname = name.lower()
+        if lname in _HOP:
+            _hop_field(fields, lname, value)
+        elif b"_" in lname:  # SCRIPT_NAME, PATH_INFO...: gunicorn would take them from the client
+            continue
+        elif trusted or not (lname.startswith(b"x-forwarded-") or lname == b"forwarded"):
+            fields.kept.append(line)
+    return fields
+
+
+def chunk_size(line: bytes) -> int:
+    """A chunk-size line (without its CRLF) as RFC 9112 writes it: hex digits only (no sign, no
+    `0x`, no `_`, no spaces but before an extension), then any extensions, which are dropped."""
+    size, sep, ext = line.partition(b";")
+    if sep:
+        size = size.rstrip(b" \t")
+    if not _CHUNK_SIZE.fullmatch(size):
+        raise Refused(400, "Bad Request", "malformed chunk size")
+    if sep and not _CHUNK_EXT.fullmatch(b";" + ext):
+        raise Refused(400, "Bad Request", "malformed chunk extension")
+    return int(size, 16)
+
+
+class RequestReader:
+    """Reads one complete request from a client's stream within the front's limits and timeouts."""
+
+    def __init__(self, limits: Limits, budget: Budget, refusals: RefusalLog) -> None:
+        self.limits = limits
+        self.max_body = limits.max_body
+        self.budget = budget
+        self.refusals = refusals
 
     def trusts(self, client: str) -> bool:
         if not self.limits.trusted:
@@ -371,42 +391,7 @@ class Front:
             return False
         return any(ip in net for net in self.limits.trusted)
 
-    async def handle(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        client: str = "local",
-        operator: bool = True,
-        held: _Held | None = None,
-    ) -> None:
-        held = held or _Held(client)
-        refused = False
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                request, resend = await self.read_request(reader, writer, client=client, operator=operator, held=held)
-            answer = await self.forward(request, resend=resend)
-        except Refused as r:
-            answer, refused = r.answer(), True
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()  # a client too slow or gone: nothing reached gunicorn
-            return
-        finally:
-            self.release(held)
-        try:
-            writer.write(answer)
-            async with asyncio.timeout(SEND_TIMEOUT):
-                await writer.drain()
-            if refused:  # let the client read the answer before its unread bytes reset the line
-                writer.write_eof()
-                async with asyncio.timeout(LINGER_SECONDS):
-                    await _discard(reader, LINGER_BYTES)
-        except (TimeoutError, ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def read_head(self, reader: asyncio.StreamReader) -> list[bytes]:
+    async def read_head(self, reader: asyncio.StreamReader, held: Conn) -> list[bytes]:
         """The head's lines without their CRLF; a line ending in a bare LF is malformed framing."""
         lines: list[bytes] = []
         size = 0
@@ -419,6 +404,7 @@ class Front:
                 size += len(line)
                 if size > HEAD_LIMIT:
                     raise Refused(431, "Request Header Fields Too Large", "the request head is too large")
+                held.idle = False
                 if line[-2:-1] != b"\r":
                     raise Refused(400, "Bad Request", "a line of the request head does not end with CRLF")
                 if len(line) == 2:
@@ -428,85 +414,52 @@ class Front:
                 lines.append(line[:-2])
 
     async def read_request(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        client: str = "local",
-        operator: bool = True,
-        held: _Held | None = None,
-    ) -> tuple[bytes, bool]:
-        """The complete request to hand to gunicorn, and whether it may be sent again if gunicorn
-        drops it unanswered (GET, HEAD and the idempotent intake)."""
-        held = held or _Held(client)
-        lines = await self.read_head(reader)
-        self.reserve(held, sum(map(len, lines)))
-        request_line = lines[0]
-        parts = request_line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            raise Refused(400, "Bad Request", "malformed request line")
-        method, path = parts[0], parts[1].partition(b"?")[0]
-        if not operator and path not in PUBLIC_PATHS:
-            raise Refused(404, "Not Found", "no such route on this listener")
-        resend = method in (b"GET", b"HEAD") or (method == b"POST" and path == INTAKE_PATH)
-        trusted = self.trusts(client)
-        kept: list[bytes] = []
-        lengths: set[bytes] = set()
-        te: list[bytes] = []
-        expect = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep or not name or name != name.strip():
-                raise Refused(400, "Bad Request", "malformed header field")
-            lname = name.lower()
-            if lname in _HOP:
-                if lname == b"content-length":
-                    lengths.add(value.strip())
-                elif lname == b"transfer-encoding":
-                    te.append(value.strip().lower())
-                elif lname == b"expect":
-                    expect = expect or value.strip().lower() == b"100-continue"
-                continue
-            if b"_" in lname:  # SCRIPT_NAME, PATH_INFO...: gunicorn would take them from us
-                continue
-            if not trusted and (lname.startswith(b"x-forwarded-") or lname == b"forwarded"):
-                continue
-            kept.append(line)
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn | None = None
+    ) -> Request:
+        """The complete request, its body de-chunked, or Refused."""
+        held = held or Conn("local")
+        lines = await self.read_head(reader, held)
+        self.budget.reserve(held, sum(map(len, lines)))
+        _, path, version = _request_line(lines[0], operator=held.operator)
+        trusted = self.trusts(held.client)
+        fields = head_fields(lines[1:], trusted=trusted)
         if not trusted:
-            kept += [b"X-Forwarded-For: " + client.encode("ascii", "replace"), b"X-Forwarded-Proto: http"]
+            fields.kept += [b"X-Forwarded-For: " + held.client.encode("ascii", "replace"), b"X-Forwarded-Proto: http"]
         sources = self.limits.sources  # WEBHOOK_APP_ALLOWED_SOURCES, judged as the intake will judge it
-        if sources.enabled and path == INTAKE_PATH and not sources.allows(client, forwarded_for(kept)):
-            self.refusals.note("source not allowed", client)
+        if sources.enabled and path == INTAKE_PATH and not sources.allows(held.client, forwarded_for(fields.kept)):
+            self.refusals.note("source not allowed", held.client)
             raise Refused(403, "Forbidden", REFUSED_DETAIL)  # before the body: none of it is read
-        if te and lengths:
-            raise Refused(400, "Bad Request", "Content-Length with Transfer-Encoding")
-        if len(lengths) > 1:
-            raise Refused(400, "Bad Request", "conflicting Content-Length values")
-        body = b""
-        if te:
-            if te != [b"chunked"]:
-                raise Refused(400, "Bad Request", "only chunked transfer encoding is accepted")
-            if expect:
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await self.read_chunked(reader, held)
-        elif lengths:
-            raw = lengths.pop()
-            if not raw.isdigit() or len(raw) > 18:
-                raise Refused(400, "Bad Request", "malformed Content-Length")
-            length = int(raw)
-            if length > self.max_body:  # the app answers 413 from the header; the body stays unread
-                return self.rebuild(request_line, kept, b"", declared=length), resend
-            self.reserve(held, length)
-            if expect and length:
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await self.read_exactly(reader, length)
-        return self.rebuild(request_line, kept, body), resend
+        keep_alive = not fields.close and (version == b"HTTP/1.1" or fields.keep_alive)
+        body, declared = await self.read_body(reader, writer, fields, held)
+        return Request(lines[0], fields.kept, body, keep_alive and declared is None, declared)
 
-    @staticmethod
-    def rebuild(request_line: bytes, kept: Sequence[bytes], body: bytes, *, declared: int | None = None) -> bytes:
-        length = len(body) if declared is None else declared
-        head = b"\r\n".join([request_line, *kept, b"Content-Length: %d" % length, b"Connection: close"])
-        return head + b"\r\n\r\n" + body
+    async def read_body(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fields: _Fields, held: Conn
+    ) -> tuple[bytes, int | None]:
+        """(the body, None), or (b"", the declared length) for a `Content-Length` above the limit:
+        the app answers 413 from the header and the body stays unread."""
+        if fields.te and fields.lengths:
+            raise Refused(400, "Bad Request", "Content-Length with Transfer-Encoding")
+        if len(fields.lengths) > 1:
+            raise Refused(400, "Bad Request", "conflicting Content-Length values")
+        if fields.te:
+            if fields.te != [b"chunked"]:
+                raise Refused(400, "Bad Request", "only chunked transfer encoding is accepted")
+            if fields.expect:
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return await self.read_chunked(reader, held), None
+        if not fields.lengths:
+            return b"", None
+        raw = fields.lengths.pop()
+        if not raw.isdigit() or len(raw) > 18:
+            raise Refused(400, "Bad Request", "malformed Content-Length")
+        length = int(raw)
+        if length > self.max_body:
+            return b"", length
+        self.budget.reserve(held, length)
+        if fields.expect and length:
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return await self.read_exactly(reader, length), None
 
     @staticmethod
     async def read_exactly(reader: asyncio.StreamReader, length: int) -> bytes:
@@ -529,7 +482,7 @@ class Front:
         except asyncio.LimitOverrunError:
             raise Refused(400, "Bad Request", "a chunk line without its terminator") from None
 
-    async def read_chunked(self, reader: asyncio.StreamReader, held: _Held) -> bytes:
+    async def read_chunked(self, reader: asyncio.StreamReader, held: Conn) -> bytes:
         parts: list[bytes] = []
         total = 0
         while True:
@@ -541,110 +494,176 @@ class Front:
             total += size
             if total > self.max_body:
                 raise Refused(413, "Payload Too Large", f"body larger than the limit of {self.max_body} bytes")
-            self.reserve(held, size)
+            self.budget.reserve(held, size)
             parts.append(await self.read_exactly(reader, size))
             if await self.read_exactly(reader, 2) != b"\r\n":
                 raise Refused(400, "Bad Request", "chunk without its terminator")
 
-    # --- gunicorn -----------------------------------------------------------------------------
 
-    def _upstream_socket(self) -> tuple[socket.socket, Any]:
-        """A fresh non-blocking socket for gunicorn, and the address to connect it to."""
-        if self._upstream_address is None:
-            if self.upstream.startswith("unix:"):
-                self._upstream_address = (socket.AF_UNIX, self.upstream[5:])
-            else:  # an address, once (a name resolved on every request would block the loop)
-                host, _, port = self.upstream.rpartition(":")
-                info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)[0]
-                self._upstream_address = (info[0], info[4])
-        family, address = self._upstream_address
-        sock = socket.socket(family, socket.SOCK_STREAM)
+class Front:
+    """Accepts on its listeners, admits each connection within the limits, reads each request
+    completely (`RequestReader`) and answers it with `respond` (the application, synchronously)."""
+
+    def __init__(self, *, limits: Limits, respond: Respond, balance: bool = False) -> None:
+        self.limits = limits
+        self.respond = respond
+        self.balance = balance  # other processes accept on the same sockets
+        self.refusals = RefusalLog()
+        self.budget = Budget(limits, self.refusals)
+        self.reader = RequestReader(limits, self.budget, self.refusals)
+        self.open = 0
+        self.clients: Counter[str] = Counter()
+        self.tasks: dict[asyncio.Task[None], Conn] = {}
+        self.listeners: list[tuple[socket.socket, bool]] = []
+        self.closing = False
+        self._last_bug = float("-inf")
+
+    # --- accepting ------------------------------------------------------------------------------
+
+    def listen(self, sock: socket.socket, *, operator: bool) -> None:
+        """Accept on `sock`; `operator`: every route is served there, else only PUBLIC_PATHS."""
         sock.setblocking(False)
-        return sock, address
+        self.listeners.append((sock, operator))
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
 
-    async def _exchange(self, sock: socket.socket, request: bytes) -> bytes:
-        """Send `request` on the connected `sock`, read the answer until gunicorn closes: the
-        loop's socket calls, without a transport and stream pair per request."""
+    def stop_accepting(self) -> None:
+        """Accept no more, and close the kept connections waiting for their next request (those
+        reading one finish it)."""
+        self.closing = True
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(sock, request)
-        parts = []
-        while piece := await loop.sock_recv(sock, 65536):
-            parts.append(piece)
-        return b"".join(parts)
+        for sock, _ in self.listeners:
+            loop.remove_reader(sock.fileno())
+        for task, conn in list(self.tasks.items()):
+            if conn.idle:
+                task.cancel()
 
-    async def forward(self, request: bytes, *, resend: bool = False) -> bytes:
-        """gunicorn's answer to `request`. While gunicorn does not listen (starting, restarting,
-        or the front is out of descriptors) the request waits, up to `hold_seconds`; a request
-        that may be sent again (`resend`) is, if gunicorn closes its connection without answering."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.hold_seconds
-        pause = 0.01
-        while True:
-            sock: socket.socket | None = None
+    def _accept(self, sock: socket.socket, operator: bool) -> None:
+        for _ in range(128):
             try:
-                sock, address = self._upstream_socket()
-                async with asyncio.timeout_at(deadline):
-                    await loop.sock_connect(sock, address)
-            except (OSError, TimeoutError):
-                if sock is not None:
-                    sock.close()  # not listening (yet): wait below
-            else:
-                try:
-                    async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                        # gunicorn closes after one request (Connection: close)
-                        answer = await self._exchange(sock, request)
-                except TimeoutError:
-                    raise unavailable("the web server did not answer in time") from None
-                except OSError:
-                    answer = b""
-                finally:
-                    sock.close()
-                if answer_complete(answer, head_request=request.startswith(b"HEAD ")):
-                    return answer
-                # Cut short (gunicorn killed while answering): never pass half an answer on. A
-                # delivery sent again is a duplicate at worst (the store answers 200 for it).
-                if not resend:
-                    raise unavailable("the web server closed the connection without an answer")
-            if loop.time() + pause >= deadline:
-                self.refusals.note("web server not ready")
-                raise unavailable("the web server is not ready; try again shortly")
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.1)
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the client gave up while it waited
+                # out of descriptors (or memory): the connection stays in the backlog; accepting
+                # again at once would fail again, in a loop
+                self.refusals.note("out of file descriptors" if exc.errno in _OUT_OF_RESOURCES else str(exc.strerror))
+                self._pause(sock, operator)
+                return
+            if self._admit(conn, addr, operator, sock) and self.balance:
+                # Every worker is woken for a new connection and the first to accept takes it:
+                # one that took a burst would serve it alone while the others idle (kept
+                # connections stay where they were accepted). Stepping back for a moment, longer
+                # the more it holds, lets the less busy workers take the next ones.
+                self._pause(sock, operator, min(BALANCE_PAUSE * self.open, BALANCE_PAUSE_MAX))
+                return
 
+    def _pause(self, sock: socket.socket, operator: bool, seconds: float = ACCEPT_PAUSE) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.call_later(seconds, self._resume, sock, operator)
 
-def answer_complete(answer: bytes, *, head_request: bool = False) -> bool:
-    """Whether gunicorn's answer arrived whole: a head, and all of the body its `Content-Length`
-    (or chunked framing) announces; an answer without either ends at the connection's end. The
-    answer to a HEAD request, a 204 and a 304 have no body whatever their headers say."""
-    head, sep, body = answer.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    if head_request or head[9:12] in (b"204", b"304"):
+    def _resume(self, sock: socket.socket, operator: bool) -> None:
+        if not self.closing:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
+
+    def _admit(self, conn: socket.socket, addr: Any, operator: bool, listener: socket.socket) -> bool:
+        """Whether the connection was admitted (else it was turned away)."""
+        client = str(addr[0]) if isinstance(addr, tuple) and addr else "local"
+        if self.open >= self.limits.max_connections:
+            self._turn_away(conn, "connection limit", client)
+            return False
+        if self.clients[client] >= self.limits.client_connections:
+            self._turn_away(conn, "per-client connection limit", client)
+            return False
+        self.open += 1
+        self.clients[client] += 1
+        held = Conn(client, operator=operator, peer=addr, server=listener.getsockname())
+        task = asyncio.get_running_loop().create_task(self._connection(conn, held))
+        self.tasks[task] = held
+        task.add_done_callback(self._done)
         return True
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(task, None)
+
+    def _turn_away(self, conn: socket.socket, reason: str, client: str) -> None:
+        self.refusals.note(reason, client)
+        try:
+            conn.setblocking(False)
+            conn.send(BUSY)
+        except OSError:
+            pass
+        conn.close()
+
+    async def _connection(self, conn: socket.socket, held: Conn) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=HEAD_LIMIT, loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
-                return len(body) >= int(value.strip())
-            except ValueError:
-                return False
-        if name == b"transfer-encoding" and b"chunked" in value.lower():
-            return body.endswith(b"0\r\n\r\n")
-    return True
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+            except OSError:
+                conn.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await self.handle(reader, writer, held)
+        except Exception as exc:  # a bug here costs one connection, never the front
+            self.refusals.note(f"internal error ({type(exc).__name__})", held.client)
+            if loop.time() - self._last_bug >= LOG_INTERVAL:  # its traceback once per interval
+                self._last_bug = loop.time()
+                log.error("front: error in a connection", exc_info=True)
+        finally:
+            self.budget.release(held)
+            self.open -= 1
+            self.clients[held.client] -= 1
+            if self.clients[held.client] <= 0:
+                del self.clients[held.client]
 
+    # --- one connection -----------------------------------------------------------------------
 
-def chunk_size(line: bytes) -> int:
-    """A chunk-size line (without its CRLF) as RFC 9112 writes it: hex digits only (no sign, no
-    `0x`, no `_`, no spaces but before an extension), then any extensions, which are dropped."""
-    size, sep, ext = line.partition(b";")
-    if sep:
-        size = size.rstrip(b" \t")
-    if not _CHUNK_SIZE.fullmatch(size):
-        raise Refused(400, "Bad Request", "malformed chunk size")
-    if sep and not _CHUNK_EXT.fullmatch(b";" + ext):
-        raise Refused(400, "Bad Request", "malformed chunk extension")
-    return int(size, 16)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> None:
+        """Requests and their answers, one after the other, until the client or the app closes."""
+        try:
+            while await self.exchange(reader, writer, held):
+                held.idle = True  # until the next request's first line: closed if the front stops
+        finally:
+            writer.close()
+
+    async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> bool:
+        """Read one request, answer it; whether the connection stays open for another."""
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await self.reader.read_request(reader, writer, held)
+            answer, keep = self.respond(request, held)
+        except Refused as r:
+            await self._refuse(reader, writer, r.answer())
+            return False
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return False  # a client too slow or gone (or done: it closed its kept connection)
+        finally:
+            self.budget.release(held)
+        try:
+            writer.write(answer)
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await writer.drain()
+        except (TimeoutError, ConnectionError, OSError):
+            return False
+        return keep and not self.closing
+
+    @staticmethod
+    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
+        """Send a refusal, then let the client read it before its unread bytes reset the line."""
+        try:
+            writer.write(answer)
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await writer.drain()
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                await _discard(reader, LINGER_BYTES)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
 
 
 async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
@@ -655,74 +674,50 @@ async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
         limit -= len(piece)
 
 
-async def serve(listeners: Sequence[tuple[socket.socket, bool]], upstream: str, limits: Limits) -> None:
-    """Accept on `listeners` ((socket, operator routes served there?)) until SIGTERM/SIGINT, then
-    finish the requests in hand (at most `REQUEST_TIMEOUT`)."""
-    loop = asyncio.get_running_loop()
-    front = Front(upstream=upstream, limits=limits)
+def count_loop_errors(loop: asyncio.AbstractEventLoop, refusals: RefusalLog) -> None:
+    """The loop's unhandled errors counted with the refusals, never a traceback per connection."""
 
     def loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        front.refusals.note(f"event loop: {type(exc).__name__ if exc else context.get('message', '?')}")
+        refusals.note(f"event loop: {type(exc).__name__ if exc else context.get('message', '?')}")
 
-    loop.set_exception_handler(loop_error)  # counted, never a traceback per connection
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(loop_error)
+
+
+async def serve(
+    listeners: Sequence[tuple[socket.socket, bool]],
+    limits: Limits,
+    respond: Respond,
+    *,
+    until: Callable[[], Awaitable[Any]] | None = None,
+    grace: float = REQUEST_TIMEOUT,
+    balance: bool = False,
+) -> None:
+    """Accept on `listeners` ((socket, operator routes served there?)) until `until()` returns
+    (by default SIGTERM/SIGINT), then finish the requests in hand (at most `grace` seconds).
+    `balance`: other processes accept on the same sockets (`Front.balance`)."""
+    loop = asyncio.get_running_loop()
+    front = Front(limits=limits, respond=respond, balance=balance)
+    count_loop_errors(loop, front.refusals)
+    if until is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        until = stop.wait
     for sock, operator in listeners:
         front.listen(sock, operator=operator)
-    log.info(
-        "front ready",
-        extra={
-            "max_connections": limits.max_connections,
-            "client_connections": limits.client_connections,
-            "buffer_bytes": limits.buffer_bytes,
-            "hold_seconds": limits.hold_seconds,
-        },
-    )
-    await stop.wait()
+    await until()
     front.stop_accepting()
     if front.tasks:
-        await asyncio.wait(set(front.tasks), timeout=REQUEST_TIMEOUT)
+        await asyncio.wait(set(front.tasks), timeout=grace)
     front.refusals.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from webhook_app.config import Settings
-    from webhook_app.errors import ConfigError
-    from webhook_app.logs import configure_logging, settings_secrets
-
-    p = argparse.ArgumentParser(prog="python -m webhook_app.front", description="serve's front (started by serve)")
-    p.add_argument("--listen-fd", type=int, required=True, metavar="FD", help="the public listening socket")
-    p.add_argument("--operator-fd", type=int, default=None, metavar="FD", help="the operator listening socket")
-    p.add_argument("--all-routes", action="store_true", help="serve the operator routes on the public socket too")
-    p.add_argument("--upstream", required=True, metavar="unix:PATH|HOST:PORT")
-    args = p.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"webhook-app: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, secrets=settings_secrets(settings))
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    limits = Limits.from_settings(settings, os.environ, nofile=nofile if nofile > 0 else 1024)
-    listeners = [(socket.socket(fileno=args.listen_fd), args.all_routes)]
-    if args.operator_fd is not None:
-        listeners.append((socket.socket(fileno=args.operator_fd), True))
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(listeners, args.upstream, limits))
-    return 0
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's event loop (libuv, in C) where it is installed: the front's own cost per request
     is mostly the event loop's (BENCHMARKS.md, *serve's front*); the standard loop otherwise."""
     try:
         import uvloop
     except ImportError:
-        return None
+        return asyncio.new_event_loop
     return uvloop.new_event_loop
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,9 +3,11 @@
 `run_web` embeds gunicorn (sync workers; each worker process builds its own app and database
 connection after the fork) through its documented Application class and server hooks; the commit
 writer beside it is started again, when it dies, by a keeper process forked before the workers.
-`run_worker` runs the job loop until SIGTERM/SIGINT, finishing the job in hand. `run_serve` is a
-small supervisor: it opens the listening sockets, starts the front, `web` and `worker` as child
-processes, restarts any of them that dies, and stops them on SIGTERM/SIGINT.
+`run_front_web` is the same gunicorn for `serve`, with the front in each of its workers
+(`webhook_app.front_worker`). `run_worker` runs the job loop until SIGTERM/SIGINT, finishing the
+job in hand. `run_serve` is a small supervisor: it opens the listening sockets, starts that web
+server (which inherits them) and `worker` as child processes, restarts either if it dies, and
+stops them on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import contextlib
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -180,6 +181,13 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
         explicit["bind"] = [bind]
     if workers:
         explicit["workers"] = workers
+    return _run_gunicorn(settings, defaults, explicit, config_file)
+
+
+def _run_gunicorn(
+    settings: Settings, defaults: Mapping[str, Any], explicit: Mapping[str, Any], config_file: str | None
+) -> int:
+    """gunicorn with `defaults` and `explicit` settings (and a config file), its commit writer beside it."""
     try:
         writer = CommitWriterProcess.for_settings(settings)
     except OSError as exc:  # gunicorn needs the temporary directory as much (its workers' heartbeat files)
@@ -195,6 +203,27 @@ def run_web(settings: Settings, *, bind: str | None, workers: int | None = None,
         if writer is not None:
             writer.stop()
     return 0
+
+
+def run_front_web(settings: Settings, *, fds: list[int], operator: int | str | None, workers: int | None) -> int:
+    """`serve`'s web server: gunicorn whose workers each run the buffering front and the app
+    (`webhook_app.front_worker`) on the inherited listening sockets `fds`, its commit writer
+    beside it. `operator`: the index in `fds` of the operator listener, "all" or None."""
+    import resource
+
+    from webhook_app import front, front_worker
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    front_worker.OPERATOR = operator  # read by the workers gunicorn forks from this process
+    front_worker.LIMITS = front.Limits.from_settings(settings, os.environ, nofile=nofile if nofile > 0 else 1024)
+    defaults = dict(
+        GUNICORN_DEFAULTS,
+        bind=[f"fd://{fd}" for fd in fds],
+        workers=workers or settings.web_workers,
+        worker_class="webhook_app.front_worker.FrontWorker",
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", ""),
+    )
+    return _run_gunicorn(settings, defaults, {}, None)
 
 
 #: how long the keeper waits for a stopping writer to commit what it holds before killing it
@@ -691,6 +720,16 @@ def open_listener(address: str, what: str) -> socket.socket:
         raise ListenError(f"cannot listen on {address} ({what}): {exc.strerror or exc}") from None
 
 
+def _announce_operator(operator: socket.socket | None, operator_bind: str) -> None:
+    if operator is not None:
+        host, port = operator.getsockname()[:2]
+        print(f"  operator routes (/readyz, /metrics, /admin): http://{host}:{port}", file=sys.stderr)
+    elif operator_bind == "public":
+        print("  operator routes (/readyz, /metrics, /admin): on the public address", file=sys.stderr)
+    else:
+        print("  operator routes (/readyz, /metrics, /admin): off", file=sys.stderr)
+
+
 def open_listeners(bind: str, operator_bind: str) -> tuple[socket.socket, socket.socket | None]:
     """The public listener on `bind` and the operator routes' (`WEBHOOK_APP_OPERATOR_BIND`: by
     default 127.0.0.1 on the public port + 1; `off` or `public`: none)."""
@@ -708,33 +747,24 @@ def open_listeners(bind: str, operator_bind: str) -> tuple[socket.socket, socket
 def run_serve(
     *, bind: str | None, workers: int | None, env: Mapping[str, str] | None = None, operator_bind: str = ""
 ) -> int:
-    """Run the buffering front, `web` and `worker` as supervised child processes until told to
-    stop, each started again if it exits. The front listens on `bind` (and the operator address);
-    gunicorn only on a private Unix socket behind it (`webhook_app.front`: slow clients cost the
-    front a socket, never a gunicorn worker; requests wait there while gunicorn (re)starts)."""
+    """Run the web server and the job worker as supervised child processes until told to stop,
+    each started again if it exits. The listening sockets (`bind` and the operator address) are
+    made here and inherited by gunicorn, whose workers buffer each request before the app sees
+    it (`webhook_app.front_worker`: slow clients cost a socket, never a worker); connections
+    made while gunicorn (re)starts wait in the sockets' backlog."""
     try:
         public, operator = open_listeners(bind or DEFAULT_BIND, operator_bind)
     except ListenError as exc:
         print(f"webhook-app: {exc}", file=sys.stderr)
         return 2
-    if operator is not None:
-        host, port = operator.getsockname()[:2]
-        print(f"  operator routes (/readyz, /metrics, /admin): http://{host}:{port}", file=sys.stderr)
-    elif operator_bind == "public":
-        print("  operator routes (/readyz, /metrics, /admin): on the public address", file=sys.stderr)
-    else:
-        print("  operator routes (/readyz, /metrics, /admin): off", file=sys.stderr)
-    base = [sys.executable, "-m", "webhook_app"]
-    sock_dir = tempfile.mkdtemp(prefix="webhook-app-web-")
-    upstream = f"unix:{sock_dir}/web.sock"
-    web_cmd = [*base, "web", "--bind", upstream] + (["--workers", str(workers)] if workers else [])
+    _announce_operator(operator, operator_bind)
+    web_cmd = [sys.executable, "-m", "webhook_app.front_worker", "--listen-fd", str(public.fileno())]
     fds = (public.fileno(),) + ((operator.fileno(),) if operator is not None else ())
-    front_cmd = [sys.executable, "-m", "webhook_app.front", "--listen-fd", str(public.fileno()), "--upstream", upstream]
     if operator is not None:
-        front_cmd += ["--operator-fd", str(operator.fileno())]
+        web_cmd += ["--operator-fd", str(operator.fileno())]
     elif operator_bind == "public":
-        front_cmd += ["--all-routes"]
-    worker_cmd = [*base, "worker"]
+        web_cmd += ["--all-routes"]
+    web_cmd += ["--workers", str(workers)] if workers else []
     child_env = dict(os.environ if env is None else env)
     stopping = threading.Event()
 
@@ -743,22 +773,18 @@ def run_serve(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    web = _Child("web server", web_cmd, child_env, quick=True)
-    front = _Child("front", front_cmd, child_env, pass_fds=fds, quick=True)
-    # The job worker yields the CPU to the front and the web server (WORKER_NICE): on a host busy
-    # with a burst the deliveries are answered first and the jobs drain behind it (they are on
-    # disk); on an idle host the niceness changes nothing, so receipt -> PATCH is not delayed.
-    worker = _Child("worker", worker_cmd, child_env, nice=WORKER_NICE)
+    web = _Child("web server", web_cmd, child_env, pass_fds=fds, quick=True)
+    # The job worker yields the CPU to the web server (WORKER_NICE): on a host busy with a burst
+    # the deliveries are answered first and the jobs drain behind it (they are on disk); on an
+    # idle host the niceness changes nothing, so receipt -> PATCH is not delayed.
+    worker = _Child("worker", [sys.executable, "-m", "webhook_app", "worker"], child_env, nice=WORKER_NICE)
     try:
         while not stopping.is_set():
-            for child in (front, web, worker):
+            for child in (web, worker):
                 child.check()
             stopping.wait(0.1)
     finally:
-        # the front first: it stops accepting and finishes the requests in hand, through gunicorn
-        front.terminate()
-        front.wait(time.monotonic() + 15)
-        for child in (worker, web):
+        for child in (worker, web):  # gunicorn stops accepting and finishes the requests in hand
             child.terminate()
         deadline = time.monotonic() + 35
         for child in (worker, web):
@@ -766,5 +792,4 @@ def run_serve(
         for sock in (public, operator):
             if sock is not None:
                 sock.close()
-        shutil.rmtree(sock_dir, ignore_errors=True)
     return 0
