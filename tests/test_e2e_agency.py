@@ -125,6 +125,7 @@ class Agency:
     svc_url: str
     env: dict[str, str] = field(repr=False)
     svc: Service | None = None
+    operator_url: str = ""
     figures: dict[str, float] = field(default_factory=dict)
 
     # -- the sandbox, per organization --
@@ -156,9 +157,14 @@ class Agency:
             self.svc.stop()
         organizations_file(self.tmp / "organizations.toml", self.sb_url, slugs, shadow)
         n = len(list(self.tmp.glob("service*.log")))
+        # the operator routes on a listener of their own, as by default: the organizations' paths
+        # must be served on the public one. `{operator}` in a value is that listener's URL.
+        operator = f"127.0.0.1:{free_port()}"
+        self.operator_url = f"http://{operator}"
+        env = {k: v.replace("{operator}", self.operator_url) for k, v in env.items()}
         self.svc = Service(
             ["serve", "--bind", self.svc_url.removeprefix("http://")],
-            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": "public", **env},
+            {**self.env, "CL_RATE_LIMITS": rate_limits, "WEBHOOK_APP_OPERATOR_BIND": operator, **env},
             self.tmp / f"service{n}.log",
         )
         wait_http(self.svc_url + "/healthz", proc=self.svc.proc, timeout=60)
@@ -187,7 +193,7 @@ class Agency:
 
     def admin(self, path: str) -> requests.Response:
         token = Tokens(ADMIN, (ADMIN_KEY,), time.time).make(ttl=600)
-        return requests.get(self.svc_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        return requests.get(self.operator_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
 
 def _at(iso: str) -> float:
@@ -284,6 +290,27 @@ def test_a_body_signed_for_another_organization_is_refused_and_nothing_stored(ag
     )
     assert other.status_code == 401
     assert {slug: len(agency.deliveries(slug)) for slug in SLUGS} == before
+
+
+def test_the_public_listener_serves_each_organizations_path_and_nothing_of_the_operators(agency):
+    """The operator routes answer on their own listener (the default); the organizations' paths
+    must still be served on the public one (they were answered 404 there)."""
+    body = json.dumps({"data": {"id": "OrdPublic", "type": "orders", "attributes": {"status": "placed"}}}).encode()
+    r = requests.post(
+        agency.svc_url + "/webhooks/commercelayer/acme",
+        data=body,
+        headers={**signed_headers(body, secret=secret("acme")), "X-CommerceLayer-Topic": "orders.place"},
+        timeout=10,
+    )
+    assert r.status_code == 202, r.text
+    assert any(d.order_id == "OrdPublic" for d in agency.deliveries("acme"))
+    # an organization that is not configured: the intake's own answer, not the front's
+    unknown = requests.post(agency.svc_url + "/webhooks/commercelayer/nosuchorg", data=body, timeout=10)
+    assert unknown.status_code == 404 and "no such route on this listener" not in unknown.text
+    for path in ("/readyz", "/metrics", "/admin", "/webhooks/commercelayer/acme/x", "/webhooks/commercelayer/ACME"):
+        off = requests.get(agency.svc_url + path, timeout=10)
+        assert off.status_code == 404 and "no such route on this listener" in off.text, path
+    assert requests.get(agency.operator_url + "/readyz", timeout=10).status_code in (200, 503)
 
 
 def test_a_backlog_in_one_organization_does_not_delay_another(agency):
@@ -487,7 +514,7 @@ def test_the_workers_circuit_guard_resets_and_backfills_each_organization(agency
         shadow=(),
         rate_limits="100/60,25/10",
         WEBHOOK_APP_CIRCUIT_AUTO_RESET="on",
-        WEBHOOK_APP_CIRCUIT_HEALTH_URL=agency.svc_url + "/readyz",
+        WEBHOOK_APP_CIRCUIT_HEALTH_URL="{operator}/readyz",
         WEBHOOK_APP_CIRCUIT_BACKFILL_MARGIN="3600",
         WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL="1",
     )

@@ -30,6 +30,8 @@ from support import SECRET, base_env, signed_headers
 from support.builders import order_body
 from support.procs import Service, free_port, wait_http, wait_until
 
+from webhook_app import front
+
 pytestmark = pytest.mark.e2e
 URL = "/webhooks/commercelayer"
 ADMIN_KEY = "front-test-admin-key-0123456789"
@@ -601,3 +603,24 @@ def test_a_connection_is_kept_when_the_client_asks_for_it(version, connection, k
         return request.keep_alive
 
     assert asyncio.run(read()) is kept
+
+
+@pytest.mark.parametrize(
+    ("path", "public", "intake"),
+    [
+        (b"/webhooks/commercelayer", True, True),
+        (b"/webhooks/commercelayer/acme", True, True),  # agency mode: judged by the allowlist too
+        (b"/webhooks/commercelayer/acme-eu-2", True, True),
+        (b"/healthz", True, False),
+        (b"/webhooks/commercelayer/", False, False),
+        (b"/webhooks/commercelayer/ACME", False, False),
+        (b"/webhooks/commercelayer/acme/x", False, False),
+        (b"/webhooks/commercelayer/-acme", False, False),
+        (b"/webhooks/commercelayer/../readyz", False, False),
+        (b"/readyz", False, False),
+        (b"/admin", False, False),
+    ],
+)
+def test_the_public_listener_serves_the_intake_each_organizations_path_and_healthz_only(path, public, intake):
+    assert front.is_public(path) is public
+    assert front.is_intake(path) is intake

@@ -72,6 +72,21 @@ RETRY_AFTER = 1  # seconds, on a 503 from the front
 TRIM_AFTER = 4 * 1024 * 1024  # buffered bytes given back to the system once this many were held
 INTAKE_PATH = b"/webhooks/commercelayer"
 PUBLIC_PATHS = frozenset({INTAKE_PATH, b"/healthz"})
+# agency mode: `/webhooks/commercelayer/<slug>`, a slug as organizations.SLUG has it (the app
+# answers an unknown one)
+_ORG_INTAKE = re.compile(re.escape(INTAKE_PATH) + rb"/[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_intake(path: bytes) -> bool:
+    """The intake's path, or an organization's (agency mode)."""
+    return path == INTAKE_PATH or _ORG_INTAKE.fullmatch(path) is not None
+
+
+def is_public(path: bytes) -> bool:
+    """Served on the public listener: the intake (an organization's too) and `/healthz`."""
+    return path in PUBLIC_PATHS or is_intake(path)
+
+
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"expect", b"transfer-encoding", b"content-length", b"te"}
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # RFC 9112 7.1.1 chunk extensions, as gunicorn checks them
@@ -323,7 +338,7 @@ def _request_line(line: bytes, *, operator: bool) -> tuple[bytes, bytes, bytes]:
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
         raise Refused(400, "Bad Request", "malformed request line")
     path = parts[1].partition(b"?")[0]
-    if not operator and path not in PUBLIC_PATHS:
+    if not operator and not is_public(path):
         raise Refused(404, "Not Found", "no such route on this listener")
     return parts[0], path, parts[2]
 
@@ -426,7 +441,7 @@ class RequestReader:
         if not trusted:
             fields.kept += [b"X-Forwarded-For: " + held.client.encode("ascii", "replace"), b"X-Forwarded-Proto: http"]
         sources = self.limits.sources  # WEBHOOK_APP_ALLOWED_SOURCES, judged as the intake will judge it
-        if sources.enabled and path == INTAKE_PATH and not sources.allows(held.client, forwarded_for(fields.kept)):
+        if sources.enabled and is_intake(path) and not sources.allows(held.client, forwarded_for(fields.kept)):
             self.refusals.note("source not allowed", held.client)
             raise Refused(403, "Forbidden", REFUSED_DETAIL)  # before the body: none of it is read
         keep_alive = not fields.close and (version == b"HTTP/1.1" or fields.keep_alive)
@@ -521,7 +536,7 @@ class Front:
     # --- accepting ------------------------------------------------------------------------------
 
     def listen(self, sock: socket.socket, *, operator: bool) -> None:
-        """Accept on `sock`; `operator`: every route is served there, else only PUBLIC_PATHS."""
+        """Accept on `sock`; `operator`: every route is served there, else only the public ones (`is_public`)."""
         sock.setblocking(False)
         self.listeners.append((sock, operator))
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock, operator)
