@@ -7,8 +7,8 @@ check off. `WEBHOOK_APP_TRUSTED_PROXIES` (CIDRs) are the hops whose `X-Forwarded
 A delivery's source is its peer's address, unless that peer is a trusted hop: then
 `X-Forwarded-For` is walked from the right (the entry the nearest hop added) and the first address
 that is not a trusted proxy is the source. Whatever is left of it is the client's own claim and
-is never read. A peer that is not an IP address is a Unix socket: a process on this host
-(`serve`'s front, or a proxy beside the service) and so a trusted hop. An entry that is not an
+is never read. A peer that is not an IP address is a Unix socket: a process on this host (a
+proxy beside the service) and so a trusted hop. An entry that is not an
 address, or no address at all, leaves the source unknown: refused.
 
 Pure (standard library only): the intake (web/intake.py) and `serve`'s front (front.py) both ask

@@ -221,8 +221,9 @@ def counter(metric: Any, *labels: str) -> Any:
 def check_source(sources: Sources, environ: dict[str, Any]) -> None:
     """Refuse (403) a request whose source is not allowed, from its headers alone. The peer is
     the connection's own address (before werkzeug's ProxyFix, when `WEBHOOK_APP_FORWARDED_HOPS`
-    rewrote `REMOTE_ADDR`); gunicorn on a Unix socket (behind `serve`'s front) has none, and
-    the front is then a trusted hop whose `X-Forwarded-For` names the client."""
+    rewrote `REMOTE_ADDR`); behind `serve` it is the client's own address too (the front runs in
+    the gunicorn worker, and replaces whatever `X-Forwarded-*` the client sent); a Unix-socket
+    peer has none, and is then a trusted hop whose `X-Forwarded-For` names the client."""
     peer = str(environ.get("werkzeug.proxy_fix.orig", environ).get("REMOTE_ADDR") or "")
     forwarded = str(environ.get("HTTP_X_FORWARDED_FOR", ""))
     if not sources.allows(peer, forwarded):
