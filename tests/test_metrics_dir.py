@@ -100,7 +100,13 @@ def test_a_gunicorn_worker_that_exits_is_marked_dead_in_the_metrics_directory(tm
         [made] = _metrics_dirs(tmp_path)
 
         def worker_pid() -> int | None:
-            pids = [p for p in _children(svc.proc.pid) if "commit-writer" not in _cmdline(p)]
+            # the master's children but the commit writer's keeper (a fork of the master whose own
+            # child is the writer)
+            pids = [
+                p
+                for p in _children(svc.proc.pid)
+                if "commit-writer" not in _cmdline(p) and not any("commit-writer" in _cmdline(c) for c in _children(p))
+            ]
             return pids[0] if len(pids) == 1 else None
 
         wait_until(lambda: worker_pid() is not None, what="one gunicorn worker")

@@ -37,6 +37,7 @@ and inherited by gunicorn, so connections made while gunicorn (re)starts wait in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -639,10 +640,19 @@ class Front:
     # --- one connection -----------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> None:
-        """Requests and their answers, one after the other, until the client or the app closes."""
+        """Requests and their answers, one after the other, until the client or the app closes.
+
+        Fair to the other connections: an answer is flushed to the kernel before the next request
+        is read (no pile of unsent answers to a client that pipelines without reading), and the
+        loop gets a turn between two requests (reading what a client already sent returns at
+        once, without yielding: a few connections full of pipelined requests would otherwise hold
+        the worker, its accepts and its heartbeat)."""
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            writer.transport.set_write_buffer_limits(high=0)
         try:
             while await self.exchange(reader, writer, held):
                 held.idle = True  # until the next request's first line: closed if the front stops
+                await asyncio.sleep(0)
         finally:
             writer.close()
 
@@ -659,6 +669,9 @@ class Front:
             return False  # a client too slow or gone (or done: it closed its kept connection)
         finally:
             self.budget.release(held)
+        if request.declared is not None:  # a body above the limit, left unread: answer, then drain it
+            await self._refuse(reader, writer, answer)
+            return False
         try:
             writer.write(answer)
             async with asyncio.timeout(SEND_TIMEOUT):

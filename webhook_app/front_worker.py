@@ -46,6 +46,14 @@ class _Collected:
     def sendall(self, data: bytes) -> None:
         self.parts.append(bytes(data))
 
+    # gunicorn's error answers (a request its parser refuses: 400, 414, 431) are written with
+    # `util.write_nonblock`, which asks the socket for its timeout first
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def setblocking(self, _flag: bool) -> None:
+        pass
+
     def value(self) -> bytes:
         return b"".join(self.parts)
 
