@@ -16,6 +16,7 @@ provides them (.ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -220,6 +221,23 @@ def nginx_conf(prefix: Path, listen: int, upstream: int, cert: Path, key: Path) 
     )
 
 
+@contextlib.contextmanager
+def _tls_front(nginx: str, prefix: Path, tls_port: int, upstream: int, cert: Path, key: Path) -> Iterator[None]:
+    """nginx as the SDK's TLS front on `tls_port`, to the sandbox on `upstream`, until the block ends."""
+    prefix.mkdir()
+    prefix.chmod(0o755)
+    conf = nginx_conf(prefix, tls_port, upstream, cert, key)
+    proc = subprocess.Popen(
+        [nginx, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_port(tls_port, proc)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -279,61 +297,52 @@ def sdk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("js-sdk")
     cert, key = make_certificate(tools["openssl"], tmp)
     hook_port, tls_port = free_port(), free_port()
-    with running(scenario(hook_port)) as server:
-        prefix = tmp / "nginx"
-        prefix.mkdir()
-        prefix.chmod(0o755)
-        conf = nginx_conf(prefix, tls_port, server.port, cert, key)
-        nginx = subprocess.Popen(
-            [tools["nginx"], "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    with (
+        running(scenario(hook_port)) as server,
+        _tls_front(tools["nginx"], tmp / "nginx", tls_port, server.port, cert, key),
+    ):
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp),
+            "NODE_EXTRA_CA_CERTS": str(cert),
+            "CL_DOMAIN": f"{DOMAIN_NAME}:{tls_port}",
+            "CL_CLIENT_ID": CLIENT_ID,
+            "CL_CLIENT_SECRET": CLIENT_SECRET,
+            "SANDBOX_CONTROL_URL": f"{server.url}/_sandbox",
+            "HOOK_PORT": str(hook_port),
+            "SEEDED_HOOK_SECRET": SEEDED_HOOK_SECRET,
+            "CL_FALLBACK_ORGANIZATION": FALLBACK_ORGANIZATION,
+            "SCENARIO": json.dumps(
+                {
+                    "customer": CUSTOMER,
+                    "save_order": SAVE_ORDER,
+                    "reuse_order": REUSE_ORDER,
+                    "draft_order": DRAFT_ORDER,
+                    "missing_order": "NoSuchOrdr",
+                    "other_wallet_entry": OTHER_ENTRY,
+                    "short_ttl": SHORT_TTL,
+                }
+            ),
+        }
+        done = subprocess.run(
+            [tools["node"], "--require", "./resolve-sandbox.cjs", "sdk-checks.mjs"],
+            cwd=JS,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
-        try:
-            _wait_port(tls_port, nginx)
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(tmp),
-                "NODE_EXTRA_CA_CERTS": str(cert),
-                "CL_DOMAIN": f"{DOMAIN_NAME}:{tls_port}",
-                "CL_CLIENT_ID": CLIENT_ID,
-                "CL_CLIENT_SECRET": CLIENT_SECRET,
-                "SANDBOX_CONTROL_URL": f"{server.url}/_sandbox",
-                "HOOK_PORT": str(hook_port),
-                "SEEDED_HOOK_SECRET": SEEDED_HOOK_SECRET,
-                "CL_FALLBACK_ORGANIZATION": FALLBACK_ORGANIZATION,
-                "SCENARIO": json.dumps(
-                    {
-                        "customer": CUSTOMER,
-                        "save_order": SAVE_ORDER,
-                        "reuse_order": REUSE_ORDER,
-                        "draft_order": DRAFT_ORDER,
-                        "missing_order": "NoSuchOrdr",
-                        "other_wallet_entry": OTHER_ENTRY,
-                        "short_ttl": SHORT_TTL,
-                    }
-                ),
-            }
-            done = subprocess.run(
-                [tools["node"], "--require", "./resolve-sandbox.cjs", "sdk-checks.mjs"],
-                cwd=JS,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            results: dict[str, dict[str, Any]] = {}
-            for line in done.stdout.splitlines():
-                if line.startswith("{"):
-                    record = json.loads(line)
-                    results[record["check"]] = record
-            if done.returncode != 0 and not results:
-                pytest.fail(f"node exited with {done.returncode}:\n{done.stderr[-3000:]}")
-            run = Run(tls_port, results, done.stderr)
-            run.requests = requests.get(f"{server.url}/_sandbox/requests", timeout=10).json()["requests"]
-            yield run
-        finally:
-            nginx.terminate()
-            nginx.wait(timeout=10)
+        results: dict[str, dict[str, Any]] = {}
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                results[record["check"]] = record
+        if done.returncode != 0 and not results:
+            pytest.fail(f"node exited with {done.returncode}:\n{done.stderr[-3000:]}")
+        run = Run(tls_port, results, done.stderr)
+        run.requests = requests.get(f"{server.url}/_sandbox/requests", timeout=10).json()["requests"]
+        yield run
 
 
 # -- token and client -------------------------------------------------------------------------
@@ -607,15 +616,7 @@ def test_the_sdk_sees_each_organizations_own_orders(tmp_path: Path) -> None:
             )
             assert r.status_code == 200, r.text
             tokens[slug] = r.json()["access_token"]
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        prefix.chmod(0o755)
-        conf = nginx_conf(prefix, tls_port, server.port, cert, key)
-        nginx = subprocess.Popen(
-            [tools["nginx"], "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
-        try:
-            _wait_port(tls_port, nginx)
+        with _tls_front(tools["nginx"], tmp_path / "nginx", tls_port, server.port, cert, key):
             done = subprocess.run(
                 [tools["node"], "--require", "./resolve-sandbox.cjs", "sdk-organizations.mjs"],
                 cwd=JS,
@@ -632,9 +633,6 @@ def test_the_sdk_sees_each_organizations_own_orders(tmp_path: Path) -> None:
                 check=False,
             )
             seen = requests.get(f"{server.url}/_org/initech/_sandbox/requests", timeout=10).json()["requests"]
-        finally:
-            nginx.terminate()
-            nginx.wait(timeout=10)
     results = {r["slug"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert set(results) == set(TWO_ORGANIZATIONS), done.stderr[-2000:]
     for slug, org in TWO_ORGANIZATIONS.items():
