@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import fields, replace
 
+import pytest
 from support import SECRET, signed_headers
 from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
 from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter, Submission
+from webhook_app.store.sqlite import SQLiteStore
 
 SECRETS = parse_secrets(f"main:{SECRET}")
 T0 = 1_800_000_000.0
@@ -575,6 +578,32 @@ def test_the_job_claim_leaves_the_session_as_it_found_it(store):
         else:
             assert c.one("PRAGMA synchronous")["synchronous"] == 2  # FULL
     assert store.claim_job(worker="w2", lease_seconds=30, now=T0 + 1) is None
+    assert store.finish_job(job.id, worker="w1", decision=DECISION, now=T0 + 2)
+
+
+def test_the_sqlite_job_claim_is_committed_without_waiting_for_the_disk(tmp_path, monkeypatch):
+    """SQLite's counterpart of PostgreSQL's unsynced claim (`SET LOCAL synchronous_commit TO
+    off`, its one-statement claim): synchronous=NORMAL for the claim's transaction only; a claim
+    that fails half-way leaves the connection synced as well."""
+    store = SQLiteStore(str(tmp_path / "claim.db"))
+    store.migrate()
+    store.record_delivery(delivery("o1"), now=T0)
+    seen = []
+    claim_tx = store._claim_tx
+
+    @contextmanager
+    def watching():
+        with claim_tx() as c:
+            seen.append(c.one("PRAGMA synchronous")["synchronous"])
+            yield c
+
+    monkeypatch.setattr(store, "_claim_tx", watching)
+    job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    assert job is not None and seen == [1]  # NORMAL: the WAL is not synced at this commit
+    with pytest.raises(RuntimeError), claim_tx():
+        raise RuntimeError("a claim that fails half-way")
+    with store._tx() as c:
+        assert c.one("PRAGMA synchronous")["synchronous"] == 2  # FULL again
     assert store.finish_job(job.id, worker="w1", decision=DECISION, now=T0 + 2)
 
 

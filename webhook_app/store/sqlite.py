@@ -1,9 +1,10 @@
-"""The embedded default store: one SQLite file in WAL mode, fsynced on every commit.
+"""The embedded default store: one SQLite file in WAL mode, fsynced on every commit but the claim.
 
 `synchronous=FULL` makes a commit durable before it returns, so a 2xx after `record_delivery`
-means the delivery is on disk. Writers take the lock at `BEGIN IMMEDIATE` and wait up to
-`busy_timeout_ms` for it; a lock held longer, a full disk or an I/O error becomes
-StoreUnavailable (the web layer answers 503, which Commerce Layer retries).
+means the delivery is on disk (only the job claim is not waited for: `_claim_tx`). Writers take
+the lock at `BEGIN IMMEDIATE` and wait up to `busy_timeout_ms` for it; a lock held longer, a
+full disk or an I/O error becomes StoreUnavailable (the web layer answers 503, which Commerce
+Layer retries).
 Connections are per thread and re-opened after a fork (gunicorn workers).
 
 Our own writers (gunicorn workers, the job worker) first queue on an flock of `<path>-lock`:
@@ -127,6 +128,26 @@ class SQLiteStore(SQLStore):
                 yield c
         finally:
             fcntl.flock(lock.fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _claim_tx(self) -> Iterator[Cursorish]:
+        """The job claim, committed without waiting for the disk (`synchronous=NORMAL` for this
+        transaction only; WAL mode keeps it atomic and in order). The worker's next commit (the
+        action claim before any call to Commerce Layer, or the job's end) is synced, and a WAL
+        sync writes out every frame before it, the claim's included. A claim lost to a power cut
+        leaves the job due again, as the cut would anyway; a crash of the process loses nothing."""
+        conn = self._connection()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._tx() as c:
+                yield c
+        finally:
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+            except sqlite3.Error:
+                # never leave an unsynced connection behind: the next transaction opens a new one
+                self._local.conn = None
+                conn.close()
 
     @contextmanager
     def _sqlite_tx(self, conn: sqlite3.Connection, *, write: bool) -> Iterator[Cursorish]:

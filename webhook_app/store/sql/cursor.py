@@ -36,6 +36,12 @@ class SQLBase(abc.ABC):
     def _tx(self, *, write: bool = True) -> AbstractContextManager[Cursorish]:
         """A transaction; `write=True` takes the write lock early where the backend needs it."""
 
+    def _claim_tx(self) -> AbstractContextManager[Cursorish]:
+        """The job claim's write transaction: by default like any other. A backend may skip
+        waiting for its commit to reach the disk (SQLite: `SQLiteStore._claim_tx`): nothing
+        leaves the worker on the strength of a claim before its next commit, which is synced."""
+        return self._tx()
+
     def _serialize(self, c: Cursorish, key: str) -> None:  # noqa: B027 - SQLite: the write lock already does
         """Serialize the rest of this transaction with others that name `key` (PostgreSQL reads
         committed data statement by statement: a claim spanning several rows needs this)."""

@@ -38,7 +38,7 @@ class SQLJobQueue(SQLBase, JobQueue):
             due = c.one(f"SELECT id FROM jobs WHERE {DUE}{among} LIMIT 1", (now, now, *(orgs or ())))  # nosec B608  # constants and ? placeholders only
         if due is None:
             return None
-        with self._tx() as c:
+        with self._claim_tx() as c:
             row = None
             if orgs is None:
                 row = c.one(
