@@ -38,7 +38,7 @@ def bar(out: TextIO) -> Any:
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from webhook_app.errors import CommerceLayerError
-    from webhook_app.ops.wallet_hygiene import delete_extra, find_duplicates
+    from webhook_app.ops.wallet_hygiene import delete_entries, find_duplicates
     from webhook_app.policy import load_policy
 
     if args.yes and not args.delete_extra:
@@ -77,7 +77,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
         def delete() -> None:
             with closing(open_checked_store(settings)) as store:
-                delete_extra(client, store, report, clock=time.time, progress=progress, organization=organization)
+                delete_entries(client, store, report, clock=time.time, progress=progress, organization=organization)
 
         return _delete_confirmed(summary, report.extra, report.deleted, delete, asked=args.delete_extra, yes=args.yes)
 
@@ -88,7 +88,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
         EXPIRED,
         EXPIRING,
         UNKNOWN,
-        delete_expired,
+        delete_entries,
         find_expired,
         record_scan,
     )
@@ -135,7 +135,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
         )
 
         def delete() -> None:
-            delete_expired(client, store, report, clock=time.time, progress=progress, organization=organization)
+            delete_entries(client, store, report, clock=time.time, progress=progress, organization=organization)
 
         return _delete_confirmed(summary, expired, report.deleted, delete, asked=args.delete, yes=args.yes)
 
