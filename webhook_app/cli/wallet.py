@@ -13,6 +13,7 @@ from contextlib import closing
 from typing import Any, TextIO
 
 from webhook_app.cli.common import (
+    add_command_group,
     add_org_argument,
     commerce_layer_client,
     fail,
@@ -163,8 +164,7 @@ def _delete_confirmed(
 
 
 def register(sub: Any) -> None:
-    wl = sub.add_parser("wallet", help="wallet hygiene: duplicate entries for one card, expired cards")
-    wsub = wl.add_subparsers(dest="wallet_command", required=True, metavar="SUBCOMMAND")
+    wsub = add_command_group(sub, "wallet", help="wallet hygiene: duplicate entries for one card, expired cards")
     sp = wsub.add_parser("duplicates", help="list customers with more than one wallet entry for the same card")
     sp.add_argument("--customer", default=None, metavar="ID", help="only this customer's wallet")
     sp.add_argument(
