@@ -97,24 +97,20 @@ def _number(kind: Callable[[str], Any], value: str, bound: str) -> Any:
 
 
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    expected = f"must be a {'whole number' if kind is int else 'number'} greater than zero"
-
-    def convert(value: str) -> Any:
-        v = _number(kind, value, "greater than zero")
-        if v <= 0:
-            raise ValueError(expected)
-        return v
-
-    return convert
+    return _bounded(kind, lambda v: v > 0, "greater than zero")
 
 
 def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    expected = f"must be a {'whole number' if kind is int else 'number'} of zero or more"
+    return _bounded(kind, lambda v: v >= 0, "of zero or more")
+
+
+def _bounded(kind: Callable[[str], Any], within: Callable[[Any], bool], bound: str) -> Callable[[str], Any]:
+    """A converter to `kind` that refuses a value outside `within`, saying it "must be a number `bound`"."""
 
     def convert(value: str) -> Any:
-        v = _number(kind, value, "of zero or more")
-        if v < 0:
-            raise ValueError(expected)
+        v = _number(kind, value, bound)
+        if not within(v):
+            raise ValueError(f"must be a {'whole number' if kind is int else 'number'} {bound}")
         return v
 
     return convert

@@ -12,7 +12,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from webhook_app.config import Settings
 from webhook_app.errors import ConfigError, StoreUnavailable, UsageError, WebhookAppError
@@ -96,6 +96,13 @@ def stored_organization(args: argparse.Namespace, settings: Settings) -> str | N
     if not SLUG.match(slug):
         raise ConfigError("--org", "an organization slug (lowercase letters, digits and dashes), or default")
     return slug
+
+
+def add_command_group(sub: Any, name: str, *, help: str) -> Any:
+    """Add `webhook-app NAME SUBCOMMAND ...` to the CLI's subparsers; returns the group's own subparsers
+    (the subcommand chosen is `args.NAME_command`)."""
+    group = sub.add_parser(name, help=help)
+    return group.add_subparsers(dest=f"{name}_command", required=True, metavar="SUBCOMMAND")
 
 
 def add_org_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from webhook_app.cli.common import load_settings, require_database
+from webhook_app.cli.common import add_command_group, load_settings, require_database
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -65,8 +65,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    db = sub.add_parser("db", help="database schema and retention")
-    dsub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    dsub = add_command_group(sub, "db", help="database schema and retention")
     for name, text in (("upgrade", "create or upgrade the schema"), ("status", "show the schema version")):
         dsub.add_parser(name, help=text).set_defaults(func=cmd_db)
     pr = dsub.add_parser("prune", help="remove what is past the retention periods now")

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from webhook_app.cli.common import add_filters, delivery_filter, fail, load_settings, open_checked_store, read_input
+from webhook_app.cli.common import (
+    add_command_group,
+    add_filters,
+    delivery_filter,
+    fail,
+    load_settings,
+    open_checked_store,
+    read_input,
+)
 from webhook_app.errors import InvalidPayload, PolicyError, PolicyModelError, UsageError
 
 if TYPE_CHECKING:
@@ -161,8 +169,7 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    pol = sub.add_parser("policy", help="work with policy files")
-    psub = pol.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+    psub = add_command_group(sub, "policy", help="work with policy files")
     sp = psub.add_parser("check", help="validate a policy and show its decision for payloads")
     sp.add_argument("policy", help="the policy file (TOML)")
     sp.add_argument("payloads", nargs="*", help="webhook bodies (topic taken from the file name, else --topic)")

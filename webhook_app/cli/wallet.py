@@ -13,6 +13,7 @@ from contextlib import closing
 from typing import Any, TextIO
 
 from webhook_app.cli.common import (
+    add_command_group,
     add_org_argument,
     commerce_layer_client,
     fail,
@@ -38,7 +39,7 @@ def bar(out: TextIO) -> Any:
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from webhook_app.errors import CommerceLayerError
-    from webhook_app.ops.wallet_hygiene import delete_extra, find_duplicates
+    from webhook_app.ops.wallet_hygiene import delete_entries, find_duplicates
     from webhook_app.policy import load_policy
 
     if args.yes and not args.delete_extra:
@@ -77,7 +78,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
         def delete() -> None:
             with closing(open_checked_store(settings)) as store:
-                delete_extra(client, store, report, clock=time.time, progress=progress, organization=organization)
+                delete_entries(client, store, report, clock=time.time, progress=progress, organization=organization)
 
         return _delete_confirmed(summary, report.extra, report.deleted, delete, asked=args.delete_extra, yes=args.yes)
 
@@ -88,7 +89,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
         EXPIRED,
         EXPIRING,
         UNKNOWN,
-        delete_expired,
+        delete_entries,
         find_expired,
         record_scan,
     )
@@ -135,7 +136,7 @@ def cmd_expired(args: argparse.Namespace) -> int:
         )
 
         def delete() -> None:
-            delete_expired(client, store, report, clock=time.time, progress=progress, organization=organization)
+            delete_entries(client, store, report, clock=time.time, progress=progress, organization=organization)
 
         return _delete_confirmed(summary, expired, report.deleted, delete, asked=args.delete, yes=args.yes)
 
@@ -163,8 +164,7 @@ def _delete_confirmed(
 
 
 def register(sub: Any) -> None:
-    wl = sub.add_parser("wallet", help="wallet hygiene: duplicate entries for one card, expired cards")
-    wsub = wl.add_subparsers(dest="wallet_command", required=True, metavar="SUBCOMMAND")
+    wsub = add_command_group(sub, "wallet", help="wallet hygiene: duplicate entries for one card, expired cards")
     sp = wsub.add_parser("duplicates", help="list customers with more than one wallet entry for the same card")
     sp.add_argument("--customer", default=None, metavar="ID", help="only this customer's wallet")
     sp.add_argument(

@@ -8,6 +8,7 @@ from contextlib import closing
 from typing import Any
 
 from webhook_app.cli.common import (
+    add_command_group,
     add_org_argument,
     commerce_layer_client,
     load_organization_for,
@@ -118,8 +119,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    wh = sub.add_parser("webhooks", help="register webhooks at Commerce Layer; show and reset circuits")
-    wsub = wh.add_subparsers(dest="webhooks_command", required=True, metavar="SUBCOMMAND")
+    wsub = add_command_group(sub, "webhooks", help="register webhooks at Commerce Layer; show and reset circuits")
     sp = wsub.add_parser("register", help="create the webhooks the policy needs")
     sp.add_argument("--callback-url", required=True, help="this service's public intake URL")
     add_org_argument(sp)

@@ -7,12 +7,12 @@ through the client's rate limit) with each entry's `customer` and `payment_sourc
 customer's entries that are the same card by the policy's `wallet_match` keys, as the guards do:
 entries made from one payment source record, the same gateway token, the same Stripe card
 fingerprint, and (only if the policy names it) the same `payment_instrument` brand, last digits
-and expiry. `delete_extra` keeps the oldest entry of each group and deletes the others, recording
+and expiry. `delete_entries` keeps the oldest entry of each group and deletes the others, recording
 each deletion in the operations log (`wallet_entry_deleted`).
 
 Expired cards: a wallet entry carries no expiry, its payment source does (`policy.expiry`).
 `find_expired` reads the entries with their payment sources and lists those whose card has
-expired, will within a window, or cannot be told; `delete_expired` deletes only the expired ones
+expired, will within a window, or cannot be told; `delete_entries` deletes only the expired ones
 (`wallet_entry_deleted`, `why: card_expired`), and each scan is logged (`wallet_expired_scan`).
 """
 
@@ -78,6 +78,11 @@ class Report:
     @property
     def extra(self) -> int:
         return sum(len(g.extra) for g in self.groups)
+
+    def doomed(self) -> list[tuple[str, dict[str, Any]]]:
+        """What `delete_entries` removes: every group's entries but the oldest, each with the
+        detail its deletion is recorded with."""
+        return [(entry.id, _detail(group, entry)) for group in self.groups for entry in group.extra]
 
 
 def card_keys(entry: Resource, source: Resource | None, keys: Sequence[str]) -> dict[tuple[str, ...], str]:
@@ -201,34 +206,21 @@ def find_duplicates(
     return Report(scanned=len(entries), customers=len({e.customer_id for e, _ in entries}), groups=groups)
 
 
-def delete_extra(
+def delete_entries(
     client: CommerceLayerAPI,
     store: Store,
-    report: Report,
+    report: Report | ExpiryReport,
     *,
     clock: Callable[[], float],
     progress: Progress | None = None,
     organization: str = "",
-) -> Report:
-    """Delete every group's entries but the oldest, recording each deletion. Stops at the first
-    error (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
-    doomed = [(entry.id, _detail(group, entry)) for group in report.groups for entry in group.extra]
-    _delete_entries(client, store, doomed, report.deleted, clock=clock, progress=progress, organization=organization)
-    return report
-
-
-def _delete_entries(
-    client: CommerceLayerAPI,
-    store: Store,
-    doomed: Sequence[tuple[str, dict[str, Any]]],
-    deleted: list[str],
-    *,
-    clock: Callable[[], float],
-    progress: Progress | None,
-    organization: str,
 ) -> None:
-    """Delete each (entry id, detail), recording it as `wallet_entry_deleted` and adding it to
-    `deleted`; one already gone (404) is passed over. Stops at the first error (it propagates)."""
+    """Delete the report's doomed entries (`Report`: the duplicates but the oldest of each card;
+    `ExpiryReport`: the expired cards), each recorded as `wallet_entry_deleted` and added to
+    `report.deleted`; one already gone (404) is passed over. Stops at the first error
+    (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
+    doomed = report.doomed()
+    deleted = report.deleted
     for entry_id, detail in doomed:
         try:
             client.delete_wallet_entry(entry_id)
@@ -298,6 +290,25 @@ class ExpiryReport:
             key = e.market_id or UNKNOWN
             out[key] = out.get(key, 0) + 1
         return out
+
+    def doomed(self) -> list[tuple[str, dict[str, Any]]]:
+        """What `delete_entries` removes: the entries whose card has expired (never the expiring or
+        unknown ones), each with the detail its deletion is recorded with (`why: card_expired`)."""
+        return [
+            (
+                entry.id,
+                {
+                    "why": "card_expired",
+                    "customer_id": entry.customer_id,
+                    "card_expiry": str(entry.expiry),
+                    "market_id": entry.market_id,
+                    "payment_source": entry.source,
+                    "name": entry.name,
+                    "created_at": entry.created_at,
+                },
+            )
+            for entry in self.having(EXPIRED)
+        ]
 
 
 def card_state(x: expiry_mod.Expiry | None, *, now: datetime, horizon: datetime) -> str:
@@ -380,34 +391,3 @@ def record_scan(
         now=now,
         organization=organization,
     )
-
-
-def delete_expired(
-    client: CommerceLayerAPI,
-    store: Store,
-    report: ExpiryReport,
-    *,
-    clock: Callable[[], float],
-    progress: Progress | None = None,
-    organization: str = "",
-) -> ExpiryReport:
-    """Delete the entries whose card has expired (never the expiring or unknown ones), each
-    recorded as `wallet_entry_deleted` with `why: card_expired`. Stops at the first error
-    (CommerceLayerError propagates); what was deleted before it is recorded and in `report`."""
-    doomed = [
-        (
-            entry.id,
-            {
-                "why": "card_expired",
-                "customer_id": entry.customer_id,
-                "card_expiry": str(entry.expiry),
-                "market_id": entry.market_id,
-                "payment_source": entry.source,
-                "name": entry.name,
-                "created_at": entry.created_at,
-            },
-        )
-        for entry in report.having(EXPIRED)
-    ]
-    _delete_entries(client, store, doomed, report.deleted, clock=clock, progress=progress, organization=organization)
-    return report

@@ -61,21 +61,43 @@ def _unset(v: Any) -> bool:
     return v is None or v == "" or v == {} or v == []
 
 
+#: one prerequisite of a gateway: NotReady if the payment source is known to miss it, else None
+Prerequisite = Callable[[Event, Mapping[str, Any]], NotReady | None]
+
+
 def check(event: Event) -> NotReady | None:
     """The first documented prerequisite the order's payment source is known to miss, or None."""
     source = event.payment_source
     if source is None or not source.attributes:
         return None  # not sent: unknown, never a refusal
-    gateway = _GATEWAYS.get(source.type)
-    return gateway(event, source.attributes) if gateway is not None else None
+    for prerequisite in _GATEWAYS.get(source.type, ()):
+        missing = prerequisite(event, source.attributes)
+        if missing is not None:
+            return missing
+    return None
 
 
-def _missing(a: Mapping[str, Any], name: str, code: str, reason: str) -> NotReady | None:
-    """NotReady(code, reason) if attribute `name` is present but unset."""
-    return NotReady(code, reason) if _unset(a.get(name, _ABSENT)) else None
+def _required(name: str, code: str, reason: str) -> Prerequisite:
+    """The prerequisite that attribute `name`, when present, is set: else NotReady(code, reason)."""
+
+    def missing(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+        return NotReady(code, reason) if _unset(a.get(name, _ABSENT)) else None
+
+    return missing
 
 
-def _braintree(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+def _answer_with(has: Callable[[Any], bool], code: str, reason: str) -> Prerequisite:
+    """The prerequisite that the gateway's answer (`payment_response`), when present, `has` what
+    the save needs: else NotReady(code, reason)."""
+
+    def missing(event: Event, a: Mapping[str, Any]) -> NotReady | None:
+        response = a.get("payment_response", _ABSENT)
+        return NotReady(code, reason) if response is not _ABSENT and not has(response) else None
+
+    return missing
+
+
+def _braintree_nonce_unspent(event: Event, a: Mapping[str, Any]) -> NotReady | None:
     status = event.order.attributes.get("status")
     placed_at = event.order.attributes.get("placed_at")
     if (isinstance(status, str) and status not in BEFORE_PLACING) or bool(placed_at):
@@ -85,54 +107,23 @@ def _braintree(event: Event, a: Mapping[str, Any]) -> NotReady | None:
             f'placed (status {status}), so Braintree would answer "cannot use a payment_method_nonce '
             f'more than once"; {BRAINTREE_FIX}',
         )
-    return _missing(
-        a,
-        "payment_method_nonce",
-        "braintree_no_nonce",
-        "braintree_payments: payment_method_nonce is not set; the Braintree JS SDK must send it "
-        "to the payment source before the save",
-    )
-
-
-def _adyen(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    no_data = _missing(
-        a,
-        "payment_request_data",
-        "adyen_no_payment_request_data",
-        "adyen_payments: payment_request_data is not set; the checkout must send the Adyen "
-        "payment request data (collected by the client) to the payment source before the save",
-    )
-    if no_data is not None:
-        return no_data
-    response = a.get("payment_response", _ABSENT)
-    if isinstance(response, Mapping) and response and not _adyen_reference(response):
-        return NotReady(
-            "adyen_no_recurring_detail_reference",
-            "adyen_payments: the Adyen answer carries no recurringDetailReference; have the Adyen "
-            "account return it (Customer Area, Developers > Additional data: recurring details)",
-        )
     return None
 
 
-def _checkout_com(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    response = a.get("payment_response", _ABSENT)
-    if response is not _ABSENT and (not isinstance(response, Mapping) or _unset(response.get("source"))):
-        return NotReady(
-            "checkout_com_no_payment_response_source",
-            "checkout_com_payments: payment_response.source is not set; save after the payment has "
-            "been authorized (the answer then carries the source), e.g. on orders.place",
-        )
-    return None
-
-
-def _klarna(event: Event, a: Mapping[str, Any]) -> NotReady | None:
-    return _missing(
-        a,
-        "auth_token",
-        "klarna_no_auth_token",
-        "klarna_payments: auth_token is not set; save after the Klarna client authorization "
-        "has returned its auth_token to the payment source",
-    )
+def _adyen_reference(response: Any) -> bool:
+    """Whether an Adyen answer carries a recurringDetailReference (an empty or odd answer: unknown, so yes)."""
+    if not isinstance(response, Mapping) or not response:
+        return True
+    extra = response.get("additionalData")
+    extra = extra if isinstance(extra, Mapping) else {}
+    for v in (
+        extra.get("recurring.recurringDetailReference"),
+        extra.get("recurringDetailReference"),
+        response.get("recurringDetailReference"),
+    ):
+        if isinstance(v, str) and v:
+            return True
+    return False
 
 
 def _stripe(event: Event, a: Mapping[str, Any]) -> NotReady | None:
@@ -159,28 +150,51 @@ def _axerve(event: Event, a: Mapping[str, Any]) -> NotReady | None:
     return None
 
 
-#: each gateway's prerequisites, by payment source type (other types have none known)
-_GATEWAYS: dict[str, Callable[[Event, Mapping[str, Any]], NotReady | None]] = {
-    BRAINTREE: _braintree,
-    "adyen_payments": _adyen,
-    "checkout_com_payments": _checkout_com,
-    "klarna_payments": _klarna,
-    "stripe_payments": _stripe,
-    "axerve_payments": _axerve,
+#: each gateway's prerequisites in the order they are checked, by payment source type (other
+#: types have none known)
+_GATEWAYS: dict[str, tuple[Prerequisite, ...]] = {
+    BRAINTREE: (
+        _braintree_nonce_unspent,
+        _required(
+            "payment_method_nonce",
+            "braintree_no_nonce",
+            "braintree_payments: payment_method_nonce is not set; the Braintree JS SDK must send it "
+            "to the payment source before the save",
+        ),
+    ),
+    "adyen_payments": (
+        _required(
+            "payment_request_data",
+            "adyen_no_payment_request_data",
+            "adyen_payments: payment_request_data is not set; the checkout must send the Adyen "
+            "payment request data (collected by the client) to the payment source before the save",
+        ),
+        _answer_with(
+            _adyen_reference,
+            "adyen_no_recurring_detail_reference",
+            "adyen_payments: the Adyen answer carries no recurringDetailReference; have the Adyen "
+            "account return it (Customer Area, Developers > Additional data: recurring details)",
+        ),
+    ),
+    "checkout_com_payments": (
+        _answer_with(
+            lambda response: isinstance(response, Mapping) and not _unset(response.get("source")),
+            "checkout_com_no_payment_response_source",
+            "checkout_com_payments: payment_response.source is not set; save after the payment has "
+            "been authorized (the answer then carries the source), e.g. on orders.place",
+        ),
+    ),
+    "klarna_payments": (
+        _required(
+            "auth_token",
+            "klarna_no_auth_token",
+            "klarna_payments: auth_token is not set; save after the Klarna client authorization "
+            "has returned its auth_token to the payment source",
+        ),
+    ),
+    "stripe_payments": (_stripe,),
+    "axerve_payments": (_axerve,),
 }
-
-
-def _adyen_reference(response: Mapping[str, Any]) -> bool:
-    extra = response.get("additionalData")
-    extra = extra if isinstance(extra, Mapping) else {}
-    for v in (
-        extra.get("recurring.recurringDetailReference"),
-        extra.get("recurringDetailReference"),
-        response.get("recurringDetailReference"),
-    ):
-        if isinstance(v, str) and v:
-            return True
-    return False
 
 
 def topic_warnings(types: Iterable[str], topics: Iterable[str] | None) -> list[str]:

@@ -4,36 +4,17 @@ One interface (`Store`, in ports.py: the union of narrow ports by use, `IntakeSt
 `JobQueue`, `Claims`, `AuditReads`, `OperationsLog`, `Retention`, `Maintenance`) with two implementations chosen by
 `WEBHOOK_APP_DATABASE_URL`: SQLite (`sqlite:///path`, the embedded default) and PostgreSQL
 (`postgresql://...`, to scale out). Both pass the same contract tests (tests/test_store_contract.py).
+
+The package offers that contract as ports.py names it in its `__all__` (the ports, and the records
+of base.py they take and return), and `open_store`.
 """
 
 from __future__ import annotations
 
 from webhook_app.errors import ConfigError
-from webhook_app.store.base import (
-    SCHEMA_VERSION,
-    ActionClaim,
-    ActivityRow,
-    CardClaim,
-    DecisionRecord,
-    DeliveryFilter,
-    Job,
-    Operation,
-    QueueStats,
-    Recorded,
-    Status,
-    StoredDelivery,
-    Submission,
-)
-from webhook_app.store.ports import (
-    AuditReads,
-    Claims,
-    IntakeStore,
-    JobQueue,
-    Maintenance,
-    OperationsLog,
-    Retention,
-    Store,
-)
+from webhook_app.store import ports
+from webhook_app.store.ports import *  # noqa: F403 - the names of ports.__all__, re-exported
+from webhook_app.store.ports import Store
 
 
 def open_store(url: str, *, timeout: float = 3.0) -> Store:
@@ -60,27 +41,4 @@ def open_store(url: str, *, timeout: float = 3.0) -> Store:
     raise ValueError("database URL must start with sqlite:/// or postgresql://")
 
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "ActionClaim",
-    "ActivityRow",
-    "AuditReads",
-    "CardClaim",
-    "Claims",
-    "DecisionRecord",
-    "DeliveryFilter",
-    "IntakeStore",
-    "Job",
-    "JobQueue",
-    "Maintenance",
-    "Operation",
-    "OperationsLog",
-    "QueueStats",
-    "Recorded",
-    "Retention",
-    "Status",
-    "Store",
-    "StoredDelivery",
-    "Submission",
-    "open_store",
-]
+__all__ = ports.__all__ + ["open_store"]

@@ -376,3 +376,32 @@ class Store(IntakeStore, JobQueue, Claims, AuditReads, OperationsLog, Retention,
             return None
         d = Delivery.from_row(vars(original))
         return self.record_delivery(d.as_replay(nonce), now=now, replay_of=original.replay_of or original.id)
+
+
+#: the package `webhook_app.store` offers this contract: the ports, and the records (base.py) they
+#: take and return
+__all__ = [
+    "SCHEMA_VERSION",
+    "ActionClaim",
+    "ActivityRow",
+    "AuditReads",
+    "CardClaim",
+    "Claims",
+    "DecisionRecord",
+    "DeliveryFilter",
+    "IntakeStore",
+    "Job",
+    "JobQueue",
+    "Maintenance",
+    "Operation",
+    "OperationsLog",
+    "Pruned",
+    "QueueStats",
+    "Recorded",
+    "Retention",
+    "Status",
+    "StorageStats",
+    "Store",
+    "StoredDelivery",
+    "Submission",
+]
