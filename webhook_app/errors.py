@@ -17,6 +17,15 @@ class WebhookAppError(Exception):
     title: str = "Internal error"
     retryable: bool = False
 
+    def __init_subclass__(cls, *, status: int | None = None, title: str | None = None, **kw: object) -> None:
+        """`class NotFound(RequestRefused, status=404, title="Not found")`: a kind of error is its
+        answer's status and title, so the refusals below read as the table they are."""
+        super().__init_subclass__(**kw)
+        if status is not None:
+            cls.status = status
+        if title is not None:
+            cls.title = title
+
     def __init__(self, detail: str = "", **data: object) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
@@ -81,9 +90,7 @@ class RequestRefused(WebhookAppError):
     """An HTTP request was refused; `status` is the answer."""
 
 
-class InvalidSignature(RequestRefused):
-    status = 401
-    title = "Invalid signature"
+class InvalidSignature(RequestRefused, status=401, title="Invalid signature"): ...
 
 
 class SourceNotAllowed(RequestRefused):
@@ -98,34 +105,22 @@ class SourceNotAllowed(RequestRefused):
         self.source = source
 
 
-class PayloadTooLarge(RequestRefused):
-    status = 413
-    title = "Payload too large"
+class PayloadTooLarge(RequestRefused, status=413, title="Payload too large"): ...
 
 
-class UnsupportedMediaType(RequestRefused):
-    status = 415
-    title = "Unsupported media type"
+class UnsupportedMediaType(RequestRefused, status=415, title="Unsupported media type"): ...
 
 
-class InvalidPayload(RequestRefused):
-    status = 400
-    title = "Invalid payload"
+class InvalidPayload(RequestRefused, status=400, title="Invalid payload"): ...
 
 
-class Unauthorized(RequestRefused):
-    status = 401
-    title = "Unauthorized"
+class Unauthorized(RequestRefused, status=401, title="Unauthorized"): ...
 
 
-class NotFound(RequestRefused):
-    status = 404
-    title = "Not found"
+class NotFound(RequestRefused, status=404, title="Not found"): ...
 
 
-class Conflict(RequestRefused):
-    status = 409
-    title = "Conflict"
+class Conflict(RequestRefused, status=409, title="Conflict"): ...
 
 
 # --- storage ------------------------------------------------------------------------------
