@@ -158,6 +158,30 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
+def test_version_answers_without_loading_flask_the_sandbox_or_the_store():
+    """`--version` is printed before any command group is imported (the sandbox's registration
+    imports its Flask app): a check that its imports stay out, and that the version printed is the
+    installed distribution's."""
+    from importlib.metadata import version
+
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['webhook-app', '--version']\n"
+        "try:\n"
+        "    runpy.run_module('webhook_app', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = ('flask', 'werkzeug', 'requests', 'commercelayer_sandbox', 'webhook_app.store', 'webhook_app.cli')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.rsplit('.', 1)[0] in heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=base_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    printed, loaded = r.stdout.splitlines()
+    assert printed == f"webhook-app {version('webhook-app')}"
+    assert loaded == "[]"
+    assert run("--version").stdout == f"webhook-app {version('webhook-app')}\n"
+
+
 def _one_line_error(r):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
