@@ -300,6 +300,21 @@ def test_the_service_refuses_to_start_with_a_misspelt_attribute(tmp_path):
         assert not (tmp_path / "svc.db").exists()  # refused before touching anything
 
 
+def test_the_worker_refuses_to_start_with_a_value_of_the_wrong_type(tmp_path):
+    # The service loads its policy with the same checks as `policy check`: a condition that can
+    # never match stops it before it touches the database.
+    p = tmp_path / "types.toml"
+    p.write_text(TYPO_POLICY.replace('"order.gest", equals = false', '"order.guest", equals = "no"'))
+    env = {
+        "WEBHOOK_APP_POLICY": str(p),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+    }
+    line = _one_line_error(run("worker", "--once", env=env, tmp=tmp_path))
+    assert line.startswith(f"webhook-app: invalid policy: {p}:9: rule 'registered': order.guest is a boolean, ")
+    assert not (tmp_path / "svc.db").exists()
+
+
 def test_policy_check_samples_decides_each_and_reports_rules_matching_none_or_all(tmp_path):
     samples = tmp_path / "samples"
     samples.mkdir()

@@ -30,6 +30,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         return fail(f"invalid policy: {exc}", 1)
     for warning in policy.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    for note in policy.notes():
+        print(f"note: {note}", file=sys.stderr)
     payloads = list(args.payloads)
     if args.samples is not None:
         payloads += _sample_files(args.samples)
