@@ -51,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     from webhook_app.cli.common import Parser
 
     p = Parser(prog="webhook-app", description="Commerce Layer webhook receiver.")
-    p.add_argument("--version", action="version", version=f"webhook-app {__version__}")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"webhook-app {__version__}",
+        help="print the version and exit (answered before any command is loaded, so without delay)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in _groups():
         group.register(sub)

@@ -165,7 +165,9 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     pol = sub.add_parser("policy", help="work with policy files")
     psub = pol.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
-    sp = psub.add_parser("check", help="validate a policy and show its decision for payloads")
+    sp = psub.add_parser(
+        "check", help="validate a policy (its fields and the types of their values) and show its decision for payloads"
+    )
     sp.add_argument("policy", help="the policy file (TOML)")
     sp.add_argument("payloads", nargs="*", help="webhook bodies (topic taken from the file name, else --topic)")
     sp.add_argument("--topic", default=None, help="the topic for every payload (default from the file name)")
