@@ -158,28 +158,44 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
+def _loaded_by(arg, heavy):
+    """(stdout lines, the modules under `heavy` loaded) of `python -m webhook_app ARG` (it exits 0)."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['webhook-app', {arg!r}]\n"
+        "try:\n"
+        "    runpy.run_module('webhook_app', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        f"heavy = {tuple(heavy)!r}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.rsplit('.', 1)[0] in heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=base_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    *out, loaded = r.stdout.splitlines()
+    return out, loaded
+
+
 def test_version_answers_without_loading_flask_the_sandbox_or_the_store():
     """`--version` is printed before any command group is imported (the sandbox's registration
     imports its Flask app): a check that its imports stay out, and that the version printed is the
     installed distribution's."""
     from importlib.metadata import version
 
-    probe = (
-        "import runpy, sys\n"
-        "sys.argv = ['webhook-app', '--version']\n"
-        "try:\n"
-        "    runpy.run_module('webhook_app', run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code == 0, exc.code\n"
-        "heavy = ('flask', 'werkzeug', 'requests', 'commercelayer_sandbox', 'webhook_app.store', 'webhook_app.cli')\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.rsplit('.', 1)[0] in heavy))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=base_env(), timeout=60)
-    assert r.returncode == 0, r.stderr
-    printed, loaded = r.stdout.splitlines()
-    assert printed == f"webhook-app {version('webhook-app')}"
+    heavy = ("flask", "werkzeug", "requests", "commercelayer_sandbox", "webhook_app.store", "webhook_app.cli")
+    out, loaded = _loaded_by("--version", heavy)
+    assert out == [f"webhook-app {version('webhook-app')}"]
     assert loaded == "[]"
     assert run("--version").stdout == f"webhook-app {version('webhook-app')}\n"
+
+
+def test_help_lists_the_sandbox_without_loading_its_flask_app():
+    # The groups are imported to build the parser, the sandbox's argument definitions with them;
+    # its Flask app, the HTTP client and the store only when a command runs.
+    heavy = ("flask", "werkzeug", "requests", "webhook_app.store", "commercelayer_sandbox")
+    out, loaded = _loaded_by("--help", heavy)
+    assert any(line.split()[:1] == ["sandbox"] for line in out), out
+    assert loaded == "['commercelayer_sandbox', 'commercelayer_sandbox.cli', 'commercelayer_sandbox.errors']"
 
 
 def _one_line_error(r):

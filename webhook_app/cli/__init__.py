@@ -26,8 +26,9 @@ from webhook_app.errors import ConfigError, PolicyError, StoreError, WebhookAppE
 
 def _groups() -> tuple[ModuleType, ...]:
     """The command groups, in the order `--help` lists them. Imported here, not at the top, so that
-    `--version` (answered before any of them) loads none of them, nor the sandbox (whose `register`
-    imports the Flask app)."""
+    `--version` (answered before the parser is built) loads none of them. They import their heavy
+    modules (Flask, requests, the store, the sandbox's server) in the functions that run a command,
+    so `--help` loads none of those either."""
     from webhook_app.cli import (
         admin,
         db,
