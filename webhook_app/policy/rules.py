@@ -2,8 +2,9 @@
 
 A policy is a TOML file, validated when loaded (errors name the rule and the field), with ordered,
 named rules (first match wins) and an explicit default. Nothing in it is executed as code. Every
-`field` is checked against the attributes the resources really have and every rule topic against
-Commerce Layer's order topics (`model.py`, `topics.py`): a misspelt name would match nothing.
+`field` is checked against the attributes the resources really have, every value against its
+field's type, and every rule topic against Commerce Layer's order topics (`model.py`,
+`operands.py`, `topics.py`): a misspelt name or a value of another type would match nothing.
 After a rule decides, the guards (`guards.py`) run; no rule can override them. See README.md
 ("Policy format") for the file format with examples.
 """
