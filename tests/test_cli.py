@@ -158,6 +158,46 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
+def _loaded_by(arg, heavy):
+    """(stdout lines, the modules under `heavy` loaded) of `python -m webhook_app ARG` (it exits 0)."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = ['webhook-app', {arg!r}]\n"
+        "try:\n"
+        "    runpy.run_module('webhook_app', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        f"heavy = {tuple(heavy)!r}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.rsplit('.', 1)[0] in heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=base_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    *out, loaded = r.stdout.splitlines()
+    return out, loaded
+
+
+def test_version_answers_without_loading_flask_the_sandbox_or_the_store():
+    """`--version` is printed before any command group is imported (the sandbox's registration
+    imports its Flask app): a check that its imports stay out, and that the version printed is the
+    installed distribution's."""
+    from importlib.metadata import version
+
+    heavy = ("flask", "werkzeug", "requests", "commercelayer_sandbox", "webhook_app.store", "webhook_app.cli")
+    out, loaded = _loaded_by("--version", heavy)
+    assert out == [f"webhook-app {version('webhook-app')}"]
+    assert loaded == "[]"
+    assert run("--version").stdout == f"webhook-app {version('webhook-app')}\n"
+
+
+def test_help_lists_the_sandbox_without_loading_its_flask_app():
+    # The groups are imported to build the parser, the sandbox's argument definitions with them;
+    # its Flask app, the HTTP client and the store only when a command runs.
+    heavy = ("flask", "werkzeug", "requests", "webhook_app.store", "commercelayer_sandbox")
+    out, loaded = _loaded_by("--help", heavy)
+    assert any(line.split()[:1] == ["sandbox"] for line in out), out
+    assert loaded == "['commercelayer_sandbox', 'commercelayer_sandbox.cli', 'commercelayer_sandbox.errors']"
+
+
 def _one_line_error(r):
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -274,6 +314,21 @@ def test_the_service_refuses_to_start_with_a_misspelt_attribute(tmp_path):
         assert proc.returncode == 2, (cmd, err)
         assert err == f"webhook-app: invalid policy: {p}:9: {TYPO_LINE}\n", (cmd, err)
         assert not (tmp_path / "svc.db").exists()  # refused before touching anything
+
+
+def test_the_worker_refuses_to_start_with_a_value_of_the_wrong_type(tmp_path):
+    # The service loads its policy with the same checks as `policy check`: a condition that can
+    # never match stops it before it touches the database.
+    p = tmp_path / "types.toml"
+    p.write_text(TYPO_POLICY.replace('"order.gest", equals = false', '"order.guest", equals = "no"'))
+    env = {
+        "WEBHOOK_APP_POLICY": str(p),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'svc.db'}",
+        "CL_WEBHOOK_SECRETS": f"main:{SECRET}",
+    }
+    line = _one_line_error(run("worker", "--once", env=env, tmp=tmp_path))
+    assert line.startswith(f"webhook-app: invalid policy: {p}:9: rule 'registered': order.guest is a boolean, ")
+    assert not (tmp_path / "svc.db").exists()
 
 
 def test_policy_check_samples_decides_each_and_reports_rules_matching_none_or_all(tmp_path):

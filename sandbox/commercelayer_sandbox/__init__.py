@@ -15,9 +15,31 @@ what happened. Modules:
     server            SandboxServer (a thread)     organizations  several organizations, one process
 """
 
-from commercelayer_sandbox.api import create_sandbox_app
-from commercelayer_sandbox.config import SandboxConfig, SenderConfig
-from commercelayer_sandbox.sandbox import Sandbox
-from commercelayer_sandbox.server import SandboxServer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from commercelayer_sandbox.api import create_sandbox_app
+    from commercelayer_sandbox.config import SandboxConfig, SenderConfig
+    from commercelayer_sandbox.sandbox import Sandbox
+    from commercelayer_sandbox.server import SandboxServer
 
 __all__ = ["Sandbox", "SandboxConfig", "SandboxServer", "SenderConfig", "create_sandbox_app"]
+
+# Imported when first used, so that importing a light module (`cli`, to register the subcommand
+# in `webhook-app --help`) does not load the Flask app.
+_WHERE = {
+    "Sandbox": "commercelayer_sandbox.sandbox",
+    "SandboxConfig": "commercelayer_sandbox.config",
+    "SandboxServer": "commercelayer_sandbox.server",
+    "SenderConfig": "commercelayer_sandbox.config",
+    "create_sandbox_app": "commercelayer_sandbox.api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -14,7 +14,6 @@ import threading
 from typing import Any
 
 from commercelayer_sandbox.errors import SandboxError
-from commercelayer_sandbox.server import SandboxServer, is_loopback
 
 DESCRIPTION = (
     "Run a local double of Commerce Layer: the API (OAuth token, orders, wallets, webhooks) "
@@ -77,6 +76,9 @@ def config_changes(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; 0 on a clean stop, 2 for bad options or scenario."""
+    # Imported here: `register` (and so `webhook-app --help`) needs no Flask app.
+    from commercelayer_sandbox.server import SandboxServer, is_loopback
+
     try:
         server = SandboxServer(host=args.host, port=args.port, scenario=args.seed, config=config_changes(args))
     except SandboxError as exc:

@@ -38,6 +38,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         return fail(f"invalid policy: {exc}", 1)
     for warning in policy.warnings():
         print(f"warning: {warning}", file=sys.stderr)
+    for note in policy.notes():
+        print(f"note: {note}", file=sys.stderr)
     payloads = list(args.payloads)
     if args.samples is not None:
         payloads += _sample_files(args.samples)
@@ -170,7 +172,9 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     psub = add_command_group(sub, "policy", help="work with policy files")
-    sp = psub.add_parser("check", help="validate a policy and show its decision for payloads")
+    sp = psub.add_parser(
+        "check", help="validate a policy (its fields and the types of their values) and show its decision for payloads"
+    )
     sp.add_argument("policy", help="the policy file (TOML)")
     sp.add_argument("payloads", nargs="*", help="webhook bodies (topic taken from the file name, else --topic)")
     sp.add_argument("--topic", default=None, help="the topic for every payload (default from the file name)")

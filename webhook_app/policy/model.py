@@ -8,6 +8,9 @@ reference by tests/support/resource_model.py), and names the nearest valid attri
 
 `payment_source` is polymorphic (an order's payment source is one of several types): a field is
 valid if any payment source type has it; `types_with` says which do.
+
+`field_kinds` gives a field's value type(s), for checking the values a policy compares it with
+(`operands.py`).
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ _RELATIONSHIP_ROOTS = {
 }
 # Attributes that can hold keys of their own (`order.metadata.vip`).
 _NESTED_TYPES = frozenset({"object", "json"})
+# The value type of the fields a root has besides its attributes.
+_SPECIAL_KINDS = {"id": "string", "type": "string", "count": "integer"}
+# Where Commerce Layer's OpenAPI schema (components.schemas.order) gives an attribute another type
+# than resources.json, a body may carry either: Commerce Layer's own orders.place example sends
+# `number` as a number (tests/test_policy_model.py finds these from openapi.json).
+OPENAPI_KINDS = {("orders", "number"): "integer"}
 
 
 def _types(root: str, model: ResourceModel) -> tuple[str, ...]:
@@ -137,6 +146,25 @@ def check_field(path: Sequence[str], model: ResourceModel | None = None) -> str 
     candidates = [a for s in shapes for a in s.attributes] + list(specials)
     lacks = "no payment source type has an" if root == "payment_source" else f"{what} have no"
     return f'{dotted}: {lacks} attribute "{name}"{suggest(name, candidates)}'
+
+
+def field_kinds(path: Sequence[str], model: ResourceModel | None = None) -> frozenset[str] | None:
+    """The model's types of the valid field at `path` (several where payment source types, or
+    resources.json and the OpenAPI schema, differ), or None where the model gives none: a key
+    inside an object attribute (`order.metadata.vip`) or an attribute without a type."""
+    root = path[0]
+    if root == "topic":
+        return frozenset({"string"})
+    if len(path) > 2:
+        return None
+    model = model or load_model()
+    name = path[1]
+    types = _types(root, model)
+    if name in _SPECIAL_KINDS and (name != "count" or root in ("line_items", "wallet")):
+        return frozenset({_SPECIAL_KINDS[name]})
+    kinds = {model.shapes[t].attributes[name] for t in types if name in model.shapes[t].attributes}
+    kinds |= {OPENAPI_KINDS[(t, name)] for t in types if (t, name) in OPENAPI_KINDS}
+    return frozenset(kinds) if kinds and "" not in kinds else None
 
 
 def _article(kind: str) -> str:

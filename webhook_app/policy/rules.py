@@ -2,8 +2,9 @@
 
 A policy is a TOML file, validated when loaded (errors name the rule and the field), with ordered,
 named rules (first match wins) and an explicit default. Nothing in it is executed as code. Every
-`field` is checked against the attributes the resources really have and every rule topic against
-Commerce Layer's order topics (`model.py`, `topics.py`): a misspelt name would match nothing.
+`field` is checked against the attributes the resources really have, every value against its
+field's type, and every rule topic against Commerce Layer's order topics (`model.py`,
+`operands.py`, `topics.py`): a misspelt name or a value of another type would match nothing.
 After a rule decides, the guards (`guards.py`) run; no rule can override them. See README.md
 ("Policy format") for the file format with examples.
 """
@@ -21,7 +22,7 @@ import re2
 
 from webhook_app.errors import PolicyError, PolicyModelError
 from webhook_app.events import Event, Resource
-from webhook_app.policy import model, readiness, wallet
+from webhook_app.policy import model, operands, readiness, wallet
 from webhook_app.policy.decision import ACTIONS, SAVE, SKIP, STRATEGIES, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 from webhook_app.policy.guards import apply_guards
 from webhook_app.policy.paths import dig
@@ -157,7 +158,7 @@ def _compile_comparison(node: Mapping[str, Any], *, rule: str, where: str, roots
         raise PolicyError("a condition needs exactly one operator", rule=rule, field=where)
     op = ops.pop()
     operand = node[op]
-    _check_operand(op, operand, rule=rule, where=f"{where}.{op}")
+    _check_operand(op, operand, rule=rule, where=f"{where}.{op}", fld=node["field"])
     quantifier = node.get("quantifier", "any")
     if quantifier not in ("any", "all"):
         raise PolicyError("`quantifier` must be `any` or `all`", rule=rule, field=f"{where}.quantifier")
@@ -184,9 +185,11 @@ def _field_path(fld: Any, *, rule: str, where: str) -> tuple[str, ...]:
     return path
 
 
-def _check_operand(op: str, operand: Any, *, rule: str, where: str) -> None:
+def _check_operand(op: str, operand: Any, *, rule: str, where: str, fld: str) -> None:
     if op in ("in", "not_in"):
-        if not isinstance(operand, list) or not operand:
+        if not isinstance(operand, (list, Mapping)):
+            raise PolicyError(operands.list_needed(fld, op, operand), rule=rule, field=where)
+        if not operand or isinstance(operand, Mapping):
             raise PolicyError("needs a non-empty list", rule=rule, field=where)
     elif op == "exists":
         if not isinstance(operand, bool):
@@ -222,6 +225,8 @@ class Rule:
     source_types: tuple[frozenset[str] | None, frozenset[str]] = (None, frozenset())
     # The dotted `field` paths its conditions read.
     fields: tuple[str, ...] = ()
+    # Those compared with a value whose type the resource model cannot check (`order.metadata.vip`).
+    unchecked: tuple[str, ...] = ()
 
     def matches(self, event: Event) -> bool:
         if self.topics is not None and event.topic not in self.topics:
@@ -291,6 +296,15 @@ class Policy:
                     )
         return out
 
+    def notes(self) -> list[str]:
+        """Fields compared with a value whose type is not checked, the model giving none."""
+        return [
+            f"rule {rule.name}: {fld}: the resource model gives no type for it, so the type of the value "
+            "it is compared with is not checked"
+            for rule in self.rules
+            for fld in rule.unchecked
+        ]
+
     def topics(self) -> frozenset[str] | None:
         """Topics any acting rule listens to; None means every order topic."""
         out: set[str] = set()
@@ -335,12 +349,14 @@ def load_policy(path: str | Path) -> Policy:
 
 @dataclass(frozen=True)
 class _Problem:
-    """A name the resource model does not have: `needle` is the quoted name, to find its line."""
+    """A name the resource model does not have, or a value of the wrong type for its field:
+    `needle` is the quoted name, to find its line, at its `nth` occurrence when known."""
 
     rule: str
     where: str
     needle: str
     message: str
+    nth: int | None = None
 
 
 def _problem_lines(problems: Sequence[_Problem], source: str, text: str | None) -> tuple[str, ...]:
@@ -350,7 +366,9 @@ def _problem_lines(problems: Sequence[_Problem], source: str, text: str | None) 
     seen: dict[str, int] = {}
     out = []
     for p in problems:
-        nth = seen[p.needle] = seen.get(p.needle, 0) + 1
+        if p.nth is None:
+            seen[p.needle] = seen.get(p.needle, 0) + 1
+        nth = p.nth or seen[p.needle]
         found = [
             n
             for n, line in enumerate(lines, 1)
@@ -382,8 +400,9 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "<memory>", text: str 
     rules: list[Rule] = []
     seen: set[str] = set()
     problems: list[_Problem] = []
+    occurrences: dict[str, int] = {}  # how often each field has been named so far, to find its line
     for n, r in enumerate(rules_raw):
-        rule = _parse_rule(r, n, roots, problems)
+        rule = _parse_rule(r, n, roots, problems, occurrences)
         if rule.name in seen:
             raise PolicyError("rule names must be unique", rule=rule.name, field="name")
         seen.add(rule.name)
@@ -449,7 +468,7 @@ def _parse_strategy(d: Mapping[str, Any], action: str, rule: str) -> str | None:
     return strategy
 
 
-def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Rule:
+def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem], occurrences: dict[str, int]) -> Rule:
     label = f"#{n + 1}"
     if not isinstance(r, Mapping):
         raise PolicyError("each rule must be a table", rule=label)
@@ -471,11 +490,8 @@ def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Ru
     predicate: Predicate = (
         (lambda e: True) if when is None else _compile_condition(when, rule=name, where="when", roots=roots)
     )
-    fields = list(_fields(when, "when"))
-    for where, fld in fields:
-        problem = model.check_field(tuple(fld.split(".")))
-        if problem is not None:
-            problems.append(_Problem(name, where, fld, problem))
+    conditions = list(_conditions(when, "when"))
+    unchecked = _check_conditions(name, conditions, problems, occurrences)
     return Rule(
         name=name,
         action=action,
@@ -484,8 +500,37 @@ def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem]) -> Ru
         strategy=strategy,
         description=description,
         source_types=_source_types(when),
-        fields=tuple(fld for _, fld in fields),
+        fields=tuple(node["field"] for _, node in conditions),
+        unchecked=unchecked,
     )
+
+
+def _check_conditions(
+    rule: str,
+    conditions: Sequence[tuple[str, Mapping[str, Any]]],
+    problems: list[_Problem],
+    occurrences: dict[str, int],
+) -> tuple[str, ...]:
+    """Add a problem for each field the resources do not have and each value that can never compare
+    with its field (the field's nth naming in the file finds its line); the fields compared with a
+    value whose type the model does not give, for a note."""
+    unchecked: dict[str, None] = {}
+    for where, node in conditions:
+        fld = node["field"]
+        nth = occurrences[fld] = occurrences.get(fld, 0) + 1
+        path = tuple(fld.split("."))
+        problem = model.check_field(path)
+        if problem is not None:
+            problems.append(_Problem(rule, f"{where}.field", fld, problem, nth))
+            continue
+        op = next(k for k in node if k not in ("field", "quantifier"))
+        kinds = model.field_kinds(path)
+        problem = operands.mismatch(fld, kinds, op, node[op])
+        if problem is not None:
+            problems.append(_Problem(rule, f"{where}.{op}", fld, problem, nth))
+        elif kinds is None and op != "exists":
+            unchecked[fld] = None
+    return tuple(unchecked)
 
 
 def _parse_topics(topics_raw: Any, name: str, problems: list[_Problem]) -> frozenset[str] | None:
@@ -509,18 +554,18 @@ def _parse_topics(topics_raw: Any, name: str, problems: list[_Problem]) -> froze
     return frozenset(topics_raw)
 
 
-def _fields(node: Any, where: str) -> Iterator[tuple[str, str]]:
-    """(where, field) for each condition under a `when` that has compiled (so is well formed)."""
+def _conditions(node: Any, where: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """(where, comparison) for each comparison under a `when` that has compiled (so is well formed)."""
     if node is None:
         return
     if "not" in node:
-        yield from _fields(node["not"], f"{where}.not")
+        yield from _conditions(node["not"], f"{where}.not")
     elif "all" in node or "any" in node:
         op = "all" if "all" in node else "any"
         for i, c in enumerate(node[op]):
-            yield from _fields(c, f"{where}.{op}[{i}]")
+            yield from _conditions(c, f"{where}.{op}[{i}]")
     else:
-        yield f"{where}.field", node["field"]
+        yield where, node
 
 
 def _source_types(node: Any) -> tuple[frozenset[str] | None, frozenset[str]]:
