@@ -178,10 +178,7 @@ def run_ingest(args: argparse.Namespace, run_dir: Path, backends: list[str]) -> 
             Config("workers-4", "30k", 4, 10_000, ours_workers=4),
         ]
     for cfg in configs:
-        if cfg.name.startswith("main"):  # noqa: SIM108 - clearer than a nested conditional expression
-            kinds = servers + (reference if cfg.name == "main" else [])
-        else:
-            kinds = sweep_servers
+        kinds = servers + reference if cfg.name.startswith("main") else sweep_servers
         per_server: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(rounds if cfg.name.startswith("main") else 1):
             order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]  # rotate who goes first

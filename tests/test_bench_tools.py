@@ -205,6 +205,21 @@ def test_a_target_whose_receiver_did_not_run_says_not_measured():
     )
 
 
+def test_the_reference_bars_say_what_the_simplest_durable_receiver_reaches():
+    from bench.report import reference_rows, targets_table
+
+    ingest, _ = _issue_run()
+    assert reference_rows(ingest) == []  # no hand-written durable receiver in the run: no rows
+    ingest["configs"]["main-32"]["servers"]["baseline-sqlite"] = _agg(1100, 60)
+    rows = {r["target"]: r for r in reference_rows(ingest)}
+    bar = rows["hand-written Flask + one SQLite commit >= 1.5x the Celery receiver"]
+    assert bar["figure"] == "1.25x (1,100 / 881 req/s)" and bar["met"] is False
+    ours = rows["`web` (SQLite) against the hand-written Flask + one SQLite commit"]
+    assert ours["figure"] == "0.84x (923 / 1,100 req/s)" and ours["met"] is False
+    assert all(r["where"] == "32 connections" for r in rows.values())
+    assert "| 1.25x (1,100 / 881 req/s) | **missed** |" in "\n".join(targets_table(list(rows.values())))
+
+
 # --- the scale-out harness (bench/scaleout.py) ---------------------------------------------------
 
 
