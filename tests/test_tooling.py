@@ -32,6 +32,22 @@ def test_tool_is_clean(tool, args):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
 
 
+MAX_CLASS_LINES = 250  # CONTRIBUTING.md, *The style*: a class a reader can hold in mind
+
+
+def test_no_class_in_the_service_is_over_the_size_limit():
+    """Complexity per function is ruff's (C90, max 12); the size of a class is this test's."""
+    import ast
+
+    sizes = {}
+    for path in sorted((ROOT / "webhook_app").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                sizes[f"{path.relative_to(ROOT)}:{node.lineno} {node.name}"] = node.end_lineno - node.lineno + 1
+    assert len(sizes) > 100  # the walk found the package's classes
+    assert {where: n for where, n in sizes.items() if n > MAX_CLASS_LINES} == {}
+
+
 def test_mypy_is_strict_without_blanket_ignores():
     mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
     assert mypy.get("strict") is True
