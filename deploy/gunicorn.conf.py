@@ -76,9 +76,10 @@ workers = _workers()
 
 # sync: one request per process at a time. Intake is a short CPU task (verify the signature, check
 # the document) followed by a wait for the commit writer that `webhook-app web` starts beside these
-# workers (group commit, README); it never waits on Commerce Layer. A worker waiting for its commit
-# uses no CPU, which is why there are more workers than CPUs; a crash or leak stays inside one
-# process. The price is the slow-client exposure described at the top: keep nginx in front.
+# workers (docs/explanation/group-commit.md, *Group commit*); it never waits on Commerce Layer. A
+# worker waiting for its commit uses no CPU, which is why there are more workers than CPUs; a crash
+# or leak stays inside one process. The price is the slow-client exposure described at the top:
+# keep nginx in front.
 worker_class = "sync"
 threads = 1
 

@@ -208,3 +208,75 @@ def test_go_live_keeps_the_printed_secrets_out_of_the_checkout_and_shows_todays_
     assert "register.out" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert re.findall(r"schema version (\d+)", guide) == [str(SCHEMA_VERSION)]
     assert "the reason says `passed over" not in guide  # the log line has no reason; the stored decision has
+
+
+# --- references from the code to the manual ---------------------------------------------------------
+
+#: Where comments and docstrings point at the manual.
+REFERRING = ("webhook_app", "sandbox/commercelayer_sandbox", "bench", "deploy")
+#: The one form such a reference takes: `docs/<page>.md, *Heading*` (or `README.md, *Heading*`), the
+#: heading as the page spells it; a line break, and a comment's `#`, may fall anywhere in it.
+REFERENCE = re.compile(r"\b((?:docs/[\w./-]+|README)\.md),\s+\*([^*]+)\*")
+#: README followed on its line by a heading in stars or quotes: the form from before the manual
+#: moved to docs/, checked against README.md so that no such reference is left pointing nowhere.
+README_REFERENCE = re.compile(r"\bREADME\b[^\n]*?[*\"]([^*\"\n]+)[*\"]")
+
+
+def _headings(page: Path) -> set[str]:
+    """A page's headings, outside code blocks: its `#` lines (without an `{#anchor}`) and the bold
+    words that open a paragraph (`**Wallet activity.** Commerce Layer sends...`), the run-in
+    subheadings the pages use within a section, without their closing full stop."""
+    text = re.sub(r"^\s*```.*?^\s*```", "", page.read_text(encoding="utf-8"), flags=re.S | re.M)
+    atx = re.findall(r"^#{1,6}\s+(.+?)(?:\s*\{[^}]*\})?\s*$", text, re.M)
+    run_in = re.findall(r"(?:\A|\n[ \t]*\n)\*\*([^*\n]+?)\.?\*\*", text)
+    return {" ".join(h.split()) for h in [*atx, *run_in]}
+
+
+def _references(source: Path) -> list[tuple[str, str]]:
+    """(page, heading) for each reference in one file."""
+    text = source.read_text(encoding="utf-8")
+    joined = re.sub(r"[ \t]*\n[ \t]*(?:#[ \t]*)?", " ", text)  # a reference wrapped over lines
+    found = [(page, " ".join(heading.split())) for page, heading in REFERENCE.findall(joined)]
+    return found + [("README.md", heading.strip()) for heading in README_REFERENCE.findall(text)]
+
+
+def _stale_references(sources: list[Path], root: Path = ROOT) -> list[str]:
+    stale = []
+    for source in sources:
+        for page, heading in _references(source):
+            where = f"{source.relative_to(root)}: {page}, *{heading}*"
+            if not (root / page).is_file():
+                stale.append(f"{where}: no such page")
+            elif heading not in _headings(root / page):
+                stale.append(f"{where}: no such heading on that page")
+    return stale
+
+
+def test_every_reference_from_the_code_names_a_page_and_heading_that_exist():
+    """A comment that sends the reader to `docs/explanation/worker.md, *Every save verified*`
+    must find that heading there; when a page is split or a heading renamed, this names every
+    reference left behind."""
+    sources = sorted(p for d in REFERRING for p in (ROOT / d).rglob("*.py"))
+    assert sum(len(_references(p)) for p in sources) >= 15  # the scan sees the references
+    assert _stale_references(sources) == []
+
+
+def test_a_reference_to_a_missing_page_or_heading_is_reported(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "page.md").write_text(
+        "# Page\n\n## Limits {#limits}\n\n**Run-in heading.** Text.\n\n```sh\n# not a heading\n```\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "README.md").write_text("# Project\n\n## Quick start\n", encoding="utf-8")
+    source = tmp_path / "module.py"
+    source.write_text(
+        '"""See docs/page.md, *Limits*, docs/page.md,\n*Run-in heading*, and README.md, *Quick start*."""\n'
+        "# (docs/page.md, *Run-in\n# heading*) (docs/page.md, *not a heading*) (docs/gone.md, *Page*)\n"
+        'X = 1  # (README, "Expired cards")\n',
+        encoding="utf-8",
+    )
+    assert _stale_references([source], root=tmp_path) == [
+        "module.py: docs/page.md, *not a heading*: no such heading on that page",
+        "module.py: docs/gone.md, *Page*: no such page",
+        "module.py: README.md, *Expired cards*: no such heading on that page",
+    ]

@@ -142,8 +142,8 @@ def trusted_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6
 
 @dataclass(frozen=True)
 class Limits:
-    """What one front may hold (README, *Limits*); `from_settings` reads them from the service's
-    settings, `share` divides them among gunicorn's workers."""
+    """What one front may hold (docs/explanation/security.md, *Limits*); `from_settings` reads
+    them from the service's settings, `share` divides them among gunicorn's workers."""
 
     max_body: int
     max_connections: int = 1024

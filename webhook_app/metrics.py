@@ -292,8 +292,9 @@ class StoreCollector(Collector):
         yield from self._storage()
 
     def _wallet(self) -> Iterator[Any]:
-        """What the service did to wallets, whole cluster (README, "Wallet activity"): per
-        activity and reason only; per day and market is the admin page's business."""
+        """What the service did to wallets, whole cluster (docs/howto/wallet-hygiene.md,
+        *Wallet activity*): per activity and reason only; per day and market is the admin page's
+        business."""
         try:
             counts = wallet_activity.metric_counts(self.store, self.policy)
             scan = wallet_activity.last_full_scan(self.store)

@@ -48,7 +48,8 @@ def restart_delay(restarts: int, *, ran_for: float) -> tuple[int, float]:
     return restarts, doubling(restarts, base=1.0, cap=30.0)
 
 
-# Limits that keep one slow or hostile client from tying up the server (see README, Operations).
+# Limits that keep one slow or hostile client from tying up the server (see
+# docs/explanation/security.md, *Limits*).
 GUNICORN_DEFAULTS: dict[str, Any] = {
     "worker_class": "sync",
     "timeout": 30,

@@ -7,11 +7,12 @@ control API plays the processing (`POST /_sandbox/events` with `customer_id` and
 `transition: true`): `started`, then `completed` or `failed`; `_cancel_anonymization` (or the
 `cancelled` event) revokes a request not yet completed.
 
-Where the documentation is silent, the sandbox assumes (README, *What it assumes*): the statuses
-are named after the topics (`started`, `completed`, `cancelled`, `failed`); on completion the
-customer's `email`, and the `customer_email` of their orders, become one shared placeholder
-(`ANONYMIZED_EMAIL`), so a receiver cannot learn the address from the completed event, nor tell
-two anonymized customers apart by it.
+Where the documentation is silent, the sandbox assumes (docs/sandbox.md, *What it assumes where
+Commerce Layer is undocumented (all configurable)*): the statuses are named after the topics
+(`started`, `completed`, `cancelled`, `failed`); on completion the customer's `email`, and the
+`customer_email` of their orders, become one shared placeholder (`ANONYMIZED_EMAIL`), so a
+receiver cannot learn the address from the completed event, nor tell two anonymized customers
+apart by it.
 """
 
 from __future__ import annotations

@@ -691,7 +691,8 @@ def payment_source_attributes(state: SandboxState, ps: PaymentSource) -> dict[st
     """Type-specific attributes (resources.json's per-type fields), then the common ones.
 
     The gateway tokens agree with the wallet entries made from the record: `customer_token` and
-    `payment_source_token` appear where each gateway carries them (see the README)."""
+    `payment_source_token` appear where each gateway carries them (see docs/sandbox.md,
+    *What it models (from Commerce Layer's documentation)*)."""
     order = state.orders.get(ps.order_id or "")
     amount = state.order_total(order) if order else 0
     currency = order.currency_code if order else "EUR"

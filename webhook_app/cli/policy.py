@@ -93,7 +93,8 @@ def _decide(policy: Policy, name: str, args: argparse.Namespace) -> tuple[Event 
     try:
         topic = check_topic(topic)
         if not is_order_topic(topic):
-            # Not an order event: the service records it and decides nothing (README, intake).
+            # Not an order event: the service records it and decides nothing
+            # (docs/reference/intake.md, *The intake, `POST /webhooks/commercelayer`*).
             print(f"{name}: {topic}: not an order topic: recorded as ignored, no policy decision")
             return None, True
         event = Event.from_body(topic, raw)

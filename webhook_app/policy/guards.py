@@ -46,7 +46,8 @@ def _guard_save(
 
 def _pick_entry(decision: Decision, event: Event, entries: Sequence[Resource]) -> Decision:
     """The wallet entry a use-wallet decision uses, or why there is none."""
-    # An entry whose card has expired at the order's time is never chosen (README, "Expired cards").
+    # An entry whose card has expired at the order's time is never chosen
+    # (docs/explanation/worker.md, *Expired cards are never reused*).
     split = expiry.split_expired(entries, event)
     chosen = choose_wallet_entry(split.usable, decision.strategy or "newest")
     if chosen is None:

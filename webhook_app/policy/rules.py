@@ -5,8 +5,8 @@ named rules (first match wins) and an explicit default. Nothing in it is execute
 `field` is checked against the attributes the resources really have, every value against its
 field's type, and every rule topic against Commerce Layer's order topics (`model.py`,
 `operands.py`, `topics.py`): a misspelt name or a value of another type would match nothing.
-After a rule decides, the guards (`guards.py`) run; no rule can override them. See README.md
-("Policy format") for the file format with examples.
+After a rule decides, the guards (`guards.py`) run; no rule can override them. See
+docs/reference/policy.md, *Policy format*, for the file format with examples.
 """
 
 from __future__ import annotations
@@ -262,8 +262,8 @@ class Policy:
         )
 
     def warnings(self) -> list[str]:
-        """What in the policy would save a gateway's sources where the save cannot work (README,
-        "Gateway readiness"); the policy is still valid."""
+        """What in the policy would save a gateway's sources where the save cannot work
+        (docs/explanation/worker.md, *Gateway readiness*); the policy is still valid."""
         out = []
         for rule in self.rules:
             if rule.action != SAVE:

@@ -18,16 +18,16 @@ When no writer answers (not started, restarting, or `WEBHOOK_APP_GROUP_COMMIT=of
 stores the delivery itself, as before (`Store.record_delivery`: on SQLite queued on the writers'
 flock, which the writer also takes for each batch, as do the job worker and the CLI).
 
-Who talks to whom (README, *Security*, the threat model): the web master makes a `Channel` per
-start, a directory of its own (a fresh random name, mode 0700, owner and mode checked) holding
-the socket, and a random key that exists only in the memory of the master, its gunicorn workers
-(forked from it) and the writer (given it on its stdin pipe): never in a file, an argument or the
-environment. Another user cannot enter the directory, so cannot connect or bind there. On each
-connection both ends prove they hold the key (HMAC-SHA256 over two fresh nonces) before a
-delivery is sent: a process of the same user that does not hold the key is refused by the
-writer, and a socket that does not prove itself to a worker is not a writer (the worker commits
-the delivery itself; the other end has received nothing). The writer takes the time and the
-delivery's identity (from topic and body) itself; a frame names neither.
+Who talks to whom (docs/explanation/security.md, *Who can reach the commit writer*): the web master
+makes a `Channel` per start, a directory of its own (a fresh random name, mode 0700, owner and mode
+checked) holding the socket, and a random key that exists only in the memory of the master, its
+gunicorn workers (forked from it) and the writer (given it on its stdin pipe): never in a file, an
+argument or the environment. Another user cannot enter the directory, so cannot connect or bind
+there. On each connection both ends prove they hold the key (HMAC-SHA256 over two fresh nonces)
+before a delivery is sent: a process of the same user that does not hold the key is refused by the
+writer, and a socket that does not prove itself to a worker is not a writer (the worker commits the
+delivery itself; the other end has received nothing). The writer takes the time and the delivery's
+identity (from topic and body) itself; a frame names neither.
 
 Frames, after the handshake: a request is `!II` (length of the JSON head, length of the body),
 the head (orjson), then the raw body; an answer is `!I` and its JSON. A request the writer cannot

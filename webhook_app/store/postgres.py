@@ -304,7 +304,9 @@ class PostgresRateLimiter:
     def reserve(self) -> float:
         if not self.limits:
             return 0.0
-        bucket = "commercelayer"  # one budget for the whole integration (see README)
+        # One budget for the whole integration, every organization and worker process
+        # (docs/howto/agency.md, *How the shared budget works*).
+        bucket = "commercelayer"
         with self.transaction() as c:
             c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(bucket.encode()),))
             now = self.clock()

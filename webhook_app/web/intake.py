@@ -9,7 +9,8 @@ It is the one hot path, so it is a plain WSGI application in front of Flask (`In
 request context, routing, hooks and response objects cost about 300 us of CPU per delivery, as
 much as everything the intake itself does apart from storing (BENCHMARKS.md). Every other request,
 and any other method on this path, goes on to Flask. The answers are the same as Flask's would be:
-JSON, `X-Request-Id`, `Cache-Control: no-store`, errors as `web.error_body` (see README, *The intake*).
+JSON, `X-Request-Id`, `Cache-Control: no-store`, errors as `web.error_body` (see
+docs/reference/intake.md, *The intake, `POST /webhooks/commercelayer`*).
 """
 
 from __future__ import annotations

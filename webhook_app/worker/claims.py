@@ -9,7 +9,8 @@ organization, the customer and the card as the policy's `wallet_match` identifie
 the decision to save until the save is verified or known to have failed (a save whose outcome is
 unknown keeps it for its order's next attempt, at most a lease); a second order of that card is
 deferred meanwhile (no attempt used) and, once it has the claim, reads the wallet before deciding,
-so it finds the first order's entry (`card_already_in_wallet`). README: *One card, one entry*.
+so it finds the first order's entry (`card_already_in_wallet`).
+See docs/explanation/worker.md, *One card, one entry*.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ with each entry's linkage (or the gateway tokens to compare) and no save of this
 before (`fresh`: an earlier save may postdate the body); otherwise, and always after an attempt
 whose outcome is unknown, one read of the order decides before writing. Every save is verified:
 its answer (or, failing that, one more read) must show a wallet entry for the source, else the
-decision is recorded as `saved_without_entry` with what was seen (README: *Every save verified*).
+decision is recorded as `saved_without_entry` with what was seen
+(docs/explanation/worker.md, *Every save verified*).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool,
 def _verify(attempt: Attempt, event: Event, decision: Decision, doc: dict[str, Any], before: Event) -> Outcome:
     """The save's answer showed no entry for this payment source: look once more, and if the
     wallet still has none, record `saved_without_entry` with what was seen. The action is
-    marked done so that it is not retried blindly (README: what the operator should do)."""
+    marked done so that it is not retried blindly; what the operator should do is in
+    docs/explanation/worker.md, *Every save verified*."""
     seen: Event | None = None
     read = ""
     try:
