@@ -140,7 +140,7 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-# --- framing: answered 400, as the README says ----------------------------------------------------
+# --- framing: answered 400, as docs/explanation/security.md says ---------------------------------
 
 
 def chunked_head(body: bytes) -> bytes:

@@ -743,7 +743,8 @@ async def serve(
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's event loop (libuv, in C) where it is installed: the front's own cost per request
-    is mostly the event loop's (BENCHMARKS.md, *serve's front*); the standard loop otherwise."""
+    is mostly the event loop's (BENCHMARKS.md, *`serve`'s front in the gunicorn worker*); the
+    standard loop otherwise."""
     try:
         import uvloop
     except ImportError:

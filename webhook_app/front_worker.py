@@ -6,7 +6,8 @@ the front accepts, admits and reads every request completely, within its limits 
 in this process (gunicorn's own parser builds the environ from the buffered bytes, gunicorn's
 `Response` frames the answer) and the answer is written back asynchronously, the connection kept
 for the next request when the client asks for it. One HTTP stack per delivery, as under nginx,
-where the front process of earlier versions added a second one (BENCHMARKS.md, *serve's front*).
+where the front process of earlier versions added a second one (BENCHMARKS.md, *`serve`'s front
+in the gunicorn worker*).
 
 gunicorn's contract for a worker is kept: the heartbeat (`notify`) from the loop, `alive`
 (SIGTERM: stop accepting, finish the requests in hand within `graceful_timeout`), `max_requests`,
