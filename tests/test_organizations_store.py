@@ -9,7 +9,7 @@ import sqlite3
 from support.builders import order_body
 
 from webhook_app.events import Delivery, delivery_identity
-from webhook_app.store import DecisionRecord, DeliveryFilter
+from webhook_app.store import ClaimHolder, DecisionRecord, DeliveryFilter
 from webhook_app.store.schema import migrations
 from webhook_app.store.sqlite import SQLiteStore
 
@@ -45,7 +45,8 @@ def test_order_actions_are_per_organization(store) -> None:
     job = store.claim_job(worker="w", lease_seconds=60, now=T, organizations=["acme"])
     assert job is not None and job.organization == "acme"
     claim = store.begin_action(
-        "ord1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=60, now=T, organization="acme"
+        ClaimHolder("ord1", worker="w", job_id=job.id, now=T, lease_seconds=60, organization="acme"),
+        "save_payment_source",
     )
     assert claim.status == "acquired"
     decision = DecisionRecord(rule="r", action="save_payment_source", reason="x", outcome="applied", mode="enforce")
@@ -56,7 +57,8 @@ def test_order_actions_are_per_organization(store) -> None:
     other = store.claim_job(worker="w", lease_seconds=60, now=T, organizations=["acme", "globex"])
     assert other is not None and other.organization == "globex"
     claim = store.begin_action(
-        "ord1", "save_payment_source", worker="w", job_id=other.id, lease_seconds=60, now=T, organization="globex"
+        ClaimHolder("ord1", worker="w", job_id=other.id, now=T, lease_seconds=60, organization="globex"),
+        "save_payment_source",
     )
     assert claim.status == "acquired"
 

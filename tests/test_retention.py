@@ -14,7 +14,7 @@ from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery
 from webhook_app.policy import load_policy
 from webhook_app.signing import parse_secrets
-from webhook_app.store import DeliveryFilter, retention
+from webhook_app.store import ClaimHolder, DeliveryFilter, retention
 from webhook_app.store.sqlite import SQLiteStore
 from webhook_app.web import create_app
 from webhook_app.worker import Worker
@@ -68,7 +68,9 @@ def test_pruning_never_forgets_that_an_order_was_flagged(store, settings_factory
     settings = settings_factory(retain_bodies_days=1, retain_records_days=2)
     rec = deliver(store, clock, "o1")
     job = store.claim_job(worker="w", lease_seconds=60, now=clock())
-    assert store.begin_action("o1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=60, now=clock())
+    assert store.begin_action(
+        ClaimHolder("o1", worker="w", job_id=job.id, now=clock(), lease_seconds=60), "save_payment_source"
+    )
     from webhook_app.store import DecisionRecord
 
     d = DecisionRecord(rule="r", action="save_payment_source", reason="x", outcome="applied", mode="enforce")

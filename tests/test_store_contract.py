@@ -12,7 +12,15 @@ from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
-from webhook_app.store import SCHEMA_VERSION, ActionClaim, CardClaim, DecisionRecord, DeliveryFilter, Submission
+from webhook_app.store import (
+    SCHEMA_VERSION,
+    ActionClaim,
+    CardClaim,
+    ClaimHolder,
+    DecisionRecord,
+    DeliveryFilter,
+    Submission,
+)
 from webhook_app.store.sqlite import SQLiteStore
 
 SECRETS = parse_secrets(f"main:{SECRET}")
@@ -186,33 +194,46 @@ def test_jobs_are_claimed_in_due_order(store):
 def test_action_claims_give_exactly_once(store):
     store.record_delivery(delivery("o1"), now=T0)
     job = store.claim_job(worker="w1", lease_seconds=30, now=T0)
-    a = store.begin_action("o1", "save", worker="w1", job_id=job.id, lease_seconds=30, now=T0)
+    a = store.begin_action(ClaimHolder("o1", worker="w1", job_id=job.id, now=T0, lease_seconds=30), "save")
     assert a.status == "acquired" and not a.uncertain
-    assert store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "busy"
-    assert store.begin_action("o1", "other", worker="w2", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
+    assert (
+        store.begin_action(ClaimHolder("o1", worker="w2", job_id=2, now=T0 + 1, lease_seconds=30), "save").status
+        == "busy"
+    )
+    assert (
+        store.begin_action(ClaimHolder("o1", worker="w2", job_id=2, now=T0 + 1, lease_seconds=30), "other").status
+        == "acquired"
+    )
     assert store.finish_job(
         job.id, worker="w1", decision=replace(DECISION, wallet_entry_id="w9"), now=T0 + 2, action="save"
     )
-    done = store.begin_action("o1", "save", worker="w2", job_id=2, lease_seconds=30, now=T0 + 3)
+    done = store.begin_action(ClaimHolder("o1", worker="w2", job_id=2, now=T0 + 3, lease_seconds=30), "save")
     assert done.status == "done" and done.wallet_entry_id == "w9"
     assert store.action_state("o1", "save") == "done" and store.action_state("o2", "save") is None
 
 
 def test_action_claim_of_dead_worker_is_taken_over_as_uncertain(store):
-    store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
-    took = store.begin_action("o1", "save", worker="w2", job_id=1, lease_seconds=30, now=T0 + 31)
+    store.begin_action(ClaimHolder("o1", worker="w1", job_id=1, now=T0, lease_seconds=30), "save")
+    took = store.begin_action(ClaimHolder("o1", worker="w2", job_id=1, now=T0 + 31, lease_seconds=30), "save")
     assert took.status == "acquired" and took.uncertain
-    store.release_action("o1", "save", worker="w1", uncertain=False, now=T0 + 32)  # the dead worker's late word
-    assert store.begin_action("o1", "save", worker="w3", job_id=1, lease_seconds=30, now=T0 + 33).status == "busy"
+    store.release_action(
+        ClaimHolder("o1", worker="w1", job_id=1, now=T0 + 32, lease_seconds=30), "save", uncertain=False
+    )  # the dead worker's late word
+    assert (
+        store.begin_action(ClaimHolder("o1", worker="w3", job_id=1, now=T0 + 33, lease_seconds=30), "save").status
+        == "busy"
+    )
 
 
 def test_released_action_remembers_uncertainty(store):
-    store.begin_action("o1", "save", worker="w1", job_id=1, lease_seconds=30, now=T0)
-    store.release_action("o1", "save", worker="w1", uncertain=False, now=T0 + 1)
-    clean = store.begin_action("o1", "save", worker="w2", job_id=1, lease_seconds=30, now=T0 + 2)
+    store.begin_action(ClaimHolder("o1", worker="w1", job_id=1, now=T0, lease_seconds=30), "save")
+    store.release_action(
+        ClaimHolder("o1", worker="w1", job_id=1, now=T0 + 1, lease_seconds=30), "save", uncertain=False
+    )
+    clean = store.begin_action(ClaimHolder("o1", worker="w2", job_id=1, now=T0 + 2, lease_seconds=30), "save")
     assert clean == ActionClaim("acquired", uncertain=False)
-    store.release_action("o1", "save", worker="w2", uncertain=True, now=T0 + 3)
-    assert store.begin_action("o1", "save", worker="w3", job_id=1, lease_seconds=30, now=T0 + 4).uncertain
+    store.release_action(ClaimHolder("o1", worker="w2", job_id=1, now=T0 + 3, lease_seconds=30), "save", uncertain=True)
+    assert store.begin_action(ClaimHolder("o1", worker="w3", job_id=1, now=T0 + 4, lease_seconds=30), "save").uncertain
 
 
 def test_list_deliveries_filters(store):
@@ -360,12 +381,16 @@ def test_finishing_a_job_can_complete_its_action_claim_atomically(store):
     rec = store.record_delivery(delivery("o1"), now=T0)
     job = store.claim_job(worker="w", lease_seconds=30, now=T0)
     assert (
-        store.begin_action("o1", "save_payment_source", worker="w", job_id=job.id, lease_seconds=30, now=T0).status
+        store.begin_action(
+            ClaimHolder("o1", worker="w", job_id=job.id, now=T0, lease_seconds=30), "save_payment_source"
+        ).status
         == "acquired"
     )
     assert store.finish_job(job.id, worker="w", decision=DECISION, now=T0 + 1, action="save_payment_source")
     assert store.action_state("o1", "save_payment_source") == "done"
-    claim = store.begin_action("o1", "save_payment_source", worker="x", job_id=99, lease_seconds=30, now=T0 + 2)
+    claim = store.begin_action(
+        ClaimHolder("o1", worker="x", job_id=99, now=T0 + 2, lease_seconds=30), "save_payment_source"
+    )
     assert claim.status == "done" and claim.wallet_entry_id == "w1"
     assert store.get_delivery(rec.delivery_id).job["state"] == "done"
 
@@ -447,15 +472,18 @@ def _saving(store, order_id, worker, now):
     store.record_delivery(delivery(order_id), now=now)
     job = store.claim_job(worker=worker, lease_seconds=30, now=now)
     assert job.order_id == order_id
-    assert store.begin_action(order_id, SAVE, worker=worker, job_id=job.id, lease_seconds=30, now=now).status == (
-        "acquired"
+    assert (
+        store.begin_action(ClaimHolder(order_id, worker=worker, job_id=job.id, now=now, lease_seconds=30), SAVE).status
+        == "acquired"
     )
     return job
 
 
 def test_card_claims_let_one_order_at_a_time_save_a_customers_card(store):
     def claim(customer, card, order, worker, job_id, now):
-        return store.claim_card(customer, card, order_id=order, worker=worker, job_id=job_id, lease_seconds=30, now=now)
+        return store.claim_card(
+            ClaimHolder(order, worker=worker, job_id=job_id, now=now, lease_seconds=30), customer, card
+        )
 
     first = _saving(store, "o1", "w1", T0)
     got = claim("c1", "card-a", "o1", "w1", first.id, T0)
@@ -479,20 +507,31 @@ def test_card_claims_let_one_order_at_a_time_save_a_customers_card(store):
 
 def test_an_uncertain_save_keeps_its_card_until_its_next_attempt_or_the_hold(store):
     job = _saving(store, "o1", "w1", T0)
-    assert store.claim_card("c1", "k", order_id="o1", worker="w1", job_id=job.id, lease_seconds=30, now=T0).fresh
-    store.release_action("o1", SAVE, worker="w1", uncertain=True, now=T0 + 1, hold_until=T0 + 100)
-    other = store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 60)
-    assert other == CardClaim("busy", holder="o1")  # past the job's lease, within the hold
-    mine = store.claim_card("c1", "k", order_id="o1", worker="w3", job_id=job.id, lease_seconds=30, now=T0 + 61)
-    assert mine.status == "acquired" and not mine.fresh  # the order's next attempt: look first
-    store.release_action("o1", SAVE, worker="w3", uncertain=False, now=T0 + 62)  # not even held: a no-op
-    assert store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 63).status == (
-        "busy"
+    assert store.claim_card(ClaimHolder("o1", worker="w1", job_id=job.id, now=T0, lease_seconds=30), "c1", "k").fresh
+    store.release_action(
+        ClaimHolder("o1", worker="w1", job_id=job.id, now=T0 + 1, lease_seconds=30),
+        SAVE,
+        uncertain=True,
+        hold_until=T0 + 100,
     )
-    store.begin_action("o1", SAVE, worker="w3", job_id=job.id, lease_seconds=30, now=T0 + 64)
-    store.release_action("o1", SAVE, worker="w3", uncertain=False, now=T0 + 65)  # known to have failed
-    assert store.claim_card("c1", "k", order_id="o2", worker="w2", job_id=9, lease_seconds=30, now=T0 + 66).status == (
-        "acquired"
+    other = store.claim_card(ClaimHolder("o2", worker="w2", job_id=9, now=T0 + 60, lease_seconds=30), "c1", "k")
+    assert other == CardClaim("busy", holder="o1")  # past the job's lease, within the hold
+    mine = store.claim_card(ClaimHolder("o1", worker="w3", job_id=job.id, now=T0 + 61, lease_seconds=30), "c1", "k")
+    assert mine.status == "acquired" and not mine.fresh  # the order's next attempt: look first
+    store.release_action(
+        ClaimHolder("o1", worker="w3", job_id=job.id, now=T0 + 62, lease_seconds=30), SAVE, uncertain=False
+    )  # not even held: a no-op
+    assert (
+        store.claim_card(ClaimHolder("o2", worker="w2", job_id=9, now=T0 + 63, lease_seconds=30), "c1", "k").status
+        == "busy"
+    )
+    store.begin_action(ClaimHolder("o1", worker="w3", job_id=job.id, now=T0 + 64, lease_seconds=30), SAVE)
+    store.release_action(
+        ClaimHolder("o1", worker="w3", job_id=job.id, now=T0 + 65, lease_seconds=30), SAVE, uncertain=False
+    )  # known to have failed
+    assert (
+        store.claim_card(ClaimHolder("o2", worker="w2", job_id=9, now=T0 + 66, lease_seconds=30), "c1", "k").status
+        == "acquired"
     )
 
 
@@ -544,25 +583,28 @@ def test_prune_never_removes_a_job_requeued_while_it_runs(store_factory):
 # --- the claim's commits (issue 22) ------------------------------------------------------------
 def test_begin_save_takes_the_action_and_the_card_in_one_transaction(store):
     def save(order, worker, customer=("c1", "card-a"), now=T0):
-        return store.begin_save(order, customer, worker=worker, job_id=1, lease_seconds=30, now=now)
+        return store.begin_save(ClaimHolder(order, worker=worker, job_id=1, now=now, lease_seconds=30), customer)
 
     assert save("o1", "w1") == (ActionClaim("acquired"), CardClaim("acquired", fresh=True))
     # another order of the card: it gets the action, finds the card busy, and gives the action
     # back in the same transaction (nothing of it is left held)
     assert save("o2", "w2") == (ActionClaim("acquired"), CardClaim("busy", holder="o1"))
     assert store.action_state("o2", SAVE) == "open"
-    assert store.begin_action("o2", SAVE, worker="w3", job_id=2, lease_seconds=30, now=T0 + 1).status == "acquired"
+    assert (
+        store.begin_action(ClaimHolder("o2", worker="w3", job_id=2, now=T0 + 1, lease_seconds=30), SAVE).status
+        == "acquired"
+    )
     # the action busy or done: no card is claimed
     assert save("o1", "w9", customer=("c1", "card-b")) == (ActionClaim("busy"), None)
-    assert store.claim_card("c1", "card-b", order_id="o5", worker="w5", job_id=5, lease_seconds=30, now=T0).fresh
+    assert store.claim_card(ClaimHolder("o5", worker="w5", job_id=5, now=T0, lease_seconds=30), "c1", "card-b").fresh
     # no customer: the action only
     assert save("o3", "w3", customer=None) == (ActionClaim("acquired"), None)
     # a dead holder's action comes back uncertain, and a busy card gives it back still uncertain
     assert save("o4", "w4", customer=("c2", "x")) == (ActionClaim("acquired"), CardClaim("acquired", fresh=True))
-    store.claim_card("c3", "y", order_id="o6", worker="w6", job_id=6, lease_seconds=300, now=T0)
+    store.claim_card(ClaimHolder("o6", worker="w6", job_id=6, now=T0, lease_seconds=300), "c3", "y")
     claim, card = save("o4", "w7", customer=("c3", "y"), now=T0 + 31)
     assert claim == ActionClaim("acquired", uncertain=True) and card == CardClaim("busy", holder="o6")
-    assert store.begin_action("o4", SAVE, worker="w8", job_id=8, lease_seconds=30, now=T0 + 32).uncertain
+    assert store.begin_action(ClaimHolder("o4", worker="w8", job_id=8, now=T0 + 32, lease_seconds=30), SAVE).uncertain
 
 
 def test_the_job_claim_leaves_the_session_as_it_found_it(store):

@@ -16,7 +16,7 @@ from webhook_app.config import bundled_policy_path
 from webhook_app.events import Delivery, Event
 from webhook_app.policy import load_policy, parse_policy, wallet
 from webhook_app.signing import parse_secrets
-from webhook_app.store import DeliveryFilter
+from webhook_app.store import ClaimHolder, DeliveryFilter
 from webhook_app.worker import Worker
 
 SECRETS = parse_secrets(f"main:{SECRET}")
@@ -231,7 +231,9 @@ def test_worker_killed_mid_patch_next_worker_looks_first(env):
     rec = env.deliver("o1")
     dead = env.worker(name="dead")
     job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
-    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60, now=env.clock())
+    env.store.begin_action(
+        ClaimHolder("o1", worker="dead", job_id=job.id, now=env.clock(), lease_seconds=60), "save_payment_source"
+    )
     env.client.update_order("o1", {"_save_payment_source_to_customer_wallet": True})  # reached CL, then died
     assert dead.drain() == []
     env.clock.advance(61)
@@ -244,7 +246,9 @@ def test_worker_killed_mid_patch_next_worker_looks_first(env):
 def test_busy_order_is_retried_without_using_attempts(env):
     env.fake.add_order("o1")
     env.deliver("o1")
-    env.store.begin_action("o1", "save_payment_source", worker="other", job_id=99, lease_seconds=60, now=env.clock())
+    env.store.begin_action(
+        ClaimHolder("o1", worker="other", job_id=99, now=env.clock(), lease_seconds=60), "save_payment_source"
+    )
     [o] = env.worker().drain()
     assert o.state == "retry" and o.error == "busy" and env.fake.requests == []
 
@@ -313,7 +317,9 @@ def test_a_worker_that_dies_after_the_patch_leaves_an_applied_decision(env):
     env.fake.add_order("o1", source_id="psAAAA1111")
     rec = env.deliver("o1")
     job = env.store.claim_job(worker="dead", lease_seconds=60, now=env.clock())
-    env.store.begin_action("o1", "save_payment_source", worker="dead", job_id=job.id, lease_seconds=60, now=env.clock())
+    env.store.begin_action(
+        ClaimHolder("o1", worker="dead", job_id=job.id, now=env.clock(), lease_seconds=60), "save_payment_source"
+    )
     env.client.update_order(
         "o1", {"_save_payment_source_to_customer_wallet": True}, include=["available_customer_payment_sources"]
     )
@@ -436,7 +442,7 @@ def test_a_save_waits_while_another_order_saves_the_same_card(env):
     customer, card = _card(env, "o1", source_id="psAAAA1111")
     assert card  # the card is identified (by its gateway token here)
     held = env.store.claim_card(
-        customer, card, order_id="o9", worker="w9", job_id=99, lease_seconds=60, now=env.clock()
+        ClaimHolder("o9", worker="w9", job_id=99, now=env.clock(), lease_seconds=60), customer, card
     )
     assert held.status == "acquired"
     [o] = env.worker(policy=SAVE_ALL).drain()
@@ -453,9 +459,15 @@ def test_a_card_saved_before_is_read_before_saving_again(env):
     order.wallet = [{"id": "w-x", "source_id": "psAAAA1111", "source_type": "stripe_payments", "created_at": "2026"}]
     rec = env.deliver("o1", source_id="psAAAA1111", wallet=[])  # the body: an empty wallet
     customer, card = _card(env, "o1", source_id="psAAAA1111")
-    env.store.begin_action("o9", "save_payment_source", worker="w9", job_id=99, lease_seconds=60, now=env.clock())
-    env.store.claim_card(customer, card, order_id="o9", worker="w9", job_id=99, lease_seconds=60, now=env.clock())
-    env.store.release_action("o9", "save_payment_source", worker="w9", uncertain=False, now=env.clock())
+    env.store.begin_action(
+        ClaimHolder("o9", worker="w9", job_id=99, now=env.clock(), lease_seconds=60), "save_payment_source"
+    )
+    env.store.claim_card(ClaimHolder("o9", worker="w9", job_id=99, now=env.clock(), lease_seconds=60), customer, card)
+    env.store.release_action(
+        ClaimHolder("o9", worker="w9", job_id=99, now=env.clock(), lease_seconds=60),
+        "save_payment_source",
+        uncertain=False,
+    )
     [o] = env.worker(policy=SAVE_ALL).drain()
     assert o.outcome == "guarded" and o.decision.guard == "already_in_wallet"
     assert env.fake.calls("orders.patch") == [] and len(env.fake.calls("orders.get")) == 1
@@ -506,9 +518,13 @@ def test_a_refused_use_never_clears_an_earlier_uncertainty(env):
     reads = len(env.fake.calls("orders.get"))
     assert reads == 1  # the second attempt looked first
     assert env.store.begin_action(
-        "o1", "use_wallet_source", worker="probe", job_id=0, lease_seconds=1, now=env.clock()
+        ClaimHolder("o1", worker="probe", job_id=0, now=env.clock(), lease_seconds=1), "use_wallet_source"
     ).uncertain
-    env.store.release_action("o1", "use_wallet_source", worker="probe", uncertain=True, now=env.clock())
+    env.store.release_action(
+        ClaimHolder("o1", worker="probe", job_id=0, now=env.clock(), lease_seconds=1),
+        "use_wallet_source",
+        uncertain=True,
+    )
     env.clock.advance(60)
     [o] = w.drain()
     assert o.outcome == "applied"

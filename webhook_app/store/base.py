@@ -6,7 +6,7 @@ The contract itself, the ports by use and their union `Store`, is in `ports.py`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from webhook_app.events import Delivery
@@ -81,6 +81,27 @@ class ActivityRow:
     outcome: str
     guard: str | None
     count: int
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who takes an order's claims (`Claims`), and for how long: the order's job `job_id`, run by
+    `worker`, in `organization`, at `now`, for `lease_seconds` (the claim lasts `until`).
+
+    Giving a claim back (`Claims.release_action`) reads only who holds it and `now`."""
+
+    order_id: str
+    _: KW_ONLY  # the rest by name: two floats side by side are easy to swap
+    worker: str
+    job_id: int
+    now: float
+    lease_seconds: float
+    organization: str = ""
+
+    @property
+    def until(self) -> float:
+        """When the claim's lease runs out."""
+        return self.now + self.lease_seconds
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The storage contract, as narrow ports by use; `Store` is their union, what a backend implements.
 
-Times are seconds since the epoch as floats, always passed in by the caller (`now=`) so tests
-control the clock. Every method that changes state is one transaction: it either happens
+Times are seconds since the epoch as floats, always passed in by the caller (`now=`; a claim's in
+its `ClaimHolder`) so tests control the clock. Every method that changes state is one transaction: it either happens
 entirely or raises StoreError (StoreUnavailable when the database cannot be reached or written).
 
 Exactly-once rests on these constraints:
@@ -34,6 +34,7 @@ from webhook_app.store.base import (
     ActionClaim,
     ActivityRow,
     CardClaim,
+    ClaimHolder,
     DecisionRecord,
     DeliveryFilter,
     Job,
@@ -139,29 +140,12 @@ class Claims(abc.ABC):
     and named leases (one circuit watcher, one reconciler)."""
 
     @abc.abstractmethod
-    def begin_action(
-        self,
-        order_id: str,
-        action: str,
-        *,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> ActionClaim: ...
+    def begin_action(self, holder: ClaimHolder, action: str) -> ActionClaim:
+        """Claim `action` on the holder's order for its job until `holder.until`."""
 
     @abc.abstractmethod
     def release_action(
-        self,
-        order_id: str,
-        action: str,
-        *,
-        worker: str,
-        uncertain: bool,
-        now: float,
-        hold_until: float | None = None,
-        organization: str = "",
+        self, holder: ClaimHolder, action: str, *, uncertain: bool, hold_until: float | None = None
     ) -> None:
         """Give the claim back (`open`), remembering whether the call may have been applied.
 
@@ -173,36 +157,15 @@ class Claims(abc.ABC):
         """`open`, `in_flight`, `done`, or None if never claimed."""
 
     @abc.abstractmethod
-    def claim_card(
-        self,
-        customer_id: str,
-        card_key: str,
-        *,
-        order_id: str,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> CardClaim:
+    def claim_card(self, holder: ClaimHolder, customer_id: str, card_key: str) -> CardClaim:
         """Claim the save of one card (`card_key`; "" when the card cannot be identified, which
-        stands for every card of the customer) for `order_id`. Busy while another order holds a
-        live claim on this card or on the customer's unidentified card (for "": on any card).
-        The claim's lease is the job's (`heartbeat` extends it); it ends with the order's save
-        action (`finish_job` with the action, `release_action`)."""
+        stands for every card of the customer) for the holder's order. Busy while another order
+        holds a live claim on this card or on the customer's unidentified card (for "": on any
+        card). The claim's lease is the job's (`heartbeat` extends it); it ends with the order's
+        save action (`finish_job` with the action, `release_action`)."""
 
     @abc.abstractmethod
-    def begin_save(
-        self,
-        order_id: str,
-        customer: tuple[str, str] | None,
-        *,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> tuple[ActionClaim, CardClaim | None]:
+    def begin_save(self, holder: ClaimHolder, customer: tuple[str, str] | None) -> tuple[ActionClaim, CardClaim | None]:
         """`begin_action` for the save action and, once acquired, `claim_card` of `customer`
         (customer id, card key; None when the order has no customer: no card claim), in one
         transaction: when the card is busy the action is given back in it (`release_action` with
@@ -386,6 +349,7 @@ __all__ = [
     "ActivityRow",
     "AuditReads",
     "CardClaim",
+    "ClaimHolder",
     "Claims",
     "DecisionRecord",
     "DeliveryFilter",

@@ -26,7 +26,7 @@ from webhook_app.errors import CommerceLayerError, storable_text
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, USE_WALLET, Decision, Policy, wallet
 from webhook_app.states import DecisionOutcome, JobResult
-from webhook_app.store import DecisionRecord, Job, Store
+from webhook_app.store import ClaimHolder, DecisionRecord, Job, Store
 
 log = logging.getLogger("webhook_app.worker")
 
@@ -126,17 +126,21 @@ class Attempt:
             return
         self.store.heartbeat(self.job.id, worker=self.worker, lease_seconds=lease, now=self.clock())
 
+    def holder(self) -> ClaimHolder:
+        """This attempt as the holder of its order's claims, from now for a lease."""
+        job = self.job
+        return ClaimHolder(
+            job.order_id,
+            worker=self.worker,
+            job_id=job.id,
+            now=self.clock(),
+            lease_seconds=self.settings.lease_seconds,
+            organization=job.organization,
+        )
+
     def release(self, action: str, *, uncertain: bool, hold_until: float | None = None) -> None:
         """Give the order's action claim back; `uncertain`: the next attempt reads before writing."""
-        self.store.release_action(
-            self.job.order_id,
-            action,
-            worker=self.worker,
-            uncertain=uncertain,
-            now=self.clock(),
-            hold_until=hold_until,
-            organization=self.job.organization,
-        )
+        self.store.release_action(self.holder(), action, uncertain=uncertain, hold_until=hold_until)
 
     # --- how it ends ------------------------------------------------------------------------
     def finish(

@@ -19,32 +19,15 @@ from collections.abc import Sequence
 
 from webhook_app.events import Event
 from webhook_app.policy import wallet
-from webhook_app.store import ActionClaim, CardClaim, Store
-
-# One Commerce Layer organization per deployment for now; the claim's key has room for more.
-ORGANIZATION = ""
+from webhook_app.store import ActionClaim, CardClaim, ClaimHolder, Store
 
 
 def begin_save(
-    store: Store,
-    event: Event,
-    keys: Sequence[str],
-    *,
-    job_id: int,
-    worker: str,
-    lease_seconds: float,
-    now: float,
-    organization: str = ORGANIZATION,
+    store: Store, event: Event, keys: Sequence[str], holder: ClaimHolder
 ) -> tuple[ActionClaim, CardClaim | None]:
     """The order's save action and, once it is acquired, its card (`claim_card`), in one
     transaction (`Store.begin_save`): a busy card gives the action back in it."""
     customer = event.customer_id
     return store.begin_save(
-        event.order_id,
-        None if customer is None else (customer, wallet.card_key(event.payment_source, keys)),
-        worker=worker,
-        job_id=job_id,
-        lease_seconds=lease_seconds,
-        now=now,
-        organization=organization,
+        holder, None if customer is None else (customer, wallet.card_key(event.payment_source, keys))
     )

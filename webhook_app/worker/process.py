@@ -131,27 +131,9 @@ def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
 def _claim(attempt: Attempt, event: Event, action: str) -> tuple[ActionClaim, CardClaim | None]:
     """The order's action; for a save, and once the action is acquired, its card too, in the same
     transaction (a busy card gives the action back in it)."""
-    job = attempt.job
     if action == SAVE:
-        return claims.begin_save(
-            attempt.store,
-            event,
-            attempt.tenant.policy.wallet_match,
-            job_id=job.id,
-            worker=attempt.worker,
-            lease_seconds=attempt.settings.lease_seconds,
-            now=attempt.clock(),
-            organization=job.organization,
-        )
-    claim = attempt.store.begin_action(
-        job.order_id,
-        action,
-        worker=attempt.worker,
-        job_id=job.id,
-        lease_seconds=attempt.settings.lease_seconds,
-        now=attempt.clock(),
-        organization=job.organization,
-    )
+        return claims.begin_save(attempt.store, event, attempt.tenant.policy.wallet_match, attempt.holder())
+    claim = attempt.store.begin_action(attempt.holder(), action)
     return claim, None
 
 

@@ -7,55 +7,21 @@ transaction: one synced commit instead of two, and a busy card gives the action 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from webhook_app.policy.decision import SAVE
 from webhook_app.states import ActionState, CardState, ClaimStatus
-from webhook_app.store.base import ActionClaim, CardClaim
+from webhook_app.store.base import ActionClaim, CardClaim, ClaimHolder
 from webhook_app.store.ports import Claims
 from webhook_app.store.sql.cursor import Cursorish, SQLBase
 
 
-@dataclass(frozen=True)
-class _Holder:
-    """Who claims: an order's job, run by `worker`, in `organization`; the claim lasts until `until`."""
-
-    organization: str
-    order_id: str
-    worker: str
-    job_id: int
-    until: float
-    now: float
-
-
 class SQLClaims(SQLBase, Claims):
-    def begin_action(
-        self,
-        order_id: str,
-        action: str,
-        *,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> ActionClaim:
-        holder = _Holder(organization, order_id, worker, job_id, now + lease_seconds, now)
+    def begin_action(self, holder: ClaimHolder, action: str) -> ActionClaim:
         with self._tx() as c:
             return _take_action(c, self.dialect.lock_row, holder, action)
 
     def release_action(
-        self,
-        order_id: str,
-        action: str,
-        *,
-        worker: str,
-        uncertain: bool,
-        now: float,
-        hold_until: float | None = None,
-        organization: str = "",
+        self, holder: ClaimHolder, action: str, *, uncertain: bool, hold_until: float | None = None
     ) -> None:
-        holder = _Holder(organization, order_id, worker, 0, now, now)
         with self._tx() as c:
             _give_back_action(c, holder, action, uncertain=uncertain, hold_until=hold_until)
 
@@ -67,40 +33,17 @@ class SQLClaims(SQLBase, Claims):
             )
             return None if row is None else ActionState(row["state"])
 
-    def claim_card(
-        self,
-        customer_id: str,
-        card_key: str,
-        *,
-        order_id: str,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> CardClaim:
-        holder = _Holder(organization, order_id, worker, job_id, now + lease_seconds, now)
+    def claim_card(self, holder: ClaimHolder, customer_id: str, card_key: str) -> CardClaim:
         with self._tx() as c:
-            self._serialize(c, f"card\x00{organization}\x00{customer_id}")
+            self._serialize(c, f"card\x00{holder.organization}\x00{customer_id}")
             return _take_card(c, holder, customer_id, card_key)
 
-    def begin_save(
-        self,
-        order_id: str,
-        customer: tuple[str, str] | None,
-        *,
-        worker: str,
-        job_id: int,
-        lease_seconds: float,
-        now: float,
-        organization: str = "",
-    ) -> tuple[ActionClaim, CardClaim | None]:
-        holder = _Holder(organization, order_id, worker, job_id, now + lease_seconds, now)
+    def begin_save(self, holder: ClaimHolder, customer: tuple[str, str] | None) -> tuple[ActionClaim, CardClaim | None]:
         with self._tx() as c:
             claim = _take_action(c, self.dialect.lock_row, holder, SAVE)
             if claim.status != ClaimStatus.ACQUIRED or customer is None:
                 return claim, None
-            self._serialize(c, f"card\x00{organization}\x00{customer[0]}")
+            self._serialize(c, f"card\x00{holder.organization}\x00{customer[0]}")
             card = _take_card(c, holder, *customer)
             if card.status == ClaimStatus.BUSY:  # the action goes back, as `release_action` would
                 _give_back_action(c, holder, SAVE, uncertain=claim.uncertain, hold_until=None)
@@ -124,7 +67,7 @@ class SQLClaims(SQLBase, Claims):
             c.run("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
 
-def _take_action(c: Cursorish, lock_row: str, h: _Holder, action: str) -> ActionClaim:
+def _take_action(c: Cursorish, lock_row: str, h: ClaimHolder, action: str) -> ActionClaim:
     inserted = c.run(
         "INSERT INTO order_actions (organization, order_id, action, state, owner, lease_expires_at, uncertain,"
         " job_id, updated_at) VALUES (?,?,?,'in_flight',?,?,0,?,?)"
@@ -159,7 +102,7 @@ def _take_action(c: Cursorish, lock_row: str, h: _Holder, action: str) -> Action
     return ActionClaim(ClaimStatus.ACQUIRED, uncertain=uncertain)
 
 
-def _give_back_action(c: Cursorish, h: _Holder, action: str, *, uncertain: bool, hold_until: float | None) -> None:
+def _give_back_action(c: Cursorish, h: ClaimHolder, action: str, *, uncertain: bool, hold_until: float | None) -> None:
     released = c.run(
         "UPDATE order_actions SET state = 'open', owner = NULL, lease_expires_at = NULL,"
         " uncertain = ?, updated_at = ? WHERE organization = ? AND order_id = ? AND action = ?"
@@ -184,7 +127,7 @@ def _give_back_action(c: Cursorish, h: _Holder, action: str, *, uncertain: bool,
         )
 
 
-def _take_card(c: Cursorish, h: _Holder, customer_id: str, card_key: str) -> CardClaim:
+def _take_card(c: Cursorish, h: ClaimHolder, customer_id: str, card_key: str) -> CardClaim:
     if card_key:
         rows = c.all(
             "SELECT card_key, state, order_id, lease_expires_at, wallet_entry_id FROM card_claims"
