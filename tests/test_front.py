@@ -12,6 +12,7 @@ from loopback), and the operator routes are off the public listener.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -693,3 +694,67 @@ def test_a_request_gunicorns_parser_refuses_is_answered_not_dropped(served, head
     which failed silently: the client got no answer at all, only the connection's end."""
     out = raw(served.port, head)
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
+
+
+# --- the buffer: unfinished heads count (found by an attacker review) ------------------------------
+
+
+async def _open(port: int, source: str, data: bytes) -> tuple:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _until(check, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
+    """An attacker review held about 1,600 connections, each with a head just short of complete:
+    a worker grew by 20 MiB that no limit counted (the buffer counted a head only once it was
+    whole). What a client sends while its head is read now counts against the same buffer as a
+    body's bytes: past a client's share or past the whole, 503 with Retry-After, and it all comes
+    back when they go. The front itself on a real listener (uvloop, as in `serve`)."""
+    limits = front.Limits(max_body=1024, buffer_bytes=200_000, client_connections=100)
+    share = limits.client_buffer_bytes  # 1024 + HEAD_LIMIT: a client may hold two of these heads, not three
+    partial = b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 30_000  # no end yet
+    assert 2 * len(partial) <= share < 3 * len(partial)
+    assert 6 * len(partial) <= limits.buffer_bytes < 7 * len(partial)
+
+    async def refused(port: int, source: str) -> bytes:
+        reader, writer = await _open(port, source, partial)
+        try:
+            return await asyncio.wait_for(reader.read(), 3)
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        sock = socket.create_server(("127.0.0.1", 0))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held: list = []
+        try:
+            held += [await _open(port, "127.0.0.2", partial) for _ in range(2)]
+            await _until(lambda: f.budget.buffered == 2 * len(partial))
+            answer = await refused(port, "127.0.0.2")  # a third: past the client's share
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:200]
+            held += [await _open(port, source, partial) for source in ("127.0.0.3", "127.0.0.4") for _ in range(2)]
+            await _until(lambda: f.budget.buffered == 6 * len(partial))
+            answer = await refused(port, "127.0.0.5")  # a client's first, past the whole buffer
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:200]
+            assert f.refusals.total == 2
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+        assert f.budget.buffered == 0 and not f.budget.client_buffered
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())

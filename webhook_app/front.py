@@ -17,9 +17,10 @@ on each complete request: no second HTTP hop, no second process):
   from the header, and the connection closes); a chunked body past the limit is answered 413
   here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex);
 - one client cannot take the front: connections are limited per client address and in total
-  (below the file-descriptor limit), the bytes held for unfinished requests are capped (503
-  beyond it), refusals are counted and logged once per `LOG_INTERVAL`, and running out of
-  descriptors pauses accepting instead of spinning. Each gunicorn worker has its share of these
+  (below the file-descriptor limit), the bytes held for unfinished requests (a head counted as
+  it arrives, a body from its declared length or chunk by chunk) are capped (503 beyond it),
+  refusals are counted and logged once per `LOG_INTERVAL`, and running out of descriptors pauses
+  accepting instead of spinning. Each gunicorn worker has its share of these
   limits (`Limits.share`): the connections in all and the buffer divided by the number of
   workers, the per-client cap each worker's own;
 - on the public listener only the intake and `/healthz` are served; the operator routes
@@ -236,7 +237,7 @@ def _malloc_trim() -> Callable[[], Any] | None:
 class Conn:
     """One client connection: who, on which listener, and the bytes its request holds against the buffer."""
 
-    __slots__ = ("client", "idle", "operator", "peer", "server", "size")
+    __slots__ = ("client", "heading", "idle", "operator", "peer", "server", "size")
 
     def __init__(self, client: str, *, operator: bool = True, peer: Any = None, server: Any = None) -> None:
         self.client = client
@@ -245,6 +246,7 @@ class Conn:
         self.server = server  # the listener's own address
         self.size = 0
         self.idle = False  # a kept connection waiting for its next request
+        self.heading = False  # a head is being read: every byte received counts against the buffer (`Stream`)
 
 
 @dataclass
@@ -275,7 +277,8 @@ Respond = Callable[[Request, Conn], tuple[bytes, bool]]
 
 
 class Budget:
-    """The bytes held for unfinished requests, in total and per client (`Limits.buffer_bytes`)."""
+    """The bytes held for unfinished requests, in total and per client (`Limits.buffer_bytes`):
+    what a head's reader received so far (`Stream`), then the head and its body."""
 
     def __init__(self, limits: Limits, refusals: RefusalLog) -> None:
         self.limits = limits
@@ -300,7 +303,20 @@ class Budget:
         if self.buffered > self.peak:
             self.peak = self.buffered
 
+    def settle(self, held: Conn, size: int) -> None:
+        """The head is read: it holds its own `size` from now on, no longer every byte received
+        while it was read (`Stream` counted those, the start of the body with them)."""
+        held.heading = False
+        extra = held.size - size
+        if extra > 0:
+            self.buffered -= extra
+            self.client_buffered[held.client] -= extra
+            held.size = size
+        elif extra < 0:  # a reader that counts nothing (a test's)
+            self.reserve(held, -extra)
+
     def release(self, held: Conn) -> None:
+        held.heading = False
         if not held.size:
             return
         self.buffered -= held.size
@@ -319,6 +335,46 @@ class Budget:
         self.peak = self.buffered
         if self._trim is not None:
             self._trim()
+
+
+class Stream(asyncio.StreamReader):
+    """asyncio's StreamReader, counting what a client sends while its request head is read against
+    the buffer (`Budget`): an unfinished head is memory too, up to `HEAD_LIMIT` in the reader's
+    buffer before any line of it is complete, and 1,600 connections each holding one grew a
+    worker by 20 MiB outside any limit (found by an attacker review). Past the buffer, the read
+    fails with the same 503 as a body's. One attribute test per piece received; nothing counted
+    while a body is read (its length was reserved before it was)."""
+
+    _buffer: bytearray  # asyncio's own
+    _exception: BaseException | None
+
+    def __init__(self, budget: Budget, held: Conn, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=HEAD_LIMIT, loop=loop)
+        self.budget = budget
+        self.held = held
+
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]  # the protocol passes bytes
+        asyncio.StreamReader.feed_data(self, data)  # not super(): no object made per piece
+        if self.held.heading:
+            try:
+                self.budget.reserve(self.held, len(data))
+            except Refused as refused:
+                self.held.heading = False
+                self.set_exception(refused)  # the head's read raises it
+
+    def start_head(self) -> None:
+        """Count from here on, and what the client already sent (a pipelined request) with it."""
+        held = self.held
+        held.heading = True
+        if self._buffer:
+            self.budget.reserve(held, len(self._buffer))
+
+    def go_on(self) -> None:
+        """After a refusal: count no more, and read again if `feed_data` raised it (the linger
+        drops what the client still sends)."""
+        self.held.heading = False
+        if isinstance(self._exception, Refused):
+            self._exception = None
 
 
 @dataclass
@@ -426,6 +482,7 @@ class RequestReader:
                 if len(line) == 2:
                     if not lines:
                         raise Refused(400, "Bad Request", "malformed request line")
+                    self.budget.settle(held, size)
                     return lines
                 lines.append(line[:-2])
 
@@ -435,7 +492,6 @@ class RequestReader:
         """The complete request, its body de-chunked, or Refused."""
         held = held or Conn("local")
         lines = await self.read_head(reader, held)
-        self.budget.reserve(held, sum(map(len, lines)))
         _, path, version = _request_line(lines[0], operator=held.operator)
         trusted = self.trusts(held.client)
         fields = head_fields(lines[1:], trusted=trusted)
@@ -616,7 +672,7 @@ class Front:
     async def _connection(self, conn: socket.socket, held: Conn) -> None:
         loop = asyncio.get_running_loop()
         try:
-            reader = asyncio.StreamReader(limit=HEAD_LIMIT, loop=loop)
+            reader = Stream(self.budget, held, loop=loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
@@ -639,7 +695,7 @@ class Front:
 
     # --- one connection -----------------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> None:
+    async def handle(self, reader: Stream, writer: asyncio.StreamWriter, held: Conn) -> None:
         """Requests and their answers, one after the other, until the client or the app closes.
 
         Fair to the other connections: an answer is flushed to the kernel before the next request
@@ -656,10 +712,11 @@ class Front:
         finally:
             writer.close()
 
-    async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> bool:
+    async def exchange(self, reader: Stream, writer: asyncio.StreamWriter, held: Conn) -> bool:
         """Read one request, answer it; whether the connection stays open for another."""
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
+                reader.start_head()
                 request = await self.reader.read_request(reader, writer, held)
             answer, keep = self.respond(request, held)
         except Refused as r:
@@ -681,8 +738,9 @@ class Front:
         return keep and not self.closing
 
     @staticmethod
-    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
+    async def _refuse(reader: Stream, writer: asyncio.StreamWriter, answer: bytes) -> None:
         """Send a refusal, then let the client read it before its unread bytes reset the line."""
+        reader.go_on()
         try:
             writer.write(answer)
             async with asyncio.timeout(SEND_TIMEOUT):
