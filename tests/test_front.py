@@ -55,6 +55,7 @@ def start_serve(tmp_path: Path, *, wait: bool = True, **extra: str) -> Service:
     )
     svc.port = port
     svc.url = f"http://127.0.0.1:{port}"
+    svc.db = tmp_path / "front.db"
     if wait:
         wait_http(svc.url + "/healthz", proc=svc.proc)
     return svc
@@ -166,6 +167,34 @@ def test_plain_hex_chunk_sizes_and_extensions_still_pass(served):
     data = b"%X\r\n%s\r\n" % (len(pieces[0]), pieces[0]) + b"%x ; ext=1\r\n%s\r\n" % (len(pieces[1]), pieces[1])
     answer = raw(served.port, chunked_head(body) + data + b"0\r\n\r\n")
     assert status_of(answer) == 202, answer[:300]
+
+
+def until_closed(port: int, data: bytes, *, timeout: float = 3.0) -> tuple[bytes, bool]:
+    """Send `data`, read what comes back; and whether the server closed the connection within `timeout`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            pass
+    return out, True
+
+
+def test_an_http_1_0_request_with_transfer_encoding_is_400_and_closed(served):
+    """Found by an attacker review: HTTP/1.0 has no chunked coding, yet such a request was
+    de-chunked, stored and its connection kept (`Connection: keep-alive`). RFC 9112 6.1: a
+    Transfer-Encoding in an HTTP/1.0 message is faulty framing, and the connection closes."""
+    body = order_body("ordChunk10")
+    head = chunked_head(body).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\nConnection: keep-alive\r\n", 1)
+    answer, closed = until_closed(served.port, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert status_of(answer) == 400 and b"HTTP/1.0" in answer, answer[:300]
+    assert closed
+    time.sleep(0.3)
+    assert "ordChunk10" not in stored_orders(served.db)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,8 @@ on each complete request: no second HTTP hop, no second process):
   when it asks for it (HTTP/1.1 keep-alive; idle, it gets `HEAD_TIMEOUT` to send the next head);
 - a `Content-Length` above the body limit reaches the app without its body (the app answers 413
   from the header, and the connection closes); a chunked body past the limit is answered 413
-  here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex);
+  here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex,
+  a Transfer-Encoding in an HTTP/1.0 request);
 - one client cannot take the front: connections are limited per client address and in total
   (below the file-descriptor limit), the bytes held for unfinished requests (a head counted as
   it arrives, a body from its declared length or chunk by chunk) are capped (503 beyond it),
@@ -501,6 +502,8 @@ class RequestReader:
         if sources.enabled and is_intake(path) and not sources.allows(held.client, forwarded_for(fields.kept)):
             self.refusals.note("source not allowed", held.client)
             raise Refused(403, "Forbidden", REFUSED_DETAIL)  # before the body: none of it is read
+        if fields.te and version != b"HTTP/1.1":  # RFC 9112 6.1: no chunked in HTTP/1.0; faulty framing
+            raise Refused(400, "Bad Request", "Transfer-Encoding in an HTTP/1.0 request")
         keep_alive = not fields.close and (version == b"HTTP/1.1" or fields.keep_alive)
         body, declared = await self.read_body(reader, writer, fields, held)
         return Request(lines[0], fields.kept, body, keep_alive and declared is None, declared)
