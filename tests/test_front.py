@@ -197,6 +197,15 @@ def test_an_http_1_0_request_with_transfer_encoding_is_400_and_closed(served):
     assert "ordChunk10" not in stored_orders(served.db)
 
 
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9", b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9"])
+def test_an_http_version_other_than_1_1_and_1_0_is_505_and_closed(served, version):
+    """Found by an attacker review: `HTTP/1.2` was served (gunicorn echoed it in its status
+    line) and `HTTP/2.0` was a plain 400. RFC 9110 15.6.6: 505 HTTP Version Not Supported."""
+    answer, closed = until_closed(served.port, b"GET /healthz %s\r\nHost: t\r\n\r\n" % version)
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:300]
+    assert b'"errors"' in answer and closed
+
+
 @pytest.mark.parametrize(
     "head",
     [

@@ -16,7 +16,7 @@ on each complete request: no second HTTP hop, no second process):
 - a `Content-Length` above the body limit reaches the app without its body (the app answers 413
   from the header, and the connection closes); a chunked body past the limit is answered 413
   here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex,
-  a Transfer-Encoding in an HTTP/1.0 request);
+  a Transfer-Encoding in an HTTP/1.0 request); an HTTP version other than 1.1 and 1.0 505;
 - one client cannot take the front: connections are limited per client address and in total
   (below the file-descriptor limit), the bytes held for unfinished requests (a head counted as
   it arrives, a body from its declared length or chunk by chunk) are capped (503 beyond it),
@@ -91,6 +91,7 @@ def is_public(path: bytes) -> bool:
 
 
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"expect", b"transfer-encoding", b"content-length", b"te"}
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # RFC 9112 7.1.1 chunk extensions, as gunicorn checks them
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
@@ -393,7 +394,11 @@ class _Fields:
 def _request_line(line: bytes, *, operator: bool) -> tuple[bytes, bytes, bytes]:
     """(method, path, version), or Refused: malformed, or an operator route on the public listener."""
     parts = line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+    if len(parts) != 3:
+        raise Refused(400, "Bad Request", "malformed request line")
+    if parts[2] != b"HTTP/1.1" and parts[2] != b"HTTP/1.0":
+        if _VERSION.fullmatch(parts[2]):  # HTTP/1.2, HTTP/2.0: RFC 9110 15.6.6
+            raise Refused(505, "HTTP Version Not Supported", "only HTTP/1.1 and HTTP/1.0 are served")
         raise Refused(400, "Bad Request", "malformed request line")
     path = parts[1].partition(b"?")[0]
     if not operator and not is_public(path):
