@@ -796,3 +796,85 @@ def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
 
     with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
         runner.run(run())
+
+
+# --- the per-client cap: an IPv6 client is its /64 (found by an attacker review) -------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::1", "::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # IPv4-mapped (a dual-stack listener): the IPv4 address
+        ("local", "local"),
+    ],
+)
+def test_an_ipv6_client_is_keyed_by_its_64_prefix(client, key):
+    assert front.client_key(client) == key
+
+
+def test_the_per_client_connection_cap_counts_an_ipv6_64_as_one_client():
+    """Found by an attacker review: the cap was per address, and one IPv6 client holds a whole
+    /64 (2^64 addresses): 64 connections per address was no cap at all. The front's admission,
+    with connections from addresses as accept() gives them."""
+    limits = front.Limits(max_body=1024, client_connections=2)
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        listener, other = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(4)]
+        addrs = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"]
+        try:
+            admitted = [
+                f._admit(ours, (addr, 443, 0, 0), True, listener) for (ours, _), addr in zip(pairs, addrs, strict=True)
+            ]
+            assert admitted == [True, True, False, True]  # the third in 2001:db8:1:2::/64 turned away
+            assert pairs[2][1].recv(1024).startswith(b"HTTP/1.1 503 ")
+            assert f.clients == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
+            assert [c.client for c in f.tasks.values()] == [addrs[0], addrs[1], addrs[3]]  # each its own address
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+            await _until(lambda: not f.tasks)
+            listener.close()
+            other.close()
+        assert not f.clients
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())
+
+
+def test_the_front_on_an_ipv6_listener_caps_the_client_by_its_64():
+    """The same over a real listener on ::1 (loopback's only IPv6 address, so one /64)."""
+    try:
+        sock = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    limits = front.Limits(max_body=1024, client_connections=2)
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held = []
+        try:
+            for _ in range(2):
+                held.append(await asyncio.open_connection("::1", port))
+            await _until(lambda: f.clients == {"::/64": 2})
+            reader, writer = await asyncio.open_connection("::1", port)
+            held.append((reader, writer))
+            assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 503 ")
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())

@@ -17,7 +17,8 @@ on each complete request: no second HTTP hop, no second process):
   from the header, and the connection closes); a chunked body past the limit is answered 413
   here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex,
   a Transfer-Encoding in an HTTP/1.0 request); an HTTP version other than 1.1 and 1.0 505;
-- one client cannot take the front: connections are limited per client address and in total
+- one client cannot take the front: connections are limited per client address (an IPv6
+  client's /64) and in total
   (below the file-descriptor limit), the bytes held for unfinished requests (a head counted as
   it arrives, a body from its declared length or chunk by chunk) are capped (503 beyond it),
   refusals are counted and logged once per `LOG_INTERVAL`, and running out of descriptors pauses
@@ -188,6 +189,21 @@ class Limits:
         )
 
 
+def client_key(client: str) -> str:
+    """Whose connection it is, for the per-client connection cap and buffer share: the address,
+    but for IPv6 its /64 (one client is typically given a whole /64, and could otherwise take a
+    share per address in it); an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if ":" not in client:
+        return client  # IPv4 (or "local"): nothing to parse
+    try:
+        ip = ipaddress.IPv6Address(client)
+    except ValueError:
+        return client
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+
+
 class RefusalLog:
     """Refusals counted by reason and client, logged at most once per `interval`: a flood is one
     line every ten seconds, not one per connection."""
@@ -239,10 +255,13 @@ def _malloc_trim() -> Callable[[], Any] | None:
 class Conn:
     """One client connection: who, on which listener, and the bytes its request holds against the buffer."""
 
-    __slots__ = ("client", "heading", "idle", "operator", "peer", "server", "size")
+    __slots__ = ("client", "heading", "idle", "key", "operator", "peer", "server", "size")
 
-    def __init__(self, client: str, *, operator: bool = True, peer: Any = None, server: Any = None) -> None:
+    def __init__(
+        self, client: str, *, key: str = "", operator: bool = True, peer: Any = None, server: Any = None
+    ) -> None:
         self.client = client
+        self.key = key or client  # whose share it counts in (`client_key`)
         self.operator = operator
         self.peer = peer  # the address accept() gave
         self.server = server  # the listener's own address
@@ -292,15 +311,15 @@ class Budget:
         self._trim_pending = False
 
     def reserve(self, held: Conn, size: int) -> None:
-        client = held.client
+        key = held.key
         if (
             self.buffered + size > self.limits.buffer_bytes
-            or self.client_buffered[client] + size > self.limits.client_buffer_bytes
+            or self.client_buffered[key] + size > self.limits.client_buffer_bytes
         ):
-            self.refusals.note("buffer limit", client)
+            self.refusals.note("buffer limit", held.client)
             raise unavailable("too many unfinished requests; try again shortly")
         self.buffered += size
-        self.client_buffered[client] += size
+        self.client_buffered[key] += size
         held.size += size
         if self.buffered > self.peak:
             self.peak = self.buffered
@@ -312,7 +331,7 @@ class Budget:
         extra = held.size - size
         if extra > 0:
             self.buffered -= extra
-            self.client_buffered[held.client] -= extra
+            self.client_buffered[held.key] -= extra
             held.size = size
         elif extra < 0:  # a reader that counts nothing (a test's)
             self.reserve(held, -extra)
@@ -322,11 +341,11 @@ class Budget:
         if not held.size:
             return
         self.buffered -= held.size
-        left = self.client_buffered[held.client] - held.size
+        left = self.client_buffered[held.key] - held.size
         if left > 0:
-            self.client_buffered[held.client] = left
+            self.client_buffered[held.key] = left
         else:
-            del self.client_buffered[held.client]
+            del self.client_buffered[held.key]
         held.size = 0
         if self.peak >= TRIM_AFTER and self.buffered < self.peak // 4 and not self._trim_pending:
             self._trim_pending = True
@@ -654,12 +673,13 @@ class Front:
         if self.open >= self.limits.max_connections:
             self._turn_away(conn, "connection limit", client)
             return False
-        if self.clients[client] >= self.limits.client_connections:
+        key = client_key(client)
+        if self.clients[key] >= self.limits.client_connections:
             self._turn_away(conn, "per-client connection limit", client)
             return False
         self.open += 1
-        self.clients[client] += 1
-        held = Conn(client, operator=operator, peer=addr, server=listener.getsockname())
+        self.clients[key] += 1
+        held = Conn(client, key=key, operator=operator, peer=addr, server=listener.getsockname())
         task = asyncio.get_running_loop().create_task(self._connection(conn, held))
         self.tasks[task] = held
         task.add_done_callback(self._done)
@@ -697,9 +717,9 @@ class Front:
         finally:
             self.budget.release(held)
             self.open -= 1
-            self.clients[held.client] -= 1
-            if self.clients[held.client] <= 0:
-                del self.clients[held.client]
+            self.clients[held.key] -= 1
+            if self.clients[held.key] <= 0:
+                del self.clients[held.key]
 
     # --- one connection -----------------------------------------------------------------------
 
