@@ -878,3 +878,35 @@ def test_the_front_on_an_ipv6_listener_caps_the_client_by_its_64():
 
     with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
         runner.run(run())
+
+
+# --- the front's refusals on /metrics (found by an attacker review) --------------------------------
+
+
+def intake_responses(svc: Service) -> Counter:
+    """`webhook_app_intake_responses_total` by code, from serve's operator listener."""
+    text = requests.get(svc.operator_url + "/metrics", timeout=5).text
+    out: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith('webhook_app_intake_responses_total{code="'):
+            code, value = line.removeprefix('webhook_app_intake_responses_total{code="').split('"} ')
+            out[code] += int(float(value))
+    return out
+
+
+def test_the_fronts_own_refusals_are_counted_with_the_intakes_answers_on_metrics(served):
+    """Found by an attacker review: what the front (and gunicorn's parser behind it) refused
+    before the app was in no metric, so a flood of them showed on /metrics as nothing at all.
+    They are counted in the intake's answers by status, as the app's own refusals are."""
+    refusals = {
+        b"GET /admin HTTP/1.1\r\nHost: t\r\n\r\n": "404",  # an operator route on the public listener
+        b"GET /healthz HTTP/1.1\nHost: t\n\n": "400",  # bare LF: the front's framing
+        b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n": "505",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Bad: a\x00b\r\n\r\n": "400",  # gunicorn's parser
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n": "431",
+    }
+    before = intake_responses(served)
+    for data in refusals:
+        raw(served.port, data)
+    expected = Counter(refusals.values())
+    wait_until(lambda: intake_responses(served) - before == expected, timeout=10)

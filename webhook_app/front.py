@@ -18,10 +18,10 @@ on each complete request: no second HTTP hop, no second process):
   here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex,
   a Transfer-Encoding in an HTTP/1.0 request); an HTTP version other than 1.1 and 1.0 505;
 - one client cannot take the front: connections are limited per client address (an IPv6
-  client's /64) and in total
-  (below the file-descriptor limit), the bytes held for unfinished requests (a head counted as
-  it arrives, a body from its declared length or chunk by chunk) are capped (503 beyond it),
-  refusals are counted and logged once per `LOG_INTERVAL`, and running out of descriptors pauses
+  client's /64) and in total (below the file-descriptor limit), the bytes held for unfinished
+  requests (a head counted as it arrives, a body from its declared length or chunk by chunk) are
+  capped (503 beyond it), refusals are counted (by status on /metrics, through `serve`'s
+  `refused` hook) and logged once per `LOG_INTERVAL`, and running out of descriptors pauses
   accepting instead of spinning. Each gunicorn worker has its share of these
   limits (`Limits.share`): the connections in all and the buffer divided by the number of
   workers, the per-client cap each worker's own;
@@ -599,14 +599,21 @@ class RequestReader:
                 raise Refused(400, "Bad Request", "chunk without its terminator")
 
 
+def _uncounted(_status: int) -> None:
+    pass
+
+
 class Front:
     """Accepts on its listeners, admits each connection within the limits, reads each request
     completely (`RequestReader`) and answers it with `respond` (the application, synchronously)."""
 
-    def __init__(self, *, limits: Limits, respond: Respond, balance: bool = False) -> None:
+    def __init__(
+        self, *, limits: Limits, respond: Respond, balance: bool = False, refused: Callable[[int], Any] = _uncounted
+    ) -> None:
         self.limits = limits
         self.respond = respond
         self.balance = balance  # other processes accept on the same sockets
+        self.refused = refused  # called with the status of each refusal the front answers itself
         self.refusals = RefusalLog()
         self.budget = Budget(limits, self.refusals)
         self.reader = RequestReader(limits, self.budget, self.refusals)
@@ -690,6 +697,7 @@ class Front:
 
     def _turn_away(self, conn: socket.socket, reason: str, client: str) -> None:
         self.refusals.note(reason, client)
+        self.refused(503)
         try:
             conn.setblocking(False)
             conn.send(BUSY)
@@ -748,6 +756,7 @@ class Front:
                 request = await self.reader.read_request(reader, writer, held)
             answer, keep = self.respond(request, held)
         except Refused as r:
+            self.refused(r.status)
             await self._refuse(reader, writer, r.answer())
             return False
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -806,12 +815,14 @@ async def serve(
     until: Callable[[], Awaitable[Any]] | None = None,
     grace: float = REQUEST_TIMEOUT,
     balance: bool = False,
+    refused: Callable[[int], Any] = _uncounted,
 ) -> None:
     """Accept on `listeners` ((socket, operator routes served there?)) until `until()` returns
     (by default SIGTERM/SIGINT), then finish the requests in hand (at most `grace` seconds).
-    `balance`: other processes accept on the same sockets (`Front.balance`)."""
+    `balance`: other processes accept on the same sockets (`Front.balance`); `refused(status)`:
+    each refusal the front answers itself, as it is answered (the service's metrics)."""
     loop = asyncio.get_running_loop()
-    front = Front(limits=limits, respond=respond, balance=balance)
+    front = Front(limits=limits, respond=respond, balance=balance, refused=refused)
     count_loop_errors(loop, front.refusals)
     if until is None:
         stop = asyncio.Event()

@@ -58,6 +58,16 @@ class _Collected:
         return b"".join(self.parts)
 
 
+def count_answer(status: int) -> None:
+    """An answer the front or gunicorn's parser gave before the app saw the request, counted with
+    the intake's answers by status (`webhook_app_intake_responses_total{code}`): the operator sees
+    on /metrics what was turned away before the app, as what the app refused."""
+    from webhook_app import metrics  # the app's module: loaded with it, after the metrics directory is set
+    from webhook_app.web.intake import counter
+
+    counter(metrics.INTAKE_RESPONSES, str(status)).inc()
+
+
 class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
     """A gunicorn worker that buffers requests on an event loop and runs the WSGI app on each."""
 
@@ -104,6 +114,7 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
                 until=stopped.wait,
                 grace=self.cfg.graceful_timeout,
                 balance=self.cfg.workers > 1,
+                refused=count_answer,
             )
         finally:
             heartbeat.cancel()
@@ -150,7 +161,10 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
                 return out.value(), False  # cut short: the client sees the connection end
             out.parts.clear()
             self.handle_error(req, out, peer, exc)
-            return out.value(), False
+            answer = out.value()
+            if answer[9:12].isdigit():  # "HTTP/1.1 431 ..."
+                count_answer(int(answer[9:12]))
+            return answer, False
 
     def _run_app(self, req: Any, resp: Any, environ: dict[str, Any]) -> None:
         self.cfg.pre_request(self, req)
