@@ -734,6 +734,35 @@ def test_a_request_gunicorns_parser_refuses_is_answered_not_dropped(served, head
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
 
 
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Bad: Mark3r\x00b\r\n\r\n", 400),  # gunicorn: a NUL
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-Mark3r-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+            431,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Mark3r: " + b"v" * 9000 + b"\r\n\r\n", 431),  # one field too large
+        (b"G(T /healthz?Mark3r HTTP/1.1\r\nHost: t\r\n\r\n", 400),  # not a method token
+        (b"GET /healthz?Mark3r=" + b"v" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    ],
+    ids=["nul", "fields", "field-size", "method", "line"],
+)
+def test_gunicorns_refusals_are_json_like_the_services_and_do_not_quote_the_request(served, head, status):
+    """Found by an attacker review: gunicorn's own error answers were its HTML page, whose message
+    quotes the request (`Invalid header value 'Mark3r...'`); the service answers every other error
+    as `{"errors": [...]}` in JSON."""
+    import json
+
+    out = raw(served.port, head)
+    answer_head, _, body = out.partition(b"\r\n\r\n")
+    assert status_of(out) == status, out[:300]
+    assert b"\r\nContent-Type: application/json\r\n" in answer_head, answer_head
+    [error] = json.loads(body)["errors"]
+    assert error["status"] == str(status) and error["title"] and error["detail"]
+    assert b"Mark3r" not in out and b"<html" not in out
+
+
 # --- the buffer: unfinished heads count (found by an attacker review) ------------------------------
 
 
