@@ -773,6 +773,14 @@ async def _open(port: int, source: str, data: bytes) -> tuple:
     return reader, writer
 
 
+async def _answer(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """What the front answered and closed with within `timeout`; b"" if it is still waiting."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except TimeoutError:
+        return b""
+
+
 async def _until(check, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -939,3 +947,45 @@ def test_the_fronts_own_refusals_are_counted_with_the_intakes_answers_on_metrics
         raw(served.port, data)
     expected = Counter(refusals.values())
     wait_until(lambda: intake_responses(served) - before == expected, timeout=10)
+
+
+def test_a_refused_connection_holds_nothing_it_sent_while_it_lingers():
+    """Measuring the held heads above: after a refusal the front reads and drops what the client
+    still sends for up to 2 s (so that the answer is not lost to a reset), and the last piece it
+    read stayed referenced while the next read waited: 40 refused connections of 60 kB each held
+    2.4 MB that the buffer had refused. What stays is the connections' own cost and the heads
+    the buffer took."""
+    import tracemalloc
+
+    limits = front.Limits(max_body=1024, buffer_bytes=200_000, client_connections=100)
+    partial = b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 60_000
+
+    async def run() -> int:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        sock = socket.create_server(("127.0.0.1", 0))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held: list = []
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            held += [await _open(port, f"127.0.1.{n + 2}", partial) for n in range(40)]
+            await _until(lambda: f.refusals.total + f.budget.buffered // len(partial) == 40)
+            # the refused are answered and linger (2 s, reading what comes); the others wait for their heads
+            answers = await asyncio.gather(*(_answer(reader, 0.5) for reader, _ in held))
+            grown = tracemalloc.get_traced_memory()[0] - before
+            assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == f.refusals.total >= 35
+            return grown
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+
+    tracemalloc.start()
+    try:
+        with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+            grown = runner.run(run())
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_200_000, grown  # 3 heads taken (180 kB) and 40 connections; not 37 x 60 kB more
