@@ -12,6 +12,7 @@ from loopback), and the operator routes are off the public listener.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -54,6 +55,7 @@ def start_serve(tmp_path: Path, *, wait: bool = True, **extra: str) -> Service:
     )
     svc.port = port
     svc.url = f"http://127.0.0.1:{port}"
+    svc.db = tmp_path / "front.db"
     if wait:
         wait_http(svc.url + "/healthz", proc=svc.proc)
     return svc
@@ -165,6 +167,43 @@ def test_plain_hex_chunk_sizes_and_extensions_still_pass(served):
     data = b"%X\r\n%s\r\n" % (len(pieces[0]), pieces[0]) + b"%x ; ext=1\r\n%s\r\n" % (len(pieces[1]), pieces[1])
     answer = raw(served.port, chunked_head(body) + data + b"0\r\n\r\n")
     assert status_of(answer) == 202, answer[:300]
+
+
+def until_closed(port: int, data: bytes, *, timeout: float = 3.0) -> tuple[bytes, bool]:
+    """Send `data`, read what comes back; and whether the server closed the connection within `timeout`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            pass
+    return out, True
+
+
+def test_an_http_1_0_request_with_transfer_encoding_is_400_and_closed(served):
+    """Found by an attacker review: HTTP/1.0 has no chunked coding, yet such a request was
+    de-chunked, stored and its connection kept (`Connection: keep-alive`). RFC 9112 6.1: a
+    Transfer-Encoding in an HTTP/1.0 message is faulty framing, and the connection closes."""
+    body = order_body("ordChunk10")
+    head = chunked_head(body).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\nConnection: keep-alive\r\n", 1)
+    answer, closed = until_closed(served.port, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    assert status_of(answer) == 400 and b"HTTP/1.0" in answer, answer[:300]
+    assert closed
+    time.sleep(0.3)
+    assert "ordChunk10" not in stored_orders(served.db)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.2", b"HTTP/1.9", b"HTTP/2.0", b"HTTP/3.0", b"HTTP/0.9"])
+def test_an_http_version_other_than_1_1_and_1_0_is_505_and_closed(served, version):
+    """Found by an attacker review: `HTTP/1.2` was served (gunicorn echoed it in its status
+    line) and `HTTP/2.0` was a plain 400. RFC 9110 15.6.6: 505 HTTP Version Not Supported."""
+    answer, closed = until_closed(served.port, b"GET /healthz %s\r\nHost: t\r\n\r\n" % version)
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n"), answer[:300]
+    assert b'"errors"' in answer and closed
 
 
 @pytest.mark.parametrize(
@@ -693,3 +732,260 @@ def test_a_request_gunicorns_parser_refuses_is_answered_not_dropped(served, head
     which failed silently: the client got no answer at all, only the connection's end."""
     out = raw(served.port, head)
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Bad: Mark3r\x00b\r\n\r\n", 400),  # gunicorn: a NUL
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-Mark3r-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+            431,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Mark3r: " + b"v" * 9000 + b"\r\n\r\n", 431),  # one field too large
+        (b"G(T /healthz?Mark3r HTTP/1.1\r\nHost: t\r\n\r\n", 400),  # not a method token
+        (b"GET /healthz?Mark3r=" + b"v" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    ],
+    ids=["nul", "fields", "field-size", "method", "line"],
+)
+def test_gunicorns_refusals_are_json_like_the_services_and_do_not_quote_the_request(served, head, status):
+    """Found by an attacker review: gunicorn's own error answers were its HTML page, whose message
+    quotes the request (`Invalid header value 'Mark3r...'`); the service answers every other error
+    as `{"errors": [...]}` in JSON."""
+    import json
+
+    out = raw(served.port, head)
+    answer_head, _, body = out.partition(b"\r\n\r\n")
+    assert status_of(out) == status, out[:300]
+    assert b"\r\nContent-Type: application/json\r\n" in answer_head, answer_head
+    [error] = json.loads(body)["errors"]
+    assert error["status"] == str(status) and error["title"] and error["detail"]
+    assert b"Mark3r" not in out and b"<html" not in out
+
+
+# --- the buffer: unfinished heads count (found by an attacker review) ------------------------------
+
+
+async def _open(port: int, source: str, data: bytes) -> tuple:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """What the front answered and closed with within `timeout`; b"" if it is still waiting."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except TimeoutError:
+        return b""
+
+
+async def _until(check, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
+    """An attacker review held about 1,600 connections, each with a head just short of complete:
+    a worker grew by 20 MiB that no limit counted (the buffer counted a head only once it was
+    whole). What a client sends while its head is read now counts against the same buffer as a
+    body's bytes: past a client's share or past the whole, 503 with Retry-After, and it all comes
+    back when they go. The front itself on a real listener (uvloop, as in `serve`)."""
+    limits = front.Limits(max_body=1024, buffer_bytes=200_000, client_connections=100)
+    share = limits.client_buffer_bytes  # 1024 + HEAD_LIMIT: a client may hold two of these heads, not three
+    partial = b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 30_000  # no end yet
+    assert 2 * len(partial) <= share < 3 * len(partial)
+    assert 6 * len(partial) <= limits.buffer_bytes < 7 * len(partial)
+
+    async def refused(port: int, source: str) -> bytes:
+        reader, writer = await _open(port, source, partial)
+        try:
+            return await asyncio.wait_for(reader.read(), 3)
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        sock = socket.create_server(("127.0.0.1", 0))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held: list = []
+        try:
+            held += [await _open(port, "127.0.0.2", partial) for _ in range(2)]
+            await _until(lambda: f.budget.buffered == 2 * len(partial))
+            answer = await refused(port, "127.0.0.2")  # a third: past the client's share
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:200]
+            held += [await _open(port, source, partial) for source in ("127.0.0.3", "127.0.0.4") for _ in range(2)]
+            await _until(lambda: f.budget.buffered == 6 * len(partial))
+            answer = await refused(port, "127.0.0.5")  # a client's first, past the whole buffer
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:200]
+            assert f.refusals.total == 2
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+        assert f.budget.buffered == 0 and not f.budget.client_buffered
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())
+
+
+# --- the per-client cap: an IPv6 client is its /64 (found by an attacker review) -------------------
+
+
+@pytest.mark.parametrize(
+    ("client", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::1", "::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # IPv4-mapped (a dual-stack listener): the IPv4 address
+        ("local", "local"),
+    ],
+)
+def test_an_ipv6_client_is_keyed_by_its_64_prefix(client, key):
+    assert front.client_key(client) == key
+
+
+def test_the_per_client_connection_cap_counts_an_ipv6_64_as_one_client():
+    """Found by an attacker review: the cap was per address, and one IPv6 client holds a whole
+    /64 (2^64 addresses): 64 connections per address was no cap at all. The front's admission,
+    with connections from addresses as accept() gives them."""
+    limits = front.Limits(max_body=1024, client_connections=2)
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        listener, other = socket.socketpair()
+        pairs = [socket.socketpair() for _ in range(4)]
+        addrs = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"]
+        try:
+            admitted = [
+                f._admit(ours, (addr, 443, 0, 0), True, listener) for (ours, _), addr in zip(pairs, addrs, strict=True)
+            ]
+            assert admitted == [True, True, False, True]  # the third in 2001:db8:1:2::/64 turned away
+            assert pairs[2][1].recv(1024).startswith(b"HTTP/1.1 503 ")
+            assert f.clients == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
+            assert [c.client for c in f.tasks.values()] == [addrs[0], addrs[1], addrs[3]]  # each its own address
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+            await _until(lambda: not f.tasks)
+            listener.close()
+            other.close()
+        assert not f.clients
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())
+
+
+def test_the_front_on_an_ipv6_listener_caps_the_client_by_its_64():
+    """The same over a real listener on ::1 (loopback's only IPv6 address, so one /64)."""
+    try:
+        sock = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    limits = front.Limits(max_body=1024, client_connections=2)
+
+    async def run() -> None:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held = []
+        try:
+            for _ in range(2):
+                held.append(await asyncio.open_connection("::1", port))
+            await _until(lambda: f.clients == {"::/64": 2})
+            reader, writer = await asyncio.open_connection("::1", port)
+            held.append((reader, writer))
+            assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 503 ")
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        runner.run(run())
+
+
+# --- the front's refusals on /metrics (found by an attacker review) --------------------------------
+
+
+def intake_responses(svc: Service) -> Counter:
+    """`webhook_app_intake_responses_total` by code, from serve's operator listener."""
+    text = requests.get(svc.operator_url + "/metrics", timeout=5).text
+    out: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith('webhook_app_intake_responses_total{code="'):
+            code, value = line.removeprefix('webhook_app_intake_responses_total{code="').split('"} ')
+            out[code] += int(float(value))
+    return out
+
+
+def test_the_fronts_own_refusals_are_counted_with_the_intakes_answers_on_metrics(served):
+    """Found by an attacker review: what the front (and gunicorn's parser behind it) refused
+    before the app was in no metric, so a flood of them showed on /metrics as nothing at all.
+    They are counted in the intake's answers by status, as the app's own refusals are."""
+    refusals = {
+        b"GET /admin HTTP/1.1\r\nHost: t\r\n\r\n": "404",  # an operator route on the public listener
+        b"GET /healthz HTTP/1.1\nHost: t\n\n": "400",  # bare LF: the front's framing
+        b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n": "505",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Bad: a\x00b\r\n\r\n": "400",  # gunicorn's parser
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n": "431",
+    }
+    before = intake_responses(served)
+    for data in refusals:
+        raw(served.port, data)
+    expected = Counter(refusals.values())
+    wait_until(lambda: intake_responses(served) - before == expected, timeout=10)
+
+
+def test_a_refused_connection_holds_nothing_it_sent_while_it_lingers():
+    """Measuring the held heads above: after a refusal the front reads and drops what the client
+    still sends for up to 2 s (so that the answer is not lost to a reset), and the last piece it
+    read stayed referenced while the next read waited: 40 refused connections of 60 kB each held
+    2.4 MB that the buffer had refused. What stays is the connections' own cost and the heads
+    the buffer took."""
+    import tracemalloc
+
+    limits = front.Limits(max_body=1024, buffer_bytes=200_000, client_connections=100)
+    partial = b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 60_000
+
+    async def run() -> int:
+        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+        sock = socket.create_server(("127.0.0.1", 0))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        held: list = []
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            held += [await _open(port, f"127.0.1.{n + 2}", partial) for n in range(40)]
+            await _until(lambda: f.refusals.total + f.budget.buffered // len(partial) == 40)
+            # the refused are answered and linger (2 s, reading what comes); the others wait for their heads
+            answers = await asyncio.gather(*(_answer(reader, 0.5) for reader, _ in held))
+            grown = tracemalloc.get_traced_memory()[0] - before
+            assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == f.refusals.total >= 35
+            return grown
+        finally:
+            for _, writer in held:
+                writer.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+
+    tracemalloc.start()
+    try:
+        with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+            grown = runner.run(run())
+    finally:
+        tracemalloc.stop()
+    assert grown < 1_200_000, grown  # 3 heads taken (180 kB) and 40 connections; not 37 x 60 kB more

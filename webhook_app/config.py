@@ -508,8 +508,8 @@ class _Processes:
         "WEBHOOK_APP_FRONT_CLIENT_CONNECTIONS",
         _positive(int),
         64,
-        doc="`serve` only: connections one client address may keep open at once in each gunicorn worker "
-        "(503 and close beyond it; up to workers times this in all). "
+        doc="`serve` only: connections one client address (an IPv6 client: its /64) may keep open at once in "
+        "each gunicorn worker (503 and close beyond it; up to workers times this in all). "
         "Behind a proxy on the same host every client is that proxy: raise it, or let the proxy limit",
     )
     front_buffer_bytes: int = _setting(
@@ -518,7 +518,7 @@ class _Processes:
         64 * 1024 * 1024,
         doc="`serve` only: the bytes the front holds for unfinished requests (heads, declared and chunked "
         "bodies), all clients together, shared equally by gunicorn's workers; one client gets at most a "
-        "quarter of a worker's share. Beyond it: 503 with "
+        "quarter of a worker's share (an IPv6 client: its /64). Beyond it: 503 with "
         "`Retry-After`. At least `WEBHOOK_APP_MAX_BODY_BYTES`",
         default_doc="`67108864` (64 MiB)",
     )

@@ -15,11 +15,14 @@ on each complete request: no second HTTP hop, no second process):
   when it asks for it (HTTP/1.1 keep-alive; idle, it gets `HEAD_TIMEOUT` to send the next head);
 - a `Content-Length` above the body limit reaches the app without its body (the app answers 413
   from the header, and the connection closes); a chunked body past the limit is answered 413
-  here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex);
-- one client cannot take the front: connections are limited per client address and in total
-  (below the file-descriptor limit), the bytes held for unfinished requests are capped (503
-  beyond it), refusals are counted and logged once per `LOG_INTERVAL`, and running out of
-  descriptors pauses accepting instead of spinning. Each gunicorn worker has its share of these
+  here; malformed framing 400 (a head line without its CR, a chunk size that is not plain hex,
+  a Transfer-Encoding in an HTTP/1.0 request); an HTTP version other than 1.1 and 1.0 505;
+- one client cannot take the front: connections are limited per client address (an IPv6
+  client's /64) and in total (below the file-descriptor limit), the bytes held for unfinished
+  requests (a head counted as it arrives, a body from its declared length or chunk by chunk) are
+  capped (503 beyond it), refusals are counted (by status on /metrics, through `serve`'s
+  `refused` hook) and logged once per `LOG_INTERVAL`, and running out of descriptors pauses
+  accepting instead of spinning. Each gunicorn worker has its share of these
   limits (`Limits.share`): the connections in all and the buffer divided by the number of
   workers, the per-client cap each worker's own;
 - on the public listener only the intake and `/healthz` are served; the operator routes
@@ -89,6 +92,7 @@ def is_public(path: bytes) -> bool:
 
 
 _HOP = {b"connection", b"keep-alive", b"proxy-connection", b"expect", b"transfer-encoding", b"content-length", b"te"}
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # RFC 9112 7.1.1 chunk extensions, as gunicorn checks them
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
@@ -185,6 +189,21 @@ class Limits:
         )
 
 
+def client_key(client: str) -> str:
+    """Whose connection it is, for the per-client connection cap and buffer share: the address,
+    but for IPv6 its /64 (one client is typically given a whole /64, and could otherwise take a
+    share per address in it); an IPv4-mapped IPv6 address counts as its IPv4 address."""
+    if ":" not in client:
+        return client  # IPv4 (or "local"): nothing to parse
+    try:
+        ip = ipaddress.IPv6Address(client)
+    except ValueError:
+        return client
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+
+
 class RefusalLog:
     """Refusals counted by reason and client, logged at most once per `interval`: a flood is one
     line every ten seconds, not one per connection."""
@@ -236,15 +255,19 @@ def _malloc_trim() -> Callable[[], Any] | None:
 class Conn:
     """One client connection: who, on which listener, and the bytes its request holds against the buffer."""
 
-    __slots__ = ("client", "idle", "operator", "peer", "server", "size")
+    __slots__ = ("client", "heading", "idle", "key", "operator", "peer", "server", "size")
 
-    def __init__(self, client: str, *, operator: bool = True, peer: Any = None, server: Any = None) -> None:
+    def __init__(
+        self, client: str, *, key: str = "", operator: bool = True, peer: Any = None, server: Any = None
+    ) -> None:
         self.client = client
+        self.key = key or client  # whose share it counts in (`client_key`)
         self.operator = operator
         self.peer = peer  # the address accept() gave
         self.server = server  # the listener's own address
         self.size = 0
         self.idle = False  # a kept connection waiting for its next request
+        self.heading = False  # a head is being read: every byte received counts against the buffer (`Stream`)
 
 
 @dataclass
@@ -275,7 +298,8 @@ Respond = Callable[[Request, Conn], tuple[bytes, bool]]
 
 
 class Budget:
-    """The bytes held for unfinished requests, in total and per client (`Limits.buffer_bytes`)."""
+    """The bytes held for unfinished requests, in total and per client (`Limits.buffer_bytes`):
+    what a head's reader received so far (`Stream`), then the head and its body."""
 
     def __init__(self, limits: Limits, refusals: RefusalLog) -> None:
         self.limits = limits
@@ -287,28 +311,41 @@ class Budget:
         self._trim_pending = False
 
     def reserve(self, held: Conn, size: int) -> None:
-        client = held.client
+        key = held.key
         if (
             self.buffered + size > self.limits.buffer_bytes
-            or self.client_buffered[client] + size > self.limits.client_buffer_bytes
+            or self.client_buffered[key] + size > self.limits.client_buffer_bytes
         ):
-            self.refusals.note("buffer limit", client)
+            self.refusals.note("buffer limit", held.client)
             raise unavailable("too many unfinished requests; try again shortly")
         self.buffered += size
-        self.client_buffered[client] += size
+        self.client_buffered[key] += size
         held.size += size
         if self.buffered > self.peak:
             self.peak = self.buffered
 
+    def settle(self, held: Conn, size: int) -> None:
+        """The head is read: it holds its own `size` from now on, no longer every byte received
+        while it was read (`Stream` counted those, the start of the body with them)."""
+        held.heading = False
+        extra = held.size - size
+        if extra > 0:
+            self.buffered -= extra
+            self.client_buffered[held.key] -= extra
+            held.size = size
+        elif extra < 0:  # a reader that counts nothing (a test's)
+            self.reserve(held, -extra)
+
     def release(self, held: Conn) -> None:
+        held.heading = False
         if not held.size:
             return
         self.buffered -= held.size
-        left = self.client_buffered[held.client] - held.size
+        left = self.client_buffered[held.key] - held.size
         if left > 0:
-            self.client_buffered[held.client] = left
+            self.client_buffered[held.key] = left
         else:
-            del self.client_buffered[held.client]
+            del self.client_buffered[held.key]
         held.size = 0
         if self.peak >= TRIM_AFTER and self.buffered < self.peak // 4 and not self._trim_pending:
             self._trim_pending = True
@@ -319,6 +356,46 @@ class Budget:
         self.peak = self.buffered
         if self._trim is not None:
             self._trim()
+
+
+class Stream(asyncio.StreamReader):
+    """asyncio's StreamReader, counting what a client sends while its request head is read against
+    the buffer (`Budget`): an unfinished head is memory too, up to `HEAD_LIMIT` in the reader's
+    buffer before any line of it is complete, and 1,600 connections each holding one grew a
+    worker by 20 MiB outside any limit (found by an attacker review). Past the buffer, the read
+    fails with the same 503 as a body's. One attribute test per piece received; nothing counted
+    while a body is read (its length was reserved before it was)."""
+
+    _buffer: bytearray  # asyncio's own
+    _exception: BaseException | None
+
+    def __init__(self, budget: Budget, held: Conn, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=HEAD_LIMIT, loop=loop)
+        self.budget = budget
+        self.held = held
+
+    def feed_data(self, data: bytes) -> None:  # type: ignore[override]  # the protocol passes bytes
+        asyncio.StreamReader.feed_data(self, data)  # not super(): no object made per piece
+        if self.held.heading:
+            try:
+                self.budget.reserve(self.held, len(data))
+            except Refused as refused:
+                self.held.heading = False
+                self.set_exception(refused.with_traceback(None))  # the head's read raises it; not holding `data`
+
+    def start_head(self) -> None:
+        """Count from here on, and what the client already sent (a pipelined request) with it."""
+        held = self.held
+        held.heading = True
+        if self._buffer:
+            self.budget.reserve(held, len(self._buffer))
+
+    def go_on(self) -> None:
+        """After a refusal: count no more, and read again if `feed_data` raised it (the linger
+        drops what the client still sends)."""
+        self.held.heading = False
+        if isinstance(self._exception, Refused):
+            self._exception = None
 
 
 @dataclass
@@ -336,7 +413,11 @@ class _Fields:
 def _request_line(line: bytes, *, operator: bool) -> tuple[bytes, bytes, bytes]:
     """(method, path, version), or Refused: malformed, or an operator route on the public listener."""
     parts = line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+    if len(parts) != 3:
+        raise Refused(400, "Bad Request", "malformed request line")
+    if parts[2] != b"HTTP/1.1" and parts[2] != b"HTTP/1.0":
+        if _VERSION.fullmatch(parts[2]):  # HTTP/1.2, HTTP/2.0: RFC 9110 15.6.6
+            raise Refused(505, "HTTP Version Not Supported", "only HTTP/1.1 and HTTP/1.0 are served")
         raise Refused(400, "Bad Request", "malformed request line")
     path = parts[1].partition(b"?")[0]
     if not operator and not is_public(path):
@@ -426,6 +507,7 @@ class RequestReader:
                 if len(line) == 2:
                     if not lines:
                         raise Refused(400, "Bad Request", "malformed request line")
+                    self.budget.settle(held, size)
                     return lines
                 lines.append(line[:-2])
 
@@ -435,7 +517,6 @@ class RequestReader:
         """The complete request, its body de-chunked, or Refused."""
         held = held or Conn("local")
         lines = await self.read_head(reader, held)
-        self.budget.reserve(held, sum(map(len, lines)))
         _, path, version = _request_line(lines[0], operator=held.operator)
         trusted = self.trusts(held.client)
         fields = head_fields(lines[1:], trusted=trusted)
@@ -445,6 +526,8 @@ class RequestReader:
         if sources.enabled and is_intake(path) and not sources.allows(held.client, forwarded_for(fields.kept)):
             self.refusals.note("source not allowed", held.client)
             raise Refused(403, "Forbidden", REFUSED_DETAIL)  # before the body: none of it is read
+        if fields.te and version != b"HTTP/1.1":  # RFC 9112 6.1: no chunked in HTTP/1.0; faulty framing
+            raise Refused(400, "Bad Request", "Transfer-Encoding in an HTTP/1.0 request")
         keep_alive = not fields.close and (version == b"HTTP/1.1" or fields.keep_alive)
         body, declared = await self.read_body(reader, writer, fields, held)
         return Request(lines[0], fields.kept, body, keep_alive and declared is None, declared)
@@ -516,14 +599,21 @@ class RequestReader:
                 raise Refused(400, "Bad Request", "chunk without its terminator")
 
 
+def _uncounted(_status: int) -> None:
+    pass
+
+
 class Front:
     """Accepts on its listeners, admits each connection within the limits, reads each request
     completely (`RequestReader`) and answers it with `respond` (the application, synchronously)."""
 
-    def __init__(self, *, limits: Limits, respond: Respond, balance: bool = False) -> None:
+    def __init__(
+        self, *, limits: Limits, respond: Respond, balance: bool = False, refused: Callable[[int], Any] = _uncounted
+    ) -> None:
         self.limits = limits
         self.respond = respond
         self.balance = balance  # other processes accept on the same sockets
+        self.refused = refused  # called with the status of each refusal the front answers itself
         self.refusals = RefusalLog()
         self.budget = Budget(limits, self.refusals)
         self.reader = RequestReader(limits, self.budget, self.refusals)
@@ -590,12 +680,13 @@ class Front:
         if self.open >= self.limits.max_connections:
             self._turn_away(conn, "connection limit", client)
             return False
-        if self.clients[client] >= self.limits.client_connections:
+        key = client_key(client)
+        if self.clients[key] >= self.limits.client_connections:
             self._turn_away(conn, "per-client connection limit", client)
             return False
         self.open += 1
-        self.clients[client] += 1
-        held = Conn(client, operator=operator, peer=addr, server=listener.getsockname())
+        self.clients[key] += 1
+        held = Conn(client, key=key, operator=operator, peer=addr, server=listener.getsockname())
         task = asyncio.get_running_loop().create_task(self._connection(conn, held))
         self.tasks[task] = held
         task.add_done_callback(self._done)
@@ -606,6 +697,7 @@ class Front:
 
     def _turn_away(self, conn: socket.socket, reason: str, client: str) -> None:
         self.refusals.note(reason, client)
+        self.refused(503)
         try:
             conn.setblocking(False)
             conn.send(BUSY)
@@ -616,7 +708,7 @@ class Front:
     async def _connection(self, conn: socket.socket, held: Conn) -> None:
         loop = asyncio.get_running_loop()
         try:
-            reader = asyncio.StreamReader(limit=HEAD_LIMIT, loop=loop)
+            reader = Stream(self.budget, held, loop=loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             try:
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
@@ -633,13 +725,13 @@ class Front:
         finally:
             self.budget.release(held)
             self.open -= 1
-            self.clients[held.client] -= 1
-            if self.clients[held.client] <= 0:
-                del self.clients[held.client]
+            self.clients[held.key] -= 1
+            if self.clients[held.key] <= 0:
+                del self.clients[held.key]
 
     # --- one connection -----------------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> None:
+    async def handle(self, reader: Stream, writer: asyncio.StreamWriter, held: Conn) -> None:
         """Requests and their answers, one after the other, until the client or the app closes.
 
         Fair to the other connections: an answer is flushed to the kernel before the next request
@@ -656,13 +748,15 @@ class Front:
         finally:
             writer.close()
 
-    async def exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: Conn) -> bool:
+    async def exchange(self, reader: Stream, writer: asyncio.StreamWriter, held: Conn) -> bool:
         """Read one request, answer it; whether the connection stays open for another."""
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
+                reader.start_head()
                 request = await self.reader.read_request(reader, writer, held)
             answer, keep = self.respond(request, held)
         except Refused as r:
+            self.refused(r.status)
             await self._refuse(reader, writer, r.answer())
             return False
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -681,8 +775,9 @@ class Front:
         return keep and not self.closing
 
     @staticmethod
-    async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
+    async def _refuse(reader: Stream, writer: asyncio.StreamWriter, answer: bytes) -> None:
         """Send a refusal, then let the client read it before its unread bytes reset the line."""
+        reader.go_on()
         try:
             writer.write(answer)
             async with asyncio.timeout(SEND_TIMEOUT):
@@ -696,10 +791,12 @@ class Front:
 
 async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
     while limit > 0:
-        piece = await reader.read(65536)
-        if not piece:
+        # the piece's length only: a piece kept in a variable stays alive while the next read waits,
+        # up to 64 KiB per refused connection for the whole linger (found measuring held heads)
+        n = len(await reader.read(65536))
+        if not n:
             return
-        limit -= len(piece)
+        limit -= n
 
 
 def count_loop_errors(loop: asyncio.AbstractEventLoop, refusals: RefusalLog) -> None:
@@ -720,12 +817,14 @@ async def serve(
     until: Callable[[], Awaitable[Any]] | None = None,
     grace: float = REQUEST_TIMEOUT,
     balance: bool = False,
+    refused: Callable[[int], Any] = _uncounted,
 ) -> None:
     """Accept on `listeners` ((socket, operator routes served there?)) until `until()` returns
     (by default SIGTERM/SIGINT), then finish the requests in hand (at most `grace` seconds).
-    `balance`: other processes accept on the same sockets (`Front.balance`)."""
+    `balance`: other processes accept on the same sockets (`Front.balance`); `refused(status)`:
+    each refusal the front answers itself, as it is answered (the service's metrics)."""
     loop = asyncio.get_running_loop()
-    front = Front(limits=limits, respond=respond, balance=balance)
+    front = Front(limits=limits, respond=respond, balance=balance, refused=refused)
     count_loop_errors(loop, front.refusals)
     if until is None:
         stop = asyncio.Event()

@@ -4,7 +4,8 @@ Each gunicorn worker runs uvloop's event loop on gunicorn's listeners (inherited
 the front accepts, admits and reads every request completely, within its limits and timeouts
 (its share of them: `Limits.share`), then the WSGI app runs synchronously on the complete request
 in this process (gunicorn's own parser builds the environ from the buffered bytes, gunicorn's
-`Response` frames the answer) and the answer is written back asynchronously, the connection kept
+`Response` frames the answer; what its parser refuses is answered as the service's JSON errors and
+counted on /metrics) and the answer is written back asynchronously, the connection kept
 for the next request when the client asks for it. One HTTP stack per delivery, as under nginx,
 where the front process of earlier versions added a second one (BENCHMARKS.md, *`serve`'s front
 in the gunicorn worker*).
@@ -59,6 +60,25 @@ class _Collected:
         return b"".join(self.parts)
 
 
+#: what gunicorn's error answers say instead of its message, which quotes the request
+_DETAILS = {
+    400: "the request could not be parsed",
+    414: "the request line is too long",
+    431: "the request has too many header fields or one too large",
+    500: "the server could not handle the request",
+}
+
+
+def count_answer(status: int) -> None:
+    """An answer the front or gunicorn's parser gave before the app saw the request, counted with
+    the intake's answers by status (`webhook_app_intake_responses_total{code}`): the operator sees
+    on /metrics what was turned away before the app, as what the app refused."""
+    from webhook_app import metrics  # the app's module: loaded with it, after the metrics directory is set
+    from webhook_app.web.intake import counter
+
+    counter(metrics.INTAKE_RESPONSES, str(status)).inc()
+
+
 class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
     """A gunicorn worker that buffers requests on an event loop and runs the WSGI app on each."""
 
@@ -105,6 +125,7 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
                 until=stopped.wait,
                 grace=self.cfg.graceful_timeout,
                 balance=self.cfg.workers > 1,
+                refused=count_answer,
             )
         finally:
             heartbeat.cancel()
@@ -151,7 +172,23 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
                 return out.value(), False  # cut short: the client sees the connection end
             out.parts.clear()
             self.handle_error(req, out, peer, exc)
-            return out.value(), False
+            answer = out.value()
+            if answer[9:12].isdigit():  # "HTTP/1.1 431 ..."
+                count_answer(int(answer[9:12]))
+            return answer, False
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's answer to a request its parser refused (or an app that failed before its
+        headers), as the service answers errors elsewhere: `{"errors": [...]}` as JSON, with a
+        fixed detail per status instead of gunicorn's HTML page, whose message quotes the request
+        (found by an attacker review). gunicorn still picks the status and logs as it does."""
+        page = _Collected()
+        super().handle_error(req, page, addr, exc)
+        status, _, title = page.value().partition(b"\r\n")[0][9:].decode("latin-1").partition(" ")
+        if not status.isdigit():  # gunicorn could not write one
+            status, title = "500", "Internal Server Error"
+        code = int(status)
+        client.sendall(front.error_answer(code, title, _DETAILS.get(code, title.lower())))
 
     def _run_app(self, req: Any, resp: Any, environ: dict[str, Any]) -> None:
         self.cfg.pre_request(self, req)

@@ -74,7 +74,9 @@ COMMIT_FAILURES = Counter(
 )
 INTAKE_RESPONSES = Counter(
     "webhook_app_intake_responses",
-    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included).",
+    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included); under `serve`, "
+    "with the refusals its front and gunicorn's parser answer before the app, whatever the path "
+    "(400, 404, 413, 431, 503, 505...).",
     ["code"],
 )
 JOB_ATTEMPTS = Counter(
