@@ -788,6 +788,24 @@ async def _until(check, timeout: float = 3.0) -> None:
         await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def _front_listening(limits: front.Limits, sock: socket.socket | None = None):
+    """A front on a loopback listener that answers nothing itself; yields it, its port and a
+    list for the connections a test opens, which are closed and waited out at the end."""
+    f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+    sock = sock or socket.create_server(("127.0.0.1", 0))
+    f.listen(sock, operator=True)
+    held: list = []
+    try:
+        yield f, sock.getsockname()[1], held
+    finally:
+        for _, writer in held:
+            writer.close()
+        await _until(lambda: not f.tasks)
+        f.stop_accepting()
+        sock.close()
+
+
 def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
     """An attacker review held about 1,600 connections, each with a head just short of complete:
     a worker grew by 20 MiB that no limit counted (the buffer counted a head only once it was
@@ -808,12 +826,7 @@ def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
             writer.close()
 
     async def run() -> None:
-        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
-        sock = socket.create_server(("127.0.0.1", 0))
-        f.listen(sock, operator=True)
-        port = sock.getsockname()[1]
-        held: list = []
-        try:
+        async with _front_listening(limits) as (f, port, held):
             held += [await _open(port, "127.0.0.2", partial) for _ in range(2)]
             await _until(lambda: f.budget.buffered == 2 * len(partial))
             answer = await refused(port, "127.0.0.2")  # a third: past the client's share
@@ -823,12 +836,6 @@ def test_unfinished_heads_count_against_the_buffer_and_are_refused_past_it():
             answer = await refused(port, "127.0.0.5")  # a client's first, past the whole buffer
             assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:200]
             assert f.refusals.total == 2
-        finally:
-            for _, writer in held:
-                writer.close()
-            await _until(lambda: not f.tasks)
-            f.stop_accepting()
-            sock.close()
         assert f.budget.buffered == 0 and not f.budget.client_buffered
 
     with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
@@ -895,23 +902,13 @@ def test_the_front_on_an_ipv6_listener_caps_the_client_by_its_64():
     limits = front.Limits(max_body=1024, client_connections=2)
 
     async def run() -> None:
-        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
-        f.listen(sock, operator=True)
-        port = sock.getsockname()[1]
-        held = []
-        try:
+        async with _front_listening(limits, sock) as (f, port, held):
             for _ in range(2):
                 held.append(await asyncio.open_connection("::1", port))
             await _until(lambda: f.clients == {"::/64": 2})
             reader, writer = await asyncio.open_connection("::1", port)
             held.append((reader, writer))
             assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 503 ")
-        finally:
-            for _, writer in held:
-                writer.close()
-            await _until(lambda: not f.tasks)
-            f.stop_accepting()
-            sock.close()
 
     with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
         runner.run(run())
@@ -961,12 +958,7 @@ def test_a_refused_connection_holds_nothing_it_sent_while_it_lingers():
     partial = b"POST /webhooks/commercelayer HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 60_000
 
     async def run() -> int:
-        f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
-        sock = socket.create_server(("127.0.0.1", 0))
-        f.listen(sock, operator=True)
-        port = sock.getsockname()[1]
-        held: list = []
-        try:
+        async with _front_listening(limits) as (f, port, held):
             before = tracemalloc.get_traced_memory()[0]
             held += [await _open(port, f"127.0.1.{n + 2}", partial) for n in range(40)]
             await _until(lambda: f.refusals.total + f.budget.buffered // len(partial) == 40)
@@ -975,12 +967,6 @@ def test_a_refused_connection_holds_nothing_it_sent_while_it_lingers():
             grown = tracemalloc.get_traced_memory()[0] - before
             assert sum(a.startswith(b"HTTP/1.1 503 ") for a in answers) == f.refusals.total >= 35
             return grown
-        finally:
-            for _, writer in held:
-                writer.close()
-            await _until(lambda: not f.tasks)
-            f.stop_accepting()
-            sock.close()
 
     tracemalloc.start()
     try:
