@@ -74,13 +74,14 @@ def _workers():
 
 workers = _workers()
 
-# sync: one request per process at a time. Intake is a short CPU task (verify the signature, check
-# the document) followed by a wait for the commit writer that `webhook-app web` starts beside these
-# workers (docs/explanation/group-commit.md, *Group commit*); it never waits on Commerce Layer. A
-# worker waiting for its commit uses no CPU, which is why there are more workers than CPUs; a crash
-# or leak stays inside one process. The price is the slow-client exposure described at the top:
-# keep nginx in front.
-worker_class = "sync"
+# gunicorn's sync worker (webhook_app/sync_worker.py adds only that its parser's refusals are the
+# service's JSON errors, not gunicorn's HTML page): one request per process at a time. Intake is a
+# short CPU task (verify the signature, check the document) followed by a wait for the commit
+# writer that `webhook-app web` starts beside these workers (docs/explanation/group-commit.md,
+# *Group commit*); it never waits on Commerce Layer. A worker waiting for its commit uses no CPU,
+# which is why there are more workers than CPUs; a crash or leak stays inside one process. The
+# price is the slow-client exposure described at the top: keep nginx in front.
+worker_class = "webhook_app.sync_worker.SyncWorker"
 threads = 1
 
 # Load the app in each worker after the fork (the default), never in the master: every worker must

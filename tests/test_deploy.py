@@ -118,7 +118,7 @@ def test_yamllint_passes():
 def test_gunicorn_config_loads_with_gunicorn_and_sets_the_limits():
     cfg = gunicorn_settings()
     assert cfg.bind == ["0.0.0.0:8000"]
-    assert cfg.worker_class_str == "sync" and cfg.threads == 1
+    assert cfg.worker_class_str == "webhook_app.sync_worker.SyncWorker" and cfg.threads == 1  # sync, JSON refusals
     assert 2 <= cfg.workers <= 8
     assert cfg.preload_app is False
     assert cfg.timeout == 20 and cfg.graceful_timeout == 20

@@ -734,6 +734,20 @@ def test_a_request_gunicorns_parser_refuses_is_answered_not_dropped(served, head
     assert out.startswith(b"HTTP/1.1 %d " % status), out[:200]
 
 
+@pytest.fixture(scope="module")
+def webbed(tmp_path_factory):
+    """`webhook-app web` (gunicorn's sync worker, no front), one worker."""
+    tmp_path = tmp_path_factory.mktemp("web")
+    port = free_port()
+    svc = Service(["web", "--bind", f"127.0.0.1:{port}", "--workers", "1"], env_for(tmp_path), tmp_path / "web.log")
+    svc.port = port
+    svc.url = f"http://127.0.0.1:{port}"
+    wait_http(svc.url + "/healthz", proc=svc.proc)
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.parametrize("server", ["served", "webbed"])
 @pytest.mark.parametrize(
     ("head", "status"),
     [
@@ -748,13 +762,14 @@ def test_a_request_gunicorns_parser_refuses_is_answered_not_dropped(served, head
     ],
     ids=["nul", "fields", "field-size", "method", "line"],
 )
-def test_gunicorns_refusals_are_json_like_the_services_and_do_not_quote_the_request(served, head, status):
+def test_gunicorns_refusals_are_json_like_the_services_and_do_not_quote_the_request(request, server, head, status):
     """Found by an attacker review: gunicorn's own error answers were its HTML page, whose message
     quotes the request (`Invalid header value 'Mark3r...'`); the service answers every other error
-    as `{"errors": [...]}` in JSON."""
+    as `{"errors": [...]}` in JSON. `serve` (its front worker) and `web` (gunicorn's sync worker,
+    `sync_worker.py`) alike."""
     import json
 
-    out = raw(served.port, head)
+    out = raw(request.getfixturevalue(server).port, head)
     answer_head, _, body = out.partition(b"\r\n\r\n")
     assert status_of(out) == status, out[:300]
     assert b"\r\nContent-Type: application/json\r\n" in answer_head, answer_head

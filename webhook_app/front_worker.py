@@ -79,7 +79,25 @@ def count_answer(status: int) -> None:
     counter(metrics.INTAKE_RESPONSES, str(status)).inc()
 
 
-class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
+class JsonRefusals:
+    """gunicorn's answer to a request its parser refused (or an app that failed before its
+    headers), as the service answers errors elsewhere: `{"errors": [...]}` as JSON, with a fixed
+    detail per status instead of gunicorn's HTML page, whose message quotes the request (found by
+    an attacker review), and counted with the intake's answers (`count_answer`). gunicorn still
+    picks the status and logs as it does. For `serve`'s worker class and `web`'s (`sync_worker.py`)."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        page = _Collected()
+        super().handle_error(req, page, addr, exc)  # type: ignore[misc]  # gunicorn's Worker, after this in the MRO
+        status, _, title = page.value().partition(b"\r\n")[0][9:].decode("latin-1").partition(" ")
+        if not status.isdigit():  # gunicorn could not write one
+            status, title = "500", "Internal Server Error"
+        code = int(status)
+        client.sendall(front.error_answer(code, title, _DETAILS.get(code, title.lower())))
+        count_answer(code)
+
+
+class FrontWorker(JsonRefusals, Worker):  # type: ignore[misc]  # gunicorn has no type hints
     """A gunicorn worker that buffers requests on an event loop and runs the WSGI app on each."""
 
     def init_process(self) -> None:
@@ -171,24 +189,8 @@ class FrontWorker(Worker):  # type: ignore[misc]  # gunicorn has no type hints
                 self.log.exception("Error handling request")
                 return out.value(), False  # cut short: the client sees the connection end
             out.parts.clear()
-            self.handle_error(req, out, peer, exc)
-            answer = out.value()
-            if answer[9:12].isdigit():  # "HTTP/1.1 431 ..."
-                count_answer(int(answer[9:12]))
-            return answer, False
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        """gunicorn's answer to a request its parser refused (or an app that failed before its
-        headers), as the service answers errors elsewhere: `{"errors": [...]}` as JSON, with a
-        fixed detail per status instead of gunicorn's HTML page, whose message quotes the request
-        (found by an attacker review). gunicorn still picks the status and logs as it does."""
-        page = _Collected()
-        super().handle_error(req, page, addr, exc)
-        status, _, title = page.value().partition(b"\r\n")[0][9:].decode("latin-1").partition(" ")
-        if not status.isdigit():  # gunicorn could not write one
-            status, title = "500", "Internal Server Error"
-        code = int(status)
-        client.sendall(front.error_answer(code, title, _DETAILS.get(code, title.lower())))
+            self.handle_error(req, out, peer, exc)  # JsonRefusals: JSON, counted
+            return out.value(), False
 
     def _run_app(self, req: Any, resp: Any, environ: dict[str, Any]) -> None:
         self.cfg.pre_request(self, req)

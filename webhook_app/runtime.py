@@ -51,7 +51,7 @@ def restart_delay(restarts: int, *, ran_for: float) -> tuple[int, float]:
 # Limits that keep one slow or hostile client from tying up the server (see
 # docs/explanation/security.md, *Limits*).
 GUNICORN_DEFAULTS: dict[str, Any] = {
-    "worker_class": "sync",
+    "worker_class": "webhook_app.sync_worker.SyncWorker",  # gunicorn's sync worker, refusing in JSON
     "timeout": 30,
     "graceful_timeout": 30,
     "keepalive": 5,
