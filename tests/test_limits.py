@@ -273,8 +273,16 @@ def test_a_number_too_long_to_convert_is_400(server):
 
 
 def assert_gunicorn_refusal(a: Answer, *statuses: int) -> None:
+    """Refused by gunicorn's parser, before the app: the JSON error with its fixed detail
+    (`front_worker.JsonRefusals`, for `web`'s worker class too), not the app's own answer."""
+    import json
+
+    from webhook_app.front_worker import _DETAILS
+
     assert a.status in statuses, (a.status, a.body[:300])
-    assert "text/html" in a.headers.get("content-type", "")  # gunicorn's page, not the app's JSON
+    assert a.headers.get("content-type") == "application/json", a.headers
+    [error] = json.loads(a.body)["errors"]
+    assert error["status"] == str(a.status) and error["detail"] == _DETAILS[a.status], error
 
 
 def test_a_request_line_over_4094_bytes_is_414(server):
