@@ -70,20 +70,22 @@ _DETAILS = {
 
 
 def count_answer(status: int) -> None:
-    """An answer the front or gunicorn's parser gave before the app saw the request, counted with
-    the intake's answers by status (`webhook_app_intake_responses_total{code}`): the operator sees
-    on /metrics what was turned away before the app, as what the app refused."""
+    """An answer the front or gunicorn's parser gave before the app saw the request, counted by
+    status (`webhook_app_refused_before_the_app_total{code}`): the operator sees on /metrics what
+    was turned away before the app. Not with the intake's answers: anyone can send these, and a
+    flood of them would otherwise fire the intake's 5xx alert, or hide a real outage under it
+    (found by an attacker review)."""
     from webhook_app import metrics  # the app's module: loaded with it, after the metrics directory is set
     from webhook_app.web.intake import counter
 
-    counter(metrics.INTAKE_RESPONSES, str(status)).inc()
+    counter(metrics.REFUSED_BEFORE_THE_APP, str(status)).inc()
 
 
 class JsonRefusals:
     """gunicorn's answer to a request its parser refused (or an app that failed before its
     headers), as the service answers errors elsewhere: `{"errors": [...]}` as JSON, with a fixed
     detail per status instead of gunicorn's HTML page, whose message quotes the request (found by
-    an attacker review), and counted with the intake's answers (`count_answer`). gunicorn still
+    an attacker review), and counted (`count_answer`). gunicorn still
     picks the status and logs as it does. For `serve`'s worker class and `web`'s (`sync_worker.py`)."""
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:

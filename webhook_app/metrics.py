@@ -74,9 +74,15 @@ COMMIT_FAILURES = Counter(
 )
 INTAKE_RESPONSES = Counter(
     "webhook_app_intake_responses",
-    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included); under `serve`, "
-    "with the refusals its front and gunicorn's parser answer before the app, whatever the path "
-    "(400, 404, 413, 431, 503, 505...).",
+    "Intake answers by HTTP status code (the 5xx alert; 500s from a bug included).",
+    ["code"],
+)
+REFUSED_BEFORE_THE_APP = Counter(
+    "webhook_app_refused_before_the_app",
+    "Requests refused before the app saw them, by HTTP status code, whatever the path: by serve's "
+    "front (400, 404, 413, 503 past the connection or buffer limits, 505) and by gunicorn's parser "
+    "(400, 414, 431) under serve and web. Anyone can send these: they are kept out of the intake's "
+    "answers, so a flood of them neither fires nor hides the intake's 5xx alert.",
     ["code"],
 )
 JOB_ATTEMPTS = Counter(
