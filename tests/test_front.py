@@ -169,6 +169,73 @@ def test_plain_hex_chunk_sizes_and_extensions_still_pass(served):
     assert status_of(answer) == 202, answer[:300]
 
 
+def chunks_of(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size))
+
+
+def test_a_chunked_body_in_up_to_4096_chunks_passes_and_in_more_is_400(served):
+    """Found by an attacker review: 8 connections sending 1 MiB bodies in 2-byte chunks grew the
+    workers by 540 MiB (a `bytes` per chunk, about 50 times what the buffer counted) and held a
+    signed delivery for 9.5 s (every chunk parsed without giving the loop a turn). A body is read
+    into one buffer, in at most `front.MAX_CHUNKS` chunks."""
+    body = order_body("ordTinyChunks").ljust(front.MAX_CHUNKS + 1)  # JSON may end in white space
+    at_most = chunks_of(body[:2], 2) + chunks_of(body[2:], 1)  # MAX_CHUNKS chunks
+    assert status_of(raw(served.port, chunked_head(body) + at_most + b"0\r\n\r\n")) == 202
+    other = order_body("ordTinierChunks").ljust(front.MAX_CHUNKS + 1)
+    started = time.monotonic()
+    answer = raw(served.port, chunked_head(other) + chunks_of(other, 1) + b"0\r\n\r\n")  # one chunk more
+    assert status_of(answer) == 400 and b"chunks" in answer, answer[:300]
+    assert time.monotonic() - started < 2
+
+
+def test_the_piece_that_completes_a_head_past_the_buffer_is_a_clean_503():
+    """Found by an attacker review: a client whose share of the buffer is nearly full sends the
+    head's last CRLF and more in one piece. The piece is past its share (refused as it arrived),
+    yet the head was complete: the request was answered and the refusal left in the reader came
+    out later as a traceback in the log and a dropped connection. Now the head is refused with
+    503, answered cleanly."""
+
+    def respond(request, conn):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", request.keep_alive
+
+    limits = front.Limits(max_body=1000, buffer_bytes=4 * (1000 + front.HEAD_LIMIT))
+    share = limits.client_buffer_bytes
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+
+    async def run() -> bytes:
+        f = front.Front(limits=limits, respond=respond)
+        sock = socket.create_server(("127.0.0.1", 0))
+        f.listen(sock, operator=True)
+        port = sock.getsockname()[1]
+        writers = []
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            writer.write(head)
+            await _until(lambda: f.budget.buffered == len(head))
+            fill = share - len(head) - 10  # 10 bytes of room left in the client's share
+            for part in (fill // 2, fill - fill // 2):
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                writers.append(w)
+                w.write(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * (part - 26))
+            await _until(lambda: f.budget.buffered == share - 10)
+            writer.write(b"\r\n" + b"GET /healthz HTTP/1.1\r\n\r\n")  # one piece: its first 2 bytes fit
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert not any(reason.startswith("internal error") for reason in f.refusals.reasons), f.refusals.reasons
+            return answer
+        finally:
+            for w in writers:
+                w.close()
+            await _until(lambda: not f.tasks)
+            f.stop_accepting()
+            sock.close()
+
+    with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
+        answer = runner.run(run())
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1\r\n" in answer, answer[:300]
+    assert answer.count(b"HTTP/1.1 ") == 1  # the second request is not served on a refused connection
+
+
 def until_closed(port: int, data: bytes, *, timeout: float = 3.0) -> tuple[bytes, bool]:
     """Send `data`, read what comes back; and whether the server closed the connection within `timeout`."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
