@@ -203,32 +203,20 @@ def test_the_piece_that_completes_a_head_past_the_buffer_is_a_clean_503():
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
 
     async def run() -> bytes:
-        f = front.Front(limits=limits, respond=respond)
-        sock = socket.create_server(("127.0.0.1", 0))
-        f.listen(sock, operator=True)
-        port = sock.getsockname()[1]
-        writers = []
-        try:
+        async with _front_listening(limits, respond=respond) as (f, port, held):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writers.append(writer)
+            held.append((reader, writer))
             writer.write(head)
             await _until(lambda: f.budget.buffered == len(head))
             fill = share - len(head) - 10  # 10 bytes of room left in the client's share
             for part in (fill // 2, fill - fill // 2):
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                writers.append(w)
-                w.write(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * (part - 26))
+                held.append(await asyncio.open_connection("127.0.0.1", port))
+                held[-1][1].write(b"GET /healthz HTTP/1.1\r\nX: " + b"a" * (part - 26))
             await _until(lambda: f.budget.buffered == share - 10)
             writer.write(b"\r\n" + b"GET /healthz HTTP/1.1\r\n\r\n")  # one piece: its first 2 bytes fit
             answer = await asyncio.wait_for(reader.read(), 5)
             assert not any(reason.startswith("internal error") for reason in f.refusals.reasons), f.refusals.reasons
             return answer
-        finally:
-            for w in writers:
-                w.close()
-            await _until(lambda: not f.tasks)
-            f.stop_accepting()
-            sock.close()
 
     with asyncio.Runner(loop_factory=front.loop_factory()) as runner:
         answer = runner.run(run())
@@ -871,10 +859,10 @@ async def _until(check, timeout: float = 3.0) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _front_listening(limits: front.Limits, sock: socket.socket | None = None):
-    """A front on a loopback listener that answers nothing itself; yields it, its port and a
-    list for the connections a test opens, which are closed and waited out at the end."""
-    f = front.Front(limits=limits, respond=lambda request, conn: (b"", False))
+async def _front_listening(limits: front.Limits, sock: socket.socket | None = None, respond=None):
+    """A front on a loopback listener that answers with `respond` (by default nothing); yields it,
+    its port and a list for the connections a test opens, which are closed and waited out at the end."""
+    f = front.Front(limits=limits, respond=respond or (lambda request, conn: (b"", False)))
     sock = sock or socket.create_server(("127.0.0.1", 0))
     f.listen(sock, operator=True)
     held: list = []
