@@ -100,11 +100,35 @@ def test_bench_modules_import_without_the_peers_libraries():
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import bench.run, bench.report, bench.scaleout, bench.peers_smoke, bench.peer_celery, bench.peer_procrastinate\n"
+        "import bench.per_process, bench.store_cost\n"
         "from bench.common import peer_versions\n"
         "assert 'redis' not in peer_versions(), peer_versions()  # no client: no server facts, no error\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_store_cost_inserts_what_the_commit_writer_inserts_in_every_variant(tmp_path):
+    """bench/store_cost.py measures the service's own insert on its migrated schema: each variant
+    stores every delivery with its job (a variant that failed or stored nothing would measure
+    nothing), a compressed body is what is stored, and the indexes it drops exist."""
+    import sqlite3
+
+    from bench import store_cost
+
+    tmpl = store_cost.template(tmp_path)
+    bodies = [b'{"data": {"id": "x", "type": "orders"}}' * 50]
+    names = {r[0] for r in sqlite3.connect(tmpl).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert set(store_cost.SECONDARY_INDEXES) <= names
+    for name, (setup, compress) in store_cost.variants().items():
+        db = tmp_path / f"{len(name)}-{abs(hash(name))}.db"
+        db.write_bytes(tmpl.read_bytes())
+        cpu, wall = store_cost.measure(db, bodies, setup=setup, compress=compress, rows=4, per_commit=2)
+        assert cpu >= 0 and wall > 0
+        conn = sqlite3.connect(db)
+        assert conn.execute("SELECT COUNT(*) FROM jobs j JOIN deliveries d ON d.id = j.delivery_id").fetchone() == (4,)
+        stored = conn.execute("SELECT body FROM deliveries ORDER BY id LIMIT 1").fetchone()[0]
+        assert (stored == bodies[0] + b"0") == (compress is None), name
 
 
 def test_ingest_kinds_follow_the_issue_table_and_the_backends():
