@@ -6,10 +6,11 @@ Starts one receiver of the ingest benchmark (`bench/ingest.py`'s kinds: `sqlite`
 are `webhook-app web`, `serve-sqlite` is `webhook-app serve`, `baseline`, `baseline-sqlite`,
 `celery`, `procrastinate`), warms it up for 2 s, then runs wrk with the bench's distinct signed
 30 KB bodies for `--seconds` and reports, for every process of the receiver, its CPU
-(`/proc/<pid>/stat`, user + system) divided by the deliveries answered 2xx, with the whole
-machine's busy share and wrk's own CPU per request. `--workers` sets the gunicorn workers of the
-baseline and the peers (default 2 for the baselines, as in the ingest benchmark, 4 for the
-peers); webhook-app runs on its defaults.
+(`/proc/<pid>/stat`, user + system) divided by the deliveries answered 2xx; then PostgreSQL's and
+Redis' processes (those running when the measured run starts: webhook-app opens its connections
+during the warm-up), the whole machine's busy share and wrk's own CPU per request. `--workers`
+sets the gunicorn workers of the baselines and the peers (default 2 for the baselines, as in the
+ingest benchmark, 4 for the peers); webhook-app runs on its defaults.
 
 What it shows: where a receiver's CPU goes by process (web workers, the commit writer, `serve`'s
 job worker), and whether a receiver is bound by the CPU (the machine near 100% busy) or by
@@ -30,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from bench import ingest  # noqa: E402
 from bench.bodies import ensure_bodies  # noqa: E402
-from bench.cpu import children_cpu, machine_jiffies, proc_cpu_seconds  # noqa: E402
+from bench.cpu import children_cpu, machine_jiffies, postgres_pids, proc_cpu_seconds, redis_pids  # noqa: E402
 from bench.rss import descendants  # noqa: E402
 
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             out=workdir / "warmup.json",
         )  # fmt: skip
         pids = [server.proc.pid, *descendants(server.proc.pid)]
-        before = {pid: proc_cpu_seconds(pid) for pid in pids}
+        services = {"PostgreSQL (all its processes)": postgres_pids(), "Redis": redis_pids()}
+        before = {pid: proc_cpu_seconds(pid) for pid in [*pids, *(p for group in services.values() for p in group)]}
         busy0, total0 = machine_jiffies()
         wrk0 = children_cpu()
         started = time.monotonic()
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         wrk_cpu = children_cpu() - wrk0
         after = {pid: proc_cpu_seconds(pid) for pid in pids}
         names = {pid: _name(pid) for pid in pids}
+        shared = {
+            name: sum(max(0.0, proc_cpu_seconds(p) - before.get(p, 0.0)) for p in group)
+            for name, group in services.items()
+        }
     finally:
         server.stop()
     answered = sum(n for code, n in measured["statuses"].items() if code.startswith("2"))
@@ -95,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         total += used
         print(f"  {pid:>7}  {used / answered * 1e6:6.0f} us/delivery  {names[pid]}")
     print(f"  all      {total / answered * 1e6:6.0f} us/delivery")
+    for name, used in shared.items():
+        if used / answered * 1e6 >= 1:
+            print(f"  +        {used / answered * 1e6:6.0f} us/delivery  {name}, shared by every user of it")
     print(f"  wrk      {wrk_cpu / answered * 1e6:6.0f} us/request (the load generator, on the same cores)")
     return 0
 
