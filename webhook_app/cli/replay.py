@@ -32,10 +32,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
     if args.no_token:
         keys = ()
+    organization = stored_organization(args, settings)
     if args.files:
-        items = from_files(args.files, topic=args.file_topic)
+        items = from_files(args.files, topic=args.file_topic, organization=organization or "")
     else:
-        flt = replace(delivery_filter(args), organization=stored_organization(args, settings))
+        flt = replace(delivery_filter(args), organization=organization)
         store = open_checked_store(settings)
         try:
             items = from_store(store, flt, dead_only=args.dead_lettered)
