@@ -69,8 +69,8 @@ LIBRARY_VARIABLES: tuple[tuple[str, str, str], ...] = (
         "where the processes of one host keep their metric counters; set it only to choose the place (it is read"
         " by prometheus_client when first imported; a directory you name is kept, so empty it between runs). A"
         " gunicorn worker that exits is marked dead in it (`mark_process_dead`, from gunicorn's `child_exit` hook,"
-        " before a config file's own). A directory of another user's that every user may write in is refused"
-        " at start, in one line",
+        " before a config file's own). A directory of another user's, or one every user may write in, is refused"
+        " at start, in one line: whoever can write there can plant files or symlinks the processes follow",
     ),
 )
 
