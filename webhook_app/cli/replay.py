@@ -68,6 +68,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if not summary.failures else 1
 
 
+def _token_ttl(value: str) -> float:
+    from webhook_app.tokens import MAX_REPLAY_TTL
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= MAX_REPLAY_TTL:
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds from 1 to {MAX_REPLAY_TTL} (a day)")
+    return seconds
+
+
 def register(sub: Any) -> None:
     sp = sub.add_parser("replay", help="re-send recorded deliveries to a target URL, re-signed")
     sp.add_argument("--target", required=True, help="URL to POST to, e.g. https://staging/webhooks/commercelayer")
@@ -81,9 +93,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--no-token", action="store_true", help="send without replay tokens (repeats stay duplicates)")
     sp.add_argument(
         "--token-ttl",
-        type=float,
+        type=_token_ttl,
         default=None,
-        help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)",
+        help="replay token lifetime in seconds, at most a day (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)",
     )
     sp.add_argument("--rate", type=float, default=10, help="requests per second (10)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")
