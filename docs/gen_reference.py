@@ -268,7 +268,7 @@ def metrics_page() -> str:
         " as the bundled nginx configuration does; under `serve` it is on the operator address only. Counters use"
         " prometheus_client's multiprocess mode, so one scrape of `serve` adds up its gunicorn workers and its"
         " worker process; the queue, database and decision figures are read from the database at scrape time, so"
-        " any instance reports them for the whole cluster. A read of the database that took 0.1 s or more is"
+        " any instance reports them for the whole cluster. A read of the database that took 0.1 s or more (of 10,000 jobs or more) is"
         " shown again for ten times as long (at most a minute), so that a flood of scrapes cannot keep the"
         " workers scanning the database. The alert rules and the dashboard that use them:"
         " [Alerts and the dashboard](alerts.md).\n\n"

@@ -259,8 +259,10 @@ class StoreCollector(Collector):
     #: as much): anyone who can reach /metrics (any local user, on the operator address) could
     #: otherwise make every worker scan the whole decisions table back to back. A read of 0.7 s
     #: (400,000 decisions) is then at most a tenth of a worker's time, however often it is asked;
-    #: a cheap read (a small database) is never kept.
+    #: a cheap read, or any read of a small database (fewer jobs than HOLD_FROM_JOBS: a slow read
+    #: there is a busy host, not a big table), is never kept.
     HOLD_FROM_SECONDS = 0.1
+    HOLD_FROM_JOBS = 10_000
     HOLD_FACTOR = 10
     HOLD_MAX = 60.0
 
@@ -288,7 +290,8 @@ class StoreCollector(Collector):
             started, at = time.monotonic(), self.clock()
             families = list(self._read())
             took = time.monotonic() - started
-            hold = min(self.HOLD_MAX, took * self.HOLD_FACTOR) if took >= self.HOLD_FROM_SECONDS else 0.0
+            big = _jobs(families) >= self.HOLD_FROM_JOBS
+            hold = min(self.HOLD_MAX, took * self.HOLD_FACTOR) if big and took >= self.HOLD_FROM_SECONDS else 0.0
             self._kept = (time.monotonic() + hold, at, hold, families) if hold else None
             return iter(families)
 
@@ -396,6 +399,11 @@ class StoreCollector(Collector):
         kept = GaugeMetricFamily("webhook_app_stored_bodies", "Deliveries still carrying their body and headers.")
         kept.add_metric([], st.bodies_kept)
         yield kept
+
+
+def _jobs(families: list[Any]) -> float:
+    """The jobs of every state in what StoreCollector read (0 if the database did not answer)."""
+    return float(sum(s.value for f in families if f.name == "webhook_app_queue_jobs" for s in f.samples))
 
 
 class _Default(Collector):
