@@ -69,8 +69,8 @@ LIBRARY_VARIABLES: tuple[tuple[str, str, str], ...] = (
         "where the processes of one host keep their metric counters; set it only to choose the place (it is read"
         " by prometheus_client when first imported; a directory you name is kept, so empty it between runs). A"
         " gunicorn worker that exits is marked dead in it (`mark_process_dead`, from gunicorn's `child_exit` hook,"
-        " before a config file's own). A directory of another user's that every user may write in is refused"
-        " at start, in one line",
+        " before a config file's own). A directory of another user's, or one every user may write in, is refused"
+        " at start, in one line: whoever can write there can plant files or symlinks the processes follow",
     ),
 )
 
@@ -268,7 +268,9 @@ def metrics_page() -> str:
         " as the bundled nginx configuration does; under `serve` it is on the operator address only. Counters use"
         " prometheus_client's multiprocess mode, so one scrape of `serve` adds up its gunicorn workers and its"
         " worker process; the queue, database and decision figures are read from the database at scrape time, so"
-        " any instance reports them for the whole cluster. The alert rules and the dashboard that use them:"
+        " any instance reports them for the whole cluster. A read of the database that took 0.1 s or more (of 10,000 jobs or more) is"
+        " shown again for ten times as long (at most a minute), so that a flood of scrapes cannot keep the"
+        " workers scanning the database. The alert rules and the dashboard that use them:"
         " [Alerts and the dashboard](alerts.md).\n\n"
     )
     return (

@@ -16,6 +16,7 @@ from support.builders import order_body
 from support.fakecl import FakeCommerceLayer
 
 from webhook_app.commercelayer.client import CommerceLayerClient
+from webhook_app.ops.replay import Replayer, from_store
 from webhook_app.organizations import load_organizations
 from webhook_app.policy import load_policy
 from webhook_app.ratelimit import LocalRateLimiter
@@ -265,3 +266,37 @@ def test_an_organization_without_its_webhook_secrets_is_not_ready_and_the_others
         body = order_body(f"ord-{slug}")
         headers = signed_headers(body, secret=SECRETS[slug])
         assert http.post(f"/webhooks/commercelayer/{slug}", data=body, headers=headers).status_code == status
+
+
+def test_replay_from_the_store_runs_again_at_its_organizations_path_and_nowhere_else(agency, clock) -> None:
+    """`webhook-app replay --org acme`: the replay token names acme (the intake binds tokens to the
+    organization of the path), so acme's delivery runs again at acme's path; it made tokens for the
+    topic alone, which every organization's path refused with 401. Re-signed for globex and sent
+    to globex's path, the same token is still refused."""
+    key = "replay-key-0123456789abcdef"
+    http = create_app(agency.settings.with_overrides(replay_keys=(key,)), store=agency.store, clock=clock).test_client()
+    assert agency.post("acme", "oReplayed1").status_code == 202
+    items = from_store(agency.store, DeliveryFilter(organization="acme"))
+
+    class Session:  # the target's app in place of HTTP
+        def post(self, url: str, *, data: bytes, headers: dict, timeout: float, allow_redirects: bool) -> Any:
+            return http.post(url, data=data, headers=headers)
+
+        def close(self) -> None:
+            pass
+
+    def replay(slug: str) -> dict[str, int]:
+        r = Replayer(
+            target=f"/webhooks/commercelayer/{slug}",
+            secret=SECRETS[slug],
+            replay_keys=(key,),
+            rate=0,
+            session=Session(),  # type: ignore[arg-type]
+            clock=clock,
+        )
+        return dict(r.run(items, progress=None).by_status)
+
+    assert replay("acme") == {"202": 1}
+    assert replay("globex") == {"401": 1}
+    replays = [d for d in agency.store.list_deliveries(DeliveryFilter()) if d.replay_of]
+    assert [d.organization for d in replays] == ["acme"]

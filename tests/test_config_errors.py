@@ -72,13 +72,27 @@ def _of_another_user(*names: str) -> Callable[[Path], dict[str, str]]:
     return make
 
 
-def _metrics_dir_of_another_user(tmp: Path) -> dict[str, str]:
-    if os.geteuid() != 0:
-        pytest.skip("making a directory of another user needs root")
+def _metrics_dir_of_another_user(mode: int) -> Callable[[Path], dict[str, str]]:
+    """A metrics directory that another local user made (in /tmp, say, before the service started):
+    its owner can plant files there, or symlinks named like the files the processes will make,
+    which a service running as root follows (its workers died, each failing to read the target)."""
+
+    def make(tmp: Path) -> dict[str, str]:
+        if os.geteuid() != 0:
+            pytest.skip("making a directory of another user needs root")
+        d = tmp / "metrics"
+        d.mkdir()
+        d.chmod(mode)
+        os.chown(d, 65534, 65534)  # nobody
+        return {"PROMETHEUS_MULTIPROC_DIR": str(d)}
+
+    return make
+
+
+def _metrics_dir_all_may_write(tmp: Path) -> dict[str, str]:
     d = tmp / "metrics"
     d.mkdir()
     d.chmod(0o777)
-    os.chown(d, 65534, 65534)  # nobody
     return {"PROMETHEUS_MULTIPROC_DIR": str(d)}
 
 
@@ -162,7 +176,17 @@ CASES = [
     Case(
         "metrics directory of another user, writable by all",
         needle=("PROMETHEUS_MULTIPROC_DIR", "belongs to another user (uid 65534)"),
-        setup=_metrics_dir_of_another_user,
+        setup=_metrics_dir_of_another_user(0o777),
+    ),
+    Case(
+        "metrics directory of another user, writable by its owner only",
+        needle=("PROMETHEUS_MULTIPROC_DIR", "belongs to another user (uid 65534)"),
+        setup=_metrics_dir_of_another_user(0o755),
+    ),
+    Case(
+        "metrics directory of this user's that every user may write in",
+        needle=("PROMETHEUS_MULTIPROC_DIR", "every user may write in (mode 777)"),
+        setup=_metrics_dir_all_may_write,
     ),
     Case(
         "sqlite -wal of another user",

@@ -4,6 +4,7 @@ import pytest
 
 from webhook_app.tokens import (
     ADMIN,
+    MAX_REPLAY_TTL,
     REPLAY,
     TokenError,
     Tokens,
@@ -87,3 +88,16 @@ def test_replay_token_is_bound_to_its_topic():
 def test_no_keys_configured_refuses():
     with pytest.raises(TokenError, match="no admin keys"):
         Tokens(ADMIN, ()).check("anything")
+
+
+def test_a_replay_token_may_live_a_day_at_most():
+    """`replay --token-ttl` took any number (1e15: a token good for ever; -5: a traceback), and the
+    intake took whatever lifetime a token claimed. A day is the most it takes now, whatever made it."""
+    r = Tokens(REPLAY, (KEY_NEW,))
+    day = make_replay_token(r, b"body-1", topic="orders.place", ttl=MAX_REPLAY_TTL)
+    assert check_replay_token(r, day, b"body-1", topic="orders.place")
+    longer = r.make(ttl=MAX_REPLAY_TTL + 1, b=hashlib.sha256(b"body-1").hexdigest(), t="orders.place", n="abcd")
+    with pytest.raises(TokenError, match="lives longer than a day"):
+        check_replay_token(r, longer, b"body-1", topic="orders.place")
+    with pytest.raises(ValueError, match="at most"):
+        make_replay_token(r, b"body-1", topic="orders.place", ttl=1e15)

@@ -545,9 +545,10 @@ class _OperatorKeys:
     )
     replay_token_ttl: float = _setting(
         "WEBHOOK_APP_REPLAY_TOKEN_TTL",
-        _positive(float),
+        _bounded(float, lambda v: 0 < v <= 86400, "greater than zero and at most 86400"),  # tokens.MAX_REPLAY_TTL
         300.0,
-        doc="lifetime in seconds of the replay tokens `webhook-app replay` makes",
+        doc="lifetime in seconds of the replay tokens `webhook-app replay` makes (at most a day: the intake refuses"
+        " a token that claims more)",
     )
     admin_keys: tuple[str, ...] = _setting(
         "WEBHOOK_APP_ADMIN_KEYS",

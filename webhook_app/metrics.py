@@ -17,6 +17,7 @@ setting the directory); importing `webhook_app.cli` loads no prometheus_client (
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -253,6 +254,18 @@ class StoreCollector(Collector):
     """Gauges read from the database when scraped (with `enforce`, what the worker found of the
     Commerce Layer credentials: shadow mode needs none)."""
 
+    #: A read of the database that took this long or more is kept and shown again for
+    #: HOLD_FACTOR times as long (at most HOLD_MAX seconds, and never past a move of the clock by
+    #: as much): anyone who can reach /metrics (any local user, on the operator address) could
+    #: otherwise make every worker scan the whole decisions table back to back. A read of 0.7 s
+    #: (400,000 decisions) is then at most a tenth of a worker's time, however often it is asked;
+    #: a cheap read, or any read of a small database (fewer jobs than HOLD_FROM_JOBS: a slow read
+    #: there is a busy host, not a big table), is never kept.
+    HOLD_FROM_SECONDS = 0.1
+    HOLD_FROM_JOBS = 10_000
+    HOLD_FACTOR = 10
+    HOLD_MAX = 60.0
+
     def __init__(
         self,
         store: Store,
@@ -265,8 +278,24 @@ class StoreCollector(Collector):
         self.clock = clock
         self.policy = policy  # tells which action a guard both actions share refused
         self.enforce = enforce
+        self._lock = threading.Lock()  # the worker's metrics port answers each scrape in a thread
+        self._kept: tuple[float, float, float, list[Any]] | None = None  # (until, at, hold, families)
 
     def collect(self) -> Iterator[Any]:
+        """What the database says now, or what an expensive read said moments ago (HOLD_*)."""
+        with self._lock:  # concurrent scrapes wait for one read, then share it
+            kept = self._kept
+            if kept is not None and time.monotonic() < kept[0] and 0 <= self.clock() - kept[1] < kept[2]:
+                return iter(kept[3])
+            started, at = time.monotonic(), self.clock()
+            families = list(self._read())
+            took = time.monotonic() - started
+            big = _jobs(families) >= self.HOLD_FROM_JOBS
+            hold = min(self.HOLD_MAX, took * self.HOLD_FACTOR) if big and took >= self.HOLD_FROM_SECONDS else 0.0
+            self._kept = (time.monotonic() + hold, at, hold, families) if hold else None
+            return iter(families)
+
+    def _read(self) -> Iterator[Any]:
         up = GaugeMetricFamily("webhook_app_database_up", "1 if the database answered this scrape.")
         try:
             stats = self.store.queue_stats(now=self.clock())
@@ -370,6 +399,11 @@ class StoreCollector(Collector):
         kept = GaugeMetricFamily("webhook_app_stored_bodies", "Deliveries still carrying their body and headers.")
         kept.add_metric([], st.bodies_kept)
         yield kept
+
+
+def _jobs(families: list[Any]) -> float:
+    """The jobs of every state in what StoreCollector read (0 if the database did not answer)."""
+    return float(sum(s.value for f in families if f.name == "webhook_app_queue_jobs" for s in f.samples))
 
 
 class _Default(Collector):

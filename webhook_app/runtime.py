@@ -88,13 +88,20 @@ def prepare_metrics_dir() -> str:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     os.makedirs(path, exist_ok=True)
     st = os.stat(path)
-    if st.st_uid != os.geteuid() and st.st_mode & 0o002:
-        # Another user's directory that anyone may write: they could plant or change the files
-        # every scrape adds up (and their names, which prometheus_client opens).
+    # Whoever may write in the directory can plant or change the files every scrape adds up, or
+    # symlinks named like the files the processes will make (counter_PID.db), which they follow:
+    # a service running as root wrote through them, or its workers died failing to read the target.
+    if st.st_uid != os.geteuid():
         raise ConfigError(
             "PROMETHEUS_MULTIPROC_DIR",
-            f"{path} belongs to another user (uid {st.st_uid}) and every user may write in it;"
+            f"{path} belongs to another user (uid {st.st_uid}), who could plant files or symlinks in it;"
             " name a directory of this user's, or unset it (a private one is made per start)",
+        )
+    if st.st_mode & 0o002:
+        raise ConfigError(
+            "PROMETHEUS_MULTIPROC_DIR",
+            f"{path} is a directory every user may write in (mode {st.st_mode & 0o7777:o}), who could plant"
+            " files or symlinks in it; make it 0700, or unset it (a private one is made per start)",
         )
     return path
 

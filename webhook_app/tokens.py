@@ -28,6 +28,9 @@ ADMIN = "admin"
 REPLAY = "replay"
 REPLAY_HEADER = "X-Webhook-App-Replay"
 _SALTS = {ADMIN: "webhook-app.admin.v1", REPLAY: "webhook-app.replay.v1"}
+#: the longest a replay token may live (`webhook-app replay --token-ttl`, WEBHOOK_APP_REPLAY_TOKEN_TTL):
+#: the intake refuses one that claims more, whatever made it
+MAX_REPLAY_TTL = 86400
 
 
 class TokenError(Unauthorized):
@@ -99,12 +102,16 @@ def replay_scope(topic: str, organization: str = "") -> str:
 
 def make_replay_token(tokens: Tokens, body: bytes, *, topic: str, ttl: float) -> str:
     """A token allowing one replay of exactly `body` under `topic`."""
+    if ttl > MAX_REPLAY_TTL:
+        raise ValueError(f"a replay token lives at most {MAX_REPLAY_TTL} seconds")
     return tokens.make(ttl=ttl, b=body_digest(body), t=topic, n=secrets.token_hex(8))
 
 
 def check_replay_token(tokens: Tokens, token: str, body: bytes, *, topic: str) -> str:
     """The replay's nonce if `token` allows replaying `body` under `topic`; TokenError otherwise."""
     claims = tokens.check(token)
+    if not isinstance(claims.get("ttl"), int) or claims["ttl"] > MAX_REPLAY_TTL:
+        raise TokenError("replay token lives longer than a day")
     if claims.get("b") != body_digest(body):
         raise TokenError("replay token was made for another body")
     if not isinstance(claims.get("t"), str) or not hmac.compare_digest(claims["t"].encode(), topic.encode()):

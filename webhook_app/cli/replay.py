@@ -32,10 +32,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         keys = tuple(k.strip() for k in os.environ.get(args.replay_key_env, "").split(",") if k.strip())
     if args.no_token:
         keys = ()
+    organization = stored_organization(args, settings)
     if args.files:
-        items = from_files(args.files, topic=args.file_topic)
+        items = from_files(args.files, topic=args.file_topic, organization=organization or "")
     else:
-        flt = replace(delivery_filter(args), organization=stored_organization(args, settings))
+        flt = replace(delivery_filter(args), organization=organization)
         store = open_checked_store(settings)
         try:
             items = from_store(store, flt, dead_only=args.dead_lettered)
@@ -67,6 +68,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if not summary.failures else 1
 
 
+def _token_ttl(value: str) -> float:
+    from webhook_app.tokens import MAX_REPLAY_TTL
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 1 <= seconds <= MAX_REPLAY_TTL:
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds from 1 to {MAX_REPLAY_TTL} (a day)")
+    return seconds
+
+
 def register(sub: Any) -> None:
     sp = sub.add_parser("replay", help="re-send recorded deliveries to a target URL, re-signed")
     sp.add_argument("--target", required=True, help="URL to POST to, e.g. https://staging/webhooks/commercelayer")
@@ -80,9 +93,9 @@ def register(sub: Any) -> None:
     sp.add_argument("--no-token", action="store_true", help="send without replay tokens (repeats stay duplicates)")
     sp.add_argument(
         "--token-ttl",
-        type=float,
+        type=_token_ttl,
         default=None,
-        help="replay token lifetime in seconds (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)",
+        help="replay token lifetime in seconds, at most a day (default WEBHOOK_APP_REPLAY_TOKEN_TTL, 300)",
     )
     sp.add_argument("--rate", type=float, default=10, help="requests per second (10)")
     sp.add_argument("--dry-run", action="store_true", help="print what would be sent, send nothing")

@@ -25,7 +25,7 @@ from webhook_app.events import SIGNATURE_HEADER, TOPIC_HEADER, check_topic, topi
 from webhook_app.signing import sign
 from webhook_app.states import JobState
 from webhook_app.store import DeliveryFilter, Store
-from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token
+from webhook_app.tokens import REPLAY, REPLAY_HEADER, Tokens, make_replay_token, replay_scope
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Recorded:
     topic: str
     body: bytes = field(repr=False)
     order_id: str | None = None
+    # Agency mode: its organization (the replay token names it: the intake binds tokens to the
+    # organization of the path, so a token for one organization's delivery is no good at another's)
+    organization: str = ""
 
 
 def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) -> list[Recorded]:
@@ -43,16 +46,17 @@ def from_store(store: Store, flt: DeliveryFilter, *, dead_only: bool = False) ->
     if dead_only:
         flt = replace(flt, status=JobState.DEAD)
     out = [
-        Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id)
+        Recorded(f"delivery {d.id}", d.topic, d.body, d.order_id, d.organization)
         for d in store.iter_deliveries(replace(flt, with_body=True))
         if d.body_removed is None  # a pruned or forgotten body cannot be replayed
     ]
     return list(reversed(out))
 
 
-def from_files(paths: Iterable[str], *, topic: str | None = None) -> list[Recorded]:
+def from_files(paths: Iterable[str], *, topic: str | None = None, organization: str = "") -> list[Recorded]:
     """Bodies from files: a raw webhook body (topic from `--topic` or the file name) or an
-    exported record `{"topic": ..., "body": "<the raw body as a string>"}`."""
+    exported record `{"topic": ..., "body": "<the raw body as a string>"}`; `organization`: whose
+    path they go to (agency mode)."""
     out = []
     for name in paths:
         try:
@@ -72,7 +76,7 @@ def from_files(paths: Iterable[str], *, topic: str | None = None) -> list[Record
             if t is None:
                 raise UsageError(f"{name}: no topic: give --file-topic or name the file like orders.place.NAME.json")
         try:
-            out.append(Recorded(name, check_topic(t), body))
+            out.append(Recorded(name, check_topic(t), body, organization=organization))
         except InvalidPayload as exc:
             raise UsageError(f"{name}: {exc}") from None
     return out
@@ -120,7 +124,8 @@ class Replayer:
             SIGNATURE_HEADER: sign(item.body, secret=self._secret),
         }
         if self.tokens is not None:
-            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, topic=item.topic, ttl=self.token_ttl)
+            scope = replay_scope(item.topic, item.organization)
+            h[REPLAY_HEADER] = make_replay_token(self.tokens, item.body, topic=scope, ttl=self.token_ttl)
         return h
 
     def run(self, items: list[Recorded], *, progress: TextIO | None = sys.stderr) -> Summary:

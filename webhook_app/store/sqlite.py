@@ -17,10 +17,12 @@ still applies to writers outside the service (e.g. the sqlite3 shell).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -269,7 +271,7 @@ class _WriterLock:
     """The file our writers flock, one open file description per thread (and per process)."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -284,14 +286,60 @@ def _create_private(path: str) -> None:
     `-shm` files the database file's mode), in a directory created 0700 if there was none:
     they hold customer e-mails and addresses. A file (or its `-wal`, `-shm`, `-lock`) that
     another user owns is refused: its owner could read the stored bodies and queue jobs. One of
-    ours that other users (its group too) could read or write is made 0600, with a log line."""
-    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    ours that other users (its group too) could read or write is made 0600, with a log line.
+
+    Another local user must not choose what these names open either: a symlink they planted as
+    `-wal` was followed, and the target (any file of this user's, /etc/passwd under root) made
+    0600 and opened as the journal. So a directory another user owns, or one every user may write
+    in without the sticky bit, is refused; `-wal`, `-shm` and `-lock` are made here (never through
+    a symlink) before SQLite looks for them, so that none is left for another user to plant in a
+    shared directory such as /tmp; and the database file may be a symlink only of this user's."""
+    parent = Path(path).parent
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_directory(parent)
     for name in (path, f"{path}-wal", f"{path}-shm", f"{path}-lock"):
-        try:
-            st = os.stat(name)
-        except FileNotFoundError:
-            continue
+        _open_private(name, follow=name == path)
+
+
+def _refuse(what: str, why: str) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"{what} {why}; remove it, or set WEBHOOK_APP_DATABASE_URL to sqlite:///PATH in a directory only"
+        " this user can write"
+    )
+
+
+def _check_directory(parent: Path) -> None:
+    st = os.stat(parent)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise _refuse(
+            f"the directory {parent} of the SQLite database",
+            f"belongs to another user (uid {st.st_uid}), who could replace its files or plant symlinks there",
+        )
+    if st.st_mode & 0o002 and not st.st_mode & stat.S_ISVTX:
+        raise _refuse(
+            f"the directory {parent} of the SQLite database",
+            "is one every user may write in (without the sticky bit), who could replace its files",
+        )
+
+
+def _open_private(name: str, *, follow: bool) -> None:
+    """Create `name` 0600 if it is not there (never through a symlink unless `follow`, and only
+    through one of this user's then), and check its owner and mode on the open file."""
+    try:
+        link = os.lstat(name)
+    except FileNotFoundError:
+        link = None
+    if link is not None and stat.S_ISLNK(link.st_mode) and (not follow or link.st_uid != os.geteuid()):
+        raise _refuse(f"the SQLite file {name}", f"is a symbolic link (made by uid {link.st_uid})")
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(name, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink planted since the look above
+            raise _refuse(f"the SQLite file {name}", "is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
         if st.st_uid != os.geteuid():
             raise StoreUnavailable(
                 f"the SQLite file {name} belongs to another user (uid {st.st_uid}, this one is"
@@ -299,11 +347,13 @@ def _create_private(path: str) -> None:
                 " WEBHOOK_APP_DATABASE_URL to sqlite:///PATH in a directory only this user can write"
             )
         if st.st_mode & 0o077:
-            os.chmod(name, 0o600)
+            os.fchmod(fd, 0o600)
             log.warning(
                 "SQLite file was open to other local users; now it is 0600",
                 extra={"file": name, "mode_was": oct(st.st_mode & 0o777)},
             )
+    finally:
+        os.close(fd)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -117,9 +117,10 @@ def csrf_token(token: str, key: str) -> str:
 
 
 def _check_csrf(token: str) -> None:
-    sent = request.form.get(CSRF_FIELD, "")
+    # As bytes: compare_digest refuses a str that is not ASCII (TypeError: a 500), and the form is the client's
+    sent = request.form.get(CSRF_FIELD, "").encode("utf-8", "surrogateescape")
     keys = services().settings.admin_keys
-    if not any(hmac.compare_digest(sent, csrf_token(token, key)) for key in keys):
+    if not any(hmac.compare_digest(sent, csrf_token(token, key).encode()) for key in keys):
         raise CsrfRefused("the form's CSRF token is missing or wrong; reload the page and try again")
 
 
