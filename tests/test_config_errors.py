@@ -114,6 +114,24 @@ CASES = [
     Case("circuit check too often", {"WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL": "0.5"}, ("at least 1 second",)),
     Case("records before bodies", {"WEBHOOK_APP_RETAIN_RECORDS_DAYS": "1"}, ("WEBHOOK_APP_RETAIN_RECORDS_DAYS",)),
     Case("retry max below base", {"WEBHOOK_APP_RETRY_MAX_SECONDS": "1"}, ("WEBHOOK_APP_RETRY_MAX_SECONDS",)),
+    # A misspelt name was ignored and its default used in silence: with the credentials set,
+    # WEBHOOK_APP_MODEE=shadow ran in enforce mode; WEBHOOK_APP_DATABASE_URI a private SQLite file.
+    Case(
+        "misspelt mode beside the credentials",
+        {**CREDS, "CL_API_BASE": "https://x.commercelayer.io", "WEBHOOK_APP_MODEE": "shadow"},
+        ("WEBHOOK_APP_MODEE: is not a setting of webhook-app: did you mean WEBHOOK_APP_MODE?",),
+    ),
+    Case(
+        "misspelt database URL",
+        {"WEBHOOK_APP_DATABASE_URI": f"postgresql://u:{PASSWORD}@h/db"},
+        ("WEBHOOK_APP_DATABASE_URI", "did you mean WEBHOOK_APP_DATABASE_URL?"),
+    ),
+    Case(
+        "misspelt webhook secrets",
+        {"CL_WEBHOOK_SECRET": f"main:{SECRET}"},
+        ("CL_WEBHOOK_SECRET: is not a setting of webhook-app: did you mean CL_WEBHOOK_SECRETS?",),
+    ),
+    Case("unknown setting", {"WEBHOOK_APP_SECRETS": "x"}, ("WEBHOOK_APP_SECRETS: is not a setting",)),
     Case(
         "unknown source name",
         {"WEBHOOK_APP_ALLOWED_SOURCES": "commercelayer-eu,commercelayer-asia"},
