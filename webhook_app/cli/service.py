@@ -147,8 +147,10 @@ def check_can_listen(bind: str) -> None:
 
 def warn_policy(policy: Policy) -> None:
     """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
-    for warning in policy.warnings():
+    for warning in policy.warnings() + policy.never_acting():
         log.warning("policy warning: %s", warning, extra={"policy": policy.source})
+    if not policy.acts():
+        log.warning("policy warning: it can never save or reuse a payment source", extra={"policy": policy.source})
 
 
 def announce(settings: Settings, bind: str, orgs: Organizations | None = None) -> None:
