@@ -234,6 +234,14 @@ CASES = [
         needle=("cannot listen on 192.0.2.1:8000 (--bind)", "no network interface"),
     ),
     Case("unknown host to bind", args=("serve", "--bind", "no-such-host.invalid:8000"), needle=("unknown host",)),
+    # `--workers 0` ran 4 workers in silence; `-2` made `serve` print its `listening on` banner and
+    # restart a gunicorn that refused the value, forever; a port out of range was a traceback.
+    Case("zero workers argument", args=("serve", "--workers", "0"), needle=("--workers", "'0' is not a whole number")),
+    Case("negative workers", args=("serve", "--workers", "-2"), needle=("--workers", "'-2' is not a whole number")),
+    Case("web negative workers", args=("web", "--workers", "-2"), needle=("--workers", "of 1 or more")),
+    Case("metrics port out of range", args=("worker", "--metrics-port", "70000"), needle=("--metrics-port", "65535")),
+    Case("metrics port negative", args=("worker", "--metrics-port", "-1"), needle=("--metrics-port", "from 1 to")),
+    Case("metrics port zero", args=("worker", "--metrics-port", "0"), needle=("--metrics-port", "from 1 to 65535")),
 ]
 
 
@@ -319,6 +327,16 @@ def test_an_address_in_use_is_one_clear_line_for_serve_and_web(tmp_path):
         for command in ("serve", "web"):
             r = _run((command, "--bind", bind), _base_env(tmp_path))
             assert_one_clear_line(r, f"cannot listen on {bind} (--bind)", "in use")
+
+
+def test_a_metrics_port_in_use_is_one_clear_line_for_the_worker(tmp_path):
+    # Before: the worker started, then died with prometheus_client's traceback (Address already in use).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _run(("worker", "--metrics-port", str(port)), _base_env(tmp_path))
+        assert_one_clear_line(r, f"cannot listen on 0.0.0.0:{port} (--metrics-port)", "in use")
 
 
 def test_an_unreachable_commerce_layer_names_the_host_and_the_variable(tmp_path, fake_cl):
