@@ -329,6 +329,25 @@ def test_an_address_in_use_is_one_clear_line_for_serve_and_web(tmp_path):
             assert_one_clear_line(r, f"cannot listen on {bind} (--bind)", "in use")
 
 
+def test_an_operator_address_serve_cannot_take_is_one_line_before_its_banner(tmp_path):
+    # Before: `serve` printed `listening on http://...` and only then refused (exit 2): the
+    # banner said it listened where it never did.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        public = free_port()
+        for env, address in (
+            ({"WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{port}"}, f"127.0.0.1:{port}"),
+            ({"WEBHOOK_APP_OPERATOR_BIND": "192.0.2.1:8001"}, "192.0.2.1:8001"),
+        ):
+            r = _run(("serve", "--bind", f"127.0.0.1:{public}"), {**_base_env(tmp_path), **env})
+            assert_one_clear_line(r, f"cannot listen on {address} (WEBHOOK_APP_OPERATOR_BIND)")
+            assert r.stdout == "" and "listening on" not in r.stderr
+    r = _run(("serve", "--bind", "127.0.0.1:65535"), _base_env(tmp_path))
+    assert_one_clear_line(r, "cannot listen on 127.0.0.1:65536 (WEBHOOK_APP_OPERATOR_BIND)", "0 to 65535")
+
+
 def test_a_metrics_port_in_use_is_one_clear_line_for_the_worker(tmp_path):
     # Before: the worker started, then died with prometheus_client's traceback (Address already in use).
     with socket.socket() as s:

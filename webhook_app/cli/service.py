@@ -66,8 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.runtime import run_serve
 
     settings, orgs = _settings_to_start()
-    check_can_listen(args.bind or DEFAULT_BIND)
-    announce(settings, args.bind or DEFAULT_BIND, orgs)
+    bind = args.bind or DEFAULT_BIND
+    check_can_listen(bind)
+    # The operator address too, before the banner says `listening on` (runtime.open_listeners).
+    port = int(bind.rpartition(":")[2])
+    if settings.operator_bind not in ("off", "public") and (settings.operator_bind or port):
+        check_can_listen(settings.operator_bind or f"127.0.0.1:{port + 1}", "WEBHOOK_APP_OPERATOR_BIND")
+    announce(settings, bind, orgs)
     return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
 
 
@@ -129,6 +134,8 @@ def check_can_listen(bind: str, flag: str = "--bind") -> None:
         return
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
+    if not port.isdigit() or int(port) > 65535:  # the operator's default, the public port + 1
+        raise UsageError(f"cannot listen on {bind} ({flag}): not HOST:PORT with a port from 0 to 65535")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
