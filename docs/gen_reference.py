@@ -78,7 +78,13 @@ CONFIGURATION_INTRO = """# Configuration
 
 Every setting is an environment variable, read once at start; a missing or malformed value stops
 the command with one line naming the variable (exit status 2), never a traceback, and never
-echoing a secret. So do the mistakes found only by trying: a `postgresql://` URL without the
+echoing a secret. So does a name that is not a setting, rather than being ignored while its
+default applies: any other `WEBHOOK_APP_*` variable, and a `CL_*` one close to a setting's name
+(`CL_WEBHOOK_SECRET: is not a setting of webhook-app: did you mean CL_WEBHOOK_SECRETS?`); let
+through are the test suite's `WEBHOOK_APP_TEST_DATABASE_URL`, the compose file's
+`WEBHOOK_APP_IMAGE` and `WEBHOOK_APP_HTTP_PORT`, and the service links Kubernetes adds for a
+Service named `webhook-app-*` (`..._SERVICE_HOST`, `..._PORT...`). So do the mistakes found
+only by trying: a `postgresql://` URL without the
 `postgres` extra installed, a database or role that does not exist (`database "x" does not exist
 on PostgreSQL at host:5432: create it ... or fix the database name in WEBHOOK_APP_DATABASE_URL`),
 PostgreSQL refusing or an unknown host, an SQLite path that cannot be created (named, with the

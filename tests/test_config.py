@@ -141,3 +141,28 @@ def test_settings_made_in_code_are_checked_as_those_read_from_the_environment(en
         Settings().with_overrides(**changes)
     assert from_env.value.name == made.value.name == overridden.value.name == variable
     assert str(from_env.value) == str(made.value) == str(overridden.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "WEBHOOK_APP_TEST_DATABASE_URL",  # the test suite's own
+        "WEBHOOK_APP_IMAGE",  # the compose file's own (deploy/.env.example)
+        "WEBHOOK_APP_WEB_SERVICE_HOST",  # Kubernetes service links of a Service named webhook-app-web
+        "WEBHOOK_APP_WEB_PORT",
+        "WEBHOOK_APP_WEB_PORT_8000_TCP_ADDR",
+        "CL_DOMAIN",  # another Commerce Layer tool's, not near one of ours
+    ],
+)
+def test_variables_that_are_not_settings_but_not_mistakes_either_are_let_through(name):
+    assert Settings.from_env({name: "x"}).mode == "shadow"
+
+
+def test_an_unknown_setting_is_refused_naming_the_nearest_without_its_value():
+    creds = {"CL_CLIENT_ID": "id", "CL_CLIENT_SECRET": "s", "CL_API_BASE": "https://x.commercelayer.io"}
+    # Before: ignored, so these credentials made the default mode enforce.
+    with pytest.raises(ConfigError, match="^WEBHOOK_APP_MODEE: .* did you mean WEBHOOK_APP_MODE\\?$"):
+        Settings.from_env({**creds, "WEBHOOK_APP_MODEE": "shadow"})
+    with pytest.raises(ConfigError) as exc:
+        Settings.from_env({"CL_CLIENT_SECRETT": "hunter2-secret-value"})
+    assert str(exc.value) == "CL_CLIENT_SECRETT: is not a setting of webhook-app: did you mean CL_CLIENT_SECRET?"

@@ -128,6 +128,24 @@ CASES = [
     Case("circuit check too often", {"WEBHOOK_APP_CIRCUIT_CHECK_INTERVAL": "0.5"}, ("at least 1 second",)),
     Case("records before bodies", {"WEBHOOK_APP_RETAIN_RECORDS_DAYS": "1"}, ("WEBHOOK_APP_RETAIN_RECORDS_DAYS",)),
     Case("retry max below base", {"WEBHOOK_APP_RETRY_MAX_SECONDS": "1"}, ("WEBHOOK_APP_RETRY_MAX_SECONDS",)),
+    # A misspelt name was ignored and its default used in silence: with the credentials set,
+    # WEBHOOK_APP_MODEE=shadow ran in enforce mode; WEBHOOK_APP_DATABASE_URI a private SQLite file.
+    Case(
+        "misspelt mode beside the credentials",
+        {**CREDS, "CL_API_BASE": "https://x.commercelayer.io", "WEBHOOK_APP_MODEE": "shadow"},
+        ("WEBHOOK_APP_MODEE: is not a setting of webhook-app: did you mean WEBHOOK_APP_MODE?",),
+    ),
+    Case(
+        "misspelt database URL",
+        {"WEBHOOK_APP_DATABASE_URI": f"postgresql://u:{PASSWORD}@h/db"},
+        ("WEBHOOK_APP_DATABASE_URI", "did you mean WEBHOOK_APP_DATABASE_URL?"),
+    ),
+    Case(
+        "misspelt webhook secrets",
+        {"CL_WEBHOOK_SECRET": f"main:{SECRET}"},
+        ("CL_WEBHOOK_SECRET: is not a setting of webhook-app: did you mean CL_WEBHOOK_SECRETS?",),
+    ),
+    Case("unknown setting", {"WEBHOOK_APP_SECRETS": "x"}, ("WEBHOOK_APP_SECRETS: is not a setting",)),
     Case(
         "unknown source name",
         {"WEBHOOK_APP_ALLOWED_SOURCES": "commercelayer-eu,commercelayer-asia"},
@@ -240,6 +258,14 @@ CASES = [
         needle=("cannot listen on 192.0.2.1:8000 (--bind)", "no network interface"),
     ),
     Case("unknown host to bind", args=("serve", "--bind", "no-such-host.invalid:8000"), needle=("unknown host",)),
+    # `--workers 0` ran 4 workers in silence; `-2` made `serve` print its `listening on` banner and
+    # restart a gunicorn that refused the value, forever; a port out of range was a traceback.
+    Case("zero workers argument", args=("serve", "--workers", "0"), needle=("--workers", "'0' is not a whole number")),
+    Case("negative workers", args=("serve", "--workers", "-2"), needle=("--workers", "'-2' is not a whole number")),
+    Case("web negative workers", args=("web", "--workers", "-2"), needle=("--workers", "of 1 or more")),
+    Case("metrics port out of range", args=("worker", "--metrics-port", "70000"), needle=("--metrics-port", "65535")),
+    Case("metrics port negative", args=("worker", "--metrics-port", "-1"), needle=("--metrics-port", "from 1 to")),
+    Case("metrics port zero", args=("worker", "--metrics-port", "0"), needle=("--metrics-port", "from 1 to 65535")),
 ]
 
 
@@ -325,6 +351,35 @@ def test_an_address_in_use_is_one_clear_line_for_serve_and_web(tmp_path):
         for command in ("serve", "web"):
             r = _run((command, "--bind", bind), _base_env(tmp_path))
             assert_one_clear_line(r, f"cannot listen on {bind} (--bind)", "in use")
+
+
+def test_an_operator_address_serve_cannot_take_is_one_line_before_its_banner(tmp_path):
+    # Before: `serve` printed `listening on http://...` and only then refused (exit 2): the
+    # banner said it listened where it never did.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        public = free_port()
+        for env, address in (
+            ({"WEBHOOK_APP_OPERATOR_BIND": f"127.0.0.1:{port}"}, f"127.0.0.1:{port}"),
+            ({"WEBHOOK_APP_OPERATOR_BIND": "192.0.2.1:8001"}, "192.0.2.1:8001"),
+        ):
+            r = _run(("serve", "--bind", f"127.0.0.1:{public}"), {**_base_env(tmp_path), **env})
+            assert_one_clear_line(r, f"cannot listen on {address} (WEBHOOK_APP_OPERATOR_BIND)")
+            assert r.stdout == "" and "listening on" not in r.stderr
+    r = _run(("serve", "--bind", "127.0.0.1:65535"), _base_env(tmp_path))
+    assert_one_clear_line(r, "cannot listen on 127.0.0.1:65536 (WEBHOOK_APP_OPERATOR_BIND)", "0 to 65535")
+
+
+def test_a_metrics_port_in_use_is_one_clear_line_for_the_worker(tmp_path):
+    # Before: the worker started, then died with prometheus_client's traceback (Address already in use).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _run(("worker", "--metrics-port", str(port)), _base_env(tmp_path))
+        assert_one_clear_line(r, f"cannot listen on 0.0.0.0:{port} (--metrics-port)", "in use")
 
 
 def test_an_unreachable_commerce_layer_names_the_host_and_the_variable(tmp_path, fake_cl):

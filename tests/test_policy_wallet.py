@@ -241,8 +241,9 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_policy_check_warns_on_stderr_and_exits_0(tmp_path):
-    path = tmp_path / "braintree-on-place.toml"
-    path.write_text(BRAINTREE_ON_PLACE)
+    # Every wallet type on orders.place: the Braintree ones cannot be saved, the others can.
+    path = tmp_path / "save-on-place.toml"
+    path.write_text(SAVE_ALL)
     r = cli("policy", "check", str(path))
     assert r.returncode == 0 and r.stdout.startswith("policy OK")
     (line,) = r.stderr.splitlines()
@@ -252,8 +253,8 @@ def test_policy_check_warns_on_stderr_and_exits_0(tmp_path):
 
 
 def test_the_service_logs_the_warnings_at_start(tmp_path):
-    path = tmp_path / "braintree-on-place.toml"
-    path.write_text(BRAINTREE_ON_PLACE)
+    path = tmp_path / "save-on-place.toml"
+    path.write_text(SAVE_ALL)  # BRAINTREE_ON_PLACE can never act: warned about too (test_policy_reach.py)
     env = {"WEBHOOK_APP_POLICY": str(path), "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
     r = cli("worker", "--once", env=env)
     assert r.returncode == 0, r.stderr

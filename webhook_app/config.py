@@ -12,6 +12,7 @@ configuration reference (docs/gen_reference.py) lists them in that order.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -672,6 +673,39 @@ class _Retention:
     )
 
 
+#: `WEBHOOK_APP_*` variables that are not the service's settings: the test suite's PostgreSQL and
+#: the compose file's own (deploy/.env.example), read by those tools, never by the service.
+NOT_SETTINGS = frozenset(
+    {"WEBHOOK_APP_TEST_DATABASE_URL", "WEBHOOK_APP_IMAGE", "WEBHOOK_APP_IMAGE_CACHE", "WEBHOOK_APP_HTTP_PORT"}
+)
+# What Kubernetes (without `enableServiceLinks: false`) and docker's links add for a service named
+# `webhook-app-*`: WEBHOOK_APP_WEB_SERVICE_HOST, WEBHOOK_APP_WEB_PORT_8000_TCP_ADDR, ...
+_SERVICE_LINK = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$")
+
+
+def check_names(env: Mapping[str, str], known: Mapping[str, str]) -> None:
+    """Refuse a variable that looks like a setting and is none (ConfigError naming it and the nearest
+    setting): a misspelt name would otherwise be ignored and its default used in silence
+    (`WEBHOOK_APP_MODEE=shadow` beside the credentials: enforce). Every other `WEBHOOK_APP_*` name
+    is refused; of `CL_*`, a namespace other Commerce Layer tools share, only a near miss of one of
+    ours (`CL_WEBHOOK_SECRET`)."""
+    by_tail = {k.removeprefix("WEBHOOK_APP_").removeprefix("CL_"): k for k in known}  # compared without prefixes
+
+    def nearest(tail: str, cutoff: float) -> str | None:
+        near = difflib.get_close_matches(tail, list(by_tail), 1, cutoff)
+        return by_tail[near[0]] if near else None
+
+    for name in sorted(env):
+        if name in known or name in NOT_SETTINGS:
+            continue
+        if name.startswith("WEBHOOK_APP_") and not _SERVICE_LINK.search(name):
+            near = nearest(name.removeprefix("WEBHOOK_APP_"), 0.75)
+            hint = f": did you mean {near}?" if near else " (docs/reference/configuration.md lists them)"
+            raise ConfigError(name, f"is not a setting of webhook-app{hint}")
+        if name.startswith("CL_") and (near := nearest(name.removeprefix("CL_"), 0.85)) and near.startswith("CL_"):
+            raise ConfigError(name, f"is not a setting of webhook-app: did you mean {near}?")
+
+
 # `fields(Settings)` lists the fields of the last base first, so the groups stand here in
 # reverse: the configuration reference follows the order the groups are written in above.
 @dataclass(frozen=True)
@@ -738,6 +772,7 @@ class Settings(_Retention, _CircuitGuard, _OperatorKeys, _Processes, _Jobs, _Dec
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read every setting from `environ` (default: os.environ)."""
         env = os.environ if environ is None else environ
+        check_names(env, cls.variables())
         r = _Reader(env)
         defaults = cls()
         values: dict[str, Any] = {}

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from webhook_app.policy import Policy
 
 
+#: why a valid policy that saves and reuses nothing is not OK (`policy check`, `doctor`)
+NEVER_ACTS = "it can never save or reuse a payment source: every order would be skipped"
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from webhook_app.policy import load_policy
 
@@ -36,7 +40,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         return 1
     except PolicyError as exc:
         return fail(f"invalid policy: {exc}", 1)
-    for warning in policy.warnings():
+    for warning in policy.warnings() + policy.never_acting():
         print(f"warning: {warning}", file=sys.stderr)
     for note in policy.notes():
         print(f"note: {note}", file=sys.stderr)
@@ -44,8 +48,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     if args.samples is not None:
         payloads += _sample_files(args.samples)
     if not payloads and args.samples is None:
-        print(f"policy OK: {len(policy.rules)} rules")
-        return 0
+        return _verdict(policy)
     status = 0
     events = []
     for name in payloads:
@@ -59,6 +62,15 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             return 1
         _report_rules(policy, events, json_lines=args.json)
     return status
+
+
+def _verdict(policy: Policy) -> int:
+    """`policy OK` only for a policy that can save or reuse something: a valid one whose every
+    order would end `skip` is NOT OK (exit 1), the warnings above naming each rule's reason."""
+    if not policy.acts():
+        return fail(f"policy NOT OK: {NEVER_ACTS}", 1)
+    print(f"policy OK: {len(policy.rules)} rules")
+    return 0
 
 
 def _sample_files(directory: str) -> list[str]:

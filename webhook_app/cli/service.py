@@ -66,8 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from webhook_app.runtime import run_serve
 
     settings, orgs = _settings_to_start()
-    check_can_listen(args.bind or DEFAULT_BIND)
-    announce(settings, args.bind or DEFAULT_BIND, orgs)
+    bind = args.bind or DEFAULT_BIND
+    check_can_listen(bind)
+    # The operator address too, before the banner says `listening on` (runtime.open_listeners).
+    port = int(bind.rpartition(":")[2])
+    if settings.operator_bind not in ("off", "public") and (settings.operator_bind or port):
+        check_can_listen(settings.operator_bind or f"127.0.0.1:{port + 1}", "WEBHOOK_APP_OPERATOR_BIND")
+    announce(settings, bind, orgs)
     return run_serve(bind=args.bind, workers=args.workers, operator_bind=settings.operator_bind)
 
 
@@ -93,6 +98,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     warn_policy(load_policy(settings.policy_path))
     load_organizations(settings)  # a mistake in WEBHOOK_APP_ORGANIZATIONS stops it here, in one line
     prepare_store(settings)
+    if args.metrics_port is not None:  # where serve_worker_metrics listens: in use was a traceback
+        check_can_listen(f"0.0.0.0:{args.metrics_port}", "--metrics-port")
     return run_worker(settings, once=args.once, metrics_port=args.metrics_port)
 
 
@@ -119,19 +126,22 @@ def bind_arg(*, unix: bool) -> Callable[[str], str]:
     return check
 
 
-def check_can_listen(bind: str) -> None:
+def check_can_listen(bind: str, flag: str = "--bind") -> None:
     """Bind the address once and let it go, so that an address in use, not of this machine or
-    not allowed is one line now (UsageError), not a child's traceback or five retries later."""
+    not allowed is one line now (UsageError naming `flag`), not a child's traceback or five
+    retries later."""
     if bind.startswith(("unix:", "fd://")):
         return
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
+    if not port.isdigit() or int(port) > 65535:  # the operator's default, the public port + 1
+        raise UsageError(f"cannot listen on {bind} ({flag}): not HOST:PORT with a port from 0 to 65535")
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(
             host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as exc:
-        raise UsageError(f"cannot listen on {bind} (--bind): unknown host {host!r} ({exc.strerror})") from None
+        raise UsageError(f"cannot listen on {bind} ({flag}): unknown host {host!r} ({exc.strerror})") from None
     with socket.socket(family, kind, proto) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn and the front do
         try:
@@ -142,13 +152,15 @@ def check_can_listen(bind: str) -> None:
                 errno.EADDRNOTAVAIL: "no network interface of this machine has that address: use 127.0.0.1 or 0.0.0.0",
                 errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port above 1023",
             }.get(exc.errno or 0, exc.strerror or str(exc))
-            raise UsageError(f"cannot listen on {bind} (--bind): {why}") from None
+            raise UsageError(f"cannot listen on {bind} ({flag}): {why}") from None
 
 
 def warn_policy(policy: Policy) -> None:
     """Log what in the policy cannot work (a save on a topic where the gateway refuses it)."""
-    for warning in policy.warnings():
+    for warning in policy.warnings() + policy.never_acting():
         log.warning("policy warning: %s", warning, extra={"policy": policy.source})
+    if not policy.acts():
+        log.warning("policy warning: it can never save or reuse a payment source", extra={"policy": policy.source})
 
 
 def announce(settings: Settings, bind: str, orgs: Organizations | None = None) -> None:
@@ -184,6 +196,20 @@ def announce_agency(settings: Settings, bind: str, orgs: Organizations) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """argparse type for a whole number from `low` to `high` (`--workers 0` was 4 workers in
+    silence, `-2` a gunicorn that `serve` restarted forever under its `listening on` banner)."""
+
+    def check(value: str) -> int:
+        n = int(value) if value.strip().lstrip("-").isdigit() else None
+        if n is None or n < low or (high is not None and n > high):
+            within = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number {within}")
+        return n
+
+    return check
+
+
 def register(sub: Any) -> None:
     def bind_args(sp: argparse.ArgumentParser, *, unix: bool = False) -> None:
         sp.add_argument(
@@ -194,7 +220,10 @@ def register(sub: Any) -> None:
             help=f"address to listen on ({DEFAULT_BIND})",
         )
         sp.add_argument(
-            "--workers", type=int, default=None, help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 4)"
+            "--workers",
+            type=whole_number(1),
+            default=None,
+            help="gunicorn worker processes (default WEBHOOK_APP_WEB_WORKERS, 4)",
         )
 
     sp = sub.add_parser("serve", help="run the web server and the worker together")
@@ -215,7 +244,7 @@ def register(sub: Any) -> None:
     sp.add_argument("--once", action="store_true", help="process the jobs that are due, then exit")
     sp.add_argument(
         "--metrics-port",
-        type=int,
+        type=whole_number(1, 65535),
         default=None,
         metavar="PORT",
         help="serve this worker's Prometheus metrics on PORT (when no web instance shares its host)",

@@ -83,7 +83,16 @@ class Doctor:
             policy = None
             try:
                 policy = self.load_policy(settings)
-                yield Check("policy", True, f"{settings.policy_path}: {len(policy.rules)} rules, valid")
+                if policy.acts():
+                    yield Check("policy", True, f"{settings.policy_path}: {len(policy.rules)} rules, valid")
+                else:
+                    never = "; ".join(policy.never_acting()) or "no rule saves or reuses"
+                    yield Check(
+                        "policy",
+                        False,
+                        f"{settings.policy_path}: valid, but it can never save or reuse a payment source ({never})",
+                        "give it a rule that can act: `webhook-app policy check FILE` names why each cannot",
+                    )
             except WebhookAppError as exc:
                 yield Check("policy", False, str(exc), "run `webhook-app policy check FILE` and correct it")
             yield from self._commerce_layer(settings, policy)

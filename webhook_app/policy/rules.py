@@ -22,7 +22,7 @@ import re2
 
 from webhook_app.errors import PolicyError, PolicyModelError
 from webhook_app.events import Event, Resource
-from webhook_app.policy import model, operands, readiness, wallet
+from webhook_app.policy import model, operands, reach, readiness, wallet
 from webhook_app.policy.decision import ACTIONS, SAVE, SKIP, STRATEGIES, USE_WALLET, WALLET_SOURCE_TYPES, Decision
 from webhook_app.policy.guards import apply_guards
 from webhook_app.policy.paths import dig
@@ -227,6 +227,8 @@ class Rule:
     fields: tuple[str, ...] = ()
     # Those compared with a value whose type the resource model cannot check (`order.metadata.vip`).
     unchecked: tuple[str, ...] = ()
+    # Why the guards refuse every order its `when` matches (reach.py), or None.
+    refused: str | None = None
 
     def matches(self, event: Event) -> bool:
         if self.topics is not None and event.topic not in self.topics:
@@ -295,6 +297,14 @@ class Policy:
                         "on other payment sources it is missing"
                     )
         return out
+
+    def never_acting(self) -> list[str]:
+        """The rules that save or reuse and can act on no order, and why (reach.py)."""
+        return reach.never_acting(self)
+
+    def acts(self) -> bool:
+        """Whether some order can be saved or reused (the default, or a rule that can act)."""
+        return reach.acts(self)
 
     def notes(self) -> list[str]:
         """Fields compared with a value whose type is not checked, the model giving none."""
@@ -502,6 +512,7 @@ def _parse_rule(r: Any, n: int, roots: set[str], problems: list[_Problem], occur
         source_types=_source_types(when),
         fields=tuple(node["field"] for _, node in conditions),
         unchecked=unchecked,
+        refused=reach.always_refused(when),
     )
 
 
