@@ -221,6 +221,7 @@ class _OrderViews(_Views):
                 attributes,
                 now=sandbox.now_ms(),
                 gateway_refusal=sandbox.config.wallet_save_refusal,
+                expired_card=sandbox.config.expired_card_refusal,
             )
         except ApiError as exc:
             pointer = exc.errors[0]["source"].get("pointer", "")
@@ -228,6 +229,8 @@ class _OrderViews(_Views):
                 stats.count("wallet.save_refused")
             elif pointer.endswith("/_customer_payment_source_id"):
                 stats.count("wallet.use_refused")
+            if exc.errors[0].get("meta", {}).get("error") == "card_expired":
+                stats.count("wallet.expired_card_refused")
             raise
         stats.count("wallet.entries_created", len(outcome.created))
         if outcome.refused_without_entry:

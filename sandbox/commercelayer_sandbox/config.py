@@ -88,6 +88,10 @@ class SandboxConfig:
     #: How a save the gateway cannot honour is answered (undocumented): `error` (422
     #: VALIDATION_ERROR with the reason) or `no_entry` (200, no new wallet entry).
     wallet_save_refusal: str = "error"
+    #: Where a saved card that has expired fails when it is reused (FACTS: it fails; where is not
+    #: documented): `place` (422 on `_place`/`_authorize` of the order it was given to), `use`
+    #: (422 on `_customer_payment_source_id`) or `none` (never: kinder than Commerce Layer).
+    expired_card_refusal: str = "place"
     token_ttl: float = 7200.0
     auth_limits: tuple[Window, ...] = (Window(30, 60.0),)
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
@@ -119,6 +123,8 @@ class SandboxConfig:
         new = replace(self, **top)
         if new.wallet_save_refusal not in ("error", "no_entry"):
             raise SandboxError(f"{path}.wallet_save_refusal", "must be error or no_entry")
+        if new.expired_card_refusal not in ("place", "use", "none"):
+            raise SandboxError(f"{path}.expired_card_refusal", "must be place, use or none")
         if new.mode not in ("test", "live"):
             raise SandboxError(f"{path}.mode", "must be test or live")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", new.organization_slug):
@@ -140,6 +146,7 @@ _SIMPLE_KEYS = {
     "domain",
     "mode",
     "wallet_save_refusal",
+    "expired_card_refusal",
     "token_ttl",
     "page_size_default",
     "page_size_max",
