@@ -2,7 +2,7 @@
 
 Each delivery is a compact JSON body signed with `base64(HMAC-SHA256(shared_secret, body))` in
 `X-CommerceLayer-Signature`, with `X-CommerceLayer-Topic` and `Content-Type: application/json`.
-A 2xx within the timeout is a success; any other status, a timeout or a connection error is a
+A 2xx within the timeout (the whole answer, from the start of the call) is a success; any other status, a timeout or a connection error is a
 failure. A failed delivery is retried up to `max_retries` times after `SenderConfig.backoff`
 delays (the same bytes each time). Each webhook counts consecutive failures: a success resets
 the count; reaching `circuit_threshold` opens the circuit and nothing more is sent for that
@@ -204,6 +204,12 @@ class Sender:
             message = f"timeout: no answer within {timeout:g} s"
         except requests.RequestException as exc:
             message = f"connection error: {type(exc).__name__}"
+        # requests' timeouts bound the connection and each read, not the whole answer: one
+        # trickled in (or a connection accepted late, then answered) may take far longer. The
+        # endpoint has `timeout` seconds to answer, from the start of the call.
+        if code is not None and time.monotonic() - started > timeout:
+            message = f"timeout: no answer within {timeout:g} s ({code} came after {time.monotonic() - started:.3g} s)"
+            code = None
         if code is not None and self._faults.lose_answer(d.webhook_id):
             lost = True
             message = f"timeout: no answer within {timeout:g} s (sandbox fault: {code} was lost)"
