@@ -97,6 +97,9 @@ class SandboxConfig:
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
     endpoint_limits: tuple[Window, ...] = (Window(25, 10.0),)
     retry_after: float | None = None
+    #: Whether a refused (429) request counts in the windows too (undocumented; counting it is
+    #: the harder choice: a client that keeps calling while refused stays refused).
+    rate_limit_count_refused: bool = False
     page_size_default: int = 10
     page_size_max: int = 25
     check_responses: bool = False
@@ -151,6 +154,7 @@ _SIMPLE_KEYS = {
     "page_size_default",
     "page_size_max",
     "check_responses",
+    "rate_limit_count_refused",
     "request_log_size",
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(SandboxConfig))
