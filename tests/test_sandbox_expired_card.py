@@ -29,8 +29,12 @@ SCENARIO = {
     "clients": [{"client_id": "c", "client_secret": "s"}],
     "customers": [CUSTOMER],
     "orders": [
-        {"id": f"OrdPend00{n}", "customer": CUSTOMER["email"], "status": "pending",
-         "payment_source": {"type": "stripe_payments"}}
+        {
+            "id": f"OrdPend00{n}",
+            "customer": CUSTOMER["email"],
+            "status": "pending",
+            "payment_source": {"type": "stripe_payments"},
+        }
         for n in range(3)
     ],
     "customer_payment_sources": [entry("WalExpired", 1, 2024, "1881"), entry("WalValidAa", 12, 2040, "4242")],

@@ -2,11 +2,12 @@
 
 Each delivery is a compact JSON body signed with `base64(HMAC-SHA256(shared_secret, body))` in
 `X-CommerceLayer-Signature`, with `X-CommerceLayer-Topic` and `Content-Type: application/json`.
-A 2xx within the timeout (the whole answer, from the start of the call) is a success; any other status, a timeout or a connection error is a
-failure. A failed delivery is retried up to `max_retries` times after `SenderConfig.backoff`
-delays (the same bytes each time). Each webhook counts consecutive failures: a success resets
-the count; reaching `circuit_threshold` opens the circuit and nothing more is sent for that
-webhook, pending retries included, until the circuit is reset (`_reset_circuit`).
+A 2xx within the timeout (the whole answer, from the start of the call) is a success; any other
+status, a timeout or a connection error is a failure. A failed delivery is retried up to
+`max_retries` times after `SenderConfig.backoff` delays (the same bytes each time). Each webhook
+counts consecutive failures: a success resets the count; reaching `circuit_threshold` opens the
+circuit and nothing more is sent for that webhook, pending retries included, until the circuit
+is reset (`_reset_circuit`).
 
 Every attempt is kept as an `EventCallback`. Deliveries run on a pool of worker threads fed by a
 time-ordered queue; `drain()` waits until the queue is empty and nothing is in flight.
