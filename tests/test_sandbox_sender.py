@@ -311,3 +311,18 @@ def test_the_timeout_bounds_the_whole_answer_not_each_read():
     (callback,) = callbacks
     assert callback["succeeded"] is False
     assert callback["response_code"] is None and "timeout" in callback["response_message"]
+
+
+def test_deliveries_come_from_the_configured_source_address(receiver):
+    """Commerce Layer calls from published addresses (FACTS.md, "Other facts"): the sandbox's
+    sender can play one on loopback, so a receiver's allowlist is tested against it."""
+    with running(webhook_scenario(receiver.url), sender={"source_address": "127.0.0.2"}) as server:
+        api = Api(server)
+        trigger(api, "OrdStripeA")
+        drain(api)
+        assert api.control("PUT", "/config", {"sender": {"source_address": "example"}}).status_code == 400
+        assert api.control("PUT", "/config", {"sender": {"source_address": ""}}).status_code == 200
+        trigger(api, "OrdStripeA")
+        drain(api)
+        api.close()
+    assert [c.remote_addr for c in receiver.calls] == ["127.0.0.2", "127.0.0.1"]

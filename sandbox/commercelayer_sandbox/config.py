@@ -9,6 +9,7 @@ documented, and stated assumptions where it is not (see the module attributes be
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -67,6 +68,10 @@ class SenderConfig:
     backoff_max: float = 3600.0
     circuit_threshold: int = 30
     concurrency: int = 4
+    #: The local address deliveries come from ("" lets the system choose). Commerce Layer calls
+    #: from three published addresses per region (core/callbacks-security); on loopback e.g.
+    #: 127.0.0.2 plays one, so a receiver's source allowlist can be tested against the sandbox.
+    source_address: str = ""
 
     def backoff(self, retry: int) -> float:
         """Delay before retry number `retry` (1-based)."""
@@ -176,7 +181,15 @@ def _update_plain(current: Any, changes: Any, path: str) -> Any:
     for key, value in changes.items():
         if key not in names:
             raise SandboxError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})")
+        if key == "source_address" and value == "":
+            out[key] = ""  # back to the system's choice
+            continue
         out[key] = _convert(getattr(current, key), value, f"{path}.{key}")
+    if out.get("source_address"):
+        try:
+            ipaddress.ip_address(out["source_address"])
+        except ValueError:
+            raise SandboxError(f"{path}.source_address", "must be an IP address") from None
     if "max_retries" in out and out["max_retries"] < 0:
         raise SandboxError(f"{path}.max_retries", "must not be negative")
     return replace(current, **out)

@@ -25,8 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from commercelayer_sandbox.config import SenderConfig
 from commercelayer_sandbox.faults import Faults
@@ -41,6 +43,18 @@ USER_AGENT = "webhook-app-sandbox (Commerce Layer webhook double)"
 def sign(body: bytes, *, secret: str) -> str:
     """The `X-CommerceLayer-Signature` value Commerce Layer computes for `body`."""
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode("ascii")
+
+
+class _FromAddress(HTTPAdapter):
+    """Connections from one local address (`SenderConfig.source_address`)."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self._address, 0)
+        super().init_poolmanager(*args, **kwargs)
 
 
 @dataclass
@@ -197,6 +211,9 @@ class Sender:
         try:
             with requests.Session() as session:
                 session.trust_env = False
+                if cfg.source_address:
+                    session.mount("http://", _FromAddress(cfg.source_address))
+                    session.mount("https://", _FromAddress(cfg.source_address))
                 with session.post(
                     url, data=d.body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
