@@ -1,4 +1,4 @@
-"""The client after a 429, against the sandbox over real HTTP.
+"""The client after a 429, and a refused secret, against the sandbox over real HTTP.
 
 Commerce Layer counts its limits per IP (FACTS.md, "Calling the API" and "Other facts"): another
 process behind the same egress address can spend the budget that this client's own windows never
@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 from support.sandbox import CLIENT_ID, CLIENT_SECRET, Api, running
 
 from webhook_app.commercelayer.client import CommerceLayerClient
 from webhook_app.config import RateLimit
-from webhook_app.errors import RetryableCommerceLayerError
+from webhook_app.errors import CredentialsRefused, RetryableCommerceLayerError
 from webhook_app.ratelimit import LocalRateLimiter
 
 
@@ -46,3 +47,29 @@ def test_a_429_holds_every_call_of_the_budget(retry_after):
         finally:
             client.close()
             neighbour.close()
+
+
+@pytest.mark.parametrize("shape", ["jsonapi", "oauth"])
+def test_a_refused_secret_names_the_settings_whatever_the_token_endpoint_answers(shape):
+    """How Commerce Layer's token endpoint refuses is not documented: the sandbox answers either
+    way (`auth_error_shape`), and the client says the same thing for both."""
+    with running(auth_error_shape=shape) as server:
+        raw = requests.post(
+            server.auth_url,
+            json={"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": "wrong"},
+            timeout=5,
+        )
+        assert raw.status_code == 401
+        assert ("errors" in raw.json()) == (shape == "jsonapi")
+        assert (raw.json().get("error") == "invalid_client") == (shape == "oauth")
+        client = CommerceLayerClient(
+            api_base=server.api_url, auth_url=server.auth_url, client_id=CLIENT_ID, client_secret="wrong"
+        )
+        try:
+            with pytest.raises(CredentialsRefused) as refused:
+                client.get_order("OrdStripeA")
+        finally:
+            client.close()
+    text = str(refused.value)
+    assert "HTTP 401 from the token endpoint" in text and "unknown client or wrong secret" in text
+    assert "CL_CLIENT_SECRET" in text and "wrong" not in text.replace("wrong secret", "")

@@ -147,6 +147,17 @@ class _OrderViews(_Views):
     """OAuth tokens, orders (with the wallet and status triggers), customers, wallets."""
 
     def token(self) -> Response:
+        """`POST /oauth/token`; a refusal in the configured `auth_error_shape` (undocumented)."""
+        try:
+            return self._token()
+        except ApiError as exc:
+            if self.sandbox.config.auth_error_shape != "oauth":
+                raise
+            err = exc.errors[0]
+            answer = {"error": str(err["code"]).lower(), "error_description": err["detail"]}
+            return Response(json.dumps(answer), exc.status, content_type="application/json")
+
+    def _token(self) -> Response:
         sandbox = self.sandbox
         if request.mimetype in ("application/json", API_JSON):
             body = self._json_body()

@@ -98,6 +98,9 @@ class SandboxConfig:
     #: (422 on `_customer_payment_source_id`) or `none` (never: kinder than Commerce Layer).
     expired_card_refusal: str = "place"
     token_ttl: float = 7200.0
+    #: How the token endpoint refuses (undocumented): `jsonapi` (`{"errors": [...]}`, as the API
+    #: does) or `oauth` (RFC 6749 5.2: `{"error": "invalid_client", "error_description"}`).
+    auth_error_shape: str = "jsonapi"
     auth_limits: tuple[Window, ...] = (Window(30, 60.0),)
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
     endpoint_limits: tuple[Window, ...] = (Window(25, 10.0),)
@@ -129,12 +132,9 @@ class SandboxConfig:
             else:
                 raise SandboxError(where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})")
         new = replace(self, **top)
-        if new.wallet_save_refusal not in ("error", "no_entry"):
-            raise SandboxError(f"{path}.wallet_save_refusal", "must be error or no_entry")
-        if new.expired_card_refusal not in ("place", "use", "none"):
-            raise SandboxError(f"{path}.expired_card_refusal", "must be place, use or none")
-        if new.mode not in ("test", "live"):
-            raise SandboxError(f"{path}.mode", "must be test or live")
+        for key, allowed in _CHOICES.items():
+            if getattr(new, key) not in allowed:
+                raise SandboxError(f"{path}.{key}", f"must be {' or '.join(allowed)}")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", new.organization_slug):
             raise SandboxError(f"{path}.organization_slug", "must be lowercase letters, digits, -")
         if new.page_size_default > new.page_size_max:
@@ -148,6 +148,13 @@ class SandboxConfig:
         return out
 
 
+#: The settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "wallet_save_refusal": ("error", "no_entry"),
+    "expired_card_refusal": ("place", "use", "none"),
+    "auth_error_shape": ("jsonapi", "oauth"),
+    "mode": ("test", "live"),
+}
 _SIMPLE_KEYS = {
     "organization_id",
     "organization_slug",
@@ -156,6 +163,7 @@ _SIMPLE_KEYS = {
     "wallet_save_refusal",
     "expired_card_refusal",
     "token_ttl",
+    "auth_error_shape",
     "page_size_default",
     "page_size_max",
     "check_responses",
