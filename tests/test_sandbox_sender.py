@@ -326,3 +326,24 @@ def test_deliveries_come_from_the_configured_source_address(receiver):
         drain(api)
         api.close()
     assert [c.remote_addr for c in receiver.calls] == ["127.0.0.2", "127.0.0.1"]
+
+
+def test_deliveries_can_arrive_out_of_order(receiver):
+    """Ordering is not documented (FACTS.md: do not rely on it): `reorder_seconds` delays each
+    first delivery at random (seeded), so a receiver can be tested against events out of order."""
+    orders = ["OrdStripeA", "OrdGuestSt", "OrdPaypalA", "OrdStripeA", "OrdGuestSt", "OrdPaypalA"]
+    topics = ["orders.place", "orders.approve"]
+    sent = [(t, o) for t in topics for o in orders[:3]]
+    for reorder, in_order in ((0.0, True), (0.5, False)):
+        receiver.calls.clear()
+        scenario = webhook_scenario(receiver.url, topic="orders.place")
+        scenario["webhooks"].append({**scenario["webhooks"][0], "id": "HookTestBb", "topic": "orders.approve"})
+        with running(scenario, sender={"reorder_seconds": reorder, "concurrency": 1}) as server:
+            api = Api(server)
+            for topic in topics:
+                trigger(api, orders[:3], topic=topic)
+            drain(api)
+            api.close()
+        got = [(c.headers["X-Commercelayer-Topic"], json.loads(c.body)["data"]["id"]) for c in receiver.calls]
+        assert sorted(got) == sorted(sent)
+        assert (got == sent) is in_order

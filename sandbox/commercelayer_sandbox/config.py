@@ -72,6 +72,10 @@ class SenderConfig:
     #: from three published addresses per region (core/callbacks-security); on loopback e.g.
     #: 127.0.0.2 plays one, so a receiver's source allowlist can be tested against the sandbox.
     source_address: str = ""
+    #: Ordering is not documented (FACTS: "do not rely on it"): each first delivery waits a
+    #: random 0..reorder_seconds (seeded, the same every run), so events can arrive out of order.
+    #: 0 (default) sends in the order the events happened.
+    reorder_seconds: float = 0.0
 
     def backoff(self, retry: int) -> float:
         """Delay before retry number `retry` (1-based)."""

@@ -21,6 +21,7 @@ import heapq
 import hmac
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -98,6 +99,7 @@ class Sender:
         self._retire = 0
         self._stopping = False
         self._started = False
+        self._rng = random.Random(0)  # noqa: S311 - reorder_seconds: the same order every run
 
     # -- lifecycle --
 
@@ -147,7 +149,10 @@ class Sender:
     # -- queue --
 
     def enqueue(self, delivery: Delivery, *, delay: float = 0.0) -> None:
+        reorder = self._config().reorder_seconds
         with self._cond:
+            if reorder and delivery.attempt == 1:
+                delay += self._rng.uniform(0.0, reorder)
             heapq.heappush(self._heap, _Job(time.monotonic() + delay, next(self._seq), delivery))
             self._cond.notify_all()
 
