@@ -358,6 +358,7 @@ def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
 def test_a_429_hold_is_kept_by_every_worker_of_a_backend(store_factory):
     """After Commerce Layer's 429, no slot starts before the hold: every worker's (PostgreSQL)."""
     from webhook_app.config import RateLimit
+    from webhook_app.ratelimit import WINDOW_GUARD_SECONDS
 
     now = [1000.0]
     a, b = store_factory(), store_factory()
@@ -370,6 +371,8 @@ def test_a_429_hold_is_kept_by_every_worker_of_a_backend(store_factory):
     assert lb.reserve() == (1030.0 if shared else 1000.0)
     now[0] = 1031.0
     assert la.reserve() == 1031.0
+    la.hold(1e12)  # a Retry-After of years: held for the longest window at most
+    assert la.reserve() == 1031.0 + 60 + WINDOW_GUARD_SECONDS
 
 
 def test_replays_are_new_deliveries_linked_to_the_original(store):

@@ -29,7 +29,9 @@ class RateLimiter(Protocol):
     def hold(self, until: float) -> None:
         """Commerce Layer refused a call (429): no slot starts before `until` (epoch seconds).
         Another user of the same egress address spent the budget, which no window here saw.
-        Without limits (`CL_RATE_LIMITS` empty) there is nothing to hold."""
+        Without limits (`CL_RATE_LIMITS` empty) there is nothing to hold; a hold reaches at most
+        the longest window ahead, so a call never waits longer than the windows alone could make
+        it (a job's lease is renewed before its call, not during the wait)."""
         ...
 
 
@@ -78,7 +80,7 @@ class LocalRateLimiter:
 
     def hold(self, until: float) -> None:
         with self._lock:
-            self._held_until = max(self._held_until, until)
+            self._held_until = max(self._held_until, min(until, self.clock() + self._horizon))
 
     def reserve(self) -> float:
         if not self.limits:
