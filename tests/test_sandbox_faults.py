@@ -107,6 +107,22 @@ def test_endpoint_limit_429_then_window_recovers(api):
     assert stats["by_route"]["orders.get"]["429"] == 2
 
 
+@pytest.mark.parametrize("count_refused", [False, True])
+def test_refused_requests_count_only_when_so_configured(api, count_refused):
+    """Whether Commerce Layer counts a refused request is undocumented: configurable, and counted
+    a client that keeps calling while refused stays refused."""
+    api.control(
+        "PUT",
+        "/config",
+        {"endpoint_limits": ["3/1"], "api_limits": ["100/60"], "rate_limit_count_refused": count_refused},
+    )
+    assert [api.get("/orders/OrdStripeA").status_code for _ in range(3)] == [200] * 3
+    time.sleep(0.6)
+    assert [api.get("/orders/OrdStripeA").status_code for _ in range(3)] == [429] * 3
+    time.sleep(0.55)  # the three admitted slid out; the three refused did not
+    assert api.get("/orders/OrdStripeA").status_code == (429 if count_refused else 200)
+
+
 def test_overall_and_auth_limits_and_retry_after(api):
     api.control(
         "PUT",

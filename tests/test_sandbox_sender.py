@@ -261,3 +261,89 @@ def test_per_webhook_timeout_override_through_faults(hooked, receiver):
     drain(hooked)
     last = hooked.control("GET", "/event_callbacks").json()["event_callbacks"][-1]
     assert last["response_code"] == 204  # back to the 2 s test timeout
+
+
+class _Trickler:
+    """A raw HTTP endpoint that answers 204, one byte every `pace` seconds: each read is quick,
+    the whole answer slow."""
+
+    ANSWER = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+    def __init__(self, pace: float) -> None:
+        import socket
+
+        self.pace = pace
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                for i in range(len(self.ANSWER)):
+                    conn.sendall(self.ANSWER[i : i + 1])
+                    time.sleep(self.pace)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_the_timeout_bounds_the_whole_answer_not_each_read():
+    """FACTS: "the endpoint has 5 seconds to answer with a 2xx". requests' read timeout bounds each
+    read of the socket, so an answer trickled in over 3 s counted as a success within 0.5 s."""
+    trickler = _Trickler(pace=0.05)  # 66 bytes: about 3.3 s, no read waits more than 0.05 s
+    try:
+        scenario = webhook_scenario(trickler.url, timeout=0.5)
+        with running(scenario, sender={"max_retries": 0}) as server:
+            api = Api(server)
+            trigger(api, "OrdStripeA")
+            drain(api)
+            callbacks = api.control("GET", "/event_callbacks").json()["event_callbacks"]
+            api.close()
+    finally:
+        trickler.close()
+    (callback,) = callbacks
+    assert callback["succeeded"] is False
+    assert callback["response_code"] is None and "timeout" in callback["response_message"]
+
+
+def test_deliveries_come_from_the_configured_source_address(receiver):
+    """Commerce Layer calls from published addresses (FACTS.md, "Other facts"): the sandbox's
+    sender can play one on loopback, so a receiver's allowlist is tested against it."""
+    with running(webhook_scenario(receiver.url), sender={"source_address": "127.0.0.2"}) as server:
+        api = Api(server)
+        trigger(api, "OrdStripeA")
+        drain(api)
+        assert api.control("PUT", "/config", {"sender": {"source_address": "example"}}).status_code == 400
+        assert api.control("PUT", "/config", {"sender": {"source_address": ""}}).status_code == 200
+        trigger(api, "OrdStripeA")
+        drain(api)
+        api.close()
+    assert [c.remote_addr for c in receiver.calls] == ["127.0.0.2", "127.0.0.1"]
+
+
+def test_deliveries_can_arrive_out_of_order(receiver):
+    """Ordering is not documented (FACTS.md: do not rely on it): `reorder_seconds` delays each
+    first delivery at random (seeded), so a receiver can be tested against events out of order."""
+    orders = ["OrdStripeA", "OrdGuestSt", "OrdPaypalA", "OrdStripeA", "OrdGuestSt", "OrdPaypalA"]
+    topics = ["orders.place", "orders.approve"]
+    sent = [(t, o) for t in topics for o in orders[:3]]
+    for reorder, in_order in ((0.0, True), (0.5, False)):
+        receiver.calls.clear()
+        scenario = webhook_scenario(receiver.url, topic="orders.place")
+        scenario["webhooks"].append({**scenario["webhooks"][0], "id": "HookTestBb", "topic": "orders.approve"})
+        with running(scenario, sender={"reorder_seconds": reorder, "concurrency": 1}) as server:
+            api = Api(server)
+            for topic in topics:
+                trigger(api, orders[:3], topic=topic)
+            drain(api)
+            api.close()
+        got = [(c.headers["X-Commercelayer-Topic"], json.loads(c.body)["data"]["id"]) for c in receiver.calls]
+        assert sorted(got) == sorted(sent)
+        assert (got == sent) is in_order

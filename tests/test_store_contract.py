@@ -355,6 +355,26 @@ def test_rate_limiter_is_shared_by_every_worker_of_a_backend(store_factory):
         assert slots == [1000.0] * 8  # SQLite: each process keeps its own windows
 
 
+def test_a_429_hold_is_kept_by_every_worker_of_a_backend(store_factory):
+    """After Commerce Layer's 429, no slot starts before the hold: every worker's (PostgreSQL)."""
+    from webhook_app.config import RateLimit
+    from webhook_app.ratelimit import WINDOW_GUARD_SECONDS
+
+    now = [1000.0]
+    a, b = store_factory(), store_factory()
+    limits = [RateLimit(100, 60)]
+    la, lb = a.rate_limiter(limits, clock=lambda: now[0]), b.rate_limiter(limits, clock=lambda: now[0])
+    la.hold(1030.0)
+    la.hold(1020.0)  # an earlier hold does not shorten it
+    assert la.reserve() == 1030.0
+    shared = type(a).__name__ == "PostgresStore"
+    assert lb.reserve() == (1030.0 if shared else 1000.0)
+    now[0] = 1031.0
+    assert la.reserve() == 1031.0
+    la.hold(1e12)  # a Retry-After of years: held for the longest window at most
+    assert la.reserve() == 1031.0 + 60 + WINDOW_GUARD_SECONDS
+
+
 def test_replays_are_new_deliveries_linked_to_the_original(store):
     d = delivery("o1")
     original = store.record_delivery(d, now=T0)

@@ -26,6 +26,14 @@ class RateLimiter(Protocol):
         behind one egress address) share it."""
         ...
 
+    def hold(self, until: float) -> None:
+        """Commerce Layer refused a call (429): no slot starts before `until` (epoch seconds).
+        Another user of the same egress address spent the budget, which no window here saw.
+        Without limits (`CL_RATE_LIMITS` empty) there is nothing to hold; a hold reaches at most
+        the longest window ahead, so a call never waits longer than the windows alone could make
+        it (a job's lease is renewed before its call, not during the wait)."""
+        ...
+
 
 #: Each window is kept this much longer than Commerce Layer's. A slot is when a call may *start*,
 #: but Commerce Layer counts a call when it *arrives*; with windows of exactly the same length, a
@@ -68,12 +76,17 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._history: deque[float] = deque()
         self._horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
+        self._held_until = 0.0
+
+    def hold(self, until: float) -> None:
+        with self._lock:
+            self._held_until = max(self._held_until, min(until, self.clock() + self._horizon))
 
     def reserve(self) -> float:
         if not self.limits:
-            return 0.0  # no limit: any time is fine
+            return 0.0  # no limit (nor hold): any time is fine
         with self._lock:
-            now = self.clock()
+            now = max(self.clock(), self._held_until)
             while self._history and self._history[0] <= now - self._horizon:
                 self._history.popleft()
             slot = earliest_slot(now, self._history, self.limits)

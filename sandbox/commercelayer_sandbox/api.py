@@ -147,6 +147,17 @@ class _OrderViews(_Views):
     """OAuth tokens, orders (with the wallet and status triggers), customers, wallets."""
 
     def token(self) -> Response:
+        """`POST /oauth/token`; a refusal in the configured `auth_error_shape` (undocumented)."""
+        try:
+            return self._token()
+        except ApiError as exc:
+            if self.sandbox.config.auth_error_shape != "oauth":
+                raise
+            err = exc.errors[0]
+            answer = {"error": str(err["code"]).lower(), "error_description": err["detail"]}
+            return Response(json.dumps(answer), exc.status, content_type="application/json")
+
+    def _token(self) -> Response:
         sandbox = self.sandbox
         if request.mimetype in ("application/json", API_JSON):
             body = self._json_body()
@@ -221,6 +232,7 @@ class _OrderViews(_Views):
                 attributes,
                 now=sandbox.now_ms(),
                 gateway_refusal=sandbox.config.wallet_save_refusal,
+                expired_card=sandbox.config.expired_card_refusal,
             )
         except ApiError as exc:
             pointer = exc.errors[0]["source"].get("pointer", "")
@@ -228,6 +240,8 @@ class _OrderViews(_Views):
                 stats.count("wallet.save_refused")
             elif pointer.endswith("/_customer_payment_source_id"):
                 stats.count("wallet.use_refused")
+            if exc.errors[0].get("meta", {}).get("error") == "card_expired":
+                stats.count("wallet.expired_card_refused")
             raise
         stats.count("wallet.entries_created", len(outcome.created))
         if outcome.refused_without_entry:

@@ -9,6 +9,7 @@ documented, and stated assumptions where it is not (see the module attributes be
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -67,6 +68,14 @@ class SenderConfig:
     backoff_max: float = 3600.0
     circuit_threshold: int = 30
     concurrency: int = 4
+    #: The local address deliveries come from ("" lets the system choose). Commerce Layer calls
+    #: from three published addresses per region (core/callbacks-security); on loopback e.g.
+    #: 127.0.0.2 plays one, so a receiver's source allowlist can be tested against the sandbox.
+    source_address: str = ""
+    #: Ordering is not documented (FACTS: "do not rely on it"): each first delivery waits a
+    #: random 0..reorder_seconds (seeded, the same every run), so events can arrive out of order.
+    #: 0 (default) sends in the order the events happened.
+    reorder_seconds: float = 0.0
 
     def backoff(self, retry: int) -> float:
         """Delay before retry number `retry` (1-based)."""
@@ -88,11 +97,21 @@ class SandboxConfig:
     #: How a save the gateway cannot honour is answered (undocumented): `error` (422
     #: VALIDATION_ERROR with the reason) or `no_entry` (200, no new wallet entry).
     wallet_save_refusal: str = "error"
+    #: Where a saved card that has expired fails when it is reused (FACTS: it fails; where is not
+    #: documented): `place` (422 on `_place`/`_authorize` of the order it was given to), `use`
+    #: (422 on `_customer_payment_source_id`) or `none` (never: kinder than Commerce Layer).
+    expired_card_refusal: str = "place"
     token_ttl: float = 7200.0
+    #: How the token endpoint refuses (undocumented): `jsonapi` (`{"errors": [...]}`, as the API
+    #: does) or `oauth` (RFC 6749 5.2: `{"error": "invalid_client", "error_description"}`).
+    auth_error_shape: str = "jsonapi"
     auth_limits: tuple[Window, ...] = (Window(30, 60.0),)
     api_limits: tuple[Window, ...] = (Window(100, 60.0),)
     endpoint_limits: tuple[Window, ...] = (Window(25, 10.0),)
     retry_after: float | None = None
+    #: Whether a refused (429) request counts in the windows too (undocumented; counting it is
+    #: the harder choice: a client that keeps calling while refused stays refused).
+    rate_limit_count_refused: bool = False
     page_size_default: int = 10
     page_size_max: int = 25
     check_responses: bool = False
@@ -117,10 +136,9 @@ class SandboxConfig:
             else:
                 raise SandboxError(where, f"unknown setting (known: {', '.join(sorted(KNOWN_KEYS))})")
         new = replace(self, **top)
-        if new.wallet_save_refusal not in ("error", "no_entry"):
-            raise SandboxError(f"{path}.wallet_save_refusal", "must be error or no_entry")
-        if new.mode not in ("test", "live"):
-            raise SandboxError(f"{path}.mode", "must be test or live")
+        for key, allowed in _CHOICES.items():
+            if getattr(new, key) not in allowed:
+                raise SandboxError(f"{path}.{key}", f"must be {' or '.join(allowed)}")
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", new.organization_slug):
             raise SandboxError(f"{path}.organization_slug", "must be lowercase letters, digits, -")
         if new.page_size_default > new.page_size_max:
@@ -134,16 +152,26 @@ class SandboxConfig:
         return out
 
 
+#: The settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "wallet_save_refusal": ("error", "no_entry"),
+    "expired_card_refusal": ("place", "use", "none"),
+    "auth_error_shape": ("jsonapi", "oauth"),
+    "mode": ("test", "live"),
+}
 _SIMPLE_KEYS = {
     "organization_id",
     "organization_slug",
     "domain",
     "mode",
     "wallet_save_refusal",
+    "expired_card_refusal",
     "token_ttl",
+    "auth_error_shape",
     "page_size_default",
     "page_size_max",
     "check_responses",
+    "rate_limit_count_refused",
     "request_log_size",
 }
 KNOWN_KEYS = frozenset(f.name for f in fields(SandboxConfig))
@@ -165,7 +193,15 @@ def _update_plain(current: Any, changes: Any, path: str) -> Any:
     for key, value in changes.items():
         if key not in names:
             raise SandboxError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})")
+        if key == "source_address" and value == "":
+            out[key] = ""  # back to the system's choice
+            continue
         out[key] = _convert(getattr(current, key), value, f"{path}.{key}")
+    if out.get("source_address"):
+        try:
+            ipaddress.ip_address(out["source_address"])
+        except ValueError:
+            raise SandboxError(f"{path}.source_address", "must be an IP address") from None
     if "max_retries" in out and out["max_retries"] < 0:
         raise SandboxError(f"{path}.max_retries", "must not be negative")
     return replace(current, **out)

@@ -36,6 +36,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from commercelayer_sandbox.errors import ApiError, validation_error
@@ -208,6 +209,7 @@ class _Patch:
     now: int
     gateway_refusal: str
     outcome: PatchOutcome
+    expired_card: str = "place"
     new_customers: list[Customer] = field(default_factory=list)
     customer_changes: dict[str, Customer] = field(default_factory=dict)
 
@@ -258,6 +260,8 @@ def _use_wallet(p: _Patch) -> None:
         p.outcome.used_entry = _use_wallet_entry(
             p.state, p.draft, p.attributes["_customer_payment_source_id"], p.now, p.outcome
         )
+        if p.expired_card == "use":
+            _refuse_expired_card(p, "_customer_payment_source_id")
 
 
 def _save_wallet(p: _Patch) -> None:
@@ -275,6 +279,8 @@ def _status_triggers(p: _Patch) -> None:
     for trigger, topics in STATUS_TRIGGERS.items():
         if not p.attributes.get(trigger):
             continue
+        if p.expired_card == "place" and trigger in _CHARGING_TRIGGERS:
+            _refuse_expired_card(p, trigger)
         for topic in topics:
             if not _ALLOWED[topic](draft):
                 raise validation_error(
@@ -285,6 +291,33 @@ def _status_triggers(p: _Patch) -> None:
                 )
             apply_transition(draft, topic, p.now)
             p.outcome.topics.append(topic)
+
+
+#: The triggers that ask the gateway to charge the order's payment source.
+_CHARGING_TRIGGERS = ("_place", "_authorize", "_approve_and_capture")
+
+
+def card_expired(source: PaymentSource, now_ms: int) -> bool:
+    """A card is good until the end of its expiry month (UTC)."""
+    if not source.card_last4:
+        return False
+    today = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    return (source.card_exp_year, source.card_exp_month) < (today.year, today.month)
+
+
+def _refuse_expired_card(p: _Patch, attribute: str) -> None:
+    """FACTS: "a saved card that has expired fails when it is reused". The order's payment source,
+    when made from a wallet entry whose card has expired, is refused with a 422 on `attribute`."""
+    sid = p.draft.payment_source_id
+    source = next((s for s in p.outcome.new_sources if s.id == sid), None) or p.state.payment_sources.get(sid or "")
+    if source is None or source.wallet_entry_id is None or not card_expired(source, p.now):
+        return
+    raise validation_error(
+        f"the saved card ({source.card_brand or 'card'} ending in {source.card_last4}) expired "
+        f"{source.card_exp_month:02d}/{source.card_exp_year}",
+        pointer=f"/data/attributes/{attribute}",
+        error="card_expired",
+    )
 
 
 def _archive(p: _Patch) -> None:
@@ -329,11 +362,12 @@ def apply_patch(
     *,
     now: int,
     gateway_refusal: str = "error",
+    expired_card: str = "place",
 ) -> PatchOutcome:
     """Apply a checked `orderUpdate` body's attributes to an order; ApiError (422) if refused."""
     with state.lock:
         original = state.order(order_id)
-        patch = _Patch(state, attributes, now, gateway_refusal, PatchOutcome(copy.deepcopy(original)))
+        patch = _Patch(state, attributes, now, gateway_refusal, PatchOutcome(copy.deepcopy(original)), expired_card)
         for step in _PATCH_STEPS:
             step(patch)
         _commit(patch, order_id, original)

@@ -125,7 +125,7 @@ class Pipeline:
         else:
             windows = [(("api", addr), w) for w in cfg.api_limits]
             windows += [(("endpoint", g.sandbox_route, addr), w) for w in cfg.endpoint_limits]
-        verdict = sandbox.limiter.hit(windows)
+        verdict = sandbox.limiter.hit(windows, count_refused=cfg.rate_limit_count_refused)
         g.sandbox_ratelimit = verdict
         if verdict is not None and not verdict.allowed:
             kind = verdict.key[0]

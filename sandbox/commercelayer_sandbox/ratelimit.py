@@ -50,8 +50,9 @@ class SlidingWindowLimiter:
         with self._lock:
             self._hits.clear()
 
-    def hit(self, windows: Sequence[tuple[tuple[str, ...], Window]]) -> Verdict | None:
-        """Admit (and count) one request, or refuse it; None when no window applies."""
+    def hit(self, windows: Sequence[tuple[tuple[str, ...], Window]], *, count_refused: bool = False) -> Verdict | None:
+        """Admit (and count) one request, or refuse it; None when no window applies. A refused
+        request counts in every window too with `count_refused` (Commerce Layer does not say)."""
         if not windows:
             return None
         now = self._clock()
@@ -65,7 +66,11 @@ class SlidingWindowLimiter:
             full = [(key, w, log) for key, w, log in logs if len(log) >= w.count]
             if full:
                 key, w, log = max(full, key=lambda item: item[2][0] + item[1].seconds)
-                return Verdict(False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key)
+                verdict = Verdict(False, w.count, w.seconds, 0, max(0.0, log[0] + w.seconds - now), key)
+                if count_refused:
+                    for _, _, other in logs:
+                        other.append(now)
+                return verdict
             for _, _, log in logs:
                 log.append(now)
             key, w, log = min(logs, key=lambda item: item[1].count - len(item[2]))

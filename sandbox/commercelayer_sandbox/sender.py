@@ -2,11 +2,12 @@
 
 Each delivery is a compact JSON body signed with `base64(HMAC-SHA256(shared_secret, body))` in
 `X-CommerceLayer-Signature`, with `X-CommerceLayer-Topic` and `Content-Type: application/json`.
-A 2xx within the timeout is a success; any other status, a timeout or a connection error is a
-failure. A failed delivery is retried up to `max_retries` times after `SenderConfig.backoff`
-delays (the same bytes each time). Each webhook counts consecutive failures: a success resets
-the count; reaching `circuit_threshold` opens the circuit and nothing more is sent for that
-webhook, pending retries included, until the circuit is reset (`_reset_circuit`).
+A 2xx within the timeout (the whole answer, from the start of the call) is a success; any other
+status, a timeout or a connection error is a failure. A failed delivery is retried up to
+`max_retries` times after `SenderConfig.backoff` delays (the same bytes each time). Each webhook
+counts consecutive failures: a success resets the count; reaching `circuit_threshold` opens the
+circuit and nothing more is sent for that webhook, pending retries included, until the circuit
+is reset (`_reset_circuit`).
 
 Every attempt is kept as an `EventCallback`. Deliveries run on a pool of worker threads fed by a
 time-ordered queue; `drain()` waits until the queue is empty and nothing is in flight.
@@ -20,12 +21,15 @@ import heapq
 import hmac
 import itertools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from commercelayer_sandbox.config import SenderConfig
 from commercelayer_sandbox.faults import Faults
@@ -40,6 +44,18 @@ USER_AGENT = "webhook-app-sandbox (Commerce Layer webhook double)"
 def sign(body: bytes, *, secret: str) -> str:
     """The `X-CommerceLayer-Signature` value Commerce Layer computes for `body`."""
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode("ascii")
+
+
+class _FromAddress(HTTPAdapter):
+    """Connections from one local address (`SenderConfig.source_address`)."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self._address, 0)
+        super().init_poolmanager(*args, **kwargs)
 
 
 @dataclass
@@ -83,6 +99,7 @@ class Sender:
         self._retire = 0
         self._stopping = False
         self._started = False
+        self._rng = random.Random(0)  # noqa: S311 - reorder_seconds: the same order every run
 
     # -- lifecycle --
 
@@ -132,7 +149,10 @@ class Sender:
     # -- queue --
 
     def enqueue(self, delivery: Delivery, *, delay: float = 0.0) -> None:
+        reorder = self._config().reorder_seconds
         with self._cond:
+            if reorder and delivery.attempt == 1:
+                delay += self._rng.uniform(0.0, reorder)
             heapq.heappush(self._heap, _Job(time.monotonic() + delay, next(self._seq), delivery))
             self._cond.notify_all()
 
@@ -196,6 +216,9 @@ class Sender:
         try:
             with requests.Session() as session:
                 session.trust_env = False
+                if cfg.source_address:
+                    session.mount("http://", _FromAddress(cfg.source_address))
+                    session.mount("https://", _FromAddress(cfg.source_address))
                 with session.post(
                     url, data=d.body, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
@@ -204,6 +227,12 @@ class Sender:
             message = f"timeout: no answer within {timeout:g} s"
         except requests.RequestException as exc:
             message = f"connection error: {type(exc).__name__}"
+        # requests' timeouts bound the connection and each read, not the whole answer: one
+        # trickled in (or a connection accepted late, then answered) may take far longer. The
+        # endpoint has `timeout` seconds to answer, from the start of the call.
+        if code is not None and time.monotonic() - started > timeout:
+            message = f"timeout: no answer within {timeout:g} s ({code} came after {time.monotonic() - started:.3g} s)"
+            code = None
         if code is not None and self._faults.lose_answer(d.webhook_id):
             lost = True
             message = f"timeout: no answer within {timeout:g} s (sandbox fault: {code} was lost)"

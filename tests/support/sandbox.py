@@ -114,6 +114,7 @@ class Call:
     headers: dict[str, str]
     body: bytes
     at: float
+    remote_addr: str = ""
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Receiver:
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:
         req = Request(environ)
-        call = Call(dict(req.headers), req.get_data(), time.monotonic())
+        call = Call(dict(req.headers), req.get_data(), time.monotonic(), req.remote_addr or "")
         with self._changed:
             self.calls.append(call)
             self._changed.notify_all()

@@ -24,7 +24,7 @@ import requests
 
 from webhook_app import tracing
 from webhook_app.commercelayer.api import CallRecord
-from webhook_app.commercelayer.failures import error_from, refused_api, unanswered
+from webhook_app.commercelayer.failures import error_from, hold_for, refused_api, unanswered
 from webhook_app.commercelayer.failures import parse_retry_after as parse_retry_after  # re-exported
 from webhook_app.commercelayer.oauth import TokenCache, TokenSource
 from webhook_app.config import Settings
@@ -272,6 +272,9 @@ class CommerceLayerClient:
                     ) from exc
                 finally:
                     self._record(method, route, status, time.monotonic() - started, waited, cl_trace_id)
+            if resp.status_code == 429:
+                # Refused over the limit: every call of this budget waits, not only this job.
+                hold_for(self.limiter, resp, clock=self.clock)
             if resp.status_code == 401 and not refreshed:
                 self.auth.invalidate(token)
                 refreshed = True

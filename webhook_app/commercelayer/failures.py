@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import requests
@@ -20,6 +21,7 @@ from webhook_app.errors import (
     PermanentCommerceLayerError,
     RetryableCommerceLayerError,
 )
+from webhook_app.ratelimit import RateLimiter
 
 _UNREACHABLE = (
     ("Connection refused", "connection refused"),
@@ -84,6 +86,30 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def rate_limited_for(resp: requests.Response, *, now: float) -> float | None:
+    """How long a 429 says to stop calling: its `Retry-After` if it has one (undocumented by
+    Commerce Layer), else the refusing window's `x-ratelimit-interval` (documented: a sliding
+    window has room again at the latest one interval later); None if it says neither."""
+    wait = parse_retry_after(resp.headers.get("Retry-After"), now=now)
+    if wait is not None:
+        return wait
+    try:
+        interval = float(resp.headers.get("x-ratelimit-interval", ""))
+    except ValueError:
+        return None
+    return interval if 0 < interval <= 3600 else None
+
+
+def hold_for(limiter: RateLimiter, resp: requests.Response, *, clock: Callable[[], float]) -> float | None:
+    """After a 429: no call through `limiter` starts for as long as the answer says; the seconds
+    held, or None if it says nothing."""
+    now = clock()
+    wait = rate_limited_for(resp, now=now)
+    if wait:
+        limiter.hold(now + wait)
+    return wait
 
 
 def refused_token(resp: requests.Response) -> CredentialsRefused:

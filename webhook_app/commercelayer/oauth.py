@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import requests
 
-from webhook_app.commercelayer.failures import error_from, refused_token, unreachable
+from webhook_app.commercelayer.failures import error_from, hold_for, refused_token, unreachable
 from webhook_app.errors import RetryableCommerceLayerError
 from webhook_app.ratelimit import RateLimiter, wait_for_slot
 
@@ -129,6 +129,8 @@ class TokenSource:
             raise RetryableCommerceLayerError(f"token request failed: {type(exc).__name__}") from exc
         finally:
             self.record("POST", "token", status, time.monotonic() - started, waited)
+        if resp.status_code == 429:
+            hold_for(self.limiter, resp, clock=self.clock)
         if 400 <= resp.status_code < 500 and resp.status_code != 429:
             raise refused_token(resp)
         if resp.status_code != 200:

@@ -301,15 +301,31 @@ class PostgresRateLimiter:
         self.clock = clock
         self.horizon = max((lim.seconds for lim in self.limits), default=0.0) + WINDOW_GUARD_SECONDS
 
+    #: One budget for the whole integration, every organization and worker process
+    #: (docs/howto/agency.md, *How the shared budget works*); a 429's hold is one row under HOLD.
+    BUCKET = "commercelayer"
+    HOLD = "commercelayer:hold"
+
+    def hold(self, until: float) -> None:
+        if not self.limits:
+            return
+        until = min(until, self.clock() + self.horizon)  # no longer than the windows alone could
+        with self.transaction() as c:
+            c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(self.BUCKET.encode()),))
+            c.run("DELETE FROM rate_limit_slots WHERE key = ? AND at < ?", (self.HOLD, until))
+            if c.one("SELECT 1 AS x FROM rate_limit_slots WHERE key = ?", (self.HOLD,)) is None:
+                c.run("INSERT INTO rate_limit_slots (key, at) VALUES (?, ?)", (self.HOLD, until))
+
     def reserve(self) -> float:
         if not self.limits:
             return 0.0
-        # One budget for the whole integration, every organization and worker process
-        # (docs/howto/agency.md, *How the shared budget works*).
-        bucket = "commercelayer"
+        bucket = self.BUCKET
         with self.transaction() as c:
             c.run("SELECT pg_advisory_xact_lock(?)", (zlib.crc32(bucket.encode()),))
             now = self.clock()
+            held = c.one("SELECT max(at) AS at FROM rate_limit_slots WHERE key = ?", (self.HOLD,))
+            if held is not None and held["at"] is not None:
+                now = max(now, float(held["at"]))
             c.run("DELETE FROM rate_limit_slots WHERE key = ? AND at <= ?", (bucket, now - self.horizon))
             history = [
                 float(r["at"]) for r in c.all("SELECT at FROM rate_limit_slots WHERE key = ? ORDER BY at", (bucket,))
