@@ -498,7 +498,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
     from webhook_app.ops.anonymization import Anonymizer
     from webhook_app.policy import load_policy
     from webhook_app.store import open_store
-    from webhook_app.worker import Worker, noting_trace_ids, sleep_keeping_the_lease
+    from webhook_app.worker import Worker, noting_trace_ids
 
     tracing.configure()
     store = open_store(settings.database_url, timeout=settings.db_timeout)
@@ -507,10 +507,7 @@ def run_worker(settings: Settings, *, once: bool = False, metrics_port: int | No
         # PostgreSQL keeps the rate limit for all workers together; SQLite's is per process.
         # Each call's metrics, and its Commerce Layer trace id on the attempt in progress.
         client = CommerceLayerClient.from_settings(
-            settings,
-            limiter=store.rate_limiter(settings.cl_rate_limits),
-            on_call=noting_trace_ids(metrics.record_call),
-            sleep=sleep_keeping_the_lease,
+            settings, limiter=store.rate_limiter(settings.cl_rate_limits), on_call=noting_trace_ids(metrics.record_call)
         )
     policy = load_policy(settings.policy_path)
     tenants = _agency_tenants(settings, store)
@@ -566,7 +563,7 @@ def _agency_tenants(settings: Settings, store: Any) -> dict[str, Any] | None:
     from webhook_app.organizations import load_organizations
     from webhook_app.policy import load_policy
     from webhook_app.ratelimit import LocalRateLimiter
-    from webhook_app.worker import Tenant, noting_trace_ids, sleep_keeping_the_lease
+    from webhook_app.worker import Tenant, noting_trace_ids
 
     orgs = load_organizations(settings)
     if not orgs.agency:
@@ -583,7 +580,6 @@ def _agency_tenants(settings: Settings, store: Any) -> dict[str, Any] | None:
                 limiter=limiter,
                 auth_limiter=auth_limiter,
                 on_call=noting_trace_ids(metrics.organization_call_recorder(org.slug)),
-                sleep=sleep_keeping_the_lease,
             )
         tenants[org.slug] = Tenant(view, load_policy(org.policy_path), org_client)
     return tenants

@@ -6,16 +6,7 @@ the payment source to the wallet), `reuse.py` (make a wallet entry the order's p
 `claims.py` (the card claim around a save).
 """
 
-from webhook_app.worker.attempt import (
-    BUSY_RETRY_SECONDS,
-    Attempt,
-    LeaseLost,
-    Outcome,
-    Tenant,
-    note_call,
-    noting_trace_ids,
-    sleep_keeping_the_lease,
-)
+from webhook_app.worker.attempt import BUSY_RETRY_SECONDS, Attempt, Outcome, Tenant, note_call, noting_trace_ids
 from webhook_app.worker.loop import HEARTBEAT, HEARTBEAT_SECONDS, PRUNE_BATCHES_PER_TICK, Worker, new_worker_id
 from webhook_app.worker.process import BudgetExceeded, Handled, TopicHandler, time_budget
 from webhook_app.worker.save import SAVED_WITHOUT_ENTRY, saved_entry_id
@@ -29,7 +20,6 @@ __all__ = [
     "Attempt",
     "BudgetExceeded",
     "Handled",
-    "LeaseLost",
     "Outcome",
     "Tenant",
     "TopicHandler",
@@ -38,6 +28,5 @@ __all__ = [
     "note_call",
     "noting_trace_ids",
     "saved_entry_id",
-    "sleep_keeping_the_lease",
     "time_budget",
 ]

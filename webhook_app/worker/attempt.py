@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -55,22 +54,6 @@ def noting_trace_ids(record: Callable[[CallRecord], None]) -> Callable[[CallReco
     return on_call
 
 
-class LeaseLost(Exception):
-    """Another worker took the job over (this one stalled, or waited for a rate-limit slot, past
-    its lease): this attempt stops before it calls Commerce Layer again."""
-
-
-def sleep_keeping_the_lease(seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
-    """The worker's clients' `sleep` (their only sleeps are the waits for a rate-limit slot, up
-    to a window): after it, the attempt in progress extends its leases before the call that
-    waited is sent, or raises LeaseLost if another worker holds them now. Without it a wait
-    longer than the lease sent the PATCH after the job had been handed to another worker."""
-    sleep(seconds)
-    attempt = _in_progress.get()
-    if attempt is not None:
-        attempt.heartbeat()
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What processing one job ended with (returned for tests and logs)."""
@@ -108,7 +91,6 @@ class Attempt:
     rng: random.Random
     observer: Callable[[str, dict[str, Any]], None] | None = None
     claimed_at: float = float("-inf")  # when the job was claimed (its leases' start)
-    renewed_at: float | None = None  # when its leases were last extended (None: not since the claim)
     cl_trace_ids: list[str] = field(default_factory=list)  # Commerce Layer's, one per answer
 
     @property
@@ -137,16 +119,12 @@ class Attempt:
         return Event.from_document(event.topic, doc)
 
     def heartbeat(self) -> None:
-        """Extend the leases before a call to Commerce Layer, unless they were taken or extended a
-        moment ago (the common case: no read before the write), which saves a commit on the way
-        to the PATCH. LeaseLost if another worker holds the job now: nothing more is sent."""
+        """Extend the leases before a call to Commerce Layer, unless they were taken a moment ago
+        (the common case: no read before the write), which saves a commit on the way to the PATCH."""
         lease = self.settings.lease_seconds
-        now = self.clock()
-        if now - (self.claimed_at if self.renewed_at is None else self.renewed_at) < lease / 4:
+        if self.clock() - self.claimed_at < lease / 4:
             return
-        if not self.store.heartbeat(self.job.id, worker=self.worker, lease_seconds=lease, now=now):
-            raise LeaseLost(f"job {self.job.id} was taken over by another worker")
-        self.renewed_at = now
+        self.store.heartbeat(self.job.id, worker=self.worker, lease_seconds=lease, now=self.clock())
 
     def holder(self) -> ClaimHolder:
         """This attempt as the holder of its order's claims, from now for a lease."""

@@ -31,10 +31,9 @@ from webhook_app.commercelayer.credentials import CredentialsGate, status_name
 from webhook_app.config import Settings
 from webhook_app.errors import StoreError, StoreUnavailable, storable_text
 from webhook_app.policy import Policy
-from webhook_app.states import JobResult
 from webhook_app.store import Job, Store, retention
 from webhook_app.worker import process
-from webhook_app.worker.attempt import Attempt, LeaseLost, Outcome, Tenant, note_call
+from webhook_app.worker.attempt import Attempt, Outcome, Tenant, note_call
 from webhook_app.worker.process import TopicHandler
 
 log = logging.getLogger("webhook_app.worker")
@@ -228,13 +227,6 @@ class Worker:
             return process.run(attempt, self.handlers.get(job.topic))
         except StoreUnavailable:
             raise
-        except LeaseLost as exc:  # another worker has the job (and its claims) now: leave them be
-            log.warning(
-                "job lease was lost; stopped before calling Commerce Layer again",
-                extra={"job_id": job.id, "order_id": job.order_id, "error": str(exc)},
-            )
-            attempt.observe("decision", outcome=JobResult.LOST)
-            return Outcome(JobResult.LOST, None, error=str(exc))
         except Exception as exc:
             log.error("job failed unexpectedly", exc_info=exc, extra={"job_id": job.id, "order_id": job.order_id})
             return attempt.unexpected(f"unexpected error: {_describe(exc)}")
