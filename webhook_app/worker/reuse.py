@@ -37,7 +37,8 @@ def use_wallet_entry(attempt: Attempt, event: Event, decision: Decision, *, unce
     if entry_id is None:
         none_fits = decision.guarded("no_wallet_entry", "the customer's wallet has no entry that fits")
         return attempt.guarded(none_fits, USE_WALLET)
-    attempt.heartbeat()
+    if not attempt.heartbeat():
+        return attempt.lost(decision)
     attempt.client.update_order(event.order_id, {"_customer_payment_source_id": entry_id})
     return attempt.applied(decision, entry_id, USE_WALLET)
 

@@ -52,7 +52,8 @@ def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool,
         refused = save_guards(decision, before, look, how=", read before writing")
         if refused is not None:
             return attempt.guarded(refused, SAVE)
-    attempt.heartbeat()
+    if not attempt.heartbeat():
+        return attempt.lost(decision)
     doc = attempt.client.update_order(
         event.order_id, {"_save_payment_source_to_customer_wallet": True}, include=list(wallet.SAVE_INCLUDES)
     )
