@@ -12,6 +12,7 @@ from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
+from webhook_app.states import ClaimStatus
 from webhook_app.store import (
     SCHEMA_VERSION,
     ActionClaim,
@@ -21,7 +22,6 @@ from webhook_app.store import (
     DeliveryFilter,
     Submission,
 )
-from webhook_app.states import ClaimStatus
 from webhook_app.store.sqlite import SQLiteStore
 
 SECRETS = parse_secrets(f"main:{SECRET}")

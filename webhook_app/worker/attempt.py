@@ -121,9 +121,10 @@ class Attempt:
         return Event.from_document(event.topic, doc)
 
     def heartbeat(self) -> bool:
-        """Before a write to Commerce Layer: extend the leases, and say whether this attempt still
-        holds its job and the claims it took (False: a worker frozen past its lease, whose claims
-        another worker took over; it must send nothing). Skipped when they were taken a moment ago
+        """Right before a write to Commerce Layer is sent (the client's `confirm`, after any wait
+        for a rate-limit slot): extend the leases, and say whether this attempt still holds its job
+        and the claims it took (False: a worker frozen, or kept waiting, past its lease, whose
+        claims another worker took over; it must send nothing). Skipped when they were taken a moment ago
         (the common case: no read before the write), which saves a commit on the way to the PATCH:
         nothing can have taken them over yet."""
         lease = self.settings.lease_seconds

@@ -126,11 +126,9 @@ class SQLJobQueue(SQLBase, JobQueue):
                 "UPDATE card_claims SET lease_expires_at = ? WHERE job_id = ? AND owner = ? AND state = 'held'",
                 (now + lease_seconds, job_id, worker),
             )
-            if (action and actions != 1) or (card and cards < 1):
-                # taken over while this worker was away: renewing the job's own lease changes nothing
-                # (the job ends as lost), and nothing may be sent in the claims' name
-                return False
-            return True
+            # taken over while this worker was away: renewing the job's own lease changes nothing
+            # (the job is given back), and nothing may be sent in the claims' name
+            return not ((action and actions != 1) or (card and cards < 1))
 
     def finish_job(
         self, job_id: int, *, worker: str, decision: DecisionRecord, now: float, action: str | None = None
