@@ -197,6 +197,8 @@ class Attempt:
         job = self.job
         why = "claims taken over before the call to Commerce Layer: not sent"
         log.warning(why, extra={"job_id": job.id, "order_id": job.order_id, "action": decision.action})
+        if self.action is not None:  # what is still ours goes back (as uncertain: an earlier try may have sent)
+            self.release(self.action, uncertain=True)
         mine = self.store.retry_job(
             job.id, worker=self.worker, error=why, next_attempt_at=self.clock(), now=self.clock(), count_attempt=False
         )
