@@ -12,7 +12,7 @@ import requests
 
 from webhook_app.commercelayer.client import JSONAPI, CommerceLayerClient, parse_retry_after
 from webhook_app.config import RateLimit
-from webhook_app.errors import PermanentCommerceLayerError, RetryableCommerceLayerError
+from webhook_app.errors import NotSent, PermanentCommerceLayerError, RetryableCommerceLayerError
 from webhook_app.ratelimit import WINDOW_GUARD_SECONDS, LocalRateLimiter
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "orderUpdate.schema.json").read_text())
@@ -200,6 +200,34 @@ def test_rate_limit_spaces_calls(fake_cl):
         c.get_order("o1")
     # calls 3 and 5 each wait for a slot; 2 per 10 s, each window kept a guard longer
     assert slept == [10 + WINDOW_GUARD_SECONDS, 10 + WINDOW_GUARD_SECONDS]
+    c.close()
+
+
+def test_a_write_is_confirmed_after_the_wait_for_its_slot_and_not_sent_if_refused(fake_cl):
+    """The caller's `confirm` is asked once the rate-limit slot has come (the wait may outlast
+    the caller's lease): False raises NotSent and nothing reaches Commerce Layer."""
+    fake_cl.add_order("o1")
+    now = [0.0]
+    asked_at = []
+
+    def sleep(s):
+        now[0] += s
+
+    def confirm(answer):
+        def ask():
+            asked_at.append(now[0])
+            return answer
+
+        return ask
+
+    c = client(
+        fake_cl, limiter=LocalRateLimiter([RateLimit(1, 10)], clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep
+    )
+    c.update_order("o1", {"_save_payment_source_to_customer_wallet": True}, confirm=confirm(True))
+    with pytest.raises(NotSent):
+        c.update_order("o1", {"_save_payment_source_to_customer_wallet": True}, confirm=confirm(False))
+    assert asked_at == [0.0, 10 + WINDOW_GUARD_SECONDS]  # the second asked after its wait
+    assert len(fake_cl.calls("orders.patch")) == 1
     c.close()
 
 

@@ -743,3 +743,102 @@ def test_readyz_says_unavailable_while_the_sqlite_disk_is_full(tmp_path, setting
         store.close()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# --- 7. a worker stopped (not killed) past its lease, then continued -----------------------------
+
+
+@pytest.mark.parametrize("same_job", [True, False], ids=["its-job-taken-over", "another-job-of-the-order"])
+def test_a_worker_stopped_past_its_lease_does_not_save_after_another_worker_did(stack, tmp_path, same_job):
+    """Expectation: a worker frozen (SIGSTOP: a paused VM, a long GC, a swapped-out host) while
+    it holds an order's save, past its lease, then continued (SIGCONT) after another worker took
+    the save over and applied it, sends no second save: the order keeps one wallet entry. The
+    frozen worker is in the read before its write (the webhook body carries no wallet); the other
+    worker takes over either the same job (its lease ran out) or another delivery of the order."""
+    web_port = free_port()
+    sc = scenario(f"http://127.0.0.1:{web_port}/webhooks/commercelayer")
+    sc["webhooks"][0]["include_resources"] = ["customer", "payment_source"]  # no wallet: read first
+    sb = stack.sandbox(sc)
+    # the first worker's read of the order hangs 1.5 s: it is frozen in the middle of it
+    control(
+        sb,
+        "PUT",
+        "/faults",
+        {"rules": [{"route": "orders.get", "hang_share": 1.0, "hang_seconds": 1.5, "requests": 1}]},
+    )
+    db = f"sqlite:///{tmp_path / 'stopped.db'}"
+    env = service_env(sb, db, WEBHOOK_APP_LEASE_SECONDS="4", CL_READ_TIMEOUT="2.5")
+    stack.start(["web", "--bind", f"127.0.0.1:{web_port}"], env, "web", f"http://127.0.0.1:{web_port}/healthz")
+    frozen = stack.start(["worker"], env, "worker1")
+    control(sb, "POST", "/events", {"topic": "orders.place", "order_id": "OrdFault00"})
+    store = open_store(db)
+    wait_until(lambda: store.action_state("OrdFault00", "save_payment_source") == "in_flight", what="save claimed")
+    time.sleep(0.5)  # in the hanging read
+    os.killpg(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        if not same_job:  # another delivery of the order (the order changed): a job of its own
+            [first] = store.list_deliveries(DeliveryFilter())
+            doc = json.loads(store.get_delivery(first.id).body)
+            doc["data"]["attributes"]["updated_at"] = "2030-01-01T00:00:00.000Z"
+            body = json.dumps(doc).encode()
+            requests.post(
+                f"http://127.0.0.1:{web_port}/webhooks/commercelayer",
+                data=body,
+                headers=signed_headers(body, topic="orders.place"),
+                timeout=10,
+            ).raise_for_status()
+        time.sleep(4.5)  # past the frozen worker's lease
+        stack.start(["worker"], env, "worker2")
+        wait_until(lambda: store.action_state("OrdFault00", "save_payment_source") == "done", what="save taken over")
+        wait_until(
+            lambda: control(sb, "GET", "/stats").get("wallet", {}).get("save_flags") == 1, what="the save applied"
+        )
+    finally:
+        os.killpg(frozen.proc.pid, signal.SIGCONT)
+    time.sleep(3)  # its read answered, the frozen worker goes on from where it was
+    stats = control(sb, "GET", "/stats")
+    wallet = [
+        w for w in control(sb, "GET", "/state")["customer_payment_sources"] if w["origin_order_id"] == "OrdFault00"
+    ]
+    store.close()
+    record_counts(f"worker_stopped_past_lease_{'same' if same_job else 'other'}_job", wallet_entries=len(wallet))
+    assert stats["wallet"]["save_flags"] == 1 and len(wallet) == 1, (stats["wallet"], wallet)
+    assert "taken over before the call to Commerce Layer" in frozen.output()
+
+
+def test_a_worker_held_by_the_rate_limit_past_its_lease_does_not_save_after_another_worker_did(stack, tmp_path):
+    """Expectation: a worker that waits for a slot of its Commerce Layer rate limit (a full
+    window: a backfill, a burst) longer than its lease, while another worker takes the order's
+    save over and applies it, sends no second save once its slot comes. The wait is inside the
+    client, after the attempt last looked at its claims."""
+    web_port = free_port()
+    sc = scenario(f"http://127.0.0.1:{web_port}/webhooks/commercelayer", orders=2)
+    sc["customers"].append({"email": "other@example.com", "has_password": True})
+    sc["orders"][1]["customer"] = "other@example.com"  # its save tells nothing of the first's wallet
+    sb = stack.sandbox(sc)
+    db = f"sqlite:///{tmp_path / 'limited.db'}"
+    env = service_env(sb, db, WEBHOOK_APP_LEASE_SECONDS="4", CL_READ_TIMEOUT="2.5")
+    stack.start(["web", "--bind", f"127.0.0.1:{web_port}"], env, "web", f"http://127.0.0.1:{web_port}/healthz")
+    held = stack.start(["worker"], {**env, "CL_RATE_LIMITS": "1/9"}, "worker1")
+    # the held worker's one call of the window: the save of another order
+    control(sb, "POST", "/events", {"topic": "orders.place", "order_id": "OrdFault01"})
+    wait_until(
+        lambda: control(sb, "GET", "/stats").get("wallet", {}).get("save_flags") == 1, what="the first save applied"
+    )
+    control(sb, "POST", "/events", {"topic": "orders.place", "order_id": "OrdFault00"})
+    store = open_store(db)
+    wait_until(lambda: store.action_state("OrdFault00", "save_payment_source") == "in_flight", what="save claimed")
+    time.sleep(4.5)  # the held worker is still waiting for its slot, past its lease
+    stack.start(["worker"], env, "worker2")
+    wait_until(lambda: store.action_state("OrdFault00", "save_payment_source") == "done", what="save taken over")
+    wait_until(lambda: control(sb, "GET", "/stats")["wallet"]["save_flags"] == 2, what="the save applied")
+    # the held worker's slot comes: it gives the job up, whatever it did with it
+    wait_until(lambda: '"outcome":"lost"' in held.output(), timeout=30, what="the held worker gave the job up")
+    stats = control(sb, "GET", "/stats")
+    wallet = [
+        w for w in control(sb, "GET", "/state")["customer_payment_sources"] if w["origin_order_id"] == "OrdFault00"
+    ]
+    store.close()
+    record_counts("worker_held_by_rate_limit_past_lease", wallet_entries=len(wallet))
+    assert stats["wallet"]["save_flags"] == 2 and len(wallet) == 1, (stats["wallet"], wallet)
+    assert "taken over before the call to Commerce Layer" in held.output()

@@ -12,6 +12,7 @@ from support.builders import order_body
 
 from webhook_app.events import Delivery
 from webhook_app.signing import parse_secrets
+from webhook_app.states import ClaimStatus
 from webhook_app.store import (
     SCHEMA_VERSION,
     ActionClaim,
@@ -131,6 +132,34 @@ def test_heartbeat_extends_lease(store):
     assert store.heartbeat(job.id, worker="w1", lease_seconds=30, now=T0 + 25)
     assert store.claim_job(worker="w2", lease_seconds=30, now=T0 + 40) is None
     assert not store.heartbeat(job.id, worker="w2", lease_seconds=30, now=T0 + 41)
+
+
+def test_heartbeat_before_a_call_says_whether_the_claims_were_taken_over(store):
+    """A worker frozen past its lease whose job nobody reclaimed still renews the job's lease, but
+    another job of the order took the action over (another order, the card): it must not call."""
+    store.record_delivery(delivery(), now=T0)
+    store.record_delivery(delivery(total_cents=1), now=T0)
+    j1 = store.claim_job(worker="w1", lease_seconds=30, now=T0)
+    h1 = ClaimHolder("o1", worker="w1", job_id=j1.id, now=T0, lease_seconds=30)
+    assert store.begin_save(h1, ("cus1", "card1"))[1].status == ClaimStatus.ACQUIRED
+    assert store.heartbeat(j1.id, worker="w1", lease_seconds=30, now=T0 + 10, action="save_payment_source", card=True)
+    j2 = store.claim_job(worker="w2", lease_seconds=60, now=T0 + 1)
+    assert j2 is not None and j2.id != j1.id
+    h2 = ClaimHolder("o1", worker="w2", job_id=j2.id, now=T0 + 41, lease_seconds=30)
+    assert store.begin_action(h2, "save_payment_source").status == ClaimStatus.ACQUIRED
+    assert store.heartbeat(j1.id, worker="w1", lease_seconds=30, now=T0 + 42)  # the job alone: still its
+    assert not store.heartbeat(j1.id, worker="w1", lease_seconds=30, now=T0 + 42, action="save_payment_source")
+    # the card alone, taken over by another order of the customer
+    store.record_delivery(delivery(order_id="o2"), now=T0)
+    j3 = store.claim_job(worker="w3", lease_seconds=30, now=T0 + 43)
+    h3 = ClaimHolder("o2", worker="w3", job_id=j3.id, now=T0 + 43, lease_seconds=30)
+    assert store.begin_save(h3, ("cus2", "card2"))[1].status == ClaimStatus.ACQUIRED
+    j4_holder = ClaimHolder("o2b", worker="w4", job_id=999, now=T0 + 80, lease_seconds=30)
+    assert store.claim_card(j4_holder, "cus2", "card2").status == ClaimStatus.ACQUIRED
+    assert store.heartbeat(j3.id, worker="w3", lease_seconds=30, now=T0 + 81, action="save_payment_source")
+    assert not store.heartbeat(
+        j3.id, worker="w3", lease_seconds=30, now=T0 + 81, action="save_payment_source", card=True
+    )
 
 
 def test_retry_waits_until_next_attempt_then_dead_letter_and_requeue(store):

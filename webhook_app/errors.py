@@ -147,6 +147,12 @@ class SchemaOutOfDate(StoreError):
 # --- Commerce Layer -----------------------------------------------------------------------
 
 
+class NotSent(Exception):
+    """A write to Commerce Layer was not sent: its `confirm` said, once the call's rate-limit slot
+    had come, that the caller no longer holds what entitled it to write (its claims were taken
+    over meanwhile). Nothing reached Commerce Layer."""
+
+
 class CommerceLayerError(WebhookAppError):
     """A call to Commerce Layer failed.
 

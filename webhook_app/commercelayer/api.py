@@ -7,7 +7,7 @@ so metrics and the web processes can name a call without pulling in the HTTP cli
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,8 +34,16 @@ class CommerceLayerAPI(Protocol):
     def get_order(self, order_id: str, *, include: Iterable[str] = ()) -> dict[str, Any]: ...
 
     def update_order(
-        self, order_id: str, attributes: Mapping[str, Any], *, include: Iterable[str] = ()
-    ) -> dict[str, Any]: ...
+        self,
+        order_id: str,
+        attributes: Mapping[str, Any],
+        *,
+        include: Iterable[str] = (),
+        confirm: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """PATCH the order; `confirm` is asked right before each send (after any wait for a
+        rate-limit slot or a new token): False raises NotSent and nothing is sent."""
+        ...
 
     def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]: ...
 

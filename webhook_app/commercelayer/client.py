@@ -28,13 +28,18 @@ from webhook_app.commercelayer.failures import error_from, hold_for, refused_api
 from webhook_app.commercelayer.failures import parse_retry_after as parse_retry_after  # re-exported
 from webhook_app.commercelayer.oauth import TokenCache, TokenSource
 from webhook_app.config import Settings
-from webhook_app.errors import CredentialsRefused, PermanentCommerceLayerError, RetryableCommerceLayerError
+from webhook_app.errors import CredentialsRefused, NotSent, PermanentCommerceLayerError, RetryableCommerceLayerError
 from webhook_app.ratelimit import LocalRateLimiter, RateLimiter, wait_for_slot
 
 log = logging.getLogger(__name__)
 
 JSONAPI = "application/vnd.api+json"
 USER_AGENT = "webhook-app/0.1 (+https://github.com/)"
+
+
+#: Asked right before a write is sent (after its wait for a rate-limit slot): False, not sent.
+Confirm = Callable[[], bool] | None
+Params = Mapping[str, str] | None
 
 
 class CommerceLayerClient:
@@ -136,19 +141,17 @@ class CommerceLayerClient:
         return self._request("GET", f"/api/orders/{_safe(order_id)}", route="orders.get", params=_include(include))
 
     def update_order(
-        self, order_id: str, attributes: Mapping[str, Any], *, include: Iterable[str] = ()
+        self, order_id: str, attributes: Mapping[str, Any], *, include: Iterable[str] = (), confirm: Confirm = None
     ) -> dict[str, Any]:
-        """PATCH /api/orders/{id} with `attributes` (the body `orderUpdate` describes)."""
-        return self._patch("orders", order_id, attributes, route="orders.patch", include=include)
+        """PATCH /api/orders/{id} with `attributes` (the body `orderUpdate` describes); `confirm`:
+        see CommerceLayerAPI.update_order."""
+        return self._patch("orders", order_id, attributes, route="orders.patch", include=include, confirm=confirm)
 
-    def _patch(
-        self, kind: str, resource_id: str, attributes: Mapping[str, Any], *, route: str, include: Iterable[str] = ()
-    ) -> dict[str, Any]:
-        """`PATCH /api/{kind}/{id}` with `attributes`: the answer's whole document."""
-        body = {"data": {"type": kind, "id": resource_id, "attributes": dict(attributes)}}
-        return self._request(
-            "PATCH", f"/api/{kind}/{_safe(resource_id)}", route=route, params=_include(include), json_body=body
-        )
+    def _patch(self, kind: str, rid: str, attributes: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+        """`PATCH /api/{kind}/{rid}` with `attributes` (`kw`: route, include, confirm): the answer's document."""
+        body = {"data": {"type": kind, "id": rid, "attributes": dict(attributes)}}
+        kw["params"] = _include(kw.pop("include", ()))
+        return self._request("PATCH", f"/api/{kind}/{_safe(rid)}", body=body, **kw)
 
     def list_orders(self, *, params: Mapping[str, str], page_size: int = 25) -> Iterator[dict[str, Any]]:
         """Every order matching `params` (JSON:API filters), following pagination."""
@@ -224,7 +227,7 @@ class CommerceLayerClient:
             "POST",
             "/api/webhooks",
             route="webhooks.create",
-            json_body={"data": {"type": "webhooks", "attributes": attrs}},
+            body={"data": {"type": "webhooks", "attributes": attrs}},
         )
         return doc.get("data") or {}
 
@@ -237,14 +240,16 @@ class CommerceLayerClient:
         return list(itertools.islice(pages, limit))
 
     def _request(
-        self, method: str, path: str, *, route: str, params: Mapping[str, str] | None = None, json_body: Any = None
+        self, method: str, path: str, *, route: str, params: Params = None, body: Any = None, confirm: Confirm = None
     ) -> dict[str, Any]:
         refreshed = False
         while True:
             token = self.auth.access_token()
             waited = wait_for_slot(self.limiter, clock=self.clock, sleep=self.sleep)
+            if confirm is not None and not confirm():  # the wait may have outlasted the caller's claims
+                raise NotSent(f"{method} {route} not sent: the caller's claims were taken over")
             headers = {"Accept": JSONAPI, "Authorization": f"Bearer {token}"}
-            if json_body is not None:
+            if body is not None:
                 headers["Content-Type"] = JSONAPI
             started = time.monotonic()
             status = None
@@ -257,7 +262,7 @@ class CommerceLayerClient:
                         method,
                         self.api_base + path,
                         params=params,
-                        json=json_body,
+                        json=body,
                         headers=headers,
                         timeout=self.timeout,
                     )

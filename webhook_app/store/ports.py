@@ -86,8 +86,20 @@ class JobQueue(abc.ABC):
         with a due job goes first, so one organization's backlog never holds up another's jobs."""
 
     @abc.abstractmethod
-    def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
-        """Extend a lease still held by `worker` (and the action claims the job holds)."""
+    def heartbeat(
+        self,
+        job_id: int,
+        *,
+        worker: str,
+        lease_seconds: float,
+        now: float,
+        action: str | None = None,
+        card: bool = False,
+    ) -> bool:
+        """Extend a lease still held by `worker` (and the action claims the job holds). With
+        `action` (and `card`), True only if the job also still holds the order's claim of that
+        action (and its card claim): a worker frozen past its lease may find them taken over by
+        another job of the order (or another order of the card) while its own job's lease was not."""
 
     @abc.abstractmethod
     def finish_job(

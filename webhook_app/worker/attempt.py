@@ -92,6 +92,8 @@ class Attempt:
     observer: Callable[[str, dict[str, Any]], None] | None = None
     claimed_at: float = float("-inf")  # when the job was claimed (its leases' start)
     cl_trace_ids: list[str] = field(default_factory=list)  # Commerce Layer's, one per answer
+    action: str | None = None  # the order's action this attempt claimed (process.enforce)
+    holds_card: bool = False  # and the customer's card with it (a save)
 
     @property
     def settings(self) -> Settings:
@@ -118,13 +120,24 @@ class Attempt:
         doc = self.client.get_order(event.order_id, include=list(wallet.READ_INCLUDES))
         return Event.from_document(event.topic, doc)
 
-    def heartbeat(self) -> None:
-        """Extend the leases before a call to Commerce Layer, unless they were taken a moment ago
-        (the common case: no read before the write), which saves a commit on the way to the PATCH."""
+    def heartbeat(self) -> bool:
+        """Right before a write to Commerce Layer is sent (the client's `confirm`, after any wait
+        for a rate-limit slot): extend the leases, and say whether this attempt still holds its job
+        and the claims it took (False: a worker frozen, or kept waiting, past its lease, whose
+        claims another worker took over; it must send nothing). Skipped when they were taken a moment ago
+        (the common case: no read before the write), which saves a commit on the way to the PATCH:
+        nothing can have taken them over yet."""
         lease = self.settings.lease_seconds
-        if self.clock() - self.claimed_at < lease / 4:
-            return
-        self.store.heartbeat(self.job.id, worker=self.worker, lease_seconds=lease, now=self.clock())
+        if 0 <= self.clock() - self.claimed_at < lease / 4:
+            return True
+        return self.store.heartbeat(
+            self.job.id,
+            worker=self.worker,
+            lease_seconds=lease,
+            now=self.clock(),
+            action=self.action,
+            card=self.holds_card,
+        )
 
     def holder(self) -> ClaimHolder:
         """This attempt as the holder of its order's claims, from now for a lease."""
@@ -176,6 +189,21 @@ class Attempt:
         """A guard found after claiming the action: give the claim back unchanged, record why."""
         self.release(action, uncertain=False)
         return self.finish(decision, DecisionOutcome.GUARDED)
+
+    def lost(self, decision: Decision) -> Outcome:
+        """The job or its claims were taken over while this worker was away (frozen past its
+        lease): nothing is sent. A job still this worker's (another job of the order took the
+        action over) is given back at once, uncounted, to find the other job's outcome."""
+        job = self.job
+        why = "claims taken over before the call to Commerce Layer: not sent"
+        log.warning(why, extra={"job_id": job.id, "order_id": job.order_id, "action": decision.action})
+        if self.action is not None:  # what is still ours goes back (as uncertain: an earlier try may have sent)
+            self.release(self.action, uncertain=True)
+        mine = self.store.retry_job(
+            job.id, worker=self.worker, error=why, next_attempt_at=self.clock(), now=self.clock(), count_attempt=False
+        )
+        self.observe("decision", decision=decision, outcome=JobResult.RETRY if mine else JobResult.LOST)
+        return Outcome(JobResult.RETRY if mine else JobResult.LOST, decision, error=why)
 
     def defer(self, decision: Decision, why: str) -> Outcome:
         """Another worker holds what this job needs: try again shortly, without using an attempt."""

@@ -114,6 +114,7 @@ def enforce(attempt: Attempt, event: Event, decision: Decision) -> Outcome:
         return attempt.defer(decision, "another worker is flagging this order")
     if card is not None and card.status == ClaimStatus.BUSY:  # the action was given back with it
         return attempt.defer(decision, f"order {card.holder} is saving this customer's card")
+    attempt.action, attempt.holds_card = action, card is not None  # checked before each write
     try:
         if action == SAVE:
             return save(attempt, event, decision, uncertain=claim.uncertain, fresh=card is None or card.fresh)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from webhook_app.errors import NotSent
 from webhook_app.events import Event
 from webhook_app.policy import USE_WALLET, Decision, choose_wallet_entry, expiry, wallet
 from webhook_app.worker.attempt import Attempt, Outcome
@@ -37,8 +38,12 @@ def use_wallet_entry(attempt: Attempt, event: Event, decision: Decision, *, unce
     if entry_id is None:
         none_fits = decision.guarded("no_wallet_entry", "the customer's wallet has no entry that fits")
         return attempt.guarded(none_fits, USE_WALLET)
-    attempt.heartbeat()
-    attempt.client.update_order(event.order_id, {"_customer_payment_source_id": entry_id})
+    try:  # sent only while this job still holds the order's action (attempt.heartbeat)
+        attempt.client.update_order(
+            event.order_id, {"_customer_payment_source_id": entry_id}, confirm=attempt.heartbeat
+        )
+    except NotSent:
+        return attempt.lost(decision)
     return attempt.applied(decision, entry_id, USE_WALLET)
 
 

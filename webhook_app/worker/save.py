@@ -17,7 +17,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from webhook_app.errors import CommerceLayerError
+from webhook_app.errors import CommerceLayerError, NotSent
 from webhook_app.events import Event
 from webhook_app.policy import SAVE, Decision, wallet
 from webhook_app.policy.guards import save_guards
@@ -52,10 +52,15 @@ def save(attempt: Attempt, event: Event, decision: Decision, *, uncertain: bool,
         refused = save_guards(decision, before, look, how=", read before writing")
         if refused is not None:
             return attempt.guarded(refused, SAVE)
-    attempt.heartbeat()
-    doc = attempt.client.update_order(
-        event.order_id, {"_save_payment_source_to_customer_wallet": True}, include=list(wallet.SAVE_INCLUDES)
-    )
+    try:  # sent only while this job still holds the order's save and the card (attempt.heartbeat)
+        doc = attempt.client.update_order(
+            event.order_id,
+            {"_save_payment_source_to_customer_wallet": True},
+            include=list(wallet.SAVE_INCLUDES),
+            confirm=attempt.heartbeat,
+        )
+    except NotSent:
+        return attempt.lost(decision)
     entry_id = saved_entry_id(doc, before)
     if entry_id is None:
         return _verify(attempt, event, decision, doc, before)

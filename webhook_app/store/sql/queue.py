@@ -94,8 +94,18 @@ class SQLJobQueue(SQLBase, JobQueue):
             assert d is not None
             return job_from_row({**d, "attempts": attempt, "number": numbered["number"]}, lease_expires_at=lease)
 
-    def heartbeat(self, job_id: int, *, worker: str, lease_seconds: float, now: float) -> bool:
-        """Extend the job's lease and the lease of any action claim it holds."""
+    def heartbeat(
+        self,
+        job_id: int,
+        *,
+        worker: str,
+        lease_seconds: float,
+        now: float,
+        action: str | None = None,
+        card: bool = False,
+    ) -> bool:
+        """Extend the job's lease and the lease of any action claim it holds; with `action` (and
+        `card`), held only while those claims are still this job's too."""
         with self._tx() as c:
             held = (
                 c.run(
@@ -105,17 +115,20 @@ class SQLJobQueue(SQLBase, JobQueue):
                 )
                 == 1
             )
-            if held:
-                c.run(
-                    "UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"
-                    " AND state = 'in_flight'",
-                    (now + lease_seconds, job_id, worker),
-                )
-                c.run(
-                    "UPDATE card_claims SET lease_expires_at = ? WHERE job_id = ? AND owner = ? AND state = 'held'",
-                    (now + lease_seconds, job_id, worker),
-                )
-            return held
+            if not held:
+                return False
+            actions = c.run(
+                "UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"
+                " AND state = 'in_flight'" + (" AND action = ?" if action else ""),
+                (now + lease_seconds, job_id, worker, *((action,) if action else ())),
+            )
+            cards = c.run(
+                "UPDATE card_claims SET lease_expires_at = ? WHERE job_id = ? AND owner = ? AND state = 'held'",
+                (now + lease_seconds, job_id, worker),
+            )
+            # taken over while this worker was away: renewing the job's own lease changes nothing
+            # (the job is given back), and nothing may be sent in the claims' name
+            return not ((action and actions != 1) or (card and cards < 1))
 
     def finish_job(
         self, job_id: int, *, worker: str, decision: DecisionRecord, now: float, action: str | None = None
