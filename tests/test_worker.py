@@ -529,3 +529,49 @@ def test_a_refused_use_never_clears_an_earlier_uncertainty(env):
     [o] = w.drain()
     assert o.outcome == "applied"
     assert len(env.fake.calls("orders.get")) == reads + 1  # and so did the third
+
+
+def test_a_rate_limit_wait_past_the_lease_sends_no_patch_once_another_worker_took_the_job(env):
+    """Worker w1 waits for a rate-limit slot for its PATCH longer than its lease; meanwhile w2
+    takes the job over and saves the card. When w1's wait ends it must not send its PATCH: it
+    confirms its claims once the slot has come (the client's `confirm`), finds them taken and
+    sends nothing."""
+    from webhook_app.config import RateLimit
+    from webhook_app.ratelimit import LocalRateLimiter
+    from webhook_app.states import JobResult
+
+    env.fake.add_order("o1", source_id="psAAAA1111")
+    rec = env.deliver("o1")
+    other = env.worker(name="w2")
+    taken_over = []
+
+    def past_the_lease(seconds):  # w1's wait for its slot: long enough for w2 to claim and save
+        assert seconds > env.settings.lease_seconds
+        env.clock.advance(seconds)
+        taken_over.extend(other.drain())
+
+    # one call a window: w1's read of the order takes it, and its PATCH waits for the next window
+    limiter = LocalRateLimiter([RateLimit(1, 3 * env.settings.lease_seconds)], clock=env.clock)
+    slow = CommerceLayerClient.from_settings(
+        env.settings,
+        limiter=limiter,
+        clock=env.clock,
+        sleep=past_the_lease,
+    )
+    w1 = Worker(
+        store=env.store,
+        policy=load_policy(bundled_policy_path()),
+        settings=env.settings,
+        client=slow,
+        clock=env.clock,
+        worker_id="w1",
+        rng=random.Random(1),
+    )
+    try:
+        [lost] = w1.drain()
+    finally:
+        slow.close()
+    assert [o.outcome for o in taken_over] == ["applied"]
+    assert lost.state == JobResult.LOST
+    assert len(env.fake.patches()) == 1  # w2's only: w1 sent nothing after its wait
+    assert [d["outcome"] for d in env.decisions(rec.delivery_id)] == ["applied"]
