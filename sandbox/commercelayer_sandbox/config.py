@@ -189,7 +189,7 @@ def _update_plain(current: Any, changes: Any, path: str) -> Any:
     if not isinstance(changes, Mapping):
         raise SandboxError(path, "must be an object")
     names = {f.name for f in fields(current)}
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in changes.items():
         if key not in names:
             raise SandboxError(f"{path}.{key}", f"unknown setting (known: {', '.join(sorted(names))})")
