@@ -248,12 +248,9 @@ class CommerceLayerClient:
             waited = wait_for_slot(self.limiter, clock=self.clock, sleep=self.sleep)
             if confirm is not None and not confirm():  # the wait may have outlasted the caller's claims
                 raise NotSent(f"{method} {route} not sent: the caller's claims were taken over")
-            headers = {"Accept": JSONAPI, "Authorization": f"Bearer {token}"}
-            if body is not None:
-                headers["Content-Type"] = JSONAPI
             started = time.monotonic()
-            status = None
-            cl_trace_id = None
+            status: int | None = None
+            cl_trace_id: str | None = None
             writes = method not in ("GET", "HEAD")
             attrs = {"http.request.method": method, "url.path": path, "commercelayer.route": route}
             with tracing.span(f"commercelayer {method} {route}", kind="client", attributes=attrs) as sp:
@@ -263,7 +260,7 @@ class CommerceLayerClient:
                         self.api_base + path,
                         params=params,
                         json=body,
-                        headers=headers,
+                        headers=_headers(token, body),
                         timeout=self.timeout,
                     )
                     status = resp.status_code
@@ -297,6 +294,14 @@ class CommerceLayerClient:
 
 
 _NOT_JSON: Any = object()
+
+
+def _headers(token: str, body: Any) -> dict[str, str]:
+    """A request's headers: JSON:API (as its body's type too, when it has one) and the token."""
+    headers = {"Accept": JSONAPI, "Authorization": f"Bearer {token}"}
+    if body is not None:
+        headers["Content-Type"] = JSONAPI
+    return headers
 
 
 def _document(resp: requests.Response, answer: Any, what: str, *, uncertain: bool) -> dict[str, Any]:
