@@ -1,0 +1,147 @@
+"""End to end against the sandbox, real processes: a user's review of the wallet's life.
+
+`webhook-app serve` (enforce) and the sandbox as processes, real SQLite, the sandbox over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+from support.procs import Service, free_port, wait_http
+from test_e2e_wallet_life import ADMIN_KEY, CLIENT, MARKET, POLICY, SHARED_SECRET, Setup, card
+
+from webhook_app.policy import load_policy
+
+pytestmark = pytest.mark.e2e
+
+NOW = time.gmtime()
+THIS_MONTH = (NOW.tm_mon, NOW.tm_year)
+LAST_MONTH = (12, NOW.tm_year - 1) if NOW.tm_mon == 1 else (NOW.tm_mon - 1, NOW.tm_year)
+# an order updated (pending) in the card's last valid month, its job run now (a later month)
+IN_LAST_MONTH = f"{LAST_MONTH[1]:04d}-{LAST_MONTH[0]:02d}-15T12:00:00Z"
+
+
+def scenario(callback_url: str, includes: list[str]) -> dict:
+    names = ["gil", "hal", "ivy"]
+    stripe = {"type": "stripe_payments"}
+    return {
+        "sandbox": {
+            "token_ttl": 3600,
+            "api_limits": ["1000/60"],
+            "endpoint_limits": ["500/10"],
+            "sender": {"timeout": 5, "max_retries": 3, "backoff_base": 0.2, "concurrency": 2},
+        },
+        "clients": [CLIENT],
+        "markets": [{"id": MARKET, "code": "eu", "name": "Europe"}],
+        "customers": [{"id": f"Cust{e.title()}", "email": f"{e}@example.com"} for e in names],
+        "orders": [
+            # pending since last month: its only card expired at the end of last month
+            {
+                "id": "OrdGilPend",
+                "customer": "gil@example.com",
+                "status": "pending",
+                "payment_source": stripe,
+                "created_at": IN_LAST_MONTH,
+                "updated_at": IN_LAST_MONTH,
+            },
+            # a card that expires this month is still valid
+            {"id": "OrdHalPend", "customer": "hal@example.com", "status": "pending", "payment_source": stripe},
+            # pending since last month, one card expired since then and one valid
+            {
+                "id": "OrdIvyPend",
+                "customer": "ivy@example.com",
+                "status": "pending",
+                "payment_source": stripe,
+                "created_at": IN_LAST_MONTH,
+                "updated_at": IN_LAST_MONTH,
+            },
+        ],
+        "customer_payment_sources": [
+            {"id": "WalGilLastM", "customer": "gil@example.com", **card(*LAST_MONTH, "4000")},
+            {"id": "WalHalThisM", "customer": "hal@example.com", **card(*THIS_MONTH, "4001")},
+            {
+                "id": "WalIvyValid",
+                "customer": "ivy@example.com",
+                "created_at": "2025-01-01T00:00:00Z",
+                **card(12, 2040, "4002"),
+            },
+            {
+                "id": "WalIvyLastM",
+                "customer": "ivy@example.com",
+                "created_at": "2025-06-01T00:00:00Z",
+                **card(*LAST_MONTH, "4003"),
+            },
+        ],
+        "webhooks": [
+            {
+                "id": f"Hook{n}",
+                "topic": topic,
+                "callback_url": callback_url,
+                "include_resources": includes,
+                "shared_secret": SHARED_SECRET,
+            }
+            for n, topic in enumerate(("orders.pending", "orders.place"))
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("wallet-review")
+    (tmp / "policy.toml").write_text(textwrap.dedent(POLICY))
+    includes = load_policy(tmp / "policy.toml").required_includes()
+    sb_port, svc_port = free_port(), free_port()
+    sb_url, svc_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{svc_port}"
+    (tmp / "scenario.json").write_text(json.dumps(scenario(svc_url + "/webhooks/commercelayer", includes)))
+    env = {
+        "CL_WEBHOOK_SECRETS": f"sandbox:{SHARED_SECRET}",
+        "CL_CLIENT_ID": CLIENT["client_id"],
+        "CL_CLIENT_SECRET": CLIENT["client_secret"],
+        "CL_API_BASE": sb_url + "/api",
+        "CL_AUTH_URL": sb_url + "/oauth/token",
+        "WEBHOOK_APP_MODE": "enforce",
+        "WEBHOOK_APP_POLICY": str(tmp / "policy.toml"),
+        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'svc.db'}",
+        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
+        "WEBHOOK_APP_POLL_INTERVAL": "0.02",
+        "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
+        "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
+    }
+    procs = []
+    try:
+        sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(tmp / "scenario.json")], {}, tmp / "sb.log")
+        procs.append(sandbox)
+        wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
+        svc = Service(
+            ["serve", "--bind", f"127.0.0.1:{svc_port}"],
+            {**env, "WEBHOOK_APP_OPERATOR_BIND": "public"},
+            tmp / "service.log",
+        )
+        procs.append(svc)
+        wait_http(svc_url + "/healthz", proc=svc.proc)
+        yield Setup(tmp, sb_url, svc_url, env)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_a_card_expiring_this_month_is_still_reused(setup):
+    setup.fire("orders.pending", "OrdHalPend")
+    (hal,) = setup.decisions("OrdHalPend")
+    assert (hal["action"], hal["outcome"], hal["wallet_entry_id"]) == ("use_wallet_source", "applied", "WalHalThisM")
+
+
+def test_a_card_that_expired_since_the_order_was_last_updated_is_never_reused(setup):
+    setup.fire("orders.pending", "OrdGilPend", "OrdIvyPend")
+    (gil,) = setup.decisions("OrdGilPend")
+    (ivy,) = setup.decisions("OrdIvyPend")
+    print(gil, ivy)
+    assert (gil["action"], gil["outcome"], gil["guard"]) == ("skip", "guarded", "wallet_card_expired"), gil
+    assert (ivy["outcome"], ivy["wallet_entry_id"]) == ("applied", "WalIvyValid"), ivy
+    patches = setup.control("GET", "/requests?route=orders.patch")["requests"]
+    used = {p["path"].rsplit("/", 1)[-1]: p["body"]["data"]["attributes"] for p in patches}
+    assert "OrdGilPend" not in used
