@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.procs import Service, free_port, wait_http
+import requests
+from support.procs import Service, free_port, wait_http, wait_until
 from test_e2e_wallet_life import ADMIN_KEY, CLIENT, MARKET, POLICY, SHARED_SECRET, Setup, card
 
 from webhook_app.policy import load_policy
+from webhook_app.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +28,7 @@ IN_LAST_MONTH = f"{LAST_MONTH[1]:04d}-{LAST_MONTH[0]:02d}-15T12:00:00Z"
 
 
 def scenario(callback_url: str, includes: list[str]) -> dict:
-    names = ["gil", "hal", "ivy"]
+    names = ["gil", "hal", "ivy", "jan"]
     stripe = {"type": "stripe_payments"}
     return {
         "sandbox": {
@@ -59,6 +61,8 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
                 "created_at": IN_LAST_MONTH,
                 "updated_at": IN_LAST_MONTH,
             },
+            # saved on orders.place; forgotten while its job is still being retried
+            {"id": "OrdJanPla", "customer": "jan@example.com", "payment_source": {**stripe, "card_last4": "4004"}},
         ],
         "customer_payment_sources": [
             {"id": "WalGilLastM", "customer": "gil@example.com", **card(*LAST_MONTH, "4000")},
@@ -145,3 +149,44 @@ def test_a_card_that_expired_since_the_order_was_last_updated_is_never_reused(se
     patches = setup.control("GET", "/requests?route=orders.patch")["requests"]
     used = {p["path"].rsplit("/", 1)[-1]: p["body"]["data"]["attributes"] for p in patches}
     assert "OrdGilPend" not in used
+
+
+def test_forget_while_a_job_is_in_flight_ends_it_skipped_not_dead_lettered(setup):
+    # Commerce Layer answers 503 for a while: the save's job is retried, its body still stored.
+    setup.control("PUT", "/faults", {"rules": [{"route": "orders.patch", "error_share": 1, "seconds": 600}]})
+    try:
+        setup.control("POST", "/events", {"topic": "orders.place", "order_ids": ["OrdJanPla"]})
+        assert setup.control("POST", "/sender/drain", {"timeout": 60})["drained"]
+        store = SQLiteStore(str(setup.tmp / "svc.db"))
+        try:
+            wait_until(lambda: _job(store, "OrdJanPla")["attempts"] >= 1, timeout=30, what="a first failed attempt")
+            r = setup.cli("forget", "--customer", "CustJan")
+            assert r.returncode == 0 and "1 deliveries" in r.stdout, (r.stdout, r.stderr)
+        finally:
+            store.close()
+    finally:
+        requests.delete(setup.sb_url + "/_sandbox/faults", timeout=10)
+    setup.settle()
+    store = SQLiteStore(str(setup.tmp / "svc.db"))
+    try:
+        job = _job(store, "OrdJanPla")
+    finally:
+        store.close()
+    assert job["state"] == "done", job  # was: dead, "stored body no longer parses: ... zero-length ..."
+    (jan,) = setup.decisions("OrdJanPla")
+    assert (jan["rule"], jan["action"], jan["outcome"]) == ("erased", "skip", "skipped"), jan
+    assert "erased" in jan["reason"]
+    metrics = requests.get(setup.svc_url + "/metrics", timeout=10).text
+    assert "webhook_app_dead_letters_total 0.0" in metrics
+    patches = setup.control("GET", "/requests?route=orders.patch")["requests"]
+    assert all(p["status"] == 503 for p in patches if p["path"].endswith("/OrdJanPla"))
+
+
+def _job(store: SQLiteStore, order_id: str) -> dict:
+    with store._tx() as c:
+        row = c.one(
+            "SELECT j.state, j.attempts, j.last_error FROM jobs j JOIN deliveries d ON d.id = j.delivery_id"
+            " WHERE d.order_id = ?",
+            (order_id,),
+        )
+    return dict(row) if row else {"attempts": 0}

@@ -20,7 +20,7 @@ from typing import Any
 from webhook_app import tracing
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
-from webhook_app.policy import SAVE, Decision
+from webhook_app.policy import SAVE, SKIP, Decision
 from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
 from webhook_app.store import ActionClaim, CardClaim, Job
 from webhook_app.worker import claims
@@ -67,9 +67,22 @@ def run(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
     return outcome
 
 
+#: The decision of a job whose stored body was erased (`forget`, an honoured anonymization)
+#: before it ran: nothing is left to decide on, and the customer asked for it, so the job ends
+#: skipped rather than dead-lettered as a corrupt row (which alerted and read "no longer parses").
+#: The intake never stores an empty body: an empty one is an erased one.
+ERASED = Decision(
+    action=SKIP,
+    rule="erased",
+    reason="the stored body was erased (forget or anonymization) before the job ran: nothing to decide on",
+)
+
+
 def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
     """The job's work: its topic's handler's, or the policy's decision on the order, acted on."""
     job, settings = attempt.job, attempt.settings
+    if not job.body:
+        return attempt.finish(ERASED, DecisionOutcome.SKIPPED)
     if handler is not None:
         return _handle(attempt, handler)
     if not job.order_id:  # a job about no order, and this worker has no handler for its topic
