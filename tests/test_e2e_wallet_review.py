@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import textwrap
 import time
@@ -16,6 +19,7 @@ from support.procs import Service, free_port, wait_http, wait_until
 from test_e2e_wallet_life import ADMIN_KEY, CLIENT, MARKET, POLICY, SHARED_SECRET, Setup, card
 
 from webhook_app.policy import load_policy
+from webhook_app.store import DeliveryFilter
 from webhook_app.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +32,7 @@ IN_LAST_MONTH = f"{LAST_MONTH[1]:04d}-{LAST_MONTH[0]:02d}-15T12:00:00Z"
 
 
 def scenario(callback_url: str, includes: list[str]) -> dict:
-    names = ["gil", "hal", "ivy", "jan"]
+    names = ["gil", "hal", "ivy", "jan", "kay"]
     stripe = {"type": "stripe_payments"}
     return {
         "sandbox": {
@@ -63,6 +67,7 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
             },
             # saved on orders.place; forgotten while its job is still being retried
             {"id": "OrdJanPla", "customer": "jan@example.com", "payment_source": {**stripe, "card_last4": "4004"}},
+            {"id": "OrdKayPla", "customer": "kay@example.com", "payment_source": {**stripe, "card_last4": "4005"}},
         ],
         "customer_payment_sources": [
             {"id": "WalGilLastM", "customer": "gil@example.com", **card(*LAST_MONTH, "4000")},
@@ -85,10 +90,17 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
                 "id": f"Hook{n}",
                 "topic": topic,
                 "callback_url": callback_url,
-                "include_resources": includes,
+                "include_resources": includes if topic.startswith("orders.") else [],
                 "shared_secret": SHARED_SECRET,
             }
-            for n, topic in enumerate(("orders.pending", "orders.place"))
+            for n, topic in enumerate(
+                (
+                    "orders.pending",
+                    "orders.place",
+                    "customers.anonymization_started",
+                    "customers.anonymization_completed",
+                )
+            )
         ],
     }
 
@@ -190,3 +202,51 @@ def _job(store: SQLiteStore, order_id: str) -> dict:
             (order_id,),
         )
     return dict(row) if row else {"attempts": 0}
+
+
+def test_a_delivery_made_before_an_anonymization_and_arriving_after_it_is_erased(setup):
+    setup.fire("orders.place", "OrdKayPla")
+    store = SQLiteStore(str(setup.tmp / "svc.db"))
+    try:
+        (first,) = store.list_deliveries(DeliveryFilter(order_id="OrdKayPla", limit=5))
+        full = store.get_delivery(first.id)
+        assert full is not None and b"kay@example.com" in full.body
+        before = full.body
+    finally:
+        store.close()
+    for step in ("started", "completed"):
+        setup.control(
+            "POST", "/events", {"topic": f"customers.anonymization_{step}", "customer_id": "CustKay", "transition": True}
+        )
+        assert setup.control("POST", "/sender/drain", {"timeout": 60})["drained"]
+        setup.settle()
+    # Commerce Layer retries an event made before the anonymization with the payload made then
+    # (the service was down, or answered too late): it arrives now, name and e-mail included.
+    late = before.replace(b'"metadata":{}', b'"metadata":{"late":true}', 1)
+    assert late != before
+    sig = base64.b64encode(hmac.new(SHARED_SECRET.encode(), late, hashlib.sha256).digest()).decode()
+    r = requests.post(
+        setup.svc_url + "/webhooks/commercelayer",
+        data=late,
+        headers={
+            "Content-Type": "application/json",
+            "X-CommerceLayer-Topic": "orders.place",
+            "X-CommerceLayer-Signature": sig,
+        },
+        timeout=10,
+    )
+    assert r.status_code == 202, r.text
+    setup.settle()
+    store = SQLiteStore(str(setup.tmp / "svc.db"))
+    try:
+        kept = []
+        for d in store.list_deliveries(DeliveryFilter(limit=200)):
+            full = store.get_delivery(d.id)
+            assert full is not None
+            if b"kay@example.com" in full.body:
+                kept.append((d.id, d.topic))
+    finally:
+        store.close()
+    assert kept == []  # was: the late delivery, kept for WEBHOOK_APP_RETAIN_BODIES_DAYS
+    decisions = setup.decisions("OrdKayPla")
+    assert decisions[0]["rule"] == "erased" and "CustKay was anonymized" in decisions[0]["reason"], decisions

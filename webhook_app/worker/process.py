@@ -30,6 +30,8 @@ from webhook_app.worker.save import save
 
 log = logging.getLogger("webhook_app.worker")
 
+ANONYMIZATION = "anonymization"  # the operations log's kind (ops/anonymization.py's KIND)
+
 
 @dataclass(frozen=True)
 class Handled:
@@ -91,6 +93,9 @@ def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
         event = Event.from_body(job.topic, job.body, max_depth=settings.max_json_depth)
     except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying
         return attempt.dead(f"stored body no longer parses: {exc}", None)
+    late = _customer_anonymized(attempt, event)
+    if late is not None:
+        return late
     with time_budget(settings.decide_budget):
         decision = attempt.tenant.policy.decide(event)
     if not decision.calls_commerce_layer:
@@ -101,6 +106,28 @@ def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
             return attempt.finish(flagged, DecisionOutcome.GUARDED)
         return attempt.finish(decision, DecisionOutcome.SHADOW)
     return enforce(attempt, event, decision)
+
+
+def _customer_anonymized(attempt: Attempt, event: Event) -> Outcome | None:
+    """An order delivery that arrives after its customer's anonymization completed (Commerce
+    Layer retrying an event made before it sends the payload made then, name and e-mail
+    included): its body is erased at once, as the anonymization erased the others, and the job
+    ends skipped (nothing is done for a customer who asked to be anonymized). None otherwise."""
+    customer_id = event.customer_id
+    if not customer_id:
+        return None
+    job = attempt.job
+    ops = attempt.store.list_operations(kind=ANONYMIZATION, subject=customer_id, limit=1000)
+    done = next((op for op in ops if op.detail.get("event") == "completed"), None)
+    if done is None:
+        return None
+    attempt.store.remove_bodies([job.delivery_id], why="forgotten", now=attempt.clock())
+    decision = Decision(
+        action=SKIP,
+        rule="erased",
+        reason=f"customer {customer_id} was anonymized (operation {done.id}): this later delivery's body was erased",
+    )
+    return attempt.finish(decision, DecisionOutcome.SKIPPED)
 
 
 def _handle(attempt: Attempt, handler: TopicHandler) -> Outcome:
