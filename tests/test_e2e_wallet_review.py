@@ -28,11 +28,12 @@ NOW = time.gmtime()
 THIS_MONTH = (NOW.tm_mon, NOW.tm_year)
 LAST_MONTH = (12, NOW.tm_year - 1) if NOW.tm_mon == 1 else (NOW.tm_mon - 1, NOW.tm_year)
 # an order updated (pending) in the card's last valid month, its job run now (a later month)
+RENEWED = {"card_exp_month": 12, "card_exp_year": NOW.tm_year + 4}
 IN_LAST_MONTH = f"{LAST_MONTH[1]:04d}-{LAST_MONTH[0]:02d}-15T12:00:00Z"
 
 
 def scenario(callback_url: str, includes: list[str]) -> dict:
-    names = ["gil", "hal", "ivy", "jan", "kay"]
+    names = ["gil", "hal", "ivy", "jan", "kay", "lou"]
     stripe = {"type": "stripe_payments"}
     return {
         "sandbox": {
@@ -68,6 +69,25 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
             # saved on orders.place; forgotten while its job is still being retried
             {"id": "OrdJanPla", "customer": "jan@example.com", "payment_source": {**stripe, "card_last4": "4004"}},
             {"id": "OrdKayPla", "customer": "kay@example.com", "payment_source": {**stripe, "card_last4": "4005"}},
+            # an earlier order paid with the card before the issuer renewed it (saved: WalLouOld)
+            {
+                "id": "OrdLouOld",
+                "customer": "lou@example.com",
+                "status": "approved",
+                "payment_source": {
+                    **stripe,
+                    "card_last4": "4006",
+                    "card_fingerprint": "fpLouCard",
+                    "card_exp_month": LAST_MONTH[0],
+                    "card_exp_year": LAST_MONTH[1],
+                },
+            },
+            # the card the issuer renewed: same number (same Stripe fingerprint), a new expiry
+            {
+                "id": "OrdLouPla",
+                "customer": "lou@example.com",
+                "payment_source": {**stripe, "card_last4": "4006", "card_fingerprint": "fpLouCard", **RENEWED},
+            },
         ],
         "customer_payment_sources": [
             {"id": "WalGilLastM", "customer": "gil@example.com", **card(*LAST_MONTH, "4000")},
@@ -84,6 +104,7 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
                 "created_at": "2025-06-01T00:00:00Z",
                 **card(*LAST_MONTH, "4003"),
             },
+            {"id": "WalLouOld", "customer": "lou@example.com", "order": "OrdLouOld", "created_at": "2024-01-01T00:00:00Z"},
         ],
         "webhooks": [
             {
@@ -250,3 +271,17 @@ def test_a_delivery_made_before_an_anonymization_and_arriving_after_it_is_erased
     assert kept == []  # was: the late delivery, kept for WEBHOOK_APP_RETAIN_BODIES_DAYS
     decisions = setup.decisions("OrdKayPla")
     assert decisions[0]["rule"] == "erased" and "CustKay was anonymized" in decisions[0]["reason"], decisions
+
+
+def test_a_renewed_card_same_number_new_expiry_is_saved_and_not_a_duplicate(setup):
+    # Stripe's fingerprint names the card number: the renewed card has the same one as the
+    # wallet's expired entry. Guarding it as "already in the wallet" left only the expired entry,
+    # and `wallet duplicates --delete-extra --yes` would delete the renewed one, keeping the oldest.
+    setup.fire("orders.place", "OrdLouPla")
+    (lou,) = setup.decisions("OrdLouPla")
+    assert (lou["action"], lou["outcome"]) == ("save_payment_source", "applied"), lou
+    wallet = [w for w in setup.control("GET", "/state")["customer_payment_sources"] if w["customer_id"] == "CustLou"]
+    assert len(wallet) == 2
+    r = setup.cli("wallet", "duplicates", "--customer", "CustLou", "--delete-extra", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "0 extra entries" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
