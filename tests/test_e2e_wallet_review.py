@@ -1,6 +1,13 @@
 """End to end against the sandbox, real processes: a user's review of the wallet's life.
 
 `webhook-app serve` (enforce) and the sandbox as processes, real SQLite, the sandbox over HTTP.
+Each test was seen failing on the code before its fix:
+
+- a card expiring this month is still reused; one that expired since the order was last updated
+  (pending since last month) is never reused, at the later of the order's time and now;
+- `forget` while an order's job is being retried: the job ends skipped, not dead-lettered;
+- a delivery made before an anonymization and arriving after it (a retry) is erased;
+- a card renewed by its issuer (same fingerprint, new expiry) is saved, and is no duplicate.
 """
 
 from __future__ import annotations
@@ -104,7 +111,12 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
                 "created_at": "2025-06-01T00:00:00Z",
                 **card(*LAST_MONTH, "4003"),
             },
-            {"id": "WalLouOld", "customer": "lou@example.com", "order": "OrdLouOld", "created_at": "2024-01-01T00:00:00Z"},
+            {
+                "id": "WalLouOld",
+                "customer": "lou@example.com",
+                "order": "OrdLouOld",
+                "created_at": "2024-01-01T00:00:00Z",
+            },
         ],
         "webhooks": [
             {
@@ -237,7 +249,9 @@ def test_a_delivery_made_before_an_anonymization_and_arriving_after_it_is_erased
         store.close()
     for step in ("started", "completed"):
         setup.control(
-            "POST", "/events", {"topic": f"customers.anonymization_{step}", "customer_id": "CustKay", "transition": True}
+            "POST",
+            "/events",
+            {"topic": f"customers.anonymization_{step}", "customer_id": "CustKay", "transition": True},
         )
         assert setup.control("POST", "/sender/drain", {"timeout": 60})["drained"]
         setup.settle()

@@ -10,8 +10,7 @@ import pytest
 from support.builders import order_document
 
 from webhook_app.events import Event, Resource
-from webhook_app.policy import SKIP, USE_WALLET, parse_policy
-from webhook_app.policy import expiry
+from webhook_app.policy import SKIP, USE_WALLET, expiry, parse_policy
 from webhook_app.policy.expiry import Expiry, card_expiry, order_time
 
 

@@ -17,10 +17,10 @@ held past it, a replay) would be refused by the gateway and is never chosen.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Callable
+from typing import Any
 
 from webhook_app.events import Event, Resource
 from webhook_app.policy.paths import dig
