@@ -40,7 +40,7 @@ IN_LAST_MONTH = f"{LAST_MONTH[1]:04d}-{LAST_MONTH[0]:02d}-15T12:00:00Z"
 
 
 def scenario(callback_url: str, includes: list[str]) -> dict:
-    names = ["gil", "hal", "ivy", "jan", "kay", "lou"]
+    names = ["gil", "hal", "ivy", "jan", "kay", "lou", "max"]
     stripe = {"type": "stripe_payments"}
     return {
         "sandbox": {
@@ -88,6 +88,23 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
                     "card_exp_month": LAST_MONTH[0],
                     "card_exp_year": LAST_MONTH[1],
                 },
+            },
+            # the service saves the old card itself (its card claim), then the renewed one
+            {
+                "id": "OrdMaxOld",
+                "customer": "max@example.com",
+                "payment_source": {
+                    **stripe,
+                    "card_last4": "4007",
+                    "card_fingerprint": "fpMaxCard",
+                    "card_exp_month": LAST_MONTH[0],
+                    "card_exp_year": LAST_MONTH[1],
+                },
+            },
+            {
+                "id": "OrdMaxNew",
+                "customer": "max@example.com",
+                "payment_source": {**stripe, "card_last4": "4007", "card_fingerprint": "fpMaxCard", **RENEWED},
             },
             # the card the issuer renewed: same number (same Stripe fingerprint), a new expiry
             {
@@ -299,3 +316,13 @@ def test_a_renewed_card_same_number_new_expiry_is_saved_and_not_a_duplicate(setu
     r = setup.cli("wallet", "duplicates", "--customer", "CustLou", "--delete-extra", "--yes")
     assert r.returncode == 0, r.stderr
     assert "0 extra entries" in r.stderr and r.stdout == "", (r.stdout, r.stderr)
+
+
+def test_a_renewed_card_is_saved_after_the_service_saved_the_old_one(setup):
+    setup.fire("orders.place", "OrdMaxOld")
+    setup.fire("orders.place", "OrdMaxNew")
+    for order in ("OrdMaxOld", "OrdMaxNew"):
+        (d,) = setup.decisions(order)
+        assert (d["action"], d["outcome"]) == ("save_payment_source", "applied"), d
+    wallet = [w for w in setup.control("GET", "/state")["customer_payment_sources"] if w["customer_id"] == "CustMax"]
+    assert len(wallet) == 2
