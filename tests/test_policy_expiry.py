@@ -10,7 +10,7 @@ import pytest
 from support.builders import order_document
 
 from webhook_app.events import Event, Resource
-from webhook_app.policy import SKIP, USE_WALLET, parse_policy
+from webhook_app.policy import SKIP, USE_WALLET, expiry, parse_policy
 from webhook_app.policy.expiry import Expiry, card_expiry, order_time
 
 
@@ -39,6 +39,13 @@ def card_source(source_id: str, month, year, *, where: str = "payment_instrument
     elif where == "stripe":
         attrs["payment_method"] = {"id": f"pm_{source_id}", "card": {"exp_month": month, "exp_year": year}}
     return {"id": source_id, "type": "stripe_payments", "attributes": attrs}
+
+
+@pytest.fixture(autouse=True)
+def clock_before_the_orders(monkeypatch):
+    """The orders below are placed in 2026; the worker's clock is set before them, so that each
+    test judges at the order's time (the later of the two)."""
+    monkeypatch.setattr(expiry, "clock", lambda: datetime(2026, 1, 1, tzinfo=UTC))
 
 
 def event_with(cards: list[tuple[str, str, dict | None]], *, placed_at: str = "2026-05-10T10:00:00.000Z") -> Event:
@@ -118,10 +125,18 @@ def test_unknown_expiry_is_not_treated_as_expired():
     assert reuse_policy().decide(ev).wallet_entry_id == "WalBlank"
 
 
-def test_judged_at_the_order_time_not_the_clock():
+def test_judged_at_the_later_of_the_order_time_and_the_clock(monkeypatch):
     cards = [("WalCard1", "2025-01-01T00:00:00Z", card_source("x", 4, 2026))]
+    monkeypatch.setattr(expiry, "clock", lambda: datetime(2026, 4, 10, tzinfo=UTC))
     assert reuse_policy().decide(event_with(cards, placed_at="2026-04-30T23:00:00Z")).action == USE_WALLET
     assert reuse_policy().decide(event_with(cards, placed_at="2026-05-01T00:00:00Z")).guard == "wallet_card_expired"
+    # The order was last updated while the card was valid, but the entry would be used now, in
+    # a later month: the gateway would refuse it (an order pending across a month end, a job
+    # retried, held or replayed past it).
+    monkeypatch.setattr(expiry, "clock", lambda: datetime(2026, 5, 1, 0, 0, 1, tzinfo=UTC))
+    assert reuse_policy().decide(event_with(cards, placed_at="2026-04-30T23:00:00Z")).guard == "wallet_card_expired"
+    monkeypatch.setattr(expiry, "clock", lambda: datetime(2026, 4, 30, 23, 59, 59, tzinfo=UTC))
+    assert reuse_policy().decide(event_with(cards, placed_at="2026-04-30T23:00:00Z")).action == USE_WALLET
 
 
 def test_order_time_prefers_placed_at_then_updated_then_created():

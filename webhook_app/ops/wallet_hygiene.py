@@ -101,7 +101,10 @@ def card_keys(entry: Resource, source: Resource | None, keys: Sequence[str]) -> 
             out[("token", ptype, t)] = wallet.GATEWAY_TOKEN
     fingerprint = wallet.card_fingerprint(source)
     if wallet.CARD_FINGERPRINT in keys and fingerprint:
-        out[("fingerprint", ptype, fingerprint)] = wallet.CARD_FINGERPRINT
+        # The fingerprint names the card number: a renewed card (same number, new expiry) is
+        # another entry to keep (policy/wallet.py, `entry_matches`).
+        x = expiry_mod.card_expiry(source)
+        out[("fingerprint", ptype, fingerprint, str(x) if x else "")] = wallet.CARD_FINGERPRINT
     details = wallet.card_details(source)
     # A fingerprint, where there is one, decides: same brand, last 4 and expiry can be another card.
     if wallet.PAYMENT_INSTRUMENT in keys and details and not fingerprint:

@@ -8,14 +8,16 @@ The entry's payment source is only in a body whose `include` named the path
 `available_customer_payment_sources.payment_source` (or, on the wallet list,
 `payment_source`); where it was not sent, or does not say, the expiry is unknown.
 
-A card is valid through the last day of its expiry month: it has expired at a time in a later
-month. The policy judges at the order's time (`placed_at`, else `updated_at`, else `created_at`),
-so a decision does not depend on when the worker happens to run.
+A card is valid through the last day of its expiry month (UTC): it has expired at a time in a
+later month. The policy judges at the later of the order's time (`placed_at`, else `updated_at`,
+else `created_at`) and the clock: the entry is used now, so a card that was valid when the order
+was last updated but has expired since (an order pending across a month end, a job retried or
+held past it, a replay) would be refused by the gateway and is never chosen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +31,14 @@ EXPIRY_PATHS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("payment_method", "card", "exp_month"), ("payment_method", "card", "exp_year")),
 )
 ORDER_TIMES = ("placed_at", "updated_at", "created_at")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# The clock the expiry is judged by, besides the order's time (tests set it).
+clock: Callable[[], datetime] = _now
 
 
 @dataclass(frozen=True, order=True)
@@ -103,22 +113,28 @@ def order_time(event: Event) -> datetime | None:
 
 @dataclass(frozen=True)
 class Sorted:
-    """A wallet split at the order's time: usable entries (valid or expiry unknown) and the
+    """A wallet split when its entries would be used: usable entries (valid or expiry unknown) and the
     expired ones with their expiry."""
 
     usable: tuple[Resource, ...]
     expired: tuple[tuple[Resource, Expiry], ...]
-    at: datetime | None
+    at: datetime
 
     def describe_expired(self) -> str:
         return ", ".join(f"{e.id} (card expired {x})" for e, x in self.expired)
 
 
-def split_expired(entries: Sequence[Resource], event: Event) -> Sorted:
-    """Entries whose card has certainly expired at the order's time, and the others."""
+def judged_at(event: Event) -> datetime:
+    """When a wallet entry's card is judged: the later of the order's time and now."""
+    now = clock().astimezone(UTC)
     at = order_time(event)
-    if at is None:
-        return Sorted(tuple(entries), (), None)
+    return now if at is None or at < now else at
+
+
+def split_expired(entries: Sequence[Resource], event: Event) -> Sorted:
+    """Entries whose card has certainly expired when they would be used (`judged_at`), and the
+    others."""
+    at = judged_at(event)
     usable, expired = [], []
     for entry in entries:
         x = entry_expiry(entry, event.included)

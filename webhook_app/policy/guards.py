@@ -46,7 +46,7 @@ def _guard_save(
 
 def _pick_entry(decision: Decision, event: Event, entries: Sequence[Resource]) -> Decision:
     """The wallet entry a use-wallet decision uses, or why there is none."""
-    # An entry whose card has expired at the order's time is never chosen
+    # An entry whose card has expired by the time of use is never chosen
     # (docs/explanation/worker.md, *Expired cards are never reused*).
     split = expiry.split_expired(entries, event)
     chosen = choose_wallet_entry(split.usable, decision.strategy or "newest")
@@ -54,7 +54,7 @@ def _pick_entry(decision: Decision, event: Event, entries: Sequence[Resource]) -
         if split.expired and not split.usable:
             return decision.guarded(
                 "wallet_card_expired",
-                f"every wallet entry's card has expired by the order's time: {split.describe_expired()}",
+                f"every wallet entry's card has expired by the time of use: {split.describe_expired()}",
             )
         return decision.guarded("no_wallet_entry", f"no wallet entry fits strategy {decision.strategy or 'newest'}")
     if split.expired:

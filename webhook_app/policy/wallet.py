@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_app.events import Event, Resource
+from webhook_app.policy import expiry
 from webhook_app.policy.paths import dig
 
 WALLET = "available_customer_payment_sources"
@@ -204,7 +205,13 @@ def entry_matches(
     other_fp = card_fingerprint(other)
     if fingerprint is not None and other_fp is not None:
         # Both carry a fingerprint: it decides (same last 4 and expiry can be another card).
-        return CARD_FINGERPRINT if other_fp == fingerprint else False
+        # Stripe's fingerprint names the card number, not the expiry: a card renewed by its
+        # issuer (same number, new expiry) has the same fingerprint, and an entry of the old
+        # one stops working at its expiry. Both expiries known and different: another card.
+        if other_fp != fingerprint:
+            return False
+        mine, theirs = expiry.card_expiry(source), expiry.card_expiry(other)
+        return False if mine is not None and theirs is not None and mine != theirs else CARD_FINGERPRINT
     if details is not None and card_details(other) == details:
         return PAYMENT_INSTRUMENT
     return False

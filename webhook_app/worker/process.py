@@ -20,7 +20,7 @@ from typing import Any
 from webhook_app import tracing
 from webhook_app.errors import CommerceLayerError, InvalidPayload, StoreError
 from webhook_app.events import Event
-from webhook_app.policy import SAVE, Decision
+from webhook_app.policy import SAVE, SKIP, Decision
 from webhook_app.states import ActionState, ClaimStatus, DecisionOutcome, JobResult
 from webhook_app.store import ActionClaim, CardClaim, Job
 from webhook_app.worker import claims
@@ -29,6 +29,8 @@ from webhook_app.worker.reuse import use_wallet_entry
 from webhook_app.worker.save import save
 
 log = logging.getLogger("webhook_app.worker")
+
+ANONYMIZATION = "anonymization"  # the operations log's kind (ops/anonymization.py's KIND)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,22 @@ def run(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
     return outcome
 
 
+#: The decision of a job whose stored body was erased (`forget`, an honoured anonymization)
+#: before it ran: nothing is left to decide on, and the customer asked for it, so the job ends
+#: skipped rather than dead-lettered as a corrupt row (which alerted and read "no longer parses").
+#: The intake never stores an empty body: an empty one is an erased one.
+ERASED = Decision(
+    action=SKIP,
+    rule="erased",
+    reason="the stored body was erased (forget or anonymization) before the job ran: nothing to decide on",
+)
+
+
 def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
     """The job's work: its topic's handler's, or the policy's decision on the order, acted on."""
     job, settings = attempt.job, attempt.settings
+    if not job.body:
+        return attempt.finish(ERASED, DecisionOutcome.SKIPPED)
     if handler is not None:
         return _handle(attempt, handler)
     if not job.order_id:  # a job about no order, and this worker has no handler for its topic
@@ -78,6 +93,9 @@ def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
         event = Event.from_body(job.topic, job.body, max_depth=settings.max_json_depth)
     except InvalidPayload as exc:  # intake checked it; a corrupt row is not worth retrying
         return attempt.dead(f"stored body no longer parses: {exc}", None)
+    late = _customer_anonymized(attempt, event)
+    if late is not None:
+        return late
     with time_budget(settings.decide_budget):
         decision = attempt.tenant.policy.decide(event)
     if not decision.calls_commerce_layer:
@@ -88,6 +106,28 @@ def work(attempt: Attempt, handler: TopicHandler | None) -> Outcome:
             return attempt.finish(flagged, DecisionOutcome.GUARDED)
         return attempt.finish(decision, DecisionOutcome.SHADOW)
     return enforce(attempt, event, decision)
+
+
+def _customer_anonymized(attempt: Attempt, event: Event) -> Outcome | None:
+    """An order delivery that arrives after its customer's anonymization completed (Commerce
+    Layer retrying an event made before it sends the payload made then, name and e-mail
+    included): its body is erased at once, as the anonymization erased the others, and the job
+    ends skipped (nothing is done for a customer who asked to be anonymized). None otherwise."""
+    customer_id = event.customer_id
+    if not customer_id:
+        return None
+    job = attempt.job
+    ops = attempt.store.list_operations(kind=ANONYMIZATION, subject=customer_id, limit=1000)
+    done = next((op for op in ops if op.detail.get("event") == "completed"), None)
+    if done is None:
+        return None
+    attempt.store.remove_bodies([job.delivery_id], why="forgotten", now=attempt.clock())
+    decision = Decision(
+        action=SKIP,
+        rule="erased",
+        reason=f"customer {customer_id} was anonymized (operation {done.id}): this later delivery's body was erased",
+    )
+    return attempt.finish(decision, DecisionOutcome.SKIPPED)
 
 
 def _handle(attempt: Attempt, handler: TopicHandler) -> Outcome:

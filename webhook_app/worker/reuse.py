@@ -5,7 +5,7 @@ The policy chose the entry from the webhook body. When the body came without the
 earlier attempt's outcome is unknown, one read of the order decides again: after an unknown
 outcome, an order that already pays from a wallet entry is done (never a second, different
 entry); otherwise the entry is chosen again from the wallet as read, less the entries whose card
-has expired at the order's time.
+has expired by the time of use (the later of the order's time and now).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def use_wallet_entry(attempt: Attempt, event: Event, decision: Decision, *, unce
 
 def choose_again(current: Event, decision: Decision) -> tuple[str | None, Decision | None]:
     """The entry to use in the wallet as read (`current`), less the entries whose card has expired
-    at the order's time: the decision's own if still usable, else by its strategy. Or the guard
+    by the time of use: the decision's own if still usable, else by its strategy. Or the guard
     that stops the use: the order already pays with that entry, or every entry has expired."""
     split = expiry.split_expired(current.wallet or (), current)
     wanted = decision.wallet_entry_id
