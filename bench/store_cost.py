@@ -82,7 +82,6 @@ def variants() -> dict[str, tuple[list[str], Callable[[bytes], bytes] | None]]:
 def template(directory: Path) -> Path:
     """A database migrated by webhook-app, checkpointed into one file."""
     path = directory / "template.db"
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     from webhook_app.store import open_store
 
     store = open_store(f"sqlite:///{path}")

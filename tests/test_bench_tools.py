@@ -111,12 +111,17 @@ def test_bench_modules_import_without_the_peers_libraries():
 def test_store_cost_inserts_what_the_commit_writer_inserts_in_every_variant(tmp_path):
     """bench/store_cost.py measures the service's own insert on its migrated schema: each variant
     stores every delivery with its job (a variant that failed or stored nothing would measure
-    nothing), a compressed body is what is stored, and the indexes it drops exist."""
+    nothing), a compressed body is what is stored, and the indexes it drops exist. It leaves the
+    environment alone: a PROMETHEUS_MULTIPROC_DIR pointed at its databases broke /metrics for
+    every later test of the session."""
+    import os
     import sqlite3
 
     from bench import store_cost
 
+    environ = dict(os.environ)
     tmpl = store_cost.template(tmp_path)
+    assert dict(os.environ) == environ
     bodies = [b'{"data": {"id": "x", "type": "orders"}}' * 50]
     names = {r[0] for r in sqlite3.connect(tmpl).execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert set(store_cost.SECONDARY_INDEXES) <= names
