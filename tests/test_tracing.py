@@ -157,9 +157,10 @@ def test_off_by_default_nothing_is_stored_but_commerce_layers_trace_ids(settings
     app, worker, client = stack(settings_factory, sqlite_store, sandbox)
     try:
         r = deliver(app, webhook_body(sandbox, "OrdStripeA"))
-        job = sqlite_store.claim_job(worker="t", lease_seconds=60, now=1e10)
+        now = time.time()  # claimed in the worker's name and time, as its loop does
+        job = sqlite_store.claim_job(worker=worker.id, lease_seconds=60, now=now)
         assert job is not None and job.trace_context == {}
-        worker.process(job)
+        worker.process(job, claimed_at=now)
     finally:
         client.close()
     [attempt] = sqlite_store.get_delivery(r.json["delivery_id"]).attempts
