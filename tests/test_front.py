@@ -658,7 +658,7 @@ def test_the_job_worker_yields_the_cpu_to_the_web_server(served):
     worker = child_with(served, b"webhook_app\x00worker")
     base = niceness(served.proc.pid)
     assert all(niceness(pid) == base for pid in [child_with(served, WEB), *web_workers(served)])
-    assert niceness(worker) == base + 10
+    assert niceness(worker) == min(base + 10, 19)  # the kernel's ceiling, when the suite runs niced
 
 
 # --- the front's pieces, without a server ---------------------------------------------------------
