@@ -24,11 +24,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 def _terminate(app: str) -> int:
+    """Terminate every backend of `app` and wait until each has exited (pg_terminate_backend only
+    signals it: on a busy machine a backend took more than the 0.3 s the test allowed to send its
+    FATAL, and a connection that looked idle was used while it died)."""
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,)
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (app,)
         ).fetchall()
-    return sum(1 for (ok,) in rows if ok)
+        pids = [pid for pid, ok in rows if ok]
+        deadline = time.monotonic() + 10
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "terminated backends still running after 10 s"
+            time.sleep(0.02)
+    return len(pids)
 
 
 def _queue(url: str):
@@ -74,7 +82,7 @@ def test_after_every_connection_is_terminated_deliveries_are_2xx_and_the_worker_
         killed = _terminate(app)
         assert killed >= 3  # the commit writer's, the web workers' and the worker's (and its LISTEN)
         terminated_at = time.monotonic()
-        time.sleep(0.3)  # the FATAL messages and the closes have reached every process
+        time.sleep(0.3)  # the FATAL messages and the closes have reached every process (the backends are gone)
 
         answers = [deliver(f"ordAFTER{n:03d}").status_code for n in range(6)]
         assert answers == [202] * 6, answers  # before: the first ones met dead connections, 503

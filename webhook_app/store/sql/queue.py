@@ -118,7 +118,7 @@ class SQLJobQueue(SQLBase, JobQueue):
             if not held:
                 return False
             actions = c.run(
-                "UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"
+                "UPDATE order_actions SET lease_expires_at = ? WHERE job_id = ? AND owner = ?"  # nosec B608  # constants and ? placeholders only
                 " AND state = 'in_flight'" + (" AND action = ?" if action else ""),
                 (now + lease_seconds, job_id, worker, *((action,) if action else ())),
             )
