@@ -18,9 +18,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -183,9 +184,15 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
     (tmp / "policy.toml").write_text(textwrap.dedent(POLICY))
     includes = load_policy(tmp / "policy.toml").required_includes()
     assert "available_customer_payment_sources.payment_source" in includes and "market" in includes
+    yield from running(tmp, scenario, includes)
+
+
+def running(tmp: Path, make_scenario: Callable[[str, Any], Any], includes: Any) -> Iterator[Setup]:
+    """The sandbox seeded with `make_scenario(callback URL, includes)` and `serve` in enforce mode
+    on it (tmp's policy.toml), both stopped when the caller is done."""
     sb_port, svc_port = free_port(), free_port()
     sb_url, svc_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{svc_port}"
-    (tmp / "scenario.json").write_text(json.dumps(scenario(svc_url + "/webhooks/commercelayer", includes)))
+    (tmp / "scenario.json").write_text(json.dumps(make_scenario(svc_url + "/webhooks/commercelayer", includes)))
     env = {
         "CL_WEBHOOK_SECRETS": f"sandbox:{SHARED_SECRET}",
         "CL_CLIENT_ID": CLIENT["client_id"],

@@ -15,15 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import textwrap
 import time
 from collections.abc import Iterator
 
 import pytest
 import requests
-from support.procs import Service, free_port, wait_http, wait_until
-from test_e2e_wallet_life import ADMIN_KEY, CLIENT, MARKET, POLICY, SHARED_SECRET, Setup, card
+from support.procs import wait_until
+from test_e2e_wallet_life import CLIENT, MARKET, POLICY, SHARED_SECRET, Setup, card, running
 
 from webhook_app.policy import load_policy
 from webhook_app.store import DeliveryFilter
@@ -159,40 +158,7 @@ def scenario(callback_url: str, includes: list[str]) -> dict:
 def setup(tmp_path_factory) -> Iterator[Setup]:
     tmp = tmp_path_factory.mktemp("wallet-review")
     (tmp / "policy.toml").write_text(textwrap.dedent(POLICY))
-    includes = load_policy(tmp / "policy.toml").required_includes()
-    sb_port, svc_port = free_port(), free_port()
-    sb_url, svc_url = f"http://127.0.0.1:{sb_port}", f"http://127.0.0.1:{svc_port}"
-    (tmp / "scenario.json").write_text(json.dumps(scenario(svc_url + "/webhooks/commercelayer", includes)))
-    env = {
-        "CL_WEBHOOK_SECRETS": f"sandbox:{SHARED_SECRET}",
-        "CL_CLIENT_ID": CLIENT["client_id"],
-        "CL_CLIENT_SECRET": CLIENT["client_secret"],
-        "CL_API_BASE": sb_url + "/api",
-        "CL_AUTH_URL": sb_url + "/oauth/token",
-        "WEBHOOK_APP_MODE": "enforce",
-        "WEBHOOK_APP_POLICY": str(tmp / "policy.toml"),
-        "WEBHOOK_APP_DATABASE_URL": f"sqlite:///{tmp / 'svc.db'}",
-        "WEBHOOK_APP_ADMIN_KEYS": ADMIN_KEY,
-        "WEBHOOK_APP_POLL_INTERVAL": "0.02",
-        "WEBHOOK_APP_RETRY_BASE_SECONDS": "0.2",
-        "WEBHOOK_APP_RETRY_MAX_SECONDS": "2",
-    }
-    procs = []
-    try:
-        sandbox = Service(["sandbox", "--port", str(sb_port), "--seed", str(tmp / "scenario.json")], {}, tmp / "sb.log")
-        procs.append(sandbox)
-        wait_http(sb_url + "/_sandbox/health", proc=sandbox.proc)
-        svc = Service(
-            ["serve", "--bind", f"127.0.0.1:{svc_port}"],
-            {**env, "WEBHOOK_APP_OPERATOR_BIND": "public"},
-            tmp / "service.log",
-        )
-        procs.append(svc)
-        wait_http(svc_url + "/healthz", proc=svc.proc)
-        yield Setup(tmp, sb_url, svc_url, env)
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    yield from running(tmp, scenario, load_policy(tmp / "policy.toml").required_includes())
 
 
 def test_a_card_expiring_this_month_is_still_reused(setup):
